@@ -1,0 +1,68 @@
+//! ferry-deploy: the built-in Kubernetes deploy step (`image: ferry:deploy` jobs and
+//! `ferry deploy` on a workstation). See `shared/docs/deploy-step.md` section 4.
+//!
+//! This crate knows nothing about GitLab or Docker. The runner hands it a [`DeployRequest`]
+//! (the checked-out sources on the host, the job's variables, the runner's deploy targets and the
+//! `ferry deploy` arguments); progress goes to a [`LogSink`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use ferry_config::{DeploySection, DeployTarget};
+
+/// Where the deploy step's output goes (the job log, or stdout for `ferry deploy`).
+pub type LogSink<'a> = dyn tokio::io::AsyncWrite + Send + Unpin + 'a;
+
+/// One `ferry deploy [ARGS]` invocation.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    /// The arguments after `ferry deploy`, already split (no shell).
+    pub args: Vec<String>,
+    /// The project directory on the host (relative manifest paths start here).
+    pub project_dir: PathBuf,
+    /// The job's variables (FERRY_*, CI_ENVIRONMENT_NAME, template values, ...), in order.
+    pub variables: Vec<(String, String)>,
+    /// The targets of the runner that took the job; for a workstation run, a single target
+    /// built from `--kubeconfig`/`--context`.
+    pub targets: Vec<DeployTarget>,
+    /// Time left before the GitLab job timeout; caps FERRY_TIMEOUT.
+    pub remaining: Option<Duration>,
+}
+
+/// What a successful deploy did.
+#[derive(Debug, Clone, Default)]
+pub struct DeployReport {
+    pub applied: usize,
+}
+
+/// Why a deploy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The user's input is wrong (manifests, templates, arguments, target policy).
+    #[error("{0}")]
+    Input(String),
+    /// The rollout failed or timed out (the job's own failure, like a failing script).
+    #[error("{0}")]
+    Rollout(String),
+    /// The cluster could not be reached or refused the credentials.
+    #[error("{0}")]
+    Cluster(String),
+    /// The runner's deploy configuration is missing or wrong (no target, bad kubeconfig).
+    #[error("{0}")]
+    Configuration(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Applies manifests and waits for the rollout.
+pub trait Deployer: Send + Sync + 'static {
+    fn deploy(
+        &self,
+        req: &DeployRequest,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<DeployReport, DeployError>> + Send;
+}

@@ -1,0 +1,162 @@
+//! The `Engine` seam: its contract and the types that cross it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Where a job's output goes. The runner's trace writer implements this.
+pub type LogSink<'a> = dyn tokio::io::AsyncWrite + Send + Unpin + 'a;
+
+/// One environment variable as the job's processes see it (already expanded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// `pull_policy` as gitlab-runner defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// The job's `image:` (or the runner's default image), resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSpec {
+    pub name: String,
+    /// `image:entrypoint`; empty = the image's own entrypoint.
+    pub entrypoint: Vec<String>,
+    /// Policies to try in order (the job's within `allowed_pull_policies`, else the runner's).
+    pub pull_policy: Vec<PullPolicy>,
+    /// `image:docker:user`, if set.
+    pub user: Option<String>,
+    /// `image:docker:platform`, if set.
+    pub platform: Option<String>,
+}
+
+/// One `services:` entry, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSpec {
+    pub image: ImageSpec,
+    /// Every alias the service must be reachable by (explicit ones plus the names
+    /// gitlab-runner derives from the image name).
+    pub aliases: Vec<String>,
+    pub command: Vec<String>,
+    pub variables: Vec<EnvVar>,
+}
+
+/// Credentials for a registry (from the payload, DOCKER_AUTH_CONFIG or the runner's docker config).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct RegistryAuth {
+    pub registry: String,
+    pub username: String,
+    #[serde(skip_serializing)]
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"[MASKED]")
+            .finish()
+    }
+}
+
+/// Everything the engine needs to know about one job's containers.
+///
+/// Runner-wide settings (`[runners.docker]`) are given to the engine's constructor, not here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobEnv {
+    pub job_id: u64,
+    pub project_id: u64,
+    /// Short token (first 8 characters) of the runner, used in labels and names.
+    pub runner_short_token: String,
+    pub image: ImageSpec,
+    pub services: Vec<ServiceSpec>,
+    /// Job variables (runner environment merged in), as the build container's environment.
+    pub variables: Vec<EnvVar>,
+    /// CI_BUILDS_DIR inside the container.
+    pub builds_dir: String,
+    /// CI_PROJECT_DIR inside the container (the working directory of every step).
+    pub project_dir: String,
+    /// The host directory that holds what must appear at `builds_dir` in the container
+    /// (sources checked out by the runner, restored cache, artifacts of dependencies).
+    pub host_builds_dir: PathBuf,
+    pub registry_auth: Vec<RegistryAuth>,
+}
+
+/// One step to run in the build container (`step_script` or `after_script`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepSpec {
+    /// GitLab's step name: `script`, `after_script`, ...
+    pub name: String,
+    /// Commands in order; the engine echoes each one (`$ cmd`) and stops at the first failure,
+    /// as gitlab-runner's bash/sh shells do.
+    pub commands: Vec<String>,
+    /// Extra variables for this step only (e.g. CI_JOB_STATUS for after_script).
+    pub env: Vec<EnvVar>,
+    /// The step's own deadline (after_script: 5 min by default); the job timeout is separate.
+    pub timeout: Option<Duration>,
+}
+
+/// The result of a step that ran. A non-zero exit code is a normal outcome, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepOutcome {
+    pub exit_code: i32,
+    pub oom_killed: bool,
+}
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The image could not be pulled, or is missing under `never`.
+    #[error("pulling image {image:?}: {message}")]
+    ImagePull { image: String, message: String },
+    /// The job's configuration is not allowed or not valid here (image not in allowed_images,
+    /// bad volume spec, ...).
+    #[error("{0}")]
+    Configuration(String),
+    /// Docker failed, or could not be reached.
+    #[error("docker: {0}")]
+    Docker(String),
+    /// The step was cancelled (job cancel, timeout or shutdown) before it finished.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Executes the container side of one job.
+///
+/// Per job the driver calls, in order: `prepare` once; then `run_step` any number of times (one
+/// at a time); then `destroy` exactly once on every path. `destroy` must succeed when `prepare`
+/// failed half way, and must be harmless if called twice. Everything an engine creates is
+/// labelled with the job id so leftovers of a crash can be found and removed.
+pub trait Engine: Send + Sync + 'static {
+    /// Pull images, create the network, start services, create the build container.
+    fn prepare(
+        &self,
+        env: &JobEnv,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Run one step in the build container. Cancellation stops the step (SIGTERM, then SIGKILL
+    /// after a grace period) and returns `Err(EngineError::Cancelled)`.
+    fn run_step(
+        &self,
+        env: &JobEnv,
+        step: &StepSpec,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<StepOutcome, EngineError>> + Send;
+
+    /// Remove every container, network and temporary volume of the job.
+    fn destroy(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send;
+}

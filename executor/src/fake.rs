@@ -1,0 +1,109 @@
+//! A behavioural fake engine for the runner's tests.
+//!
+//! It interprets a tiny language in step commands, so tests read like job definitions:
+//! `echo TEXT` prints TEXT, `exit N` ends the step with code N, `sleep SECS` waits (cancellable),
+//! `oom` ends as an OOM kill, `fail-docker` returns a Docker error. An image named
+//! `missing:*` fails `prepare` with an image pull error. It records calls and panics on an
+//! illegal order (`run_step` before `prepare`), so the driver's contract is checked.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
+
+/// What the fake was asked to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Prepare(u64),
+    RunStep(u64, String),
+    Destroy(u64),
+}
+
+#[derive(Debug, Default)]
+pub struct FakeEngine {
+    calls: Mutex<Vec<Call>>,
+}
+
+impl FakeEngine {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl Engine for FakeEngine {
+    async fn prepare(
+        &self,
+        env: &JobEnv,
+        log: &mut LogSink<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        self.record(Call::Prepare(env.job_id));
+        if env.image.name.starts_with("missing:") || env.image.name == "missing" {
+            return Err(EngineError::ImagePull {
+                image: env.image.name.clone(),
+                message: "manifest unknown".into(),
+            });
+        }
+        let _ = log
+            .write_all(format!("Using fake engine with image {}\n", env.image.name).as_bytes())
+            .await;
+        Ok(())
+    }
+
+    async fn run_step(
+        &self,
+        env: &JobEnv,
+        step: &StepSpec,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, EngineError> {
+        assert!(
+            self.calls().contains(&Call::Prepare(env.job_id)),
+            "run_step before prepare"
+        );
+        self.record(Call::RunStep(env.job_id, step.name.clone()));
+        for cmd in &step.commands {
+            let line = format!("\x1b[32;1m$ {cmd}\x1b[0;m\n");
+            let _ = log.write_all(line.as_bytes()).await;
+            let (word, rest) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
+            match word {
+                "echo" => {
+                    let _ = log.write_all(format!("{rest}\n").as_bytes()).await;
+                }
+                "exit" => {
+                    let code = rest.trim().parse().unwrap_or(1);
+                    if code != 0 {
+                        return Ok(StepOutcome { exit_code: code, oom_killed: false });
+                    }
+                }
+                "sleep" => {
+                    let secs: f64 = rest.trim().parse().unwrap_or(1.0);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+                        _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+                    }
+                }
+                "oom" => return Ok(StepOutcome { exit_code: 137, oom_killed: true }),
+                "fail-docker" => return Err(EngineError::Docker("connection refused".into())),
+                _ => {}
+            }
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+        }
+        let _ = log.flush().await;
+        Ok(StepOutcome { exit_code: 0, oom_killed: false })
+    }
+
+    async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {
+        self.record(Call::Destroy(env.job_id));
+        Ok(())
+    }
+}

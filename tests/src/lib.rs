@@ -1,0 +1,1 @@
+//! Fakes and fixtures shared by ferry's end-to-end tests.
