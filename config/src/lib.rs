@@ -20,7 +20,12 @@ impl Secret {
     }
     /// The first 8 characters, as gitlab-runner shows a token (`glrt-abc`).
     pub fn short(&self) -> &str {
-        let end = self.0.char_indices().nth(8).map(|(i, _)| i).unwrap_or(self.0.len());
+        let end = self
+            .0
+            .char_indices()
+            .nth(8)
+            .map(|(i, _)| i)
+            .unwrap_or(self.0.len());
         &self.0[..end]
     }
 }

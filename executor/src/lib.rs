@@ -10,6 +10,6 @@ pub mod engine;
 pub mod fake;
 
 pub use engine::{
-    Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth,
-    ServiceSpec, StepOutcome, StepSpec,
+    Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth, ServiceSpec,
+    StepOutcome, StepSpec,
 };
