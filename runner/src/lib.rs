@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod logging;
 pub mod metrics;
+pub mod variables;
 
 /// The source revision ferry was built from (FERRY_REVISION at build time), or "unknown".
 pub const REVISION: &str = match option_env!("FERRY_REVISION") {
