@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod daemon;
 pub mod logging;
 pub mod metrics;
 pub mod variables;
