@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod daemon;
+pub mod gitlab;
 pub mod logging;
 pub mod metrics;
 pub mod variables;
