@@ -5,6 +5,10 @@
 //! (the checked-out sources on the host, the job's variables, the runner's deploy targets and the
 //! `ferry deploy` arguments); progress goes to a [`LogSink`].
 
+pub mod args;
+pub mod render;
+pub mod target;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
