@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod gitlab;
 pub mod logging;
 pub mod metrics;
+pub mod plan;
 pub mod variables;
 
 /// The source revision ferry was built from (FERRY_REVISION at build time), or "unknown".

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// One variable as the job sees it.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Variable {
     pub key: String,
     pub value: String,
@@ -29,6 +29,20 @@ impl std::fmt::Debug for Variable {
             write!(f, " (file)")?;
         }
         Ok(())
+    }
+}
+
+impl Serialize for Variable {
+    /// Masked values are written as `[MASKED]`, so a serialized plan never holds a secret.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Variable", 5)?;
+        st.serialize_field("key", &self.key)?;
+        st.serialize_field("value", if self.masked { "[MASKED]" } else { &self.value })?;
+        st.serialize_field("file", &self.file)?;
+        st.serialize_field("masked", &self.masked)?;
+        st.serialize_field("raw", &self.raw)?;
+        st.end()
     }
 }
 
