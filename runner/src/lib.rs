@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod commands;
 pub mod daemon;
+pub mod driver;
 pub mod gitlab;
 pub mod logging;
 pub mod metrics;
