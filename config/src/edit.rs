@@ -252,7 +252,14 @@ fn parse(path: &Path, text: &str) -> Result<DocumentMut, ConfigError> {
             file: path.display().to_string(),
             line: e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .map(|s| {
+                    let end = s.start.min(text.len());
+                    text.as_bytes()[..end]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                })
                 .unwrap_or(1),
             message: e.message().trim().to_string(),
         })

@@ -112,7 +112,8 @@ pub(crate) fn parse_go_duration(s: &str) -> Result<i128, String> {
             if scale == 0 {
                 break;
             }
-            value += i128::from(d.to_digit(10).unwrap_or(0) as u8) * scale;
+            let digit = i128::from(d.to_digit(10).unwrap_or(0));
+            value = value.checked_add(digit * scale).ok_or_else(bad)?;
         }
         total = total.checked_add(value).ok_or_else(bad)?;
         if total > i128::from(i64::MAX) {
@@ -361,6 +362,8 @@ mod tests {
             );
         }
         assert!(parse_go_duration("9999999999999h").is_err());
+        // integer part fits in i128 nanoseconds, the fraction pushes it over
+        assert!(parse_go_duration("47261439850130342147690917.99999h").is_err());
     }
 
     #[test]
