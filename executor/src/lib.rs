@@ -5,10 +5,12 @@
 //! about GitLab: no payload types, no HTTP client. Job output leaves through a [`LogSink`], a plain
 //! `AsyncWrite`, so the executor never knows where the bytes go.
 
+pub mod docker;
 pub mod engine;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 
+pub use docker::DockerEngine;
 pub use engine::{
     Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth, ServiceSpec,
     StepOutcome, StepSpec,
