@@ -10,6 +10,7 @@ pub mod gitlab;
 pub mod logging;
 pub mod metrics;
 pub mod plan;
+pub mod trace;
 pub mod variables;
 
 /// The source revision ferry was built from (FERRY_REVISION at build time), or "unknown".
