@@ -43,12 +43,18 @@ enum Stop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    Failed { reason: &'static str, exit_code: Option<i32> },
+    Failed {
+        reason: &'static str,
+        exit_code: Option<i32>,
+    },
 }
 
 impl Outcome {
     fn failed(reason: &'static str) -> Self {
-        Outcome::Failed { reason, exit_code: None }
+        Outcome::Failed {
+            reason,
+            exit_code: None,
+        }
     }
 }
 
@@ -64,7 +70,11 @@ pub struct Driver<E, D, A> {
 
 /// Map a reason to one this GitLab accepts (gitlab-runner's compatibility chain).
 pub fn supported_failure_reason(reason: &str, supported: &[String]) -> String {
-    const ALWAYS: [&str; 3] = ["script_failure", "runner_system_failure", "job_execution_timeout"];
+    const ALWAYS: [&str; 3] = [
+        "script_failure",
+        "runner_system_failure",
+        "job_execution_timeout",
+    ];
     let mut r = reason;
     loop {
         if ALWAYS.contains(&r) || supported.iter().any(|s| s == r) {
@@ -89,7 +99,9 @@ fn engine_failure_reason(e: &EngineError) -> &'static str {
 
 fn deploy_failure_reason(e: &DeployError) -> &'static str {
     match e {
-        DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_) => "script_failure",
+        DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_) => {
+            "script_failure"
+        }
         DeployError::Configuration(_) => "runner_configuration_error",
         DeployError::Cancelled => "runner_system_failure",
     }
@@ -147,12 +159,30 @@ impl Signals {
 impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
     /// Run one job to its final status. Never panics on job input; always sends a final update
     /// (unless GitLab says the job is gone).
-    pub async fn run(&self, runner: Arc<RunnerSection>, payload: JobPayload, ctx: JobContext, shutdown: CancellationToken) {
+    pub async fn run(
+        &self,
+        runner: Arc<RunnerSection>,
+        payload: JobPayload,
+        ctx: JobContext,
+        shutdown: CancellationToken,
+    ) {
         let started = Instant::now();
         let job = payload.job_ref();
         let short = runner.token.short().to_string();
-        self.metrics.jobs_total.get_or_create(&RunnerLabels { runner: short.clone() }).inc();
-        let running = self.metrics.jobs.get_or_create(&JobStateLabels { runner: short.clone(), state: "running".into() });
+        self.metrics
+            .jobs_total
+            .get_or_create(&RunnerLabels {
+                runner: short.clone(),
+            })
+            .inc();
+        let running = self
+            .metrics
+            .jobs
+            .get_or_create(&JobStateLabels {
+                runner: short.clone(),
+                state: "running".into(),
+            })
+            .clone();
         running.inc();
 
         let mut masked = payload.secrets();
@@ -170,7 +200,10 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             env!("CARGO_PKG_VERSION"),
             crate::REVISION
         ));
-        log.write_line(&format!("\x1b[0;m  on {} {}, system ID: {}\x1b[0;m", runner.name, short, self.system_id));
+        log.write_line(&format!(
+            "\x1b[0;m  on {} {}, system ID: {}\x1b[0;m",
+            runner.name, short, self.system_id
+        ));
 
         let outcome = match plan::compile(&payload, &runner, &ctx) {
             Ok(plan) => {
@@ -190,39 +223,68 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         let update = match &outcome {
             Outcome::Success => {
                 log.write_line("\x1b[32;1mJob succeeded\x1b[0;m");
-                JobUpdate { state: JobState::Success, failure_reason: None, exit_code: None, checksum: None, bytesize: None }
+                JobUpdate {
+                    state: JobState::Success,
+                    failure_reason: None,
+                    exit_code: None,
+                    checksum: None,
+                    bytesize: None,
+                }
             }
             Outcome::Failed { reason, exit_code } => {
                 let reason = supported_failure_reason(reason, &payload.features.failure_reasons);
                 self.metrics
                     .failed_jobs
-                    .get_or_create(&FailureLabels { runner: short.clone(), failure_reason: reason.clone() })
+                    .get_or_create(&FailureLabels {
+                        runner: short.clone(),
+                        failure_reason: reason.clone(),
+                    })
                     .inc();
                 match exit_code {
                     Some(code) => log.write_error(&format!("Job failed: exit code {code}")),
                     None => log.write_error(&format!("Job failed ({reason})")),
                 }
-                JobUpdate { state: JobState::Failed, failure_reason: Some(reason), exit_code: *exit_code, checksum: None, bytesize: None }
+                JobUpdate {
+                    state: JobState::Failed,
+                    failure_reason: Some(reason),
+                    exit_code: *exit_code,
+                    checksum: None,
+                    bytesize: None,
+                }
             }
         };
         let final_outcome = handle.finish(update).await;
         running.dec();
         self.metrics
             .job_duration
-            .get_or_create(&RunnerLabels { runner: short.clone() })
+            .get_or_create(&RunnerLabels {
+                runner: short.clone(),
+            })
             .observe(started.elapsed().as_secs_f64());
         match final_outcome {
-            FinalOutcome::Accepted => info!(job = job.id, runner = %short, ?outcome, "job finished"),
-            FinalOutcome::Gone => info!(job = job.id, runner = %short, "job finished; GitLab no longer tracks it"),
+            FinalOutcome::Accepted => {
+                info!(job = job.id, runner = %short, ?outcome, "job finished")
+            }
+            FinalOutcome::Gone => {
+                info!(job = job.id, runner = %short, "job finished; GitLab no longer tracks it")
+            }
             FinalOutcome::GaveUp { reason } => {
                 warn!(job = job.id, runner = %short, %reason, "could not report the final job state to GitLab")
             }
         }
     }
 
-    async fn execute(&self, plan: &Plan, runner: &RunnerSection, log: &TraceWriter, signals: &mut Signals) -> Outcome {
+    async fn execute(
+        &self,
+        plan: &Plan,
+        runner: &RunnerSection,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Outcome {
         match &plan.execution {
-            Execution::Docker { env, steps } => self.execute_docker(plan, env, steps, log, signals).await,
+            Execution::Docker { env, steps } => {
+                self.execute_docker(plan, env, steps, log, signals).await
+            }
             Execution::Deploy { commands } => {
                 let mut outcome = Outcome::Success;
                 for cmd in commands {
@@ -248,9 +310,18 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         let req = DeployRequest {
             args: args.to_vec(),
             project_dir: plan.host_project_dir.clone(),
-            variables: plan.variables.deduplicated().into_iter().map(|v| (v.key.clone(), v.value.clone())).collect(),
+            variables: plan
+                .variables
+                .deduplicated()
+                .into_iter()
+                .map(|v| (v.key.clone(), v.value.clone()))
+                .collect(),
             targets: runner.deploy.targets.clone(),
-            remaining: Some(signals.deadline.saturating_duration_since(tokio::time::Instant::now())),
+            remaining: Some(
+                signals
+                    .deadline
+                    .saturating_duration_since(tokio::time::Instant::now()),
+            ),
         };
         log.section_start("deploy", "Deploying to Kubernetes", false);
         let cancel = CancellationToken::new();
@@ -295,11 +366,24 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         log: &TraceWriter,
         signals: &mut Signals,
     ) -> Outcome {
-        log.section_start("prepare_executor", "Preparing the \"docker\" executor", false);
-        log.write_line(&format!("\x1b[0;mUsing Docker executor with image {} ...\x1b[0;m", env.image.name));
+        log.section_start(
+            "prepare_executor",
+            "Preparing the \"docker\" executor",
+            false,
+        );
+        log.write_line(&format!(
+            "\x1b[0;mUsing Docker executor with image {} ...\x1b[0;m",
+            env.image.name
+        ));
         let cancel = CancellationToken::new();
         let mut sink = log.clone();
-        let prepared = run_stoppable(self.engine.prepare(env, &mut sink, &cancel), &cancel, signals, false).await;
+        let prepared = run_stoppable(
+            self.engine.prepare(env, &mut sink, &cancel),
+            &cancel,
+            signals,
+            false,
+        )
+        .await;
         log.section_end("prepare_executor");
         match prepared {
             (_, Some(s)) => return stop_outcome(s, log),
@@ -334,9 +418,16 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
             let mut spec = step.spec.clone();
             if is_after {
-                spec.env.push(EnvVar { name: "CI_JOB_STATUS".into(), value: job_status.into() });
+                spec.env.push(EnvVar {
+                    name: "CI_JOB_STATUS".into(),
+                    value: job_status.into(),
+                });
             }
-            log.section_start(&step.section, &format!("Executing \"{}\" stage of the job script", step.section), false);
+            log.section_start(
+                &step.section,
+                &format!("Executing \"{}\" stage of the job script", step.section),
+                false,
+            );
             let cancel = CancellationToken::new();
             let mut sink = log.clone();
             // after_script has its own timeout and still runs after a timeout or a graceful cancel.
@@ -347,17 +438,30 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     remote: signals.remote.clone(),
                     shutdown: signals.shutdown.clone(),
                 };
-                run_stoppable(self.engine.run_step(env, &spec, &mut sink, &cancel), &cancel, &mut after_signals, true).await
+                run_stoppable(
+                    self.engine.run_step(env, &spec, &mut sink, &cancel),
+                    &cancel,
+                    &mut after_signals,
+                    true,
+                )
+                .await
             } else {
-                run_stoppable(self.engine.run_step(env, &spec, &mut sink, &cancel), &cancel, signals, false).await
+                run_stoppable(
+                    self.engine.run_step(env, &spec, &mut sink, &cancel),
+                    &cancel,
+                    signals,
+                    false,
+                )
+                .await
             };
             log.section_end(&step.section);
             if is_after {
                 // gitlab-runner ignores after_script failures by default.
                 match result {
-                    (Some(Ok(o)), None) if o.exit_code != 0 => {
-                        log.write_warning(&format!("after_script failed with exit code {}", o.exit_code))
-                    }
+                    (Some(Ok(o)), None) if o.exit_code != 0 => log.write_warning(&format!(
+                        "after_script failed with exit code {}",
+                        o.exit_code
+                    )),
                     (Some(Err(e)), None) => log.write_warning(&format!("after_script failed: {e}")),
                     (_, Some(Stop::Timeout)) => log.write_warning("after_script timed out"),
                     _ => {}
@@ -367,17 +471,32 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             match result {
                 (_, Some(s)) => {
                     outcome = stop_outcome(s, log);
-                    job_status = if s == Stop::Timeout { "timedout" } else { "canceled" };
+                    job_status = if s == Stop::Timeout {
+                        "timedout"
+                    } else {
+                        "canceled"
+                    };
                     if s == Stop::Abort || s == Stop::Shutdown {
                         return outcome;
                     }
                 }
                 (Some(Ok(StepOutcome { exit_code: 0, .. })), None) => {}
-                (Some(Ok(StepOutcome { exit_code, oom_killed })), None) => {
+                (
+                    Some(Ok(StepOutcome {
+                        exit_code,
+                        oom_killed,
+                    })),
+                    None,
+                ) => {
                     if oom_killed {
-                        log.write_error("the job container was killed because it ran out of memory (OOM)");
+                        log.write_error(
+                            "the job container was killed because it ran out of memory (OOM)",
+                        );
                     }
-                    outcome = Outcome::Failed { reason: "script_failure", exit_code: Some(exit_code) };
+                    outcome = Outcome::Failed {
+                        reason: "script_failure",
+                        exit_code: Some(exit_code),
+                    };
                     job_status = "failed";
                 }
                 (Some(Err(e)), None) => {
@@ -428,7 +547,9 @@ fn stop_outcome(stop: Stop, log: &TraceWriter) -> Outcome {
             Outcome::failed("unknown_failure")
         }
         Stop::Shutdown => {
-            log.write_error("Job failed: the runner was stopped (ferry received a termination signal)");
+            log.write_error(
+                "Job failed: the runner was stopped (ferry received a termination signal)",
+            );
             Outcome::failed("runner_interrupted")
         }
     }
@@ -437,7 +558,12 @@ fn stop_outcome(stop: Stop, log: &TraceWriter) -> Outcome {
 /// Write file-type variables into `<project dir>.tmp/<KEY>` on the host (visible in the job
 /// container through the builds dir mount).
 fn write_file_variables(plan: &Plan) -> std::io::Result<()> {
-    let files: Vec<_> = plan.variables.deduplicated().into_iter().filter(|v| v.file).collect();
+    let files: Vec<_> = plan
+        .variables
+        .deduplicated()
+        .into_iter()
+        .filter(|v| v.file)
+        .collect();
     if files.is_empty() {
         return Ok(());
     }
@@ -453,9 +579,23 @@ fn write_file_variables(plan: &Plan) -> std::io::Result<()> {
 
 /// A job whose payload could not be decoded, but whose id and token could: report it failed so it
 /// does not stay "running" in GitLab until its timeout.
-pub async fn fail_undecodable<A: JobApi>(api: Arc<A>, job: JobRef, error: &str, timing: TraceTiming) {
-    let (log, handle) = trace::start(job, api, TraceConfig { timing, ..TraceConfig::default() });
-    log.write_error(&format!("ferry could not read the job sent by GitLab: {error}"));
+pub async fn fail_undecodable<A: JobApi>(
+    api: Arc<A>,
+    job: JobRef,
+    error: &str,
+    timing: TraceTiming,
+) {
+    let (log, handle) = trace::start(
+        job,
+        api,
+        TraceConfig {
+            timing,
+            ..TraceConfig::default()
+        },
+    );
+    log.write_error(&format!(
+        "ferry could not read the job sent by GitLab: {error}"
+    ));
     handle
         .finish(JobUpdate {
             state: JobState::Failed,
@@ -503,13 +643,33 @@ mod tests {
     #[test]
     fn failure_reasons_fall_back_like_gitlab_runner() {
         let old: Vec<String> = vec![];
-        assert_eq!(supported_failure_reason("script_failure", &old), "script_failure");
-        assert_eq!(supported_failure_reason("image_pull_failure", &old), "runner_system_failure");
-        assert_eq!(supported_failure_reason("runner_configuration_error", &old), "script_failure");
-        assert_eq!(supported_failure_reason("runner_interrupted", &old), "unknown_failure");
-        let new = vec!["runner_configuration_error".to_string(), "runner_interrupted".to_string()];
-        assert_eq!(supported_failure_reason("runner_configuration_error", &new), "runner_configuration_error");
-        assert_eq!(supported_failure_reason("runner_interrupted", &new), "runner_interrupted");
+        assert_eq!(
+            supported_failure_reason("script_failure", &old),
+            "script_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("image_pull_failure", &old),
+            "runner_system_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_configuration_error", &old),
+            "script_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_interrupted", &old),
+            "unknown_failure"
+        );
+        let new = vec![
+            "runner_configuration_error".to_string(),
+            "runner_interrupted".to_string(),
+        ];
+        assert_eq!(
+            supported_failure_reason("runner_configuration_error", &new),
+            "runner_configuration_error"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_interrupted", &new),
+            "runner_interrupted"
+        );
     }
 }
-
