@@ -212,7 +212,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     remote: handle.signals(),
                     shutdown,
                 };
-                self.execute(&plan, &runner, &log, &mut signals).await
+                self.execute(&plan, &job, &runner, &log, &mut signals).await
             }
             Err(e) => {
                 log.write_error(&format!("job {}: {e}", job.id));
@@ -277,15 +277,30 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
     async fn execute(
         &self,
         plan: &Plan,
+        job: &JobRef,
         runner: &RunnerSection,
         log: &TraceWriter,
         signals: &mut Signals,
     ) -> Outcome {
+        for w in &plan.warnings {
+            log.write_warning(w);
+        }
+        if let Err(e) = std::fs::create_dir_all(&plan.host_project_dir) {
+            log.write_error(&format!("creating the build directory: {e}"));
+            return Outcome::failed("runner_system_failure");
+        }
         match &plan.execution {
             Execution::Docker { env, steps } => {
-                self.execute_docker(plan, env, steps, log, signals).await
+                self.execute_docker(plan, job, env, steps, log, signals)
+                    .await
             }
             Execution::Deploy { commands } => {
+                if let Err(o) = self.get_sources(plan, log, signals).await {
+                    return o;
+                }
+                if let Err(o) = self.download_artifacts(plan, log, signals).await {
+                    return o;
+                }
                 let mut outcome = Outcome::Success;
                 for cmd in commands {
                     log.write_line(&format!("\x1b[32;1m$ {}\x1b[0;m", cmd.line));
@@ -343,12 +358,26 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
     async fn execute_docker(
         &self,
         plan: &Plan,
+        job: &JobRef,
         env: &JobEnv,
         steps: &[PlannedStep],
         log: &TraceWriter,
         signals: &mut Signals,
     ) -> Outcome {
-        let outcome = self.docker_stages(plan, env, steps, log, signals).await;
+        let mut outcome = self.docker_stages(plan, env, steps, log, signals).await;
+        // Cache and artifacts after the script, by `when`, unless the job is over server-side or
+        // ferry is stopping.
+        if !matches!(signals.current(), Some(Stop::Abort | Stop::Shutdown))
+            && !self.before_script(&outcome)
+        {
+            let succeeded = outcome == Outcome::Success;
+            self.archive_caches(plan, log, succeeded).await;
+            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await {
+                if succeeded {
+                    outcome = o;
+                }
+            }
+        }
         // Cleanup runs on every path, on its own deadline, not cancellable by the job's signals.
         match tokio::time::timeout(CLEANUP_TIMEOUT, self.engine.destroy(env)).await {
             Ok(Ok(())) => {}
@@ -393,6 +422,13 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
             (None, None) => return Outcome::failed("runner_system_failure"),
             (Some(Ok(())), None) => {}
+        }
+        if let Err(o) = self.get_sources(plan, log, signals).await {
+            return o;
+        }
+        self.restore_caches(plan, log, signals).await;
+        if let Err(o) = self.download_artifacts(plan, log, signals).await {
+            return o;
         }
         if let Err(e) = write_file_variables(plan) {
             log.write_error(&format!("writing file variables: {e}"));
@@ -511,6 +547,240 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
         }
         outcome
+    }
+}
+
+impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
+    /// Whether the job failed before its script ran (then there is nothing to archive or upload).
+    fn before_script(&self, outcome: &Outcome) -> bool {
+        matches!(
+            outcome,
+            Outcome::Failed {
+                reason: "image_pull_failure" | "runner_configuration_error",
+                ..
+            }
+        )
+    }
+
+    async fn get_sources(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<(), Outcome> {
+        log.section_start("get_sources", "Getting source from Git repository", false);
+        let cancel = CancellationToken::new();
+        let mut sink = log.clone();
+        let r = run_stoppable(
+            ferry_executor::sources::get_sources(&plan.sources, &mut sink, &cancel),
+            &cancel,
+            signals,
+            false,
+        )
+        .await;
+        log.section_end("get_sources");
+        match r {
+            (_, Some(s)) => Err(stop_outcome(s, log)),
+            (Some(Ok(())), None) => Ok(()),
+            (Some(Err(e)), None) => {
+                log.write_error(&format!("Job failed: getting the sources: {e}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+            (None, None) => Err(Outcome::failed("runner_system_failure")),
+        }
+    }
+
+    async fn restore_caches(&self, plan: &Plan, log: &TraceWriter, signals: &mut Signals) {
+        if plan.caches.is_empty() {
+            return;
+        }
+        log.section_start("restore_cache", "Restoring cache", false);
+        for spec in &plan.caches {
+            let cancel = CancellationToken::new();
+            let mut sink = log.clone();
+            let fut = ferry_executor::cache::restore(
+                &plan.cache_store,
+                spec,
+                &plan.host_project_dir,
+                &mut sink,
+                &cancel,
+            );
+            if let (Some(Err(e)), None) = run_stoppable(fut, &cancel, signals, false).await {
+                log.write_warning(&format!("restoring cache {:?}: {e}", spec.key));
+            }
+        }
+        log.section_end("restore_cache");
+    }
+
+    async fn archive_caches(&self, plan: &Plan, log: &TraceWriter, succeeded: bool) {
+        if plan.caches.is_empty() {
+            return;
+        }
+        let name = if succeeded {
+            "archive_cache"
+        } else {
+            "archive_cache_on_failure"
+        };
+        log.section_start(name, "Saving cache", false);
+        for spec in &plan.caches {
+            let cancel = CancellationToken::new();
+            let mut sink = log.clone();
+            let r = ferry_executor::cache::save(
+                &plan.cache_store,
+                spec,
+                &plan.host_project_dir,
+                succeeded,
+                &mut sink,
+                &cancel,
+            )
+            .await;
+            if let Err(e) = r {
+                log.write_warning(&format!("saving cache {:?}: {e}", spec.key));
+            }
+        }
+        log.section_end(name);
+    }
+
+    async fn download_artifacts(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<(), Outcome> {
+        if plan.dependencies.is_empty() {
+            return Ok(());
+        }
+        log.section_start("download_artifacts", "Downloading artifacts", false);
+        let result = async {
+            for dep in &plan.dependencies {
+                log.write_line(&format!(
+                    "Downloading artifacts for {} ({})...",
+                    dep.name, dep.id
+                ));
+                let tmp = tempfile::NamedTempFile::new()
+                    .map_err(|e| Ok(format!("temporary file: {e}")))?;
+                let cancel = CancellationToken::new();
+                let fut = self.api.download_artifacts(dep.id, &dep.token, tmp.path());
+                match run_stoppable(fut, &cancel, signals, false).await {
+                    (_, Some(s)) => return Err(Err(stop_outcome(s, log))),
+                    (Some(Ok(())), None) => {}
+                    (Some(Err(e)), None) => {
+                        return Err(Ok(format!(
+                            "downloading artifacts of {} ({}): {e}",
+                            dep.name, dep.id
+                        )));
+                    }
+                    (None, None) => return Err(Ok("download abandoned".to_string())),
+                }
+                let (zip, dir) = (tmp.path().to_path_buf(), plan.host_project_dir.clone());
+                let summary = tokio::task::spawn_blocking(move || {
+                    ferry_executor::artifacts::extract_archive(&zip, &dir)
+                })
+                .await
+                .map_err(|e| Ok(e.to_string()))?
+                .map_err(|e| {
+                    Ok(format!(
+                        "extracting artifacts of {} ({}): {e}",
+                        dep.name, dep.id
+                    ))
+                })?;
+                for n in &summary.notes {
+                    log.write_line(&n.to_log_line());
+                }
+                log.write_line(&format!(
+                    "Downloaded artifacts for {} ({}): {} files",
+                    dep.name, dep.id, summary.files
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        log.section_end("download_artifacts");
+        match result {
+            Ok(()) => Ok(()),
+            Err(Err(o)) => Err(o),
+            Err(Ok(msg)) => {
+                log.write_error(&format!("Job failed: {msg}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+        }
+    }
+
+    async fn upload_artifacts(
+        &self,
+        plan: &Plan,
+        job: &JobRef,
+        log: &TraceWriter,
+        succeeded: bool,
+    ) -> Result<(), Outcome> {
+        let due: Vec<_> = plan
+            .artifacts
+            .iter()
+            .filter(|a| a.when.applies(succeeded))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let name = if succeeded {
+            "upload_artifacts_on_success"
+        } else {
+            "upload_artifacts_on_failure"
+        };
+        log.section_start(name, "Uploading artifacts for successful job", false);
+        let mut failed = None;
+        for spec in due {
+            log.write_line(&format!("Uploading artifacts ({})...", spec.artifact_type));
+            let tmp = match tempfile::NamedTempFile::new() {
+                Ok(t) => t,
+                Err(e) => {
+                    failed = Some(format!("temporary file: {e}"));
+                    break;
+                }
+            };
+            let mut sink = log.clone();
+            let summary = match ferry_executor::artifacts::archive(
+                &plan.host_project_dir,
+                spec,
+                tmp.path(),
+                &mut sink,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    failed = Some(format!("archiving artifacts: {e}"));
+                    break;
+                }
+            };
+            if summary.files == 0 {
+                continue;
+            }
+            let meta = crate::api::ArtifactMeta {
+                artifact_type: spec.artifact_type.clone(),
+                artifact_format: spec.format.as_str().to_string(),
+                name: spec.upload_file_name(),
+                expire_in: spec.expire_in.clone(),
+            };
+            match self.api.upload_artifacts(job, &meta, tmp.path()).await {
+                Ok(()) => log.write_line(&format!(
+                    "Uploading artifacts as \"{}\" to coordinator... 201 Created  id={} responseStatus=201 Created",
+                    spec.format.as_str(),
+                    job.id
+                )),
+                Err(e) => {
+                    failed = Some(format!("uploading artifacts: {e}"));
+                    break;
+                }
+            }
+        }
+        log.section_end(name);
+        match failed {
+            None => Ok(()),
+            Some(msg) => {
+                log.write_error(&format!("Job failed: {msg}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+        }
     }
 }
 
