@@ -879,3 +879,11 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn handles_can_move_into_job_tasks() {
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+    send_sync_static::<TraceWriter>();
+    send_sync_static::<TraceHandle>();
+    send_sync_static::<RemoteSignal>();
+}
