@@ -804,7 +804,7 @@ fn run_buffer(secrets: &[String], text: &[u8], cuts: &[usize], mem_limit: usize)
         1,
         Masker::new::<String, &str>(secrets, &[]),
         u64::MAX,
-        mem_limit,
+        super::store::Store::new(mem_limit, None),
     );
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
     cuts.sort_unstable();
