@@ -191,7 +191,10 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             output_limit: runner.output_limit,
             masked,
             token_prefixes: payload.features.token_mask_prefixes.clone(),
-            timing: self.trace_timing.clone(),
+            timing: TraceTiming {
+                final_retry_limit: runner.job_status_final_update_retry_limit.max(1),
+                ..self.trace_timing.clone()
+            },
             ..TraceConfig::default()
         };
         let (log, handle) = trace::start(job.clone(), self.api.clone(), cfg);
