@@ -119,11 +119,25 @@ pub fn default_config_path() -> PathBuf {
     if euid == 0 {
         return PathBuf::from("/etc/ferry/config.toml");
     }
-    let home = std::env::var_os("HOME")
+    home_dir().join(".ferry").join("config.toml")
+}
+
+/// Where gitlab-runner keeps its file: `/etc/gitlab-runner/config.toml` as root, else
+/// `~/.gitlab-runner/config.toml`. A CLI can fall back to it when [`default_config_path`] does
+/// not exist, so a host switching from gitlab-runner keeps working without `-c`.
+pub fn gitlab_runner_config_path() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/etc/gitlab-runner/config.toml");
+    }
+    home_dir().join(".gitlab-runner").join("config.toml")
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".ferry").join("config.toml")
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Header of a file `add_runner` creates, as `gitlab-runner register` writes it.

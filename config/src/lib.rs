@@ -18,8 +18,8 @@ mod units;
 mod walk;
 
 pub use edit::{
-    NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, remove_runners,
-    update_token,
+    NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, gitlab_runner_config_path,
+    remove_runners, update_token,
 };
 pub use system_id::{SYSTEM_ID_FILE, SystemIdState, load_or_create_system_id, system_id_state};
 

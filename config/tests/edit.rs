@@ -320,3 +320,23 @@ fn edits_of_missing_or_broken_files_fail_clearly() {
         Err(ConfigError::Edit { .. })
     ));
 }
+
+#[test]
+fn default_paths_depend_on_the_effective_user() {
+    let ferry = ferry_config::default_config_path();
+    let gitlab = ferry_config::gitlab_runner_config_path();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        assert_eq!(ferry, Path::new("/etc/ferry/config.toml"));
+        assert_eq!(gitlab, Path::new("/etc/gitlab-runner/config.toml"));
+    } else {
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        assert_eq!(ferry, Path::new(&home).join(".ferry/config.toml"));
+        assert_eq!(gitlab, Path::new(&home).join(".gitlab-runner/config.toml"));
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
