@@ -86,6 +86,24 @@ fn runner_defaults() {
 }
 
 #[test]
+fn default_impls_match_what_an_empty_section_resolves_to() {
+    let c = load(&with_docker(""));
+    assert_eq!(
+        format!("{:?}", ferry_config::DockerSection::default()),
+        format!("{:?}", c.runners[0].docker)
+    );
+    let mut r = ferry_config::RunnerSection::default();
+    r.name = "r1".into();
+    r.url = "https://gitlab.example.com".into();
+    r.token = ferry_config::Secret("glrt-abcdefgh".into());
+    assert_eq!(format!("{r:?}"), format!("{:?}", load(MINIMAL).runners[0]));
+    assert_eq!(
+        format!("{:?}", ferry_config::GlobalSection::default()),
+        format!("{:?}", load("").global)
+    );
+}
+
+#[test]
 fn global_values_and_their_fallbacks() {
     let c = load(
         "concurrent = 7\ncheck_interval = 10\nlog_level = \"warning\"\nlog_format = \"json\"\n\
