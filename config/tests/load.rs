@@ -92,10 +92,12 @@ fn default_impls_match_what_an_empty_section_resolves_to() {
         format!("{:?}", ferry_config::DockerSection::default()),
         format!("{:?}", c.runners[0].docker)
     );
-    let mut r = ferry_config::RunnerSection::default();
-    r.name = "r1".into();
-    r.url = "https://gitlab.example.com".into();
-    r.token = ferry_config::Secret("glrt-abcdefgh".into());
+    let r = ferry_config::RunnerSection {
+        name: "r1".into(),
+        url: "https://gitlab.example.com".into(),
+        token: ferry_config::Secret("glrt-abcdefgh".into()),
+        ..Default::default()
+    };
     assert_eq!(format!("{r:?}"), format!("{:?}", load(MINIMAL).runners[0]));
     assert_eq!(
         format!("{:?}", ferry_config::GlobalSection::default()),
