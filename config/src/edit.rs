@@ -162,9 +162,20 @@ pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
         }
     };
     let mut entry = runner_table(r);
-    if !doc.as_table().is_empty() {
-        entry.decor_mut().set_prefix("\n");
+    // Comments at the very end of the file stay before the new entry, so the old text is kept
+    // as it was and the entry is appended below it.
+    let trailing = doc.trailing().as_str().unwrap_or("").to_string();
+    doc.set_trailing("");
+    let mut text_before = doc.to_string();
+    text_before.push_str(&trailing);
+    let mut prefix = String::new();
+    if !text_before.is_empty() && !text_before.ends_with('\n') {
+        prefix.push('\n');
     }
+    if !text_before.trim().is_empty() {
+        prefix.push('\n');
+    }
+    entry.decor_mut().set_prefix(format!("{trailing}{prefix}"));
     runners_mut(path, &mut doc)?.push(entry);
     let new_text = doc.to_string();
 

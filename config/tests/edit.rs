@@ -340,3 +340,32 @@ unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+#[test]
+fn add_runner_keeps_trailing_comments_and_a_missing_final_newline_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    for original in [
+        "concurrent = 3",
+        "concurrent = 3\n# [[runners]]\n#   name = \"old, commented out\"\n",
+        "# only a comment",
+        "",
+        "\n\n",
+    ] {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, original).unwrap();
+        add_runner(
+            &path,
+            &NewRunner::docker("n", "https://g", "glrt-n", "alpine"),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(original), "{original:?} became {text:?}");
+        let rest = &text[original.len()..];
+        assert!(
+            rest.trim_start().starts_with("[[runners]]\n  name = \"n\""),
+            "{text:?}"
+        );
+        let c = from_toml_str_with_env(&text, "c", &no_env).unwrap();
+        assert_eq!(c.runners.len(), 1);
+    }
+}
