@@ -246,6 +246,7 @@ const CACHE_KNOWN: &[(&str, Leftover)] = &[
     ("BucketName", N),
     ("BucketLocation", N),
     ("Insecure", N),
+    ("RedactURL", N),
     ("s3", N),
     ("gcs", I),
     ("gcsv2", I),
@@ -253,7 +254,7 @@ const CACHE_KNOWN: &[(&str, Leftover)] = &[
 ];
 
 pub(crate) fn cache(ctx: &mut Ctx, mut t: TableReader) -> Result<CacheSection, ConfigError> {
-    let c = CacheSection {
+    let mut c = CacheSection {
         kind: non_empty(t.string(ctx, "Type")?),
         path: non_empty(t.string(ctx, "Path")?),
         shared: flag(ctx, &mut t, "Shared")?,
@@ -268,15 +269,20 @@ pub(crate) fn cache(ctx: &mut Ctx, mut t: TableReader) -> Result<CacheSection, C
             })?,
         },
     };
-    if let Some(kind) = &c.kind
-        && !matches!(kind.as_str(), "s3" | "gcs" | "gcsv2" | "azure")
-    {
-        let line = t.item(ctx, "Type").map(|(_, l)| l).unwrap_or(t.line);
-        return Err(ctx.invalid(
-            line,
-            &t.key_path("Type"),
-            "expected one of s3, gcs, gcsv2, azure",
-        ));
+    // gitlab-runner only notices an unknown adapter when a job uses the cache, so this is a
+    // warning (a file gitlab-runner accepts must load), and the cache stays local.
+    if let Some(kind) = c.kind.take() {
+        if matches!(kind.as_str(), "s3" | "gcs" | "gcsv2" | "azure") {
+            c.kind = Some(kind);
+        } else {
+            let line = t.item(ctx, "Type").map(|(_, l)| l).unwrap_or(t.line);
+            let key = t.key_path("Type");
+            ctx.warn(
+                line,
+                &key,
+                format!("unknown cache type {kind:?} (known: s3, gcs, gcsv2, azure); only the local cache is used"),
+            );
+        }
     }
     t.finish(ctx, CACHE_KNOWN);
     Ok(c)

@@ -609,10 +609,13 @@ fn cache_section_with_capitalised_keys() {
     assert_eq!(cache.path.as_deref(), Some("prefix"));
     assert!(cache.shared);
     assert_eq!(cache.max_uploaded_archive_size, 1_048_576);
+    let c = load(&format!("{MINIMAL}  [runners.cache]\n    Type = \"ftp\"\n"));
+    assert_eq!(c.runners[0].cache.kind, None);
     assert_eq!(
-        error(&format!("{MINIMAL}  [runners.cache]\n    Type = \"ftp\"\n")),
-        "config.toml:8: runners[0].cache.Type: expected one of s3, gcs, gcsv2, azure"
+        (c.warnings[0].line, c.warnings[0].key.as_str()),
+        (8, "runners[0].cache.Type")
     );
+    assert!(c.warnings[0].message.contains("unknown cache type \"ftp\""));
     // lower-case spelling is not gitlab-runner's: unknown key
     let c = load(&format!("{MINIMAL}  [runners.cache]\n    type = \"s3\"\n"));
     assert_eq!(c.warnings[0].key, "runners[0].cache.type");
