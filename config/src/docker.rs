@@ -117,8 +117,8 @@ pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection,
     if let Some(c) = t.string(ctx, "cpus")?
         && !c.v.trim().is_empty()
     {
-        match c.v.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() && v > 0.0 => d.cpus = Some(v),
+        match parse_cpus(c.v.trim()) {
+            Some(v) if v.is_finite() && v > 0.0 => d.cpus = Some(v),
             _ => {
                 return Err(ctx.invalid(
                     c.line,
@@ -152,6 +152,17 @@ pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection,
     };
     t.finish(ctx, DOCKER_KNOWN);
     Ok(d)
+}
+
+/// gitlab-runner reads `cpus` as a rational number (Go's `big.Rat`): `"1.5"` or `"3/2"`.
+fn parse_cpus(s: &str) -> Option<f64> {
+    match s.split_once('/') {
+        Some((n, d)) => {
+            let (n, d) = (n.parse::<f64>().ok()?, d.parse::<f64>().ok()?);
+            (d != 0.0).then(|| n / d)
+        }
+        None => s.parse().ok(),
+    }
 }
 
 fn flag(ctx: &Ctx, t: &mut TableReader, key: &str) -> Result<bool, ConfigError> {

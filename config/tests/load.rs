@@ -487,6 +487,8 @@ fn memory_and_cpus() {
     assert_eq!(d.cpus, Some(1.5));
     assert_eq!(d.shm_size, 64 * 1024 * 1024);
 
+    let c = load(&with_docker("    cpus = \"3/2\""));
+    assert_eq!(c.runners[0].docker.cpus, Some(1.5));
     let c = load(&with_docker("    memory = \"\"\n    cpus = \"\""));
     assert_eq!(c.runners[0].docker.memory, None);
     assert_eq!(c.runners[0].docker.cpus, None);
