@@ -273,21 +273,7 @@ pub fn update_token(
 
 fn parse(path: &Path, text: &str) -> Result<DocumentMut, ConfigError> {
     text.parse::<DocumentMut>()
-        .map_err(|e| ConfigError::Syntax {
-            file: path.display().to_string(),
-            line: e
-                .span()
-                .map(|s| {
-                    let end = s.start.min(text.len());
-                    text.as_bytes()[..end]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(1),
-            message: e.message().trim().to_string(),
-        })
+        .map_err(|e| crate::walk::syntax_error(&path.display().to_string(), text, &e))
 }
 
 fn read_doc(path: &Path) -> Result<DocumentMut, ConfigError> {

@@ -166,6 +166,13 @@ fn syntax_error_has_a_line() {
         }
         other => panic!("expected a syntax error, got {other:?}"),
     }
+    let e = from_toml_str_with_env("a = 1\n  a = 2\n", "c.toml", &env).unwrap_err();
+    assert_eq!(e.to_string(), "c.toml:2: duplicate key (in `a = 2`)");
+    let e = from_toml_str_with_env("é = \"\u{e9}\n", "c.toml", &env).unwrap_err();
+    match e {
+        ConfigError::Syntax { line, .. } => assert_eq!(line, 1),
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
 }
 
 #[test]
