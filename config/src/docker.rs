@@ -183,27 +183,19 @@ fn pull_policies(
     key: &str,
 ) -> Result<Vec<PullPolicy>, ConfigError> {
     let mut out = Vec::new();
-    for (i, v) in t
-        .string_or_strings(ctx, key)?
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        // gitlab-runner treats an empty string as "not set"
+    for v in t.string_or_strings(ctx, key)?.unwrap_or_default() {
+        // an empty string is taken as "not set" (gitlab-runner would fail the job instead)
         if v.v.is_empty() {
             continue;
         }
-        match PullPolicy::parse(&v.v) {
-            Some(p) => out.push(p),
-            None => {
-                let _ = i;
-                return Err(ctx.invalid(
-                    v.line,
-                    &t.key_path(key),
-                    "expected one of always, if-not-present, never",
-                ));
-            }
-        }
+        let p = PullPolicy::parse(&v.v).ok_or_else(|| {
+            ctx.invalid(
+                v.line,
+                &t.key_path(key),
+                "expected one of always, if-not-present, never",
+            )
+        })?;
+        out.push(p);
     }
     Ok(out)
 }
