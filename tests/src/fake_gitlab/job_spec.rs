@@ -49,7 +49,10 @@ impl JobSpec {
 
     /// A job whose payload is exactly `payload` (except `id` and `token`, set by the fake).
     pub fn raw(payload: Value) -> Self {
-        JobSpec { raw: Some(payload), ..JobSpec::new("raw") }
+        JobSpec {
+            raw: Some(payload),
+            ..JobSpec::new("raw")
+        }
     }
 
     pub fn script<I: IntoIterator<Item = S>, S: Into<String>>(mut self, lines: I) -> Self {
@@ -78,16 +81,19 @@ impl JobSpec {
     }
 
     pub fn variable(mut self, key: &str, value: &str, masked: bool) -> Self {
-        self.variables.push(json!({"key": key, "value": value, "public": !masked, "masked": masked}));
+        self.variables
+            .push(json!({"key": key, "value": value, "public": !masked, "masked": masked}));
         self
     }
 
     /// An `archive` artifact of `paths`.
     pub fn artifact_paths<I: IntoIterator<Item = S>, S: Into<String>>(mut self, paths: I) -> Self {
         let paths: Vec<String> = paths.into_iter().map(Into::into).collect();
-        self.artifacts.push(json!({"name": "artifacts", "untracked": false, "paths": paths,
+        self.artifacts.push(
+            json!({"name": "artifacts", "untracked": false, "paths": paths,
             "when": "on_success", "expire_in": "1 week", "artifact_type": "archive",
-            "artifact_format": "zip"}));
+            "artifact_format": "zip"}),
+        );
         self
     }
 

@@ -35,9 +35,7 @@ use tokio::time::Instant;
 
 pub use job_spec::{FAILURE_REASONS, JobSpec};
 pub use server::TestCert;
-pub use state::{
-    JobRecord, JobStatus, RequestRecord, RunnerOrigin, RunnerRecord, StoredArtifact,
-};
+pub use state::{JobRecord, JobStatus, RequestRecord, RunnerOrigin, RunnerRecord, StoredArtifact};
 
 use routes::Shared;
 use state::{QueuedJob, RunnerRecord as Runner, State, random_token};
@@ -53,7 +51,12 @@ pub struct RunnerSpec {
 
 impl Default for RunnerSpec {
     fn default() -> Self {
-        RunnerSpec { description: "fake runner".into(), tags: Vec::new(), run_untagged: true, paused: false }
+        RunnerSpec {
+            description: "fake runner".into(),
+            tags: Vec::new(),
+            run_untagged: true,
+            paused: false,
+        }
     }
 }
 
@@ -93,16 +96,28 @@ impl FakeGitLab {
         let addr = listener.local_addr().expect("local address");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut state = State::new();
-        let host = if tls.is_some() { "localhost" } else { "127.0.0.1" };
+        let host = if tls.is_some() {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
         state.base_url = format!("{scheme}://{host}:{}", addr.port());
-        let shared =
-            Arc::new(Shared { state: Mutex::new(state), queue_changed: Default::default() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            queue_changed: Default::default(),
+        });
         let task = server::spawn(
             listener,
             routes::router(shared.clone()),
             tls.as_ref().map(|t| t.acceptor.clone()),
         );
-        FakeGitLab { shared, addr, scheme, tls, task: Mutex::new(Some(task)) }
+        FakeGitLab {
+            shared,
+            addr,
+            scheme,
+            tls,
+            task: Mutex::new(Some(task)),
+        }
     }
 
     /// Base URL (`http://127.0.0.1:<port>`, or `https://localhost:<port>` with TLS).
@@ -140,7 +155,9 @@ impl FakeGitLab {
     /// Listen again on the same port, with the same state.
     pub async fn restart(&self) {
         self.stop().await;
-        let listener = server::bind(self.addr).await.expect("rebinding the fake GitLab port");
+        let listener = server::bind(self.addr)
+            .await
+            .expect("rebinding the fake GitLab port");
         let task = server::spawn(
             listener,
             routes::router(self.shared.clone()),
@@ -153,7 +170,10 @@ impl FakeGitLab {
 
     /// Accept `token` as a registration token on `POST /api/v4/runners`.
     pub fn add_registration_token(&self, token: &str) {
-        self.shared.lock().registration_tokens.insert(token.to_owned());
+        self.shared
+            .lock()
+            .registration_tokens
+            .insert(token.to_owned());
     }
 
     /// Answer 410 to registrations with registration tokens.
@@ -197,7 +217,12 @@ impl FakeGitLab {
     }
 
     pub fn runner(&self, id: u64) -> Option<RunnerRecord> {
-        self.shared.lock().runners.iter().find(|r| r.id == id).cloned()
+        self.shared
+            .lock()
+            .runners
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
     }
 
     pub fn set_runner_paused(&self, id: u64, paused: bool) {
@@ -254,7 +279,12 @@ impl FakeGitLab {
     }
 
     pub fn trace(&self, id: u64) -> Vec<u8> {
-        self.shared.lock().jobs.get(&id).map(|j| j.trace.clone()).unwrap_or_default()
+        self.shared
+            .lock()
+            .jobs
+            .get(&id)
+            .map(|j| j.trace.clone())
+            .unwrap_or_default()
     }
 
     pub fn trace_string(&self, id: u64) -> String {
@@ -276,7 +306,12 @@ impl FakeGitLab {
     }
 
     pub fn artifacts(&self, id: u64) -> Vec<StoredArtifact> {
-        self.shared.lock().jobs.get(&id).map(|j| j.artifacts.clone()).unwrap_or_default()
+        self.shared
+            .lock()
+            .jobs
+            .get(&id)
+            .map(|j| j.artifacts.clone())
+            .unwrap_or_default()
     }
 
     /// The user presses Cancel: `canceling` if the job's runner advertised
@@ -377,7 +412,10 @@ impl FakeGitLab {
 
     /// Answer the next `/jobs/request` with `status` (queue them to script several).
     pub fn inject_job_request_status(&self, status: u16) {
-        self.shared.lock().injected_request_statuses.push_back(status);
+        self.shared
+            .lock()
+            .injected_request_statuses
+            .push_back(status);
     }
 
     // ---- observation ---------------------------------------------------------------------
@@ -389,7 +427,12 @@ impl FakeGitLab {
 
     /// How many requests hit `path` (exact, with method).
     pub fn count_requests(&self, method: &str, path: &str) -> usize {
-        self.shared.lock().requests.iter().filter(|r| r.method == method && r.path == path).count()
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.method == method && r.path == path)
+            .count()
     }
 
     /// Every `/jobs/request` body received.

@@ -39,11 +39,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/runners", post(register).delete(delete_runner))
         .route("/api/v4/runners/verify", post(verify))
         .route("/api/v4/runners/managers", delete(delete_manager))
-        .route("/api/v4/runners/reset_authentication_token", post(reset_token))
+        .route(
+            "/api/v4/runners/reset_authentication_token",
+            post(reset_token),
+        )
         .route("/api/v4/jobs/request", post(request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
         .route("/api/v4/jobs/{id}/trace", patch(patch_trace))
-        .route("/api/v4/jobs/{id}/artifacts", post(upload_artifacts).get(download_artifacts))
+        .route(
+            "/api/v4/jobs/{id}/artifacts",
+            post(upload_artifacts).get(download_artifacts),
+        )
         .route("/_storage/{secret}", get(storage));
     // Also served under a relative URL root, to test URL joining.
     Router::new()
@@ -59,7 +65,10 @@ async fn control(AxState(shared): S, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let (delay, outage) = {
         let s = shared.lock();
-        (s.settings.delay, s.settings.outage_until.is_some_and(|t| Instant::now() < t))
+        (
+            s.settings.delay,
+            s.settings.outage_until.is_some_and(|t| Instant::now() < t),
+        )
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -69,7 +78,11 @@ async fn control(AxState(shared): S, req: Request, next: Next) -> Response {
     } else {
         next.run(req).await
     };
-    shared.lock().requests.push(RequestRecord { method, path, status: response.status().as_u16() });
+    shared.lock().requests.push(RequestRecord {
+        method,
+        path,
+        status: response.status().as_u16(),
+    });
     response
 }
 
@@ -77,10 +90,13 @@ fn message(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(json!({ "message": msg }))).into_response()
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, Response> {
+fn parse_json(body: &Bytes) -> Result<Value, Box<Response>> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err(message(StatusCode::BAD_REQUEST, "400 Bad request - body is not a JSON object")),
+        _ => Err(Box::new(message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - body is not a JSON object",
+        ))),
     }
 }
 
@@ -89,7 +105,11 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 fn token_missing() -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "token is missing"}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": "token is missing"})),
+    )
+        .into_response()
 }
 
 fn created_runner_body(r: &RunnerRecord) -> Value {
@@ -99,27 +119,45 @@ fn created_runner_body(r: &RunnerRecord) -> Value {
 async fn register(AxState(shared): S, body: Bytes) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let Some(token) = str_field(&v, "token") else { return token_missing() };
+    let Some(token) = str_field(&v, "token") else {
+        return token_missing();
+    };
     let mut s = shared.lock();
     if s.settings.registration_disabled {
-        return message(StatusCode::GONE, "410 Gone - runner registration disallowed");
+        return message(
+            StatusCode::GONE,
+            "410 Gone - runner registration disallowed",
+        );
     }
     if !s.registration_tokens.contains(token) {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
     }
     if v.get("active").is_some() && v.get("paused").is_some() {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - active, paused are mutually exclusive");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - active, paused are mutually exclusive",
+        );
     }
     let tags: Vec<String> = match v.get("tag_list") {
-        Some(Value::String(s)) => {
-            s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
-        }
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => Vec::new(),
     };
-    let run_untagged = v.get("run_untagged").and_then(Value::as_bool).unwrap_or(true);
+    let run_untagged = v
+        .get("run_untagged")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     if tags.is_empty() && !run_untagged {
         return (
             StatusCode::BAD_REQUEST,
@@ -127,9 +165,14 @@ async fn register(AxState(shared): S, body: Bytes) -> Response {
         )
             .into_response();
     }
-    let access_level = str_field(&v, "access_level").unwrap_or("not_protected").to_owned();
+    let access_level = str_field(&v, "access_level")
+        .unwrap_or("not_protected")
+        .to_owned();
     if !matches!(access_level.as_str(), "not_protected" | "ref_protected") {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - access_level does not have a valid value");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - access_level does not have a valid value",
+        );
     }
     let id = s.next_runner_id;
     s.next_runner_id += 1;
@@ -166,9 +209,11 @@ fn record_contact(runner: &mut RunnerRecord, v: &Value) {
 async fn verify(AxState(shared): S, body: Bytes) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let Some(token) = str_field(&v, "token") else { return token_missing() };
+    let Some(token) = str_field(&v, "token") else {
+        return token_missing();
+    };
     let mut s = shared.lock();
     let Some(runner) = s.runner_by_token_mut(token) else {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
@@ -180,9 +225,11 @@ async fn verify(AxState(shared): S, body: Bytes) -> Response {
 async fn delete_runner(AxState(shared): S, body: Bytes) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let Some(token) = str_field(&v, "token") else { return token_missing() };
+    let Some(token) = str_field(&v, "token") else {
+        return token_missing();
+    };
     let mut s = shared.lock();
     let before = s.runners.len();
     s.runners.retain(|r| r.token != token);
@@ -195,11 +242,14 @@ async fn delete_runner(AxState(shared): S, body: Bytes) -> Response {
 async fn delete_manager(AxState(shared): S, body: Bytes) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (Some(token), Some(system_id)) = (str_field(&v, "token"), str_field(&v, "system_id"))
     else {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - token, system_id are missing");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - token, system_id are missing",
+        );
     };
     let mut s = shared.lock();
     let Some(runner) = s.runner_by_token_mut(token) else {
@@ -214,15 +264,21 @@ async fn delete_manager(AxState(shared): S, body: Bytes) -> Response {
 async fn reset_token(AxState(shared): S, body: Bytes) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let Some(token) = str_field(&v, "token") else { return token_missing() };
+    let Some(token) = str_field(&v, "token") else {
+        return token_missing();
+    };
     let mut s = shared.lock();
     let expires = s.settings.token_expires_at.clone();
     let Some(runner) = s.runner_by_token_mut(token) else {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
     };
-    let prefix = if runner.origin == RunnerOrigin::Created { "glrt-" } else { "" };
+    let prefix = if runner.origin == RunnerOrigin::Created {
+        "glrt-"
+    } else {
+        ""
+    };
     runner.token = random_token(prefix);
     runner.token_expires_at = expires;
     let body = json!({"token": runner.token, "token_expires_at": runner.token_expires_at});
@@ -240,9 +296,11 @@ fn no_job(version: Option<&str>) -> Response {
 async fn request_job(AxState(shared): S, body: Bytes) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let Some(token) = str_field(&v, "token").map(str::to_owned) else { return token_missing() };
+    let Some(token) = str_field(&v, "token").map(str::to_owned) else {
+        return token_missing();
+    };
     let last_update = str_field(&v, "last_update").map(str::to_owned);
     let wait = {
         let mut s = shared.lock();
@@ -307,10 +365,10 @@ async fn request_job(AxState(shared): S, body: Bytes) -> Response {
             })
         })
         .collect();
-    if let Value::Object(m) = &mut payload {
-        if !queued.dependencies.is_empty() {
-            m.insert("dependencies".into(), Value::Array(dependencies));
-        }
+    if let Value::Object(m) = &mut payload
+        && !queued.dependencies.is_empty()
+    {
+        m.insert("dependencies".into(), Value::Array(dependencies));
     }
     let name = payload
         .pointer("/job_info/name")
@@ -342,12 +400,16 @@ async fn request_job(AxState(shared): S, body: Bytes) -> Response {
 }
 
 fn with_job_status(mut r: Response, status: JobStatus) -> Response {
-    r.headers_mut().insert("Job-Status", HeaderValue::from_static(status.as_str()));
+    r.headers_mut()
+        .insert("Job-Status", HeaderValue::from_static(status.as_str()));
     r
 }
 
 fn with_interval(mut r: Response, interval: &Option<String>) -> Response {
-    if let Some(v) = interval.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    if let Some(v) = interval
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         r.headers_mut().insert("X-GitLab-Trace-Update-Interval", v);
     }
     r
@@ -357,12 +419,19 @@ fn job_token(headers: &HeaderMap) -> Option<&str> {
     headers.get("job-token").and_then(|v| v.to_str().ok())
 }
 
-async fn update_job(AxState(shared): S, Path(id): Path<u64>, headers: HeaderMap, body: Bytes) -> Response {
+async fn update_job(
+    AxState(shared): S,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let Some(token) = str_field(&v, "token") else { return token_missing() };
+    let Some(token) = str_field(&v, "token") else {
+        return token_missing();
+    };
     let mut s = shared.lock();
     let interval = s.settings.trace_update_interval.clone();
     let Some(job) = s.jobs.get_mut(&id) else {
@@ -373,13 +442,17 @@ async fn update_job(AxState(shared): S, Path(id): Path<u64>, headers: HeaderMap,
     }
     job.updates.push(v.clone());
     if !job.status.is_active() {
-        let r = message(StatusCode::FORBIDDEN, "403 Forbidden - Job is not processing on runner");
+        let r = message(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden - Job is not processing on runner",
+        );
         return with_job_status(r, job.status);
     }
     match str_field(&v, "state") {
-        Some("running") | Some("pending") => {
-            with_interval(with_job_status((StatusCode::OK, "200").into_response(), job.status), &interval)
-        }
+        Some("running") | Some("pending") => with_interval(
+            with_job_status((StatusCode::OK, "200").into_response(), job.status),
+            &interval,
+        ),
         Some(state @ ("success" | "failed")) => {
             if job.final_202_left > 0 {
                 job.final_202_left -= 1;
@@ -391,8 +464,11 @@ async fn update_job(AxState(shared): S, Path(id): Path<u64>, headers: HeaderMap,
                 _ => JobStatus::Failed,
             };
             if state == "failed" {
-                job.failure_reason =
-                    Some(str_field(&v, "failure_reason").unwrap_or("unknown_failure").to_owned());
+                job.failure_reason = Some(
+                    str_field(&v, "failure_reason")
+                        .unwrap_or("unknown_failure")
+                        .to_owned(),
+                );
             }
             job.exit_code = v.get("exit_code").and_then(Value::as_i64);
             job.checksum = v
@@ -401,13 +477,24 @@ async fn update_job(AxState(shared): S, Path(id): Path<u64>, headers: HeaderMap,
                 .and_then(Value::as_str)
                 .map(str::to_owned);
             job.bytesize = v.pointer("/output/bytesize").and_then(Value::as_u64);
-            with_interval(with_job_status((StatusCode::OK, "200").into_response(), job.status), &interval)
+            with_interval(
+                with_job_status((StatusCode::OK, "200").into_response(), job.status),
+                &interval,
+            )
         }
-        _ => message(StatusCode::BAD_REQUEST, "400 Bad request - state does not have a valid value"),
+        _ => message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - state does not have a valid value",
+        ),
     }
 }
 
-async fn patch_trace(AxState(shared): S, Path(id): Path<u64>, headers: HeaderMap, body: Bytes) -> Response {
+async fn patch_trace(
+    AxState(shared): S,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut s = shared.lock();
     let interval = s.settings.trace_update_interval.clone();
     let Some(job) = s.jobs.get_mut(&id) else {
@@ -420,31 +507,53 @@ async fn patch_trace(AxState(shared): S, Path(id): Path<u64>, headers: HeaderMap
         return message(StatusCode::NOT_FOUND, "404 Not Found");
     }
     if !job.status.is_active() {
-        let r = message(StatusCode::FORBIDDEN, "403 Forbidden - Job is not processing on runner");
+        let r = message(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden - Job is not processing on runner",
+        );
         return with_job_status(r, job.status);
     }
     if headers.get("content-type").is_none() {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - Content-Type missing");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - Content-Type missing",
+        );
     }
     let Some(range) = headers.get("content-range").and_then(|v| v.to_str().ok()) else {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - Content-Range missing");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - Content-Range missing",
+        );
     };
     let parsed = range
         .split_once('-')
         .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)));
     let Some((start, end)) = parsed else {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - invalid Content-Range");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - invalid Content-Range",
+        );
     };
     let len = job.trace.len() as u64;
     if start != len {
-        let mut r = (StatusCode::RANGE_NOT_SATISFIABLE, "416 Range Not Satisfiable").into_response();
-        r.headers_mut().insert("Range", HeaderValue::from_str(&format!("0-{len}")).unwrap_or(HeaderValue::from_static("0-0")));
+        let mut r = (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "416 Range Not Satisfiable",
+        )
+            .into_response();
+        r.headers_mut().insert(
+            "Range",
+            HeaderValue::from_str(&format!("0-{len}")).unwrap_or(HeaderValue::from_static("0-0")),
+        );
         return r;
     }
     // Stricter than GitLab (which ignores the end), as strict as gitlab-runner-mock: the end
     // is inclusive and must match the body.
     if body.is_empty() || end != start + body.len() as u64 - 1 {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - Content-Range end does not match the body");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - Content-Range end does not match the body",
+        );
     }
     job.trace.extend_from_slice(&body);
     job.patches += 1;
@@ -464,7 +573,9 @@ async fn upload_artifacts(
 ) -> Response {
     {
         let s = shared.lock();
-        let Some(job) = s.jobs.get(&id) else { return message(StatusCode::FORBIDDEN, "403 Forbidden") };
+        let Some(job) = s.jobs.get(&id) else {
+            return message(StatusCode::FORBIDDEN, "403 Forbidden");
+        };
         if job_token(&headers) != Some(job.token.as_str()) || !job.status.is_active() {
             return message(StatusCode::FORBIDDEN, "403 Forbidden");
         }
@@ -480,7 +591,10 @@ async fn upload_artifacts(
                 let name = field.name().unwrap_or("").to_owned();
                 let filename = field.file_name().map(str::to_owned);
                 let Ok(data) = field.bytes().await else {
-                    return message(StatusCode::BAD_REQUEST, "400 Bad request - broken multipart");
+                    return message(
+                        StatusCode::BAD_REQUEST,
+                        "400 Bad request - broken multipart",
+                    );
                 };
                 if name == "file" {
                     file = Some((filename.unwrap_or_default(), data.to_vec()));
@@ -489,18 +603,37 @@ async fn upload_artifacts(
                 }
             }
             Ok(None) => break,
-            Err(_) => return message(StatusCode::BAD_REQUEST, "400 Bad request - broken multipart"),
+            Err(_) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad request - broken multipart",
+                );
+            }
         }
     }
     let Some((filename, data)) = file else {
         return message(StatusCode::BAD_REQUEST, "400 Bad request - file is missing");
     };
-    let param = |k: &str| fields.get(k).or_else(|| query.get(k)).filter(|s| !s.is_empty()).cloned();
+    let param = |k: &str| {
+        fields
+            .get(k)
+            .or_else(|| query.get(k))
+            .filter(|s| !s.is_empty())
+            .cloned()
+    };
     let mut s = shared.lock();
-    if s.settings.max_artifact_size.is_some_and(|max| data.len() as u64 > max) {
-        return message(StatusCode::PAYLOAD_TOO_LARGE, "413 Request Entity Too Large");
+    if s.settings
+        .max_artifact_size
+        .is_some_and(|max| data.len() as u64 > max)
+    {
+        return message(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "413 Request Entity Too Large",
+        );
     }
-    let Some(job) = s.jobs.get_mut(&id) else { return message(StatusCode::FORBIDDEN, "403 Forbidden") };
+    let Some(job) = s.jobs.get_mut(&id) else {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    };
     job.artifacts.push(StoredArtifact {
         filename,
         artifact_type: param("artifact_type").unwrap_or_else(|| "archive".into()),
@@ -511,13 +644,19 @@ async fn upload_artifacts(
     (StatusCode::CREATED, "201").into_response()
 }
 
-async fn download_artifacts(AxState(shared): S, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+async fn download_artifacts(
+    AxState(shared): S,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
     let mut s = shared.lock();
     let token = job_token(&headers).unwrap_or("");
     // Current GitLab: a running job's token ("via dependent job"); old GitLab: the
     // dependency's own token.
     let authorized = !token.is_empty()
-        && s.jobs.values().any(|j| j.token == token && (j.status.is_active() || j.id == id));
+        && s.jobs
+            .values()
+            .any(|j| j.token == token && (j.status.is_active() || j.id == id));
     if !authorized {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
     }
@@ -539,7 +678,12 @@ async fn download_artifacts(AxState(shared): S, Path(id): Path<u64>, headers: He
         }
         return r;
     }
-    (StatusCode::OK, [("Content-Type", "application/zip")], archive).into_response()
+    (
+        StatusCode::OK,
+        [("Content-Type", "application/zip")],
+        archive,
+    )
+        .into_response()
 }
 
 async fn storage(AxState(shared): S, Path(secret): Path<String>, headers: HeaderMap) -> Response {
@@ -548,10 +692,22 @@ async fn storage(AxState(shared): S, Path(secret): Path<String>, headers: Header
         s.storage_requests_with_job_token += 1;
     }
     let Some(id) = s.storage_links.get(&secret).copied() else {
-        return (StatusCode::FORBIDDEN, "<Error><Code>AccessDenied</Code></Error>").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "<Error><Code>AccessDenied</Code></Error>",
+        )
+            .into_response();
     };
-    match s.jobs.get(&id).and_then(|j| j.artifacts.iter().find(|a| a.artifact_type == "archive")) {
+    match s
+        .jobs
+        .get(&id)
+        .and_then(|j| j.artifacts.iter().find(|a| a.artifact_type == "archive"))
+    {
         Some(a) => (StatusCode::OK, a.data.clone()).into_response(),
-        None => (StatusCode::NOT_FOUND, "<Error><Code>NoSuchKey</Code></Error>").into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "<Error><Code>NoSuchKey</Code></Error>",
+        )
+            .into_response(),
     }
 }

@@ -36,7 +36,10 @@ impl TestCert {
             .with_no_client_auth()
             .with_single_cert(vec![cert_der], key_der)
             .expect("TLS server config");
-        TestCert { cert_pem: certified.cert.pem(), acceptor: TlsAcceptor::from(Arc::new(config)) }
+        TestCert {
+            cert_pem: certified.cert.pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        }
     }
 }
 

@@ -68,9 +68,11 @@ pub struct RunnerRecord {
 impl RunnerRecord {
     pub fn features(&self) -> BTreeSet<String> {
         match self.info.get("features") {
-            Some(Value::Object(m)) => {
-                m.iter().filter(|(_, v)| v.as_bool() == Some(true)).map(|(k, _)| k.clone()).collect()
-            }
+            Some(Value::Object(m)) => m
+                .iter()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(k, _)| k.clone())
+                .collect(),
             _ => BTreeSet::new(),
         }
     }
@@ -195,7 +197,9 @@ pub struct State {
 pub fn random_token(prefix: &str) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = rand::rng();
-    let tail: String = (0..20).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
+    let tail: String = (0..20)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect();
     format!("{prefix}{tail}")
 }
 
