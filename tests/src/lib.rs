@@ -1,1 +1,2 @@
 //! Fakes and fixtures shared by ferry's end-to-end tests.
+pub mod fake_gitlab;
