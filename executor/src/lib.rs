@@ -12,6 +12,6 @@ pub mod fake;
 
 pub use docker::DockerEngine;
 pub use engine::{
-    Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth,
-    ServiceSpec, StepOutcome, StepSpec,
+    Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth, ServiceSpec,
+    StepOutcome, StepSpec,
 };

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use ferry_config::DockerSection;
 use ferry_executor::{
-    DockerEngine, Engine, EngineError, EnvVar, ImageSpec, JobEnv, PullPolicy, ServiceSpec,
-    StepSpec,
+    DockerEngine, Engine, EngineError, EnvVar, ImageSpec, JobEnv, PullPolicy, ServiceSpec, StepSpec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +23,8 @@ fn images_ready() -> Result<(), String> {
     static READY: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     READY
         .get_or_init(|| {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-images.sh");
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-images.sh");
             let out = std::process::Command::new("sh")
                 .arg(&script)
                 .output()
@@ -88,7 +88,10 @@ fn job(test: &str, img: &str) -> Job {
         runner_short_token: runner_token(test),
         image: image(img),
         services: vec![],
-        variables: vec![EnvVar { name: "JOB_VAR".into(), value: "it's a job var".into() }],
+        variables: vec![EnvVar {
+            name: "JOB_VAR".into(),
+            value: "it's a job var".into(),
+        }],
         builds_dir: "/builds".into(),
         project_dir: "/builds/group/project".into(),
         host_builds_dir: host_builds,
@@ -114,7 +117,10 @@ async fn run_one(
 ) -> (Result<ferry_executor::StepOutcome, EngineError>, String) {
     let mut log: Vec<u8> = Vec::new();
     let cancel = CancellationToken::new();
-    engine.prepare(env, &mut log, &cancel).await.expect("prepare");
+    engine
+        .prepare(env, &mut log, &cancel)
+        .await
+        .expect("prepare");
     let r = engine.run_step(env, s, &mut log, &cancel).await;
     engine.destroy(env).await.expect("destroy");
     (r, String::from_utf8_lossy(&log).into_owned())
@@ -125,7 +131,12 @@ async fn labelled(engine: &DockerEngine, label: &str) -> (usize, usize) {
     f.insert("label".to_string(), vec![label.to_string()]);
     let c = engine
         .client()
-        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&f).build()))
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&f)
+                .build(),
+        ))
         .await
         .unwrap();
     let n = engine
@@ -146,19 +157,29 @@ fn section() -> DockerSection {
 
 #[tokio::test]
 async fn echo_and_exit_code() {
-    let Some(engine) = engine_with("echo", section()).await else { return };
+    let Some(engine) = engine_with("echo", section()).await else {
+        return;
+    };
     let j = job("echo", BUSYBOX);
     let (r, log) = run_one(&engine, &j.env, &step(&["echo hello world", "exit 3"])).await;
     let out = r.unwrap();
     assert_eq!(out.exit_code, 3);
     assert!(!out.oom_killed);
-    assert!(log.contains("\x1b[32;1m$ echo hello world\x1b[0;m\nhello world\n"), "{log}");
-    assert!(log.contains("Using Docker executor with image ferry-test/busybox:latest"), "{log}");
+    assert!(
+        log.contains("\x1b[32;1m$ echo hello world\x1b[0;m\nhello world\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Using Docker executor with image ferry-test/busybox:latest"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
 async fn failing_command_stops_the_script() {
-    let Some(engine) = engine_with("fail", section()).await else { return };
+    let Some(engine) = engine_with("fail", section()).await else {
+        return;
+    };
     let j = job("fail", BUSYBOX);
     let (r, log) = run_one(&engine, &j.env, &step(&["echo one", "false", "echo two"])).await;
     assert_eq!(r.unwrap().exit_code, 1);
@@ -169,7 +190,9 @@ async fn failing_command_stops_the_script() {
 
 #[tokio::test]
 async fn commands_reading_stdin_do_not_eat_the_script() {
-    let Some(engine) = engine_with("stdin", section()).await else { return };
+    let Some(engine) = engine_with("stdin", section()).await else {
+        return;
+    };
     let j = job("stdin", BUSYBOX);
     let (r, log) = run_one(&engine, &j.env, &step(&["cat", "echo after-cat"])).await;
     assert_eq!(r.unwrap().exit_code, 0);
@@ -178,12 +201,18 @@ async fn commands_reading_stdin_do_not_eat_the_script() {
 
 #[tokio::test]
 async fn bash_when_the_image_has_it_else_sh() {
-    let Some(engine) = engine_with("shell", section()).await else { return };
+    let Some(engine) = engine_with("shell", section()).await else {
+        return;
+    };
     let j = job("shell", BASH);
     let (r, log) = run_one(
         &engine,
         &j.env,
-        &step(&["echo \"bash=$BASH_VERSION\"", "echo pipe; false | true", "echo not-reached"]),
+        &step(&[
+            "echo \"bash=$BASH_VERSION\"",
+            "echo pipe; false | true",
+            "echo not-reached",
+        ]),
     )
     .await;
     // pipefail: `false | true` fails the script under bash.
@@ -195,7 +224,10 @@ async fn bash_when_the_image_has_it_else_sh() {
     let (r, log) = run_one(
         &engine,
         &j.env,
-        &step(&["echo \"bash=${BASH_VERSION:-none}\"", "readlink /proc/$$/exe"]),
+        &step(&[
+            "echo \"bash=${BASH_VERSION:-none}\"",
+            "readlink /proc/$$/exe",
+        ]),
     )
     .await;
     assert_eq!(r.unwrap().exit_code, 0);
@@ -205,10 +237,15 @@ async fn bash_when_the_image_has_it_else_sh() {
 
 #[tokio::test]
 async fn job_and_step_variables() {
-    let Some(engine) = engine_with("env", section()).await else { return };
+    let Some(engine) = engine_with("env", section()).await else {
+        return;
+    };
     let j = job("env", BUSYBOX);
     let mut s = step(&["echo \"[$JOB_VAR] [$CI_JOB_STATUS]\"", "pwd"]);
-    s.env.push(EnvVar { name: "CI_JOB_STATUS".into(), value: "fail'ed \"x\"".into() });
+    s.env.push(EnvVar {
+        name: "CI_JOB_STATUS".into(),
+        value: "fail'ed \"x\"".into(),
+    });
     let (r, log) = run_one(&engine, &j.env, &s).await;
     assert_eq!(r.unwrap().exit_code, 0);
     assert!(log.contains("[it's a job var] [fail'ed \"x\"]\n"), "{log}");
@@ -226,7 +263,9 @@ async fn bind_and_named_volumes() {
         format!("{}:/rodir:ro", ro.path().display()),
         "/cache".into(),
     ];
-    let Some(engine) = engine_with("vols", sec).await else { return };
+    let Some(engine) = engine_with("vols", sec).await else {
+        return;
+    };
     let j = job("vols", BUSYBOX);
     let (r, log) = run_one(
         &engine,
@@ -241,8 +280,14 @@ async fn bind_and_named_volumes() {
     )
     .await;
     assert_eq!(r.unwrap().exit_code, 0, "{log}");
-    assert_eq!(std::fs::read_to_string(host.path().join("out.txt")).unwrap(), "bound\n");
-    assert!(log.contains("from-host") && log.contains("read-only\n"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out.txt")).unwrap(),
+        "bound\n"
+    );
+    assert!(
+        log.contains("from-host") && log.contains("read-only\n"),
+        "{log}"
+    );
     assert_eq!(
         std::fs::read_to_string(j.env.host_builds_dir.join("group/project/built.txt")).unwrap(),
         "sources\n"
@@ -254,11 +299,19 @@ async fn bind_and_named_volumes() {
     assert!(log.contains("cached\n"), "{log}");
     // ...and cleanup_leftovers keeps it.
     engine.cleanup_leftovers().await.unwrap();
-    let name = ferry_executor::docker::convert::cache_volume_name(&j.env.runner_short_token, 77, "/cache");
-    engine.client().inspect_volume(&name).await.expect("cache volume kept");
+    let name =
+        ferry_executor::docker::convert::cache_volume_name(&j.env.runner_short_token, 77, "/cache");
     engine
         .client()
-        .remove_volume(&name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+        .inspect_volume(&name)
+        .await
+        .expect("cache volume kept");
+    engine
+        .client()
+        .remove_volume(
+            &name,
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
         .await
         .unwrap();
 }
@@ -267,10 +320,15 @@ async fn bind_and_named_volumes() {
 async fn bad_volume_spec_is_a_configuration_error() {
     let mut sec = section();
     sec.volumes = vec!["/srv/a:relative/b".into()];
-    let Some(engine) = engine_with("badvol", sec).await else { return };
+    let Some(engine) = engine_with("badvol", sec).await else {
+        return;
+    };
     let j = job("badvol", BUSYBOX);
     let mut log: Vec<u8> = Vec::new();
-    let err = engine.prepare(&j.env, &mut log, &CancellationToken::new()).await.unwrap_err();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
     match &err {
         EngineError::Configuration(m) => assert!(m.contains("/srv/a:relative/b"), "{m}"),
         other => panic!("expected Configuration, got {other:?}"),
@@ -283,13 +341,21 @@ async fn disallowed_image_and_service() {
     let mut sec = section();
     sec.allowed_images = vec!["ferry-test/bash:*".into()];
     sec.allowed_services = vec!["postgres:*".into()];
-    let Some(engine) = engine_with("allow", sec).await else { return };
+    let Some(engine) = engine_with("allow", sec).await else {
+        return;
+    };
     let j = job("allow", BUSYBOX);
     let mut log: Vec<u8> = Vec::new();
-    let err = engine.prepare(&j.env, &mut log, &CancellationToken::new()).await.unwrap_err();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
     match &err {
         EngineError::Configuration(m) => {
-            assert!(m.contains("ferry-test/busybox:latest") && m.contains("ferry-test/bash:*"), "{m}")
+            assert!(
+                m.contains("ferry-test/busybox:latest") && m.contains("ferry-test/bash:*"),
+                "{m}"
+            )
         }
         other => panic!("expected Configuration, got {other:?}"),
     }
@@ -300,18 +366,32 @@ async fn disallowed_image_and_service() {
         command: vec![],
         variables: vec![],
     });
-    let err = engine.prepare(&j.env, &mut log, &CancellationToken::new()).await.unwrap_err();
-    assert!(matches!(&err, EngineError::Configuration(m) if m.contains(SERVICE) && m.contains("postgres:*")), "{err}");
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Configuration(m) if m.contains(SERVICE) && m.contains("postgres:*")),
+        "{err}"
+    );
     engine.destroy(&j.env).await.unwrap();
 }
 
 #[tokio::test]
 async fn missing_image_is_an_image_pull_error() {
-    let Some(engine) = engine_with("missing", section()).await else { return };
+    let Some(engine) = engine_with("missing", section()).await else {
+        return;
+    };
     let mut j = job("missing", BUSYBOX);
-    j.env.image = ImageSpec { pull_policy: vec![PullPolicy::Never], ..image("ferry-test/missing:1") };
+    j.env.image = ImageSpec {
+        pull_policy: vec![PullPolicy::Never],
+        ..image("ferry-test/missing:1")
+    };
     let mut log: Vec<u8> = Vec::new();
-    let err = engine.prepare(&j.env, &mut log, &CancellationToken::new()).await.unwrap_err();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
     match &err {
         EngineError::ImagePull { image, message } => {
             assert_eq!(image, "ferry-test/missing:1");
@@ -321,20 +401,39 @@ async fn missing_image_is_an_image_pull_error() {
     }
     // `always` then `if-not-present`: the pull fails (no registry here) with Docker's message.
     j.env.image.pull_policy = vec![PullPolicy::Always, PullPolicy::IfNotPresent];
-    let err = engine.prepare(&j.env, &mut log, &CancellationToken::new()).await.unwrap_err();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(matches!(&err, EngineError::ImagePull { .. }), "{err}");
     let log = String::from_utf8_lossy(&log);
-    assert!(log.contains("Pulling docker image ferry-test/missing:1"), "{log}");
-    assert!(log.contains("WARNING: Failed to pull image with policy \"always\""), "{log}");
+    println!("{log}");
+    assert!(
+        log.contains("Pulling docker image ferry-test/missing:1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("WARNING: Failed to pull image with policy \"always\""),
+        "{log}"
+    );
     // A half-done prepare (the network was created) is cleaned up by destroy.
     engine.destroy(&j.env).await.unwrap();
     engine.destroy(&j.env).await.unwrap();
-    assert_eq!(labelled(&engine, &format!("ferry.runner={}", j.env.runner_short_token)).await, (0, 0));
+    assert_eq!(
+        labelled(
+            &engine,
+            &format!("ferry.runner={}", j.env.runner_short_token)
+        )
+        .await,
+        (0, 0)
+    );
 }
 
 #[tokio::test]
 async fn service_reachable_by_alias_after_port_wait() {
-    let Some(engine) = engine_with("svc", section()).await else { return };
+    let Some(engine) = engine_with("svc", section()).await else {
+        return;
+    };
     let mut j = job("svc", BUSYBOX);
     let mut aliases = vec!["web".to_string()];
     aliases.extend(ferry_executor::docker::service_aliases_from_image(SERVICE));
@@ -342,7 +441,10 @@ async fn service_reachable_by_alias_after_port_wait() {
         image: image(SERVICE),
         aliases,
         command: vec![],
-        variables: vec![EnvVar { name: "SVC_ONLY".into(), value: "yes".into() }],
+        variables: vec![EnvVar {
+            name: "SVC_ONLY".into(),
+            value: "yes".into(),
+        }],
     });
     let (r, log) = run_one(
         &engine,
@@ -356,8 +458,14 @@ async fn service_reachable_by_alias_after_port_wait() {
     .await;
     assert_eq!(r.unwrap().exit_code, 0, "{log}");
     assert_eq!(log.matches("ferry-service-ok\n").count(), 3, "{log}");
-    assert!(log.contains("Starting service ferry-test/service:latest ..."), "{log}");
-    assert!(log.contains("Waiting for services to be up and running (timeout 10 seconds)..."), "{log}");
+    assert!(
+        log.contains("Starting service ferry-test/service:latest ..."),
+        "{log}"
+    );
+    assert!(
+        log.contains("Waiting for services to be up and running (timeout 10 seconds)..."),
+        "{log}"
+    );
     assert!(!log.contains("probably didn't start properly"), "{log}");
 }
 
@@ -365,16 +473,23 @@ async fn service_reachable_by_alias_after_port_wait() {
 async fn service_that_never_opens_its_port_warns_and_the_job_continues() {
     let mut sec = section();
     sec.wait_for_services_timeout = Some(Duration::from_secs(2));
-    let Some(engine) = engine_with("svcdead", sec).await else { return };
+    let Some(engine) = engine_with("svcdead", sec).await else {
+        return;
+    };
     let mut j = job("svcdead", BUSYBOX);
     j.env.services.push(ServiceSpec {
         image: image(SERVICE),
         aliases: vec!["web".into()],
-        command: vec!["sh".into(), "-c".into(), "echo service-says-hi; sleep 3600".into()],
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo service-says-hi; sleep 3600".into(),
+        ],
         variables: vec![],
     });
     let started = Instant::now();
     let (r, log) = run_one(&engine, &j.env, &step(&["echo job-ran"])).await;
+    println!("{log}");
     assert_eq!(r.unwrap().exit_code, 0);
     assert!(log.contains("probably didn't start properly"), "{log}");
     assert!(log.contains("8080"), "{log}");
@@ -388,18 +503,32 @@ async fn oom_kill_is_reported() {
     let mut sec = section();
     sec.memory = Some(6 * 1024 * 1024);
     sec.memory_swap = Some(6 * 1024 * 1024);
-    let Some(engine) = engine_with("oom", sec).await else { return };
+    let Some(engine) = engine_with("oom", sec).await else {
+        return;
+    };
     let j = job("oom", BUSYBOX);
-    let (r, log) = run_one(&engine, &j.env, &step(&["head -c 50m /dev/zero | tail", "echo survived"])).await;
+    let (r, log) = run_one(
+        &engine,
+        &j.env,
+        &step(&["head -c 50m /dev/zero | tail", "echo survived"]),
+    )
+    .await;
     let out = r.unwrap();
     assert!(out.oom_killed, "{out:?} {log}");
-    assert_ne!(out.exit_code, 0);
+    assert_eq!(out.exit_code, 137);
     assert!(!log.contains("survived\n"), "{log}");
+    // A SIGKILL that is not an OOM kill is a plain 137.
+    let j = job("oom", BUSYBOX);
+    let (r, log) = run_one(&engine, &j.env, &step(&["sh -c 'kill -9 $$'"])).await;
+    let out = r.unwrap();
+    assert_eq!((out.exit_code, out.oom_killed), (137, false), "{log}");
 }
 
 #[tokio::test]
 async fn cancel_stops_the_step_within_seconds() {
-    let Some(engine) = engine_with("cancel", section()).await else { return };
+    let Some(engine) = engine_with("cancel", section()).await else {
+        return;
+    };
     let j = job("cancel", BUSYBOX);
     let mut log: Vec<u8> = Vec::new();
     let cancel = CancellationToken::new();
@@ -412,24 +541,44 @@ async fn cancel_stops_the_step_within_seconds() {
     let started = Instant::now();
     // The second command ignores SIGTERM, so SIGKILL after the grace period (2 s) must stop it.
     let r = engine
-        .run_step(&j.env, &step(&["echo started", "trap '' TERM; sleep 60"]), &mut log, &cancel)
+        .run_step(
+            &j.env,
+            &step(&["echo started", "trap '' TERM; sleep 60"]),
+            &mut log,
+            &cancel,
+        )
         .await;
     assert!(matches!(r, Err(EngineError::Cancelled)), "{r:?}");
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
     // after_script still runs in the same container.
     let mut after = step(&["echo after $CI_JOB_STATUS"]);
     after.name = "after_script".into();
-    after.env.push(EnvVar { name: "CI_JOB_STATUS".into(), value: "canceled".into() });
-    let out = engine.run_step(&j.env, &after, &mut log, &CancellationToken::new()).await.unwrap();
+    after.env.push(EnvVar {
+        name: "CI_JOB_STATUS".into(),
+        value: "canceled".into(),
+    });
+    let out = engine
+        .run_step(&j.env, &after, &mut log, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(out.exit_code, 0);
     let log = String::from_utf8_lossy(&log);
-    assert!(log.contains("started\n") && log.contains("after canceled\n"), "{log}");
+    assert!(
+        log.contains("started\n") && log.contains("after canceled\n"),
+        "{log}"
+    );
     engine.destroy(&j.env).await.unwrap();
 }
 
 #[tokio::test]
 async fn step_timeout_stops_the_step() {
-    let Some(engine) = engine_with("timeout", section()).await else { return };
+    let Some(engine) = engine_with("timeout", section()).await else {
+        return;
+    };
     let j = job("timeout", BUSYBOX);
     let mut s = step(&["sleep 30"]);
     s.timeout = Some(Duration::from_secs(1));
@@ -442,18 +591,26 @@ async fn step_timeout_stops_the_step() {
 
 #[tokio::test]
 async fn background_process_does_not_hold_the_step() {
-    let Some(engine) = engine_with("bg", section()).await else { return };
+    let Some(engine) = engine_with("bg", section()).await else {
+        return;
+    };
     let j = job("bg", BUSYBOX);
     let started = Instant::now();
     let (r, log) = run_one(&engine, &j.env, &step(&["sleep 60 &", "echo done"])).await;
     assert_eq!(r.unwrap().exit_code, 0);
     assert!(log.contains("done\n"), "{log}");
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn destroy_leaves_nothing_labelled() {
-    let Some(engine) = engine_with("destroy", section()).await else { return };
+    let Some(engine) = engine_with("destroy", section()).await else {
+        return;
+    };
     let mut j = job("destroy", BUSYBOX);
     j.env.services.push(ServiceSpec {
         image: image(SERVICE),
@@ -463,7 +620,10 @@ async fn destroy_leaves_nothing_labelled() {
     });
     let label = format!("ferry.job_id={}", j.env.job_id);
     let mut log: Vec<u8> = Vec::new();
-    engine.prepare(&j.env, &mut log, &CancellationToken::new()).await.unwrap();
+    engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(labelled(&engine, &label).await, (2, 1));
     engine.destroy(&j.env).await.unwrap();
     assert_eq!(labelled(&engine, &label).await, (0, 0));
@@ -472,19 +632,33 @@ async fn destroy_leaves_nothing_labelled() {
 
 #[tokio::test]
 async fn cleanup_leftovers_removes_only_this_runners_objects() {
-    let Some(engine) = engine_with("leftover", section()).await else { return };
-    let Some(other) = engine_with("leftover-other", section()).await else { return };
+    let Some(engine) = engine_with("leftover", section()).await else {
+        return;
+    };
+    let Some(other) = engine_with("leftover-other", section()).await else {
+        return;
+    };
     let mine = job("leftover", BUSYBOX);
     let theirs = job("leftover-other", BUSYBOX);
     let mut log: Vec<u8> = Vec::new();
-    engine.prepare(&mine.env, &mut log, &CancellationToken::new()).await.unwrap();
-    other.prepare(&theirs.env, &mut log, &CancellationToken::new()).await.unwrap();
+    engine
+        .prepare(&mine.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap();
+    other
+        .prepare(&theirs.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap();
     // An unrelated container with no ferry labels.
     let unrelated = format!("ferry-unrelated-{}", std::process::id());
     engine
         .client()
         .create_container(
-            Some(bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&unrelated).build()),
+            Some(
+                bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                    .name(&unrelated)
+                    .build(),
+            ),
             bollard::models::ContainerCreateBody {
                 image: Some(BUSYBOX.into()),
                 cmd: Some(vec!["true".into()]),
@@ -497,16 +671,36 @@ async fn cleanup_leftovers_removes_only_this_runners_objects() {
     let restarted = engine_with("leftover", section()).await.unwrap();
     let removed = restarted.cleanup_leftovers().await.unwrap();
     assert_eq!(removed, 2, "build container + network");
-    assert_eq!(labelled(&engine, &format!("ferry.runner={}", mine.env.runner_short_token)).await, (0, 0));
-    assert_eq!(labelled(&engine, &format!("ferry.runner={}", theirs.env.runner_short_token)).await, (1, 1));
+    assert_eq!(
+        labelled(
+            &engine,
+            &format!("ferry.runner={}", mine.env.runner_short_token)
+        )
+        .await,
+        (0, 0)
+    );
+    assert_eq!(
+        labelled(
+            &engine,
+            &format!("ferry.runner={}", theirs.env.runner_short_token)
+        )
+        .await,
+        (1, 1)
+    );
     engine
         .client()
-        .inspect_container(&unrelated, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            &unrelated,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .expect("unrelated container untouched");
     engine
         .client()
-        .remove_container(&unrelated, None::<bollard::query_parameters::RemoveContainerOptions>)
+        .remove_container(
+            &unrelated,
+            None::<bollard::query_parameters::RemoveContainerOptions>,
+        )
         .await
         .unwrap();
     other.destroy(&theirs.env).await.unwrap();
@@ -514,25 +708,41 @@ async fn cleanup_leftovers_removes_only_this_runners_objects() {
 
 #[tokio::test]
 async fn privileged_containers_get_all_capabilities() {
-    let Some(plain) = engine_with("priv", section()).await else { return };
+    let Some(plain) = engine_with("priv", section()).await else {
+        return;
+    };
     let mut sec = section();
     sec.privileged = true;
-    let Some(privileged) = engine_with("priv", sec).await else { return };
+    let Some(privileged) = engine_with("priv", sec).await else {
+        return;
+    };
     let cmd = ["grep CapEff /proc/self/status"];
     let j = job("priv", BUSYBOX);
     let mut log: Vec<u8> = Vec::new();
-    if let Err(e) = privileged.prepare(&j.env, &mut log, &CancellationToken::new()).await {
-        println!("SKIP: privileged_containers_get_all_capabilities: the engine refuses privileged containers: {e}");
+    if let Err(e) = privileged
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+    {
+        println!(
+            "SKIP: privileged_containers_get_all_capabilities: the engine refuses privileged containers: {e}"
+        );
         privileged.destroy(&j.env).await.unwrap();
         return;
     }
-    let out = privileged.run_step(&j.env, &step(&cmd), &mut log, &CancellationToken::new()).await.unwrap();
+    let out = privileged
+        .run_step(&j.env, &step(&cmd), &mut log, &CancellationToken::new())
+        .await
+        .unwrap();
     privileged.destroy(&j.env).await.unwrap();
     assert_eq!(out.exit_code, 0);
     let j2 = job("priv", BUSYBOX);
     let (r, plain_log) = run_one(&plain, &j2.env, &step(&cmd)).await;
     assert_eq!(r.unwrap().exit_code, 0);
-    let caps = |s: &str| s.lines().find(|l| l.starts_with("CapEff")).map(str::to_string);
+    let caps = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("CapEff"))
+            .map(str::to_string)
+    };
     let p = caps(&String::from_utf8_lossy(&log)).unwrap();
     let n = caps(&plain_log).unwrap();
     assert_ne!(p, n, "privileged {p} vs plain {n}");
@@ -540,12 +750,21 @@ async fn privileged_containers_get_all_capabilities() {
 
 #[tokio::test]
 async fn unreachable_docker_is_a_clear_error() {
-    let sec = DockerSection { host: Some("unix:///nonexistent/docker.sock".into()), ..Default::default() };
+    let sec = DockerSection {
+        host: Some("unix:///nonexistent/docker.sock".into()),
+        ..Default::default()
+    };
     let err = DockerEngine::new(&sec, "x").await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, EngineError::Docker(_)));
-    assert!(msg.contains("/nonexistent/docker.sock") && !msg.contains('\n'), "{msg}");
-    let sec = DockerSection { host: Some("tcp://127.0.0.1:1".into()), ..Default::default() };
+    assert!(
+        msg.contains("/nonexistent/docker.sock") && !msg.contains('\n'),
+        "{msg}"
+    );
+    let sec = DockerSection {
+        host: Some("tcp://127.0.0.1:1".into()),
+        ..Default::default()
+    };
     let err = DockerEngine::new(&sec, "x").await.unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }

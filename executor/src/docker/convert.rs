@@ -81,8 +81,14 @@ pub fn job_labels(env: &JobEnv, kind: &str) -> HashMap<String, String> {
     l.insert(LABEL_PROJECT.into(), env.project_id.to_string());
     l.insert(LABEL_TYPE.into(), kind.into());
     // The names gitlab-runner uses, so existing tooling (dashboards, janitors) sees ferry's too.
-    l.insert("com.gitlab.gitlab-runner.job.id".into(), env.job_id.to_string());
-    l.insert("com.gitlab.gitlab-runner.project.id".into(), env.project_id.to_string());
+    l.insert(
+        "com.gitlab.gitlab-runner.job.id".into(),
+        env.job_id.to_string(),
+    );
+    l.insert(
+        "com.gitlab.gitlab-runner.project.id".into(),
+        env.project_id.to_string(),
+    );
     l.insert("com.gitlab.gitlab-runner.type".into(), kind.into());
     l
 }
@@ -175,7 +181,11 @@ impl AllowList {
                 allow.push(glob);
             }
         }
-        Ok(Self { patterns: patterns.to_vec(), allow, deny })
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            allow,
+            deny,
+        })
     }
 
     pub fn allows(&self, image: &str) -> bool {
@@ -205,7 +215,11 @@ impl AllowList {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeSpec {
     /// `SRC:DST[:MODE]`: a host path (or a named Docker volume when SRC is a name), as given.
-    Bind { source: String, destination: String, mode: Option<String> },
+    Bind {
+        source: String,
+        destination: String,
+        mode: Option<String>,
+    },
     /// `/path`: a runner-managed volume per runner and project, kept between jobs.
     Cache { destination: String },
 }
@@ -213,9 +227,7 @@ pub enum VolumeSpec {
 impl VolumeSpec {
     pub fn destination(&self) -> &str {
         match self {
-            VolumeSpec::Bind { destination, .. } | VolumeSpec::Cache { destination } => {
-                destination
-            }
+            VolumeSpec::Bind { destination, .. } | VolumeSpec::Cache { destination } => destination,
         }
     }
 }
@@ -261,7 +273,9 @@ pub fn parse_volume(spec: &str) -> Result<VolumeSpec, EngineError> {
             if !dst.starts_with('/') {
                 return Err(bad("the container path must be absolute"));
             }
-            Ok(VolumeSpec::Cache { destination: clean_path(dst) })
+            Ok(VolumeSpec::Cache {
+                destination: clean_path(dst),
+            })
         }
         [src, dst] | [src, dst, _] => {
             let mode = parts.get(2).map(|m| m.to_string());
@@ -272,7 +286,9 @@ pub fn parse_volume(spec: &str) -> Result<VolumeSpec, EngineError> {
                 return Err(bad("the container path must be absolute"));
             }
             if !src.starts_with('/') && !valid_volume_name(src) {
-                return Err(bad("the source must be an absolute host path or a volume name"));
+                return Err(bad(
+                    "the source must be an absolute host path or a volume name",
+                ));
             }
             if let Some(m) = &mode
                 && !valid_mode(m)
@@ -291,7 +307,11 @@ pub fn parse_volume(spec: &str) -> Result<VolumeSpec, EngineError> {
 
 fn clean_path(p: &str) -> String {
     let trimmed = p.trim_end_matches('/');
-    if trimmed.is_empty() { "/".into() } else { trimmed.into() }
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
 }
 
 /// FNV-1a: a stable short hash for volume names (gitlab-runner uses md5 of the path).
@@ -315,10 +335,18 @@ pub fn cache_volume_name(runner_short: &str, project_id: u64, destination: &str)
 /// Binds shared by the build container and the services: the job's builds dir, then the
 /// configured volumes (cache volumes by name, unless `disable_cache`).
 pub fn binds(env: &JobEnv, volumes: &[VolumeSpec], disable_cache: bool) -> Vec<String> {
-    let mut out = vec![format!("{}:{}", env.host_builds_dir.display(), env.builds_dir)];
+    let mut out = vec![format!(
+        "{}:{}",
+        env.host_builds_dir.display(),
+        env.builds_dir
+    )];
     for v in volumes {
         match v {
-            VolumeSpec::Bind { source, destination, mode } => match mode {
+            VolumeSpec::Bind {
+                source,
+                destination,
+                mode,
+            } => match mode {
                 Some(m) => out.push(format!("{source}:{destination}:{m}")),
                 None => out.push(format!("{source}:{destination}")),
             },
@@ -372,7 +400,11 @@ fn common_host_config(section: &DockerSection, binds: Vec<String>) -> HostConfig
         dns: non_empty(&section.dns),
         dns_search: non_empty(&section.dns_search),
         extra_hosts: non_empty(&section.extra_hosts),
-        shm_size: if section.shm_size == 0 { None } else { to_i64(Some(section.shm_size)) },
+        shm_size: if section.shm_size == 0 {
+            None
+        } else {
+            to_i64(Some(section.shm_size))
+        },
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::NO),
             maximum_retry_count: None,
@@ -397,7 +429,11 @@ pub fn build_host_config(
             .cpus
             .filter(|c| c.is_finite() && *c > 0.0)
             .map(|c| (c * 1e9).round() as i64),
-        oom_kill_disable: if section.oom_kill_disable { Some(true) } else { None },
+        oom_kill_disable: if section.oom_kill_disable {
+            Some(true)
+        } else {
+            None
+        },
         group_add: non_empty(&section.group_add),
         cap_add: non_empty(&section.cap_add),
         cap_drop: non_empty(&section.cap_drop),
@@ -438,7 +474,12 @@ pub fn build_container_body(
         image: Some(image_id.to_string()),
         cmd: Some(vec!["sh".into(), "-c".into(), DETECT_SHELL.into()]),
         entrypoint,
-        env: Some(env.variables.iter().map(|v| format!("{}={}", v.name, v.value)).collect()),
+        env: Some(
+            env.variables
+                .iter()
+                .map(|v| format!("{}={}", v.name, v.value))
+                .collect(),
+        ),
         working_dir: Some(env.project_dir.clone()),
         user: env.image.user.clone().or_else(|| section.user.clone()),
         hostname: section.hostname.clone(),
@@ -519,7 +560,10 @@ mod tests {
                 platform: None,
             },
             services: vec![],
-            variables: vec![EnvVar { name: "A".into(), value: "1".into() }],
+            variables: vec![EnvVar {
+                name: "A".into(),
+                value: "1".into(),
+            }],
             builds_dir: "/builds".into(),
             project_dir: "/builds/g/p".into(),
             host_builds_dir: PathBuf::from("/var/lib/ferry/builds/42"),
@@ -531,11 +575,17 @@ mod tests {
     fn aliases_follow_gitlab_runner() {
         assert_eq!(
             service_aliases_from_image("registry.example.com/group/postgres:15"),
-            vec!["registry.example.com__group__postgres", "registry.example.com-group-postgres"]
+            vec![
+                "registry.example.com__group__postgres",
+                "registry.example.com-group-postgres"
+            ]
         );
         assert_eq!(
             service_aliases_from_image("registry.example.com:5000/group/postgres:15"),
-            vec!["registry.example.com__group__postgres", "registry.example.com-group-postgres"]
+            vec![
+                "registry.example.com__group__postgres",
+                "registry.example.com-group-postgres"
+            ]
         );
         assert_eq!(service_aliases_from_image("postgres:15"), vec!["postgres"]);
         assert_eq!(service_aliases_from_image("postgres"), vec!["postgres"]);
@@ -547,7 +597,10 @@ mod tests {
 
     #[test]
     fn split_image_finds_registry_and_tag() {
-        assert_eq!(split_image("postgres:15"), ("docker.io".into(), "postgres".into(), "15".into()));
+        assert_eq!(
+            split_image("postgres:15"),
+            ("docker.io".into(), "postgres".into(), "15".into())
+        );
         assert_eq!(
             split_image("localhost:5000/a/b"),
             ("localhost:5000".into(), "a/b".into(), "latest".into())
@@ -560,8 +613,11 @@ mod tests {
 
     #[test]
     fn allow_list_uses_doublestar_semantics() {
-        let l = AllowList::new(&["ruby:*".into(), "registry.io/**".into()], "allowed_images")
-            .unwrap();
+        let l = AllowList::new(
+            &["ruby:*".into(), "registry.io/**".into()],
+            "allowed_images",
+        )
+        .unwrap();
         assert!(l.allows("ruby:3.3"));
         assert!(!l.allows("ruby/evil:3"));
         assert!(l.allows("registry.io/a/b/c:1"));
@@ -572,14 +628,30 @@ mod tests {
         let neg = AllowList::new(&["**".into(), "!*:latest".into()], "k").unwrap();
         assert!(neg.allows("ruby:3"));
         assert!(!neg.allows("ruby:latest"));
-        let err = l.check("python:3", "image", "allowed_images").unwrap_err().to_string();
-        assert!(err.contains("python:3") && err.contains("\"ruby:*\""), "{err}");
-        assert!(AllowList::new(&[], "k").unwrap().check("x", "image", "k").is_ok());
+        let err = l
+            .check("python:3", "image", "allowed_images")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("python:3") && err.contains("\"ruby:*\""),
+            "{err}"
+        );
+        assert!(
+            AllowList::new(&[], "k")
+                .unwrap()
+                .check("x", "image", "k")
+                .is_ok()
+        );
     }
 
     #[test]
     fn volume_specs() {
-        assert_eq!(parse_volume("/cache").unwrap(), VolumeSpec::Cache { destination: "/cache".into() });
+        assert_eq!(
+            parse_volume("/cache").unwrap(),
+            VolumeSpec::Cache {
+                destination: "/cache".into()
+            }
+        );
         assert_eq!(
             parse_volume("/var/run/docker.sock:/var/run/docker.sock").unwrap(),
             VolumeSpec::Bind {
@@ -590,10 +662,25 @@ mod tests {
         );
         assert_eq!(
             parse_volume("/srv/a:/a:ro").unwrap(),
-            VolumeSpec::Bind { source: "/srv/a".into(), destination: "/a".into(), mode: Some("ro".into()) }
+            VolumeSpec::Bind {
+                source: "/srv/a".into(),
+                destination: "/a".into(),
+                mode: Some("ro".into())
+            }
         );
-        assert!(matches!(parse_volume("myvol:/data"), Ok(VolumeSpec::Bind { .. })));
-        for bad in ["cache", "/a:b", "/a:/b:bogus", "/a:/b:ro:x", ":/b", "../x:/y", ""] {
+        assert!(matches!(
+            parse_volume("myvol:/data"),
+            Ok(VolumeSpec::Bind { .. })
+        ));
+        for bad in [
+            "cache",
+            "/a:b",
+            "/a:/b:bogus",
+            "/a:/b:ro:x",
+            ":/b",
+            "../x:/y",
+            "",
+        ] {
             let e = parse_volume(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
@@ -606,8 +693,14 @@ mod tests {
     fn binds_include_builds_dir_and_cache_volumes() {
         let e = env();
         let vols = vec![
-            VolumeSpec::Cache { destination: "/cache".into() },
-            VolumeSpec::Bind { source: "/h".into(), destination: "/c".into(), mode: Some("ro".into()) },
+            VolumeSpec::Cache {
+                destination: "/cache".into(),
+            },
+            VolumeSpec::Bind {
+                source: "/h".into(),
+                destination: "/c".into(),
+                mode: Some("ro".into()),
+            },
         ];
         let b = binds(&e, &vols, false);
         assert_eq!(b[0], "/var/lib/ferry/builds/42:/builds");
@@ -615,8 +708,14 @@ mod tests {
         assert_eq!(b[2], "/h:/c:ro");
         assert_eq!(binds(&e, &vols, true).len(), 2);
         // Stable across calls and jobs of the same project.
-        assert_eq!(cache_volume_name("r", 7, "/cache"), cache_volume_name("r", 7, "/cache"));
-        assert_ne!(cache_volume_name("r", 7, "/cache"), cache_volume_name("r", 8, "/cache"));
+        assert_eq!(
+            cache_volume_name("r", 7, "/cache"),
+            cache_volume_name("r", 7, "/cache")
+        );
+        assert_ne!(
+            cache_volume_name("r", 7, "/cache"),
+            cache_volume_name("r", 8, "/cache")
+        );
     }
 
     #[test]
@@ -640,7 +739,11 @@ mod tests {
         assert_eq!(h.cap_drop, Some(vec!["NET_RAW".to_string()]));
         assert_eq!(h.network_mode.as_deref(), Some("net"));
         let svc = service_host_config(
-            &DockerSection { privileged: true, services_privileged: Some(false), ..Default::default() },
+            &DockerSection {
+                privileged: true,
+                services_privileged: Some(false),
+                ..Default::default()
+            },
             vec![],
             None,
         );
@@ -649,7 +752,10 @@ mod tests {
 
     #[test]
     fn build_body_keeps_image_entrypoint_unless_overridden() {
-        let s = DockerSection { user: Some("nobody".into()), ..Default::default() };
+        let s = DockerSection {
+            user: Some("nobody".into()),
+            ..Default::default()
+        };
         let mut e = env();
         let b = build_container_body(&s, &e, "sha256:1", HostConfig::default());
         assert_eq!(b.entrypoint, None);
@@ -667,7 +773,10 @@ mod tests {
     #[test]
     fn names_are_gitlab_runner_like() {
         let e = env();
-        assert_eq!(build_container_name(&e), "runner-glrt-abc-project-7-job-42-build");
+        assert_eq!(
+            build_container_name(&e),
+            "runner-glrt-abc-project-7-job-42-build"
+        );
         assert_eq!(
             service_container_name(&e, "registry.io/g/postgres:15", 0),
             "runner-glrt-abc-project-7-job-42-postgres-0"
@@ -680,7 +789,10 @@ mod tests {
         let step = StepSpec {
             name: "script".into(),
             commands: vec!["echo 'it''s'".into(), "a\nb".into()],
-            env: vec![EnvVar { name: "CI_JOB_STATUS".into(), value: "it's ok".into() }],
+            env: vec![EnvVar {
+                name: "CI_JOB_STATUS".into(),
+                value: "it's ok".into(),
+            }],
             timeout: None,
         };
         let s = step_script(&step);

@@ -60,7 +60,10 @@ impl std::fmt::Debug for DockerEngine {
 /// A bollard error as one line (`Docker responded with status code 404: No such image: x`).
 pub(crate) fn one_line(e: &BollardError) -> String {
     match e {
-        BollardError::DockerResponseServerError { status_code, message } => {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
             format!("{} (HTTP {status_code})", message.trim())
         }
         BollardError::DockerStreamError { error } => error.trim().to_string(),
@@ -69,7 +72,13 @@ pub(crate) fn one_line(e: &BollardError) -> String {
 }
 
 pub(crate) fn is_not_found(e: &BollardError) -> bool {
-    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 pub(crate) fn docker_err(what: &str, e: &BollardError) -> EngineError {
@@ -82,7 +91,13 @@ fn label_filter(labels: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
         "label".to_string(),
         labels
             .iter()
-            .map(|(k, v)| if v.is_empty() { k.to_string() } else { format!("{k}={v}") })
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
             .collect(),
     );
     f
@@ -92,7 +107,10 @@ fn label_filter(labels: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
 /// `tls_cert_path` is given (that directory holds `ca.pem`, `cert.pem`, `key.pem`).
 fn connect(host: &str, tls: Option<&Path>) -> Result<Docker, EngineError> {
     let fail = |e: BollardError| {
-        EngineError::Docker(format!("cannot connect to the Docker daemon at {host}: {}", one_line(&e)))
+        EngineError::Docker(format!(
+            "cannot connect to the Docker daemon at {host}: {}",
+            one_line(&e)
+        ))
     };
     if let Some(path) = host.strip_prefix("unix://") {
         return Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
@@ -137,7 +155,9 @@ fn tls_dir(section: &DockerSection, host_from_env: bool) -> Option<PathBuf> {
         return Some(p.clone());
     }
     let env_verify = host_from_env
-        && std::env::var("DOCKER_TLS_VERIFY").map(|v| !v.is_empty() && v != "0").unwrap_or(false);
+        && std::env::var("DOCKER_TLS_VERIFY")
+            .map(|v| !v.is_empty() && v != "0")
+            .unwrap_or(false);
     if section.tls_verify || env_verify {
         if let Ok(p) = std::env::var("DOCKER_CERT_PATH")
             && !p.is_empty()
@@ -154,7 +174,10 @@ fn tls_dir(section: &DockerSection, host_from_env: bool) -> Option<PathBuf> {
 impl DockerEngine {
     /// Connect (lazily: no request is made) and negotiate the API version with the daemon, so an
     /// older engine (20.10 = API 1.41) gets requests it understands.
-    pub async fn new(section: &DockerSection, runner_short_token: &str) -> Result<Self, EngineError> {
+    pub async fn new(
+        section: &DockerSection,
+        runner_short_token: &str,
+    ) -> Result<Self, EngineError> {
         let env_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
         let (host, from_env) = match (&section.host, env_host) {
             (Some(h), _) if !h.is_empty() => (h.clone(), false),
@@ -164,7 +187,10 @@ impl DockerEngine {
         let tls = tls_dir(section, from_env);
         let docker = connect(&host, tls.as_deref())?;
         let docker = docker.negotiate_version().await.map_err(|e| {
-            EngineError::Docker(format!("cannot reach the Docker daemon at {host}: {}", one_line(&e)))
+            EngineError::Docker(format!(
+                "cannot reach the Docker daemon at {host}: {}",
+                one_line(&e)
+            ))
         })?;
         Ok(Self {
             docker,
@@ -190,11 +216,14 @@ impl DockerEngine {
 
     /// Start-up health check: the daemon answers and its version.
     pub async fn ping(&self) -> Result<String, EngineError> {
-        self.docker
-            .ping()
+        self.docker.ping().await.map_err(|e| {
+            EngineError::Docker(format!("Docker daemon unreachable: {}", one_line(&e)))
+        })?;
+        let v = self
+            .docker
+            .version()
             .await
-            .map_err(|e| EngineError::Docker(format!("Docker daemon unreachable: {}", one_line(&e))))?;
-        let v = self.docker.version().await.map_err(|e| docker_err("docker version", &e))?;
+            .map_err(|e| docker_err("docker version", &e))?;
         Ok(format!(
             "Docker {} (API {})",
             v.version.unwrap_or_default(),
@@ -225,23 +254,35 @@ impl DockerEngine {
         let filters = label_filter(labels);
         let containers = self
             .docker
-            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
             .map_err(|e| docker_err("listing containers", &e))?;
         for c in containers {
             let Some(id) = c.id else { continue };
-            let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+            let opts = RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
             match self.docker.remove_container(&id, Some(opts)).await {
                 Ok(()) => removed += 1,
                 Err(e) if is_not_found(&e) => {}
                 // 409: removal already in progress (a concurrent destroy).
-                Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => {}
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => {}
                 Err(e) => errors.push(format!("removing container {id}: {}", one_line(&e))),
             }
         }
         let networks = self
             .docker
-            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new().filters(&filters).build(),
+            ))
             .await
             .map_err(|e| docker_err("listing networks", &e))?;
         for n in networks {
@@ -260,13 +301,18 @@ impl DockerEngine {
         let vfilters = label_filter(&vol_labels);
         let volumes = self
             .docker
-            .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&vfilters).build()))
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::new().filters(&vfilters).build(),
+            ))
             .await
             .map_err(|e| docker_err("listing volumes", &e))?;
         for v in volumes.volumes.unwrap_or_default() {
             match self
                 .docker
-                .remove_volume(&v.name, Some(RemoveVolumeOptionsBuilder::new().force(true).build()))
+                .remove_volume(
+                    &v.name,
+                    Some(RemoveVolumeOptionsBuilder::new().force(true).build()),
+                )
                 .await
             {
                 Ok(()) => removed += 1,
@@ -284,10 +330,12 @@ impl DockerEngine {
     fn check_allowed(&self, env: &JobEnv) -> Result<(), EngineError> {
         // The runner's own default image is always allowed (gitlab-runner does the same).
         if self.section.image.as_deref() != Some(env.image.name.as_str()) {
-            self.allowed_images.check(&env.image.name, "image", "allowed_images")?;
+            self.allowed_images
+                .check(&env.image.name, "image", "allowed_images")?;
         }
         for s in &env.services {
-            self.allowed_services.check(&s.image.name, "service", "allowed_services")?;
+            self.allowed_services
+                .check(&s.image.name, "service", "allowed_services")?;
         }
         if let Some(limit) = self.section.services_limit
             && env.services.len() > limit
@@ -302,7 +350,10 @@ impl DockerEngine {
 
     /// Remove a container left with the same name (a crashed earlier attempt).
     async fn remove_stale(&self, name: &str) -> Result<(), EngineError> {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         match self.docker.remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -310,17 +361,31 @@ impl DockerEngine {
         }
     }
 
-    async fn ensure_cache_volumes(&self, env: &JobEnv, vols: &[VolumeSpec]) -> Result<(), EngineError> {
+    async fn ensure_cache_volumes(
+        &self,
+        env: &JobEnv,
+        vols: &[VolumeSpec],
+    ) -> Result<(), EngineError> {
         if self.section.disable_cache {
             return Ok(());
         }
         for v in vols {
             if let VolumeSpec::Cache { destination } = v {
-                let name = convert::cache_volume_name(&env.runner_short_token, env.project_id, destination);
+                let name = convert::cache_volume_name(
+                    &env.runner_short_token,
+                    env.project_id,
+                    destination,
+                );
                 let mut labels = HashMap::new();
                 labels.insert(convert::LABEL_MANAGED.to_string(), "true".to_string());
-                labels.insert(convert::LABEL_RUNNER.to_string(), env.runner_short_token.clone());
-                labels.insert(convert::LABEL_PROJECT.to_string(), env.project_id.to_string());
+                labels.insert(
+                    convert::LABEL_RUNNER.to_string(),
+                    env.runner_short_token.clone(),
+                );
+                labels.insert(
+                    convert::LABEL_PROJECT.to_string(),
+                    env.project_id.to_string(),
+                );
                 labels.insert(convert::LABEL_CACHE.to_string(), "true".to_string());
                 labels.insert("ferry.destination".to_string(), destination.clone());
                 // Creating an existing named volume is a no-op that returns it.
@@ -340,7 +405,13 @@ impl DockerEngine {
     async fn create_network(&self, env: &JobEnv) -> Result<String, EngineError> {
         let name = convert::network_name(env);
         // A network of the same name from a crashed attempt of this job.
-        if let Ok(old) = self.docker.inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>).await
+        if let Ok(old) = self
+            .docker
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
             && let Some(id) = old.id
         {
             let _ = self.docker.remove_network(&id).await;
@@ -366,7 +437,9 @@ impl DockerEngine {
         self.check_allowed(env)?;
         let volumes = convert::parse_volumes(env, &self.section.volumes)?;
         let _ = log
-            .write_all(format!("Using Docker executor with image {} ...\n", env.image.name).as_bytes())
+            .write_all(
+                format!("Using Docker executor with image {} ...\n", env.image.name).as_bytes(),
+            )
             .await;
         if self.section.disable_cache {
             for v in &volumes {
@@ -397,10 +470,19 @@ impl DockerEngine {
             return Err(EngineError::Cancelled);
         }
 
-        let links = services::start_services(self, env, &binds, network_mode.clone(), per_job_network.is_some(), log, cancel)
-            .await?;
+        let links = services::start_services(
+            self,
+            env,
+            &binds,
+            network_mode.clone(),
+            per_job_network.is_some(),
+            log,
+            cancel,
+        )
+        .await?;
 
-        let image = pull::ensure_image(&self.docker, &env.image, &env.registry_auth, log, cancel).await?;
+        let image =
+            pull::ensure_image(&self.docker, &env.image, &env.registry_auth, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| env.image.name.clone());
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
@@ -418,7 +500,10 @@ impl DockerEngine {
             .await
             .map_err(|e| docker_err(&format!("creating build container {name}"), &e))?;
         self.docker
-            .start_container(&name, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
             .await
             .map_err(|e| docker_err(&format!("starting build container {name}"), &e))?;
         Ok(())

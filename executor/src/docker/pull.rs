@@ -31,7 +31,10 @@ fn policy_name(p: PullPolicy) -> &'static str {
 /// `registry.example.com`, ...) to the host an image name carries.
 fn registry_host(s: &str) -> String {
     let s = s.trim();
-    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
     let host = s.split('/').next().unwrap_or(s).to_ascii_lowercase();
     match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
@@ -45,12 +48,14 @@ fn registry_host(s: &str) -> String {
 pub fn credentials_for(image: &str, auth: &[RegistryAuth]) -> Option<DockerCredentials> {
     let (registry, _, _) = split_image(image);
     let registry = registry_host(&registry);
-    auth.iter().find(|a| registry_host(&a.registry) == registry).map(|a| DockerCredentials {
-        username: Some(a.username.clone()),
-        password: Some(a.password.clone()),
-        serveraddress: Some(a.registry.clone()),
-        ..Default::default()
-    })
+    auth.iter()
+        .find(|a| registry_host(&a.registry) == registry)
+        .map(|a| DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.registry.clone()),
+            ..Default::default()
+        })
 }
 
 /// Make sure `image.name` is present under its pull policies, tried in order (a repeated policy
@@ -63,8 +68,11 @@ pub async fn ensure_image(
     cancel: &CancellationToken,
 ) -> Result<ImageInspect, EngineError> {
     let name = image.name.as_str();
-    let policies: &[PullPolicy] =
-        if image.pull_policy.is_empty() { &[PullPolicy::Always] } else { &image.pull_policy };
+    let policies: &[PullPolicy] = if image.pull_policy.is_empty() {
+        &[PullPolicy::Always]
+    } else {
+        &image.pull_policy
+    };
     let mut last_err = String::new();
     for (i, policy) in policies.iter().enumerate() {
         if cancel.is_cancelled() {
@@ -91,7 +99,9 @@ pub async fn ensure_image(
                     .map(|d| format!(" with digest {d}"))
                     .unwrap_or_default();
                 let _ = log
-                    .write_all(format!("Using docker image {id} for {name}{digest} ...\n").as_bytes())
+                    .write_all(
+                        format!("Using docker image {id} for {name}{digest} ...\n").as_bytes(),
+                    )
                     .await;
                 return Ok(inspect);
             }
@@ -99,7 +109,10 @@ pub async fn ensure_image(
             Err(e) => last_err = e,
         }
     }
-    Err(EngineError::ImagePull { image: name.to_string(), message: last_err })
+    Err(EngineError::ImagePull {
+        image: name.to_string(),
+        message: last_err,
+    })
 }
 
 async fn inspect(docker: &Docker, name: &str) -> Result<Option<ImageInspect>, String> {
@@ -129,7 +142,9 @@ async fn try_policy(
         }),
         PullPolicy::IfNotPresent if local.is_some() => {
             let _ = log
-                .write_all(b"Using locally found image version due to \"if-not-present\" pull policy\n")
+                .write_all(
+                    b"Using locally found image version due to \"if-not-present\" pull policy\n",
+                )
                 .await;
             local.ok_or_else(String::new)
         }
@@ -138,10 +153,12 @@ async fn try_policy(
             local.ok_or_else(String::new)
         }
         _ => {
-            pull(docker, image, auth, log, cancel).await.map_err(|e| match e {
-                PullError::Cancelled => "cancelled".to_string(),
-                PullError::Failed(m) => m,
-            })?;
+            pull(docker, image, auth, log, cancel)
+                .await
+                .map_err(|e| match e {
+                    PullError::Cancelled => "cancelled".to_string(),
+                    PullError::Failed(m) => m,
+                })?;
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
             }
@@ -175,9 +192,13 @@ async fn pull(
     };
     let creds = credentials_for(name, auth);
     if creds.is_some() {
-        let _ = log.write_all(b"Authenticating with credentials from job payload\n").await;
+        let _ = log
+            .write_all(b"Authenticating with credentials from job payload\n")
+            .await;
     }
-    let _ = log.write_all(format!("Pulling docker image {name} ...\n").as_bytes()).await;
+    let _ = log
+        .write_all(format!("Pulling docker image {name} ...\n").as_bytes())
+        .await;
     let mut opts = CreateImageOptionsBuilder::new().from_image(&from_image);
     if let Some(p) = &image.platform {
         opts = opts.platform(p);
@@ -247,16 +268,26 @@ mod tests {
     use super::*;
 
     fn auth(reg: &str) -> RegistryAuth {
-        RegistryAuth { registry: reg.into(), username: "u".into(), password: "p".into() }
+        RegistryAuth {
+            registry: reg.into(),
+            username: "u".into(),
+            password: "p".into(),
+        }
     }
 
     #[test]
     fn credentials_match_the_registry() {
-        let list = vec![auth("registry.gitlab.com"), auth("https://index.docker.io/v1/")];
+        let list = vec![
+            auth("registry.gitlab.com"),
+            auth("https://index.docker.io/v1/"),
+        ];
         let c = credentials_for("registry.gitlab.com/g/p:1", &list).unwrap();
         assert_eq!(c.serveraddress.as_deref(), Some("registry.gitlab.com"));
         let c = credentials_for("ruby:3", &list).unwrap();
-        assert_eq!(c.serveraddress.as_deref(), Some("https://index.docker.io/v1/"));
+        assert_eq!(
+            c.serveraddress.as_deref(),
+            Some("https://index.docker.io/v1/")
+        );
         assert!(credentials_for("quay.io/x/y", &list).is_none());
     }
 }

@@ -42,7 +42,9 @@ pub(super) async fn start_services(
     let mut links = Vec::new();
     let legacy_bridge = matches!(network_mode.as_deref(), Some("bridge") | Some("default"));
     let no_aliases = matches!(network_mode.as_deref(), Some("host") | Some("none"))
-        || network_mode.as_deref().is_some_and(|m| m.starts_with("container:"));
+        || network_mode
+            .as_deref()
+            .is_some_and(|m| m.starts_with("container:"));
     for (index, svc) in env.services.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
@@ -50,11 +52,21 @@ pub(super) async fn start_services(
         let _ = log
             .write_all(format!("Starting service {} ...\n", svc.image.name).as_bytes())
             .await;
-        let image = pull::ensure_image(engine.client(), &svc.image, &env.registry_auth, log, cancel).await?;
+        let image =
+            pull::ensure_image(engine.client(), &svc.image, &env.registry_auth, log, cancel)
+                .await?;
         let image_id = image.id.clone().unwrap_or_else(|| svc.image.name.clone());
         let name = convert::service_container_name(env, &svc.image.name, index);
         engine.remove_stale(&name).await?;
-        let body = service_body(engine, env, svc, &image_id, binds, network_mode.clone(), per_job_network || !(legacy_bridge || no_aliases));
+        let body = service_body(
+            engine,
+            env,
+            svc,
+            &image_id,
+            binds,
+            network_mode.clone(),
+            per_job_network || !(legacy_bridge || no_aliases),
+        );
         let mut opts = CreateContainerOptionsBuilder::new().name(&name);
         if let Some(p) = &svc.image.platform {
             opts = opts.platform(p);
@@ -66,7 +78,10 @@ pub(super) async fn start_services(
             .map_err(|e| docker_err(&format!("creating service container {name}"), &e))?;
         engine
             .client()
-            .start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
             .await
             .map_err(|e| docker_err(&format!("starting service container {name}"), &e))?;
         if legacy_bridge {
@@ -74,7 +89,11 @@ pub(super) async fn start_services(
                 links.push(format!("{name}:{a}"));
             }
         }
-        started.push(Started { name, id: created.id, display: svc.image.name.clone() });
+        started.push(Started {
+            name,
+            id: created.id,
+            display: svc.image.name.clone(),
+        });
     }
     if started.is_empty() {
         return Ok(links);
@@ -90,7 +109,9 @@ pub(super) async fn start_services(
             )
             .await;
         let net = network_mode.clone();
-        let waits = started.iter().map(|s| wait_for_service(engine, s, net.as_deref(), timeout));
+        let waits = started
+            .iter()
+            .map(|s| wait_for_service(engine, s, net.as_deref(), timeout));
         let results = tokio::select! {
             r = futures::future::join_all(waits) => r,
             _ = cancel.cancelled() => return Err(EngineError::Cancelled),
@@ -141,9 +162,14 @@ fn service_body(
             let mut endpoints = HashMap::new();
             endpoints.insert(
                 net.clone(),
-                EndpointSettings { aliases: Some(svc.aliases.clone()), ..Default::default() },
+                EndpointSettings {
+                    aliases: Some(svc.aliases.clone()),
+                    ..Default::default()
+                },
             );
-            Some(NetworkingConfig { endpoints_config: Some(endpoints) })
+            Some(NetworkingConfig {
+                endpoints_config: Some(endpoints),
+            })
         }
         _ => None,
     };
@@ -152,11 +178,19 @@ fn service_body(
     ContainerCreateBody {
         image: Some(image_id.to_string()),
         entrypoint,
-        cmd: if svc.command.is_empty() { None } else { Some(svc.command.clone()) },
+        cmd: if svc.command.is_empty() {
+            None
+        } else {
+            Some(svc.command.clone())
+        },
         env: Some(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
         user: svc.image.user.clone(),
         labels: Some(labels),
-        host_config: Some(convert::service_host_config(section, binds.to_vec(), network_mode)),
+        host_config: Some(convert::service_host_config(
+            section,
+            binds.to_vec(),
+            network_mode,
+        )),
         networking_config,
         ..Default::default()
     }
@@ -172,7 +206,10 @@ async fn wait_for_service(
     let deadline = tokio::time::Instant::now() + timeout;
     let inspect = engine
         .client()
-        .inspect_container(&s.id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            &s.id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .map_err(|e| super::one_line(&e))?;
     let mut ports: Vec<u16> = inspect
@@ -183,7 +220,11 @@ async fn wait_for_service(
             p.keys()
                 .filter_map(|k| {
                     let (port, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
-                    if proto == "tcp" { port.parse().ok() } else { None }
+                    if proto == "tcp" {
+                        port.parse().ok()
+                    } else {
+                        None
+                    }
                 })
                 .collect()
         })
@@ -209,10 +250,11 @@ async fn wait_for_service(
             let Ok(addr) = format!("{host}:{p}").parse::<SocketAddr>() else {
                 return Err(format!("service IP {host:?} is not an address"));
             };
-            let ok = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-                .await
-                .map(|r| r.is_ok())
-                .unwrap_or(false);
+            let ok =
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false);
             if !ok {
                 still.push(*p);
             }
@@ -224,7 +266,10 @@ async fn wait_for_service(
         // A service that exited will never open its port.
         if let Ok(i) = engine
             .client()
-            .inspect_container(&s.id, None::<bollard::query_parameters::InspectContainerOptions>)
+            .inspect_container(
+                &s.id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
             .await
             && let Some(state) = i.state
             && state.running == Some(false)
@@ -250,7 +295,12 @@ async fn wait_for_service(
 
 /// The last lines of a container's output, for the warning.
 async fn container_logs(engine: &DockerEngine, id: &str) -> String {
-    let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).timestamps(true).tail("100").build();
+    let opts = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .tail("100")
+        .build();
     let mut stream = engine.client().logs(id, Some(opts));
     let mut out = String::new();
     let read = async {

@@ -64,7 +64,10 @@ pub(super) async fn run_step(
         filters.insert("container", vec![container.clone()]);
         let since = (started_ns / 1_000_000_000 - 1).to_string();
         tokio::spawn(async move {
-            let opts = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
+            let opts = EventsOptionsBuilder::new()
+                .since(&since)
+                .filters(&filters)
+                .build();
             let mut events = docker.events(Some(opts));
             while let Some(Ok(ev)) = events.next().await {
                 if ev.time_nano.unwrap_or(i64::MAX) >= started_ns - 1_000_000_000 {
@@ -105,30 +108,47 @@ async fn exec_step(
                 tty: Some(false),
                 cmd: Some(vec!["sh".into(), "-c".into(), convert::DETECT_SHELL.into()]),
                 working_dir: Some(env.project_dir.clone()),
-                env: Some(step.env.iter().map(|v| format!("{}={}", v.name, v.value)).collect()),
+                env: Some(
+                    step.env
+                        .iter()
+                        .map(|v| format!("{}={}", v.name, v.value))
+                        .collect(),
+                ),
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| docker_err(&format!("starting step {} in {container}", step.name), &e))?;
     let started = docker
-        .start_exec(&exec.id, Some(StartExecOptions { detach: false, tty: false, output_capacity: None }))
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: None,
+            }),
+        )
         .await
         .map_err(|e| docker_err(&format!("starting step {}", step.name), &e))?;
-    let StartExecResults::Attached { mut output, mut input } = started else {
-        return Err(EngineError::Docker(format!("step {}: exec did not attach", step.name)));
+    let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = started
+    else {
+        return Err(EngineError::Docker(format!(
+            "step {}: exec did not attach",
+            step.name
+        )));
     };
     // The shell reads the whole script (one eval line) before it runs anything, so writing it
     // all before reading output cannot deadlock.
     let script = convert::step_script(step);
-    input
-        .write_all(script.as_bytes())
-        .await
-        .map_err(|e| EngineError::Docker(format!("sending the script of step {}: {e}", step.name)))?;
-    input
-        .shutdown()
-        .await
-        .map_err(|e| EngineError::Docker(format!("closing the script of step {}: {e}", step.name)))?;
+    input.write_all(script.as_bytes()).await.map_err(|e| {
+        EngineError::Docker(format!("sending the script of step {}: {e}", step.name))
+    })?;
+    input.shutdown().await.map_err(|e| {
+        EngineError::Docker(format!("closing the script of step {}: {e}", step.name))
+    })?;
 
     let deadline = step.timeout.map(|t| (tokio::time::Instant::now() + t, t));
     let mut poll = tokio::time::interval(POLL_EVERY);
@@ -181,7 +201,10 @@ async fn exec_step(
     match stop {
         Some(Stop::Cancelled) => return Err(EngineError::Cancelled),
         Some(Stop::TimedOut) => {
-            return Ok(StepOutcome { exit_code: STEP_TIMEOUT_EXIT_CODE, oom_killed: false });
+            return Ok(StepOutcome {
+                exit_code: STEP_TIMEOUT_EXIT_CODE,
+                oom_killed: false,
+            });
         }
         None => {}
     }
@@ -200,7 +223,10 @@ async fn exec_step(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let Some(code) = exit_code else {
-        return Err(EngineError::Docker(format!("step {}: no exit code from Docker", step.name)));
+        return Err(EngineError::Docker(format!(
+            "step {}: no exit code from Docker",
+            step.name
+        )));
     };
     let code = i32::try_from(code).unwrap_or(i32::MAX);
     let mut oom_killed = false;
@@ -217,12 +243,17 @@ async fn exec_step(
         }
         oom_killed = oom.load(Ordering::SeqCst) || container_oom_killed(engine, container).await;
     }
-    Ok(StepOutcome { exit_code: code, oom_killed })
+    Ok(StepOutcome {
+        exit_code: code,
+        oom_killed,
+    })
 }
 
 async fn write_chunk(log: &mut LogSink<'_>, chunk: LogOutput) {
     match chunk {
-        LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message } => {
+        LogOutput::StdOut { message }
+        | LogOutput::StdErr { message }
+        | LogOutput::Console { message } => {
             let _ = log.write_all(&message).await;
         }
         LogOutput::StdIn { .. } => {}
@@ -232,7 +263,10 @@ async fn write_chunk(log: &mut LogSink<'_>, chunk: LogOutput) {
 async fn container_oom_killed(engine: &DockerEngine, container: &str) -> bool {
     engine
         .client()
-        .inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .ok()
         .and_then(|i| i.state)
@@ -242,7 +276,11 @@ async fn container_oom_killed(engine: &DockerEngine, container: &str) -> bool {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 { format!("{}m{}s", s / 60, s % 60) } else { format!("{:.1}s", d.as_secs_f64()) }
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 /// Signal every process of the container but PID 1 (`sig` = TERM or KILL) with a short exec.
@@ -268,7 +306,8 @@ async fn kill_leftovers(engine: &DockerEngine, container: &str, sig: &str) -> bo
         )
         .await;
     let Ok(exec) = exec else { return false };
-    let Ok(StartExecResults::Attached { mut output, .. }) = docker.start_exec(&exec.id, None).await else {
+    let Ok(StartExecResults::Attached { mut output, .. }) = docker.start_exec(&exec.id, None).await
+    else {
         return false;
     };
     let drain = async { while output.next().await.is_some() {} };
@@ -298,14 +337,24 @@ async fn stop_step(
             }
         }
     }
-    let running = docker.inspect_exec(exec_id).await.ok().and_then(|i| i.running);
+    let running = docker
+        .inspect_exec(exec_id)
+        .await
+        .ok()
+        .and_then(|i| i.running);
     if running == Some(false) && kill_leftovers(engine, container, "KILL").await {
         return;
     }
     if running != Some(false) && kill_leftovers(engine, container, "KILL").await {
         // Give the exec a moment to be reaped.
         for _ in 0..20 {
-            if docker.inspect_exec(exec_id).await.ok().and_then(|i| i.running) != Some(true) {
+            if docker
+                .inspect_exec(exec_id)
+                .await
+                .ok()
+                .and_then(|i| i.running)
+                != Some(true)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -315,11 +364,17 @@ async fn stop_step(
     // and start it again, so that after_script still has somewhere to run.
     tracing::warn!(container, "killing the build container to stop a step");
     let _ = docker
-        .kill_container(container, None::<bollard::query_parameters::KillContainerOptions>)
+        .kill_container(
+            container,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
         .await;
     for _ in 0..50 {
         let running = docker
-            .inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>)
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
             .await
             .ok()
             .and_then(|i| i.state)
@@ -330,9 +385,16 @@ async fn stop_step(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if let Err(e) = docker
-        .start_container(container, None::<bollard::query_parameters::StartContainerOptions>)
+        .start_container(
+            container,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
         .await
     {
-        tracing::warn!(container, "restarting the build container: {}", one_line(&e));
+        tracing::warn!(
+            container,
+            "restarting the build container: {}",
+            one_line(&e)
+        );
     }
 }
