@@ -5,10 +5,14 @@
 //! about GitLab: no payload types, no HTTP client. Job output leaves through a [`LogSink`], a plain
 //! `AsyncWrite`, so the executor never knows where the bytes go.
 
+pub mod artifacts;
+pub mod cache;
 pub mod docker;
 pub mod engine;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+mod hostio;
+pub mod sources;
 
 pub use docker::DockerEngine;
 pub use engine::{
