@@ -767,4 +767,55 @@ async fn unreachable_docker_is_a_clear_error() {
     };
     let err = DockerEngine::new(&sec, "x").await.unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    let sec = DockerSection {
+        host: Some("tcp://127.0.0.1:1".into()),
+        tls_verify: true,
+        tls_cert_path: Some("/nonexistent/certs".into()),
+        ..Default::default()
+    };
+    let err = DockerEngine::new(&sec, "x").await.unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/certs/ca.pem"),
+        "{err}"
+    );
+    let sec = DockerSection {
+        host: Some("ftp://x".into()),
+        ..Default::default()
+    };
+    let err = DockerEngine::new(&sec, "x").await.unwrap_err();
+    assert!(err.to_string().contains("ftp://x"), "{err}");
+}
+
+#[tokio::test]
+async fn ping_reports_the_version() {
+    let Some(engine) = engine_with("ping", section()).await else {
+        return;
+    };
+    let v = engine.ping().await.unwrap();
+    assert!(v.starts_with("Docker ") && v.contains("(API 1."), "{v}");
+}
+
+#[tokio::test]
+async fn entrypoint_that_exits_is_a_clear_error() {
+    let Some(engine) = engine_with("entry", section()).await else {
+        return;
+    };
+    let mut j = job("entry", BUSYBOX);
+    j.env.image.entrypoint = vec!["sh".into(), "-c".into(), "echo entrypoint-ran".into()];
+    let mut log: Vec<u8> = Vec::new();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, EngineError::Docker(_)), "{msg}");
+    assert!(
+        msg.contains("is not running (exit code 0)") && msg.contains("entrypoint-ran"),
+        "{msg}"
+    );
+    engine.destroy(&j.env).await.unwrap();
+    // An entrypoint that runs its command works (`entrypoint: [""]` clears the image's).
+    j.env.image.entrypoint = vec!["".into()];
+    let (r, log) = run_one(&engine, &j.env, &step(&["echo ok"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
 }

@@ -506,6 +506,21 @@ impl DockerEngine {
             )
             .await
             .map_err(|e| docker_err(&format!("starting build container {name}"), &e))?;
+        // An entrypoint that ignores its command exits at once; say so now rather than at the
+        // first step.
+        let running = self
+            .docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.running);
+        if running == Some(false) {
+            return Err(step::not_running(self, &name).await);
+        }
         Ok(())
     }
 }

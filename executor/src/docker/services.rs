@@ -118,7 +118,7 @@ pub(super) async fn start_services(
         };
         for (s, r) in started.iter().zip(results) {
             if let Err(why) = r {
-                let logs = container_logs(engine, &s.id).await;
+                let logs = container_logs(engine, &s.id, true).await;
                 let text = format!(
                     "\n{YELLOW}*** WARNING:{RESET} Service {} probably didn't start properly.\n\nHealth check error:\n{}\n\nService container logs:\n{}\n\n{YELLOW}*********{RESET}\n\n",
                     s.name,
@@ -294,11 +294,11 @@ async fn wait_for_service(
 }
 
 /// The last lines of a container's output, for the warning.
-async fn container_logs(engine: &DockerEngine, id: &str) -> String {
+pub(super) async fn container_logs(engine: &DockerEngine, id: &str, timestamps: bool) -> String {
     let opts = LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
-        .timestamps(true)
+        .timestamps(timestamps)
         .tail("100")
         .build();
     let mut stream = engine.client().logs(id, Some(opts));
