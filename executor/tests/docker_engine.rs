@@ -441,10 +441,29 @@ async fn service_reachable_by_alias_after_port_wait() {
         image: image(SERVICE),
         aliases,
         command: vec![],
-        variables: vec![EnvVar {
-            name: "SVC_ONLY".into(),
-            value: "yes".into(),
-        }],
+        variables: vec![],
+    });
+    // The same image with entrypoint and command overridden; its port opens only after 2 s, so
+    // the job can reach it only if prepare waited. It shows its environment: the job's
+    // variables plus its own, which win.
+    j.env.services.push(ServiceSpec {
+        image: ImageSpec {
+            entrypoint: vec!["sh".into(), "-c".into()],
+            ..image(SERVICE)
+        },
+        aliases: vec!["envsvc".into()],
+        command: vec![
+            "echo \"$SVC_ONLY/$JOB_VAR/$SHARED\" > /www/index.html; sleep 2; exec httpd -f -p 8080 -h /www"
+                .into(),
+        ],
+        variables: vec![
+            EnvVar { name: "SVC_ONLY".into(), value: "yes".into() },
+            EnvVar { name: "SHARED".into(), value: "service-wins".into() },
+        ],
+    });
+    j.env.variables.push(EnvVar {
+        name: "SHARED".into(),
+        value: "job".into(),
     });
     let (r, log) = run_one(
         &engine,
@@ -453,11 +472,13 @@ async fn service_reachable_by_alias_after_port_wait() {
             "wget -q -O - http://web:8080/",
             "wget -q -O - http://ferry-test__service:8080/",
             "wget -q -O - http://ferry-test-service:8080/",
+            "wget -q -O - http://envsvc:8080/",
         ]),
     )
     .await;
     assert_eq!(r.unwrap().exit_code, 0, "{log}");
     assert_eq!(log.matches("ferry-service-ok\n").count(), 3, "{log}");
+    assert!(log.contains("yes/it's a job var/service-wins\n"), "{log}");
     assert!(
         log.contains("Starting service ferry-test/service:latest ..."),
         "{log}"
@@ -818,4 +839,107 @@ async fn entrypoint_that_exits_is_a_clear_error() {
     j.env.image.entrypoint = vec!["".into()];
     let (r, log) = run_one(&engine, &j.env, &step(&["echo ok"])).await;
     assert_eq!(r.unwrap().exit_code, 0, "{log}");
+}
+
+#[tokio::test]
+async fn docker_options_reach_the_build_container() {
+    let mut sec = section();
+    sec.extra_hosts = vec!["ferry-extra:10.1.2.3".into()];
+    sec.hostname = Some("ferry-host".into());
+    sec.user = Some("nobody".into());
+    sec.dns_search = vec!["example.test".into()];
+    sec.shm_size = 16 * 1024 * 1024;
+    sec.memory = Some(64 * 1024 * 1024);
+    let Some(engine) = engine_with("opts", sec).await else {
+        return;
+    };
+    let j = job("opts", BUSYBOX);
+    let (r, log) = run_one(
+        &engine,
+        &j.env,
+        &step(&[
+            "grep ferry-extra /etc/hosts",
+            "hostname",
+            "id -u",
+            "grep search /etc/resolv.conf",
+            "df -k /dev/shm | tail -n 1",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+        ]),
+    )
+    .await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    assert!(log.contains("10.1.2.3"), "{log}");
+    assert!(log.contains("ferry-host\n"), "{log}");
+    assert!(log.contains("65534\n"), "{log}");
+    assert!(log.contains("example.test"), "{log}");
+    assert!(log.contains(" 16384 "), "{log}");
+    assert!(log.contains("67108864\n"), "{log}");
+}
+
+/// Records when each write arrived.
+struct TimedSink {
+    start: Instant,
+    writes: Vec<(Duration, Vec<u8>)>,
+}
+
+impl tokio::io::AsyncWrite for TimedSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let at = self.start.elapsed();
+        self.writes.push((at, buf.to_vec()));
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn output_is_streamed_as_it_comes() {
+    let Some(engine) = engine_with("stream", section()).await else {
+        return;
+    };
+    let j = job("stream", BUSYBOX);
+    let cancel = CancellationToken::new();
+    let mut prep: Vec<u8> = Vec::new();
+    engine.prepare(&j.env, &mut prep, &cancel).await.unwrap();
+    let mut sink = TimedSink {
+        start: Instant::now(),
+        writes: Vec::new(),
+    };
+    let out = engine
+        .run_step(
+            &j.env,
+            &step(&["echo first >&2", "sleep 2", "echo second"]),
+            &mut sink,
+            &cancel,
+        )
+        .await
+        .unwrap();
+    engine.destroy(&j.env).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    let when = |needle: &str| {
+        sink.writes
+            .iter()
+            .find(|(_, b)| String::from_utf8_lossy(b).contains(needle))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("{needle} not written"))
+    };
+    let (first, second) = (when("first\n"), when("second\n"));
+    assert!(
+        second >= first + Duration::from_millis(1500),
+        "first {first:?}, second {second:?}"
+    );
 }
