@@ -491,6 +491,29 @@ async fn service_reachable_by_alias_after_port_wait() {
 }
 
 #[tokio::test]
+async fn service_wait_works_without_reaching_the_service_from_the_host() {
+    let Some(engine) = engine_with("svcproc", section()).await else {
+        return;
+    };
+    let engine = engine.with_host_probe(false);
+    let mut j = job("svcproc", BUSYBOX);
+    j.env.services.push(ServiceSpec {
+        image: image(SERVICE),
+        aliases: vec!["slow".into()],
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 2; exec httpd -f -p 8080 -h /www".into(),
+        ],
+        variables: vec![],
+    });
+    let (r, log) = run_one(&engine, &j.env, &step(&["wget -q -O - http://slow:8080/"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    assert!(log.contains("ferry-service-ok\n"), "{log}");
+    assert!(!log.contains("probably didn't start properly"), "{log}");
+}
+
+#[tokio::test]
 async fn service_that_never_opens_its_port_warns_and_the_job_continues() {
     let mut sec = section();
     sec.wait_for_services_timeout = Some(Duration::from_secs(2));
@@ -824,10 +847,34 @@ async fn entrypoint_that_exits_is_a_clear_error() {
     let mut j = job("entry", BUSYBOX);
     j.env.image.entrypoint = vec!["sh".into(), "-c".into(), "echo entrypoint-ran".into()];
     let mut log: Vec<u8> = Vec::new();
-    let err = engine
-        .prepare(&j.env, &mut log, &CancellationToken::new())
-        .await
-        .unwrap_err();
+    let cancel = CancellationToken::new();
+    // prepare notices when the container is already gone; otherwise the first step does.
+    let err = match engine.prepare(&j.env, &mut log, &cancel).await {
+        Err(e) => e,
+        Ok(()) => {
+            let name = ferry_executor::docker::convert::build_container_name(&j.env);
+            for _ in 0..50 {
+                let state = engine
+                    .client()
+                    .inspect_container(
+                        &name,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    )
+                    .await
+                    .unwrap()
+                    .state
+                    .unwrap();
+                if state.running != Some(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            engine
+                .run_step(&j.env, &step(&["echo hi"]), &mut log, &cancel)
+                .await
+                .unwrap_err()
+        }
+    };
     let msg = err.to_string();
     assert!(matches!(err, EngineError::Docker(_)), "{msg}");
     assert!(
