@@ -407,6 +407,7 @@ async fn missing_image_is_an_image_pull_error() {
         .unwrap_err();
     assert!(matches!(&err, EngineError::ImagePull { .. }), "{err}");
     let log = String::from_utf8_lossy(&log);
+    println!("{log}");
     assert!(
         log.contains("Pulling docker image ferry-test/missing:1"),
         "{log}"
@@ -440,10 +441,29 @@ async fn service_reachable_by_alias_after_port_wait() {
         image: image(SERVICE),
         aliases,
         command: vec![],
-        variables: vec![EnvVar {
-            name: "SVC_ONLY".into(),
-            value: "yes".into(),
-        }],
+        variables: vec![],
+    });
+    // The same image with entrypoint and command overridden; its port opens only after 2 s, so
+    // the job can reach it only if prepare waited. It shows its environment: the job's
+    // variables plus its own, which win.
+    j.env.services.push(ServiceSpec {
+        image: ImageSpec {
+            entrypoint: vec!["sh".into(), "-c".into()],
+            ..image(SERVICE)
+        },
+        aliases: vec!["envsvc".into()],
+        command: vec![
+            "echo \"$SVC_ONLY/$JOB_VAR/$SHARED\" > /www/index.html; sleep 2; exec httpd -f -p 8080 -h /www"
+                .into(),
+        ],
+        variables: vec![
+            EnvVar { name: "SVC_ONLY".into(), value: "yes".into() },
+            EnvVar { name: "SHARED".into(), value: "service-wins".into() },
+        ],
+    });
+    j.env.variables.push(EnvVar {
+        name: "SHARED".into(),
+        value: "job".into(),
     });
     let (r, log) = run_one(
         &engine,
@@ -452,11 +472,13 @@ async fn service_reachable_by_alias_after_port_wait() {
             "wget -q -O - http://web:8080/",
             "wget -q -O - http://ferry-test__service:8080/",
             "wget -q -O - http://ferry-test-service:8080/",
+            "wget -q -O - http://envsvc:8080/",
         ]),
     )
     .await;
     assert_eq!(r.unwrap().exit_code, 0, "{log}");
     assert_eq!(log.matches("ferry-service-ok\n").count(), 3, "{log}");
+    assert!(log.contains("yes/it's a job var/service-wins\n"), "{log}");
     assert!(
         log.contains("Starting service ferry-test/service:latest ..."),
         "{log}"
@@ -465,6 +487,29 @@ async fn service_reachable_by_alias_after_port_wait() {
         log.contains("Waiting for services to be up and running (timeout 10 seconds)..."),
         "{log}"
     );
+    assert!(!log.contains("probably didn't start properly"), "{log}");
+}
+
+#[tokio::test]
+async fn service_wait_works_without_reaching_the_service_from_the_host() {
+    let Some(engine) = engine_with("svcproc", section()).await else {
+        return;
+    };
+    let engine = engine.with_host_probe(false);
+    let mut j = job("svcproc", BUSYBOX);
+    j.env.services.push(ServiceSpec {
+        image: image(SERVICE),
+        aliases: vec!["slow".into()],
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 2; exec httpd -f -p 8080 -h /www".into(),
+        ],
+        variables: vec![],
+    });
+    let (r, log) = run_one(&engine, &j.env, &step(&["wget -q -O - http://slow:8080/"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    assert!(log.contains("ferry-service-ok\n"), "{log}");
     assert!(!log.contains("probably didn't start properly"), "{log}");
 }
 
@@ -488,6 +533,7 @@ async fn service_that_never_opens_its_port_warns_and_the_job_continues() {
     });
     let started = Instant::now();
     let (r, log) = run_one(&engine, &j.env, &step(&["echo job-ran"])).await;
+    println!("{log}");
     assert_eq!(r.unwrap().exit_code, 0);
     assert!(log.contains("probably didn't start properly"), "{log}");
     assert!(log.contains("8080"), "{log}");
@@ -513,8 +559,13 @@ async fn oom_kill_is_reported() {
     .await;
     let out = r.unwrap();
     assert!(out.oom_killed, "{out:?} {log}");
-    assert_ne!(out.exit_code, 0);
+    assert_eq!(out.exit_code, 137);
     assert!(!log.contains("survived\n"), "{log}");
+    // A SIGKILL that is not an OOM kill is a plain 137.
+    let j = job("oom", BUSYBOX);
+    let (r, log) = run_one(&engine, &j.env, &step(&["sh -c 'kill -9 $$'"])).await;
+    let out = r.unwrap();
+    assert_eq!((out.exit_code, out.oom_killed), (137, false), "{log}");
 }
 
 #[tokio::test]
@@ -760,4 +811,182 @@ async fn unreachable_docker_is_a_clear_error() {
     };
     let err = DockerEngine::new(&sec, "x").await.unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    let sec = DockerSection {
+        host: Some("tcp://127.0.0.1:1".into()),
+        tls_verify: true,
+        tls_cert_path: Some("/nonexistent/certs".into()),
+        ..Default::default()
+    };
+    let err = DockerEngine::new(&sec, "x").await.unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/certs/ca.pem"),
+        "{err}"
+    );
+    let sec = DockerSection {
+        host: Some("ftp://x".into()),
+        ..Default::default()
+    };
+    let err = DockerEngine::new(&sec, "x").await.unwrap_err();
+    assert!(err.to_string().contains("ftp://x"), "{err}");
+}
+
+#[tokio::test]
+async fn ping_reports_the_version() {
+    let Some(engine) = engine_with("ping", section()).await else {
+        return;
+    };
+    let v = engine.ping().await.unwrap();
+    assert!(v.starts_with("Docker ") && v.contains("(API 1."), "{v}");
+}
+
+#[tokio::test]
+async fn entrypoint_that_exits_is_a_clear_error() {
+    let Some(engine) = engine_with("entry", section()).await else {
+        return;
+    };
+    let mut j = job("entry", BUSYBOX);
+    j.env.image.entrypoint = vec!["sh".into(), "-c".into(), "echo entrypoint-ran".into()];
+    let mut log: Vec<u8> = Vec::new();
+    let cancel = CancellationToken::new();
+    // prepare notices when the container is already gone; otherwise the first step does.
+    let err = match engine.prepare(&j.env, &mut log, &cancel).await {
+        Err(e) => e,
+        Ok(()) => {
+            let name = ferry_executor::docker::convert::build_container_name(&j.env);
+            for _ in 0..50 {
+                let state = engine
+                    .client()
+                    .inspect_container(
+                        &name,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    )
+                    .await
+                    .unwrap()
+                    .state
+                    .unwrap();
+                if state.running != Some(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            engine
+                .run_step(&j.env, &step(&["echo hi"]), &mut log, &cancel)
+                .await
+                .unwrap_err()
+        }
+    };
+    let msg = err.to_string();
+    assert!(matches!(err, EngineError::Docker(_)), "{msg}");
+    assert!(
+        msg.contains("is not running (exit code 0)") && msg.contains("entrypoint-ran"),
+        "{msg}"
+    );
+    engine.destroy(&j.env).await.unwrap();
+    // An entrypoint that runs its command works (`entrypoint: [""]` clears the image's).
+    j.env.image.entrypoint = vec!["".into()];
+    let (r, log) = run_one(&engine, &j.env, &step(&["echo ok"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+}
+
+#[tokio::test]
+async fn docker_options_reach_the_build_container() {
+    let mut sec = section();
+    sec.extra_hosts = vec!["ferry-extra:10.1.2.3".into()];
+    sec.hostname = Some("ferry-host".into());
+    sec.user = Some("nobody".into());
+    sec.dns_search = vec!["example.test".into()];
+    sec.shm_size = 16 * 1024 * 1024;
+    sec.memory = Some(64 * 1024 * 1024);
+    let Some(engine) = engine_with("opts", sec).await else {
+        return;
+    };
+    let j = job("opts", BUSYBOX);
+    let (r, log) = run_one(
+        &engine,
+        &j.env,
+        &step(&[
+            "grep ferry-extra /etc/hosts",
+            "hostname",
+            "id -u",
+            "grep search /etc/resolv.conf",
+            "df -k /dev/shm | tail -n 1",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+        ]),
+    )
+    .await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    assert!(log.contains("10.1.2.3"), "{log}");
+    assert!(log.contains("ferry-host\n"), "{log}");
+    assert!(log.contains("65534\n"), "{log}");
+    assert!(log.contains("example.test"), "{log}");
+    assert!(log.contains(" 16384 "), "{log}");
+    assert!(log.contains("67108864\n"), "{log}");
+}
+
+/// Records when each write arrived.
+struct TimedSink {
+    start: Instant,
+    writes: Vec<(Duration, Vec<u8>)>,
+}
+
+impl tokio::io::AsyncWrite for TimedSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let at = self.start.elapsed();
+        self.writes.push((at, buf.to_vec()));
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn output_is_streamed_as_it_comes() {
+    let Some(engine) = engine_with("stream", section()).await else {
+        return;
+    };
+    let j = job("stream", BUSYBOX);
+    let cancel = CancellationToken::new();
+    let mut prep: Vec<u8> = Vec::new();
+    engine.prepare(&j.env, &mut prep, &cancel).await.unwrap();
+    let mut sink = TimedSink {
+        start: Instant::now(),
+        writes: Vec::new(),
+    };
+    let out = engine
+        .run_step(
+            &j.env,
+            &step(&["echo first >&2", "sleep 2", "echo second"]),
+            &mut sink,
+            &cancel,
+        )
+        .await
+        .unwrap();
+    engine.destroy(&j.env).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    let when = |needle: &str| {
+        sink.writes
+            .iter()
+            .find(|(_, b)| String::from_utf8_lossy(b).contains(needle))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("{needle} not written"))
+    };
+    let (first, second) = (when("first\n"), when("second\n"));
+    assert!(
+        second >= first + Duration::from_millis(1500),
+        "first {first:?}, second {second:?}"
+    );
 }

@@ -44,6 +44,8 @@ pub struct DockerEngine {
     section: DockerSection,
     runner_short: String,
     stop_grace: Duration,
+    /// Probe service ports from ferry's host (else only from inside the service).
+    host_probe: bool,
     allowed_images: std::sync::Arc<AllowList>,
     allowed_services: std::sync::Arc<AllowList>,
 }
@@ -196,6 +198,7 @@ impl DockerEngine {
             docker,
             runner_short: runner_short_token.to_string(),
             stop_grace: DEFAULT_STOP_GRACE,
+            host_probe: true,
             allowed_images: std::sync::Arc::new(AllowList::new(
                 &section.allowed_images,
                 "allowed_images",
@@ -211,6 +214,14 @@ impl DockerEngine {
     /// How long a cancelled or timed-out step gets between SIGTERM and SIGKILL (default 10 s).
     pub fn with_stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
+        self
+    }
+
+    /// Whether the service wait may connect from ferry's host to the service's IP (default
+    /// true). Without it, only the service's own socket table counts (`/proc/net/tcp`, read with
+    /// `cat` in the service container).
+    pub fn with_host_probe(mut self, yes: bool) -> Self {
+        self.host_probe = yes;
         self
     }
 
@@ -506,6 +517,21 @@ impl DockerEngine {
             )
             .await
             .map_err(|e| docker_err(&format!("starting build container {name}"), &e))?;
+        // An entrypoint that ignores its command exits at once; say so now rather than at the
+        // first step.
+        let running = self
+            .docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.running);
+        if running == Some(false) {
+            return Err(step::not_running(self, &name).await);
+        }
         Ok(())
     }
 }

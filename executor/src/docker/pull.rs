@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
-use bollard::models::ImageInspect;
+use bollard::models::{CreateImageInfo, ImageInspect};
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -169,6 +169,65 @@ async fn try_policy(
     }
 }
 
+/// Folds Docker's per-layer pull messages into a line every [`PROGRESS_EVERY`] at most, plus
+/// Docker's final `Digest:` and `Status:` lines.
+struct PullProgress {
+    name: String,
+    /// layer id -> (bytes downloaded, bytes total, done)
+    layers: HashMap<String, (i64, i64, bool)>,
+    last: tokio::time::Instant,
+}
+
+impl PullProgress {
+    fn new(name: &str, now: tokio::time::Instant) -> Self {
+        Self {
+            name: name.to_string(),
+            layers: HashMap::new(),
+            last: now,
+        }
+    }
+
+    fn update(&mut self, info: &CreateImageInfo, now: tokio::time::Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        let status = info.status.as_deref().unwrap_or_default();
+        match (&info.id, status) {
+            (Some(id), "Pulling fs layer" | "Waiting") => {
+                self.layers.entry(id.clone()).or_insert((0, 0, false));
+            }
+            (Some(id), "Downloading") => {
+                let e = self.layers.entry(id.clone()).or_insert((0, 0, false));
+                if let Some(d) = &info.progress_detail {
+                    e.0 = d.current.unwrap_or(e.0);
+                    e.1 = d.total.unwrap_or(e.1);
+                }
+            }
+            (Some(id), "Download complete" | "Pull complete" | "Already exists") => {
+                let e = self.layers.entry(id.clone()).or_insert((0, 0, false));
+                e.0 = e.1;
+                e.2 = true;
+            }
+            (_, s) if s.starts_with("Digest:") || s.starts_with("Status:") => {
+                out.push(s.to_string())
+            }
+            _ => {}
+        }
+        if now.duration_since(self.last) >= PROGRESS_EVERY && !self.layers.is_empty() {
+            self.last = now;
+            let done = self.layers.values().filter(|l| l.2).count();
+            let cur: i64 = self.layers.values().map(|l| l.0).sum();
+            let total: i64 = self.layers.values().map(|l| l.1).sum();
+            out.push(format!(
+                "Pulling {}: {done}/{} layers, {:.1} of {:.1} MB",
+                self.name,
+                self.layers.len(),
+                cur as f64 / 1e6,
+                total as f64 / 1e6
+            ));
+        }
+        out
+    }
+}
+
 enum PullError {
     Cancelled,
     Failed(String),
@@ -204,9 +263,7 @@ async fn pull(
         opts = opts.platform(p);
     }
     let mut stream = docker.create_image(Some(opts.build()), None, creds);
-    // layer id -> (current, total, done)
-    let mut layers: HashMap<String, (i64, i64, bool)> = HashMap::new();
-    let mut last_progress = tokio::time::Instant::now();
+    let mut progress = PullProgress::new(name, tokio::time::Instant::now());
     loop {
         let item = tokio::select! {
             _ = cancel.cancelled() => return Err(PullError::Cancelled),
@@ -220,44 +277,8 @@ async fn pull(
         if let Some(err) = info.error {
             return Err(PullError::Failed(err));
         }
-        let status = info.status.unwrap_or_default();
-        match (&info.id, status.as_str()) {
-            (Some(id), "Pulling fs layer" | "Waiting") => {
-                layers.entry(id.clone()).or_insert((0, 0, false));
-            }
-            (Some(id), "Downloading") => {
-                let e = layers.entry(id.clone()).or_insert((0, 0, false));
-                if let Some(d) = &info.progress_detail {
-                    e.0 = d.current.unwrap_or(e.0);
-                    e.1 = d.total.unwrap_or(e.1);
-                }
-            }
-            (Some(id), "Download complete" | "Pull complete" | "Already exists") => {
-                let e = layers.entry(id.clone()).or_insert((0, 0, false));
-                e.0 = e.1;
-                e.2 = true;
-            }
-            (_, s) if s.starts_with("Digest:") || s.starts_with("Status:") => {
-                let _ = log.write_all(format!("{s}\n").as_bytes()).await;
-            }
-            _ => {}
-        }
-        if last_progress.elapsed() >= PROGRESS_EVERY && !layers.is_empty() {
-            last_progress = tokio::time::Instant::now();
-            let done = layers.values().filter(|l| l.2).count();
-            let cur: i64 = layers.values().map(|l| l.0).sum();
-            let total: i64 = layers.values().map(|l| l.1).sum();
-            let _ = log
-                .write_all(
-                    format!(
-                        "Pulling {name}: {done}/{} layers, {:.1} of {:.1} MB\n",
-                        layers.len(),
-                        cur as f64 / 1e6,
-                        total as f64 / 1e6
-                    )
-                    .as_bytes(),
-                )
-                .await;
+        for line in progress.update(&info, tokio::time::Instant::now()) {
+            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
         }
     }
     Ok(())
@@ -273,6 +294,63 @@ mod tests {
             username: "u".into(),
             password: "p".into(),
         }
+    }
+
+    fn msg(id: Option<&str>, status: &str, cur: i64, total: i64) -> CreateImageInfo {
+        CreateImageInfo {
+            id: id.map(str::to_string),
+            status: Some(status.into()),
+            progress_detail: Some(bollard::models::ProgressDetail {
+                current: Some(cur),
+                total: Some(total),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pull_progress_is_a_few_lines() {
+        let t0 = tokio::time::Instant::now();
+        let mut p = PullProgress::new("ruby:3", t0);
+        let mut lines = Vec::new();
+        lines.extend(p.update(&msg(None, "Pulling from library/ruby", 0, 0), t0));
+        for layer in ["a", "b"] {
+            lines.extend(p.update(&msg(Some(layer), "Pulling fs layer", 0, 0), t0));
+        }
+        // Hundreds of progress messages within 10 s: no line.
+        for i in 0..300 {
+            let t = t0 + Duration::from_millis(i * 30);
+            lines.extend(p.update(
+                &msg(Some("a"), "Downloading", i as i64 * 1000, 2_000_000),
+                t,
+            ));
+        }
+        assert!(lines.is_empty(), "{lines:?}");
+        lines.extend(p.update(
+            &msg(Some("a"), "Download complete", 0, 0),
+            t0 + Duration::from_secs(11),
+        ));
+        assert_eq!(lines, vec!["Pulling ruby:3: 1/2 layers, 2.0 of 2.0 MB"]);
+        lines.clear();
+        lines.extend(p.update(
+            &msg(Some("b"), "Pull complete", 0, 0),
+            t0 + Duration::from_secs(12),
+        ));
+        lines.extend(p.update(
+            &msg(None, "Digest: sha256:ff", 0, 0),
+            t0 + Duration::from_secs(12),
+        ));
+        lines.extend(p.update(
+            &msg(None, "Status: Downloaded newer image for ruby:3", 0, 0),
+            t0 + Duration::from_secs(12),
+        ));
+        assert_eq!(
+            lines,
+            vec![
+                "Digest: sha256:ff",
+                "Status: Downloaded newer image for ruby:3"
+            ]
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub(super) async fn start_services(
         };
         for (s, r) in started.iter().zip(results) {
             if let Err(why) = r {
-                let logs = container_logs(engine, &s.id).await;
+                let logs = container_logs(engine, &s.id, true).await;
                 let text = format!(
                     "\n{YELLOW}*** WARNING:{RESET} Service {} probably didn't start properly.\n\nHealth check error:\n{}\n\nService container logs:\n{}\n\n{YELLOW}*********{RESET}\n\n",
                     s.name,
@@ -244,21 +244,34 @@ async fn wait_for_service(
     });
     let host = ip.unwrap_or_else(|| "127.0.0.1".to_string());
     let mut pending = ports.clone();
+    let mut round: u32 = 0;
     loop {
         let mut still = Vec::new();
         for p in &pending {
-            let Ok(addr) = format!("{host}:{p}").parse::<SocketAddr>() else {
-                return Err(format!("service IP {host:?} is not an address"));
-            };
-            let ok =
-                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            let ok = engine.host_probe
+                && match format!("{host}:{p}").parse::<SocketAddr>() {
+                    Ok(addr) => tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tokio::net::TcpStream::connect(addr),
+                    )
                     .await
                     .map(|r| r.is_ok())
-                    .unwrap_or(false);
+                    .unwrap_or(false),
+                    Err(_) => false,
+                };
             if !ok {
                 still.push(*p);
             }
         }
+        // Second opinion from inside the service (about once a second): its own socket table.
+        // This covers a ferry that cannot reach Docker's bridge networks (ferry in a container).
+        if !still.is_empty()
+            && round.is_multiple_of(4)
+            && let Some(listening) = proc_listening(engine, &s.id).await
+        {
+            still.retain(|p| !listening.contains(p));
+        }
+        round = round.wrapping_add(1);
         pending = still;
         if pending.is_empty() {
             return Ok(());
@@ -293,12 +306,81 @@ async fn wait_for_service(
     }
 }
 
+/// TCP ports the container listens on, reachable from other containers (not only loopback), read
+/// from `/proc/net/tcp` and `/proc/net/tcp6` with `cat` inside it. None when that is impossible
+/// (no `cat` in the image, ...).
+async fn proc_listening(engine: &DockerEngine, id: &str) -> Option<Vec<u16>> {
+    use bollard::exec::StartExecResults;
+    let docker = engine.client();
+    let exec = docker
+        .create_exec(
+            id,
+            bollard::models::ExecConfig {
+                attach_stdout: Some(true),
+                attach_stderr: Some(false),
+                cmd: Some(vec![
+                    "cat".into(),
+                    "/proc/net/tcp".into(),
+                    "/proc/net/tcp6".into(),
+                ]),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&exec.id, None).await.ok()?
+    else {
+        return None;
+    };
+    let mut text = String::new();
+    let read = async {
+        while let Some(Ok(chunk)) = output.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()?;
+    if text.is_empty() {
+        return None;
+    }
+    Some(listening_ports(&text))
+}
+
+/// Parse `/proc/net/tcp{,6}`: ports in state LISTEN (0A) on a non-loopback address.
+pub(super) fn listening_ports(proc_net: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    for line in proc_net.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 || f[3] != "0A" {
+            continue;
+        }
+        let Some((addr, port)) = f[1].split_once(':') else {
+            continue;
+        };
+        let Ok(port) = u16::from_str_radix(port, 16) else {
+            continue;
+        };
+        // IPv4 is little-endian hex: 127.x.x.x ends in 7F. IPv6 ::1 is 0..0 01000000.
+        let loopback = (addr.len() == 8 && addr.ends_with("7F"))
+            || addr == "00000000000000000000000001000000"
+            || (addr.len() == 32
+                && addr.starts_with("0000000000000000FFFF0000")
+                && addr.ends_with("7F"));
+        if !loopback && !out.contains(&port) {
+            out.push(port);
+        }
+    }
+    out
+}
+
 /// The last lines of a container's output, for the warning.
-async fn container_logs(engine: &DockerEngine, id: &str) -> String {
+pub(super) async fn container_logs(engine: &DockerEngine, id: &str, timestamps: bool) -> String {
     let opts = LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
-        .timestamps(true)
+        .timestamps(timestamps)
         .tail("100")
         .build();
     let mut stream = engine.client().logs(id, Some(opts));
@@ -313,4 +395,28 @@ async fn container_logs(engine: &DockerEngine, id: &str) -> String {
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_ports;
+
+    #[test]
+    fn proc_net_tcp_listen_sockets() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+   2: 0200A8C0:1F90 0300A8C0:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 0200A8C0:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0
+";
+        let tcp6 =
+            "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000000000000:1538 00000000000000000000000000000000:0000 0A 0
+   1: 00000000000000000000000001000000:2710 00000000000000000000000000000000:0000 0A 0
+";
+        let mut ports = listening_ports(&format!("{tcp}{tcp6}"));
+        ports.sort_unstable();
+        // 8080 (any), 3306 (on the container IP), 5432 (IPv6 any); not 6379 or 10000 (loopback).
+        assert_eq!(ports, vec![3306, 5432, 8080]);
+    }
 }

@@ -117,8 +117,21 @@ async fn exec_step(
                 ..Default::default()
             },
         )
-        .await
-        .map_err(|e| docker_err(&format!("starting step {} in {container}", step.name), &e))?;
+        .await;
+    let exec = match exec {
+        Ok(e) => e,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {
+            return Err(not_running(engine, container).await);
+        }
+        Err(e) => {
+            return Err(docker_err(
+                &format!("starting step {} in {container}", step.name),
+                &e,
+            ));
+        }
+    };
     let started = docker
         .start_exec(
             &exec.id,
@@ -247,6 +260,40 @@ async fn exec_step(
         exit_code: code,
         oom_killed,
     })
+}
+
+/// The build container stopped (its entrypoint did not keep running the command it was given,
+/// or it was killed): say so, with its exit code and last output.
+pub(super) async fn not_running(engine: &DockerEngine, container: &str) -> EngineError {
+    let state = engine
+        .client()
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()
+        .and_then(|i| i.state);
+    let code = state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1);
+    let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+    let logs = super::services::container_logs(engine, container, false).await;
+    let last: Vec<&str> = logs
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    EngineError::Docker(format!(
+        "the build container {container} is not running (exit code {code}{}); the image's entrypoint must run the command it is given{}",
+        if oom { ", OOM killed" } else { "" },
+        if last.is_empty() {
+            String::new()
+        } else {
+            format!("; last output: {}", last.join(" | "))
+        }
+    ))
 }
 
 async fn write_chunk(log: &mut LogSink<'_>, chunk: LogOutput) {
