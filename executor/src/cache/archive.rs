@@ -175,7 +175,14 @@ pub(super) fn save(
     let tmp_archive = temp_path(key_dir, "archive");
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
-        write_tar(project_dir, &sel, &tmp_archive, cancel)?;
+        if let Err(e) = write_tar(project_dir, &sel, &tmp_archive, cancel) {
+            // evict() may have pruned the (then empty) key dir in between: once more.
+            if e.kind() != io::ErrorKind::NotFound || key_dir.is_dir() {
+                return Err(e);
+            }
+            std::fs::create_dir_all(key_dir)?;
+            write_tar(project_dir, &sel, &tmp_archive, cancel)?;
+        }
         std::fs::write(&tmp_manifest, &new_manifest)?;
         // Archive first: a manifest must never describe an archive that is not there yet.
         std::fs::rename(&tmp_archive, &archive)?;
