@@ -318,6 +318,14 @@ async fn submodules_are_initialised_and_survive_a_fetch() {
     s.git_config = vec![("protocol.file.allow".into(), "always".into())];
     let log = run_ok(&s).await;
     assert!(log.contains("Updating/initializing submodules..."), "{log}");
+    assert!(
+        log.contains("Cloning into '/builds/group/project/vendor/lib'..."),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&dir.display().to_string()),
+        "host path shown: {log}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("vendor/lib/lib.txt")).unwrap(),
         "library"
