@@ -1,1 +1,3 @@
 //! Fakes and fixtures shared by ferry's end-to-end tests.
+
+pub mod fake_k8s;
