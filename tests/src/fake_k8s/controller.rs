@@ -84,14 +84,25 @@ fn images(template: &Value) -> Vec<String> {
     template
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter_map(|c| c.get("image").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("image").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn clean_template(t: &Value) -> Value {
     let mut t = t.clone();
-    for l in ["pod-template-hash", "controller-revision-hash", "pod-template-generation"] {
-        if let Some(labels) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+    for l in [
+        "pod-template-hash",
+        "controller-revision-hash",
+        "pod-template-generation",
+    ] {
+        if let Some(labels) = t
+            .pointer_mut("/metadata/labels")
+            .and_then(Value::as_object_mut)
+        {
             labels.remove(l);
         }
     }
@@ -133,11 +144,16 @@ fn owner_ref(obj: &Value) -> Value {
 fn owned_by(o: &Value, uid: &str) -> bool {
     o.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+        })
 }
 
 fn generation(o: &Value) -> i64 {
-    o.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0)
+    o.pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
 }
 
 /// Watches for spec changes and starts one rollout task per workload generation.
@@ -176,19 +192,33 @@ pub(super) async fn run(sh: Arc<Shared>) {
 }
 
 fn current(sh: &Shared, res: &str, ns: &str, name: &str, generation_no: i64) -> Option<Value> {
-    sh.get(res, ns, name).filter(|o| generation(o) == generation_no)
+    sh.get(res, ns, name)
+        .filter(|o| generation(o) == generation_no)
 }
 
 fn container_names(template: &Value) -> Vec<String> {
     template
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
-fn pod_object(name: &str, ns: &str, template: &Value, extra_labels: &[(&str, String)], owner: &Value) -> Value {
-    let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+fn pod_object(
+    name: &str,
+    ns: &str,
+    template: &Value,
+    extra_labels: &[(&str, String)],
+    owner: &Value,
+) -> Value {
+    let mut labels = template
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
     for (k, v) in extra_labels {
         labels[*k] = json!(v);
     }
@@ -207,7 +237,10 @@ fn set_containers(pod: &mut Value, f: impl Fn(&str, &str) -> Value) {
     let image_of = |c: &str| -> String {
         pod.pointer("/spec/containers")
             .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(c)))
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|x| x.get("name").and_then(Value::as_str) == Some(c))
+            })
             .and_then(|x| x.get("image").and_then(Value::as_str))
             .unwrap_or("")
             .to_string()
@@ -215,14 +248,26 @@ fn set_containers(pod: &mut Value, f: impl Fn(&str, &str) -> Value) {
     let names: Vec<String> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let statuses: Vec<Value> = names.iter().map(|n| f(n, &image_of(n))).collect();
     pod["status"]["containerStatuses"] = json!(statuses);
 }
 
 /// Plays the kubelet for the given pods. Returns true when they are ready (or succeeded).
-async fn play_pods(sh: &Shared, ns: &str, pods: &[String], outcome: Outcome, step: Duration, succeed: bool, alive: &(dyn Fn() -> bool + Sync)) -> bool {
+async fn play_pods(
+    sh: &Shared,
+    ns: &str,
+    pods: &[String],
+    outcome: Outcome,
+    step: Duration,
+    succeed: bool,
+    alive: &(dyn Fn() -> bool + Sync),
+) -> bool {
     let now = super::now_rfc3339();
     match outcome {
         Outcome::Ready => {
@@ -277,8 +322,10 @@ async fn play_pods(sh: &Shared, ns: &str, pods: &[String], outcome: Outcome, ste
             for p in pods {
                 sh.update("", "Pod", ns, p, |pod| {
                     pod["status"]["phase"] = json!("Running");
-                    set_containers(pod, |n, img| json!({"name": n, "image": img, "ready": false, "restartCount": 0,
-                        "state": {"running": {"startedAt": now}}}));
+                    set_containers(pod, |n, img| {
+                        json!({"name": n, "image": img, "ready": false, "restartCount": 0,
+                        "state": {"running": {"startedAt": now}}})
+                    });
                 });
             }
             tokio::time::sleep(step).await;
@@ -351,36 +398,73 @@ async fn deployment(sh: Arc<Shared>, ns: String, name: String, generation_no: i6
     let step = sh.scenario.step;
     let alive = || current(&sh, "deployments.apps", &ns, &name, generation_no).is_some();
     tokio::time::sleep(step).await;
-    let Some(dep) = current(&sh, "deployments.apps", &ns, &name, generation_no) else { return };
+    let Some(dep) = current(&sh, "deployments.apps", &ns, &name, generation_no) else {
+        return;
+    };
     let template = clean_template(dep.pointer("/spec/template").unwrap_or(&Value::Null));
-    let replicas = dep.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let replicas = dep
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let uid = s(&dep, "/metadata/uid").to_string();
     let h = hash(&template);
     let rs_name = format!("{name}-{h}");
-    let rss: Vec<Value> = sh.list("replicasets.apps", Some(&ns)).into_iter().filter(|r| owned_by(r, &uid)).collect();
+    let rss: Vec<Value> = sh
+        .list("replicasets.apps", Some(&ns))
+        .into_iter()
+        .filter(|r| owned_by(r, &uid))
+        .collect();
     let max_rev = rss.iter().map(revision).max().unwrap_or(0);
-    let existing = rss.iter().find(|r| s(r, "/metadata/name") == rs_name).cloned();
+    let existing = rss
+        .iter()
+        .find(|r| s(r, "/metadata/name") == rs_name)
+        .cloned();
     let dep_rev = revision(&dep);
     let new_rev = match &existing {
         Some(r) if revision(r) == dep_rev && dep_rev == max_rev => dep_rev,
         _ => max_rev + 1,
     };
-    let old_rs: Vec<Value> = rss.iter().filter(|r| s(r, "/metadata/name") != rs_name).cloned().collect();
-    let old_ready: i64 = old_rs.iter().map(|r| r.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0)).sum();
+    let old_rs: Vec<Value> = rss
+        .iter()
+        .filter(|r| s(r, "/metadata/name") != rs_name)
+        .cloned()
+        .collect();
+    let old_ready: i64 = old_rs
+        .iter()
+        .map(|r| {
+            r.pointer("/status/readyReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+        })
+        .sum();
     let mut rs_template = template.clone();
     rs_template["metadata"]["labels"]["pod-template-hash"] = json!(h);
-    let mut selector = dep.pointer("/spec/selector").cloned().unwrap_or(json!({"matchLabels": {}}));
+    let mut selector = dep
+        .pointer("/spec/selector")
+        .cloned()
+        .unwrap_or(json!({"matchLabels": {}}));
     selector["matchLabels"]["pod-template-hash"] = json!(h);
-    let mut rs_labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+    let mut rs_labels = template
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
     rs_labels["pod-template-hash"] = json!(h);
-    let existing_status = existing.as_ref().and_then(|e| e.get("status").cloned()).unwrap_or(json!({"replicas": 0}));
+    let existing_status = existing
+        .as_ref()
+        .and_then(|e| e.get("status").cloned())
+        .unwrap_or(json!({"replicas": 0}));
     let rs = sh.put("apps", "ReplicaSet", &ns, json!({
         "metadata": {"name": rs_name, "namespace": ns, "labels": rs_labels, "ownerReferences": owner_ref(&dep),
             "annotations": {"deployment.kubernetes.io/revision": new_rev.to_string(), "deployment.kubernetes.io/desired-replicas": replicas.to_string()}},
         "spec": {"replicas": replicas, "selector": selector, "template": rs_template},
         "status": existing_status,
     }));
-    sh.event(&dep, "Normal", "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} from 0 to {replicas}"));
+    sh.event(
+        &dep,
+        "Normal",
+        "ScalingReplicaSet",
+        &format!("Scaled up replica set {rs_name} from 0 to {replicas}"),
+    );
     sh.update("apps", "Deployment", &ns, &name, |d| {
         d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!(new_rev.to_string());
         d["status"] = json!({"observedGeneration": generation_no, "replicas": old_ready, "updatedReplicas": 0,
@@ -404,7 +488,12 @@ async fn deployment(sh: Arc<Shared>, ns: String, name: String, generation_no: i6
     while (pods.len() as i64) < replicas {
         let pn = format!("{rs_name}-{}", suffix(sh.next_id()));
         let pod = sh.put("", "Pod", &ns, pod_object(&pn, &ns, &rs_template, &[], &rs));
-        sh.event(&pod, "Normal", "Scheduled", &format!("Successfully assigned {ns}/{pn} to node-1"));
+        sh.event(
+            &pod,
+            "Normal",
+            "Scheduled",
+            &format!("Successfully assigned {ns}/{pn} to node-1"),
+        );
         pods.push(pn.clone());
         fresh.push(pn);
     }
@@ -433,7 +522,11 @@ async fn deployment(sh: Arc<Shared>, ns: String, name: String, generation_no: i6
         for old in &old_rs {
             let old_name = s(old, "/metadata/name").to_string();
             let old_uid = s(old, "/metadata/uid").to_string();
-            for p in sh.list("pods", Some(&ns)).into_iter().filter(|p| owned_by(p, &old_uid)) {
+            for p in sh
+                .list("pods", Some(&ns))
+                .into_iter()
+                .filter(|p| owned_by(p, &old_uid))
+            {
                 sh.delete("", "Pod", &ns, s(&p, "/metadata/name"));
             }
             sh.update("apps", "ReplicaSet", &ns, &old_name, |r| {
@@ -466,16 +559,31 @@ fn controller_revision(sh: &Shared, owner: &Value, ns: &str, template: &Value) -
     let uid = s(owner, "/metadata/uid").to_string();
     let h = hash(template);
     let cr_name = format!("{name}-{h}");
-    let existing: Vec<Value> = sh.list("controllerrevisions.apps", Some(ns)).into_iter().filter(|c| owned_by(c, &uid)).collect();
-    let max = existing.iter().map(|c| c.get("revision").and_then(Value::as_i64).unwrap_or(0)).max().unwrap_or(0);
-    let current_is_latest = existing.iter().any(|c| s(c, "/metadata/name") == cr_name && c.get("revision").and_then(Value::as_i64) == Some(max));
+    let existing: Vec<Value> = sh
+        .list("controllerrevisions.apps", Some(ns))
+        .into_iter()
+        .filter(|c| owned_by(c, &uid))
+        .collect();
+    let max = existing
+        .iter()
+        .map(|c| c.get("revision").and_then(Value::as_i64).unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let current_is_latest = existing.iter().any(|c| {
+        s(c, "/metadata/name") == cr_name && c.get("revision").and_then(Value::as_i64) == Some(max)
+    });
     if !current_is_latest {
         let mut t = template.clone();
         t["$patch"] = json!("replace");
-        sh.put("apps", "ControllerRevision", ns, json!({
+        sh.put(
+            "apps",
+            "ControllerRevision",
+            ns,
+            json!({
             "metadata": {"name": cr_name, "namespace": ns, "ownerReferences": owner_ref(owner),
                 "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({}))},
-            "data": {"spec": {"template": t}}, "revision": max + 1}));
+            "data": {"spec": {"template": t}}, "revision": max + 1}),
+        );
     }
     cr_name
 }
@@ -484,11 +592,20 @@ async fn statefulset(sh: Arc<Shared>, ns: String, name: String, generation_no: i
     let step = sh.scenario.step;
     let alive = || current(&sh, "statefulsets.apps", &ns, &name, generation_no).is_some();
     tokio::time::sleep(step).await;
-    let Some(sts) = current(&sh, "statefulsets.apps", &ns, &name, generation_no) else { return };
+    let Some(sts) = current(&sh, "statefulsets.apps", &ns, &name, generation_no) else {
+        return;
+    };
     let template = clean_template(sts.pointer("/spec/template").unwrap_or(&Value::Null));
-    let replicas = sts.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let replicas = sts
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let rev = controller_revision(&sh, &sts, &ns, &template);
-    let cur_rev = sts.pointer("/status/currentRevision").and_then(Value::as_str).unwrap_or(&rev).to_string();
+    let cur_rev = sts
+        .pointer("/status/currentRevision")
+        .and_then(Value::as_str)
+        .unwrap_or(&rev)
+        .to_string();
     sh.update("apps", "StatefulSet", &ns, &name, |o| {
         o["status"] = json!({"observedGeneration": generation_no, "replicas": replicas, "readyReplicas": 0, "updatedReplicas": 0,
             "currentRevision": cur_rev, "updateRevision": rev});
@@ -501,7 +618,21 @@ async fn statefulset(sh: Arc<Shared>, ns: String, name: String, generation_no: i
     for i in 0..replicas {
         let pn = format!("{name}-{i}");
         sh.delete("", "Pod", &ns, &pn);
-        sh.put("", "Pod", &ns, pod_object(&pn, &ns, &template, &[("controller-revision-hash", rev.clone()), ("statefulset.kubernetes.io/pod-name", pn.clone())], &sts));
+        sh.put(
+            "",
+            "Pod",
+            &ns,
+            pod_object(
+                &pn,
+                &ns,
+                &template,
+                &[
+                    ("controller-revision-hash", rev.clone()),
+                    ("statefulset.kubernetes.io/pod-name", pn.clone()),
+                ],
+                &sts,
+            ),
+        );
         pods.push(pn);
     }
     tokio::time::sleep(step).await;
@@ -518,7 +649,9 @@ async fn daemonset(sh: Arc<Shared>, ns: String, name: String, generation_no: i64
     let step = sh.scenario.step;
     let alive = || current(&sh, "daemonsets.apps", &ns, &name, generation_no).is_some();
     tokio::time::sleep(step).await;
-    let Some(ds) = current(&sh, "daemonsets.apps", &ns, &name, generation_no) else { return };
+    let Some(ds) = current(&sh, "daemonsets.apps", &ns, &name, generation_no) else {
+        return;
+    };
     let template = clean_template(ds.pointer("/spec/template").unwrap_or(&Value::Null));
     let rev = controller_revision(&sh, &ds, &ns, &template);
     let uid = s(&ds, "/metadata/uid").to_string();
@@ -530,17 +663,46 @@ async fn daemonset(sh: Arc<Shared>, ns: String, name: String, generation_no: i64
     if !alive() {
         return;
     }
-    for p in sh.list("pods", Some(&ns)).into_iter().filter(|p| owned_by(p, &uid)) {
+    for p in sh
+        .list("pods", Some(&ns))
+        .into_iter()
+        .filter(|p| owned_by(p, &uid))
+    {
         sh.delete("", "Pod", &ns, s(&p, "/metadata/name"));
     }
     let pn = format!("{name}-{}", suffix(sh.next_id()));
-    sh.put("", "Pod", &ns, pod_object(&pn, &ns, &template, &[("controller-revision-hash", rev.clone()), ("pod-template-generation", generation_no.to_string())], &ds));
+    sh.put(
+        "",
+        "Pod",
+        &ns,
+        pod_object(
+            &pn,
+            &ns,
+            &template,
+            &[
+                ("controller-revision-hash", rev.clone()),
+                ("pod-template-generation", generation_no.to_string()),
+            ],
+            &ds,
+        ),
+    );
     sh.update("apps", "DaemonSet", &ns, &name, |o| {
         o["status"]["updatedNumberScheduled"] = json!(1);
     });
     tokio::time::sleep(step).await;
     let outcome = sh.scenario.outcome_for(&images(&template));
-    if play_pods(&sh, &ns, std::slice::from_ref(&pn), outcome, step, false, &alive).await && alive() {
+    if play_pods(
+        &sh,
+        &ns,
+        std::slice::from_ref(&pn),
+        outcome,
+        step,
+        false,
+        &alive,
+    )
+    .await
+        && alive()
+    {
         sh.update("apps", "DaemonSet", &ns, &name, |o| {
             o["status"]["numberAvailable"] = json!(1);
             o["status"]["numberReady"] = json!(1);
@@ -555,7 +717,9 @@ async fn job(sh: Arc<Shared>, ns: String, name: String, generation_no: i64) {
     let step = sh.scenario.step;
     let alive = || current(&sh, "jobs.batch", &ns, &name, generation_no).is_some();
     tokio::time::sleep(step).await;
-    let Some(j) = current(&sh, "jobs.batch", &ns, &name, generation_no) else { return };
+    let Some(j) = current(&sh, "jobs.batch", &ns, &name, generation_no) else {
+        return;
+    };
     let template = j.pointer("/spec/template").cloned().unwrap_or(Value::Null);
     let pn = format!("{name}-{}", suffix(sh.next_id()));
     sh.put("", "Pod", &ns, pod_object(&pn, &ns, &template, &[], &j));
@@ -564,7 +728,16 @@ async fn job(sh: Arc<Shared>, ns: String, name: String, generation_no: i64) {
     });
     tokio::time::sleep(step).await;
     let outcome = sh.scenario.outcome_for(&images(&template));
-    let ok = play_pods(&sh, &ns, std::slice::from_ref(&pn), outcome, step, true, &alive).await;
+    let ok = play_pods(
+        &sh,
+        &ns,
+        std::slice::from_ref(&pn),
+        outcome,
+        step,
+        true,
+        &alive,
+    )
+    .await;
     if !alive() {
         return;
     }

@@ -87,7 +87,9 @@ impl Shared {
 
     /// Writes a full object (controller side) and broadcasts the change.
     pub(crate) fn put(&self, group: &str, kind: &str, ns: &str, obj: Value) -> Value {
-        let Some(res) = self.resource(group, kind) else { return obj };
+        let Some(res) = self.resource(group, kind) else {
+            return obj;
+        };
         let (stored, ev) = self.lock().put(&res, ns, obj, false);
         if let Some(ev) = ev {
             let _ = self.tx.send(ev);
@@ -97,7 +99,14 @@ impl Shared {
     }
 
     /// Applies `f` to the stored object (controller side) and writes it back.
-    pub(crate) fn update(&self, group: &str, kind: &str, ns: &str, name: &str, f: impl FnOnce(&mut Value)) -> Option<Value> {
+    pub(crate) fn update(
+        &self,
+        group: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
         let res = self.resource(group, kind)?;
         let mut obj = self.get(&res.key(), ns, name)?;
         f(&mut obj);
@@ -105,7 +114,9 @@ impl Shared {
     }
 
     pub(crate) fn delete(&self, group: &str, kind: &str, ns: &str, name: &str) {
-        let Some(res) = self.resource(group, kind) else { return };
+        let Some(res) = self.resource(group, kind) else {
+            return;
+        };
         let ev = self.lock().delete(&res, ns, name);
         if let Some((_, ev)) = ev {
             let _ = self.tx.send(ev);
@@ -114,7 +125,9 @@ impl Shared {
     }
 
     pub(crate) fn set_log(&self, ns: &str, pod: &str, text: &str) {
-        self.lock().logs.insert((ns.to_string(), pod.to_string()), text.to_string());
+        self.lock()
+            .logs
+            .insert((ns.to_string(), pod.to_string()), text.to_string());
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -123,8 +136,15 @@ impl Shared {
 
     /// Posts a core/v1 Event about `obj`.
     pub(crate) fn event(&self, obj: &Value, ty: &str, reason: &str, message: &str) {
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let id = self.next_id();
         let now = now_rfc3339();
         let ev = json!({
@@ -172,20 +192,41 @@ impl FakeK8s {
             faults: Mutex::new(Faults::default()),
             shutdown,
         });
-        let mut nss = vec!["default".to_string(), "kube-system".to_string(), "test".to_string()];
+        let mut nss = vec![
+            "default".to_string(),
+            "kube-system".to_string(),
+            "test".to_string(),
+        ];
         nss.extend(scenario.namespaces.iter().cloned());
         for ns in nss {
-            shared.put("", "Namespace", "", json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}));
+            shared.put(
+                "",
+                "Namespace",
+                "",
+                json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
+            );
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         let controller = tokio::spawn(controller::run(shared.clone()));
         let url = format!("http://{addr}");
-        (url.clone(), FakeK8s { url, shared, server, controller })
+        (
+            url.clone(),
+            FakeK8s {
+                url,
+                shared,
+                server,
+                controller,
+            },
+        )
     }
 
     /// Writes a kubeconfig for this server into `dir` (context `fake`, namespace `test`).
@@ -204,10 +245,26 @@ impl FakeK8s {
 
     /// Stores an object as if someone else had created it (`apiVersion`/`kind` in `obj`).
     pub fn seed(&self, obj: Value) -> Value {
-        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("v1").to_string();
-        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("").to_string();
-        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
+        let api_version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("v1")
+            .to_string();
+        let group = api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("")
+            .to_string();
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         self.shared.put(&group, &kind, &ns, obj)
     }
 
@@ -223,7 +280,11 @@ impl FakeK8s {
 
     /// All requests so far.
     pub fn requests(&self) -> Vec<Seen> {
-        self.shared.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.shared
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// The next `count` resource requests are answered with `status` (429, 500, 503 ...).
@@ -249,8 +310,16 @@ impl FakeK8s {
 }
 
 /// Writes a kubeconfig with one cluster/context/user; returns its path.
-pub fn write_kubeconfig(dir: &Path, url: &str, context: &str, namespace: Option<&str>, token: Option<&str>) -> PathBuf {
-    let ns = namespace.map(|n| format!("\n    namespace: {n}")).unwrap_or_default();
+pub fn write_kubeconfig(
+    dir: &Path,
+    url: &str,
+    context: &str,
+    namespace: Option<&str>,
+    token: Option<&str>,
+) -> PathBuf {
+    let ns = namespace
+        .map(|n| format!("\n    namespace: {n}"))
+        .unwrap_or_default();
     let user = match token {
         Some(t) => format!("  user:\n    token: {t}"),
         None => "  user: {}".to_string(),
@@ -274,15 +343,30 @@ fn status_with(code: u16, reason: &str, message: &str, details: Option<Value>) -
         body["details"] = d;
     }
     let sc = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (sc, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        sc,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn json_ok(v: &Value) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn json_code(code: StatusCode, v: &Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 /// The parsed resource path.
@@ -344,7 +428,10 @@ async fn route(
     if let Ok(f) = sh.faults.lock()
         && let Some(t) = &f.token
     {
-        let got = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if got != format!("Bearer {t}") {
             return status(401, "Unauthorized", "Unauthorized");
         }
@@ -353,9 +440,11 @@ async fn route(
     // Discovery.
     match segs.as_slice() {
         ["version"] => {
-            return json_ok(&json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64",
+            return json_ok(
+                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64",
                 "gitCommit": "0000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
-                "goVersion": "go1.24", "compiler": "gc"}));
+                "goVersion": "go1.24", "compiler": "gc"}),
+            );
         }
         ["api"] => {
             return json_ok(&json!({"kind": "APIVersions", "versions": ["v1"],
@@ -367,41 +456,81 @@ async fn route(
         }
         ["apis", g] => {
             let groups = resources::groups(&sh.lock().resources);
-            return match groups.into_iter().find(|x| x.get("name").and_then(Value::as_str) == Some(g)) {
+            return match groups
+                .into_iter()
+                .find(|x| x.get("name").and_then(Value::as_str) == Some(g))
+            {
                 Some(mut gr) => {
                     gr["kind"] = json!("APIGroup");
                     gr["apiVersion"] = json!("v1");
                     json_ok(&gr)
                 }
-                None => status(404, "NotFound", "the server could not find the requested resource"),
+                None => status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
             };
         }
         ["api", v] => {
             let l = resources::resource_list(&sh.lock().resources, "", v);
-            return l.map(|l| json_ok(&l)).unwrap_or_else(|| status(404, "NotFound", "the server could not find the requested resource"));
+            return l.map(|l| json_ok(&l)).unwrap_or_else(|| {
+                status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            });
         }
         ["apis", g, v] => {
             let l = resources::resource_list(&sh.lock().resources, g, v);
-            return l.map(|l| json_ok(&l)).unwrap_or_else(|| status(404, "NotFound", "the server could not find the requested resource"));
+            return l.map(|l| json_ok(&l)).unwrap_or_else(|| {
+                status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            });
         }
         _ => {}
     }
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => return status(404, "NotFound", "the server could not find the requested resource"),
+        _ => {
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
     };
     let (ns, rest) = match rest {
-        ["namespaces", ns, plural, more @ ..] => (Some(ns.to_string()), [&[*plural][..], more].concat()),
+        ["namespaces", ns, plural, more @ ..] => {
+            (Some(ns.to_string()), [&[*plural][..], more].concat())
+        }
         other => (None, other.to_vec()),
     };
     let Some(plural) = rest.first() else {
-        return status(404, "NotFound", "the server could not find the requested resource");
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     };
     let Some(res) = sh.lock().find_resource(group, version, plural) else {
-        return status(404, "NotFound", "the server could not find the requested resource");
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     };
-    let target = Target { res, ns, name: rest.get(1).map(|s| s.to_string()), sub: rest.get(2).map(|s| s.to_string()) };
+    let target = Target {
+        res,
+        ns,
+        name: rest.get(1).map(|s| s.to_string()),
+        sub: rest.get(2).map(|s| s.to_string()),
+    };
     let watch = matches!(q.get("watch").map(String::as_str), Some("true") | Some("1"));
     let verb = verb_of(method, target.name.is_some(), watch);
     if let Ok(mut f) = sh.faults.lock() {
@@ -409,16 +538,31 @@ async fn route(
             && n > 0
         {
             f.transient = if n > 1 { Some((n - 1, code)) } else { None };
-            return status(code, if code == 429 { "TooManyRequests" } else { "InternalError" }, "injected transient failure");
+            return status(
+                code,
+                if code == 429 {
+                    "TooManyRequests"
+                } else {
+                    "InternalError"
+                },
+                "injected transient failure",
+            );
         }
-        if f.forbidden.iter().any(|(v, r)| v == verb && *r == target.res.key()) {
+        if f.forbidden
+            .iter()
+            .any(|(v, r)| v == verb && *r == target.res.key())
+        {
             let msg = format!(
                 "{} {:?} is forbidden: User \"system:serviceaccount:ci:deployer\" cannot {verb} resource \"{}\" in API group \"{}\"{}",
                 target.res.key(),
                 target.name.clone().unwrap_or_default(),
                 target.res.plural,
                 target.res.group,
-                target.ns.as_ref().map(|n| format!(" in the namespace \"{n}\"")).unwrap_or_default()
+                target
+                    .ns
+                    .as_ref()
+                    .map(|n| format!(" in the namespace \"{n}\""))
+                    .unwrap_or_default()
             );
             return status(403, "Forbidden", &msg);
         }
@@ -457,14 +601,26 @@ async fn route(
 
 fn not_found(t: &Target, name: &str) -> Response {
     let details = json!({"name": name, "group": t.res.group, "kind": t.res.plural});
-    status_with(404, "NotFound", &format!("{} \"{name}\" not found", t.res.key()), Some(details))
+    status_with(
+        404,
+        "NotFound",
+        &format!("{} \"{name}\" not found", t.res.key()),
+        Some(details),
+    )
 }
 
 fn get_resp(sh: &Arc<Shared>, t: &Target, name: &str, q: &HashMap<String, String>) -> Response {
     let ns = t.ns.clone().unwrap_or_default();
-    let Some(obj) = sh.get(&t.res.key(), &ns, name) else { return not_found(t, name) };
+    let Some(obj) = sh.get(&t.res.key(), &ns, name) else {
+        return not_found(t, name);
+    };
     if t.sub.as_deref() == Some("log") {
-        let text = sh.lock().logs.get(&(ns.clone(), name.to_string())).cloned().unwrap_or_default();
+        let text = sh
+            .lock()
+            .logs
+            .get(&(ns.clone(), name.to_string()))
+            .cloned()
+            .unwrap_or_default();
         let tail = q.get("tailLines").and_then(|s| s.parse::<usize>().ok());
         let lines: Vec<&str> = text.lines().collect();
         let start = tail.map(|n| lines.len().saturating_sub(n)).unwrap_or(0);
@@ -478,8 +634,10 @@ fn get_resp(sh: &Arc<Shared>, t: &Target, name: &str, q: &HashMap<String, String
 }
 
 fn matches(obj: &Value, q: &HashMap<String, String>) -> bool {
-    q.get("labelSelector").is_none_or(|s| store::label_selector_matches(obj, s))
-        && q.get("fieldSelector").is_none_or(|s| store::field_selector_matches(obj, s))
+    q.get("labelSelector")
+        .is_none_or(|s| store::label_selector_matches(obj, s))
+        && q.get("fieldSelector")
+            .is_none_or(|s| store::field_selector_matches(obj, s))
 }
 
 fn list_resp(sh: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Response {
@@ -488,33 +646,50 @@ fn list_resp(sh: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respo
         (st.list(&t.res.key(), t.ns.as_deref()), st.rv)
     };
     let items: Vec<Value> = items.into_iter().filter(|o| matches(o, q)).collect();
-    json_ok(&json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(),
-        "metadata": {"resourceVersion": rv.to_string()}, "items": items}))
+    json_ok(
+        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(),
+        "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+    )
 }
 
 fn watch_resp(sh: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Response {
     let mut rx = sh.tx.subscribe();
     let mut shutdown = sh.shutdown.subscribe();
-    let from: u64 = q.get("resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let res_key = t.res.key();
     let ns = t.ns.clone();
     let q = q.clone();
-    let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(1800);
     let initial: Vec<(u64, &'static str, Value)> = {
         let st = sh.lock();
         if from == 0 {
-            st.list(&res_key, ns.as_deref()).into_iter().map(|o| (st.rv, "ADDED", o)).collect()
+            st.list(&res_key, ns.as_deref())
+                .into_iter()
+                .map(|o| (st.rv, "ADDED", o))
+                .collect()
         } else {
             st.history
                 .iter()
-                .filter(|e| e.rv > from && e.res == res_key && ns.as_ref().is_none_or(|n| *n == e.ns))
+                .filter(|e| {
+                    e.rv > from && e.res == res_key && ns.as_ref().is_none_or(|n| *n == e.ns)
+                })
                 .map(|e| (e.rv, e.ty, e.obj.clone()))
                 .collect()
         }
     };
     let start_rv = {
         let st = sh.lock();
-        if from == 0 { st.rv } else { initial.iter().map(|e| e.0).max().unwrap_or(from).max(from) }
+        if from == 0 {
+            st.rv
+        } else {
+            initial.iter().map(|e| e.0).max().unwrap_or(from).max(from)
+        }
     };
     let stream = async_stream::stream! {
         let mut last = start_rv;
@@ -555,18 +730,34 @@ fn watch_resp(sh: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Resp
 fn parse_body(body: &Bytes) -> Result<Value, Response> {
     serde_json::from_slice::<Value>(body)
         .or_else(|_| serde_yaml::from_slice::<Value>(body))
-        .map_err(|e| status(400, "BadRequest", &format!("cannot parse the request body: {e}")))
+        .map_err(|e| {
+            status(
+                400,
+                "BadRequest",
+                &format!("cannot parse the request body: {e}"),
+            )
+        })
 }
 
 fn validate(res: &Resource, obj: &Value) -> Result<(), Response> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let mut causes = Vec::new();
     if name.is_empty() {
         causes.push(json!({"reason": "FieldValueRequired", "message": "Required value: name or generateName is required", "field": "metadata.name"}));
     }
-    if matches!(res.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") {
-        let sel = obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
-        let labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+    if matches!(
+        res.kind.as_str(),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
+    ) {
+        let sel = obj
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object);
+        let labels = obj
+            .pointer("/spec/template/metadata/labels")
+            .and_then(Value::as_object);
         match sel {
             None => causes.push(json!({"reason": "FieldValueRequired", "message": "Required value", "field": "spec.selector"})),
             Some(sel) => {
@@ -583,12 +774,32 @@ fn validate(res: &Resource, obj: &Value) -> Result<(), Response> {
     let msg = format!(
         "{} {name:?} is invalid: {}",
         res.kind,
-        causes.iter().map(|c| format!("{}: {}", c["field"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or(""))).collect::<Vec<_>>().join(", ")
+        causes
+            .iter()
+            .map(|c| format!(
+                "{}: {}",
+                c["field"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    Err(status_with(422, "Invalid", &msg, Some(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes}))))
+    Err(status_with(
+        422,
+        "Invalid",
+        &msg,
+        Some(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes})),
+    ))
 }
 
-fn store_write(sh: &Arc<Shared>, t: &Target, ns: &str, obj: Value, dry_run: bool, created: bool) -> Response {
+fn store_write(
+    sh: &Arc<Shared>,
+    t: &Target,
+    ns: &str,
+    obj: Value,
+    dry_run: bool,
+    created: bool,
+) -> Response {
     if let Err(r) = validate(&t.res, &obj) {
         return r;
     }
@@ -597,7 +808,14 @@ fn store_write(sh: &Arc<Shared>, t: &Target, ns: &str, obj: Value, dry_run: bool
         let _ = sh.tx.send(ev);
         sh.notify.notify_one();
     }
-    json_code(if created { StatusCode::CREATED } else { StatusCode::OK }, &stored)
+    json_code(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &stored,
+    )
 }
 
 fn create(sh: &Arc<Shared>, t: &Target, body: &Bytes, q: &HashMap<String, String>) -> Response {
@@ -605,23 +823,42 @@ fn create(sh: &Arc<Shared>, t: &Target, body: &Bytes, q: &HashMap<String, String
         Ok(v) => v,
         Err(r) => return r,
     };
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let ns = t.ns.clone().unwrap_or_default();
     if sh.get(&t.res.key(), &ns, &name).is_some() {
-        return status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.key()));
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("{} \"{name}\" already exists", t.res.key()),
+        );
     }
-    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into());
+    let manager = q
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| "unknown".into());
     record_update(sh, t, &ns, &name, None, &obj, &manager);
     store_write(sh, t, &ns, obj, q.get("dryRun").is_some(), true)
 }
 
-fn replace(sh: &Arc<Shared>, t: &Target, name: &str, body: &Bytes, q: &HashMap<String, String>) -> Response {
+fn replace(
+    sh: &Arc<Shared>,
+    t: &Target,
+    name: &str,
+    body: &Bytes,
+    q: &HashMap<String, String>,
+) -> Response {
     let mut obj = match parse_body(body) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let ns = t.ns.clone().unwrap_or_default();
-    let Some(existing) = sh.get(&t.res.key(), &ns, name) else { return not_found(t, name) };
+    let Some(existing) = sh.get(&t.res.key(), &ns, name) else {
+        return not_found(t, name);
+    };
     if t.sub.as_deref() == Some("status") {
         let mut merged = existing.clone();
         merged["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
@@ -629,17 +866,31 @@ fn replace(sh: &Arc<Shared>, t: &Target, name: &str, body: &Bytes, q: &HashMap<S
     } else if let Some(s) = existing.get("status") {
         obj["status"] = s.clone();
     }
-    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into());
+    let manager = q
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| "unknown".into());
     record_update(sh, t, &ns, name, Some(&existing), &obj, &manager);
     store_write(sh, t, &ns, obj, q.get("dryRun").is_some(), false)
 }
 
 /// Ownership for Update operations: changed leaves go to `manager`.
-fn record_update(sh: &Arc<Shared>, t: &Target, ns: &str, name: &str, old: Option<&Value>, new: &Value, manager: &str) {
+fn record_update(
+    sh: &Arc<Shared>,
+    t: &Target,
+    ns: &str,
+    name: &str,
+    old: Option<&Value>,
+    new: &Value,
+    manager: &str,
+) {
     let before = old.map(store::owned_leaves).unwrap_or_default();
     let after = store::owned_leaves(new);
     let mut st = sh.lock();
-    let owners = st.owners.entry((t.res.key(), ns.to_string(), name.to_string())).or_default();
+    let owners = st
+        .owners
+        .entry((t.res.key(), ns.to_string(), name.to_string()))
+        .or_default();
     for (p, v) in after {
         if before.get(&p) != Some(&v) {
             owners.insert(p, manager.to_string());
@@ -647,7 +898,14 @@ fn record_update(sh: &Arc<Shared>, t: &Target, ns: &str, name: &str, old: Option
     }
 }
 
-fn patch(sh: &Arc<Shared>, t: &Target, name: &str, content_type: &str, body: &Bytes, q: &HashMap<String, String>) -> Response {
+fn patch(
+    sh: &Arc<Shared>,
+    t: &Target,
+    name: &str,
+    content_type: &str,
+    body: &Bytes,
+    q: &HashMap<String, String>,
+) -> Response {
     let ns = t.ns.clone().unwrap_or_default();
     let existing = sh.get(&t.res.key(), &ns, name);
     let dry_run = q.get("dryRun").is_some();
@@ -660,15 +918,31 @@ fn patch(sh: &Arc<Shared>, t: &Target, name: &str, content_type: &str, body: &By
     let mut new = match ct {
         "application/apply-patch+yaml" => {
             let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()) else {
-                return status(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch");
+                return status(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                );
             };
-            let body_name = patch_body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let body_name = patch_body
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if body_name != name {
-                return status(400, "BadRequest", &format!("the name of the object ({body_name}) does not match the name on the URL ({name})"));
+                return status(
+                    400,
+                    "BadRequest",
+                    &format!(
+                        "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                    ),
+                );
             }
             let force = q.get("force").is_some_and(|f| f == "true");
             let applied = store::owned_leaves(&patch_body);
-            let current = existing.as_ref().map(store::owned_leaves).unwrap_or_default();
+            let current = existing
+                .as_ref()
+                .map(store::owned_leaves)
+                .unwrap_or_default();
             let key = (t.res.key(), ns.clone(), name.to_string());
             let mut conflicts = Vec::new();
             {
@@ -694,7 +968,11 @@ fn patch(sh: &Arc<Shared>, t: &Target, name: &str, content_type: &str, body: &By
                     "Apply failed with {} conflict{}: {}",
                     conflicts.len(),
                     if conflicts.len() == 1 { "" } else { "s" },
-                    conflicts.iter().map(|(p, o)| format!("conflict with \"{o}\" using {api_version}: {p}")).collect::<Vec<_>>().join("\n")
+                    conflicts
+                        .iter()
+                        .map(|(p, o)| format!("conflict with \"{o}\" using {api_version}: {p}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
                 return status_with(409, "Conflict", &msg, Some(json!({"causes": causes})));
             }
@@ -718,29 +996,50 @@ fn patch(sh: &Arc<Shared>, t: &Target, name: &str, content_type: &str, body: &By
                 }
             }
         }
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" | "application/json-patch+json" => {
-            let Some(e) = &existing else { return not_found(t, name) };
+        "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "application/json-patch+json" => {
+            let Some(e) = &existing else {
+                return not_found(t, name);
+            };
             let mut merged = e.clone();
             match ct {
                 "application/merge-patch+json" => store::merge_patch(&mut merged, &patch_body),
-                "application/strategic-merge-patch+json" => store::strategic_patch(&mut merged, &patch_body),
+                "application/strategic-merge-patch+json" => {
+                    store::strategic_patch(&mut merged, &patch_body)
+                }
                 _ => {
                     let p: json_patch::Patch = match serde_json::from_value(patch_body.clone()) {
                         Ok(p) => p,
-                        Err(e) => return status(400, "BadRequest", &format!("invalid JSON patch: {e}")),
+                        Err(e) => {
+                            return status(400, "BadRequest", &format!("invalid JSON patch: {e}"));
+                        }
                     };
                     if let Err(e) = json_patch::patch(&mut merged, &p) {
-                        return status(422, "Invalid", &format!("the JSON patch cannot be applied: {e}"));
+                        return status(
+                            422,
+                            "Invalid",
+                            &format!("the JSON patch cannot be applied: {e}"),
+                        );
                     }
                 }
             }
-            let manager = q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into());
+            let manager = q
+                .get("fieldManager")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
             if !dry_run {
                 record_update(sh, t, &ns, name, Some(e), &merged, &manager);
             }
             merged
         }
-        other => return status(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format: {other}")),
+        other => {
+            return status(
+                415,
+                "UnsupportedMediaType",
+                &format!("the body of the request was in an unknown format: {other}"),
+            );
+        }
     };
     if let Some(e) = &existing {
         if status_only {

@@ -30,7 +30,14 @@ impl Resource {
     }
 }
 
-fn r(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool, subs: &[&str]) -> Resource {
+fn r(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    namespaced: bool,
+    subs: &[&str],
+) -> Resource {
     Resource {
         group: group.into(),
         version: version.into(),
@@ -50,35 +57,148 @@ pub fn builtin() -> Vec<Resource> {
         r("", "v1", "ServiceAccount", "serviceaccounts", true, &[]),
         r("", "v1", "Pod", "pods", true, &["status", "log"]),
         r("", "v1", "Event", "events", true, &[]),
-        r("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["status"]),
-        r("", "v1", "PersistentVolume", "persistentvolumes", false, &["status"]),
+        r(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+            &["status"],
+        ),
+        r(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            false,
+            &["status"],
+        ),
         r("", "v1", "Node", "nodes", false, &["status"]),
-        r("apps", "v1", "Deployment", "deployments", true, &["status", "scale"]),
-        r("apps", "v1", "ReplicaSet", "replicasets", true, &["status", "scale"]),
-        r("apps", "v1", "StatefulSet", "statefulsets", true, &["status", "scale"]),
+        r(
+            "apps",
+            "v1",
+            "Deployment",
+            "deployments",
+            true,
+            &["status", "scale"],
+        ),
+        r(
+            "apps",
+            "v1",
+            "ReplicaSet",
+            "replicasets",
+            true,
+            &["status", "scale"],
+        ),
+        r(
+            "apps",
+            "v1",
+            "StatefulSet",
+            "statefulsets",
+            true,
+            &["status", "scale"],
+        ),
         r("apps", "v1", "DaemonSet", "daemonsets", true, &["status"]),
-        r("apps", "v1", "ControllerRevision", "controllerrevisions", true, &[]),
+        r(
+            "apps",
+            "v1",
+            "ControllerRevision",
+            "controllerrevisions",
+            true,
+            &[],
+        ),
         r("batch", "v1", "Job", "jobs", true, &["status"]),
         r("batch", "v1", "CronJob", "cronjobs", true, &["status"]),
-        r("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["status"]),
-        r("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, &[]),
-        r("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, &["status"]),
-        r("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["status"]),
-        r("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[]),
-        r("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[]),
-        r("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, &[]),
-        r("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[]),
-        r("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["status"]),
+        r(
+            "networking.k8s.io",
+            "v1",
+            "Ingress",
+            "ingresses",
+            true,
+            &["status"],
+        ),
+        r(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            &[],
+        ),
+        r(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+            &["status"],
+        ),
+        r(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            &["status"],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            &[],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            &[],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            &[],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            &[],
+        ),
+        r(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+            &["status"],
+        ),
         r("events.k8s.io", "v1", "Event", "events", true, &[]),
     ]
 }
 
 /// Resources declared by a stored CRD object.
 pub fn from_crd(crd: &Value) -> Vec<Resource> {
-    let Some(spec) = crd.get("spec") else { return Vec::new() };
+    let Some(spec) = crd.get("spec") else {
+        return Vec::new();
+    };
     let group = spec.get("group").and_then(Value::as_str).unwrap_or("");
-    let kind = spec.pointer("/names/kind").and_then(Value::as_str).unwrap_or("");
-    let plural = spec.pointer("/names/plural").and_then(Value::as_str).unwrap_or("");
+    let kind = spec
+        .pointer("/names/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let plural = spec
+        .pointer("/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
     if group.is_empty() || kind.is_empty() || plural.is_empty() {
         return Vec::new();
@@ -90,7 +210,12 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                 .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
                 .filter_map(|v| v.get("name").and_then(Value::as_str))
                 .map(|v| {
-                    let subs: &[&str] = if spec.pointer("/versions/0/subresources/status").is_some() { &["status"] } else { &[] };
+                    let subs: &[&str] = if spec.pointer("/versions/0/subresources/status").is_some()
+                    {
+                        &["status"]
+                    } else {
+                        &[]
+                    };
                     r(group, v, kind, plural, namespaced, subs)
                 })
                 .collect()
@@ -99,12 +224,24 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
 }
 
 pub fn verbs() -> Value {
-    json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+    json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ])
 }
 
 /// `APIResourceList` for one group-version.
 pub fn resource_list(all: &[Resource], group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<&Resource> = all.iter().filter(|r| r.group == group && r.version == version).collect();
+    let rs: Vec<&Resource> = all
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if rs.is_empty() {
         return None;
     }
@@ -126,8 +263,14 @@ pub fn resource_list(all: &[Resource], group: &str, version: &str) -> Option<Val
             }));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 /// `APIGroup` entries for `/apis`.

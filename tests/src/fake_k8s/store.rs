@@ -49,7 +49,12 @@ pub fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 impl Store {
@@ -78,11 +83,16 @@ impl Store {
     }
 
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<Resource> {
-        self.resources.iter().find(|r| r.group == group && r.kind == kind).cloned()
+        self.resources
+            .iter()
+            .find(|r| r.group == group && r.kind == kind)
+            .cloned()
     }
 
     pub fn get(&self, res: &str, ns: &str, name: &str) -> Option<Value> {
-        self.objects.get(&(res.to_string(), ns.to_string(), name.to_string())).cloned()
+        self.objects
+            .get(&(res.to_string(), ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn list(&self, res: &str, ns: Option<&str>) -> Vec<Value> {
@@ -95,8 +105,18 @@ impl Store {
 
     /// Stores `obj` (a full object), stamping server fields. Returns the stored object and
     /// the watch event to broadcast (None for a no-op write).
-    pub fn put(&mut self, res: &Resource, ns: &str, mut obj: Value, dry_run: bool) -> (Value, Option<WatchEv>) {
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    pub fn put(
+        &mut self,
+        res: &Resource,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> (Value, Option<WatchEv>) {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let key = (res.key(), ns.to_string(), name.clone());
         let existing = self.objects.get(&key).cloned();
         default_object(res, &mut obj, existing.as_ref(), self.counter + 1);
@@ -119,13 +139,22 @@ impl Store {
                         meta.insert(k.into(), v.clone());
                     }
                 }
-                let old_gen = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-                let new_gen = if spec_of(old) != spec_of(&obj) { old_gen + 1 } else { old_gen };
+                let old_gen = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                let new_gen = if spec_of(old) != spec_of(&obj) {
+                    old_gen + 1
+                } else {
+                    old_gen
+                };
                 if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("generation".into(), json!(new_gen));
                     meta.insert(
                         "resourceVersion".into(),
-                        old.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!("0")),
+                        old.pointer("/metadata/resourceVersion")
+                            .cloned()
+                            .unwrap_or(json!("0")),
                     );
                 }
                 if same_ignoring_managed(old, &obj) {
@@ -134,7 +163,10 @@ impl Store {
             }
             None => {
                 self.counter += 1;
-                meta.insert("uid".into(), json!(format!("00000000-0000-4000-8000-{:012x}", self.counter)));
+                meta.insert(
+                    "uid".into(),
+                    json!(format!("00000000-0000-4000-8000-{:012x}", self.counter)),
+                );
                 meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
                 meta.insert("generation".into(), json!(1));
             }
@@ -167,7 +199,11 @@ impl Store {
             rv: self.rv,
             res: res.key(),
             ns: ns.to_string(),
-            ty: if existing.is_some() { "MODIFIED" } else { "ADDED" },
+            ty: if existing.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
             obj: obj.clone(),
         };
         self.history.push(ev.clone());
@@ -183,7 +219,13 @@ impl Store {
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), json!(self.rv.to_string()));
         }
-        let ev = WatchEv { rv: self.rv, res: res.key(), ns: ns.to_string(), ty: "DELETED", obj: obj.clone() };
+        let ev = WatchEv {
+            rv: self.rv,
+            res: res.key(),
+            ns: ns.to_string(),
+            ty: "DELETED",
+            obj: obj.clone(),
+        };
         self.history.push(ev.clone());
         Some((obj, ev))
     }
@@ -223,7 +265,9 @@ fn same_ignoring_managed(a: &Value, b: &Value) -> bool {
 fn default_object(res: &Resource, obj: &mut Value, existing: Option<&Value>, next: u64) {
     let Some(o) = obj.as_object_mut() else { return };
     let spec = o.entry("spec").or_insert_with(|| json!({}));
-    let Some(spec) = spec.as_object_mut() else { return };
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
     match res.kind.as_str() {
         "Deployment" => {
             spec.entry("replicas").or_insert(json!(1));
@@ -233,16 +277,20 @@ fn default_object(res: &Resource, obj: &mut Value, existing: Option<&Value>, nex
         }
         "StatefulSet" => {
             spec.entry("replicas").or_insert(json!(1));
-            spec.entry("updateStrategy").or_insert(json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+            spec.entry("updateStrategy")
+                .or_insert(json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
         }
         "DaemonSet" => {
-            spec.entry("updateStrategy").or_insert(json!({"type": "RollingUpdate"}));
+            spec.entry("updateStrategy")
+                .or_insert(json!({"type": "RollingUpdate"}));
         }
         "Service" => {
             spec.entry("type").or_insert(json!("ClusterIP"));
             let ip = existing
                 .and_then(|e| e.pointer("/spec/clusterIP").cloned())
-                .unwrap_or_else(|| json!(format!("10.96.{}.{}", (next / 250) % 250, next % 250 + 1)));
+                .unwrap_or_else(|| {
+                    json!(format!("10.96.{}.{}", (next / 250) % 250, next % 250 + 1))
+                });
             spec.entry("clusterIP").or_insert(ip);
             if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
@@ -257,9 +305,14 @@ fn default_object(res: &Resource, obj: &mut Value, existing: Option<&Value>, nex
         }
         "Job" => {
             let uid = existing
-                .and_then(|e| e.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
+                .and_then(|e| {
+                    e.pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .unwrap_or_else(|| format!("00000000-0000-4000-8000-{next:012x}"));
-            spec.entry("selector").or_insert(json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+            spec.entry("selector")
+                .or_insert(json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
             let name = o
                 .get("metadata")
                 .and_then(|m| m.get("name"))
@@ -275,7 +328,9 @@ fn default_object(res: &Resource, obj: &mut Value, existing: Option<&Value>, nex
                 .map(|m| m.entry("labels").or_insert_with(|| json!({})))
                 .and_then(Value::as_object_mut)
             {
-                labels.entry("batch.kubernetes.io/controller-uid").or_insert(json!(uid));
+                labels
+                    .entry("batch.kubernetes.io/controller-uid")
+                    .or_insert(json!(uid));
                 labels.entry("job-name").or_insert(json!(name));
             }
         }
@@ -296,7 +351,12 @@ pub fn leaves(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
                 leaves(x, &format!("{prefix}.{k}"), out);
             }
         }
-        Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.get("name").and_then(Value::as_str).is_some()) => {
+        Value::Array(items)
+            if !items.is_empty()
+                && items
+                    .iter()
+                    .all(|i| i.get("name").and_then(Value::as_str).is_some()) =>
+        {
             for i in items {
                 let n = i.get("name").and_then(Value::as_str).unwrap_or("");
                 leaves(i, &format!("{prefix}[name={n}]"), out);
@@ -350,12 +410,17 @@ pub fn apply_merge(base: &mut Value, patch: &Value) {
 }
 
 fn named_list(v: &Value) -> bool {
-    v.as_array()
-        .is_some_and(|a| !a.is_empty() && a.iter().all(|i| i.get("name").and_then(Value::as_str).is_some()))
+    v.as_array().is_some_and(|a| {
+        !a.is_empty()
+            && a.iter()
+                .all(|i| i.get("name").and_then(Value::as_str).is_some())
+    })
 }
 
 fn merge_named(base: &mut Value, patch: &Value) {
-    let (Some(b), Some(p)) = (base.as_array_mut(), patch.as_array()) else { return };
+    let (Some(b), Some(p)) = (base.as_array_mut(), patch.as_array()) else {
+        return;
+    };
     let mut out = Vec::new();
     for pi in p {
         let n = pi.get("name");
@@ -521,20 +586,32 @@ mod tests {
         assert!(label_selector_matches(&o, "app=web,tier in (fe, be)"));
         assert!(!label_selector_matches(&o, "app=web,tier notin (fe)"));
         assert!(label_selector_matches(&o, "!missing,app"));
-        assert!(field_selector_matches(&o, "involvedObject.uid=u1,type=Warning"));
+        assert!(field_selector_matches(
+            &o,
+            "involvedObject.uid=u1,type=Warning"
+        ));
         assert!(!field_selector_matches(&o, "metadata.name!=a"));
     }
 
     #[test]
     fn merges() {
         let mut b = json!({"spec": {"containers": [{"name": "a", "image": "x", "ports": [1]}], "replicas": 1}});
-        apply_merge(&mut b, &json!({"spec": {"containers": [{"name": "a", "image": "y"}]}}));
-        assert_eq!(b, json!({"spec": {"containers": [{"name": "a", "image": "y", "ports": [1]}], "replicas": 1}}));
+        apply_merge(
+            &mut b,
+            &json!({"spec": {"containers": [{"name": "a", "image": "y"}]}}),
+        );
+        assert_eq!(
+            b,
+            json!({"spec": {"containers": [{"name": "a", "image": "y", "ports": [1]}], "replicas": 1}})
+        );
         let mut b = json!({"a": 1, "b": {"c": 2}});
         merge_patch(&mut b, &json!({"a": null, "b": {"d": 3}}));
         assert_eq!(b, json!({"b": {"c": 2, "d": 3}}));
         let mut b = json!({"spec": {"template": {"x": 1, "y": 2}}});
-        strategic_patch(&mut b, &json!({"spec": {"template": {"$patch": "replace", "z": 3}}}));
+        strategic_patch(
+            &mut b,
+            &json!({"spec": {"template": {"$patch": "replace", "z": 3}}}),
+        );
         assert_eq!(b, json!({"spec": {"template": {"z": 3}}}));
     }
 }
