@@ -16,6 +16,8 @@
 //! What it does not do: real SSA field removal, schema validation, admission, RBAC, GC of
 //! owned objects beyond what the controller simulation deletes, pagination, bookmarks.
 
+#![allow(clippy::result_large_err)] // handlers answer with a ready `Response` as their error
+
 mod controller;
 mod resources;
 mod store;
