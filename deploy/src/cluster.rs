@@ -86,6 +86,9 @@ impl Default for Retry {
     }
 }
 
+/// A resource served by the cluster and what it supports.
+type Served = (ApiResource, ApiCapabilities);
+
 pub struct Cluster {
     pub client: Client,
     pub target: String,
@@ -94,7 +97,7 @@ pub struct Cluster {
     pub context: String,
     pub context_namespace: String,
     pub retry: Retry,
-    groups: Mutex<HashMap<String, Option<Vec<(ApiResource, ApiCapabilities)>>>>,
+    groups: Mutex<HashMap<String, Option<Vec<Served>>>>,
 }
 
 /// What the kubeconfig says without contacting anything: context name and namespace.
