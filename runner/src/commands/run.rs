@@ -368,7 +368,10 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         warn!("{}: {w}", path.display());
     }
     let system_id = ferry_config::load_or_create_system_id(path)?;
-    let working_dir = default_working_dir();
+    let working_dir = args
+        .working_directory
+        .clone()
+        .unwrap_or_else(default_working_dir);
     std::fs::create_dir_all(&working_dir)
         .with_context(|| format!("creating {}", working_dir.display()))?;
     let metrics = Metrics::new();
