@@ -1013,3 +1013,34 @@ async fn tls_with_ca_file() {
     .unwrap_err();
     assert!(err.to_string().contains("together"), "{err}");
 }
+
+#[tokio::test]
+async fn headers_user_agent_content_types() {
+    let (gitlab, client, job) = running_job(JobSpec::new("j")).await;
+    client
+        .patch_trace(&job, 0, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    client
+        .update_job(&job, &update(JobState::Running))
+        .await
+        .unwrap();
+    let requests = gitlab.requests();
+    let ua = format!("ferry {} (", env!("CARGO_PKG_VERSION"));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.user_agent.as_deref().is_some_and(|u| u.starts_with(&ua))),
+        "{requests:?}"
+    );
+    let find = |method: &str| requests.iter().find(|r| r.method == method).unwrap();
+    assert_eq!(find("PATCH").content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        find("PUT").content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        find("POST").content_type.as_deref(),
+        Some("application/json")
+    );
+}

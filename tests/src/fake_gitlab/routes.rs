@@ -63,6 +63,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
 async fn control(AxState(shared): S, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let user_agent = header_string(req.headers(), "user-agent");
+    let content_type = header_string(req.headers(), "content-type");
     let (delay, outage) = {
         let s = shared.lock();
         (
@@ -82,8 +84,17 @@ async fn control(AxState(shared): S, req: Request, next: Next) -> Response {
         method,
         path,
         status: response.status().as_u16(),
+        user_agent,
+        content_type,
     });
     response
+}
+
+fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn message(status: StatusCode, msg: &str) -> Response {

@@ -129,6 +129,8 @@ pub struct RequestRecord {
     pub method: String,
     pub path: String,
     pub status: u16,
+    pub user_agent: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// Knobs tests turn.
