@@ -579,11 +579,28 @@ async fn upload_artifacts(
     AxState(shared): S,
     Path(id): Path<u64>,
     Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     {
         let s = shared.lock();
+        // GitLab "behind another host": uploads must go there (official runner: 307 handling).
+        if let Some(host) = &s.settings.upload_redirect_host
+            && header_string(&headers, "host").as_deref() != Some(host.as_str())
+        {
+            let scheme = if s.base_url.starts_with("https") {
+                "https"
+            } else {
+                "http"
+            };
+            let location = format!("{scheme}://{host}{uri}");
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert("Location", v);
+            }
+            return r;
+        }
         let Some(job) = s.jobs.get(&id) else {
             return message(StatusCode::FORBIDDEN, "403 Forbidden");
         };
