@@ -679,6 +679,60 @@ pub fn rotation_due_at(obtained_at: i64, expires_at: i64) -> i64 {
     obtained_at.saturating_add(lifetime / 4 * 3 + lifetime % 4 * 3 / 4)
 }
 
+/// Outcome of a job request that reached GitLab.
+///
+/// `Debug` shows the payload redacted and only the length of `raw`.
+pub enum JobRequest {
+    /// 201 with a usable payload. `raw` is the body as received (for `ferry plan` and bug
+    /// reports; it contains secrets).
+    Job {
+        payload: Box<JobPayload>,
+        raw: Bytes,
+    },
+    /// 201 whose body could not be used. GitLab considers the job running on this runner:
+    /// when `job` is known, report it failed (`runner_system_failure`).
+    Unusable {
+        job: Option<JobRef>,
+        error: PayloadError,
+        raw: Bytes,
+    },
+    /// HTTP 204: no job. `last_update` is the new `X-GitLab-Last-Update`, `None` when the reply had none
+    /// (Workhorse long-poll answers): keep the previous value then.
+    NoJob { last_update: Option<String> },
+    /// 409: another runner got the job first. Ask again on the next tick.
+    Conflict,
+    /// 403: the runner token is invalid (runner deleted, token reset or expired). Counts as an
+    /// unhealthy request.
+    Forbidden { message: String },
+}
+
+impl std::fmt::Debug for JobRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobRequest::Job { payload, raw } => f
+                .debug_struct("Job")
+                .field("payload", payload)
+                .field("raw_len", &raw.len())
+                .finish(),
+            JobRequest::Unusable { job, error, raw } => f
+                .debug_struct("Unusable")
+                .field("job", job)
+                .field("error", error)
+                .field("raw_len", &raw.len())
+                .finish(),
+            JobRequest::NoJob { last_update } => f
+                .debug_struct("NoJob")
+                .field("last_update", last_update)
+                .finish(),
+            JobRequest::Conflict => f.write_str("Conflict"),
+            JobRequest::Forbidden { message } => f
+                .debug_struct("Forbidden")
+                .field("message", message)
+                .finish(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,30 +794,4 @@ mod tests {
             assert!(!FEATURES.contains(&missing), "{missing}");
         }
     }
-}
-
-/// Outcome of a job request that reached GitLab.
-#[derive(Debug)]
-pub enum JobRequest {
-    /// 201 with a usable payload. `raw` is the body as received (for `ferry plan` and bug
-    /// reports; it contains secrets).
-    Job {
-        payload: Box<JobPayload>,
-        raw: Bytes,
-    },
-    /// 201 whose body could not be used. GitLab considers the job running on this runner:
-    /// when `job` is known, report it failed (`runner_system_failure`).
-    Unusable {
-        job: Option<JobRef>,
-        error: PayloadError,
-        raw: Bytes,
-    },
-    /// HTTP 204: no job. `last_update` is the new `X-GitLab-Last-Update`, `None` when the reply had none
-    /// (Workhorse long-poll answers): keep the previous value then.
-    NoJob { last_update: Option<String> },
-    /// 409: another runner got the job first. Ask again on the next tick.
-    Conflict,
-    /// 403: the runner token is invalid (runner deleted, token reset or expired). Counts as an
-    /// unhealthy request.
-    Forbidden { message: String },
 }
