@@ -990,3 +990,56 @@ async fn output_is_streamed_as_it_comes() {
         "first {first:?}, second {second:?}"
     );
 }
+
+#[tokio::test]
+async fn registry_credentials_are_used_and_not_logged() {
+    let Some(engine) = engine_with("auth", section()).await else {
+        return;
+    };
+    let mut j = job("auth", BUSYBOX);
+    // Nothing listens on this registry: the pull fails, after choosing credentials.
+    j.env.image = ImageSpec {
+        pull_policy: vec![PullPolicy::Always],
+        ..image("127.0.0.1:5999/group/app:1")
+    };
+    j.env.variables.push(EnvVar {
+        name: "DOCKER_AUTH_CONFIG".into(),
+        value: r#"{"auths":{"127.0.0.1:5999":{"username":"ci","password":"top-secret-pw"}}}"#
+            .into(),
+    });
+    let mut log: Vec<u8> = Vec::new();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        matches!(&err, EngineError::ImagePull { message, .. } if message.contains("127.0.0.1:5999")),
+        "{err}"
+    );
+    assert!(
+        log.contains("Authenticating with credentials from $DOCKER_AUTH_CONFIG"),
+        "{log}"
+    );
+    assert!(!log.contains("top-secret-pw") && !err.to_string().contains("top-secret-pw"));
+    // Payload credentials when nothing else matches.
+    j.env.variables.pop();
+    j.env.registry_auth.push(ferry_executor::RegistryAuth {
+        registry: "127.0.0.1:5999".into(),
+        username: "gitlab-ci-token".into(),
+        password: "job-token-secret".into(),
+    });
+    let mut log: Vec<u8> = Vec::new();
+    engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.contains("Authenticating with credentials from job payload (GitLab Registry)"),
+        "{log}"
+    );
+    assert!(!log.contains("job-token-secret"));
+}

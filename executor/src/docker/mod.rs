@@ -7,6 +7,7 @@
 //! finds what to remove by label (it keeps no state and works after a half-failed `prepare`) and
 //! `cleanup_leftovers` can remove what a crashed ferry left behind.
 
+mod auth;
 pub mod convert;
 mod pull;
 mod services;
@@ -492,8 +493,7 @@ impl DockerEngine {
         )
         .await?;
 
-        let image =
-            pull::ensure_image(&self.docker, &env.image, &env.registry_auth, log, cancel).await?;
+        let image = pull::ensure_image(&self.docker, &env.image, env, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| env.image.name.clone());
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
