@@ -1043,3 +1043,39 @@ async fn registry_credentials_are_used_and_not_logged() {
     );
     assert!(!log.contains("job-token-secret"));
 }
+
+#[tokio::test]
+async fn network_mode_bridge_links_services_by_alias() {
+    let mut sec = section();
+    sec.network_mode = Some("bridge".into());
+    let Some(engine) = engine_with("bridge", sec).await else {
+        return;
+    };
+    let mut j = job("bridge", BUSYBOX);
+    j.env.services.push(ServiceSpec {
+        image: image(SERVICE),
+        aliases: vec!["web".into()],
+        command: vec![],
+        variables: vec![],
+    });
+    let label = format!("ferry.job_id={}", j.env.job_id);
+    let mut log: Vec<u8> = Vec::new();
+    let cancel = CancellationToken::new();
+    engine.prepare(&j.env, &mut log, &cancel).await.unwrap();
+    // No per-job network with network_mode set.
+    assert_eq!(labelled(&engine, &label).await, (2, 0));
+    let out = engine
+        .run_step(
+            &j.env,
+            &step(&["wget -q -O - http://web:8080/"]),
+            &mut log,
+            &cancel,
+        )
+        .await
+        .unwrap();
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert_eq!(out.exit_code, 0, "{log}");
+    assert!(log.contains("ferry-service-ok\n"), "{log}");
+    assert_eq!(labelled(&engine, &label).await, (0, 0));
+}
