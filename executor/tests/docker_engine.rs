@@ -1079,3 +1079,27 @@ async fn network_mode_bridge_links_services_by_alias() {
     assert!(log.contains("ferry-service-ok\n"), "{log}");
     assert_eq!(labelled(&engine, &label).await, (0, 0));
 }
+
+#[tokio::test]
+async fn cache_dir_backs_path_volumes_with_host_directories() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut sec = section();
+    sec.volumes = vec!["/cache".into()];
+    sec.cache_dir = Some(cache.path().to_path_buf());
+    let Some(engine) = engine_with("cachedir", sec).await else {
+        return;
+    };
+    let j = job("cachedir", BUSYBOX);
+    let (r, log) = run_one(&engine, &j.env, &step(&["echo kept > /cache/f.txt"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    let dir = ferry_executor::docker::convert::cache_host_dir(
+        cache.path(),
+        &j.env.runner_short_token,
+        77,
+        "/cache",
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("f.txt")).unwrap(),
+        "kept\n"
+    );
+}

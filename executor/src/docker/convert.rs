@@ -332,9 +332,30 @@ pub fn cache_volume_name(runner_short: &str, project_id: u64, destination: &str)
     ))
 }
 
+/// Where a `"/path"` volume lives on the host when `cache_dir` is set:
+/// `<cache_dir>/runner-<short>-project-<id>/<hash of the path>`.
+pub fn cache_host_dir(
+    cache_dir: &std::path::Path,
+    runner_short: &str,
+    project_id: u64,
+    destination: &str,
+) -> std::path::PathBuf {
+    cache_dir
+        .join(sanitize_name(&format!(
+            "runner-{runner_short}-project-{project_id}"
+        )))
+        .join(format!("{:016x}", fnv1a(destination)))
+}
+
 /// Binds shared by the build container and the services: the job's builds dir, then the
-/// configured volumes (cache volumes by name, unless `disable_cache`).
-pub fn binds(env: &JobEnv, volumes: &[VolumeSpec], disable_cache: bool) -> Vec<String> {
+/// configured volumes. `"/path"` volumes are named volumes, or directories under `cache_dir`
+/// when it is set, and are left out with `disable_cache`.
+pub fn binds(
+    env: &JobEnv,
+    volumes: &[VolumeSpec],
+    disable_cache: bool,
+    cache_dir: Option<&std::path::Path>,
+) -> Vec<String> {
     let mut out = vec![format!(
         "{}:{}",
         env.host_builds_dir.display(),
@@ -350,14 +371,18 @@ pub fn binds(env: &JobEnv, volumes: &[VolumeSpec], disable_cache: bool) -> Vec<S
                 Some(m) => out.push(format!("{source}:{destination}:{m}")),
                 None => out.push(format!("{source}:{destination}")),
             },
-            VolumeSpec::Cache { destination } => {
-                if !disable_cache {
-                    out.push(format!(
-                        "{}:{destination}",
-                        cache_volume_name(&env.runner_short_token, env.project_id, destination)
-                    ));
-                }
-            }
+            VolumeSpec::Cache { .. } if disable_cache => {}
+            VolumeSpec::Cache { destination } => match cache_dir {
+                Some(dir) => out.push(format!(
+                    "{}:{destination}",
+                    cache_host_dir(dir, &env.runner_short_token, env.project_id, destination)
+                        .display()
+                )),
+                None => out.push(format!(
+                    "{}:{destination}",
+                    cache_volume_name(&env.runner_short_token, env.project_id, destination)
+                )),
+            },
         }
     }
     out
@@ -702,11 +727,17 @@ mod tests {
                 mode: Some("ro".into()),
             },
         ];
-        let b = binds(&e, &vols, false);
+        let b = binds(&e, &vols, false, None);
         assert_eq!(b[0], "/var/lib/ferry/builds/42:/builds");
         assert!(b[1].starts_with("runner-glrt-abc-project-7-cache-") && b[1].ends_with(":/cache"));
         assert_eq!(b[2], "/h:/c:ro");
-        assert_eq!(binds(&e, &vols, true).len(), 2);
+        assert_eq!(binds(&e, &vols, true, None).len(), 2);
+        let with_dir = binds(&e, &vols, false, Some(std::path::Path::new("/srv/cache")));
+        assert!(
+            with_dir[1].starts_with("/srv/cache/runner-glrt-abc-project-7/")
+                && with_dir[1].ends_with(":/cache"),
+            "{with_dir:?}"
+        );
         // Stable across calls and jobs of the same project.
         assert_eq!(
             cache_volume_name("r", 7, "/cache"),

@@ -382,6 +382,21 @@ impl DockerEngine {
             return Ok(());
         }
         for v in vols {
+            if let (VolumeSpec::Cache { destination }, Some(dir)) = (v, &self.section.cache_dir) {
+                let path = convert::cache_host_dir(
+                    dir,
+                    &env.runner_short_token,
+                    env.project_id,
+                    destination,
+                );
+                tokio::fs::create_dir_all(&path).await.map_err(|e| {
+                    EngineError::Configuration(format!(
+                        "[runners.docker] cache_dir: cannot create {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                continue;
+            }
             if let VolumeSpec::Cache { destination } = v {
                 let name = convert::cache_volume_name(
                     &env.runner_short_token,
@@ -468,7 +483,12 @@ impl DockerEngine {
             }
         }
         self.ensure_cache_volumes(env, &volumes).await?;
-        let binds = convert::binds(env, &volumes, self.section.disable_cache);
+        let binds = convert::binds(
+            env,
+            &volumes,
+            self.section.disable_cache,
+            self.section.cache_dir.as_deref(),
+        );
 
         // The network: per job unless the operator chose one.
         let (network_mode, per_job_network) = match self.section.network_mode.as_deref() {
