@@ -299,8 +299,7 @@ async fn bind_and_named_volumes() {
     assert!(log.contains("cached\n"), "{log}");
     // ...and cleanup_leftovers keeps it.
     engine.cleanup_leftovers().await.unwrap();
-    let name =
-        ferry_executor::docker::convert::cache_volume_name(&j.env.runner_short_token, 77, "/cache");
+    let name = ferry_executor::docker::convert::cache_volume_name(&j.env, "/cache");
     engine
         .client()
         .inspect_volume(&name)
@@ -1092,12 +1091,7 @@ async fn cache_dir_backs_path_volumes_with_host_directories() {
     let j = job("cachedir", BUSYBOX);
     let (r, log) = run_one(&engine, &j.env, &step(&["echo kept > /cache/f.txt"])).await;
     assert_eq!(r.unwrap().exit_code, 0, "{log}");
-    let dir = ferry_executor::docker::convert::cache_host_dir(
-        cache.path(),
-        &j.env.runner_short_token,
-        77,
-        "/cache",
-    );
+    let dir = ferry_executor::docker::convert::cache_host_dir(cache.path(), &j.env, "/cache");
     assert_eq!(
         std::fs::read_to_string(dir.join("f.txt")).unwrap(),
         "kept\n"

@@ -383,12 +383,7 @@ impl DockerEngine {
         }
         for v in vols {
             if let (VolumeSpec::Cache { destination }, Some(dir)) = (v, &self.section.cache_dir) {
-                let path = convert::cache_host_dir(
-                    dir,
-                    &env.runner_short_token,
-                    env.project_id,
-                    destination,
-                );
+                let path = convert::cache_host_dir(dir, env, destination);
                 tokio::fs::create_dir_all(&path).await.map_err(|e| {
                     EngineError::Configuration(format!(
                         "[runners.docker] cache_dir: cannot create {}: {e}",
@@ -398,11 +393,7 @@ impl DockerEngine {
                 continue;
             }
             if let VolumeSpec::Cache { destination } = v {
-                let name = convert::cache_volume_name(
-                    &env.runner_short_token,
-                    env.project_id,
-                    destination,
-                );
+                let name = convert::cache_volume_name(env, destination);
                 let mut labels = HashMap::new();
                 labels.insert(convert::LABEL_MANAGED.to_string(), "true".to_string());
                 labels.insert(
