@@ -117,8 +117,8 @@ pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection,
     if let Some(c) = t.string(ctx, "cpus")?
         && !c.v.trim().is_empty()
     {
-        match c.v.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() && v > 0.0 => d.cpus = Some(v),
+        match parse_cpus(c.v.trim()) {
+            Some(v) if v.is_finite() && v > 0.0 => d.cpus = Some(v),
             _ => {
                 return Err(ctx.invalid(
                     c.line,
@@ -154,6 +154,17 @@ pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection,
     Ok(d)
 }
 
+/// gitlab-runner reads `cpus` as a rational number (Go's `big.Rat`): `"1.5"` or `"3/2"`.
+fn parse_cpus(s: &str) -> Option<f64> {
+    match s.split_once('/') {
+        Some((n, d)) => {
+            let (n, d) = (n.parse::<f64>().ok()?, d.parse::<f64>().ok()?);
+            (d != 0.0).then(|| n / d)
+        }
+        None => s.parse().ok(),
+    }
+}
+
 fn flag(ctx: &Ctx, t: &mut TableReader, key: &str) -> Result<bool, ConfigError> {
     Ok(t.bool(ctx, key)?.is_some_and(|b| b.v))
 }
@@ -172,27 +183,19 @@ fn pull_policies(
     key: &str,
 ) -> Result<Vec<PullPolicy>, ConfigError> {
     let mut out = Vec::new();
-    for (i, v) in t
-        .string_or_strings(ctx, key)?
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        // gitlab-runner treats an empty string as "not set"
+    for v in t.string_or_strings(ctx, key)?.unwrap_or_default() {
+        // an empty string is taken as "not set" (gitlab-runner would fail the job instead)
         if v.v.is_empty() {
             continue;
         }
-        match PullPolicy::parse(&v.v) {
-            Some(p) => out.push(p),
-            None => {
-                let _ = i;
-                return Err(ctx.invalid(
-                    v.line,
-                    &t.key_path(key),
-                    "expected one of always, if-not-present, never",
-                ));
-            }
-        }
+        let p = PullPolicy::parse(&v.v).ok_or_else(|| {
+            ctx.invalid(
+                v.line,
+                &t.key_path(key),
+                "expected one of always, if-not-present, never",
+            )
+        })?;
+        out.push(p);
     }
     Ok(out)
 }
@@ -246,6 +249,7 @@ const CACHE_KNOWN: &[(&str, Leftover)] = &[
     ("BucketName", N),
     ("BucketLocation", N),
     ("Insecure", N),
+    ("RedactURL", N),
     ("s3", N),
     ("gcs", I),
     ("gcsv2", I),
@@ -253,7 +257,7 @@ const CACHE_KNOWN: &[(&str, Leftover)] = &[
 ];
 
 pub(crate) fn cache(ctx: &mut Ctx, mut t: TableReader) -> Result<CacheSection, ConfigError> {
-    let c = CacheSection {
+    let mut c = CacheSection {
         kind: non_empty(t.string(ctx, "Type")?),
         path: non_empty(t.string(ctx, "Path")?),
         shared: flag(ctx, &mut t, "Shared")?,
@@ -268,15 +272,20 @@ pub(crate) fn cache(ctx: &mut Ctx, mut t: TableReader) -> Result<CacheSection, C
             })?,
         },
     };
-    if let Some(kind) = &c.kind
-        && !matches!(kind.as_str(), "s3" | "gcs" | "gcsv2" | "azure")
-    {
-        let line = t.item(ctx, "Type").map(|(_, l)| l).unwrap_or(t.line);
-        return Err(ctx.invalid(
-            line,
-            &t.key_path("Type"),
-            "expected one of s3, gcs, gcsv2, azure",
-        ));
+    // gitlab-runner only notices an unknown adapter when a job uses the cache, so this is a
+    // warning (a file gitlab-runner accepts must load), and the cache stays local.
+    if let Some(kind) = c.kind.take() {
+        if matches!(kind.as_str(), "s3" | "gcs" | "gcsv2" | "azure") {
+            c.kind = Some(kind);
+        } else {
+            let line = t.item(ctx, "Type").map(|(_, l)| l).unwrap_or(t.line);
+            let key = t.key_path("Type");
+            ctx.warn(
+                line,
+                &key,
+                format!("unknown cache type {kind:?} (known: s3, gcs, gcsv2, azure); only the local cache is used"),
+            );
+        }
     }
     t.finish(ctx, CACHE_KNOWN);
     Ok(c)

@@ -119,11 +119,25 @@ pub fn default_config_path() -> PathBuf {
     if euid == 0 {
         return PathBuf::from("/etc/ferry/config.toml");
     }
-    let home = std::env::var_os("HOME")
+    home_dir().join(".ferry").join("config.toml")
+}
+
+/// Where gitlab-runner keeps its file: `/etc/gitlab-runner/config.toml` as root, else
+/// `~/.gitlab-runner/config.toml`. A CLI can fall back to it when [`default_config_path`] does
+/// not exist, so a host switching from gitlab-runner keeps working without `-c`.
+pub fn gitlab_runner_config_path() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/etc/gitlab-runner/config.toml");
+    }
+    home_dir().join(".gitlab-runner").join("config.toml")
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".ferry").join("config.toml")
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Header of a file `add_runner` creates, as `gitlab-runner register` writes it.
@@ -148,9 +162,20 @@ pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
         }
     };
     let mut entry = runner_table(r);
-    if !doc.as_table().is_empty() {
-        entry.decor_mut().set_prefix("\n");
+    // Comments at the very end of the file stay before the new entry, so the old text is kept
+    // as it was and the entry is appended below it.
+    let trailing = doc.trailing().as_str().unwrap_or("").to_string();
+    doc.set_trailing("");
+    let mut text_before = doc.to_string();
+    text_before.push_str(&trailing);
+    let mut prefix = String::new();
+    if !text_before.is_empty() && !text_before.ends_with('\n') {
+        prefix.push('\n');
     }
+    if !text_before.trim().is_empty() {
+        prefix.push('\n');
+    }
+    entry.decor_mut().set_prefix(format!("{trailing}{prefix}"));
     runners_mut(path, &mut doc)?.push(entry);
     let new_text = doc.to_string();
 
@@ -248,21 +273,7 @@ pub fn update_token(
 
 fn parse(path: &Path, text: &str) -> Result<DocumentMut, ConfigError> {
     text.parse::<DocumentMut>()
-        .map_err(|e| ConfigError::Syntax {
-            file: path.display().to_string(),
-            line: e
-                .span()
-                .map(|s| {
-                    let end = s.start.min(text.len());
-                    text.as_bytes()[..end]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(1),
-            message: e.message().trim().to_string(),
-        })
+        .map_err(|e| crate::walk::syntax_error(&path.display().to_string(), text, &e))
 }
 
 fn read_doc(path: &Path) -> Result<DocumentMut, ConfigError> {

@@ -1,10 +1,14 @@
 //! ferry-config: gitlab-runner's `config.toml`, read unchanged, plus ferry's own
 //! `[[runners.deploy.targets]]`.
 //!
-//! Two phases: a raw model that mirrors the file (everything optional, unknown keys kept with their
-//! line for warnings), then the resolved [`Config`] the rest of ferry sees (defaults applied,
-//! values validated). This crate is synchronous and reads nothing but the file it is given and the
-//! process environment (for `$VAR` in `url`/`token`).
+//! Two phases: the file is parsed with `toml_edit` (which keeps every key's position), then each
+//! table is read key by key (`walk.rs`: type checks, unknown keys kept with their line for
+//! warnings) and resolved into the [`Config`] the rest of ferry sees (`resolve.rs`, `docker.rs`:
+//! defaults applied, units converted, values validated). `edit.rs` rewrites the file in place for
+//! register/unregister/token rotation; `system_id.rs` handles `.runner_system_id`.
+//!
+//! This crate is synchronous and reads nothing but the files it is given and the process
+//! environment (for `$VAR` in `url`/`token`). The key-by-key reference is docs/configuration.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +22,8 @@ mod units;
 mod walk;
 
 pub use edit::{
-    NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, remove_runners,
-    update_token,
+    NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, gitlab_runner_config_path,
+    remove_runners, update_token,
 };
 pub use system_id::{SYSTEM_ID_FILE, SystemIdState, load_or_create_system_id, system_id_state};
 
@@ -142,16 +146,19 @@ impl PullPolicy {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+/// `[runners.docker]`. `Default` is what an empty `[runners.docker]` resolves to.
+#[derive(Debug, Clone)]
 pub struct DockerSection {
     /// None = `$DOCKER_HOST`, else the local unix socket.
     pub host: Option<String>,
     pub tls_verify: bool,
     pub tls_cert_path: Option<PathBuf>,
     pub image: Option<String>,
-    /// Never empty after resolution (default `[always]`).
+    /// Never empty after resolution (default `[always]`). A list is a fallback chain.
     pub pull_policy: Vec<PullPolicy>,
+    /// Policies a job may request; never empty after resolution (default = `pull_policy`).
     pub allowed_pull_policies: Vec<PullPolicy>,
+    /// Doublestar globs, `!` negates; empty = all allowed. Checked to be valid globs.
     pub allowed_images: Vec<String>,
     pub allowed_services: Vec<String>,
     pub privileged: bool,
@@ -172,7 +179,7 @@ pub struct DockerSection {
     pub cpus: Option<f64>,
     /// Bytes; 0 = Docker's default.
     pub shm_size: u64,
-    /// None = don't wait (-1 in the file).
+    /// None = don't wait (negative in the file); default 30 s.
     pub wait_for_services_timeout: Option<Duration>,
     pub group_add: Vec<String>,
     pub cap_add: Vec<String>,
@@ -181,7 +188,47 @@ pub struct DockerSection {
     pub hostname: Option<String>,
     pub disable_entrypoint_overwrite: bool,
     pub oom_kill_disable: bool,
+    /// None = unlimited (-1 in the file).
     pub services_limit: Option<usize>,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        DockerSection {
+            host: None,
+            tls_verify: false,
+            tls_cert_path: None,
+            image: None,
+            pull_policy: vec![PullPolicy::Always],
+            allowed_pull_policies: vec![PullPolicy::Always],
+            allowed_images: Vec::new(),
+            allowed_services: Vec::new(),
+            privileged: false,
+            services_privileged: None,
+            user: None,
+            volumes: Vec::new(),
+            cache_dir: None,
+            disable_cache: false,
+            network_mode: None,
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            extra_hosts: Vec::new(),
+            memory: None,
+            memory_swap: None,
+            memory_reservation: None,
+            cpus: None,
+            shm_size: 0,
+            wait_for_services_timeout: Some(Duration::from_secs(30)),
+            group_add: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            security_opt: Vec::new(),
+            hostname: None,
+            disable_entrypoint_overwrite: false,
+            oom_kill_disable: false,
+            services_limit: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -258,12 +305,7 @@ impl Default for RunnerSection {
             job_status_final_update_retry_limit: 10,
             feature_flags: BTreeMap::new(),
             custom_build_dir_enabled: true,
-            docker: DockerSection {
-                pull_policy: vec![PullPolicy::Always],
-                allowed_pull_policies: vec![PullPolicy::Always],
-                wait_for_services_timeout: Some(Duration::from_secs(30)),
-                ..DockerSection::default()
-            },
+            docker: DockerSection::default(),
             cache: CacheSection::default(),
             deploy: DeploySection::default(),
         }

@@ -68,11 +68,8 @@ pub(crate) fn resolve(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let mut ctx = Ctx::new(text, file, env);
-    let doc = toml_edit::Document::parse(text).map_err(|e| ConfigError::Syntax {
-        file: file.to_string(),
-        line: e.span().map(|s| ctx.line_of(s.start)).unwrap_or(1),
-        message: e.message().trim().to_string(),
-    })?;
+    let doc =
+        toml_edit::Document::parse(text).map_err(|e| crate::walk::syntax_error(file, text, &e))?;
     let mut top = TableReader::new(doc.as_table(), String::new(), 1);
     let global = global(&mut ctx, &mut top)?;
 

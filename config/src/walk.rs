@@ -68,6 +68,33 @@ impl<'e> Ctx<'e> {
     }
 }
 
+/// A TOML syntax error, with its line and the text of that line (toml_edit's messages, such as
+/// "duplicate key", do not say which key).
+pub(crate) fn syntax_error(file: &str, text: &str, e: &toml_edit::TomlError) -> ConfigError {
+    let start = e.span().map(|s| s.start.min(text.len())).unwrap_or(0);
+    let bytes = text.as_bytes();
+    let line = bytes[..start].iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = bytes[..start]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line_end = bytes[start..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |i| start + i);
+    let source = String::from_utf8_lossy(&bytes[line_start..line_end]);
+    let source: String = source.trim().chars().take(80).collect();
+    let mut message = e.message().trim().replace('\n', "; ");
+    if !source.is_empty() {
+        message.push_str(&format!(" (in `{source}`)"));
+    }
+    ConfigError::Syntax {
+        file: file.to_string(),
+        line,
+        message,
+    }
+}
+
 /// How `finish` treats a key nobody read.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Leftover {

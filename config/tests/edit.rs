@@ -320,3 +320,52 @@ fn edits_of_missing_or_broken_files_fail_clearly() {
         Err(ConfigError::Edit { .. })
     ));
 }
+
+#[test]
+fn default_paths_depend_on_the_effective_user() {
+    let ferry = ferry_config::default_config_path();
+    let gitlab = ferry_config::gitlab_runner_config_path();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        assert_eq!(ferry, Path::new("/etc/ferry/config.toml"));
+        assert_eq!(gitlab, Path::new("/etc/gitlab-runner/config.toml"));
+    } else {
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        assert_eq!(ferry, Path::new(&home).join(".ferry/config.toml"));
+        assert_eq!(gitlab, Path::new(&home).join(".gitlab-runner/config.toml"));
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[test]
+fn add_runner_keeps_trailing_comments_and_a_missing_final_newline_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    for original in [
+        "concurrent = 3",
+        "concurrent = 3\n# [[runners]]\n#   name = \"old, commented out\"\n",
+        "# only a comment",
+        "",
+        "\n\n",
+    ] {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, original).unwrap();
+        add_runner(
+            &path,
+            &NewRunner::docker("n", "https://g", "glrt-n", "alpine"),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(original), "{original:?} became {text:?}");
+        let rest = &text[original.len()..];
+        assert!(
+            rest.trim_start().starts_with("[[runners]]\n  name = \"n\""),
+            "{text:?}"
+        );
+        let c = from_toml_str_with_env(&text, "c", &no_env).unwrap();
+        assert_eq!(c.runners.len(), 1);
+    }
+}

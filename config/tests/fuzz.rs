@@ -210,6 +210,12 @@ proptest! {
         let _ = from_toml_str_with_env(&text, "fuzz.toml", &env);
     }
 
+}
+
+proptest! {
+    // each case writes files with fsync: fewer cases
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
     #[test]
     fn editing_any_loaded_document_keeps_it_loadable(text in mutated_runner()) {
         prop_assume!(from_toml_str_with_env(&text, "fuzz.toml", &env).is_ok());

@@ -22,7 +22,11 @@ pub struct Planned {
 impl Planned {
     /// `deployment.apps/web`, `service/web` (kubectl's way).
     pub fn display(&self) -> String {
-        display_name(&self.manifest.kind, self.manifest.group(), &self.manifest.name)
+        display_name(
+            &self.manifest.kind,
+            self.manifest.group(),
+            &self.manifest.name,
+        )
     }
 }
 
@@ -111,10 +115,9 @@ pub async fn plan(
         let (resource, namespaced) = match cluster.resolve(&m.api_version, &m.kind).await? {
             Some((ar, caps)) => (Some(ar), caps.scope == Scope::Namespaced),
             None => {
-                match crds
-                    .iter()
-                    .find(|(g, k, _, vs)| g == m.group() && *k == m.kind && vs.iter().any(|v| v == m.version()))
-                {
+                match crds.iter().find(|(g, k, _, vs)| {
+                    g == m.group() && *k == m.kind && vs.iter().any(|v| v == m.version())
+                }) {
                     Some((_, _, namespaced, _)) => (None, *namespaced),
                     None => {
                         errors.push(format!(
@@ -127,7 +130,10 @@ pub async fn plan(
             }
         };
         let namespace = if namespaced {
-            let ns = m.namespace.clone().unwrap_or_else(|| default_ns.to_string());
+            let ns = m
+                .namespace
+                .clone()
+                .unwrap_or_else(|| default_ns.to_string());
             if !crate::target::namespace_allowed(target, default_ns, &ns)? {
                 errors.push(format!(
                     "{}: {} is in namespace {ns:?}, which deploy target {:?} does not allow (allowed: {})",
@@ -156,10 +162,17 @@ pub async fn plan(
             None
         };
         let mut m = m;
-        if let (Some(ns), Some(meta)) = (&namespace, m.object.get_mut("metadata").and_then(Value::as_object_mut)) {
+        if let (Some(ns), Some(meta)) = (
+            &namespace,
+            m.object.get_mut("metadata").and_then(Value::as_object_mut),
+        ) {
             meta.insert("namespace".into(), Value::String(ns.clone()));
         }
-        out.push(Planned { manifest: m, resource, namespace });
+        out.push(Planned {
+            manifest: m,
+            resource,
+            namespace,
+        });
     }
     if errors.is_empty() {
         Ok(out)
@@ -188,10 +201,17 @@ pub struct ApplyResult {
 
 /// Server-side apply of one object. Tries without force first so that conflicts with other
 /// field managers can be reported; with `force`, takes them over and returns them as warnings.
-pub async fn apply_one(cluster: &Cluster, p: &Planned, opts: &ApplyOptions<'_>) -> Result<ApplyResult, DeployError> {
+pub async fn apply_one(
+    cluster: &Cluster,
+    p: &Planned,
+    opts: &ApplyOptions<'_>,
+) -> Result<ApplyResult, DeployError> {
     let ar = match &p.resource {
         Some(ar) => ar.clone(),
-        None => match cluster.resolve(&p.manifest.api_version, &p.manifest.kind).await? {
+        None => match cluster
+            .resolve(&p.manifest.api_version, &p.manifest.kind)
+            .await?
+        {
             Some((ar, _)) => ar,
             None => {
                 return Err(DeployError::Input(format!(
@@ -206,7 +226,9 @@ pub async fn apply_one(cluster: &Cluster, p: &Planned, opts: &ApplyOptions<'_>) 
     let name = p.manifest.name.as_str();
     let ns = p.namespace.as_deref();
     let before = cluster
-        .call(&Op::new("get", &res).name(name).ns(ns), || api.get_opt(name))
+        .call(&Op::new("get", &res).name(name).ns(ns), || {
+            api.get_opt(name)
+        })
         .await?;
     let mut pp = PatchParams::apply(opts.field_manager).validation_strict();
     if opts.dry_run {
@@ -236,14 +258,24 @@ pub async fn apply_one(cluster: &Cluster, p: &Planned, opts: &ApplyOptions<'_>) 
                 )));
             }
             for c in conflicts {
-                warnings.push(format!("{}: took over from another manager: {c}", p.display()));
+                warnings.push(format!(
+                    "{}: took over from another manager: {c}",
+                    p.display()
+                ));
             }
             let forced = pp.clone().force();
             let patch = Patch::Apply(body);
-            cluster.call(&op, || api.patch(name, &forced, &patch)).await?
+            cluster
+                .call(&op, || api.patch(name, &forced, &patch))
+                .await?
         }
     };
-    Ok(ApplyResult { before, after, resource: ar, warnings })
+    Ok(ApplyResult {
+        before,
+        after,
+        resource: ar,
+        warnings,
+    })
 }
 
 fn conflict_list(s: &kube::core::Status) -> Vec<String> {
@@ -253,24 +285,40 @@ fn conflict_list(s: &kube::core::Status) -> Vec<String> {
         .map(|d| {
             d.causes
                 .iter()
-                .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{} ({})", c.field, c.message) })
+                .map(|c| {
+                    if c.field.is_empty() {
+                        c.message.clone()
+                    } else {
+                        format!("{} ({})", c.field, c.message)
+                    }
+                })
                 .collect()
         })
         .unwrap_or_default();
-    if causes.is_empty() { vec![s.message.clone()] } else { causes }
+    if causes.is_empty() {
+        vec![s.message.clone()]
+    } else {
+        causes
+    }
 }
 
 pub fn outcome(before: &Option<DynamicObject>, after: &DynamicObject) -> Outcome {
     match before {
         None => Outcome::Created,
-        Some(b) if b.metadata.resource_version == after.metadata.resource_version => Outcome::Unchanged,
+        Some(b) if b.metadata.resource_version == after.metadata.resource_version => {
+            Outcome::Unchanged
+        }
         Some(_) => Outcome::Configured,
     }
 }
 
 /// `image r/web:1 → r/web:2` for workloads whose images changed.
 pub fn image_change(before: &Option<DynamicObject>, after: &DynamicObject) -> Option<String> {
-    let b = before.as_ref().map(obj_value).map(|v| images_of(&v)).unwrap_or_default();
+    let b = before
+        .as_ref()
+        .map(obj_value)
+        .map(|v| images_of(&v))
+        .unwrap_or_default();
     let a = images_of(&obj_value(after));
     if b.is_empty() || a == b {
         return None;
@@ -290,7 +338,11 @@ pub fn obj_value(o: &DynamicObject) -> Value {
 }
 
 /// Waits until a CRD reports `Established=True`.
-pub async fn wait_crd_established(cluster: &Cluster, a: &Applied, limit: Duration) -> Result<(), DeployError> {
+pub async fn wait_crd_established(
+    cluster: &Cluster,
+    a: &Applied,
+    limit: Duration,
+) -> Result<(), DeployError> {
     let api = a.api(cluster);
     let name = a.planned.manifest.name.clone();
     let start = Instant::now();
@@ -336,11 +388,19 @@ pub fn diff(kind: &str, live: Option<&Value>, new: &Value) -> Vec<String> {
 /// Replaces Secret values on both sides by markers that only say whether they changed.
 fn redact_pair(live: &mut Value, new: &mut Value) {
     for key in ["data", "stringData"] {
-        let old_map = live.get(key).and_then(Value::as_object).cloned().unwrap_or_default();
+        let old_map = live
+            .get(key)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         if let Some(map) = new.get_mut(key).and_then(Value::as_object_mut) {
             for (k, v) in map.iter_mut() {
                 let changed = old_map.get(k) != Some(v);
-                *v = Value::String(if changed { "<redacted, changed>".into() } else { "<redacted>".into() });
+                *v = Value::String(if changed {
+                    "<redacted, changed>".into()
+                } else {
+                    "<redacted>".into()
+                });
             }
         }
         if let Some(map) = live.get_mut(key).and_then(Value::as_object_mut) {
@@ -350,7 +410,10 @@ fn redact_pair(live: &mut Value, new: &mut Value) {
         }
     }
     for v in [live, new] {
-        if let Some(a) = v.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        if let Some(a) = v
+            .pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
+        {
             a.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
     }
@@ -361,7 +424,14 @@ fn strip_noise(v: &mut Value) {
         o.remove("status");
     }
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        for k in ["managedFields", "resourceVersion", "generation", "creationTimestamp", "uid", "selfLink"] {
+        for k in [
+            "managedFields",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "uid",
+            "selfLink",
+        ] {
             m.remove(k);
         }
         if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
@@ -376,14 +446,25 @@ fn strip_noise(v: &mut Value) {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 120 { format!("{}…", &s[..s.char_indices().nth(117).map(|(i, _)| i).unwrap_or(s.len())]) } else { s }
+    if s.len() > 120 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(117).map(|(i, _)| i).unwrap_or(s.len())]
+        )
+    } else {
+        s
+    }
 }
 
 fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for (k, va) in x {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match y.get(k) {
                     Some(vb) => diff_values(&p, va, vb, out),
                     None => out.push(format!("  - {p}: {}", short(va))),
@@ -391,14 +472,22 @@ fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
             }
             for (k, vb) in y {
                 if !x.contains_key(k) {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     out.push(format!("  + {p}: {}", short(vb)));
                 }
             }
         }
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
             for (i, (va, vb)) in x.iter().zip(y).enumerate() {
-                let key = vb.get("name").and_then(Value::as_str).map(|n| format!("[{n}]")).unwrap_or(format!("[{i}]"));
+                let key = vb
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(|n| format!("[{n}]"))
+                    .unwrap_or(format!("[{i}]"));
                 diff_values(&format!("{path}{key}"), va, vb, out);
             }
         }
@@ -420,13 +509,20 @@ mod tests {
         let new = json!({"metadata": {"name": "web", "resourceVersion": "6"},
             "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "web", "image": "r/web:2"}]}}}});
         let d = diff("Deployment", Some(&live), &new);
-        assert_eq!(d, vec![
-            "  ~ spec.replicas: 2 → 3".to_string(),
-            "  ~ spec.template.spec.containers[web].image: \"r/web:1\" → \"r/web:2\"".to_string(),
-        ]);
+        assert_eq!(
+            d,
+            vec![
+                "  ~ spec.replicas: 2 → 3".to_string(),
+                "  ~ spec.template.spec.containers[web].image: \"r/web:1\" → \"r/web:2\""
+                    .to_string(),
+            ]
+        );
         let s1 = json!({"metadata": {"name": "s"}, "data": {"k": "c2VjcmV0"}});
         let s2 = json!({"metadata": {"name": "s"}, "data": {"k": "b3RoZXI="}});
         let d = diff("Secret", Some(&s1), &s2);
-        assert_eq!(d, vec!["  ~ data.k: \"<redacted>\" → \"<redacted, changed>\"".to_string()]);
+        assert_eq!(
+            d,
+            vec!["  ~ data.k: \"<redacted>\" → \"<redacted, changed>\"".to_string()]
+        );
     }
 }

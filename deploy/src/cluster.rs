@@ -26,7 +26,12 @@ pub struct Op {
 
 impl Op {
     pub fn new(verb: &'static str, resource: impl Into<String>) -> Op {
-        Op { verb, resource: resource.into(), name: None, namespace: None }
+        Op {
+            verb,
+            resource: resource.into(),
+            name: None,
+            namespace: None,
+        }
     }
     pub fn name(mut self, name: &str) -> Op {
         self.name = Some(name.to_string());
@@ -81,6 +86,9 @@ impl Default for Retry {
     }
 }
 
+/// A resource served by the cluster and what it supports.
+type Served = (ApiResource, ApiCapabilities);
+
 pub struct Cluster {
     pub client: Client,
     pub target: String,
@@ -89,7 +97,7 @@ pub struct Cluster {
     pub context: String,
     pub context_namespace: String,
     pub retry: Retry,
-    groups: Mutex<HashMap<String, Option<Vec<(ApiResource, ApiCapabilities)>>>>,
+    groups: Mutex<HashMap<String, Option<Vec<Served>>>>,
 }
 
 /// What the kubeconfig says without contacting anything: context name and namespace.
@@ -114,9 +122,16 @@ pub fn read_kubeconfig(target: &DeployTarget) -> Result<KubeconfigInfo, DeployEr
             KubeconfigError::Parse(_) => "not a valid kubeconfig (YAML)".to_string(),
             other => other.to_string(),
         };
-        DeployError::Configuration(format!("deploy target {:?}: kubeconfig {path}: {detail}", target.name))
+        DeployError::Configuration(format!(
+            "deploy target {:?}: kubeconfig {path}: {detail}",
+            target.name
+        ))
     })?;
-    let context = match target.context.clone().or_else(|| kubeconfig.current_context.clone()) {
+    let context = match target
+        .context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone())
+    {
         Some(c) if !c.is_empty() => c,
         _ => {
             return Err(DeployError::Configuration(format!(
@@ -126,11 +141,19 @@ pub fn read_kubeconfig(target: &DeployTarget) -> Result<KubeconfigInfo, DeployEr
         }
     };
     let Some(ctx) = kubeconfig.contexts.iter().find(|c| c.name == context) else {
-        let known: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
+        let known: Vec<&str> = kubeconfig
+            .contexts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         return Err(DeployError::Configuration(format!(
             "deploy target {:?}: context {context:?} is not in kubeconfig {path} (its contexts: {})",
             target.name,
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         )));
     };
     let namespace = ctx
@@ -139,12 +162,22 @@ pub fn read_kubeconfig(target: &DeployTarget) -> Result<KubeconfigInfo, DeployEr
         .and_then(|c| c.namespace.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".to_string());
-    Ok(KubeconfigInfo { kubeconfig, context, namespace })
+    Ok(KubeconfigInfo {
+        kubeconfig,
+        context,
+        namespace,
+    })
 }
 
 impl Cluster {
-    pub async fn connect(target: &DeployTarget, info: KubeconfigInfo) -> Result<Cluster, DeployError> {
-        let opts = KubeConfigOptions { context: Some(info.context.clone()), ..Default::default() };
+    pub async fn connect(
+        target: &DeployTarget,
+        info: KubeconfigInfo,
+    ) -> Result<Cluster, DeployError> {
+        let opts = KubeConfigOptions {
+            context: Some(info.context.clone()),
+            ..Default::default()
+        };
         let mut cfg = kube::Config::from_custom_kubeconfig(info.kubeconfig, &opts)
             .await
             .map_err(|e| {
@@ -161,7 +194,11 @@ impl Cluster {
         cfg.connect_timeout = Some(Duration::from_secs(10));
         // ferry retries on its own, with messages.
         cfg.default_retry = false;
-        let host = cfg.cluster_url.to_string().trim_end_matches('/').to_string();
+        let host = cfg
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
         let client = Client::try_from(cfg).map_err(|e| {
             DeployError::Configuration(format!(
                 "deploy target {:?}: cannot build a client for {host}: {}",
@@ -222,7 +259,11 @@ impl Cluster {
     pub fn map_error(&self, op: &Op, err: kube::Error, attempts: u32) -> DeployError {
         match &err {
             kube::Error::Api(s) => {
-                let msg = if s.message.is_empty() { s.reason.clone() } else { s.message.clone() };
+                let msg = if s.message.is_empty() {
+                    s.reason.clone()
+                } else {
+                    s.message.clone()
+                };
                 match s.code {
                     401 => DeployError::Cluster(format!(
                         "the cluster at {} rejected the credentials of deploy target {:?} (401 Unauthorized) on {op}",
@@ -251,11 +292,17 @@ impl Cluster {
     }
 
     /// The API resource for apiVersion + kind, or `None` when the cluster does not serve it.
-    pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Option<(ApiResource, ApiCapabilities)>, DeployError> {
+    pub async fn resolve(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Option<(ApiResource, ApiCapabilities)>, DeployError> {
         let mut groups = self.groups.lock().await;
         if !groups.contains_key(api_version) {
             let gv: GroupVersion = api_version.parse().map_err(|_| {
-                DeployError::Input(format!("apiVersion {api_version:?} is not of the form group/version"))
+                DeployError::Input(format!(
+                    "apiVersion {api_version:?} is not of the form group/version"
+                ))
             })?;
             let op = Op::new("get", format!("discovery for {api_version}"));
             let found = self
@@ -283,7 +330,9 @@ impl Cluster {
 }
 
 fn causes(s: &kube::core::Status) -> String {
-    let Some(d) = &s.details else { return String::new() };
+    let Some(d) = &s.details else {
+        return String::new();
+    };
     if d.causes.is_empty() {
         return String::new();
     }

@@ -9,7 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Applied, ApplyOptions, Outcome, obj_value};
-use crate::args::{DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars, format_duration};
+use crate::args::{
+    DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars, format_duration,
+};
 use crate::cluster::{Cluster, Op, read_kubeconfig, resource_name};
 use crate::render;
 use crate::rollback::{self, Undo};
@@ -29,7 +31,10 @@ pub struct KubeDeployer {
 
 impl Default for KubeDeployer {
     fn default() -> Self {
-        KubeDeployer { diagnose_every: Duration::from_secs(2), job_timeout_margin: Duration::from_secs(15) }
+        KubeDeployer {
+            diagnose_every: Duration::from_secs(2),
+            job_timeout_margin: Duration::from_secs(15),
+        }
     }
 }
 
@@ -68,7 +73,12 @@ impl Deployer for KubeDeployer {
 }
 
 impl KubeDeployer {
-    async fn run(&self, req: &DeployRequest, out: &mut Out<'_, '_>, cancel: &CancellationToken) -> Result<DeployReport, DeployError> {
+    async fn run(
+        &self,
+        req: &DeployRequest,
+        out: &mut Out<'_, '_>,
+        cancel: &CancellationToken,
+    ) -> Result<DeployReport, DeployError> {
         let started = tokio::time::Instant::now();
         let vars = Vars(req.variables.clone());
         let expanded: Vec<String> = req.args.iter().map(|a| vars.expand(a)).collect();
@@ -79,7 +89,10 @@ impl KubeDeployer {
         let (target, workstation): (DeployTarget, bool) = match &settings.kubeconfig {
             Some(path) => {
                 if req.targets.is_empty() {
-                    (workstation_target(path.clone(), settings.context.clone()), true)
+                    (
+                        workstation_target(path.clone(), settings.context.clone()),
+                        true,
+                    )
                 } else if let Some(t) = req.targets.iter().find(|t| &t.kubeconfig == path) {
                     let mut t = t.clone();
                     if settings.context.is_some() {
@@ -98,7 +111,10 @@ impl KubeDeployer {
                         "--context is for `ferry deploy` on a workstation; in a deploy job the runner's deploy target names the context".into(),
                     ));
                 }
-                (target::select_target(&req.targets, &settings, &vars)?.clone(), false)
+                (
+                    target::select_target(&req.targets, &settings, &vars)?.clone(),
+                    false,
+                )
             }
         };
         let kc = read_kubeconfig(&target)?;
@@ -140,7 +156,11 @@ impl KubeDeployer {
         out.line(&format!(
             "rendered {} object{} from {} ({used})",
             rendered.manifests.len(),
-            if rendered.manifests.len() == 1 { "" } else { "s" },
+            if rendered.manifests.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
             settings.manifests.join(", ")
         ))
         .await;
@@ -148,30 +168,53 @@ impl KubeDeployer {
             out.line(&format!("  warning: {w}")).await;
         }
         if settings.dry_run == DryRunMode::Render {
-            out.line("dry run (render): nothing is sent to the cluster; Secret values are redacted").await;
+            out.line(
+                "dry run (render): nothing is sent to the cluster; Secret values are redacted",
+            )
+            .await;
             for l in render::print_rendered(&rendered.manifests).lines() {
                 out.line(l).await;
             }
-            return Ok(DeployReport { applied: 0, objects: Vec::new() });
+            return Ok(DeployReport {
+                applied: 0,
+                objects: Vec::new(),
+            });
         }
 
         // 3. Cluster, discovery, policy — all before anything is written.
         let cluster = Cluster::connect(&target, kc).await?;
         let version = cluster
-            .call(&Op::new("get", "version"), || cluster.client.apiserver_version())
+            .call(&Op::new("get", "version"), || {
+                cluster.client.apiserver_version()
+            })
             .await?;
-        out.line(&format!("cluster {} (Kubernetes {})", cluster.host, version.git_version)).await;
+        out.line(&format!(
+            "cluster {} (Kubernetes {})",
+            cluster.host, version.git_version
+        ))
+        .await;
         let planned = apply::plan(&cluster, rendered.manifests, &target, &namespace).await?;
 
         // 4. Server dry run.
         if settings.dry_run == DryRunMode::Server {
-            return self.server_dry_run(&cluster, &planned, &settings, out).await;
+            return self
+                .server_dry_run(&cluster, &planned, &settings, out)
+                .await;
         }
 
         // 5. Apply in kind order.
-        let opts = ApplyOptions { field_manager: &settings.field_manager, force: settings.force_conflicts, dry_run: false };
+        let opts = ApplyOptions {
+            field_manager: &settings.field_manager,
+            force: settings.force_conflicts,
+            dry_run: false,
+        };
         let mut applied: Vec<Applied> = Vec::new();
-        let width = planned.iter().map(|p| p.display().len()).max().unwrap_or(0).min(60);
+        let width = planned
+            .iter()
+            .map(|p| p.display().len())
+            .max()
+            .unwrap_or(0)
+            .min(60);
         for (i, p) in planned.iter().enumerate() {
             let r = apply::apply_one(&cluster, p, &opts).await?;
             let outcome = apply::outcome(&r.before, &r.after);
@@ -183,17 +226,27 @@ impl KubeDeployer {
             for w in &r.warnings {
                 out.line(&format!("  warning: {w}")).await;
             }
-            let a = Applied { planned: p.clone(), resource: r.resource, outcome, live: r.after };
+            let a = Applied {
+                planned: p.clone(),
+                resource: r.resource,
+                outcome,
+                live: r.after,
+            };
             if a.planned.manifest.kind == "CustomResourceDefinition" {
                 apply::wait_crd_established(&cluster, &a, Duration::from_secs(60)).await?;
-                let next_is_crd = planned.get(i + 1).is_some_and(|n| n.manifest.kind == "CustomResourceDefinition");
+                let next_is_crd = planned
+                    .get(i + 1)
+                    .is_some_and(|n| n.manifest.kind == "CustomResourceDefinition");
                 if !next_is_crd {
                     cluster.forget_discovery().await;
                 }
             }
             applied.push(a);
         }
-        let objects: Vec<(String, String)> = applied.iter().map(|a| (a.display(), a.outcome.as_str().to_string())).collect();
+        let objects: Vec<(String, String)> = applied
+            .iter()
+            .map(|a| (a.display(), a.outcome.as_str().to_string()))
+            .collect();
 
         // 6. Wait for all workloads in parallel.
         let workloads: Vec<&Applied> = applied
@@ -202,13 +255,18 @@ impl KubeDeployer {
             .collect();
         let mut failures = Vec::new();
         if settings.wait && !workloads.is_empty() {
-            let (timeout, capped) = self.effective_timeout(settings.timeout, req.remaining, started.elapsed());
+            let (timeout, capped) =
+                self.effective_timeout(settings.timeout, req.remaining, started.elapsed());
             let names: Vec<String> = workloads.iter().map(|w| w.display()).collect();
             out.line(&format!(
                 "waiting for {} (timeout {}{})",
                 names.join(", "),
                 format_duration(timeout),
-                if capped { ", capped by the job timeout" } else { "" }
+                if capped {
+                    ", capped by the job timeout"
+                } else {
+                    ""
+                }
             ))
             .await;
             let cfg = WaitConfig {
@@ -232,27 +290,50 @@ impl KubeDeployer {
         // 7. Failures: explain, roll back, fail.
         if !failures.is_empty() {
             for (_, f) in &failures {
-                out.line(&format!("FAILED {}: {}", f.workload, f.summary)).await;
+                out.line(&format!("FAILED {}: {}", f.workload, f.summary))
+                    .await;
                 for d in &f.details {
                     out.line(&format!("  {d}")).await;
                 }
             }
-            self.roll_back(&cluster, &failures, &settings, req, started, cancel, out).await;
+            self.roll_back(&cluster, &failures, &settings, req, started, cancel, out)
+                .await;
             self.print_summary(&cluster, &applied, &vars, out).await;
-            let text: Vec<String> = failures.iter().map(|(_, f)| format!("{}: {}", f.workload, f.summary)).collect();
-            return Err(DeployError::Rollout(format!("rollout failed: {}", text.join("; "))));
+            let text: Vec<String> = failures
+                .iter()
+                .map(|(_, f)| format!("{}: {}", f.workload, f.summary))
+                .collect();
+            return Err(DeployError::Rollout(format!(
+                "rollout failed: {}",
+                text.join("; ")
+            )));
         }
 
         // 8. Summary.
         self.print_summary(&cluster, &applied, &vars, out).await;
-        Ok(DeployReport { applied: applied.len(), objects })
+        Ok(DeployReport {
+            applied: applied.len(),
+            objects,
+        })
     }
 
-    fn effective_timeout(&self, timeout: Duration, remaining: Option<Duration>, elapsed: Duration) -> (Duration, bool) {
+    fn effective_timeout(
+        &self,
+        timeout: Duration,
+        remaining: Option<Duration>,
+        elapsed: Duration,
+    ) -> (Duration, bool) {
         match remaining {
             Some(rem) => {
-                let cap = rem.saturating_sub(elapsed).saturating_sub(self.job_timeout_margin).max(Duration::from_secs(1));
-                if cap < timeout { (cap, true) } else { (timeout, false) }
+                let cap = rem
+                    .saturating_sub(elapsed)
+                    .saturating_sub(self.job_timeout_margin)
+                    .max(Duration::from_secs(1));
+                if cap < timeout {
+                    (cap, true)
+                } else {
+                    (timeout, false)
+                }
             }
             None => (timeout, false),
         }
@@ -266,17 +347,26 @@ impl KubeDeployer {
         out: &mut Out<'_, '_>,
     ) -> Result<DeployReport, DeployError> {
         out.line("dry run (server): every object is sent with dryRun=All; nothing is persisted or waited for").await;
-        let opts = ApplyOptions { field_manager: &settings.field_manager, force: settings.force_conflicts, dry_run: true };
+        let opts = ApplyOptions {
+            field_manager: &settings.field_manager,
+            force: settings.force_conflicts,
+            dry_run: true,
+        };
         let mut errors = Vec::new();
         for p in planned {
             if p.resource.is_none() {
-                out.line(&format!("  {}: its CRD is not installed yet; cannot dry-run", p.display())).await;
+                out.line(&format!(
+                    "  {}: its CRD is not installed yet; cannot dry-run",
+                    p.display()
+                ))
+                .await;
                 continue;
             }
             match apply::apply_one(cluster, p, &opts).await {
                 Ok(r) => {
                     let before = r.before.as_ref().map(obj_value);
-                    let lines = apply::diff(&p.manifest.kind, before.as_ref(), &obj_value(&r.after));
+                    let lines =
+                        apply::diff(&p.manifest.kind, before.as_ref(), &obj_value(&r.after));
                     let state = if r.before.is_none() {
                         "would be created"
                     } else if lines.is_empty() {
@@ -301,9 +391,15 @@ impl KubeDeployer {
             }
         }
         if errors.is_empty() {
-            Ok(DeployReport { applied: 0, objects: Vec::new() })
+            Ok(DeployReport {
+                applied: 0,
+                objects: Vec::new(),
+            })
         } else {
-            Err(DeployError::Input(format!("server dry run rejected: {}", errors.join("; "))))
+            Err(DeployError::Input(format!(
+                "server dry run rejected: {}",
+                errors.join("; ")
+            )))
         }
     }
 
@@ -321,30 +417,50 @@ impl KubeDeployer {
         let candidates: Vec<&Applied> = failures
             .iter()
             .map(|(w, _)| w)
-            .filter(|w| matches!(w.planned.manifest.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet"))
+            .filter(|w| {
+                matches!(
+                    w.planned.manifest.kind.as_str(),
+                    "Deployment" | "StatefulSet" | "DaemonSet"
+                )
+            })
             .collect();
         if candidates.is_empty() {
             return;
         }
         if settings.rollback == RollbackMode::None {
             for w in &candidates {
-                out.line(&format!("rollback: FERRY_ROLLBACK=none — to revert: {}", rollback::undo_command(w))).await;
+                out.line(&format!(
+                    "rollback: FERRY_ROLLBACK=none — to revert: {}",
+                    rollback::undo_command(w)
+                ))
+                .await;
             }
             return;
         }
         let mut undone: Vec<Applied> = Vec::new();
         for w in candidates {
             if w.outcome == Outcome::Unchanged {
-                out.line(&format!("rollback: {} was not changed by this deploy; nothing to undo", w.display())).await;
+                out.line(&format!(
+                    "rollback: {} was not changed by this deploy; nothing to undo",
+                    w.display()
+                ))
+                .await;
                 continue;
             }
             match rollback::undo(cluster, w).await {
                 Ok(Undo::RolledBack { to_revision }) => {
-                    out.line(&format!("rollback: {} → revision {to_revision} (like `{}`)", w.display(), rollback::undo_command(w))).await;
+                    out.line(&format!(
+                        "rollback: {} → revision {to_revision} (like `{}`)",
+                        w.display(),
+                        rollback::undo_command(w)
+                    ))
+                    .await;
                     // re-read so the wait starts from the undone object
                     let api = w.api(cluster);
                     let name = &w.planned.manifest.name;
-                    let op = Op::new("get", resource_name(&w.resource)).name(name).ns(w.planned.namespace.as_deref());
+                    let op = Op::new("get", resource_name(&w.resource))
+                        .name(name)
+                        .ns(w.planned.namespace.as_deref());
                     let mut w2 = w.clone();
                     if let Ok(o) = cluster.call(&op, || api.get(name)).await {
                         w2.live = o;
@@ -352,19 +468,35 @@ impl KubeDeployer {
                     undone.push(w2);
                 }
                 Ok(Undo::NoHistory) => {
-                    out.line(&format!("rollback: {} has no previous revision (first deploy?); left as it is", w.display())).await;
+                    out.line(&format!(
+                        "rollback: {} has no previous revision (first deploy?); left as it is",
+                        w.display()
+                    ))
+                    .await;
                 }
                 Ok(Undo::Skipped) => {
-                    out.line(&format!("rollback: {} — the previous revision has the same pod template; skipped", w.display())).await;
+                    out.line(&format!(
+                        "rollback: {} — the previous revision has the same pod template; skipped",
+                        w.display()
+                    ))
+                    .await;
                 }
-                Err(e) => out.line(&format!("rollback of {} failed: {e}", w.display())).await,
+                Err(e) => {
+                    out.line(&format!("rollback of {} failed: {e}", w.display()))
+                        .await
+                }
             }
         }
         if undone.is_empty() {
             return;
         }
-        let (timeout, _) = self.effective_timeout(settings.timeout, req.remaining, started.elapsed());
-        out.line(&format!("waiting for the rollback (timeout {})", format_duration(timeout))).await;
+        let (timeout, _) =
+            self.effective_timeout(settings.timeout, req.remaining, started.elapsed());
+        out.line(&format!(
+            "waiting for the rollback (timeout {})",
+            format_duration(timeout)
+        ))
+        .await;
         let cfg = WaitConfig {
             deadline: tokio::time::Instant::now() + timeout,
             start: started,
@@ -377,23 +509,47 @@ impl KubeDeployer {
         let results = wait_all(cluster, &refs, &cfg, cancel, out).await;
         for (w, r) in undone.iter().zip(results) {
             match r {
-                WaitResult::Done(_) => out.line(&format!("rollback of {} complete; the job still fails", w.display())).await,
-                WaitResult::Failed(f) => out.line(&format!("rollback of {} did not complete: {}", w.display(), f.summary)).await,
+                WaitResult::Done(_) => {
+                    out.line(&format!(
+                        "rollback of {} complete; the job still fails",
+                        w.display()
+                    ))
+                    .await
+                }
+                WaitResult::Failed(f) => {
+                    out.line(&format!(
+                        "rollback of {} did not complete: {}",
+                        w.display(),
+                        f.summary
+                    ))
+                    .await
+                }
                 WaitResult::Cancelled => {}
             }
         }
     }
 
-    async fn print_summary(&self, cluster: &Cluster, applied: &[Applied], vars: &Vars, out: &mut Out<'_, '_>) {
+    async fn print_summary(
+        &self,
+        cluster: &Cluster,
+        applied: &[Applied],
+        vars: &Vars,
+        out: &mut Out<'_, '_>,
+    ) {
         let mut lines = Vec::new();
         for a in applied {
             let kind = a.planned.manifest.kind.as_str();
-            if !matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet" | "Job" | "Service" | "Ingress") {
+            if !matches!(
+                kind,
+                "Deployment" | "StatefulSet" | "DaemonSet" | "Job" | "Service" | "Ingress"
+            ) {
                 continue;
             }
             let api: Api<kube::api::DynamicObject> = a.api(cluster);
             let name = &a.planned.manifest.name;
-            let op = Op::new("get", resource_name(&a.resource)).name(name).ns(a.planned.namespace.as_deref());
+            let op = Op::new("get", resource_name(&a.resource))
+                .name(name)
+                .ns(a.planned.namespace.as_deref());
             let obj: Value = match cluster.call(&op, || api.get(name)).await {
                 Ok(o) => obj_value(&o),
                 Err(_) => obj_value(&a.live),

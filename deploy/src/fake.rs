@@ -33,11 +33,18 @@ impl Deployer for FakeDeployer {
         if cancel.is_cancelled() {
             return Err(DeployError::Cancelled);
         }
-        let line = format!("fake deploy of {} ({} targets)\n", settings.manifests.join(", "), req.targets.len());
+        let line = format!(
+            "fake deploy of {} ({} targets)\n",
+            settings.manifests.join(", "),
+            req.targets.len()
+        );
         let _ = log.write_all(line.as_bytes()).await;
         match &self.fail_with {
             Some(m) => Err(DeployError::Rollout(m.clone())),
-            None => Ok(DeployReport { applied: 0, objects: Vec::new() }),
+            None => Ok(DeployReport {
+                applied: 0,
+                objects: Vec::new(),
+            }),
         }
     }
 }

@@ -77,20 +77,29 @@ pub fn deployment(obj: &Value) -> Rollout {
         ));
     }
     if available < updated {
-        return Rollout::InProgress(format!("{available} of {updated} updated replicas are available"));
+        return Rollout::InProgress(format!(
+            "{available} of {updated} updated replicas are available"
+        ));
     }
-    Rollout::Done(format!("{available} of {} replicas available", replicas.unwrap_or(updated)))
+    Rollout::Done(format!(
+        "{available} of {} replicas available",
+        replicas.unwrap_or(updated)
+    ))
 }
 
 /// kubectl `StatefulSetStatusViewer`.
 pub fn statefulset(obj: &Value) -> Rollout {
     let strategy = str_at(obj, "/spec/updateStrategy/type").unwrap_or("RollingUpdate");
     if strategy != "RollingUpdate" {
-        return Rollout::Done(format!("update strategy {strategy}: rollout status is only available for RollingUpdate"));
+        return Rollout::Done(format!(
+            "update strategy {strategy}: rollout status is only available for RollingUpdate"
+        ));
     }
     let observed = i64_at(obj, "/status/observedGeneration").unwrap_or(0);
     if observed == 0 || generation_pending(obj) {
-        return Rollout::InProgress("waiting for the statefulset spec update to be observed".into());
+        return Rollout::InProgress(
+            "waiting for the statefulset spec update to be observed".into(),
+        );
     }
     let replicas = i64_at(obj, "/spec/replicas");
     let ready = i64_at(obj, "/status/readyReplicas").unwrap_or(0);
@@ -109,12 +118,16 @@ pub fn statefulset(obj: &Value) -> Rollout {
                 r - partition
             ));
         }
-        return Rollout::Done(format!("partitioned roll out complete: {updated} new pods updated"));
+        return Rollout::Done(format!(
+            "partitioned roll out complete: {updated} new pods updated"
+        ));
     }
     let update_rev = str_at(obj, "/status/updateRevision").unwrap_or("");
     let current_rev = str_at(obj, "/status/currentRevision").unwrap_or("");
     if update_rev != current_rev {
-        return Rollout::InProgress(format!("waiting for the rolling update to finish (revision {update_rev})"));
+        return Rollout::InProgress(format!(
+            "waiting for the rolling update to finish (revision {update_rev})"
+        ));
     }
     Rollout::Done(format!("{ready} pods ready at revision {current_rev}"))
 }
@@ -123,7 +136,9 @@ pub fn statefulset(obj: &Value) -> Rollout {
 pub fn daemonset(obj: &Value) -> Rollout {
     let strategy = str_at(obj, "/spec/updateStrategy/type").unwrap_or("RollingUpdate");
     if strategy != "RollingUpdate" {
-        return Rollout::Done(format!("update strategy {strategy}: rollout status is only available for RollingUpdate"));
+        return Rollout::Done(format!(
+            "update strategy {strategy}: rollout status is only available for RollingUpdate"
+        ));
     }
     if generation_pending(obj) {
         return Rollout::InProgress("waiting for the daemon set spec update to be observed".into());
@@ -135,7 +150,9 @@ pub fn daemonset(obj: &Value) -> Rollout {
         return Rollout::InProgress(format!("{updated} of {desired} updated pods are scheduled"));
     }
     if available < desired {
-        return Rollout::InProgress(format!("{available} of {desired} updated pods are available"));
+        return Rollout::InProgress(format!(
+            "{available} of {desired} updated pods are available"
+        ));
     }
     Rollout::Done(format!("{available} of {desired} pods available"))
 }
@@ -158,7 +175,9 @@ pub fn job(obj: &Value) -> Rollout {
     let active = i64_at(obj, "/status/active").unwrap_or(0);
     let succeeded = i64_at(obj, "/status/succeeded").unwrap_or(0);
     let completions = i64_at(obj, "/spec/completions").unwrap_or(1);
-    Rollout::InProgress(format!("{succeeded} of {completions} completions, {active} active"))
+    Rollout::InProgress(format!(
+        "{succeeded} of {completions} completions, {active} active"
+    ))
 }
 
 /// What is wrong with a new pod.
@@ -188,9 +207,10 @@ pub enum ProblemKind {
 pub fn grace(kind: ProblemKind) -> Option<Duration> {
     match kind {
         ProblemKind::ImagePull => Some(Duration::from_secs(90)),
-        ProblemKind::InvalidImage | ProblemKind::CrashLoop | ProblemKind::CreateError | ProblemKind::PodFailed => {
-            Some(Duration::ZERO)
-        }
+        ProblemKind::InvalidImage
+        | ProblemKind::CrashLoop
+        | ProblemKind::CreateError
+        | ProblemKind::PodFailed => Some(Duration::ZERO),
         ProblemKind::ConfigError => Some(Duration::from_secs(30)),
         ProblemKind::Unschedulable => Some(Duration::from_secs(300)),
         // readiness failures are reported at the deadline, never failed fast
@@ -219,7 +239,10 @@ pub fn classify_pod(pod: &Value) -> Option<PodProblem> {
         }
     }
     for list in ["initContainerStatuses", "containerStatuses"] {
-        let Some(statuses) = pod.pointer(&format!("/status/{list}")).and_then(Value::as_array) else {
+        let Some(statuses) = pod
+            .pointer(&format!("/status/{list}"))
+            .and_then(Value::as_array)
+        else {
             continue;
         };
         for cs in statuses {
@@ -229,7 +252,9 @@ pub fn classify_pod(pod: &Value) -> Option<PodProblem> {
                 let reason = w.get("reason").and_then(Value::as_str).unwrap_or("");
                 let msg = w.get("message").and_then(Value::as_str).unwrap_or("");
                 let kind = match reason {
-                    "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" => Some(ProblemKind::ImagePull),
+                    "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" => {
+                        Some(ProblemKind::ImagePull)
+                    }
                     "InvalidImageName" => Some(ProblemKind::InvalidImage),
                     "CrashLoopBackOff" => Some(ProblemKind::CrashLoop),
                     "CreateContainerConfigError" => Some(ProblemKind::ConfigError),
@@ -248,7 +273,12 @@ pub fn classify_pod(pod: &Value) -> Option<PodProblem> {
                 }
             }
             if restarts >= 3 {
-                return Some(mk(cname, ProblemKind::CrashLoop, "CrashLoopBackOff", &crash_detail(cs, restarts, "")));
+                return Some(mk(
+                    cname,
+                    ProblemKind::CrashLoop,
+                    "CrashLoopBackOff",
+                    &crash_detail(cs, restarts, ""),
+                ));
             }
         }
     }
@@ -263,7 +293,10 @@ pub fn classify_pod(pod: &Value) -> Option<PodProblem> {
         && let Some(c) = condition(pod, "Ready")
         && c.get("status").and_then(Value::as_str) == Some("False")
     {
-        let msg = c.get("message").and_then(Value::as_str).unwrap_or("containers not ready");
+        let msg = c
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("containers not ready");
         return Some(mk(None, ProblemKind::NotReady, "NotReady", msg));
     }
     None
@@ -277,9 +310,20 @@ fn crash_detail(cs: &Value, restarts: i64, msg: &str) -> String {
         if reason == "OOMKilled" {
             parts.push("last run was OOMKilled (memory limit too low?)".into());
         } else {
-            parts.push(format!("last exit code {code}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") }));
+            parts.push(format!(
+                "last exit code {code}{}",
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({reason})")
+                }
+            ));
         }
-        if let Some(m) = t.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()) {
+        if let Some(m) = t
+            .get("message")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+        {
             parts.push(m.to_string());
         }
     }
@@ -292,13 +336,19 @@ fn crash_detail(cs: &Value, restarts: i64, msg: &str) -> String {
 /// A hint for the user, per problem.
 pub fn hint(p: &PodProblem) -> Option<&'static str> {
     match p.kind {
-        ProblemKind::ImagePull | ProblemKind::InvalidImage => {
-            Some("was the image pushed by the build job? is the tag right? does the namespace have imagePullSecrets for the registry?")
+        ProblemKind::ImagePull | ProblemKind::InvalidImage => Some(
+            "was the image pushed by the build job? is the tag right? does the namespace have imagePullSecrets for the registry?",
+        ),
+        ProblemKind::CrashLoop => {
+            Some("the container starts and exits; see its last log lines below")
         }
-        ProblemKind::CrashLoop => Some("the container starts and exits; see its last log lines below"),
         ProblemKind::ConfigError => Some("a ConfigMap, Secret or key the pod refers to is missing"),
-        ProblemKind::Unschedulable => Some("no node can take the pod: check resource requests, taints, node selectors and affinity"),
-        ProblemKind::NotReady => Some("the readiness probe keeps failing; check its path/port and the application's startup"),
+        ProblemKind::Unschedulable => Some(
+            "no node can take the pod: check resource requests, taints, node selectors and affinity",
+        ),
+        ProblemKind::NotReady => Some(
+            "the readiness probe keeps failing; check its path/port and the application's startup",
+        ),
         _ => None,
     }
 }
@@ -317,24 +367,59 @@ mod tests {
     #[test]
     fn deployment_generation_gate_first() {
         // the old, complete status must not count right after an apply
-        let d = dep(2, 1, json!({"replicas": 3, "updatedReplicas": 3, "availableReplicas": 3,
-            "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}));
+        let d = dep(
+            2,
+            1,
+            json!({"replicas": 3, "updatedReplicas": 3, "availableReplicas": 3,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}),
+        );
         assert!(matches!(deployment(&d), Rollout::InProgress(m) if m.contains("observed")));
     }
 
     #[test]
     fn deployment_steps() {
-        let d = dep(2, 2, json!({"replicas": 4, "updatedReplicas": 1, "availableReplicas": 3}));
-        assert_eq!(deployment(&d), Rollout::InProgress("1 of 3 new replicas have been updated".into()));
-        let d = dep(2, 2, json!({"replicas": 4, "updatedReplicas": 3, "availableReplicas": 3}));
-        assert_eq!(deployment(&d), Rollout::InProgress("1 old replicas are pending termination".into()));
-        let d = dep(2, 2, json!({"replicas": 3, "updatedReplicas": 3, "availableReplicas": 2}));
-        assert_eq!(deployment(&d), Rollout::InProgress("2 of 3 updated replicas are available".into()));
-        let d = dep(2, 2, json!({"replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}));
+        let d = dep(
+            2,
+            2,
+            json!({"replicas": 4, "updatedReplicas": 1, "availableReplicas": 3}),
+        );
+        assert_eq!(
+            deployment(&d),
+            Rollout::InProgress("1 of 3 new replicas have been updated".into())
+        );
+        let d = dep(
+            2,
+            2,
+            json!({"replicas": 4, "updatedReplicas": 3, "availableReplicas": 3}),
+        );
+        assert_eq!(
+            deployment(&d),
+            Rollout::InProgress("1 old replicas are pending termination".into())
+        );
+        let d = dep(
+            2,
+            2,
+            json!({"replicas": 3, "updatedReplicas": 3, "availableReplicas": 2}),
+        );
+        assert_eq!(
+            deployment(&d),
+            Rollout::InProgress("2 of 3 updated replicas are available".into())
+        );
+        let d = dep(
+            2,
+            2,
+            json!({"replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}),
+        );
         assert!(matches!(deployment(&d), Rollout::Done(_)));
-        let d = dep(2, 2, json!({"replicas": 4, "updatedReplicas": 1, "conditions": [
-            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-1\" has timed out progressing."}]}));
-        assert!(matches!(deployment(&d), Rollout::Failed(m) if m.contains("timed out progressing")));
+        let d = dep(
+            2,
+            2,
+            json!({"replicas": 4, "updatedReplicas": 1, "conditions": [
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-1\" has timed out progressing."}]}),
+        );
+        assert!(
+            matches!(deployment(&d), Rollout::Failed(m) if m.contains("timed out progressing"))
+        );
     }
 
     #[test]
@@ -349,7 +434,10 @@ mod tests {
         assert!(matches!(statefulset(&s), Rollout::InProgress(_)));
         let d = json!({"metadata": {"generation": 3}, "status": {"observedGeneration": 3,
             "desiredNumberScheduled": 2, "updatedNumberScheduled": 2, "numberAvailable": 1}});
-        assert_eq!(daemonset(&d), Rollout::InProgress("1 of 2 updated pods are available".into()));
+        assert_eq!(
+            daemonset(&d),
+            Rollout::InProgress("1 of 2 updated pods are available".into())
+        );
         let d = json!({"spec": {"updateStrategy": {"type": "OnDelete"}}});
         assert!(matches!(daemonset(&d), Rollout::Done(_)));
     }
@@ -368,7 +456,10 @@ mod tests {
         let p = json!({"metadata": {"name": "web-1"}, "status": {"phase": "Pending", "containerStatuses": [
             {"name": "web", "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"r/web:bad\""}}}]}});
         let pr = classify_pod(&p).unwrap();
-        assert_eq!((pr.kind, pr.reason.as_str(), pr.container.as_deref()), (ProblemKind::ImagePull, "ImagePullBackOff", Some("web")));
+        assert_eq!(
+            (pr.kind, pr.reason.as_str(), pr.container.as_deref()),
+            (ProblemKind::ImagePull, "ImagePullBackOff", Some("web"))
+        );
         let p = json!({"metadata": {"name": "web-1"}, "status": {"phase": "Running", "containerStatuses": [
             {"name": "web", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
              "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}});

@@ -8,15 +8,15 @@
 pub mod apply;
 pub mod args;
 pub mod cluster;
+mod deployer;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod health;
 pub mod render;
 pub mod rollback;
 pub mod summary;
 pub mod target;
 pub mod wait;
-mod deployer;
-#[cfg(feature = "fake")]
-pub mod fake;
 
 pub use args::{DeployArgs, parse_script_line};
 pub use deployer::KubeDeployer;

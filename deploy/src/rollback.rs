@@ -22,7 +22,10 @@ pub enum Undo {
 pub fn undo_command(w: &Applied) -> String {
     let kind = w.planned.manifest.kind.to_lowercase();
     match &w.planned.namespace {
-        Some(ns) => format!("kubectl -n {ns} rollout undo {kind}/{}", w.planned.manifest.name),
+        Some(ns) => format!(
+            "kubectl -n {ns} rollout undo {kind}/{}",
+            w.planned.manifest.name
+        ),
         None => format!("kubectl rollout undo {kind}/{}", w.planned.manifest.name),
     }
 }
@@ -37,13 +40,19 @@ fn revision_of(o: &Value) -> i64 {
 fn owned_by(o: &Value, uid: &str) -> bool {
     o.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+        })
 }
 
 /// Template without the `pod-template-hash` label, for comparisons and the patch.
 fn clean_template(t: &Value) -> Value {
     let mut t = t.clone();
-    if let Some(labels) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+    if let Some(labels) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
         labels.remove("pod-template-hash");
     }
     t
@@ -70,12 +79,21 @@ async fn undo_deployment(cluster: &Cluster, w: &Applied) -> Result<Undo, DeployE
     let api = w.api(cluster);
     let name = w.planned.manifest.name.clone();
     let ns = w.planned.namespace.clone();
-    let op = Op::new("get", resource_name(&w.resource)).name(&name).ns(ns.as_deref());
+    let op = Op::new("get", resource_name(&w.resource))
+        .name(&name)
+        .ns(ns.as_deref());
     let dep = obj_value(&cluster.call(&op, || api.get(&name)).await?);
     if dep.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
-        return Err(DeployError::Rollout(format!("{}: cannot undo a paused deployment", w.display())));
+        return Err(DeployError::Rollout(format!(
+            "{}: cannot undo a paused deployment",
+            w.display()
+        )));
     }
-    let uid = dep.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+    let uid = dep
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let rs_ar = kube::discovery::ApiResource {
         group: "apps".into(),
         version: "v1".into(),
@@ -97,11 +115,19 @@ async fn undo_deployment(cluster: &Cluster, w: &Applied) -> Result<Undo, DeployE
     let lp = ListParams::default().labels(&sel);
     let op = Op::new("list", "replicasets.apps").ns(ns.as_deref());
     let list = cluster.call(&op, || rs_api.list(&lp)).await?;
-    let mut rss: Vec<Value> = list.items.iter().map(obj_value).filter(|rs| owned_by(rs, &uid)).collect();
+    let mut rss: Vec<Value> = list
+        .items
+        .iter()
+        .map(obj_value)
+        .filter(|rs| owned_by(rs, &uid))
+        .collect();
     rss.sort_by_key(|rs| std::cmp::Reverse(revision_of(rs)));
     let current = revision_of(&dep);
     // kubectl --to-revision=0: the highest revision below the current one
-    let Some(prev) = rss.iter().find(|rs| revision_of(rs) != current && revision_of(rs) > 0) else {
+    let Some(prev) = rss
+        .iter()
+        .find(|rs| revision_of(rs) != current && revision_of(rs) > 0)
+    else {
         return Ok(Undo::NoHistory);
     };
     let prev_template = clean_template(prev.pointer("/spec/template").unwrap_or(&Value::Null));
@@ -110,14 +136,20 @@ async fn undo_deployment(cluster: &Cluster, w: &Applied) -> Result<Undo, DeployE
         return Ok(Undo::Skipped);
     }
     let mut annotations = serde_json::Map::new();
-    if let Some(a) = dep.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(a) = dep
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         for (k, v) in a {
             if SKIP_ANNOTATIONS.contains(&k.as_str()) {
                 annotations.insert(k.clone(), v.clone());
             }
         }
     }
-    if let Some(a) = prev.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(a) = prev
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         for (k, v) in a {
             if !SKIP_ANNOTATIONS.contains(&k.as_str()) {
                 annotations.insert(k.clone(), v.clone());
@@ -128,21 +160,33 @@ async fn undo_deployment(cluster: &Cluster, w: &Applied) -> Result<Undo, DeployE
         {"op": "replace", "path": "/spec/template", "value": prev_template},
         {"op": "replace", "path": "/metadata/annotations", "value": annotations},
     ]))
-    .map_err(|e| DeployError::Rollout(format!("{}: cannot build the undo patch: {e}", w.display())))?;
-    let op = Op::new("patch", resource_name(&w.resource)).name(&name).ns(ns.as_deref());
+    .map_err(|e| {
+        DeployError::Rollout(format!("{}: cannot build the undo patch: {e}", w.display()))
+    })?;
+    let op = Op::new("patch", resource_name(&w.resource))
+        .name(&name)
+        .ns(ns.as_deref());
     let pp = PatchParams::default();
     let patch = Patch::<()>::Json(patch);
     cluster.call(&op, || api.patch(&name, &pp, &patch)).await?;
-    Ok(Undo::RolledBack { to_revision: revision_of(prev).to_string() })
+    Ok(Undo::RolledBack {
+        to_revision: revision_of(prev).to_string(),
+    })
 }
 
 async fn undo_controller_revision(cluster: &Cluster, w: &Applied) -> Result<Undo, DeployError> {
     let api = w.api(cluster);
     let name = w.planned.manifest.name.clone();
     let ns = w.planned.namespace.clone();
-    let op = Op::new("get", resource_name(&w.resource)).name(&name).ns(ns.as_deref());
+    let op = Op::new("get", resource_name(&w.resource))
+        .name(&name)
+        .ns(ns.as_deref());
     let obj = obj_value(&cluster.call(&op, || api.get(&name)).await?);
-    let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+    let uid = obj
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let cr_ar = kube::discovery::ApiResource {
         group: "apps".into(),
         version: "v1".into(),
@@ -154,14 +198,27 @@ async fn undo_controller_revision(cluster: &Cluster, w: &Applied) -> Result<Undo
     let op = Op::new("list", "controllerrevisions.apps").ns(ns.as_deref());
     let lp = ListParams::default();
     let list = cluster.call(&op, || cr_api.list(&lp)).await?;
-    let mut revs: Vec<Value> = list.items.iter().map(obj_value).filter(|r| owned_by(r, &uid)).collect();
+    let mut revs: Vec<Value> = list
+        .items
+        .iter()
+        .map(obj_value)
+        .filter(|r| owned_by(r, &uid))
+        .collect();
     revs.sort_by_key(|r| std::cmp::Reverse(r.get("revision").and_then(Value::as_i64).unwrap_or(0)));
-    let Some(prev) = revs.get(1) else { return Ok(Undo::NoHistory) };
-    let Some(data) = prev.get("data").cloned() else { return Ok(Undo::NoHistory) };
-    let op = Op::new("patch", resource_name(&w.resource)).name(&name).ns(ns.as_deref());
+    let Some(prev) = revs.get(1) else {
+        return Ok(Undo::NoHistory);
+    };
+    let Some(data) = prev.get("data").cloned() else {
+        return Ok(Undo::NoHistory);
+    };
+    let op = Op::new("patch", resource_name(&w.resource))
+        .name(&name)
+        .ns(ns.as_deref());
     let pp = PatchParams::default();
     let patch = Patch::Strategic(&data);
     cluster.call(&op, || api.patch(&name, &pp, &patch)).await?;
     let rev = prev.get("revision").and_then(Value::as_i64).unwrap_or(0);
-    Ok(Undo::RolledBack { to_revision: rev.to_string() })
+    Ok(Undo::RolledBack {
+        to_revision: rev.to_string(),
+    })
 }

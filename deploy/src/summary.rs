@@ -12,23 +12,44 @@ fn i(v: &Value, p: &str) -> i64 {
 pub fn line(display: &str, kind: &str, obj: &Value) -> Option<String> {
     match kind {
         "Deployment" | "StatefulSet" => {
-            let desired = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            let desired = obj
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             let ready = i(obj, "/status/readyReplicas");
-            Some(format!("{display:<40} {ready}/{desired} ready   {}", images_of(obj).join(", ")))
+            Some(format!(
+                "{display:<40} {ready}/{desired} ready   {}",
+                images_of(obj).join(", ")
+            ))
         }
         "DaemonSet" => {
             let desired = i(obj, "/status/desiredNumberScheduled");
             let ready = i(obj, "/status/numberReady");
-            Some(format!("{display:<40} {ready}/{desired} ready   {}", images_of(obj).join(", ")))
+            Some(format!(
+                "{display:<40} {ready}/{desired} ready   {}",
+                images_of(obj).join(", ")
+            ))
         }
         "Job" => {
-            let completions = obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
+            let completions = obj
+                .pointer("/spec/completions")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             let done = i(obj, "/status/succeeded");
-            Some(format!("{display:<40} {done}/{completions} succeeded   {}", images_of(obj).join(", ")))
+            Some(format!(
+                "{display:<40} {done}/{completions} succeeded   {}",
+                images_of(obj).join(", ")
+            ))
         }
         "Service" => {
-            let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
-            let ip = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
+            let ty = obj
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP");
+            let ip = obj
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let ports: Vec<String> = obj
                 .pointer("/spec/ports")
                 .and_then(Value::as_array)
@@ -42,7 +63,10 @@ pub fn line(display: &str, kind: &str, obj: &Value) -> Option<String> {
                                 s.push_str(&format!(" (node {np})"));
                             }
                             if let Some(tp) = p.get("targetPort") {
-                                let tp = tp.as_str().map(str::to_string).unwrap_or_else(|| tp.to_string());
+                                let tp = tp
+                                    .as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| tp.to_string());
                                 s.push_str(&format!("→{tp}"));
                             }
                             s
@@ -55,7 +79,12 @@ pub fn line(display: &str, kind: &str, obj: &Value) -> Option<String> {
                 .and_then(Value::as_array)
                 .map(|xs| {
                     xs.iter()
-                        .filter_map(|x| x.get("ip").or_else(|| x.get("hostname")).and_then(Value::as_str).map(str::to_string))
+                        .filter_map(|x| {
+                            x.get("ip")
+                                .or_else(|| x.get("hostname"))
+                                .and_then(Value::as_str)
+                                .map(str::to_string)
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -63,7 +92,14 @@ pub fn line(display: &str, kind: &str, obj: &Value) -> Option<String> {
             if !ip.is_empty() {
                 s.push_str(&format!(" {ip}"));
             }
-            s.push_str(&format!("   ports {}", if ports.is_empty() { "-".into() } else { ports.join(", ") }));
+            s.push_str(&format!(
+                "   ports {}",
+                if ports.is_empty() {
+                    "-".into()
+                } else {
+                    ports.join(", ")
+                }
+            ));
             if !lb.is_empty() {
                 s.push_str(&format!("   external {}", lb.join(", ")));
             }
@@ -87,11 +123,24 @@ pub fn line(display: &str, kind: &str, obj: &Value) -> Option<String> {
                 .map(|rs| {
                     rs.iter()
                         .filter_map(|r| r.get("host").and_then(Value::as_str))
-                        .map(|h| if tls_hosts.contains(&h) { format!("https://{h}") } else { format!("http://{h}") })
+                        .map(|h| {
+                            if tls_hosts.contains(&h) {
+                                format!("https://{h}")
+                            } else {
+                                format!("http://{h}")
+                            }
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
-            Some(format!("{display:<40} hosts {}", if hosts.is_empty() { "*".into() } else { hosts.join(", ") }))
+            Some(format!(
+                "{display:<40} hosts {}",
+                if hosts.is_empty() {
+                    "*".into()
+                } else {
+                    hosts.join(", ")
+                }
+            ))
         }
         _ => None,
     }
@@ -109,7 +158,10 @@ mod tests {
         assert!(l.contains("3/3 ready") && l.contains("r/web:2"), "{l}");
         let s = json!({"spec": {"type": "NodePort", "clusterIP": "10.0.0.7", "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}});
         let l = line("service/web", "Service", &s).unwrap();
-        assert!(l.contains("NodePort 10.0.0.7") && l.contains("80/TCP (node 30080)→8080"), "{l}");
+        assert!(
+            l.contains("NodePort 10.0.0.7") && l.contains("80/TCP (node 30080)→8080"),
+            "{l}"
+        );
         let i = json!({"spec": {"tls": [{"hosts": ["a.example"]}], "rules": [{"host": "a.example"}, {"host": "b.example"}]}});
         let l = line("ingress.networking.k8s.io/web", "Ingress", &i).unwrap();
         assert!(l.contains("https://a.example, http://b.example"), "{l}");

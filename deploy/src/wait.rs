@@ -83,7 +83,9 @@ pub async fn wait_workload(
     let name = w.planned.manifest.name.clone();
     let kind = w.planned.manifest.kind.clone();
     let label = w.display();
-    let mut watch = watcher::watch_object(api.clone(), &name).default_backoff().boxed();
+    let mut watch = watcher::watch_object(api.clone(), &name)
+        .default_backoff()
+        .boxed();
     let mut tick = tokio::time::interval(cfg.diagnose_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_msg = String::new();
@@ -97,12 +99,16 @@ pub async fn wait_workload(
         if let Some(obj) = &latest {
             match health::evaluate(&kind, obj) {
                 Rollout::Done(msg) => {
-                    let _ = lines.send(format!("  {} {label}: rolled out ({msg})", stamp(cfg.start)));
+                    let _ = lines.send(format!(
+                        "  {} {label}: rolled out ({msg})",
+                        stamp(cfg.start)
+                    ));
                     return WaitResult::Done(msg);
                 }
                 Rollout::Failed(msg) => {
                     let problems = diagnose(cluster, w, obj).await.unwrap_or_default();
-                    let failure = explain(cluster, w, obj, &msg, problems.first().cloned(), &problems).await;
+                    let failure =
+                        explain(cluster, w, obj, &msg, problems.first().cloned(), &problems).await;
                     return WaitResult::Failed(failure);
                 }
                 Rollout::InProgress(msg) => {
@@ -206,7 +212,10 @@ fn selector_of(obj: &Value) -> Option<String> {
 fn owned_by(o: &Value, uid: &str) -> bool {
     o.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+        })
 }
 
 fn annotation<'a>(o: &'a Value, key: &str) -> Option<&'a str> {
@@ -217,7 +226,12 @@ fn label<'a>(o: &'a Value, key: &str) -> Option<&'a str> {
     o.pointer("/metadata/labels")?.get(key)?.as_str()
 }
 
-async fn list(cluster: &Cluster, ar: &ApiResource, ns: &str, lp: &ListParams) -> Result<Vec<Value>, crate::DeployError> {
+async fn list(
+    cluster: &Cluster,
+    ar: &ApiResource,
+    ns: &str,
+    lp: &ListParams,
+) -> Result<Vec<Value>, crate::DeployError> {
     let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), ns, ar);
     let op = Op::new("list", resource_name(ar)).ns(Some(ns));
     let l = cluster.call(&op, || api.list(lp)).await?;
@@ -225,8 +239,15 @@ async fn list(cluster: &Cluster, ar: &ApiResource, ns: &str, lp: &ListParams) ->
 }
 
 /// The new ReplicaSet of a Deployment (owned by it, same revision annotation).
-pub async fn new_replicaset(cluster: &Cluster, ns: &str, dep: &Value) -> Result<Option<Value>, crate::DeployError> {
-    let uid = dep.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+pub async fn new_replicaset(
+    cluster: &Cluster,
+    ns: &str,
+    dep: &Value,
+) -> Result<Option<Value>, crate::DeployError> {
+    let uid = dep
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let rev = annotation(dep, "deployment.kubernetes.io/revision");
     let lp = ListParams::default().labels(&selector_of(dep).unwrap_or_default());
     let rss = list(cluster, &apps_v1("ReplicaSet", "replicasets"), ns, &lp).await?;
@@ -237,37 +258,83 @@ pub async fn new_replicaset(cluster: &Cluster, ns: &str, dep: &Value) -> Result<
 }
 
 /// Pods of the new revision of a workload and their problems (new pods only).
-async fn new_pods(cluster: &Cluster, w: &Applied, obj: &Value) -> Result<(Vec<Value>, Vec<PodProblem>), crate::DeployError> {
-    let Some(ns) = w.planned.namespace.as_deref() else { return Ok((Vec::new(), Vec::new())) };
-    let Some(sel) = selector_of(obj) else { return Ok((Vec::new(), Vec::new())) };
-    let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+async fn new_pods(
+    cluster: &Cluster,
+    w: &Applied,
+    obj: &Value,
+) -> Result<(Vec<Value>, Vec<PodProblem>), crate::DeployError> {
+    let Some(ns) = w.planned.namespace.as_deref() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let Some(sel) = selector_of(obj) else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let uid = obj
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let mut problems = Vec::new();
     let (selector, owner) = match w.planned.manifest.kind.as_str() {
         "Deployment" => {
-            let Some(rs) = new_replicaset(cluster, ns, obj).await? else { return Ok((Vec::new(), problems)) };
+            let Some(rs) = new_replicaset(cluster, ns, obj).await? else {
+                return Ok((Vec::new(), problems));
+            };
             if let Some(c) = health::condition(&rs, "ReplicaFailure")
                 && c.get("status").and_then(Value::as_str) == Some("True")
             {
                 problems.push(PodProblem {
-                    pod: rs.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?").to_string(),
+                    pod: rs
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_string(),
                     container: None,
                     kind: ProblemKind::ConfigError,
-                    reason: c.get("reason").and_then(Value::as_str).unwrap_or("FailedCreate").to_string(),
-                    message: c.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+                    reason: c
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("FailedCreate")
+                        .to_string(),
+                    message: c
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                 });
             }
             let hash = label(&rs, "pod-template-hash").unwrap_or("");
-            let rs_uid = rs.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+            let rs_uid = rs
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             (format!("{sel},pod-template-hash={hash}"), rs_uid)
         }
         "StatefulSet" => {
-            let rev = obj.pointer("/status/updateRevision").and_then(Value::as_str).unwrap_or("");
-            if rev.is_empty() { (sel, uid) } else { (format!("{sel},controller-revision-hash={rev}"), uid) }
+            let rev = obj
+                .pointer("/status/updateRevision")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if rev.is_empty() {
+                (sel, uid)
+            } else {
+                (format!("{sel},controller-revision-hash={rev}"), uid)
+            }
         }
         _ => (sel, uid),
     };
-    let pods = list(cluster, &core_v1("Pod", "pods"), ns, &ListParams::default().labels(&selector)).await?;
-    let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).map(|g| g.to_string());
+    let pods = list(
+        cluster,
+        &core_v1("Pod", "pods"),
+        ns,
+        &ListParams::default().labels(&selector),
+    )
+    .await?;
+    let generation = obj
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .map(|g| g.to_string());
     let pods: Vec<Value> = pods
         .into_iter()
         .filter(|p| owned_by(p, &owner))
@@ -282,7 +349,11 @@ async fn new_pods(cluster: &Cluster, w: &Applied, obj: &Value) -> Result<(Vec<Va
     Ok((pods, problems))
 }
 
-async fn diagnose(cluster: &Cluster, w: &Applied, obj: &Value) -> Result<Vec<PodProblem>, crate::DeployError> {
+async fn diagnose(
+    cluster: &Cluster,
+    w: &Applied,
+    obj: &Value,
+) -> Result<Vec<PodProblem>, crate::DeployError> {
     Ok(new_pods(cluster, w, obj).await?.1)
 }
 
@@ -311,15 +382,28 @@ async fn explain(
     if let Ok((pods, _)) = new_pods(cluster, w, obj).await {
         let mut events = Vec::new();
         for pod in pods.iter().take(5) {
-            let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) else { continue };
-            let pname = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
-            let lp = ListParams::default().fields(&format!("involvedObject.uid={uid},type=Warning"));
+            let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) else {
+                continue;
+            };
+            let pname = pod
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            let lp =
+                ListParams::default().fields(&format!("involvedObject.uid={uid},type=Warning"));
             if let Ok(evs) = list(cluster, &core_v1("Event", "events"), &ns, &lp).await {
                 for e in evs {
                     let reason = e.get("reason").and_then(Value::as_str).unwrap_or("");
                     let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
                     let count = e.get("count").and_then(Value::as_i64).unwrap_or(1);
-                    let line = format!("  {pname}: {reason}: {msg}{}", if count > 1 { format!(" (x{count})") } else { String::new() });
+                    let line = format!(
+                        "  {pname}: {reason}: {msg}{}",
+                        if count > 1 {
+                            format!(" (x{count})")
+                        } else {
+                            String::new()
+                        }
+                    );
                     if !events.contains(&line) {
                         events.push(line);
                     }
@@ -328,18 +412,35 @@ async fn explain(
         }
         if !events.is_empty() {
             details.push("recent warning events (new pods only):".into());
-            details.extend(events.into_iter().rev().take(10).collect::<Vec<_>>().into_iter().rev());
+            details.extend(
+                events
+                    .into_iter()
+                    .rev()
+                    .take(10)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev(),
+            );
         }
         if let Some(p) = &main
             && p.kind == ProblemKind::CrashLoop
         {
-            let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), &ns);
-            let lp = LogParams { container: p.container.clone(), previous: true, tail_lines: Some(20), ..Default::default() };
+            let api: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(cluster.client.clone(), &ns);
+            let lp = LogParams {
+                container: p.container.clone(),
+                previous: true,
+                tail_lines: Some(20),
+                ..Default::default()
+            };
             let op = Op::new("get", "pods/log").name(&p.pod).ns(Some(&ns));
             if let Ok(text) = cluster.call(&op, || api.logs(&p.pod, &lp)).await
                 && !text.trim().is_empty()
             {
-                details.push(format!("last log lines of the previous container of pod {}:", p.pod));
+                details.push(format!(
+                    "last log lines of the previous container of pod {}:",
+                    p.pod
+                ));
                 details.extend(text.lines().map(|l| format!("  | {l}")));
             }
         }
@@ -349,7 +450,11 @@ async fn explain(
     {
         details.push(state);
     }
-    Failure { workload: w.display(), summary: summary.to_string(), details }
+    Failure {
+        workload: w.display(),
+        summary: summary.to_string(),
+        details,
+    }
 }
 
 /// "cluster state: old ReplicaSet web-5b8d still serves 3 ready pods".
@@ -357,16 +462,25 @@ async fn old_pods_state(cluster: &Cluster, ns: &str, dep: &Value) -> Option<Stri
     let uid = dep.pointer("/metadata/uid").and_then(Value::as_str)?;
     let rev = annotation(dep, "deployment.kubernetes.io/revision");
     let lp = ListParams::default().labels(&selector_of(dep)?);
-    let rss = list(cluster, &apps_v1("ReplicaSet", "replicasets"), ns, &lp).await.ok()?;
+    let rss = list(cluster, &apps_v1("ReplicaSet", "replicasets"), ns, &lp)
+        .await
+        .ok()?;
     let old: Vec<String> = rss
         .iter()
-        .filter(|rs| owned_by(rs, uid) && annotation(rs, "deployment.kubernetes.io/revision") != rev)
+        .filter(|rs| {
+            owned_by(rs, uid) && annotation(rs, "deployment.kubernetes.io/revision") != rev
+        })
         .filter_map(|rs| {
-            let ready = rs.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
+            let ready = rs
+                .pointer("/status/readyReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             (ready > 0).then(|| {
                 format!(
                     "{} ({ready} ready)",
-                    rs.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?")
+                    rs.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
                 )
             })
         })
@@ -374,7 +488,10 @@ async fn old_pods_state(cluster: &Cluster, ns: &str, dep: &Value) -> Option<Stri
     if old.is_empty() {
         Some("cluster state: no pod of an older revision is serving".into())
     } else {
-        Some(format!("cluster state: old ReplicaSet {} still serving (rollout stuck, nothing lost)", old.join(", ")))
+        Some(format!(
+            "cluster state: old ReplicaSet {} still serving (rollout stuck, nothing lost)",
+            old.join(", ")
+        ))
     }
 }
 

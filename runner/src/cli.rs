@@ -54,6 +54,15 @@ pub struct RunArgs {
     /// Address of the /metrics and /health endpoint (overrides listen_address)
     #[arg(long = "listen-address", env = "LISTEN_ADDRESS")]
     pub listen_address: Option<String>,
+
+    /// Where ferry keeps builds, the git object cache and the local cache on this host
+    /// [default: /var/lib/ferry as root, ~/.ferry otherwise]
+    #[arg(
+        short = 'd',
+        long = "working-directory",
+        env = "FERRY_WORKING_DIRECTORY"
+    )]
+    pub working_directory: Option<PathBuf>,
 }
 
 /// Parse a gitlab-runner style boolean flag value.

@@ -341,3 +341,288 @@ struct Slot {
     _global: OwnedSemaphorePermit,
     _limit: Option<OwnedSemaphorePermit>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// GitLab as a queue of jobs per runner token; records when each request came.
+    #[derive(Default)]
+    struct Queue {
+        jobs: Mutex<HashMap<String, Vec<u64>>>,
+        requests: Mutex<Vec<(String, Instant)>>,
+        /// While true, every request fails (an outage).
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Queue {
+        fn push(&self, token: &str, ids: &[u64]) {
+            self.jobs
+                .lock()
+                .unwrap()
+                .entry(token.into())
+                .or_default()
+                .extend_from_slice(ids);
+        }
+        fn requests_of(&self, token: &str) -> Vec<Instant> {
+            self.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(t, _)| t == token)
+                .map(|(_, i)| *i)
+                .collect()
+        }
+    }
+
+    impl JobSource for Queue {
+        type Job = u64;
+        async fn request_job(&self, runner: &RunnerSection) -> Polled<u64> {
+            let token = runner.token.expose().to_string();
+            self.requests
+                .lock()
+                .unwrap()
+                .push((token.clone(), Instant::now()));
+            if self.down.load(Ordering::Relaxed) {
+                return Polled::Failed;
+            }
+            let mut jobs = self.jobs.lock().unwrap();
+            match jobs.get_mut(&token) {
+                Some(q) if !q.is_empty() => Polled::Job(q.remove(0)),
+                _ => Polled::Nothing,
+            }
+        }
+    }
+
+    /// Jobs that take `secs` seconds; records how many ran at once.
+    struct Sleeper {
+        secs: u64,
+        running: std::sync::atomic::AtomicUsize,
+        max_running: std::sync::atomic::AtomicUsize,
+        done: Mutex<Vec<(u64, bool)>>,
+    }
+
+    impl Sleeper {
+        fn new(secs: u64) -> Self {
+            Sleeper {
+                secs,
+                running: 0.into(),
+                max_running: 0.into(),
+                done: Mutex::default(),
+            }
+        }
+    }
+
+    impl JobHandler<u64> for Sleeper {
+        async fn run_job(&self, _runner: Arc<RunnerSection>, job: u64, cancel: CancellationToken) {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            let cancelled = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(self.secs)) => false,
+                _ = cancel.cancelled() => true,
+            };
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.done.lock().unwrap().push((job, cancelled));
+        }
+    }
+
+    fn config(text: &str) -> Arc<Config> {
+        Arc::new(ferry_config::from_toml_str(text, "test.toml").expect("valid test config"))
+    }
+
+    const TWO_RUNNERS: &str = r#"
+concurrent = 3
+check_interval = 3
+[[runners]]
+  name = "a"
+  url = "https://gitlab.example.com"
+  token = "glrt-aaaaaaaa"
+  executor = "docker"
+  limit = 2
+  [runners.docker]
+    image = "x"
+[[runners]]
+  name = "b"
+  url = "https://gitlab.example.com"
+  token = "glrt-bbbbbbbb"
+  executor = "docker"
+  [runners.docker]
+    image = "x"
+"#;
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_every_interval_staggered_and_again_after_a_job() {
+        let queue = Arc::new(Queue::default());
+        let handler = Arc::new(Sleeper::new(1));
+        let (_tx, rx) = watch::channel(config(TWO_RUNNERS));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let start = Instant::now();
+        let q = queue.clone();
+        let stop = async move {
+            tokio::time::sleep(Duration::from_millis(7_500)).await;
+            q.push("glrt-aaaaaaaa", &[1]);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        daemon.run(rx, stop, std::future::pending()).await;
+        let a: Vec<u64> = queue
+            .requests_of("glrt-aaaaaaaa")
+            .iter()
+            .map(|i| (*i - start).as_millis() as u64)
+            .collect();
+        let b: Vec<u64> = queue
+            .requests_of("glrt-bbbbbbbb")
+            .iter()
+            .map(|i| (*i - start).as_millis() as u64)
+            .collect();
+        // a at 0, 3, 6, 9 (job) then at once again; b staggered by half the interval.
+        assert_eq!(&a[..4], &[0, 3000, 6000, 9000], "{a:?}");
+        assert_eq!(a[4], 9000, "polled again at once after a job: {a:?}");
+        assert_eq!(&b[..3], &[1500, 4500, 7500], "{b:?}");
+        assert_eq!(*handler.done.lock().unwrap(), vec![(1, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_and_limit_are_never_exceeded() {
+        let queue = Arc::new(Queue::default());
+        queue.push("glrt-aaaaaaaa", &[1, 2, 3, 4, 5]);
+        queue.push("glrt-bbbbbbbb", &[6, 7, 8, 9]);
+        let handler = Arc::new(Sleeper::new(10));
+        let (_tx, rx) = watch::channel(config(TWO_RUNNERS));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        daemon
+            .run(
+                rx,
+                tokio::time::sleep(Duration::from_secs(120)),
+                std::future::pending(),
+            )
+            .await;
+        assert_eq!(handler.done.lock().unwrap().len(), 9, "every job ran");
+        assert_eq!(
+            handler.max_running.load(Ordering::SeqCst),
+            3,
+            "concurrent = 3 reached, not exceeded"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forced_shutdown_cancels_running_jobs_and_waits_for_them() {
+        let queue = Arc::new(Queue::default());
+        queue.push("glrt-aaaaaaaa", &[1]);
+        let handler = Arc::new(Sleeper::new(3600));
+        let (_tx, rx) = watch::channel(config(TWO_RUNNERS));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        daemon
+            .run(
+                rx,
+                std::future::pending(),
+                tokio::time::sleep(Duration::from_secs(5)),
+            )
+            .await;
+        assert_eq!(
+            *handler.done.lock().unwrap(),
+            vec![(1, true)],
+            "the job saw the cancel and ended"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn graceful_shutdown_lets_jobs_finish_and_stops_polling() {
+        let queue = Arc::new(Queue::default());
+        queue.push("glrt-aaaaaaaa", &[1]);
+        let handler = Arc::new(Sleeper::new(60));
+        let (_tx, rx) = watch::channel(config(TWO_RUNNERS));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let start = Instant::now();
+        daemon
+            .run(
+                rx,
+                tokio::time::sleep(Duration::from_secs(5)),
+                std::future::pending(),
+            )
+            .await;
+        assert_eq!(*handler.done.lock().unwrap(), vec![(1, false)]);
+        assert!(Instant::now() - start >= Duration::from_secs(60));
+        let last = queue
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, i)| *i)
+            .max()
+            .unwrap();
+        assert!(
+            last - start <= Duration::from_secs(5),
+            "no request after the graceful stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jobs_flow_again_within_a_minute_after_an_outage() {
+        let queue = Arc::new(Queue::default());
+        queue.down.store(true, Ordering::Relaxed);
+        let handler = Arc::new(Sleeper::new(1));
+        let (_tx, rx) = watch::channel(config(TWO_RUNNERS));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let q = queue.clone();
+        let start = Instant::now();
+        let scenario = async move {
+            tokio::time::sleep(Duration::from_secs(300)).await; // a 5-minute outage
+            q.down.store(false, Ordering::Relaxed);
+            q.push("glrt-aaaaaaaa", &[42]);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        };
+        daemon.run(rx, scenario, std::future::pending()).await;
+        assert_eq!(
+            *handler.done.lock().unwrap(),
+            vec![(42, false)],
+            "the job ran within a minute"
+        );
+        let during: usize = queue
+            .requests_of("glrt-aaaaaaaa")
+            .iter()
+            .filter(|i| **i - start < Duration::from_secs(300))
+            .count();
+        assert!(
+            during < 40,
+            "parked while unhealthy: {during} requests in 5 minutes"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reload_starts_new_runners_and_stops_removed_ones() {
+        let queue = Arc::new(Queue::default());
+        let handler = Arc::new(Sleeper::new(1));
+        let one = TWO_RUNNERS
+            .split("[[runners]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[runners]]");
+        let (tx, rx) = watch::channel(config(&one));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let full = config(TWO_RUNNERS);
+        let only_b = config(&TWO_RUNNERS.replacen("glrt-aaaaaaaa", "glrt-cccccccc", 1));
+        let scenario = async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tx.send_replace(full);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tx.send_replace(only_b);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        let start = Instant::now();
+        daemon.run(rx, scenario, std::future::pending()).await;
+        let b = queue.requests_of("glrt-bbbbbbbb");
+        assert!(
+            b.iter().all(|i| *i - start >= Duration::from_secs(10)),
+            "b starts after the reload"
+        );
+        assert!(!b.is_empty());
+        let a = queue.requests_of("glrt-aaaaaaaa");
+        assert!(
+            a.iter().all(|i| *i - start <= Duration::from_secs(20)),
+            "a stops when removed"
+        );
+        assert!(!queue.requests_of("glrt-cccccccc").is_empty(), "c starts");
+    }
+}

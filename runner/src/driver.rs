@@ -43,12 +43,18 @@ enum Stop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    Failed { reason: &'static str, exit_code: Option<i32> },
+    Failed {
+        reason: &'static str,
+        exit_code: Option<i32>,
+    },
 }
 
 impl Outcome {
     fn failed(reason: &'static str) -> Self {
-        Outcome::Failed { reason, exit_code: None }
+        Outcome::Failed {
+            reason,
+            exit_code: None,
+        }
     }
 }
 
@@ -64,7 +70,11 @@ pub struct Driver<E, D, A> {
 
 /// Map a reason to one this GitLab accepts (gitlab-runner's compatibility chain).
 pub fn supported_failure_reason(reason: &str, supported: &[String]) -> String {
-    const ALWAYS: [&str; 3] = ["script_failure", "runner_system_failure", "job_execution_timeout"];
+    const ALWAYS: [&str; 3] = [
+        "script_failure",
+        "runner_system_failure",
+        "job_execution_timeout",
+    ];
     let mut r = reason;
     loop {
         if ALWAYS.contains(&r) || supported.iter().any(|s| s == r) {
@@ -89,7 +99,9 @@ fn engine_failure_reason(e: &EngineError) -> &'static str {
 
 fn deploy_failure_reason(e: &DeployError) -> &'static str {
     match e {
-        DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_) => "script_failure",
+        DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_) => {
+            "script_failure"
+        }
         DeployError::Configuration(_) => "runner_configuration_error",
         DeployError::Cancelled => "runner_system_failure",
     }
@@ -147,12 +159,30 @@ impl Signals {
 impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
     /// Run one job to its final status. Never panics on job input; always sends a final update
     /// (unless GitLab says the job is gone).
-    pub async fn run(&self, runner: Arc<RunnerSection>, payload: JobPayload, ctx: JobContext, shutdown: CancellationToken) {
+    pub async fn run(
+        &self,
+        runner: Arc<RunnerSection>,
+        payload: JobPayload,
+        ctx: JobContext,
+        shutdown: CancellationToken,
+    ) {
         let started = Instant::now();
         let job = payload.job_ref();
         let short = runner.token.short().to_string();
-        self.metrics.jobs_total.get_or_create(&RunnerLabels { runner: short.clone() }).inc();
-        let running = self.metrics.jobs.get_or_create(&JobStateLabels { runner: short.clone(), state: "running".into() });
+        self.metrics
+            .jobs_total
+            .get_or_create(&RunnerLabels {
+                runner: short.clone(),
+            })
+            .inc();
+        let running = self
+            .metrics
+            .jobs
+            .get_or_create(&JobStateLabels {
+                runner: short.clone(),
+                state: "running".into(),
+            })
+            .clone();
         running.inc();
 
         let mut masked = payload.secrets();
@@ -161,7 +191,10 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             output_limit: runner.output_limit,
             masked,
             token_prefixes: payload.features.token_mask_prefixes.clone(),
-            timing: self.trace_timing.clone(),
+            timing: TraceTiming {
+                final_retry_limit: runner.job_status_final_update_retry_limit.max(1),
+                ..self.trace_timing.clone()
+            },
             ..TraceConfig::default()
         };
         let (log, handle) = trace::start(job.clone(), self.api.clone(), cfg);
@@ -170,7 +203,10 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             env!("CARGO_PKG_VERSION"),
             crate::REVISION
         ));
-        log.write_line(&format!("\x1b[0;m  on {} {}, system ID: {}\x1b[0;m", runner.name, short, self.system_id));
+        log.write_line(&format!(
+            "\x1b[0;m  on {} {}, system ID: {}\x1b[0;m",
+            runner.name, short, self.system_id
+        ));
 
         let outcome = match plan::compile(&payload, &runner, &ctx) {
             Ok(plan) => {
@@ -179,7 +215,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     remote: handle.signals(),
                     shutdown,
                 };
-                self.execute(&plan, &runner, &log, &mut signals).await
+                self.execute(&plan, &job, &runner, &log, &mut signals).await
             }
             Err(e) => {
                 log.write_error(&format!("job {}: {e}", job.id));
@@ -190,40 +226,84 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         let update = match &outcome {
             Outcome::Success => {
                 log.write_line("\x1b[32;1mJob succeeded\x1b[0;m");
-                JobUpdate { state: JobState::Success, failure_reason: None, exit_code: None, checksum: None, bytesize: None }
+                JobUpdate {
+                    state: JobState::Success,
+                    failure_reason: None,
+                    exit_code: None,
+                    checksum: None,
+                    bytesize: None,
+                }
             }
             Outcome::Failed { reason, exit_code } => {
                 let reason = supported_failure_reason(reason, &payload.features.failure_reasons);
                 self.metrics
                     .failed_jobs
-                    .get_or_create(&FailureLabels { runner: short.clone(), failure_reason: reason.clone() })
+                    .get_or_create(&FailureLabels {
+                        runner: short.clone(),
+                        failure_reason: reason.clone(),
+                    })
                     .inc();
                 match exit_code {
                     Some(code) => log.write_error(&format!("Job failed: exit code {code}")),
                     None => log.write_error(&format!("Job failed ({reason})")),
                 }
-                JobUpdate { state: JobState::Failed, failure_reason: Some(reason), exit_code: *exit_code, checksum: None, bytesize: None }
+                JobUpdate {
+                    state: JobState::Failed,
+                    failure_reason: Some(reason),
+                    exit_code: *exit_code,
+                    checksum: None,
+                    bytesize: None,
+                }
             }
         };
         let final_outcome = handle.finish(update).await;
         running.dec();
         self.metrics
             .job_duration
-            .get_or_create(&RunnerLabels { runner: short.clone() })
+            .get_or_create(&RunnerLabels {
+                runner: short.clone(),
+            })
             .observe(started.elapsed().as_secs_f64());
         match final_outcome {
-            FinalOutcome::Accepted => info!(job = job.id, runner = %short, ?outcome, "job finished"),
-            FinalOutcome::Gone => info!(job = job.id, runner = %short, "job finished; GitLab no longer tracks it"),
+            FinalOutcome::Accepted => {
+                info!(job = job.id, runner = %short, ?outcome, "job finished")
+            }
+            FinalOutcome::Gone => {
+                info!(job = job.id, runner = %short, "job finished; GitLab no longer tracks it")
+            }
             FinalOutcome::GaveUp { reason } => {
                 warn!(job = job.id, runner = %short, %reason, "could not report the final job state to GitLab")
             }
         }
     }
 
-    async fn execute(&self, plan: &Plan, runner: &RunnerSection, log: &TraceWriter, signals: &mut Signals) -> Outcome {
+    async fn execute(
+        &self,
+        plan: &Plan,
+        job: &JobRef,
+        runner: &RunnerSection,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Outcome {
+        for w in &plan.warnings {
+            log.write_warning(w);
+        }
+        if let Err(e) = std::fs::create_dir_all(&plan.host_project_dir) {
+            log.write_error(&format!("creating the build directory: {e}"));
+            return Outcome::failed("runner_system_failure");
+        }
         match &plan.execution {
-            Execution::Docker { env, steps } => self.execute_docker(plan, env, steps, log, signals).await,
+            Execution::Docker { env, steps } => {
+                self.execute_docker(plan, job, env, steps, log, signals)
+                    .await
+            }
             Execution::Deploy { commands } => {
+                if let Err(o) = self.get_sources(plan, log, signals).await {
+                    return o;
+                }
+                if let Err(o) = self.download_artifacts(plan, log, signals).await {
+                    return o;
+                }
                 let mut outcome = Outcome::Success;
                 for cmd in commands {
                     log.write_line(&format!("\x1b[32;1m$ {}\x1b[0;m", cmd.line));
@@ -248,9 +328,18 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         let req = DeployRequest {
             args: args.to_vec(),
             project_dir: plan.host_project_dir.clone(),
-            variables: plan.variables.deduplicated().into_iter().map(|v| (v.key.clone(), v.value.clone())).collect(),
+            variables: plan
+                .variables
+                .deduplicated()
+                .into_iter()
+                .map(|v| (v.key.clone(), v.value.clone()))
+                .collect(),
             targets: runner.deploy.targets.clone(),
-            remaining: Some(signals.deadline.saturating_duration_since(tokio::time::Instant::now())),
+            remaining: Some(
+                signals
+                    .deadline
+                    .saturating_duration_since(tokio::time::Instant::now()),
+            ),
         };
         log.section_start("deploy", "Deploying to Kubernetes", false);
         let cancel = CancellationToken::new();
@@ -272,12 +361,26 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
     async fn execute_docker(
         &self,
         plan: &Plan,
+        job: &JobRef,
         env: &JobEnv,
         steps: &[PlannedStep],
         log: &TraceWriter,
         signals: &mut Signals,
     ) -> Outcome {
-        let outcome = self.docker_stages(plan, env, steps, log, signals).await;
+        let mut outcome = self.docker_stages(plan, env, steps, log, signals).await;
+        // Cache and artifacts after the script, by `when`, unless the job is over server-side or
+        // ferry is stopping.
+        if !matches!(signals.current(), Some(Stop::Abort | Stop::Shutdown))
+            && !self.before_script(&outcome)
+        {
+            let succeeded = outcome == Outcome::Success;
+            self.archive_caches(plan, log, succeeded).await;
+            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await {
+                if succeeded {
+                    outcome = o;
+                }
+            }
+        }
         // Cleanup runs on every path, on its own deadline, not cancellable by the job's signals.
         match tokio::time::timeout(CLEANUP_TIMEOUT, self.engine.destroy(env)).await {
             Ok(Ok(())) => {}
@@ -295,11 +398,24 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         log: &TraceWriter,
         signals: &mut Signals,
     ) -> Outcome {
-        log.section_start("prepare_executor", "Preparing the \"docker\" executor", false);
-        log.write_line(&format!("\x1b[0;mUsing Docker executor with image {} ...\x1b[0;m", env.image.name));
+        log.section_start(
+            "prepare_executor",
+            "Preparing the \"docker\" executor",
+            false,
+        );
+        log.write_line(&format!(
+            "\x1b[0;mUsing Docker executor with image {} ...\x1b[0;m",
+            env.image.name
+        ));
         let cancel = CancellationToken::new();
         let mut sink = log.clone();
-        let prepared = run_stoppable(self.engine.prepare(env, &mut sink, &cancel), &cancel, signals, false).await;
+        let prepared = run_stoppable(
+            self.engine.prepare(env, &mut sink, &cancel),
+            &cancel,
+            signals,
+            false,
+        )
+        .await;
         log.section_end("prepare_executor");
         match prepared {
             (_, Some(s)) => return stop_outcome(s, log),
@@ -309,6 +425,13 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
             (None, None) => return Outcome::failed("runner_system_failure"),
             (Some(Ok(())), None) => {}
+        }
+        if let Err(o) = self.get_sources(plan, log, signals).await {
+            return o;
+        }
+        self.restore_caches(plan, log, signals).await;
+        if let Err(o) = self.download_artifacts(plan, log, signals).await {
+            return o;
         }
         if let Err(e) = write_file_variables(plan) {
             log.write_error(&format!("writing file variables: {e}"));
@@ -334,9 +457,16 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
             let mut spec = step.spec.clone();
             if is_after {
-                spec.env.push(EnvVar { name: "CI_JOB_STATUS".into(), value: job_status.into() });
+                spec.env.push(EnvVar {
+                    name: "CI_JOB_STATUS".into(),
+                    value: job_status.into(),
+                });
             }
-            log.section_start(&step.section, &format!("Executing \"{}\" stage of the job script", step.section), false);
+            log.section_start(
+                &step.section,
+                &format!("Executing \"{}\" stage of the job script", step.section),
+                false,
+            );
             let cancel = CancellationToken::new();
             let mut sink = log.clone();
             // after_script has its own timeout and still runs after a timeout or a graceful cancel.
@@ -347,17 +477,30 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     remote: signals.remote.clone(),
                     shutdown: signals.shutdown.clone(),
                 };
-                run_stoppable(self.engine.run_step(env, &spec, &mut sink, &cancel), &cancel, &mut after_signals, true).await
+                run_stoppable(
+                    self.engine.run_step(env, &spec, &mut sink, &cancel),
+                    &cancel,
+                    &mut after_signals,
+                    true,
+                )
+                .await
             } else {
-                run_stoppable(self.engine.run_step(env, &spec, &mut sink, &cancel), &cancel, signals, false).await
+                run_stoppable(
+                    self.engine.run_step(env, &spec, &mut sink, &cancel),
+                    &cancel,
+                    signals,
+                    false,
+                )
+                .await
             };
             log.section_end(&step.section);
             if is_after {
                 // gitlab-runner ignores after_script failures by default.
                 match result {
-                    (Some(Ok(o)), None) if o.exit_code != 0 => {
-                        log.write_warning(&format!("after_script failed with exit code {}", o.exit_code))
-                    }
+                    (Some(Ok(o)), None) if o.exit_code != 0 => log.write_warning(&format!(
+                        "after_script failed with exit code {}",
+                        o.exit_code
+                    )),
                     (Some(Err(e)), None) => log.write_warning(&format!("after_script failed: {e}")),
                     (_, Some(Stop::Timeout)) => log.write_warning("after_script timed out"),
                     _ => {}
@@ -367,17 +510,32 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             match result {
                 (_, Some(s)) => {
                     outcome = stop_outcome(s, log);
-                    job_status = if s == Stop::Timeout { "timedout" } else { "canceled" };
+                    job_status = if s == Stop::Timeout {
+                        "timedout"
+                    } else {
+                        "canceled"
+                    };
                     if s == Stop::Abort || s == Stop::Shutdown {
                         return outcome;
                     }
                 }
                 (Some(Ok(StepOutcome { exit_code: 0, .. })), None) => {}
-                (Some(Ok(StepOutcome { exit_code, oom_killed })), None) => {
+                (
+                    Some(Ok(StepOutcome {
+                        exit_code,
+                        oom_killed,
+                    })),
+                    None,
+                ) => {
                     if oom_killed {
-                        log.write_error("the job container was killed because it ran out of memory (OOM)");
+                        log.write_error(
+                            "the job container was killed because it ran out of memory (OOM)",
+                        );
                     }
-                    outcome = Outcome::Failed { reason: "script_failure", exit_code: Some(exit_code) };
+                    outcome = Outcome::Failed {
+                        reason: "script_failure",
+                        exit_code: Some(exit_code),
+                    };
                     job_status = "failed";
                 }
                 (Some(Err(e)), None) => {
@@ -392,6 +550,240 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
         }
         outcome
+    }
+}
+
+impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
+    /// Whether the job failed before its script ran (then there is nothing to archive or upload).
+    fn before_script(&self, outcome: &Outcome) -> bool {
+        matches!(
+            outcome,
+            Outcome::Failed {
+                reason: "image_pull_failure" | "runner_configuration_error",
+                ..
+            }
+        )
+    }
+
+    async fn get_sources(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<(), Outcome> {
+        log.section_start("get_sources", "Getting source from Git repository", false);
+        let cancel = CancellationToken::new();
+        let mut sink = log.clone();
+        let r = run_stoppable(
+            ferry_executor::sources::get_sources(&plan.sources, &mut sink, &cancel),
+            &cancel,
+            signals,
+            false,
+        )
+        .await;
+        log.section_end("get_sources");
+        match r {
+            (_, Some(s)) => Err(stop_outcome(s, log)),
+            (Some(Ok(())), None) => Ok(()),
+            (Some(Err(e)), None) => {
+                log.write_error(&format!("Job failed: getting the sources: {e}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+            (None, None) => Err(Outcome::failed("runner_system_failure")),
+        }
+    }
+
+    async fn restore_caches(&self, plan: &Plan, log: &TraceWriter, signals: &mut Signals) {
+        if plan.caches.is_empty() {
+            return;
+        }
+        log.section_start("restore_cache", "Restoring cache", false);
+        for spec in &plan.caches {
+            let cancel = CancellationToken::new();
+            let mut sink = log.clone();
+            let fut = ferry_executor::cache::restore(
+                &plan.cache_store,
+                spec,
+                &plan.host_project_dir,
+                &mut sink,
+                &cancel,
+            );
+            if let (Some(Err(e)), None) = run_stoppable(fut, &cancel, signals, false).await {
+                log.write_warning(&format!("restoring cache {:?}: {e}", spec.key));
+            }
+        }
+        log.section_end("restore_cache");
+    }
+
+    async fn archive_caches(&self, plan: &Plan, log: &TraceWriter, succeeded: bool) {
+        if plan.caches.is_empty() {
+            return;
+        }
+        let name = if succeeded {
+            "archive_cache"
+        } else {
+            "archive_cache_on_failure"
+        };
+        log.section_start(name, "Saving cache", false);
+        for spec in &plan.caches {
+            let cancel = CancellationToken::new();
+            let mut sink = log.clone();
+            let r = ferry_executor::cache::save(
+                &plan.cache_store,
+                spec,
+                &plan.host_project_dir,
+                succeeded,
+                &mut sink,
+                &cancel,
+            )
+            .await;
+            if let Err(e) = r {
+                log.write_warning(&format!("saving cache {:?}: {e}", spec.key));
+            }
+        }
+        log.section_end(name);
+    }
+
+    async fn download_artifacts(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<(), Outcome> {
+        if plan.dependencies.is_empty() {
+            return Ok(());
+        }
+        log.section_start("download_artifacts", "Downloading artifacts", false);
+        let result = async {
+            for dep in &plan.dependencies {
+                log.write_line(&format!(
+                    "Downloading artifacts for {} ({})...",
+                    dep.name, dep.id
+                ));
+                let tmp = tempfile::NamedTempFile::new()
+                    .map_err(|e| Ok(format!("temporary file: {e}")))?;
+                let cancel = CancellationToken::new();
+                let fut = self.api.download_artifacts(dep.id, &dep.token, tmp.path());
+                match run_stoppable(fut, &cancel, signals, false).await {
+                    (_, Some(s)) => return Err(Err(stop_outcome(s, log))),
+                    (Some(Ok(())), None) => {}
+                    (Some(Err(e)), None) => {
+                        return Err(Ok(format!(
+                            "downloading artifacts of {} ({}): {e}",
+                            dep.name, dep.id
+                        )));
+                    }
+                    (None, None) => return Err(Ok("download abandoned".to_string())),
+                }
+                let (zip, dir) = (tmp.path().to_path_buf(), plan.host_project_dir.clone());
+                let summary = tokio::task::spawn_blocking(move || {
+                    ferry_executor::artifacts::extract_archive(&zip, &dir)
+                })
+                .await
+                .map_err(|e| Ok(e.to_string()))?
+                .map_err(|e| {
+                    Ok(format!(
+                        "extracting artifacts of {} ({}): {e}",
+                        dep.name, dep.id
+                    ))
+                })?;
+                for n in &summary.notes {
+                    log.write_line(&n.to_log_line());
+                }
+                log.write_line(&format!(
+                    "Downloaded artifacts for {} ({}): {} files",
+                    dep.name, dep.id, summary.files
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        log.section_end("download_artifacts");
+        match result {
+            Ok(()) => Ok(()),
+            Err(Err(o)) => Err(o),
+            Err(Ok(msg)) => {
+                log.write_error(&format!("Job failed: {msg}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+        }
+    }
+
+    async fn upload_artifacts(
+        &self,
+        plan: &Plan,
+        job: &JobRef,
+        log: &TraceWriter,
+        succeeded: bool,
+    ) -> Result<(), Outcome> {
+        let due: Vec<_> = plan
+            .artifacts
+            .iter()
+            .filter(|a| a.when.applies(succeeded))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let name = if succeeded {
+            "upload_artifacts_on_success"
+        } else {
+            "upload_artifacts_on_failure"
+        };
+        log.section_start(name, "Uploading artifacts for successful job", false);
+        let mut failed = None;
+        for spec in due {
+            log.write_line(&format!("Uploading artifacts ({})...", spec.artifact_type));
+            let tmp = match tempfile::NamedTempFile::new() {
+                Ok(t) => t,
+                Err(e) => {
+                    failed = Some(format!("temporary file: {e}"));
+                    break;
+                }
+            };
+            let mut sink = log.clone();
+            let summary = match ferry_executor::artifacts::archive(
+                &plan.host_project_dir,
+                spec,
+                tmp.path(),
+                &mut sink,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    failed = Some(format!("archiving artifacts: {e}"));
+                    break;
+                }
+            };
+            if summary.files == 0 {
+                continue;
+            }
+            let meta = crate::api::ArtifactMeta {
+                artifact_type: spec.artifact_type.clone(),
+                artifact_format: spec.format.as_str().to_string(),
+                name: spec.upload_file_name(),
+                expire_in: spec.expire_in.clone(),
+            };
+            match self.api.upload_artifacts(job, &meta, tmp.path()).await {
+                Ok(()) => log.write_line(&format!(
+                    "Uploading artifacts as \"{}\" to coordinator... 201 Created  id={} responseStatus=201 Created",
+                    spec.format.as_str(),
+                    job.id
+                )),
+                Err(e) => {
+                    failed = Some(format!("uploading artifacts: {e}"));
+                    break;
+                }
+            }
+        }
+        log.section_end(name);
+        match failed {
+            None => Ok(()),
+            Some(msg) => {
+                log.write_error(&format!("Job failed: {msg}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+        }
     }
 }
 
@@ -428,7 +820,9 @@ fn stop_outcome(stop: Stop, log: &TraceWriter) -> Outcome {
             Outcome::failed("unknown_failure")
         }
         Stop::Shutdown => {
-            log.write_error("Job failed: the runner was stopped (ferry received a termination signal)");
+            log.write_error(
+                "Job failed: the runner was stopped (ferry received a termination signal)",
+            );
             Outcome::failed("runner_interrupted")
         }
     }
@@ -437,7 +831,12 @@ fn stop_outcome(stop: Stop, log: &TraceWriter) -> Outcome {
 /// Write file-type variables into `<project dir>.tmp/<KEY>` on the host (visible in the job
 /// container through the builds dir mount).
 fn write_file_variables(plan: &Plan) -> std::io::Result<()> {
-    let files: Vec<_> = plan.variables.deduplicated().into_iter().filter(|v| v.file).collect();
+    let files: Vec<_> = plan
+        .variables
+        .deduplicated()
+        .into_iter()
+        .filter(|v| v.file)
+        .collect();
     if files.is_empty() {
         return Ok(());
     }
@@ -453,9 +852,23 @@ fn write_file_variables(plan: &Plan) -> std::io::Result<()> {
 
 /// A job whose payload could not be decoded, but whose id and token could: report it failed so it
 /// does not stay "running" in GitLab until its timeout.
-pub async fn fail_undecodable<A: JobApi>(api: Arc<A>, job: JobRef, error: &str, timing: TraceTiming) {
-    let (log, handle) = trace::start(job, api, TraceConfig { timing, ..TraceConfig::default() });
-    log.write_error(&format!("ferry could not read the job sent by GitLab: {error}"));
+pub async fn fail_undecodable<A: JobApi>(
+    api: Arc<A>,
+    job: JobRef,
+    error: &str,
+    timing: TraceTiming,
+) {
+    let (log, handle) = trace::start(
+        job,
+        api,
+        TraceConfig {
+            timing,
+            ..TraceConfig::default()
+        },
+    );
+    log.write_error(&format!(
+        "ferry could not read the job sent by GitLab: {error}"
+    ));
     handle
         .finish(JobUpdate {
             state: JobState::Failed,
@@ -503,13 +916,33 @@ mod tests {
     #[test]
     fn failure_reasons_fall_back_like_gitlab_runner() {
         let old: Vec<String> = vec![];
-        assert_eq!(supported_failure_reason("script_failure", &old), "script_failure");
-        assert_eq!(supported_failure_reason("image_pull_failure", &old), "runner_system_failure");
-        assert_eq!(supported_failure_reason("runner_configuration_error", &old), "script_failure");
-        assert_eq!(supported_failure_reason("runner_interrupted", &old), "unknown_failure");
-        let new = vec!["runner_configuration_error".to_string(), "runner_interrupted".to_string()];
-        assert_eq!(supported_failure_reason("runner_configuration_error", &new), "runner_configuration_error");
-        assert_eq!(supported_failure_reason("runner_interrupted", &new), "runner_interrupted");
+        assert_eq!(
+            supported_failure_reason("script_failure", &old),
+            "script_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("image_pull_failure", &old),
+            "runner_system_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_configuration_error", &old),
+            "script_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_interrupted", &old),
+            "unknown_failure"
+        );
+        let new = vec![
+            "runner_configuration_error".to_string(),
+            "runner_interrupted".to_string(),
+        ];
+        assert_eq!(
+            supported_failure_reason("runner_configuration_error", &new),
+            "runner_configuration_error"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_interrupted", &new),
+            "runner_interrupted"
+        );
     }
 }
-

@@ -8,7 +8,10 @@ use ferry_runner::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ERROR: starting the async runtime: {e}");
@@ -50,6 +53,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// CLI commands log warnings and errors only, unless asked for more.
 fn init_cli_logging(cli: &Cli) {
     let (level, format) = commands::log_settings(cli, None);
-    let level = if cli.log_level.is_none() && !cli.debug { "warn".to_string() } else { level };
+    let level = if cli.log_level.is_none() && !cli.debug {
+        "warn".to_string()
+    } else {
+        level
+    };
     let _ = ferry_runner::logging::init(&level, &format);
 }

@@ -38,6 +38,9 @@ pub struct Entry {
     /// Unix permission bits.
     pub mode: u32,
     pub mtime: SystemTime,
+    /// Owner, kept in cache archives so a restore as root gives files back to the job's user.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// What the rules selected: relative paths (`/`-separated, sorted) and the lines to show.
@@ -96,7 +99,7 @@ impl Collector<'_> {
             *self.excluded.entry(rule.clone()).or_default() += 1;
             return false;
         }
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             EntryKind::Dir
@@ -120,6 +123,8 @@ impl Collector<'_> {
             kind,
             mode: meta.permissions().mode() & 0o7777,
             mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            uid: meta.uid(),
+            gid: meta.gid(),
         };
         self.sel.entries.insert(rel.to_string(), entry);
         true

@@ -35,9 +35,9 @@ struct ManifestEntry<'a> {
     kind: &'static str,
     mode: u32,
     size: u64,
-    /// Nanoseconds since the epoch; directories' times are left out (extracting a tar
-    /// rewrites them, and they say nothing about the content).
-    mtime_ns: u128,
+    /// Whole seconds since the epoch, what a tar header keeps (a restored file must compare
+    /// equal); directories' times are left out (they say nothing about the content).
+    mtime: u64,
     target: Option<String>,
 }
 
@@ -46,26 +46,24 @@ fn manifest(sel: &Selection) -> Vec<u8> {
         .entries
         .iter()
         .map(|(path, e)| {
-            let mtime_ns = e
-                .mtime
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
+            let mtime = mtime_secs(e.mtime);
+            // Restores drop set-uid/sticky bits, so only these can be compared.
+            let mode = e.mode & 0o777;
             match &e.kind {
                 EntryKind::Dir => ManifestEntry {
                     path,
                     kind: "dir",
-                    mode: e.mode,
+                    mode,
                     size: 0,
-                    mtime_ns: 0,
+                    mtime: 0,
                     target: None,
                 },
                 EntryKind::File { size } => ManifestEntry {
                     path,
                     kind: "file",
-                    mode: e.mode,
+                    mode,
                     size: *size,
-                    mtime_ns,
+                    mtime,
                     target: None,
                 },
                 EntryKind::Symlink { target } => ManifestEntry {
@@ -73,7 +71,7 @@ fn manifest(sel: &Selection) -> Vec<u8> {
                     kind: "symlink",
                     mode: 0,
                     size: 0,
-                    mtime_ns: 0,
+                    mtime: 0,
                     target: Some(target.to_string_lossy().into_owned()),
                 },
             }
@@ -124,6 +122,8 @@ fn write_tar(
         let mut h = tar::Header::new_gnu();
         h.set_mode(entry.mode);
         h.set_mtime(mtime_secs(entry.mtime));
+        h.set_uid(entry.uid as u64);
+        h.set_gid(entry.gid as u64);
         match &entry.kind {
             EntryKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -138,11 +138,6 @@ fn write_tar(
             EntryKind::File { .. } => {
                 let f = open_regular(&root.join(rel))?;
                 let meta = f.metadata()?;
-                {
-                    use std::os::unix::fs::MetadataExt;
-                    h.set_uid(meta.uid() as u64);
-                    h.set_gid(meta.gid() as u64);
-                }
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(meta.len());
                 // take(): a file that grows while being read must not corrupt the archive.
@@ -180,7 +175,14 @@ pub(super) fn save(
     let tmp_archive = temp_path(key_dir, "archive");
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
-        write_tar(project_dir, &sel, &tmp_archive, cancel)?;
+        if let Err(e) = write_tar(project_dir, &sel, &tmp_archive, cancel) {
+            // evict() may have pruned the (then empty) key dir in between: once more.
+            if e.kind() != io::ErrorKind::NotFound || key_dir.is_dir() {
+                return Err(e);
+            }
+            std::fs::create_dir_all(key_dir)?;
+            write_tar(project_dir, &sel, &tmp_archive, cancel)?;
+        }
         std::fs::write(&tmp_manifest, &new_manifest)?;
         // Archive first: a manifest must never describe an archive that is not there yet.
         std::fs::rename(&tmp_archive, &archive)?;

@@ -201,6 +201,17 @@ pub enum SaveOutcome {
     Disabled,
 }
 
+/// `e` and its sources, `: `-separated (tar hides the cause of a failed unpack there).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    text
+}
+
 async fn note(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), CacheError> {
     hostio::write(log, level, text)
         .await
@@ -303,7 +314,7 @@ pub async fn restore(
                 });
             }
             Err(e) => {
-                note(log, Level::Warning, &format!("{key}: {e}")).await?;
+                note(log, Level::Warning, &format!("{key}: {}", error_chain(&e))).await?;
                 note(log, Level::Warning, "Failed to extract cache").await?;
             }
         }
@@ -415,7 +426,7 @@ pub async fn save(
             Ok(SaveOutcome::Created { key, files, bytes })
         }
         Err(e) => {
-            note(log, Level::Warning, &format!("{key}: {e}")).await?;
+            note(log, Level::Warning, &format!("{key}: {}", error_chain(&e))).await?;
             note(log, Level::Warning, "Failed to create cache").await?;
             Ok(SaveOutcome::Failed)
         }

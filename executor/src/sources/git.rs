@@ -102,6 +102,29 @@ const BASE_CONFIG: &[(&str, &str)] = &[
 pub(crate) struct Git {
     env: Vec<(String, String)>,
     secrets: Vec<String>,
+    /// (host path, container path): git's messages name the project dir as the job sees it.
+    display: Option<(String, String)>,
+}
+
+/// Replaces `from` by `to` where it stands as a whole path (not `/builds/p` in `/builds/p2`).
+fn replace_path(text: &str, from: &str, to: &str) -> String {
+    if from.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        let after = &rest[i + from.len()..];
+        let whole = !after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || "-_.".contains(c));
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What a finished git command printed.
@@ -154,13 +177,32 @@ impl Git {
         }
         secrets.retain(|s| s.len() >= 4);
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Git { env, secrets }
+        Git {
+            env,
+            secrets,
+            display: None,
+        }
+    }
+
+    /// Show `host_dir` as `shown` in git's output.
+    pub(crate) fn display_dir(mut self, host_dir: &Path, shown: Option<&str>) -> Git {
+        if let Some(shown) = shown {
+            let host = host_dir.display().to_string();
+            self.display = Some((
+                host.trim_end_matches('/').to_string(),
+                shown.trim_end_matches('/').to_string(),
+            ));
+        }
+        self
     }
 
     pub(crate) fn mask(&self, text: &str) -> String {
         let mut out = text.to_string();
         for s in &self.secrets {
             out = out.replace(s.as_str(), "[MASKED]");
+        }
+        if let Some((host, shown)) = &self.display {
+            out = replace_path(&out, host, shown);
         }
         out
     }
@@ -287,6 +329,15 @@ mod tests {
         assert_eq!(s.password.as_deref(), Some("glcbt-abc/x"));
         assert_eq!(strip_credentials("file:///tmp/r.git"), "file:///tmp/r.git");
         assert_eq!(strip_credentials("/tmp/r.git"), "/tmp/r.git");
+    }
+
+    #[test]
+    fn host_paths_are_shown_as_container_paths() {
+        let g = Git::new("/r.git", &[]).display_dir(Path::new("/srv/b/p"), Some("/builds/g/p"));
+        assert_eq!(
+            g.mask("Cloning into '/srv/b/p/vendor/lib'... /srv/b/p2 /srv/b/p"),
+            "Cloning into '/builds/g/p/vendor/lib'... /srv/b/p2 /builds/g/p"
+        );
     }
 
     #[test]

@@ -227,7 +227,8 @@ pub async fn get_sources(
         GitStrategy::Clone | GitStrategy::Fetch => {}
     }
     validate(spec)?;
-    let git = Git::new(&spec.repo_url, &spec.git_config);
+    let git = Git::new(&spec.repo_url, &spec.git_config)
+        .display_dir(&spec.project_dir, spec.display_dir.as_deref());
     let url = split_url(&spec.repo_url);
     if spec.depth > 0 {
         say(

@@ -10,12 +10,19 @@ use crate::cli::{UnregisterArgs, VerifyArgs};
 use crate::gitlab::{ClientOptions, GitLabClient};
 
 fn client_for(r: &RunnerSection) -> anyhow::Result<GitLabClient> {
-    GitLabClient::new(&ClientOptions::from_runner(r)).with_context(|| format!("runner {:?}", r.name))
+    GitLabClient::new(&ClientOptions::from_runner(r))
+        .with_context(|| format!("runner {:?}", r.name))
 }
 
 /// Whether GitLab says the token is unknown (the runner was deleted or the token reset).
 fn is_gone(e: &ApiError) -> bool {
-    matches!(e, ApiError::Status { status: 403 | 404 | 410, .. })
+    matches!(
+        e,
+        ApiError::Status {
+            status: 403 | 404 | 410,
+            ..
+        }
+    )
 }
 
 pub async fn unregister(path: &Path, args: &UnregisterArgs) -> anyhow::Result<()> {
@@ -39,9 +46,15 @@ pub async fn unregister(path: &Path, args: &UnregisterArgs) -> anyhow::Result<()
     if selected.is_empty() {
         if let (Some(url), Some(token)) = (&args.url, &args.token) {
             // Not in the file: still unregister it from GitLab, as gitlab-runner does.
-            let client = GitLabClient::new(&ClientOptions { url: url.clone(), ..ClientOptions::default() })?;
+            let client = GitLabClient::new(&ClientOptions {
+                url: url.clone(),
+                ..ClientOptions::default()
+            })?;
             client.unregister(token, system_id.as_deref()).await?;
-            println!("Unregistering runner from GitLab succeeded (it was not in {})", path.display());
+            println!(
+                "Unregistering runner from GitLab succeeded (it was not in {})",
+                path.display()
+            );
             return Ok(());
         }
         bail!("no runner in {} matches the given selector", path.display());
@@ -50,17 +63,32 @@ pub async fn unregister(path: &Path, args: &UnregisterArgs) -> anyhow::Result<()
     let mut failures = 0;
     for r in selected {
         let client = client_for(r)?;
-        match client.unregister(r.token.expose(), system_id.as_deref()).await {
+        match client
+            .unregister(r.token.expose(), system_id.as_deref())
+            .await
+        {
             Ok(()) => {
-                println!("Unregistering runner from GitLab succeeded  runner={} name={}", r.token.short(), r.name);
+                println!(
+                    "Unregistering runner from GitLab succeeded  runner={} name={}",
+                    r.token.short(),
+                    r.name
+                );
                 removed.push(r.token.expose().to_string());
             }
             Err(e) if is_gone(&e) => {
-                println!("Runner is already unknown to GitLab  runner={} name={}", r.token.short(), r.name);
+                println!(
+                    "Runner is already unknown to GitLab  runner={} name={}",
+                    r.token.short(),
+                    r.name
+                );
                 removed.push(r.token.expose().to_string());
             }
             Err(e) => {
-                eprintln!("ERROR: unregistering runner {} ({}): {e}", r.name, r.token.short());
+                eprintln!(
+                    "ERROR: unregistering runner {} ({}): {e}",
+                    r.name,
+                    r.token.short()
+                );
                 failures += 1;
             }
         }
@@ -70,7 +98,10 @@ pub async fn unregister(path: &Path, args: &UnregisterArgs) -> anyhow::Result<()
         println!("Removed {n} runner(s) from {}", path.display());
     }
     if failures > 0 {
-        bail!("{failures} runner(s) could not be unregistered and were kept in {}", path.display());
+        bail!(
+            "{failures} runner(s) could not be unregistered and were kept in {}",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -80,16 +111,32 @@ pub async fn verify(path: &Path, args: &VerifyArgs) -> anyhow::Result<()> {
     let system_id = load_or_create_system_id(path)?;
     let mut gone = Vec::new();
     let mut errors = 0;
-    for r in config.runners.iter().filter(|r| args.name.as_ref().is_none_or(|n| &r.name == n)) {
+    for r in config
+        .runners
+        .iter()
+        .filter(|r| args.name.as_ref().is_none_or(|n| &r.name == n))
+    {
         let client = client_for(r)?;
         match client.verify(r.token.expose(), &system_id).await {
-            Ok(_) => println!("Verifying runner... is valid  runner={} name={}", r.token.short(), r.name),
+            Ok(_) => println!(
+                "Verifying runner... is valid  runner={} name={}",
+                r.token.short(),
+                r.name
+            ),
             Err(e) if is_gone(&e) => {
-                println!("Verifying runner... is removed  runner={} name={}", r.token.short(), r.name);
+                println!(
+                    "Verifying runner... is removed  runner={} name={}",
+                    r.token.short(),
+                    r.name
+                );
                 gone.push(r.token.expose().to_string());
             }
             Err(e) => {
-                eprintln!("ERROR: Verifying runner... failed  runner={} name={}: {e}", r.token.short(), r.name);
+                eprintln!(
+                    "ERROR: Verifying runner... failed  runner={} name={}: {e}",
+                    r.token.short(),
+                    r.name
+                );
                 errors += 1;
             }
         }
@@ -108,7 +155,13 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
     let config = ferry_config::load(path)?;
     println!("Listing configured runners  ConfigFile={}", path.display());
     for r in &config.runners {
-        println!("{:<30} Executor={} Token={} URL={}", r.name, r.executor, r.token.short(), r.url);
+        println!(
+            "{:<30} Executor={} Token={} URL={}",
+            r.name,
+            r.executor,
+            r.token.short(),
+            r.url
+        );
     }
     for w in &config.warnings {
         eprintln!("WARNING: {}: {w}", path.display());

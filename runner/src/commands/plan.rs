@@ -17,7 +17,8 @@ pub fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<()> {
     let Some(runner) = runner else {
         bail!("{}: no [[runners]] entry to plan with", path.display());
     };
-    let bytes = std::fs::read(&args.payload).with_context(|| format!("reading {}", args.payload.display()))?;
+    let bytes = std::fs::read(&args.payload)
+        .with_context(|| format!("reading {}", args.payload.display()))?;
     let payload = parse_payload(&bytes).with_context(|| args.payload.display().to_string())?;
     let ctx = JobContext {
         working_dir: super::run::default_working_dir(),
@@ -25,7 +26,8 @@ pub fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<()> {
         concurrent_project_id: 0,
         tls_ca_pem: None,
     };
-    let plan = compile(&payload, runner, &ctx).map_err(|e| anyhow::anyhow!("job {}: {e}", payload.id))?;
+    let plan =
+        compile(&payload, runner, &ctx).map_err(|e| anyhow::anyhow!("job {}: {e}", payload.id))?;
     let mut text = serde_json::to_string_pretty(&plan)?;
     for secret in &plan.masked {
         text = text.replace(secret.as_str(), "[MASKED]");

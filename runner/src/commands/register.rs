@@ -16,23 +16,37 @@ pub const GLRT_RESERVED: &str = "Runner configuration other than name and execut
 --maintenance-note) and can not be specified when registering with a runner authentication token. This \
 configuration is specified on the GitLab server. Please try again without specifying any of those arguments.";
 
-fn ask(prompt: &str, current: Option<String>, input: &mut dyn BufRead) -> anyhow::Result<Option<String>> {
+fn ask(
+    prompt: &str,
+    current: Option<String>,
+    input: &mut dyn BufRead,
+) -> anyhow::Result<Option<String>> {
     println!("{prompt}");
     if let Some(c) = &current {
         print!("[{c}]: ");
     }
     std::io::stdout().flush().ok();
     let mut line = String::new();
-    input.read_line(&mut line).context("reading from the terminal")?;
+    input
+        .read_line(&mut line)
+        .context("reading from the terminal")?;
     let line = line.trim();
-    Ok(if line.is_empty() { current } else { Some(line.to_string()) })
+    Ok(if line.is_empty() {
+        current
+    } else {
+        Some(line.to_string())
+    })
 }
 
 /// Fill missing answers from the terminal, as `gitlab-runner register` does.
 fn prompt(args: &mut RegisterArgs) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
-    args.url = ask("Enter the GitLab instance URL (for example, https://gitlab.com/):", args.url.take(), &mut input)?;
+    args.url = ask(
+        "Enter the GitLab instance URL (for example, https://gitlab.com/):",
+        args.url.take(),
+        &mut input,
+    )?;
     let token = args.token.take().or_else(|| args.registration_token.take());
     let token = ask("Enter the registration token:", token, &mut input)?;
     if token.as_deref().is_some_and(|t| t.starts_with("glrt-")) {
@@ -42,7 +56,11 @@ fn prompt(args: &mut RegisterArgs) -> anyhow::Result<()> {
     }
     args.name = ask("Enter a name for the runner:", args.name.take(), &mut input)?;
     if args.registration_token.is_some() {
-        args.tag_list = ask("Enter tags for the runner (comma-separated):", args.tag_list.take(), &mut input)?;
+        args.tag_list = ask(
+            "Enter tags for the runner (comma-separated):",
+            args.tag_list.take(),
+            &mut input,
+        )?;
         args.maintenance_note = ask(
             "Enter optional maintenance note for the runner:",
             args.maintenance_note.take(),
@@ -51,7 +69,11 @@ fn prompt(args: &mut RegisterArgs) -> anyhow::Result<()> {
     }
     let executor = args.executor.take().or(Some("docker".into()));
     args.executor = ask("Enter an executor: docker", executor, &mut input)?;
-    args.docker.image = ask("Enter the default Docker image (for example, ruby:2.7):", args.docker.image.take(), &mut input)?;
+    args.docker.image = ask(
+        "Enter the default Docker image (for example, ruby:2.7):",
+        args.docker.image.take(),
+        &mut input,
+    )?;
     Ok(())
 }
 
@@ -64,10 +86,14 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
     };
     let executor = args.executor.clone().unwrap_or_else(|| "docker".into());
     if executor != "docker" {
-        bail!("register: executor {executor:?} is not supported; ferry runs jobs with the docker executor");
+        bail!(
+            "register: executor {executor:?} is not supported; ferry runs jobs with the docker executor"
+        );
     }
     let Some(image) = args.docker.image.clone().filter(|i| !i.is_empty()) else {
-        bail!("register: --docker-image (or DOCKER_IMAGE) is required: the image for jobs that set none");
+        bail!(
+            "register: --docker-image (or DOCKER_IMAGE) is required: the image for jobs that set none"
+        );
     };
     let auth_token = match (&args.token, &args.registration_token) {
         (Some(t), _) if !t.is_empty() => Some(t.clone()),
@@ -80,7 +106,10 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
         tls_ca_file: args.tls_ca_file.clone().map(Into::into),
         ..ClientOptions::default()
     })?;
-    let name = args.name.clone().unwrap_or_else(|| hostname().unwrap_or_else(|| "ferry".into()));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| hostname().unwrap_or_else(|| "ferry".into()));
     let now = unix_now();
 
     let (id, token, expires) = if let Some(token) = auth_token {
@@ -94,8 +123,15 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
         if server_side {
             bail!("{GLRT_RESERVED}");
         }
-        let v = client.verify(&token, &system_id).await.context("verifying the runner authentication token")?;
-        (v.id, token, v.token_expires_at.as_deref().and_then(parse_expiry))
+        let v = client
+            .verify(&token, &system_id)
+            .await
+            .context("verifying the runner authentication token")?;
+        (
+            v.id,
+            token,
+            v.token_expires_at.as_deref().and_then(parse_expiry),
+        )
     } else {
         let Some(reg) = args.registration_token.clone().filter(|t| !t.is_empty()) else {
             bail!("register: a token is required: --token (glrt-...) or --registration-token");
@@ -118,8 +154,15 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
             paused: args.paused.unwrap_or(false),
             maintenance_note: args.maintenance_note.clone(),
         };
-        let r = client.register(&reg, &request).await.context("registering the runner")?;
-        (Some(r.id), r.token, r.token_expires_at.as_deref().and_then(parse_expiry))
+        let r = client
+            .register(&reg, &request)
+            .await
+            .context("registering the runner")?;
+        (
+            Some(r.id),
+            r.token,
+            r.token_expires_at.as_deref().and_then(parse_expiry),
+        )
     };
 
     let mut runner = NewRunner::docker(&name, &url, &token, &image);
@@ -137,7 +180,11 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
     runner.docker = NewDocker {
         host: d.host.clone(),
         privileged: Some(d.privileged.unwrap_or(false)),
-        volumes: if d.volumes.is_empty() { vec!["/cache".into()] } else { d.volumes.clone() },
+        volumes: if d.volumes.is_empty() {
+            vec!["/cache".into()]
+        } else {
+            d.volumes.clone()
+        },
         pull_policy: d.pull_policy.clone(),
         network_mode: d.network_mode.clone(),
         memory: d.memory.clone(),
@@ -163,5 +210,8 @@ fn unix_now() -> i64 {
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }

@@ -40,7 +40,10 @@ pub fn default_working_dir() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         PathBuf::from("/var/lib/ferry")
     } else {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".ferry")
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".ferry")
     }
 }
 
@@ -71,7 +74,8 @@ impl GitLabSource {
         if let Some(c) = clients.get(&key(r)) {
             return Ok(c.clone());
         }
-        let c = Arc::new(GitLabClient::new(&ClientOptions::from_runner(r)).map_err(|e| e.to_string())?);
+        let c =
+            Arc::new(GitLabClient::new(&ClientOptions::from_runner(r)).map_err(|e| e.to_string())?);
         clients.insert(key(r), c.clone());
         Ok(c)
     }
@@ -88,13 +92,29 @@ impl GitLabSource {
         }
         match client.reset_token(r.token.expose()).await {
             Ok(reset) => {
-                let exp = reset.token_expires_at.as_deref().and_then(crate::gitlab::parse_expiry);
-                match ferry_config::update_token(&self.config_path, r.token.expose(), &reset.token, now, exp) {
-                    Ok(()) => info!(runner = r.token.short(), "runner token rotated before expiry"),
-                    Err(e) => error!(runner = r.token.short(), error = %e, "token rotated but config not saved"),
+                let exp = reset
+                    .token_expires_at
+                    .as_deref()
+                    .and_then(crate::gitlab::parse_expiry);
+                match ferry_config::update_token(
+                    &self.config_path,
+                    r.token.expose(),
+                    &reset.token,
+                    now,
+                    exp,
+                ) {
+                    Ok(()) => info!(
+                        runner = r.token.short(),
+                        "runner token rotated before expiry"
+                    ),
+                    Err(e) => {
+                        error!(runner = r.token.short(), error = %e, "token rotated but config not saved")
+                    }
                 }
             }
-            Err(e) => warn!(runner = r.token.short(), error = %e, "token rotation failed; will retry"),
+            Err(e) => {
+                warn!(runner = r.token.short(), error = %e, "token rotation failed; will retry")
+            }
         }
     }
 }
@@ -112,21 +132,32 @@ impl JobSource for GitLabSource {
             }
         };
         self.rotate_token_if_due(r, &client).await;
-        let last = self.last_update.lock().unwrap_or_else(|e| e.into_inner()).get(&key(r)).cloned();
-        let result = client.request_job(r.token.expose(), &self.system_id, last.as_deref()).await;
+        let last = self
+            .last_update
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key(r))
+            .cloned();
+        let result = client
+            .request_job(r.token.expose(), &self.system_id, last.as_deref())
+            .await;
         let (status, polled) = match result {
             Ok(JobRequest::Job { payload, .. }) => ("201", Polled::Job(payload)),
             Ok(JobRequest::Unusable { job, error, .. }) => {
                 if let Some(job) = job {
                     error!(runner = short, job = job.id, %error, "GitLab sent a job ferry cannot read: failing it");
-                    let (api, timing, msg) = (client.clone(), self.trace_timing.clone(), error.to_string());
+                    let (api, timing, msg) =
+                        (client.clone(), self.trace_timing.clone(), error.to_string());
                     tokio::spawn(async move { fail_undecodable(api, job, &msg, timing).await });
                 }
                 ("201", Polled::Nothing)
             }
             Ok(JobRequest::NoJob { last_update }) => {
                 if let Some(lu) = last_update {
-                    self.last_update.lock().unwrap_or_else(|e| e.into_inner()).insert(key(r), lu);
+                    self.last_update
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key(r), lu);
                 }
                 ("204", Polled::Nothing)
             }
@@ -135,7 +166,9 @@ impl JobSource for GitLabSource {
                 error!(runner = short, %message, "GitLab refused the runner token (403): is the runner deleted?");
                 ("403", Polled::Failed)
             }
-            Err(ApiError::Status { status, message, .. }) => {
+            Err(ApiError::Status {
+                status, message, ..
+            }) => {
                 warn!(runner = short, status, %message, "job request failed");
                 // GitLab answered: a healthy (if unhappy) server.
                 (if status >= 500 { "5xx" } else { "4xx" }, Polled::Nothing)
@@ -160,7 +193,11 @@ impl Slots {
         let used = map.entry(scope.clone()).or_default();
         let n = (0..).find(|n| !used.contains(n)).unwrap_or(0);
         used.insert(n);
-        SlotGuard { slots: self.clone(), scope, n }
+        SlotGuard {
+            slots: self.clone(),
+            scope,
+            n,
+        }
     }
 }
 
@@ -196,14 +233,23 @@ impl Handler {
             return Ok(e.clone());
         }
         let short = crate::variables::runner_short_token(r.token.expose());
-        let engine = Arc::new(DockerEngine::new(&r.docker, &short).await.map_err(|e| e.to_string())?);
+        let engine = Arc::new(
+            DockerEngine::new(&r.docker, &short)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
         engines.insert(key(r), engine.clone());
         Ok(engine)
     }
 }
 
 impl JobHandler<Box<JobPayload>> for Handler {
-    async fn run_job(&self, runner: Arc<RunnerSection>, job: Box<JobPayload>, cancel: CancellationToken) {
+    async fn run_job(
+        &self,
+        runner: Arc<RunnerSection>,
+        job: Box<JobPayload>,
+        cancel: CancellationToken,
+    ) {
         let api = match self.source.client(&runner) {
             Ok(c) => c,
             Err(e) => {
@@ -212,12 +258,19 @@ impl JobHandler<Box<JobPayload>> for Handler {
             }
         };
         let concurrent = self.slots.take(format!("{}", runner.token.short()));
-        let project = self.slots.take(format!("{}/{}", runner.token.short(), job.job_info.project_id));
+        let project = self.slots.take(format!(
+            "{}/{}",
+            runner.token.short(),
+            job.job_info.project_id
+        ));
         let ctx = JobContext {
             working_dir: self.working_dir.clone(),
             concurrent_id: concurrent.n,
             concurrent_project_id: project.n,
-            tls_ca_pem: runner.tls_ca_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()),
+            tls_ca_pem: runner
+                .tls_ca_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok()),
         };
         info!(job = job.id, runner = runner.token.short(), project = %job.job_info.project_full_path, "job received");
         match self.engine(&runner).await {
@@ -248,7 +301,10 @@ impl JobHandler<Box<JobPayload>> for Handler {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -257,7 +313,12 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 
 /// Reload the config when the file changes (checked every 3 s) and on SIGHUP. A file that fails
 /// to load keeps the previous config and logs the error.
-async fn reloader(path: PathBuf, tx: watch::Sender<Arc<Config>>, metrics: Metrics, stop: CancellationToken) {
+async fn reloader(
+    path: PathBuf,
+    tx: watch::Sender<Arc<Config>>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut seen = mtime(&path);
     let mut tick = tokio::time::interval(RELOAD_CHECK);
@@ -277,7 +338,11 @@ async fn reloader(path: PathBuf, tx: watch::Sender<Arc<Config>>, metrics: Metric
                 for w in &cfg.warnings {
                     warn!("{}: {w}", path.display());
                 }
-                info!(runners = cfg.runners.len(), concurrent = cfg.global.concurrent, "configuration reloaded");
+                info!(
+                    runners = cfg.runners.len(),
+                    concurrent = cfg.global.concurrent,
+                    "configuration reloaded"
+                );
                 publish_settings(&metrics, &cfg);
                 tx.send_replace(Arc::new(cfg));
             }
@@ -289,7 +354,12 @@ async fn reloader(path: PathBuf, tx: watch::Sender<Arc<Config>>, metrics: Metric
 fn publish_settings(metrics: &Metrics, cfg: &Config) {
     metrics.concurrent.set(cfg.global.concurrent as i64);
     for r in &cfg.runners {
-        metrics.limit.get_or_create(&RunnerLabels { runner: r.token.short().to_string() }).set(r.limit as i64);
+        metrics
+            .limit
+            .get_or_create(&RunnerLabels {
+                runner: r.token.short().to_string(),
+            })
+            .set(r.limit as i64);
     }
 }
 
@@ -298,18 +368,30 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         warn!("{}: {w}", path.display());
     }
     let system_id = ferry_config::load_or_create_system_id(path)?;
-    let working_dir = default_working_dir();
-    std::fs::create_dir_all(&working_dir).with_context(|| format!("creating {}", working_dir.display()))?;
+    let working_dir = args
+        .working_directory
+        .clone()
+        .unwrap_or_else(default_working_dir);
+    std::fs::create_dir_all(&working_dir)
+        .with_context(|| format!("creating {}", working_dir.display()))?;
     let metrics = Metrics::new();
     publish_settings(&metrics, &config);
     let stop = CancellationToken::new();
 
-    if let Some(addr) = args.listen_address.clone().or_else(|| config.global.listen_address.clone()) {
+    if let Some(addr) = args
+        .listen_address
+        .clone()
+        .or_else(|| config.global.listen_address.clone())
+    {
         let addr = crate::metrics::listen_address(&addr);
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listen_address {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listen_address {addr}"))?;
         info!(address = %addr, "metrics server listening (/metrics, /health)");
         let (m, s) = (metrics.clone(), stop.clone());
-        tokio::spawn(async move { crate::metrics::serve(listener, m, async move { s.cancelled().await }).await });
+        tokio::spawn(async move {
+            crate::metrics::serve(listener, m, async move { s.cancelled().await }).await
+        });
     }
 
     // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
@@ -318,17 +400,32 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         if let Ok(engine) = DockerEngine::new(&r.docker, &short).await {
             match engine.cleanup_leftovers().await {
                 Ok(0) => {}
-                Ok(n) => info!(runner = r.token.short(), removed = n, "removed leftovers of an earlier run"),
-                Err(e) => warn!(runner = r.token.short(), error = %e, "Docker is not reachable; jobs will fail until it is"),
+                Ok(n) => info!(
+                    runner = r.token.short(),
+                    removed = n,
+                    "removed leftovers of an earlier run"
+                ),
+                Err(e) => {
+                    warn!(runner = r.token.short(), error = %e, "Docker is not reachable; jobs will fail until it is")
+                }
             }
         }
     }
 
     let shutdown_timeout = config.global.shutdown_timeout;
     let (tx, rx) = watch::channel(Arc::new(config));
-    tokio::spawn(reloader(path.to_path_buf(), tx, metrics.clone(), stop.clone()));
+    tokio::spawn(reloader(
+        path.to_path_buf(),
+        tx,
+        metrics.clone(),
+        stop.clone(),
+    ));
 
-    let source = Arc::new(GitLabSource::new(system_id.clone(), metrics.clone(), path.to_path_buf()));
+    let source = Arc::new(GitLabSource::new(
+        system_id.clone(),
+        metrics.clone(),
+        path.to_path_buf(),
+    ));
     let handler = Arc::new(Handler {
         source: source.clone(),
         working_dir,
@@ -358,7 +455,10 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                     _ = int.recv() => { count += 1; }
                 }
                 if count == 1 && !forced.is_cancelled() {
-                    info!(?shutdown_timeout, "stopping: cancelling running jobs (a second signal exits at once)");
+                    info!(
+                        ?shutdown_timeout,
+                        "stopping: cancelling running jobs (a second signal exits at once)"
+                    );
                     forced.cancel();
                 } else if count >= 2 {
                     error!("second signal: exiting now");
@@ -368,7 +468,9 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         })
     };
     let (g, f) = (graceful_started.clone(), forced.clone());
-    let run = daemon.run(rx, async move { g.cancelled().await }, async move { f.cancelled().await });
+    let run = daemon.run(rx, async move { g.cancelled().await }, async move {
+        f.cancelled().await
+    });
     tokio::pin!(run);
     tokio::select! {
         _ = &mut run => {}

@@ -4,6 +4,7 @@
 //! "we ran the wrong thing" bugs are string comparisons against golden files
 //! (`runner/testdata/plans/`, rewritten with `FERRY_BLESS=1`).
 
+mod host;
 mod images;
 mod vars;
 
@@ -11,12 +12,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_config::RunnerSection;
+use ferry_executor::artifacts::ArtifactSpec;
+use ferry_executor::cache::{CacheSpec, CacheStore};
+use ferry_executor::sources::SourceSpec;
 use ferry_executor::{JobEnv, StepSpec};
 use serde::Serialize;
 
 use crate::gitlab::payload::{JobPayload, Step, When};
 use crate::variables::Variables;
 
+pub use host::DependencySpec;
 pub use images::derived_service_aliases;
 
 /// Job timeout when GitLab sends none.
@@ -95,6 +100,13 @@ pub struct Plan {
     pub execution: Execution,
     /// The project directory on the host (sources, cache and artifacts land here).
     pub host_project_dir: PathBuf,
+    pub sources: SourceSpec,
+    pub cache_store: CacheStore,
+    pub caches: Vec<CacheSpec>,
+    pub artifacts: Vec<ArtifactSpec>,
+    pub dependencies: Vec<DependencySpec>,
+    /// Settings that were ignored, shown as warnings in the job log.
+    pub warnings: Vec<String>,
     /// The job's final variables, expanded (masked values are redacted when serialized).
     pub variables: Variables,
     /// Values and token prefixes the trace must mask.
@@ -194,6 +206,16 @@ pub fn compile(
         }
     }
 
+    let host = host::host_plan(
+        payload,
+        runner,
+        &variables,
+        &ctx.working_dir,
+        host_project_dir.clone(),
+        &project_dir,
+        &short,
+        &project_path,
+    )?;
     let execution = if !runner.deploy.image.is_empty() && expanded_image == runner.deploy.image {
         Execution::Deploy {
             commands: deploy_commands(payload)?,
@@ -222,6 +244,12 @@ pub fn compile(
         timeout,
         execution,
         host_project_dir,
+        sources: host.sources,
+        cache_store: host.cache_store,
+        caches: host.caches,
+        artifacts: host.artifacts,
+        dependencies: host.dependencies,
+        warnings: host.warnings,
         variables,
         masked,
         mask_prefixes,

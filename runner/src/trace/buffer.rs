@@ -50,11 +50,11 @@ pub(crate) struct TraceBuffer {
 }
 
 impl TraceBuffer {
-    pub(crate) fn new(job_id: u64, masker: Masker, output_limit: u64, mem_limit: usize) -> Self {
+    pub(crate) fn new(job_id: u64, masker: Masker, output_limit: u64, store: Store) -> Self {
         TraceBuffer {
             job_id,
             masker,
-            store: Store::new(mem_limit),
+            store,
             crc: crc32fast::Hasher::new(),
             output_limit,
             limited: false,
@@ -344,7 +344,12 @@ mod tests {
     use super::*;
 
     fn buffer(phrases: &[&str], limit: u64, mem: usize) -> TraceBuffer {
-        TraceBuffer::new(1, Masker::new::<&str, &str>(phrases, &[]), limit, mem)
+        TraceBuffer::new(
+            1,
+            Masker::new::<&str, &str>(phrases, &[]),
+            limit,
+            Store::new(mem, None),
+        )
     }
 
     fn contents(b: &TraceBuffer) -> Vec<u8> {
@@ -469,6 +474,33 @@ mod tests {
         assert_eq!(contents(&b), b"ends with ");
         b.close();
         assert_eq!(contents(&b), b"ends with topsec");
+    }
+
+    #[test]
+    fn a_disk_error_ends_collection_with_a_notice() {
+        let mut b = TraceBuffer::new(
+            1,
+            Masker::new::<&str, &str>(&[], &[]),
+            1 << 20,
+            Store::new(8, Some("/nonexistent/ferry-spill".into())),
+        );
+        b.write(b"0123456789abcdef");
+        b.write(b"dropped");
+        b.close();
+        let text = String::from_utf8(contents(&b)).unwrap();
+        assert!(
+            text.starts_with(
+                "01234567\n\x1b[31;1mERROR: the runner could not store the job log on disk"
+            ),
+            "{text:?}"
+        );
+        assert!(text.ends_with("no more output will be collected.\x1b[0;m\n"));
+        assert!(!text.contains("dropped"));
+        assert_eq!(
+            b.checksum(),
+            format!("crc32:{:08x}", crc32fast::hash(text.as_bytes()))
+        );
+        assert_eq!(b.len(), text.len() as u64);
     }
 
     #[test]

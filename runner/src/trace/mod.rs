@@ -28,6 +28,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -123,6 +124,9 @@ pub struct TraceConfig {
     pub token_prefixes: Vec<String>,
     /// Most log bytes kept in memory; older bytes wait for upload in a temporary file.
     pub mem_limit: usize,
+    /// Where that temporary file goes (it has no name and disappears with the job); the system's
+    /// temporary directory (`$TMPDIR`) when `None`.
+    pub spill_dir: Option<PathBuf>,
     pub timing: TraceTiming,
 }
 
@@ -133,6 +137,7 @@ impl Default for TraceConfig {
             masked: Vec::new(),
             token_prefixes: Vec::new(),
             mem_limit: 1024 * 1024,
+            spill_dir: None,
             timing: TraceTiming::default(),
         }
     }
@@ -145,6 +150,7 @@ impl std::fmt::Debug for TraceConfig {
             .field("masked", &format_args!("[{} values]", self.masked.len()))
             .field("token_prefixes", &self.token_prefixes)
             .field("mem_limit", &self.mem_limit)
+            .field("spill_dir", &self.spill_dir)
             .field("timing", &self.timing)
             .finish()
     }
@@ -185,7 +191,7 @@ pub fn start<A: JobApi>(job: JobRef, api: Arc<A>, cfg: TraceConfig) -> (TraceWri
         job.id,
         masker,
         limit,
-        cfg.mem_limit,
+        store::Store::new(cfg.mem_limit, cfg.spill_dir.clone()),
     )));
     let writer = TraceWriter { shared };
     let (signal_tx, signals) = watch::channel(RemoteSignal::None);

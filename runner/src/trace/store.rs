@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -49,16 +50,19 @@ pub(crate) struct Store {
     /// Bytes `[0, spilled)` are in `file`.
     spilled: u64,
     file: Option<Arc<File>>,
+    /// Directory of the spill file; the system's temporary directory when `None`.
+    spill_dir: Option<PathBuf>,
     total: u64,
 }
 
 impl Store {
-    pub(crate) fn new(mem_limit: usize) -> Self {
+    pub(crate) fn new(mem_limit: usize, spill_dir: Option<PathBuf>) -> Self {
         Store {
             mem: Vec::new(),
             mem_limit: mem_limit.max(1),
             spilled: 0,
             file: None,
+            spill_dir,
             total: 0,
         }
     }
@@ -120,7 +124,16 @@ impl Store {
         let file = match &self.file {
             Some(f) => f.clone(),
             None => {
-                let f = Arc::new(tempfile::tempfile()?);
+                let f = match &self.spill_dir {
+                    Some(dir) => tempfile::tempfile_in(dir).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("temporary file in {}: {e}", dir.display()),
+                        )
+                    })?,
+                    None => tempfile::tempfile()?,
+                };
+                let f = Arc::new(f);
                 self.file = Some(f.clone());
                 f
             }
@@ -171,7 +184,7 @@ mod tests {
 
     #[test]
     fn spills_and_reads_back_across_the_boundary() {
-        let mut s = Store::new(10);
+        let mut s = Store::new(10, None);
         let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         for piece in data.chunks(13) {
             s.append(piece).unwrap();
@@ -185,11 +198,23 @@ mod tests {
 
     #[test]
     fn small_logs_stay_in_memory() {
-        let mut s = Store::new(1 << 20);
+        let mut s = Store::new(1 << 20, None);
         s.append(b"hello\n").unwrap();
         assert_eq!(s.spilled(), 0);
         assert!(s.file.is_none());
         assert_eq!(read_all(&s), b"hello\n");
         assert!(matches!(s.plan_read(6, 10), ReadPlan::Empty));
+    }
+
+    #[test]
+    fn a_failed_spill_keeps_what_was_stored() {
+        let mut s = Store::new(4, Some(PathBuf::from("/nonexistent/ferry-spill")));
+        let err = s.append(b"0123456789").unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/ferry-spill"),
+            "{err}"
+        );
+        assert_eq!(s.len(), 4);
+        assert_eq!(read_all(&s), b"0123");
     }
 }
