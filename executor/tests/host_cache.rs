@@ -426,3 +426,26 @@ async fn eviction_skips_git_object_caches_in_use() {
     assert_eq!(report.removed, vec![cache.join("git/a.git")]);
     assert!(cache.join("git/b.git/objects").is_dir());
 }
+
+#[tokio::test]
+async fn cancelled_jobs_stop_restoring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, p) = (tmp.path().join("cache"), tmp.path().join("p"));
+    write(&p, "c/f", "x");
+    let st = store(&cache);
+    let sp = spec("k", &["c"]);
+    do_save(&st, &sp, &p, true).await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let mut log = Vec::new();
+    let res = restore(&st, &sp, &tmp.path().join("q"), &mut log, &cancel).await;
+    assert!(
+        matches!(res, Err(ferry_executor::cache::CacheError::Cancelled)),
+        "{res:?}"
+    );
+    let res = save(&st, &sp, &p, true, &mut log, &cancel).await;
+    assert!(
+        matches!(res, Err(ferry_executor::cache::CacheError::Cancelled)),
+        "{res:?}"
+    );
+}

@@ -549,3 +549,44 @@ async fn a_failing_http_remote_does_not_leak_the_token() {
             .contains(TOKEN)
     );
 }
+
+#[tokio::test]
+async fn object_cache_serves_the_fetch_strategy_and_drops_old_pipeline_refs() {
+    let up = Upstream::new();
+    let a = up.commit("f", "1");
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/pipelines/1"]);
+    let cache = up.root.join("cache/git/project-1.git");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &a, &dir);
+    s.strategy = GitStrategy::Fetch;
+    s.object_cache_dir = Some(cache.clone());
+    s.depth = 5;
+    s.refspecs = vec![
+        "+refs/pipelines/1:refs/pipelines/1".into(),
+        "+refs/heads/main:refs/remotes/origin/main".into(),
+    ];
+    run_ok(&s).await;
+    assert!(cache.join("ferry-last-used").is_file());
+
+    let b = up.commit("f", "2");
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/pipelines/2"]);
+    s.sha = b.clone();
+    s.refspecs[0] = "+refs/pipelines/2:refs/pipelines/2".into();
+    let log = run_ok(&s).await;
+    assert!(log.contains("Fetching changes with git depth set to 5..."));
+    assert!(log.contains("Reinitialized existing Git repository"));
+    assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "2");
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), b);
+    assert_eq!(
+        git(
+            &cache,
+            &["for-each-ref", "--format=%(refname)", "refs/pipelines/"]
+        ),
+        "refs/pipelines/2"
+    );
+    assert!(
+        !std::fs::read_to_string(dir.join(".git/config"))
+            .unwrap()
+            .contains("project-1.git")
+    );
+}

@@ -6,8 +6,10 @@
 //! build container starts. The project dir it fills is what the engine mounts at
 //! `CI_PROJECT_DIR`.
 
+mod checks;
 mod git;
 mod run;
+mod submodules;
 
 use std::fmt;
 use std::path::PathBuf;

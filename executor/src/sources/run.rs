@@ -1,19 +1,25 @@
 //! The `get_sources` stage: strategies, the object cache, checkout and submodules.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{GIT_CACHE_LOCK, GIT_CACHE_MARKER};
 use crate::engine::LogSink;
-use crate::hostio::{self, Level, clean_relative, lstat_inside, remove_any};
+use crate::hostio::{self, Level, remove_any};
 
+use super::checks::validate;
 use super::git::{Git, split_url};
-use super::{GitStrategy, SourceError, SourceSpec, SubmoduleStrategy};
+use super::submodules::submodules;
+use super::{GitStrategy, SourceError, SourceSpec};
 
-async fn say(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), SourceError> {
+pub(super) async fn say(
+    log: &mut LogSink<'_>,
+    level: Level,
+    text: &str,
+) -> Result<(), SourceError> {
     hostio::write(log, level, text)
         .await
         .map_err(|e| SourceError::Io {
@@ -22,176 +28,13 @@ async fn say(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), Sour
         })
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SourceError {
+pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SourceError {
     let context = context.into();
     move |source| SourceError::Io { context, source }
 }
 
-fn s(v: &str) -> String {
+pub(super) fn s(v: &str) -> String {
     v.to_string()
-}
-
-/// Fetch flags a job may set through `GIT_FETCH_EXTRA_FLAGS`. git runs on the host, so
-/// anything that can name a program (`--upload-pack`) or a host path must be refused.
-const FETCH_FLAGS: &[&str] = &[
-    "--prune",
-    "-p",
-    "--prune-tags",
-    "-P",
-    "--quiet",
-    "-q",
-    "--verbose",
-    "-v",
-    "--no-tags",
-    "-n",
-    "--tags",
-    "-t",
-    "--force",
-    "-f",
-    "--progress",
-    "--no-progress",
-    "--jobs",
-    "-j",
-    "--filter",
-    "--no-filter",
-    "--no-write-fetch-head",
-    "--write-fetch-head",
-    "--deepen",
-    "--shallow-since",
-    "--shallow-exclude",
-    "--update-shallow",
-    "--refetch",
-    "--atomic",
-    "--ipv4",
-    "-4",
-    "--ipv6",
-    "-6",
-    "--no-auto-gc",
-    "--auto-gc",
-    "--no-auto-maintenance",
-    "--show-forced-updates",
-    "--no-show-forced-updates",
-    "--server-option",
-    "-o",
-    "--no-recurse-submodules",
-    "--set-upstream",
-    "--append",
-    "-a",
-];
-
-const SUBMODULE_UPDATE_FLAGS: &[&str] = &[
-    "--remote",
-    "--recursive",
-    "--jobs",
-    "-j",
-    "--depth",
-    "--force",
-    "-f",
-    "--checkout",
-    "--rebase",
-    "--merge",
-    "--no-fetch",
-    "-N",
-    "--single-branch",
-    "--no-single-branch",
-    "--recommend-shallow",
-    "--no-recommend-shallow",
-    "--filter",
-    "--progress",
-    "--quiet",
-    "-q",
-    "--init",
-    "--dissociate",
-];
-
-const CLEAN_FLAGS: &[&str] = &[
-    "-q",
-    "--quiet",
-    "-e",
-    "--exclude",
-    "--force",
-    "-n",
-    "--dry-run",
-];
-
-/// `git clean` short options may be bundled (`-ffdx`).
-fn bundled_clean_flags(f: &str) -> bool {
-    f.len() > 1
-        && f.starts_with('-')
-        && !f.starts_with("--")
-        && f[1..].chars().all(|c| "fdxXqn".contains(c))
-}
-
-/// Checks `flags` against `allowed` (`--name=value` and the word after a flag taking a value
-/// are accepted as such). Values must not look like options themselves.
-fn check_flags(name: &'static str, flags: &[String], allowed: &[&str]) -> Result<(), SourceError> {
-    let takes_value = [
-        "--jobs",
-        "-j",
-        "--filter",
-        "--deepen",
-        "--shallow-since",
-        "--shallow-exclude",
-        "--server-option",
-        "-o",
-        "--depth",
-        "-e",
-        "--exclude",
-    ];
-    let mut expect_value = false;
-    for f in flags {
-        if expect_value {
-            expect_value = false;
-            if !f.starts_with('-') {
-                continue;
-            }
-        }
-        let flag = f.split_once('=').map_or(f.as_str(), |(k, _)| k);
-        let bundled = name == "GIT_CLEAN_FLAGS" && bundled_clean_flags(flag);
-        if !allowed.contains(&flag) && !bundled {
-            return Err(SourceError::InvalidVariable {
-                name,
-                value: format!("{f} (not allowed: git runs on the runner host)"),
-            });
-        }
-        expect_value = !f.contains('=') && takes_value.contains(&flag);
-    }
-    Ok(())
-}
-
-fn validate(spec: &SourceSpec) -> Result<(), SourceError> {
-    let sha_ok =
-        (7..=64).contains(&spec.sha.len()) && spec.sha.chars().all(|c| c.is_ascii_hexdigit());
-    if !sha_ok {
-        return Err(SourceError::InvalidSpec(format!(
-            "sha {:?} is not a commit id",
-            spec.sha
-        )));
-    }
-    for r in &spec.refspecs {
-        if r.is_empty() || r.starts_with('-') || r.contains(char::is_whitespace) {
-            return Err(SourceError::InvalidSpec(format!(
-                "refspec {r:?} is not valid"
-            )));
-        }
-    }
-    if spec.repo_url.starts_with('-') || spec.repo_url.is_empty() {
-        return Err(SourceError::InvalidSpec(
-            "repository URL is not valid".into(),
-        ));
-    }
-    check_flags(
-        "GIT_FETCH_EXTRA_FLAGS",
-        &spec.fetch_extra_flags,
-        FETCH_FLAGS,
-    )?;
-    check_flags("GIT_CLEAN_FLAGS", &spec.clean_flags, CLEAN_FLAGS)?;
-    check_flags(
-        "GIT_SUBMODULE_UPDATE_FLAGS",
-        &spec.submodule_update_flags,
-        SUBMODULE_UPDATE_FLAGS,
-    )?;
-    Ok(())
 }
 
 /// Fetches the job's commit into `spec.project_dir` and checks it out, as gitlab-runner's
@@ -522,7 +365,8 @@ async fn update_cache(
     }
     std::fs::write(cache.join(GIT_CACHE_MARKER), b"")
         .map_err(io_err(format!("marking {}", cache.display())))?;
-    let (to_cache, _) = cache_refspecs(&spec.refspecs);
+    let (to_cache, to_project) = cache_refspecs(&spec.refspecs);
+    drop_old_pipeline_refs(git, cache, &to_project, cancel).await?;
     let mut args = vec![
         s("fetch"),
         s("--no-recurse-submodules"),
@@ -537,115 +381,37 @@ async fn update_cache(
         .map(|_| ())
 }
 
-/// Submodule paths listed in `.gitmodules` (read with `git config -f`, which runs nothing).
-async fn submodule_dirs(dir: &Path, git: &Git, cancel: &CancellationToken) -> Vec<PathBuf> {
-    if !dir.join(".gitmodules").is_file() {
-        return Vec::new();
-    }
-    let args = [
-        s("config"),
-        s("-f"),
-        s(".gitmodules"),
-        s("--get-regexp"),
-        s(r"^submodule\..*\.path$"),
-    ];
-    let Ok(out) = git.run(dir, &args, None, cancel).await else {
-        return Vec::new();
-    };
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(_, p)| p.trim().to_string()))
-        .filter_map(|p| clean_relative(&p))
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect()
-}
-
-async fn submodules(
-    spec: &SourceSpec,
+/// Every pipeline fetches its own `refs/pipelines/<id>`; without this the object cache would
+/// keep one ref per pipeline forever. Refs this job asks for are kept.
+async fn drop_old_pipeline_refs(
     git: &Git,
-    log: &mut LogSink<'_>,
+    cache: &Path,
+    wanted: &[String],
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
-    let recursive = match spec.submodule_strategy {
-        SubmoduleStrategy::None => {
-            return say(log, Level::Notice, "Skipping Git submodules setup").await;
-        }
-        SubmoduleStrategy::Normal => false,
-        SubmoduleStrategy::Recursive => true,
-    };
-    let depth = spec.submodule_depth;
-    let msg = match (recursive, depth > 0) {
-        (true, true) => {
-            format!("Updating/initializing submodules recursively with git depth set to {depth}...")
-        }
-        (true, false) => s("Updating/initializing submodules recursively..."),
-        (false, true) => {
-            format!("Updating/initializing submodules with git depth set to {depth}...")
-        }
-        (false, false) => s("Updating/initializing submodules..."),
-    };
-    say(log, Level::Notice, &msg).await?;
-    let dir = &spec.project_dir;
-    // scrub() removed .git/modules; a submodule checkout left by the previous job now points
-    // at a git dir that is gone and would make `submodule update` fail.
-    for p in submodule_dirs(dir, git, cancel).await {
-        let stale = lstat_inside(dir, &p.join(".git")).is_ok_and(|m| m.is_file());
-        if stale {
-            remove_any(&dir.join(&p))
-                .map_err(io_err(format!("removing stale submodule {}", p.display())))?;
+    let args = [
+        s("for-each-ref"),
+        s("--format=%(refname)"),
+        s("refs/pipelines/"),
+    ];
+    let listed = git.run(cache, &args, None, cancel).await?;
+    for r in listed
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+    {
+        let keep = wanted.iter().any(|w| w.ends_with(&format!(":{r}")));
+        if !keep {
+            git.run(
+                cache,
+                &[s("update-ref"), s("-d"), r.to_string()],
+                None,
+                cancel,
+            )
+            .await?;
         }
     }
-    let mut paths = Vec::new();
-    if !spec.submodule_paths.is_empty() {
-        paths.push(s("--"));
-        paths.extend(spec.submodule_paths.iter().cloned());
-    }
-    let rec = |mut v: Vec<String>| {
-        if recursive {
-            v.push(s("--recursive"));
-        }
-        v
-    };
-    let mut init = vec![s("submodule"), s("init")];
-    init.extend(paths.iter().cloned());
-    git.run(dir, &init, Some(log), cancel).await?;
-    let mut sync = rec(vec![s("submodule"), s("sync")]);
-    sync.extend(paths.iter().cloned());
-    git.run(dir, &sync, Some(log), cancel).await?;
-    let clean_flags = if spec.clean_flags.is_empty() {
-        s("-ffdx")
-    } else {
-        spec.clean_flags.join(" ")
-    };
-    let foreach = |cmd: String| {
-        let mut v = rec(vec![s("submodule"), s("foreach")]);
-        v.push(cmd);
-        v
-    };
-    git.run(
-        dir,
-        &foreach(format!("git clean {clean_flags}")),
-        Some(log),
-        cancel,
-    )
-    .await?;
-    git.run(dir, &foreach(s("git reset --hard")), Some(log), cancel)
-        .await?;
-    let mut update = rec(vec![s("submodule"), s("update"), s("--init")]);
-    if depth > 0 {
-        update.push(s("--depth"));
-        update.push(depth.to_string());
-    }
-    update.extend(spec.submodule_update_flags.iter().cloned());
-    update.extend(paths.iter().cloned());
-    git.run(dir, &update, Some(log), cancel).await?;
-    git.run(
-        dir,
-        &foreach(format!("git clean {clean_flags}")),
-        Some(log),
-        cancel,
-    )
-    .await?;
     Ok(())
 }
 
@@ -676,37 +442,5 @@ mod tests {
                 "+refs/tags/v1:refs/tags/v1"
             ]
         );
-    }
-
-    #[test]
-    fn dangerous_flags_are_refused() {
-        let ok = [
-            s("--prune"),
-            s("--quiet"),
-            s("--jobs"),
-            s("4"),
-            s("--filter=blob:none"),
-        ];
-        assert!(check_flags("X", &ok, FETCH_FLAGS).is_ok());
-        for bad in [
-            "--upload-pack=/bin/sh",
-            "--upload-pack",
-            "-c",
-            "--config=x",
-            "--reference",
-        ] {
-            assert!(check_flags("X", &[s(bad)], FETCH_FLAGS).is_err(), "{bad}");
-        }
-        assert!(check_flags("X", &[s("--jobs"), s("--upload-pack=x")], FETCH_FLAGS).is_err());
-        assert!(
-            check_flags(
-                "GIT_CLEAN_FLAGS",
-                &[s("-ffdx"), s("-e"), s("keep/")],
-                CLEAN_FLAGS
-            )
-            .is_ok()
-        );
-        assert!(check_flags("GIT_CLEAN_FLAGS", &[s("-fdz")], CLEAN_FLAGS).is_err());
-        assert!(check_flags("X", &[s("--reference"), s("/x")], SUBMODULE_UPDATE_FLAGS).is_err());
     }
 }
