@@ -151,6 +151,12 @@ async fn clone_checks_out_the_commit_and_logs_like_gitlab_runner() {
         &sha[..8]
     )));
     assert!(log.contains("Skipping Git submodules setup"));
+    // World-writable like gitlab-runner's checkout (umask 0000), for non-root job images.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("src/main.rs")), 0o666);
+    assert_eq!(mode(&dir.join("src")), 0o777);
+    assert_eq!(mode(&dir), 0o777);
     // origin is the plain URL; no hooks from a template.
     assert_eq!(git(&dir, &["remote", "get-url", "origin"]), up.url());
     assert!(!dir.join(".git/hooks").exists());
@@ -589,4 +595,78 @@ async fn object_cache_serves_the_fetch_strategy_and_drops_old_pipeline_refs() {
             .unwrap()
             .contains("project-1.git")
     );
+}
+
+#[tokio::test]
+async fn cancelling_a_hanging_fetch_kills_git() {
+    // A "GitLab" that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let up = Upstream::new();
+    let dir = up.project("p");
+    let url = format!("http://gitlab-ci-token:{TOKEN}@127.0.0.1:{port}/group/project.git");
+    let s = spec(&url, &"a".repeat(40), &dir);
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let needle = format!("127.0.0.1:{port}");
+    let seen = tokio::spawn(async move {
+        // Wait until git's HTTP helper is running, look at every command line, then cancel.
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            seen = cmdlines_containing(&needle);
+            if !seen.is_empty() {
+                break;
+            }
+        }
+        c2.cancel();
+        seen
+    });
+    let mut log: Vec<u8> = Vec::new();
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        get_sources(&s, &mut log, &cancel),
+    )
+    .await
+    .expect("get_sources did not stop after cancel");
+    assert!(matches!(res, Err(SourceError::Cancelled)), "{res:?}");
+    let seen = seen.await.unwrap();
+    assert!(!seen.is_empty(), "git never contacted the server");
+    assert!(
+        seen.iter().all(|c| !c.contains(TOKEN)),
+        "job token visible in a command line: {seen:?}"
+    );
+    // git and its helpers are gone.
+    let needle = format!("127.0.0.1:{port}");
+    let mut left = cmdlines_containing(&needle);
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = cmdlines_containing(&needle);
+    }
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// Command lines of running processes that contain `needle` (what `ps` would show).
+fn cmdlines_containing(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
 }

@@ -169,7 +169,14 @@ fn ensure_project_dir(dir: &Path) -> Result<(), SourceError> {
     if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
         remove_any(dir).map_err(io_err(format!("removing {}", dir.display())))?;
     }
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        // World-writable as gitlab-runner's helper creates it (umask 0000), for non-root jobs.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(io_err(format!("chmod {}", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// Before reusing a project dir (fetch strategy): a job ran in it and may have changed
