@@ -670,3 +670,52 @@ fn cmdlines_containing(needle: &str) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test]
+async fn recursive_submodules_and_submodule_paths() {
+    let inner = Upstream::new();
+    inner.commit("inner.txt", "inner");
+    let mid = Upstream::new();
+    mid.commit("mid.txt", "mid");
+    git(&mid.work, &["submodule", "add", "-q", &inner.url(), "deep"]);
+    git(&mid.work, &["commit", "-q", "-m", "deep"]);
+    git(&mid.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let other = Upstream::new();
+    other.commit("other.txt", "other");
+    let up = Upstream::new();
+    up.commit("f", "1");
+    git(&up.work, &["submodule", "add", "-q", &mid.url(), "mid"]);
+    git(&up.work, &["submodule", "add", "-q", &other.url(), "other"]);
+    git(&up.work, &["commit", "-q", "-m", "subs"]);
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let sha = git(&up.work, &["rev-parse", "HEAD"]);
+
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.git_config = vec![("protocol.file.allow".into(), "always".into())];
+    let vars = ferry_executor::sources::GitVariables::resolve(
+        |k| match k {
+            "GIT_SUBMODULE_STRATEGY" => Some("recursive"),
+            "GIT_SUBMODULE_PATHS" => Some(":(exclude)other"),
+            "GIT_STRATEGY" => Some("clone"),
+            _ => None,
+        },
+        true,
+        0,
+    )
+    .unwrap();
+    vars.apply(&mut s);
+    let log = run_ok(&s).await;
+    assert!(
+        log.contains("Updating/initializing submodules recursively..."),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("mid/deep/inner.txt")).unwrap(),
+        "inner"
+    );
+    assert!(
+        !dir.join("other/other.txt").exists(),
+        "excluded by GIT_SUBMODULE_PATHS"
+    );
+}

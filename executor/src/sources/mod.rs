@@ -296,6 +296,21 @@ impl GitVariables {
     }
 }
 
+impl GitVariables {
+    /// Copies the resolved values into `spec` (the fields the variables control).
+    pub fn apply(&self, spec: &mut SourceSpec) {
+        spec.strategy = self.strategy;
+        spec.depth = self.depth;
+        spec.checkout = self.checkout;
+        spec.clean_flags = self.clean_flags.clone();
+        spec.fetch_extra_flags = self.fetch_extra_flags.clone();
+        spec.submodule_strategy = self.submodule_strategy;
+        spec.submodule_depth = self.submodule_depth;
+        spec.submodule_update_flags = self.submodule_update_flags.clone();
+        spec.submodule_paths = self.submodule_paths.clone();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
