@@ -719,3 +719,9 @@ async fn recursive_submodules_and_submodule_paths() {
         "excluded by GIT_SUBMODULE_PATHS"
     );
 }
+
+#[tokio::test]
+async fn the_host_git_is_recent_enough() {
+    let v = ferry_executor::sources::check_git().await.unwrap();
+    assert!(v.starts_with("git version "), "{v}");
+}

@@ -146,6 +146,13 @@ pub(super) fn validate(spec: &SourceSpec) -> Result<(), SourceError> {
             )));
         }
     }
+    if let Some(f) = &spec.object_format
+        && !(f.len() <= 16 && f.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
+        return Err(SourceError::InvalidSpec(format!(
+            "repository object format {f:?} is not valid"
+        )));
+    }
     if spec.repo_url.starts_with('-') || spec.repo_url.is_empty() {
         return Err(SourceError::InvalidSpec(
             "repository URL is not valid".into(),

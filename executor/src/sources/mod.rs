@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Serialize, Serializer};
 
-pub use run::get_sources;
+pub use run::{MIN_GIT_VERSION, check_git, get_sources};
 
 /// `GIT_STRATEGY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

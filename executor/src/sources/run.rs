@@ -37,6 +37,38 @@ pub(super) fn s(v: &str) -> String {
     v.to_string()
 }
 
+/// The oldest git ferry works with (`GIT_CONFIG_COUNT` appeared in 2.31).
+pub const MIN_GIT_VERSION: (u32, u32) = (2, 31);
+
+/// Checks that the host's `git` exists and is recent enough; returns its version line. For
+/// the runner's startup checks, so a missing git is an operator error, not a failed job.
+pub async fn check_git() -> Result<String, SourceError> {
+    let out = tokio::process::Command::new("git")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(io_err(
+            "running git --version (is git installed on the runner host?)",
+        ))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .map(|v| {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+        })
+        .unwrap_or((0, 0));
+    if !out.status.success() || version < MIN_GIT_VERSION {
+        return Err(SourceError::InvalidSpec(format!(
+            "git {}.{} or newer is needed on the runner host, found {text:?}",
+            MIN_GIT_VERSION.0, MIN_GIT_VERSION.1
+        )));
+    }
+    Ok(text)
+}
+
 /// Fetches the job's commit into `spec.project_dir` and checks it out, as gitlab-runner's
 /// `get_sources` stage does, writing gitlab-runner's lines to `log`.
 ///
