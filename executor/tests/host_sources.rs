@@ -725,3 +725,34 @@ async fn the_host_git_is_recent_enough() {
     let v = ferry_executor::sources::check_git().await.unwrap();
     assert!(v.starts_with("git version "), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_share_the_object_cache() {
+    let up = Upstream::new();
+    up.commit("a", "1");
+    let sha = up.commit("b", "2");
+    let cache = up.root.join("cache/git/project-1.git");
+    let mut specs = Vec::new();
+    for name in ["j1", "j2", "j3"] {
+        let mut s = spec(&up.url(), &sha, &up.project(name));
+        s.object_cache_dir = Some(cache.clone());
+        specs.push(s);
+    }
+    let runs: Vec<_> = specs
+        .iter()
+        .cloned()
+        .map(|s| tokio::spawn(async move { run(&s).await }))
+        .collect();
+    for (r, s) in futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .zip(&specs)
+    {
+        let (res, log) = r.unwrap();
+        assert!(res.is_ok(), "{res:?}\n{log}");
+        assert_eq!(
+            std::fs::read_to_string(s.project_dir.join("b")).unwrap(),
+            "2"
+        );
+    }
+}
