@@ -756,3 +756,26 @@ async fn concurrent_jobs_share_the_object_cache() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_broken_checkout_is_replaced_by_a_fresh_clone() {
+    let up = Upstream::new();
+    let sha = up.commit("f", "1");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.strategy = GitStrategy::Fetch;
+    run_ok(&s).await;
+    // A job killed half way through a git command, or one that scribbled over .git.
+    std::fs::write(dir.join(".git/index"), b"DIRCgarbage").unwrap();
+    let sha2 = up.commit("f", "2");
+    s.sha = sha2.clone();
+    let log = run_ok(&s).await;
+    assert!(
+        log.contains("reusing the previous checkout failed")
+            && log.contains("starting from a fresh clone"),
+        "{log}"
+    );
+    assert!(log.contains("Initialized empty Git repository"));
+    assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "2");
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), sha2);
+}

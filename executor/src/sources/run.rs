@@ -115,7 +115,36 @@ pub async fn get_sources(
     } else {
         say(log, Level::Notice, "Fetching changes...").await?;
     }
-    if spec.strategy == GitStrategy::Clone {
+    let reused = spec.strategy == GitStrategy::Fetch && dir.join(".git").is_dir();
+    let first = repository(spec, spec.strategy, &git, &url.clean, log, cancel).await;
+    match first {
+        Err(e @ (SourceError::Git { .. } | SourceError::Io { .. })) if reused => {
+            // The checkout a previous job left may be broken (corrupt index or objects, a
+            // killed git): once more from scratch, so one bad job does not break every later
+            // job of this project dir.
+            say(
+                log,
+                Level::Warning,
+                &format!("reusing the previous checkout failed ({e}); starting from a fresh clone"),
+            )
+            .await?;
+            repository(spec, GitStrategy::Clone, &git, &url.clean, log, cancel).await
+        }
+        other => other,
+    }
+}
+
+/// Steps 1-5 of `get_sources` for the clone and fetch strategies.
+async fn repository(
+    spec: &SourceSpec,
+    strategy: GitStrategy,
+    git: &Git,
+    clean_url: &str,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let dir = &spec.project_dir;
+    if strategy == GitStrategy::Clone {
         remove_any(dir).map_err(io_err(format!("removing {}", dir.display())))?;
     } else {
         scrub(dir).map_err(io_err(format!("cleaning up {}", dir.display())))?;
@@ -152,7 +181,7 @@ pub async fn get_sources(
     // only ever with the URL without credentials.
     git.run(
         dir,
-        &[s("remote"), s("add"), s("origin"), url.clean.clone()],
+        &[s("remote"), s("add"), s("origin"), clean_url.to_string()],
         None,
         cancel,
     )
@@ -160,7 +189,7 @@ pub async fn get_sources(
     if fresh {
         say(log, Level::Notice, "Created fresh repository.").await?;
     }
-    fetch(spec, &git, &url.clean, log, cancel).await?;
+    fetch(spec, git, clean_url, log, cancel).await?;
     if spec.checkout {
         let short: String = spec.sha.chars().take(8).collect();
         say(
@@ -189,7 +218,7 @@ pub async fn get_sources(
     } else {
         say(log, Level::Notice, "Skipping Git checkout").await?;
     }
-    submodules(spec, &git, log, cancel).await
+    submodules(spec, git, log, cancel).await
 }
 
 async fn skip_rest(log: &mut LogSink<'_>) -> Result<(), SourceError> {
