@@ -5,6 +5,22 @@
 //! (the checked-out sources on the host, the job's variables, the runner's deploy targets and the
 //! `ferry deploy` arguments); progress goes to a [`LogSink`].
 
+pub mod apply;
+pub mod args;
+pub mod cluster;
+mod deployer;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod health;
+pub mod render;
+pub mod rollback;
+pub mod summary;
+pub mod target;
+pub mod wait;
+
+pub use args::{DeployArgs, parse_script_line};
+pub use deployer::KubeDeployer;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +52,8 @@ pub struct DeployRequest {
 #[derive(Debug, Clone, Default)]
 pub struct DeployReport {
     pub applied: usize,
+    /// `(object, created|configured|unchanged)` in apply order (empty for dry runs).
+    pub objects: Vec<(String, String)>,
 }
 
 /// Why a deploy failed.

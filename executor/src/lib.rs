@@ -7,12 +7,14 @@
 
 pub mod artifacts;
 pub mod cache;
+pub mod docker;
 pub mod engine;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 mod hostio;
 pub mod sources;
 
+pub use docker::DockerEngine;
 pub use engine::{
     Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth, ServiceSpec,
     StepOutcome, StepSpec,

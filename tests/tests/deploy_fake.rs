@@ -1,0 +1,702 @@
+//! The deploy step against the fake Kubernetes API server: rollouts, failures and their
+//! diagnoses, rollback, policy, templates, dry runs and API errors.
+
+mod deploy_common;
+
+use deploy_common::{Env, image_of};
+use ferry_deploy::DeployError;
+use ferry_tests::fake_k8s::{Outcome, Scenario};
+
+#[tokio::test]
+async fn success_creates_then_reports_unchanged() {
+    let env = Env::new(Scenario::success()).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    let report = r.expect("deploy succeeds");
+    assert_eq!(report.applied, 2);
+    assert!(
+        log.contains(
+            "ferry deploy → target \"test\" (context fake), namespace test, manager ferry"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("rendered 2 objects from k8s/ (placeholders: APP_NAME, REPLICAS, VERSION)"),
+        "{log}"
+    );
+    // kind order: the Service before the Deployment
+    let svc = log.find("service/web").expect("service line");
+    let dep = log.find("deployment.apps/web").expect("deployment line");
+    assert!(svc < dep, "{log}");
+    assert!(log.contains("created"), "{log}");
+    assert!(
+        log.contains("deployment.apps/web: rolled out (2 of 2 replicas available)"),
+        "{log}"
+    );
+    assert!(log.contains("summary:"), "{log}");
+    assert!(
+        log.contains("2/2 ready   registry.example/web:1a2b3c4d"),
+        "{log}"
+    );
+    assert!(log.contains("ClusterIP 10.96."), "{log}");
+    assert!(log.contains("ports 80/TCP→8080"), "{log}");
+    assert!(
+        log.contains("environment: https://test.example.com"),
+        "{log}"
+    );
+    let d = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment stored");
+    assert_eq!(image_of(&d), "registry.example/web:1a2b3c4d");
+    // SSA with field manager ferry
+    assert!(env.fake.requests().iter().any(|r| r.method == "PATCH"
+        && r.uri.contains("fieldManager=ferry")
+        && r.content_type.starts_with("application/apply-patch+yaml")));
+
+    let (r, log) = env.deploy(&[], &[]).await;
+    r.expect("second deploy succeeds");
+    assert!(
+        log.contains("service/web") && log.contains("unchanged"),
+        "{log}"
+    );
+    assert!(!log.contains("created"), "{log}");
+
+    let (r, log) = env
+        .deploy(&[], &[("CI_COMMIT_SHORT_SHA", "5e6f7a8b")])
+        .await;
+    r.expect("third deploy succeeds");
+    assert!(
+        log.contains(
+            "configured   image registry.example/web:1a2b3c4d → registry.example/web:5e6f7a8b"
+        ),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn image_pull_backoff_fails_fast_with_diagnosis() {
+    let env = Env::new(Scenario::new(Outcome::ImagePullBackOff)).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("deploy fails");
+    assert!(matches!(e, DeployError::Rollout(_)), "{e:?}");
+    assert!(e.to_string().contains("deployment.apps/web"), "{e}");
+    assert!(
+        log.contains("FAILED deployment.apps/web: pod web-"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ImagePullBackOff") || log.contains("ErrImagePull"),
+        "{log}"
+    );
+    assert!(log.contains("registry.example/web:1a2b3c4d"), "{log}");
+    assert!(
+        log.contains("hint: was the image pushed by the build job?"),
+        "{log}"
+    );
+    assert!(
+        log.contains("recent warning events (new pods only):"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Failed: Failed to pull image \"registry.example/web:1a2b3c4d\""),
+        "{log}"
+    );
+    // first deploy: nothing to roll back to
+    assert!(log.contains("has no previous revision"), "{log}");
+}
+
+#[tokio::test]
+async fn crash_loop_shows_exit_code_and_log() {
+    let env = Env::new(Scenario::new(Outcome::CrashLoopBackOff)).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(log.contains("CrashLoopBackOff"), "{log}");
+    assert!(log.contains("last exit code 1"), "{log}");
+    assert!(
+        log.contains("| Error: connection refused (db:5432)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Back-off restarting failed container web"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn unschedulable_is_explained() {
+    let env = Env::new(Scenario::new(Outcome::Unschedulable)).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(
+        log.contains("Unschedulable — 0/3 nodes are available: 3 Insufficient cpu."),
+        "{log}"
+    );
+    assert!(log.contains("hint: no node can take the pod"), "{log}");
+    assert!(log.contains("FailedScheduling"), "{log}");
+}
+
+#[tokio::test]
+async fn progress_deadline_exceeded_fails_with_readiness_events() {
+    let env = Env::new(Scenario::new(Outcome::ProgressDeadlineExceeded)).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("deploy fails");
+    assert!(
+        e.to_string().contains("exceeded its progress deadline"),
+        "{e}"
+    );
+    assert!(log.contains("has timed out progressing"), "{log}");
+    assert!(
+        log.contains("Readiness probe failed: HTTP probe failed with statuscode: 503"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn config_error_fails_after_its_grace() {
+    let env = Env::new(Scenario::new(Outcome::CreateContainerConfigError)).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(
+        log.contains("CreateContainerConfigError — configmap \"web-config\" not found"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn failed_rollout_is_undone_and_still_fails() {
+    let env = Env::new(Scenario::rollback()).await;
+    let (r, _) = env.deploy(&[], &[("CI_COMMIT_SHORT_SHA", "good1")]).await;
+    r.expect("first deploy succeeds");
+    let (r, log) = env.deploy(&[], &[("CI_COMMIT_SHORT_SHA", "broken")]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(
+        log.contains("rollback: deployment.apps/web → revision 1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rollback of deployment.apps/web complete; the job still fails"),
+        "{log}"
+    );
+    assert!(log.contains("old ReplicaSet web-"), "{log}");
+    let d = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    assert_eq!(image_of(&d), "registry.example/web:good1");
+    // the undo was a JSON patch, like kubectl's
+    assert!(
+        env.fake
+            .requests()
+            .iter()
+            .any(|r| r.method == "PATCH"
+                && r.content_type.starts_with("application/json-patch+json"))
+    );
+    // and the next good deploy takes the fields back
+    let (r, log) = env.deploy(&[], &[("CI_COMMIT_SHORT_SHA", "good2")]).await;
+    r.expect("deploy after rollback succeeds");
+    assert!(log.contains("registry.example/web:good2"), "{log}");
+}
+
+#[tokio::test]
+async fn rollback_none_prints_the_undo_command() {
+    let env = Env::new(Scenario::rollback()).await;
+    env.deploy(&[], &[("CI_COMMIT_SHORT_SHA", "good1")])
+        .await
+        .0
+        .expect("first deploy");
+    let (r, log) = env
+        .deploy(
+            &["--rollback", "none"],
+            &[("CI_COMMIT_SHORT_SHA", "broken")],
+        )
+        .await;
+    assert!(r.is_err());
+    assert!(
+        log.contains(
+            "rollback: FERRY_ROLLBACK=none — to revert: kubectl -n test rollout undo deployment/web"
+        ),
+        "{log}"
+    );
+    let d = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    assert_eq!(image_of(&d), "registry.example/web:broken");
+}
+
+#[tokio::test]
+async fn namespace_outside_allowlist_is_refused_before_any_write() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/other.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: kube-system\ndata: {a: b}\n",
+    );
+    let (r, _) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("k8s/other.yaml:1: configmap/x is in namespace \"kube-system\""),
+        "{e}"
+    );
+    assert!(e.contains("refused before anything was applied"), "{e}");
+    assert_eq!(env.writes(), 0);
+}
+
+#[tokio::test]
+async fn cluster_scoped_objects_need_permission() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: review-1\n",
+    );
+    let (r, _) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("namespace/review-1 is cluster-scoped") && e.contains("cluster_scoped = false"),
+        "{e}"
+    );
+    assert_eq!(env.writes(), 0);
+    let mut t = env.target();
+    t.cluster_scoped = true;
+    let (r, log) = env.deploy_with(&[], &[], vec![t]).await;
+    r.expect("allowed with cluster_scoped = true");
+    assert!(
+        log.find("namespace/review-1").unwrap_or(usize::MAX) < log.find("service/web").unwrap_or(0),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn protected_only_target_refuses_unprotected_refs() {
+    let env = Env::new(Scenario::success()).await;
+    let mut t = env.target();
+    t.protected_refs_only = true;
+    let (r, _) = env
+        .deploy_with(
+            &[],
+            &[
+                ("CI_COMMIT_REF_PROTECTED", "false"),
+                ("CI_COMMIT_REF_NAME", "feature"),
+            ],
+            vec![t],
+        )
+        .await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("only accepts protected refs") && e.contains("\"feature\""),
+        "{e}"
+    );
+    assert!(
+        env.fake.requests().is_empty(),
+        "no request reached the cluster"
+    );
+}
+
+#[tokio::test]
+async fn no_matching_target_lists_the_targets() {
+    let env = Env::new(Scenario::success()).await;
+    let (r, _) = env
+        .deploy(&[], &[("CI_ENVIRONMENT_NAME", "production")])
+        .await;
+    let e = r.expect_err("no target").to_string();
+    assert!(
+        e.contains("no deploy target of this runner matches environment \"production\""),
+        "{e}"
+    );
+    assert!(e.contains("\"test\" (environments test, review/*)"), "{e}");
+    let (r, _) = env.deploy_with(&[], &[], vec![]).await;
+    assert!(
+        matches!(r, Err(DeployError::Configuration(ref m)) if m.contains("no deploy targets")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn leftover_placeholder_fails_with_file_and_line_before_any_call() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/deployment.yaml",
+        &deploy_common::DEPLOYMENT.replace("__VERSION__", "__IMAGE_TAG__"),
+    );
+    let (r, _) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("placeholder left").to_string();
+    assert!(e.contains("k8s/deployment.yaml:20: template placeholder __IMAGE_TAG__ has no value (no job variable IMAGE_TAG)"), "{e}");
+    assert!(
+        env.fake.requests().is_empty(),
+        "no request reached the cluster"
+    );
+}
+
+#[tokio::test]
+async fn yaml_errors_name_file_and_line() {
+    let env = Env::new(Scenario::success()).await;
+    env.write("k8s/bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [b\n");
+    let (r, _) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("bad yaml").to_string();
+    assert!(
+        e.contains("k8s/bad.yaml:") && e.contains("YAML error"),
+        "{e}"
+    );
+    assert!(env.fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn envsubst_and_manifest_globs() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "deploy/app.yaml",
+        &deploy_common::DEPLOYMENT
+            .replace("__APP_NAME__", "${APP_NAME}")
+            .replace("__REPLICAS__", "${REPLICAS}")
+            .replace("__VERSION__", "${CI_COMMIT_SHORT_SHA}"),
+    );
+    env.write("deploy/readme.txt", "not a manifest");
+    let (r, log) = env
+        .deploy(&["--template", "envsubst", "-f", "deploy/*.yaml"], &[])
+        .await;
+    r.expect("envsubst deploy");
+    assert!(log.contains("rendered 1 object from deploy/*.yaml (envsubst: APP_NAME, REPLICAS, CI_COMMIT_SHORT_SHA)"), "{log}");
+}
+
+#[tokio::test]
+async fn forbidden_names_verb_and_resource() {
+    let env = Env::new(Scenario::success()).await;
+    env.fake.forbid("patch", "deployments.apps");
+    let (r, _) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("forbidden");
+    assert!(matches!(e, DeployError::Cluster(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains(
+            "not allowed to patch deployments.apps \"web\" in namespace \"test\" (403 Forbidden)"
+        ),
+        "{e}"
+    );
+    // no retries on 403
+    let patches = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.uri.contains("deployments"))
+        .count();
+    assert_eq!(patches, 1);
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried() {
+    let env = Env::new(Scenario::success()).await;
+    env.fake.fail_next(3, 503);
+    let (r, _) = env.deploy(&[], &[]).await;
+    r.expect("deploy succeeds after retries");
+    let failed = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert_eq!(failed, 3);
+    env.fake.fail_next(2, 429);
+    env.deploy(&[], &[]).await.0.expect("429 retried too");
+}
+
+#[tokio::test]
+async fn credentials_never_reach_the_log() {
+    let env = Env::new(Scenario::success()).await;
+    env.fake.require_token("s3cr3t-t0ken-value");
+    let kc = ferry_tests::fake_k8s::write_kubeconfig(
+        &env.dir.path().join("kube"),
+        &env.fake.url,
+        "tok",
+        Some("test"),
+        Some("s3cr3t-t0ken-value"),
+    );
+    let mut t = env.target();
+    t.kubeconfig = kc;
+    let (r, log) = env.deploy_with(&[], &[], vec![t.clone()]).await;
+    r.expect("deploy with a token");
+    assert!(!log.contains("s3cr3t"), "{log}");
+    let bad = ferry_tests::fake_k8s::write_kubeconfig(
+        &env.dir.path().join("kube"),
+        &env.fake.url,
+        "bad",
+        Some("test"),
+        Some("wrong-t0ken-value"),
+    );
+    t.kubeconfig = bad;
+    let (r, log) = env.deploy_with(&[], &[], vec![t]).await;
+    let e = r.expect_err("401").to_string();
+    assert!(
+        e.contains("rejected the credentials of deploy target \"test\" (401 Unauthorized)"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("wrong-t0ken") && !log.contains("wrong-t0ken"),
+        "{e}\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_clear_error() {
+    let env = Env::new(Scenario::success()).await;
+    let kc = ferry_tests::fake_k8s::write_kubeconfig(
+        &env.dir.path().join("kube"),
+        "http://127.0.0.1:9",
+        "down",
+        None,
+        None,
+    );
+    let mut t = env.target();
+    t.kubeconfig = kc;
+    let (r, _) = env.deploy_with(&[], &[], vec![t]).await;
+    let e = r.expect_err("unreachable");
+    assert!(matches!(e, DeployError::Cluster(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains(
+            "cannot reach the Kubernetes API of deploy target \"test\" at http://127.0.0.1:9"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("tried 6 times"), "{e}");
+}
+
+#[tokio::test]
+async fn unknown_context_is_a_clear_error() {
+    let env = Env::new(Scenario::success()).await;
+    let kc = env.kubeconfig.display().to_string();
+    let (r, _) = env
+        .deploy_with(&["--kubeconfig", &kc, "--context", "nope"], &[], vec![])
+        .await;
+    let e = r.expect_err("unknown context").to_string();
+    assert!(
+        e.contains("context \"nope\" is not in kubeconfig") && e.contains("its contexts: fake"),
+        "{e}"
+    );
+    // in a job, --kubeconfig is refused: the runner's targets hold the credentials
+    let (r, _) = env.deploy(&["--kubeconfig", "/etc/passwd"], &[]).await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("--kubeconfig is for `ferry deploy` on a workstation"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn render_dry_run_contacts_nothing_and_redacts_secrets() {
+    let env = Env::new(Scenario::success()).await;
+    env.write("k8s/secret.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: hunter2-very-secret\n");
+    let (r, log) = env.deploy(&["--dry-run", "render"], &[]).await;
+    r.expect("render");
+    assert!(env.fake.requests().is_empty());
+    assert!(
+        log.contains("image: registry.example/web:1a2b3c4d"),
+        "{log}"
+    );
+    assert!(log.contains("password: <redacted, 19 bytes>"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+    assert!(
+        log.contains("warning: k8s/secret.yaml:1: secret/db is stored in plain text"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn server_dry_run_diffs_and_persists_nothing() {
+    let env = Env::new(Scenario::success()).await;
+    env.deploy(&[], &[]).await.0.expect("first deploy");
+    let before = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    let (r, log) = env
+        .deploy(
+            &[],
+            &[
+                ("FERRY_DRY_RUN", "server"),
+                ("REPLICAS", "3"),
+                ("CI_COMMIT_SHORT_SHA", "9f9f9f9f"),
+            ],
+        )
+        .await;
+    r.expect("server dry run");
+    assert!(
+        log.contains("deployment.apps/web would be configured"),
+        "{log}"
+    );
+    assert!(log.contains("~ spec.replicas: 2 → 3"), "{log}");
+    assert!(log.contains("~ spec.template.spec.containers[web].image: \"registry.example/web:1a2b3c4d\" → \"registry.example/web:9f9f9f9f\""), "{log}");
+    assert!(log.contains("service/web unchanged"), "{log}");
+    assert!(
+        !log.contains("resourceVersion") && !log.contains("managedFields"),
+        "{log}"
+    );
+    let after = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    assert_eq!(before, after);
+    assert!(
+        env.fake
+            .requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.uri.contains("dryRun=All"))
+    );
+}
+
+#[tokio::test]
+async fn conflicts_are_taken_over_with_a_warning() {
+    let env = Env::new(Scenario::success()).await;
+    env.deploy(&[], &[]).await.0.expect("first deploy");
+    env.fake.set_owner(
+        "deployments.apps",
+        "test",
+        "web",
+        ".spec.replicas",
+        "kubectl-client-side-apply",
+    );
+    let (r, log) = env.deploy(&[], &[("REPLICAS", "3")]).await;
+    r.expect("forced");
+    assert!(log.contains("warning: deployment.apps/web: took over from another manager: .spec.replicas (conflict with \"kubectl-client-side-apply\" using apps/v1)"), "{log}");
+    env.fake.set_owner(
+        "deployments.apps",
+        "test",
+        "web",
+        ".spec.replicas",
+        "kubectl-client-side-apply",
+    );
+    let (r, _) = env
+        .deploy(&["--force-conflicts", "false"], &[("REPLICAS", "4")])
+        .await;
+    let e = r.expect_err("conflict").to_string();
+    assert!(e.contains("conflicts with other field managers"), "{e}");
+}
+
+#[tokio::test]
+async fn statefulset_daemonset_and_job_are_waited_for() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/more.yaml",
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: "postgres:16"}]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: agent, image: "agent:1.0"}]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: migrate}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: migrate, image: "migrate:1.0"}]
+"#,
+    );
+    let (r, log) = env.deploy(&[], &[]).await;
+    r.expect("all roll out");
+    for w in [
+        "statefulset.apps/db: rolled out",
+        "daemonset.apps/agent: rolled out",
+        "job.batch/migrate: rolled out",
+        "deployment.apps/web: rolled out",
+    ] {
+        assert!(log.contains(w), "{w}\n{log}");
+    }
+    assert!(log.contains("1/1 succeeded"), "{log}");
+}
+
+#[tokio::test]
+async fn crd_and_custom_resource_in_one_deploy() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/crd.yaml",
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets, singular: widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w1}
+spec: {size: 3}
+"#,
+    );
+    let mut t = env.target();
+    t.cluster_scoped = true;
+    let (r, log) = env.deploy_with(&[], &[], vec![t]).await;
+    r.expect("CRD then CR");
+    assert!(
+        log.contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.com"),
+        "{log}"
+    );
+    assert!(log.contains("widget.example.com/w1"), "{log}");
+    assert!(env.fake.get("widgets.example.com", "test", "w1").is_some());
+    // an unknown kind is named
+    env.write(
+        "k8s/crd.yaml",
+        "apiVersion: nothere.example.com/v1\nkind: Gadget\nmetadata: {name: g}\n",
+    );
+    let (r, _) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("unknown kind").to_string();
+    assert!(e.contains("kind Gadget in apiVersion nothere.example.com/v1 is not served by this cluster (CRD missing?)"), "{e}");
+}
+
+#[tokio::test]
+async fn timeout_is_capped_by_the_job() {
+    let env = Env::new(Scenario::new(Outcome::Unschedulable)).await;
+    let mut req_vars = vec![("FERRY_FAIL_FAST", "false")];
+    req_vars.push(("FERRY_TIMEOUT", "10m"));
+    let mut variables: Vec<(String, String)> = vec![
+        ("CI_ENVIRONMENT_NAME", "test"),
+        ("APP_NAME", "web"),
+        ("REPLICAS", "1"),
+        ("CI_COMMIT_SHORT_SHA", "x1"),
+    ]
+    .into_iter()
+    .chain(req_vars)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    variables.push(("FERRY_ROLLBACK".into(), "none".into()));
+    let req = ferry_deploy::DeployRequest {
+        args: vec![],
+        project_dir: env.project().to_path_buf(),
+        variables,
+        targets: vec![env.target()],
+        remaining: Some(std::time::Duration::from_secs(17)),
+    };
+    let (_, log) = deploy_common::run_request(&req).await;
+    assert!(log.contains(", capped by the job timeout)"), "{log}");
+    assert!(log.contains("not rolled out after"), "{log}");
+}
+
+#[tokio::test]
+async fn script_lines_are_parsed_without_a_shell() {
+    let args = ferry_deploy::parse_script_line("ferry deploy --namespace 'review-1' --timeout 5m")
+        .expect("valid");
+    assert_eq!(args, vec!["--namespace", "review-1", "--timeout", "5m"]);
+    let e = ferry_deploy::parse_script_line("kubectl apply -f k8s/")
+        .expect_err("not ferry deploy")
+        .to_string();
+    assert!(e.contains("`kubectl apply -f k8s/`"), "{e}");
+}
