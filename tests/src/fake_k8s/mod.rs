@@ -693,12 +693,20 @@ fn watch_resp(sh: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Resp
             initial.iter().map(|e| e.0).max().unwrap_or(from).max(from)
         }
     };
+    // Streaming lists (kubectl >= 1.32 / client-go WatchList): initial events end with a bookmark.
+    let initial_end = q.get("sendInitialEvents").is_some_and(|v| v == "true").then(|| {
+        json!({"type": "BOOKMARK", "object": {"kind": t.res.kind, "apiVersion": t.res.api_version(),
+            "metadata": {"resourceVersion": start_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}})
+    });
     let stream = async_stream::stream! {
         let mut last = start_rv;
         for (_, ty, obj) in initial {
             if matches(&obj, &q) {
                 yield Ok::<Bytes, Infallible>(Bytes::from(format!("{}\n", json!({"type": ty, "object": obj}))));
             }
+        }
+        if let Some(b) = initial_end {
+            yield Ok(Bytes::from(format!("{b}\n")));
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
