@@ -33,7 +33,10 @@ async fn main() -> ExitCode {
         }
     });
     let mut out = tokio::io::stdout();
-    match KubeDeployer::default().deploy(&req, &mut out, &cancel).await {
+    match KubeDeployer::default()
+        .deploy(&req, &mut out, &cancel)
+        .await
+    {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ERROR: {e}");

@@ -700,3 +700,53 @@ async fn script_lines_are_parsed_without_a_shell() {
         .to_string();
     assert!(e.contains("`kubectl apply -f k8s/`"), "{e}");
 }
+
+#[tokio::test]
+async fn broken_kubeconfig_is_named_but_never_quoted() {
+    let env = Env::new(Scenario::success()).await;
+    let kc = env.dir.path().join("kube/broken.yaml");
+    std::fs::write(&kc, "apiVersion: v1\nusers:\n- name: x\n  user:\n    token: sup3r-s3cret-t0ken\n  : [unbalanced\n").expect("write");
+    let mut t = env.target();
+    t.kubeconfig = kc.clone();
+    let (r, log) = env.deploy_with(&[], &[], vec![t.clone()]).await;
+    let e = r.expect_err("broken kubeconfig");
+    assert!(matches!(e, DeployError::Configuration(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!(
+            "kubeconfig {}: not a valid kubeconfig",
+            kc.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("sup3r") && !log.contains("sup3r"), "{e}\n{log}");
+    t.kubeconfig = env.dir.path().join("kube/missing.yaml");
+    let (r, _) = env.deploy_with(&[], &[], vec![t]).await;
+    let e = r.expect_err("missing kubeconfig").to_string();
+    assert!(
+        e.contains("deploy target \"test\": cannot read kubeconfig") && e.contains("missing.yaml"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn summary_lists_ingress_hosts() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/ingress.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\nspec:\n  tls:\n  - hosts: [test.example.com]\n  rules:\n  - host: test.example.com\n    http:\n      paths:\n      - path: /\n        pathType: Prefix\n        backend: {service: {name: web, port: {number: 80}}}\n",
+    );
+    let (r, log) = env.deploy(&[], &[]).await;
+    r.expect("deploy with ingress");
+    assert!(
+        log.contains("ingress.networking.k8s.io/web")
+            && log.contains("hosts https://test.example.com"),
+        "{log}"
+    );
+    // Ingress is applied after the Deployment
+    assert!(
+        log.find("deployment.apps/web").unwrap_or(usize::MAX)
+            < log.find("ingress.networking.k8s.io/web").unwrap_or(0),
+        "{log}"
+    );
+}
