@@ -177,8 +177,8 @@ pub async fn wait_workload(
                         entry.2 = true;
                         let container = p.container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default();
                         let _ = lines.send(format!(
-                            "  {} {label}: pod {}{container}: {} — {}",
-                            stamp(cfg.start), p.pod, p.reason, entry.1.message
+                            "  {} {label}: {}{container}: {} — {}",
+                            stamp(cfg.start), p.subject(), p.reason, entry.1.message
                         ));
                     }
                     if cfg.fail_fast {
@@ -196,7 +196,7 @@ pub async fn wait_workload(
                     }
                 }
                 if let Some(p) = give_up {
-                    let summary = format!("pod {}: {} — {}", p.pod, p.reason, p.message);
+                    let summary = format!("{}: {} — {}", p.subject(), p.reason, p.message);
                     return WaitResult::Failed(explain(cluster, w, &obj, &summary, Some(p.clone()), &problems).await);
                 }
             }
@@ -297,7 +297,7 @@ async fn new_pods(
                         .unwrap_or("?")
                         .to_string(),
                     container: None,
-                    kind: ProblemKind::ConfigError,
+                    kind: ProblemKind::FailedCreate,
                     reason: c
                         .get("reason")
                         .and_then(Value::as_str)
@@ -382,7 +382,12 @@ async fn explain(
     }
     for p in problems {
         if Some(p) != main.as_ref() {
-            details.push(format!("also: pod {}: {} — {}", p.pod, p.reason, p.message));
+            details.push(format!(
+                "also: {}: {} — {}",
+                p.subject(),
+                p.reason,
+                p.message
+            ));
         }
     }
     let ns = w.planned.namespace.clone().unwrap_or_default();
@@ -411,6 +416,24 @@ async fn explain(
                             String::new()
                         }
                     );
+                    if !events.contains(&line) {
+                        events.push(line);
+                    }
+                }
+            }
+        }
+        if let Some(p) = &main
+            && p.kind == ProblemKind::FailedCreate
+        {
+            let lp = ListParams::default().fields(&format!(
+                "involvedObject.kind=ReplicaSet,involvedObject.name={},type=Warning",
+                p.pod
+            ));
+            if let Ok(evs) = list(cluster, &core_v1("Event", "events"), &ns, &lp).await {
+                for e in evs {
+                    let reason = e.get("reason").and_then(Value::as_str).unwrap_or("");
+                    let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
+                    let line = format!("  {}: {reason}: {msg}", p.pod);
                     if !events.contains(&line) {
                         events.push(line);
                     }

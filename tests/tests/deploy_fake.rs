@@ -750,3 +750,88 @@ async fn summary_lists_ingress_hosts() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn failed_create_names_the_replicaset_and_quota() {
+    let env = Env::new(Scenario::new(Outcome::FailedCreate)).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(
+        log.contains("FAILED deployment.apps/web: replicaset web-"),
+        "{log}"
+    );
+    assert!(log.contains("FailedCreate — pods \"web-"), "{log}");
+    assert!(log.contains("exceeded quota"), "{log}");
+    assert!(
+        log.contains("hint: the cluster refuses to create the pods"),
+        "{log}"
+    );
+    assert!(log.contains("FailedCreate: Error creating:"), "{log}");
+}
+
+#[tokio::test]
+async fn statefulset_rollout_is_undone_from_its_controller_revision() {
+    let env = Env::new(Scenario::rollback()).await;
+    std::fs::remove_file(env.project().join("k8s/deployment.yaml")).expect("rm");
+    let sts = |tag: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: 2\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: db, image: \"registry.example/db:{tag}\"}}]}}\n"
+        )
+    };
+    env.write("k8s/db.yaml", &sts("good"));
+    env.deploy(&[], &[]).await.0.expect("good statefulset");
+    env.write("k8s/db.yaml", &sts("broken"));
+    let (r, log) = env.deploy(&[], &[]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(
+        log.contains("rollback: statefulset.apps/db → revision 1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rollback of statefulset.apps/db complete"),
+        "{log}"
+    );
+    let db = env
+        .fake
+        .get("statefulsets.apps", "test", "db")
+        .expect("statefulset");
+    assert_eq!(image_of(&db), "registry.example/db:good");
+    assert!(env.fake.requests().iter().any(|r| {
+        r.method == "PATCH"
+            && r.content_type
+                .starts_with("application/strategic-merge-patch+json")
+    }));
+}
+
+#[tokio::test]
+async fn cancelling_stops_the_wait() {
+    let env = Env::new(Scenario::new(Outcome::Unschedulable)).await;
+    let req = ferry_deploy::DeployRequest {
+        args: vec![],
+        project_dir: env.project().to_path_buf(),
+        variables: [
+            ("CI_ENVIRONMENT_NAME", "test"),
+            ("APP_NAME", "web"),
+            ("REPLICAS", "1"),
+            ("CI_COMMIT_SHORT_SHA", "abc"),
+            ("FERRY_FAIL_FAST", "false"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        targets: vec![env.target()],
+        remaining: None,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        c2.cancel();
+    });
+    let mut log: Vec<u8> = Vec::new();
+    let started = std::time::Instant::now();
+    let r =
+        ferry_deploy::Deployer::deploy(&deploy_common::deployer(), &req, &mut log, &cancel).await;
+    assert!(matches!(r, Err(DeployError::Cancelled)), "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
