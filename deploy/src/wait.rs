@@ -89,7 +89,8 @@ pub async fn wait_workload(
     let mut watch = watcher::watch_object(api.clone(), &name)
         .default_backoff()
         .boxed();
-    let mut tick = tokio::time::interval(cfg.diagnose_every);
+    let mut tick =
+        tokio::time::interval_at(Instant::now() + cfg.diagnose_every, cfg.diagnose_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_msg = String::new();
     let mut latest: Option<Value> = Some(obj_value(&w.live));
