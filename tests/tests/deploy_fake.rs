@@ -835,3 +835,46 @@ async fn cancelling_stops_the_wait() {
     assert!(matches!(r, Err(DeployError::Cancelled)), "{r:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn fields_removed_from_the_manifest_are_removed_from_the_cluster() {
+    let env = Env::new(Scenario::success()).await;
+    let with_extra = deploy_common::DEPLOYMENT
+        .replace(
+            "  labels:\n    app: __APP_NAME__\n",
+            "  labels:\n    app: __APP_NAME__\n    team: payments\n",
+        )
+        .replace(
+            "        ports:\n",
+            "        env:\n        - {name: MODE, value: fast}\n        ports:\n",
+        );
+    env.write("k8s/deployment.yaml", &with_extra);
+    env.deploy(&[], &[]).await.0.expect("first deploy");
+    let d = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    assert_eq!(
+        d.pointer("/metadata/labels/team").and_then(|v| v.as_str()),
+        Some("payments")
+    );
+    assert!(
+        d.pointer("/spec/template/spec/containers/0/env/0")
+            .is_some()
+    );
+    env.write("k8s/deployment.yaml", deploy_common::DEPLOYMENT);
+    let (r, log) = env.deploy(&[], &[]).await;
+    r.expect("second deploy");
+    assert!(log.contains("deployment.apps/web configured"), "{log}");
+    let d = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    assert!(d.pointer("/metadata/labels/team").is_none(), "{d}");
+    assert!(
+        d.pointer("/spec/template/spec/containers/0/env")
+            .is_none_or(|e| e.as_array().is_some_and(|a| a.is_empty())),
+        "{d}"
+    );
+    assert_eq!(image_of(&d), "registry.example/web:1a2b3c4d");
+}

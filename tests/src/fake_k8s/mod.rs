@@ -277,7 +277,7 @@ impl FakeK8s {
         st.owners
             .entry((res.to_string(), ns.to_string(), name.to_string()))
             .or_default()
-            .insert(path.to_string(), manager.to_string());
+            .insert(store::encode_path(path), manager.to_string());
     }
 
     /// All requests so far.
@@ -972,7 +972,7 @@ fn patch(
                 let api_version = t.res.api_version();
                 let causes: Vec<Value> = conflicts
                     .iter()
-                    .map(|(p, o)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{o}\" using {api_version}"), "field": p}))
+                    .map(|(p, o)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{o}\" using {api_version}"), "field": store::display_path(p)}))
                     .collect();
                 let msg = format!(
                     "Apply failed with {} conflict{}: {}",
@@ -980,15 +980,35 @@ fn patch(
                     if conflicts.len() == 1 { "" } else { "s" },
                     conflicts
                         .iter()
-                        .map(|(p, o)| format!("conflict with \"{o}\" using {api_version}: {p}"))
+                        .map(|(p, o)| format!(
+                            "conflict with \"{o}\" using {api_version}: {}",
+                            store::display_path(p)
+                        ))
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
                 return status_with(409, "Conflict", &msg, Some(json!({"causes": causes})));
             }
+            // Fields this manager applied before and omits now, owned by nobody else, go away.
+            let dropped: Vec<String> = {
+                let st = sh.lock();
+                st.owners
+                    .get(&key)
+                    .map(|owners| {
+                        owners
+                            .iter()
+                            .filter(|(p, o)| *o == manager && !applied.contains_key(*p))
+                            .map(|(p, _)| p.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
             if !dry_run {
                 let mut st = sh.lock();
                 let owners = st.owners.entry(key).or_default();
+                for p in &dropped {
+                    owners.remove(p);
+                }
                 for p in applied.keys() {
                     owners.insert(p.clone(), manager.clone());
                 }
@@ -1002,6 +1022,9 @@ fn patch(
                         o.remove("status");
                     }
                     store::apply_merge(&mut merged, &body);
+                    for p in store::removal_targets(&dropped, &applied) {
+                        store::remove_path(&mut merged, &p);
+                    }
                     merged
                 }
             }
