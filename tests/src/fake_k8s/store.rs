@@ -171,6 +171,20 @@ impl Store {
                 meta.insert("generation".into(), json!(1));
             }
         }
+        // managedFields: one entry per manager that owns something (field sets not spelled out)
+        if let Some(owners) = self.owners.get(&key) {
+            let mut managers: Vec<&String> = owners.values().collect();
+            managers.sort();
+            managers.dedup();
+            let entries: Vec<Value> = managers
+                .iter()
+                .map(|m| json!({"manager": m, "operation": if m.as_str() == "ferry" || m.as_str() == "kubectl" { "Apply" } else { "Update" },
+                    "apiVersion": res.api_version(), "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {}}))
+                .collect();
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("managedFields".into(), json!(entries));
+            }
+        }
         if dry_run {
             return (obj, None);
         }
