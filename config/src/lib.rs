@@ -1,14 +1,31 @@
 //! ferry-config: gitlab-runner's `config.toml`, read unchanged, plus ferry's own
 //! `[[runners.deploy.targets]]`.
 //!
-//! Two phases: a raw model that mirrors the file (everything optional, unknown keys kept with their
-//! line for warnings), then the resolved [`Config`] the rest of ferry sees (defaults applied,
-//! values validated). This crate is synchronous and reads nothing but the file it is given and the
-//! process environment (for `$VAR` in `url`/`token`).
+//! Two phases: the file is parsed with `toml_edit` (which keeps every key's position), then each
+//! table is read key by key (`walk.rs`: type checks, unknown keys kept with their line for
+//! warnings) and resolved into the [`Config`] the rest of ferry sees (`resolve.rs`, `docker.rs`:
+//! defaults applied, units converted, values validated). `edit.rs` rewrites the file in place for
+//! register/unregister/token rotation; `system_id.rs` handles `.runner_system_id`.
+//!
+//! This crate is synchronous and reads nothing but the files it is given and the process
+//! environment (for `$VAR` in `url`/`token`). The key-by-key reference is docs/configuration.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod docker;
+pub mod edit;
+mod resolve;
+mod system_id;
+mod units;
+mod walk;
+
+pub use edit::{
+    NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, gitlab_runner_config_path,
+    remove_runners, update_token,
+};
+pub use system_id::{SYSTEM_ID_FILE, SystemIdState, load_or_create_system_id, system_id_state};
 
 /// A runner token or other secret: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -20,7 +37,12 @@ impl Secret {
     }
     /// The first 8 characters, as gitlab-runner shows a token (`glrt-abc`).
     pub fn short(&self) -> &str {
-        let end = self.0.char_indices().nth(8).map(|(i, _)| i).unwrap_or(self.0.len());
+        let end = self
+            .0
+            .char_indices()
+            .nth(8)
+            .map(|(i, _)| i)
+            .unwrap_or(self.0.len());
         &self.0[..end]
     }
 }
@@ -88,6 +110,9 @@ pub struct RunnerSection {
     pub unhealthy_interval: Duration,
     pub job_status_final_update_retry_limit: u32,
     pub feature_flags: BTreeMap<String, bool>,
+    /// `[runners.custom_build_dir] enabled`: may jobs set `GIT_CLONE_PATH` (under `builds_dir`)?
+    /// Default true (the docker executor's default).
+    pub custom_build_dir_enabled: bool,
     pub docker: DockerSection,
     pub cache: CacheSection,
     pub deploy: DeploySection,
@@ -100,16 +125,40 @@ pub enum PullPolicy {
     Never,
 }
 
-#[derive(Debug, Clone, Default)]
+impl PullPolicy {
+    /// The spelling used in config.toml and in `image:pull_policy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "always",
+            PullPolicy::IfNotPresent => "if-not-present",
+            PullPolicy::Never => "never",
+        }
+    }
+
+    /// Parses `always`, `if-not-present` or `never`.
+    pub fn parse(s: &str) -> Option<PullPolicy> {
+        match s {
+            "always" => Some(PullPolicy::Always),
+            "if-not-present" => Some(PullPolicy::IfNotPresent),
+            "never" => Some(PullPolicy::Never),
+            _ => None,
+        }
+    }
+}
+
+/// `[runners.docker]`. `Default` is what an empty `[runners.docker]` resolves to.
+#[derive(Debug, Clone)]
 pub struct DockerSection {
     /// None = `$DOCKER_HOST`, else the local unix socket.
     pub host: Option<String>,
     pub tls_verify: bool,
     pub tls_cert_path: Option<PathBuf>,
     pub image: Option<String>,
-    /// Never empty after resolution (default `[always]`).
+    /// Never empty after resolution (default `[always]`). A list is a fallback chain.
     pub pull_policy: Vec<PullPolicy>,
+    /// Policies a job may request; never empty after resolution (default = `pull_policy`).
     pub allowed_pull_policies: Vec<PullPolicy>,
+    /// Doublestar globs, `!` negates; empty = all allowed. Checked to be valid globs.
     pub allowed_images: Vec<String>,
     pub allowed_services: Vec<String>,
     pub privileged: bool,
@@ -130,7 +179,7 @@ pub struct DockerSection {
     pub cpus: Option<f64>,
     /// Bytes; 0 = Docker's default.
     pub shm_size: u64,
-    /// None = don't wait (-1 in the file).
+    /// None = don't wait (negative in the file); default 30 s.
     pub wait_for_services_timeout: Option<Duration>,
     pub group_add: Vec<String>,
     pub cap_add: Vec<String>,
@@ -139,7 +188,47 @@ pub struct DockerSection {
     pub hostname: Option<String>,
     pub disable_entrypoint_overwrite: bool,
     pub oom_kill_disable: bool,
+    /// None = unlimited (-1 in the file).
     pub services_limit: Option<usize>,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        DockerSection {
+            host: None,
+            tls_verify: false,
+            tls_cert_path: None,
+            image: None,
+            pull_policy: vec![PullPolicy::Always],
+            allowed_pull_policies: vec![PullPolicy::Always],
+            allowed_images: Vec::new(),
+            allowed_services: Vec::new(),
+            privileged: false,
+            services_privileged: None,
+            user: None,
+            volumes: Vec::new(),
+            cache_dir: None,
+            disable_cache: false,
+            network_mode: None,
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            extra_hosts: Vec::new(),
+            memory: None,
+            memory_swap: None,
+            memory_reservation: None,
+            cpus: None,
+            shm_size: 0,
+            wait_for_services_timeout: Some(Duration::from_secs(30)),
+            group_add: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            security_opt: Vec::new(),
+            hostname: None,
+            disable_entrypoint_overwrite: false,
+            oom_kill_disable: false,
+            services_limit: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -159,7 +248,7 @@ pub struct DeploySection {
     pub targets: Vec<DeployTarget>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DeployTarget {
     pub name: String,
     /// Globs on CI_ENVIRONMENT_NAME.
@@ -172,6 +261,76 @@ pub struct DeployTarget {
     pub cluster_scoped: bool,
     pub protected_refs_only: bool,
 }
+
+/// gitlab-runner's defaults for the global section.
+impl Default for GlobalSection {
+    fn default() -> Self {
+        GlobalSection {
+            concurrent: 1,
+            check_interval: Duration::from_secs(DEFAULT_CHECK_INTERVAL_SECS),
+            log_level: "info".into(),
+            log_format: LogFormat::Runner,
+            listen_address: None,
+            shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            connection_max_age: Some(Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+/// gitlab-runner's defaults for a `[[runners]]` entry (empty name, url and token).
+impl Default for RunnerSection {
+    fn default() -> Self {
+        RunnerSection {
+            name: String::new(),
+            url: String::new(),
+            id: None,
+            token: Secret::default(),
+            token_obtained_at: None,
+            token_expires_at: None,
+            executor: "docker".into(),
+            limit: 0,
+            request_concurrency: 1,
+            output_limit: DEFAULT_OUTPUT_LIMIT_KB * 1024,
+            builds_dir: "/builds".into(),
+            cache_dir: "/cache".into(),
+            environment: Vec::new(),
+            clone_url: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            shell: None,
+            debug_trace_disabled: false,
+            unhealthy_requests_limit: 3,
+            unhealthy_interval: Duration::from_secs(60 * 60),
+            job_status_final_update_retry_limit: 10,
+            feature_flags: BTreeMap::new(),
+            custom_build_dir_enabled: true,
+            docker: DockerSection::default(),
+            cache: CacheSection::default(),
+            deploy: DeploySection::default(),
+        }
+    }
+}
+
+impl Default for DeploySection {
+    fn default() -> Self {
+        DeploySection {
+            image: DEFAULT_DEPLOY_IMAGE.into(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// The reserved job image that runs ferry's built-in deploy step.
+pub const DEFAULT_DEPLOY_IMAGE: &str = "ferry:deploy";
+/// `check_interval` when absent or <= 0, in seconds.
+pub const DEFAULT_CHECK_INTERVAL_SECS: u64 = 3;
+/// `shutdown_timeout` when absent or <= 0, in seconds.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// `output_limit` when absent or 0, in kilobytes.
+pub const DEFAULT_OUTPUT_LIMIT_KB: u64 = 4096;
+/// Port of `listen_address` when the address has none.
+pub const DEFAULT_METRICS_PORT: u16 = 9252;
 
 /// A key ferry does not know (or knows but does not implement), with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,16 +362,38 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Not valid TOML at all.
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    /// Writing the file back (or `.runner_system_id`) failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An edit that cannot be done (no runner with that token, unusual file layout).
+    #[error("{path}: {message}")]
+    Edit { path: String, message: String },
 }
 
-/// Parse and resolve a config file's text. `file` is only used in error messages.
-pub fn from_toml_str(_text: &str, _file: &str) -> Result<Config, ConfigError> {
-    Err(ConfigError::Invalid {
-        file: _file.into(),
-        line: 0,
-        key: String::new(),
-        message: "not implemented yet".into(),
-    })
+/// Parse and resolve a config file's text. `file` is only used in error messages. `$VAR` in
+/// `url` and `token` is expanded from the process environment.
+pub fn from_toml_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+    from_toml_str_with_env(text, file, &|name| std::env::var(name).ok())
+}
+
+/// [`from_toml_str`] with an explicit environment (tests, or a caller that captured it).
+pub fn from_toml_str_with_env(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    resolve::resolve(text, file, env)
 }
 
 /// Read and resolve a config file.

@@ -80,7 +80,10 @@ impl Engine for FakeEngine {
                 "exit" => {
                     let code = rest.trim().parse().unwrap_or(1);
                     if code != 0 {
-                        return Ok(StepOutcome { exit_code: code, oom_killed: false });
+                        return Ok(StepOutcome {
+                            exit_code: code,
+                            oom_killed: false,
+                        });
                     }
                 }
                 "sleep" => {
@@ -90,7 +93,12 @@ impl Engine for FakeEngine {
                         _ = cancel.cancelled() => return Err(EngineError::Cancelled),
                     }
                 }
-                "oom" => return Ok(StepOutcome { exit_code: 137, oom_killed: true }),
+                "oom" => {
+                    return Ok(StepOutcome {
+                        exit_code: 137,
+                        oom_killed: true,
+                    });
+                }
                 "fail-docker" => return Err(EngineError::Docker("connection refused".into())),
                 _ => {}
             }
@@ -99,7 +107,10 @@ impl Engine for FakeEngine {
             }
         }
         let _ = log.flush().await;
-        Ok(StepOutcome { exit_code: 0, oom_killed: false })
+        Ok(StepOutcome {
+            exit_code: 0,
+            oom_killed: false,
+        })
     }
 
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {

@@ -5,11 +5,17 @@
 //! about GitLab: no payload types, no HTTP client. Job output leaves through a [`LogSink`], a plain
 //! `AsyncWrite`, so the executor never knows where the bytes go.
 
+pub mod artifacts;
+pub mod cache;
+pub mod docker;
 pub mod engine;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+mod hostio;
+pub mod sources;
 
+pub use docker::DockerEngine;
 pub use engine::{
-    Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth,
-    ServiceSpec, StepOutcome, StepSpec,
+    Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth, ServiceSpec,
+    StepOutcome, StepSpec,
 };

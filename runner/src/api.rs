@@ -61,7 +61,10 @@ pub enum RemoteStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateReply {
     /// 200: applied.
-    Accepted { status: Option<RemoteStatus>, interval: Option<Duration> },
+    Accepted {
+        status: Option<RemoteStatus>,
+        interval: Option<Duration>,
+    },
     /// 202: final state accepted, GitLab still persisting the trace; send the same PUT again
     /// after `interval`.
     Pending { interval: Option<Duration> },
@@ -73,7 +76,11 @@ pub enum UpdateReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceReply {
     /// 202: appended. `len` is GitLab's new trace length (from the `Range` header) when given.
-    Accepted { len: Option<u64>, status: Option<RemoteStatus>, interval: Option<Duration> },
+    Accepted {
+        len: Option<u64>,
+        status: Option<RemoteStatus>,
+        interval: Option<Duration>,
+    },
     /// 416: GitLab holds `len` bytes; resend from there.
     RangeMismatch { len: u64 },
     /// 403: the job is gone (cancelled, trace too large, token invalid): abort the job.
@@ -99,13 +106,23 @@ pub struct ArtifactMeta {
 pub enum ApiError {
     /// Connection refused, reset, timed out, TLS failure: worth retrying.
     #[error("{endpoint}: {message}")]
-    Transport { endpoint: &'static str, message: String },
+    Transport {
+        endpoint: &'static str,
+        message: String,
+    },
     /// An HTTP status the caller cannot act on (5xx after retries, 400, ...).
     #[error("{endpoint}: HTTP {status}: {message}")]
-    Status { endpoint: &'static str, status: u16, message: String },
+    Status {
+        endpoint: &'static str,
+        status: u16,
+        message: String,
+    },
     /// The answer could not be read.
     #[error("{endpoint}: invalid response: {message}")]
-    Decode { endpoint: &'static str, message: String },
+    Decode {
+        endpoint: &'static str,
+        message: String,
+    },
     /// Local file problem while uploading or downloading.
     #[error("{0}")]
     Io(String),

@@ -1,3 +1,31 @@
 //! ferry-runner: the GitLab side of ferry (API client, job payload, plan compiler, job driver,
 //! trace pipeline, polling daemon) and the `ferry` CLI.
+
 pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod daemon;
+pub mod driver;
+pub mod gitlab;
+pub mod logging;
+pub mod metrics;
+pub mod plan;
+pub mod trace;
+pub mod variables;
+
+/// The source revision ferry was built from (FERRY_REVISION at build time), or "unknown".
+pub const REVISION: &str = match option_env!("FERRY_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+/// The architecture name as gitlab-runner reports it (Go's GOARCH values).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        other => other,
+    }
+}

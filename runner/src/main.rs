@@ -1,3 +1,62 @@
-fn main() {
-    println!("ferry {}", env!("CARGO_PKG_VERSION"));
+//! The `ferry` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferry_runner::cli::{Cli, Command};
+use ferry_runner::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ERROR: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ERROR: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = commands::config_path(&cli);
+    if !matches!(cli.command, Command::Run(_)) {
+        init_cli_logging(&cli);
+    }
+    match cli.command {
+        Command::Run(ref args) => {
+            // A config that does not load is fatal at start (later reloads keep the old one).
+            let config = ferry_config::load(&path);
+            let (level, format) = commands::log_settings(&cli, config.as_ref().ok());
+            ferry_runner::logging::init(&level, &format).map_err(anyhow::Error::msg)?;
+            commands::run::run(&path, config?, args).await?;
+        }
+        Command::Register(args) => commands::register::register(&path, *args).await?,
+        Command::Unregister(ref args) => commands::manage::unregister(&path, args).await?,
+        Command::Verify(ref args) => commands::manage::verify(&path, args).await?,
+        Command::List => commands::manage::list(&path)?,
+        Command::Plan(ref args) => commands::plan::plan(&path, args)?,
+        Command::Deploy(ref args) => return commands::deploy::deploy(&path, &args.args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// CLI commands log warnings and errors only, unless asked for more.
+fn init_cli_logging(cli: &Cli) {
+    let (level, format) = commands::log_settings(cli, None);
+    let level = if cli.log_level.is_none() && !cli.debug {
+        "warn".to_string()
+    } else {
+        level
+    };
+    let _ = ferry_runner::logging::init(&level, &format);
 }

@@ -1,0 +1,416 @@
+//! Job artifacts on the host: building the archive GitLab expects from a finished job's
+//! project dir, and unpacking the archives of dependencies before the script runs.
+//!
+//! This module knows nothing about GitLab's JSON or HTTP: the runner turns each `artifacts[]`
+//! entry of the payload into an [`ArtifactSpec`], calls [`create_archive`] (or [`archive`]),
+//! uploads the file itself, and for each dependency downloads the zip and calls
+//! [`extract_archive`] (or [`extract`]).
+
+mod gzip;
+pub mod paths;
+mod zipfmt;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::engine::LogSink;
+use crate::hostio::{self, Level};
+
+pub use paths::{Entry, EntryKind, Selection, select};
+
+/// `when:` for artifacts and caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    #[default]
+    OnSuccess,
+    OnFailure,
+    Always,
+}
+
+impl When {
+    /// Parses the payload's value; empty or unknown means `on_success`, as gitlab-runner does.
+    pub fn parse(s: &str) -> When {
+        match s {
+            "on_failure" => When::OnFailure,
+            "always" => When::Always,
+            _ => When::OnSuccess,
+        }
+    }
+
+    /// Whether the stage runs after a job that succeeded (`true`) or failed (`false`).
+    pub fn applies(self, job_succeeded: bool) -> bool {
+        match self {
+            When::Always => true,
+            When::OnSuccess => job_succeeded,
+            When::OnFailure => !job_succeeded,
+        }
+    }
+}
+
+/// `artifact_format` from the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactFormat {
+    /// One zip of all matched paths (the job archive, `lsif`).
+    #[default]
+    Zip,
+    /// One gzip member per matched file, concatenated (JUnit and most reports).
+    Gzip,
+    /// The bytes of exactly one file (security reports).
+    Raw,
+}
+
+impl ArtifactFormat {
+    /// `None` for a format ferry cannot produce (e.g. `zipzstd`), so the runner can refuse it.
+    pub fn parse(s: &str) -> Option<ArtifactFormat> {
+        match s {
+            "" | "zip" => Some(ArtifactFormat::Zip),
+            "gzip" => Some(ArtifactFormat::Gzip),
+            "raw" => Some(ArtifactFormat::Raw),
+            _ => None,
+        }
+    }
+
+    /// The extension the official runner appends to the upload's file name.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ArtifactFormat::Zip => ".zip",
+            ArtifactFormat::Gzip => ".gz",
+            ArtifactFormat::Raw => "",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactFormat::Zip => "zip",
+            ArtifactFormat::Gzip => "gzip",
+            ArtifactFormat::Raw => "raw",
+        }
+    }
+}
+
+/// One `artifacts[]` entry of the payload, with variables already expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactSpec {
+    /// Payload `name`; `None`/empty means `artifacts`.
+    pub name: Option<String>,
+    /// Relative to the project dir; doublestar globs allowed. Use [`strip_project_prefix`]
+    /// first for paths written as `$CI_PROJECT_DIR/...`.
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub untracked: bool,
+    pub when: When,
+    /// Passed through to the upload unparsed (`"1 week"`, `"never"`).
+    pub expire_in: Option<String>,
+    /// `archive`, `junit`, `dotenv`, ... passed through to the upload.
+    pub artifact_type: String,
+    pub format: ArtifactFormat,
+}
+
+impl ArtifactSpec {
+    /// The file name the official runner uses in the multipart upload
+    /// (`artifacts.zip`, `junit.xml.gz`, ...).
+    pub fn upload_file_name(&self) -> String {
+        let base = match self.name.as_deref() {
+            Some(n) if !n.is_empty() => n,
+            _ => "artifacts",
+        };
+        format!("{base}{}", self.format.extension())
+    }
+}
+
+/// A line to show in the job log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub text: String,
+}
+
+impl Note {
+    pub fn info(text: impl Into<String>) -> Note {
+        Note {
+            warning: false,
+            text: text.into(),
+        }
+    }
+
+    pub fn warning(text: impl Into<String>) -> Note {
+        Note {
+            warning: true,
+            text: text.into(),
+        }
+    }
+
+    /// The line as gitlab-runner colours it, newline included.
+    pub fn to_log_line(&self) -> String {
+        hostio::line(
+            if self.warning {
+                Level::Warning
+            } else {
+                Level::Plain
+            },
+            &self.text,
+        )
+    }
+}
+
+pub(crate) async fn write_notes(log: &mut LogSink<'_>, notes: &[Note]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    for n in notes {
+        log.write_all(n.to_log_line().as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// What [`create_archive`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveSummary {
+    /// Files and symlinks in the archive (directories not counted). 0 = nothing matched and
+    /// no archive file was written: the runner must skip the upload.
+    pub files: usize,
+    /// Uncompressed bytes of the files.
+    pub bytes: u64,
+    /// Size of the archive written.
+    pub archive_bytes: u64,
+    /// Lines for the job log (`path: found N matching artifact files and directories`,
+    /// warnings), in order.
+    pub notes: Vec<Note>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("reading project directory {path}: {source}")]
+    ProjectDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing artifacts archive {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading artifacts archive {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("artifact format raw needs exactly one file, {found} matched")]
+    RawNeedsOneFile { found: usize },
+    #[error("writing job log: {0}")]
+    Log(#[source] io::Error),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// For paths written as `$CI_PROJECT_DIR/dist` (expanded to the container's project dir,
+/// e.g. `/builds/acme/app/dist`): turns them into `dist`. Other paths are returned unchanged.
+pub fn strip_project_prefix(path: &str, container_project_dir: &str) -> String {
+    let dir = container_project_dir.trim_end_matches('/');
+    if dir.is_empty() {
+        return path.to_string();
+    }
+    match path.strip_prefix(dir) {
+        Some("") => ".".to_string(),
+        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/').to_string(),
+        _ => path.to_string(),
+    }
+}
+
+/// Selects the files `spec` asks for in `project_dir` and writes them to `out_file` in
+/// `spec.format`. Blocking; see [`archive`] for the async, logging wrapper.
+pub fn create_archive(
+    project_dir: &Path,
+    spec: &ArtifactSpec,
+    out_file: &Path,
+) -> Result<ArchiveSummary, ArtifactError> {
+    let sel = select(project_dir, &spec.paths, &spec.exclude, spec.untracked).map_err(|e| {
+        ArtifactError::ProjectDir {
+            path: project_dir.to_path_buf(),
+            source: e,
+        }
+    })?;
+    let files = sel.file_count();
+    let bytes = sel.total_bytes();
+    let mut notes = sel.notes.clone();
+    if files == 0 && (spec.format != ArtifactFormat::Zip || sel.entries.is_empty()) {
+        notes.push(Note::warning("No files to upload"));
+        return Ok(ArchiveSummary {
+            files: 0,
+            bytes: 0,
+            archive_bytes: 0,
+            notes,
+        });
+    }
+    let write_err = |e: io::Error| ArtifactError::Write {
+        path: out_file.to_path_buf(),
+        source: e,
+    };
+    match spec.format {
+        ArtifactFormat::Zip => zipfmt::write_zip(project_dir, &sel, out_file).map_err(write_err)?,
+        ArtifactFormat::Gzip => gzip::write_gzip(project_dir, &sel, out_file).map_err(write_err)?,
+        ArtifactFormat::Raw => {
+            let regular: Vec<&String> = sel
+                .entries
+                .iter()
+                .filter(|(_, e)| matches!(e.kind, EntryKind::File { .. }))
+                .map(|(k, _)| k)
+                .collect();
+            if regular.len() != 1 {
+                return Err(ArtifactError::RawNeedsOneFile {
+                    found: regular.len(),
+                });
+            }
+            copy_regular(&project_dir.join(regular[0]), out_file).map_err(write_err)?;
+        }
+    }
+    let archive_bytes = std::fs::metadata(out_file).map_err(write_err)?.len();
+    Ok(ArchiveSummary {
+        files,
+        bytes,
+        archive_bytes,
+        notes,
+    })
+}
+
+fn copy_regular(src: &Path, dst: &Path) -> io::Result<()> {
+    let mut f = hostio::open_regular(src)?;
+    let mut out = std::fs::File::create(dst)?;
+    io::copy(&mut f, &mut out)?;
+    Ok(())
+}
+
+/// Async wrapper around [`create_archive`]: runs it off the async threads and writes the
+/// notes and a summary line to `log`.
+pub async fn archive(
+    project_dir: &Path,
+    spec: &ArtifactSpec,
+    out_file: &Path,
+    log: &mut LogSink<'_>,
+) -> Result<ArchiveSummary, ArtifactError> {
+    let (dir, sp, out) = (
+        project_dir.to_path_buf(),
+        spec.clone(),
+        out_file.to_path_buf(),
+    );
+    let summary = tokio::task::spawn_blocking(move || create_archive(&dir, &sp, &out))
+        .await
+        .map_err(|e| ArtifactError::Write {
+            path: out_file.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        })??;
+    write_notes(log, &summary.notes)
+        .await
+        .map_err(ArtifactError::Log)?;
+    if summary.files > 0 {
+        hostio::write(
+            log,
+            Level::Plain,
+            &format!(
+                "{}: {} files, {} ({} compressed)",
+                spec.upload_file_name(),
+                summary.files,
+                hostio::human_bytes(summary.bytes),
+                hostio::human_bytes(summary.archive_bytes)
+            ),
+        )
+        .await
+        .map_err(ArtifactError::Log)?;
+    }
+    Ok(summary)
+}
+
+/// What [`extract_archive`] unpacked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractSummary {
+    pub files: usize,
+    pub bytes: u64,
+    /// Warnings about entries that were refused (escaping paths, symlinked parents).
+    pub notes: Vec<Note>,
+}
+
+/// Unpacks a dependency's zip into `project_dir`. Entries whose path would leave the project
+/// dir (`../x`, absolute paths, or a parent that is a symlink) are refused with a warning.
+pub fn extract_archive(
+    zip_file: &Path,
+    project_dir: &Path,
+) -> Result<ExtractSummary, ArtifactError> {
+    zipfmt::extract_zip(zip_file, project_dir)
+}
+
+/// Async wrapper around [`extract_archive`] that logs what happened.
+pub async fn extract(
+    zip_file: &Path,
+    project_dir: &Path,
+    log: &mut LogSink<'_>,
+) -> Result<ExtractSummary, ArtifactError> {
+    let (zf, dir) = (zip_file.to_path_buf(), project_dir.to_path_buf());
+    let summary = tokio::task::spawn_blocking(move || extract_archive(&zf, &dir))
+        .await
+        .map_err(|e| ArtifactError::Read {
+            path: zip_file.to_path_buf(),
+            message: e.to_string(),
+        })??;
+    write_notes(log, &summary.notes)
+        .await
+        .map_err(ArtifactError::Log)?;
+    hostio::write(
+        log,
+        Level::Plain,
+        &format!(
+            "Extracted {} files ({})",
+            summary.files,
+            hostio::human_bytes(summary.bytes)
+        ),
+    )
+    .await
+    .map_err(ArtifactError::Log)?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_rules() {
+        assert!(When::parse("").applies(true));
+        assert!(!When::parse("on_success").applies(false));
+        assert!(When::parse("on_failure").applies(false));
+        assert!(!When::parse("on_failure").applies(true));
+        assert!(When::parse("always").applies(false));
+    }
+
+    #[test]
+    fn project_prefix_is_stripped() {
+        assert_eq!(
+            strip_project_prefix("/builds/a/b/dist", "/builds/a/b"),
+            "dist"
+        );
+        assert_eq!(strip_project_prefix("/builds/a/b", "/builds/a/b/"), ".");
+        assert_eq!(
+            strip_project_prefix("/builds/a/bc/x", "/builds/a/b"),
+            "/builds/a/bc/x"
+        );
+        assert_eq!(strip_project_prefix("dist", "/builds/a/b"), "dist");
+    }
+
+    #[test]
+    fn upload_names() {
+        let mut s = ArtifactSpec {
+            name: None,
+            paths: vec![],
+            exclude: vec![],
+            untracked: false,
+            when: When::OnSuccess,
+            expire_in: None,
+            artifact_type: "archive".into(),
+            format: ArtifactFormat::Zip,
+        };
+        assert_eq!(s.upload_file_name(), "artifacts.zip");
+        s.name = Some("junit.xml".into());
+        s.format = ArtifactFormat::Gzip;
+        assert_eq!(s.upload_file_name(), "junit.xml.gz");
+    }
+}

@@ -1,0 +1,192 @@
+//! The zip archives GitLab stores for `artifact_type: archive`: entries relative to the project
+//! dir, directories with a trailing `/`, symlinks as unix symlink entries, unix permissions and
+//! modification times kept.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
+
+use crate::hostio::{clean_relative, create_dir_inside, lstat_inside, open_regular, remove_any};
+
+use super::paths::{EntryKind, Selection};
+use super::{ArtifactError, ExtractSummary, Note};
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Zip stores local time without a zone; like gitlab-runner's archiver we write UTC.
+pub(crate) fn zip_time(t: SystemTime) -> DateTime {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let year = y.clamp(1980, 2107) as u16;
+    DateTime::from_date_and_time(year, mo as u8, d as u8, h as u8, mi as u8, (s as u8) & !1)
+        .unwrap_or_default()
+}
+
+fn from_zip_time(t: DateTime) -> Option<SystemTime> {
+    let days = days_from_civil(t.year() as i64, t.month() as u32, t.day() as u32);
+    let secs = days * 86_400 + t.hour() as i64 * 3600 + t.minute() as i64 * 60 + t.second() as i64;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+pub(super) fn write_zip(root: &Path, sel: &Selection, out: &Path) -> io::Result<()> {
+    let file = std::fs::File::create(out)?;
+    let mut zw = ZipWriter::new(io::BufWriter::new(file));
+    for (rel, entry) in &sel.entries {
+        let opts = SimpleFileOptions::default()
+            .last_modified_time(zip_time(entry.mtime))
+            .unix_permissions(entry.mode);
+        match &entry.kind {
+            EntryKind::Dir => {
+                zw.add_directory(format!("{rel}/"), opts)
+                    .map_err(io::Error::other)?;
+            }
+            EntryKind::Symlink { target } => {
+                zw.add_symlink(rel.clone(), target.to_string_lossy(), opts)
+                    .map_err(io::Error::other)?;
+            }
+            EntryKind::File { size } => {
+                let mut src = open_regular(&root.join(rel))?;
+                let opts = opts
+                    .compression_method(CompressionMethod::Deflated)
+                    .large_file(*size >= u32::MAX as u64);
+                zw.start_file(rel.clone(), opts).map_err(io::Error::other)?;
+                io::copy(&mut src, &mut zw)?;
+            }
+        }
+    }
+    let mut inner = zw.finish().map_err(io::Error::other)?;
+    inner.flush()
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFLNK: u32 = 0o120000;
+
+pub(super) fn extract_zip(zip_file: &Path, root: &Path) -> Result<ExtractSummary, ArtifactError> {
+    let read_err = |m: String| ArtifactError::Read {
+        path: zip_file.to_path_buf(),
+        message: m,
+    };
+    let f = std::fs::File::open(zip_file).map_err(|e| read_err(e.to_string()))?;
+    let mut za = ZipArchive::new(io::BufReader::new(f)).map_err(|e| read_err(e.to_string()))?;
+    let mut summary = ExtractSummary {
+        files: 0,
+        bytes: 0,
+        notes: Vec::new(),
+    };
+    std::fs::create_dir_all(root).map_err(|e| ArtifactError::ProjectDir {
+        path: root.to_path_buf(),
+        source: e,
+    })?;
+    for i in 0..za.len() {
+        let mut zf = za.by_index(i).map_err(|e| read_err(e.to_string()))?;
+        let raw_name = zf.name().to_string();
+        // enclosed_name refuses absolute paths and `..` that climbs out; clean_relative then
+        // gives the normalised relative path.
+        let Some(rel) = zf
+            .enclosed_name()
+            .and_then(|p| clean_relative(&p.to_string_lossy()))
+            .filter(|p| !p.as_os_str().is_empty())
+        else {
+            summary.notes.push(Note::warning(format!(
+                "{raw_name}: skipped: path is outside the project directory"
+            )));
+            continue;
+        };
+        let mode = zf.unix_mode();
+        let is_link = mode.is_some_and(|m| m & S_IFMT == S_IFLNK);
+        let parent = rel.parent().map(PathBuf::from).unwrap_or_default();
+        if let Err(e) = create_dir_inside(root, &parent) {
+            summary
+                .notes
+                .push(Note::warning(format!("{raw_name}: skipped: {e}")));
+            continue;
+        }
+        let dest = root.join(&rel);
+        let result: io::Result<()> = (|| {
+            if zf.is_dir() {
+                create_dir_inside(root, &rel)?;
+                return Ok(());
+            }
+            // Replace whatever is there; never write through an existing symlink.
+            if lstat_inside(root, &rel).is_ok_and(|m| !m.is_dir()) {
+                remove_any(&dest)?;
+            }
+            if is_link {
+                let mut target = String::new();
+                io::Read::read_to_string(&mut zf, &mut target)?;
+                std::os::unix::fs::symlink(&target, &dest)?;
+                return Ok(());
+            }
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&dest)?;
+            let n = io::copy(&mut zf, &mut out)?;
+            if let Some(m) = mode {
+                use std::os::unix::fs::PermissionsExt;
+                out.set_permissions(std::fs::Permissions::from_mode(m & 0o777))?;
+            }
+            if let Some(t) = zf.last_modified().and_then(from_zip_time) {
+                out.set_modified(t)?;
+            }
+            summary.bytes += n;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if !zf.is_dir() {
+                    summary.files += 1;
+                }
+            }
+            Err(e) => summary
+                .notes
+                .push(Note::warning(format!("{raw_name}: skipped: {e}"))),
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_round_trips() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(from_zip_time(zip_time(t)), Some(t));
+        let d = zip_time(t);
+        assert_eq!((d.year(), d.month(), d.day()), (2023, 11, 14));
+    }
+}

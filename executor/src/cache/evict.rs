@@ -1,0 +1,173 @@
+//! Keeping the cache dir bounded: archives (and git object caches) not used for `max_age` go
+//! first, then the least recently used ones until the total is under `max_bytes`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::archive::{ARCHIVE_NAME, MANIFEST_NAME};
+
+/// What [`evict`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvictReport {
+    /// Cache archives and git object caches found.
+    pub entries: usize,
+    pub total_bytes: u64,
+    pub removed: Vec<PathBuf>,
+    pub removed_bytes: u64,
+    /// Entries that could not be removed, with the reason (for the operator log).
+    pub errors: Vec<String>,
+}
+
+/// Temporary files older than this are leftovers of a crashed save.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug)]
+struct Item {
+    path: PathBuf,
+    bytes: u64,
+    last_used: SystemTime,
+    git: bool,
+}
+
+fn dir_size(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A git object cache kept by `sources` (a bare repository with ferry's marker file).
+pub(crate) const GIT_CACHE_MARKER: &str = "ferry-last-used";
+pub(crate) const GIT_CACHE_LOCK: &str = "ferry.lock";
+
+fn is_git_cache(dir: &Path) -> bool {
+    dir.join(GIT_CACHE_MARKER).is_file() && dir.join("objects").is_dir()
+}
+
+/// Removes unused caches under `cache_dir` so that it stays under `max_bytes` and holds
+/// nothing unused for longer than `max_age`. Safe to run while jobs use the cache: archives
+/// are replaced by rename and read through open handles, and git object caches in use are
+/// locked and skipped.
+pub fn evict(
+    cache_dir: &Path,
+    max_bytes: Option<u64>,
+    max_age: Option<Duration>,
+) -> io::Result<EvictReport> {
+    let mut report = EvictReport::default();
+    if !cache_dir.is_dir() {
+        return Ok(report);
+    }
+    let now = SystemTime::now();
+    let mut items = Vec::new();
+    let mut it = walkdir::WalkDir::new(cache_dir)
+        .follow_links(false)
+        .follow_root_links(false)
+        .into_iter();
+    while let Some(e) = it.next() {
+        let Ok(e) = e else { continue };
+        let Ok(meta) = e.metadata() else { continue };
+        let name = e.file_name().to_string_lossy();
+        if meta.is_dir() && is_git_cache(e.path()) {
+            let last_used = std::fs::metadata(e.path().join(GIT_CACHE_MARKER))
+                .and_then(|m| m.modified())
+                .unwrap_or(now);
+            items.push(Item {
+                path: e.path().to_path_buf(),
+                bytes: dir_size(e.path()),
+                last_used,
+                git: true,
+            });
+            it.skip_current_dir();
+        } else if meta.is_file() && name == ARCHIVE_NAME {
+            items.push(Item {
+                path: e.path().to_path_buf(),
+                bytes: meta.len(),
+                last_used: meta.modified().unwrap_or(now),
+                git: false,
+            });
+        } else if meta.is_file()
+            && name.starts_with(".tmp-")
+            && meta
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TEMP)
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    report.entries = items.len();
+    report.total_bytes = items.iter().map(|i| i.bytes).sum();
+    // Oldest first.
+    items.sort_by_key(|i| i.last_used);
+    let mut remaining = report.total_bytes;
+    for item in items {
+        let too_old = max_age.is_some_and(|age| {
+            now.duration_since(item.last_used)
+                .is_ok_and(|used_ago| used_ago > age)
+        });
+        let too_big = max_bytes.is_some_and(|max| remaining > max);
+        if !too_old && !too_big {
+            continue;
+        }
+        match remove_item(&item) {
+            Ok(true) => {
+                remaining -= item.bytes;
+                report.removed_bytes += item.bytes;
+                report.removed.push(item.path.clone());
+            }
+            Ok(false) => {}
+            Err(e) => report
+                .errors
+                .push(format!("removing {}: {e}", item.path.display())),
+        }
+    }
+    prune_empty_dirs(cache_dir);
+    Ok(report)
+}
+
+/// Returns Ok(false) when the item is in use (a git cache locked by a running job).
+fn remove_item(item: &Item) -> io::Result<bool> {
+    if item.git {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(item.path.join(GIT_CACHE_LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        std::fs::remove_dir_all(&item.path)?;
+        return Ok(true);
+    }
+    std::fs::remove_file(&item.path)?;
+    if let Some(dir) = item.path.parent() {
+        let _ = std::fs::remove_file(dir.join(MANIFEST_NAME));
+    }
+    Ok(true)
+}
+
+/// Removes directories left empty (keys whose archives went), bottom-up, keeping `root`.
+fn prune_empty_dirs(root: &Path) {
+    let dirs: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .follow_root_links(false)
+        .contents_first(true)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    for d in dirs {
+        // Fails (and is meant to) unless empty.
+        let _ = std::fs::remove_dir(d);
+    }
+}

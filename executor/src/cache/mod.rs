@@ -1,0 +1,468 @@
+//! The job cache (`cache:` in `.gitlab-ci.yml`), kept on the runner host.
+//!
+//! GitLab has no cache API: the runner stores archives where it likes. ferry keeps one
+//! `tar` + `zstd` archive per key:
+//!
+//! ```text
+//! <cache_dir>/<namespace>/<key>/cache.tar.zst     the archive
+//! <cache_dir>/<namespace>/<key>/manifest.json     path, type, size, mode, mtime of every entry
+//! ```
+//!
+//! `namespace` is chosen by the runner (`project/<project id>` recommended) so projects never
+//! see each other's caches. The manifest lets [`save`] skip re-archiving a cache nothing
+//! changed in. The archive's modification time is its "last used" time: [`restore`] and an
+//! unchanged [`save`] refresh it, and [`evict`] removes the oldest first.
+
+mod archive;
+mod evict;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::artifacts::{Note, When, write_notes};
+use crate::engine::LogSink;
+use crate::hostio::{self, Level};
+
+pub use evict::{EvictReport, evict};
+pub(crate) use evict::{GIT_CACHE_LOCK, GIT_CACHE_MARKER};
+
+/// `cache:policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CachePolicy {
+    #[default]
+    PullPush,
+    Pull,
+    Push,
+}
+
+impl CachePolicy {
+    /// Parses the payload's value (empty = `pull-push`). `None` for an unknown policy, which
+    /// gitlab-runner treats as an error of the job.
+    pub fn parse(s: &str) -> Option<CachePolicy> {
+        match s {
+            "" | "pull-push" => Some(CachePolicy::PullPush),
+            "pull" => Some(CachePolicy::Pull),
+            "push" => Some(CachePolicy::Push),
+            _ => None,
+        }
+    }
+
+    fn pulls(self) -> bool {
+        self != CachePolicy::Push
+    }
+
+    fn pushes(self) -> bool {
+        self != CachePolicy::Pull
+    }
+}
+
+/// One `cache[]` entry of the payload, with variables already expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheSpec {
+    /// As GitLab sent it (it already carries `-protected`/`-non_protected`). Sanitised here.
+    pub key: String,
+    /// Tried in order when `key` has no archive. The runner appends `CACHE_FALLBACK_KEY`
+    /// here unless it ends in `-protected` (gitlab-runner refuses those).
+    pub fallback_keys: Vec<String>,
+    pub paths: Vec<String>,
+    pub untracked: bool,
+    pub policy: CachePolicy,
+    pub when: When,
+}
+
+/// Where caches live for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheStore {
+    /// The runner's cache dir on the host (`cache_dir` / `[runners.docker] cache_dir`).
+    pub root: PathBuf,
+    /// Sub-directory per project, e.g. `project/42`. Sanitised like a key.
+    pub namespace: String,
+    /// `[runners.docker] disable_cache = true`: nothing is restored or saved.
+    pub disabled: bool,
+}
+
+impl CacheStore {
+    fn key_dir(&self, key: &str) -> Result<PathBuf, CacheError> {
+        let ns = sanitize_key(&self.namespace).map_err(|_| CacheError::BadNamespace {
+            namespace: self.namespace.clone(),
+        })?;
+        Ok(self.root.join(ns.key).join(key))
+    }
+
+    /// The archive of `key` (already sanitised).
+    pub fn archive_path(&self, key: &str) -> Result<PathBuf, CacheError> {
+        Ok(self.key_dir(key)?.join(archive::ARCHIVE_NAME))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache namespace {namespace:?} is not a usable relative path")]
+    BadNamespace { namespace: String },
+    #[error("writing job log: {0}")]
+    Log(#[source] io::Error),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A key after gitlab-runner's sanitising rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SanitizedKey {
+    pub key: String,
+    /// Set when the key had to be changed (shown to the user as a warning).
+    pub warning: Option<String>,
+}
+
+/// Applies gitlab-runner's cache key rules: `%2F`/`%2E` decoded, `\` turned into `/`, the
+/// key rooted so that `..` cannot climb out, trailing spaces of each element dropped. A key
+/// may contain `/` (it becomes nested directories). Keys that end up empty are refused.
+pub fn sanitize_key(raw: &str) -> Result<SanitizedKey, String> {
+    let decoded = raw
+        .replace("%2f", "/")
+        .replace("%2F", "/")
+        .replace("%2e", ".")
+        .replace("%2E", ".")
+        .replace('\\', "/");
+    let mut parts: Vec<String> = Vec::new();
+    for part in decoded.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p.to_string()),
+        }
+    }
+    // Trailing whitespace of the last element is dropped; an element left empty goes.
+    while let Some(last) = parts.last_mut() {
+        let trimmed = last.trim_end().to_string();
+        if trimmed.is_empty() {
+            parts.pop();
+        } else {
+            *last = trimmed;
+            break;
+        }
+    }
+    let key = parts.join("/");
+    if key.is_empty() {
+        return Err(format!("cache key {raw:?} could not be sanitized"));
+    }
+    // Reserved by ferry for its own files inside a key directory.
+    if parts.iter().any(|p| {
+        p == archive::ARCHIVE_NAME || p == archive::MANIFEST_NAME || p.starts_with(".tmp-")
+    }) {
+        return Err(format!("cache key {raw:?} uses a name reserved by ferry"));
+    }
+    let warning = (key != raw).then(|| format!("cache key {raw:?} sanitized to {key:?}"));
+    Ok(SanitizedKey { key, warning })
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    /// Extracted the archive of `key` (`fallback`: not the primary key).
+    Restored {
+        key: String,
+        fallback: bool,
+        files: u64,
+    },
+    /// No key had an archive, or extraction failed (a warning was shown; not fatal).
+    NotRestored,
+    /// `policy: push`.
+    SkippedByPolicy,
+    /// No `paths` and no `untracked`, or no usable key.
+    Nothing,
+    Disabled,
+}
+
+/// What [`save`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaveOutcome {
+    Created {
+        key: String,
+        files: u64,
+        bytes: u64,
+    },
+    /// Same files, sizes and times as the stored archive: nothing written.
+    UpToDate {
+        key: String,
+    },
+    NoFiles,
+    /// Archiving failed (a warning was shown; not fatal, as in gitlab-runner).
+    Failed,
+    SkippedByPolicy,
+    /// `when:` does not match the job's result.
+    SkippedByWhen,
+    Nothing,
+    Disabled,
+}
+
+/// `e` and its sources, `: `-separated (tar hides the cause of a failed unpack there).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    text
+}
+
+async fn note(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), CacheError> {
+    hostio::write(log, level, text)
+        .await
+        .map_err(CacheError::Log)
+}
+
+/// Restores the cache of `spec` into `project_dir`: the primary key first, then each
+/// fallback key. Failures are warnings, not errors (the job goes on without a cache), so
+/// `Err` only means the log could not be written or the job was cancelled.
+pub async fn restore(
+    store: &CacheStore,
+    spec: &CacheSpec,
+    project_dir: &Path,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<RestoreOutcome, CacheError> {
+    if spec.paths.is_empty() && !spec.untracked {
+        return Ok(RestoreOutcome::Nothing);
+    }
+    if store.disabled {
+        note(
+            log,
+            Level::Notice,
+            "Skipping cache extraction: the cache is disabled on this runner",
+        )
+        .await?;
+        return Ok(RestoreOutcome::Disabled);
+    }
+    let primary = match sanitize_key(&spec.key) {
+        Ok(k) => k,
+        Err(e) => {
+            note(
+                log,
+                Level::Notice,
+                &format!("Skipping cache extraction due to {e}"),
+            )
+            .await?;
+            return Ok(RestoreOutcome::Nothing);
+        }
+    };
+    if let Some(w) = &primary.warning {
+        note(log, Level::Warning, w).await?;
+    }
+    if !spec.policy.pulls() {
+        note(
+            log,
+            Level::Notice,
+            &format!("Not downloading cache {} due to policy", primary.key),
+        )
+        .await?;
+        return Ok(RestoreOutcome::SkippedByPolicy);
+    }
+    let mut candidates = vec![(primary.key.clone(), false)];
+    for fk in &spec.fallback_keys {
+        match sanitize_key(fk) {
+            Ok(k) => {
+                if let Some(w) = &k.warning {
+                    note(log, Level::Warning, w).await?;
+                }
+                if !candidates.iter().any(|(c, _)| *c == k.key) {
+                    candidates.push((k.key, true));
+                }
+            }
+            Err(e) => {
+                note(
+                    log,
+                    Level::Notice,
+                    &format!("Skipping cache extraction due to {e}"),
+                )
+                .await?
+            }
+        }
+    }
+    for (key, fallback) in candidates {
+        if cancel.is_cancelled() {
+            return Err(CacheError::Cancelled);
+        }
+        note(log, Level::Notice, &format!("Checking cache for {key}...")).await?;
+        let path = store.archive_path(&key)?;
+        if !path.is_file() {
+            note(log, Level::Warning, "file does not exist").await?;
+            note(log, Level::Warning, "Failed to extract cache").await?;
+            continue;
+        }
+        let (p, dir, c) = (path.clone(), project_dir.to_path_buf(), cancel.clone());
+        let res = tokio::task::spawn_blocking(move || archive::extract(&p, &dir, &c))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        if cancel.is_cancelled() {
+            return Err(CacheError::Cancelled);
+        }
+        match res {
+            Ok(files) => {
+                archive::touch(&path);
+                note(log, Level::Notice, "Successfully extracted cache").await?;
+                return Ok(RestoreOutcome::Restored {
+                    key,
+                    fallback,
+                    files,
+                });
+            }
+            Err(e) => {
+                note(log, Level::Warning, &format!("{key}: {}", error_chain(&e))).await?;
+                note(log, Level::Warning, "Failed to extract cache").await?;
+            }
+        }
+    }
+    Ok(RestoreOutcome::NotRestored)
+}
+
+/// Archives the paths of `spec` from `project_dir` under its key, after a job that
+/// succeeded (`job_succeeded`) or failed. Skips the work when the files are unchanged since
+/// the stored archive. Failures are warnings, as in gitlab-runner.
+pub async fn save(
+    store: &CacheStore,
+    spec: &CacheSpec,
+    project_dir: &Path,
+    job_succeeded: bool,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<SaveOutcome, CacheError> {
+    if !spec.when.applies(job_succeeded) {
+        return Ok(SaveOutcome::SkippedByWhen);
+    }
+    if spec.paths.is_empty() && !spec.untracked {
+        return Ok(SaveOutcome::Nothing);
+    }
+    if store.disabled {
+        note(
+            log,
+            Level::Notice,
+            "Skipping cache archiving: the cache is disabled on this runner",
+        )
+        .await?;
+        return Ok(SaveOutcome::Disabled);
+    }
+    let key = match sanitize_key(&spec.key) {
+        Ok(k) => k,
+        Err(e) => {
+            note(
+                log,
+                Level::Notice,
+                &format!("Skipping cache archiving due to {e}"),
+            )
+            .await?;
+            return Ok(SaveOutcome::Nothing);
+        }
+    };
+    if let Some(w) = &key.warning {
+        note(log, Level::Warning, w).await?;
+    }
+    let key = key.key;
+    if !spec.policy.pushes() {
+        note(
+            log,
+            Level::Notice,
+            &format!("Not uploading cache {key} due to policy"),
+        )
+        .await?;
+        return Ok(SaveOutcome::SkippedByPolicy);
+    }
+    note(log, Level::Notice, &format!("Creating cache {key}...")).await?;
+    let key_dir = store.key_dir(&key)?;
+    let (dir, sp, kd, c) = (
+        project_dir.to_path_buf(),
+        spec.clone(),
+        key_dir.clone(),
+        cancel.clone(),
+    );
+    let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+    if cancel.is_cancelled() {
+        return Err(CacheError::Cancelled);
+    }
+    let (notes, result): (Vec<Note>, _) = match res {
+        Ok((notes, r)) => (notes, Ok(r)),
+        Err(e) => (Vec::new(), Err(e)),
+    };
+    write_notes(log, &notes).await.map_err(CacheError::Log)?;
+    match result {
+        Ok(archive::Saved::NoFiles) => {
+            note(
+                log,
+                Level::Warning,
+                "No files to archive, cache not updated",
+            )
+            .await?;
+            Ok(SaveOutcome::NoFiles)
+        }
+        Ok(archive::Saved::UpToDate) => {
+            note(log, Level::Plain, "Archive is up to date!").await?;
+            note(log, Level::Notice, "Created cache").await?;
+            Ok(SaveOutcome::UpToDate { key })
+        }
+        Ok(archive::Saved::Written {
+            files,
+            bytes,
+            archive_bytes,
+        }) => {
+            note(
+                log,
+                Level::Plain,
+                &format!(
+                    "cache.tar.zst: {files} files, {} ({} compressed)",
+                    hostio::human_bytes(bytes),
+                    hostio::human_bytes(archive_bytes)
+                ),
+            )
+            .await?;
+            note(log, Level::Notice, "Created cache").await?;
+            Ok(SaveOutcome::Created { key, files, bytes })
+        }
+        Err(e) => {
+            note(log, Level::Warning, &format!("{key}: {}", error_chain(&e))).await?;
+            note(log, Level::Warning, "Failed to create cache").await?;
+            Ok(SaveOutcome::Failed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> Result<String, String> {
+        sanitize_key(s).map(|k| k.key)
+    }
+
+    #[test]
+    fn keys_are_sanitized_like_gitlab_runner() {
+        assert_eq!(k("main-protected").unwrap(), "main-protected");
+        assert_eq!(k("a/b").unwrap(), "a/b");
+        assert_eq!(k("../../etc").unwrap(), "etc");
+        assert_eq!(k("%2e%2e%2Fx").unwrap(), "x");
+        assert_eq!(k("a\\..\\..\\b").unwrap(), "b");
+        assert_eq!(k("key  ").unwrap(), "key");
+        assert_eq!(k("a/ ").unwrap(), "a");
+        assert!(k("..").is_err());
+        assert!(k("").is_err());
+        assert!(k("x/cache.tar.zst").is_err());
+        assert!(sanitize_key("a/../b").unwrap().warning.is_some());
+        assert!(sanitize_key("plain").unwrap().warning.is_none());
+    }
+
+    #[test]
+    fn policies() {
+        assert_eq!(CachePolicy::parse(""), Some(CachePolicy::PullPush));
+        assert!(CachePolicy::parse("pull").unwrap().pulls());
+        assert!(!CachePolicy::parse("pull").unwrap().pushes());
+        assert!(!CachePolicy::parse("push").unwrap().pulls());
+        assert_eq!(CachePolicy::parse("bogus"), None);
+    }
+}

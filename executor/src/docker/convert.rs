@@ -1,0 +1,806 @@
+//! Pure conversion from ferry's types to Docker's: names, labels, volume specs, allow-lists, host
+//! configs and the step script. No I/O here, so all of it is unit tested.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use ferry_config::DockerSection;
+use globset::{GlobBuilder, GlobMatcher};
+
+use crate::engine::{EngineError, JobEnv, StepSpec};
+
+/// Label on everything ferry creates; `cleanup_leftovers` looks for it.
+pub const LABEL_MANAGED: &str = "ferry.managed";
+pub const LABEL_RUNNER: &str = "ferry.runner";
+pub const LABEL_JOB: &str = "ferry.job_id";
+pub const LABEL_PROJECT: &str = "ferry.project_id";
+pub const LABEL_TYPE: &str = "ferry.type";
+/// Set on persistent cache volumes (the `"/path"` entries of `volumes`), which outlive jobs.
+pub const LABEL_CACHE: &str = "ferry.cache";
+
+const ANSI_BOLD_GREEN: &str = "\x1b[32;1m";
+const ANSI_RESET: &str = "\x1b[0;m";
+
+/// gitlab-runner's shell detection (shells/bash.go): the first bash found, else the first sh.
+/// Used as the build container's command (it then waits on its open, empty stdin, which keeps the
+/// container alive) and as the command of every step's exec (which reads the script on stdin).
+pub const DETECT_SHELL: &str = "if [ -x /usr/local/bin/bash ]; then\n\texec /usr/local/bin/bash\nelif [ -x /usr/bin/bash ]; then\n\texec /usr/bin/bash\nelif [ -x /bin/bash ]; then\n\texec /bin/bash\nelif [ -x /usr/local/bin/sh ]; then\n\texec /usr/local/bin/sh\nelif [ -x /usr/bin/sh ]; then\n\texec /usr/bin/sh\nelif [ -x /bin/sh ]; then\n\texec /bin/sh\nelif [ -x /busybox/sh ]; then\n\texec /busybox/sh\nelse\n\techo shell not found\n\texit 1\nfi\n";
+
+/// Sends SIGTERM (or the signal given as `$1`) to every process of the container except PID 1
+/// (the shell that keeps the container alive) and itself. Run with `docker exec` to stop a step.
+pub const SIGNAL_ALL_SCRIPT: &str = "for P in $(cd /proc && echo [0-9]*); do if [ \"$P\" != 1 ] && [ \"$P\" != $$ ]; then kill -$1 $P 2>/dev/null; fi; done; exit 0";
+
+/// Keep names within what Docker accepts (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
+pub fn sanitize_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        out.insert(0, 'x');
+    }
+    out
+}
+
+/// `runner-<short>-project-<id>-job-<id>`: the prefix of every container and network of a job,
+/// shaped like gitlab-runner's `runner-<short>-project-<id>-concurrent-<n>` names.
+pub fn job_prefix(env: &JobEnv) -> String {
+    sanitize_name(&format!(
+        "runner-{}-project-{}-job-{}",
+        env.runner_short_token, env.project_id, env.job_id
+    ))
+}
+
+pub fn build_container_name(env: &JobEnv) -> String {
+    format!("{}-build", job_prefix(env))
+}
+
+pub fn network_name(env: &JobEnv) -> String {
+    format!("{}-network", job_prefix(env))
+}
+
+/// `runner-...-job-<id>-<service slug>-<index>` (gitlab-runner: `<unique>-<slug>-<index>`).
+pub fn service_container_name(env: &JobEnv, image: &str, index: usize) -> String {
+    let (_, path, _) = split_image(image);
+    let slug = path.rsplit('/').next().unwrap_or(path.as_str()).to_string();
+    format!("{}-{}-{}", job_prefix(env), sanitize_name(&slug), index)
+}
+
+/// Labels for a container or network of the job.
+pub fn job_labels(env: &JobEnv, kind: &str) -> HashMap<String, String> {
+    let mut l = HashMap::new();
+    l.insert(LABEL_MANAGED.into(), "true".into());
+    l.insert(LABEL_RUNNER.into(), env.runner_short_token.clone());
+    l.insert(LABEL_JOB.into(), env.job_id.to_string());
+    l.insert(LABEL_PROJECT.into(), env.project_id.to_string());
+    l.insert(LABEL_TYPE.into(), kind.into());
+    // The names gitlab-runner uses, so existing tooling (dashboards, janitors) sees ferry's too.
+    l.insert(
+        "com.gitlab.gitlab-runner.job.id".into(),
+        env.job_id.to_string(),
+    );
+    l.insert(
+        "com.gitlab.gitlab-runner.project.id".into(),
+        env.project_id.to_string(),
+    );
+    l.insert("com.gitlab.gitlab-runner.type".into(), kind.into());
+    l
+}
+
+/// Split an image reference into (registry host, repository path, tag or digest).
+/// `postgres:15` → ("docker.io", "postgres", "15"); `registry.example.com:5000/group/pg@sha256:..`
+/// → ("registry.example.com:5000", "group/pg", "sha256:..").
+pub fn split_image(name: &str) -> (String, String, String) {
+    let (rest, reference) = if let Some((r, d)) = name.split_once('@') {
+        (r, d.to_string())
+    } else {
+        match name.rfind(':') {
+            Some(i) if !name[i + 1..].contains('/') => (&name[..i], name[i + 1..].to_string()),
+            _ => (name, "latest".to_string()),
+        }
+    };
+    // Drop a tag that precedes a digest (`repo:tag@sha256:...`).
+    let rest = match rest.rfind(':') {
+        Some(i) if !rest[i + 1..].contains('/') => &rest[..i],
+        _ => rest,
+    };
+    match rest.split_once('/') {
+        Some((first, path))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first.to_string(), path.to_string(), reference)
+        }
+        _ => ("docker.io".to_string(), rest.to_string(), reference),
+    }
+}
+
+/// The hostnames gitlab-runner derives from a service's image name: the image path without tag
+/// and without the registry's port, with `/` replaced by `__`, and (when different) by `-`.
+/// `registry.example.com:5000/group/postgres:15` → `registry.example.com__group__postgres`,
+/// `registry.example.com-group-postgres`.
+pub fn service_aliases_from_image(name: &str) -> Vec<String> {
+    let without_ref = match name.split_once('@') {
+        Some((r, _)) => r,
+        None => name,
+    };
+    let without_tag = match without_ref.rfind(':') {
+        Some(i) if !without_ref[i + 1..].contains('/') => &without_ref[..i],
+        _ => without_ref,
+    };
+    // Remove the registry port: `host:5000/path` → `host/path`.
+    let service = match without_tag.split_once('/') {
+        Some((host, path)) if host.contains(':') => {
+            let h = host.split(':').next().unwrap_or(host);
+            format!("{h}/{path}")
+        }
+        _ => without_tag.to_string(),
+    };
+    if service.is_empty() {
+        return Vec::new();
+    }
+    let a = service.replace('/', "__");
+    let b = service.replace('/', "-");
+    if a == b { vec![a] } else { vec![a, b] }
+}
+
+/// `allowed_images` / `allowed_services`: doublestar globs (`*` stays within a path segment,
+/// `**` crosses `/`), `!pattern` excludes. Empty = everything allowed.
+pub struct AllowList {
+    patterns: Vec<String>,
+    allow: Vec<GlobMatcher>,
+    deny: Vec<GlobMatcher>,
+}
+
+impl AllowList {
+    pub fn new(patterns: &[String], key: &str) -> Result<Self, EngineError> {
+        let mut allow = Vec::new();
+        let mut deny = Vec::new();
+        for p in patterns {
+            let (neg, pat) = match p.strip_prefix('!') {
+                Some(rest) => (true, rest),
+                None => (false, p.as_str()),
+            };
+            let glob = GlobBuilder::new(pat)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| {
+                    EngineError::Configuration(format!(
+                        "[runners.docker] {key}: invalid pattern {p:?}: {e}"
+                    ))
+                })?
+                .compile_matcher();
+            if neg {
+                deny.push(glob);
+            } else {
+                allow.push(glob);
+            }
+        }
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            allow,
+            deny,
+        })
+    }
+
+    pub fn allows(&self, image: &str) -> bool {
+        if self.deny.iter().any(|g| g.is_match(image)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|g| g.is_match(image))
+    }
+
+    /// `what` is `image` or `service`, `key` the config key.
+    pub fn check(&self, image: &str, what: &str, key: &str) -> Result<(), EngineError> {
+        if self.patterns.is_empty() || self.allows(image) {
+            return Ok(());
+        }
+        Err(EngineError::Configuration(format!(
+            "the {what} {image:?} is not allowed by [runners.docker] {key} = [{}]",
+            self.patterns
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+/// One entry of `[runners.docker] volumes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSpec {
+    /// `SRC:DST[:MODE]`: a host path (or a named Docker volume when SRC is a name), as given.
+    Bind {
+        source: String,
+        destination: String,
+        mode: Option<String>,
+    },
+    /// `/path`: a runner-managed volume per runner and project, kept between jobs.
+    Cache { destination: String },
+}
+
+impl VolumeSpec {
+    pub fn destination(&self) -> &str {
+        match self {
+            VolumeSpec::Bind { destination, .. } | VolumeSpec::Cache { destination } => destination,
+        }
+    }
+}
+
+fn valid_mode(mode: &str) -> bool {
+    !mode.is_empty()
+        && mode.split(',').all(|m| {
+            matches!(
+                m,
+                "ro" | "rw"
+                    | "z"
+                    | "Z"
+                    | "shared"
+                    | "rshared"
+                    | "slave"
+                    | "rslave"
+                    | "private"
+                    | "rprivate"
+                    | "nocopy"
+                    | "consistent"
+                    | "cached"
+                    | "delegated"
+            )
+        })
+}
+
+fn valid_volume_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Parse a `volumes` entry (Docker's `-v` syntax, Linux paths).
+pub fn parse_volume(spec: &str) -> Result<VolumeSpec, EngineError> {
+    let bad = |why: &str| {
+        EngineError::Configuration(format!(
+            "[runners.docker] volumes: invalid volume specification {spec:?}: {why}"
+        ))
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts.as_slice() {
+        [dst] => {
+            if !dst.starts_with('/') {
+                return Err(bad("the container path must be absolute"));
+            }
+            Ok(VolumeSpec::Cache {
+                destination: clean_path(dst),
+            })
+        }
+        [src, dst] | [src, dst, _] => {
+            let mode = parts.get(2).map(|m| m.to_string());
+            if src.is_empty() {
+                return Err(bad("empty source"));
+            }
+            if !dst.starts_with('/') {
+                return Err(bad("the container path must be absolute"));
+            }
+            if !src.starts_with('/') && !valid_volume_name(src) {
+                return Err(bad(
+                    "the source must be an absolute host path or a volume name",
+                ));
+            }
+            if let Some(m) = &mode
+                && !valid_mode(m)
+            {
+                return Err(bad(&format!("unknown mode {m:?} (expected ro or rw)")));
+            }
+            Ok(VolumeSpec::Bind {
+                source: src.to_string(),
+                destination: clean_path(dst),
+                mode,
+            })
+        }
+        _ => Err(bad("too many colons")),
+    }
+}
+
+fn clean_path(p: &str) -> String {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+/// FNV-1a: a stable short hash for volume names (gitlab-runner uses md5 of the path).
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// `runner-<short>-project-<id>-cache-<hash of the path>`: one per runner, project and path.
+pub fn cache_volume_name(runner_short: &str, project_id: u64, destination: &str) -> String {
+    sanitize_name(&format!(
+        "runner-{runner_short}-project-{project_id}-cache-{:016x}",
+        fnv1a(destination)
+    ))
+}
+
+/// Binds shared by the build container and the services: the job's builds dir, then the
+/// configured volumes (cache volumes by name, unless `disable_cache`).
+pub fn binds(env: &JobEnv, volumes: &[VolumeSpec], disable_cache: bool) -> Vec<String> {
+    let mut out = vec![format!(
+        "{}:{}",
+        env.host_builds_dir.display(),
+        env.builds_dir
+    )];
+    for v in volumes {
+        match v {
+            VolumeSpec::Bind {
+                source,
+                destination,
+                mode,
+            } => match mode {
+                Some(m) => out.push(format!("{source}:{destination}:{m}")),
+                None => out.push(format!("{source}:{destination}")),
+            },
+            VolumeSpec::Cache { destination } => {
+                if !disable_cache {
+                    out.push(format!(
+                        "{}:{destination}",
+                        cache_volume_name(&env.runner_short_token, env.project_id, destination)
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parse all volumes and reject two mounts on the same container path.
+pub fn parse_volumes(env: &JobEnv, specs: &[String]) -> Result<Vec<VolumeSpec>, EngineError> {
+    let mut out: Vec<VolumeSpec> = Vec::new();
+    for s in specs {
+        let v = parse_volume(s)?;
+        let dst = v.destination();
+        if dst == clean_path(&env.builds_dir) {
+            return Err(EngineError::Configuration(format!(
+                "[runners.docker] volumes: {s:?} would hide the builds directory {}",
+                env.builds_dir
+            )));
+        }
+        if out.iter().any(|o| o.destination() == dst) {
+            return Err(EngineError::Configuration(format!(
+                "[runners.docker] volumes: {s:?}: {dst} is mounted twice"
+            )));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn to_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|x| i64::try_from(x).unwrap_or(i64::MAX))
+}
+
+fn non_empty(v: &[String]) -> Option<Vec<String>> {
+    if v.is_empty() { None } else { Some(v.to_vec()) }
+}
+
+/// The part of the host config that build and service containers share.
+fn common_host_config(section: &DockerSection, binds: Vec<String>) -> HostConfig {
+    HostConfig {
+        binds: Some(binds),
+        dns: non_empty(&section.dns),
+        dns_search: non_empty(&section.dns_search),
+        extra_hosts: non_empty(&section.extra_hosts),
+        shm_size: if section.shm_size == 0 {
+            None
+        } else {
+            to_i64(Some(section.shm_size))
+        },
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Host config of the build container: `[runners.docker]` options plus the job's binds.
+pub fn build_host_config(
+    section: &DockerSection,
+    binds: Vec<String>,
+    network_mode: Option<String>,
+    links: Vec<String>,
+) -> HostConfig {
+    HostConfig {
+        privileged: Some(section.privileged),
+        memory: to_i64(section.memory),
+        memory_swap: to_i64(section.memory_swap),
+        memory_reservation: to_i64(section.memory_reservation),
+        nano_cpus: section
+            .cpus
+            .filter(|c| c.is_finite() && *c > 0.0)
+            .map(|c| (c * 1e9).round() as i64),
+        oom_kill_disable: if section.oom_kill_disable {
+            Some(true)
+        } else {
+            None
+        },
+        group_add: non_empty(&section.group_add),
+        cap_add: non_empty(&section.cap_add),
+        cap_drop: non_empty(&section.cap_drop),
+        security_opt: non_empty(&section.security_opt),
+        network_mode,
+        links: if links.is_empty() { None } else { Some(links) },
+        ..common_host_config(section, binds)
+    }
+}
+
+/// Host config of a service container (no resource limits: those are `service_*` keys).
+pub fn service_host_config(
+    section: &DockerSection,
+    binds: Vec<String>,
+    network_mode: Option<String>,
+) -> HostConfig {
+    HostConfig {
+        privileged: Some(section.services_privileged.unwrap_or(section.privileged)),
+        network_mode,
+        ..common_host_config(section, binds)
+    }
+}
+
+/// The build container: the job image with its entrypoint (or the job's), running the shell
+/// detection with an open stdin that nobody writes to, so it stays up until `destroy`.
+pub fn build_container_body(
+    section: &DockerSection,
+    env: &JobEnv,
+    image_id: &str,
+    host_config: HostConfig,
+) -> ContainerCreateBody {
+    let entrypoint = if env.image.entrypoint.is_empty() || section.disable_entrypoint_overwrite {
+        None
+    } else {
+        Some(env.image.entrypoint.clone())
+    };
+    ContainerCreateBody {
+        image: Some(image_id.to_string()),
+        cmd: Some(vec!["sh".into(), "-c".into(), DETECT_SHELL.into()]),
+        entrypoint,
+        env: Some(
+            env.variables
+                .iter()
+                .map(|v| format!("{}={}", v.name, v.value))
+                .collect(),
+        ),
+        working_dir: Some(env.project_dir.clone()),
+        user: env.image.user.clone().or_else(|| section.user.clone()),
+        hostname: section.hostname.clone(),
+        labels: Some(job_labels(env, "build")),
+        open_stdin: Some(true),
+        stdin_once: Some(false),
+        attach_stdin: Some(false),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// POSIX single-quoting: `it's` → `'it'\''s'`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn valid_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The script a step's shell reads on stdin, shaped like gitlab-runner's bash/sh script:
+/// errexit everywhere, pipefail where the shell has it (bash, busybox ash; not dash), and the
+/// body in one `eval` line whose stdin is empty, so commands that read stdin cannot swallow the
+/// rest of the script. Each command is echoed as `$ cmd` in bold green before it runs.
+pub fn step_script(step: &StepSpec) -> String {
+    let mut body = String::new();
+    for v in &step.env {
+        if valid_env_name(&v.name) {
+            body.push_str(&format!("export {}={}\n", v.name, shell_quote(&v.value)));
+        }
+    }
+    for cmd in &step.commands {
+        let cmd = cmd.trim();
+        if cmd.is_empty() {
+            body.push_str("echo\n");
+            continue;
+        }
+        let shown = match cmd.split_once('\n') {
+            Some((first, _)) => format!("$ {first} # collapsed multi-line command"),
+            None => format!("$ {cmd}"),
+        };
+        body.push_str(&format!(
+            "printf '%s\\n' {}\n",
+            shell_quote(&format!("{ANSI_BOLD_GREEN}{shown}{ANSI_RESET}"))
+        ));
+        body.push_str(cmd);
+        body.push('\n');
+    }
+    let mut s = String::new();
+    s.push_str("trap exit 1 TERM\n");
+    s.push_str("if (set -o pipefail) 2>/dev/null; then set -o pipefail; fi; set -o errexit\n");
+    s.push_str("set +o noclobber\n");
+    s.push_str(&format!(": | eval {}\n", shell_quote(&body)));
+    s.push_str("exit 0\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EnvVar, ImageSpec, PullPolicy};
+    use std::path::PathBuf;
+
+    fn env() -> JobEnv {
+        JobEnv {
+            job_id: 42,
+            project_id: 7,
+            runner_short_token: "glrt-abc".into(),
+            image: ImageSpec {
+                name: "ruby:3".into(),
+                entrypoint: vec![],
+                pull_policy: vec![PullPolicy::IfNotPresent],
+                user: None,
+                platform: None,
+            },
+            services: vec![],
+            variables: vec![EnvVar {
+                name: "A".into(),
+                value: "1".into(),
+            }],
+            builds_dir: "/builds".into(),
+            project_dir: "/builds/g/p".into(),
+            host_builds_dir: PathBuf::from("/var/lib/ferry/builds/42"),
+            registry_auth: vec![],
+        }
+    }
+
+    #[test]
+    fn aliases_follow_gitlab_runner() {
+        assert_eq!(
+            service_aliases_from_image("registry.example.com/group/postgres:15"),
+            vec![
+                "registry.example.com__group__postgres",
+                "registry.example.com-group-postgres"
+            ]
+        );
+        assert_eq!(
+            service_aliases_from_image("registry.example.com:5000/group/postgres:15"),
+            vec![
+                "registry.example.com__group__postgres",
+                "registry.example.com-group-postgres"
+            ]
+        );
+        assert_eq!(service_aliases_from_image("postgres:15"), vec!["postgres"]);
+        assert_eq!(service_aliases_from_image("postgres"), vec!["postgres"]);
+        assert_eq!(
+            service_aliases_from_image("tutum/wordpress@sha256:abcd"),
+            vec!["tutum__wordpress", "tutum-wordpress"]
+        );
+    }
+
+    #[test]
+    fn split_image_finds_registry_and_tag() {
+        assert_eq!(
+            split_image("postgres:15"),
+            ("docker.io".into(), "postgres".into(), "15".into())
+        );
+        assert_eq!(
+            split_image("localhost:5000/a/b"),
+            ("localhost:5000".into(), "a/b".into(), "latest".into())
+        );
+        assert_eq!(
+            split_image("reg.io/a/b:1@sha256:ff"),
+            ("reg.io".into(), "a/b".into(), "sha256:ff".into())
+        );
+    }
+
+    #[test]
+    fn allow_list_uses_doublestar_semantics() {
+        let l = AllowList::new(
+            &["ruby:*".into(), "registry.io/**".into()],
+            "allowed_images",
+        )
+        .unwrap();
+        assert!(l.allows("ruby:3.3"));
+        assert!(!l.allows("ruby/evil:3"));
+        assert!(l.allows("registry.io/a/b/c:1"));
+        assert!(!l.allows("python:3"));
+        let one = AllowList::new(&["library/*".into()], "allowed_images").unwrap();
+        assert!(one.allows("library/ruby"));
+        assert!(!one.allows("library/a/b"));
+        let neg = AllowList::new(&["**".into(), "!*:latest".into()], "k").unwrap();
+        assert!(neg.allows("ruby:3"));
+        assert!(!neg.allows("ruby:latest"));
+        let err = l
+            .check("python:3", "image", "allowed_images")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("python:3") && err.contains("\"ruby:*\""),
+            "{err}"
+        );
+        assert!(
+            AllowList::new(&[], "k")
+                .unwrap()
+                .check("x", "image", "k")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn volume_specs() {
+        assert_eq!(
+            parse_volume("/cache").unwrap(),
+            VolumeSpec::Cache {
+                destination: "/cache".into()
+            }
+        );
+        assert_eq!(
+            parse_volume("/var/run/docker.sock:/var/run/docker.sock").unwrap(),
+            VolumeSpec::Bind {
+                source: "/var/run/docker.sock".into(),
+                destination: "/var/run/docker.sock".into(),
+                mode: None
+            }
+        );
+        assert_eq!(
+            parse_volume("/srv/a:/a:ro").unwrap(),
+            VolumeSpec::Bind {
+                source: "/srv/a".into(),
+                destination: "/a".into(),
+                mode: Some("ro".into())
+            }
+        );
+        assert!(matches!(
+            parse_volume("myvol:/data"),
+            Ok(VolumeSpec::Bind { .. })
+        ));
+        for bad in [
+            "cache",
+            "/a:b",
+            "/a:/b:bogus",
+            "/a:/b:ro:x",
+            ":/b",
+            "../x:/y",
+            "",
+        ] {
+            let e = parse_volume(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+        let e = parse_volumes(&env(), &["/x".into(), "/h:/x".into()]).unwrap_err();
+        assert!(e.to_string().contains("mounted twice"));
+        assert!(parse_volumes(&env(), &["/builds".into()]).is_err());
+    }
+
+    #[test]
+    fn binds_include_builds_dir_and_cache_volumes() {
+        let e = env();
+        let vols = vec![
+            VolumeSpec::Cache {
+                destination: "/cache".into(),
+            },
+            VolumeSpec::Bind {
+                source: "/h".into(),
+                destination: "/c".into(),
+                mode: Some("ro".into()),
+            },
+        ];
+        let b = binds(&e, &vols, false);
+        assert_eq!(b[0], "/var/lib/ferry/builds/42:/builds");
+        assert!(b[1].starts_with("runner-glrt-abc-project-7-cache-") && b[1].ends_with(":/cache"));
+        assert_eq!(b[2], "/h:/c:ro");
+        assert_eq!(binds(&e, &vols, true).len(), 2);
+        // Stable across calls and jobs of the same project.
+        assert_eq!(
+            cache_volume_name("r", 7, "/cache"),
+            cache_volume_name("r", 7, "/cache")
+        );
+        assert_ne!(
+            cache_volume_name("r", 7, "/cache"),
+            cache_volume_name("r", 8, "/cache")
+        );
+    }
+
+    #[test]
+    fn host_config_maps_resources_and_options() {
+        let s = DockerSection {
+            privileged: true,
+            memory: Some(6 * 1024 * 1024),
+            memory_swap: Some(6 * 1024 * 1024),
+            cpus: Some(1.5),
+            shm_size: 0,
+            dns: vec!["1.1.1.1".into()],
+            cap_drop: vec!["NET_RAW".into()],
+            ..Default::default()
+        };
+        let h = build_host_config(&s, vec!["a:/b".into()], Some("net".into()), vec![]);
+        assert_eq!(h.memory, Some(6291456));
+        assert_eq!(h.nano_cpus, Some(1_500_000_000));
+        assert_eq!(h.shm_size, None);
+        assert_eq!(h.privileged, Some(true));
+        assert_eq!(h.dns, Some(vec!["1.1.1.1".to_string()]));
+        assert_eq!(h.cap_drop, Some(vec!["NET_RAW".to_string()]));
+        assert_eq!(h.network_mode.as_deref(), Some("net"));
+        let svc = service_host_config(
+            &DockerSection {
+                privileged: true,
+                services_privileged: Some(false),
+                ..Default::default()
+            },
+            vec![],
+            None,
+        );
+        assert_eq!(svc.privileged, Some(false));
+    }
+
+    #[test]
+    fn build_body_keeps_image_entrypoint_unless_overridden() {
+        let s = DockerSection {
+            user: Some("nobody".into()),
+            ..Default::default()
+        };
+        let mut e = env();
+        let b = build_container_body(&s, &e, "sha256:1", HostConfig::default());
+        assert_eq!(b.entrypoint, None);
+        assert_eq!(b.user.as_deref(), Some("nobody"));
+        assert_eq!(b.env, Some(vec!["A=1".to_string()]));
+        assert_eq!(b.working_dir.as_deref(), Some("/builds/g/p"));
+        assert_eq!(b.labels.as_ref().unwrap()[LABEL_JOB], "42");
+        e.image.entrypoint = vec!["".into()];
+        e.image.user = Some("1000".into());
+        let b = build_container_body(&s, &e, "sha256:1", HostConfig::default());
+        assert_eq!(b.entrypoint, Some(vec!["".to_string()]));
+        assert_eq!(b.user.as_deref(), Some("1000"));
+    }
+
+    #[test]
+    fn names_are_gitlab_runner_like() {
+        let e = env();
+        assert_eq!(
+            build_container_name(&e),
+            "runner-glrt-abc-project-7-job-42-build"
+        );
+        assert_eq!(
+            service_container_name(&e, "registry.io/g/postgres:15", 0),
+            "runner-glrt-abc-project-7-job-42-postgres-0"
+        );
+        assert_eq!(sanitize_name("a b/c"), "a-b-c");
+    }
+
+    #[test]
+    fn script_quotes_and_echoes() {
+        let step = StepSpec {
+            name: "script".into(),
+            commands: vec!["echo 'it''s'".into(), "a\nb".into()],
+            env: vec![EnvVar {
+                name: "CI_JOB_STATUS".into(),
+                value: "it's ok".into(),
+            }],
+            timeout: None,
+        };
+        let s = step_script(&step);
+        assert!(s.starts_with("trap exit 1 TERM\n"));
+        assert!(s.contains("set -o errexit"));
+        assert!(s.contains(": | eval '"));
+        assert!(s.contains("CI_JOB_STATUS="));
+        assert!(s.contains("# collapsed multi-line command"));
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

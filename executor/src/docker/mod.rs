@@ -1,0 +1,576 @@
+//! `DockerEngine`: the [`Engine`] on a Docker daemon, through bollard.
+//!
+//! Per job: a user-defined network (unless `network_mode` is set), one container per service,
+//! and one long-lived build container whose steps run with `docker exec` (see
+//! docs/docker-executor.md for why exec and not one attached container per step). Everything is
+//! labelled `ferry.managed=true`, `ferry.runner=<short token>`, `ferry.job_id=<id>`, so `destroy`
+//! finds what to remove by label (it keeps no state and works after a half-failed `prepare`) and
+//! `cleanup_leftovers` can remove what a crashed ferry left behind.
+
+pub mod convert;
+mod pull;
+mod services;
+mod step;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{NetworkCreateRequest, VolumeCreateOptions};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+};
+use bollard::{API_DEFAULT_VERSION, Docker};
+use ferry_config::DockerSection;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+pub use convert::service_aliases_from_image;
+use convert::{AllowList, VolumeSpec};
+
+use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
+
+/// Seconds bollard waits for the response headers of one request.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// How long a step may take to stop after SIGTERM before it is killed.
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The Docker engine of one `[[runners]]` entry.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    section: DockerSection,
+    runner_short: String,
+    stop_grace: Duration,
+    /// Probe service ports from ferry's host (else only from inside the service).
+    host_probe: bool,
+    allowed_images: std::sync::Arc<AllowList>,
+    allowed_services: std::sync::Arc<AllowList>,
+}
+
+impl std::fmt::Debug for DockerEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerEngine")
+            .field("host", &self.section.host)
+            .field("runner", &self.runner_short)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bollard error as one line (`Docker responded with status code 404: No such image: x`).
+pub(crate) fn one_line(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            format!("{} (HTTP {status_code})", message.trim())
+        }
+        BollardError::DockerStreamError { error } => error.trim().to_string(),
+        other => other.to_string().replace('\n', " "),
+    }
+}
+
+pub(crate) fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+pub(crate) fn docker_err(what: &str, e: &BollardError) -> EngineError {
+    EngineError::Docker(format!("{what}: {}", one_line(e)))
+}
+
+fn label_filter(labels: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    let mut f = HashMap::new();
+    f.insert(
+        "label".to_string(),
+        labels
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect(),
+    );
+    f
+}
+
+/// Connect to `host` (`unix://`, `tcp://`, `http(s)://`); TLS when `tls_verify` or a
+/// `tls_cert_path` is given (that directory holds `ca.pem`, `cert.pem`, `key.pem`).
+fn connect(host: &str, tls: Option<&Path>) -> Result<Docker, EngineError> {
+    let fail = |e: BollardError| {
+        EngineError::Docker(format!(
+            "cannot connect to the Docker daemon at {host}: {}",
+            one_line(&e)
+        ))
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(fail);
+    }
+    if host.starts_with('/') {
+        return Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(fail);
+    }
+    if host.starts_with("tcp://") || host.starts_with("http://") || host.starts_with("https://") {
+        if let Some(dir) = tls {
+            for f in ["ca.pem", "cert.pem", "key.pem"] {
+                if !dir.join(f).is_file() {
+                    return Err(EngineError::Docker(format!(
+                        "TLS for {host}: {} is missing",
+                        dir.join(f).display()
+                    )));
+                }
+            }
+            return Docker::connect_with_ssl(
+                host,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                REQUEST_TIMEOUT_SECS,
+                API_DEFAULT_VERSION,
+            )
+            .map_err(fail);
+        }
+        return Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(fail);
+    }
+    Err(EngineError::Docker(format!(
+        "unsupported Docker host {host:?} (expected unix://, tcp://, http:// or https://)"
+    )))
+}
+
+/// Where the TLS files are: `tls_cert_path`, else (with `tls_verify` or `DOCKER_TLS_VERIFY`)
+/// `DOCKER_CERT_PATH` or `~/.docker`.
+fn tls_dir(section: &DockerSection, host_from_env: bool) -> Option<PathBuf> {
+    if let Some(p) = &section.tls_cert_path {
+        return Some(p.clone());
+    }
+    let env_verify = host_from_env
+        && std::env::var("DOCKER_TLS_VERIFY")
+            .map(|v| !v.is_empty() && v != "0")
+            .unwrap_or(false);
+    if section.tls_verify || env_verify {
+        if let Ok(p) = std::env::var("DOCKER_CERT_PATH")
+            && !p.is_empty()
+        {
+            return Some(PathBuf::from(p));
+        }
+        if let Ok(home) = std::env::var("HOME") {
+            return Some(Path::new(&home).join(".docker"));
+        }
+    }
+    None
+}
+
+impl DockerEngine {
+    /// Connect (lazily: no request is made) and negotiate the API version with the daemon, so an
+    /// older engine (20.10 = API 1.41) gets requests it understands.
+    pub async fn new(
+        section: &DockerSection,
+        runner_short_token: &str,
+    ) -> Result<Self, EngineError> {
+        let env_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let (host, from_env) = match (&section.host, env_host) {
+            (Some(h), _) if !h.is_empty() => (h.clone(), false),
+            (_, Some(h)) => (h, true),
+            _ => ("unix:///var/run/docker.sock".to_string(), false),
+        };
+        let tls = tls_dir(section, from_env);
+        let docker = connect(&host, tls.as_deref())?;
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            EngineError::Docker(format!(
+                "cannot reach the Docker daemon at {host}: {}",
+                one_line(&e)
+            ))
+        })?;
+        Ok(Self {
+            docker,
+            runner_short: runner_short_token.to_string(),
+            stop_grace: DEFAULT_STOP_GRACE,
+            host_probe: true,
+            allowed_images: std::sync::Arc::new(AllowList::new(
+                &section.allowed_images,
+                "allowed_images",
+            )?),
+            allowed_services: std::sync::Arc::new(AllowList::new(
+                &section.allowed_services,
+                "allowed_services",
+            )?),
+            section: section.clone(),
+        })
+    }
+
+    /// How long a cancelled or timed-out step gets between SIGTERM and SIGKILL (default 10 s).
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// Whether the service wait may connect from ferry's host to the service's IP (default
+    /// true). Without it, only the service's own socket table counts (`/proc/net/tcp`, read with
+    /// `cat` in the service container).
+    pub fn with_host_probe(mut self, yes: bool) -> Self {
+        self.host_probe = yes;
+        self
+    }
+
+    /// Start-up health check: the daemon answers and its version.
+    pub async fn ping(&self) -> Result<String, EngineError> {
+        self.docker.ping().await.map_err(|e| {
+            EngineError::Docker(format!("Docker daemon unreachable: {}", one_line(&e)))
+        })?;
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| docker_err("docker version", &e))?;
+        Ok(format!(
+            "Docker {} (API {})",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        ))
+    }
+
+    /// The bollard client (for tests and diagnostics).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Remove every container, network and per-job volume labelled `ferry.managed=true` and
+    /// `ferry.runner=<this runner>` (what a crashed ferry left behind). Persistent cache volumes
+    /// and anything not labelled so are left alone. Call before taking jobs. Returns how many
+    /// objects were removed.
+    pub async fn cleanup_leftovers(&self) -> Result<usize, EngineError> {
+        self.remove_labelled(&[
+            (convert::LABEL_MANAGED, "true"),
+            (convert::LABEL_RUNNER, &self.runner_short),
+        ])
+        .await
+    }
+
+    async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, EngineError> {
+        let mut removed = 0;
+        let mut errors = Vec::new();
+        let filters = label_filter(labels);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| docker_err("listing containers", &e))?;
+        for c in containers {
+            let Some(id) = c.id else { continue };
+            let opts = RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            match self.docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                // 409: removal already in progress (a concurrent destroy).
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => {}
+                Err(e) => errors.push(format!("removing container {id}: {}", one_line(&e))),
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| docker_err("listing networks", &e))?;
+        for n in networks {
+            let Some(id) = n.id else { continue };
+            match self.docker.remove_network(&id).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => errors.push(format!("removing network {id}: {}", one_line(&e))),
+            }
+        }
+        // Only per-job volumes: they carry a job label; cache volumes do not.
+        let mut vol_labels = labels.to_vec();
+        if !vol_labels.iter().any(|(k, _)| *k == convert::LABEL_JOB) {
+            vol_labels.push((convert::LABEL_JOB, ""));
+        }
+        let vfilters = label_filter(&vol_labels);
+        let volumes = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::new().filters(&vfilters).build(),
+            ))
+            .await
+            .map_err(|e| docker_err("listing volumes", &e))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            match self
+                .docker
+                .remove_volume(
+                    &v.name,
+                    Some(RemoveVolumeOptionsBuilder::new().force(true).build()),
+                )
+                .await
+            {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => errors.push(format!("removing volume {}: {}", v.name, one_line(&e))),
+            }
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(EngineError::Docker(errors.join("; ")))
+        }
+    }
+
+    fn check_allowed(&self, env: &JobEnv) -> Result<(), EngineError> {
+        // The runner's own default image is always allowed (gitlab-runner does the same).
+        if self.section.image.as_deref() != Some(env.image.name.as_str()) {
+            self.allowed_images
+                .check(&env.image.name, "image", "allowed_images")?;
+        }
+        for s in &env.services {
+            self.allowed_services
+                .check(&s.image.name, "service", "allowed_services")?;
+        }
+        if let Some(limit) = self.section.services_limit
+            && env.services.len() > limit
+        {
+            return Err(EngineError::Configuration(format!(
+                "the job has {} services but [runners.docker] services_limit = {limit}",
+                env.services.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Remove a container left with the same name (a crashed earlier attempt).
+    async fn remove_stale(&self, name: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(docker_err(&format!("removing old container {name}"), &e)),
+        }
+    }
+
+    async fn ensure_cache_volumes(
+        &self,
+        env: &JobEnv,
+        vols: &[VolumeSpec],
+    ) -> Result<(), EngineError> {
+        if self.section.disable_cache {
+            return Ok(());
+        }
+        for v in vols {
+            if let VolumeSpec::Cache { destination } = v {
+                let name = convert::cache_volume_name(
+                    &env.runner_short_token,
+                    env.project_id,
+                    destination,
+                );
+                let mut labels = HashMap::new();
+                labels.insert(convert::LABEL_MANAGED.to_string(), "true".to_string());
+                labels.insert(
+                    convert::LABEL_RUNNER.to_string(),
+                    env.runner_short_token.clone(),
+                );
+                labels.insert(
+                    convert::LABEL_PROJECT.to_string(),
+                    env.project_id.to_string(),
+                );
+                labels.insert(convert::LABEL_CACHE.to_string(), "true".to_string());
+                labels.insert("ferry.destination".to_string(), destination.clone());
+                // Creating an existing named volume is a no-op that returns it.
+                self.docker
+                    .create_volume(VolumeCreateOptions {
+                        name: Some(name.clone()),
+                        labels: Some(labels),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| docker_err(&format!("creating cache volume {name}"), &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_network(&self, env: &JobEnv) -> Result<String, EngineError> {
+        let name = convert::network_name(env);
+        // A network of the same name from a crashed attempt of this job.
+        if let Ok(old) = self
+            .docker
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            && let Some(id) = old.id
+        {
+            let _ = self.docker.remove_network(&id).await;
+        }
+        self.docker
+            .create_network(NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(convert::job_labels(env, "network")),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| docker_err(&format!("creating network {name}"), &e))?;
+        Ok(name)
+    }
+
+    async fn prepare_inner(
+        &self,
+        env: &JobEnv,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        self.check_allowed(env)?;
+        let volumes = convert::parse_volumes(env, &self.section.volumes)?;
+        let _ = log
+            .write_all(
+                format!("Using Docker executor with image {} ...\n", env.image.name).as_bytes(),
+            )
+            .await;
+        if self.section.disable_cache {
+            for v in &volumes {
+                if let VolumeSpec::Cache { destination } = v {
+                    let _ = log
+                        .write_all(
+                            format!(
+                                "\x1b[0;33mWARNING: Container based cache volumes creation is disabled. Will not create volume for {destination:?}\x1b[0;m\n"
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                }
+            }
+        }
+        self.ensure_cache_volumes(env, &volumes).await?;
+        let binds = convert::binds(env, &volumes, self.section.disable_cache);
+
+        // The network: per job unless the operator chose one.
+        let (network_mode, per_job_network) = match self.section.network_mode.as_deref() {
+            None | Some("") => {
+                let n = self.create_network(env).await?;
+                (Some(n.clone()), Some(n))
+            }
+            Some(m) => (Some(m.to_string()), None),
+        };
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+
+        let links = services::start_services(
+            self,
+            env,
+            &binds,
+            network_mode.clone(),
+            per_job_network.is_some(),
+            log,
+            cancel,
+        )
+        .await?;
+
+        let image =
+            pull::ensure_image(&self.docker, &env.image, &env.registry_auth, log, cancel).await?;
+        let image_id = image.id.clone().unwrap_or_else(|| env.image.name.clone());
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let host_config = convert::build_host_config(&self.section, binds, network_mode, links);
+        let body = convert::build_container_body(&self.section, env, &image_id, host_config);
+        let name = convert::build_container_name(env);
+        self.remove_stale(&name).await?;
+        let mut opts = CreateContainerOptionsBuilder::new().name(&name);
+        if let Some(p) = &env.image.platform {
+            opts = opts.platform(p);
+        }
+        self.docker
+            .create_container(Some(opts.build()), body)
+            .await
+            .map_err(|e| docker_err(&format!("creating build container {name}"), &e))?;
+        self.docker
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| docker_err(&format!("starting build container {name}"), &e))?;
+        // An entrypoint that ignores its command exits at once; say so now rather than at the
+        // first step.
+        let running = self
+            .docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.running);
+        if running == Some(false) {
+            return Err(step::not_running(self, &name).await);
+        }
+        Ok(())
+    }
+}
+
+impl Engine for DockerEngine {
+    async fn prepare(
+        &self,
+        env: &JobEnv,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let r = tokio::select! {
+            r = self.prepare_inner(env, log, cancel) => r,
+            _ = cancel.cancelled() => Err(EngineError::Cancelled),
+        };
+        let _ = log.flush().await;
+        r
+    }
+
+    async fn run_step(
+        &self,
+        env: &JobEnv,
+        step: &StepSpec,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, EngineError> {
+        let r = step::run_step(self, env, step, log, cancel).await;
+        let _ = log.flush().await;
+        r
+    }
+
+    async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {
+        let job = env.job_id.to_string();
+        self.remove_labelled(&[
+            (convert::LABEL_MANAGED, "true"),
+            (convert::LABEL_RUNNER, &env.runner_short_token),
+            (convert::LABEL_JOB, &job),
+        ])
+        .await
+        .map(|_| ())
+    }
+}

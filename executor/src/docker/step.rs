@@ -1,0 +1,447 @@
+//! Running one step: `docker exec` of the detected shell in the build container, the script on
+//! its stdin, output streamed to the job log as it comes.
+//!
+//! Stopping a step (cancel or step timeout): SIGTERM to every process of the container except
+//! PID 1 (the idle shell that keeps the container up), then after the grace period SIGKILL the
+//! same way; if that is not possible, the container itself is killed and started again so that a
+//! later step (after_script) still has a container.
+//!
+//! OOM: the kernel kills the process that ran out of memory, not the container, so
+//! `State.OOMKilled` stays false while the container lives. Docker reports the kill as an `oom`
+//! event of the container, which we watch for the duration of the step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::ExecConfig;
+use bollard::query_parameters::EventsOptionsBuilder;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{DockerEngine, convert, docker_err, one_line};
+use crate::engine::{EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
+
+/// The exit code a step reports when it ran past `StepSpec::timeout` (as GNU `timeout` does).
+pub const STEP_TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// How often the exec is inspected while its output is open: a background process that keeps
+/// stdout open must not keep the step alive after the script's shell has exited.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+enum Stop {
+    Cancelled,
+    TimedOut,
+}
+
+pub(super) async fn run_step(
+    engine: &DockerEngine,
+    env: &JobEnv,
+    step: &StepSpec,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<StepOutcome, EngineError> {
+    if cancel.is_cancelled() {
+        return Err(EngineError::Cancelled);
+    }
+    let docker = engine.client();
+    let container = convert::build_container_name(env);
+
+    // Watch for OOM kills from now on (events since one second ago, so none is missed while
+    // the subscription starts; older ones are filtered by time below).
+    let started_ns = now_ns();
+    let oom = Arc::new(AtomicBool::new(false));
+    let oom_watch = {
+        let oom = oom.clone();
+        let docker = docker.clone();
+        let container = container.clone();
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("type", vec!["container".to_string()]);
+        filters.insert("event", vec!["oom".to_string()]);
+        filters.insert("container", vec![container.clone()]);
+        let since = (started_ns / 1_000_000_000 - 1).to_string();
+        tokio::spawn(async move {
+            let opts = EventsOptionsBuilder::new()
+                .since(&since)
+                .filters(&filters)
+                .build();
+            let mut events = docker.events(Some(opts));
+            while let Some(Ok(ev)) = events.next().await {
+                if ev.time_nano.unwrap_or(i64::MAX) >= started_ns - 1_000_000_000 {
+                    oom.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let result = exec_step(engine, env, step, &container, log, cancel, &oom).await;
+    oom_watch.abort();
+    result
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+async fn exec_step(
+    engine: &DockerEngine,
+    env: &JobEnv,
+    step: &StepSpec,
+    container: &str,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+    oom: &AtomicBool,
+) -> Result<StepOutcome, EngineError> {
+    let docker = engine.client();
+    let exec = docker
+        .create_exec(
+            container,
+            ExecConfig {
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                cmd: Some(vec!["sh".into(), "-c".into(), convert::DETECT_SHELL.into()]),
+                working_dir: Some(env.project_dir.clone()),
+                env: Some(
+                    step.env
+                        .iter()
+                        .map(|v| format!("{}={}", v.name, v.value))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await;
+    let exec = match exec {
+        Ok(e) => e,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {
+            return Err(not_running(engine, container).await);
+        }
+        Err(e) => {
+            return Err(docker_err(
+                &format!("starting step {} in {container}", step.name),
+                &e,
+            ));
+        }
+    };
+    let started = docker
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: None,
+            }),
+        )
+        .await
+        .map_err(|e| docker_err(&format!("starting step {}", step.name), &e))?;
+    let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = started
+    else {
+        return Err(EngineError::Docker(format!(
+            "step {}: exec did not attach",
+            step.name
+        )));
+    };
+    // The shell reads the whole script (one eval line) before it runs anything, so writing it
+    // all before reading output cannot deadlock.
+    let script = convert::step_script(step);
+    input.write_all(script.as_bytes()).await.map_err(|e| {
+        EngineError::Docker(format!("sending the script of step {}: {e}", step.name))
+    })?;
+    input.shutdown().await.map_err(|e| {
+        EngineError::Docker(format!("closing the script of step {}: {e}", step.name))
+    })?;
+
+    let deadline = step.timeout.map(|t| (tokio::time::Instant::now() + t, t));
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.tick().await;
+    let mut stop: Option<Stop> = None;
+    let mut exited_at: Option<tokio::time::Instant> = None;
+    loop {
+        let sleep_deadline = async {
+            match deadline {
+                Some((d, _)) if stop.is_none() => tokio::time::sleep_until(d).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = output.next() => match item {
+                Some(Ok(chunk)) => write_chunk(log, chunk).await,
+                Some(Err(e)) => {
+                    tracing::debug!("step {} output stream: {}", step.name, one_line(&e));
+                    break;
+                }
+                None => break,
+            },
+            _ = cancel.cancelled(), if stop.is_none() => {
+                let _ = log.flush().await;
+                stop = Some(Stop::Cancelled);
+                stop_step(engine, container, &exec.id, &mut output, log).await;
+                break;
+            }
+            _ = sleep_deadline => {
+                let t = deadline.map(|(_, t)| t).unwrap_or_default();
+                let _ = log.write_all(format!(
+                    "\n\x1b[31;1mERROR: Step {} timed out after {}\x1b[0;m\n", step.name, human(t)
+                ).as_bytes()).await;
+                stop = Some(Stop::TimedOut);
+                stop_step(engine, container, &exec.id, &mut output, log).await;
+                break;
+            }
+            _ = poll.tick() => {
+                // The shell has exited but something it started still holds the output open.
+                let running = docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running);
+                if running == Some(false) {
+                    let t = *exited_at.get_or_insert_with(tokio::time::Instant::now);
+                    if t.elapsed() >= POLL_EVERY {
+                        kill_leftovers(engine, container, "KILL").await;
+                    }
+                }
+            }
+        }
+    }
+    match stop {
+        Some(Stop::Cancelled) => return Err(EngineError::Cancelled),
+        Some(Stop::TimedOut) => {
+            return Ok(StepOutcome {
+                exit_code: STEP_TIMEOUT_EXIT_CODE,
+                oom_killed: false,
+            });
+        }
+        None => {}
+    }
+
+    // The output has ended: the exit code is there (give the daemon a moment to record it).
+    let mut exit_code = None;
+    for _ in 0..50 {
+        let i = docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| docker_err(&format!("inspecting step {}", step.name), &e))?;
+        if i.running != Some(true) {
+            exit_code = i.exit_code;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(code) = exit_code else {
+        return Err(EngineError::Docker(format!(
+            "step {}: no exit code from Docker",
+            step.name
+        )));
+    };
+    let code = i32::try_from(code).unwrap_or(i32::MAX);
+    let mut oom_killed = false;
+    if code != 0 {
+        // The event may arrive just after the exec ended.
+        for _ in 0..10 {
+            if oom.load(Ordering::SeqCst) {
+                break;
+            }
+            if code != 137 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        oom_killed = oom.load(Ordering::SeqCst) || container_oom_killed(engine, container).await;
+    }
+    Ok(StepOutcome {
+        exit_code: code,
+        oom_killed,
+    })
+}
+
+/// The build container stopped (its entrypoint did not keep running the command it was given,
+/// or it was killed): say so, with its exit code and last output.
+pub(super) async fn not_running(engine: &DockerEngine, container: &str) -> EngineError {
+    let state = engine
+        .client()
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()
+        .and_then(|i| i.state);
+    let code = state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1);
+    let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+    let logs = super::services::container_logs(engine, container, false).await;
+    let last: Vec<&str> = logs
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    EngineError::Docker(format!(
+        "the build container {container} is not running (exit code {code}{}); the image's entrypoint must run the command it is given{}",
+        if oom { ", OOM killed" } else { "" },
+        if last.is_empty() {
+            String::new()
+        } else {
+            format!("; last output: {}", last.join(" | "))
+        }
+    ))
+}
+
+async fn write_chunk(log: &mut LogSink<'_>, chunk: LogOutput) {
+    match chunk {
+        LogOutput::StdOut { message }
+        | LogOutput::StdErr { message }
+        | LogOutput::Console { message } => {
+            let _ = log.write_all(&message).await;
+        }
+        LogOutput::StdIn { .. } => {}
+    }
+}
+
+async fn container_oom_killed(engine: &DockerEngine, container: &str) -> bool {
+    engine
+        .client()
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()
+        .and_then(|i| i.state)
+        .and_then(|s| s.oom_killed)
+        .unwrap_or(false)
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Signal every process of the container but PID 1 (`sig` = TERM or KILL) with a short exec.
+/// Returns false when that was not possible.
+async fn kill_leftovers(engine: &DockerEngine, container: &str, sig: &str) -> bool {
+    let docker = engine.client();
+    let exec = docker
+        .create_exec(
+            container,
+            ExecConfig {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                user: Some("0".into()),
+                cmd: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    convert::SIGNAL_ALL_SCRIPT.into(),
+                    "ferry-stop".into(),
+                    sig.into(),
+                ]),
+                ..Default::default()
+            },
+        )
+        .await;
+    let Ok(exec) = exec else { return false };
+    let Ok(StartExecResults::Attached { mut output, .. }) = docker.start_exec(&exec.id, None).await
+    else {
+        return false;
+    };
+    let drain = async { while output.next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    matches!(docker.inspect_exec(&exec.id).await, Ok(i) if i.exit_code == Some(0))
+}
+
+/// Stop a running step: SIGTERM, the grace period (output still goes to the log), SIGKILL.
+async fn stop_step(
+    engine: &DockerEngine,
+    container: &str,
+    exec_id: &str,
+    output: &mut (impl futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin),
+    log: &mut LogSink<'_>,
+) {
+    let docker = engine.client();
+    let termed = kill_leftovers(engine, container, "TERM").await;
+    let grace_end = tokio::time::Instant::now() + engine.stop_grace;
+    if termed {
+        loop {
+            tokio::select! {
+                item = output.next() => match item {
+                    Some(Ok(chunk)) => write_chunk(log, chunk).await,
+                    _ => break,
+                },
+                _ = tokio::time::sleep_until(grace_end) => break,
+            }
+        }
+    }
+    let running = docker
+        .inspect_exec(exec_id)
+        .await
+        .ok()
+        .and_then(|i| i.running);
+    if running == Some(false) && kill_leftovers(engine, container, "KILL").await {
+        return;
+    }
+    if running != Some(false) && kill_leftovers(engine, container, "KILL").await {
+        // Give the exec a moment to be reaped.
+        for _ in 0..20 {
+            if docker
+                .inspect_exec(exec_id)
+                .await
+                .ok()
+                .and_then(|i| i.running)
+                != Some(true)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Could not signal from inside (no shell, or the processes ignore it): kill the container
+    // and start it again, so that after_script still has somewhere to run.
+    tracing::warn!(container, "killing the build container to stop a step");
+    let _ = docker
+        .kill_container(
+            container,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await;
+    for _ in 0..50 {
+        let running = docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.running);
+        if running != Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Err(e) = docker
+        .start_container(
+            container,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+    {
+        tracing::warn!(
+            container,
+            "restarting the build container: {}",
+            one_line(&e)
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! Running the git CLI on the host: credentials through the environment only, a config that
+//! ignores the host's and the repository's hooks, output masked and streamed to the job log,
+//! and cancellation that kills the process.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::Stdio;
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::LogSink;
+
+use super::SourceError;
+
+/// The parts of a clone URL: the URL without `user:password@`, and the credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SplitUrl {
+    pub clean: String,
+    /// `scheme://host[:port]/`, for scoping the auth header.
+    pub origin: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn split_url(url: &str) -> SplitUrl {
+    let Some(scheme_end) = url.find("://") else {
+        return SplitUrl {
+            clean: url.to_string(),
+            origin: None,
+            user: None,
+            password: None,
+        };
+    };
+    let after = &url[scheme_end + 3..];
+    let auth_end = after.find('/').unwrap_or(after.len());
+    let authority = &after[..auth_end];
+    let rest = &after[auth_end..];
+    let scheme = &url[..scheme_end];
+    let (userinfo, host) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let (user, password) = match userinfo {
+        None => (None, None),
+        Some(ui) => match ui.split_once(':') {
+            Some((u, p)) => (Some(percent_decode(u)), Some(percent_decode(p))),
+            None => (Some(percent_decode(ui)), None),
+        },
+    };
+    SplitUrl {
+        clean: format!("{scheme}://{host}{rest}"),
+        origin: Some(format!("{scheme}://{host}/")),
+        user,
+        password,
+    }
+}
+
+/// The URL with any `user:password@` removed (for logs, `.git/config`, errors).
+pub(crate) fn strip_credentials(url: &str) -> String {
+    split_url(url).clean
+}
+
+/// Config every git command ferry runs gets, on top of the spec's own `git_config`.
+const BASE_CONFIG: &[(&str, &str)] = &[
+    // The project dir may belong to another uid after a job ran in it.
+    ("safe.directory", "*"),
+    // A previous job could have planted hooks or an fsmonitor command in the repository:
+    // ferry runs git on the host, so nothing from the repository may execute.
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("gc.autoDetach", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("init.defaultBranch", "none"),
+    ("advice.detachedHead", "false"),
+    ("credential.interactive", "never"),
+];
+
+/// How ferry runs git for one job.
+pub(crate) struct Git {
+    env: Vec<(String, String)>,
+    secrets: Vec<String>,
+    /// (host path, container path): git's messages name the project dir as the job sees it.
+    display: Option<(String, String)>,
+}
+
+/// Replaces `from` by `to` where it stands as a whole path (not `/builds/p` in `/builds/p2`).
+fn replace_path(text: &str, from: &str, to: &str) -> String {
+    if from.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        let after = &rest[i + from.len()..];
+        let whole = !after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || "-_.".contains(c));
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What a finished git command printed.
+pub(crate) struct Output {
+    pub stdout: String,
+}
+
+impl Git {
+    pub(crate) fn new(repo_url: &str, extra_config: &[(String, String)]) -> Git {
+        let split = split_url(repo_url);
+        let mut config: Vec<(String, String)> = BASE_CONFIG
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut secrets = Vec::new();
+        if let (Some(origin), Some(user)) = (&split.origin, &split.user) {
+            let pass = split.password.clone().unwrap_or_default();
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            // Scoped to the GitLab host: submodules there get it too, other hosts do not.
+            config.push((
+                format!("http.{origin}.extraHeader"),
+                format!("Authorization: Basic {basic}"),
+            ));
+            secrets.push(basic);
+            if !pass.is_empty() {
+                secrets.push(pass);
+            }
+        }
+        if let Some(ui_end) = repo_url.find("://").map(|i| i + 3)
+            && let Some(at) = repo_url[ui_end..]
+                .split('/')
+                .next()
+                .and_then(|a| a.rfind('@'))
+        {
+            secrets.push(repo_url[ui_end..ui_end + at].to_string());
+        }
+        config.extend(extra_config.iter().cloned());
+        let mut env = vec![
+            ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
+            ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),
+            ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+            ("GCM_INTERACTIVE".to_string(), "Never".to_string()),
+            ("GIT_LFS_SKIP_SMUDGE".to_string(), "1".to_string()),
+            ("LC_ALL".to_string(), "C".to_string()),
+            ("GIT_CONFIG_COUNT".to_string(), config.len().to_string()),
+        ];
+        for (i, (k, v)) in config.into_iter().enumerate() {
+            env.push((format!("GIT_CONFIG_KEY_{i}"), k));
+            env.push((format!("GIT_CONFIG_VALUE_{i}"), v));
+        }
+        secrets.retain(|s| s.len() >= 4);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Git {
+            env,
+            secrets,
+            display: None,
+        }
+    }
+
+    /// Show `host_dir` as `shown` in git's output.
+    pub(crate) fn display_dir(mut self, host_dir: &Path, shown: Option<&str>) -> Git {
+        if let Some(shown) = shown {
+            let host = host_dir.display().to_string();
+            self.display = Some((
+                host.trim_end_matches('/').to_string(),
+                shown.trim_end_matches('/').to_string(),
+            ));
+        }
+        self
+    }
+
+    pub(crate) fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            out = out.replace(s.as_str(), "[MASKED]");
+        }
+        if let Some((host, shown)) = &self.display {
+            out = replace_path(&out, host, shown);
+        }
+        out
+    }
+
+    fn command(&self, dir: &Path, args: &[String]) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.args(args).current_dir(dir);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("GIT_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `git args` in `dir`. With `log`, its output is streamed there (masked);
+    /// without, stdout is returned and only failures show stderr.
+    pub(crate) async fn run(
+        &self,
+        dir: &Path,
+        args: &[String],
+        mut log: Option<&mut LogSink<'_>>,
+        cancel: &CancellationToken,
+    ) -> Result<Output, SourceError> {
+        let shown = args.first().cloned().unwrap_or_default();
+        let command_text = self.mask(&args.join(" "));
+        let mut child = self
+            .command(dir, args)
+            .spawn()
+            .map_err(|e| SourceError::Io {
+                context: format!("running git {shown}"),
+                source: e,
+            })?;
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(SourceError::InvalidSpec("git pipes missing".into()));
+        };
+        let mut out_lines = BufReader::new(out).lines();
+        let mut err_lines = BufReader::new(err).lines();
+        let mut stdout = String::new();
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let (mut out_done, mut err_done) = (false, false);
+        while !(out_done && err_done) {
+            let (line, is_err) = tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = child.kill().await;
+                    return Err(SourceError::Cancelled);
+                }
+                l = out_lines.next_line(), if !out_done => (l, false),
+                l = err_lines.next_line(), if !err_done => (l, true),
+            };
+            let line = match line {
+                Ok(Some(l)) => l,
+                Ok(None) | Err(_) => {
+                    if is_err {
+                        err_done = true;
+                    } else {
+                        out_done = true;
+                    }
+                    continue;
+                }
+            };
+            let masked = self.mask(&line);
+            if is_err {
+                tail.push_back(masked.clone());
+                if tail.len() > 20 {
+                    tail.pop_front();
+                }
+            }
+            match log.as_deref_mut() {
+                Some(l) => {
+                    l.write_all(format!("{masked}\n").as_bytes())
+                        .await
+                        .map_err(|e| SourceError::Io {
+                            context: "writing job log".into(),
+                            source: e,
+                        })?;
+                }
+                None if !is_err => {
+                    stdout.push_str(&line);
+                    stdout.push('\n');
+                }
+                None => {}
+            }
+        }
+        let status = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = child.kill().await;
+                return Err(SourceError::Cancelled);
+            }
+            s = child.wait() => s.map_err(|e| SourceError::Io {
+                context: format!("waiting for git {shown}"),
+                source: e,
+            })?,
+        };
+        if !status.success() {
+            return Err(SourceError::Git {
+                command: command_text,
+                status: status.to_string(),
+                output: Vec::from(tail).join("\n"),
+            });
+        }
+        Ok(Output { stdout })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        let s = split_url("https://gitlab-ci-token:glcbt-abc%2Fx@gitlab.example.com:8443/g/p.git");
+        assert_eq!(s.clean, "https://gitlab.example.com:8443/g/p.git");
+        assert_eq!(
+            s.origin.as_deref(),
+            Some("https://gitlab.example.com:8443/")
+        );
+        assert_eq!(s.user.as_deref(), Some("gitlab-ci-token"));
+        assert_eq!(s.password.as_deref(), Some("glcbt-abc/x"));
+        assert_eq!(strip_credentials("file:///tmp/r.git"), "file:///tmp/r.git");
+        assert_eq!(strip_credentials("/tmp/r.git"), "/tmp/r.git");
+    }
+
+    #[test]
+    fn host_paths_are_shown_as_container_paths() {
+        let g = Git::new("/r.git", &[]).display_dir(Path::new("/srv/b/p"), Some("/builds/g/p"));
+        assert_eq!(
+            g.mask("Cloning into '/srv/b/p/vendor/lib'... /srv/b/p2 /srv/b/p"),
+            "Cloning into '/builds/g/p/vendor/lib'... /srv/b/p2 /builds/g/p"
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let g = Git::new("http://gitlab-ci-token:SECRET-TOKEN@h/g/p.git", &[]);
+        let m = g.mask("fatal: unable to access 'http://gitlab-ci-token:SECRET-TOKEN@h/g/p.git/'");
+        assert!(!m.contains("SECRET-TOKEN"));
+        assert!(m.contains("[MASKED]"));
+        let header = g
+            .env
+            .iter()
+            .find(|(_, v)| v.starts_with("Authorization: Basic "))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert!(
+            !g.mask(&header)
+                .contains(header.trim_start_matches("Authorization: Basic "))
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! `get_sources` against real local repositories (file paths, and a dumb-HTTP server that
+//! requires the job token), checking what a user sees: the checkout, `.git`, and the log.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ferry_executor::sources::{
+    GitStrategy, RefType, SourceError, SourceSpec, SubmoduleStrategy, get_sources,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A working repository and its bare "GitLab" copy.
+struct Upstream {
+    _tmp: tempfile::TempDir,
+    work: PathBuf,
+    bare: PathBuf,
+    root: PathBuf,
+}
+
+impl Upstream {
+    fn new() -> Upstream {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let work = root.join("work");
+        let bare = root.join("remote/group/project.git");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::create_dir_all(&bare).unwrap();
+        git(&work, &["init", "-q"]);
+        git(&bare, &["init", "-q", "--bare"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        Upstream {
+            _tmp: tmp,
+            work,
+            bare,
+            root,
+        }
+    }
+
+    fn commit(&self, file: &str, content: &str) -> String {
+        let p = self.work.join(file);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", file]);
+        git(
+            &self.work,
+            &["push", "-q", "origin", "HEAD:refs/heads/main"],
+        );
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        self.bare.display().to_string()
+    }
+
+    fn project(&self, name: &str) -> PathBuf {
+        self.root.join("builds").join(name)
+    }
+}
+
+fn spec(url: &str, sha: &str, project_dir: &Path) -> SourceSpec {
+    SourceSpec {
+        repo_url: url.to_string(),
+        sha: sha.to_string(),
+        before_sha: "0".repeat(40),
+        ref_name: "main".into(),
+        ref_type: RefType::Branch,
+        refspecs: vec![
+            "+refs/heads/*:refs/remotes/origin/*".into(),
+            "+refs/tags/*:refs/tags/*".into(),
+        ],
+        depth: 0,
+        object_format: None,
+        strategy: GitStrategy::Clone,
+        checkout: true,
+        clean_flags: vec!["-ffdx".into()],
+        fetch_extra_flags: vec!["--prune".into(), "--quiet".into()],
+        submodule_strategy: SubmoduleStrategy::None,
+        submodule_depth: 0,
+        submodule_update_flags: vec![],
+        submodule_paths: vec![],
+        git_config: vec![],
+        project_dir: project_dir.to_path_buf(),
+        display_dir: Some("/builds/group/project".into()),
+        object_cache_dir: None,
+    }
+}
+
+async fn run(spec: &SourceSpec) -> (Result<(), SourceError>, String) {
+    let mut log: Vec<u8> = Vec::new();
+    let res = get_sources(spec, &mut log, &CancellationToken::new()).await;
+    (res, String::from_utf8_lossy(&log).into_owned())
+}
+
+async fn run_ok(spec: &SourceSpec) -> String {
+    let (res, log) = run(spec).await;
+    if let Err(e) = res {
+        panic!("get_sources failed: {e}\nlog:\n{log}");
+    }
+    log
+}
+
+#[tokio::test]
+async fn clone_checks_out_the_commit_and_logs_like_gitlab_runner() {
+    let up = Upstream::new();
+    up.commit("README", "one");
+    let sha = up.commit("src/main.rs", "fn main() {}");
+    let dir = up.project("p");
+    let log = run_ok(&spec(&up.url(), &sha, &dir)).await;
+
+    assert_eq!(
+        std::fs::read_to_string(dir.join("src/main.rs")).unwrap(),
+        "fn main() {}"
+    );
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), sha);
+    assert_eq!(git(&dir, &["rev-parse", "--short=8", "HEAD"]), &sha[..8]);
+    assert!(log.contains("Fetching changes...\x1b[0;m\n"), "{log}");
+    assert!(log.contains("Initialized empty Git repository in /builds/group/project/.git/"));
+    assert!(log.contains("Created fresh repository."));
+    assert!(log.contains(&format!(
+        "Checking out {} as detached HEAD (ref is main)...",
+        &sha[..8]
+    )));
+    assert!(log.contains("Skipping Git submodules setup"));
+    // origin is the plain URL; no hooks from a template.
+    assert_eq!(git(&dir, &["remote", "get-url", "origin"]), up.url());
+    assert!(!dir.join(".git/hooks").exists());
+}
+
+#[tokio::test]
+async fn depth_makes_a_shallow_checkout() {
+    let up = Upstream::new();
+    up.commit("a", "1");
+    up.commit("b", "2");
+    let sha = up.commit("c", "3");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.depth = 1;
+    s.refspecs = vec!["+refs/heads/main:refs/remotes/origin/main".into()];
+    let log = run_ok(&s).await;
+    assert!(log.contains("Fetching changes with git depth set to 1..."));
+    assert_eq!(git(&dir, &["rev-list", "--count", "HEAD"]), "1");
+    assert!(dir.join(".git/shallow").is_file());
+    assert!(dir.join("a").is_file());
+
+    // depth 0 on the same dir (fetch strategy) unshallows it.
+    s.depth = 0;
+    s.strategy = GitStrategy::Fetch;
+    run_ok(&s).await;
+    assert_eq!(git(&dir, &["rev-list", "--count", "HEAD"]), "3");
+}
+
+#[tokio::test]
+async fn fetch_reuses_the_previous_checkout_but_nothing_a_job_planted() {
+    let up = Upstream::new();
+    let first = up.commit("tracked.txt", "v1");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &first, &dir);
+    s.strategy = GitStrategy::Fetch;
+    run_ok(&s).await;
+
+    // What a job may leave behind: changes, untracked files, a hook, a hostile config.
+    std::fs::write(dir.join("tracked.txt"), "changed").unwrap();
+    std::fs::write(dir.join("untracked.o"), "junk").unwrap();
+    let marker = up.root.join("hook-ran");
+    std::fs::create_dir_all(dir.join(".git/hooks")).unwrap();
+    let hook = format!("#!/bin/sh\ntouch {}\n", marker.display());
+    for h in ["post-checkout", "reference-transaction", "fsmonitor"] {
+        let p = dir.join(".git/hooks").join(h);
+        std::fs::write(&p, &hook).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(dir.join(".git/config")).unwrap();
+    std::fs::write(
+        dir.join(".git/config"),
+        format!(
+            "{cfg}[core]\n\tfsmonitor = {}\n\thooksPath = .git/hooks\n",
+            dir.join(".git/hooks/fsmonitor").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join(".git/index.lock"), "").unwrap();
+
+    let second = up.commit("tracked.txt", "v2");
+    s.sha = second.clone();
+    let log = run_ok(&s).await;
+    assert!(log.contains("Reinitialized existing Git repository in /builds/group/project/.git/"));
+    assert!(!log.contains("Created fresh repository."));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tracked.txt")).unwrap(),
+        "v2"
+    );
+    assert!(
+        !dir.join("untracked.o").exists(),
+        "git clean -ffdx removed it"
+    );
+    assert!(log.contains("Removing untracked.o"));
+    assert!(!marker.exists(), "a planted hook ran on the host");
+    assert!(
+        !std::fs::read_to_string(dir.join(".git/config"))
+            .unwrap()
+            .contains("fsmonitor")
+    );
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), second);
+}
+
+#[tokio::test]
+async fn clean_flags_none_keeps_untracked_files() {
+    let up = Upstream::new();
+    let sha = up.commit("f", "1");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.strategy = GitStrategy::Fetch;
+    run_ok(&s).await;
+    std::fs::write(dir.join("keep.me"), "x").unwrap();
+    s.clean_flags = vec![];
+    run_ok(&s).await;
+    assert!(dir.join("keep.me").exists());
+}
+
+#[tokio::test]
+async fn checkout_false_fetches_without_a_worktree() {
+    let up = Upstream::new();
+    let sha = up.commit("f", "1");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.checkout = false;
+    let log = run_ok(&s).await;
+    assert!(log.contains("Skipping Git checkout"));
+    assert!(!dir.join("f").exists());
+    assert_eq!(git(&dir, &["rev-parse", "refs/remotes/origin/main"]), sha);
+}
+
+#[tokio::test]
+async fn merge_request_and_pipeline_refs_are_fetched() {
+    let up = Upstream::new();
+    up.commit("f", "base");
+    // A commit reachable only from an MR ref and the pipeline ref, not from any branch.
+    git(&up.work, &["checkout", "-q", "-b", "feature"]);
+    let mr = up.commit_on_ref("mr.txt", "mr", "refs/merge-requests/1/head");
+    git(
+        &up.work,
+        &["push", "-q", "origin", "HEAD:refs/pipelines/77"],
+    );
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &mr, &dir);
+    s.ref_name = "refs/merge-requests/1/head".into();
+    s.refspecs = vec![
+        "+refs/pipelines/77:refs/pipelines/77".into(),
+        "+refs/merge-requests/1/head:refs/remotes/origin/merge-requests/1/head".into(),
+    ];
+    run_ok(&s).await;
+    assert_eq!(std::fs::read_to_string(dir.join("mr.txt")).unwrap(), "mr");
+    assert_eq!(git(&dir, &["rev-parse", "refs/pipelines/77"]), mr);
+}
+
+impl Upstream {
+    fn commit_on_ref(&self, file: &str, content: &str, refname: &str) -> String {
+        std::fs::write(self.work.join(file), content).unwrap();
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", file]);
+        git(
+            &self.work,
+            &["push", "-q", "origin", &format!("HEAD:{refname}")],
+        );
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+#[tokio::test]
+async fn submodules_are_initialised_and_survive_a_fetch() {
+    let sub = Upstream::new();
+    sub.commit("lib.txt", "library");
+    let up = Upstream::new();
+    up.commit("f", "1");
+    git(
+        &up.work,
+        &["submodule", "add", "-q", &sub.url(), "vendor/lib"],
+    );
+    git(&up.work, &["commit", "-q", "-m", "sub"]);
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let sha = git(&up.work, &["rev-parse", "HEAD"]);
+
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.strategy = GitStrategy::Fetch;
+    s.submodule_strategy = SubmoduleStrategy::Normal;
+    s.git_config = vec![("protocol.file.allow".into(), "always".into())];
+    let log = run_ok(&s).await;
+    assert!(log.contains("Updating/initializing submodules..."), "{log}");
+    assert!(
+        log.contains("Cloning into '/builds/group/project/vendor/lib'..."),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&dir.display().to_string()),
+        "host path shown: {log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("vendor/lib/lib.txt")).unwrap(),
+        "library"
+    );
+    // Second job on the same dir: the submodule repository is rebuilt, not trusted.
+    std::fs::write(dir.join("vendor/lib/junk"), "x").unwrap();
+    let log = run_ok(&s).await;
+    assert!(log.contains("Updating/initializing submodules..."));
+    assert!(dir.join("vendor/lib/lib.txt").is_file());
+    assert!(!dir.join("vendor/lib/junk").exists());
+
+    // Without the strategy the submodule dir stays empty.
+    let dir2 = up.project("q");
+    let mut s2 = spec(&up.url(), &sha, &dir2);
+    s2.git_config = s.git_config.clone();
+    let log = run_ok(&s2).await;
+    assert!(log.contains("Skipping Git submodules setup"));
+    assert!(!dir2.join("vendor/lib/lib.txt").exists());
+}
+
+#[tokio::test]
+async fn none_and_empty_strategies() {
+    let up = Upstream::new();
+    let sha = up.commit("f", "1");
+    let dir = up.project("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("left.over"), "x").unwrap();
+    let mut s = spec("/nonexistent/repo.git", &sha, &dir);
+    s.strategy = GitStrategy::None;
+    let log = run_ok(&s).await;
+    assert!(log.contains("Skipping Git repository setup"));
+    assert!(log.contains("Skipping Git checkout"));
+    assert!(dir.join("left.over").exists());
+
+    s.strategy = GitStrategy::Empty;
+    let log = run_ok(&s).await;
+    assert!(log.contains("Skipping Git repository setup and creating an empty build directory"));
+    assert!(dir.is_dir());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn dangerous_fetch_flags_are_refused_before_git_runs() {
+    let up = Upstream::new();
+    let sha = up.commit("f", "1");
+    let dir = up.project("p");
+    let marker = up.root.join("pwned");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.fetch_extra_flags = vec![format!("--upload-pack=touch {}", marker.display())];
+    let (res, _) = run(&s).await;
+    assert!(matches!(
+        res,
+        Err(SourceError::InvalidVariable {
+            name: "GIT_FETCH_EXTRA_FLAGS",
+            ..
+        })
+    ));
+    assert!(!marker.exists());
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn a_missing_commit_is_a_git_error() {
+    let up = Upstream::new();
+    up.commit("f", "1");
+    let dir = up.project("p");
+    let (res, _) = run(&spec(&up.url(), &"1".repeat(40), &dir)).await;
+    assert!(matches!(res, Err(SourceError::Git { .. })), "{res:?}");
+}
+
+#[tokio::test]
+async fn cancellation_stops_get_sources() {
+    let up = Upstream::new();
+    let sha = up.commit("f", "1");
+    let dir = up.project("p");
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let mut log: Vec<u8> = Vec::new();
+    let res = get_sources(&spec(&up.url(), &sha, &dir), &mut log, &cancel).await;
+    assert!(matches!(res, Err(SourceError::Cancelled)), "{res:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP with the job token in the URL, as GitLab sends it.
+
+const TOKEN: &str = "glcbt-SECRETjobtoken123";
+
+/// A minimal dumb-HTTP git server over a bare repository: answers 401 without the job
+/// token's Basic credentials, and counts the requests for objects.
+struct HttpRemote {
+    port: u16,
+    object_requests: Arc<AtomicUsize>,
+    authorized: Arc<AtomicUsize>,
+}
+
+async fn serve_dumb_http(bare_root: PathBuf) -> HttpRemote {
+    use base64::Engine as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let object_requests = Arc::new(AtomicUsize::new(0));
+    let authorized = Arc::new(AtomicUsize::new(0));
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("gitlab-ci-token:{TOKEN}"))
+    );
+    let (objs, auths) = (object_requests.clone(), authorized.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (root, expected, objs, auths) = (
+                bare_root.clone(),
+                expected.clone(),
+                objs.clone(),
+                auths.clone(),
+            );
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf).to_string();
+                let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = path.split('?').next().unwrap_or("/").to_string();
+                let auth_ok = req.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:") && l.contains(&expected)
+                });
+                let resp = if !auth_ok {
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                } else {
+                    auths.fetch_add(1, Ordering::SeqCst);
+                    if path.contains("/objects/") {
+                        objs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let file = root.join(path.trim_start_matches('/'));
+                    match std::fs::read(&file) {
+                        Ok(body) => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend(body);
+                            r
+                        }
+                        Err(_) => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    }
+                };
+                let _ = sock.write_all(&resp).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    HttpRemote {
+        port,
+        object_requests,
+        authorized,
+    }
+}
+
+#[tokio::test]
+async fn http_job_token_is_used_but_never_stored_or_logged() {
+    let up = Upstream::new();
+    up.commit("a", "1");
+    let sha = up.commit("b", "2");
+    git(&up.bare, &["update-server-info"]);
+    let server = serve_dumb_http(up.root.join("remote")).await;
+    let url = format!(
+        "http://gitlab-ci-token:{TOKEN}@127.0.0.1:{}/group/project.git",
+        server.port
+    );
+    let dir = up.project("p");
+    let cache = up.root.join("cache/git/project-1.git");
+    let mut s = spec(&url, &sha, &dir);
+    s.object_cache_dir = Some(cache.clone());
+    let log = run_ok(&s).await;
+
+    assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "2");
+    assert!(server.authorized.load(Ordering::SeqCst) > 0);
+    assert!(!log.contains(TOKEN), "{log}");
+    let config = std::fs::read_to_string(dir.join(".git/config")).unwrap();
+    assert!(!config.contains(TOKEN), "{config}");
+    assert!(config.contains(&format!(
+        "url = http://127.0.0.1:{}/group/project.git",
+        server.port
+    )));
+    let cache_config = std::fs::read_to_string(cache.join("config")).unwrap();
+    assert!(!cache_config.contains(TOKEN));
+    let first_objects = server.object_requests.load(Ordering::SeqCst);
+    assert!(first_objects > 0);
+
+    // A second job of the same project in another dir, nothing new upstream: the remote is
+    // only asked for its refs; every object comes from the local object cache.
+    let dir2 = up.project("p2");
+    let mut s2 = spec(&url, &sha, &dir2);
+    s2.object_cache_dir = Some(cache.clone());
+    run_ok(&s2).await;
+    assert_eq!(std::fs::read_to_string(dir2.join("b")).unwrap(), "2");
+    assert_eq!(server.object_requests.load(Ordering::SeqCst), first_objects);
+}
+
+#[tokio::test]
+async fn a_failing_http_remote_does_not_leak_the_token() {
+    let up = Upstream::new();
+    let dir = up.project("p");
+    // Nothing listens on port 9 of localhost.
+    let url = format!("http://gitlab-ci-token:{TOKEN}@127.0.0.1:9/group/project.git");
+    let (res, log) = run(&spec(&url, &"a".repeat(40), &dir)).await;
+    let err = res.expect_err("fetch must fail");
+    assert!(matches!(err, SourceError::Git { .. }), "{err:?}");
+    assert!(!err.to_string().contains(TOKEN), "{err}");
+    assert!(!log.contains(TOKEN), "{log}");
+    assert!(
+        !std::fs::read_to_string(dir.join(".git/config"))
+            .unwrap()
+            .contains(TOKEN)
+    );
+}

@@ -1,0 +1,346 @@
+//! The `ferry` command line: gitlab-runner's commands and flags, with clap.
+//!
+//! Booleans accept `--flag`, `--flag=true` and `--flag=false`, as gitlab-runner's do; every flag
+//! that gitlab-runner reads from an environment variable reads the same variable here.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// ferry: a GitLab Runner that runs jobs in Docker and deploys to Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file [default: /etc/ferry/config.toml as root, ~/.ferry/config.toml otherwise]
+    #[arg(short = 'c', long = "config", env = "CONFIG_FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log level: debug, info, warn, error (overrides log_level in the config file)
+    #[arg(long = "log-level", env = "LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+
+    /// Log format: runner, text or json (overrides log_format in the config file)
+    #[arg(long = "log-format", env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+
+    /// Same as --log-level=debug
+    #[arg(long = "debug", global = true)]
+    pub debug: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: poll GitLab for jobs and run them
+    Run(RunArgs),
+    /// Register a new runner and add it to the config file
+    Register(Box<RegisterArgs>),
+    /// Unregister runners from GitLab and remove them from the config file
+    Unregister(UnregisterArgs),
+    /// Check that the registered runners are valid; --delete removes the invalid ones
+    Verify(VerifyArgs),
+    /// List the runners of the config file
+    List,
+    /// Deploy manifests to Kubernetes (the same command a `ferry:deploy` job runs)
+    Deploy(DeployArgs),
+    /// Print the plan ferry would execute for a job payload (JSON), for debugging
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the /metrics and /health endpoint (overrides listen_address)
+    #[arg(long = "listen-address", env = "LISTEN_ADDRESS")]
+    pub listen_address: Option<String>,
+
+    /// Where ferry keeps builds, the git object cache and the local cache on this host
+    /// [default: /var/lib/ferry as root, ~/.ferry otherwise]
+    #[arg(
+        short = 'd',
+        long = "working-directory",
+        env = "FERRY_WORKING_DIRECTORY"
+    )]
+    pub working_directory: Option<PathBuf>,
+}
+
+/// Parse a gitlab-runner style boolean flag value.
+fn bool_flag() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Run registration unattended
+    #[arg(short = 'n', long = "non-interactive", env = "REGISTER_NON_INTERACTIVE",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = bool_flag(), action = ArgAction::Set)]
+    pub non_interactive: bool,
+
+    /// GitLab instance URL
+    #[arg(short = 'u', long = "url", env = "CI_SERVER_URL")]
+    pub url: Option<String>,
+
+    /// Runner's registration token (deprecated by GitLab; use --token)
+    #[arg(short = 'r', long = "registration-token", env = "REGISTRATION_TOKEN")]
+    pub registration_token: Option<String>,
+
+    /// Runner authentication token (glrt-...) of a runner created in GitLab
+    #[arg(short = 't', long = "token", env = "CI_SERVER_TOKEN")]
+    pub token: Option<String>,
+
+    /// Runner name (description in GitLab)
+    #[arg(long = "name", visible_alias = "description", env = "RUNNER_NAME")]
+    pub name: Option<String>,
+
+    /// Tag list, comma separated
+    #[arg(long = "tag-list", env = "RUNNER_TAG_LIST")]
+    pub tag_list: Option<String>,
+
+    /// Register to run untagged jobs; defaults to true when the tag list is empty
+    #[arg(long = "run-untagged", env = "REGISTER_RUN_UNTAGGED", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = bool_flag())]
+    pub run_untagged: Option<bool>,
+
+    /// Lock the runner to the current project; defaults to true
+    #[arg(long = "locked", env = "REGISTER_LOCKED", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = bool_flag())]
+    pub locked: Option<bool>,
+
+    /// not_protected or ref_protected
+    #[arg(long = "access-level", env = "REGISTER_ACCESS_LEVEL")]
+    pub access_level: Option<String>,
+
+    /// Maximum job timeout (seconds) GitLab sets for jobs on this runner
+    #[arg(long = "maximum-timeout", env = "REGISTER_MAXIMUM_TIMEOUT")]
+    pub maximum_timeout: Option<u64>,
+
+    /// Register the runner paused
+    #[arg(long = "paused", env = "REGISTER_PAUSED", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = bool_flag())]
+    pub paused: Option<bool>,
+
+    /// Maintenance note shown in GitLab
+    #[arg(long = "maintenance-note", env = "REGISTER_MAINTENANCE_NOTE")]
+    pub maintenance_note: Option<String>,
+
+    /// Executor (ferry supports docker)
+    #[arg(long = "executor", env = "RUNNER_EXECUTOR")]
+    pub executor: Option<String>,
+
+    /// Maximum number of jobs this runner handles at once (0 = unlimited)
+    #[arg(long = "limit", env = "RUNNER_LIMIT")]
+    pub limit: Option<u64>,
+
+    /// Maximum concurrent job requests to GitLab for this runner
+    #[arg(long = "request-concurrency", env = "RUNNER_REQUEST_CONCURRENCY")]
+    pub request_concurrency: Option<u64>,
+
+    /// Maximum job log size, in kilobytes
+    #[arg(long = "output-limit", env = "RUNNER_OUTPUT_LIMIT")]
+    pub output_limit: Option<u64>,
+
+    /// Directory where builds are stored (in the job container)
+    #[arg(long = "builds-dir", env = "RUNNER_BUILDS_DIR")]
+    pub builds_dir: Option<String>,
+
+    /// Directory where the cache is stored (in the job container)
+    #[arg(long = "cache-dir", env = "RUNNER_CACHE_DIR")]
+    pub cache_dir: Option<String>,
+
+    /// Custom environment variable for every job, KEY=value (repeatable)
+    #[arg(long = "env", env = "RUNNER_ENV", action = ArgAction::Append)]
+    pub env: Vec<String>,
+
+    /// PEM file of certificates to trust for GitLab's HTTPS
+    #[arg(long = "tls-ca-file", env = "CI_SERVER_TLS_CA_FILE")]
+    pub tls_ca_file: Option<String>,
+
+    #[command(flatten)]
+    pub docker: DockerRegisterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DockerRegisterArgs {
+    /// Default image for jobs that set none
+    #[arg(long = "docker-image", env = "DOCKER_IMAGE")]
+    pub image: Option<String>,
+
+    /// Run containers in privileged mode
+    #[arg(long = "docker-privileged", env = "DOCKER_PRIVILEGED", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = bool_flag())]
+    pub privileged: Option<bool>,
+
+    /// Volume or bind mount, SRC:DST[:ro|rw] or /path (repeatable)
+    #[arg(long = "docker-volumes", env = "DOCKER_VOLUMES", action = ArgAction::Append)]
+    pub volumes: Vec<String>,
+
+    /// Image pull policy: always, if-not-present, never (repeatable: a fallback chain)
+    #[arg(long = "docker-pull-policy", env = "DOCKER_PULL_POLICY", action = ArgAction::Append)]
+    pub pull_policy: Vec<String>,
+
+    /// Docker daemon address
+    #[arg(long = "docker-host", env = "DOCKER_HOST")]
+    pub host: Option<String>,
+
+    /// Network mode of the job containers
+    #[arg(long = "docker-network-mode", env = "DOCKER_NETWORK_MODE")]
+    pub network_mode: Option<String>,
+
+    /// Memory limit of the job container (e.g. 512m, 2g)
+    #[arg(long = "docker-memory", env = "DOCKER_MEMORY")]
+    pub memory: Option<String>,
+
+    /// CPUs of the job container (e.g. 1.5)
+    #[arg(long = "docker-cpus", env = "DOCKER_CPUS")]
+    pub cpus: Option<String>,
+
+    /// DNS server for the job containers (repeatable)
+    #[arg(long = "docker-dns", env = "DOCKER_DNS", action = ArgAction::Append)]
+    pub dns: Vec<String>,
+
+    /// Extra /etc/hosts entry, name:ip (repeatable)
+    #[arg(long = "docker-extra-hosts", env = "DOCKER_EXTRA_HOSTS", action = ArgAction::Append)]
+    pub extra_hosts: Vec<String>,
+
+    /// Images jobs may use, globs (repeatable)
+    #[arg(long = "docker-allowed-images", env = "DOCKER_ALLOWED_IMAGES", action = ArgAction::Append)]
+    pub allowed_images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "url", "all_runners"])))]
+pub struct UnregisterArgs {
+    /// Name of the runner to unregister
+    #[arg(short = 'n', long = "name")]
+    pub name: Option<String>,
+    /// URL of the runner to unregister (with --token)
+    #[arg(short = 'u', long = "url", requires = "token")]
+    pub url: Option<String>,
+    /// Token of the runner to unregister (with --url)
+    #[arg(short = 't', long = "token", requires = "url")]
+    pub token: Option<String>,
+    /// Unregister every runner of the config file
+    #[arg(long = "all-runners")]
+    pub all_runners: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Remove runners GitLab no longer knows from the config file
+    #[arg(long = "delete")]
+    pub delete: bool,
+    /// Only this runner
+    #[arg(short = 'n', long = "name")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The `ferry deploy` arguments (see `docs/deploy.md`), e.g. --kubeconfig, --context,
+    /// --manifests, --namespace
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A job payload as GitLab sends it (the body of a 201 from /api/v4/jobs/request)
+    pub payload: PathBuf,
+    /// Name of the [[runners]] entry whose settings apply (default: the first)
+    #[arg(long = "runner")]
+    pub runner: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).expect("parses")
+    }
+
+    #[test]
+    fn register_line_from_a_real_setup_parses_verbatim() {
+        let cli = parse(&[
+            "ferry",
+            "register",
+            "--non-interactive",
+            "--url",
+            "http://git.example",
+            "--registration-token",
+            "xxx",
+            "--executor",
+            "docker",
+            "--docker-image",
+            "alpine:latest",
+            "--description",
+            "base-runner-docker",
+            "--tag-list",
+            "base-runner",
+            "--run-untagged=true",
+            "--docker-privileged=true",
+            "--docker-pull-policy",
+            "if-not-present",
+            "--docker-volumes",
+            "/etc/docker/daemon.json:/etc/docker/daemon.json",
+            "--docker-volumes",
+            "/etc/gitlab-runner/key/test-kube-config:/root/.kube/config",
+        ]);
+        let Command::Register(r) = cli.command else {
+            panic!("not register")
+        };
+        assert!(r.non_interactive);
+        assert_eq!(r.url.as_deref(), Some("http://git.example"));
+        assert_eq!(r.registration_token.as_deref(), Some("xxx"));
+        assert_eq!(r.name.as_deref(), Some("base-runner-docker"));
+        assert_eq!(r.tag_list.as_deref(), Some("base-runner"));
+        assert_eq!(r.run_untagged, Some(true));
+        assert_eq!(r.docker.privileged, Some(true));
+        assert_eq!(r.docker.pull_policy, vec!["if-not-present"]);
+        assert_eq!(r.docker.volumes.len(), 2);
+        assert_eq!(
+            r.docker.volumes[1],
+            "/etc/gitlab-runner/key/test-kube-config:/root/.kube/config"
+        );
+    }
+
+    #[test]
+    fn booleans_take_the_three_gitlab_runner_forms() {
+        for (arg, want) in [
+            ("--locked", true),
+            ("--locked=true", true),
+            ("--locked=false", false),
+        ] {
+            let cli = parse(&["ferry", "register", arg]);
+            let Command::Register(r) = cli.command else {
+                panic!()
+            };
+            assert_eq!(r.locked, Some(want), "{arg}");
+        }
+        let cli = parse(&["ferry", "register"]);
+        let Command::Register(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.locked, None);
+        assert!(!r.non_interactive);
+    }
+
+    #[test]
+    fn unregister_needs_a_selector() {
+        assert!(Cli::try_parse_from(["ferry", "unregister"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "unregister", "--url", "http://x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["ferry", "unregister", "--url", "http://x", "--token", "t"])
+                .is_ok()
+        );
+        assert!(Cli::try_parse_from(["ferry", "unregister", "--all-runners"]).is_ok());
+    }
+
+    #[test]
+    fn config_flag_is_global() {
+        let cli = parse(&["ferry", "list", "-c", "/tmp/x.toml"]);
+        assert_eq!(cli.config, Some(PathBuf::from("/tmp/x.toml")));
+    }
+}

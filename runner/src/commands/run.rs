@@ -1,0 +1,485 @@
+//! `ferry run`: the composition root. Builds every component from the config, polls GitLab, runs
+//! jobs, reloads the config on change and SIGHUP, and stops on SIGQUIT (graceful) or
+//! SIGTERM/SIGINT (forced; a second signal exits at once).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use ferry_config::{Config, RunnerSection};
+use ferry_deploy::KubeDeployer;
+use ferry_executor::docker::DockerEngine;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::ApiError;
+use crate::cli::RunArgs;
+use crate::daemon::{Daemon, JobHandler, JobSource, Polled};
+use crate::driver::{Driver, fail_undecodable};
+use crate::gitlab::{ClientOptions, GitLabClient, JobPayload, JobRequest};
+use crate::metrics::{Metrics, RunnerLabels};
+use crate::plan::JobContext;
+use crate::trace::TraceTiming;
+
+/// How often the config file's modification time is checked (gitlab-runner: 3 s).
+const RELOAD_CHECK: Duration = Duration::from_secs(3);
+
+type RunnerKey = (String, String);
+
+fn key(r: &RunnerSection) -> RunnerKey {
+    (r.url.clone(), r.token.expose().to_string())
+}
+
+/// ferry's data directory on the host: builds, git object cache, local cache.
+pub fn default_working_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/lib/ferry")
+    } else {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".ferry")
+    }
+}
+
+/// Asks GitLab for jobs, one client per runner entry.
+pub struct GitLabSource {
+    clients: Mutex<HashMap<RunnerKey, Arc<GitLabClient>>>,
+    last_update: Mutex<HashMap<RunnerKey, String>>,
+    system_id: String,
+    metrics: Metrics,
+    config_path: PathBuf,
+    trace_timing: TraceTiming,
+}
+
+impl GitLabSource {
+    pub fn new(system_id: String, metrics: Metrics, config_path: PathBuf) -> Self {
+        GitLabSource {
+            clients: Mutex::default(),
+            last_update: Mutex::default(),
+            system_id,
+            metrics,
+            config_path,
+            trace_timing: TraceTiming::default(),
+        }
+    }
+
+    pub fn client(&self, r: &RunnerSection) -> Result<Arc<GitLabClient>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key(r)) {
+            return Ok(c.clone());
+        }
+        let c =
+            Arc::new(GitLabClient::new(&ClientOptions::from_runner(r)).map_err(|e| e.to_string())?);
+        clients.insert(key(r), c.clone());
+        Ok(c)
+    }
+
+    /// Rotate the token when 3/4 of its lifetime has passed (gitlab-runner's rule), writing the new
+    /// one to config.toml; the reload then moves the entry to the new token.
+    async fn rotate_token_if_due(&self, r: &RunnerSection, client: &GitLabClient) {
+        let (Some(obtained), Some(expires)) = (r.token_obtained_at, r.token_expires_at) else {
+            return;
+        };
+        let now = unix_now();
+        if expires <= obtained || now < obtained + (expires - obtained) * 3 / 4 {
+            return;
+        }
+        match client.reset_token(r.token.expose()).await {
+            Ok(reset) => {
+                let exp = reset
+                    .token_expires_at
+                    .as_deref()
+                    .and_then(crate::gitlab::parse_expiry);
+                match ferry_config::update_token(
+                    &self.config_path,
+                    r.token.expose(),
+                    &reset.token,
+                    now,
+                    exp,
+                ) {
+                    Ok(()) => info!(
+                        runner = r.token.short(),
+                        "runner token rotated before expiry"
+                    ),
+                    Err(e) => {
+                        error!(runner = r.token.short(), error = %e, "token rotated but config not saved")
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(runner = r.token.short(), error = %e, "token rotation failed; will retry")
+            }
+        }
+    }
+}
+
+impl JobSource for GitLabSource {
+    type Job = Box<JobPayload>;
+
+    async fn request_job(&self, r: &RunnerSection) -> Polled<Self::Job> {
+        let short = r.token.short();
+        let client = match self.client(r) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(runner = short, error = %e, "cannot reach GitLab with this runner's settings");
+                return Polled::Failed;
+            }
+        };
+        self.rotate_token_if_due(r, &client).await;
+        let last = self
+            .last_update
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key(r))
+            .cloned();
+        let result = client
+            .request_job(r.token.expose(), &self.system_id, last.as_deref())
+            .await;
+        let (status, polled) = match result {
+            Ok(JobRequest::Job { payload, .. }) => ("201", Polled::Job(payload)),
+            Ok(JobRequest::Unusable { job, error, .. }) => {
+                if let Some(job) = job {
+                    error!(runner = short, job = job.id, %error, "GitLab sent a job ferry cannot read: failing it");
+                    let (api, timing, msg) =
+                        (client.clone(), self.trace_timing.clone(), error.to_string());
+                    tokio::spawn(async move { fail_undecodable(api, job, &msg, timing).await });
+                }
+                ("201", Polled::Nothing)
+            }
+            Ok(JobRequest::NoJob { last_update }) => {
+                if let Some(lu) = last_update {
+                    self.last_update
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key(r), lu);
+                }
+                ("204", Polled::Nothing)
+            }
+            Ok(JobRequest::Conflict) => ("409", Polled::Nothing),
+            Ok(JobRequest::Forbidden { message }) => {
+                error!(runner = short, %message, "GitLab refused the runner token (403): is the runner deleted?");
+                ("403", Polled::Failed)
+            }
+            Err(ApiError::Status {
+                status, message, ..
+            }) => {
+                warn!(runner = short, status, %message, "job request failed");
+                // GitLab answered: a healthy (if unhappy) server.
+                (if status >= 500 { "5xx" } else { "4xx" }, Polled::Nothing)
+            }
+            Err(e) => {
+                warn!(runner = short, error = %e, "job request failed");
+                ("error", Polled::Failed)
+            }
+        };
+        self.metrics.api_request(short, "request_job", status);
+        polled
+    }
+}
+
+/// Lowest free slot numbers, for CI_CONCURRENT_ID and CI_CONCURRENT_PROJECT_ID.
+#[derive(Default)]
+struct Slots(Mutex<HashMap<String, BTreeSet<usize>>>);
+
+impl Slots {
+    fn take(self: &Arc<Self>, scope: String) -> SlotGuard {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let used = map.entry(scope.clone()).or_default();
+        let n = (0..).find(|n| !used.contains(n)).unwrap_or(0);
+        used.insert(n);
+        SlotGuard {
+            slots: self.clone(),
+            scope,
+            n,
+        }
+    }
+}
+
+struct SlotGuard {
+    slots: Arc<Slots>,
+    scope: String,
+    n: usize,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut map = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(used) = map.get_mut(&self.scope) {
+            used.remove(&self.n);
+        }
+    }
+}
+
+/// Runs jobs with a driver per runner entry (each entry has its own `[runners.docker]`).
+pub struct Handler {
+    source: Arc<GitLabSource>,
+    working_dir: PathBuf,
+    metrics: Metrics,
+    system_id: String,
+    engines: tokio::sync::Mutex<HashMap<RunnerKey, Arc<DockerEngine>>>,
+    slots: Arc<Slots>,
+}
+
+impl Handler {
+    async fn engine(&self, r: &RunnerSection) -> Result<Arc<DockerEngine>, String> {
+        let mut engines = self.engines.lock().await;
+        if let Some(e) = engines.get(&key(r)) {
+            return Ok(e.clone());
+        }
+        let short = crate::variables::runner_short_token(r.token.expose());
+        let engine = Arc::new(
+            DockerEngine::new(&r.docker, &short)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        engines.insert(key(r), engine.clone());
+        Ok(engine)
+    }
+}
+
+impl JobHandler<Box<JobPayload>> for Handler {
+    async fn run_job(
+        &self,
+        runner: Arc<RunnerSection>,
+        job: Box<JobPayload>,
+        cancel: CancellationToken,
+    ) {
+        let api = match self.source.client(&runner) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(job = job.id, error = %e, "no GitLab client for the job's runner");
+                return;
+            }
+        };
+        let concurrent = self.slots.take(format!("{}", runner.token.short()));
+        let project = self.slots.take(format!(
+            "{}/{}",
+            runner.token.short(),
+            job.job_info.project_id
+        ));
+        let ctx = JobContext {
+            working_dir: self.working_dir.clone(),
+            concurrent_id: concurrent.n,
+            concurrent_project_id: project.n,
+            tls_ca_pem: runner
+                .tls_ca_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok()),
+        };
+        info!(job = job.id, runner = runner.token.short(), project = %job.job_info.project_full_path, "job received");
+        match self.engine(&runner).await {
+            Ok(engine) => {
+                let driver = Driver {
+                    engine,
+                    deployer: Arc::new(KubeDeployer::default()),
+                    api,
+                    metrics: self.metrics.clone(),
+                    system_id: self.system_id.clone(),
+                    trace_timing: TraceTiming::default(),
+                };
+                driver.run(runner, *job, ctx, cancel).await;
+            }
+            Err(e) => {
+                let driver = Driver {
+                    engine: Arc::new(crate::driver::Unavailable(e)),
+                    deployer: Arc::new(KubeDeployer::default()),
+                    api,
+                    metrics: self.metrics.clone(),
+                    system_id: self.system_id.clone(),
+                    trace_timing: TraceTiming::default(),
+                };
+                driver.run(runner, *job, ctx, cancel).await;
+            }
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reload the config when the file changes (checked every 3 s) and on SIGHUP. A file that fails
+/// to load keeps the previous config and logs the error.
+async fn reloader(
+    path: PathBuf,
+    tx: watch::Sender<Arc<Config>>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut seen = mtime(&path);
+    let mut tick = tokio::time::interval(RELOAD_CHECK);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = stop.cancelled() => return,
+        };
+        let now = mtime(&path);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        match ferry_config::load(&path) {
+            Ok(cfg) => {
+                for w in &cfg.warnings {
+                    warn!("{}: {w}", path.display());
+                }
+                info!(
+                    runners = cfg.runners.len(),
+                    concurrent = cfg.global.concurrent,
+                    "configuration reloaded"
+                );
+                publish_settings(&metrics, &cfg);
+                tx.send_replace(Arc::new(cfg));
+            }
+            Err(e) => error!(error = %e, "configuration not reloaded: keeping the previous one"),
+        }
+    }
+}
+
+fn publish_settings(metrics: &Metrics, cfg: &Config) {
+    metrics.concurrent.set(cfg.global.concurrent as i64);
+    for r in &cfg.runners {
+        metrics
+            .limit
+            .get_or_create(&RunnerLabels {
+                runner: r.token.short().to_string(),
+            })
+            .set(r.limit as i64);
+    }
+}
+
+pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        warn!("{}: {w}", path.display());
+    }
+    let system_id = ferry_config::load_or_create_system_id(path)?;
+    let working_dir = args
+        .working_directory
+        .clone()
+        .unwrap_or_else(default_working_dir);
+    std::fs::create_dir_all(&working_dir)
+        .with_context(|| format!("creating {}", working_dir.display()))?;
+    let metrics = Metrics::new();
+    publish_settings(&metrics, &config);
+    let stop = CancellationToken::new();
+
+    if let Some(addr) = args
+        .listen_address
+        .clone()
+        .or_else(|| config.global.listen_address.clone())
+    {
+        let addr = crate::metrics::listen_address(&addr);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listen_address {addr}"))?;
+        info!(address = %addr, "metrics server listening (/metrics, /health)");
+        let (m, s) = (metrics.clone(), stop.clone());
+        tokio::spawn(async move {
+            crate::metrics::serve(listener, m, async move { s.cancelled().await }).await
+        });
+    }
+
+    // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
+    for r in &config.runners {
+        let short = crate::variables::runner_short_token(r.token.expose());
+        if let Ok(engine) = DockerEngine::new(&r.docker, &short).await {
+            match engine.cleanup_leftovers().await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    runner = r.token.short(),
+                    removed = n,
+                    "removed leftovers of an earlier run"
+                ),
+                Err(e) => {
+                    warn!(runner = r.token.short(), error = %e, "Docker is not reachable; jobs will fail until it is")
+                }
+            }
+        }
+    }
+
+    let shutdown_timeout = config.global.shutdown_timeout;
+    let (tx, rx) = watch::channel(Arc::new(config));
+    tokio::spawn(reloader(
+        path.to_path_buf(),
+        tx,
+        metrics.clone(),
+        stop.clone(),
+    ));
+
+    let source = Arc::new(GitLabSource::new(
+        system_id.clone(),
+        metrics.clone(),
+        path.to_path_buf(),
+    ));
+    let handler = Arc::new(Handler {
+        source: source.clone(),
+        working_dir,
+        metrics: metrics.clone(),
+        system_id,
+        engines: tokio::sync::Mutex::default(),
+        slots: Arc::default(),
+    });
+    let daemon = Daemon::new(source, handler);
+
+    let mut quit = signal(SignalKind::quit())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let forced = CancellationToken::new();
+    let graceful_started = CancellationToken::new();
+    let signals = {
+        let (forced, graceful_started) = (forced.clone(), graceful_started.clone());
+        tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                tokio::select! {
+                    _ = quit.recv() => {
+                        info!("SIGQUIT: stopping polling, waiting for running jobs to finish");
+                        graceful_started.cancel();
+                    }
+                    _ = term.recv() => { count += 1; }
+                    _ = int.recv() => { count += 1; }
+                }
+                if count == 1 && !forced.is_cancelled() {
+                    info!(
+                        ?shutdown_timeout,
+                        "stopping: cancelling running jobs (a second signal exits at once)"
+                    );
+                    forced.cancel();
+                } else if count >= 2 {
+                    error!("second signal: exiting now");
+                    std::process::exit(1);
+                }
+            }
+        })
+    };
+    let (g, f) = (graceful_started.clone(), forced.clone());
+    let run = daemon.run(rx, async move { g.cancelled().await }, async move {
+        f.cancelled().await
+    });
+    tokio::pin!(run);
+    tokio::select! {
+        _ = &mut run => {}
+        _ = async { forced.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
+            error!(?shutdown_timeout, "shutdown_timeout reached: exiting with jobs still running");
+        }
+    }
+    stop.cancel();
+    signals.abort();
+    info!("ferry stopped");
+    Ok(())
+}

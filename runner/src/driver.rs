@@ -1,0 +1,948 @@
+//! The job driver: plan → engine (or deploy step) → final status, whatever fails.
+//!
+//! Every job ends with a final update and its complete log: the trace is started before anything
+//! else can fail, every error becomes a line in the log and a failure_reason, cleanup runs on its
+//! own deadline, and the final update is retried by the trace until GitLab accepts it.
+//!
+//! One cancellation source per step, with its cause recorded next to it: the job timeout, GitLab's
+//! `canceling` (graceful: after_script still runs), GitLab's `canceled`/403 (abort: nothing more
+//! runs) and a forced shutdown of ferry.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_config::RunnerSection;
+use ferry_deploy::{DeployError, DeployRequest, Deployer};
+use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{JobApi, JobRef, JobState, JobUpdate};
+use crate::gitlab::payload::JobPayload;
+use crate::metrics::{FailureLabels, JobStateLabels, Metrics, RunnerLabels};
+use crate::plan::{self, Execution, JobContext, Plan, PlannedStep, StepWhen};
+use crate::trace::{self, FinalOutcome, RemoteSignal, TraceConfig, TraceTiming, TraceWriter};
+
+/// How long an engine may take to stop a step after it was told to.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// Deadline of the cleanup stage (containers, network, volumes).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a step was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Timeout,
+    Canceling,
+    Abort,
+    Shutdown,
+}
+
+/// How a job ended, before mapping to what this GitLab accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed {
+        reason: &'static str,
+        exit_code: Option<i32>,
+    },
+}
+
+impl Outcome {
+    fn failed(reason: &'static str) -> Self {
+        Outcome::Failed {
+            reason,
+            exit_code: None,
+        }
+    }
+}
+
+/// The runner-side ingredients of a job.
+pub struct Driver<E, D, A> {
+    pub engine: Arc<E>,
+    pub deployer: Arc<D>,
+    pub api: Arc<A>,
+    pub metrics: Metrics,
+    pub system_id: String,
+    pub trace_timing: TraceTiming,
+}
+
+/// Map a reason to one this GitLab accepts (gitlab-runner's compatibility chain).
+pub fn supported_failure_reason(reason: &str, supported: &[String]) -> String {
+    const ALWAYS: [&str; 3] = [
+        "script_failure",
+        "runner_system_failure",
+        "job_execution_timeout",
+    ];
+    let mut r = reason;
+    loop {
+        if ALWAYS.contains(&r) || supported.iter().any(|s| s == r) {
+            return r.to_string();
+        }
+        r = match r {
+            "image_pull_failure" => "runner_system_failure",
+            "runner_configuration_error" => "script_failure",
+            "runner_external_dependency_failure" => "runner_system_failure",
+            _ => return "unknown_failure".to_string(),
+        };
+    }
+}
+
+fn engine_failure_reason(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::ImagePull { .. } => "image_pull_failure",
+        EngineError::Configuration(_) => "runner_configuration_error",
+        EngineError::Docker(_) | EngineError::Cancelled => "runner_system_failure",
+    }
+}
+
+fn deploy_failure_reason(e: &DeployError) -> &'static str {
+    match e {
+        DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_) => {
+            "script_failure"
+        }
+        DeployError::Configuration(_) => "runner_configuration_error",
+        DeployError::Cancelled => "runner_system_failure",
+    }
+}
+
+/// Tracks the job's stop signals: deadline, GitLab, shutdown.
+struct Signals {
+    deadline: tokio::time::Instant,
+    remote: watch::Receiver<RemoteSignal>,
+    shutdown: CancellationToken,
+}
+
+impl Signals {
+    /// What has already happened, if anything.
+    fn current(&self) -> Option<Stop> {
+        match *self.remote.borrow() {
+            RemoteSignal::Abort => return Some(Stop::Abort),
+            RemoteSignal::Canceling => return Some(Stop::Canceling),
+            RemoteSignal::None => {}
+        }
+        if self.shutdown.is_cancelled() {
+            return Some(Stop::Shutdown);
+        }
+        if tokio::time::Instant::now() >= self.deadline {
+            return Some(Stop::Timeout);
+        }
+        None
+    }
+
+    /// Resolves when a stop signal arrives (or at once if one already has).
+    async fn next(&mut self, ignore_canceling: bool) -> Stop {
+        loop {
+            if let Some(s) = self.current() {
+                if !(ignore_canceling && s == Stop::Canceling) {
+                    return s;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline) => return Stop::Timeout,
+                _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                changed = self.remote.changed() => {
+                    if changed.is_err() {
+                        // The uploader is gone; only the deadline and shutdown remain.
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(self.deadline) => return Stop::Timeout,
+                            _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
+    /// Run one job to its final status. Never panics on job input; always sends a final update
+    /// (unless GitLab says the job is gone).
+    pub async fn run(
+        &self,
+        runner: Arc<RunnerSection>,
+        payload: JobPayload,
+        ctx: JobContext,
+        shutdown: CancellationToken,
+    ) {
+        let started = Instant::now();
+        let job = payload.job_ref();
+        let short = runner.token.short().to_string();
+        self.metrics
+            .jobs_total
+            .get_or_create(&RunnerLabels {
+                runner: short.clone(),
+            })
+            .inc();
+        let running = self
+            .metrics
+            .jobs
+            .get_or_create(&JobStateLabels {
+                runner: short.clone(),
+                state: "running".into(),
+            })
+            .clone();
+        running.inc();
+
+        let mut masked = payload.secrets();
+        masked.push(runner.token.expose().to_string());
+        let cfg = TraceConfig {
+            output_limit: runner.output_limit,
+            masked,
+            token_prefixes: payload.features.token_mask_prefixes.clone(),
+            timing: TraceTiming {
+                final_retry_limit: runner.job_status_final_update_retry_limit.max(1),
+                ..self.trace_timing.clone()
+            },
+            ..TraceConfig::default()
+        };
+        let (log, handle) = trace::start(job.clone(), self.api.clone(), cfg);
+        log.write_line(&format!(
+            "\x1b[0;mRunning with ferry {} ({})\x1b[0;m",
+            env!("CARGO_PKG_VERSION"),
+            crate::REVISION
+        ));
+        log.write_line(&format!(
+            "\x1b[0;m  on {} {}, system ID: {}\x1b[0;m",
+            runner.name, short, self.system_id
+        ));
+
+        let outcome = match plan::compile(&payload, &runner, &ctx) {
+            Ok(plan) => {
+                let mut signals = Signals {
+                    deadline: tokio::time::Instant::now() + plan.timeout,
+                    remote: handle.signals(),
+                    shutdown,
+                };
+                self.execute(&plan, &job, &runner, &log, &mut signals).await
+            }
+            Err(e) => {
+                log.write_error(&format!("job {}: {e}", job.id));
+                Outcome::failed(e.failure_reason())
+            }
+        };
+
+        let update = match &outcome {
+            Outcome::Success => {
+                log.write_line("\x1b[32;1mJob succeeded\x1b[0;m");
+                JobUpdate {
+                    state: JobState::Success,
+                    failure_reason: None,
+                    exit_code: None,
+                    checksum: None,
+                    bytesize: None,
+                }
+            }
+            Outcome::Failed { reason, exit_code } => {
+                let reason = supported_failure_reason(reason, &payload.features.failure_reasons);
+                self.metrics
+                    .failed_jobs
+                    .get_or_create(&FailureLabels {
+                        runner: short.clone(),
+                        failure_reason: reason.clone(),
+                    })
+                    .inc();
+                match exit_code {
+                    Some(code) => log.write_error(&format!("Job failed: exit code {code}")),
+                    None => log.write_error(&format!("Job failed ({reason})")),
+                }
+                JobUpdate {
+                    state: JobState::Failed,
+                    failure_reason: Some(reason),
+                    exit_code: *exit_code,
+                    checksum: None,
+                    bytesize: None,
+                }
+            }
+        };
+        let final_outcome = handle.finish(update).await;
+        running.dec();
+        self.metrics
+            .job_duration
+            .get_or_create(&RunnerLabels {
+                runner: short.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        match final_outcome {
+            FinalOutcome::Accepted => {
+                info!(job = job.id, runner = %short, ?outcome, "job finished")
+            }
+            FinalOutcome::Gone => {
+                info!(job = job.id, runner = %short, "job finished; GitLab no longer tracks it")
+            }
+            FinalOutcome::GaveUp { reason } => {
+                warn!(job = job.id, runner = %short, %reason, "could not report the final job state to GitLab")
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        plan: &Plan,
+        job: &JobRef,
+        runner: &RunnerSection,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Outcome {
+        for w in &plan.warnings {
+            log.write_warning(w);
+        }
+        if let Err(e) = std::fs::create_dir_all(&plan.host_project_dir) {
+            log.write_error(&format!("creating the build directory: {e}"));
+            return Outcome::failed("runner_system_failure");
+        }
+        match &plan.execution {
+            Execution::Docker { env, steps } => {
+                self.execute_docker(plan, job, env, steps, log, signals)
+                    .await
+            }
+            Execution::Deploy { commands } => {
+                if let Err(o) = self.get_sources(plan, log, signals).await {
+                    return o;
+                }
+                if let Err(o) = self.download_artifacts(plan, log, signals).await {
+                    return o;
+                }
+                let mut outcome = Outcome::Success;
+                for cmd in commands {
+                    log.write_line(&format!("\x1b[32;1m$ {}\x1b[0;m", cmd.line));
+                    outcome = self.deploy(plan, runner, &cmd.args, log, signals).await;
+                    if outcome != Outcome::Success {
+                        break;
+                    }
+                }
+                outcome
+            }
+        }
+    }
+
+    async fn deploy(
+        &self,
+        plan: &Plan,
+        runner: &RunnerSection,
+        args: &[String],
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Outcome {
+        let req = DeployRequest {
+            args: args.to_vec(),
+            project_dir: plan.host_project_dir.clone(),
+            variables: plan
+                .variables
+                .deduplicated()
+                .into_iter()
+                .map(|v| (v.key.clone(), v.value.clone()))
+                .collect(),
+            targets: runner.deploy.targets.clone(),
+            remaining: Some(
+                signals
+                    .deadline
+                    .saturating_duration_since(tokio::time::Instant::now()),
+            ),
+        };
+        log.section_start("deploy", "Deploying to Kubernetes", false);
+        let cancel = CancellationToken::new();
+        let mut sink = log.clone();
+        let fut = self.deployer.deploy(&req, &mut sink, &cancel);
+        let (result, stop) = run_stoppable(fut, &cancel, signals, false).await;
+        log.section_end("deploy");
+        match (result, stop) {
+            (_, Some(s)) => stop_outcome(s, log),
+            (Some(Ok(_)), None) => Outcome::Success,
+            (Some(Err(e)), None) => {
+                log.write_error(&e.to_string());
+                Outcome::failed(deploy_failure_reason(&e))
+            }
+            (None, None) => Outcome::failed("runner_system_failure"),
+        }
+    }
+
+    async fn execute_docker(
+        &self,
+        plan: &Plan,
+        job: &JobRef,
+        env: &JobEnv,
+        steps: &[PlannedStep],
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Outcome {
+        let mut outcome = self.docker_stages(plan, env, steps, log, signals).await;
+        // Cache and artifacts after the script, by `when`, unless the job is over server-side or
+        // ferry is stopping.
+        if !matches!(signals.current(), Some(Stop::Abort | Stop::Shutdown))
+            && !self.before_script(&outcome)
+        {
+            let succeeded = outcome == Outcome::Success;
+            self.archive_caches(plan, log, succeeded).await;
+            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await {
+                if succeeded {
+                    outcome = o;
+                }
+            }
+        }
+        // Cleanup runs on every path, on its own deadline, not cancellable by the job's signals.
+        match tokio::time::timeout(CLEANUP_TIMEOUT, self.engine.destroy(env)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(job = plan.job_id, error = %e, "cleanup failed"),
+            Err(_) => warn!(job = plan.job_id, "cleanup timed out"),
+        }
+        outcome
+    }
+
+    async fn docker_stages(
+        &self,
+        plan: &Plan,
+        env: &JobEnv,
+        steps: &[PlannedStep],
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Outcome {
+        log.section_start(
+            "prepare_executor",
+            "Preparing the \"docker\" executor",
+            false,
+        );
+        log.write_line(&format!(
+            "\x1b[0;mUsing Docker executor with image {} ...\x1b[0;m",
+            env.image.name
+        ));
+        let cancel = CancellationToken::new();
+        let mut sink = log.clone();
+        let prepared = run_stoppable(
+            self.engine.prepare(env, &mut sink, &cancel),
+            &cancel,
+            signals,
+            false,
+        )
+        .await;
+        log.section_end("prepare_executor");
+        match prepared {
+            (_, Some(s)) => return stop_outcome(s, log),
+            (Some(Err(e)), None) => {
+                log.write_error(&format!("Job failed (system failure): {e}"));
+                return Outcome::failed(engine_failure_reason(&e));
+            }
+            (None, None) => return Outcome::failed("runner_system_failure"),
+            (Some(Ok(())), None) => {}
+        }
+        if let Err(o) = self.get_sources(plan, log, signals).await {
+            return o;
+        }
+        self.restore_caches(plan, log, signals).await;
+        if let Err(o) = self.download_artifacts(plan, log, signals).await {
+            return o;
+        }
+        if let Err(e) = write_file_variables(plan) {
+            log.write_error(&format!("writing file variables: {e}"));
+            return Outcome::failed("runner_system_failure");
+        }
+
+        let mut outcome = Outcome::Success;
+        // CI_JOB_STATUS for after_script: success, failed, canceled or timedout.
+        let mut job_status = "success";
+        for step in steps {
+            let is_after = step.spec.name == "after_script";
+            let failed = outcome != Outcome::Success;
+            let runs = match step.when {
+                StepWhen::Always => true,
+                StepWhen::OnSuccess => !failed,
+                StepWhen::OnFailure => failed,
+            };
+            if !runs {
+                continue;
+            }
+            if is_after && signals.current() == Some(Stop::Abort) {
+                break;
+            }
+            let mut spec = step.spec.clone();
+            if is_after {
+                spec.env.push(EnvVar {
+                    name: "CI_JOB_STATUS".into(),
+                    value: job_status.into(),
+                });
+            }
+            log.section_start(
+                &step.section,
+                &format!("Executing \"{}\" stage of the job script", step.section),
+                false,
+            );
+            let cancel = CancellationToken::new();
+            let mut sink = log.clone();
+            // after_script has its own timeout and still runs after a timeout or a graceful cancel.
+            let result = if is_after {
+                let limit = spec.timeout.unwrap_or(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
+                let mut after_signals = Signals {
+                    deadline: tokio::time::Instant::now() + limit,
+                    remote: signals.remote.clone(),
+                    shutdown: signals.shutdown.clone(),
+                };
+                run_stoppable(
+                    self.engine.run_step(env, &spec, &mut sink, &cancel),
+                    &cancel,
+                    &mut after_signals,
+                    true,
+                )
+                .await
+            } else {
+                run_stoppable(
+                    self.engine.run_step(env, &spec, &mut sink, &cancel),
+                    &cancel,
+                    signals,
+                    false,
+                )
+                .await
+            };
+            log.section_end(&step.section);
+            if is_after {
+                // gitlab-runner ignores after_script failures by default.
+                match result {
+                    (Some(Ok(o)), None) if o.exit_code != 0 => log.write_warning(&format!(
+                        "after_script failed with exit code {}",
+                        o.exit_code
+                    )),
+                    (Some(Err(e)), None) => log.write_warning(&format!("after_script failed: {e}")),
+                    (_, Some(Stop::Timeout)) => log.write_warning("after_script timed out"),
+                    _ => {}
+                }
+                continue;
+            }
+            match result {
+                (_, Some(s)) => {
+                    outcome = stop_outcome(s, log);
+                    job_status = if s == Stop::Timeout {
+                        "timedout"
+                    } else {
+                        "canceled"
+                    };
+                    if s == Stop::Abort || s == Stop::Shutdown {
+                        return outcome;
+                    }
+                }
+                (Some(Ok(StepOutcome { exit_code: 0, .. })), None) => {}
+                (
+                    Some(Ok(StepOutcome {
+                        exit_code,
+                        oom_killed,
+                    })),
+                    None,
+                ) => {
+                    if oom_killed {
+                        log.write_error(
+                            "the job container was killed because it ran out of memory (OOM)",
+                        );
+                    }
+                    outcome = Outcome::Failed {
+                        reason: "script_failure",
+                        exit_code: Some(exit_code),
+                    };
+                    job_status = "failed";
+                }
+                (Some(Err(e)), None) => {
+                    log.write_error(&format!("Job failed (system failure): {e}"));
+                    outcome = Outcome::failed(engine_failure_reason(&e));
+                    job_status = "failed";
+                }
+                (None, None) => {
+                    outcome = Outcome::failed("runner_system_failure");
+                    job_status = "failed";
+                }
+            }
+        }
+        outcome
+    }
+}
+
+impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
+    /// Whether the job failed before its script ran (then there is nothing to archive or upload).
+    fn before_script(&self, outcome: &Outcome) -> bool {
+        matches!(
+            outcome,
+            Outcome::Failed {
+                reason: "image_pull_failure" | "runner_configuration_error",
+                ..
+            }
+        )
+    }
+
+    async fn get_sources(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<(), Outcome> {
+        log.section_start("get_sources", "Getting source from Git repository", false);
+        let cancel = CancellationToken::new();
+        let mut sink = log.clone();
+        let r = run_stoppable(
+            ferry_executor::sources::get_sources(&plan.sources, &mut sink, &cancel),
+            &cancel,
+            signals,
+            false,
+        )
+        .await;
+        log.section_end("get_sources");
+        match r {
+            (_, Some(s)) => Err(stop_outcome(s, log)),
+            (Some(Ok(())), None) => Ok(()),
+            (Some(Err(e)), None) => {
+                log.write_error(&format!("Job failed: getting the sources: {e}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+            (None, None) => Err(Outcome::failed("runner_system_failure")),
+        }
+    }
+
+    async fn restore_caches(&self, plan: &Plan, log: &TraceWriter, signals: &mut Signals) {
+        if plan.caches.is_empty() {
+            return;
+        }
+        log.section_start("restore_cache", "Restoring cache", false);
+        for spec in &plan.caches {
+            let cancel = CancellationToken::new();
+            let mut sink = log.clone();
+            let fut = ferry_executor::cache::restore(
+                &plan.cache_store,
+                spec,
+                &plan.host_project_dir,
+                &mut sink,
+                &cancel,
+            );
+            if let (Some(Err(e)), None) = run_stoppable(fut, &cancel, signals, false).await {
+                log.write_warning(&format!("restoring cache {:?}: {e}", spec.key));
+            }
+        }
+        log.section_end("restore_cache");
+    }
+
+    async fn archive_caches(&self, plan: &Plan, log: &TraceWriter, succeeded: bool) {
+        if plan.caches.is_empty() {
+            return;
+        }
+        let name = if succeeded {
+            "archive_cache"
+        } else {
+            "archive_cache_on_failure"
+        };
+        log.section_start(name, "Saving cache", false);
+        for spec in &plan.caches {
+            let cancel = CancellationToken::new();
+            let mut sink = log.clone();
+            let r = ferry_executor::cache::save(
+                &plan.cache_store,
+                spec,
+                &plan.host_project_dir,
+                succeeded,
+                &mut sink,
+                &cancel,
+            )
+            .await;
+            if let Err(e) = r {
+                log.write_warning(&format!("saving cache {:?}: {e}", spec.key));
+            }
+        }
+        log.section_end(name);
+    }
+
+    async fn download_artifacts(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<(), Outcome> {
+        if plan.dependencies.is_empty() {
+            return Ok(());
+        }
+        log.section_start("download_artifacts", "Downloading artifacts", false);
+        let result = async {
+            for dep in &plan.dependencies {
+                log.write_line(&format!(
+                    "Downloading artifacts for {} ({})...",
+                    dep.name, dep.id
+                ));
+                let tmp = tempfile::NamedTempFile::new()
+                    .map_err(|e| Ok(format!("temporary file: {e}")))?;
+                let cancel = CancellationToken::new();
+                let fut = self.api.download_artifacts(dep.id, &dep.token, tmp.path());
+                match run_stoppable(fut, &cancel, signals, false).await {
+                    (_, Some(s)) => return Err(Err(stop_outcome(s, log))),
+                    (Some(Ok(())), None) => {}
+                    (Some(Err(e)), None) => {
+                        return Err(Ok(format!(
+                            "downloading artifacts of {} ({}): {e}",
+                            dep.name, dep.id
+                        )));
+                    }
+                    (None, None) => return Err(Ok("download abandoned".to_string())),
+                }
+                let (zip, dir) = (tmp.path().to_path_buf(), plan.host_project_dir.clone());
+                let summary = tokio::task::spawn_blocking(move || {
+                    ferry_executor::artifacts::extract_archive(&zip, &dir)
+                })
+                .await
+                .map_err(|e| Ok(e.to_string()))?
+                .map_err(|e| {
+                    Ok(format!(
+                        "extracting artifacts of {} ({}): {e}",
+                        dep.name, dep.id
+                    ))
+                })?;
+                for n in &summary.notes {
+                    log.write_line(&n.to_log_line());
+                }
+                log.write_line(&format!(
+                    "Downloaded artifacts for {} ({}): {} files",
+                    dep.name, dep.id, summary.files
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        log.section_end("download_artifacts");
+        match result {
+            Ok(()) => Ok(()),
+            Err(Err(o)) => Err(o),
+            Err(Ok(msg)) => {
+                log.write_error(&format!("Job failed: {msg}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+        }
+    }
+
+    async fn upload_artifacts(
+        &self,
+        plan: &Plan,
+        job: &JobRef,
+        log: &TraceWriter,
+        succeeded: bool,
+    ) -> Result<(), Outcome> {
+        let due: Vec<_> = plan
+            .artifacts
+            .iter()
+            .filter(|a| a.when.applies(succeeded))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let name = if succeeded {
+            "upload_artifacts_on_success"
+        } else {
+            "upload_artifacts_on_failure"
+        };
+        log.section_start(name, "Uploading artifacts for successful job", false);
+        let mut failed = None;
+        for spec in due {
+            log.write_line(&format!("Uploading artifacts ({})...", spec.artifact_type));
+            let tmp = match tempfile::NamedTempFile::new() {
+                Ok(t) => t,
+                Err(e) => {
+                    failed = Some(format!("temporary file: {e}"));
+                    break;
+                }
+            };
+            let mut sink = log.clone();
+            let summary = match ferry_executor::artifacts::archive(
+                &plan.host_project_dir,
+                spec,
+                tmp.path(),
+                &mut sink,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    failed = Some(format!("archiving artifacts: {e}"));
+                    break;
+                }
+            };
+            if summary.files == 0 {
+                continue;
+            }
+            let meta = crate::api::ArtifactMeta {
+                artifact_type: spec.artifact_type.clone(),
+                artifact_format: spec.format.as_str().to_string(),
+                name: spec.upload_file_name(),
+                expire_in: spec.expire_in.clone(),
+            };
+            match self.api.upload_artifacts(job, &meta, tmp.path()).await {
+                Ok(()) => log.write_line(&format!(
+                    "Uploading artifacts as \"{}\" to coordinator... 201 Created  id={} responseStatus=201 Created",
+                    spec.format.as_str(),
+                    job.id
+                )),
+                Err(e) => {
+                    failed = Some(format!("uploading artifacts: {e}"));
+                    break;
+                }
+            }
+        }
+        log.section_end(name);
+        match failed {
+            None => Ok(()),
+            Some(msg) => {
+                log.write_error(&format!("Job failed: {msg}"));
+                Err(Outcome::failed("runner_system_failure"))
+            }
+        }
+    }
+}
+
+/// Drive `fut` until it ends; on a stop signal, fire `cancel` and give it [`STOP_GRACE`] to end.
+/// Returns the future's result (None if it had to be abandoned) and the stop, if any.
+async fn run_stoppable<T>(
+    fut: impl std::future::Future<Output = T>,
+    cancel: &CancellationToken,
+    signals: &mut Signals,
+    ignore_canceling: bool,
+) -> (Option<T>, Option<Stop>) {
+    tokio::pin!(fut);
+    let stop = tokio::select! {
+        r = &mut fut => return (Some(r), None),
+        s = signals.next(ignore_canceling) => s,
+    };
+    cancel.cancel();
+    match tokio::time::timeout(STOP_GRACE, &mut fut).await {
+        Ok(r) => (Some(r), Some(stop)),
+        Err(_) => (None, Some(stop)),
+    }
+}
+
+fn stop_outcome(stop: Stop, log: &TraceWriter) -> Outcome {
+    match stop {
+        Stop::Timeout => {
+            log.write_error("Job failed: execution took longer than the job timeout");
+            Outcome::failed("job_execution_timeout")
+        }
+        Stop::Canceling | Stop::Abort => {
+            log.write_error("Job canceled by GitLab");
+            // gitlab-runner reports a cancelled job as failed/unknown_failure; GitLab turns it
+            // into `canceled`.
+            Outcome::failed("unknown_failure")
+        }
+        Stop::Shutdown => {
+            log.write_error(
+                "Job failed: the runner was stopped (ferry received a termination signal)",
+            );
+            Outcome::failed("runner_interrupted")
+        }
+    }
+}
+
+/// Write file-type variables into `<project dir>.tmp/<KEY>` on the host (visible in the job
+/// container through the builds dir mount).
+fn write_file_variables(plan: &Plan) -> std::io::Result<()> {
+    let files: Vec<_> = plan
+        .variables
+        .deduplicated()
+        .into_iter()
+        .filter(|v| v.file)
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut dir = plan.host_project_dir.clone().into_os_string();
+    dir.push(".tmp");
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir)?;
+    for v in files {
+        std::fs::write(dir.join(&v.key), v.value.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A job whose payload could not be decoded, but whose id and token could: report it failed so it
+/// does not stay "running" in GitLab until its timeout.
+pub async fn fail_undecodable<A: JobApi>(
+    api: Arc<A>,
+    job: JobRef,
+    error: &str,
+    timing: TraceTiming,
+) {
+    let (log, handle) = trace::start(
+        job,
+        api,
+        TraceConfig {
+            timing,
+            ..TraceConfig::default()
+        },
+    );
+    log.write_error(&format!(
+        "ferry could not read the job sent by GitLab: {error}"
+    ));
+    handle
+        .finish(JobUpdate {
+            state: JobState::Failed,
+            failure_reason: Some("runner_system_failure".into()),
+            exit_code: None,
+            checksum: None,
+            bytesize: None,
+        })
+        .await;
+}
+
+/// The engine of a runner whose Docker settings could not be turned into a client: every job
+/// fails in `prepare_executor` with the cause, and the next job tries again.
+pub struct Unavailable(pub String);
+
+impl Engine for Unavailable {
+    async fn prepare(
+        &self,
+        _env: &JobEnv,
+        _log: &mut ferry_executor::LogSink<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Docker(self.0.clone()))
+    }
+
+    async fn run_step(
+        &self,
+        _env: &JobEnv,
+        _step: &ferry_executor::StepSpec,
+        _log: &mut ferry_executor::LogSink<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<StepOutcome, EngineError> {
+        Err(EngineError::Docker(self.0.clone()))
+    }
+
+    async fn destroy(&self, _env: &JobEnv) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_fall_back_like_gitlab_runner() {
+        let old: Vec<String> = vec![];
+        assert_eq!(
+            supported_failure_reason("script_failure", &old),
+            "script_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("image_pull_failure", &old),
+            "runner_system_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_configuration_error", &old),
+            "script_failure"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_interrupted", &old),
+            "unknown_failure"
+        );
+        let new = vec![
+            "runner_configuration_error".to_string(),
+            "runner_interrupted".to_string(),
+        ];
+        assert_eq!(
+            supported_failure_reason("runner_configuration_error", &new),
+            "runner_configuration_error"
+        );
+        assert_eq!(
+            supported_failure_reason("runner_interrupted", &new),
+            "runner_interrupted"
+        );
+    }
+}

@@ -1,0 +1,699 @@
+//! `GitLabClient`: the runner API over HTTP(S) (protocol doc §1, §2, §4–§7).
+//!
+//! One client per GitLab URL (one per `[[runners]]` entry is fine: it is cheap to clone and
+//! shares its connection pool). Runner tokens are passed per call; job tokens come in
+//! [`JobRef`](crate::api::JobRef)s. Tokens only travel in request bodies and headers, never in
+//! URLs, log lines or error messages (where one must be named, its first 8 characters are used).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::http::{self, RetryPolicy, error_message, send_with_retry, short_token};
+use super::payload::{JobPayload, PayloadError, parse_payload, salvage_job_ref};
+use crate::api::{ApiError, JobRef};
+
+/// The `info.features` ferry advertises on `/jobs/request`: exactly what it implements
+/// (protocol doc §2.2). GitLab withholds jobs that need a feature not listed here, and
+/// `cancel_gracefully` obliges ferry to handle the `canceling` status.
+pub const FEATURES: &[&str] = &[
+    "variables",
+    "image",
+    "services",
+    "artifacts",
+    "cache",
+    "refspecs",
+    "masking",
+    "raw_variables",
+    "upload_multiple_artifacts",
+    "upload_raw_artifacts",
+    "artifacts_exclude",
+    "trace_checksum",
+    "trace_size",
+    "cancelable",
+    "cancel_gracefully",
+    "return_exit_code",
+    "service_variables",
+];
+
+/// Timeout for `/jobs/request`: well above Workhorse's long-polling hold (typically 50 s).
+pub const JOB_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Timeout for the small JSON calls (register, verify, PUT, PATCH, …).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+/// Timeout for a whole artifacts upload or download.
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// How to reach GitLab.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// The `url` of the `[[runners]]` entry (`https://gitlab.example.com`, optionally with a
+    /// relative root and a trailing `/` or `/ci`).
+    pub url: String,
+    /// PEM bundle trusted in addition to the system roots (`tls-ca-file`).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS (`tls-cert-file`, `tls-key-file`).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// `info.executor` sent to GitLab (shown in the UI). Default `docker`.
+    pub executor: Option<String>,
+    /// `info.shell`. Default `bash`.
+    pub shell: Option<String>,
+    /// Retries of the HTTP layer (see [`RetryPolicy`] for which calls use it).
+    pub retry: RetryPolicy,
+}
+
+impl ClientOptions {
+    /// Options for one `[[runners]]` entry.
+    pub fn from_runner(runner: &ferry_config::RunnerSection) -> Self {
+        ClientOptions {
+            url: runner.url.clone(),
+            tls_ca_file: runner.tls_ca_file.clone(),
+            tls_cert_file: runner.tls_cert_file.clone(),
+            tls_key_file: runner.tls_key_file.clone(),
+            executor: Some(runner.executor.clone()).filter(|e| !e.is_empty()),
+            shell: runner.shell.clone(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid GitLab URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("{path}: {reason}")]
+    Tls { path: String, reason: String },
+    #[error("building the HTTP client: {0}")]
+    Build(String),
+}
+
+/// The runner's HTTP client for one GitLab instance.
+#[derive(Clone)]
+pub struct GitLabClient {
+    http: reqwest::Client,
+    /// Normalised instance URL without trailing `/` (and without `/ci`).
+    base: String,
+    info: RunnerInfoBody,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for GitLabClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitLabClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `User-Agent`: `ferry <version> (<os>/<arch>)`, with Go's os/arch names as GitLab expects.
+pub fn user_agent() -> String {
+    format!(
+        "ferry {} ({}/{})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        go_arch()
+    )
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// The runner `info` object sent on verify, job requests and registration.
+#[derive(Debug, Clone, Serialize)]
+struct RunnerInfoBody {
+    name: &'static str,
+    version: &'static str,
+    revision: &'static str,
+    platform: &'static str,
+    architecture: &'static str,
+    executor: String,
+    shell: String,
+    features: BTreeMap<&'static str, bool>,
+    config: InfoConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct InfoConfig {
+    gpus: &'static str,
+}
+
+fn normalize_base(url: &str) -> Result<String, ClientError> {
+    let err = |reason: &str| ClientError::Url {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| err(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(err("only http and https are supported"));
+    }
+    if parsed.host_str().is_none() {
+        return Err(err("no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(err("credentials in the URL are not supported"));
+    }
+    let mut base = url.trim().trim_end_matches('/').to_owned();
+    if let Some(stripped) = base.strip_suffix("/ci") {
+        base = stripped.trim_end_matches('/').to_owned();
+    }
+    Ok(base)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Tls {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl GitLabClient {
+    pub fn new(options: &ClientOptions) -> Result<Self, ClientError> {
+        let base = normalize_base(&options.url)?;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(user_agent())
+            .use_rustls_tls()
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            .connect_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(30))
+            // Redirects are followed by hand (artifact download only) so job tokens are never
+            // forwarded to another host such as an object store.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &options.tls_ca_file {
+            let pem = read_file(path)?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::Tls {
+                    path: path.display().to_string(),
+                    reason: format!("not a PEM certificate bundle: {e}"),
+                })?;
+            if certs.is_empty() {
+                return Err(ClientError::Tls {
+                    path: path.display().to_string(),
+                    reason: "no certificate in the file".into(),
+                });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&options.tls_cert_file, &options.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read_file(cert)?;
+                pem.push(b'\n');
+                pem.extend(read_file(key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::Tls {
+                    path: format!("{} + {}", cert.display(), key.display()),
+                    reason: format!("invalid client certificate or key: {e}"),
+                })?;
+                builder = builder.identity(identity);
+            }
+            (Some(path), None) | (None, Some(path)) => {
+                return Err(ClientError::Tls {
+                    path: path.display().to_string(),
+                    reason: "tls-cert-file and tls-key-file must be given together".into(),
+                });
+            }
+            (None, None) => {}
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        let info = RunnerInfoBody {
+            name: "ferry",
+            version: env!("CARGO_PKG_VERSION"),
+            revision: option_env!("FERRY_REVISION").unwrap_or("unknown"),
+            platform: std::env::consts::OS,
+            architecture: go_arch(),
+            executor: options.executor.clone().unwrap_or_else(|| "docker".into()),
+            shell: options.shell.clone().unwrap_or_else(|| "bash".into()),
+            features: FEATURES.iter().map(|f| (*f, true)).collect(),
+            config: InfoConfig { gpus: "" },
+        };
+        Ok(GitLabClient {
+            http,
+            base,
+            info,
+            retry: options.retry,
+        })
+    }
+
+    /// The normalised instance URL requests are built on.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}/api/v4/{}", self.base, path)
+    }
+
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(super) fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    fn json_request(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .timeout(timeout)
+            .header(reqwest::header::ACCEPT, "application/json")
+    }
+
+    /// `POST /api/v4/runners`: register with a (legacy) registration token.
+    ///
+    /// Not retried: a retry after a lost answer would create a second runner.
+    pub async fn register(
+        &self,
+        registration_token: &str,
+        request: &RegisterRequest,
+    ) -> Result<Registration, ApiError> {
+        const EP: &str = "POST /api/v4/runners";
+        let body = RegisterBody {
+            token: registration_token,
+            description: &request.description,
+            tag_list: request.tags.join(","),
+            run_untagged: request.run_untagged || request.tags.is_empty(),
+            locked: request.locked,
+            access_level: request.access_level.as_deref().filter(|s| !s.is_empty()),
+            maximum_timeout: request.maximum_timeout.filter(|t| *t > 0),
+            paused: request.paused,
+            maintenance_note: request
+                .maintenance_note
+                .as_deref()
+                .filter(|s| !s.is_empty()),
+            info: &self.info,
+        };
+        let response = self
+            .json_request(Method::POST, "runners", CALL_TIMEOUT)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| http::transport(EP, &e))?;
+        let status = response.status();
+        if status != StatusCode::CREATED {
+            let message = error_message(response, &[registration_token]).await;
+            let message = match status.as_u16() {
+                403 => format!("registration token rejected ({message}); check the token"),
+                410 => format!(
+                    "registration with registration tokens is disabled on this GitLab ({message}); \
+                     create the runner in GitLab and use its glrt- token"
+                ),
+                _ => message,
+            };
+            return Err(ApiError::Status {
+                endpoint: EP,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let reply: RegistrationReply = decode(EP, response).await?;
+        let token = reply
+            .token
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Decode {
+                endpoint: EP,
+                message: "no token in the answer".into(),
+            })?;
+        tracing::info!(
+            runner_id = reply.id,
+            token = short_token(&token),
+            "runner registered"
+        );
+        Ok(Registration {
+            id: reply.id,
+            token,
+            token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// `POST /api/v4/runners/verify`: check an authentication token (and register this host as
+    /// a runner manager). Used by `register` with a `glrt-` token and by `verify`.
+    pub async fn verify(&self, token: &str, system_id: &str) -> Result<Verification, ApiError> {
+        const EP: &str = "POST /api/v4/runners/verify";
+        let body = TokenBody {
+            token,
+            system_id: non_empty(system_id),
+            info: Some(&self.info),
+        };
+        let response = send_with_retry(EP, self.retry, || {
+            Ok(self
+                .json_request(Method::POST, "runners/verify", CALL_TIMEOUT)
+                .json(&body))
+        })
+        .await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let message = error_message(response, &[token]).await;
+            let message = if status == StatusCode::FORBIDDEN {
+                format!("runner token {}… rejected ({message})", short_token(token))
+            } else {
+                message
+            };
+            return Err(ApiError::Status {
+                endpoint: EP,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        // Old GitLab answers a plain-text `200`; that still means "valid".
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| http::transport(EP, &e))?;
+        let reply: RegistrationReply = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(Verification {
+            id: (reply.id > 0).then_some(reply.id),
+            token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// Unregister. For `glrt-` tokens with a `system_id`, only this runner manager is removed
+    /// (`DELETE /api/v4/runners/managers`), so the runner created in GitLab's UI survives; for
+    /// other tokens the whole runner is deleted (`DELETE /api/v4/runners`), as gitlab-runner does.
+    pub async fn unregister(&self, token: &str, system_id: Option<&str>) -> Result<(), ApiError> {
+        let system_id = system_id.filter(|s| !s.is_empty());
+        let (ep, path, body) = match system_id {
+            Some(id) if token.starts_with("glrt-") => (
+                "DELETE /api/v4/runners/managers",
+                "runners/managers",
+                TokenBody {
+                    token,
+                    system_id: Some(id),
+                    info: None,
+                },
+            ),
+            _ => (
+                "DELETE /api/v4/runners",
+                "runners",
+                TokenBody {
+                    token,
+                    system_id: None,
+                    info: None,
+                },
+            ),
+        };
+        let response = send_with_retry(ep, self.retry, || {
+            Ok(self
+                .json_request(Method::DELETE, path, CALL_TIMEOUT)
+                .json(&body))
+        })
+        .await?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT || status == StatusCode::OK {
+            return Ok(());
+        }
+        let message = error_message(response, &[token]).await;
+        Err(ApiError::Status {
+            endpoint: ep,
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// `POST /api/v4/runners/reset_authentication_token`: rotate the runner token. The old
+    /// token is invalid as soon as GitLab answers; persist the new one at once.
+    ///
+    /// Not retried on 5xx (a lost answer would leave ferry with an already-invalid token; the
+    /// caller's schedule retries with the token it still has).
+    pub async fn reset_token(&self, token: &str) -> Result<TokenReset, ApiError> {
+        const EP: &str = "POST /api/v4/runners/reset_authentication_token";
+        let body = TokenBody {
+            token,
+            system_id: None,
+            info: None,
+        };
+        let response = self
+            .json_request(
+                Method::POST,
+                "runners/reset_authentication_token",
+                CALL_TIMEOUT,
+            )
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| http::transport(EP, &e))?;
+        let status = response.status();
+        if status != StatusCode::CREATED && status != StatusCode::OK {
+            let message = error_message(response, &[token]).await;
+            return Err(ApiError::Status {
+                endpoint: EP,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let reply: RegistrationReply = decode(EP, response).await?;
+        let new_token = reply
+            .token
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Decode {
+                endpoint: EP,
+                message: "no token in the answer".into(),
+            })?;
+        Ok(TokenReset {
+            token: new_token,
+            token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// `POST /api/v4/jobs/request`: ask for a job.
+    ///
+    /// `last_update` is the last `X-GitLab-Last-Update` value seen for this runner (from
+    /// [`JobRequest::NoJob`]); keep the previous one when a reply carries none.
+    /// 429/5xx are retried inside (a 5xx assigns no job). Not cancel-safe once sent: do not
+    /// drop this future on a timer, or a job GitLab already handed out is lost.
+    pub async fn request_job(
+        &self,
+        token: &str,
+        system_id: &str,
+        last_update: Option<&str>,
+    ) -> Result<JobRequest, ApiError> {
+        const EP: &str = "POST /api/v4/jobs/request";
+        let body = JobRequestBody {
+            token,
+            system_id: non_empty(system_id),
+            last_update: last_update.filter(|s| !s.is_empty()),
+            info: &self.info,
+        };
+        let response = send_with_retry(EP, self.retry, || {
+            Ok(self
+                .json_request(Method::POST, "jobs/request", JOB_REQUEST_TIMEOUT)
+                .json(&body))
+        })
+        .await?;
+        let status = response.status();
+        let last_update = http::header_str(&response, "x-gitlab-last-update")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        match status.as_u16() {
+            201 => {
+                let raw = response
+                    .bytes()
+                    .await
+                    .map_err(|e| http::transport(EP, &e))?;
+                Ok(match parse_payload(&raw) {
+                    Ok(payload) => JobRequest::Job {
+                        payload: Box::new(payload),
+                        raw,
+                    },
+                    Err(error) => {
+                        let job = salvage_job_ref(&raw);
+                        tracing::error!(job_id = job.as_ref().map(|j| j.id), %error, "unusable job payload");
+                        JobRequest::Unusable { job, error, raw }
+                    }
+                })
+            }
+            204 => Ok(JobRequest::NoJob { last_update }),
+            409 => Ok(JobRequest::Conflict),
+            403 => Ok(JobRequest::Forbidden {
+                message: error_message(response, &[token]).await,
+            }),
+            code => {
+                let message = error_message(response, &[token]).await;
+                Err(ApiError::Status {
+                    endpoint: EP,
+                    status: code,
+                    message,
+                })
+            }
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(
+    endpoint: &'static str,
+    response: reqwest::Response,
+) -> Result<T, ApiError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| http::transport(endpoint, &e))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+        endpoint,
+        message: e.to_string(),
+    })
+}
+
+/// What to register a runner with (legacy registration tokens only: with a `glrt-` token these
+/// settings live in GitLab and cannot be sent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegisterRequest {
+    pub description: String,
+    pub tags: Vec<String>,
+    /// Forced to true when `tags` is empty, as GitLab requires.
+    pub run_untagged: bool,
+    pub locked: bool,
+    /// `not_protected` or `ref_protected`.
+    pub access_level: Option<String>,
+    /// Seconds; `None`/0 = no limit.
+    pub maximum_timeout: Option<u64>,
+    pub paused: bool,
+    pub maintenance_note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RegisterBody<'a> {
+    token: &'a str,
+    description: &'a str,
+    tag_list: String,
+    run_untagged: bool,
+    locked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_level: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maximum_timeout: Option<u64>,
+    paused: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maintenance_note: Option<&'a str>,
+    info: &'a RunnerInfoBody,
+}
+
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a RunnerInfoBody>,
+}
+
+#[derive(Serialize)]
+struct JobRequestBody<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_update: Option<&'a str>,
+    info: &'a RunnerInfoBody,
+}
+
+#[derive(Default, Deserialize)]
+struct RegistrationReply {
+    #[serde(default, deserialize_with = "super::lenient::u64")]
+    id: u64,
+    #[serde(default, deserialize_with = "super::lenient::opt_string")]
+    token: Option<String>,
+    #[serde(default, deserialize_with = "super::lenient::opt_string")]
+    token_expires_at: Option<String>,
+}
+
+/// A new runner: store all three in config.toml (with `token_obtained_at` = now).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub id: u64,
+    /// The runner authentication token. Secret.
+    pub token: String,
+    /// ISO 8601 as GitLab sent it; `None` when the token does not expire.
+    pub token_expires_at: Option<String>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .field("token", &format_args!("{}…", short_token(&self.token)))
+            .field("token_expires_at", &self.token_expires_at)
+            .finish()
+    }
+}
+
+/// Answer of `/runners/verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// `None` with old GitLab versions that answer a bare `200`.
+    pub id: Option<u64>,
+    pub token_expires_at: Option<String>,
+}
+
+/// Answer of a token reset.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenReset {
+    pub token: String,
+    pub token_expires_at: Option<String>,
+}
+
+impl std::fmt::Debug for TokenReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReset")
+            .field("token", &format_args!("{}…", short_token(&self.token)))
+            .field("token_expires_at", &self.token_expires_at)
+            .finish()
+    }
+}
+
+/// `token_expires_at` (ISO 8601 / RFC 3339) → Unix seconds.
+pub fn parse_expiry(value: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+/// Outcome of a job request that reached GitLab.
+#[derive(Debug)]
+pub enum JobRequest {
+    /// 201 with a usable payload. `raw` is the body as received (for `ferry plan` and bug
+    /// reports; it contains secrets).
+    Job {
+        payload: Box<JobPayload>,
+        raw: Bytes,
+    },
+    /// 201 whose body could not be used. GitLab considers the job running on this runner:
+    /// when `job` is known, report it failed (`runner_system_failure`).
+    Unusable {
+        job: Option<JobRef>,
+        error: PayloadError,
+        raw: Bytes,
+    },
+    /// HTTP 204: no job. `last_update` is the new `X-GitLab-Last-Update`, `None` when the reply had none
+    /// (Workhorse long-poll answers): keep the previous value then.
+    NoJob { last_update: Option<String> },
+    /// 409: another runner got the job first. Ask again on the next tick.
+    Conflict,
+    /// 403: the runner token is invalid (runner deleted, token reset or expired). Counts as an
+    /// unhealthy request.
+    Forbidden { message: String },
+}

@@ -1,0 +1,231 @@
+//! The host-side parts of the plan: sources, cache, artifacts and dependencies.
+
+use std::path::{Path, PathBuf};
+
+use ferry_config::RunnerSection;
+use ferry_executor::artifacts::{ArtifactFormat, ArtifactSpec, When, strip_project_prefix};
+use ferry_executor::cache::{CachePolicy, CacheSpec, CacheStore};
+use ferry_executor::sources::{GitVariables, RefType, SourceSpec};
+use serde::Serialize;
+
+use super::PlanError;
+use crate::gitlab::payload::{JobPayload, When as PayloadWhen};
+use crate::variables::Variables;
+
+/// A dependency whose artifacts are downloaded before the script.
+#[derive(Clone, Serialize)]
+pub struct DependencySpec {
+    pub id: u64,
+    pub name: String,
+    /// The token to download with (the payload gives one per dependency).
+    #[serde(skip)]
+    pub token: String,
+}
+
+impl std::fmt::Debug for DependencySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DependencySpec({} {})", self.id, self.name)
+    }
+}
+
+fn when(w: &PayloadWhen) -> When {
+    match w {
+        PayloadWhen::OnFailure => When::OnFailure,
+        PayloadWhen::Always => When::Always,
+        _ => When::OnSuccess,
+    }
+}
+
+/// `clone_url` replaces the scheme and host of the repository URL (credentials kept).
+fn apply_clone_url(repo_url: &str, clone_url: Option<&str>) -> String {
+    let Some(clone) = clone_url.filter(|c| !c.is_empty()) else {
+        return repo_url.to_string();
+    };
+    let Some((_, rest)) = repo_url.split_once("://") else {
+        return repo_url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let creds = authority
+        .rsplit_once('@')
+        .map(|(c, _)| format!("{c}@"))
+        .unwrap_or_default();
+    let Some((scheme, host)) = clone.trim_end_matches('/').split_once("://") else {
+        return repo_url.to_string();
+    };
+    format!("{scheme}://{creds}{host}/{path}")
+}
+
+pub(super) struct HostPlan {
+    pub sources: SourceSpec,
+    pub cache_store: CacheStore,
+    pub caches: Vec<CacheSpec>,
+    pub artifacts: Vec<ArtifactSpec>,
+    pub dependencies: Vec<DependencySpec>,
+    pub warnings: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn host_plan(
+    payload: &JobPayload,
+    runner: &RunnerSection,
+    variables: &Variables,
+    working_dir: &Path,
+    host_project_dir: PathBuf,
+    project_dir: &str,
+    short_token: &str,
+    project_path: &str,
+) -> Result<HostPlan, PlanError> {
+    let git = GitVariables::resolve(
+        |k| variables.value(k),
+        payload.allow_git_fetch,
+        payload.git_info.depth.min(u32::MAX as u64) as u32,
+    )
+    .map_err(|e| PlanError::Job(e.to_string()))?;
+    let mut git_config = Vec::new();
+    if let Some(ca) = &runner.tls_ca_file {
+        git_config.push(("http.sslCAInfo".to_string(), ca.display().to_string()));
+    }
+    let object_format =
+        Some(payload.git_info.repo_object_format.clone()).filter(|f| !f.is_empty() && f != "sha1");
+    let sources = SourceSpec {
+        repo_url: apply_clone_url(&payload.git_info.repo_url, runner.clone_url.as_deref()),
+        sha: payload.git_info.sha.clone(),
+        before_sha: payload.git_info.before_sha.clone(),
+        ref_name: payload.git_info.git_ref.clone(),
+        ref_type: RefType::parse(&payload.git_info.ref_type),
+        refspecs: payload.git_info.refspecs.clone(),
+        depth: git.depth,
+        object_format,
+        strategy: git.strategy,
+        checkout: git.checkout,
+        clean_flags: git.clean_flags,
+        fetch_extra_flags: git.fetch_extra_flags,
+        submodule_strategy: git.submodule_strategy,
+        submodule_depth: git.submodule_depth,
+        submodule_update_flags: git.submodule_update_flags,
+        submodule_paths: git.submodule_paths,
+        git_config,
+        project_dir: host_project_dir,
+        display_dir: Some(project_dir.to_string()),
+        object_cache_dir: Some(
+            working_dir
+                .join("git-cache")
+                .join(format!("project-{}.git", payload.job_info.project_id)),
+        ),
+    };
+
+    let cache_root = runner
+        .docker
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| working_dir.join("cache"));
+    let cache_store = CacheStore {
+        root: cache_root,
+        namespace: format!("{short_token}/{project_path}"),
+        disabled: runner.docker.disable_cache,
+    };
+    let mut caches = Vec::new();
+    for c in &payload.cache {
+        let policy = CachePolicy::parse(&c.policy).ok_or_else(|| {
+            PlanError::Job(format!(
+                "cache: unknown policy {:?} (use pull, push or pull-push)",
+                c.policy
+            ))
+        })?;
+        let mut fallback_keys: Vec<String> = c
+            .fallback_keys
+            .iter()
+            .map(|k| variables.expand(k))
+            .collect();
+        if let Some(k) = variables
+            .value("CACHE_FALLBACK_KEY")
+            .filter(|k| !k.is_empty() && !k.ends_with("-protected"))
+        {
+            fallback_keys.push(variables.expand(k));
+        }
+        caches.push(CacheSpec {
+            key: variables.expand(&c.key),
+            fallback_keys,
+            paths: c
+                .paths
+                .iter()
+                .map(|p| strip_project_prefix(&variables.expand(p), project_dir))
+                .collect(),
+            untracked: c.untracked,
+            policy,
+            when: when(&c.when),
+        });
+    }
+
+    let mut warnings = git.warnings;
+    let mut artifacts = Vec::new();
+    for a in &payload.artifacts {
+        let Some(format) = ArtifactFormat::parse(&a.artifact_format) else {
+            warnings.push(format!(
+                "artifacts: unknown format {:?} for {:?}: skipped",
+                a.artifact_format, a.artifact_type
+            ));
+            continue;
+        };
+        artifacts.push(ArtifactSpec {
+            name: a
+                .name
+                .as_ref()
+                .map(|n| variables.expand(n))
+                .filter(|n| !n.is_empty()),
+            paths: a
+                .paths
+                .iter()
+                .map(|p| strip_project_prefix(&variables.expand(p), project_dir))
+                .collect(),
+            exclude: a
+                .exclude
+                .iter()
+                .map(|p| strip_project_prefix(&variables.expand(p), project_dir))
+                .collect(),
+            untracked: a.untracked,
+            when: when(&a.when),
+            expire_in: a.expire_in.clone().filter(|e| !e.is_empty()),
+            artifact_type: a.artifact_type.clone(),
+            format,
+        });
+    }
+    let dependencies = payload
+        .dependencies
+        .iter()
+        .filter(|d| d.has_artifacts())
+        .map(|d| DependencySpec {
+            id: d.id,
+            name: d.name.clone(),
+            token: d.token.clone(),
+        })
+        .collect();
+    Ok(HostPlan {
+        sources,
+        cache_store,
+        caches,
+        artifacts,
+        dependencies,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_url_replaces_scheme_and_host_only() {
+        assert_eq!(
+            apply_clone_url(
+                "https://gitlab-ci-token:tok@gitlab.example.com/g/p.git",
+                Some("http://10.0.0.5:8080")
+            ),
+            "http://gitlab-ci-token:tok@10.0.0.5:8080/g/p.git"
+        );
+        assert_eq!(
+            apply_clone_url("https://h/g/p.git", None),
+            "https://h/g/p.git"
+        );
+    }
+}

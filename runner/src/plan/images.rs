@@ -1,0 +1,262 @@
+//! The Docker side of the plan: image, pull policy, services and their aliases, registry auth.
+
+use std::path::PathBuf;
+
+use ferry_config::{PullPolicy as ConfigPull, RunnerSection};
+use ferry_executor::{EnvVar, ImageSpec, JobEnv, PullPolicy, RegistryAuth, ServiceSpec};
+
+use super::PlanError;
+use crate::gitlab::payload::{Image, JobPayload, Service};
+use crate::variables::Variables;
+
+fn from_config(p: ConfigPull) -> PullPolicy {
+    match p {
+        ConfigPull::Always => PullPolicy::Always,
+        ConfigPull::IfNotPresent => PullPolicy::IfNotPresent,
+        ConfigPull::Never => PullPolicy::Never,
+    }
+}
+
+fn parse_policy(s: &str) -> Option<PullPolicy> {
+    match s.trim() {
+        "always" => Some(PullPolicy::Always),
+        "if-not-present" => Some(PullPolicy::IfNotPresent),
+        "never" => Some(PullPolicy::Never),
+        _ => None,
+    }
+}
+
+fn policy_name(p: PullPolicy) -> &'static str {
+    match p {
+        PullPolicy::Always => "always",
+        PullPolicy::IfNotPresent => "if-not-present",
+        PullPolicy::Never => "never",
+    }
+}
+
+/// The effective pull policies: the job's (`image:pull_policy`) if it asks, which must be among
+/// `allowed_pull_policies` (default: the runner's `pull_policy`); else the runner's.
+fn pull_policies(
+    runner: &RunnerSection,
+    requested: Option<&Vec<String>>,
+    what: &str,
+) -> Result<Vec<PullPolicy>, PlanError> {
+    let mut runner_policies: Vec<PullPolicy> = runner
+        .docker
+        .pull_policy
+        .iter()
+        .map(|p| from_config(*p))
+        .collect();
+    if runner_policies.is_empty() {
+        runner_policies.push(PullPolicy::Always);
+    }
+    let requested = match requested {
+        Some(r) if !r.is_empty() => r,
+        _ => return Ok(runner_policies),
+    };
+    let allowed: Vec<PullPolicy> = if runner.docker.allowed_pull_policies.is_empty() {
+        runner_policies.clone()
+    } else {
+        runner
+            .docker
+            .allowed_pull_policies
+            .iter()
+            .map(|p| from_config(*p))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for name in requested {
+        let p = parse_policy(name).ok_or_else(|| {
+            PlanError::Job(format!(
+                "{what}: unknown pull_policy {name:?} (use always, if-not-present or never)"
+            ))
+        })?;
+        if allowed.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        let allowed: Vec<&str> = allowed.iter().map(|p| policy_name(*p)).collect();
+        return Err(PlanError::Configuration(format!(
+            "{what}: pull_policy ({}) is not allowed by this runner: allowed_pull_policies are [{}]",
+            requested.join(", "),
+            allowed.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+fn image_spec(
+    runner: &RunnerSection,
+    name: String,
+    image: Option<&Image>,
+    what: &str,
+) -> Result<ImageSpec, PlanError> {
+    let docker_opts = image.and_then(|i| i.executor_opts.docker.as_ref());
+    Ok(ImageSpec {
+        name,
+        entrypoint: image.and_then(|i| i.entrypoint.clone()).unwrap_or_default(),
+        pull_policy: pull_policies(runner, image.and_then(|i| i.pull_policy.as_ref()), what)?,
+        user: docker_opts
+            .and_then(|d| d.user.clone())
+            .or_else(|| runner.docker.user.clone()),
+        platform: docker_opts.and_then(|d| d.platform.clone()),
+    })
+}
+
+/// The hostnames gitlab-runner gives a service from its image name: the name without tag or
+/// digest, with `/` replaced by `__` and by `-`
+/// (`registry.example.com/group/postgres:15` → `registry.example.com__group__postgres`,
+/// `registry.example.com-group-postgres`).
+pub fn derived_service_aliases(image: &str) -> Vec<String> {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    // A tag is the part after the last ':' that comes after the last '/' (a port has a '/' after).
+    let without_tag = match without_digest.rfind(':') {
+        Some(i) if !without_digest[i..].contains('/') => &without_digest[..i],
+        _ => without_digest,
+    };
+    let mut out = Vec::new();
+    for alias in [
+        without_tag.replace('/', "__"),
+        without_tag.replace('/', "-"),
+    ] {
+        if !alias.is_empty() && !out.contains(&alias) {
+            out.push(alias);
+        }
+    }
+    out
+}
+
+fn service_spec(
+    runner: &RunnerSection,
+    svc: &Service,
+    variables: &Variables,
+) -> Result<ServiceSpec, PlanError> {
+    let name = variables.expand(&svc.name);
+    let mut aliases: Vec<String> = Vec::new();
+    for a in svc
+        .aliases()
+        .iter()
+        .map(|a| variables.expand(a))
+        .chain(derived_service_aliases(&name))
+    {
+        if !a.is_empty() && !aliases.contains(&a) {
+            aliases.push(a);
+        }
+    }
+    let image = Image {
+        name: name.clone(),
+        entrypoint: svc.entrypoint.clone(),
+        ports: svc.ports.clone(),
+        executor_opts: svc.executor_opts.clone(),
+        pull_policy: svc.pull_policy.clone(),
+    };
+    let what = format!("service {name:?}");
+    Ok(ServiceSpec {
+        image: image_spec(runner, name, Some(&image), &what)?,
+        aliases,
+        command: svc.command.clone().unwrap_or_default(),
+        variables: svc
+            .variables
+            .iter()
+            .map(|v| EnvVar {
+                name: v.key.clone(),
+                value: variables.expand(&v.value),
+            })
+            .collect(),
+    })
+}
+
+/// Registry credentials GitLab sends for its own registry (used after DOCKER_AUTH_CONFIG and the
+/// runner user's docker config, which the engine consults itself).
+fn registry_auth(payload: &JobPayload) -> Vec<RegistryAuth> {
+    payload
+        .credentials
+        .iter()
+        .filter(|c| c.kind == "registry" && !c.url.is_empty())
+        .map(|c| RegistryAuth {
+            registry: c.url.clone(),
+            username: c.username.clone(),
+            password: c.password.clone(),
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn job_env(
+    payload: &JobPayload,
+    runner: &RunnerSection,
+    variables: &Variables,
+    image_name: &str,
+    builds_dir: &str,
+    project_dir: &str,
+    host_builds_dir: PathBuf,
+    short_token: &str,
+) -> Result<JobEnv, PlanError> {
+    let name = if image_name.is_empty() {
+        runner.docker.image.clone().unwrap_or_default()
+    } else {
+        image_name.to_string()
+    };
+    if name.is_empty() {
+        return Err(PlanError::Configuration(
+            "the job sets no image and this runner has no default ([runners.docker] image)".into(),
+        ));
+    }
+    let image = image_spec(runner, name, payload.image.as_ref(), "image")?;
+    let mut services = Vec::new();
+    for s in &payload.services {
+        services.push(service_spec(runner, s, variables)?);
+    }
+    if let Some(limit) = runner.docker.services_limit {
+        if services.len() > limit {
+            return Err(PlanError::Configuration(format!(
+                "the job defines {} services, more than this runner's services_limit of {limit}",
+                services.len()
+            )));
+        }
+    }
+    let env = variables
+        .deduplicated()
+        .into_iter()
+        .map(|v| EnvVar {
+            name: v.key.clone(),
+            value: variables.get(&v.key).unwrap_or_default(),
+        })
+        .collect();
+    Ok(JobEnv {
+        job_id: payload.id,
+        project_id: payload.job_info.project_id,
+        runner_short_token: short_token.to_string(),
+        image,
+        services,
+        variables: env,
+        builds_dir: builds_dir.to_string(),
+        project_dir: project_dir.to_string(),
+        host_builds_dir,
+        registry_auth: registry_auth(payload),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_derived_like_gitlab_runner() {
+        assert_eq!(
+            derived_service_aliases("registry.example.com/group/postgres:15"),
+            vec![
+                "registry.example.com__group__postgres",
+                "registry.example.com-group-postgres"
+            ]
+        );
+        assert_eq!(derived_service_aliases("postgres:15"), vec!["postgres"]);
+        assert_eq!(derived_service_aliases("docker:dind"), vec!["docker"]);
+        assert_eq!(
+            derived_service_aliases("registry:5000/redis"),
+            vec!["registry:5000__redis", "registry:5000-redis"]
+        );
+        assert_eq!(derived_service_aliases("redis@sha256:abc"), vec!["redis"]);
+    }
+}

@@ -1,0 +1,413 @@
+//! The plan compiler: job payload + runner config + job context → [`Plan`].
+//!
+//! Pure: no I/O, no clock, no randomness. Everything the job driver does is decided here, so
+//! "we ran the wrong thing" bugs are string comparisons against golden files
+//! (`runner/testdata/plans/`, rewritten with `FERRY_BLESS=1`).
+
+mod host;
+mod images;
+mod vars;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_config::RunnerSection;
+use ferry_executor::artifacts::ArtifactSpec;
+use ferry_executor::cache::{CacheSpec, CacheStore};
+use ferry_executor::sources::SourceSpec;
+use ferry_executor::{JobEnv, StepSpec};
+use serde::Serialize;
+
+use crate::gitlab::payload::{JobPayload, Step, When};
+use crate::variables::Variables;
+
+pub use host::DependencySpec;
+pub use images::derived_service_aliases;
+
+/// Job timeout when GitLab sends none.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+/// after_script's own timeout (RUNNER_AFTER_SCRIPT_TIMEOUT overrides it).
+pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the driver needs besides the payload and the config: facts of this host and slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobContext {
+    /// ferry's data directory on the host (builds, git object cache, local cache).
+    pub working_dir: PathBuf,
+    /// Slot of the job within its runner entry (CI_CONCURRENT_ID).
+    pub concurrent_id: usize,
+    /// Slot among concurrent jobs of the same project (CI_CONCURRENT_PROJECT_ID).
+    pub concurrent_project_id: usize,
+    /// Contents of the runner's tls-ca-file, for CI_SERVER_TLS_CA_FILE.
+    #[serde(skip)]
+    pub tls_ca_pem: Option<String>,
+}
+
+/// How the job runs.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Execution {
+    /// In Docker containers.
+    Docker {
+        env: JobEnv,
+        steps: Vec<PlannedStep>,
+    },
+    /// The built-in deploy step (`image: ferry:deploy`): no container.
+    Deploy { commands: Vec<DeployCommand> },
+}
+
+/// One `ferry deploy` line of a deploy job.
+#[derive(Debug, Serialize)]
+pub struct DeployCommand {
+    pub line: String,
+    pub args: Vec<String>,
+}
+
+/// A step and when it runs.
+#[derive(Debug, Serialize)]
+pub struct PlannedStep {
+    pub spec: StepSpec,
+    pub when: StepWhen,
+    /// GitLab's section name in the job log (`step_script`, `after_script`, ...).
+    pub section: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepWhen {
+    OnSuccess,
+    OnFailure,
+    Always,
+}
+
+impl From<&When> for StepWhen {
+    fn from(w: &When) -> Self {
+        match w {
+            When::OnFailure => StepWhen::OnFailure,
+            When::Always => StepWhen::Always,
+            _ => StepWhen::OnSuccess,
+        }
+    }
+}
+
+/// Everything the driver will do for one job.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub job_id: u64,
+    pub job_name: String,
+    pub project_path: String,
+    pub timeout: Duration,
+    pub execution: Execution,
+    /// The project directory on the host (sources, cache and artifacts land here).
+    pub host_project_dir: PathBuf,
+    pub sources: SourceSpec,
+    pub cache_store: CacheStore,
+    pub caches: Vec<CacheSpec>,
+    pub artifacts: Vec<ArtifactSpec>,
+    pub dependencies: Vec<DependencySpec>,
+    /// Settings that were ignored, shown as warnings in the job log.
+    pub warnings: Vec<String>,
+    /// The job's final variables, expanded (masked values are redacted when serialized).
+    pub variables: Variables,
+    /// Values and token prefixes the trace must mask.
+    #[serde(skip)]
+    pub masked: Vec<String>,
+    pub mask_prefixes: Vec<String>,
+    /// failure_reason values this GitLab accepts (features.failure_reasons).
+    pub failure_reasons: Vec<String>,
+}
+
+/// Why a job cannot be planned. Each maps to a failure_reason.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// The runner's configuration does not allow or support the job.
+    #[error("{0}")]
+    Configuration(String),
+    /// The job itself is wrong (e.g. a deploy job's script line).
+    #[error("{0}")]
+    Job(String),
+}
+
+impl PlanError {
+    pub fn failure_reason(&self) -> &'static str {
+        match self {
+            PlanError::Configuration(_) => "runner_configuration_error",
+            PlanError::Job(_) => "script_failure",
+        }
+    }
+}
+
+/// Default token prefixes masked in every trace (gitlab-runner's FF_MASK_ALL_DEFAULT_TOKENS set).
+pub const DEFAULT_MASK_PREFIXES: &[&str] = &[
+    "glpat-", "gloas-", "gldt-", "glrt-", "glrtr-", "glcbt-", "glptt-", "glft-", "glimt-",
+    "glagent-", "glsoat-", "glffct-", "gltst-",
+];
+
+/// Compile one job.
+pub fn compile(
+    payload: &JobPayload,
+    runner: &RunnerSection,
+    ctx: &JobContext,
+) -> Result<Plan, PlanError> {
+    if payload.run.is_some() {
+        return Err(PlanError::Configuration(
+            "this job uses CI Steps (`run:`), which ferry does not support yet".into(),
+        ));
+    }
+    let timeout = match payload.runner_info.timeout {
+        0 => DEFAULT_JOB_TIMEOUT,
+        s => Duration::from_secs(s),
+    };
+    let project_path = project_path(payload);
+    let builds_dir = runner.builds_dir.trim_end_matches('/').to_string();
+    let builds_dir = if builds_dir.is_empty() {
+        "/builds".to_string()
+    } else {
+        builds_dir
+    };
+    let project_dir = format!("{builds_dir}/{project_path}");
+    let short = crate::variables::runner_short_token(runner.token.expose());
+    let host_builds_dir = ctx
+        .working_dir
+        .join("builds")
+        .join(&short)
+        .join(ctx.concurrent_project_id.to_string());
+    let host_project_dir = host_builds_dir.join(&project_path);
+
+    let image_name = payload
+        .image
+        .as_ref()
+        .map(|i| i.name.clone())
+        .unwrap_or_default();
+    let vars_in = vars::Inputs {
+        payload,
+        runner,
+        ctx,
+        builds_dir: &builds_dir,
+        project_dir: &project_dir,
+        timeout,
+    };
+    let variables = vars::job_variables(&vars_in, &image_name);
+    let expanded_image = variables.expand(&image_name);
+
+    let mut masked = payload.secrets();
+    masked.extend(variables.masked_values());
+    masked.push(runner.token.expose().to_string());
+    masked.retain(|s| !s.is_empty());
+    masked.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    masked.dedup();
+    let mut mask_prefixes: Vec<String> = DEFAULT_MASK_PREFIXES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for p in &payload.features.token_mask_prefixes {
+        if !p.is_empty() && !mask_prefixes.contains(p) {
+            mask_prefixes.push(p.clone());
+        }
+    }
+
+    let host = host::host_plan(
+        payload,
+        runner,
+        &variables,
+        &ctx.working_dir,
+        host_project_dir.clone(),
+        &project_dir,
+        &short,
+        &project_path,
+    )?;
+    let execution = if !runner.deploy.image.is_empty() && expanded_image == runner.deploy.image {
+        Execution::Deploy {
+            commands: deploy_commands(payload)?,
+        }
+    } else {
+        let env = images::job_env(
+            payload,
+            runner,
+            &variables,
+            &expanded_image,
+            &builds_dir,
+            &project_dir,
+            host_builds_dir,
+            &short,
+        )?;
+        Execution::Docker {
+            env,
+            steps: steps(payload, &variables)?,
+        }
+    };
+
+    Ok(Plan {
+        job_id: payload.id,
+        job_name: payload.job_info.name.clone(),
+        project_path,
+        timeout,
+        execution,
+        host_project_dir,
+        sources: host.sources,
+        cache_store: host.cache_store,
+        caches: host.caches,
+        artifacts: host.artifacts,
+        dependencies: host.dependencies,
+        warnings: host.warnings,
+        variables,
+        masked,
+        mask_prefixes,
+        failure_reasons: payload.features.failure_reasons.clone(),
+    })
+}
+
+/// `namespace/project` from the payload, safe as a relative path.
+fn project_path(payload: &JobPayload) -> String {
+    let raw = if !payload.job_info.project_full_path.is_empty() {
+        payload.job_info.project_full_path.clone()
+    } else {
+        // Older servers: take it from the repository URL.
+        let url = payload.git_info.clean_repo_url();
+        let path = url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split_once('/'))
+            .map(|(_, p)| p)
+            .unwrap_or("");
+        path.trim_end_matches(".git").to_string()
+    };
+    let parts: Vec<String> = raw
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
+        .map(|p| {
+            p.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    if parts.is_empty() {
+        format!("project-{}", payload.job_info.project_id)
+    } else {
+        parts.join("/")
+    }
+}
+
+/// The container steps, in gitlab-runner's order: `script` (before_script is already merged into
+/// it by GitLab), other steps, then `after_script`.
+fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>, PlanError> {
+    let mut out = Vec::new();
+    let mut after: Option<&Step> = None;
+    for step in &payload.steps {
+        match step.name.as_str() {
+            "after_script" => after = Some(step),
+            name => {
+                let section = if name == "script" {
+                    "step_script".to_string()
+                } else {
+                    format!("step_{name}")
+                };
+                out.push(PlannedStep {
+                    spec: StepSpec {
+                        name: name.to_string(),
+                        commands: step.script.clone(),
+                        env: vec![],
+                        timeout: None,
+                    },
+                    when: StepWhen::from(&step.when),
+                    section,
+                });
+            }
+        }
+    }
+    if let Some(step) = after {
+        if !step.script.is_empty() {
+            let timeout = variables
+                .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
+                .and_then(parse_go_duration)
+                .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
+                .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
+            out.push(PlannedStep {
+                spec: StepSpec {
+                    name: "after_script".into(),
+                    commands: step.script.clone(),
+                    env: vec![],
+                    timeout: Some(timeout),
+                },
+                when: StepWhen::Always,
+                section: "after_script".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Each script line of a deploy job must be `ferry deploy [ARGS]`.
+fn deploy_commands(payload: &JobPayload) -> Result<Vec<DeployCommand>, PlanError> {
+    let mut out = Vec::new();
+    for step in &payload.steps {
+        for line in &step.script {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let args = ferry_deploy::args::parse_script_line(line)
+                .map_err(|e| PlanError::Job(format!("{} (in {})", e, step.name)))?;
+            out.push(DeployCommand {
+                line: line.clone(),
+                args,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(PlanError::Job(
+            "deploy job has no `ferry deploy` line in its script".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Go duration strings as gitlab-runner reads them ("5m", "1h30m", "90s", "1.5h"); a bare number
+/// is seconds.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next()?);
+        } else if (c == 'u' || c == 'µ' || c == 'n') && chars.peek() == Some(&'s') {
+            unit.push(chars.next()?);
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        total += n * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+    }
+    if !num.is_empty() || !total.is_finite() || total < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests;

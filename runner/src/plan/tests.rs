@@ -1,0 +1,152 @@
+//! Golden tests: every payload in `runner/testdata/payloads/` compiles to the plan in
+//! `runner/testdata/plans/` (`FERRY_BLESS=1` rewrites them), plus focused rule tests.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::gitlab::payload::parse_payload;
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+fn runner() -> RunnerSection {
+    let text = std::fs::read_to_string(testdata().join("runner-config.toml")).unwrap();
+    let cfg = ferry_config::from_toml_str(&text, "runner-config.toml").unwrap();
+    cfg.runners.into_iter().next().unwrap()
+}
+
+fn ctx() -> JobContext {
+    JobContext {
+        working_dir: PathBuf::from("/var/lib/ferry"),
+        concurrent_id: 0,
+        concurrent_project_id: 0,
+        tls_ca_pem: None,
+    }
+}
+
+fn payload(name: &str) -> JobPayload {
+    parse_payload(&std::fs::read(testdata().join("payloads").join(name)).unwrap()).unwrap()
+}
+
+/// The plan as JSON, with what depends on the build (version, revision, arch) neutralised.
+fn render(plan: &Plan) -> String {
+    let text = serde_json::to_string_pretty(plan).unwrap() + "\n";
+    text.replace(env!("CARGO_PKG_VERSION"), "VERSION").replace(
+        &format!("{}/{}", std::env::consts::OS, crate::go_arch()),
+        "OS/ARCH",
+    )
+}
+
+#[test]
+fn golden_plans() {
+    let bless = std::env::var_os("FERRY_BLESS").is_some();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(testdata().join("payloads")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let got = match compile(&payload(&name), &runner(), &ctx()) {
+            Ok(plan) => render(&plan),
+            Err(e) => format!("error: {e}\n"),
+        };
+        let golden = testdata().join("plans").join(&name);
+        if bless {
+            std::fs::write(&golden, &got).unwrap();
+        } else {
+            let want = std::fs::read_to_string(&golden)
+                .unwrap_or_else(|_| panic!("no golden file {golden:?}; run with FERRY_BLESS=1"));
+            assert_eq!(
+                got, want,
+                "plan for {name} differs from {golden:?} (FERRY_BLESS=1 rewrites)"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2);
+}
+
+#[test]
+fn deploy_image_runs_no_container_and_parses_lines() {
+    let plan = compile(&payload("deploy.json"), &runner(), &ctx()).unwrap();
+    let Execution::Deploy { commands } = &plan.execution else {
+        panic!("not a deploy plan")
+    };
+    assert_eq!(commands.len(), 2);
+    assert_eq!(
+        commands[1].args,
+        vec!["--manifests", "k8s/extra", "--namespace", "test"]
+    );
+}
+
+#[test]
+fn deploy_job_with_a_shell_line_fails_naming_it() {
+    let mut p = payload("deploy.json");
+    p.steps[0].script.push("kubectl apply -f k8s/".into());
+    let err = compile(&p, &runner(), &ctx()).unwrap_err();
+    assert!(err.to_string().contains("kubectl apply -f k8s/"), "{err}");
+    assert_eq!(err.failure_reason(), "script_failure");
+}
+
+#[test]
+fn masked_values_and_tokens_are_collected() {
+    let plan = compile(&payload("deploy.json"), &runner(), &ctx()).unwrap();
+    assert!(plan.masked.contains(&"glcbt-deployjobtoken".to_string()));
+    assert!(
+        plan.masked
+            .contains(&"glrt-goldenrunnertoken0123".to_string())
+    );
+    assert!(plan.mask_prefixes.contains(&"glpat-".to_string()));
+}
+
+#[test]
+fn disallowed_pull_policy_is_a_configuration_error() {
+    let mut p = payload("full.json");
+    p.image.as_mut().unwrap().pull_policy = Some(vec!["never".into()]);
+    let err = compile(&p, &runner(), &ctx()).unwrap_err();
+    assert_eq!(err.failure_reason(), "runner_configuration_error");
+    assert!(
+        err.to_string()
+            .contains("allowed_pull_policies are [always, if-not-present]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn job_without_image_uses_the_runner_default() {
+    let mut p = payload("full.json");
+    p.image = None;
+    let plan = compile(&p, &runner(), &ctx()).unwrap();
+    let Execution::Docker { env, .. } = &plan.execution else {
+        panic!()
+    };
+    assert_eq!(env.image.name, "ferry-test/busybox:latest");
+    assert_eq!(
+        env.image.pull_policy,
+        vec![ferry_executor::PullPolicy::IfNotPresent]
+    );
+}
+
+#[test]
+fn runner_variables_follow_gitlab_runner_order() {
+    let plan = compile(&payload("full.json"), &runner(), &ctx()).unwrap();
+    let v = &plan.variables;
+    assert_eq!(v.value("CI_RUNNER_SHORT_TOKEN"), Some("goldenrun"));
+    assert_eq!(v.value("RUNNER_ENV_VAR"), Some("from-config"));
+    assert_eq!(v.value("CI_DISPOSABLE_ENVIRONMENT"), Some("true"));
+    assert_eq!(v.value("FF_NETWORK_PER_BUILD"), Some("true"));
+    assert_eq!(v.value("CI_BUILDS_DIR"), Some("/builds"));
+    assert!(v.value("CI_PROJECT_DIR").unwrap().starts_with("/builds/"));
+}
+
+#[test]
+fn go_durations() {
+    assert_eq!(parse_go_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_go_duration("90"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_go_duration("abc"), None);
+    assert_eq!(parse_go_duration("5"), Some(Duration::from_secs(5)));
+}

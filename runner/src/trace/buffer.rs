@@ -1,0 +1,519 @@
+//! The job's output sink: masking, the output limit, the checksum and the spill store.
+//!
+//! Every byte of job output goes `TraceWriter` → [`Masker`] → output limit → [`Store`] (and the
+//! CRC-32 that GitLab checks). Only what comes out of that pipeline is ever uploaded, so the
+//! checksum and byte count describe exactly the bytes GitLab receives.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::mask::Masker;
+use super::store::{ReadPlan, Store};
+
+/// Input is masked in pieces of this size so that one huge write never needs a huge buffer.
+const PIECE: usize = 64 * 1024;
+
+pub(crate) const ANSI_BOLD_RED: &str = "\x1b[31;1m";
+pub(crate) const ANSI_BOLD_YELLOW: &str = "\x1b[33;1m";
+pub(crate) const ANSI_YELLOW: &str = "\x1b[0;33m";
+pub(crate) const ANSI_BOLD_CYAN: &str = "\x1b[36;1m";
+pub(crate) const ANSI_RESET: &str = "\x1b[0;m";
+pub(crate) const ANSI_CLEAR: &str = "\x1b[0K";
+
+/// The line appended when the output limit is reached (gitlab-runner's text and colours).
+pub(crate) fn limit_notice(limit: u64) -> String {
+    format!(
+        "\n{ANSI_BOLD_YELLOW}Job's log exceeded limit of {limit} bytes.\n\
+         Job execution will continue but no more output will be collected.{ANSI_RESET}\n"
+    )
+}
+
+/// The masked, size-limited log of one job.
+#[derive(Debug)]
+pub(crate) struct TraceBuffer {
+    job_id: u64,
+    masker: Masker,
+    store: Store,
+    /// CRC-32 (IEEE) of every stored byte, for the `output.checksum` GitLab validates.
+    crc: crc32fast::Hasher,
+    output_limit: u64,
+    /// Set once the limit notice (or a disk-error notice) is stored: later output is dropped.
+    limited: bool,
+    /// Set by `finish`: the masker tail is flushed and nothing more is accepted.
+    closed: bool,
+    /// Output that arrived after the limit or after close, for the operator log.
+    dropped: u64,
+    scratch: Vec<u8>,
+}
+
+impl TraceBuffer {
+    pub(crate) fn new(job_id: u64, masker: Masker, output_limit: u64, store: Store) -> Self {
+        TraceBuffer {
+            job_id,
+            masker,
+            store,
+            crc: crc32fast::Hasher::new(),
+            output_limit,
+            limited: false,
+            closed: false,
+            dropped: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8]) {
+        if self.closed || self.limited {
+            self.dropped += data.len() as u64;
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for piece in data.chunks(PIECE) {
+            scratch.clear();
+            self.masker.push(piece, &mut scratch);
+            self.store_masked(&scratch);
+            if self.limited {
+                break;
+            }
+        }
+        scratch.clear();
+        self.scratch = scratch;
+    }
+
+    /// Flushes the masker's held-back tail and stops accepting output. Idempotent.
+    pub(crate) fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        let mut tail = Vec::new();
+        self.masker.finish(&mut tail);
+        if !self.limited {
+            self.store_masked(&tail);
+        }
+        self.closed = true;
+        if self.dropped > 0 {
+            tracing::info!(
+                job_id = self.job_id,
+                dropped_bytes = self.dropped,
+                "job output over the log limit was not collected"
+            );
+        }
+    }
+
+    /// Stores masked bytes, applying the output limit.
+    fn store_masked(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.limited {
+            return;
+        }
+        let room = self.output_limit.saturating_sub(self.store.len());
+        if (bytes.len() as u64) < room {
+            self.append(bytes);
+            return;
+        }
+        // Reaching the limit exactly also ends collection, as in gitlab-runner.
+        let cut = truncate_utf8(bytes, room as usize);
+        self.append(&bytes[..cut]);
+        self.dropped += (bytes.len() - cut) as u64;
+        if !self.limited {
+            self.append(limit_notice(self.output_limit).as_bytes());
+            self.limited = true;
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let before = self.store.len();
+        let result = self.store.append(bytes);
+        let stored = (self.store.len() - before) as usize;
+        self.crc.update(&bytes[..stored]);
+        if let Err(e) = result {
+            tracing::warn!(job_id = self.job_id, error = %e, "cannot write the job log to its temporary file");
+            let notice = format!(
+                "\n{ANSI_BOLD_RED}ERROR: the runner could not store the job log on disk ({e}); \
+                 no more output will be collected.{ANSI_RESET}\n"
+            );
+            self.store.append_unbounded(notice.as_bytes());
+            self.crc.update(notice.as_bytes());
+            self.dropped += (bytes.len() - stored) as u64;
+            self.limited = true;
+        }
+    }
+
+    /// Bytes stored so far (what the log will be once uploaded).
+    pub(crate) fn len(&self) -> u64 {
+        self.store.len()
+    }
+
+    /// `crc32:%08x` of the stored bytes.
+    pub(crate) fn checksum(&self) -> String {
+        format!("crc32:{:08x}", self.crc.clone().finalize())
+    }
+
+    pub(crate) fn plan_read(&self, offset: u64, max: usize) -> ReadPlan {
+        self.store.plan_read(offset, max)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    #[cfg(test)]
+    pub(crate) fn masker(&self) -> &Masker {
+        &self.masker
+    }
+}
+
+/// Largest `n <= cap` such that `bytes[..n]` does not end inside a UTF-8 sequence.
+fn truncate_utf8(bytes: &[u8], cap: usize) -> usize {
+    let cap = cap.min(bytes.len());
+    // Look back at most 3 bytes for the start of the last character.
+    for back in 1..=cap.min(4) {
+        let i = cap - back;
+        let b = bytes[i];
+        if b & 0b1100_0000 == 0b1000_0000 {
+            continue; // continuation byte: keep looking for the leading byte
+        }
+        let want = match b {
+            0x00..=0x7f => 1,
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => 1,
+        };
+        return if i + want > cap { i } else { cap };
+    }
+    cap
+}
+
+pub(crate) type Shared = Arc<Mutex<TraceBuffer>>;
+
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, TraceBuffer> {
+    // A panic while holding the lock cannot leave the buffer half-updated in a way that matters
+    // more than losing the log, so keep going with whatever is there.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a job's output goes: the executor and the deploy step get it as their `LogSink`
+/// (`tokio::io::AsyncWrite`), the job driver writes its own lines and sections directly.
+///
+/// Cloning is cheap; all clones feed the same log. Writes never block and never fail: once the
+/// output limit is reached, or after [`TraceHandle::finish`](super::TraceHandle::finish), output
+/// is accepted and dropped so that a chatty job is not disturbed.
+#[derive(Clone)]
+pub struct TraceWriter {
+    pub(crate) shared: Shared,
+}
+
+impl std::fmt::Debug for TraceWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = lock(&self.shared);
+        f.debug_struct("TraceWriter")
+            .field("job_id", &b.job_id)
+            .field("len", &b.len())
+            .finish()
+    }
+}
+
+impl TraceWriter {
+    /// Appends raw bytes (ANSI escapes welcome).
+    pub fn write_bytes(&self, data: &[u8]) {
+        lock(&self.shared).write(data);
+    }
+
+    /// Appends text as is.
+    pub fn write_str(&self, text: &str) {
+        self.write_bytes(text.as_bytes());
+    }
+
+    /// Appends `line` and a newline.
+    pub fn write_line(&self, line: &str) {
+        let mut b = lock(&self.shared);
+        b.write(line.as_bytes());
+        b.write(b"\n");
+    }
+
+    /// `WARNING: <msg>` in yellow, like gitlab-runner's warnings.
+    pub fn write_warning(&self, msg: &str) {
+        self.write_str(&format!("{ANSI_YELLOW}WARNING: {msg}{ANSI_RESET}\n"));
+    }
+
+    /// `ERROR: <msg>` in bold red, like gitlab-runner's errors.
+    pub fn write_error(&self, msg: &str) {
+        self.write_str(&format!("{ANSI_BOLD_RED}ERROR: {msg}{ANSI_RESET}\n"));
+    }
+
+    /// Opens a collapsible section (see [`section_start_marker`]).
+    pub fn section_start(&self, name: &str, header: &str, collapsed: bool) {
+        self.write_str(&section_start_marker(unix_now(), name, header, collapsed));
+    }
+
+    /// Closes the section opened with the same `name`.
+    pub fn section_end(&self, name: &str) {
+        self.write_str(&section_end_marker(unix_now(), name));
+    }
+
+    /// Bytes of log stored so far (after masking and the output limit).
+    pub fn len(&self) -> u64 {
+        lock(&self.shared).len()
+    }
+
+    /// Whether nothing has been stored yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl tokio::io::AsyncWrite for TraceWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Does not end the log: other clones may still write. [`TraceHandle::finish`] ends it.
+    ///
+    /// [`TraceHandle::finish`]: super::TraceHandle::finish
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Section names GitLab accepts: letters, digits, `_`, `.`, `-`; anything else becomes `_`.
+fn section_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "section".to_string()
+    } else {
+        s
+    }
+}
+
+/// `\e[0Ksection_start:<ts>:<name>[collapsed=true]\r\e[0K\e[36;1m<header>\e[0;m\n`
+///
+/// The marker is what GitLab's log viewer folds on (gitlab-runner's `section_start:%v:%s\r` +
+/// `\e[0K`, with the leading `\e[0K` of GitLab's documented format so a raw terminal shows only
+/// the header). The header is printed in bold cyan like gitlab-runner's stage headers; a line
+/// break inside it would end the marker line, so `\r`/`\n` are replaced by spaces.
+pub fn section_start_marker(unix_ts: u64, name: &str, header: &str, collapsed: bool) -> String {
+    let header: String = header
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    let opts = if collapsed { "[collapsed=true]" } else { "" };
+    format!(
+        "{ANSI_CLEAR}section_start:{unix_ts}:{}{opts}\r{ANSI_CLEAR}{ANSI_BOLD_CYAN}{header}{ANSI_RESET}\n",
+        section_name(name)
+    )
+}
+
+/// `\e[0Ksection_end:<ts>:<name>\r\e[0K\n`
+pub fn section_end_marker(unix_ts: u64, name: &str) -> String {
+    format!(
+        "{ANSI_CLEAR}section_end:{unix_ts}:{}\r{ANSI_CLEAR}\n",
+        section_name(name)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer(phrases: &[&str], limit: u64, mem: usize) -> TraceBuffer {
+        TraceBuffer::new(
+            1,
+            Masker::new::<&str, &str>(phrases, &[]),
+            limit,
+            Store::new(mem, None),
+        )
+    }
+
+    fn contents(b: &TraceBuffer) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = b.plan_read(out.len() as u64, 1 << 20).read().unwrap();
+            if chunk.is_empty() {
+                return out;
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+
+    #[test]
+    fn section_markers_have_gitlab_runner_format() {
+        assert_eq!(
+            section_start_marker(
+                1627911560,
+                "step_script",
+                "Executing \"step_script\" stage",
+                false
+            ),
+            "\x1b[0Ksection_start:1627911560:step_script\r\x1b[0K\x1b[36;1mExecuting \"step_script\" stage\x1b[0;m\n"
+        );
+        assert_eq!(
+            section_start_marker(1627911560, "get_sources", "Getting source", true),
+            "\x1b[0Ksection_start:1627911560:get_sources[collapsed=true]\r\x1b[0K\x1b[36;1mGetting source\x1b[0;m\n"
+        );
+        assert_eq!(
+            section_end_marker(1627911561, "step_script"),
+            "\x1b[0Ksection_end:1627911561:step_script\r\x1b[0K\n"
+        );
+        // Names are kept to what GitLab parses; headers stay on one line.
+        assert_eq!(
+            section_end_marker(1, "deploy prod/eu"),
+            "\x1b[0Ksection_end:1:deploy_prod_eu\r\x1b[0K\n"
+        );
+        assert!(section_start_marker(1, "x", "a\nb", false).contains("a b\x1b[0;m\n"));
+    }
+
+    #[test]
+    fn writer_sections_use_the_current_time() {
+        let w = TraceWriter {
+            shared: Arc::new(Mutex::new(buffer(&[], 1 << 20, 1 << 20))),
+        };
+        let before = unix_now();
+        w.section_start("prepare_executor", "Preparing", true);
+        w.write_line("inside");
+        w.section_end("prepare_executor");
+        let after = unix_now();
+        let text = String::from_utf8(contents(&lock(&w.shared))).unwrap();
+        let ts: u64 = text
+            .strip_prefix("\x1b[0Ksection_start:")
+            .and_then(|s| s.split(':').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        assert!(before <= ts && ts <= after);
+        let rest = text.split_once("inside\n").map(|(_, r)| r).unwrap();
+        let end_ts: u64 = rest
+            .strip_prefix("\x1b[0Ksection_end:")
+            .and_then(|s| s.strip_suffix(":prepare_executor\r\x1b[0K\n"))
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        assert!(ts <= end_ts && end_ts <= after);
+    }
+
+    #[test]
+    fn output_limit_appends_one_notice_and_drops_the_rest() {
+        let mut b = buffer(&[], 10, 1 << 20);
+        b.write(b"This is the long message");
+        b.write(b"more output that is dropped");
+        b.close();
+        let expected = "This is th\n\x1b[33;1mJob's log exceeded limit of 10 bytes.\n\
+             Job execution will continue but no more output will be collected.\x1b[0;m\n";
+        assert_eq!(String::from_utf8(contents(&b)).unwrap(), expected);
+        assert_eq!(b.len(), expected.len() as u64);
+        assert_eq!(
+            b.checksum(),
+            format!("crc32:{:08x}", crc32fast::hash(expected.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn output_limit_never_cuts_a_character_in_half() {
+        let mut b = buffer(&[], 5, 1 << 20);
+        b.write("abcé€".as_bytes()); // é is 2 bytes at offsets 3..5, € 3 bytes
+        let text = String::from_utf8(contents(&b)).expect("valid UTF-8");
+        assert!(text.starts_with("abcé\n"));
+        let mut b = buffer(&[], 4, 1 << 20);
+        b.write("abcé".as_bytes());
+        let text = String::from_utf8(contents(&b)).expect("valid UTF-8");
+        assert!(text.starts_with("abc\n"));
+    }
+
+    #[test]
+    fn output_below_the_limit_is_untouched() {
+        let mut b = buffer(&[], 100, 1 << 20);
+        b.write(b"short\n");
+        b.close();
+        assert_eq!(contents(&b), b"short\n");
+        b.write(b"after close");
+        assert_eq!(contents(&b), b"short\n");
+    }
+
+    #[test]
+    fn masking_happens_before_the_limit_and_the_checksum() {
+        let mut b = buffer(&["topsecretvalue"], 1 << 20, 1 << 20);
+        b.write(b"x topsecret");
+        b.write(b"value y");
+        b.close();
+        assert_eq!(contents(&b), b"x [MASKED] y");
+        assert_eq!(
+            b.checksum(),
+            format!("crc32:{:08x}", crc32fast::hash(b"x [MASKED] y"))
+        );
+    }
+
+    #[test]
+    fn close_releases_the_held_back_tail() {
+        let mut b = buffer(&["topsecretvalue"], 1 << 20, 1 << 20);
+        b.write(b"ends with topsec");
+        assert_eq!(contents(&b), b"ends with ");
+        b.close();
+        assert_eq!(contents(&b), b"ends with topsec");
+    }
+
+    #[test]
+    fn a_disk_error_ends_collection_with_a_notice() {
+        let mut b = TraceBuffer::new(
+            1,
+            Masker::new::<&str, &str>(&[], &[]),
+            1 << 20,
+            Store::new(8, Some("/nonexistent/ferry-spill".into())),
+        );
+        b.write(b"0123456789abcdef");
+        b.write(b"dropped");
+        b.close();
+        let text = String::from_utf8(contents(&b)).unwrap();
+        assert!(
+            text.starts_with(
+                "01234567\n\x1b[31;1mERROR: the runner could not store the job log on disk"
+            ),
+            "{text:?}"
+        );
+        assert!(text.ends_with("no more output will be collected.\x1b[0;m\n"));
+        assert!(!text.contains("dropped"));
+        assert_eq!(
+            b.checksum(),
+            format!("crc32:{:08x}", crc32fast::hash(text.as_bytes()))
+        );
+        assert_eq!(b.len(), text.len() as u64);
+    }
+
+    #[test]
+    fn truncate_utf8_boundaries() {
+        let s = "aé€😀".as_bytes(); // 1 + 2 + 3 + 4 bytes
+        assert_eq!(truncate_utf8(s, 0), 0);
+        assert_eq!(truncate_utf8(s, 1), 1);
+        assert_eq!(truncate_utf8(s, 2), 1);
+        assert_eq!(truncate_utf8(s, 3), 3);
+        assert_eq!(truncate_utf8(s, 5), 3);
+        assert_eq!(truncate_utf8(s, 6), 6);
+        assert_eq!(truncate_utf8(s, 9), 6);
+        assert_eq!(truncate_utf8(s, 10), 10);
+        assert_eq!(truncate_utf8(b"ab", 9), 2);
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what ferry's build and test suite need on a fresh machine (Debian with Rust and Docker):
+# git and busybox-static from Debian, rustfmt/clippy components, and kubectl (PyPI) for the deploy
+# step's cross-checks. Idempotent and quick when everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: missing ${need_apt[*]}; install them with apt-get (needs root)" >&2
+    exit 1
+  fi
+fi
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+
+if [ -x scripts/install-kubectl.sh ] || [ -f scripts/install-kubectl.sh ]; then
+  bash scripts/install-kubectl.sh
+fi

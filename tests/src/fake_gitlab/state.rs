@@ -1,0 +1,242 @@
+//! The fake's in-memory model of a GitLab instance: runners, the job queue, jobs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// Server-side status of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Running,
+    /// The user pressed Cancel and the runner advertised `cancel_gracefully`.
+    Canceling,
+    Canceled,
+    Success,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Canceling => "canceling",
+            JobStatus::Canceled => "canceled",
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether job-token calls (PATCH, PUT, artifacts) are still allowed.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobStatus::Running | JobStatus::Canceling)
+    }
+}
+
+/// How a runner came to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerOrigin {
+    /// `POST /api/v4/runners` with a registration token.
+    Registered,
+    /// Created "in the UI" by a test ([`super::FakeGitLab::create_runner`]), `glrt-` token.
+    Created,
+}
+
+/// A runner as GitLab stores it.
+#[derive(Debug, Clone)]
+pub struct RunnerRecord {
+    pub id: u64,
+    pub token: String,
+    pub origin: RunnerOrigin,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub run_untagged: bool,
+    pub locked: bool,
+    pub access_level: String,
+    pub maximum_timeout: Option<u64>,
+    pub paused: bool,
+    pub maintenance_note: String,
+    pub token_expires_at: Option<String>,
+    /// `system_id`s seen on verify / job requests (runner managers).
+    pub managers: BTreeSet<String>,
+    /// The last `info` object received (registration, verify or job request).
+    pub info: Value,
+}
+
+impl RunnerRecord {
+    pub fn features(&self) -> BTreeSet<String> {
+        match self.info.get("features") {
+            Some(Value::Object(m)) => m
+                .iter()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+}
+
+/// One artifacts upload.
+#[derive(Debug, Clone)]
+pub struct StoredArtifact {
+    pub filename: String,
+    pub artifact_type: String,
+    pub artifact_format: String,
+    pub expire_in: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// A job waiting in the queue.
+#[derive(Debug, Clone)]
+pub struct QueuedJob {
+    pub id: u64,
+    pub token: String,
+    pub payload: Value,
+    pub tags: Vec<String>,
+    pub required_features: Vec<String>,
+    /// Jobs whose artifacts this one downloads: filled in `dependencies` at hand-out.
+    pub dependencies: Vec<u64>,
+}
+
+/// A job that was handed to a runner.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: u64,
+    pub token: String,
+    pub name: String,
+    pub runner_id: u64,
+    pub status: JobStatus,
+    pub failure_reason: Option<String>,
+    pub exit_code: Option<i64>,
+    pub checksum: Option<String>,
+    pub bytesize: Option<u64>,
+    pub trace: Vec<u8>,
+    pub artifacts: Vec<StoredArtifact>,
+    /// Every PUT body received (tokens included; for assertions).
+    pub updates: Vec<Value>,
+    pub patches: usize,
+    /// 202 answers still to give to a final PUT before applying it.
+    pub final_202_left: u32,
+    /// Answer 404 to trace PATCHes.
+    pub trace_not_found: bool,
+}
+
+/// What happened on one request (for assertions about retries and ordering).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+/// Knobs tests turn.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Workhorse long polling: hold `/jobs/request` up to this long (None = off).
+    pub long_poll: Option<Duration>,
+    /// `X-GitLab-Trace-Update-Interval` on PATCH 202 and PUT (seconds, as a string so tests can
+    /// send garbage). None = header absent.
+    pub trace_update_interval: Option<String>,
+    /// How many times a final PUT of each job is answered 202 before being applied.
+    pub final_update_202: u32,
+    /// Download answers with a 302 to a storage URL on the same server.
+    pub artifact_redirect: bool,
+    /// Maximum artifacts size in bytes (413 beyond).
+    pub max_artifact_size: Option<u64>,
+    /// Every response is delayed this long.
+    pub delay: Option<Duration>,
+    /// Until then, every request is answered 502.
+    pub outage_until: Option<Instant>,
+    /// Legacy registration disabled (410).
+    pub registration_disabled: bool,
+    /// `token_expires_at` given to new and reset tokens.
+    pub token_expires_at: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            long_poll: None,
+            trace_update_interval: Some("60".into()),
+            final_update_202: 0,
+            artifact_redirect: false,
+            max_artifact_size: None,
+            delay: None,
+            outage_until: None,
+            registration_disabled: false,
+            token_expires_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub base_url: String,
+    pub settings: Settings,
+    pub registration_tokens: BTreeSet<String>,
+    pub runners: Vec<RunnerRecord>,
+    pub next_runner_id: u64,
+    pub queue: VecDeque<QueuedJob>,
+    pub jobs: BTreeMap<u64, JobRecord>,
+    pub next_job_id: u64,
+    /// The runner queue version (`X-GitLab-Last-Update`); changes when a job is queued.
+    pub queue_version: String,
+    /// Statuses to answer the next `/jobs/request` calls with, before normal processing.
+    pub injected_request_statuses: VecDeque<u16>,
+    /// Bodies of every `/jobs/request` received.
+    pub job_requests: Vec<Value>,
+    pub requests: Vec<RequestRecord>,
+    /// Storage (redirect target) downloads that carried a JOB-TOKEN header.
+    pub storage_requests_with_job_token: usize,
+    /// Storage URLs handed out: secret → job id.
+    pub storage_links: BTreeMap<String, u64>,
+}
+
+pub fn random_token(prefix: &str) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    let tail: String = (0..20)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+impl State {
+    pub fn new() -> Self {
+        State {
+            next_runner_id: 1,
+            next_job_id: 1000,
+            queue_version: random_token("qv-"),
+            ..Default::default()
+        }
+    }
+
+    pub fn runner_by_token(&self, token: &str) -> Option<&RunnerRecord> {
+        self.runners.iter().find(|r| r.token == token)
+    }
+
+    pub fn runner_by_token_mut(&mut self, token: &str) -> Option<&mut RunnerRecord> {
+        self.runners.iter_mut().find(|r| r.token == token)
+    }
+
+    pub fn tick_queue(&mut self) {
+        self.queue_version = random_token("qv-");
+    }
+
+    /// The first queued job this runner may take: tags ⊆ runner tags (untagged jobs need
+    /// `run_untagged`), and every required feature advertised.
+    pub fn take_job_for(&mut self, runner: &RunnerRecord) -> Option<QueuedJob> {
+        let features = runner.features();
+        let pos = self.queue.iter().position(|job| {
+            let tags_ok = if job.tags.is_empty() {
+                runner.run_untagged
+            } else {
+                job.tags.iter().all(|t| runner.tags.contains(t))
+            };
+            tags_ok && job.required_features.iter().all(|f| features.contains(f))
+        })?;
+        self.queue.remove(pos)
+    }
+}
