@@ -123,6 +123,12 @@ struct DeployCli {
 }
 
 impl DeployArgs {
+    /// `ferry deploy --help`.
+    pub fn help() -> String {
+        use clap::CommandFactory;
+        DeployCli::command().render_help().to_string()
+    }
+
     /// Parses the arguments that follow `ferry deploy`.
     pub fn parse(args: &[String]) -> Result<DeployArgs, DeployError> {
         let argv = std::iter::once("ferry deploy".to_string()).chain(args.iter().cloned());
@@ -480,6 +486,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("FERRY_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn help_lists_every_option() {
+        let h = DeployArgs::help();
+        for o in [
+            "--manifests",
+            "--namespace",
+            "--template",
+            "--timeout",
+            "--rollback",
+            "--dry-run",
+            "--target",
+            "--kubeconfig",
+            "--context",
+            "--field-manager",
+            "--force-conflicts",
+            "--wait",
+            "--fail-fast",
+            "--fail-fast-grace",
+        ] {
+            assert!(h.contains(o), "{o} missing from:\n{h}");
+        }
     }
 
     #[test]

@@ -110,15 +110,17 @@ pub struct KubeconfigInfo {
 /// Reads the target's kubeconfig. Error messages name the file, never its contents.
 pub fn read_kubeconfig(target: &DeployTarget) -> Result<KubeconfigInfo, DeployError> {
     let path = target.kubeconfig.display();
-    let text = std::fs::read_to_string(&target.kubeconfig).map_err(|e| {
-        DeployError::Configuration(format!(
-            "deploy target {:?}: cannot read kubeconfig {path}: {e}",
-            target.name
-        ))
-    })?;
-    let kubeconfig = Kubeconfig::from_yaml(&text).map_err(|e| {
+    // read_from also makes relative certificate/key/token file paths absolute (relative to the
+    // kubeconfig's directory), as kubectl does.
+    let kubeconfig = Kubeconfig::read_from(&target.kubeconfig).map_err(|e| {
         // The parser's message can quote the file; say only where it is.
         let detail = match e {
+            KubeconfigError::ReadConfig(io, _) => {
+                return DeployError::Configuration(format!(
+                    "deploy target {:?}: cannot read kubeconfig {path}: {io}",
+                    target.name
+                ));
+            }
             KubeconfigError::Parse(_) => "not a valid kubeconfig (YAML)".to_string(),
             other => other.to_string(),
         };

@@ -82,6 +82,12 @@ impl KubeDeployer {
         let started = tokio::time::Instant::now();
         let vars = Vars(req.variables.clone());
         let expanded: Vec<String> = req.args.iter().map(|a| vars.expand(a)).collect();
+        if expanded.iter().any(|a| a == "--help" || a == "-h") {
+            for l in DeployArgs::help().lines() {
+                out.line(l).await;
+            }
+            return Ok(DeployReport::default());
+        }
         let args = DeployArgs::parse(&expanded)?;
         let settings = Settings::resolve(&args, &vars)?;
 

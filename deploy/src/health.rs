@@ -191,12 +191,24 @@ pub struct PodProblem {
     pub message: String,
 }
 
+impl PodProblem {
+    /// `pod web-7c9f-abcde`, or `replicaset web-7c9f` when pods cannot even be created.
+    pub fn subject(&self) -> String {
+        match self.kind {
+            ProblemKind::FailedCreate => format!("replicaset {}", self.pod),
+            _ => format!("pod {}", self.pod),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
     ImagePull,
     InvalidImage,
     CrashLoop,
     ConfigError,
+    /// The ReplicaSet cannot create pods (quota, PodSecurity, admission webhook, missing ServiceAccount).
+    FailedCreate,
     CreateError,
     Unschedulable,
     NotReady,
@@ -211,7 +223,7 @@ pub fn grace(kind: ProblemKind) -> Option<Duration> {
         | ProblemKind::CrashLoop
         | ProblemKind::CreateError
         | ProblemKind::PodFailed => Some(Duration::ZERO),
-        ProblemKind::ConfigError => Some(Duration::from_secs(30)),
+        ProblemKind::ConfigError | ProblemKind::FailedCreate => Some(Duration::from_secs(30)),
         ProblemKind::Unschedulable => Some(Duration::from_secs(300)),
         // readiness failures are reported at the deadline, never failed fast
         ProblemKind::NotReady => None,
@@ -343,6 +355,9 @@ pub fn hint(p: &PodProblem) -> Option<&'static str> {
             Some("the container starts and exits; see its last log lines below")
         }
         ProblemKind::ConfigError => Some("a ConfigMap, Secret or key the pod refers to is missing"),
+        ProblemKind::FailedCreate => Some(
+            "the cluster refuses to create the pods: check ResourceQuota, PodSecurity admission, webhooks and the ServiceAccount",
+        ),
         ProblemKind::Unschedulable => Some(
             "no node can take the pod: check resource requests, taints, node selectors and affinity",
         ),

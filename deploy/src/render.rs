@@ -763,6 +763,23 @@ mod tests {
     }
 
     #[test]
+    fn warnings_for_hpa_replicas_and_untagged_images() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 3\n  template:\n    spec:\n      containers:\n      - {name: a, image: \"reg:5000/web\"}\n      - {name: b, image: \"web:latest\"}\n      - {name: c, image: \"reg:5000/web:1.2\"}\n      - {name: d, image: \"web@sha256:abc\"}\n---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n";
+        let ms = parse_documents("k.yaml", text).unwrap();
+        let w = warnings(&ms);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].contains("sets spec.replicas and is scaled by a HorizontalPodAutoscaler"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("image reg:5000/web has no fixed tag"),
+            "{w:?}"
+        );
+        assert!(w[2].contains("image web:latest has no fixed tag"), "{w:?}");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let ms = parse_documents("s.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: aHVudGVyMg==}\nstringData: {token: abc}\n").unwrap();
         let out = print_rendered(&ms);

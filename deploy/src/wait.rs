@@ -46,6 +46,9 @@ pub struct WaitConfig {
     pub timeout_text: String,
 }
 
+/// Pods that are merely not ready are mentioned only after this long.
+const NOT_READY_NOTICE: Duration = Duration::from_secs(30);
+
 fn stamp(start: Instant) -> String {
     let s = start.elapsed().as_secs();
     format!("[{:02}:{:02}]", s / 60, s % 60)
@@ -86,11 +89,12 @@ pub async fn wait_workload(
     let mut watch = watcher::watch_object(api.clone(), &name)
         .default_backoff()
         .boxed();
-    let mut tick = tokio::time::interval(cfg.diagnose_every);
+    let mut tick =
+        tokio::time::interval_at(Instant::now() + cfg.diagnose_every, cfg.diagnose_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_msg = String::new();
     let mut latest: Option<Value> = Some(obj_value(&w.live));
-    let mut seen: HashMap<(String, String), (Instant, PodProblem)> = HashMap::new();
+    let mut seen: HashMap<(String, String), (Instant, PodProblem, bool)> = HashMap::new();
     let deadline = tokio::time::sleep_until(cfg.deadline);
     tokio::pin!(deadline);
 
@@ -161,18 +165,22 @@ pub async fn wait_workload(
                 let now = Instant::now();
                 let mut give_up: Option<PodProblem> = None;
                 for p in &problems {
-                    let key = (p.pod.clone(), p.reason.clone());
-                    let entry = seen.entry(key).or_insert_with(|| {
-                        let container = p.container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default();
-                        let _ = lines.send(format!(
-                            "  {} {label}: pod {}{container}: {} — {}",
-                            stamp(cfg.start), p.pod, p.reason, p.message
-                        ));
-                        (now, p.clone())
-                    });
+                    // keyed by kind: ErrImagePull → ImagePullBackOff keeps its first-seen time
+                    let key = (p.pod.clone(), format!("{:?}", p.kind));
+                    let entry = seen.entry(key).or_insert_with(|| (now, p.clone(), false));
                     // keep the first detailed message (pull errors degrade to "Back-off pulling image")
                     if entry.1.message.is_empty() {
                         entry.1.message = p.message.clone();
+                    }
+                    // not-ready pods are normal for a while during any rollout
+                    let worth_saying = p.kind != ProblemKind::NotReady || now.duration_since(entry.0) >= NOT_READY_NOTICE;
+                    if !entry.2 && worth_saying {
+                        entry.2 = true;
+                        let container = p.container.as_ref().map(|c| format!(" (container {c})")).unwrap_or_default();
+                        let _ = lines.send(format!(
+                            "  {} {label}: {}{container}: {} — {}",
+                            stamp(cfg.start), p.subject(), p.reason, entry.1.message
+                        ));
                     }
                     if cfg.fail_fast {
                         let grace = match (cfg.grace_override, health::grace(p.kind)) {
@@ -184,12 +192,12 @@ pub async fn wait_workload(
                             && now.duration_since(entry.0) >= g
                             && give_up.is_none()
                         {
-                            give_up = Some(entry.1.clone());
+                            give_up = Some(PodProblem { reason: p.reason.clone(), ..entry.1.clone() });
                         }
                     }
                 }
                 if let Some(p) = give_up {
-                    let summary = format!("pod {}: {} — {}", p.pod, p.reason, p.message);
+                    let summary = format!("{}: {} — {}", p.subject(), p.reason, p.message);
                     return WaitResult::Failed(explain(cluster, w, &obj, &summary, Some(p.clone()), &problems).await);
                 }
             }
@@ -290,7 +298,7 @@ async fn new_pods(
                         .unwrap_or("?")
                         .to_string(),
                     container: None,
-                    kind: ProblemKind::ConfigError,
+                    kind: ProblemKind::FailedCreate,
                     reason: c
                         .get("reason")
                         .and_then(Value::as_str)
@@ -375,7 +383,12 @@ async fn explain(
     }
     for p in problems {
         if Some(p) != main.as_ref() {
-            details.push(format!("also: pod {}: {} — {}", p.pod, p.reason, p.message));
+            details.push(format!(
+                "also: {}: {} — {}",
+                p.subject(),
+                p.reason,
+                p.message
+            ));
         }
     }
     let ns = w.planned.namespace.clone().unwrap_or_default();
@@ -404,6 +417,24 @@ async fn explain(
                             String::new()
                         }
                     );
+                    if !events.contains(&line) {
+                        events.push(line);
+                    }
+                }
+            }
+        }
+        if let Some(p) = &main
+            && p.kind == ProblemKind::FailedCreate
+        {
+            let lp = ListParams::default().fields(&format!(
+                "involvedObject.kind=ReplicaSet,involvedObject.name={},type=Warning",
+                p.pod
+            ));
+            if let Ok(evs) = list(cluster, &core_v1("Event", "events"), &ns, &lp).await {
+                for e in evs {
+                    let reason = e.get("reason").and_then(Value::as_str).unwrap_or("");
+                    let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
+                    let line = format!("  {}: {reason}: {msg}", p.pod);
                     if !events.contains(&line) {
                         events.push(line);
                     }

@@ -700,3 +700,181 @@ async fn script_lines_are_parsed_without_a_shell() {
         .to_string();
     assert!(e.contains("`kubectl apply -f k8s/`"), "{e}");
 }
+
+#[tokio::test]
+async fn broken_kubeconfig_is_named_but_never_quoted() {
+    let env = Env::new(Scenario::success()).await;
+    let kc = env.dir.path().join("kube/broken.yaml");
+    std::fs::write(&kc, "apiVersion: v1\nusers:\n- name: x\n  user:\n    token: sup3r-s3cret-t0ken\n  : [unbalanced\n").expect("write");
+    let mut t = env.target();
+    t.kubeconfig = kc.clone();
+    let (r, log) = env.deploy_with(&[], &[], vec![t.clone()]).await;
+    let e = r.expect_err("broken kubeconfig");
+    assert!(matches!(e, DeployError::Configuration(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!(
+            "kubeconfig {}: not a valid kubeconfig",
+            kc.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("sup3r") && !log.contains("sup3r"), "{e}\n{log}");
+    t.kubeconfig = env.dir.path().join("kube/missing.yaml");
+    let (r, _) = env.deploy_with(&[], &[], vec![t]).await;
+    let e = r.expect_err("missing kubeconfig").to_string();
+    assert!(
+        e.contains("deploy target \"test\": cannot read kubeconfig") && e.contains("missing.yaml"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn summary_lists_ingress_hosts() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/ingress.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\nspec:\n  tls:\n  - hosts: [test.example.com]\n  rules:\n  - host: test.example.com\n    http:\n      paths:\n      - path: /\n        pathType: Prefix\n        backend: {service: {name: web, port: {number: 80}}}\n",
+    );
+    let (r, log) = env.deploy(&[], &[]).await;
+    r.expect("deploy with ingress");
+    assert!(
+        log.contains("ingress.networking.k8s.io/web")
+            && log.contains("hosts https://test.example.com"),
+        "{log}"
+    );
+    // Ingress is applied after the Deployment
+    assert!(
+        log.find("deployment.apps/web").unwrap_or(usize::MAX)
+            < log.find("ingress.networking.k8s.io/web").unwrap_or(0),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn failed_create_names_the_replicaset_and_quota() {
+    let env = Env::new(Scenario::new(Outcome::FailedCreate)).await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(
+        log.contains("FAILED deployment.apps/web: replicaset web-"),
+        "{log}"
+    );
+    assert!(log.contains("FailedCreate — pods \"web-"), "{log}");
+    assert!(log.contains("exceeded quota"), "{log}");
+    assert!(
+        log.contains("hint: the cluster refuses to create the pods"),
+        "{log}"
+    );
+    assert!(log.contains("FailedCreate: Error creating:"), "{log}");
+}
+
+#[tokio::test]
+async fn statefulset_rollout_is_undone_from_its_controller_revision() {
+    let env = Env::new(Scenario::rollback()).await;
+    std::fs::remove_file(env.project().join("k8s/deployment.yaml")).expect("rm");
+    let sts = |tag: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: 2\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: db, image: \"registry.example/db:{tag}\"}}]}}\n"
+        )
+    };
+    env.write("k8s/db.yaml", &sts("good"));
+    env.deploy(&[], &[]).await.0.expect("good statefulset");
+    env.write("k8s/db.yaml", &sts("broken"));
+    let (r, log) = env.deploy(&[], &[]).await;
+    assert!(matches!(r, Err(DeployError::Rollout(_))), "{r:?}");
+    assert!(
+        log.contains("rollback: statefulset.apps/db → revision 1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rollback of statefulset.apps/db complete"),
+        "{log}"
+    );
+    let db = env
+        .fake
+        .get("statefulsets.apps", "test", "db")
+        .expect("statefulset");
+    assert_eq!(image_of(&db), "registry.example/db:good");
+    assert!(env.fake.requests().iter().any(|r| {
+        r.method == "PATCH"
+            && r.content_type
+                .starts_with("application/strategic-merge-patch+json")
+    }));
+}
+
+#[tokio::test]
+async fn cancelling_stops_the_wait() {
+    let env = Env::new(Scenario::new(Outcome::Unschedulable)).await;
+    let req = ferry_deploy::DeployRequest {
+        args: vec![],
+        project_dir: env.project().to_path_buf(),
+        variables: [
+            ("CI_ENVIRONMENT_NAME", "test"),
+            ("APP_NAME", "web"),
+            ("REPLICAS", "1"),
+            ("CI_COMMIT_SHORT_SHA", "abc"),
+            ("FERRY_FAIL_FAST", "false"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        targets: vec![env.target()],
+        remaining: None,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        c2.cancel();
+    });
+    let mut log: Vec<u8> = Vec::new();
+    let started = std::time::Instant::now();
+    let r =
+        ferry_deploy::Deployer::deploy(&deploy_common::deployer(), &req, &mut log, &cancel).await;
+    assert!(matches!(r, Err(DeployError::Cancelled)), "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn fields_removed_from_the_manifest_are_removed_from_the_cluster() {
+    let env = Env::new(Scenario::success()).await;
+    let with_extra = deploy_common::DEPLOYMENT
+        .replace(
+            "  labels:\n    app: __APP_NAME__\n",
+            "  labels:\n    app: __APP_NAME__\n    team: payments\n",
+        )
+        .replace(
+            "        ports:\n",
+            "        env:\n        - {name: MODE, value: fast}\n        ports:\n",
+        );
+    env.write("k8s/deployment.yaml", &with_extra);
+    env.deploy(&[], &[]).await.0.expect("first deploy");
+    let d = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    assert_eq!(
+        d.pointer("/metadata/labels/team").and_then(|v| v.as_str()),
+        Some("payments")
+    );
+    assert!(
+        d.pointer("/spec/template/spec/containers/0/env/0")
+            .is_some()
+    );
+    env.write("k8s/deployment.yaml", deploy_common::DEPLOYMENT);
+    let (r, log) = env.deploy(&[], &[]).await;
+    r.expect("second deploy");
+    assert!(log.contains("deployment.apps/web configured"), "{log}");
+    let d = env
+        .fake
+        .get("deployments.apps", "test", "web")
+        .expect("deployment");
+    assert!(d.pointer("/metadata/labels/team").is_none(), "{d}");
+    assert!(
+        d.pointer("/spec/template/spec/containers/0/env")
+            .is_none_or(|e| e.as_array().is_some_and(|a| a.is_empty())),
+        "{d}"
+    );
+    assert_eq!(image_of(&d), "registry.example/web:1a2b3c4d");
+}

@@ -24,6 +24,8 @@ pub enum Outcome {
     ProgressDeadlineExceeded,
     /// A ConfigMap the pod needs is missing: CreateContainerConfigError.
     CreateContainerConfigError,
+    /// The ReplicaSet cannot create pods (quota): ReplicaFailure/FailedCreate, no pods.
+    FailedCreate,
 }
 
 /// The controller behaviour of a fake cluster.
@@ -373,6 +375,7 @@ async fn play_pods(
             }
             false
         }
+        Outcome::FailedCreate => false,
         Outcome::CreateContainerConfigError => {
             for p in pods {
                 if let Some(pod) = sh.update("", "Pod", ns, p, |pod| {
@@ -476,6 +479,24 @@ async fn deployment(sh: Arc<Shared>, ns: String, name: String, generation_no: i6
     if !alive() {
         return;
     }
+    let outcome = sh.scenario.outcome_for(&images(&template));
+    if outcome == Outcome::FailedCreate {
+        let msg = format!(
+            "pods \"{rs_name}-\" is forbidden: exceeded quota: compute-resources, requested: limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8"
+        );
+        if let Some(rs) = sh.update("apps", "ReplicaSet", &ns, &rs_name, |r| {
+            r["status"] = json!({"replicas": 0, "observedGeneration": 1, "conditions": [
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": msg}]});
+        }) {
+            sh.event(&rs, "Warning", "FailedCreate", &format!("Error creating: {msg}"));
+        }
+        sh.update("apps", "Deployment", &ns, &name, |d| {
+            if let Some(conds) = d["status"]["conditions"].as_array_mut() {
+                conds.push(json!({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": msg}));
+            }
+        });
+        return;
+    }
     // Pods of the new ReplicaSet.
     let rs_uid = s(&rs, "/metadata/uid").to_string();
     let mut pods: Vec<String> = sh
@@ -510,7 +531,6 @@ async fn deployment(sh: Arc<Shared>, ns: String, name: String, generation_no: i6
     if !alive() {
         return;
     }
-    let outcome = sh.scenario.outcome_for(&images(&template));
     let ready = play_pods(&sh, &ns, &fresh, outcome, step, false, &alive).await;
     if !alive() {
         return;

@@ -277,7 +277,7 @@ impl FakeK8s {
         st.owners
             .entry((res.to_string(), ns.to_string(), name.to_string()))
             .or_default()
-            .insert(path.to_string(), manager.to_string());
+            .insert(store::encode_path(path), manager.to_string());
     }
 
     /// All requests so far.
@@ -693,12 +693,20 @@ fn watch_resp(sh: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Resp
             initial.iter().map(|e| e.0).max().unwrap_or(from).max(from)
         }
     };
+    // Streaming lists (kubectl >= 1.32 / client-go WatchList): initial events end with a bookmark.
+    let initial_end = q.get("sendInitialEvents").is_some_and(|v| v == "true").then(|| {
+        json!({"type": "BOOKMARK", "object": {"kind": t.res.kind, "apiVersion": t.res.api_version(),
+            "metadata": {"resourceVersion": start_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}})
+    });
     let stream = async_stream::stream! {
         let mut last = start_rv;
         for (_, ty, obj) in initial {
             if matches(&obj, &q) {
                 yield Ok::<Bytes, Infallible>(Bytes::from(format!("{}\n", json!({"type": ty, "object": obj}))));
             }
+        }
+        if let Some(b) = initial_end {
+            yield Ok(Bytes::from(format!("{b}\n")));
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
@@ -964,7 +972,7 @@ fn patch(
                 let api_version = t.res.api_version();
                 let causes: Vec<Value> = conflicts
                     .iter()
-                    .map(|(p, o)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{o}\" using {api_version}"), "field": p}))
+                    .map(|(p, o)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{o}\" using {api_version}"), "field": store::display_path(p)}))
                     .collect();
                 let msg = format!(
                     "Apply failed with {} conflict{}: {}",
@@ -972,15 +980,35 @@ fn patch(
                     if conflicts.len() == 1 { "" } else { "s" },
                     conflicts
                         .iter()
-                        .map(|(p, o)| format!("conflict with \"{o}\" using {api_version}: {p}"))
+                        .map(|(p, o)| format!(
+                            "conflict with \"{o}\" using {api_version}: {}",
+                            store::display_path(p)
+                        ))
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
                 return status_with(409, "Conflict", &msg, Some(json!({"causes": causes})));
             }
+            // Fields this manager applied before and omits now, owned by nobody else, go away.
+            let dropped: Vec<String> = {
+                let st = sh.lock();
+                st.owners
+                    .get(&key)
+                    .map(|owners| {
+                        owners
+                            .iter()
+                            .filter(|(p, o)| *o == manager && !applied.contains_key(*p))
+                            .map(|(p, _)| p.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
             if !dry_run {
                 let mut st = sh.lock();
                 let owners = st.owners.entry(key).or_default();
+                for p in &dropped {
+                    owners.remove(p);
+                }
                 for p in applied.keys() {
                     owners.insert(p.clone(), manager.clone());
                 }
@@ -994,6 +1022,9 @@ fn patch(
                         o.remove("status");
                     }
                     store::apply_merge(&mut merged, &body);
+                    for p in store::removal_targets(&dropped, &applied) {
+                        store::remove_path(&mut merged, &p);
+                    }
                     merged
                 }
             }

@@ -171,6 +171,20 @@ impl Store {
                 meta.insert("generation".into(), json!(1));
             }
         }
+        // managedFields: one entry per manager that owns something (field sets not spelled out)
+        if let Some(owners) = self.owners.get(&key) {
+            let mut managers: Vec<&String> = owners.values().collect();
+            managers.sort();
+            managers.dedup();
+            let entries: Vec<Value> = managers
+                .iter()
+                .map(|m| json!({"manager": m, "operation": if m.as_str() == "ferry" || m.as_str() == "kubectl" { "Apply" } else { "Update" },
+                    "apiVersion": res.api_version(), "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {}}))
+                .collect();
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("managedFields".into(), json!(entries));
+            }
+        }
         if dry_run {
             return (obj, None);
         }
@@ -342,13 +356,24 @@ fn default_object(res: &Resource, obj: &mut Value, existing: Option<&Value>, nex
     }
 }
 
+/// Separator of the segments of a field path (keys may contain dots).
+const SEP: char = '\u{1}';
+
+fn join(prefix: &str, seg: &str) -> String {
+    if prefix.is_empty() {
+        seg.to_string()
+    } else {
+        format!("{prefix}{SEP}{seg}")
+    }
+}
+
 /// Leaf paths of an object for field ownership: objects recurse, lists of objects with a
-/// `name` recurse by name, other lists are atomic.
+/// `name` recurse by name (`[name=web]`), other lists are atomic.
 pub fn leaves(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
     match v {
-        Value::Object(m) => {
+        Value::Object(m) if !m.is_empty() => {
             for (k, x) in m {
-                leaves(x, &format!("{prefix}.{k}"), out);
+                leaves(x, &join(prefix, k), out);
             }
         }
         Value::Array(items)
@@ -359,11 +384,98 @@ pub fn leaves(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
         {
             for i in items {
                 let n = i.get("name").and_then(Value::as_str).unwrap_or("");
-                leaves(i, &format!("{prefix}[name={n}]"), out);
+                leaves(i, &join(prefix, &format!("[name={n}]")), out);
             }
         }
         _ => {
             out.insert(prefix.to_string(), v.clone());
+        }
+    }
+}
+
+/// `.spec.template.spec.containers[name=web].image`, as the API server writes field paths.
+pub fn display_path(path: &str) -> String {
+    path.split(SEP)
+        .map(|seg| {
+            if seg.starts_with("[name=") {
+                seg.to_string()
+            } else {
+                format!(".{seg}")
+            }
+        })
+        .collect()
+}
+
+/// The inverse of [`display_path`] for simple paths (`.spec.replicas`).
+pub fn encode_path(display: &str) -> String {
+    display
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(&SEP.to_string())
+}
+
+/// What to remove for dropped leaves: a whole list item when nothing under it is applied any
+/// more, else the leaf itself.
+pub fn removal_targets(dropped: &[String], applied: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in dropped {
+        let segs: Vec<&str> = p.split(SEP).collect();
+        let mut target = p.clone();
+        for i in 0..segs.len() {
+            if !segs[i].starts_with("[name=") {
+                continue;
+            }
+            let prefix = segs[..=i].join(&SEP.to_string());
+            let still = applied
+                .keys()
+                .any(|a| a == &prefix || a.starts_with(&format!("{prefix}{SEP}")));
+            if !still {
+                target = prefix;
+                break;
+            }
+        }
+        if !out.contains(&target) {
+            out.push(target);
+        }
+    }
+    out
+}
+
+/// Removes the field at an encoded path (server-side apply dropping a field its only manager no
+/// longer applies).
+pub fn remove_path(obj: &mut Value, path: &str) {
+    let segs: Vec<&str> = path.split(SEP).collect();
+    let Some((last, parents)) = segs.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for seg in parents {
+        let next = match seg.strip_prefix("[name=").and_then(|s| s.strip_suffix(']')) {
+            Some(n) => cur.as_array_mut().and_then(|a| {
+                a.iter_mut()
+                    .find(|i| i.get("name").and_then(Value::as_str) == Some(n))
+            }),
+            None => cur.get_mut(*seg),
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    match last
+        .strip_prefix("[name=")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        Some(n) => {
+            if let Some(a) = cur.as_array_mut() {
+                a.retain(|i| i.get("name").and_then(Value::as_str) != Some(n));
+            }
+        }
+        None => {
+            if let Some(o) = cur.as_object_mut() {
+                o.remove(*last);
+            }
         }
     }
 }
@@ -387,6 +499,7 @@ pub fn owned_leaves(v: &Value) -> BTreeMap<String, Value> {
     }
     let mut out = BTreeMap::new();
     leaves(&v, "", &mut out);
+    out.remove("");
     out
 }
 
@@ -591,6 +704,39 @@ mod tests {
             "involvedObject.uid=u1,type=Warning"
         ));
         assert!(!field_selector_matches(&o, "metadata.name!=a"));
+    }
+
+    #[test]
+    fn field_paths() {
+        let v = json!({"metadata": {"labels": {"a.b/c": "x"}}, "spec": {"containers": [{"name": "web", "image": "i", "env": [{"name": "E", "value": "1"}]}]}});
+        let l = owned_leaves(&v);
+        let shown: Vec<String> = l.keys().map(|k| display_path(k)).collect();
+        assert_eq!(
+            shown,
+            vec![
+                ".metadata.labels.a.b/c",
+                ".spec.containers[name=web].env[name=E].name",
+                ".spec.containers[name=web].env[name=E].value",
+                ".spec.containers[name=web].image",
+                ".spec.containers[name=web].name"
+            ]
+        );
+        let mut v2 = v.clone();
+        let env_value = l
+            .keys()
+            .find(|k| display_path(k).ends_with("[name=E].value"))
+            .unwrap()
+            .clone();
+        let env_item = env_value.rsplit_once('\u{1}').unwrap().0.to_string();
+        remove_path(&mut v2, &env_item);
+        assert_eq!(v2["spec"]["containers"][0]["env"], json!([]));
+        let label = l.keys().find(|k| k.contains("a.b/c")).unwrap().clone();
+        remove_path(&mut v2, &label);
+        assert_eq!(v2["metadata"]["labels"], json!({}));
+        assert_eq!(
+            encode_path(".spec.replicas"),
+            format!("spec{}replicas", '\u{1}')
+        );
     }
 
     #[test]
