@@ -688,7 +688,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     ))
                 })?;
                 for n in &summary.notes {
-                    log.write_line(&n.to_log_line());
+                    log.write_str(&n.to_log_line());
                 }
                 log.write_line(&format!(
                     "Downloaded artifacts for {} ({}): {} files",

@@ -5,7 +5,6 @@
 //! Docker or the image is missing, the test prints SKIP with the reason.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -63,10 +62,6 @@ struct Ferry {
 }
 
 impl Ferry {
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
-    }
-
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ferry.log")).unwrap_or_default()
     }

@@ -22,7 +22,6 @@ use crate::gitlab::payload::{JobPayload, Step, When};
 use crate::variables::Variables;
 
 pub use host::DependencySpec;
-pub use images::derived_service_aliases;
 
 /// Job timeout when GitLab sends none.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
