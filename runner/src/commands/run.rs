@@ -259,7 +259,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                 return;
             }
         };
-        let concurrent = self.slots.take(format!("{}", runner.token.short()));
+        let concurrent = self.slots.take(runner.token.short().to_string());
         let project = self.slots.take(format!(
             "{}/{}",
             runner.token.short(),
@@ -358,10 +358,10 @@ async fn reloader(
 fn cache_roots(working_dir: &Path, config: &Config) -> Vec<PathBuf> {
     let mut roots = vec![working_dir.join("cache"), working_dir.join("git-cache")];
     for r in &config.runners {
-        if let Some(d) = &r.docker.cache_dir {
-            if !roots.contains(d) {
-                roots.push(d.clone());
-            }
+        if let Some(d) = &r.docker.cache_dir
+            && !roots.contains(d)
+        {
+            roots.push(d.clone());
         }
     }
     roots
