@@ -26,6 +26,12 @@ use tracing::{debug, info, warn};
 /// gitlab-runner parks it for 60 minutes; ferry recovers within a minute of GitLab coming back.
 pub const MAX_UNHEALTHY_PARK: Duration = Duration::from_secs(30);
 
+/// A job request without an answer after this long is being held by Workhorse's long polling.
+/// Such a request can only end in "no job" (Workhorse answers 204 itself when the queue changes;
+/// jobs are handed out by Rails, which answers at once), so it gives its slot back meanwhile: a
+/// held request never keeps a free job slot idle.
+pub const HELD_REQUEST: Duration = Duration::from_secs(5);
+
 /// What one job request gave.
 #[derive(Debug)]
 pub enum Polled<J> {
@@ -309,15 +315,32 @@ async fn poll_loop<S, H>(
         };
         let (entry, source, handler) = (entry.clone(), source.clone(), handler.clone());
         let (stop, jobs2, jobs_cancel) = (stop.clone(), jobs.clone(), jobs_cancel.clone());
+        let global = global.clone();
         tokio::spawn(async move {
-            let polled = tokio::select! {
-                p = source.request_job(&entry.section) => p,
-                _ = stop.cancelled() => return,
+            let request = source.request_job(&entry.section);
+            tokio::pin!(request);
+            let mut slot = Some(slot);
+            let polled = loop {
+                tokio::select! {
+                    p = &mut request => break p,
+                    _ = stop.cancelled() => return,
+                    // Held by long polling: give the slot back so other entries can use it.
+                    _ = tokio::time::sleep(HELD_REQUEST), if slot.is_some() => {
+                        debug!(runner = entry.section.token.short(), "job request held by GitLab: slot released");
+                        slot = None;
+                    }
+                }
             };
             drop(request_permit);
             match polled {
                 Polled::Job(job) => {
                     entry.failures.store(0, Ordering::Relaxed);
+                    // A held request that still brought a job (a very slow GitLab): the job
+                    // waits for a free slot rather than exceed `concurrent`.
+                    let slot = match slot {
+                        Some(s) => s,
+                        None => Slot::acquire(&global, entry.limit.as_ref()).await,
+                    };
                     let runner = entry.section.clone();
                     let cancel = jobs_cancel.child_token();
                     // The slot moves into the job's task and returns when it ends, however it ends.
@@ -340,6 +363,22 @@ async fn poll_loop<S, H>(
 struct Slot {
     _global: OwnedSemaphorePermit,
     _limit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    async fn acquire(global: &Arc<Semaphore>, limit: Option<&Arc<Semaphore>>) -> Slot {
+        // The semaphores are never closed, so acquiring only waits.
+        let _limit = match limit {
+            Some(l) => l.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let _global = loop {
+            if let Ok(p) = global.clone().acquire_owned().await {
+                break p;
+            }
+        };
+        Slot { _global, _limit }
+    }
 }
 
 #[cfg(test)]
@@ -503,6 +542,50 @@ check_interval = 3
             handler.max_running.load(Ordering::SeqCst),
             3,
             "concurrent = 3 reached, not exceeded"
+        );
+    }
+
+    /// Holds every request of one token for 50 s, like Workhorse long polling, then "no job".
+    struct Held {
+        inner: Queue,
+        held_token: &'static str,
+    }
+
+    impl JobSource for Held {
+        type Job = u64;
+        async fn request_job(&self, runner: &RunnerSection) -> Polled<u64> {
+            if runner.token.expose() == self.held_token {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                return Polled::Nothing;
+            }
+            self.inner.request_job(runner).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_does_not_keep_the_only_slot_from_another_runner() {
+        let one_slot = TWO_RUNNERS.replace("concurrent = 3", "concurrent = 1");
+        let source = Arc::new(Held {
+            inner: Queue::default(),
+            held_token: "glrt-aaaaaaaa",
+        });
+        source.inner.push("glrt-bbbbbbbb", &[7]);
+        let handler = Arc::new(Sleeper::new(1));
+        let (_tx, rx) = watch::channel(config(&one_slot));
+        let daemon = Daemon::new(source.clone(), handler.clone());
+        let start = Instant::now();
+        let h = handler.clone();
+        let until_done = async move {
+            while h.done.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        daemon.run(rx, until_done, std::future::pending()).await;
+        assert_eq!(*handler.done.lock().unwrap(), vec![(7, false)]);
+        let waited = Instant::now() - start;
+        assert!(
+            waited < Duration::from_secs(15),
+            "b's job started while a's request was held: {waited:?}"
         );
     }
 
