@@ -878,3 +878,47 @@ async fn fields_removed_from_the_manifest_are_removed_from_the_cluster() {
     );
     assert_eq!(image_of(&d), "registry.example/web:1a2b3c4d");
 }
+
+#[tokio::test]
+async fn https_cluster_with_a_certificate_authority_file() {
+    let (_url, fake) = ferry_tests::fake_k8s::FakeK8s::start_tls(Scenario::success()).await;
+    let env = Env::new(Scenario::success()).await;
+    let kube = env.dir.path().join("kube-tls");
+    std::fs::create_dir_all(&kube).expect("mkdir");
+    fake.require_token("tls-t0ken");
+    let ca = fake.ca_pem.clone().expect("CA");
+    let kc = ferry_tests::fake_k8s::write_kubeconfig_with(
+        &kube,
+        &fake.url,
+        "tls",
+        Some("test"),
+        Some("tls-t0ken"),
+        Some(&ca),
+    );
+    let mut t = env.target();
+    t.kubeconfig = kc;
+    let (r, log) = env.deploy_with(&[], &[], vec![t.clone()]).await;
+    r.expect("deploy over https");
+    assert!(log.contains(&format!("cluster {}", fake.url)), "{log}");
+    assert!(fake.get("deployments.apps", "test", "web").is_some());
+    assert!(
+        !log.contains("tls-t0ken") && !log.contains("BEGIN CERTIFICATE"),
+        "{log}"
+    );
+
+    // without the CA the certificate is not trusted: said at once, not retried
+    let kc = ferry_tests::fake_k8s::write_kubeconfig(
+        &kube,
+        &fake.url,
+        "noca",
+        Some("test"),
+        Some("tls-t0ken"),
+    );
+    t.kubeconfig = kc;
+    let started = std::time::Instant::now();
+    let (r, _) = env.deploy_with(&[], &[], vec![t]).await;
+    let e = r.expect_err("untrusted certificate").to_string();
+    assert!(e.contains("certificate"), "{e}");
+    assert!(!e.contains("tls-t0ken"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{e}");
+}
