@@ -286,10 +286,10 @@ impl Cluster {
             e if is_tls_failure(e) => {
                 let chain = error_chain(e);
                 let detail = chain
-                    .split(": ")
-                    .find(|p| p.contains("certificate"))
-                    .unwrap_or(&chain)
-                    .to_string();
+                    .find("invalid peer certificate")
+                    .or_else(|| chain.find("certificate verify failed"))
+                    .map(|i| chain[i..].to_string())
+                    .unwrap_or_else(|| chain.clone());
                 DeployError::Cluster(format!(
                     "the TLS certificate of the Kubernetes API at {} is not trusted ({detail}); check the certificate authority in the kubeconfig of deploy target {:?}",
                     self.host, self.target
