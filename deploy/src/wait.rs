@@ -46,6 +46,9 @@ pub struct WaitConfig {
     pub timeout_text: String,
 }
 
+/// A progress line at least this often, even when nothing changes.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// Pods that are merely not ready are mentioned only after this long.
 const NOT_READY_NOTICE: Duration = Duration::from_secs(30);
 
@@ -93,6 +96,7 @@ pub async fn wait_workload(
         tokio::time::interval_at(Instant::now() + cfg.diagnose_every, cfg.diagnose_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_msg = String::new();
+    let mut last_line = Instant::now();
     let mut latest: Option<Value> = Some(obj_value(&w.live));
     let mut seen: HashMap<(String, String), (Instant, PodProblem, bool)> = HashMap::new();
     let deadline = tokio::time::sleep_until(cfg.deadline);
@@ -119,6 +123,13 @@ pub async fn wait_workload(
                     if msg != last_msg {
                         let _ = lines.send(format!("  {} {label}: {msg}", stamp(cfg.start)));
                         last_msg = msg;
+                        last_line = Instant::now();
+                    } else if last_line.elapsed() >= HEARTBEAT {
+                        let _ = lines.send(format!(
+                            "  {} {label}: still waiting: {msg}",
+                            stamp(cfg.start)
+                        ));
+                        last_line = Instant::now();
                     }
                 }
             }

@@ -922,3 +922,12 @@ async fn https_cluster_with_a_certificate_authority_file() {
     assert!(!e.contains("tls-t0ken"), "{e}");
     assert!(started.elapsed() < std::time::Duration::from_secs(3), "{e}");
 }
+
+#[tokio::test]
+async fn no_wait_applies_and_returns() {
+    let env = Env::new(Scenario::new(Outcome::ImagePullBackOff)).await;
+    let (r, log) = env.deploy(&["--wait", "false"], &[]).await;
+    r.expect("nothing waited for");
+    assert!(log.contains("deployment.apps/web created"), "{log}");
+    assert!(!log.contains("waiting for"), "{log}");
+}
