@@ -478,6 +478,25 @@ async fn unknown_context_is_a_clear_error() {
         e.contains("--kubeconfig is for `ferry deploy` on a workstation"),
         "{e}"
     );
+    // even naming one of the runner's own kubeconfigs: that would skip the target policy
+    let (r, _) = env
+        .deploy(
+            &["--kubeconfig", &kc],
+            &[("CI_ENVIRONMENT_NAME", "production")],
+        )
+        .await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("--kubeconfig is for `ferry deploy` on a workstation"),
+        "{e}"
+    );
+    let (r, _) = env.deploy(&["--context", "fake"], &[]).await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("--context is for `ferry deploy` on a workstation"),
+        "{e}"
+    );
+    assert!(env.fake.requests().is_empty());
 }
 
 #[tokio::test]
