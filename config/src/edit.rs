@@ -6,7 +6,7 @@
 //! (a temp file in the same directory, fsync, rename) and leave the file with mode 0600.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value, value};
@@ -148,6 +148,13 @@ const NEW_FILE_HEADER: &str = "concurrent = 1\ncheck_interval = 0\nshutdown_time
 /// Refuses (and leaves the file alone) when the entry would make a file that loaded before
 /// fail to load, so a bad value from the command line never breaks a working config.
 pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let _lock = EditLock::acquire(path);
     let (old_text, mut doc) = match std::fs::read_to_string(path) {
         Ok(text) => {
             let doc = parse(path, &text)?;
@@ -190,12 +197,6 @@ pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
             message: format!("the new runner entry would not load, nothing written: {e}"),
         });
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
     write_atomic(path, new_text.as_bytes())
 }
 
@@ -205,6 +206,7 @@ pub fn remove_runners(
     path: &Path,
     pred: impl Fn(&RunnerIdent) -> bool,
 ) -> Result<usize, ConfigError> {
+    let _lock = EditLock::acquire(path);
     let mut doc = read_doc(path)?;
     let env = |k: &str| std::env::var(k).ok();
     let Some(runners) = existing_runners(path, &mut doc)? else {
@@ -235,6 +237,7 @@ pub fn update_token(
     obtained_at: i64,
     expires_at: Option<i64>,
 ) -> Result<(), ConfigError> {
+    let _lock = EditLock::acquire(path);
     let mut doc = read_doc(path)?;
     let env = |k: &str| std::env::var(k).ok();
     let mut found = 0;
@@ -269,6 +272,41 @@ pub fn update_token(
         });
     }
     write_atomic(path, doc.to_string().as_bytes())
+}
+
+/// An exclusive advisory lock (`flock`) on `.<config name>.lock` beside the file, held for a
+/// whole read-modify-write so that, say, the daemon rotating a token and `ferry register`
+/// running at the same moment cannot lose each other's change. The lock file is left in place
+/// (removing it would race with the next locker). Best effort: if the lock file cannot be
+/// created the edit goes ahead, and the write itself reports any permission problem.
+struct EditLock(Option<std::fs::File>);
+
+impl EditLock {
+    fn acquire(path: &Path) -> EditLock {
+        let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "config.toml".into());
+        let lock_path = target.with_file_name(format!(".{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(lock_path)
+            .ok()
+            .filter(|f| f.lock().is_ok());
+        EditLock(file)
+    }
+}
+
+impl Drop for EditLock {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            let _ = f.unlock();
+        }
+    }
 }
 
 fn parse(path: &Path, text: &str) -> Result<DocumentMut, ConfigError> {

@@ -164,36 +164,28 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
     if let Some(n) = t.string(ctx, "name")? {
         r.name = n.v;
     }
+    let shown = if r.name.is_empty() {
+        t.path.clone()
+    } else {
+        format!("{:?}", r.name)
+    };
     match t.string(ctx, "executor")? {
         Some(e) if e.v == "docker" => r.executor = e.v,
         Some(e) => {
-            let shown = if r.name.is_empty() {
-                t.path.clone()
-            } else {
-                format!("{:?}", r.name)
-            };
-            ctx.warn(
-                e.line,
-                &t.key_path("executor"),
-                format!(
-                    "runner {shown} uses executor {:?}; ferry only runs the \"docker\" executor, \
-                     so this runner is skipped",
-                    e.v
-                ),
+            let message = format!(
+                "runner {shown} uses executor {:?}; ferry only runs the \"docker\" executor, so \
+                 this runner is skipped",
+                e.v
             );
+            ctx.warn(e.line, &t.key_path("executor"), message);
             return Ok(None);
         }
         None => {
-            let shown = if r.name.is_empty() {
-                t.path.clone()
-            } else {
-                format!("{:?}", r.name)
-            };
-            ctx.warn(
-                t.line,
-                &t.key_path("executor"),
-                format!("runner {shown} has no executor; ferry needs executor = \"docker\", so this runner is skipped"),
+            let message = format!(
+                "runner {shown} has no executor; ferry needs executor = \"docker\", so this \
+                 runner is skipped"
             );
+            ctx.warn(t.line, &t.key_path("executor"), message);
             return Ok(None);
         }
     }
@@ -375,7 +367,10 @@ fn resolve_url(ctx: &mut Ctx, key: &str, url: Val<String>) -> Result<String, Con
         return Err(ctx.invalid(
             url.line,
             key,
-            format!("expected an http:// or https:// URL, found {u:?}"),
+            format!(
+                "expected an http:// or https:// URL, found {:?}",
+                redact_userinfo(&u)
+            ),
         ));
     };
     if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
@@ -385,7 +380,10 @@ fn resolve_url(ctx: &mut Ctx, key: &str, url: Val<String>) -> Result<String, Con
         return Err(ctx.invalid(
             url.line,
             key,
-            format!("expected an http:// or https:// URL, found {u:?}"),
+            format!(
+                "expected an http:// or https:// URL, found {:?}",
+                redact_userinfo(&u)
+            ),
         ));
     }
     while u.ends_with('/') {
@@ -396,10 +394,26 @@ fn resolve_url(ctx: &mut Ctx, key: &str, url: Val<String>) -> Result<String, Con
         ctx.warn(
             url.line,
             key,
-            format!("the legacy /ci suffix is not part of the GitLab URL; using {u}"),
+            format!(
+                "the legacy /ci suffix is not part of the GitLab URL; using {}",
+                redact_userinfo(&u)
+            ),
         );
     }
     Ok(u)
+}
+
+/// `https://user:secret@host/` → `https://***@host/`, for messages.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
 }
 
 fn token_time(ctx: &Ctx, t: &mut TableReader, key: &str) -> Result<Option<i64>, ConfigError> {

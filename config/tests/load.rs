@@ -316,6 +316,27 @@ fn legacy_ci_suffix_is_stripped_with_a_warning() {
 }
 
 #[test]
+fn url_credentials_are_not_repeated_in_messages() {
+    let c = load(&MINIMAL.replace(
+        "https://gitlab.example.com",
+        "https://bot:s3cret@gitlab.example.com/ci",
+    ));
+    assert_eq!(c.runners[0].url, "https://bot:s3cret@gitlab.example.com");
+    assert!(
+        c.warnings[0]
+            .message
+            .ends_with("using https://***@gitlab.example.com"),
+        "{}",
+        c.warnings[0]
+    );
+    let e = error(&MINIMAL.replace("https://gitlab.example.com", "ftp://bot:s3cret@host/x"));
+    assert!(
+        !e.contains("s3cret") && e.contains("ftp://***@host/x"),
+        "{e}"
+    );
+}
+
+#[test]
 fn runner_errors_name_line_and_key() {
     assert_eq!(
         error("[[runners]]\n  token = \"t\"\n  executor = \"docker\"\n"),

@@ -78,8 +78,8 @@ pub(crate) fn lstat_inside(root: &Path, rel: &Path) -> io::Result<std::fs::Metad
     std::fs::symlink_metadata(root)
 }
 
-/// Creates `root/rel` as a directory (and its parents), never through a symlink. An existing
-/// non-directory in the way is an error.
+/// Creates `root/rel` as a directory (and its parents, mode 0777), never through a symlink.
+/// An existing non-directory in the way is an error.
 pub(crate) fn create_dir_inside(root: &Path, rel: &Path) -> io::Result<PathBuf> {
     let mut cur = root.to_path_buf();
     for comp in rel.components() {
@@ -98,7 +98,12 @@ pub(crate) fn create_dir_inside(root: &Path, rel: &Path) -> io::Result<PathBuf> 
                     format!("{}: exists and is not a directory", cur.display()),
                 ));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&cur)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir(&cur)?;
+                // As gitlab-runner's helper (umask 0000): a non-root job user can write here.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(0o777))?;
+            }
             Err(e) => return Err(e),
         }
     }

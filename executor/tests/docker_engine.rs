@@ -299,8 +299,7 @@ async fn bind_and_named_volumes() {
     assert!(log.contains("cached\n"), "{log}");
     // ...and cleanup_leftovers keeps it.
     engine.cleanup_leftovers().await.unwrap();
-    let name =
-        ferry_executor::docker::convert::cache_volume_name(&j.env.runner_short_token, 77, "/cache");
+    let name = ferry_executor::docker::convert::cache_volume_name(&j.env, "/cache");
     engine
         .client()
         .inspect_volume(&name)
@@ -988,5 +987,113 @@ async fn output_is_streamed_as_it_comes() {
     assert!(
         second >= first + Duration::from_millis(1500),
         "first {first:?}, second {second:?}"
+    );
+}
+
+#[tokio::test]
+async fn registry_credentials_are_used_and_not_logged() {
+    let Some(engine) = engine_with("auth", section()).await else {
+        return;
+    };
+    let mut j = job("auth", BUSYBOX);
+    // Nothing listens on this registry: the pull fails, after choosing credentials.
+    j.env.image = ImageSpec {
+        pull_policy: vec![PullPolicy::Always],
+        ..image("127.0.0.1:5999/group/app:1")
+    };
+    j.env.variables.push(EnvVar {
+        name: "DOCKER_AUTH_CONFIG".into(),
+        value: r#"{"auths":{"127.0.0.1:5999":{"username":"ci","password":"top-secret-pw"}}}"#
+            .into(),
+    });
+    let mut log: Vec<u8> = Vec::new();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        matches!(&err, EngineError::ImagePull { message, .. } if message.contains("127.0.0.1:5999")),
+        "{err}"
+    );
+    assert!(
+        log.contains("Authenticating with credentials from $DOCKER_AUTH_CONFIG"),
+        "{log}"
+    );
+    assert!(!log.contains("top-secret-pw") && !err.to_string().contains("top-secret-pw"));
+    // Payload credentials when nothing else matches.
+    j.env.variables.pop();
+    j.env.registry_auth.push(ferry_executor::RegistryAuth {
+        registry: "127.0.0.1:5999".into(),
+        username: "gitlab-ci-token".into(),
+        password: "job-token-secret".into(),
+    });
+    let mut log: Vec<u8> = Vec::new();
+    engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.contains("Authenticating with credentials from job payload (GitLab Registry)"),
+        "{log}"
+    );
+    assert!(!log.contains("job-token-secret"));
+}
+
+#[tokio::test]
+async fn network_mode_bridge_links_services_by_alias() {
+    let mut sec = section();
+    sec.network_mode = Some("bridge".into());
+    let Some(engine) = engine_with("bridge", sec).await else {
+        return;
+    };
+    let mut j = job("bridge", BUSYBOX);
+    j.env.services.push(ServiceSpec {
+        image: image(SERVICE),
+        aliases: vec!["web".into()],
+        command: vec![],
+        variables: vec![],
+    });
+    let label = format!("ferry.job_id={}", j.env.job_id);
+    let mut log: Vec<u8> = Vec::new();
+    let cancel = CancellationToken::new();
+    engine.prepare(&j.env, &mut log, &cancel).await.unwrap();
+    // No per-job network with network_mode set.
+    assert_eq!(labelled(&engine, &label).await, (2, 0));
+    let out = engine
+        .run_step(
+            &j.env,
+            &step(&["wget -q -O - http://web:8080/"]),
+            &mut log,
+            &cancel,
+        )
+        .await
+        .unwrap();
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert_eq!(out.exit_code, 0, "{log}");
+    assert!(log.contains("ferry-service-ok\n"), "{log}");
+    assert_eq!(labelled(&engine, &label).await, (0, 0));
+}
+
+#[tokio::test]
+async fn cache_dir_backs_path_volumes_with_host_directories() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut sec = section();
+    sec.volumes = vec!["/cache".into()];
+    sec.cache_dir = Some(cache.path().to_path_buf());
+    let Some(engine) = engine_with("cachedir", sec).await else {
+        return;
+    };
+    let j = job("cachedir", BUSYBOX);
+    let (r, log) = run_one(&engine, &j.env, &step(&["echo kept > /cache/f.txt"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    let dir = ferry_executor::docker::convert::cache_host_dir(cache.path(), &j.env, "/cache");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("f.txt")).unwrap(),
+        "kept\n"
     );
 }

@@ -426,3 +426,67 @@ async fn eviction_skips_git_object_caches_in_use() {
     assert_eq!(report.removed, vec![cache.join("git/a.git")]);
     assert!(cache.join("git/b.git/objects").is_dir());
 }
+
+#[tokio::test]
+async fn cancelled_jobs_stop_restoring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, p) = (tmp.path().join("cache"), tmp.path().join("p"));
+    write(&p, "c/f", "x");
+    let st = store(&cache);
+    let sp = spec("k", &["c"]);
+    do_save(&st, &sp, &p, true).await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let mut log = Vec::new();
+    let res = restore(&st, &sp, &tmp.path().join("q"), &mut log, &cancel).await;
+    assert!(
+        matches!(res, Err(ferry_executor::cache::CacheError::Cancelled)),
+        "{res:?}"
+    );
+    let res = save(&st, &sp, &p, true, &mut log, &cancel).await;
+    assert!(
+        matches!(res, Err(ferry_executor::cache::CacheError::Cancelled)),
+        "{res:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_saves_of_one_key_leave_a_valid_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let st = store(&cache);
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        let p = tmp.path().join(format!("p{i}"));
+        write(&p, "deps/file", &format!("job {i}"));
+        let st = st.clone();
+        jobs.push(tokio::spawn(async move {
+            do_save(&st, &spec("shared", &["deps"]), &p, true).await
+        }));
+    }
+    for j in futures::future::join_all(jobs).await {
+        let (out, log) = j.unwrap();
+        assert!(
+            matches!(
+                out,
+                SaveOutcome::Created { .. } | SaveOutcome::UpToDate { .. }
+            ),
+            "{out:?} {log}"
+        );
+    }
+    let q = tmp.path().join("q");
+    let (out, _) = do_restore(&st, &spec("shared", &["deps"]), &q).await;
+    assert!(matches!(out, RestoreOutcome::Restored { .. }), "{out:?}");
+    assert!(
+        std::fs::read_to_string(q.join("deps/file"))
+            .unwrap()
+            .starts_with("job ")
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("project/42/shared"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -151,6 +151,12 @@ async fn clone_checks_out_the_commit_and_logs_like_gitlab_runner() {
         &sha[..8]
     )));
     assert!(log.contains("Skipping Git submodules setup"));
+    // World-writable like gitlab-runner's checkout (umask 0000), for non-root job images.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("src/main.rs")), 0o666);
+    assert_eq!(mode(&dir.join("src")), 0o777);
+    assert_eq!(mode(&dir), 0o777);
     // origin is the plain URL; no hooks from a template.
     assert_eq!(git(&dir, &["remote", "get-url", "origin"]), up.url());
     assert!(!dir.join(".git/hooks").exists());
@@ -548,4 +554,228 @@ async fn a_failing_http_remote_does_not_leak_the_token() {
             .unwrap()
             .contains(TOKEN)
     );
+}
+
+#[tokio::test]
+async fn object_cache_serves_the_fetch_strategy_and_drops_old_pipeline_refs() {
+    let up = Upstream::new();
+    let a = up.commit("f", "1");
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/pipelines/1"]);
+    let cache = up.root.join("cache/git/project-1.git");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &a, &dir);
+    s.strategy = GitStrategy::Fetch;
+    s.object_cache_dir = Some(cache.clone());
+    s.depth = 5;
+    s.refspecs = vec![
+        "+refs/pipelines/1:refs/pipelines/1".into(),
+        "+refs/heads/main:refs/remotes/origin/main".into(),
+    ];
+    run_ok(&s).await;
+    assert!(cache.join("ferry-last-used").is_file());
+
+    let b = up.commit("f", "2");
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/pipelines/2"]);
+    s.sha = b.clone();
+    s.refspecs[0] = "+refs/pipelines/2:refs/pipelines/2".into();
+    let log = run_ok(&s).await;
+    assert!(log.contains("Fetching changes with git depth set to 5..."));
+    assert!(log.contains("Reinitialized existing Git repository"));
+    assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "2");
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), b);
+    assert_eq!(
+        git(
+            &cache,
+            &["for-each-ref", "--format=%(refname)", "refs/pipelines/"]
+        ),
+        "refs/pipelines/2"
+    );
+    assert!(
+        !std::fs::read_to_string(dir.join(".git/config"))
+            .unwrap()
+            .contains("project-1.git")
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_hanging_fetch_kills_git() {
+    // A "GitLab" that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let up = Upstream::new();
+    let dir = up.project("p");
+    let url = format!("http://gitlab-ci-token:{TOKEN}@127.0.0.1:{port}/group/project.git");
+    let s = spec(&url, &"a".repeat(40), &dir);
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let needle = format!("127.0.0.1:{port}");
+    let seen = tokio::spawn(async move {
+        // Wait until git's HTTP helper is running, look at every command line, then cancel.
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            seen = cmdlines_containing(&needle);
+            if !seen.is_empty() {
+                break;
+            }
+        }
+        c2.cancel();
+        seen
+    });
+    let mut log: Vec<u8> = Vec::new();
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        get_sources(&s, &mut log, &cancel),
+    )
+    .await
+    .expect("get_sources did not stop after cancel");
+    assert!(matches!(res, Err(SourceError::Cancelled)), "{res:?}");
+    let seen = seen.await.unwrap();
+    assert!(!seen.is_empty(), "git never contacted the server");
+    assert!(
+        seen.iter().all(|c| !c.contains(TOKEN)),
+        "job token visible in a command line: {seen:?}"
+    );
+    // git and its helpers are gone.
+    let needle = format!("127.0.0.1:{port}");
+    let mut left = cmdlines_containing(&needle);
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = cmdlines_containing(&needle);
+    }
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// Command lines of running processes that contain `needle` (what `ps` would show).
+fn cmdlines_containing(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn recursive_submodules_and_submodule_paths() {
+    let inner = Upstream::new();
+    inner.commit("inner.txt", "inner");
+    let mid = Upstream::new();
+    mid.commit("mid.txt", "mid");
+    git(&mid.work, &["submodule", "add", "-q", &inner.url(), "deep"]);
+    git(&mid.work, &["commit", "-q", "-m", "deep"]);
+    git(&mid.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let other = Upstream::new();
+    other.commit("other.txt", "other");
+    let up = Upstream::new();
+    up.commit("f", "1");
+    git(&up.work, &["submodule", "add", "-q", &mid.url(), "mid"]);
+    git(&up.work, &["submodule", "add", "-q", &other.url(), "other"]);
+    git(&up.work, &["commit", "-q", "-m", "subs"]);
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let sha = git(&up.work, &["rev-parse", "HEAD"]);
+
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.git_config = vec![("protocol.file.allow".into(), "always".into())];
+    let vars = ferry_executor::sources::GitVariables::resolve(
+        |k| match k {
+            "GIT_SUBMODULE_STRATEGY" => Some("recursive"),
+            "GIT_SUBMODULE_PATHS" => Some(":(exclude)other"),
+            "GIT_STRATEGY" => Some("clone"),
+            _ => None,
+        },
+        true,
+        0,
+    )
+    .unwrap();
+    vars.apply(&mut s);
+    let log = run_ok(&s).await;
+    assert!(
+        log.contains("Updating/initializing submodules recursively..."),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("mid/deep/inner.txt")).unwrap(),
+        "inner"
+    );
+    assert!(
+        !dir.join("other/other.txt").exists(),
+        "excluded by GIT_SUBMODULE_PATHS"
+    );
+}
+
+#[tokio::test]
+async fn the_host_git_is_recent_enough() {
+    let v = ferry_executor::sources::check_git().await.unwrap();
+    assert!(v.starts_with("git version "), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_share_the_object_cache() {
+    let up = Upstream::new();
+    up.commit("a", "1");
+    let sha = up.commit("b", "2");
+    let cache = up.root.join("cache/git/project-1.git");
+    let mut specs = Vec::new();
+    for name in ["j1", "j2", "j3"] {
+        let mut s = spec(&up.url(), &sha, &up.project(name));
+        s.object_cache_dir = Some(cache.clone());
+        specs.push(s);
+    }
+    let runs: Vec<_> = specs
+        .iter()
+        .cloned()
+        .map(|s| tokio::spawn(async move { run(&s).await }))
+        .collect();
+    for (r, s) in futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .zip(&specs)
+    {
+        let (res, log) = r.unwrap();
+        assert!(res.is_ok(), "{res:?}\n{log}");
+        assert_eq!(
+            std::fs::read_to_string(s.project_dir.join("b")).unwrap(),
+            "2"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broken_checkout_is_replaced_by_a_fresh_clone() {
+    let up = Upstream::new();
+    let sha = up.commit("f", "1");
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.strategy = GitStrategy::Fetch;
+    run_ok(&s).await;
+    // A job killed half way through a git command, or one that scribbled over .git.
+    std::fs::write(dir.join(".git/index"), b"DIRCgarbage").unwrap();
+    let sha2 = up.commit("f", "2");
+    s.sha = sha2.clone();
+    let log = run_ok(&s).await;
+    assert!(
+        log.contains("reusing the previous checkout failed")
+            && log.contains("starting from a fresh clone"),
+        "{log}"
+    );
+    assert!(log.contains("Initialized empty Git repository"));
+    assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "2");
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), sha2);
 }

@@ -63,6 +63,41 @@ pub struct RunArgs {
         env = "FERRY_WORKING_DIRECTORY"
     )]
     pub working_directory: Option<PathBuf>,
+
+    /// Most disk the local cache and the git object caches may use (e.g. 500m, 20g); the least
+    /// recently used are removed beyond it
+    #[arg(long = "cache-max-size", env = "FERRY_CACHE_MAX_SIZE", default_value = "10g", value_parser = parse_size)]
+    pub cache_max_size: u64,
+
+    /// Caches unused for longer than this are removed (Go duration, e.g. 72h)
+    #[arg(long = "cache-max-age", env = "FERRY_CACHE_MAX_AGE", default_value = "336h", value_parser = parse_age)]
+    pub cache_max_age: std::time::Duration,
+}
+
+/// `500m`, `20g`, `1048576`: bytes with an optional k/m/g/t suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        Some((i, 't')) => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500m or 20g"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("{s:?} is not a size like 500m or 20g"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    crate::plan::parse_go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 72h or 30m"))
 }
 
 /// Parse a gitlab-runner style boolean flag value.
@@ -336,6 +371,20 @@ mod tests {
                 .is_ok()
         );
         assert!(Cli::try_parse_from(["ferry", "unregister", "--all-runners"]).is_ok());
+    }
+
+    #[test]
+    fn sizes_and_ages() {
+        assert_eq!(parse_size("10g"), Ok(10 << 30));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+        let cli = parse(&["ferry", "run"]);
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.cache_max_size, 10 << 30);
+        assert_eq!(r.cache_max_age, std::time::Duration::from_secs(336 * 3600));
     }
 
     #[test]

@@ -134,10 +134,10 @@ impl Signals {
     /// Resolves when a stop signal arrives (or at once if one already has).
     async fn next(&mut self, ignore_canceling: bool) -> Stop {
         loop {
-            if let Some(s) = self.current() {
-                if !(ignore_canceling && s == Stop::Canceling) {
-                    return s;
-                }
+            if let Some(s) = self.current()
+                && !(ignore_canceling && s == Stop::Canceling)
+            {
+                return s;
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(self.deadline) => return Stop::Timeout,
@@ -375,10 +375,10 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         {
             let succeeded = outcome == Outcome::Success;
             self.archive_caches(plan, log, succeeded).await;
-            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await {
-                if succeeded {
-                    outcome = o;
-                }
+            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await
+                && succeeded
+            {
+                outcome = o;
             }
         }
         // Cleanup runs on every path, on its own deadline, not cancellable by the job's signals.
@@ -688,7 +688,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     ))
                 })?;
                 for n in &summary.notes {
-                    log.write_line(&n.to_log_line());
+                    log.write_str(&n.to_log_line());
                 }
                 log.write_line(&format!(
                     "Downloaded artifacts for {} ({}): {} files",

@@ -1013,3 +1013,100 @@ async fn tls_with_ca_file() {
     .unwrap_err();
     assert!(err.to_string().contains("together"), "{err}");
 }
+
+#[tokio::test]
+async fn headers_user_agent_content_types() {
+    let (gitlab, client, job) = running_job(JobSpec::new("j")).await;
+    client
+        .patch_trace(&job, 0, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    client
+        .update_job(&job, &update(JobState::Running))
+        .await
+        .unwrap();
+    let requests = gitlab.requests();
+    let ua = format!("ferry {} (", env!("CARGO_PKG_VERSION"));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.user_agent.as_deref().is_some_and(|u| u.starts_with(&ua))),
+        "{requests:?}"
+    );
+    let find = |method: &str| requests.iter().find(|r| r.method == method).unwrap();
+    assert_eq!(find("PATCH").content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        find("PUT").content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        find("POST").content_type.as_deref(),
+        Some("application/json")
+    );
+}
+
+#[tokio::test]
+async fn artifacts_upload_follows_a_307_to_another_host() {
+    let (gitlab, client, job) = running_job(JobSpec::new("build")).await;
+    let other_host = format!("localhost:{}", gitlab.addr().port());
+    gitlab.set_upload_redirect_host(Some(&other_host));
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("artifacts.zip");
+    std::fs::write(&src, b"zip bytes").unwrap();
+    client
+        .upload_artifacts(&job, &archive_meta(), &src)
+        .await
+        .expect("upload via 307");
+    let stored = gitlab.artifacts(job.id);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].data, b"zip bytes");
+    assert_eq!(
+        stored[0].expire_in.as_deref(),
+        Some("1 week"),
+        "query survives the redirect"
+    );
+    let statuses: Vec<u16> = gitlab
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/artifacts"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![307, 201]);
+}
+
+#[tokio::test]
+async fn mutual_tls_with_client_certificate() {
+    let gitlab = FakeGitLab::start_mtls().await;
+    let (id, token) = gitlab.create_runner(RunnerSpec::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let cert = dir.path().join("client.crt");
+    let key = dir.path().join("client.key");
+    std::fs::write(&ca, gitlab.ca_pem().unwrap()).unwrap();
+    std::fs::write(&cert, gitlab.client_cert_pem().unwrap()).unwrap();
+    std::fs::write(&key, gitlab.client_key_pem().unwrap()).unwrap();
+
+    let with_cert = GitLabClient::new(&ClientOptions {
+        url: gitlab.url(),
+        tls_ca_file: Some(ca.clone()),
+        tls_cert_file: Some(cert),
+        tls_key_file: Some(key),
+        retry: fast_retry(),
+        ..Default::default()
+    })
+    .expect("client with client certificate");
+    assert_eq!(
+        with_cert.verify(&token, SYSTEM_ID).await.unwrap().id,
+        Some(id)
+    );
+
+    let without = GitLabClient::new(&ClientOptions {
+        url: gitlab.url(),
+        tls_ca_file: Some(ca),
+        retry: fast_retry(),
+        ..Default::default()
+    })
+    .unwrap();
+    let err = without.verify(&token, SYSTEM_ID).await.unwrap_err();
+    assert!(matches!(err, ApiError::Transport { .. }), "{err}");
+}

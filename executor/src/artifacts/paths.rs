@@ -276,7 +276,15 @@ impl Collector<'_> {
 /// does. The repository's own config was written by the job, so everything that could run a
 /// program (fsmonitor, hooks) is overridden on the command line.
 pub fn untracked_files(project_dir: &Path) -> Result<Vec<String>, String> {
+    // `.git` must be the project's own directory, and the work tree is pinned to the project
+    // dir whatever `core.worktree` the job wrote.
+    let git_dir = project_dir.join(".git");
+    if !std::fs::symlink_metadata(&git_dir).is_ok_and(|m| m.is_dir()) {
+        return Err("not a git repository".to_string());
+    }
     let out = std::process::Command::new("git")
+        .arg(format!("--git-dir={}", git_dir.display()))
+        .arg(format!("--work-tree={}", project_dir.display()))
         .args([
             "-c",
             "core.fsmonitor=false",

@@ -333,6 +333,9 @@ pub async fn save(
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
 ) -> Result<SaveOutcome, CacheError> {
+    if cancel.is_cancelled() {
+        return Err(CacheError::Cancelled);
+    }
     if !spec.when.applies(job_succeeded) {
         return Ok(SaveOutcome::SkippedByWhen);
     }

@@ -324,17 +324,54 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
-/// `runner-<short>-project-<id>-cache-<hash of the path>`: one per runner, project and path.
-pub fn cache_volume_name(runner_short: &str, project_id: u64, destination: &str) -> String {
-    sanitize_name(&format!(
-        "runner-{runner_short}-project-{project_id}-cache-{:016x}",
-        fnv1a(destination)
-    ))
+/// `runner-<short>-project-<id>[-concurrent-<n>]`: whose cache a `"/path"` volume is. The slot
+/// (`CI_CONCURRENT_PROJECT_ID`, when the job has it) keeps concurrent jobs of one project apart,
+/// as gitlab-runner does.
+fn cache_scope(env: &JobEnv) -> String {
+    let slot = env
+        .variables
+        .iter()
+        .rev()
+        .find(|v| v.name == "CI_CONCURRENT_PROJECT_ID")
+        .map(|v| v.value.as_str())
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()));
+    let base = format!(
+        "runner-{}-project-{}",
+        env.runner_short_token, env.project_id
+    );
+    sanitize_name(&match slot {
+        Some(n) => format!("{base}-concurrent-{n}"),
+        None => base,
+    })
+}
+
+/// `runner-<short>-project-<id>[-concurrent-<n>]-cache-<hash of the path>`: the named volume
+/// behind a `"/path"` volume.
+pub fn cache_volume_name(env: &JobEnv, destination: &str) -> String {
+    format!("{}-cache-{:016x}", cache_scope(env), fnv1a(destination))
+}
+
+/// Where a `"/path"` volume lives on the host when `cache_dir` is set:
+/// `<cache_dir>/runner-<short>-project-<id>[-concurrent-<n>]/<hash of the path>`.
+pub fn cache_host_dir(
+    cache_dir: &std::path::Path,
+    env: &JobEnv,
+    destination: &str,
+) -> std::path::PathBuf {
+    cache_dir
+        .join(cache_scope(env))
+        .join(format!("{:016x}", fnv1a(destination)))
 }
 
 /// Binds shared by the build container and the services: the job's builds dir, then the
-/// configured volumes (cache volumes by name, unless `disable_cache`).
-pub fn binds(env: &JobEnv, volumes: &[VolumeSpec], disable_cache: bool) -> Vec<String> {
+/// configured volumes. `"/path"` volumes are named volumes, or directories under `cache_dir`
+/// when it is set, and are left out with `disable_cache`.
+pub fn binds(
+    env: &JobEnv,
+    volumes: &[VolumeSpec],
+    disable_cache: bool,
+    cache_dir: Option<&std::path::Path>,
+) -> Vec<String> {
     let mut out = vec![format!(
         "{}:{}",
         env.host_builds_dir.display(),
@@ -350,14 +387,17 @@ pub fn binds(env: &JobEnv, volumes: &[VolumeSpec], disable_cache: bool) -> Vec<S
                 Some(m) => out.push(format!("{source}:{destination}:{m}")),
                 None => out.push(format!("{source}:{destination}")),
             },
-            VolumeSpec::Cache { destination } => {
-                if !disable_cache {
-                    out.push(format!(
-                        "{}:{destination}",
-                        cache_volume_name(&env.runner_short_token, env.project_id, destination)
-                    ));
-                }
-            }
+            VolumeSpec::Cache { .. } if disable_cache => {}
+            VolumeSpec::Cache { destination } => match cache_dir {
+                Some(dir) => out.push(format!(
+                    "{}:{destination}",
+                    cache_host_dir(dir, env, destination).display()
+                )),
+                None => out.push(format!(
+                    "{}:{destination}",
+                    cache_volume_name(env, destination)
+                )),
+            },
         }
     }
     out
@@ -702,19 +742,41 @@ mod tests {
                 mode: Some("ro".into()),
             },
         ];
-        let b = binds(&e, &vols, false);
+        let b = binds(&e, &vols, false, None);
         assert_eq!(b[0], "/var/lib/ferry/builds/42:/builds");
         assert!(b[1].starts_with("runner-glrt-abc-project-7-cache-") && b[1].ends_with(":/cache"));
         assert_eq!(b[2], "/h:/c:ro");
-        assert_eq!(binds(&e, &vols, true).len(), 2);
-        // Stable across calls and jobs of the same project.
+        assert_eq!(binds(&e, &vols, true, None).len(), 2);
+        let with_dir = binds(&e, &vols, false, Some(std::path::Path::new("/srv/cache")));
+        assert!(
+            with_dir[1].starts_with("/srv/cache/runner-glrt-abc-project-7/")
+                && with_dir[1].ends_with(":/cache"),
+            "{with_dir:?}"
+        );
+        // Stable across jobs of the same project and slot; apart otherwise.
+        let mut other = env();
+        other.job_id = 43;
         assert_eq!(
-            cache_volume_name("r", 7, "/cache"),
-            cache_volume_name("r", 7, "/cache")
+            cache_volume_name(&e, "/cache"),
+            cache_volume_name(&other, "/cache")
+        );
+        other.project_id = 8;
+        assert_ne!(
+            cache_volume_name(&e, "/cache"),
+            cache_volume_name(&other, "/cache")
+        );
+        let mut slot1 = env();
+        slot1.variables.push(EnvVar {
+            name: "CI_CONCURRENT_PROJECT_ID".into(),
+            value: "1".into(),
+        });
+        assert!(
+            cache_volume_name(&slot1, "/cache")
+                .starts_with("runner-glrt-abc-project-7-concurrent-1-cache-")
         );
         assert_ne!(
-            cache_volume_name("r", 7, "/cache"),
-            cache_volume_name("r", 8, "/cache")
+            cache_volume_name(&e, "/cache"),
+            cache_volume_name(&slot1, "/cache")
         );
     }
 

@@ -7,6 +7,7 @@
 //! finds what to remove by label (it keeps no state and works after a half-failed `prepare`) and
 //! `cleanup_leftovers` can remove what a crashed ferry left behind.
 
+mod auth;
 pub mod convert;
 mod pull;
 mod services;
@@ -381,12 +382,18 @@ impl DockerEngine {
             return Ok(());
         }
         for v in vols {
+            if let (VolumeSpec::Cache { destination }, Some(dir)) = (v, &self.section.cache_dir) {
+                let path = convert::cache_host_dir(dir, env, destination);
+                tokio::fs::create_dir_all(&path).await.map_err(|e| {
+                    EngineError::Configuration(format!(
+                        "[runners.docker] cache_dir: cannot create {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                continue;
+            }
             if let VolumeSpec::Cache { destination } = v {
-                let name = convert::cache_volume_name(
-                    &env.runner_short_token,
-                    env.project_id,
-                    destination,
-                );
+                let name = convert::cache_volume_name(env, destination);
                 let mut labels = HashMap::new();
                 labels.insert(convert::LABEL_MANAGED.to_string(), "true".to_string());
                 labels.insert(
@@ -467,7 +474,12 @@ impl DockerEngine {
             }
         }
         self.ensure_cache_volumes(env, &volumes).await?;
-        let binds = convert::binds(env, &volumes, self.section.disable_cache);
+        let binds = convert::binds(
+            env,
+            &volumes,
+            self.section.disable_cache,
+            self.section.cache_dir.as_deref(),
+        );
 
         // The network: per job unless the operator chose one.
         let (network_mode, per_job_network) = match self.section.network_mode.as_deref() {
@@ -492,8 +504,7 @@ impl DockerEngine {
         )
         .await?;
 
-        let image =
-            pull::ensure_image(&self.docker, &env.image, &env.registry_auth, log, cancel).await?;
+        let image = pull::ensure_image(&self.docker, &env.image, env, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| env.image.name.clone());
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::auth::DockerCredentials;
 use bollard::models::{CreateImageInfo, ImageInspect};
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures::StreamExt;
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::convert::split_image;
 use super::{is_not_found, one_line};
-use crate::engine::{EngineError, ImageSpec, LogSink, PullPolicy, RegistryAuth};
+use crate::engine::{EngineError, ImageSpec, JobEnv, LogSink, PullPolicy};
 
 /// How often at most a progress line is written while a pull runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -27,43 +26,12 @@ fn policy_name(p: PullPolicy) -> &'static str {
     }
 }
 
-/// Normalise a registry as written in credentials (`https://index.docker.io/v1/`,
-/// `registry.example.com`, ...) to the host an image name carries.
-fn registry_host(s: &str) -> String {
-    let s = s.trim();
-    let s = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s);
-    let host = s.split('/').next().unwrap_or(s).to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".into()
-        }
-        _ => host,
-    }
-}
-
-/// The credentials for the image's registry, if any (first match wins).
-pub fn credentials_for(image: &str, auth: &[RegistryAuth]) -> Option<DockerCredentials> {
-    let (registry, _, _) = split_image(image);
-    let registry = registry_host(&registry);
-    auth.iter()
-        .find(|a| registry_host(&a.registry) == registry)
-        .map(|a| DockerCredentials {
-            username: Some(a.username.clone()),
-            password: Some(a.password.clone()),
-            serveraddress: Some(a.registry.clone()),
-            ..Default::default()
-        })
-}
-
 /// Make sure `image.name` is present under its pull policies, tried in order (a repeated policy
 /// is a retry). Returns the inspected image.
 pub async fn ensure_image(
     docker: &Docker,
     image: &ImageSpec,
-    auth: &[RegistryAuth],
+    env: &JobEnv,
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
 ) -> Result<ImageInspect, EngineError> {
@@ -89,7 +57,7 @@ pub async fn ensure_image(
                 )
                 .await;
         }
-        match try_policy(docker, image, *policy, auth, log, cancel).await {
+        match try_policy(docker, image, *policy, env, log, cancel).await {
             Ok(inspect) => {
                 let id = inspect.id.clone().unwrap_or_default();
                 let digest = inspect
@@ -128,7 +96,7 @@ async fn try_policy(
     docker: &Docker,
     image: &ImageSpec,
     policy: PullPolicy,
-    auth: &[RegistryAuth],
+    env: &JobEnv,
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
 ) -> Result<ImageInspect, String> {
@@ -153,7 +121,7 @@ async fn try_policy(
             local.ok_or_else(String::new)
         }
         _ => {
-            pull(docker, image, auth, log, cancel)
+            pull(docker, image, env, log, cancel)
                 .await
                 .map_err(|e| match e {
                     PullError::Cancelled => "cancelled".to_string(),
@@ -237,7 +205,7 @@ enum PullError {
 async fn pull(
     docker: &Docker,
     image: &ImageSpec,
-    auth: &[RegistryAuth],
+    env: &JobEnv,
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
 ) -> Result<(), PullError> {
@@ -249,12 +217,15 @@ async fn pull(
     } else {
         format!("{name}:latest")
     };
-    let creds = credentials_for(name, auth);
-    if creds.is_some() {
-        let _ = log
-            .write_all(b"Authenticating with credentials from job payload\n")
-            .await;
-    }
+    let creds = match super::auth::resolve(name, env).await {
+        Some((c, source)) => {
+            let _ = log
+                .write_all(format!("Authenticating with credentials from {source}\n").as_bytes())
+                .await;
+            Some(c)
+        }
+        None => None,
+    };
     let _ = log
         .write_all(format!("Pulling docker image {name} ...\n").as_bytes())
         .await;
@@ -287,14 +258,6 @@ async fn pull(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn auth(reg: &str) -> RegistryAuth {
-        RegistryAuth {
-            registry: reg.into(),
-            username: "u".into(),
-            password: "p".into(),
-        }
-    }
 
     fn msg(id: Option<&str>, status: &str, cur: i64, total: i64) -> CreateImageInfo {
         CreateImageInfo {
@@ -351,21 +314,5 @@ mod tests {
                 "Status: Downloaded newer image for ruby:3"
             ]
         );
-    }
-
-    #[test]
-    fn credentials_match_the_registry() {
-        let list = vec![
-            auth("registry.gitlab.com"),
-            auth("https://index.docker.io/v1/"),
-        ];
-        let c = credentials_for("registry.gitlab.com/g/p:1", &list).unwrap();
-        assert_eq!(c.serveraddress.as_deref(), Some("registry.gitlab.com"));
-        let c = credentials_for("ruby:3", &list).unwrap();
-        assert_eq!(
-            c.serveraddress.as_deref(),
-            Some("https://index.docker.io/v1/")
-        );
-        assert!(credentials_for("quay.io/x/y", &list).is_none());
     }
 }

@@ -204,6 +204,11 @@ async fn exec_step(
                 let running = docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running);
                 if running == Some(false) {
                     let t = *exited_at.get_or_insert_with(tokio::time::Instant::now);
+                    if t.elapsed() >= 5 * POLL_EVERY {
+                        // The leftovers could not be killed: stop waiting for their output.
+                        tracing::warn!(container, step = %step.name, "output still open 5 s after the step's shell exited");
+                        break;
+                    }
                     if t.elapsed() >= POLL_EVERY {
                         kill_leftovers(engine, container, "KILL").await;
                     }

@@ -216,6 +216,17 @@ impl Git {
             }
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // Like gitlab-runner's helper (umask 0000): files git writes are world-writable, so a
+        // job image with a non-root USER can still write its checkout.
+        // SAFETY: umask is async-signal-safe and touches only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        // Its own process group, so cancelling also stops git's helpers (git-remote-http).
+        cmd.process_group(0);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -252,7 +263,7 @@ impl Git {
         while !(out_done && err_done) {
             let (line, is_err) = tokio::select! {
                 _ = cancel.cancelled() => {
-                    let _ = child.kill().await;
+                    kill_group(&mut child).await;
                     return Err(SourceError::Cancelled);
                 }
                 l = out_lines.next_line(), if !out_done => (l, false),
@@ -294,7 +305,7 @@ impl Git {
         }
         let status = tokio::select! {
             _ = cancel.cancelled() => {
-                let _ = child.kill().await;
+                kill_group(&mut child).await;
                 return Err(SourceError::Cancelled);
             }
             s = child.wait() => s.map_err(|e| SourceError::Io {
@@ -311,6 +322,17 @@ impl Git {
         }
         Ok(Output { stdout })
     }
+}
+
+/// SIGKILL to git's whole process group, then reap git.
+async fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: plain syscall; the group was created for this child by process_group(0).
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill().await;
 }
 
 #[cfg(test)]

@@ -6,15 +6,17 @@
 //! build container starts. The project dir it fills is what the engine mounts at
 //! `CI_PROJECT_DIR`.
 
+mod checks;
 mod git;
 mod run;
+mod submodules;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Serialize, Serializer};
 
-pub use run::get_sources;
+pub use run::{MIN_GIT_VERSION, check_git, get_sources};
 
 /// `GIT_STRATEGY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -291,6 +293,21 @@ impl GitVariables {
             submodule_paths,
             warnings,
         })
+    }
+}
+
+impl GitVariables {
+    /// Copies the resolved values into `spec` (the fields the variables control).
+    pub fn apply(&self, spec: &mut SourceSpec) {
+        spec.strategy = self.strategy;
+        spec.depth = self.depth;
+        spec.checkout = self.checkout;
+        spec.clean_flags = self.clean_flags.clone();
+        spec.fetch_extra_flags = self.fetch_extra_flags.clone();
+        spec.submodule_strategy = self.submodule_strategy;
+        spec.submodule_depth = self.submodule_depth;
+        spec.submodule_update_flags = self.submodule_update_flags.clone();
+        spec.submodule_paths = self.submodule_paths.clone();
     }
 }
 

@@ -1,19 +1,25 @@
 //! The `get_sources` stage: strategies, the object cache, checkout and submodules.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{GIT_CACHE_LOCK, GIT_CACHE_MARKER};
 use crate::engine::LogSink;
-use crate::hostio::{self, Level, clean_relative, lstat_inside, remove_any};
+use crate::hostio::{self, Level, remove_any};
 
+use super::checks::validate;
 use super::git::{Git, split_url};
-use super::{GitStrategy, SourceError, SourceSpec, SubmoduleStrategy};
+use super::submodules::submodules;
+use super::{GitStrategy, SourceError, SourceSpec};
 
-async fn say(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), SourceError> {
+pub(super) async fn say(
+    log: &mut LogSink<'_>,
+    level: Level,
+    text: &str,
+) -> Result<(), SourceError> {
     hostio::write(log, level, text)
         .await
         .map_err(|e| SourceError::Io {
@@ -22,176 +28,45 @@ async fn say(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), Sour
         })
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SourceError {
+pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SourceError {
     let context = context.into();
     move |source| SourceError::Io { context, source }
 }
 
-fn s(v: &str) -> String {
+pub(super) fn s(v: &str) -> String {
     v.to_string()
 }
 
-/// Fetch flags a job may set through `GIT_FETCH_EXTRA_FLAGS`. git runs on the host, so
-/// anything that can name a program (`--upload-pack`) or a host path must be refused.
-const FETCH_FLAGS: &[&str] = &[
-    "--prune",
-    "-p",
-    "--prune-tags",
-    "-P",
-    "--quiet",
-    "-q",
-    "--verbose",
-    "-v",
-    "--no-tags",
-    "-n",
-    "--tags",
-    "-t",
-    "--force",
-    "-f",
-    "--progress",
-    "--no-progress",
-    "--jobs",
-    "-j",
-    "--filter",
-    "--no-filter",
-    "--no-write-fetch-head",
-    "--write-fetch-head",
-    "--deepen",
-    "--shallow-since",
-    "--shallow-exclude",
-    "--update-shallow",
-    "--refetch",
-    "--atomic",
-    "--ipv4",
-    "-4",
-    "--ipv6",
-    "-6",
-    "--no-auto-gc",
-    "--auto-gc",
-    "--no-auto-maintenance",
-    "--show-forced-updates",
-    "--no-show-forced-updates",
-    "--server-option",
-    "-o",
-    "--no-recurse-submodules",
-    "--set-upstream",
-    "--append",
-    "-a",
-];
+/// The oldest git ferry works with (`GIT_CONFIG_COUNT` appeared in 2.31).
+pub const MIN_GIT_VERSION: (u32, u32) = (2, 31);
 
-const SUBMODULE_UPDATE_FLAGS: &[&str] = &[
-    "--remote",
-    "--recursive",
-    "--jobs",
-    "-j",
-    "--depth",
-    "--force",
-    "-f",
-    "--checkout",
-    "--rebase",
-    "--merge",
-    "--no-fetch",
-    "-N",
-    "--single-branch",
-    "--no-single-branch",
-    "--recommend-shallow",
-    "--no-recommend-shallow",
-    "--filter",
-    "--progress",
-    "--quiet",
-    "-q",
-    "--init",
-    "--dissociate",
-];
-
-const CLEAN_FLAGS: &[&str] = &[
-    "-q",
-    "--quiet",
-    "-e",
-    "--exclude",
-    "--force",
-    "-n",
-    "--dry-run",
-];
-
-/// `git clean` short options may be bundled (`-ffdx`).
-fn bundled_clean_flags(f: &str) -> bool {
-    f.len() > 1
-        && f.starts_with('-')
-        && !f.starts_with("--")
-        && f[1..].chars().all(|c| "fdxXqn".contains(c))
-}
-
-/// Checks `flags` against `allowed` (`--name=value` and the word after a flag taking a value
-/// are accepted as such). Values must not look like options themselves.
-fn check_flags(name: &'static str, flags: &[String], allowed: &[&str]) -> Result<(), SourceError> {
-    let takes_value = [
-        "--jobs",
-        "-j",
-        "--filter",
-        "--deepen",
-        "--shallow-since",
-        "--shallow-exclude",
-        "--server-option",
-        "-o",
-        "--depth",
-        "-e",
-        "--exclude",
-    ];
-    let mut expect_value = false;
-    for f in flags {
-        if expect_value {
-            expect_value = false;
-            if !f.starts_with('-') {
-                continue;
-            }
-        }
-        let flag = f.split_once('=').map_or(f.as_str(), |(k, _)| k);
-        let bundled = name == "GIT_CLEAN_FLAGS" && bundled_clean_flags(flag);
-        if !allowed.contains(&flag) && !bundled {
-            return Err(SourceError::InvalidVariable {
-                name,
-                value: format!("{f} (not allowed: git runs on the runner host)"),
-            });
-        }
-        expect_value = !f.contains('=') && takes_value.contains(&flag);
-    }
-    Ok(())
-}
-
-fn validate(spec: &SourceSpec) -> Result<(), SourceError> {
-    let sha_ok =
-        (7..=64).contains(&spec.sha.len()) && spec.sha.chars().all(|c| c.is_ascii_hexdigit());
-    if !sha_ok {
+/// Checks that the host's `git` exists and is recent enough; returns its version line. For
+/// the runner's startup checks, so a missing git is an operator error, not a failed job.
+pub async fn check_git() -> Result<String, SourceError> {
+    let out = tokio::process::Command::new("git")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(io_err(
+            "running git --version (is git installed on the runner host?)",
+        ))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .map(|v| {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+        })
+        .unwrap_or((0, 0));
+    if !out.status.success() || version < MIN_GIT_VERSION {
         return Err(SourceError::InvalidSpec(format!(
-            "sha {:?} is not a commit id",
-            spec.sha
+            "git {}.{} or newer is needed on the runner host, found {text:?}",
+            MIN_GIT_VERSION.0, MIN_GIT_VERSION.1
         )));
     }
-    for r in &spec.refspecs {
-        if r.is_empty() || r.starts_with('-') || r.contains(char::is_whitespace) {
-            return Err(SourceError::InvalidSpec(format!(
-                "refspec {r:?} is not valid"
-            )));
-        }
-    }
-    if spec.repo_url.starts_with('-') || spec.repo_url.is_empty() {
-        return Err(SourceError::InvalidSpec(
-            "repository URL is not valid".into(),
-        ));
-    }
-    check_flags(
-        "GIT_FETCH_EXTRA_FLAGS",
-        &spec.fetch_extra_flags,
-        FETCH_FLAGS,
-    )?;
-    check_flags("GIT_CLEAN_FLAGS", &spec.clean_flags, CLEAN_FLAGS)?;
-    check_flags(
-        "GIT_SUBMODULE_UPDATE_FLAGS",
-        &spec.submodule_update_flags,
-        SUBMODULE_UPDATE_FLAGS,
-    )?;
-    Ok(())
+    Ok(text)
 }
 
 /// Fetches the job's commit into `spec.project_dir` and checks it out, as gitlab-runner's
@@ -240,7 +115,36 @@ pub async fn get_sources(
     } else {
         say(log, Level::Notice, "Fetching changes...").await?;
     }
-    if spec.strategy == GitStrategy::Clone {
+    let reused = spec.strategy == GitStrategy::Fetch && dir.join(".git").is_dir();
+    let first = repository(spec, spec.strategy, &git, &url.clean, log, cancel).await;
+    match first {
+        Err(e @ (SourceError::Git { .. } | SourceError::Io { .. })) if reused => {
+            // The checkout a previous job left may be broken (corrupt index or objects, a
+            // killed git): once more from scratch, so one bad job does not break every later
+            // job of this project dir.
+            say(
+                log,
+                Level::Warning,
+                &format!("reusing the previous checkout failed ({e}); starting from a fresh clone"),
+            )
+            .await?;
+            repository(spec, GitStrategy::Clone, &git, &url.clean, log, cancel).await
+        }
+        other => other,
+    }
+}
+
+/// Steps 1-5 of `get_sources` for the clone and fetch strategies.
+async fn repository(
+    spec: &SourceSpec,
+    strategy: GitStrategy,
+    git: &Git,
+    clean_url: &str,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let dir = &spec.project_dir;
+    if strategy == GitStrategy::Clone {
         remove_any(dir).map_err(io_err(format!("removing {}", dir.display())))?;
     } else {
         scrub(dir).map_err(io_err(format!("cleaning up {}", dir.display())))?;
@@ -277,7 +181,7 @@ pub async fn get_sources(
     // only ever with the URL without credentials.
     git.run(
         dir,
-        &[s("remote"), s("add"), s("origin"), url.clean.clone()],
+        &[s("remote"), s("add"), s("origin"), clean_url.to_string()],
         None,
         cancel,
     )
@@ -285,7 +189,7 @@ pub async fn get_sources(
     if fresh {
         say(log, Level::Notice, "Created fresh repository.").await?;
     }
-    fetch(spec, &git, &url.clean, log, cancel).await?;
+    fetch(spec, git, clean_url, log, cancel).await?;
     if spec.checkout {
         let short: String = spec.sha.chars().take(8).collect();
         say(
@@ -314,7 +218,7 @@ pub async fn get_sources(
     } else {
         say(log, Level::Notice, "Skipping Git checkout").await?;
     }
-    submodules(spec, &git, log, cancel).await
+    submodules(spec, git, log, cancel).await
 }
 
 async fn skip_rest(log: &mut LogSink<'_>) -> Result<(), SourceError> {
@@ -326,7 +230,14 @@ fn ensure_project_dir(dir: &Path) -> Result<(), SourceError> {
     if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
         remove_any(dir).map_err(io_err(format!("removing {}", dir.display())))?;
     }
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        // World-writable as gitlab-runner's helper creates it (umask 0000), for non-root jobs.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(io_err(format!("chmod {}", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// Before reusing a project dir (fetch strategy): a job ran in it and may have changed
@@ -522,7 +433,8 @@ async fn update_cache(
     }
     std::fs::write(cache.join(GIT_CACHE_MARKER), b"")
         .map_err(io_err(format!("marking {}", cache.display())))?;
-    let (to_cache, _) = cache_refspecs(&spec.refspecs);
+    let (to_cache, to_project) = cache_refspecs(&spec.refspecs);
+    drop_old_pipeline_refs(git, cache, &to_project, cancel).await?;
     let mut args = vec![
         s("fetch"),
         s("--no-recurse-submodules"),
@@ -537,115 +449,37 @@ async fn update_cache(
         .map(|_| ())
 }
 
-/// Submodule paths listed in `.gitmodules` (read with `git config -f`, which runs nothing).
-async fn submodule_dirs(dir: &Path, git: &Git, cancel: &CancellationToken) -> Vec<PathBuf> {
-    if !dir.join(".gitmodules").is_file() {
-        return Vec::new();
-    }
-    let args = [
-        s("config"),
-        s("-f"),
-        s(".gitmodules"),
-        s("--get-regexp"),
-        s(r"^submodule\..*\.path$"),
-    ];
-    let Ok(out) = git.run(dir, &args, None, cancel).await else {
-        return Vec::new();
-    };
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(_, p)| p.trim().to_string()))
-        .filter_map(|p| clean_relative(&p))
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect()
-}
-
-async fn submodules(
-    spec: &SourceSpec,
+/// Every pipeline fetches its own `refs/pipelines/<id>`; without this the object cache would
+/// keep one ref per pipeline forever. Refs this job asks for are kept.
+async fn drop_old_pipeline_refs(
     git: &Git,
-    log: &mut LogSink<'_>,
+    cache: &Path,
+    wanted: &[String],
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
-    let recursive = match spec.submodule_strategy {
-        SubmoduleStrategy::None => {
-            return say(log, Level::Notice, "Skipping Git submodules setup").await;
-        }
-        SubmoduleStrategy::Normal => false,
-        SubmoduleStrategy::Recursive => true,
-    };
-    let depth = spec.submodule_depth;
-    let msg = match (recursive, depth > 0) {
-        (true, true) => {
-            format!("Updating/initializing submodules recursively with git depth set to {depth}...")
-        }
-        (true, false) => s("Updating/initializing submodules recursively..."),
-        (false, true) => {
-            format!("Updating/initializing submodules with git depth set to {depth}...")
-        }
-        (false, false) => s("Updating/initializing submodules..."),
-    };
-    say(log, Level::Notice, &msg).await?;
-    let dir = &spec.project_dir;
-    // scrub() removed .git/modules; a submodule checkout left by the previous job now points
-    // at a git dir that is gone and would make `submodule update` fail.
-    for p in submodule_dirs(dir, git, cancel).await {
-        let stale = lstat_inside(dir, &p.join(".git")).is_ok_and(|m| m.is_file());
-        if stale {
-            remove_any(&dir.join(&p))
-                .map_err(io_err(format!("removing stale submodule {}", p.display())))?;
+    let args = [
+        s("for-each-ref"),
+        s("--format=%(refname)"),
+        s("refs/pipelines/"),
+    ];
+    let listed = git.run(cache, &args, None, cancel).await?;
+    for r in listed
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+    {
+        let keep = wanted.iter().any(|w| w.ends_with(&format!(":{r}")));
+        if !keep {
+            git.run(
+                cache,
+                &[s("update-ref"), s("-d"), r.to_string()],
+                None,
+                cancel,
+            )
+            .await?;
         }
     }
-    let mut paths = Vec::new();
-    if !spec.submodule_paths.is_empty() {
-        paths.push(s("--"));
-        paths.extend(spec.submodule_paths.iter().cloned());
-    }
-    let rec = |mut v: Vec<String>| {
-        if recursive {
-            v.push(s("--recursive"));
-        }
-        v
-    };
-    let mut init = vec![s("submodule"), s("init")];
-    init.extend(paths.iter().cloned());
-    git.run(dir, &init, Some(log), cancel).await?;
-    let mut sync = rec(vec![s("submodule"), s("sync")]);
-    sync.extend(paths.iter().cloned());
-    git.run(dir, &sync, Some(log), cancel).await?;
-    let clean_flags = if spec.clean_flags.is_empty() {
-        s("-ffdx")
-    } else {
-        spec.clean_flags.join(" ")
-    };
-    let foreach = |cmd: String| {
-        let mut v = rec(vec![s("submodule"), s("foreach")]);
-        v.push(cmd);
-        v
-    };
-    git.run(
-        dir,
-        &foreach(format!("git clean {clean_flags}")),
-        Some(log),
-        cancel,
-    )
-    .await?;
-    git.run(dir, &foreach(s("git reset --hard")), Some(log), cancel)
-        .await?;
-    let mut update = rec(vec![s("submodule"), s("update"), s("--init")]);
-    if depth > 0 {
-        update.push(s("--depth"));
-        update.push(depth.to_string());
-    }
-    update.extend(spec.submodule_update_flags.iter().cloned());
-    update.extend(paths.iter().cloned());
-    git.run(dir, &update, Some(log), cancel).await?;
-    git.run(
-        dir,
-        &foreach(format!("git clean {clean_flags}")),
-        Some(log),
-        cancel,
-    )
-    .await?;
     Ok(())
 }
 
@@ -676,37 +510,5 @@ mod tests {
                 "+refs/tags/v1:refs/tags/v1"
             ]
         );
-    }
-
-    #[test]
-    fn dangerous_flags_are_refused() {
-        let ok = [
-            s("--prune"),
-            s("--quiet"),
-            s("--jobs"),
-            s("4"),
-            s("--filter=blob:none"),
-        ];
-        assert!(check_flags("X", &ok, FETCH_FLAGS).is_ok());
-        for bad in [
-            "--upload-pack=/bin/sh",
-            "--upload-pack",
-            "-c",
-            "--config=x",
-            "--reference",
-        ] {
-            assert!(check_flags("X", &[s(bad)], FETCH_FLAGS).is_err(), "{bad}");
-        }
-        assert!(check_flags("X", &[s("--jobs"), s("--upload-pack=x")], FETCH_FLAGS).is_err());
-        assert!(
-            check_flags(
-                "GIT_CLEAN_FLAGS",
-                &[s("-ffdx"), s("-e"), s("keep/")],
-                CLEAN_FLAGS
-            )
-            .is_ok()
-        );
-        assert!(check_flags("GIT_CLEAN_FLAGS", &[s("-fdz")], CLEAN_FLAGS).is_err());
-        assert!(check_flags("X", &[s("--reference"), s("/x")], SUBMODULE_UPDATE_FLAGS).is_err());
     }
 }

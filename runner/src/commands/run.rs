@@ -27,6 +27,8 @@ use crate::trace::TraceTiming;
 
 /// How often the config file's modification time is checked (gitlab-runner: 3 s).
 const RELOAD_CHECK: Duration = Duration::from_secs(3);
+/// How often caches are checked against `--cache-max-size` and `--cache-max-age`.
+const EVICT_EVERY: Duration = Duration::from_secs(3600);
 
 type RunnerKey = (String, String);
 
@@ -257,7 +259,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                 return;
             }
         };
-        let concurrent = self.slots.take(format!("{}", runner.token.short()));
+        let concurrent = self.slots.take(runner.token.short().to_string());
         let project = self.slots.take(format!(
             "{}/{}",
             runner.token.short(),
@@ -351,6 +353,51 @@ async fn reloader(
     }
 }
 
+/// Where caches live on this host: ferry's own cache and git object caches, and every
+/// `[runners.docker] cache_dir`.
+fn cache_roots(working_dir: &Path, config: &Config) -> Vec<PathBuf> {
+    let mut roots = vec![working_dir.join("cache"), working_dir.join("git-cache")];
+    for r in &config.runners {
+        if let Some(d) = &r.docker.cache_dir
+            && !roots.contains(d)
+        {
+            roots.push(d.clone());
+        }
+    }
+    roots
+}
+
+/// Keeps the caches under their size and age limits: at start, then every hour.
+async fn evict_caches(
+    roots: Vec<PathBuf>,
+    max_bytes: u64,
+    max_age: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(EVICT_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for root in &roots {
+            if !root.exists() {
+                continue;
+            }
+            let r = root.clone();
+            match tokio::task::spawn_blocking(move || {
+                ferry_executor::cache::evict(&r, Some(max_bytes), Some(max_age))
+            })
+            .await
+            {
+                Ok(Ok(report)) => info!(root = %root.display(), ?report, "cache eviction"),
+                Ok(Err(e)) => warn!(root = %root.display(), error = %e, "cache eviction failed"),
+                Err(e) => warn!(error = %e, "cache eviction task failed"),
+            }
+        }
+    }
+}
+
 fn publish_settings(metrics: &Metrics, cfg: &Config) {
     metrics.concurrent.set(cfg.global.concurrent as i64);
     for r in &cfg.runners {
@@ -411,6 +458,17 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
             }
         }
     }
+
+    match ferry_executor::sources::check_git().await {
+        Ok(v) => info!(git = %v, "git found: sources are fetched on this host"),
+        Err(e) => warn!(error = %e, "git is missing or too old: jobs that need sources will fail"),
+    }
+    tokio::spawn(evict_caches(
+        cache_roots(&working_dir, &config),
+        args.cache_max_size,
+        args.cache_max_age,
+        stop.clone(),
+    ));
 
     let shutdown_timeout = config.global.shutdown_timeout;
     let (tx, rx) = watch::channel(Arc::new(config));

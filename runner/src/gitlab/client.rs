@@ -672,8 +672,16 @@ pub fn parse_expiry(value: &str) -> Option<i64> {
         .map(|t| t.timestamp())
 }
 
+/// When to rotate a token obtained at `obtained_at` that expires at `expires_at` (Unix
+/// seconds): three quarters into its lifetime, as gitlab-runner does.
+pub fn rotation_due_at(obtained_at: i64, expires_at: i64) -> i64 {
+    let lifetime = expires_at.saturating_sub(obtained_at).max(0);
+    obtained_at.saturating_add(lifetime / 4 * 3 + lifetime % 4 * 3 / 4)
+}
+
 /// Outcome of a job request that reached GitLab.
-#[derive(Debug)]
+///
+/// `Debug` shows the payload redacted and only the length of `raw`.
 pub enum JobRequest {
     /// 201 with a usable payload. `raw` is the body as received (for `ferry plan` and bug
     /// reports; it contains secrets).
@@ -696,4 +704,94 @@ pub enum JobRequest {
     /// 403: the runner token is invalid (runner deleted, token reset or expired). Counts as an
     /// unhealthy request.
     Forbidden { message: String },
+}
+
+impl std::fmt::Debug for JobRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobRequest::Job { payload, raw } => f
+                .debug_struct("Job")
+                .field("payload", payload)
+                .field("raw_len", &raw.len())
+                .finish(),
+            JobRequest::Unusable { job, error, raw } => f
+                .debug_struct("Unusable")
+                .field("job", job)
+                .field("error", error)
+                .field("raw_len", &raw.len())
+                .finish(),
+            JobRequest::NoJob { last_update } => f
+                .debug_struct("NoJob")
+                .field("last_update", last_update)
+                .finish(),
+            JobRequest::Conflict => f.write_str("Conflict"),
+            JobRequest::Forbidden { message } => f
+                .debug_struct("Forbidden")
+                .field("message", message)
+                .finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_normalised() {
+        assert_eq!(
+            normalize_base("https://gitlab.example.com/").unwrap(),
+            "https://gitlab.example.com"
+        );
+        assert_eq!(
+            normalize_base("https://example.com/gitlab/ci").unwrap(),
+            "https://example.com/gitlab"
+        );
+        assert_eq!(
+            normalize_base("https://example.com/gitlab/ci/").unwrap(),
+            "https://example.com/gitlab"
+        );
+        assert!(normalize_base("ftp://example.com").is_err());
+        assert!(normalize_base("https://user:pw@example.com").is_err());
+        assert!(normalize_base("example.com").is_err());
+    }
+
+    #[test]
+    fn user_agent_names_ferry_and_platform() {
+        let ua = user_agent();
+        assert!(
+            ua.starts_with(&format!("ferry {} (", env!("CARGO_PKG_VERSION"))),
+            "{ua}"
+        );
+        assert!(
+            ua.ends_with(&format!("{}/{})", std::env::consts::OS, go_arch())),
+            "{ua}"
+        );
+    }
+
+    #[test]
+    fn expiry_and_rotation() {
+        assert_eq!(parse_expiry("2026-01-01T00:00:00.000Z"), Some(1767225600));
+        assert_eq!(parse_expiry("2026-01-01T01:00:00+01:00"), Some(1767225600));
+        assert_eq!(parse_expiry("soon"), None);
+        assert_eq!(rotation_due_at(1000, 2000), 1750);
+        assert_eq!(rotation_due_at(0, 3), 2);
+        assert_eq!(rotation_due_at(2000, 1000), 2000);
+    }
+
+    #[test]
+    fn features_are_unique_and_exclude_unimplemented_ones() {
+        let set: std::collections::BTreeSet<_> = FEATURES.iter().collect();
+        assert_eq!(set.len(), FEATURES.len());
+        for missing in [
+            "vault_secrets",
+            "multi_build_steps",
+            "two_phase_job_commit",
+            "session",
+            "terminal",
+            "shared",
+        ] {
+            assert!(!FEATURES.contains(&missing), "{missing}");
+        }
+    }
 }

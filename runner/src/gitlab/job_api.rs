@@ -240,7 +240,7 @@ impl JobApi for GitLabClient {
         if chunk.is_empty() {
             // GitLab's contract: never send an empty body. Nothing to append is "accepted".
             return Ok(TraceReply::Accepted {
-                len: Some(offset),
+                len: None,
                 status: None,
                 interval: None,
             });

@@ -30,13 +30,33 @@ pub enum PayloadError {
 
 /// Parse a job payload. Never panics, whatever the input.
 pub fn parse_payload(bytes: &[u8]) -> Result<JobPayload, PayloadError> {
-    let mut payload: JobPayload =
-        serde_json::from_slice(bytes).map_err(|e| PayloadError::Invalid(e.to_string()))?;
+    let mut payload: JobPayload = serde_json::from_slice(bytes)
+        .map_err(|e| PayloadError::Invalid(redact_quoted(&e.to_string())))?;
     if payload.id == 0 {
         return Err(PayloadError::NoId);
     }
     payload.normalize();
     Ok(payload)
+}
+
+/// serde quotes offending values in its messages (`invalid type: string "…"`); a value in the
+/// wrong place could be a secret, so quoted text is cut from the message.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            if inside {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Best effort for a payload [`parse_payload`] rejected: the job id and token if the body is a
@@ -793,6 +813,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn error_messages_do_not_quote_values() {
+        let err = parse_payload(br#"{"id": 1, "variables": "API_KEY=s3cr3t-value"}"#).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("line 1"), "{text}");
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "abc", expected x"#),
+            r#"invalid type: string "…", expected x"#
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use ferry_config::{PullPolicy as ConfigPull, RunnerSection};
+use ferry_executor::docker::service_aliases_from_image;
 use ferry_executor::{EnvVar, ImageSpec, JobEnv, PullPolicy, RegistryAuth, ServiceSpec};
 
 use super::PlanError;
@@ -104,29 +105,6 @@ fn image_spec(
     })
 }
 
-/// The hostnames gitlab-runner gives a service from its image name: the name without tag or
-/// digest, with `/` replaced by `__` and by `-`
-/// (`registry.example.com/group/postgres:15` → `registry.example.com__group__postgres`,
-/// `registry.example.com-group-postgres`).
-pub fn derived_service_aliases(image: &str) -> Vec<String> {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    // A tag is the part after the last ':' that comes after the last '/' (a port has a '/' after).
-    let without_tag = match without_digest.rfind(':') {
-        Some(i) if !without_digest[i..].contains('/') => &without_digest[..i],
-        _ => without_digest,
-    };
-    let mut out = Vec::new();
-    for alias in [
-        without_tag.replace('/', "__"),
-        without_tag.replace('/', "-"),
-    ] {
-        if !alias.is_empty() && !out.contains(&alias) {
-            out.push(alias);
-        }
-    }
-    out
-}
-
 fn service_spec(
     runner: &RunnerSection,
     svc: &Service,
@@ -138,7 +116,7 @@ fn service_spec(
         .aliases()
         .iter()
         .map(|a| variables.expand(a))
-        .chain(derived_service_aliases(&name))
+        .chain(service_aliases_from_image(&name))
     {
         if !a.is_empty() && !aliases.contains(&a) {
             aliases.push(a);
@@ -208,13 +186,13 @@ pub(super) fn job_env(
     for s in &payload.services {
         services.push(service_spec(runner, s, variables)?);
     }
-    if let Some(limit) = runner.docker.services_limit {
-        if services.len() > limit {
-            return Err(PlanError::Configuration(format!(
-                "the job defines {} services, more than this runner's services_limit of {limit}",
-                services.len()
-            )));
-        }
+    if let Some(limit) = runner.docker.services_limit
+        && services.len() > limit
+    {
+        return Err(PlanError::Configuration(format!(
+            "the job defines {} services, more than this runner's services_limit of {limit}",
+            services.len()
+        )));
     }
     let env = variables
         .deduplicated()
@@ -236,27 +214,4 @@ pub(super) fn job_env(
         host_builds_dir,
         registry_auth: registry_auth(payload),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn aliases_are_derived_like_gitlab_runner() {
-        assert_eq!(
-            derived_service_aliases("registry.example.com/group/postgres:15"),
-            vec![
-                "registry.example.com__group__postgres",
-                "registry.example.com-group-postgres"
-            ]
-        );
-        assert_eq!(derived_service_aliases("postgres:15"), vec!["postgres"]);
-        assert_eq!(derived_service_aliases("docker:dind"), vec!["docker"]);
-        assert_eq!(
-            derived_service_aliases("registry:5000/redis"),
-            vec!["registry:5000__redis", "registry:5000-redis"]
-        );
-        assert_eq!(derived_service_aliases("redis@sha256:abc"), vec!["redis"]);
-    }
 }

@@ -22,7 +22,6 @@ use crate::gitlab::payload::{JobPayload, Step, When};
 use crate::variables::Variables;
 
 pub use host::DependencySpec;
-pub use images::derived_service_aliases;
 
 /// Job timeout when GitLab sends none.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -49,7 +48,7 @@ pub struct JobContext {
 pub enum Execution {
     /// In Docker containers.
     Docker {
-        env: JobEnv,
+        env: Box<JobEnv>,
         steps: Vec<PlannedStep>,
     },
     /// The built-in deploy step (`image: ferry:deploy`): no container.
@@ -232,7 +231,7 @@ pub fn compile(
             &short,
         )?;
         Execution::Docker {
-            env,
+            env: Box::new(env),
             steps: steps(payload, &variables)?,
         }
     };
@@ -321,24 +320,24 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
             }
         }
     }
-    if let Some(step) = after {
-        if !step.script.is_empty() {
-            let timeout = variables
-                .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
-                .and_then(parse_go_duration)
-                .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
-                .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
-            out.push(PlannedStep {
-                spec: StepSpec {
-                    name: "after_script".into(),
-                    commands: step.script.clone(),
-                    env: vec![],
-                    timeout: Some(timeout),
-                },
-                when: StepWhen::Always,
-                section: "after_script".into(),
-            });
-        }
+    if let Some(step) = after
+        && !step.script.is_empty()
+    {
+        let timeout = variables
+            .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
+            .and_then(parse_go_duration)
+            .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
+            .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
+        out.push(PlannedStep {
+            spec: StepSpec {
+                name: "after_script".into(),
+                commands: step.script.clone(),
+                env: vec![],
+                timeout: Some(timeout),
+            },
+            when: StepWhen::Always,
+            section: "after_script".into(),
+        });
     }
     Ok(out)
 }
@@ -386,9 +385,7 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
             continue;
         }
         let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            unit.push(chars.next()?);
-        } else if (c == 'u' || c == 'µ' || c == 'n') && chars.peek() == Some(&'s') {
+        if matches!(c, 'm' | 'u' | 'µ' | 'n') && chars.peek() == Some(&'s') {
             unit.push(chars.next()?);
         }
         let n: f64 = num.parse().ok()?;

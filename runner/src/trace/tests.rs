@@ -507,6 +507,28 @@ async fn keep_alive_after_thirty_seconds_of_silence() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_watched_job_page_makes_silent_jobs_notice_a_cancel_within_seconds() {
+    let (fake, w, h) = setup(TraceConfig::default());
+    let mut rx = h.signals();
+    // GitLab asks for 3 s updates while somebody watches the job page.
+    fake.with(|s| s.interval = Some(Duration::from_secs(3)));
+    w.write_line("started");
+    sleep(Duration::from_secs(4)).await;
+    fake.with(|s| assert_eq!(s.patches.len(), 1));
+    // The job goes silent; the user presses Cancel.
+    sleep(Duration::from_secs(10)).await;
+    fake.with(|s| s.status = "canceling".to_string());
+    tokio::time::timeout(
+        Duration::from_secs(4),
+        rx.wait_for(|s| *s == RemoteSignal::Canceling),
+    )
+    .await
+    .expect("canceling seen within one 3 s interval, not after 30 s")
+    .unwrap();
+    drop(h);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refused_keep_alive_aborts_the_job() {
     let (fake, _w, h) = setup(TraceConfig::default());
     let mut rx = h.signals();
@@ -550,6 +572,8 @@ async fn a_job_failed_server_side_aborts_through_the_patch_answer() {
 #[tokio::test(start_paused = true)]
 async fn no_keep_alive_while_the_log_flows() {
     let (fake, w, h) = setup(TraceConfig::default());
+    // No interval header (nobody watching, older GitLab): ferry's own 3 s tick, 30 s keep-alive.
+    fake.with(|s| s.interval = None);
     for i in 0..40 {
         w.write_line(&format!("tick {i}"));
         sleep(Duration::from_secs(2)).await;

@@ -34,6 +34,10 @@ pub(crate) struct Uploader<A> {
     last_contact: Instant,
     /// Consecutive failed uploads while the job runs: the back-off between ticks.
     failures: u32,
+    /// GitLab asked for a short interval (somebody is watching the job page): keep-alives then
+    /// follow that interval during silent steps too, so a Cancel is noticed within seconds
+    /// rather than after the 30 s force-send interval.
+    watched: bool,
     /// GitLab answered 403/404 to a PATCH (or the job is gone): no more PATCHes.
     trace_stopped: bool,
 }
@@ -62,6 +66,7 @@ impl<A: JobApi> Uploader<A> {
             accepted: 0,
             last_contact: Instant::now(),
             failures: 0,
+            watched: false,
             trace_stopped: false,
         }
     }
@@ -106,7 +111,12 @@ impl<A: JobApi> Uploader<A> {
                 }
             }
         }
-        if self.last_contact.elapsed() >= self.timing.force_send_interval {
+        let force_send = if self.watched {
+            self.timing.force_send_interval.min(self.interval)
+        } else {
+            self.timing.force_send_interval
+        };
+        if self.last_contact.elapsed() >= force_send {
             self.keep_alive().await;
         }
         if self.failures == 0 {
@@ -332,6 +342,7 @@ impl<A: JobApi> Uploader<A> {
             && !d.is_zero()
         {
             self.interval = d.min(self.timing.max_update_interval);
+            self.watched = self.interval < self.timing.force_send_interval;
         }
     }
 

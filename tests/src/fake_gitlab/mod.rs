@@ -89,6 +89,12 @@ impl FakeGitLab {
         Self::start_with(Some(TestCert::generate())).await
     }
 
+    /// Start over HTTPS requiring a client certificate: [`FakeGitLab::ca_pem`] is the CA,
+    /// [`FakeGitLab::client_cert_pem`] / [`FakeGitLab::client_key_pem`] the accepted client pair.
+    pub async fn start_mtls() -> Self {
+        Self::start_with(Some(TestCert::generate_mtls())).await
+    }
+
     async fn start_with(tls: Option<TestCert>) -> Self {
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -141,6 +147,16 @@ impl FakeGitLab {
     /// PEM of the server certificate (TLS mode only).
     pub fn ca_pem(&self) -> Option<&str> {
         self.tls.as_ref().map(|t| t.cert_pem.as_str())
+    }
+
+    /// Client certificate the server accepts (mutual-TLS mode only).
+    pub fn client_cert_pem(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.client_cert_pem.as_deref())
+    }
+
+    /// Key of [`FakeGitLab::client_cert_pem`].
+    pub fn client_key_pem(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.client_key_pem.as_deref())
     }
 
     /// Close the listener and every connection: clients get "connection refused".
@@ -385,6 +401,12 @@ impl FakeGitLab {
     /// Serve artifact downloads through a 302 to a pre-signed-looking storage URL.
     pub fn set_artifact_redirect(&self, redirect: bool) {
         self.shared.lock().settings.artifact_redirect = redirect;
+    }
+
+    /// Answer artifact uploads whose `Host` is not `host` (e.g. `localhost:<port>`) with a
+    /// 307 to the same path on `host`.
+    pub fn set_upload_redirect_host(&self, host: Option<&str>) {
+        self.shared.lock().settings.upload_redirect_host = host.map(str::to_owned);
     }
 
     pub fn set_max_artifact_size(&self, bytes: Option<u64>) {

@@ -63,6 +63,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
 async fn control(AxState(shared): S, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let user_agent = header_string(req.headers(), "user-agent");
+    let content_type = header_string(req.headers(), "content-type");
     let (delay, outage) = {
         let s = shared.lock();
         (
@@ -82,8 +84,17 @@ async fn control(AxState(shared): S, req: Request, next: Next) -> Response {
         method,
         path,
         status: response.status().as_u16(),
+        user_agent,
+        content_type,
     });
     response
+}
+
+fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn message(status: StatusCode, msg: &str) -> Response {
@@ -568,11 +579,28 @@ async fn upload_artifacts(
     AxState(shared): S,
     Path(id): Path<u64>,
     Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     {
         let s = shared.lock();
+        // GitLab "behind another host": uploads must go there (official runner: 307 handling).
+        if let Some(host) = &s.settings.upload_redirect_host
+            && header_string(&headers, "host").as_deref() != Some(host.as_str())
+        {
+            let scheme = if s.base_url.starts_with("https") {
+                "https"
+            } else {
+                "http"
+            };
+            let location = format!("{scheme}://{host}{uri}");
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert("Location", v);
+            }
+            return r;
+        }
         let Some(job) = s.jobs.get(&id) else {
             return message(StatusCode::FORBIDDEN, "403 Forbidden");
         };

@@ -129,6 +129,8 @@ pub struct RequestRecord {
     pub method: String,
     pub path: String,
     pub status: u16,
+    pub user_agent: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// Knobs tests turn.
@@ -143,6 +145,8 @@ pub struct Settings {
     pub final_update_202: u32,
     /// Download answers with a 302 to a storage URL on the same server.
     pub artifact_redirect: bool,
+    /// Artifact uploads not addressed to this `host:port` get a 307 there.
+    pub upload_redirect_host: Option<String>,
     /// Maximum artifacts size in bytes (413 beyond).
     pub max_artifact_size: Option<u64>,
     /// Every response is delayed this long.
@@ -162,6 +166,7 @@ impl Default for Settings {
             trace_update_interval: Some("60".into()),
             final_update_202: 0,
             artifact_redirect: false,
+            upload_redirect_host: None,
             max_artifact_size: None,
             delay: None,
             outage_until: None,
