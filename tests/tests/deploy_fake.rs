@@ -950,3 +950,23 @@ async fn no_wait_applies_and_returns() {
     assert!(log.contains("deployment.apps/web created"), "{log}");
     assert!(!log.contains("waiting for"), "{log}");
 }
+
+#[tokio::test]
+async fn generic_back_off_message_is_replaced_by_the_registry_answer() {
+    // the pods are in ImagePullBackOff ("Back-off pulling image") before ferry first looks
+    let env = Env::new(
+        Scenario::new(Outcome::ImagePullBackOff).step(std::time::Duration::from_millis(5)),
+    )
+    .await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("fails").to_string();
+    assert!(e.contains("ImagePullBackOff — Failed to pull image \"registry.example/web:1a2b3c4d\": rpc error: code = NotFound"), "{e}");
+    assert!(
+        log.contains("also: 1 other new pod with ImagePullBackOff"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Failed: Error: ErrImagePull (and 1 other pod)"),
+        "{log}"
+    );
+}
