@@ -283,6 +283,18 @@ impl Cluster {
                     code => DeployError::Cluster(format!("{op}: {code} {}: {msg}", s.reason)),
                 }
             }
+            e if is_tls_failure(e) => {
+                let chain = error_chain(e);
+                let detail = chain
+                    .find("invalid peer certificate")
+                    .or_else(|| chain.find("certificate verify failed"))
+                    .map(|i| chain[i..].to_string())
+                    .unwrap_or_else(|| chain.clone());
+                DeployError::Cluster(format!(
+                    "the TLS certificate of the Kubernetes API at {} is not trusted ({detail}); check the certificate authority in the kubeconfig of deploy target {:?}",
+                    self.host, self.target
+                ))
+            }
             e if is_transient(e) => DeployError::Cluster(format!(
                 "cannot reach the Kubernetes API of deploy target {:?} at {}: {} (tried {attempts} times)",
                 self.target,
@@ -354,11 +366,20 @@ fn causes(s: &kube::core::Status) -> String {
 
 /// 429, 5xx, connection problems.
 pub fn is_transient(err: &kube::Error) -> bool {
+    if is_tls_failure(err) {
+        return false;
+    }
     match err {
         kube::Error::Api(s) => s.code == 429 || (500..=599).contains(&s.code),
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
         _ => false,
     }
+}
+
+/// The server's certificate was refused (retrying cannot help).
+pub fn is_tls_failure(err: &kube::Error) -> bool {
+    let chain = error_chain(err);
+    chain.contains("invalid peer certificate") || chain.contains("certificate verify failed")
 }
 
 /// An error and its sources on one line (`client error (Connect): tcp connect error: Connection refused`).

@@ -92,24 +92,17 @@ impl KubeDeployer {
         let settings = Settings::resolve(&args, &vars)?;
 
         // 1. Target. `--kubeconfig` is for workstations: in CI the runner's targets decide.
+        // `--kubeconfig`/`--context` are for workstations (no runner targets). In a job they
+        // would let the job pick credentials and skip the target policy, so they are refused.
         let (target, workstation): (DeployTarget, bool) = match &settings.kubeconfig {
-            Some(path) => {
-                if req.targets.is_empty() {
-                    (
-                        workstation_target(path.clone(), settings.context.clone()),
-                        true,
-                    )
-                } else if let Some(t) = req.targets.iter().find(|t| &t.kubeconfig == path) {
-                    let mut t = t.clone();
-                    if settings.context.is_some() {
-                        t.context = settings.context.clone();
-                    }
-                    (t, true)
-                } else {
-                    return Err(DeployError::Input(
-                        "--kubeconfig is for `ferry deploy` on a workstation; in a deploy job the runner's deploy targets hold the credentials".into(),
-                    ));
-                }
+            Some(path) if req.targets.is_empty() => (
+                workstation_target(path.clone(), settings.context.clone()),
+                true,
+            ),
+            Some(_) => {
+                return Err(DeployError::Input(
+                    "--kubeconfig is for `ferry deploy` on a workstation; in a deploy job the runner's deploy targets hold the credentials".into(),
+                ));
             }
             None => {
                 if settings.context.is_some() && !req.targets.is_empty() {

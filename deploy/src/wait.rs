@@ -46,6 +46,9 @@ pub struct WaitConfig {
     pub timeout_text: String,
 }
 
+/// A progress line at least this often, even when nothing changes.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// Pods that are merely not ready are mentioned only after this long.
 const NOT_READY_NOTICE: Duration = Duration::from_secs(30);
 
@@ -93,6 +96,7 @@ pub async fn wait_workload(
         tokio::time::interval_at(Instant::now() + cfg.diagnose_every, cfg.diagnose_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_msg = String::new();
+    let mut last_line = Instant::now();
     let mut latest: Option<Value> = Some(obj_value(&w.live));
     let mut seen: HashMap<(String, String), (Instant, PodProblem, bool)> = HashMap::new();
     let deadline = tokio::time::sleep_until(cfg.deadline);
@@ -119,6 +123,13 @@ pub async fn wait_workload(
                     if msg != last_msg {
                         let _ = lines.send(format!("  {} {label}: {msg}", stamp(cfg.start)));
                         last_msg = msg;
+                        last_line = Instant::now();
+                    } else if last_line.elapsed() >= HEARTBEAT {
+                        let _ = lines.send(format!(
+                            "  {} {label}: still waiting: {msg}",
+                            stamp(cfg.start)
+                        ));
+                        last_line = Instant::now();
                     }
                 }
             }
@@ -381,19 +392,33 @@ async fn explain(
     {
         details.push(format!("hint: {h}"));
     }
+    let mut same_elsewhere = 0;
     for p in problems {
-        if Some(p) != main.as_ref() {
-            details.push(format!(
+        match &main {
+            Some(m) if m.pod == p.pod && m.kind == p.kind => {}
+            Some(m) if m.kind == p.kind => same_elsewhere += 1,
+            _ => details.push(format!(
                 "also: {}: {} — {}",
                 p.subject(),
                 p.reason,
                 p.message
-            ));
+            )),
         }
+    }
+    if let Some(m) = &main
+        && same_elsewhere > 0
+    {
+        details.push(format!(
+            "also: {same_elsewhere} other new pod{} with {}",
+            if same_elsewhere == 1 { "" } else { "s" },
+            m.reason
+        ));
     }
     let ns = w.planned.namespace.clone().unwrap_or_default();
     if let Ok((pods, _)) = new_pods(cluster, w, obj).await {
-        let mut events = Vec::new();
+        // (reason, message) → (first pod, how many pods); the same event on every new pod is
+        // said once.
+        let mut seen_events: Vec<(String, String, String, usize)> = Vec::new();
         for pod in pods.iter().take(5) {
             let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) else {
                 continue;
@@ -406,23 +431,35 @@ async fn explain(
                 ListParams::default().fields(&format!("involvedObject.uid={uid},type=Warning"));
             if let Ok(evs) = list(cluster, &core_v1("Event", "events"), &ns, &lp).await {
                 for e in evs {
-                    let reason = e.get("reason").and_then(Value::as_str).unwrap_or("");
-                    let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
-                    let count = e.get("count").and_then(Value::as_i64).unwrap_or(1);
-                    let line = format!(
-                        "  {pname}: {reason}: {msg}{}",
-                        if count > 1 {
-                            format!(" (x{count})")
-                        } else {
-                            String::new()
-                        }
-                    );
-                    if !events.contains(&line) {
-                        events.push(line);
+                    let reason = e
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let msg = e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    match seen_events.iter_mut().find(|x| x.0 == reason && x.1 == msg) {
+                        Some(x) if x.2 != pname => x.3 += 1,
+                        Some(_) => {}
+                        None => seen_events.push((reason, msg, pname.to_string(), 1)),
                     }
                 }
             }
         }
+        let mut events: Vec<String> = seen_events
+            .into_iter()
+            .map(|(reason, msg, pod, n)| {
+                let others = match n {
+                    1 => String::new(),
+                    2 => " (and 1 other pod)".to_string(),
+                    n => format!(" (and {} other pods)", n - 1),
+                };
+                format!("  {pod}: {reason}: {msg}{others}")
+            })
+            .collect();
         if let Some(p) = &main
             && p.kind == ProblemKind::FailedCreate
         {
@@ -481,9 +518,23 @@ async fn explain(
     {
         details.push(state);
     }
+    // Pull errors degrade to a generic "Back-off pulling image"; the pod's events keep the
+    // registry's answer.
+    let mut summary = summary.to_string();
+    if let Some(m) = &main
+        && m.kind == ProblemKind::ImagePull
+        && m.message.starts_with("Back-off pulling image")
+        && let Some(better) = details
+            .iter()
+            .find_map(|d| d.split_once(": Failed: ").map(|(_, msg)| msg))
+            .filter(|msg| msg.starts_with("Failed to pull image"))
+    {
+        let better = better.split(" (and ").next().unwrap_or(better);
+        summary = summary.replace(&m.message, better);
+    }
     Failure {
         workload: w.display(),
-        summary: summary.to_string(),
+        summary,
         details,
     }
 }

@@ -478,6 +478,25 @@ async fn unknown_context_is_a_clear_error() {
         e.contains("--kubeconfig is for `ferry deploy` on a workstation"),
         "{e}"
     );
+    // even naming one of the runner's own kubeconfigs: that would skip the target policy
+    let (r, _) = env
+        .deploy(
+            &["--kubeconfig", &kc],
+            &[("CI_ENVIRONMENT_NAME", "production")],
+        )
+        .await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("--kubeconfig is for `ferry deploy` on a workstation"),
+        "{e}"
+    );
+    let (r, _) = env.deploy(&["--context", "fake"], &[]).await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("--context is for `ferry deploy` on a workstation"),
+        "{e}"
+    );
+    assert!(env.fake.requests().is_empty());
 }
 
 #[tokio::test]
@@ -877,4 +896,77 @@ async fn fields_removed_from_the_manifest_are_removed_from_the_cluster() {
         "{d}"
     );
     assert_eq!(image_of(&d), "registry.example/web:1a2b3c4d");
+}
+
+#[tokio::test]
+async fn https_cluster_with_a_certificate_authority_file() {
+    let (_url, fake) = ferry_tests::fake_k8s::FakeK8s::start_tls(Scenario::success()).await;
+    let env = Env::new(Scenario::success()).await;
+    let kube = env.dir.path().join("kube-tls");
+    std::fs::create_dir_all(&kube).expect("mkdir");
+    fake.require_token("tls-t0ken");
+    let ca = fake.ca_pem.clone().expect("CA");
+    let kc = ferry_tests::fake_k8s::write_kubeconfig_with(
+        &kube,
+        &fake.url,
+        "tls",
+        Some("test"),
+        Some("tls-t0ken"),
+        Some(&ca),
+    );
+    let mut t = env.target();
+    t.kubeconfig = kc;
+    let (r, log) = env.deploy_with(&[], &[], vec![t.clone()]).await;
+    r.expect("deploy over https");
+    assert!(log.contains(&format!("cluster {}", fake.url)), "{log}");
+    assert!(fake.get("deployments.apps", "test", "web").is_some());
+    assert!(
+        !log.contains("tls-t0ken") && !log.contains("BEGIN CERTIFICATE"),
+        "{log}"
+    );
+
+    // without the CA the certificate is not trusted: said at once, not retried
+    let kc = ferry_tests::fake_k8s::write_kubeconfig(
+        &kube,
+        &fake.url,
+        "noca",
+        Some("test"),
+        Some("tls-t0ken"),
+    );
+    t.kubeconfig = kc;
+    let started = std::time::Instant::now();
+    let (r, _) = env.deploy_with(&[], &[], vec![t]).await;
+    let e = r.expect_err("untrusted certificate").to_string();
+    assert!(e.contains("certificate"), "{e}");
+    assert!(!e.contains("tls-t0ken"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{e}");
+}
+
+#[tokio::test]
+async fn no_wait_applies_and_returns() {
+    let env = Env::new(Scenario::new(Outcome::ImagePullBackOff)).await;
+    let (r, log) = env.deploy(&["--wait", "false"], &[]).await;
+    r.expect("nothing waited for");
+    assert!(log.contains("deployment.apps/web created"), "{log}");
+    assert!(!log.contains("waiting for"), "{log}");
+}
+
+#[tokio::test]
+async fn generic_back_off_message_is_replaced_by_the_registry_answer() {
+    // the pods are in ImagePullBackOff ("Back-off pulling image") before ferry first looks
+    let env = Env::new(
+        Scenario::new(Outcome::ImagePullBackOff).step(std::time::Duration::from_millis(5)),
+    )
+    .await;
+    let (r, log) = env.deploy(&[], &[]).await;
+    let e = r.expect_err("fails").to_string();
+    assert!(e.contains("ImagePullBackOff — Failed to pull image \"registry.example/web:1a2b3c4d\": rpc error: code = NotFound"), "{e}");
+    assert!(
+        log.contains("also: 1 other new pod with ImagePullBackOff"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Failed: Error: ErrImagePull (and 1 other pod)"),
+        "{log}"
+    );
 }

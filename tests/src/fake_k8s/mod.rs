@@ -166,6 +166,8 @@ impl Shared {
 /// A running fake API server. Dropping it stops the server and the controllers.
 pub struct FakeK8s {
     pub url: String,
+    /// PEM of the server certificate (self-signed) when serving HTTPS.
+    pub ca_pem: Option<String>,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
     controller: tokio::task::JoinHandle<()>,
@@ -183,6 +185,16 @@ impl FakeK8s {
     /// Starts a fake on 127.0.0.1 (random port) with namespaces `default` and `test` (plus the
     /// scenario's), returning its URL and the handle.
     pub async fn start(scenario: Scenario) -> (String, FakeK8s) {
+        Self::start_with(scenario, false).await
+    }
+
+    /// Like [`FakeK8s::start`], over HTTPS with a self-signed certificate for 127.0.0.1
+    /// (`ca_pem`); [`FakeK8s::write_kubeconfig`] then names it as the certificate authority.
+    pub async fn start_tls(scenario: Scenario) -> (String, FakeK8s) {
+        Self::start_with(scenario, true).await
+    }
+
+    async fn start_with(scenario: Scenario, tls: bool) -> (String, FakeK8s) {
         let (tx, _) = broadcast::channel(8192);
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
@@ -215,15 +227,25 @@ impl FakeK8s {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (server, ca_pem) = if tls {
+            let cert = crate::fake_gitlab::TestCert::generate();
+            (
+                serve_tls(listener, app, cert.acceptor.clone()),
+                Some(cert.cert_pem),
+            )
+        } else {
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            (server, None)
+        };
         let controller = tokio::spawn(controller::run(shared.clone()));
-        let url = format!("http://{addr}");
+        let url = format!("{}://{addr}", if tls { "https" } else { "http" });
         (
             url.clone(),
             FakeK8s {
                 url,
+                ca_pem,
                 shared,
                 server,
                 controller,
@@ -231,9 +253,17 @@ impl FakeK8s {
         )
     }
 
-    /// Writes a kubeconfig for this server into `dir` (context `fake`, namespace `test`).
+    /// Writes a kubeconfig for this server into `dir` (context `fake`, namespace `test`; over
+    /// HTTPS with `certificate-authority: ca-fake.pem`, a path relative to the kubeconfig).
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
-        write_kubeconfig(dir, &self.url, "fake", Some("test"), None)
+        write_kubeconfig_with(
+            dir,
+            &self.url,
+            "fake",
+            Some("test"),
+            None,
+            self.ca_pem.as_deref(),
+        )
     }
 
     /// The stored object, if any (`res` is the plural with its group: `deployments.apps`).
@@ -319,6 +349,19 @@ pub fn write_kubeconfig(
     namespace: Option<&str>,
     token: Option<&str>,
 ) -> PathBuf {
+    write_kubeconfig_with(dir, url, context, namespace, token, None)
+}
+
+/// Like [`write_kubeconfig`]; with `ca_pem`, also writes `ca-<context>.pem` beside it and names
+/// it (relative path) as the cluster's certificate authority.
+pub fn write_kubeconfig_with(
+    dir: &Path,
+    url: &str,
+    context: &str,
+    namespace: Option<&str>,
+    token: Option<&str>,
+    ca_pem: Option<&str>,
+) -> PathBuf {
     let ns = namespace
         .map(|n| format!("\n    namespace: {n}"))
         .unwrap_or_default();
@@ -326,12 +369,51 @@ pub fn write_kubeconfig(
         Some(t) => format!("  user:\n    token: {t}"),
         None => "  user: {}".to_string(),
     };
+    let ca = match ca_pem {
+        Some(pem) => {
+            let file = format!("ca-{context}.pem");
+            std::fs::write(dir.join(&file), pem).expect("write CA");
+            format!("\n    certificate-authority: {file}")
+        }
+        None => String::new(),
+    };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: {context}\n  context:\n    cluster: fake\n    user: fake{ns}\ncurrent-context: {context}\nusers:\n- name: fake\n{user}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}{ca}\ncontexts:\n- name: {context}\n  context:\n    cluster: fake\n    user: fake{ns}\ncurrent-context: {context}\nusers:\n- name: fake\n{user}\n"
     );
     let path = dir.join(format!("kubeconfig-{context}.yaml"));
     std::fs::write(&path, text).expect("write kubeconfig");
     path
+}
+
+/// Serves `app` over TLS until the task is aborted (which drops every connection).
+fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio::task::JoinHandle<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let service = TowerToHyperService::new(app.clone());
+                    let acceptor = acceptor.clone();
+                    connections.spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response {
