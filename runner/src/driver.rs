@@ -203,9 +203,12 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             env!("CARGO_PKG_VERSION"),
             crate::REVISION
         ));
+        // gitlab-runner's short token (no `glrt-` prefix, which the trace would mask).
         log.write_line(&format!(
             "\x1b[0;m  on {} {}, system ID: {}\x1b[0;m",
-            runner.name, short, self.system_id
+            runner.name,
+            crate::variables::runner_short_token(runner.token.expose()),
+            self.system_id
         ));
 
         let outcome = match plan::compile(&payload, &runner, &ctx) {
@@ -403,10 +406,6 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             "Preparing the \"docker\" executor",
             false,
         );
-        log.write_line(&format!(
-            "\x1b[0;mUsing Docker executor with image {} ...\x1b[0;m",
-            env.image.name
-        ));
         let cancel = CancellationToken::new();
         let mut sink = log.clone();
         let prepared = run_stoppable(

@@ -1,4 +1,5 @@
 //! Fakes and fixtures shared by ferry's end-to-end tests.
+pub mod e2e;
 pub mod fake_gitlab;
 pub mod fake_k8s;
 
