@@ -211,6 +211,10 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             self.system_id
         ));
 
+        // The job's containers are removed after the final update: the job's result does not
+        // depend on it, and GitLab can start the next stage ~0.4 s sooner. The job keeps its
+        // concurrency slot until the cleanup is done.
+        let mut cleanup: Option<JobEnv> = None;
         let outcome = match plan::compile(&payload, &runner, &ctx) {
             Ok(plan) => {
                 let mut signals = Signals {
@@ -218,7 +222,11 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     remote: handle.signals(),
                     shutdown,
                 };
-                self.execute(&plan, &job, &runner, &log, &mut signals).await
+                let outcome = self.execute(&plan, &job, &runner, &log, &mut signals).await;
+                if let Execution::Docker { env, .. } = plan.execution {
+                    cleanup = Some(env);
+                }
+                outcome
             }
             Err(e) => {
                 log.write_error(&format!("job {}: {e}", job.id));
@@ -260,6 +268,15 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
         };
         let final_outcome = handle.finish(update).await;
+        if let Some(env) = cleanup {
+            // Cleanup runs on every path, on its own deadline, not cancellable by the job's
+            // signals.
+            match tokio::time::timeout(CLEANUP_TIMEOUT, self.engine.destroy(&env)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(job = job.id, error = %e, "cleanup failed"),
+                Err(_) => warn!(job = job.id, "cleanup timed out"),
+            }
+        }
         running.dec();
         self.metrics
             .job_duration
@@ -384,12 +401,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 }
             }
         }
-        // Cleanup runs on every path, on its own deadline, not cancellable by the job's signals.
-        match tokio::time::timeout(CLEANUP_TIMEOUT, self.engine.destroy(env)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(job = plan.job_id, error = %e, "cleanup failed"),
-            Err(_) => warn!(job = plan.job_id, "cleanup timed out"),
-        }
+        // `run` removes the containers after the final update.
         outcome
     }
 
