@@ -321,9 +321,13 @@ async fn poll_loop<S, H>(
                     let runner = entry.section.clone();
                     let cancel = jobs_cancel.child_token();
                     // The slot moves into the job's task and returns when it ends, however it ends.
+                    let freed = entry.clone();
                     jobs2.spawn(async move {
-                        let _slot = slot;
+                        let held = slot;
                         handler.run_job(runner, job, cancel).await;
+                        drop(held);
+                        // Capacity is back: ask for the next job now, not at the next tick.
+                        freed.again.notify_one();
                     });
                     entry.again.notify_one();
                 }

@@ -281,7 +281,13 @@ impl Harness {
 
     /// Assert the job ended with `status` (and `reason` when failed); returns its trace.
     pub fn expect(&self, job: &JobRecord, status: JobStatus, reason: Option<&str>) -> String {
-        assert_eq!(job.status, status, "job {}: {}", job.id, self.describe(job.id));
+        assert_eq!(
+            job.status,
+            status,
+            "job {}: {}",
+            job.id,
+            self.describe(job.id)
+        );
         assert_eq!(
             job.failure_reason.as_deref(),
             reason,
@@ -396,7 +402,9 @@ impl Harness {
             let _ = Command::new("docker").args(["network", "rm", &n]).output();
         }
         for v in q(&["volume", "ls", "-q", "--filter", &f]) {
-            let _ = Command::new("docker").args(["volume", "rm", "-f", &v]).output();
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", &v])
+                .output();
         }
     }
 }

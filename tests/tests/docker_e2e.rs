@@ -80,9 +80,10 @@ async fn images_missing_disallowed_and_pull_policy_not_allowed() {
     };
     let missing = h.push(h.job("missing").image(Some("ferry-test/missing:1")));
     let disallowed = h.push(h.job("disallowed").image(Some("alpine:3.20")));
-    let bad_policy = h.push(h.job("bad-policy").patch(
-        json!({"image": {"name": BUSYBOX, "pull_policy": ["always"]}}),
-    ));
+    let bad_policy = h.push(
+        h.job("bad-policy")
+            .patch(json!({"image": {"name": BUSYBOX, "pull_policy": ["always"]}})),
+    );
     let good_policy = h.push(
         h.job("good-policy")
             .script(["echo policy-ok"])
@@ -102,11 +103,7 @@ async fn images_missing_disallowed_and_pull_policy_not_allowed() {
     );
 
     let job = h.wait_final(disallowed, JOB_WAIT).await;
-    let trace = h.expect(
-        &job,
-        JobStatus::Failed,
-        Some("runner_configuration_error"),
-    );
+    let trace = h.expect(&job, JobStatus::Failed, Some("runner_configuration_error"));
     assert!(
         trace.lines().any(|l| l.contains("ERROR")
             && l.contains("alpine:3.20")
@@ -116,11 +113,7 @@ async fn images_missing_disallowed_and_pull_policy_not_allowed() {
     );
 
     let job = h.wait_final(bad_policy, JOB_WAIT).await;
-    let trace = h.expect(
-        &job,
-        JobStatus::Failed,
-        Some("runner_configuration_error"),
-    );
+    let trace = h.expect(&job, JobStatus::Failed, Some("runner_configuration_error"));
     assert!(
         trace.lines().any(|l| l.contains("ERROR")
             && l.contains("pull_policy (always) is not allowed")
@@ -239,16 +232,12 @@ async fn volumes_environment_and_memory_limit() {
     let Some(mut h) = Harness::start(setup).await else {
         return;
     };
-    let first = h.push(
-        h.job("first")
-            .variable("OVERRIDDEN", "job", false)
-            .script([
-                "cat /mnt/host/host-file.txt",
-                "echo env=$FROM_RUNNER overridden=$OVERRIDDEN",
-                "touch /mnt/host/new 2>/dev/null || echo bind-is-read-only",
-                "echo persisted-$CI_JOB_ID > /cache/marker",
-            ]),
-    );
+    let first = h.push(h.job("first").variable("OVERRIDDEN", "job", false).script([
+        "cat /mnt/host/host-file.txt",
+        "echo env=$FROM_RUNNER overridden=$OVERRIDDEN",
+        "touch /mnt/host/new 2>/dev/null || echo bind-is-read-only",
+        "echo persisted-$CI_JOB_ID > /cache/marker",
+    ]));
     let second = h.push(h.job("second").script(["cat /cache/marker"]));
     let oom = h.push(h.job("oom").script([
         "x=$(head -c 300000000 /dev/zero | tr '\\0' a)",
@@ -258,10 +247,7 @@ async fn volumes_environment_and_memory_limit() {
     let job = h.wait_final(first, JOB_WAIT).await;
     let trace = h.expect(&job, JobStatus::Success, None);
     assert!(trace.contains("\nfrom-the-host"), "{trace}");
-    assert!(
-        trace.contains("\nenv=runner-env overridden=job"),
-        "{trace}"
-    );
+    assert!(trace.contains("\nenv=runner-env overridden=job"), "{trace}");
     assert!(trace.contains("\nbind-is-read-only"), "{trace}");
     assert!(!host_dir.path().join("new").exists());
 
@@ -300,7 +286,10 @@ async fn privileged_containers_get_every_capability() {
     let Some(mut h) = Harness::start(Setup::default().docker("privileged = true")).await else {
         return;
     };
-    let id = h.push(h.job("privileged").script(["grep CapEff /proc/self/status"]));
+    let id = h.push(
+        h.job("privileged")
+            .script(["grep CapEff /proc/self/status"]),
+    );
     let job = h.wait_final(id, JOB_WAIT).await;
     let trace = h.expect(&job, JobStatus::Success, None);
     let caps = trace
@@ -338,7 +327,10 @@ async fn sources_clone_then_fetch_with_depth() {
     );
     let job = h.wait_final(clone, JOB_WAIT).await;
     let trace = h.expect(&job, JobStatus::Success, None);
-    assert!(trace.contains("Fetching changes with git depth set to 1..."), "{trace}");
+    assert!(
+        trace.contains("Fetching changes with git depth set to 1..."),
+        "{trace}"
+    );
     assert!(trace.contains("Created fresh repository."), "{trace}");
     assert!(
         trace.contains(&format!("Checking out {}", &sha3[..8])),
@@ -348,7 +340,10 @@ async fn sources_clone_then_fetch_with_depth() {
     assert!(trace.contains("\nthird"), "{trace}");
     let dir = h.project_dir(0);
     let git_dir = dir.to_str().unwrap();
-    assert_eq!(cmd("git", &["-C", git_dir, "rev-list", "--count", "HEAD"]), "1");
+    assert_eq!(
+        cmd("git", &["-C", git_dir, "rev-list", "--count", "HEAD"]),
+        "1"
+    );
     assert_eq!(cmd("git", &["-C", git_dir, "rev-parse", "HEAD"]), sha3);
     let token = h.gitlab.job(clone).unwrap().token;
     let config = std::fs::read_to_string(dir.join(".git/config")).unwrap();
@@ -364,7 +359,10 @@ async fn sources_clone_then_fetch_with_depth() {
     );
     let job = h.wait_final(fetch, JOB_WAIT).await;
     let trace = h.expect(&job, JobStatus::Success, None);
-    assert!(trace.contains("Fetching changes with git depth set to 2..."), "{trace}");
+    assert!(
+        trace.contains("Fetching changes with git depth set to 2..."),
+        "{trace}"
+    );
     assert!(
         trace.contains("Reinitialized existing Git repository in /builds/acme/app/.git/"),
         "{trace}"
@@ -395,14 +393,19 @@ async fn predefined_file_and_expanded_variables() {
             "echo server=$CI_SERVER_URL ci=$CI gitlab_ci=$GITLAB_CI runner=$CI_RUNNER_SHORT_TOKEN",
             "echo concurrent=$CI_CONCURRENT_ID project_path=$CI_PROJECT_PATH",
         ]);
-    spec.variables.push(json!({"key": "MY_FILE", "value": "file-content-42\n",
+    spec.variables
+        .push(json!({"key": "MY_FILE", "value": "file-content-42\n",
         "public": true, "masked": false, "file": true}));
-    spec.variables.push(json!({"key": "RAW", "value": "$A", "public": true,
+    spec.variables
+        .push(json!({"key": "RAW", "value": "$A", "public": true,
         "masked": false, "raw": true}));
     let id = h.push(spec);
     let job = h.wait_final(id, JOB_WAIT).await;
     let trace = h.expect(&job, JobStatus::Success, None);
-    assert!(trace.contains("\nfile-var=/builds/acme/app.tmp/MY_FILE"), "{trace}");
+    assert!(
+        trace.contains("\nfile-var=/builds/acme/app.tmp/MY_FILE"),
+        "{trace}"
+    );
     assert!(trace.contains("\nfile-content-42"), "{trace}");
     assert!(trace.contains("\nb=alpha-beta raw=$A"), "{trace}");
     assert!(
@@ -464,7 +467,12 @@ async fn cache_is_saved_then_restored_and_pull_policy_does_not_save() {
     assert!(trace.contains("Creating cache deps"), "{trace}");
     let cache_dir = h.work_dir.join("cache");
     let archives = files_with_suffix(&cache_dir, ".tar.zst");
-    assert_eq!(archives.len(), 1, "{archives:?} under {}", cache_dir.display());
+    assert_eq!(
+        archives.len(),
+        1,
+        "{archives:?} under {}",
+        cache_dir.display()
+    );
     let archive = archives[0].clone();
     assert!(
         archive.starts_with(cache_dir.join(&h.short)),
@@ -475,7 +483,10 @@ async fn cache_is_saved_then_restored_and_pull_policy_does_not_save() {
     // The archive holds the file (zstd-compressed tar).
     let listing = cmd(
         "sh",
-        &["-c", &format!("zstd -dc '{}' | tar -tf -", archive.display())],
+        &[
+            "-c",
+            &format!("zstd -dc '{}' | tar -tf -", archive.display()),
+        ],
     );
     assert!(listing.contains("vendor/lib.txt"), "{listing}");
 
@@ -490,7 +501,10 @@ async fn cache_is_saved_then_restored_and_pull_policy_does_not_save() {
     assert!(trace.contains("Checking cache for deps"), "{trace}");
     assert!(trace.contains("Successfully extracted cache"), "{trace}");
     assert!(trace.contains("\ncached-content"), "{trace}");
-    assert!(trace.contains("Not uploading cache deps due to policy"), "{trace}");
+    assert!(
+        trace.contains("Not uploading cache deps due to policy"),
+        "{trace}"
+    );
     assert_eq!(std::fs::read(&archive).unwrap(), saved, "archive rewritten");
     h.stop().await;
 }
@@ -502,13 +516,18 @@ async fn artifacts_uploaded_with_exclude_and_downloaded_by_a_dependent_job() {
     let Some(mut h) = Harness::start(Setup::default()).await else {
         return;
     };
-    let mut build = h.job("build").variable("GIT_STRATEGY", "empty", false).script([
-        "mkdir -p out/sub",
-        "echo a-content > out/a.txt",
-        "echo log > out/b.log",
-        "echo c-content > out/sub/c.txt",
-    ]);
-    build.artifacts.push(json!({"name": "build-output", "untracked": false,
+    let mut build = h
+        .job("build")
+        .variable("GIT_STRATEGY", "empty", false)
+        .script([
+            "mkdir -p out/sub",
+            "echo a-content > out/a.txt",
+            "echo log > out/b.log",
+            "echo c-content > out/sub/c.txt",
+        ]);
+    build
+        .artifacts
+        .push(json!({"name": "build-output", "untracked": false,
         "paths": ["out/"], "exclude": ["out/*.log"], "when": "on_success",
         "expire_in": "1 day", "artifact_type": "archive", "artifact_format": "zip"}));
     let build_id = h.push(build);
@@ -601,13 +620,19 @@ async fn timeout_cancel_and_shutdown_leave_nothing_behind() {
     let trace = h.gitlab.trace_string(id);
     assert!(trace.contains("\nafter-status=canceled"), "{trace}");
     assert!(
-        poll_until(Duration::from_secs(30), || h.docker_objects(Some(id)).is_empty()).await,
+        poll_until(Duration::from_secs(30), || h
+            .docker_objects(Some(id))
+            .is_empty())
+        .await,
         "{:?}",
         h.docker_objects(Some(id))
     );
 
     // SIGTERM with a job running: the job is reported failed, ferry exits, nothing is left.
-    let id = h.push(h.job("interrupted").script(["echo running-at-stop", "sleep 300"]));
+    let id = h.push(
+        h.job("interrupted")
+            .script(["echo running-at-stop", "sleep 300"]),
+    );
     h.wait_trace(id, "\nrunning-at-stop", JOB_WAIT).await;
     let status = h.stop().await;
     assert!(status.success(), "ferry exit status {status}");
@@ -627,16 +652,33 @@ async fn leftovers_of_this_runner_are_removed_at_start() {
     cmd(
         "docker",
         &[
-            "create", "--name", &mine, "--label", "ferry.managed=true", "--label",
-            &format!("ferry.runner={}", h.short), "--label", "ferry.job_id=999999", BUSYBOX,
-            "sleep", "1",
+            "create",
+            "--name",
+            &mine,
+            "--label",
+            "ferry.managed=true",
+            "--label",
+            &format!("ferry.runner={}", h.short),
+            "--label",
+            "ferry.job_id=999999",
+            BUSYBOX,
+            "sleep",
+            "1",
         ],
     );
     cmd(
         "docker",
         &[
-            "create", "--name", &other, "--label", "ferry.managed=true", "--label",
-            "ferry.runner=someoneelse", BUSYBOX, "sleep", "1",
+            "create",
+            "--name",
+            &other,
+            "--label",
+            "ferry.managed=true",
+            "--label",
+            "ferry.runner=someoneelse",
+            BUSYBOX,
+            "sleep",
+            "1",
         ],
     );
     let exists = |name: &str| {
@@ -652,7 +694,11 @@ async fn leftovers_of_this_runner_are_removed_at_start() {
     let _ = std::process::Command::new("docker")
         .args(["rm", "-f", &other])
         .output();
-    assert!(removed, "leftover {mine} still there; log:\n{}", h.ferry_log());
+    assert!(
+        removed,
+        "leftover {mine} still there; log:\n{}",
+        h.ferry_log()
+    );
     assert!(other_kept, "another runner's container was removed");
     h.assert_takes_next_job().await;
     h.stop().await;

@@ -93,7 +93,12 @@ async fn main() {
     for i in 0..runs {
         let f = ferry_job_once(&h).await;
         let d = docker_run_once().await;
-        println!("run {:>2}: ferry job {}   docker run {}", i + 1, secs(f), secs(d));
+        println!(
+            "run {:>2}: ferry job {}   docker run {}",
+            i + 1,
+            secs(f),
+            secs(d)
+        );
         ferry.push(f);
         docker.push(d);
     }
