@@ -134,10 +134,10 @@ impl Signals {
     /// Resolves when a stop signal arrives (or at once if one already has).
     async fn next(&mut self, ignore_canceling: bool) -> Stop {
         loop {
-            if let Some(s) = self.current() {
-                if !(ignore_canceling && s == Stop::Canceling) {
-                    return s;
-                }
+            if let Some(s) = self.current()
+                && !(ignore_canceling && s == Stop::Canceling)
+            {
+                return s;
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(self.deadline) => return Stop::Timeout,
@@ -395,10 +395,10 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         {
             let succeeded = outcome == Outcome::Success;
             self.archive_caches(plan, log, succeeded).await;
-            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await {
-                if succeeded {
-                    outcome = o;
-                }
+            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await
+                && succeeded
+            {
+                outcome = o;
             }
         }
         // `run` removes the containers after the final update.

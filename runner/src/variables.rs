@@ -98,10 +98,10 @@ impl Variables {
     /// The value of `key` as a reference in another value sees it (file variables: their path).
     pub fn get(&self, key: &str) -> Option<String> {
         let v = self.find(key)?;
-        if v.file {
-            if let Some(dir) = &self.file_dir {
-                return Some(format!("{dir}/{}", v.key));
-            }
+        if v.file
+            && let Some(dir) = &self.file_dir
+        {
+            return Some(format!("{dir}/{}", v.key));
         }
         Some(v.value.clone())
     }
@@ -257,10 +257,11 @@ pub fn runner_short_token(token: &str) -> String {
             t = rest;
         }
     }
-    if let Some(rest) = t.strip_prefix("GR") {
-        if rest.len() >= 7 && rest[..7].bytes().all(|b| b.is_ascii_hexdigit()) {
-            t = &rest[7..];
-        }
+    if let Some(rest) = t.strip_prefix("GR")
+        && rest.len() >= 7
+        && rest[..7].bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        t = &rest[7..];
     }
     t.chars().take(9).collect()
 }

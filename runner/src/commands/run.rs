@@ -257,7 +257,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                 return;
             }
         };
-        let concurrent = self.slots.take(format!("{}", runner.token.short()));
+        let concurrent = self.slots.take(runner.token.short().to_string());
         let project = self.slots.take(format!(
             "{}/{}",
             runner.token.short(),

@@ -208,13 +208,13 @@ pub(super) fn job_env(
     for s in &payload.services {
         services.push(service_spec(runner, s, variables)?);
     }
-    if let Some(limit) = runner.docker.services_limit {
-        if services.len() > limit {
-            return Err(PlanError::Configuration(format!(
-                "the job defines {} services, more than this runner's services_limit of {limit}",
-                services.len()
-            )));
-        }
+    if let Some(limit) = runner.docker.services_limit
+        && services.len() > limit
+    {
+        return Err(PlanError::Configuration(format!(
+            "the job defines {} services, more than this runner's services_limit of {limit}",
+            services.len()
+        )));
     }
     let env = variables
         .deduplicated()

@@ -46,6 +46,7 @@ pub struct JobContext {
 /// How the job runs.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
+#[allow(clippy::large_enum_variant)] // one per job; boxing would only add indirection
 pub enum Execution {
     /// In Docker containers.
     Docker {
@@ -321,24 +322,24 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
             }
         }
     }
-    if let Some(step) = after {
-        if !step.script.is_empty() {
-            let timeout = variables
-                .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
-                .and_then(parse_go_duration)
-                .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
-                .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
-            out.push(PlannedStep {
-                spec: StepSpec {
-                    name: "after_script".into(),
-                    commands: step.script.clone(),
-                    env: vec![],
-                    timeout: Some(timeout),
-                },
-                when: StepWhen::Always,
-                section: "after_script".into(),
-            });
-        }
+    if let Some(step) = after
+        && !step.script.is_empty()
+    {
+        let timeout = variables
+            .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
+            .and_then(parse_go_duration)
+            .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
+            .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
+        out.push(PlannedStep {
+            spec: StepSpec {
+                name: "after_script".into(),
+                commands: step.script.clone(),
+                env: vec![],
+                timeout: Some(timeout),
+            },
+            when: StepWhen::Always,
+            section: "after_script".into(),
+        });
     }
     Ok(out)
 }
@@ -386,9 +387,8 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
             continue;
         }
         let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            unit.push(chars.next()?);
-        } else if (c == 'u' || c == 'µ' || c == 'n') && chars.peek() == Some(&'s') {
+        // Two-letter units: ms, us, µs, ns.
+        if matches!(c, 'm' | 'u' | 'µ' | 'n') && chars.peek() == Some(&'s') {
             unit.push(chars.next()?);
         }
         let n: f64 = num.parse().ok()?;
