@@ -513,3 +513,182 @@ pub async fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 pub fn is_final(status: JobStatus) -> bool {
     !status.is_active()
 }
+
+/// Git repositories served over smart HTTP by `git http-backend` (CGI), like GitLab's
+/// `https://gitlab-ci-token:<job token>@host/group/project.git`. Requests without Basic
+/// credentials get 401; every `Authorization` value is recorded, decoded (`user:password`).
+pub struct GitHttp {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    credentials: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GitHttp {
+    /// Serve every repository under `root` (`<base>/<dir name>` is `root/<dir name>`).
+    pub async fn serve(root: &Path) -> GitHttp {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+
+        #[derive(Clone)]
+        struct Ctx {
+            root: PathBuf,
+            credentials: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        }
+
+        async fn handle(State(ctx): State<Ctx>, req: Request) -> axum::response::Response {
+            use axum::http::{HeaderValue, StatusCode};
+            use base64::Engine as _;
+            use tokio::io::AsyncWriteExt;
+
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Basic "))
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let Some(auth) = auth else {
+                let mut r = (StatusCode::UNAUTHORIZED, "HTTP Basic: Access denied").into_response();
+                r.headers_mut().insert(
+                    "www-authenticate",
+                    HeaderValue::from_static("Basic realm=\"GitLab\""),
+                );
+                return r;
+            };
+            ctx.credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(auth);
+            let (parts, body) = req.into_parts();
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let mut cmd = tokio::process::Command::new("git");
+            cmd.arg("http-backend")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("GIT_PROJECT_ROOT", &ctx.root)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("PATH_INFO", parts.uri.path())
+                .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
+                .env("REQUEST_METHOD", parts.method.as_str())
+                .env("CONTENT_TYPE", header("content-type"))
+                .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+                .env("GIT_PROTOCOL", header("git-protocol"))
+                .env("REMOTE_ADDR", "127.0.0.1")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            let body = match axum::body::to_bytes(body, 256 << 20).await {
+                Ok(b) => b,
+                Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+            };
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+                }
+            };
+            if let Some(mut stdin) = child.stdin.take() {
+                tokio::spawn(async move {
+                    let _ = stdin.write_all(&body).await;
+                });
+            }
+            let out = match child.wait_with_output().await {
+                Ok(o) => o.stdout,
+                Err(e) => {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+                }
+            };
+            // CGI: headers, a blank line, the body.
+            let split = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| (i, i + 4))
+                .or_else(|| {
+                    out.windows(2)
+                        .position(|w| w == b"\n\n")
+                        .map(|i| (i, i + 2))
+                });
+            let Some((head_end, body_start)) = split else {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "bad CGI output").into_response();
+            };
+            let head = String::from_utf8_lossy(&out[..head_end]).into_owned();
+            let mut status = StatusCode::OK;
+            let mut resp =
+                axum::response::Response::new(axum::body::Body::from(out[body_start..].to_vec()));
+            for line in head.lines() {
+                let Some((k, v)) = line.split_once(':') else {
+                    continue;
+                };
+                let (k, v) = (k.trim(), v.trim());
+                if k.eq_ignore_ascii_case("status") {
+                    if let Some(code) = v
+                        .split_whitespace()
+                        .next()
+                        .and_then(|c| c.parse::<u16>().ok())
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                    {
+                        status = code;
+                    }
+                } else if let (Ok(name), Ok(value)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    resp.headers_mut().append(name, value);
+                }
+            }
+            *resp.status_mut() = status;
+            resp
+        }
+
+        let credentials = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ctx = Ctx {
+            root: root.to_path_buf(),
+            credentials: credentials.clone(),
+        };
+        let app = axum::Router::new().fallback(handle).with_state(ctx);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the git HTTP server");
+        let base = format!(
+            "http://127.0.0.1:{}",
+            listener.local_addr().expect("local address").port()
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        GitHttp {
+            base,
+            credentials,
+            task,
+        }
+    }
+
+    /// Every `user:password` received so far.
+    pub fn credentials(&self) -> Vec<String> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The clone URL GitLab would send for `repo` (a directory under the root), with the job
+    /// token as `{{TOKEN}}` (replaced by [`JobSpec::patch`]).
+    pub fn repo_url(&self, repo: &str) -> String {
+        let host = self.base.trim_start_matches("http://");
+        format!("http://gitlab-ci-token:{{{{TOKEN}}}}@{host}/{repo}")
+    }
+}

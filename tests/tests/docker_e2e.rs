@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_tests::e2e::{BASH, BUSYBOX, GitRepo, Harness, SERVICE, Setup, cmd, poll_until};
+use ferry_tests::e2e::{BASH, BUSYBOX, GitHttp, GitRepo, Harness, SERVICE, Setup, cmd, poll_until};
 use ferry_tests::fake_gitlab::{JobSpec, JobStatus};
 use serde_json::json;
 
@@ -305,7 +305,7 @@ async fn privileged_containers_get_every_capability() {
 // ---- (6) sources -----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sources_clone_then_fetch_with_depth() {
+async fn sources_clone_then_fetch_with_depth_over_http_with_the_job_token() {
     let repo = GitRepo::new();
     repo.commit("README", "first\n");
     repo.commit("README", "second\n");
@@ -313,12 +313,17 @@ async fn sources_clone_then_fetch_with_depth() {
     let Some(mut h) = Harness::start(Setup::default()).await else {
         return;
     };
+    // As from GitLab: http://gitlab-ci-token:<job token>@host/<repo>.
+    let root = repo.path().parent().unwrap();
+    let name = repo.path().file_name().unwrap().to_str().unwrap();
+    let git = GitHttp::serve(root).await;
+    let url = git.repo_url(name);
     let clone = h.push(
         JobSpec::new("clone")
             .image(Some(BUSYBOX))
             .variable("GIT_STRATEGY", "clone", false)
             .variable("GIT_DEPTH", "1", false)
-            .patch(GitRepo::git_info(&repo.url(), &sha3, 20))
+            .patch(GitRepo::git_info(&url, &sha3, 20))
             .script([
                 "test -d .git && echo git-dir-present",
                 "cat README",
@@ -327,6 +332,7 @@ async fn sources_clone_then_fetch_with_depth() {
     );
     let job = h.wait_final(clone, JOB_WAIT).await;
     let trace = h.expect(&job, JobStatus::Success, None);
+    let token = job.token.clone();
     assert!(
         trace.contains("Fetching changes with git depth set to 1..."),
         "{trace}"
@@ -338,6 +344,14 @@ async fn sources_clone_then_fetch_with_depth() {
     );
     assert!(trace.contains("\ngit-dir-present"), "{trace}");
     assert!(trace.contains("\nthird"), "{trace}");
+    assert!(!trace.contains(&token), "job token in the trace");
+    // The job token reached the server; it is stored nowhere on disk.
+    assert!(
+        git.credentials()
+            .contains(&format!("gitlab-ci-token:{token}")),
+        "{:?}",
+        git.credentials()
+    );
     let dir = h.project_dir(0);
     let git_dir = dir.to_str().unwrap();
     assert_eq!(
@@ -345,16 +359,24 @@ async fn sources_clone_then_fetch_with_depth() {
         "1"
     );
     assert_eq!(cmd("git", &["-C", git_dir, "rev-parse", "HEAD"]), sha3);
-    let token = h.gitlab.job(clone).unwrap().token;
     let config = std::fs::read_to_string(dir.join(".git/config")).unwrap();
     assert!(!config.contains(&token), "{config}");
+    assert!(config.contains(&git.base), "{config}");
+    let leaked = cmd(
+        "sh",
+        &[
+            "-c",
+            &format!("grep -rl '{token}' '{}' || true", h.work_dir.display()),
+        ],
+    );
+    assert_eq!(leaked, "", "files holding the job token");
 
     // A new commit; the second job (default strategy: fetch) reuses the checkout.
     let sha4 = repo.commit("NEW", "fourth\n");
     let fetch = h.push(
         JobSpec::new("fetch")
             .image(Some(BUSYBOX))
-            .patch(GitRepo::git_info(&repo.url(), &sha4, 2))
+            .patch(GitRepo::git_info(&url, &sha4, 2))
             .script(["cat NEW", "test ! -e left-behind.txt && echo cleaned"]),
     );
     let job = h.wait_final(fetch, JOB_WAIT).await;
@@ -371,6 +393,12 @@ async fn sources_clone_then_fetch_with_depth() {
     assert!(trace.contains("\nfourth"), "{trace}");
     assert!(trace.contains("\ncleaned"), "{trace}");
     assert_eq!(cmd("git", &["-C", git_dir, "rev-parse", "HEAD"]), sha4);
+    assert!(
+        git.credentials()
+            .contains(&format!("gitlab-ci-token:{}", job.token)),
+        "{:?}",
+        git.credentials()
+    );
     h.stop().await;
 }
 
@@ -592,7 +620,15 @@ async fn timeout_cancel_and_shutdown_leave_nothing_behind() {
     assert!(trace.contains("\nstarted"), "{trace}");
     assert!(trace.contains("\nafter-status=timedout"), "{trace}");
     assert!(trace.contains("longer than the job timeout"), "{trace}");
-    assert_eq!(h.docker_objects(Some(id)), Vec::<String>::new());
+    // ferry removes the job's containers just after the final update.
+    assert!(
+        poll_until(Duration::from_secs(30), || h
+            .docker_objects(Some(id))
+            .is_empty())
+        .await,
+        "{:?}",
+        h.docker_objects(Some(id))
+    );
 
     // Cancel in GitLab: after_script runs, the job ends canceled within seconds. A runner
     // learns of the cancel from the answers to its trace PATCHes (or, for a silent job, from the
