@@ -17,6 +17,7 @@ use ferry_deploy::{DeployError, DeployRequest, Deployer};
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{JobApi, JobRef, JobState, JobUpdate};
@@ -28,7 +29,7 @@ use crate::trace::{self, FinalOutcome, RemoteSignal, TraceConfig, TraceTiming, T
 /// How long an engine may take to stop a step after it was told to.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Deadline of the cleanup stage (containers, network, volumes).
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a step was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub struct Driver<E, D, A> {
     pub metrics: Metrics,
     pub system_id: String,
     pub trace_timing: TraceTiming,
+    /// Container removals still running after their job's final update.
+    pub cleanups: TaskTracker,
 }
 
 /// Map a reason to one this GitLab accepts (gitlab-runner's compatibility chain).
@@ -211,9 +214,11 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             self.system_id
         ));
 
-        // The job's containers are removed after the final update: the job's result does not
-        // depend on it, and GitLab can start the next stage ~0.4 s sooner. The job keeps its
-        // concurrency slot until the cleanup is done.
+        // The job's containers are removed after the final update, in the background (tracked
+        // by `cleanups`, which `ferry run` waits for before it exits): the job's result does not
+        // depend on it, GitLab can start the next stage ~0.4 s sooner, and the job's slot is
+        // free for the next job while Docker removes an idle container. Names of containers,
+        // networks and volumes carry the job id, so the next job never collides with them.
         let mut cleanup: Option<JobEnv> = None;
         let outcome = match plan::compile(&payload, &runner, &ctx) {
             Ok(plan) => {
@@ -271,11 +276,15 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         if let Some(env) = cleanup {
             // Cleanup runs on every path, on its own deadline, not cancellable by the job's
             // signals.
-            match tokio::time::timeout(CLEANUP_TIMEOUT, self.engine.destroy(&env)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(job = job.id, error = %e, "cleanup failed"),
-                Err(_) => warn!(job = job.id, "cleanup timed out"),
-            }
+            let engine = self.engine.clone();
+            let id = job.id;
+            self.cleanups.spawn(async move {
+                match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(&env)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(job = id, error = %e, "cleanup failed"),
+                    Err(_) => warn!(job = id, "cleanup timed out"),
+                }
+            });
         }
         running.dec();
         self.metrics

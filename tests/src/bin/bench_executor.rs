@@ -38,6 +38,15 @@ fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
 }
 
+/// utime + stime of a process (Linux, 100 ticks per second).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 async fn docker_run_once() -> Duration {
     tokio::task::spawn_blocking(|| {
         let t = Instant::now();
@@ -123,27 +132,51 @@ async fn main() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut first: Option<Instant> = None;
+    // Per job: when it was handed out and when its final update arrived.
+    let mut seen: Vec<(Option<Instant>, Option<Instant>)> = vec![(None, None); ids.len()];
     loop {
-        if first.is_none() && ids.iter().any(|id| h.gitlab.job(*id).is_some()) {
-            first = Some(Instant::now());
+        let now = Instant::now();
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(job) = h.gitlab.job(*id) {
+                seen[i].0.get_or_insert(now);
+                if !job.status.is_active() {
+                    seen[i].1.get_or_insert(now);
+                }
+            }
         }
-        let done = ids
-            .iter()
-            .filter(|id| h.gitlab.job_status(**id).is_some_and(|s| !s.is_active()))
-            .count();
-        if done == ids.len() {
+        if first.is_none() && seen.iter().any(|s| s.0.is_some()) {
+            first = Some(now);
+        }
+        if seen.iter().all(|s| s.1.is_some()) {
             break;
         }
         assert!(Instant::now() < deadline, "throughput run did not finish");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let ferry_total = first.map(|f| f.elapsed()).unwrap_or_default();
+    let mut per_job: Vec<Duration> = seen
+        .iter()
+        .filter_map(|(a, b)| Some(b.as_ref()?.duration_since(*a.as_ref()?)))
+        .collect();
+    let busy: Duration = per_job.iter().sum();
+    println!(
+        "throughput run: median job (hand-out -> final PUT) {}, slots busy {:.0}% of the time",
+        secs(median(&mut per_job)),
+        100.0 * busy.as_secs_f64() / (ferry_total.as_secs_f64() * concurrent as f64)
+    );
     let failed: Vec<u64> = ids
         .iter()
         .copied()
         .filter(|id| h.gitlab.job_status(*id) != Some(JobStatus::Success))
         .collect();
     assert!(failed.is_empty(), "jobs not successful: {failed:?}");
+    if let Some(cpu) = h.pid().and_then(cpu_time) {
+        println!(
+            "ferry's own CPU time for the whole throughput run: {} ({:.0} ms per job)",
+            secs(cpu),
+            cpu.as_secs_f64() * 1000.0 / (jobs + 1) as f64
+        );
+    }
     h.stop().await;
     drop(h);
 
