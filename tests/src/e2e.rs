@@ -295,7 +295,11 @@ impl Harness {
             job.id,
             self.describe(job.id)
         );
-        self.gitlab.trace_string(job.id)
+        let trace = self.gitlab.trace_string(job.id);
+        if std::env::var_os("FERRY_E2E_SHOW_TRACES").is_some() {
+            println!("--- job {} ({}) trace ---\n{trace}", job.id, job.name);
+        }
+        trace
     }
 
     /// Push a trivial job and check that ferry runs it to success (ferry still takes jobs).

@@ -739,3 +739,23 @@ async fn leftovers_of_this_runner_are_removed_at_start() {
     h.assert_takes_next_job().await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_lets_the_running_job_finish() {
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    let id = h.push(h.job("finishing").script([
+        "echo before-quit",
+        "sleep 3",
+        "echo finished-after-quit",
+    ]));
+    h.wait_trace(id, "\nbefore-quit", JOB_WAIT).await;
+    h.signal("QUIT");
+    let status = h.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "ferry exit status {status}");
+    let job = h.gitlab.job(id).unwrap();
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert!(trace.contains("\nfinished-after-quit"), "{trace}");
+    assert_eq!(h.docker_objects(None), Vec::<String>::new());
+}
