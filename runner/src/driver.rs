@@ -100,6 +100,15 @@ fn engine_failure_reason(e: &EngineError) -> &'static str {
     }
 }
 
+/// The log line of an engine error: a configuration error is the job's or the runner's settings,
+/// not a failure of the system.
+fn engine_error_line(e: &EngineError) -> String {
+    match e {
+        EngineError::Configuration(_) => format!("Job failed: {e}"),
+        _ => format!("Job failed (system failure): {e}"),
+    }
+}
+
 fn deploy_failure_reason(e: &DeployError) -> &'static str {
     match e {
         DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_) => {
@@ -440,7 +449,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         match prepared {
             (_, Some(s)) => return stop_outcome(s, log),
             (Some(Err(e)), None) => {
-                log.write_error(&format!("Job failed (system failure): {e}"));
+                log.write_error(&engine_error_line(&e));
                 return Outcome::failed(engine_failure_reason(&e));
             }
             (None, None) => return Outcome::failed("runner_system_failure"),
@@ -559,7 +568,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     job_status = "failed";
                 }
                 (Some(Err(e)), None) => {
-                    log.write_error(&format!("Job failed (system failure): {e}"));
+                    log.write_error(&engine_error_line(&e));
                     outcome = Outcome::failed(engine_failure_reason(&e));
                     job_status = "failed";
                 }

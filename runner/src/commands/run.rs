@@ -239,7 +239,11 @@ impl Handler {
         let engine = Arc::new(
             DockerEngine::new(&r.docker, &short)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| match e {
+                    // `Unavailable` reports it as a Docker error again: no "docker: docker:".
+                    ferry_executor::EngineError::Docker(msg) => msg,
+                    other => other.to_string(),
+                })?,
         );
         engines.insert(key(r), engine.clone());
         Ok(engine)
