@@ -730,7 +730,7 @@ async fn cleanup_leftovers_removes_only_this_runners_objects() {
             &format!("ferry.runner={}", theirs.env.runner_short_token)
         )
         .await,
-        (1, 1)
+        (1, 0)
     );
     engine
         .client()
