@@ -169,10 +169,17 @@ impl Harness {
 
     pub fn write_config(&self, setup: &Setup) {
         let mut docker = setup.docker.clone();
-        if !docker.contains("image =") {
+        let has_key = |key: &str| {
+            setup.docker.lines().any(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+        };
+        if !has_key("image") {
             docker.push_str(&format!("image = \"{BUSYBOX}\"\n"));
         }
-        if !docker.contains("pull_policy =") {
+        if !has_key("pull_policy") {
             docker.push_str("pull_policy = [\"if-not-present\"]\n");
         }
         let text = format!(
