@@ -1,6 +1,7 @@
 //! The polling daemon: one task per `[[runners]]` entry asks GitLab for jobs every
 //! `check_interval` (entries staggered over the interval, as gitlab-runner does), and again at once
-//! after it got a job; `concurrent` global slots, `limit` and `request_concurrency` per entry.
+//! after it got a job and when one of its jobs ends (so a freed slot does not wait for the next
+//! tick); `concurrent` global slots, `limit` and `request_concurrency` per entry.
 //!
 //! Capacity is an owned permit: a request takes a global slot and a `limit` slot before it is
 //! sent, and moves them into the job's task when GitLab hands out a job, so they return however
@@ -344,9 +345,13 @@ async fn poll_loop<S, H>(
                     let runner = entry.section.clone();
                     let cancel = jobs_cancel.child_token();
                     // The slot moves into the job's task and returns when it ends, however it ends.
+                    let freed = entry.clone();
                     jobs2.spawn(async move {
-                        let _slot = slot;
+                        let held = slot;
                         handler.run_job(runner, job, cancel).await;
+                        drop(held);
+                        // Capacity is back: ask for the next job now, not at the next tick.
+                        freed.again.notify_one();
                     });
                     entry.again.notify_one();
                 }

@@ -17,6 +17,7 @@ use ferry_deploy::{DeployError, DeployRequest, Deployer};
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{JobApi, JobRef, JobState, JobUpdate};
@@ -28,7 +29,7 @@ use crate::trace::{self, FinalOutcome, RemoteSignal, TraceConfig, TraceTiming, T
 /// How long an engine may take to stop a step after it was told to.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Deadline of the cleanup stage (containers, network, volumes).
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a step was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub struct Driver<E, D, A> {
     pub metrics: Metrics,
     pub system_id: String,
     pub trace_timing: TraceTiming,
+    /// Container removals still running after their job's final update.
+    pub cleanups: TaskTracker,
 }
 
 /// Map a reason to one this GitLab accepts (gitlab-runner's compatibility chain).
@@ -94,6 +97,15 @@ fn engine_failure_reason(e: &EngineError) -> &'static str {
         EngineError::ImagePull { .. } => "image_pull_failure",
         EngineError::Configuration(_) => "runner_configuration_error",
         EngineError::Docker(_) | EngineError::Cancelled => "runner_system_failure",
+    }
+}
+
+/// The log line of an engine error: a configuration error is the job's or the runner's settings,
+/// not a failure of the system.
+fn engine_error_line(e: &EngineError) -> String {
+    match e {
+        EngineError::Configuration(_) => format!("Job failed: {e}"),
+        _ => format!("Job failed (system failure): {e}"),
     }
 }
 
@@ -203,11 +215,20 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             env!("CARGO_PKG_VERSION"),
             crate::REVISION
         ));
+        // gitlab-runner's short token (no `glrt-` prefix, which the trace would mask).
         log.write_line(&format!(
             "\x1b[0;m  on {} {}, system ID: {}\x1b[0;m",
-            runner.name, short, self.system_id
+            runner.name,
+            crate::variables::runner_short_token(runner.token.expose()),
+            self.system_id
         ));
 
+        // The job's containers are removed after the final update, in the background (tracked
+        // by `cleanups`, which `ferry run` waits for before it exits): the job's result does not
+        // depend on it, GitLab can start the next stage ~0.4 s sooner, and the job's slot is
+        // free for the next job while Docker removes an idle container. Names of containers,
+        // networks and volumes carry the job id, so the next job never collides with them.
+        let mut cleanup: Option<JobEnv> = None;
         let outcome = match plan::compile(&payload, &runner, &ctx) {
             Ok(plan) => {
                 let mut signals = Signals {
@@ -215,7 +236,11 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     remote: handle.signals(),
                     shutdown,
                 };
-                self.execute(&plan, &job, &runner, &log, &mut signals).await
+                let outcome = self.execute(&plan, &job, &runner, &log, &mut signals).await;
+                if let Execution::Docker { env, .. } = plan.execution {
+                    cleanup = Some(env);
+                }
+                outcome
             }
             Err(e) => {
                 log.write_error(&format!("job {}: {e}", job.id));
@@ -257,6 +282,19 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
         };
         let final_outcome = handle.finish(update).await;
+        if let Some(env) = cleanup {
+            // Cleanup runs on every path, on its own deadline, not cancellable by the job's
+            // signals.
+            let engine = self.engine.clone();
+            let id = job.id;
+            self.cleanups.spawn(async move {
+                match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(&env)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(job = id, error = %e, "cleanup failed"),
+                    Err(_) => warn!(job = id, "cleanup timed out"),
+                }
+            });
+        }
         running.dec();
         self.metrics
             .job_duration
@@ -381,12 +419,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 outcome = o;
             }
         }
-        // Cleanup runs on every path, on its own deadline, not cancellable by the job's signals.
-        match tokio::time::timeout(CLEANUP_TIMEOUT, self.engine.destroy(env)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(job = plan.job_id, error = %e, "cleanup failed"),
-            Err(_) => warn!(job = plan.job_id, "cleanup timed out"),
-        }
+        // `run` removes the containers after the final update.
         outcome
     }
 
@@ -403,10 +436,6 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             "Preparing the \"docker\" executor",
             false,
         );
-        log.write_line(&format!(
-            "\x1b[0;mUsing Docker executor with image {} ...\x1b[0;m",
-            env.image.name
-        ));
         let cancel = CancellationToken::new();
         let mut sink = log.clone();
         let prepared = run_stoppable(
@@ -420,7 +449,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         match prepared {
             (_, Some(s)) => return stop_outcome(s, log),
             (Some(Err(e)), None) => {
-                log.write_error(&format!("Job failed (system failure): {e}"));
+                log.write_error(&engine_error_line(&e));
                 return Outcome::failed(engine_failure_reason(&e));
             }
             (None, None) => return Outcome::failed("runner_system_failure"),
@@ -539,7 +568,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     job_status = "failed";
                 }
                 (Some(Err(e)), None) => {
-                    log.write_error(&format!("Job failed (system failure): {e}"));
+                    log.write_error(&engine_error_line(&e));
                     outcome = Outcome::failed(engine_failure_reason(&e));
                     job_status = "failed";
                 }

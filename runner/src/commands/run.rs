@@ -14,6 +14,7 @@ use ferry_executor::docker::DockerEngine;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::ApiError;
@@ -226,6 +227,8 @@ pub struct Handler {
     system_id: String,
     engines: tokio::sync::Mutex<HashMap<RunnerKey, Arc<DockerEngine>>>,
     slots: Arc<Slots>,
+    /// Container removals that outlive their job (waited for before ferry exits).
+    cleanups: TaskTracker,
 }
 
 impl Handler {
@@ -238,7 +241,11 @@ impl Handler {
         let engine = Arc::new(
             DockerEngine::new(&r.docker, &short)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| match e {
+                    // `Unavailable` reports it as a Docker error again: no "docker: docker:".
+                    ferry_executor::EngineError::Docker(msg) => msg,
+                    other => other.to_string(),
+                })?,
         );
         engines.insert(key(r), engine.clone());
         Ok(engine)
@@ -284,6 +291,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                     metrics: self.metrics.clone(),
                     system_id: self.system_id.clone(),
                     trace_timing: TraceTiming::default(),
+                    cleanups: self.cleanups.clone(),
                 };
                 driver.run(runner, *job, ctx, cancel).await;
             }
@@ -295,6 +303,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                     metrics: self.metrics.clone(),
                     system_id: self.system_id.clone(),
                     trace_timing: TraceTiming::default(),
+                    cleanups: self.cleanups.clone(),
                 };
                 driver.run(runner, *job, ctx, cancel).await;
             }
@@ -484,6 +493,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         metrics.clone(),
         path.to_path_buf(),
     ));
+    let cleanups = TaskTracker::new();
     let handler = Arc::new(Handler {
         source: source.clone(),
         working_dir,
@@ -491,6 +501,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         system_id,
         engines: tokio::sync::Mutex::default(),
         slots: Arc::default(),
+        cleanups: cleanups.clone(),
     });
     let daemon = Daemon::new(source, handler);
 
@@ -535,6 +546,14 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         _ = async { forced.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
             error!(?shutdown_timeout, "shutdown_timeout reached: exiting with jobs still running");
         }
+    }
+    // Jobs are over; their containers may still be being removed.
+    cleanups.close();
+    if tokio::time::timeout(crate::driver::CLEANUP_TIMEOUT, cleanups.wait())
+        .await
+        .is_err()
+    {
+        warn!("containers of finished jobs were still being removed at exit");
     }
     stop.cancel();
     signals.abort();

@@ -45,6 +45,7 @@ pub struct JobContext {
 /// How the job runs.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
+#[allow(clippy::large_enum_variant)] // one per job; boxing would only add indirection
 pub enum Execution {
     /// In Docker containers.
     Docker {
@@ -385,6 +386,7 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
             continue;
         }
         let mut unit = c.to_string();
+        // Two-letter units: ms, us, µs, ns.
         if matches!(c, 'm' | 'u' | 'µ' | 'n') && chars.peek() == Some(&'s') {
             unit.push(chars.next()?);
         }

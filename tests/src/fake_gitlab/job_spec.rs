@@ -25,6 +25,9 @@ pub struct JobSpec {
     pub timeout: u64,
     /// Used verbatim instead of the generated payload (id/token still replaced).
     pub raw: Option<Value>,
+    /// Merged into the generated payload (JSON merge patch, RFC 7396: objects merge key by key,
+    /// anything else replaces; `{{TOKEN}}` in strings becomes the job token).
+    pub patch: Option<Value>,
 }
 
 impl JobSpec {
@@ -44,6 +47,7 @@ impl JobSpec {
             dependencies: Vec::new(),
             timeout: 3600,
             raw: None,
+            patch: None,
         }
     }
 
@@ -102,6 +106,16 @@ impl JobSpec {
         self
     }
 
+    /// Merge `patch` into the generated payload (see [`JobSpec::patch`]); several calls merge in
+    /// order. E.g. `json!({"git_info": {"repo_url": "file:///tmp/repo"}})`.
+    pub fn patch(mut self, patch: Value) -> Self {
+        match &mut self.patch {
+            Some(p) => merge(p, patch),
+            None => self.patch = Some(patch),
+        }
+        self
+    }
+
     pub fn depends_on(mut self, job_id: u64) -> Self {
         self.dependencies.push(job_id);
         self
@@ -137,7 +151,7 @@ impl JobSpec {
             steps.push(json!({"name": "after_script", "script": self.after_script,
                 "timeout": self.timeout, "when": "always", "allow_failure": true}));
         }
-        json!({
+        let mut payload = json!({
             "id": id,
             "token": token,
             "allow_git_fetch": true,
@@ -164,7 +178,40 @@ impl JobSpec {
                              "password": token}],
             "dependencies": [],
             "features": {"trace_sections": true, "failure_reasons": FAILURE_REASONS},
-        })
+        });
+        if let Some(patch) = &self.patch {
+            merge(&mut payload, with_token(patch.clone(), token));
+        }
+        payload
+    }
+}
+
+/// JSON merge patch (RFC 7396).
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+fn with_token(v: Value, token: &str) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.replace("{{TOKEN}}", token)),
+        Value::Array(a) => Value::Array(a.into_iter().map(|x| with_token(x, token)).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, x)| (k, with_token(x, token)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
