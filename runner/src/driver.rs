@@ -238,7 +238,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 };
                 let outcome = self.execute(&plan, &job, &runner, &log, &mut signals).await;
                 if let Execution::Docker { env, .. } = plan.execution {
-                    cleanup = Some(env);
+                    cleanup = Some(*env);
                 }
                 outcome
             }
