@@ -589,3 +589,63 @@ async fn metrics_and_health_are_served() {
     assert!(health.status().is_success());
     assert!(!ferry.log().contains(&token), "no token in ferry's own log");
 }
+
+/// RFC 3339 UTC time `secs` from now, as TOML datetimes are written.
+fn toml_time(offset_secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let out = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", now + offset_secs),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_token_is_rotated_before_it_expires_and_jobs_keep_flowing() {
+    require_docker!();
+    let gitlab = FakeGitLab::start().await;
+    let (_id, token) = gitlab.create_runner(RunnerSpec::default());
+    // Obtained 1000 s ago, expires in 100 s: three quarters of its life are gone.
+    let config = runner_config(&gitlab, &token, "").replace(
+        "  executor = \"docker\"",
+        &format!(
+            "  token_obtained_at = {}\n  token_expires_at = {}\n  executor = \"docker\"",
+            toml_time(-1000),
+            toml_time(100)
+        ),
+    );
+    let ferry = start_ferry(&config);
+    let path = ferry.dir.path().join("config.toml");
+    let mut rotated = None;
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&path).unwrap();
+        if !text.contains(&token) {
+            rotated = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = rotated.unwrap_or_else(|| panic!("token not rotated; ferry log:\n{}", ferry.log()));
+    let new_token = gitlab.runners()[0].token.clone();
+    assert_ne!(new_token, token);
+    assert!(text.contains(&format!("token = \"{new_token}\"")), "{text}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The reload moves polling to the new token: jobs still run.
+    let id = gitlab.push_job(job("after-rotation", &["echo rotated"]));
+    assert_eq!(
+        wait_final(&gitlab, id, &ferry).await,
+        JobStatus::Success,
+        "{}",
+        ferry.log()
+    );
+    assert!(!ferry.log().contains(&new_token), "no token in ferry's log");
+}
