@@ -1,5 +1,6 @@
 //! `ferry deploy [ARGS]` on a workstation: the same step a `ferry:deploy` job runs, with the
-//! user's own kubeconfig (`--kubeconfig`, else $KUBECONFIG, else ~/.kube/config) and context,
+//! user's own kubeconfig (`--kubeconfig`, else the first existing file of $KUBECONFIG, else
+//! ~/.kube/config) and context,
 //! the process environment as variables (FERRY_*, template values), output to stdout.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +16,14 @@ pub async fn deploy(_config_path: &Path, args: &[String]) -> anyhow::Result<Exit
         .iter()
         .any(|a| a == "--kubeconfig" || a.starts_with("--kubeconfig="))
     {
-        let kubeconfig = std::env::var_os("KUBECONFIG")
-            .map(PathBuf::from)
+        // $KUBECONFIG may list several files (kubectl merges them); ferry takes the first that
+        // exists.
+        let from_env = std::env::var_os("KUBECONFIG").and_then(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .find(|p| p.exists())
+        });
+        let kubeconfig = from_env
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config")));
         if let Some(k) = kubeconfig {
             args.push("--kubeconfig".into());
