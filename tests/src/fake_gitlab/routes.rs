@@ -583,24 +583,37 @@ async fn upload_artifacts(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
+    // GitLab "behind another host": uploads must go there (official runner: 307 handling).
+    let redirect = {
+        let s = shared.lock();
+        match &s.settings.upload_redirect_host {
+            Some(host) if header_string(&headers, "host").as_deref() != Some(host.as_str()) => {
+                let scheme = if s.base_url.starts_with("https") {
+                    "https"
+                } else {
+                    "http"
+                };
+                Some(format!("{scheme}://{host}{uri}"))
+            }
+            _ => None,
+        }
+    };
+    if let Some(location) = redirect {
+        // Like the proxies in front of GitLab, read the request before answering: a reply sent
+        // while the client is still writing the body can reach it as a broken pipe instead.
+        if let Ok(mut m) = multipart {
+            while let Ok(Some(mut field)) = m.next_field().await {
+                while let Ok(Some(_)) = field.chunk().await {}
+            }
+        }
+        let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert("Location", v);
+        }
+        return r;
+    }
     {
         let s = shared.lock();
-        // GitLab "behind another host": uploads must go there (official runner: 307 handling).
-        if let Some(host) = &s.settings.upload_redirect_host
-            && header_string(&headers, "host").as_deref() != Some(host.as_str())
-        {
-            let scheme = if s.base_url.starts_with("https") {
-                "https"
-            } else {
-                "http"
-            };
-            let location = format!("{scheme}://{host}{uri}");
-            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                r.headers_mut().insert("Location", v);
-            }
-            return r;
-        }
         let Some(job) = s.jobs.get(&id) else {
             return message(StatusCode::FORBIDDEN, "403 Forbidden");
         };
