@@ -222,6 +222,13 @@ impl Harness {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether `ferry run` was started and has not exited.
+    pub fn ferry_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// A job for the runner's default image that needs no sources.
     pub fn job(&self, name: &str) -> JobSpec {
         JobSpec::new(name)

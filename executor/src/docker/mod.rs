@@ -70,7 +70,21 @@ pub(crate) fn one_line(e: &BollardError) -> String {
             format!("{} (HTTP {status_code})", message.trim())
         }
         BollardError::DockerStreamError { error } => error.trim().to_string(),
-        other => other.to_string().replace('\n', " "),
+        other => {
+            // The cause is often only in the source chain ("client error (Connect)" says
+            // nothing; its source says "No such file or directory").
+            let mut s = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !s.contains(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                source = cause.source();
+            }
+            s.replace('\n', " ")
+        }
     }
 }
 

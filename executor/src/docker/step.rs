@@ -168,6 +168,7 @@ async fn exec_step(
     poll.tick().await;
     let mut stop: Option<Stop> = None;
     let mut exited_at: Option<tokio::time::Instant> = None;
+    let mut stream_error: Option<String> = None;
     loop {
         let sleep_deadline = async {
             match deadline {
@@ -180,6 +181,7 @@ async fn exec_step(
                 Some(Ok(chunk)) => write_chunk(log, chunk).await,
                 Some(Err(e)) => {
                     tracing::debug!("step {} output stream: {}", step.name, one_line(&e));
+                    stream_error = Some(one_line(&e));
                     break;
                 }
                 None => break,
@@ -228,12 +230,22 @@ async fn exec_step(
     }
 
     // The output has ended: the exit code is there (give the daemon a moment to record it).
+    // If the daemon cannot be asked, the output ended because the connection to it was lost
+    // (the daemon stopped or restarted): that is the cause, not the script.
+    let lost = |e: &bollard::errors::Error| {
+        EngineError::Docker(format!(
+            "lost the connection to the Docker daemon while step {} was running (did the daemon stop or restart?): {}{}",
+            step.name,
+            stream_error
+                .as_deref()
+                .map(|s| format!("output stream: {s}; "))
+                .unwrap_or_default(),
+            one_line(e)
+        ))
+    };
     let mut exit_code = None;
     for _ in 0..50 {
-        let i = docker
-            .inspect_exec(&exec.id)
-            .await
-            .map_err(|e| docker_err(&format!("inspecting step {}", step.name), &e))?;
+        let i = docker.inspect_exec(&exec.id).await.map_err(|e| lost(&e))?;
         if i.running != Some(true) {
             exit_code = i.exit_code;
             break;
@@ -242,7 +254,7 @@ async fn exec_step(
     }
     let Some(code) = exit_code else {
         return Err(EngineError::Docker(format!(
-            "step {}: no exit code from Docker",
+            "the output of step {} ended while it was still running (connection to the Docker daemon lost?); no exit code from Docker",
             step.name
         )));
     };
