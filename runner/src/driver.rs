@@ -28,6 +28,8 @@ use crate::trace::{self, FinalOutcome, RemoteSignal, TraceConfig, TraceTiming, T
 
 /// How long an engine may take to stop a step after it was told to.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// Attempts at removing a finished job's containers (2 s, 4 s, 8 s apart).
+const CLEANUP_ATTEMPTS: u32 = 4;
 /// Deadline of the cleanup stage (containers, network, volumes).
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -288,10 +290,19 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             let engine = self.engine.clone();
             let id = job.id;
             self.cleanups.spawn(async move {
-                match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(&env)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(job = id, error = %e, "cleanup failed"),
-                    Err(_) => warn!(job = id, "cleanup timed out"),
+                // Docker may be restarting: try again a few times; what is still left then is
+                // removed by the janitor at ferry's next start (everything is labelled).
+                let mut delay = Duration::from_secs(2);
+                for attempt in 1..=CLEANUP_ATTEMPTS {
+                    match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(&env)).await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => warn!(job = id, attempt, error = %e, "cleanup failed"),
+                        Err(_) => warn!(job = id, attempt, "cleanup timed out"),
+                    }
+                    if attempt < CLEANUP_ATTEMPTS {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
                 }
             });
         }
