@@ -83,6 +83,9 @@ pub struct JobEnv {
     pub services: Vec<ServiceSpec>,
     /// Job variables (runner environment merged in), as the build container's environment.
     pub variables: Vec<EnvVar>,
+    /// What service containers get of the job's variables: only the public ones (and the
+    /// runner's own), as in gitlab-runner; never masked or other non-public values.
+    pub service_variables: Vec<EnvVar>,
     /// CI_BUILDS_DIR inside the container.
     pub builds_dir: String,
     /// CI_PROJECT_DIR inside the container (the working directory of every step).

@@ -92,6 +92,10 @@ fn job(test: &str, img: &str) -> Job {
             name: "JOB_VAR".into(),
             value: "it's a job var".into(),
         }],
+        service_variables: vec![EnvVar {
+            name: "JOB_VAR".into(),
+            value: "it's a job var".into(),
+        }],
         builds_dir: "/builds".into(),
         project_dir: "/builds/group/project".into(),
         host_builds_dir: host_builds,

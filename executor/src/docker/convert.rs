@@ -604,6 +604,7 @@ mod tests {
                 name: "A".into(),
                 value: "1".into(),
             }],
+            service_variables: vec![],
             builds_dir: "/builds".into(),
             project_dir: "/builds/g/p".into(),
             host_builds_dir: PathBuf::from("/var/lib/ferry/builds/42"),

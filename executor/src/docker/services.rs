@@ -141,9 +141,9 @@ fn service_body(
     with_aliases: bool,
 ) -> ContainerCreateBody {
     let section = &engine.section;
-    // Job variables first, then the service's own (which win), as gitlab-runner does.
+    // Public job variables first, then the service's own (which win), as gitlab-runner does.
     let mut vars: Vec<(String, String)> = Vec::new();
-    for v in env.variables.iter().chain(svc.variables.iter()) {
+    for v in env.service_variables.iter().chain(svc.variables.iter()) {
         if let Some(slot) = vars.iter_mut().find(|(k, _)| *k == v.name) {
             slot.1 = v.value.clone();
         } else {

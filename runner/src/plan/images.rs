@@ -194,13 +194,26 @@ pub(super) fn job_env(
             services.len()
         )));
     }
-    let env = variables
+    let env: Vec<EnvVar> = variables
         .deduplicated()
         .into_iter()
         .map(|v| EnvVar {
             name: v.key.clone(),
             value: variables.get(&v.key).unwrap_or_default(),
         })
+        .collect();
+    // Services get what is public: the runner's own variables and the job's public ones
+    // (gitlab-runner's `PublicOrInternal`), never masked or other non-public values.
+    let hidden: Vec<&str> = payload
+        .variables
+        .iter()
+        .filter(|v| !v.public || v.masked)
+        .map(|v| v.key.as_str())
+        .collect();
+    let service_variables = env
+        .iter()
+        .filter(|v| !hidden.contains(&v.name.as_str()))
+        .cloned()
         .collect();
     Ok(JobEnv {
         job_id: payload.id,
@@ -209,6 +222,7 @@ pub(super) fn job_env(
         image,
         services,
         variables: env,
+        service_variables,
         builds_dir: builds_dir.to_string(),
         project_dir: project_dir.to_string(),
         host_builds_dir,
