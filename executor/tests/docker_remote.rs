@@ -146,7 +146,10 @@ async fn remote_mode_copies_the_builds_directory_in_and_out() {
     let info = engine
         .client()
         .inspect_container(
-            &format!("runner-{}-project-78-job-{}-build", env.runner_short_token, env.job_id),
+            &format!(
+                "runner-{}-project-78-job-{}-build",
+                env.runner_short_token, env.job_id
+            ),
             None::<InspectContainerOptions>,
         )
         .await
@@ -160,7 +163,10 @@ async fn remote_mode_copies_the_builds_directory_in_and_out() {
         builds.name.as_deref(),
         Some(builds_volume_name(&env).as_str())
     );
-    assert_eq!(job_volumes(&engine, &env).await, vec![builds_volume_name(&env)]);
+    assert_eq!(
+        job_volumes(&engine, &env).await,
+        vec![builds_volume_name(&env)]
+    );
 
     engine.sync_in(&env).await.unwrap();
     // Written after the copy: a bind mount would show it, a copy does not.
@@ -185,7 +191,10 @@ async fn remote_mode_copies_the_builds_directory_in_and_out() {
         .unwrap();
     let text = String::from_utf8_lossy(&log).to_string();
     assert_eq!(out.exit_code, 0, "{text}");
-    assert!(text.contains("hello from the host\nnested\nnested\nref: refs/heads/main\n"), "{text}");
+    assert!(
+        text.contains("hello from the host\nnested\nnested\nref: refs/heads/main\n"),
+        "{text}"
+    );
     assert!(text.contains("tool ran\n"), "{text}");
     assert!(text.contains("no late file\n"), "{text}");
 
@@ -199,7 +208,10 @@ async fn remote_mode_copies_the_builds_directory_in_and_out() {
         PathBuf::from("result.txt")
     );
     assert!(!project.join("doomed.txt").exists(), "removed in the job");
-    assert!(!project.join("late.txt").exists(), "the host now mirrors the container");
+    assert!(
+        !project.join("late.txt").exists(),
+        "the host now mirrors the container"
+    );
     assert_eq!(
         std::fs::read_to_string(project.join("input.txt")).unwrap(),
         "hello from the host\n"
@@ -212,7 +224,10 @@ async fn remote_mode_copies_the_builds_directory_in_and_out() {
     assert!(!dir.path().join("builds.ferry-sync").exists());
 
     engine.destroy(&env).await.unwrap();
-    assert!(job_volumes(&engine, &env).await.is_empty(), "destroy removes the volume");
+    assert!(
+        job_volumes(&engine, &env).await.is_empty(),
+        "destroy removes the volume"
+    );
 }
 
 #[tokio::test]

@@ -76,7 +76,10 @@ async fn sources_and_artifacts_through_the_archive_api() {
     assert!(trace.contains("\nfrom git\nbuilt\n"), "{trace}");
 
     // The per-job volumes go with the containers.
-    let gone = poll_until(Duration::from_secs(60), || h.docker_objects(None).is_empty()).await;
+    let gone = poll_until(Duration::from_secs(60), || {
+        h.docker_objects(None).is_empty()
+    })
+    .await;
     assert!(gone, "{:?}", h.docker_objects(None));
     h.stop().await;
 }

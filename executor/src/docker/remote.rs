@@ -115,7 +115,10 @@ pub fn unpack_tree<R: io::Read>(input: R, dest: &Path, strip: Option<&str>) -> i
         let target = dest.join(&rel);
         // Never write through a symlink: every parent must be a real directory inside `dest`.
         let mut cur = dest.to_path_buf();
-        let parents: Vec<_> = rel.parent().map(|p| p.components().collect()).unwrap_or_default();
+        let parents: Vec<_> = rel
+            .parent()
+            .map(|p| p.components().collect())
+            .unwrap_or_default();
         for c in parents {
             cur.push(c);
             match std::fs::symlink_metadata(&cur) {
@@ -157,7 +160,7 @@ pub fn unpack_tree<R: io::Read>(input: R, dest: &Path, strip: Option<&str>) -> i
                     }
                 }
             }
-                std::fs::hard_link(dest.join(lrel), &target)?;
+            std::fs::hard_link(dest.join(lrel), &target)?;
             continue;
         }
         if entry.header().entry_type().is_dir() {
@@ -370,7 +373,10 @@ mod tests {
             "ref: refs/heads/main\n"
         );
         assert!(p.join(".git/refs").is_dir());
-        let mode = std::fs::metadata(p.join("run.sh")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(p.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
         assert_eq!(
             std::fs::read_link(p.join("link")).unwrap(),

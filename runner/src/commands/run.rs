@@ -596,7 +596,10 @@ mod tests {
             docker_remote_override(Some("TRUE".into())).unwrap(),
             Some(true)
         );
-        assert_eq!(docker_remote_override(Some("1".into())).unwrap(), Some(true));
+        assert_eq!(
+            docker_remote_override(Some("1".into())).unwrap(),
+            Some(true)
+        );
         assert_eq!(
             docker_remote_override(Some("false".into())).unwrap(),
             Some(false)
