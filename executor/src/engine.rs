@@ -137,8 +137,8 @@ pub enum EngineError {
 
 /// Executes the container side of one job.
 ///
-/// Per job the driver calls, in order: `prepare` once; then `run_step` any number of times (one
-/// at a time); then `destroy` exactly once on every path. `destroy` must succeed when `prepare`
+/// Per job the driver calls, in order: `prepare` once; `sync_in` once; then `run_step` any number
+/// of times (one at a time); `sync_out` once; then `destroy` exactly once on every path. `destroy` must succeed when `prepare`
 /// failed half way, and must be harmless if called twice. Everything an engine creates is
 /// labelled with the job id so leftovers of a crash can be found and removed.
 pub trait Engine: Send + Sync + 'static {
@@ -159,6 +159,24 @@ pub trait Engine: Send + Sync + 'static {
         log: &mut LogSink<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<StepOutcome, EngineError>> + Send;
+
+    /// Make the host's `host_builds_dir` appear at `builds_dir` in the build container. Called
+    /// once, after `prepare` and after the runner filled the host directory (sources, cache,
+    /// artifacts of dependencies, file variables), before the first step. An engine whose
+    /// containers bind-mount the host directory has nothing to do (the default); one on a remote
+    /// daemon copies the tree in.
+    fn sync_in(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send {
+        let _ = env;
+        async { Ok(()) }
+    }
+
+    /// The reverse of `sync_in`: make `host_builds_dir` hold what the steps left in the
+    /// container's `builds_dir`, so the runner can archive cache and artifacts from it. Called
+    /// once after the last step that ran (only if `sync_in` succeeded). Default: nothing to do.
+    fn sync_out(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send {
+        let _ = env;
+        async { Ok(()) }
+    }
 
     /// Remove every container, network and temporary volume of the job.
     fn destroy(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send;

@@ -18,7 +18,9 @@ use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Prepare(u64),
+    SyncIn(u64),
     RunStep(u64, String),
+    SyncOut(u64),
     Destroy(u64),
 }
 
@@ -111,6 +113,24 @@ impl Engine for FakeEngine {
             exit_code: 0,
             oom_killed: false,
         })
+    }
+
+    async fn sync_in(&self, env: &JobEnv) -> Result<(), EngineError> {
+        assert!(
+            self.calls().contains(&Call::Prepare(env.job_id)),
+            "sync_in before prepare"
+        );
+        self.record(Call::SyncIn(env.job_id));
+        Ok(())
+    }
+
+    async fn sync_out(&self, env: &JobEnv) -> Result<(), EngineError> {
+        assert!(
+            self.calls().contains(&Call::SyncIn(env.job_id)),
+            "sync_out without sync_in"
+        );
+        self.record(Call::SyncOut(env.job_id));
+        Ok(())
     }
 
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {

@@ -477,6 +477,18 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             log.write_error(&format!("writing file variables: {e}"));
             return Outcome::failed("runner_system_failure");
         }
+        // A remote daemon gets the prepared host directory copied in (a no-op when it is
+        // bind-mounted).
+        let cancel = CancellationToken::new();
+        match run_stoppable(self.engine.sync_in(env), &cancel, signals, false).await {
+            (_, Some(s)) => return stop_outcome(s, log),
+            (Some(Err(e)), None) => {
+                log.write_error(&engine_error_line(&e));
+                return Outcome::failed(engine_failure_reason(&e));
+            }
+            (None, None) => return Outcome::failed("runner_system_failure"),
+            (Some(Ok(())), None) => {}
+        }
 
         let mut outcome = Outcome::Success;
         // CI_JOB_STATUS for after_script: success, failed, canceled or timedout.
@@ -587,6 +599,14 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     outcome = Outcome::failed("runner_system_failure");
                     job_status = "failed";
                 }
+            }
+        }
+        // What the steps left, back to the host for cache and artifacts (a no-op when the
+        // directory is bind-mounted). Not stoppable, like the archiving that follows.
+        if let Err(e) = self.engine.sync_out(env).await {
+            log.write_error(&engine_error_line(&e));
+            if outcome == Outcome::Success {
+                outcome = Outcome::failed(engine_failure_reason(&e));
             }
         }
         outcome
@@ -922,6 +942,7 @@ pub async fn fail_undecodable<A: JobApi>(
 
 /// The engine of a runner whose Docker settings could not be turned into a client: every job
 /// fails in `prepare_executor` with the cause, and the next job tries again.
+/// `sync_in`/`sync_out` keep their no-op defaults: `prepare` never succeeds, so they never run.
 pub struct Unavailable(pub String);
 
 impl Engine for Unavailable {

@@ -130,6 +130,8 @@ pub struct Harness {
     pub config_path: PathBuf,
     pub work_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Extra environment of the `ferry run` process (set before [`Harness::spawn_ferry`]).
+    pub ferry_env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -161,6 +163,7 @@ impl Harness {
             work_dir: root.path().join("work"),
             log_path: root.path().join("ferry.log"),
             root,
+            ferry_env: Vec::new(),
             child: None,
         };
         h.write_config(&setup);
@@ -210,6 +213,7 @@ impl Harness {
             .arg("--working-directory")
             .arg(&self.work_dir)
             .env("RUST_LOG", "info")
+            .envs(self.ferry_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -10,6 +10,7 @@
 mod auth;
 pub mod convert;
 mod pull;
+pub mod remote;
 mod services;
 mod step;
 
@@ -49,6 +50,9 @@ pub struct DockerEngine {
     host_probe: bool,
     allowed_images: std::sync::Arc<AllowList>,
     allowed_services: std::sync::Arc<AllowList>,
+    /// The daemon cannot see ferry's files: the builds directory is a per-job volume, copied in
+    /// and out through the archive API (see [`remote::is_remote_host`]).
+    remote: bool,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -56,6 +60,7 @@ impl std::fmt::Debug for DockerEngine {
         f.debug_struct("DockerEngine")
             .field("host", &self.section.host)
             .field("runner", &self.runner_short)
+            .field("remote", &self.remote)
             .finish_non_exhaustive()
     }
 }
@@ -223,7 +228,21 @@ impl DockerEngine {
                 "allowed_services",
             )?),
             section: section.clone(),
+            remote: remote::is_remote_host(&host),
         })
+    }
+
+    /// Force remote mode on (the builds directory is a per-job volume filled through the
+    /// archive API) or off (bind mount of the host directory), whatever the daemon's address
+    /// says. `new` decides with [`remote::is_remote_host`].
+    pub fn with_remote(mut self, remote: bool) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    /// Whether jobs copy their builds directory to and from the daemon.
+    pub fn is_remote(&self) -> bool {
+        self.remote
     }
 
     /// How long a cancelled or timed-out step gets between SIGTERM and SIGKILL (default 10 s).
@@ -488,12 +507,18 @@ impl DockerEngine {
             }
         }
         self.ensure_cache_volumes(env, &volumes).await?;
-        let binds = convert::binds(
+        let mut binds = convert::binds(
             env,
             &volumes,
             self.section.disable_cache,
             self.section.cache_dir.as_deref(),
         );
+        if self.remote {
+            // The daemon cannot see the host directory: the first bind (the builds directory)
+            // becomes a per-job volume, filled by `sync_in`.
+            let volume = self.create_builds_volume(env).await?;
+            binds[0] = format!("{volume}:{}", env.builds_dir);
+        }
 
         // The network: per job unless the operator chose one. A job without services needs no
         // aliases, so it uses Docker's default bridge, as gitlab-runner does without
@@ -589,6 +614,20 @@ impl Engine for DockerEngine {
         let r = step::run_step(self, env, step, log, cancel).await;
         let _ = log.flush().await;
         r
+    }
+
+    async fn sync_in(&self, env: &JobEnv) -> Result<(), EngineError> {
+        if !self.remote {
+            return Ok(());
+        }
+        self.upload_builds(env).await
+    }
+
+    async fn sync_out(&self, env: &JobEnv) -> Result<(), EngineError> {
+        if !self.remote {
+            return Ok(());
+        }
+        self.download_builds(env).await
     }
 
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {

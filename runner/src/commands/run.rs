@@ -226,6 +226,8 @@ pub struct Handler {
     metrics: Metrics,
     system_id: String,
     engines: tokio::sync::Mutex<HashMap<RunnerKey, Arc<DockerEngine>>>,
+    /// `FERRY_DOCKER_REMOTE`: force the remote (copy) or local (bind mount) builds directory.
+    docker_remote: Option<bool>,
     slots: Arc<Slots>,
     /// Container removals that outlive their job (waited for before ferry exits).
     cleanups: TaskTracker,
@@ -238,15 +240,23 @@ impl Handler {
             return Ok(e.clone());
         }
         let short = crate::variables::runner_short_token(r.token.expose());
-        let engine = Arc::new(
-            DockerEngine::new(&r.docker, &short)
-                .await
-                .map_err(|e| match e {
-                    // `Unavailable` reports it as a Docker error again: no "docker: docker:".
-                    ferry_executor::EngineError::Docker(msg) => msg,
-                    other => other.to_string(),
-                })?,
-        );
+        let mut engine = DockerEngine::new(&r.docker, &short)
+            .await
+            .map_err(|e| match e {
+                // `Unavailable` reports it as a Docker error again: no "docker: docker:".
+                ferry_executor::EngineError::Docker(msg) => msg,
+                other => other.to_string(),
+            })?;
+        if let Some(remote) = self.docker_remote {
+            engine = engine.with_remote(remote);
+        }
+        if engine.is_remote() {
+            info!(
+                runner = r.token.short(),
+                "remote Docker daemon: builds directories are copied through the archive API"
+            );
+        }
+        let engine = Arc::new(engine);
         engines.insert(key(r), engine.clone());
         Ok(engine)
     }
@@ -419,11 +429,23 @@ fn publish_settings(metrics: &Metrics, cfg: &Config) {
     }
 }
 
+/// `FERRY_DOCKER_REMOTE=true|false` (also `1`/`0`): force how the builds directory reaches the
+/// Docker daemon; unset or empty = decided from the daemon's address.
+fn docker_remote_override(value: Option<String>) -> anyhow::Result<Option<bool>> {
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(Some(true)),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(Some(false)),
+        Some(v) => anyhow::bail!("FERRY_DOCKER_REMOTE={v:?}: expected true or false"),
+    }
+}
+
 pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<()> {
     for w in &config.warnings {
         warn!("{}: {w}", path.display());
     }
     let system_id = ferry_config::load_or_create_system_id(path)?;
+    let docker_remote = docker_remote_override(std::env::var("FERRY_DOCKER_REMOTE").ok())?;
     let working_dir = args
         .working_directory
         .clone()
@@ -500,6 +522,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         metrics: metrics.clone(),
         system_id,
         engines: tokio::sync::Mutex::default(),
+        docker_remote,
         slots: Arc::default(),
         cleanups: cleanups.clone(),
     });
@@ -559,4 +582,29 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     signals.abort();
     info!("ferry stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::docker_remote_override;
+
+    #[test]
+    fn ferry_docker_remote_values() {
+        assert_eq!(docker_remote_override(None).unwrap(), None);
+        assert_eq!(docker_remote_override(Some(" ".into())).unwrap(), None);
+        assert_eq!(
+            docker_remote_override(Some("TRUE".into())).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            docker_remote_override(Some("1".into())).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            docker_remote_override(Some("false".into())).unwrap(),
+            Some(false)
+        );
+        let err = docker_remote_override(Some("yes".into())).unwrap_err();
+        assert!(err.to_string().contains("FERRY_DOCKER_REMOTE"), "{err}");
+    }
 }
