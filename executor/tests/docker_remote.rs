@@ -79,6 +79,7 @@ fn job_env(test: &str, host_builds: PathBuf) -> JobEnv {
             name: "JOB_VAR".into(),
             value: "v".into(),
         }],
+        service_variables: vec![],
         builds_dir: "/builds".into(),
         project_dir: "/builds/group/project".into(),
         host_builds_dir: host_builds,
