@@ -416,12 +416,13 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         log: &TraceWriter,
         signals: &mut Signals,
     ) -> Outcome {
-        let mut outcome = self.docker_stages(plan, env, steps, log, signals).await;
-        // Cache and artifacts after the script, by `when`, unless the job is over server-side or
-        // ferry is stopping.
-        if !matches!(signals.current(), Some(Stop::Abort | Stop::Shutdown))
-            && !self.before_script(&outcome)
-        {
+        let mut script_started = false;
+        let mut outcome = self
+            .docker_stages(plan, env, steps, log, signals, &mut script_started)
+            .await;
+        // Cache and artifacts after the script, by `when`, unless the job never got that far,
+        // is over server-side, or ferry is stopping.
+        if script_started && !matches!(signals.current(), Some(Stop::Abort | Stop::Shutdown)) {
             let succeeded = outcome == Outcome::Success;
             self.archive_caches(plan, log, succeeded).await;
             if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await
@@ -441,6 +442,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         steps: &[PlannedStep],
         log: &TraceWriter,
         signals: &mut Signals,
+        script_started: &mut bool,
     ) -> Outcome {
         log.section_start(
             "prepare_executor",
@@ -490,6 +492,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             (Some(Ok(())), None) => {}
         }
 
+        *script_started = true;
         let mut outcome = Outcome::Success;
         // CI_JOB_STATUS for after_script: success, failed, canceled or timedout.
         let mut job_status = "success";
@@ -614,17 +617,6 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
 }
 
 impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
-    /// Whether the job failed before its script ran (then there is nothing to archive or upload).
-    fn before_script(&self, outcome: &Outcome) -> bool {
-        matches!(
-            outcome,
-            Outcome::Failed {
-                reason: "image_pull_failure" | "runner_configuration_error",
-                ..
-            }
-        )
-    }
-
     async fn get_sources(
         &self,
         plan: &Plan,
