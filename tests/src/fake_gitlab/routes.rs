@@ -583,6 +583,10 @@ async fn upload_artifacts(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
+    // Workhorse reads the whole upload before Rails answers, whatever the answer: a reply sent
+    // while the client is still writing the body would reach it as a broken pipe instead.
+    let body = read_upload(multipart).await;
+
     // GitLab "behind another host": uploads must go there (official runner: 307 handling).
     let redirect = {
         let s = shared.lock();
@@ -599,13 +603,6 @@ async fn upload_artifacts(
         }
     };
     if let Some(location) = redirect {
-        // Like the proxies in front of GitLab, read the request before answering: a reply sent
-        // while the client is still writing the body can reach it as a broken pipe instead.
-        if let Ok(mut m) = multipart {
-            while let Ok(Some(mut field)) = m.next_field().await {
-                while let Ok(Some(_)) = field.chunk().await {}
-            }
-        }
         let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
         if let Ok(v) = HeaderValue::from_str(&location) {
             r.headers_mut().insert("Location", v);
@@ -621,37 +618,10 @@ async fn upload_artifacts(
             return message(StatusCode::FORBIDDEN, "403 Forbidden");
         }
     }
-    let Ok(mut multipart) = multipart else {
-        return message(StatusCode::BAD_REQUEST, "400 Bad request - not multipart");
+    let (file, fields) = match body {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    let mut file: Option<(String, Vec<u8>)> = None;
-    let mut fields: HashMap<String, String> = HashMap::new();
-    loop {
-        match multipart.next_field().await {
-            Ok(Some(field)) => {
-                let name = field.name().unwrap_or("").to_owned();
-                let filename = field.file_name().map(str::to_owned);
-                let Ok(data) = field.bytes().await else {
-                    return message(
-                        StatusCode::BAD_REQUEST,
-                        "400 Bad request - broken multipart",
-                    );
-                };
-                if name == "file" {
-                    file = Some((filename.unwrap_or_default(), data.to_vec()));
-                } else {
-                    fields.insert(name, String::from_utf8_lossy(&data).into_owned());
-                }
-            }
-            Ok(None) => break,
-            Err(_) => {
-                return message(
-                    StatusCode::BAD_REQUEST,
-                    "400 Bad request - broken multipart",
-                );
-            }
-        }
-    }
     let Some((filename, data)) = file else {
         return message(StatusCode::BAD_REQUEST, "400 Bad request - file is missing");
     };
@@ -683,6 +653,47 @@ async fn upload_artifacts(
         data,
     });
     (StatusCode::CREATED, "201").into_response()
+}
+
+type UploadedFile = Option<(String, Vec<u8>)>;
+
+/// The multipart upload: the `file` part (name, bytes) and the other fields; a 400 reply when it
+/// is not well-formed multipart.
+async fn read_upload(
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(UploadedFile, HashMap<String, String>), Response> {
+    let Ok(mut multipart) = multipart else {
+        return Err(message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - not multipart",
+        ));
+    };
+    let broken = || {
+        message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - broken multipart",
+        )
+    };
+    let mut file = None;
+    let mut fields = HashMap::new();
+    loop {
+        match multipart.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or("").to_owned();
+                let filename = field.file_name().map(str::to_owned);
+                let Ok(data) = field.bytes().await else {
+                    return Err(broken());
+                };
+                if name == "file" {
+                    file = Some((filename.unwrap_or_default(), data.to_vec()));
+                } else {
+                    fields.insert(name, String::from_utf8_lossy(&data).into_owned());
+                }
+            }
+            Ok(None) => return Ok((file, fields)),
+            Err(_) => return Err(broken()),
+        }
+    }
 }
 
 async fn download_artifacts(
