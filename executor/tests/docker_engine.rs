@@ -51,12 +51,12 @@ async fn engine_with(test: &str, section: DockerSection) -> Option<DockerEngine>
     let engine = match DockerEngine::new(&section, &runner_token(test)).await {
         Ok(e) => e,
         Err(e) => {
-            println!("SKIP: {test}: Docker is unreachable: {e}");
+            skip_notice(&format!("SKIP: {test}: Docker is unreachable: {e}"));
             return None;
         }
     };
     if let Err(e) = engine.ping().await {
-        println!("SKIP: {test}: Docker is unreachable: {e}");
+        skip_notice(&format!("SKIP: {test}: Docker is unreachable: {e}"));
         return None;
     }
     images_ready().expect("building the test images");
@@ -771,9 +771,9 @@ async fn privileged_containers_get_all_capabilities() {
         .prepare(&j.env, &mut log, &CancellationToken::new())
         .await
     {
-        println!(
+        skip_notice(&format!(
             "SKIP: privileged_containers_get_all_capabilities: the engine refuses privileged containers: {e}"
-        );
+        ));
         privileged.destroy(&j.env).await.unwrap();
         return;
     }
@@ -1101,4 +1101,11 @@ async fn cache_dir_backs_path_volumes_with_host_directories() {
         std::fs::read_to_string(dir.join("f.txt")).unwrap(),
         "kept\n"
     );
+}
+
+/// Shows `SKIP: <reason>` in the test run's output even though the test passes: libtest captures
+/// `println!` of passing tests, a direct write to stderr is not captured.
+fn skip_notice(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

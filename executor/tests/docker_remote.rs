@@ -48,12 +48,12 @@ async fn remote_engine(test: &str) -> Option<DockerEngine> {
     let engine = match DockerEngine::new(&DockerSection::default(), &runner_token(test)).await {
         Ok(e) => e,
         Err(e) => {
-            println!("SKIP: {test}: Docker is unreachable: {e}");
+            skip_notice(&format!("SKIP: {test}: Docker is unreachable: {e}"));
             return None;
         }
     };
     if let Err(e) = engine.ping().await {
-        println!("SKIP: {test}: Docker is unreachable: {e}");
+        skip_notice(&format!("SKIP: {test}: Docker is unreachable: {e}"));
         return None;
     }
     images_ready().expect("building the test images");
@@ -250,4 +250,11 @@ async fn remote_mode_cleanup_leftovers_removes_the_builds_volume() {
     let removed = engine.cleanup_leftovers().await.unwrap();
     assert!(removed >= 2, "container and volume: {removed}");
     assert!(job_volumes(&engine, &env).await.is_empty());
+}
+
+/// Shows `SKIP: <reason>` in the test run's output even though the test passes: libtest captures
+/// `println!` of passing tests, a direct write to stderr is not captured.
+fn skip_notice(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

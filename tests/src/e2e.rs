@@ -147,7 +147,7 @@ impl Harness {
     /// Everything but `ferry run` (call [`Harness::spawn_ferry`] when ready).
     pub async fn prepare(setup: Setup) -> Option<Harness> {
         if let Err(reason) = docker_ready() {
-            println!("SKIP: {reason}");
+            skip_notice(&format!("SKIP: {reason}"));
             return None;
         }
         let gitlab = FakeGitLab::start().await;
@@ -713,4 +713,11 @@ impl GitHttp {
         let host = self.base.trim_start_matches("http://");
         format!("http://gitlab-ci-token:{{{{TOKEN}}}}@{host}/{repo}")
     }
+}
+
+/// Shows `SKIP: <reason>` in the test run's output even though the test passes: libtest captures
+/// `println!` of passing tests, a direct write to stderr is not captured.
+pub fn skip_notice(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -30,8 +30,8 @@ macro_rules! need_kubectl {
         match kubectl() {
             Some(k) => k,
             None => {
-                println!(
-                    "SKIP: kubectl not found (run scripts/install-kubectl.sh or set FERRY_KUBECTL)"
+                ferry_tests::e2e::skip_notice(
+                    "SKIP: kubectl not found (run scripts/install-kubectl.sh or set FERRY_KUBECTL)",
                 );
                 return;
             }

@@ -279,7 +279,9 @@ async fn volumes_environment_and_memory_limit() {
         &["info", "--format", "{{.MemoryLimit}} {{.SwapLimit}}"],
     ) != "true true"
     {
-        println!("SKIP: OOM part: this Docker engine cannot limit memory and swap");
+        ferry_tests::e2e::skip_notice(
+            "SKIP: OOM part: this Docker engine cannot limit memory and swap",
+        );
     } else {
         let trace = h.expect(&job, JobStatus::Failed, Some("script_failure"));
         assert_eq!(job.exit_code, Some(137), "{}", h.describe(oom));
@@ -298,10 +300,10 @@ async fn privileged_containers_get_every_capability() {
             .unwrap();
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            println!(
+            ferry_tests::e2e::skip_notice(&format!(
                 "SKIP: this Docker engine refuses privileged containers: {}",
                 err.lines().next().unwrap_or("").trim()
-            );
+            ));
             return;
         }
     }
