@@ -90,9 +90,14 @@ pub struct JobEnv {
     pub builds_dir: String,
     /// CI_PROJECT_DIR inside the container (the working directory of every step).
     pub project_dir: String,
-    /// The host directory that holds what must appear at `builds_dir` in the container
-    /// (sources checked out by the runner, restored cache, artifacts of dependencies).
-    pub host_builds_dir: PathBuf,
+    /// The host directory mounted at `project_dir` (sources checked out by the runner,
+    /// restored cache, artifacts of dependencies), and nothing above it: a job cannot rename
+    /// or replace it, and never sees another project's files (docs/security.md).
+    pub host_project_dir: PathBuf,
+    /// `<project_dir>.tmp` inside the container: the file variables.
+    pub tmp_dir: String,
+    /// The host directory mounted read-only at `tmp_dir`, written before the container starts.
+    pub host_tmp_dir: PathBuf,
     pub registry_auth: Vec<RegistryAuth>,
 }
 
@@ -160,9 +165,10 @@ pub trait Engine: Send + Sync + 'static {
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<StepOutcome, EngineError>> + Send;
 
-    /// Make the host's `host_builds_dir` appear at `builds_dir` in the build container. Called
-    /// once, after `prepare` and after the runner filled the host directory (sources, cache,
-    /// artifacts of dependencies, file variables), before the first step. An engine whose
+    /// Make the host's `host_project_dir` and `host_tmp_dir` appear at `project_dir` and
+    /// `tmp_dir` in the build container. Called once, after `prepare` and after the runner
+    /// filled the host directory (sources, cache, artifacts of dependencies), before the
+    /// first step. An engine whose
     /// containers bind-mount the host directory has nothing to do (the default); one on a remote
     /// daemon copies the tree in.
     fn sync_in(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send {
@@ -170,8 +176,8 @@ pub trait Engine: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// The reverse of `sync_in`: make `host_builds_dir` hold what the steps left in the
-    /// container's `builds_dir`, so the runner can archive cache and artifacts from it. Called
+    /// The reverse of `sync_in`: make `host_project_dir` hold what the steps left in the
+    /// container's `project_dir`, so the runner can archive cache and artifacts from it. Called
     /// once after the last step that ran (only if `sync_in` succeeded). Default: nothing to do.
     fn sync_out(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send {
         let _ = env;

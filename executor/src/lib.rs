@@ -12,6 +12,7 @@ pub mod engine;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 mod hostio;
+pub mod jobfs;
 pub mod sources;
 
 pub use docker::DockerEngine;

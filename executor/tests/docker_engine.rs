@@ -98,7 +98,12 @@ fn job(test: &str, img: &str) -> Job {
         }],
         builds_dir: "/builds".into(),
         project_dir: "/builds/group/project".into(),
-        host_builds_dir: host_builds,
+        host_project_dir: host_builds.join("group/project"),
+        tmp_dir: "/builds/group/project.tmp".into(),
+        host_tmp_dir: {
+            std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+            dir.path().join("tmp")
+        },
         registry_auth: vec![],
     };
     Job { env, _dir: dir }
@@ -293,7 +298,7 @@ async fn bind_and_named_volumes() {
         "{log}"
     );
     assert_eq!(
-        std::fs::read_to_string(j.env.host_builds_dir.join("group/project/built.txt")).unwrap(),
+        std::fs::read_to_string(j.env.host_project_dir.join("built.txt")).unwrap(),
         "sources\n"
     );
     // The /cache volume outlives the job: the next job of the project sees the file.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bollard::query_parameters::{InspectContainerOptions, ListVolumesOptionsBuilder};
 use ferry_config::DockerSection;
-use ferry_executor::docker::remote::builds_volume_name;
+use ferry_executor::docker::remote::{builds_volume_name, tmp_volume_name};
 use ferry_executor::{DockerEngine, Engine, EnvVar, ImageSpec, JobEnv, PullPolicy, StepSpec};
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +82,12 @@ fn job_env(test: &str, host_builds: PathBuf) -> JobEnv {
         service_variables: vec![],
         builds_dir: "/builds".into(),
         project_dir: "/builds/group/project".into(),
-        host_builds_dir: host_builds,
+        host_project_dir: host_builds.join("group/project"),
+        tmp_dir: "/builds/group/project.tmp".into(),
+        host_tmp_dir: {
+            std::fs::create_dir_all(host_builds.join("tmp")).unwrap();
+            host_builds.join("tmp")
+        },
         registry_auth: vec![],
     }
 }
@@ -158,16 +163,17 @@ async fn remote_mode_copies_the_builds_directory_in_and_out() {
     let mounts = info.mounts.unwrap_or_default();
     let builds = mounts
         .iter()
-        .find(|m| m.destination.as_deref() == Some("/builds"))
-        .expect("a mount at /builds");
+        .find(|m| m.destination.as_deref() == Some("/builds/group/project"))
+        .expect("a mount at /builds/group/project");
     assert_eq!(
         builds.name.as_deref(),
         Some(builds_volume_name(&env).as_str())
     );
-    assert_eq!(
-        job_volumes(&engine, &env).await,
-        vec![builds_volume_name(&env)]
-    );
+    let mut want = vec![builds_volume_name(&env), tmp_volume_name(&env)];
+    want.sort();
+    let mut have = job_volumes(&engine, &env).await;
+    have.sort();
+    assert_eq!(have, want);
 
     engine.sync_in(&env).await.unwrap();
     // Written after the copy: a bind mount would show it, a copy does not.
@@ -222,7 +228,7 @@ async fn remote_mode_copies_the_builds_directory_in_and_out() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o755);
-    assert!(!dir.path().join("builds.ferry-sync").exists());
+    assert!(!host.join("group/project.ferry-sync").exists());
 
     engine.destroy(&env).await.unwrap();
     assert!(
@@ -245,10 +251,10 @@ async fn remote_mode_cleanup_leftovers_removes_the_builds_volume() {
         .prepare(&env, &mut log, &CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(job_volumes(&engine, &env).await.len(), 1);
+    assert_eq!(job_volumes(&engine, &env).await.len(), 2);
     // A crashed ferry never called destroy.
     let removed = engine.cleanup_leftovers().await.unwrap();
-    assert!(removed >= 2, "container and volume: {removed}");
+    assert!(removed >= 3, "container and volumes: {removed}");
     assert!(job_volumes(&engine, &env).await.is_empty());
 }
 

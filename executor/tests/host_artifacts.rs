@@ -5,9 +5,27 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use ferry_executor::artifacts::{
-    ArtifactError, ArtifactFormat, ArtifactSpec, When, archive, create_archive, extract_archive,
-};
+use ferry_executor::artifacts::{ArtifactError, ArtifactFormat, ArtifactSpec, When};
+use ferry_executor::jobfs::Limits;
+
+fn lim() -> Limits {
+    Limits::new(tokio_util::sync::CancellationToken::new())
+}
+
+fn create_archive(
+    p: &Path,
+    s: &ArtifactSpec,
+    out: &Path,
+) -> Result<ferry_executor::artifacts::ArchiveSummary, ArtifactError> {
+    ferry_executor::artifacts::create_archive(p, s, out, &lim())
+}
+
+fn extract_archive(
+    zip: &Path,
+    dir: &Path,
+) -> Result<ferry_executor::artifacts::ExtractSummary, ArtifactError> {
+    ferry_executor::artifacts::extract_archive(zip, dir, &lim())
+}
 
 fn write(dir: &Path, rel: &str, content: &str) {
     let p = dir.join(rel);
@@ -370,11 +388,12 @@ async fn archive_writes_gitlab_lines_to_the_log() {
     write(&p, "dist/a", "aaaa");
     let mut log: Vec<u8> = Vec::new();
     let out = tmp.path().join("a.zip");
-    let sum = archive(
+    let sum = ferry_executor::artifacts::archive(
         &p,
         &spec(&["dist/", "nope"], ArtifactFormat::Zip),
         &out,
         &mut log,
+        &lim(),
     )
     .await
     .unwrap();

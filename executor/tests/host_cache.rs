@@ -9,6 +9,7 @@ use ferry_executor::artifacts::When;
 use ferry_executor::cache::{
     CachePolicy, CacheSpec, CacheStore, RestoreOutcome, SaveOutcome, evict, restore, save,
 };
+use ferry_executor::jobfs::Limits;
 use tokio_util::sync::CancellationToken;
 
 fn store(root: &Path) -> CacheStore {
@@ -38,17 +39,30 @@ fn write(dir: &Path, rel: &str, content: &str) {
 
 async fn do_save(st: &CacheStore, sp: &CacheSpec, dir: &Path, ok: bool) -> (SaveOutcome, String) {
     let mut log = Vec::new();
-    let out = save(st, sp, dir, ok, &mut log, &CancellationToken::new())
-        .await
-        .unwrap();
+    let out = save(
+        st,
+        sp,
+        dir,
+        ok,
+        &mut log,
+        &Limits::new(CancellationToken::new()),
+    )
+    .await
+    .unwrap();
     (out, String::from_utf8(log).unwrap())
 }
 
 async fn do_restore(st: &CacheStore, sp: &CacheSpec, dir: &Path) -> (RestoreOutcome, String) {
     let mut log = Vec::new();
-    let out = restore(st, sp, dir, &mut log, &CancellationToken::new())
-        .await
-        .unwrap();
+    let out = restore(
+        st,
+        sp,
+        dir,
+        &mut log,
+        &Limits::new(CancellationToken::new()),
+    )
+    .await
+    .unwrap();
     (out, String::from_utf8(log).unwrap())
 }
 
@@ -438,12 +452,13 @@ async fn cancelled_jobs_stop_restoring() {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let mut log = Vec::new();
-    let res = restore(&st, &sp, &tmp.path().join("q"), &mut log, &cancel).await;
+    let limits = Limits::new(cancel);
+    let res = restore(&st, &sp, &tmp.path().join("q"), &mut log, &limits).await;
     assert!(
         matches!(res, Err(ferry_executor::cache::CacheError::Cancelled)),
         "{res:?}"
     );
-    let res = save(&st, &sp, &p, true, &mut log, &cancel).await;
+    let res = save(&st, &sp, &p, true, &mut log, &limits).await;
     assert!(
         matches!(res, Err(ferry_executor::cache::CacheError::Cancelled)),
         "{res:?}"

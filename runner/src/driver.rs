@@ -8,12 +8,12 @@
 //! `canceling` (graceful: after_script still runs), GitLab's `canceled`/403 (abort: nothing more
 //! runs) and a forced shutdown of ferry.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_config::RunnerSection;
 use ferry_deploy::{DeployError, DeployRequest, Deployer};
+use ferry_executor::jobfs::{self, FileReader, Limits};
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -129,6 +129,15 @@ struct Signals {
 }
 
 impl Signals {
+    /// Bounds for host-side work on the job's files, under the job's deadline
+    /// (docs/security.md).
+    fn limits(&self, cancel: &CancellationToken) -> Limits {
+        Limits {
+            deadline: Some(self.deadline.into_std()),
+            ..Limits::new(cancel.clone())
+        }
+    }
+
     /// What has already happened, if anything.
     fn current(&self) -> Option<Stop> {
         match *self.remote.borrow() {
@@ -239,6 +248,16 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     shutdown,
                 };
                 let outcome = self.execute(&plan, &job, &runner, &log, &mut signals).await;
+                // File variables live only as long as their job (docs/security.md).
+                let tmp = plan.host_tmp_dir.clone();
+                if let Err(e) = jobfs::blocking(move || match std::fs::remove_dir_all(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .await
+                {
+                    warn!(job = job.id, error = %e, "removing the job's file variables failed");
+                }
                 if let Execution::Docker { env, .. } = plan.execution {
                     cleanup = Some(*env);
                 }
@@ -337,7 +356,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         for w in &plan.warnings {
             log.write_warning(w);
         }
-        if let Err(e) = std::fs::create_dir_all(&plan.host_project_dir) {
+        if let Err(e) = create_host_dirs(plan).await {
             log.write_error(&format!("creating the build directory: {e}"));
             return Outcome::failed("runner_system_failure");
         }
@@ -424,9 +443,31 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         // is over server-side, or ferry is stopping.
         if script_started && !matches!(signals.current(), Some(Stop::Abort | Stop::Shutdown)) {
             let succeeded = outcome == Outcome::Success;
-            self.archive_caches(plan, log, succeeded).await;
-            if let Err(o) = self.upload_artifacts(plan, job, log, succeeded).await
-                && succeeded
+            // Host work after the script runs under the job's deadline; after a timeout of
+            // the script it gets a bounded time of its own, as after_script does, so that
+            // `when: on_failure` caches and artifacts are still saved.
+            let mut post = Signals {
+                deadline: if signals.current() == Some(Stop::Timeout) {
+                    tokio::time::Instant::now()
+                        .checked_add(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT)
+                        .unwrap_or(signals.deadline)
+                } else {
+                    signals.deadline
+                },
+                remote: signals.remote.clone(),
+                shutdown: signals.shutdown.clone(),
+            };
+            if let Err(stop) = self.archive_caches(plan, log, succeeded, &mut post).await {
+                return stop_outcome(stop, log);
+            }
+            if let Err(o) = self
+                .upload_artifacts(plan, job, log, succeeded, &mut post)
+                .await
+                && (succeeded
+                    || matches!(
+                        post.current(),
+                        Some(Stop::Timeout | Stop::Abort | Stop::Shutdown)
+                    ))
             {
                 outcome = o;
             }
@@ -444,6 +485,11 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         signals: &mut Signals,
         script_started: &mut bool,
     ) -> Outcome {
+        // Written before the container starts, which mounts them read-only.
+        if let Err(e) = write_file_variables(plan, env).await {
+            log.write_error(&format!("Job failed: writing file variables: {e}"));
+            return Outcome::failed("runner_system_failure");
+        }
         log.section_start(
             "prepare_executor",
             "Preparing the \"docker\" executor",
@@ -474,10 +520,6 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         self.restore_caches(plan, log, signals).await;
         if let Err(o) = self.download_artifacts(plan, log, signals).await {
             return o;
-        }
-        if let Err(e) = write_file_variables(plan) {
-            log.write_error(&format!("writing file variables: {e}"));
-            return Outcome::failed("runner_system_failure");
         }
         // A remote daemon gets the prepared host directory copied in (a no-op when it is
         // bind-mounted).
@@ -653,12 +695,13 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         for spec in &plan.caches {
             let cancel = CancellationToken::new();
             let mut sink = log.clone();
+            let limits = signals.limits(&cancel);
             let fut = ferry_executor::cache::restore(
                 &plan.cache_store,
                 spec,
                 &plan.host_project_dir,
                 &mut sink,
-                &cancel,
+                &limits,
             );
             if let (Some(Err(e)), None) = run_stoppable(fut, &cancel, signals, false).await {
                 log.write_warning(&format!("restoring cache {:?}: {e}", spec.key));
@@ -667,9 +710,16 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         log.section_end("restore_cache");
     }
 
-    async fn archive_caches(&self, plan: &Plan, log: &TraceWriter, succeeded: bool) {
+    /// Saves the caches; `Err` when a stop signal (the job's deadline) ended it.
+    async fn archive_caches(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        succeeded: bool,
+        signals: &mut Signals,
+    ) -> Result<(), Stop> {
         if plan.caches.is_empty() {
-            return;
+            return Ok(());
         }
         let name = if succeeded {
             "archive_cache"
@@ -680,20 +730,28 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         for spec in &plan.caches {
             let cancel = CancellationToken::new();
             let mut sink = log.clone();
-            let r = ferry_executor::cache::save(
+            let limits = signals.limits(&cancel);
+            let fut = ferry_executor::cache::save(
                 &plan.cache_store,
                 spec,
                 &plan.host_project_dir,
                 succeeded,
                 &mut sink,
-                &cancel,
-            )
-            .await;
-            if let Err(e) = r {
-                log.write_warning(&format!("saving cache {:?}: {e}", spec.key));
+                &limits,
+            );
+            match run_stoppable(fut, &cancel, signals, true).await {
+                (_, Some(stop)) => {
+                    log.section_end(name);
+                    return Err(stop);
+                }
+                (Some(Err(e)), None) => {
+                    log.write_warning(&format!("saving cache {:?}: {e}", spec.key))
+                }
+                _ => {}
             }
         }
         log.section_end(name);
+        Ok(())
     }
 
     async fn download_artifacts(
@@ -728,8 +786,9 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     (None, None) => return Err(Ok("download abandoned".to_string())),
                 }
                 let (zip, dir) = (tmp.path().to_path_buf(), plan.host_project_dir.clone());
+                let limits = signals.limits(&cancel);
                 let summary = tokio::task::spawn_blocking(move || {
-                    ferry_executor::artifacts::extract_archive(&zip, &dir)
+                    ferry_executor::artifacts::extract_archive(&zip, &dir, &limits)
                 })
                 .await
                 .map_err(|e| Ok(e.to_string()))?
@@ -767,6 +826,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         job: &JobRef,
         log: &TraceWriter,
         succeeded: bool,
+        signals: &mut Signals,
     ) -> Result<(), Outcome> {
         let due: Vec<_> = plan
             .artifacts
@@ -793,17 +853,27 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 }
             };
             let mut sink = log.clone();
-            let summary = match ferry_executor::artifacts::archive(
+            let cancel = CancellationToken::new();
+            let limits = signals.limits(&cancel);
+            let fut = ferry_executor::artifacts::archive(
                 &plan.host_project_dir,
                 spec,
                 tmp.path(),
                 &mut sink,
-            )
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => {
+                &limits,
+            );
+            let summary = match run_stoppable(fut, &cancel, signals, true).await {
+                (_, Some(stop)) => {
+                    log.section_end(name);
+                    return Err(stop_outcome(stop, log));
+                }
+                (Some(Ok(s)), None) => s,
+                (Some(Err(e)), None) => {
                     failed = Some(format!("archiving artifacts: {e}"));
+                    break;
+                }
+                (None, None) => {
+                    failed = Some("archiving artifacts was abandoned".into());
                     break;
                 }
             };
@@ -880,26 +950,44 @@ fn stop_outcome(stop: Stop, log: &TraceWriter) -> Outcome {
     }
 }
 
-/// Write file-type variables into `<project dir>.tmp/<KEY>` on the host (visible in the job
-/// container through the builds dir mount).
-fn write_file_variables(plan: &Plan) -> std::io::Result<()> {
-    let files: Vec<_> = plan
-        .variables
-        .deduplicated()
-        .into_iter()
-        .filter(|v| v.file)
-        .collect();
-    if files.is_empty() {
-        return Ok(());
+/// The job's directories on the host: the folder per project is ferry's alone (mode 0700, never
+/// mounted), the project dir in it is what the job's containers mount (docs/security.md).
+async fn create_host_dirs(plan: &Plan) -> std::io::Result<()> {
+    let project = plan.host_project_dir.clone();
+    jobfs::blocking(move || {
+        if let Some(base) = project.parent() {
+            std::fs::create_dir_all(base)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700))?;
+        }
+        // World-writable as gitlab-runner's helper creates it (umask 0000), for non-root jobs.
+        jobfs::JobDir::create(&project, 0o777).map(drop)
+    })
+    .await
+}
+
+/// Writes file-type variables into the job's own `tmp` dir on the host, created anew for the
+/// job before its container starts, which mounts it read-only at `<project dir>.tmp`.
+async fn write_file_variables(plan: &Plan, env: &JobEnv) -> std::io::Result<()> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for v in plan.variables.deduplicated().into_iter().filter(|v| v.file) {
+        // GitLab's variable keys are letters, digits and `_`; anything else is not a key
+        // GitLab sends, and never becomes a path.
+        if v.key.is_empty() || !v.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{:?} is not a valid variable key", v.key),
+            ));
+        }
+        files.push((v.key.clone(), v.value.clone().into_bytes()));
     }
-    let mut dir = plan.host_project_dir.clone().into_os_string();
-    dir.push(".tmp");
-    let dir = PathBuf::from(dir);
-    std::fs::create_dir_all(&dir)?;
-    for v in files {
-        std::fs::write(dir.join(&v.key), v.value.as_bytes())?;
-    }
-    Ok(())
+    let dir = plan.host_tmp_dir.clone();
+    let reader = FileReader::for_user(env.image.user.as_deref());
+    jobfs::blocking(move || {
+        let refs: Vec<(String, &[u8])> = files.iter().map(|(k, v)| (k.clone(), &v[..])).collect();
+        jobfs::write_files(&dir, &refs, reader)
+    })
+    .await
 }
 
 /// A job whose payload could not be decoded, but whose id and token could: report it failed so it

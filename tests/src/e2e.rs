@@ -360,13 +360,14 @@ impl Harness {
         }
     }
 
-    /// The project directory of slot `slot` on the host.
+    /// The project directory of slot `slot` on the host (the fake GitLab's project 42).
     pub fn project_dir(&self, slot: usize) -> PathBuf {
         self.work_dir
             .join("builds")
             .join(&self.short)
             .join(slot.to_string())
-            .join("acme/app")
+            .join("project-42")
+            .join("src")
     }
 
     /// Containers, networks and per-job volumes of this runner (of `job` if given) still in

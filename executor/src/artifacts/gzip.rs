@@ -8,11 +8,11 @@ use std::time::UNIX_EPOCH;
 
 use flate2::{Compression, GzBuilder};
 
-use crate::hostio::open_regular;
+use crate::jobfs::JobDir;
 
 use super::paths::{EntryKind, Selection};
 
-pub(super) fn write_gzip(root: &Path, sel: &Selection, out: &Path) -> io::Result<()> {
+pub(super) fn write_gzip(root: &JobDir, sel: &Selection, out: &Path) -> io::Result<()> {
     let mut file = io::BufWriter::new(std::fs::File::create(out)?);
     for (rel, entry) in &sel.entries {
         if !matches!(entry.kind, EntryKind::File { .. }) {
@@ -27,7 +27,10 @@ pub(super) fn write_gzip(root: &Path, sel: &Selection, out: &Path) -> io::Result
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
             .unwrap_or(0);
-        let mut src = open_regular(&root.join(rel))?;
+        let EntryKind::File { size } = entry.kind else {
+            continue;
+        };
+        let mut src = io::Read::take(root.open_file(Path::new(rel))?, size);
         let mut enc = GzBuilder::new()
             .filename(base.as_bytes())
             .comment(rel.as_bytes())

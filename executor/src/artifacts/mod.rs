@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::engine::LogSink;
 use crate::hostio::{self, Level};
+use crate::jobfs::{JobDir, Limits, is_fatal};
 
 pub use paths::{Entry, EntryKind, Selection, select};
 
@@ -200,6 +201,9 @@ pub enum ArtifactError {
     RawNeedsOneFile { found: usize },
     #[error("writing job log: {0}")]
     Log(#[source] io::Error),
+    /// A bound on host-side work was hit, or the job's deadline passed (docs/security.md).
+    #[error("{0}")]
+    Limit(String),
     #[error("cancelled")]
     Cancelled,
 }
@@ -224,13 +228,20 @@ pub fn create_archive(
     project_dir: &Path,
     spec: &ArtifactSpec,
     out_file: &Path,
+    limits: &Limits,
 ) -> Result<ArchiveSummary, ArtifactError> {
-    let sel = select(project_dir, &spec.paths, &spec.exclude, spec.untracked).map_err(|e| {
-        ArtifactError::ProjectDir {
-            path: project_dir.to_path_buf(),
-            source: e,
+    let dir_err = |e: io::Error| {
+        if is_fatal(&e) {
+            ArtifactError::Limit(e.to_string())
+        } else {
+            ArtifactError::ProjectDir {
+                path: project_dir.to_path_buf(),
+                source: e,
+            }
         }
-    })?;
+    };
+    let dir = JobDir::open(project_dir).map_err(dir_err)?;
+    let sel = select(&dir, &spec.paths, &spec.exclude, spec.untracked, limits).map_err(dir_err)?;
     let files = sel.file_count();
     let bytes = sel.total_bytes();
     let mut notes = sel.notes.clone();
@@ -248,8 +259,8 @@ pub fn create_archive(
         source: e,
     };
     match spec.format {
-        ArtifactFormat::Zip => zipfmt::write_zip(project_dir, &sel, out_file).map_err(write_err)?,
-        ArtifactFormat::Gzip => gzip::write_gzip(project_dir, &sel, out_file).map_err(write_err)?,
+        ArtifactFormat::Zip => zipfmt::write_zip(&dir, &sel, out_file).map_err(write_err)?,
+        ArtifactFormat::Gzip => gzip::write_gzip(&dir, &sel, out_file).map_err(write_err)?,
         ArtifactFormat::Raw => {
             let regular: Vec<&String> = sel
                 .entries
@@ -262,7 +273,7 @@ pub fn create_archive(
                     found: regular.len(),
                 });
             }
-            copy_regular(&project_dir.join(regular[0]), out_file).map_err(write_err)?;
+            copy_regular(&dir, regular[0], out_file).map_err(write_err)?;
         }
     }
     let archive_bytes = std::fs::metadata(out_file).map_err(write_err)?.len();
@@ -274,10 +285,11 @@ pub fn create_archive(
     })
 }
 
-fn copy_regular(src: &Path, dst: &Path) -> io::Result<()> {
-    let mut f = hostio::open_regular(src)?;
+fn copy_regular(dir: &JobDir, rel: &str, dst: &Path) -> io::Result<()> {
+    let f = dir.open_file(Path::new(rel))?;
+    let size = f.metadata()?.len();
     let mut out = std::fs::File::create(dst)?;
-    io::copy(&mut f, &mut out)?;
+    io::copy(&mut io::Read::take(f, size), &mut out)?;
     Ok(())
 }
 
@@ -288,13 +300,15 @@ pub async fn archive(
     spec: &ArtifactSpec,
     out_file: &Path,
     log: &mut LogSink<'_>,
+    limits: &Limits,
 ) -> Result<ArchiveSummary, ArtifactError> {
-    let (dir, sp, out) = (
+    let (dir, sp, out, lim) = (
         project_dir.to_path_buf(),
         spec.clone(),
         out_file.to_path_buf(),
+        limits.clone(),
     );
-    let summary = tokio::task::spawn_blocking(move || create_archive(&dir, &sp, &out))
+    let summary = tokio::task::spawn_blocking(move || create_archive(&dir, &sp, &out, &lim))
         .await
         .map_err(|e| ArtifactError::Write {
             path: out_file.to_path_buf(),
@@ -335,8 +349,13 @@ pub struct ExtractSummary {
 pub fn extract_archive(
     zip_file: &Path,
     project_dir: &Path,
+    limits: &Limits,
 ) -> Result<ExtractSummary, ArtifactError> {
-    zipfmt::extract_zip(zip_file, project_dir)
+    let dir = JobDir::create(project_dir, 0o777).map_err(|e| ArtifactError::ProjectDir {
+        path: project_dir.to_path_buf(),
+        source: e,
+    })?;
+    zipfmt::extract_zip(zip_file, &dir, limits)
 }
 
 /// Async wrapper around [`extract_archive`] that logs what happened.
@@ -344,9 +363,14 @@ pub async fn extract(
     zip_file: &Path,
     project_dir: &Path,
     log: &mut LogSink<'_>,
+    limits: &Limits,
 ) -> Result<ExtractSummary, ArtifactError> {
-    let (zf, dir) = (zip_file.to_path_buf(), project_dir.to_path_buf());
-    let summary = tokio::task::spawn_blocking(move || extract_archive(&zf, &dir))
+    let (zf, dir, lim) = (
+        zip_file.to_path_buf(),
+        project_dir.to_path_buf(),
+        limits.clone(),
+    );
+    let summary = tokio::task::spawn_blocking(move || extract_archive(&zf, &dir, &lim))
         .await
         .map_err(|e| ArtifactError::Read {
             path: zip_file.to_path_buf(),

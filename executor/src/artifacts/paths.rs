@@ -20,7 +20,8 @@ use std::time::SystemTime;
 
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::hostio::{clean_relative, lstat_inside};
+use crate::hostio::{clean_relative, human_bytes};
+use crate::jobfs::{Budget, JobDir, Kind, Limits, limit_error};
 
 use super::Note;
 
@@ -86,38 +87,62 @@ fn rel_string(p: &Path) -> String {
 }
 
 struct Collector<'a> {
-    root: &'a Path,
+    dir: &'a JobDir,
+    limits: &'a Limits,
+    bytes: u64,
     excludes: Vec<(String, GlobMatcher)>,
     excluded: BTreeMap<String, u64>,
     sel: Selection,
+    /// A limit or the deadline was hit: the selection must not be used.
+    fatal: Option<io::Error>,
 }
 
 impl Collector<'_> {
     /// Adds one candidate. Returns whether it counted as found.
-    fn consider(&mut self, rel: &str, meta: &std::fs::Metadata) -> bool {
-        if let Some((rule, _)) = self.excludes.iter().find(|(_, m)| m.is_match(rel)) {
+    fn consider(&mut self, rel: &Path, meta: &std::fs::Metadata) -> bool {
+        let Some(rel_str) = rel.to_str() else {
+            self.sel.notes.push(Note::warning(format!(
+                "{}: skipped: the file name is not valid UTF-8",
+                rel.display()
+            )));
+            return false;
+        };
+        if self.sel.entries.contains_key(rel_str) {
+            return true;
+        }
+        if let Some((rule, _)) = self.excludes.iter().find(|(_, m)| m.is_match(rel_str)) {
             *self.excluded.entry(rule.clone()).or_default() += 1;
             return false;
         }
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            EntryKind::File { size: meta.len() }
-        } else if ft.is_symlink() {
-            match std::fs::read_link(self.root.join(rel)) {
-                Ok(target) => EntryKind::Symlink { target },
-                Err(e) => {
-                    self.sel.notes.push(Note::warning(format!("{rel}: {e}")));
+        let kind = match Kind::of(meta) {
+            Kind::Dir => EntryKind::Dir,
+            Kind::File => {
+                self.bytes = self.bytes.saturating_add(meta.len());
+                if self.bytes > self.limits.max_bytes {
+                    self.fatal.get_or_insert(limit_error(format!(
+                        "more than {} of file content",
+                        human_bytes(self.limits.max_bytes)
+                    )));
                     return false;
                 }
+                EntryKind::File { size: meta.len() }
             }
-        } else {
-            self.sel.notes.push(Note::warning(format!(
-                "{rel}: skipped: not a regular file, directory or symlink"
-            )));
-            return false;
+            Kind::Symlink => match self.dir.read_link(rel) {
+                Ok(target) => EntryKind::Symlink { target },
+                Err(e) => {
+                    self.sel
+                        .notes
+                        .push(Note::warning(format!("{rel_str}: {e}")));
+                    return false;
+                }
+            },
+            Kind::Other => {
+                self.sel.notes.push(Note::warning(format!(
+                    "{rel_str}: skipped: not a regular file, directory or symlink"
+                )));
+                return false;
+            }
         };
         let entry = Entry {
             kind,
@@ -126,38 +151,57 @@ impl Collector<'_> {
             uid: meta.uid(),
             gid: meta.gid(),
         };
-        self.sel.entries.insert(rel.to_string(), entry);
+        self.sel.entries.insert(rel_str.to_string(), entry);
         true
+    }
+
+    /// Walks below `start` (never through a link): an entry `pick` accepts is taken with
+    /// everything below it. Returns how many entries were taken.
+    fn walk(&mut self, start: &Path, pick: &dyn Fn(&Path) -> bool) -> u64 {
+        if self.fatal.is_some() {
+            return 0;
+        }
+        let mut picked: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+        // Directories taken whole, innermost last (the walk is depth first).
+        let mut taken: Vec<PathBuf> = Vec::new();
+        let mut budget = Budget::new(self.limits);
+        let r = self.dir.walk(start, &mut budget, &mut |rel, meta| {
+            while taken.last().is_some_and(|t| !rel.starts_with(t)) {
+                taken.pop();
+            }
+            if !taken.is_empty() || pick(rel) {
+                picked.push((rel.to_path_buf(), meta.clone()));
+                if meta.is_dir() {
+                    taken.push(rel.to_path_buf());
+                }
+            }
+            Ok(true)
+        });
+        if let Err(e) = r {
+            self.fatal.get_or_insert(e);
+            return 0;
+        }
+        let mut found = 0;
+        for (rel, meta) in picked {
+            if self.consider(&rel, &meta) {
+                found += 1;
+            }
+        }
+        found
     }
 
     /// Adds `rel` and, for a directory, everything below it (never through a symlink).
     fn add_tree(&mut self, rel: &Path) -> u64 {
+        let meta = match self.dir.lstat(rel) {
+            Ok(m) => m,
+            Err(_) => return 0,
+        };
         let mut found = 0;
-        let start = self.root.join(rel);
-        for item in walkdir::WalkDir::new(&start)
-            .follow_links(false)
-            .follow_root_links(false)
-            .sort_by_file_name()
-        {
-            let item = match item {
-                Ok(i) => i,
-                Err(e) => {
-                    self.sel
-                        .notes
-                        .push(Note::warning(format!("walking {}: {e}", rel.display())));
-                    continue;
-                }
-            };
-            let Ok(sub) = item.path().strip_prefix(self.root) else {
-                continue;
-            };
-            let Ok(meta) = item.metadata() else { continue };
-            if sub.as_os_str().is_empty() {
-                continue;
-            }
-            if self.consider(&rel_string(sub), &meta) {
-                found += 1;
-            }
+        if !rel.as_os_str().is_empty() && self.consider(rel, &meta) {
+            found += 1;
+        }
+        if meta.is_dir() {
+            found += self.walk(rel, &|_| true);
         }
         found
     }
@@ -173,12 +217,7 @@ impl Collector<'_> {
         let clean_str = rel_string(&clean);
         let mut found = 0;
         if !has_glob_meta(&clean_str) {
-            if clean.as_os_str().is_empty() {
-                // `.`: the whole project dir.
-                found += self.add_tree(Path::new(""));
-            } else if lstat_inside(self.root, &clean).is_ok() {
-                found += self.add_tree(&clean);
-            }
+            found += self.add_tree(&clean);
         } else {
             // Walk from the longest literal prefix and test every path against the glob.
             let mut base = PathBuf::new();
@@ -196,14 +235,15 @@ impl Collector<'_> {
                 }
                 Ok(matcher) => {
                     let base_ok = base.as_os_str().is_empty()
-                        || lstat_inside(self.root, &base)
-                            .map(|m| m.is_dir())
-                            .unwrap_or(false);
+                        || self.dir.lstat(&base).map(|m| m.is_dir()).unwrap_or(false);
                     if base_ok {
-                        found += self.glob_walk(&base, &matcher);
+                        found += self.walk(&base, &|rel| matcher.is_match(rel_string(rel)));
                     }
                 }
             }
+        }
+        if self.fatal.is_some() {
+            return;
         }
         if found == 0 {
             self.sel.notes.push(Note::warning(format!(
@@ -214,31 +254,6 @@ impl Collector<'_> {
                 "{display}: found {found} matching artifact files and directories"
             )));
         }
-    }
-
-    fn glob_walk(&mut self, base: &Path, matcher: &GlobMatcher) -> u64 {
-        let mut found = 0;
-        let start = self.root.join(base);
-        let mut it = walkdir::WalkDir::new(&start)
-            .follow_links(false)
-            .follow_root_links(false)
-            .min_depth(1)
-            .sort_by_file_name()
-            .into_iter();
-        while let Some(item) = it.next() {
-            let Ok(item) = item else { continue };
-            let Ok(sub) = item.path().strip_prefix(self.root) else {
-                continue;
-            };
-            if matcher.is_match(rel_string(sub)) {
-                let is_dir = item.file_type().is_dir();
-                found += self.add_tree(sub);
-                if is_dir {
-                    it.skip_current_dir();
-                }
-            }
-        }
-        found
     }
 
     fn process_untracked(&mut self, listed: Result<Vec<String>, String>) {
@@ -252,12 +267,17 @@ impl Collector<'_> {
             }
         };
         let mut found = 0;
+        let mut budget = Budget::new(self.limits);
         for p in paths {
+            if let Err(e) = budget.entry() {
+                self.fatal.get_or_insert(e);
+                return;
+            }
             let Some(clean) = clean_relative(&p) else {
                 continue;
             };
-            if let Ok(meta) = lstat_inside(self.root, &clean)
-                && self.consider(&rel_string(&clean), &meta)
+            if let Ok(meta) = self.dir.lstat(&clean)
+                && self.consider(&clean, &meta)
             {
                 found += 1;
             }
@@ -272,39 +292,82 @@ impl Collector<'_> {
     }
 }
 
+/// The largest `.git/index` ferry copies to list untracked files.
+const MAX_INDEX_BYTES: u64 = 512 * 1024 * 1024;
+
 /// Lists untracked files (`git ls-files --others`), ignored ones included, as gitlab-runner
-/// does. The repository's own config was written by the job, so everything that could run a
-/// program (fsmonitor, hooks) is overridden on the command line.
-pub fn untracked_files(project_dir: &Path) -> Result<Vec<String>, String> {
-    // `.git` must be the project's own directory, and the work tree is pinned to the project
-    // dir whatever `core.worktree` the job wrote.
-    let git_dir = project_dir.join(".git");
-    if !std::fs::symlink_metadata(&git_dir).is_ok_and(|m| m.is_dir()) {
+/// does. Everything in `.git` was written by the job, so git never reads it: it runs on a
+/// fresh repository of ferry's with a copy of the job's index (`GIT_INDEX_FILE`), the work
+/// tree pinned to the project dir, and no config but ferry's.
+pub fn untracked_files(dir: &JobDir) -> Result<Vec<String>, String> {
+    let index = Path::new(".git/index");
+    if !dir.lstat(Path::new(".git")).is_ok_and(|m| m.is_dir()) {
         return Err("not a git repository".to_string());
     }
-    let out = std::process::Command::new("git")
-        .arg(format!("--git-dir={}", git_dir.display()))
-        .arg(format!("--work-tree={}", project_dir.display()))
-        .args([
-            "-c",
-            "core.fsmonitor=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "safe.directory=*",
-            "ls-files",
-            "--others",
-            "-z",
-        ])
-        .current_dir(project_dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("running git: {e}"))?;
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let git_dir = scratch.path().join("git");
+    let index_copy = scratch.path().join("index");
+    match dir.open_file(index) {
+        Ok(f) => {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len > MAX_INDEX_BYTES {
+                return Err(format!(
+                    ".git/index is larger than {}",
+                    human_bytes(MAX_INDEX_BYTES)
+                ));
+            }
+            let mut out = std::fs::File::create(&index_copy)
+                .map_err(|e| format!("copying the index: {e}"))?;
+            io::copy(&mut io::Read::take(f, len), &mut out)
+                .map_err(|e| format!("copying the index: {e}"))?;
+        }
+        // No index: every file is untracked.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("reading .git/index: {e}")),
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_INDEX_FILE", &index_copy)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_CONFIG_COUNT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("running git: {e}"))
+    };
+    let init = git(&[
+        "init",
+        "-q",
+        "--bare",
+        "--template=",
+        &git_dir.to_string_lossy(),
+    ])?;
+    if !init.status.success() {
+        return Err(format!(
+            "git init: {}",
+            String::from_utf8_lossy(&init.stderr).trim()
+        ));
+    }
+    let out = git(&[
+        &format!("--git-dir={}", git_dir.display()),
+        &format!("--work-tree={}", dir.path().display()),
+        "-c",
+        "core.fsmonitor=false",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "safe.directory=*",
+        "-c",
+        "core.bare=false",
+        "ls-files",
+        "--others",
+        "-z",
+    ])?;
     if !out.status.success() {
         return Err(format!(
             "git ls-files: {}",
@@ -316,15 +379,22 @@ pub fn untracked_files(project_dir: &Path) -> Result<Vec<String>, String> {
         .split(|b| *b == 0)
         .filter(|s| !s.is_empty())
         .map(|s| String::from_utf8_lossy(s).into_owned())
+        // The job's own `.git` is never an untracked file.
+        .filter(|p| p != ".git" && !p.starts_with(".git/"))
         .collect())
 }
 
 /// Applies GitLab's path rules to `project_dir`.
+///
+/// # Errors
+/// A limit or the deadline of `limits` was hit (the selection is unusable), or the project
+/// dir cannot be read.
 pub fn select(
-    project_dir: &Path,
+    dir: &JobDir,
     paths: &[String],
     exclude: &[String],
     untracked: bool,
+    limits: &Limits,
 ) -> io::Result<Selection> {
     let mut notes = Vec::new();
     let mut excludes = Vec::new();
@@ -340,7 +410,10 @@ pub fn select(
         }
     }
     let mut c = Collector {
-        root: project_dir,
+        dir,
+        limits,
+        bytes: 0,
+        fatal: None,
         excludes,
         excluded: BTreeMap::new(),
         sel: Selection {
@@ -348,13 +421,16 @@ pub fn select(
             notes,
         },
     };
-    std::fs::metadata(project_dir)?;
+    dir.lstat(Path::new(""))?;
     for p in paths {
         c.process_path(p);
     }
     if untracked {
-        let listed = untracked_files(project_dir);
+        let listed = untracked_files(dir);
         c.process_untracked(listed);
+    }
+    if let Some(e) = c.fatal {
+        return Err(e);
     }
     let excluded = std::mem::take(&mut c.excluded);
     for (rule, n) in excluded {
@@ -377,6 +453,22 @@ mod tests {
             std::fs::write(p, f.as_bytes()).unwrap();
         }
         d
+    }
+
+    fn select(
+        root: &Path,
+        paths: &[String],
+        exclude: &[String],
+        untracked: bool,
+    ) -> io::Result<Selection> {
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
+        super::select(
+            &JobDir::open(root).unwrap(),
+            paths,
+            exclude,
+            untracked,
+            &limits,
+        )
     }
 
     fn keys(s: &Selection) -> Vec<&str> {

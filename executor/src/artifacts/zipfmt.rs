@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 
-use crate::hostio::{clean_relative, create_dir_inside, lstat_inside, open_regular, remove_any};
+use crate::hostio::clean_relative;
+use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
 
 use super::paths::{EntryKind, Selection};
 use super::{ArtifactError, ExtractSummary, Note};
@@ -60,7 +61,7 @@ fn from_zip_time(t: DateTime) -> Option<SystemTime> {
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
 }
 
-pub(super) fn write_zip(root: &Path, sel: &Selection, out: &Path) -> io::Result<()> {
+pub(super) fn write_zip(root: &JobDir, sel: &Selection, out: &Path) -> io::Result<()> {
     let file = std::fs::File::create(out)?;
     let mut zw = ZipWriter::new(io::BufWriter::new(file));
     for (rel, entry) in &sel.entries {
@@ -77,12 +78,13 @@ pub(super) fn write_zip(root: &Path, sel: &Selection, out: &Path) -> io::Result<
                     .map_err(io::Error::other)?;
             }
             EntryKind::File { size } => {
-                let mut src = open_regular(&root.join(rel))?;
+                let src = root.open_file(Path::new(rel))?;
                 let opts = opts
                     .compression_method(CompressionMethod::Deflated)
                     .large_file(*size >= u32::MAX as u64);
                 zw.start_file(rel.clone(), opts).map_err(io::Error::other)?;
-                io::copy(&mut src, &mut zw)?;
+                // take(): a file that grows while being read is cut at its selected size.
+                io::copy(&mut io::Read::take(src, *size), &mut zw)?;
             }
         }
     }
@@ -93,7 +95,12 @@ pub(super) fn write_zip(root: &Path, sel: &Selection, out: &Path) -> io::Result<
 const S_IFMT: u32 = 0o170000;
 const S_IFLNK: u32 = 0o120000;
 
-pub(super) fn extract_zip(zip_file: &Path, root: &Path) -> Result<ExtractSummary, ArtifactError> {
+/// Unpacks `zip_file` into `root`, never through a link, within `limits`.
+pub(super) fn extract_zip(
+    zip_file: &Path,
+    root: &JobDir,
+    limits: &Limits,
+) -> Result<ExtractSummary, ArtifactError> {
     let read_err = |m: String| ArtifactError::Read {
         path: zip_file.to_path_buf(),
         message: m,
@@ -105,11 +112,11 @@ pub(super) fn extract_zip(zip_file: &Path, root: &Path) -> Result<ExtractSummary
         bytes: 0,
         notes: Vec::new(),
     };
-    std::fs::create_dir_all(root).map_err(|e| ArtifactError::ProjectDir {
-        path: root.to_path_buf(),
-        source: e,
-    })?;
+    let mut budget = Budget::new(limits);
     for i in 0..za.len() {
+        budget
+            .entry()
+            .map_err(|e| ArtifactError::Limit(e.to_string()))?;
         let mut zf = za.by_index(i).map_err(|e| read_err(e.to_string()))?;
         let raw_name = zf.name().to_string();
         // enclosed_name refuses absolute paths and `..` that climbs out; clean_relative then
@@ -126,50 +133,34 @@ pub(super) fn extract_zip(zip_file: &Path, root: &Path) -> Result<ExtractSummary
         };
         let mode = zf.unix_mode();
         let is_link = mode.is_some_and(|m| m & S_IFMT == S_IFLNK);
-        let parent = rel.parent().map(PathBuf::from).unwrap_or_default();
-        if let Err(e) = create_dir_inside(root, &parent) {
-            summary
-                .notes
-                .push(Note::warning(format!("{raw_name}: skipped: {e}")));
-            continue;
-        }
-        let dest = root.join(&rel);
-        let result: io::Result<()> = (|| {
+        let result: io::Result<u64> = (|| {
             if zf.is_dir() {
-                create_dir_inside(root, &rel)?;
-                return Ok(());
-            }
-            // Replace whatever is there; never write through an existing symlink.
-            if lstat_inside(root, &rel).is_ok_and(|m| !m.is_dir()) {
-                remove_any(&dest)?;
+                root.create_dir_all(&rel, 0o777)?;
+                return Ok(0);
             }
             if is_link {
-                let mut target = String::new();
-                io::Read::read_to_string(&mut zf, &mut target)?;
-                std::os::unix::fs::symlink(&target, &dest)?;
-                return Ok(());
+                let mut target = Vec::new();
+                io::Read::read_to_end(&mut io::Read::take(&mut zf, 4096), &mut target)?;
+                let target = PathBuf::from(std::ffi::OsString::from(
+                    String::from_utf8_lossy(&target).into_owned(),
+                ));
+                root.symlink(&target, &rel)?;
+                return Ok(0);
             }
-            let mut out = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&dest)?;
-            let n = io::copy(&mut zf, &mut out)?;
-            if let Some(m) = mode {
-                use std::os::unix::fs::PermissionsExt;
-                out.set_permissions(std::fs::Permissions::from_mode(m & 0o777))?;
-            }
-            if let Some(t) = zf.last_modified().and_then(from_zip_time) {
-                out.set_modified(t)?;
-            }
-            summary.bytes += n;
-            Ok(())
+            let mut out = root.create_file(&rel, 0o666)?;
+            let n = budget.copy(&mut zf, &mut out)?;
+            let mtime = zf.last_modified().and_then(from_zip_time);
+            JobDir::finish_file(&out, mode, mtime, None)?;
+            Ok(n)
         })();
         match result {
-            Ok(()) => {
+            Ok(n) => {
                 if !zf.is_dir() {
                     summary.files += 1;
+                    summary.bytes += n;
                 }
             }
+            Err(e) if is_fatal(&e) => return Err(ArtifactError::Limit(format!("{raw_name}: {e}"))),
             Err(e) => summary
                 .notes
                 .push(Note::warning(format!("{raw_name}: skipped: {e}"))),

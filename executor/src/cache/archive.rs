@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::Note;
 use crate::artifacts::paths::{EntryKind, Selection, select};
-use crate::hostio::open_regular;
+use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
 
 use super::CacheSpec;
 
@@ -105,20 +104,13 @@ fn mtime_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn write_tar(
-    root: &Path,
-    sel: &Selection,
-    out: &Path,
-    cancel: &CancellationToken,
-) -> io::Result<()> {
+fn write_tar(root: &JobDir, sel: &Selection, out: &Path, limits: &Limits) -> io::Result<()> {
     let file = std::fs::File::create(out)?;
     let enc = zstd::Encoder::new(io::BufWriter::new(file), ZSTD_LEVEL)?;
     let mut tb = tar::Builder::new(enc);
     tb.follow_symlinks(false);
     for (rel, entry) in &sel.entries {
-        if cancel.is_cancelled() {
-            return Err(io::Error::other("cancelled"));
-        }
+        limits.check_time()?;
         let mut h = tar::Header::new_gnu();
         h.set_mode(entry.mode);
         h.set_mtime(mtime_secs(entry.mtime));
@@ -135,13 +127,14 @@ fn write_tar(
                 h.set_size(0);
                 tb.append_link(&mut h, rel, target)?;
             }
-            EntryKind::File { .. } => {
-                let f = open_regular(&root.join(rel))?;
-                let meta = f.metadata()?;
+            EntryKind::File { size } => {
+                let f = root.open_file(Path::new(rel))?;
+                let len = f.metadata()?.len().min(*size);
                 h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(meta.len());
-                // take(): a file that grows while being read must not corrupt the archive.
-                tb.append_data(&mut h, rel, f.take(meta.len()))?;
+                h.set_size(len);
+                // take(): a file that grows while being read is cut at its selected size
+                // (the selection's byte count is bounded); one that shrank fails the archive.
+                tb.append_data(&mut h, rel, f.take(len))?;
             }
         }
     }
@@ -157,9 +150,10 @@ pub(super) fn save(
     project_dir: &Path,
     spec: &CacheSpec,
     key_dir: &Path,
-    cancel: &CancellationToken,
+    limits: &Limits,
 ) -> io::Result<(Vec<Note>, Saved)> {
-    let sel = select(project_dir, &spec.paths, &[], spec.untracked)?;
+    let root = JobDir::open(project_dir)?;
+    let sel = select(&root, &spec.paths, &[], spec.untracked, limits)?;
     let notes = sel.notes.clone();
     if sel.entries.is_empty() {
         return Ok((notes, Saved::NoFiles));
@@ -175,13 +169,13 @@ pub(super) fn save(
     let tmp_archive = temp_path(key_dir, "archive");
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
-        if let Err(e) = write_tar(project_dir, &sel, &tmp_archive, cancel) {
+        if let Err(e) = write_tar(&root, &sel, &tmp_archive, limits) {
             // evict() may have pruned the (then empty) key dir in between: once more.
             if e.kind() != io::ErrorKind::NotFound || key_dir.is_dir() {
                 return Err(e);
             }
             std::fs::create_dir_all(key_dir)?;
-            write_tar(project_dir, &sel, &tmp_archive, cancel)?;
+            write_tar(&root, &sel, &tmp_archive, limits)?;
         }
         std::fs::write(&tmp_manifest, &new_manifest)?;
         // Archive first: a manifest must never describe an archive that is not there yet.
@@ -206,33 +200,146 @@ pub(super) fn save(
     }
 }
 
-/// Extracts `archive` into `project_dir`. tar's `unpack_in` refuses entries that would land
-/// outside the directory (`..`, absolute paths, a symlinked parent) and never writes through
-/// an existing symlink. Returns the number of entries extracted.
-pub(super) fn extract(
-    archive: &Path,
-    project_dir: &Path,
-    cancel: &CancellationToken,
-) -> io::Result<u64> {
-    std::fs::create_dir_all(project_dir)?;
+/// Extracts `archive` into `project_dir`, entry by entry beneath the project dir's handle:
+/// `..` and absolute paths are refused, nothing is written through a link (whatever is in the
+/// way is replaced), only directories, regular files and links are created, within `limits`.
+/// Returns the number of entries extracted.
+pub(super) fn extract(archive: &Path, project_dir: &Path, limits: &Limits) -> io::Result<u64> {
+    let root = JobDir::create(project_dir, 0o777)?;
     let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-    let mut ar = tar::Archive::new(dec);
-    ar.set_preserve_mtime(true);
-    // No set-uid bits on the host, whatever the job left in its files.
-    ar.set_preserve_permissions(false);
-    ar.set_overwrite(true);
-    ar.set_unpack_xattrs(false);
-    // As root, give files back their owners so that a non-root job user can write them.
+    unpack(dec, &root, limits, None)
+}
+
+/// Unpacks a tar stream beneath `root` (see [`extract`]). With `strip`, entries must start
+/// with that directory name, which is removed (Docker's archive API names the copied
+/// directory first). As root, files get their owners back so that a non-root job user can
+/// write them; set-id bits are never kept.
+pub(crate) fn unpack(
+    reader: impl Read,
+    root: &JobDir,
+    limits: &Limits,
+    strip: Option<&str>,
+) -> io::Result<u64> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    ar.set_preserve_ownerships(unsafe { libc::geteuid() } == 0);
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut ar = tar::Archive::new(reader);
+    let mut budget = Budget::new(limits);
     let mut n = 0;
+    // Directory modes are set last: a read-only directory (a Go module cache) would refuse
+    // its own entries.
+    let mut dirs = Vec::new();
     for entry in ar.entries()? {
-        if cancel.is_cancelled() {
-            return Err(io::Error::other("cancelled"));
-        }
-        if entry?.unpack_in(project_dir)? {
-            n += 1;
+        budget.entry()?;
+        let mut entry = entry?;
+        let raw = entry.path()?.into_owned();
+        // A cache archive's stray entry is skipped (the rest is restored, as before); a copy
+        // of a directory (`strip`) must be whole.
+        let rel = match entry_path(&raw, strip) {
+            Ok(r) => r,
+            Err(_) if strip.is_none() => continue,
+            Err(e) => return Err(e),
+        };
+        let link_rel = if entry.header().entry_type().is_hard_link() {
+            match entry.link_name()?.map(|t| entry_path(&t, strip)) {
+                Some(Ok(t)) => Some(t),
+                Some(Err(_)) if strip.is_none() => continue,
+                Some(Err(e)) => return Err(e),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let h = entry.header();
+        let mode = h.mode().unwrap_or(0o644);
+        let mtime = h
+            .mtime()
+            .ok()
+            .map(|s| UNIX_EPOCH + std::time::Duration::from_secs(s));
+        let owner = if as_root {
+            match (h.uid(), h.gid()) {
+                (Ok(u), Ok(g)) => u32::try_from(u).ok().zip(u32::try_from(g).ok()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let kind = h.entry_type();
+        let result = (|| -> io::Result<bool> {
+            if rel.as_os_str().is_empty() {
+                // The project dir itself keeps its own mode and owner.
+                return Ok(false);
+            }
+            if kind.is_dir() {
+                root.create_dir_all(&rel, 0o777)?;
+                dirs.push((rel.clone(), mode, owner));
+                return Ok(true);
+            }
+            if kind.is_symlink() {
+                let Some(target) = entry.link_name()? else {
+                    return Ok(false);
+                };
+                root.symlink(&target, &rel)?;
+                return Ok(true);
+            }
+            if let Some(target) = &link_rel {
+                // A second name of a file already unpacked: copied, so that no link ever
+                // reaches what the host resolves.
+                let mut src = root.open_file(target)?;
+                let mut out = root.create_file(&rel, 0o600)?;
+                budget.copy(&mut src, &mut out)?;
+                JobDir::finish_file(&out, Some(mode), mtime, owner)?;
+                return Ok(true);
+            }
+            if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+                // FIFOs, device nodes: never created on the host.
+                return Ok(false);
+            }
+            let mut out = root.create_file(&rel, 0o600)?;
+            budget.copy(&mut entry, &mut out)?;
+            JobDir::finish_file(&out, Some(mode), mtime, owner)?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => n += 1,
+            Ok(false) => {}
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => {
+                return Err(io::Error::new(e.kind(), format!("{}: {e}", rel.display())));
+            }
         }
     }
+    for (rel, mode, owner) in dirs.into_iter().rev() {
+        root.finish_dir(&rel, mode, owner)?;
+    }
     Ok(n)
+}
+
+/// An entry's path relative to the directory unpacked into; with `strip`, the first
+/// component must be that name. Anything else is an error naming the entry.
+fn entry_path(raw: &Path, strip: Option<&str>) -> io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("archive entry {}: {why}", raw.display()),
+        )
+    };
+    let mut rel = std::path::PathBuf::new();
+    let mut stripped = strip.is_none();
+    for c in raw.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) if !stripped => {
+                if Some(n) != strip.map(std::ffi::OsStr::new) {
+                    return Err(bad("outside the directory that was asked for"));
+                }
+                stripped = true;
+            }
+            Component::Normal(n) => rel.push(n),
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(bad("escapes the directory it is unpacked into"));
+            }
+        }
+    }
+    Ok(rel)
 }

@@ -20,12 +20,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{Note, When, write_notes};
 use crate::engine::LogSink;
 use crate::hostio::{self, Level};
+use crate::jobfs::Limits;
 
+pub(crate) use archive::unpack;
 pub use evict::{EvictReport, evict};
 pub(crate) use evict::{GIT_CACHE_LOCK, GIT_CACHE_MARKER};
 
@@ -226,8 +227,9 @@ pub async fn restore(
     spec: &CacheSpec,
     project_dir: &Path,
     log: &mut LogSink<'_>,
-    cancel: &CancellationToken,
+    limits: &Limits,
 ) -> Result<RestoreOutcome, CacheError> {
+    let cancel = &limits.cancel;
     if spec.paths.is_empty() && !spec.untracked {
         return Ok(RestoreOutcome::Nothing);
     }
@@ -296,8 +298,8 @@ pub async fn restore(
             note(log, Level::Warning, "Failed to extract cache").await?;
             continue;
         }
-        let (p, dir, c) = (path.clone(), project_dir.to_path_buf(), cancel.clone());
-        let res = tokio::task::spawn_blocking(move || archive::extract(&p, &dir, &c))
+        let (p, dir, lim) = (path.clone(), project_dir.to_path_buf(), limits.clone());
+        let res = tokio::task::spawn_blocking(move || archive::extract(&p, &dir, &lim))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
         if cancel.is_cancelled() {
@@ -331,8 +333,9 @@ pub async fn save(
     project_dir: &Path,
     job_succeeded: bool,
     log: &mut LogSink<'_>,
-    cancel: &CancellationToken,
+    limits: &Limits,
 ) -> Result<SaveOutcome, CacheError> {
+    let cancel = &limits.cancel;
     if cancel.is_cancelled() {
         return Err(CacheError::Cancelled);
     }
@@ -382,7 +385,7 @@ pub async fn save(
         project_dir.to_path_buf(),
         spec.clone(),
         key_dir.clone(),
-        cancel.clone(),
+        limits.clone(),
     );
     let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c))
         .await

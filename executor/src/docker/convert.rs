@@ -363,8 +363,8 @@ pub fn cache_host_dir(
         .join(format!("{:016x}", fnv1a(destination)))
 }
 
-/// Binds shared by the build container and the services: the job's builds dir, then the
-/// configured volumes. `"/path"` volumes are named volumes, or directories under `cache_dir`
+/// Binds shared by the build container and the services: the job's project dir, its file
+/// variables (read-only), then the configured volumes. `"/path"` volumes are named volumes, or directories under `cache_dir`
 /// when it is set, and are left out with `disable_cache`.
 pub fn binds(
     env: &JobEnv,
@@ -372,11 +372,10 @@ pub fn binds(
     disable_cache: bool,
     cache_dir: Option<&std::path::Path>,
 ) -> Vec<String> {
-    let mut out = vec![format!(
-        "{}:{}",
-        env.host_builds_dir.display(),
-        env.builds_dir
-    )];
+    let mut out = vec![
+        format!("{}:{}", env.host_project_dir.display(), env.project_dir),
+        format!("{}:{}:ro", env.host_tmp_dir.display(), env.tmp_dir),
+    ];
     for v in volumes {
         match v {
             VolumeSpec::Bind {
@@ -409,7 +408,10 @@ pub fn parse_volumes(env: &JobEnv, specs: &[String]) -> Result<Vec<VolumeSpec>, 
     for s in specs {
         let v = parse_volume(s)?;
         let dst = v.destination();
-        if dst == clean_path(&env.builds_dir) {
+        if dst == clean_path(&env.builds_dir)
+            || dst == clean_path(&env.project_dir)
+            || dst == clean_path(&env.tmp_dir)
+        {
             return Err(EngineError::Configuration(format!(
                 "[runners.docker] volumes: {s:?} would hide the builds directory {}",
                 env.builds_dir
@@ -607,7 +609,9 @@ mod tests {
             service_variables: vec![],
             builds_dir: "/builds".into(),
             project_dir: "/builds/g/p".into(),
-            host_builds_dir: PathBuf::from("/var/lib/ferry/builds/42"),
+            host_project_dir: PathBuf::from("/var/lib/ferry/builds/42/src"),
+            tmp_dir: "/builds/g/p.tmp".into(),
+            host_tmp_dir: PathBuf::from("/var/lib/ferry/builds/42/tmp"),
             registry_auth: vec![],
         }
     }
@@ -744,14 +748,16 @@ mod tests {
             },
         ];
         let b = binds(&e, &vols, false, None);
-        assert_eq!(b[0], "/var/lib/ferry/builds/42:/builds");
-        assert!(b[1].starts_with("runner-glrt-abc-project-7-cache-") && b[1].ends_with(":/cache"));
-        assert_eq!(b[2], "/h:/c:ro");
-        assert_eq!(binds(&e, &vols, true, None).len(), 2);
+        // Only the project dir and its file variables (read-only), never the builds dir.
+        assert_eq!(b[0], "/var/lib/ferry/builds/42/src:/builds/g/p");
+        assert_eq!(b[1], "/var/lib/ferry/builds/42/tmp:/builds/g/p.tmp:ro");
+        assert!(b[2].starts_with("runner-glrt-abc-project-7-cache-") && b[2].ends_with(":/cache"));
+        assert_eq!(b[3], "/h:/c:ro");
+        assert_eq!(binds(&e, &vols, true, None).len(), 3);
         let with_dir = binds(&e, &vols, false, Some(std::path::Path::new("/srv/cache")));
         assert!(
-            with_dir[1].starts_with("/srv/cache/runner-glrt-abc-project-7/")
-                && with_dir[1].ends_with(":/cache"),
+            with_dir[2].starts_with("/srv/cache/runner-glrt-abc-project-7/")
+                && with_dir[2].ends_with(":/cache"),
             "{with_dir:?}"
         );
         // Stable across jobs of the same project and slot; apart otherwise.

@@ -514,10 +514,17 @@ impl DockerEngine {
             self.section.cache_dir.as_deref(),
         );
         if self.remote {
-            // The daemon cannot see the host directory: the first bind (the builds directory)
-            // becomes a per-job volume, filled by `sync_in`.
-            let volume = self.create_builds_volume(env).await?;
-            binds[0] = format!("{volume}:{}", env.builds_dir);
+            // The daemon cannot see the host directories: the first two binds (the project
+            // dir and its file variables) become per-job volumes, filled by `sync_in` (the
+            // file variables' one writable: the archive API cannot write a read-only mount).
+            let volume = self
+                .create_job_volume(env, remote::builds_volume_name(env))
+                .await?;
+            binds[0] = format!("{volume}:{}", env.project_dir);
+            let tmp = self
+                .create_job_volume(env, remote::tmp_volume_name(env))
+                .await?;
+            binds[1] = format!("{tmp}:{}", env.tmp_dir);
         }
 
         // The network: per job unless the operator chose one. A job without services needs no

@@ -2,9 +2,8 @@
 //! per-job Docker volume, filled from the host directory through the archive API before the
 //! first step (`sync_in`) and copied back after the last one (`sync_out`).
 
-use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
 use futures::TryStreamExt;
@@ -12,6 +11,7 @@ use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 use super::{DockerEngine, convert, docker_err, one_line};
 use crate::engine::{EngineError, JobEnv};
+use crate::jobfs::{self, Budget, JobDir, Kind, Limits};
 
 /// Whether a Docker host address is a daemon on another machine, i.e. one that cannot see the
 /// runner's files. Unix sockets and named pipes are local; `tcp://`, `http(s)://` and `ssh://`
@@ -48,149 +48,66 @@ pub fn is_remote_host(host: &str) -> bool {
     }
 }
 
-/// The per-job volume that holds `builds_dir` on a remote daemon.
+/// The per-job volume that holds the project dir on a remote daemon.
 pub fn builds_volume_name(env: &JobEnv) -> String {
     format!("{}-builds", convert::job_prefix(env))
 }
 
-/// Write `dir`'s tree as a tar stream, entries relative to `dir` (`./a`, `./b/c`): modes and
-/// mtimes kept, symlinks stored as symlinks (never followed), owners left to the daemon.
-pub fn write_tree<W: io::Write>(dir: &Path, out: W) -> io::Result<W> {
+/// The per-job volume that holds the file variables (`<project dir>.tmp`) on a remote daemon.
+pub fn tmp_volume_name(env: &JobEnv) -> String {
+    format!("{}-tmp", convert::job_prefix(env))
+}
+
+/// Write the tree of `dir` as a tar stream, entries relative to it (`./a`, `./b/c`): modes and
+/// mtimes kept, links stored as links (never followed), FIFOs and device nodes left out,
+/// owners left to the daemon. Read through [`JobDir`], within `limits`.
+pub fn write_tree<W: io::Write>(dir: &JobDir, out: W, limits: &Limits) -> io::Result<W> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
-    b.mode(tar::HeaderMode::Complete);
-    b.append_dir_all(".", dir)?;
+    let mut budget = Budget::new(limits);
+    let mut entries = Vec::new();
+    dir.walk(Path::new(""), &mut budget, &mut |rel, meta| {
+        entries.push((rel.to_path_buf(), meta.clone()));
+        Ok(true)
+    })?;
+    for (rel, meta) in entries {
+        limits.check_time()?;
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        let name = Path::new(".").join(&rel);
+        match Kind::of(&meta) {
+            Kind::Dir => {
+                h.set_size(0);
+                b.append_data(&mut h, &name, io::empty())?;
+            }
+            Kind::Symlink => {
+                let target = dir.read_link(&rel)?;
+                h.set_size(0);
+                b.append_link(&mut h, &name, target)?;
+            }
+            Kind::File => {
+                let f = dir.open_file(&rel)?;
+                let len = f.metadata()?.len().min(meta.len());
+                budget.bytes(len)?;
+                h.set_size(len);
+                b.append_data(&mut h, &name, f.take(len))?;
+            }
+            Kind::Other => {}
+        }
+    }
     b.into_inner()
 }
 
-/// Unpack a tar stream into `dest` (which must exist). Every entry must stay inside `dest`: an
-/// absolute path, a `..` component, or a write through a symlink that points out of `dest` is an
-/// error naming the entry. When `strip` is given, entries must start with that directory name,
-/// which is removed (the form of Docker's archive of a directory).
-pub fn unpack_tree<R: io::Read>(input: R, dest: &Path, strip: Option<&str>) -> io::Result<()> {
-    let mut archive = tar::Archive::new(input);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    let bad = |p: &Path, why: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("archive entry {}: {why}", p.display()),
-        )
-    };
-    let mut dirs = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let mut rel = PathBuf::new();
-        let mut stripped = strip.is_none();
-        for c in path.components() {
-            match c {
-                Component::CurDir => {}
-                Component::Normal(n) if !stripped => {
-                    if Some(n) != strip.map(std::ffi::OsStr::new) {
-                        return Err(bad(&path, "outside the directory that was asked for"));
-                    }
-                    stripped = true;
-                }
-                Component::Normal(n) => rel.push(n),
-                Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                    return Err(bad(&path, "escapes the builds directory"));
-                }
-            }
-        }
-        if rel.as_os_str().is_empty() {
-            // The root itself: it exists already.
-            continue;
-        }
-        // A hard link must point inside too.
-        if let Some(target) = entry.link_name()?
-            && entry.header().entry_type().is_hard_link()
-            && target
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(bad(&path, "hard link escapes the builds directory"));
-        }
-        let target = dest.join(&rel);
-        // Never write through a symlink: every parent must be a real directory inside `dest`.
-        let mut cur = dest.to_path_buf();
-        let parents: Vec<_> = rel
-            .parent()
-            .map(|p| p.components().collect())
-            .unwrap_or_default();
-        for c in parents {
-            cur.push(c);
-            match std::fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(bad(&path, "would be written through a symlink"));
-                }
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => std::fs::remove_file(&cur)?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // Replace what is there unless both are directories.
-        if let Ok(m) = std::fs::symlink_metadata(&target)
-            && !(m.is_dir() && entry.header().entry_type().is_dir())
-        {
-            if m.is_dir() {
-                std::fs::remove_dir_all(&target)?;
-            } else {
-                std::fs::remove_file(&target)?;
-            }
-        }
-        if entry.header().entry_type().is_hard_link() {
-            // Docker writes hard-link targets with the same prefix as the entries.
-            let Some(link) = entry.link_name()? else {
-                continue;
-            };
-            let mut lrel = PathBuf::new();
-            let mut skipped = strip.is_none();
-            for c in link.components() {
-                if let Component::Normal(n) = c {
-                    if skipped {
-                        lrel.push(n);
-                    } else {
-                        skipped = true;
-                    }
-                }
-            }
-            std::fs::hard_link(dest.join(lrel), &target)?;
-            continue;
-        }
-        if entry.header().entry_type().is_dir() {
-            // A read-only directory (a Go module cache) would refuse its own entries: its mode
-            // is set once everything is written.
-            std::fs::create_dir_all(&target)?;
-            if let Ok(mode) = entry.header().mode() {
-                dirs.push((target, mode));
-            }
-            continue;
-        }
-        entry.unpack(&target)?;
-    }
-    for (dir, mode) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    Ok(())
-}
-
-/// Remove everything inside `dir`, keeping `dir`.
-fn clear_dir(dir: &Path) -> io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            std::fs::remove_dir_all(e.path())?;
-        } else {
-            std::fs::remove_file(e.path())?;
-        }
-    }
-    Ok(())
+/// Unpack a tar stream into `dest` (see [`crate::cache::unpack`]): an absolute path, a `..`
+/// component or an entry outside `strip` is an error naming the entry, and nothing is written
+/// through a link.
+pub fn unpack_tree<R: io::Read>(
+    input: R,
+    dest: &JobDir,
+    strip: Option<&str>,
+    limits: &Limits,
+) -> io::Result<()> {
+    crate::cache::unpack(input, dest, limits, strip).map(drop)
 }
 
 fn io_err(what: String) -> impl FnOnce(io::Error) -> EngineError {
@@ -198,9 +115,12 @@ fn io_err(what: String) -> impl FnOnce(io::Error) -> EngineError {
 }
 
 impl DockerEngine {
-    /// Create the per-job builds volume (labelled with the job, so `destroy` removes it).
-    pub(super) async fn create_builds_volume(&self, env: &JobEnv) -> Result<String, EngineError> {
-        let name = builds_volume_name(env);
+    /// Create a per-job volume (labelled with the job, so `destroy` removes it).
+    pub(super) async fn create_job_volume(
+        &self,
+        env: &JobEnv,
+        name: String,
+    ) -> Result<String, EngineError> {
         // A volume of the same name from a crashed attempt of this job.
         let _ = self
             .docker
@@ -220,22 +140,24 @@ impl DockerEngine {
                 ..Default::default()
             })
             .await
-            .map_err(|e| docker_err(&format!("creating builds volume {name}"), &e))?;
+            .map_err(|e| docker_err(&format!("creating volume {name}"), &e))?;
         Ok(name)
     }
 
-    /// Copy `host_builds_dir` into the build container's `builds_dir` (a tar stream, built while
-    /// it is sent).
-    pub(super) async fn upload_builds(&self, env: &JobEnv) -> Result<(), EngineError> {
+    /// Copy the host directory `host` into `path` of the build container (a tar stream, built
+    /// while it is sent).
+    async fn upload_dir(&self, env: &JobEnv, host: &Path, path: &str) -> Result<(), EngineError> {
         let container = convert::build_container_name(env);
-        let dir = env.host_builds_dir.clone();
+        let dir = host.to_path_buf();
         let (reader, writer) = tokio::io::duplex(256 * 1024);
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
         let writer_task = tokio::task::spawn_blocking(move || {
-            write_tree(&dir, SyncIoBridge::new(writer)).map(drop)
+            let root = JobDir::open(&dir)?;
+            write_tree(&root, SyncIoBridge::new(writer), &limits).map(drop)
         });
         let body = bollard::body_try_stream(ReaderStream::new(reader));
         let opts = UploadToContainerOptions {
-            path: env.builds_dir.clone(),
+            path: path.to_string(),
             ..Default::default()
         };
         let sent = self
@@ -244,32 +166,34 @@ impl DockerEngine {
             .await;
         let written = writer_task
             .await
-            .map_err(|e| EngineError::Docker(format!("archiving the builds directory: {e}")))?;
+            .map_err(|e| EngineError::Docker(format!("archiving {}: {e}", host.display())))?;
         // The archive error is the cause when both fail (the upload sees a cut stream).
         written.map_err(io_err(format!(
             "archiving {} for the remote daemon",
-            env.host_builds_dir.display()
+            host.display()
         )))?;
-        sent.map_err(|e| {
-            docker_err(
-                &format!("copying the builds directory into {container}"),
-                &e,
-            )
-        })
+        sent.map_err(|e| docker_err(&format!("copying {path} into {container}"), &e))
     }
 
-    /// Replace the contents of `host_builds_dir` with the build container's `builds_dir`.
+    /// Copy the project dir and the file variables into the build container's volumes.
+    pub(super) async fn upload_builds(&self, env: &JobEnv) -> Result<(), EngineError> {
+        self.upload_dir(env, &env.host_project_dir, &env.project_dir)
+            .await?;
+        self.upload_dir(env, &env.host_tmp_dir, &env.tmp_dir).await
+    }
+
+    /// Replace the contents of the host's project dir with the build container's.
     pub(super) async fn download_builds(&self, env: &JobEnv) -> Result<(), EngineError> {
         let container = convert::build_container_name(env);
-        let builds = env.builds_dir.trim_end_matches('/');
-        let root = Path::new(builds)
+        let project = env.project_dir.trim_end_matches('/');
+        let root = Path::new(project)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         let opts = DownloadFromContainerOptions {
-            path: if builds.is_empty() {
+            path: if project.is_empty() {
                 "/".into()
             } else {
-                builds.into()
+                project.into()
             },
         };
         let stream = self
@@ -277,38 +201,40 @@ impl DockerEngine {
             .download_from_container(&container, Some(opts))
             .map_err(|e| io::Error::other(one_line(&e)));
         let reader = StreamReader::new(Box::pin(stream));
-        // Unpack next to the host directory, then swap: a failed copy leaves the old tree.
-        let host = env.host_builds_dir.clone();
+        // Unpack next to the host directory (both are ferry's), then swap: a failed copy
+        // leaves the old tree.
+        let host = env.host_project_dir.clone();
         let staging = {
             let mut s = host.clone().into_os_string();
             s.push(".ferry-sync");
             PathBuf::from(s)
         };
-        let result = tokio::task::spawn_blocking({
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
+        let result = jobfs::blocking({
             let staging = staging.clone();
             move || -> io::Result<()> {
-                if staging.exists() {
+                if std::fs::symlink_metadata(&staging).is_ok() {
                     std::fs::remove_dir_all(&staging)?;
                 }
-                std::fs::create_dir_all(&staging)?;
-                unpack_tree(SyncIoBridge::new(reader), &staging, root.as_deref())?;
-                std::fs::create_dir_all(&host)?;
-                clear_dir(&host)?;
-                for e in std::fs::read_dir(&staging)? {
-                    let e = e?;
-                    std::fs::rename(e.path(), host.join(e.file_name()))?;
+                let stage = JobDir::create(&staging, 0o700)?;
+                unpack_tree(SyncIoBridge::new(reader), &stage, root.as_deref(), &limits)?;
+                let dest = JobDir::create(&host, 0o777)?;
+                for (name, _) in dest.list(Path::new(""))? {
+                    dest.remove(Path::new(&name))?;
+                }
+                for (name, _) in stage.list(Path::new(""))? {
+                    stage.move_entry(&name, &dest)?;
                 }
                 std::fs::remove_dir(&staging)
             }
         })
-        .await
-        .map_err(|e| EngineError::Docker(format!("copying the builds directory back: {e}")))?;
+        .await;
         if result.is_err() {
             let _ = tokio::fs::remove_dir_all(&staging).await;
         }
         result.map_err(io_err(format!(
-            "copying {builds} from {container} to {}",
-            env.host_builds_dir.display()
+            "copying {project} from {container} to {}",
+            env.host_project_dir.display()
         )))
     }
 }
@@ -363,7 +289,8 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::symlink("run.sh", src.path().join("p/link")).unwrap();
-        let tar = write_tree(src.path(), Vec::new()).unwrap();
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
+        let tar = write_tree(&JobDir::open(src.path()).unwrap(), Vec::new(), &limits).unwrap();
 
         let dst = tempfile::tempdir().unwrap();
         unpack_tree(&tar[..], dst.path(), None).unwrap();
@@ -400,6 +327,11 @@ mod tests {
         let data: &[u8] = if kind.is_file() { b"hi" } else { b"" };
         b.append(&h, data).unwrap();
         b.into_inner().unwrap()
+    }
+
+    fn unpack_tree(t: &[u8], dest: &Path, strip: Option<&str>) -> io::Result<()> {
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
+        super::unpack_tree(t, &JobDir::open(dest).unwrap(), strip, &limits)
     }
 
     #[test]

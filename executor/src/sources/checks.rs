@@ -93,39 +93,80 @@ fn bundled_clean_flags(f: &str) -> bool {
         && f[1..].chars().all(|c| "fdxXqn".contains(c))
 }
 
-/// Checks `flags` against `allowed` (`--name=value` and the word after a flag taking a value
-/// are accepted as such). Values must not look like options themselves.
+/// What the value of a flag that takes one may look like. git runs on the host with these
+/// words as arguments (never through a shell); the values are still held to what the flags
+/// mean, so nothing a job writes reaches git as anything else.
+fn value_ok(flag: &str, v: &str) -> bool {
+    let chars = |extra: &str| {
+        !v.is_empty()
+            && !v.starts_with('-')
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    match flag {
+        "--jobs" | "-j" | "--depth" | "--deepen" => v.parse::<u32>().is_ok(),
+        // blob:none, blob:limit=1m, tree:0, sparse:oid=..., combine:a+b
+        "--filter" => chars(":=+._-"),
+        // a date (`2024-01-01`, `1.week.ago`, `@1700000000`)
+        "--shallow-since" => chars(".-:@+ "),
+        // a ref name
+        "--shallow-exclude" => chars("./_-"),
+        "--server-option" | "-o" => chars("=._:/+-"),
+        // a pathspec pattern of `git clean -e`
+        "-e" | "--exclude" => chars("._/*?[]!@%+=:,~ -"),
+        _ => false,
+    }
+}
+
+const TAKES_VALUE: &[&str] = &[
+    "--jobs",
+    "-j",
+    "--filter",
+    "--deepen",
+    "--shallow-since",
+    "--shallow-exclude",
+    "--server-option",
+    "-o",
+    "--depth",
+    "-e",
+    "--exclude",
+];
+
+/// Checks `flags` against `allowed`, and the value of each flag that takes one (as
+/// `--name=value` or as the next word) against [`value_ok`].
 fn check_flags(name: &'static str, flags: &[String], allowed: &[&str]) -> Result<(), SourceError> {
-    let takes_value = [
-        "--jobs",
-        "-j",
-        "--filter",
-        "--deepen",
-        "--shallow-since",
-        "--shallow-exclude",
-        "--server-option",
-        "-o",
-        "--depth",
-        "-e",
-        "--exclude",
-    ];
-    let mut expect_value = false;
+    let refuse = |f: &str, why: &str| SourceError::InvalidVariable {
+        name,
+        value: format!("{f} ({why})"),
+    };
+    let mut pending: Option<&str> = None;
     for f in flags {
-        if expect_value {
-            expect_value = false;
-            if !f.starts_with('-') {
-                continue;
+        if let Some(flag) = pending.take() {
+            if !value_ok(flag, f) {
+                return Err(refuse(f, &format!("not a valid value for {flag}")));
             }
+            continue;
         }
-        let flag = f.split_once('=').map_or(f.as_str(), |(k, _)| k);
+        let (flag, value) = match f.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v)),
+            _ => (f.as_str(), None),
+        };
         let bundled = name == "GIT_CLEAN_FLAGS" && bundled_clean_flags(flag);
         if !allowed.contains(&flag) && !bundled {
-            return Err(SourceError::InvalidVariable {
-                name,
-                value: format!("{f} (not allowed: git runs on the runner host)"),
-            });
+            return Err(refuse(f, "not allowed: git runs on the runner host"));
         }
-        expect_value = !f.contains('=') && takes_value.contains(&flag);
+        let takes = TAKES_VALUE.contains(&flag);
+        match value {
+            Some(v) if !takes || !value_ok(flag, v) => {
+                return Err(refuse(f, &format!("not a valid value for {flag}")));
+            }
+            Some(_) => {}
+            None if takes => pending = Some(flag),
+            None => {}
+        }
+    }
+    if let Some(flag) = pending {
+        return Err(refuse(flag, "a value is missing"));
     }
     Ok(())
 }
@@ -206,6 +247,21 @@ mod tests {
             .is_ok()
         );
         assert!(check_flags("GIT_CLEAN_FLAGS", &[s("-fdz")], CLEAN_FLAGS).is_err());
+        // A value that is not what the flag means is refused, whatever the flag.
+        for bad in [
+            vec![s("-ffdx"), s("-e"), s("x;id>/tmp/pwned;#")],
+            vec![s("-ffdx"), s("--exclude=$(id)")],
+            vec![s("-ffdx"), s("-e")],
+            vec![s("-e"), s("-x")],
+        ] {
+            assert!(
+                check_flags("GIT_CLEAN_FLAGS", &bad, CLEAN_FLAGS).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(check_flags("X", &[s("--jobs"), s("4;id")], FETCH_FLAGS).is_err());
+        assert!(check_flags("X", &[s("--filter=blob:limit=1m")], FETCH_FLAGS).is_ok());
+        assert!(check_flags("X", &[s("--prune=now")], FETCH_FLAGS).is_err());
         assert!(check_flags("X", &[s("--reference"), s("/x")], SUBMODULE_UPDATE_FLAGS).is_err());
     }
 }

@@ -12,6 +12,8 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::LogSink;
+use crate::jobfs::JobDir;
+use std::os::fd::AsRawFd;
 
 use super::SourceError;
 
@@ -127,6 +129,13 @@ fn replace_path(text: &str, from: &str, to: &str) -> String {
     out
 }
 
+/// Where a git command runs: a directory of ferry's (by path) or one below the project dir.
+#[derive(Clone, Copy)]
+enum Cwd<'a> {
+    Path(&'a Path),
+    Dir(&'a JobDir),
+}
+
 /// What a finished git command printed.
 pub(crate) struct Output {
     pub stdout: String,
@@ -207,9 +216,16 @@ impl Git {
         out
     }
 
-    fn command(&self, dir: &Path, args: &[String]) -> Command {
+    fn command(&self, dir: Cwd<'_>, args: &[String]) -> Command {
         let mut cmd = Command::new("git");
-        cmd.args(args).current_dir(dir);
+        cmd.args(args);
+        let fd = match dir {
+            Cwd::Path(p) => {
+                cmd.current_dir(p);
+                None
+            }
+            Cwd::Dir(d) => Some(d.as_fd().as_raw_fd()),
+        };
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("GIT_") {
                 cmd.env_remove(k);
@@ -219,9 +235,17 @@ impl Git {
         // Like gitlab-runner's helper (umask 0000): files git writes are world-writable, so a
         // job image with a non-root USER can still write its checkout.
         // SAFETY: umask is async-signal-safe and touches only the child's own state.
+        // A job directory is entered through its descriptor, opened beneath the project dir
+        // without links, so a link swapped in meanwhile cannot move git elsewhere.
+        // SAFETY: fchdir is async-signal-safe; the descriptor stays open until exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::umask(0);
+                if let Some(fd) = fd
+                    && libc::fchdir(fd) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
@@ -239,6 +263,27 @@ impl Git {
     pub(crate) async fn run(
         &self,
         dir: &Path,
+        args: &[String],
+        log: Option<&mut LogSink<'_>>,
+        cancel: &CancellationToken,
+    ) -> Result<Output, SourceError> {
+        self.run_in(Cwd::Path(dir), args, log, cancel).await
+    }
+
+    /// [`Git::run`] in a directory below the project dir, entered by its handle.
+    pub(crate) async fn run_at(
+        &self,
+        dir: &JobDir,
+        args: &[String],
+        log: Option<&mut LogSink<'_>>,
+        cancel: &CancellationToken,
+    ) -> Result<Output, SourceError> {
+        self.run_in(Cwd::Dir(dir), args, log, cancel).await
+    }
+
+    async fn run_in(
+        &self,
+        dir: Cwd<'_>,
         args: &[String],
         mut log: Option<&mut LogSink<'_>>,
         cancel: &CancellationToken,

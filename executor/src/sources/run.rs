@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{GIT_CACHE_LOCK, GIT_CACHE_MARKER};
 use crate::engine::LogSink;
-use crate::hostio::{self, Level, remove_any};
+use crate::hostio::{self, Level};
+use crate::jobfs::{self, Budget, JobDir, Limits};
 
 use super::checks::validate;
 use super::git::{Git, split_url};
@@ -85,7 +86,7 @@ pub async fn get_sources(
     match spec.strategy {
         GitStrategy::None => {
             say(log, Level::Notice, "Skipping Git repository setup").await?;
-            ensure_project_dir(dir)?;
+            project_dir(dir, false, cancel).await?;
             return skip_rest(log).await;
         }
         GitStrategy::Empty => {
@@ -95,8 +96,7 @@ pub async fn get_sources(
                 "Skipping Git repository setup and creating an empty build directory",
             )
             .await?;
-            remove_any(dir).map_err(io_err(format!("removing {}", dir.display())))?;
-            ensure_project_dir(dir)?;
+            project_dir(dir, true, cancel).await?;
             return skip_rest(log).await;
         }
         GitStrategy::Clone | GitStrategy::Fetch => {}
@@ -115,7 +115,8 @@ pub async fn get_sources(
     } else {
         say(log, Level::Notice, "Fetching changes...").await?;
     }
-    let reused = spec.strategy == GitStrategy::Fetch && dir.join(".git").is_dir();
+    let reused = spec.strategy == GitStrategy::Fetch
+        && JobDir::open(dir).is_ok_and(|d| d.lstat(Path::new(".git")).is_ok_and(|m| m.is_dir()));
     let first = repository(spec, spec.strategy, &git, &url.clean, log, cancel).await;
     match first {
         Err(e @ (SourceError::Git { .. } | SourceError::Io { .. })) if reused => {
@@ -144,13 +145,16 @@ async fn repository(
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
     let dir = &spec.project_dir;
-    if strategy == GitStrategy::Clone {
-        remove_any(dir).map_err(io_err(format!("removing {}", dir.display())))?;
-    } else {
-        scrub(dir).map_err(io_err(format!("cleaning up {}", dir.display())))?;
+    let root = project_dir(dir, strategy == GitStrategy::Clone, cancel).await?;
+    if strategy == GitStrategy::Fetch {
+        let limits = Limits::new(cancel.clone());
+        jobfs::blocking(move || scrub(&root, &limits))
+            .await
+            .map_err(io_err(format!("cleaning up {}", dir.display())))?;
     }
-    ensure_project_dir(dir)?;
-    let fresh = !dir.join(".git").is_dir();
+    let fresh = !JobDir::open(dir)
+        .and_then(|d| d.lstat(Path::new(".git")))
+        .is_ok_and(|m| m.is_dir());
     let mut init = vec![s("init"), s("-q"), s("--template=")];
     if let Some(fmt) = spec.object_format.as_deref().filter(|f| *f != "sha1") {
         init.push(format!("--object-format={fmt}"));
@@ -226,18 +230,30 @@ async fn skip_rest(log: &mut LogSink<'_>) -> Result<(), SourceError> {
     say(log, Level::Notice, "Skipping Git submodules setup").await
 }
 
-fn ensure_project_dir(dir: &Path) -> Result<(), SourceError> {
-    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
-        remove_any(dir).map_err(io_err(format!("removing {}", dir.display())))?;
-    }
-    if !dir.is_dir() {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+/// Creates the project dir (its parents are ferry's, never mounted into a job), or with
+/// `empty` removes everything in it. The directory itself stays: it is what the build
+/// container has mounted, so it is emptied, never replaced.
+async fn project_dir(
+    dir: &Path,
+    empty: bool,
+    cancel: &CancellationToken,
+) -> Result<JobDir, SourceError> {
+    let d = dir.to_path_buf();
+    let limits = Limits::new(cancel.clone());
+    jobfs::blocking(move || {
         // World-writable as gitlab-runner's helper creates it (umask 0000), for non-root jobs.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
-            .map_err(io_err(format!("chmod {}", dir.display())))?;
-    }
-    Ok(())
+        let root = JobDir::create(&d, 0o777)?;
+        if empty {
+            let mut budget = Budget::new(&limits);
+            for (name, _) in root.list(Path::new(""))? {
+                budget.entry()?;
+                root.remove(Path::new(&name))?;
+            }
+        }
+        Ok(root)
+    })
+    .await
+    .map_err(io_err(format!("preparing {}", dir.display())))
 }
 
 /// Before reusing a project dir (fetch strategy): a job ran in it and may have changed
@@ -246,18 +262,12 @@ fn ensure_project_dir(dir: &Path) -> Result<(), SourceError> {
 /// init`), hooks, worktree/common-dir redirections, alternates, symlinks, and submodule
 /// repositories (re-cloned). Objects, refs and the index stay, so only new objects are
 /// fetched. Stale lock files of a killed job are removed too.
-fn scrub(dir: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(dir) {
+fn scrub(root: &JobDir, limits: &Limits) -> io::Result<()> {
+    let git_dir = Path::new(".git");
+    match root.lstat(git_dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
-        Ok(m) if !m.is_dir() => return remove_any(dir),
-        Ok(_) => {}
-    }
-    let git_dir = dir.join(".git");
-    match std::fs::symlink_metadata(&git_dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-        Ok(m) if !m.is_dir() => return remove_any(&git_dir),
+        Ok(m) if !m.is_dir() => return root.remove(git_dir),
         Ok(_) => {}
     }
     for name in [
@@ -280,21 +290,33 @@ fn scrub(dir: &Path) -> io::Result<()> {
         "config.lock",
         "packed-refs.lock",
     ] {
-        remove_any(&git_dir.join(name))?;
-    }
-    let mut doomed = Vec::new();
-    for e in walkdir::WalkDir::new(&git_dir)
-        .follow_links(false)
-        .follow_root_links(false)
-    {
-        let e = e.map_err(io::Error::other)?;
-        let is_lock = e.file_name().to_string_lossy().ends_with(".lock");
-        if e.path_is_symlink() || (is_lock && e.file_type().is_file()) {
-            doomed.push(e.into_path());
+        match root.remove(&git_dir.join(name)) {
+            // A parent that is a link or a file: the walk below removes it.
+            Err(e)
+                if e.kind() != io::ErrorKind::NotFound
+                    && e.kind() != io::ErrorKind::InvalidInput =>
+            {
+                return Err(e);
+            }
+            _ => {}
         }
     }
+    let mut doomed = Vec::new();
+    root.walk(git_dir, &mut Budget::new(limits), &mut |rel, meta| {
+        let is_lock = rel
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".lock"));
+        let kind = jobfs::Kind::of(meta);
+        if kind == jobfs::Kind::Symlink
+            || kind == jobfs::Kind::Other
+            || (is_lock && kind == jobfs::Kind::File)
+        {
+            doomed.push(rel.to_path_buf());
+        }
+        Ok(true)
+    })?;
     for p in doomed {
-        remove_any(&p)?;
+        root.remove(&p)?;
     }
     Ok(())
 }
@@ -330,10 +352,11 @@ fn cache_refspecs(refspecs: &[String]) -> (Vec<String>, Vec<String>) {
     (to_cache, to_project)
 }
 
-fn depth_args(depth: u32, repo: &Path) -> Vec<String> {
+/// `shallow`: the repository has a `shallow` file (it was fetched with a depth before).
+fn depth_args(depth: u32, shallow: bool) -> Vec<String> {
     if depth > 0 {
         vec![s("--depth"), depth.to_string()]
-    } else if repo.join("shallow").is_file() {
+    } else if shallow {
         vec![s("--unshallow")]
     } else {
         Vec::new()
@@ -348,6 +371,9 @@ async fn fetch(
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
     let dir = &spec.project_dir;
+    let shallow = JobDir::open(dir)
+        .and_then(|d| d.lstat(Path::new(".git/shallow")))
+        .is_ok_and(|m| m.is_file());
     if let Some(cache) = &spec.object_cache_dir {
         let lock = lock_cache(cache, cancel).await?;
         match update_cache(spec, git, clean_url, cache, cancel).await {
@@ -359,7 +385,7 @@ async fn fetch(
                     cache.display().to_string(),
                 ];
                 args.extend(to_project);
-                args.extend(depth_args(spec.depth, &dir.join(".git")));
+                args.extend(depth_args(spec.depth, shallow));
                 args.extend(spec.fetch_extra_flags.iter().cloned());
                 let res = git.run(dir, &args, Some(log), cancel).await;
                 drop(lock);
@@ -374,7 +400,7 @@ async fn fetch(
                 )
                 .await?;
                 // A broken cache is rebuilt on the next job.
-                let _ = remove_any(cache);
+                let _ = std::fs::remove_dir_all(cache);
                 drop(lock);
             }
         }
@@ -385,7 +411,7 @@ async fn fetch(
     } else {
         args.extend(spec.refspecs.iter().cloned());
     }
-    args.extend(depth_args(spec.depth, &dir.join(".git")));
+    args.extend(depth_args(spec.depth, shallow));
     args.extend(spec.fetch_extra_flags.iter().cloned());
     git.run(dir, &args, Some(log), cancel).await.map(|_| ())
 }
@@ -441,7 +467,7 @@ async fn update_cache(
         clean_url.to_string(),
     ];
     args.extend(to_cache);
-    args.extend(depth_args(spec.depth, cache));
+    args.extend(depth_args(spec.depth, cache.join("shallow").is_file()));
     args.extend(spec.fetch_extra_flags.iter().cloned());
     git.run(cache, &args, None, cancel).await?;
     git.run(cache, &[s("gc"), s("--auto"), s("--quiet")], None, cancel)

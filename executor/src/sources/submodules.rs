@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::LogSink;
-use crate::hostio::{Level, clean_relative, lstat_inside, remove_any};
+use crate::hostio::{Level, clean_relative};
+use crate::jobfs::JobDir;
 
 use super::git::Git;
 use super::run::{io_err, s, say};
 use super::{SourceError, SourceSpec, SubmoduleStrategy};
 
-/// Submodule paths listed in `.gitmodules` (read with `git config -f`, which runs nothing).
-async fn submodule_dirs(dir: &Path, git: &Git, cancel: &CancellationToken) -> Vec<PathBuf> {
-    if !dir.join(".gitmodules").is_file() {
+/// Submodule paths listed in `<dir>/.gitmodules` (read with `git config -f`, which runs
+/// nothing), relative to `dir`; a `.gitmodules` that is not a regular file is ignored.
+async fn submodule_dirs(dir: &JobDir, git: &Git, cancel: &CancellationToken) -> Vec<PathBuf> {
+    if !dir
+        .lstat(Path::new(".gitmodules"))
+        .is_ok_and(|m| m.is_file())
+    {
         return Vec::new();
     }
     let args = [
@@ -23,7 +28,7 @@ async fn submodule_dirs(dir: &Path, git: &Git, cancel: &CancellationToken) -> Ve
         s("--get-regexp"),
         s(r"^submodule\..*\.path$"),
     ];
-    let Ok(out) = git.run(dir, &args, None, cancel).await else {
+    let Ok(out) = git.run_at(dir, &args, None, cancel).await else {
         return Vec::new();
     };
     out.stdout
@@ -32,6 +37,65 @@ async fn submodule_dirs(dir: &Path, git: &Git, cancel: &CancellationToken) -> Ve
         .filter_map(|p| clean_relative(&p))
         .filter(|p| !p.as_os_str().is_empty())
         .collect()
+}
+
+/// What `git submodule foreach [--recursive] <cmd>` visits, in its order (each populated
+/// submodule, then its own when recursive), as directories opened beneath the project dir:
+/// ferry runs each git command itself, with an argument vector, never through a shell.
+async fn populated_submodules(
+    root: &JobDir,
+    git: &Git,
+    recursive: bool,
+    cancel: &CancellationToken,
+) -> Result<Vec<(PathBuf, JobDir)>, SourceError> {
+    let mut out = Vec::new();
+    let mut pending: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(base) = pending.pop() {
+        let Ok(base_dir) = root.sub_dir(&base) else {
+            continue;
+        };
+        let mut children = Vec::new();
+        for p in submodule_dirs(&base_dir, git, cancel).await {
+            let rel = base.join(&p);
+            // Populated: a `.git` file (or directory) in the submodule's checkout.
+            if root.lstat(&rel.join(".git")).is_err() {
+                continue;
+            }
+            match root.sub_dir(&rel) {
+                Ok(d) => out.push((rel.clone(), d)),
+                Err(e) => {
+                    return Err(io_err(format!("submodule {}", rel.display()))(e));
+                }
+            }
+            if recursive {
+                children.push(rel);
+            }
+        }
+        if out.len() > 10_000 {
+            return Err(SourceError::InvalidSpec(
+                "more than 10000 submodules".into(),
+            ));
+        }
+        pending.extend(children.into_iter().rev());
+    }
+    Ok(out)
+}
+
+/// `git submodule foreach [--recursive] git <args>`, without the shell.
+async fn for_each(
+    root: &JobDir,
+    git: &Git,
+    recursive: bool,
+    args: &[String],
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    for (rel, sub) in populated_submodules(root, git, recursive, cancel).await? {
+        // What `git submodule foreach` prints before each command.
+        say(log, Level::Plain, &format!("Entering '{}'", rel.display())).await?;
+        git.run_at(&sub, args, Some(log), cancel).await?;
+    }
+    Ok(())
 }
 
 pub(super) async fn submodules(
@@ -60,12 +124,13 @@ pub(super) async fn submodules(
     };
     say(log, Level::Notice, &msg).await?;
     let dir = &spec.project_dir;
+    let root = JobDir::open(dir).map_err(io_err(format!("opening {}", dir.display())))?;
     // scrub() removed .git/modules; a submodule checkout left by the previous job now points
     // at a git dir that is gone and would make `submodule update` fail.
-    for p in submodule_dirs(dir, git, cancel).await {
-        let stale = lstat_inside(dir, &p.join(".git")).is_ok_and(|m| m.is_file());
+    for p in submodule_dirs(&root, git, cancel).await {
+        let stale = root.lstat(&p.join(".git")).is_ok_and(|m| m.is_file());
         if stale {
-            remove_any(&dir.join(&p))
+            root.remove(&p)
                 .map_err(io_err(format!("removing stale submodule {}", p.display())))?;
         }
     }
@@ -86,25 +151,15 @@ pub(super) async fn submodules(
     let mut sync = rec(vec![s("submodule"), s("sync")]);
     sync.extend(paths.iter().cloned());
     git.run(dir, &sync, Some(log), cancel).await?;
-    let clean_flags = if spec.clean_flags.is_empty() {
-        s("-ffdx")
+    let mut clean = vec![s("clean")];
+    if spec.clean_flags.is_empty() {
+        clean.push(s("-ffdx"));
     } else {
-        spec.clean_flags.join(" ")
-    };
-    let foreach = |cmd: String| {
-        let mut v = rec(vec![s("submodule"), s("foreach")]);
-        v.push(cmd);
-        v
-    };
-    git.run(
-        dir,
-        &foreach(format!("git clean {clean_flags}")),
-        Some(log),
-        cancel,
-    )
-    .await?;
-    git.run(dir, &foreach(s("git reset --hard")), Some(log), cancel)
-        .await?;
+        clean.extend(spec.clean_flags.iter().cloned());
+    }
+    for_each(&root, git, recursive, &clean, log, cancel).await?;
+    let reset = [s("reset"), s("--hard")];
+    for_each(&root, git, recursive, &reset, log, cancel).await?;
     let mut update = rec(vec![s("submodule"), s("update"), s("--init")]);
     if depth > 0 {
         update.push(s("--depth"));
@@ -113,12 +168,5 @@ pub(super) async fn submodules(
     update.extend(spec.submodule_update_flags.iter().cloned());
     update.extend(paths.iter().cloned());
     git.run(dir, &update, Some(log), cancel).await?;
-    git.run(
-        dir,
-        &foreach(format!("git clean {clean_flags}")),
-        Some(log),
-        cancel,
-    )
-    .await?;
-    Ok(())
+    for_each(&root, git, recursive, &clean, log, cancel).await
 }

@@ -1,7 +1,5 @@
 //! The Docker side of the plan: image, pull policy, services and their aliases, registry auth.
 
-use std::path::PathBuf;
-
 use ferry_config::{PullPolicy as ConfigPull, RunnerSection};
 use ferry_executor::docker::service_aliases_from_image;
 use ferry_executor::{EnvVar, ImageSpec, JobEnv, PullPolicy, RegistryAuth, ServiceSpec};
@@ -168,7 +166,7 @@ pub(super) fn job_env(
     image_name: &str,
     builds_dir: &str,
     project_dir: &str,
-    host_builds_dir: PathBuf,
+    host: &super::HostDirs,
     short_token: &str,
 ) -> Result<JobEnv, PlanError> {
     let name = if image_name.is_empty() {
@@ -225,7 +223,9 @@ pub(super) fn job_env(
         service_variables,
         builds_dir: builds_dir.to_string(),
         project_dir: project_dir.to_string(),
-        host_builds_dir,
+        host_project_dir: host.project.clone(),
+        tmp_dir: format!("{project_dir}.tmp"),
+        host_tmp_dir: host.tmp.clone(),
         registry_auth: registry_auth(payload),
     })
 }

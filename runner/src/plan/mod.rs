@@ -100,6 +100,8 @@ pub struct Plan {
     pub execution: Execution,
     /// The project directory on the host (sources, cache and artifacts land here).
     pub host_project_dir: PathBuf,
+    /// The job's file variables on the host, mounted read-only at `<project dir>.tmp`.
+    pub host_tmp_dir: PathBuf,
     pub sources: SourceSpec,
     pub cache_store: CacheStore,
     pub caches: Vec<CacheSpec>,
@@ -167,12 +169,8 @@ pub fn compile(
     };
     let project_dir = format!("{builds_dir}/{project_path}");
     let short = crate::variables::runner_short_token(runner.token.expose());
-    let host_builds_dir = ctx
-        .working_dir
-        .join("builds")
-        .join(&short)
-        .join(ctx.concurrent_project_id.to_string());
-    let host_project_dir = host_builds_dir.join(&project_path);
+    let host = HostDirs::new(ctx, &short, payload.job_info.project_id);
+    let host_project_dir = host.project.clone();
 
     let image_name = payload
         .image
@@ -206,7 +204,7 @@ pub fn compile(
         }
     }
 
-    let host = host::host_plan(
+    let host_plan = host::host_plan(
         payload,
         runner,
         &variables,
@@ -228,7 +226,7 @@ pub fn compile(
             &expanded_image,
             &builds_dir,
             &project_dir,
-            host_builds_dir,
+            &host,
             &short,
         )?;
         Execution::Docker {
@@ -244,17 +242,43 @@ pub fn compile(
         timeout,
         execution,
         host_project_dir,
-        sources: host.sources,
-        cache_store: host.cache_store,
-        caches: host.caches,
-        artifacts: host.artifacts,
-        dependencies: host.dependencies,
-        warnings: host.warnings,
+        host_tmp_dir: host.tmp,
+        sources: host_plan.sources,
+        cache_store: host_plan.cache_store,
+        caches: host_plan.caches,
+        artifacts: host_plan.artifacts,
+        dependencies: host_plan.dependencies,
+        warnings: host_plan.warnings,
         variables,
         masked,
         mask_prefixes,
         failure_reasons: payload.features.failure_reasons.clone(),
     })
+}
+
+/// A job's directories on the host (docs/security.md): one folder per runner, slot and
+/// project, `<working dir>/builds/<short token>/<slot>/project-<id>/`, which no job container
+/// ever sees, holding `src/` (mounted at `CI_PROJECT_DIR`) and `tmp/` (mounted read-only at
+/// `CI_PROJECT_DIR.tmp`).
+#[derive(Debug, Clone)]
+pub struct HostDirs {
+    pub project: PathBuf,
+    pub tmp: PathBuf,
+}
+
+impl HostDirs {
+    fn new(ctx: &JobContext, short: &str, project_id: u64) -> HostDirs {
+        let base = ctx
+            .working_dir
+            .join("builds")
+            .join(short)
+            .join(ctx.concurrent_project_id.to_string())
+            .join(format!("project-{project_id}"));
+        HostDirs {
+            project: base.join("src"),
+            tmp: base.join("tmp"),
+        }
+    }
 }
 
 /// `namespace/project` from the payload, safe as a relative path.
