@@ -409,3 +409,82 @@ async fn archive_writes_gitlab_lines_to_the_log() {
     );
     assert!(log.contains("artifacts.zip: 1 files, 4 B"), "{log}");
 }
+
+/// A dependency's archive that expands far beyond what it weighs stops at the byte limit with
+/// a clear error, and one that takes too long stops at the job's deadline.
+#[test]
+fn extraction_is_bounded_by_bytes_entries_and_the_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let zip_path = tmp.path().join("bomb.zip");
+    {
+        let mut zw = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zw.start_file("manifest.yaml", opts).unwrap();
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..8 {
+            std::io::Write::write_all(&mut zw, &zeros).unwrap();
+        }
+        for i in 0..20 {
+            zw.start_file(format!("many/{i}"), opts).unwrap();
+        }
+        zw.finish().unwrap();
+    }
+    assert!(std::fs::metadata(&zip_path).unwrap().len() < 64 * 1024);
+    let small = Limits {
+        max_bytes: 1024 * 1024,
+        ..lim()
+    };
+    let err = ferry_executor::artifacts::extract_archive(&zip_path, &tmp.path().join("p"), &small)
+        .unwrap_err();
+    assert!(
+        matches!(&err, ArtifactError::Limit(m) if m.contains("limit reached: more than 1.0 MB")),
+        "{err}"
+    );
+    let few = Limits {
+        max_entries: 5,
+        ..lim()
+    };
+    let err = ferry_executor::artifacts::extract_archive(&zip_path, &tmp.path().join("q"), &few)
+        .unwrap_err();
+    assert!(
+        matches!(&err, ArtifactError::Limit(m) if m.contains("more than 5 files")),
+        "{err}"
+    );
+    let late = Limits {
+        deadline: Some(std::time::Instant::now()),
+        ..lim()
+    };
+    let err = ferry_executor::artifacts::extract_archive(&zip_path, &tmp.path().join("r"), &late)
+        .unwrap_err();
+    assert!(matches!(err, ArtifactError::Limit(_)), "{err}");
+    // Within the default limits the same archive unpacks whole.
+    let sum = ferry_executor::artifacts::extract_archive(&zip_path, &tmp.path().join("s"), &lim())
+        .unwrap();
+    assert_eq!(sum.files, 21);
+}
+
+/// Archiving stops at the byte limit before reading anything.
+#[test]
+fn archiving_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("p");
+    write(&p, "big/a", &"x".repeat(4096));
+    write(&p, "big/b", &"y".repeat(4096));
+    let small = Limits {
+        max_bytes: 5000,
+        ..lim()
+    };
+    let err = ferry_executor::artifacts::create_archive(
+        &p,
+        &spec(&["big/"], ArtifactFormat::Zip),
+        &tmp.path().join("a.zip"),
+        &small,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ArtifactError::Limit(m) if m.contains("limit reached")),
+        "{err}"
+    );
+    assert!(!tmp.path().join("a.zip").exists());
+}
