@@ -214,6 +214,14 @@ pub fn write_files(dir: &Path, files: &[(String, &[u8])], reader: FileReader) ->
     Ok(())
 }
 
+/// Removes a job's file variables (the directory [`write_files`] wrote) when the job ends.
+pub fn remove_files(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// What an entry is, read without following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

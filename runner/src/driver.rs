@@ -250,12 +250,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 let outcome = self.execute(&plan, &job, &runner, &log, &mut signals).await;
                 // File variables live only as long as their job (docs/security.md).
                 let tmp = plan.host_tmp_dir.clone();
-                if let Err(e) = jobfs::blocking(move || match std::fs::remove_dir_all(&tmp) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                })
-                .await
-                {
+                if let Err(e) = jobfs::blocking(move || jobfs::remove_files(&tmp)).await {
                     warn!(job = job.id, error = %e, "removing the job's file variables failed");
                 }
                 if let Execution::Docker { env, .. } = plan.execution {

@@ -321,6 +321,10 @@ async fn file_variables_never_follow_links_or_open_fifos() {
     );
     // ... and a link to the victim for the other one.
     std::os::unix::fs::symlink(&victim.file, tmp.join("OTHER")).unwrap();
+    // The project dir itself a dangling link (it made every later job fail in `prepare`).
+    let src = h.project_dir(0);
+    std::fs::remove_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink("/nonexistent-ferry-test", &src).unwrap();
     let mut spec = h.job("fifo").script(["cat \"$KEY\" \"$OTHER\""]);
     spec.variables
         .push(json!({"key": "KEY", "value": "key-value\n",
