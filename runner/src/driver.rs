@@ -8,6 +8,8 @@
 //! `canceling` (graceful: after_script still runs), GitLab's `canceled`/403 (abort: nothing more
 //! runs) and a forced shutdown of ferry.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,23 @@ pub struct Driver<E, D, A> {
     pub trace_timing: TraceTiming,
     /// Container removals still running after their job's final update.
     pub cleanups: TaskTracker,
+    /// One job at a time per project dir, until its containers are gone.
+    pub workspaces: Workspaces,
+}
+
+/// One job at a time per project dir on the host, its containers included: a job's host work
+/// on its sources (git, cache, dependencies) runs before its own containers start and after
+/// the previous job's containers were removed, so no container can change the project dir
+/// while git works in it (docs/security.md). Jobs of one project on one slot run one after the
+/// other anyway; this only waits for the previous job's background cleanup.
+#[derive(Clone, Default)]
+pub struct Workspaces(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl Workspaces {
+    fn get(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(dir.to_path_buf()).or_default().clone()
+    }
 }
 
 /// Map a reason to one this GitLab accepts (gitlab-runner's compatibility chain).
@@ -240,6 +259,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         // free for the next job while Docker removes an idle container. Names of containers,
         // networks and volumes carry the job id, so the next job never collides with them.
         let mut cleanup: Option<JobEnv> = None;
+        let mut workspace = None;
         let outcome = match plan::compile(&payload, &runner, &ctx) {
             Ok(plan) => {
                 let mut signals = Signals {
@@ -247,7 +267,13 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     remote: handle.signals(),
                     shutdown,
                 };
-                let outcome = self.execute(&plan, &job, &runner, &log, &mut signals).await;
+                let outcome = match self.claim_workspace(&plan, &log, &mut signals).await {
+                    Ok(guard) => {
+                        workspace = Some(guard);
+                        self.execute(&plan, &job, &runner, &log, &mut signals).await
+                    }
+                    Err(stop) => stop_outcome(stop, &log),
+                };
                 // File variables live only as long as their job (docs/security.md).
                 let tmp = plan.host_tmp_dir.clone();
                 if let Err(e) = jobfs::blocking(move || jobfs::remove_files(&tmp)).await {
@@ -304,6 +330,8 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             let engine = self.engine.clone();
             let id = job.id;
             self.cleanups.spawn(async move {
+                // The project dir is free for the next job once the containers are gone.
+                let _workspace = workspace;
                 // Docker may be restarting: try again a few times; what is still left then is
                 // removed by the janitor at ferry's next start (everything is labelled).
                 let mut delay = Duration::from_secs(2);
@@ -337,6 +365,26 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             FinalOutcome::GaveUp { reason } => {
                 warn!(job = job.id, runner = %short, %reason, "could not report the final job state to GitLab")
             }
+        }
+    }
+
+    /// Waits until no other job (nor its containers) uses the project dir.
+    async fn claim_workspace(
+        &self,
+        plan: &Plan,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, Stop> {
+        let lock = self.workspaces.get(&plan.host_project_dir);
+        if let Ok(guard) = lock.clone().try_lock_owned() {
+            return Ok(guard);
+        }
+        log.write_line(
+            "Waiting for the containers of the previous job of this project to be removed...",
+        );
+        tokio::select! {
+            guard = lock.lock_owned() => Ok(guard),
+            stop = signals.next(false) => Err(stop),
         }
     }
 
@@ -485,6 +533,15 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             log.write_error(&format!("Job failed: writing file variables: {e}"));
             return Outcome::failed("runner_system_failure");
         }
+        // Sources, cache and dependencies before any container of the job starts: git works
+        // in a project dir no container can change meanwhile (docs/security.md).
+        if let Err(o) = self.get_sources(plan, log, signals).await {
+            return o;
+        }
+        self.restore_caches(plan, log, signals).await;
+        if let Err(o) = self.download_artifacts(plan, log, signals).await {
+            return o;
+        }
         log.section_start(
             "prepare_executor",
             "Preparing the \"docker\" executor",
@@ -508,13 +565,6 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             }
             (None, None) => return Outcome::failed("runner_system_failure"),
             (Some(Ok(())), None) => {}
-        }
-        if let Err(o) = self.get_sources(plan, log, signals).await {
-            return o;
-        }
-        self.restore_caches(plan, log, signals).await;
-        if let Err(o) = self.download_artifacts(plan, log, signals).await {
-            return o;
         }
         // A remote daemon gets the prepared host directory copied in (a no-op when it is
         // bind-mounted).

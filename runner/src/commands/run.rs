@@ -231,6 +231,7 @@ pub struct Handler {
     slots: Arc<Slots>,
     /// Container removals that outlive their job (waited for before ferry exits).
     cleanups: TaskTracker,
+    workspaces: crate::driver::Workspaces,
 }
 
 impl Handler {
@@ -302,6 +303,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                     system_id: self.system_id.clone(),
                     trace_timing: TraceTiming::default(),
                     cleanups: self.cleanups.clone(),
+                    workspaces: self.workspaces.clone(),
                 };
                 driver.run(runner, *job, ctx, cancel).await;
             }
@@ -314,6 +316,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                     system_id: self.system_id.clone(),
                     trace_timing: TraceTiming::default(),
                     cleanups: self.cleanups.clone(),
+                    workspaces: self.workspaces.clone(),
                 };
                 driver.run(runner, *job, ctx, cancel).await;
             }
@@ -525,6 +528,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         docker_remote,
         slots: Arc::default(),
         cleanups: cleanups.clone(),
+        workspaces: Default::default(),
     });
     let daemon = Daemon::new(source, handler);
 
