@@ -155,7 +155,9 @@ impl KubeDeployer {
         // deadline, so a hostile tree can never hold an async worker (docs/deploy.md, "Limits").
         let stop = Stop {
             cancel: cancel.clone(),
-            deadline: req.remaining.map(|r| started.into_std() + r),
+            deadline: req
+                .remaining
+                .and_then(|r| started.into_std().checked_add(r)),
         };
         let (dir, entries, template, vars2) = (
             req.project_dir.clone(),

@@ -364,11 +364,16 @@ pub fn read_manifests(
         rels.push(rel);
     }
     let tree = if confine {
-        let dir = cap_std::fs::Dir::open_ambient_dir(project_dir, cap_std::ambient_authority())
+        // The project directory itself must be a directory, not a link to one (O_NOFOLLOW):
+        // everything else is resolved beneath this handle.
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(project_dir)
             .map_err(|e| {
                 DeployError::Input(format!("project directory {}: {e}", project_dir.display()))
             })?;
-        Tree::Beneath(dir)
+        Tree::Beneath(cap_std::fs::Dir::from_std_file(dir))
     } else {
         Tree::Ambient(project_dir.to_path_buf())
     };
@@ -671,6 +676,16 @@ mod tests {
             read(dir.path(), &["."], &Limits::default()).unwrap(),
             vec!["a.yaml"]
         );
+    }
+
+    #[test]
+    fn a_project_directory_replaced_by_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real/k8s")).unwrap();
+        std::fs::write(dir.path().join("real/k8s/a.yaml"), "a").unwrap();
+        symlink("real", dir.path().join("project")).unwrap();
+        let e = read(&dir.path().join("project"), &["k8s/"], &Limits::default()).unwrap_err();
+        assert!(e.contains("project directory"), "{e}");
     }
 
     #[test]
