@@ -359,7 +359,8 @@ pub fn read_manifests(
         let rel = if confine {
             relative_inside(entry).ok_or_else(|| not_inside(entry))?
         } else {
-            PathBuf::from(entry)
+            // a workstation: anywhere; `./k8s` is shown as `k8s`
+            relative_inside(entry).unwrap_or_else(|| PathBuf::from(entry))
         };
         rels.push(rel);
     }
@@ -686,6 +687,32 @@ mod tests {
         symlink("real", dir.path().join("project")).unwrap();
         let e = read(&dir.path().join("project"), &["k8s/"], &Limits::default()).unwrap_err();
         assert!(e.contains("project directory"), "{e}");
+    }
+
+    #[test]
+    fn a_workstation_reads_anywhere_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let f = elsewhere.path().join("app.yaml");
+        std::fs::write(&f, "a").unwrap();
+        let entries = vec![f.display().to_string()];
+        let got = read_manifests(
+            dir.path(),
+            &entries,
+            false,
+            &Limits::default(),
+            &Stop::default(),
+        )
+        .unwrap();
+        assert_eq!(got[0].text, "a");
+        let small = Limits {
+            file_bytes: 0,
+            ..Limits::default()
+        };
+        let e = read_manifests(dir.path(), &entries, false, &small, &Stop::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("over the limit of 0 bytes"), "{e}");
     }
 
     #[test]
