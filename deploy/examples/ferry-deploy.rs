@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use ferry_deploy::{DeployRequest, Deployer, KubeDeployer};
+use ferry_deploy::{DeployRequest, Deployer, KubeDeployer, Origin};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]
@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
         variables: std::env::vars().collect(),
         targets: Vec::new(),
         remaining: None,
+        origin: Origin::Workstation,
     };
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();

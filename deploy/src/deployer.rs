@@ -13,12 +13,15 @@ use crate::args::{
     DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars, format_duration,
 };
 use crate::cluster::{Cluster, Op, read_kubeconfig, resource_name};
+use crate::files::{Limits, Stop};
 use crate::render;
 use crate::rollback::{self, Undo};
 use crate::summary;
 use crate::target::{self, workstation_target};
 use crate::wait::{self, WaitConfig, WaitResult};
-use crate::{DeployError, DeployReport, DeployRequest, DeployTarget, Deployer, LogSink};
+use crate::{
+    DeployError, DeployReport, DeployRequest, DeployTarget, Deployer, JobFacts, LogSink, Origin,
+};
 
 /// The real deployer (kube + server-side apply).
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct KubeDeployer {
     pub diagnose_every: Duration,
     /// Margin kept before the GitLab job timeout (default 15s).
     pub job_timeout_margin: Duration,
+    /// Bounds of reading the manifests (docs/deploy.md, "Limits").
+    pub limits: Limits,
 }
 
 impl Default for KubeDeployer {
@@ -34,6 +39,7 @@ impl Default for KubeDeployer {
         KubeDeployer {
             diagnose_every: Duration::from_secs(2),
             job_timeout_margin: Duration::from_secs(15),
+            limits: Limits::default(),
         }
     }
 }
@@ -91,31 +97,42 @@ impl KubeDeployer {
         let args = DeployArgs::parse(&expanded)?;
         let settings = Settings::resolve(&args, &vars)?;
 
-        // 1. Target. `--kubeconfig` is for workstations: in CI the runner's targets decide.
-        // `--kubeconfig`/`--context` are for workstations (no runner targets). In a job they
-        // would let the job pick credentials and skip the target policy, so they are refused.
-        let (target, workstation): (DeployTarget, bool) = match &settings.kubeconfig {
-            Some(path) if req.targets.is_empty() => (
-                workstation_target(path.clone(), settings.context.clone()),
-                true,
-            ),
-            Some(_) => {
-                return Err(DeployError::Input(
-                    "--kubeconfig is for `ferry deploy` on a workstation; in a deploy job the runner's deploy targets hold the credentials".into(),
-                ));
-            }
-            None => {
-                if settings.context.is_some() && !req.targets.is_empty() {
+        // 1. Target. A workstation run uses the person's own kubeconfig and context. A deploy
+        // job uses only the runner's targets: it may never bring a kubeconfig, context or
+        // server of its own, and without targets it gets no deploy at all (docs/deploy.md).
+        let (target, facts): (DeployTarget, Option<&JobFacts>) = match &req.origin {
+            Origin::Workstation => match &settings.kubeconfig {
+                Some(path) => (
+                    workstation_target(path.clone(), settings.context.clone()),
+                    None,
+                ),
+                None => {
+                    return Err(DeployError::Input(
+                        "no kubeconfig: pass --kubeconfig PATH or set KUBECONFIG".into(),
+                    ));
+                }
+            },
+            Origin::Job(facts) => {
+                if req.targets.is_empty() {
+                    return Err(target::no_targets());
+                }
+                if settings.kubeconfig.is_some() {
+                    return Err(DeployError::Input(
+                        "--kubeconfig is for `ferry deploy` on a workstation; in a deploy job the runner's deploy targets hold the credentials".into(),
+                    ));
+                }
+                if settings.context.is_some() {
                     return Err(DeployError::Input(
                         "--context is for `ferry deploy` on a workstation; in a deploy job the runner's deploy target names the context".into(),
                     ));
                 }
                 (
-                    target::select_target(&req.targets, &settings, &vars)?.clone(),
-                    false,
+                    target::select_target(&req.targets, &settings, facts)?.clone(),
+                    Some(facts),
                 )
             }
         };
+        let workstation = facts.is_none();
         let kc = read_kubeconfig(&target)?;
         let namespace = target::default_namespace(&settings, &target, &kc.namespace);
         out.line(&format!(
@@ -133,14 +150,36 @@ impl KubeDeployer {
         if let Some(v) = version {
             extra.push(("VERSION".to_string(), v));
         }
-        let mut rendered = render::render(
-            &req.project_dir,
-            &settings.manifests,
-            !workstation,
+        // Reading the manifests is blocking file system work on files a job controls: it runs on
+        // a blocking thread, bounded (files::Limits) and stopped by the job's cancellation and
+        // deadline, so a hostile tree can never hold an async worker (docs/deploy.md, "Limits").
+        let stop = Stop {
+            cancel: cancel.clone(),
+            deadline: req
+                .remaining
+                .and_then(|r| started.into_std().checked_add(r)),
+        };
+        let (dir, entries, template, vars2) = (
+            req.project_dir.clone(),
+            settings.manifests.clone(),
             settings.template,
-            &vars,
-            &extra,
-        )?;
+            vars.clone(),
+        );
+        let limits = self.limits;
+        let mut rendered = tokio::task::spawn_blocking(move || {
+            render::render(
+                &dir,
+                &entries,
+                !workstation,
+                template,
+                &vars2,
+                &extra,
+                &limits,
+                &stop,
+            )
+        })
+        .await
+        .map_err(|e| DeployError::Input(format!("reading the manifests failed: {e}")))??;
         render::sort_for_apply(&mut rendered.manifests);
         let mode = match settings.template {
             TemplateMode::Placeholders => "placeholders",

@@ -11,6 +11,7 @@ pub mod cluster;
 mod deployer;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod files;
 pub mod health;
 pub mod render;
 pub mod rollback;
@@ -25,6 +26,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use ferry_config::{DeploySection, DeployTarget};
@@ -41,11 +43,54 @@ pub struct DeployRequest {
     pub project_dir: PathBuf,
     /// The job's variables (FERRY_*, CI_ENVIRONMENT_NAME, template values, ...), in order.
     pub variables: Vec<(String, String)>,
-    /// The targets of the runner that took the job; for a workstation run, a single target
-    /// built from `--kubeconfig`/`--context`.
+    /// The targets of the runner that took the job (empty for a workstation run, whose target
+    /// is built from `--kubeconfig`/`--context`).
     pub targets: Vec<DeployTarget>,
-    /// Time left before the GitLab job timeout; caps FERRY_TIMEOUT.
+    /// Time left before the GitLab job timeout; caps FERRY_TIMEOUT and the reading of the
+    /// manifests.
     pub remaining: Option<Duration>,
+    /// Who asked for this deploy: a deploy job (the runner) or a person (`ferry deploy`). Only
+    /// a workstation run may name a kubeconfig or context, or read files outside the project.
+    pub origin: Origin,
+}
+
+/// Who asked for a deploy. See docs/deploy.md ("Who decides what").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// `ferry deploy` run by a person: their own kubeconfig, no target policy, manifests may
+    /// be anywhere.
+    Workstation,
+    /// A deploy job: only the runner's targets, manifests only inside the project directory,
+    /// and the policy facts the runner took from GitLab's payload.
+    Job(JobFacts),
+}
+
+/// What GitLab asserts about a job, as the runner read it from the job payload (never from
+/// variables the job can set). The target policy is decided on these only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobFacts {
+    /// Whether GitLab says the job's ref is protected; `None`: GitLab did not say, which the
+    /// policy treats as not protected.
+    pub ref_protected: Option<bool>,
+    /// The job's ref (`git_info.ref`), for messages.
+    pub ref_name: String,
+    /// The job's environment as GitLab set it.
+    pub environment: JobEnvironment,
+}
+
+/// The environment of a deploy job, as GitLab set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobEnvironment {
+    /// The job has no `environment:` (no target with `environments` matches it).
+    #[default]
+    None,
+    /// `environment: name` of the job.
+    Named(String),
+    /// The payload defines CI_ENVIRONMENT_NAME more than once with different values: the job's
+    /// `variables:` redefine it. Every deploy to a target is refused.
+    Conflicting(Vec<String>),
 }
 
 /// What a successful deploy did.

@@ -1,15 +1,15 @@
-//! Finding manifest files, template substitution (before YAML parsing), parsing multi-document
-//! YAML with file:line in every error, validation and kind ordering. No I/O besides reading the
-//! files; no cluster.
+//! Template substitution, parsing multi-document YAML with file:line in every error, validation
+//! and kind ordering. Files are found and read by [`crate::files`] (bounded, beneath the project
+//! directory in jobs); no cluster.
 
-use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 
-use globset::Glob;
 use serde_json::Value;
 
 use crate::DeployError;
 use crate::args::{TemplateMode, Vars, is_var_name};
+use crate::files::{self, Limits, Stop};
 
 /// One object from the manifests, with where it came from.
 #[derive(Debug, Clone)]
@@ -48,124 +48,142 @@ pub struct Rendered {
     pub warnings: Vec<String>,
 }
 
-/// Expands FERRY_MANIFESTS entries (files, directories, globs) into a sorted, de-duplicated
-/// file list. With `confine`, every file must resolve inside `project_dir` (CI: a job may not
-/// read the runner host's files through a manifest path).
-pub fn find_files(
-    project_dir: &Path,
-    entries: &[String],
-    confine: bool,
-) -> Result<Vec<PathBuf>, DeployError> {
-    let mut out: Vec<PathBuf> = Vec::new();
-    let mut seen = HashSet::new();
-    let root = project_dir.canonicalize().map_err(|e| {
-        DeployError::Input(format!("project directory {}: {e}", project_dir.display()))
-    })?;
-    for entry in entries {
-        let mut found = Vec::new();
-        if entry.contains(['*', '?', '[', '{']) {
-            let matcher = Glob::new(entry.trim_start_matches("./"))
-                .map_err(|e| {
-                    DeployError::Input(format!("FERRY_MANIFESTS: invalid glob {entry:?}: {e}"))
-                })?
-                .compile_matcher();
-            let mut all = Vec::new();
-            walk(&root, &mut all);
-            for f in all {
-                if let Ok(rel) = f.strip_prefix(&root)
-                    && matcher.is_match(rel)
-                {
-                    found.push(f);
-                }
-            }
-        } else {
-            let p = project_dir.join(entry);
-            if p.is_dir() {
-                let mut all = Vec::new();
-                walk(&p, &mut all);
-                found.extend(all.into_iter().filter(|f| is_manifest_file(f)));
-                if found.is_empty() {
-                    return Err(DeployError::Input(format!(
-                        "FERRY_MANIFESTS: directory {entry:?} holds no .yaml, .yml or .json file"
-                    )));
-                }
-            } else if p.is_file() {
-                found.push(p);
-            } else {
-                return Err(DeployError::Input(format!(
-                    "FERRY_MANIFESTS: {entry:?} does not exist in the project directory"
-                )));
-            }
-        }
-        if found.is_empty() {
-            return Err(DeployError::Input(format!(
-                "FERRY_MANIFESTS: {entry:?} matches no file"
-            )));
-        }
-        found.sort();
-        for f in found {
-            let canon = f
-                .canonicalize()
-                .map_err(|e| DeployError::Input(format!("{}: {e}", f.display())))?;
-            if confine && !canon.starts_with(&root) {
-                return Err(DeployError::Input(format!(
-                    "FERRY_MANIFESTS: {entry:?} leads outside the project directory; deploy jobs may only apply files of the project"
-                )));
-            }
-            if seen.insert(canon.clone()) {
-                out.push(f);
+/// Template values that are not pasted into the text (see [`is_plain_safe`]): each stands in
+/// the text as a token, and the token is replaced by the value in the parsed objects, where it
+/// can only be (part of) a string.
+#[derive(Debug, Clone, Default)]
+pub struct Deferred {
+    /// `ferry<nonce>v`: every token starts with it.
+    prefix: String,
+    values: Vec<String>,
+}
+
+impl Deferred {
+    /// A token prefix that does not occur in `text`.
+    fn for_text(text: &str) -> Deferred {
+        use std::hash::{BuildHasher, Hasher};
+        loop {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(text.len());
+            let prefix = format!("ferry{:016x}v", h.finish());
+            if !text.contains(&prefix) {
+                return Deferred {
+                    prefix,
+                    values: Vec::new(),
+                };
             }
         }
     }
-    Ok(out)
+
+    fn token(&mut self, value: &str) -> String {
+        self.values.push(value.to_string());
+        format!("{}{}x", self.prefix, self.values.len() - 1)
+    }
+
+    /// `s` with every token replaced by its value, in one pass (values are not scanned again).
+    fn replace_in(&self, s: &str) -> String {
+        if self.values.is_empty() || !s.contains(&self.prefix) {
+            return s.to_string();
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(pos) = rest.find(&self.prefix) {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + self.prefix.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let value = (digits > 0 && after.as_bytes().get(digits) == Some(&b'x'))
+                .then(|| after[..digits].parse::<usize>().ok())
+                .flatten()
+                .and_then(|i| self.values.get(i));
+            match value {
+                Some(v) => {
+                    out.push_str(v);
+                    rest = &after[digits + 1..];
+                }
+                None => {
+                    out.push_str(&self.prefix);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Replaces the tokens in every string (and mapping key) of a parsed document.
+    fn apply(&self, v: &mut Value) {
+        if self.values.is_empty() {
+            return;
+        }
+        match v {
+            Value::String(s) => *s = self.replace_in(s),
+            Value::Array(items) => items.iter_mut().for_each(|i| self.apply(i)),
+            Value::Object(map) => {
+                let old = std::mem::take(map);
+                for (k, mut val) in old {
+                    self.apply(&mut val);
+                    map.insert(self.replace_in(&k), val);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
-fn is_manifest_file(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+/// A value that is pasted into the YAML text as it is, so `replicas: __REPLICAS__` stays a
+/// number and `enabled: __FLAG__` a boolean: letters, digits and `-_.+/=~` only, which can neither
+/// end a scalar, start a comment, a flow collection, an alias or a tag, nor break a line; and not
+/// only dashes and dots (`---`, `...` on a line of their own are document markers). Any other
+/// value is substituted as a string (docs/deploy.md, "Templates").
+pub fn is_plain_safe(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.+/=~".contains(&b))
+        && !(v.len() >= 3 && v.bytes().all(|b| b == b'-' || b == b'.'))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        let hidden = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if p.is_dir() {
-            walk(&p, out);
-        } else if p.is_file() {
-            out.push(p);
-        }
+/// A template file after substitution.
+#[derive(Debug, Clone)]
+pub struct Substituted {
+    /// The text to parse: plain-safe values pasted in, others as tokens of `deferred`.
+    pub text: String,
+    pub deferred: Deferred,
+    /// Bytes of the text with every value in place.
+    pub rendered_len: u64,
+}
+
+impl Substituted {
+    /// The text with every value in place (what a textual substitution would give).
+    pub fn expanded(&self) -> String {
+        self.deferred.replace_in(&self.text)
     }
 }
 
 /// Substitutes template placeholders line by line, so line numbers stay those of the file.
-/// Every placeholder left (an unknown variable) is an error naming file:line.
+/// Every placeholder left (an unknown variable) is an error naming file:line. Values that could
+/// change the YAML structure (newlines, quotes, `: `, `#`, brackets, ...) are never pasted into
+/// the text: they become strings in the parsed objects, see [`is_plain_safe`].
 pub fn substitute(
     display: &str,
     text: &str,
     mode: TemplateMode,
     lookup: &dyn Fn(&str) -> Option<String>,
     used: &mut Vec<String>,
-) -> Result<String, DeployError> {
+) -> Result<Substituted, DeployError> {
+    let mut deferred = Deferred::for_text(text);
     if mode == TemplateMode::None {
-        return Ok(text.to_string());
+        return Ok(Substituted {
+            text: text.to_string(),
+            deferred,
+            rendered_len: text.len() as u64,
+        });
     }
     let mut out = String::with_capacity(text.len());
+    let mut rendered_len: u64 = 0;
     let mut errors = Vec::new();
     for (idx, line) in text.split_inclusive('\n').enumerate() {
         if line.trim_start().starts_with('#') {
             out.push_str(line);
+            rendered_len += line.len() as u64;
             continue;
         }
         let mut rest = line;
@@ -177,15 +195,22 @@ pub fn substitute(
             };
             let Some((start, end, name)) = found else {
                 out.push_str(rest);
+                rendered_len += rest.len() as u64;
                 break;
             };
             out.push_str(&rest[..start]);
+            rendered_len += start as u64;
             match lookup(name) {
                 Some(v) => {
                     if !used.iter().any(|u| u == name) {
                         used.push(name.to_string());
                     }
-                    out.push_str(&v);
+                    rendered_len += v.len() as u64;
+                    if is_plain_safe(&v) {
+                        out.push_str(&v);
+                    } else {
+                        out.push_str(&deferred.token(&v));
+                    }
                 }
                 None => {
                     errors.push(format!(
@@ -200,7 +225,11 @@ pub fn substitute(
         }
     }
     if errors.is_empty() {
-        Ok(out)
+        Ok(Substituted {
+            text: out,
+            deferred,
+            rendered_len,
+        })
     } else {
         Err(DeployError::Input(errors.join("\n")))
     }
@@ -281,8 +310,17 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-/// Parses one file's (already substituted) text into manifests.
+/// Parses one file's text (no template values) into manifests.
 pub fn parse_documents(display: &str, text: &str) -> Result<Vec<Manifest>, DeployError> {
+    parse_substituted(display, text, &Deferred::default())
+}
+
+/// Parses one file's substituted text into manifests, putting the deferred values in place.
+pub fn parse_substituted(
+    display: &str,
+    text: &str,
+    deferred: &Deferred,
+) -> Result<Vec<Manifest>, DeployError> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let is_json = display.ends_with(".json");
@@ -296,7 +334,10 @@ pub fn parse_documents(display: &str, text: &str) -> Result<Vec<Manifest>, Deplo
             continue;
         }
         let value: Value = match serde_yaml::from_str::<Value>(&doc) {
-            Ok(v) => v,
+            Ok(mut v) => {
+                deferred.apply(&mut v);
+                v
+            }
             Err(e) => {
                 let line = e
                     .location()
@@ -392,7 +433,9 @@ fn manifest_from(source: &str, mut object: Value) -> Result<Manifest, String> {
 }
 
 /// Reads, substitutes and parses every file; validates the set (duplicates) and collects
-/// warnings (`:latest` images, HPA + replicas, Secrets in plain manifests).
+/// warnings (`:latest` images, HPA + replicas, Secrets in plain manifests). Blocking: run it off
+/// the async workers; `stop` ends it early.
+#[allow(clippy::too_many_arguments)]
 pub fn render(
     project_dir: &Path,
     entries: &[String],
@@ -400,8 +443,10 @@ pub fn render(
     mode: TemplateMode,
     vars: &Vars,
     extra: &[(String, String)],
+    limits: &Limits,
+    stop: &Stop,
 ) -> Result<Rendered, DeployError> {
-    let files = find_files(project_dir, entries, confine)?;
+    let files = files::read_manifests(project_dir, entries, confine, limits, stop)?;
     let lookup = |name: &str| -> Option<String> {
         vars.get(name).map(str::to_string).or_else(|| {
             extra
@@ -412,31 +457,29 @@ pub fn render(
     };
     let mut rendered = Rendered::default();
     let mut errors = Vec::new();
+    let mut rendered_total: u64 = 0;
     for f in &files {
-        let display = f
-            .strip_prefix(project_dir)
-            .unwrap_or(f)
-            .display()
-            .to_string();
-        let text = match std::fs::read_to_string(f) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(format!("{display}: cannot read: {e}"));
-                continue;
-            }
-        };
-        let text = match substitute(&display, &text, mode, &lookup, &mut rendered.used) {
+        stop.check()?;
+        let display = &f.display;
+        let sub = match substitute(display, &f.text, mode, &lookup, &mut rendered.used) {
             Ok(t) => t,
             Err(e) => {
                 errors.push(e.to_string());
                 continue;
             }
         };
-        match parse_documents(&display, &text) {
+        rendered_total += sub.rendered_len;
+        if rendered_total > limits.rendered_bytes {
+            return Err(DeployError::Input(format!(
+                "{display}: the rendered manifests add up to more than {}, the limit of one deploy (docs/deploy.md, \"Limits\")",
+                files::human_bytes(limits.rendered_bytes)
+            )));
+        }
+        match parse_substituted(display, &sub.text, &sub.deferred) {
             Ok(ms) => rendered.manifests.extend(ms),
             Err(e) => errors.push(e.to_string()),
         }
-        rendered.files.push(display);
+        rendered.files.push(display.clone());
     }
     if !errors.is_empty() {
         return Err(DeployError::Input(errors.join("\n")));
@@ -620,7 +663,8 @@ mod tests {
             &lookup,
             &mut used,
         )
-        .unwrap();
+        .unwrap()
+        .text;
         assert_eq!(
             out,
             "name: web\nreplicas: 3\nimage: reg/web:1a2b\n# __NOT_USED__\nx: a__b__c\n"
@@ -668,7 +712,8 @@ mod tests {
             &lookup,
             &mut Vec::new(),
         )
-        .unwrap();
+        .unwrap()
+        .text;
         assert_eq!(ok, "name: web\nx: $HOME/__X__\n");
     }
 
@@ -734,32 +779,66 @@ mod tests {
         );
     }
 
+    fn render_one(text: &str, value: &str) -> Result<Vec<Manifest>, DeployError> {
+        let lookup = |name: &str| (name == "X").then(|| value.to_string());
+        let sub = substitute(
+            "k.yaml",
+            text,
+            TemplateMode::Placeholders,
+            &lookup,
+            &mut Vec::new(),
+        )?;
+        parse_substituted("k.yaml", &sub.text, &sub.deferred)
+    }
+
     #[test]
-    fn files_dirs_globs_and_confinement() {
-        let dir = tempfile::tempdir().unwrap();
-        let k8s = dir.path().join("k8s");
-        std::fs::create_dir_all(k8s.join("sub")).unwrap();
-        std::fs::write(k8s.join("b.yaml"), "").unwrap();
-        std::fs::write(k8s.join("a.yml"), "").unwrap();
-        std::fs::write(k8s.join("sub/c.json"), "").unwrap();
-        std::fs::write(k8s.join("README.md"), "").unwrap();
-        let files = find_files(dir.path(), &["k8s/".into()], true).unwrap();
-        let names: Vec<String> = files
-            .iter()
-            .map(|f| f.file_name().unwrap().to_string_lossy().into())
-            .collect();
-        assert_eq!(names, vec!["a.yml", "b.yaml", "c.json"]);
-        let files = find_files(dir.path(), &["k8s/*.yaml".into()], true).unwrap();
-        assert_eq!(files.len(), 1);
-        let e = find_files(dir.path(), &["nothing/".into()], true)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("\"nothing/\""), "{e}");
-        let outside = tempfile::NamedTempFile::new().unwrap();
-        let e = find_files(dir.path(), &[outside.path().display().to_string()], true)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("outside the project directory"), "{e}");
+    fn values_cannot_add_keys_items_or_documents() {
+        let template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n  labels: {team: __X__}\ndata:\n  note: __X__\n  quoted: \"v=__X__\"\n  single: 'v=__X__'\n  list: [__X__]\n  block: |\n    line=__X__\n";
+        let attacks = [
+            "x\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: pwned\n",
+            "x\n  injected: yes",
+            "x\ninjected: yes",
+            "a, injected: yes",
+            "a\", injected: \"yes",
+            "a', injected: 'yes",
+            "a]\n  injected: [yes",
+            "*anchor",
+            "!!binary aGk=",
+            "x # comment",
+            "---",
+        ];
+        for attack in attacks {
+            let ms =
+                render_one(template, attack).unwrap_or_else(|e| panic!("value {attack:?}: {e}"));
+            assert_eq!(ms.len(), 1, "value {attack:?} added an object: {ms:?}");
+            let o = &ms[0].object;
+            let data = o["data"].as_object().unwrap();
+            let keys: Vec<&String> = data.keys().collect();
+            assert_eq!(
+                keys,
+                vec!["block", "list", "note", "quoted", "single"],
+                "{attack:?}"
+            );
+            assert_eq!(data["note"], attack, "{attack:?}");
+            assert_eq!(data["quoted"], format!("v={attack}"), "{attack:?}");
+            assert_eq!(data["single"], format!("v={attack}"), "{attack:?}");
+            assert_eq!(data["list"], serde_json::json!([attack]), "{attack:?}");
+            assert_eq!(data["block"], format!("line={attack}\n"), "{attack:?}");
+            assert_eq!(o["metadata"]["labels"], serde_json::json!({"team": attack}));
+        }
+    }
+
+    #[test]
+    fn plain_values_keep_their_yaml_type() {
+        let template = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: __X__\n";
+        let ms = render_one(template, "3").unwrap();
+        assert_eq!(ms[0].object["spec"]["replicas"], 3);
+        let ms = render_one(template, "true").unwrap();
+        assert_eq!(ms[0].object["spec"]["replicas"], true);
+        let ms = render_one(template, "registry.example/web:1.2").unwrap();
+        assert_eq!(ms[0].object["spec"]["replicas"], "registry.example/web:1.2");
+        assert!(is_plain_safe("1a2b3c4d") && is_plain_safe("review-42") && is_plain_safe(""));
+        assert!(!is_plain_safe("a: b") && !is_plain_safe("---") && !is_plain_safe("a\nb"));
     }
 
     #[test]

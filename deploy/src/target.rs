@@ -3,8 +3,8 @@
 
 use globset::{Glob, GlobMatcher};
 
-use crate::args::{Settings, Vars};
-use crate::{DeployError, DeployTarget};
+use crate::args::Settings;
+use crate::{DeployError, DeployTarget, JobEnvironment, JobFacts};
 
 fn glob(pattern: &str) -> Result<GlobMatcher, DeployError> {
     Glob::new(pattern)
@@ -39,22 +39,29 @@ fn describe(targets: &[DeployTarget]) -> String {
         .join("; ")
 }
 
-/// Picks the target for a job: the ones whose `environments` globs match CI_ENVIRONMENT_NAME
-/// (an empty list matches every job), narrowed by `--target`/FERRY_DEPLOY_TARGET; then checks
-/// `protected_refs_only`.
+/// Picks the target for a job: the ones whose `environments` globs match the job's environment
+/// as GitLab set it (an empty list matches every job), narrowed by `--target`/
+/// FERRY_DEPLOY_TARGET; then checks `protected_refs_only` against what GitLab says about the ref.
+/// Neither decision reads a job variable (docs/deploy.md, "Who decides what").
 pub fn select_target<'a>(
     targets: &'a [DeployTarget],
     settings: &Settings,
-    vars: &Vars,
+    facts: &JobFacts,
 ) -> Result<&'a DeployTarget, DeployError> {
     if targets.is_empty() {
-        return Err(DeployError::Configuration(
-            "this runner has no deploy targets ([[runners.deploy.targets]] in its config.toml); \
-             it cannot run deploy jobs"
-                .into(),
-        ));
+        return Err(no_targets());
     }
-    let env = vars.get("CI_ENVIRONMENT_NAME").unwrap_or("");
+    let env = match &facts.environment {
+        JobEnvironment::None => "",
+        JobEnvironment::Named(e) => e.as_str(),
+        JobEnvironment::Conflicting(values) => {
+            let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+            return Err(DeployError::Input(format!(
+                "CI_ENVIRONMENT_NAME is defined more than once in this job, with different values ({}):                  a deploy job's target follows the environment GitLab set from `environment:`, and the                  job's `variables:` may not redefine it; nothing was applied",
+                quoted.join(", ")
+            )));
+        }
+    };
     let mut matching = Vec::new();
     for t in targets {
         let ok =
@@ -64,8 +71,7 @@ pub fn select_target<'a>(
         }
     }
     let env_desc = if env.is_empty() {
-        "the job has no environment (CI_ENVIRONMENT_NAME is empty; set `environment:` on the job)"
-            .to_string()
+        "the job has no environment (set `environment:` on the job)".to_string()
     } else {
         format!("environment {env:?}")
     };
@@ -100,15 +106,31 @@ pub fn select_target<'a>(
             )));
         }
     };
-    if chosen.protected_refs_only && vars.get("CI_COMMIT_REF_PROTECTED") != Some("true") {
-        let r = vars.get("CI_COMMIT_REF_NAME").unwrap_or("this ref");
+    if chosen.protected_refs_only && facts.ref_protected != Some(true) {
+        let r = if facts.ref_name.is_empty() {
+            "this ref"
+        } else {
+            facts.ref_name.as_str()
+        };
+        let why = match facts.ref_protected {
+            Some(_) => format!("GitLab says {r:?} is not protected"),
+            None => format!("GitLab did not say that {r:?} is protected"),
+        };
         return Err(DeployError::Input(format!(
-            "deploy target {:?} only accepts protected refs, and {r:?} is not protected \
-             (CI_COMMIT_REF_PROTECTED is not \"true\"); nothing was applied",
+            "deploy target {:?} only accepts protected refs, and {why}; nothing was applied",
             chosen.name
         )));
     }
     Ok(chosen)
+}
+
+/// The error of a deploy job on a runner without `[[runners.deploy.targets]]`.
+pub fn no_targets() -> DeployError {
+    DeployError::Configuration(
+        "this runner has no deploy targets configured ([[runners.deploy.targets]] in its config.toml), \
+         so it cannot run deploy jobs: a deploy job never brings its own kubeconfig, context or server"
+            .into(),
+    )
 }
 
 /// The namespace for namespaced objects that name none: FERRY_NAMESPACE/--namespace, then
@@ -153,7 +175,7 @@ pub fn workstation_target(kubeconfig: std::path::PathBuf, context: Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::DeployArgs;
+    use crate::args::{DeployArgs, Vars};
 
     fn target(name: &str, envs: &[&str]) -> DeployTarget {
         DeployTarget {
@@ -181,49 +203,72 @@ mod tests {
         Settings::resolve(&DeployArgs::default(), v).unwrap()
     }
 
+    fn facts(env: Option<&str>, protected: Option<bool>) -> JobFacts {
+        JobFacts {
+            ref_protected: protected,
+            ref_name: "feat".into(),
+            environment: match env {
+                Some(e) => JobEnvironment::Named(e.into()),
+                None => JobEnvironment::None,
+            },
+        }
+    }
+
     #[test]
     fn picks_by_environment() {
         let ts = vec![
             target("test", &["test", "review/*"]),
             target("prod", &["production"]),
         ];
-        let v = vars(&[("CI_ENVIRONMENT_NAME", "review/feature-x")]);
-        assert_eq!(select_target(&ts, &settings(&v), &v).unwrap().name, "test");
-        let v = vars(&[("CI_ENVIRONMENT_NAME", "staging")]);
-        let e = select_target(&ts, &settings(&v), &v)
+        let s = settings(&vars(&[]));
+        let f = facts(Some("review/feature-x"), None);
+        assert_eq!(select_target(&ts, &s, &f).unwrap().name, "test");
+        let e = select_target(&ts, &s, &facts(Some("staging"), None))
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("\"staging\"") && e.contains("\"test\"") && e.contains("\"prod\""),
             "{e}"
         );
-        let v = vars(&[]);
-        let e = select_target(&ts, &settings(&v), &v)
+        let e = select_target(&ts, &s, &facts(None, None))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("CI_ENVIRONMENT_NAME is empty"), "{e}");
-        let e = select_target(&[], &settings(&v), &v)
+        assert!(e.contains("the job has no environment"), "{e}");
+        let e = select_target(&[], &s, &facts(None, None))
             .unwrap_err()
             .to_string();
         assert!(e.contains("no deploy targets"), "{e}");
     }
 
     #[test]
+    fn conflicting_environment_is_refused() {
+        let ts = vec![target("test", &["test"]), target("prod", &["production"])];
+        let s = settings(&vars(&[]));
+        let f = JobFacts {
+            environment: JobEnvironment::Conflicting(vec!["test".into(), "production".into()]),
+            ..JobFacts::default()
+        };
+        let e = select_target(&ts, &s, &f).unwrap_err().to_string();
+        assert!(
+            e.contains("CI_ENVIRONMENT_NAME is defined more than once")
+                && e.contains("\"test\", \"production\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn several_matches_need_a_choice() {
         let ts = vec![target("a", &["prod*"]), target("b", &["production"])];
-        let v = vars(&[("CI_ENVIRONMENT_NAME", "production")]);
-        let e = select_target(&ts, &settings(&v), &v)
+        let f = facts(Some("production"), None);
+        let e = select_target(&ts, &settings(&vars(&[])), &f)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("a, b") && e.contains("FERRY_DEPLOY_TARGET"),
             "{e}"
         );
-        let v = vars(&[
-            ("CI_ENVIRONMENT_NAME", "production"),
-            ("FERRY_DEPLOY_TARGET", "b"),
-        ]);
-        assert_eq!(select_target(&ts, &settings(&v), &v).unwrap().name, "b");
+        let v = vars(&[("FERRY_DEPLOY_TARGET", "b")]);
+        assert_eq!(select_target(&ts, &settings(&v), &f).unwrap().name, "b");
     }
 
     #[test]
@@ -231,23 +276,18 @@ mod tests {
         let mut t = target("prod", &["production"]);
         t.protected_refs_only = true;
         let ts = vec![t];
-        let v = vars(&[
-            ("CI_ENVIRONMENT_NAME", "production"),
-            ("CI_COMMIT_REF_PROTECTED", "false"),
-            ("CI_COMMIT_REF_NAME", "feat"),
-        ]);
-        let e = select_target(&ts, &settings(&v), &v)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("only accepts protected refs") && e.contains("\"feat\""),
-            "{e}"
-        );
-        let v = vars(&[
-            ("CI_ENVIRONMENT_NAME", "production"),
-            ("CI_COMMIT_REF_PROTECTED", "true"),
-        ]);
-        assert!(select_target(&ts, &settings(&v), &v).is_ok());
+        // job variables claiming a protected ref change nothing: only the facts count
+        let v = vars(&[("CI_COMMIT_REF_PROTECTED", "true")]);
+        for p in [Some(false), None] {
+            let e = select_target(&ts, &settings(&v), &facts(Some("production"), p))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("only accepts protected refs") && e.contains("\"feat\""),
+                "{e}"
+            );
+        }
+        assert!(select_target(&ts, &settings(&v), &facts(Some("production"), Some(true))).is_ok());
     }
 
     #[test]

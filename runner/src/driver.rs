@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_config::RunnerSection;
-use ferry_deploy::{DeployError, DeployRequest, Deployer};
+use ferry_deploy::{DeployError, DeployRequest, Deployer, JobFacts, Origin};
 use ferry_executor::jobfs::{self, FileReader, Limits};
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 use tokio::sync::watch;
@@ -408,7 +408,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 self.execute_docker(plan, job, env, steps, log, signals)
                     .await
             }
-            Execution::Deploy { commands } => {
+            Execution::Deploy { commands, facts } => {
                 if let Err(o) = self.get_sources(plan, log, signals).await {
                     return o;
                 }
@@ -418,7 +418,9 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 let mut outcome = Outcome::Success;
                 for cmd in commands {
                     log.write_line(&format!("\x1b[32;1m$ {}\x1b[0;m", cmd.line));
-                    outcome = self.deploy(plan, runner, &cmd.args, log, signals).await;
+                    outcome = self
+                        .deploy(plan, runner, facts, &cmd.args, log, signals)
+                        .await;
                     if outcome != Outcome::Success {
                         break;
                     }
@@ -432,10 +434,13 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         &self,
         plan: &Plan,
         runner: &RunnerSection,
+        facts: &JobFacts,
         args: &[String],
         log: &TraceWriter,
         signals: &mut Signals,
     ) -> Outcome {
+        // The runner's targets and GitLab's facts decide the policy; variables only configure
+        // the deploy within it (docs/deploy.md, "Who decides what").
         let req = DeployRequest {
             args: args.to_vec(),
             project_dir: plan.host_project_dir.clone(),
@@ -451,6 +456,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     .deadline
                     .saturating_duration_since(tokio::time::Instant::now()),
             ),
+            origin: Origin::Job(facts.clone()),
         };
         log.section_start("deploy", "Deploying to Kubernetes", false);
         let cancel = CancellationToken::new();

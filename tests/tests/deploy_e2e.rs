@@ -144,3 +144,104 @@ async fn a_shell_line_in_a_deploy_job_fails_naming_it_before_any_api_call() {
     assert!(trace.contains("kubectl apply -f k8s/"), "{trace}");
     assert!(fake.requests().is_empty(), "no API call was made");
 }
+
+/// Issue 7, finding 10, through `ferry run`: on a runner without deploy targets, a deploy job
+/// that names a kubeconfig on the host (and one that renders a host file) gets no deploy: the
+/// job fails with runner_configuration_error and says why, the cluster sees nothing, and the
+/// host file's contents never reach the job log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_job_on_a_runner_without_targets_fails_and_reads_nothing() {
+    let (_url, fake) = FakeK8s::start(Scenario::success()).await;
+    let kube_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.write_kubeconfig(kube_dir.path());
+    let victim = kube_dir.path().join("victim.yaml");
+    std::fs::write(
+        &victim,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: victim}\ndata: {k: victim-secret-51c9}\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let Some(h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    let (repo, sha) = project();
+    let lines = [
+        format!(
+            "ferry deploy --kubeconfig {} --namespace kube-system",
+            kubeconfig.display()
+        ),
+        format!("ferry deploy --dry-run render -f {}", victim.display()),
+    ];
+    for line in lines {
+        let id = h.push(deploy_job(&repo, &sha).script([line.as_str()]));
+        let job = h.wait_final(id, WAIT).await;
+        let trace = h.expect(&job, JobStatus::Failed, Some("runner_configuration_error"));
+        assert!(
+            trace.contains("this runner has no deploy targets configured"),
+            "{line}: {trace}"
+        );
+        assert!(!trace.contains("victim-secret-51c9"), "{line}: {trace}");
+        assert!(!trace.contains("target \"workstation\""), "{line}: {trace}");
+    }
+    assert!(fake.requests().is_empty(), "no API call was made");
+    h.assert_takes_next_job().await;
+}
+
+/// Issue 7, finding 11, through `ferry run`: the job's own `variables:` (sent by GitLab after
+/// its predefined variables) claim the production environment and a protected ref. The target
+/// follows GitLab's environment and `git_info.protected`, so nothing reaches production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_variables_cannot_claim_production_or_a_protected_ref() {
+    let (_url, fake) = FakeK8s::start(Scenario::success()).await;
+    let kube_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.write_kubeconfig(kube_dir.path());
+    let targets = format!(
+        "[[runners.deploy.targets]]\nname = \"test\"\nenvironments = [\"test\"]\nkubeconfig = \"{k}\"\nnamespaces = [\"test\"]\ndefault_namespace = \"test\"\n\
+         [[runners.deploy.targets]]\nname = \"production\"\nenvironments = [\"production\"]\nkubeconfig = \"{k}\"\nnamespaces = [\"prod\"]\ndefault_namespace = \"prod\"\nprotected_refs_only = true",
+        k = kubeconfig.display()
+    );
+    let Some(h) = Harness::start(Setup::default().runner(&targets)).await else {
+        return;
+    };
+    let (repo, sha) = project();
+    let base = || {
+        JobSpec::new("deploy-prod")
+            .image(Some("ferry:deploy"))
+            .script(["ferry deploy"])
+            .patch(GitRepo::git_info(&repo.url(), &sha, 20))
+            // git_info.protected: GitLab says the ref is not protected
+            .patch(serde_json::json!({"git_info": {"protected": false}}))
+    };
+    // 1. GitLab set environment `test` (predefined, first); the job's variables redefine it.
+    let id = h.push(
+        base()
+            .variable("CI_ENVIRONMENT_NAME", "test", false)
+            .variable("APP_NAME", "shop", false)
+            .variable("REPLICAS", "1", false)
+            .variable("CI_ENVIRONMENT_NAME", "production", false)
+            .variable("CI_COMMIT_REF_PROTECTED", "true", false)
+            .variable("FERRY_DEPLOY_TARGET", "production", false),
+    );
+    let job = h.wait_final(id, WAIT).await;
+    let trace = h.expect(&job, JobStatus::Failed, Some("script_failure"));
+    assert!(
+        trace.contains("CI_ENVIRONMENT_NAME is defined more than once"),
+        "{trace}"
+    );
+    // 2. No `environment:` at all; the job's variables name production and a protected ref.
+    let id = h.push(
+        base()
+            .variable("APP_NAME", "shop", false)
+            .variable("REPLICAS", "1", false)
+            .variable("CI_ENVIRONMENT_NAME", "production", false)
+            .variable("CI_COMMIT_REF_PROTECTED", "true", false),
+    );
+    let job = h.wait_final(id, WAIT).await;
+    let trace = h.expect(&job, JobStatus::Failed, Some("script_failure"));
+    assert!(
+        trace.contains("only accepts protected refs, and GitLab says \"main\" is not protected"),
+        "{trace}"
+    );
+    assert!(fake.requests().is_empty(), "nothing reached a cluster");
+    assert!(fake.get("deployments.apps", "prod", "shop").is_none());
+}

@@ -270,24 +270,127 @@ async fn protected_only_target_refuses_unprotected_refs() {
     let env = Env::new(Scenario::success()).await;
     let mut t = env.target();
     t.protected_refs_only = true;
+    // Issue 7, finding 11: the job's variables claim a protected ref; GitLab says it is not.
     let (r, _) = env
-        .deploy_with(
+        .deploy_as(
             &[],
             &[
-                ("CI_COMMIT_REF_PROTECTED", "false"),
-                ("CI_COMMIT_REF_NAME", "feature"),
+                ("CI_COMMIT_REF_PROTECTED", "true"),
+                ("CI_COMMIT_REF_NAME", "main"),
             ],
-            vec![t],
+            vec![t.clone()],
+            deploy_common::facts_with(Some("test"), Some(false), "feature"),
         )
         .await;
     let e = r.expect_err("refused").to_string();
     assert!(
-        e.contains("only accepts protected refs") && e.contains("\"feature\""),
+        e.contains("only accepts protected refs")
+            && e.contains("GitLab says \"feature\" is not protected"),
+        "{e}"
+    );
+    // GitLab did not say (an older GitLab without git_info.protected, no CI_COMMIT_REF_PROTECTED)
+    let (r, _) = env
+        .deploy_as(
+            &[],
+            &[("CI_COMMIT_REF_PROTECTED", "true")],
+            vec![t.clone()],
+            deploy_common::facts_with(Some("test"), None, "feature"),
+        )
+        .await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("GitLab did not say that \"feature\" is protected"),
         "{e}"
     );
     assert!(
         env.fake.requests().is_empty(),
         "no request reached the cluster"
+    );
+    // GitLab says protected: the job's variables saying otherwise change nothing either
+    let (r, _) = env
+        .deploy_as(
+            &[],
+            &[("CI_COMMIT_REF_PROTECTED", "false")],
+            vec![t],
+            deploy_common::facts_with(Some("test"), Some(true), "main"),
+        )
+        .await;
+    r.expect("a protected ref deploys");
+}
+
+#[tokio::test]
+async fn environment_comes_from_gitlab_not_from_job_variables() {
+    // Issue 7, finding 11: a job without `environment: production` names it in its variables.
+    let env = Env::new(Scenario::success()).await;
+    let mut prod = env.target();
+    prod.name = "production".into();
+    prod.environments = vec!["production".into()];
+    prod.namespaces = vec!["prod".into()];
+    prod.default_namespace = Some("prod".into());
+    let targets = vec![env.target(), prod];
+    let (r, log) = env
+        .deploy_as(
+            &[],
+            &[
+                ("CI_ENVIRONMENT_NAME", "production"),
+                ("FERRY_DEPLOY_TARGET", "production"),
+            ],
+            targets.clone(),
+            deploy_common::facts_with(Some("review/x"), Some(true), "feature"),
+        )
+        .await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("deploy target \"production\" does not accept environment \"review/x\""),
+        "{e}"
+    );
+    assert!(!log.contains("target \"production\""), "{log}");
+    // without FERRY_DEPLOY_TARGET the GitLab environment picks the test target
+    let (r, log) = env
+        .deploy_as(
+            &["--dry-run", "render"],
+            &[("CI_ENVIRONMENT_NAME", "production")],
+            targets.clone(),
+            deploy_common::facts_with(Some("review/x"), Some(true), "feature"),
+        )
+        .await;
+    r.expect("renders for the test target");
+    assert!(log.contains("ferry deploy → target \"test\""), "{log}");
+    // a job with no environment at all gets no target
+    let (r, _) = env
+        .deploy_as(
+            &[],
+            &[("CI_ENVIRONMENT_NAME", "production")],
+            targets.clone(),
+            deploy_common::facts_with(None, Some(true), "main"),
+        )
+        .await;
+    let e = r.expect_err("refused").to_string();
+    assert!(e.contains("the job has no environment"), "{e}");
+    // GitLab's CI_ENVIRONMENT_NAME and a redefinition by the job: refused outright
+    let (r, _) = env
+        .deploy_as(
+            &[],
+            &[],
+            targets,
+            ferry_deploy::Origin::Job(ferry_deploy::JobFacts {
+                ref_protected: Some(true),
+                ref_name: "main".into(),
+                environment: ferry_deploy::JobEnvironment::Conflicting(vec![
+                    "review/x".into(),
+                    "production".into(),
+                ]),
+            }),
+        )
+        .await;
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("CI_ENVIRONMENT_NAME is defined more than once"),
+        "{e}"
+    );
+    assert!(
+        env.fake.requests().is_empty(),
+        "nothing reached the cluster"
     );
 }
 
@@ -295,7 +398,12 @@ async fn protected_only_target_refuses_unprotected_refs() {
 async fn no_matching_target_lists_the_targets() {
     let env = Env::new(Scenario::success()).await;
     let (r, _) = env
-        .deploy(&[], &[("CI_ENVIRONMENT_NAME", "production")])
+        .deploy_as(
+            &[],
+            &[],
+            vec![env.target()],
+            deploy_common::facts_with(Some("production"), Some(true), "main"),
+        )
         .await;
     let e = r.expect_err("no target").to_string();
     assert!(
@@ -308,6 +416,125 @@ async fn no_matching_target_lists_the_targets() {
         matches!(r, Err(DeployError::Configuration(ref m)) if m.contains("no deploy targets")),
         "{r:?}"
     );
+}
+
+/// Issue 7, finding 10: on a runner without deploy targets, a job naming a kubeconfig on the
+/// host must not get a workstation deploy, and a render dry run must not print host files.
+#[tokio::test]
+async fn a_job_on_a_runner_without_targets_gets_no_deploy() {
+    let env = Env::new(Scenario::success()).await;
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("shadow.yaml");
+    std::fs::write(
+        &victim,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: victim}\ndata: {root: victim-secret-7f3a}\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    env.write(
+        "k8s/kube-system.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: pwn, namespace: kube-system}\ndata: {a: b}\n",
+    );
+    let kc = env.kubeconfig.display().to_string();
+    let victim_path = victim.display().to_string();
+    let attempts: Vec<Vec<&str>> = vec![
+        vec!["--kubeconfig", &kc],
+        vec![
+            "--kubeconfig",
+            &kc,
+            "--context",
+            "fake",
+            "-n",
+            "kube-system",
+        ],
+        vec!["--dry-run", "render", "-f", &victim_path],
+        vec![
+            "--kubeconfig",
+            &kc,
+            "--dry-run",
+            "render",
+            "-f",
+            &victim_path,
+        ],
+        vec![],
+    ];
+    for args in attempts {
+        let (r, log) = env.deploy_with(&args, &[], vec![]).await;
+        match r {
+            Err(DeployError::Configuration(m)) => assert!(
+                m.contains("this runner has no deploy targets configured"),
+                "{args:?}: {m}"
+            ),
+            other => panic!("{args:?}: expected a configuration error, got {other:?}"),
+        }
+        assert!(!log.contains("victim-secret-7f3a"), "{args:?}: {log}");
+        assert!(!log.contains("workstation"), "{args:?}: {log}");
+    }
+    assert!(
+        env.fake.requests().is_empty(),
+        "nothing reached the cluster"
+    );
+    assert!(env.fake.get("configmaps", "kube-system", "pwn").is_none());
+}
+
+/// Issue 7, finding 10 (`-f` in a job with targets) and finding 15: manifest paths outside the
+/// project are refused with one message whether they exist or not, and links out are refused
+/// without reading the file behind them.
+#[tokio::test]
+async fn job_manifest_paths_stay_inside_the_project() {
+    let env = Env::new(Scenario::success()).await;
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("secret.yaml");
+    std::fs::write(
+        &victim,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: victim}\ndata: {root: victim-secret-7f3a}\n",
+    )
+    .unwrap();
+    let victim_path = victim.display().to_string();
+    let missing = victim_dir.path().join("missing.yaml").display().to_string();
+    let (r1, log1) = env
+        .deploy(&["--dry-run", "render", "-f", &victim_path], &[])
+        .await;
+    let (r2, _) = env
+        .deploy(&["--dry-run", "render", "-f", &missing], &[])
+        .await;
+    let e1 = r1.expect_err("absolute path refused").to_string();
+    let e2 = r2.expect_err("absolute path refused").to_string();
+    assert!(
+        e1.contains("is not a path inside the project directory"),
+        "{e1}"
+    );
+    assert_eq!(
+        e1.replace(&victim_path, "P"),
+        e2.replace(&missing, "P"),
+        "an existing and a missing host file must give the same error"
+    );
+    assert!(!log1.contains("victim-secret-7f3a"), "{log1}");
+    let dotdot = format!("k8s/../../../../../../../..{victim_path}");
+    let (r, _) = env
+        .deploy(&["--dry-run", "render"], &[("FERRY_MANIFESTS", &dotdot)])
+        .await;
+    let e = r.expect_err("`..` refused").to_string();
+    assert!(
+        e.contains("is not a path inside the project directory"),
+        "{e}"
+    );
+
+    // a committed link to the victim, named directly or found in k8s/
+    std::os::unix::fs::symlink(&victim, env.project().join("k8s/linked.yaml")).unwrap();
+    for args in [
+        vec!["--dry-run", "render"],
+        vec!["--dry-run", "render", "-f", "k8s/linked.yaml"],
+    ] {
+        let (r, log) = env.deploy(&args, &[]).await;
+        let e = r.expect_err("link out refused").to_string();
+        assert!(
+            e.contains("leads outside the project directory"),
+            "{args:?}: {e}"
+        );
+        assert!(!log.contains("victim-secret-7f3a"), "{log}");
+    }
+    assert!(env.fake.requests().is_empty());
 }
 
 #[tokio::test]
@@ -464,7 +691,12 @@ async fn unknown_context_is_a_clear_error() {
     let env = Env::new(Scenario::success()).await;
     let kc = env.kubeconfig.display().to_string();
     let (r, _) = env
-        .deploy_with(&["--kubeconfig", &kc, "--context", "nope"], &[], vec![])
+        .deploy_as(
+            &["--kubeconfig", &kc, "--context", "nope"],
+            &[],
+            vec![],
+            ferry_deploy::Origin::Workstation,
+        )
         .await;
     let e = r.expect_err("unknown context").to_string();
     assert!(
@@ -703,6 +935,7 @@ async fn timeout_is_capped_by_the_job() {
         variables,
         targets: vec![env.target()],
         remaining: Some(std::time::Duration::from_secs(17)),
+        origin: ferry_deploy::Origin::Job(deploy_common::facts()),
     };
     let (_, log) = deploy_common::run_request(&req).await;
     assert!(log.contains(", capped by the job timeout)"), "{log}");
@@ -840,6 +1073,7 @@ async fn cancelling_stops_the_wait() {
         .collect(),
         targets: vec![env.target()],
         remaining: None,
+        origin: ferry_deploy::Origin::Job(deploy_common::facts()),
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let c2 = cancel.clone();
@@ -969,4 +1203,122 @@ async fn generic_back_off_message_is_replaced_by_the_registry_answer() {
         log.contains("Failed: Error: ErrImagePull (and 1 other pod)"),
         "{log}"
     );
+}
+
+/// Issue 7, finding 12: a committed `k8s/loop/{a,b,c} -> .` made the walk run forever. Links
+/// to directories are not descended: the deploy finishes at once, with the real manifests.
+#[tokio::test]
+async fn a_link_loop_in_the_manifests_is_not_followed() {
+    let env = Env::new(Scenario::success()).await;
+    std::fs::create_dir_all(env.project().join("k8s/loop")).unwrap();
+    for n in ["a", "b", "c"] {
+        std::os::unix::fs::symlink(".", env.project().join("k8s/loop").join(n)).unwrap();
+        std::os::unix::fs::symlink("..", env.project().join("k8s/loop").join(format!("up{n}")))
+            .unwrap();
+    }
+    std::os::unix::fs::symlink(".", env.project().join("self")).unwrap();
+    let started = std::time::Instant::now();
+    for manifests in ["k8s/", "k8s/**/*.yaml", "**/[ds]e*.yaml", "k8s/loop/a"] {
+        let (r, log) = env
+            .deploy(&["--dry-run", "render"], &[("FERRY_MANIFESTS", manifests)])
+            .await;
+        if manifests == "k8s/loop/a" {
+            let e = r.expect_err("nothing to apply behind the loop").to_string();
+            assert!(e.contains("holds no .yaml"), "{e}");
+        } else {
+            r.unwrap_or_else(|e| panic!("{manifests}: {e}"));
+            assert!(log.contains("rendered 2 objects"), "{manifests}: {log}");
+        }
+    }
+    let (r, _) = env.deploy(&[], &[]).await;
+    r.expect("deploys");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Issue 7, finding 12: reading the manifests respects the job's deadline and cancellation.
+#[tokio::test]
+async fn reading_the_manifests_stops_at_the_job_deadline() {
+    let env = Env::new(Scenario::success()).await;
+    let req = ferry_deploy::DeployRequest {
+        args: vec![],
+        project_dir: env.project().to_path_buf(),
+        variables: vec![
+            ("APP_NAME".into(), "web".into()),
+            ("REPLICAS".into(), "1".into()),
+        ],
+        targets: vec![env.target()],
+        remaining: Some(std::time::Duration::ZERO),
+        origin: ferry_deploy::Origin::Job(deploy_common::facts()),
+    };
+    let (r, _) = deploy_common::run_request(&req).await;
+    let e = r.expect_err("deadline passed").to_string();
+    assert!(e.contains("did not finish before the job timeout"), "{e}");
+    assert!(env.fake.requests().is_empty());
+}
+
+/// Issue 7, finding 13: a huge manifest (a sparse 1.2 GB file) is refused from its size, never
+/// read whole; the message names the file and the limit.
+#[tokio::test]
+async fn a_huge_manifest_is_refused_naming_file_and_limit() {
+    let env = Env::new(Scenario::success()).await;
+    let f = std::fs::File::create(env.project().join("k8s/huge.yaml")).unwrap();
+    f.set_len(1_200_000_000).unwrap();
+    drop(f);
+    let (r, _) = env.deploy(&["--dry-run", "render"], &[]).await;
+    let e = r.expect_err("too big").to_string();
+    assert!(
+        e.contains("k8s/huge.yaml: 1.1 GiB is over the limit of 4 MiB for one manifest file"),
+        "{e}"
+    );
+    std::fs::remove_file(env.project().join("k8s/huge.yaml")).unwrap();
+    // many files under the per-file limit: the total is capped too
+    let chunk = format!("# {}\n", "x".repeat(3 * 1024 * 1024));
+    for i in 0..6 {
+        env.write(&format!("k8s/pad{i}.yaml"), &chunk);
+    }
+    let (r, _) = env.deploy(&["--dry-run", "render"], &[]).await;
+    let e = r.expect_err("total too big").to_string();
+    assert!(
+        e.contains("the manifests add up to more than 16 MiB"),
+        "{e}"
+    );
+    assert!(env.fake.requests().is_empty());
+}
+
+/// Issue 7, finding 14: a template value with newlines and YAML syntax stays one string; it
+/// cannot add a document (here a ConfigMap in kube-system) or a key.
+#[tokio::test]
+async fn template_values_cannot_inject_yaml() {
+    let env = Env::new(Scenario::success()).await;
+    env.write(
+        "k8s/notes.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  note: __NOTE__\n  quoted: \"__NOTE__\"\n  block: |\n    note=__NOTE__\n",
+    );
+    let attack = "x\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: injected, namespace: kube-system}\ndata: {a: b}\n";
+    let (r, log) = env.deploy(&[], &[("NOTE", attack)]).await;
+    r.expect("deploys the three objects");
+    assert!(
+        log.contains(
+            "rendered 3 objects from k8s/ (placeholders: APP_NAME, REPLICAS, NOTE, VERSION)"
+        ) || log.contains("rendered 3 objects"),
+        "{log}"
+    );
+    assert!(
+        env.fake
+            .get("configmaps", "kube-system", "injected")
+            .is_none()
+    );
+    let cm = env
+        .fake
+        .get("configmaps", "test", "notes")
+        .expect("the notes ConfigMap");
+    assert_eq!(cm["data"]["note"], attack);
+    assert_eq!(cm["data"]["quoted"], attack);
+    assert_eq!(cm["data"]["block"], format!("note={attack}\n"));
+    let keys: Vec<&String> = cm["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, vec!["block", "note", "quoted"]);
 }

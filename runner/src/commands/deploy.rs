@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ferry_deploy::{DeployRequest, Deployer, KubeDeployer};
+use ferry_deploy::{DeployRequest, Deployer, KubeDeployer, Origin};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,7 @@ pub async fn deploy(_config_path: &Path, args: &[String]) -> anyhow::Result<Exit
         variables: std::env::vars().collect(),
         targets: Vec::new(),
         remaining: None,
+        origin: Origin::Workstation,
     };
     let cancel = CancellationToken::new();
     let c = cancel.clone();

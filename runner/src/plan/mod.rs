@@ -53,7 +53,12 @@ pub enum Execution {
         steps: Vec<PlannedStep>,
     },
     /// The built-in deploy step (`image: ferry:deploy`): no container.
-    Deploy { commands: Vec<DeployCommand> },
+    Deploy {
+        commands: Vec<DeployCommand>,
+        /// What GitLab asserts about the job (ref protection, environment), read from the
+        /// payload: the deploy policy is decided on these, never on job variables.
+        facts: ferry_deploy::JobFacts,
+    },
 }
 
 /// One `ferry deploy` line of a deploy job.
@@ -217,6 +222,7 @@ pub fn compile(
     let execution = if !runner.deploy.image.is_empty() && expanded_image == runner.deploy.image {
         Execution::Deploy {
             commands: deploy_commands(payload)?,
+            facts: deploy_facts(payload),
         }
     } else {
         let env = images::job_env(
@@ -389,6 +395,58 @@ fn deploy_commands(payload: &JobPayload) -> Result<Vec<DeployCommand>, PlanError
         ));
     }
     Ok(out)
+}
+
+/// The deploy policy's facts, from what GitLab put in the payload (docs/deploy.md, "Who decides
+/// what"):
+///
+/// * ref protection: `git_info.protected`. GitLab versions that do not send it: the payload's
+///   `CI_COMMIT_REF_PROTECTED`, which GitLab always sets (as "true" or "false"), and only when
+///   every definition in the payload says "true" (a job's `variables:` can add a definition,
+///   never remove GitLab's).
+/// * environment: `CI_ENVIRONMENT_NAME`, which GitLab sets from the job's `environment:` among
+///   its predefined variables, before the job's `variables:` (`Gitlab::Ci::Variables::Builder#
+///   scoped_variables`). The first definition is GitLab's; a later one with another value is the
+///   job redefining it, and then no target is chosen at all (GitLab may reorder variables that
+///   reference each other, so "first" alone is not trusted when they disagree).
+fn deploy_facts(payload: &JobPayload) -> ferry_deploy::JobFacts {
+    let defs = |key: &str| -> Vec<&str> {
+        payload
+            .variables
+            .iter()
+            .filter(|v| v.key == key)
+            .map(|v| v.value.as_str())
+            .collect()
+    };
+    let ref_protected = payload.git_info.protected.or_else(|| {
+        let values = defs("CI_COMMIT_REF_PROTECTED");
+        (!values.is_empty()).then(|| values.iter().all(|v| *v == "true"))
+    });
+    let envs = defs("CI_ENVIRONMENT_NAME");
+    let environment = match envs.first() {
+        None => ferry_deploy::JobEnvironment::None,
+        Some(first) if envs.iter().all(|v| v == first) => {
+            if first.is_empty() {
+                ferry_deploy::JobEnvironment::None
+            } else {
+                ferry_deploy::JobEnvironment::Named(first.to_string())
+            }
+        }
+        Some(_) => {
+            let mut distinct: Vec<String> = Vec::new();
+            for v in envs {
+                if !distinct.iter().any(|d| d == v) {
+                    distinct.push(v.to_string());
+                }
+            }
+            ferry_deploy::JobEnvironment::Conflicting(distinct)
+        }
+    };
+    ferry_deploy::JobFacts {
+        ref_protected,
+        ref_name: payload.git_info.git_ref.clone(),
+        environment,
+    }
 }
 
 /// Go duration strings as gitlab-runner reads them ("5m", "1h30m", "90s", "1.5h"); a bare number

@@ -71,7 +71,7 @@ fn golden_plans() {
 #[test]
 fn deploy_image_runs_no_container_and_parses_lines() {
     let plan = compile(&payload("deploy.json"), &runner(), &ctx()).unwrap();
-    let Execution::Deploy { commands } = &plan.execution else {
+    let Execution::Deploy { commands, facts } = &plan.execution else {
         panic!("not a deploy plan")
     };
     assert_eq!(commands.len(), 2);
@@ -79,6 +79,62 @@ fn deploy_image_runs_no_container_and_parses_lines() {
         commands[1].args,
         vec!["--manifests", "k8s/extra", "--namespace", "test"]
     );
+    assert_eq!(
+        facts.environment,
+        ferry_deploy::JobEnvironment::Named("test".into())
+    );
+    assert_eq!(facts.ref_name, "main");
+}
+
+fn facts_of(p: &JobPayload) -> ferry_deploy::JobFacts {
+    match compile(p, &runner(), &ctx()).unwrap().execution {
+        Execution::Deploy { facts, .. } => facts,
+        _ => panic!("not a deploy plan"),
+    }
+}
+
+fn var(key: &str, value: &str) -> crate::gitlab::payload::Variable {
+    crate::gitlab::payload::Variable {
+        key: key.into(),
+        value: value.into(),
+        public: true,
+        ..Default::default()
+    }
+}
+
+/// Issue 7, finding 11: the job's own `variables:` (which GitLab sends after its predefined
+/// variables) cannot claim a protected ref or another environment.
+#[test]
+fn deploy_facts_come_from_gitlab_not_from_job_variables() {
+    use ferry_deploy::JobEnvironment;
+    // GitLab 18.3+: git_info.protected decides, whatever the variables say
+    let mut p = payload("deploy.json");
+    p.git_info.protected = Some(false);
+    p.variables.push(var("CI_COMMIT_REF_PROTECTED", "true"));
+    assert_eq!(facts_of(&p).ref_protected, Some(false));
+    p.git_info.protected = Some(true);
+    assert_eq!(facts_of(&p).ref_protected, Some(true));
+    // older GitLab: its own CI_COMMIT_REF_PROTECTED, which a job can contradict but not replace
+    p.git_info.protected = None;
+    p.variables
+        .insert(0, var("CI_COMMIT_REF_PROTECTED", "false"));
+    assert_eq!(facts_of(&p).ref_protected, Some(false));
+    p.variables.remove(0);
+    assert_eq!(facts_of(&p).ref_protected, Some(true));
+    // the environment: GitLab's definition; a different later one is a conflict, not a winner
+    p.variables.push(var("CI_ENVIRONMENT_NAME", "production"));
+    assert_eq!(
+        facts_of(&p).environment,
+        JobEnvironment::Conflicting(vec!["test".into(), "production".into()])
+    );
+    p.variables.pop();
+    p.variables.push(var("CI_ENVIRONMENT_NAME", "test"));
+    assert_eq!(
+        facts_of(&p).environment,
+        JobEnvironment::Named("test".into())
+    );
+    p.variables.retain(|v| v.key != "CI_ENVIRONMENT_NAME");
+    assert_eq!(facts_of(&p).environment, JobEnvironment::None);
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_deploy::{
-    DeployError, DeployReport, DeployRequest, DeployTarget, Deployer, KubeDeployer,
+    DeployError, DeployReport, DeployRequest, DeployTarget, Deployer, JobEnvironment, JobFacts,
+    KubeDeployer, Origin,
 };
 use ferry_tests::fake_k8s::{FakeK8s, Scenario};
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,18 @@ impl Env {
         extra: &[(&str, &str)],
         targets: Vec<DeployTarget>,
     ) -> (Result<DeployReport, DeployError>, String) {
+        self.deploy_as(args, extra, targets, Origin::Job(facts()))
+            .await
+    }
+
+    /// Runs the deploy step for `origin` (a job with its GitLab facts, or a workstation).
+    pub async fn deploy_as(
+        &self,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        targets: Vec<DeployTarget>,
+        origin: Origin,
+    ) -> (Result<DeployReport, DeployError>, String) {
         let mut variables: Vec<(String, String)> = [
             ("CI_ENVIRONMENT_NAME", "test"),
             ("CI_ENVIRONMENT_URL", "https://test.example.com"),
@@ -130,6 +143,7 @@ impl Env {
             variables,
             targets,
             remaining: Some(Duration::from_secs(3600)),
+            origin,
         };
         run_request(&req).await
     }
@@ -142,6 +156,31 @@ impl Env {
             .filter(|r| r.method != "GET")
             .count()
     }
+}
+
+/// What GitLab asserts about the standard test job: a protected `main`, environment `test`.
+pub fn facts() -> JobFacts {
+    JobFacts {
+        ref_protected: Some(true),
+        ref_name: "main".into(),
+        environment: JobEnvironment::Named("test".into()),
+    }
+}
+
+/// `facts()` with another environment and ref protection.
+pub fn facts_with(
+    environment: Option<&str>,
+    ref_protected: Option<bool>,
+    ref_name: &str,
+) -> Origin {
+    Origin::Job(JobFacts {
+        ref_protected,
+        ref_name: ref_name.into(),
+        environment: match environment {
+            Some(e) => JobEnvironment::Named(e.into()),
+            None => JobEnvironment::None,
+        },
+    })
 }
 
 pub fn deployer() -> KubeDeployer {
