@@ -571,7 +571,17 @@ impl JobDir {
             Err(Errno::ISDIR) | Err(Errno::PERM) => {
                 // A directory: std's remove_dir_all opens each level with O_NOFOLLOW and never
                 // leaves the tree; /proc/self/fd names this very directory.
-                let path = Path::new(&format!("/proc/self/fd/{}", self.fd.as_raw_fd())).join(name);
+                let fd_path = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+                if !fd_path.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!(
+                            "removing {}: /proc is not mounted",
+                            self.shown.join(name).display()
+                        ),
+                    ));
+                }
+                let path = fd_path.join(name);
                 match std::fs::remove_dir_all(&path) {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
