@@ -16,9 +16,6 @@ const MIN_MEMORY: u64 = 4 * 1024 * 1024;
 const DEFAULT_WAIT_FOR_SERVICES_SECS: u64 = 30;
 
 const DOCKER_KNOWN: &[(&str, Leftover)] = &[
-    ("allowed_privileged_images", N),
-    ("allowed_privileged_services", N),
-    ("allowed_users", N),
     ("devices", N),
     ("device_cgroup_rules", N),
     ("gpus", N),
@@ -90,6 +87,24 @@ pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection,
     }
     d.allowed_images = globs(ctx, &mut t, "allowed_images")?;
     d.allowed_services = globs(ctx, &mut t, "allowed_services")?;
+    d.allowed_privileged_images = privileged_globs(ctx, &mut t, "allowed_privileged_images")?;
+    d.allowed_privileged_services = privileged_globs(ctx, &mut t, "allowed_privileged_services")?;
+    d.allowed_users = list(ctx, &mut t, "allowed_users")?;
+    d.pids_limit = match t.int(ctx, "pids_limit")? {
+        None => None,
+        Some(p) if p.v == 0 => None,
+        Some(p) if p.v > 0 || p.v == -1 => Some(p.v),
+        Some(p) => {
+            return Err(ctx.invalid(
+                p.line,
+                &t.key_path("pids_limit"),
+                format!(
+                    "expected a positive number of processes, or -1 for unlimited, found {}",
+                    p.v
+                ),
+            ));
+        }
+    };
 
     d.volumes = list(ctx, &mut t, "volumes")?;
     d.group_add = list(ctx, &mut t, "group_add")?;
@@ -210,6 +225,44 @@ fn globs(ctx: &Ctx, t: &mut TableReader, key: &str) -> Result<Vec<String>, Confi
         .enumerate()
     {
         check_glob(ctx, &format!("{}[{i}]", t.key_path(key)), &v)?;
+        out.push(v.v);
+    }
+    Ok(out)
+}
+
+/// `allowed_privileged_images` / `allowed_privileged_services`: doublestar globs without
+/// negation. gitlab-runner matches a leading `!` literally (so such a pattern matches no image,
+/// which fails closed): ferry does the same and warns, since it is surely not what was meant.
+fn privileged_globs(
+    ctx: &mut Ctx,
+    t: &mut TableReader,
+    key: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, v) in t
+        .strings(ctx, key)?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("{}[{i}]", t.key_path(key));
+        globset::Glob::new(&v.v).map_err(|e| {
+            ctx.invalid(
+                v.line,
+                &path,
+                format!("invalid glob {:?}: {}", v.v, e.kind()),
+            )
+        })?;
+        if v.v.starts_with('!') {
+            ctx.warn(
+                v.line,
+                &path,
+                format!(
+                    "{:?}: `!` does not negate here (as in gitlab-runner, it is matched literally, so this pattern matches no image)",
+                    v.v
+                ),
+            );
+        }
         out.push(v.v);
     }
     Ok(out)

@@ -163,7 +163,17 @@ pub struct DockerSection {
     pub allowed_services: Vec<String>,
     pub privileged: bool,
     pub services_privileged: Option<bool>,
+    /// Doublestar globs (no negation, as in gitlab-runner): the job images and services that run
+    /// privileged when `privileged` / `services_privileged` is on. Empty = all of them.
+    pub allowed_privileged_images: Vec<String>,
+    pub allowed_privileged_services: Vec<String>,
     pub user: Option<String>,
+    /// Users a job's `image:docker:user` may name; empty = any (but see gitlab-runner's rule in
+    /// `ferry_executor`: with `user` set, only that user).
+    pub allowed_users: Vec<String>,
+    /// ferry's own key: `HostConfig.PidsLimit` of build and service containers. None = not set
+    /// (the daemon's default, normally unlimited); `Some(-1)` = unlimited.
+    pub pids_limit: Option<i64>,
     pub volumes: Vec<String>,
     pub cache_dir: Option<PathBuf>,
     pub disable_cache: bool,
@@ -205,7 +215,11 @@ impl Default for DockerSection {
             allowed_services: Vec::new(),
             privileged: false,
             services_privileged: None,
+            allowed_privileged_images: Vec::new(),
+            allowed_privileged_services: Vec::new(),
             user: None,
+            allowed_users: Vec::new(),
+            pids_limit: None,
             volumes: Vec::new(),
             cache_dir: None,
             disable_cache: false,

@@ -629,6 +629,64 @@ fn docker_values() {
 }
 
 #[test]
+fn privilege_user_and_pids_keys() {
+    let c = load(&with_docker(
+        r#"    privileged = true
+    allowed_privileged_images = ["docker:*-dind", "registry.example.com/**"]
+    allowed_privileged_services = ["docker:*"]
+    allowed_users = ["1000", "nobody"]
+    pids_limit = 512"#,
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let d = &c.runners[0].docker;
+    assert_eq!(
+        d.allowed_privileged_images,
+        vec!["docker:*-dind", "registry.example.com/**"]
+    );
+    assert_eq!(d.allowed_privileged_services, vec!["docker:*"]);
+    assert_eq!(d.allowed_users, vec!["1000", "nobody"]);
+    assert_eq!(d.pids_limit, Some(512));
+
+    let d = load(&with_docker("    pids_limit = -1")).runners[0]
+        .docker
+        .clone();
+    assert_eq!(d.pids_limit, Some(-1));
+    let d = load(&with_docker("    pids_limit = 0")).runners[0]
+        .docker
+        .clone();
+    assert_eq!(d.pids_limit, None);
+    let d = load(&with_docker("")).runners[0].docker.clone();
+    assert_eq!(d.pids_limit, None);
+    assert!(d.allowed_privileged_images.is_empty() && d.allowed_users.is_empty());
+    assert_eq!(
+        error(&with_docker("    pids_limit = -5")),
+        "config.toml:8: runners[0].docker.pids_limit: expected a positive number of processes, or -1 for unlimited, found -5"
+    );
+    assert!(
+        error(&with_docker(
+            "    allowed_privileged_services = [\"docker/[a\"]"
+        ))
+        .starts_with(
+            "config.toml:8: runners[0].docker.allowed_privileged_services[0]: invalid glob"
+        )
+    );
+    // `!` does not negate in gitlab-runner's privileged lists: loaded as is, with a warning.
+    let c = load(&with_docker(
+        "    allowed_privileged_images = [\"!docker:*\"]",
+    ));
+    assert_eq!(
+        c.runners[0].docker.allowed_privileged_images,
+        vec!["!docker:*"]
+    );
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].to_string().contains("does not negate"),
+        "{}",
+        c.warnings[0]
+    );
+}
+
+#[test]
 fn cache_section_with_capitalised_keys() {
     let c = load(&format!(
         "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    Path = \"prefix\"\n    Shared = true\n    MaxUploadedArchiveSize = 1048576\n    [runners.cache.s3]\n    [runners.cache.gcs]\n    [runners.cache.azure]\n"

@@ -34,10 +34,16 @@ pub struct ImageSpec {
     pub entrypoint: Vec<String>,
     /// Policies to try in order (the job's within `allowed_pull_policies`, else the runner's).
     pub pull_policy: Vec<PullPolicy>,
-    /// `image:docker:user`, if set.
+    /// `image:docker:user` (expanded), if set. Never the runner's `user`: the engine applies
+    /// that one (it takes precedence for the build container, as in gitlab-runner).
     pub user: Option<String>,
     /// `image:docker:platform`, if set.
     pub platform: Option<String>,
+    /// The job named no image: this is the runner's default (`[runners.docker] image`).
+    /// gitlab-runner matches `allowed_privileged_images` against the job's image name, which is
+    /// empty then (see `docker::convert::privileged_allowed`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub runner_default: bool,
 }
 
 /// One `services:` entry, resolved.

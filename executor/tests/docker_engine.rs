@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use ferry_config::DockerSection;
+use ferry_executor::docker::convert;
 use ferry_executor::{
     DockerEngine, Engine, EngineError, EnvVar, ImageSpec, JobEnv, PullPolicy, ServiceSpec, StepSpec,
 };
@@ -70,6 +71,7 @@ fn image(name: &str) -> ImageSpec {
         pull_policy: vec![PullPolicy::IfNotPresent],
         user: None,
         platform: None,
+        runner_default: false,
     }
 }
 
@@ -1113,4 +1115,253 @@ async fn cache_dir_backs_path_volumes_with_host_directories() {
 fn skip_notice(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// HostConfig of a job's container, by name (it may have failed to start).
+async fn host_config(engine: &DockerEngine, name: &str) -> bollard::models::HostConfig {
+    engine
+        .client()
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inspecting {name}: {e}"))
+        .host_config
+        .expect("host config")
+}
+
+fn service(img: &str, alias: &str) -> ServiceSpec {
+    ServiceSpec {
+        image: image(img),
+        aliases: vec![alias.into()],
+        command: vec![],
+        variables: vec![],
+    }
+}
+
+/// Finding 6: a privileged runner whose lists allow only `docker:*` created a busybox build
+/// container and an httpd service privileged. Now neither is.
+#[tokio::test]
+async fn privileged_lists_keep_other_images_unprivileged() {
+    let mut sec = section();
+    sec.privileged = true;
+    sec.allowed_privileged_images = vec!["docker:*".into()];
+    sec.allowed_privileged_services = vec!["docker:*".into()];
+    let Some(engine) = engine_with("privlist", sec).await else {
+        return;
+    };
+    let mut j = job("privlist", BUSYBOX);
+    j.env.services.push(service(SERVICE, "web"));
+    let mut log: Vec<u8> = Vec::new();
+    let r = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await;
+    let build = host_config(&engine, &convert::build_container_name(&j.env)).await;
+    let svc = host_config(
+        &engine,
+        &convert::service_container_name(&j.env, SERVICE, 0),
+    )
+    .await;
+    let out = if r.is_ok() {
+        Some(
+            engine
+                .run_step(
+                    &j.env,
+                    &step(&["grep CapEff /proc/self/status"]),
+                    &mut log,
+                    &CancellationToken::new(),
+                )
+                .await,
+        )
+    } else {
+        None
+    };
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(r.is_ok(), "prepare: {r:?}\n{log}");
+    assert_eq!(build.privileged, Some(false), "build container privileged");
+    assert_eq!(svc.privileged, Some(false), "service container privileged");
+    assert_eq!(out.unwrap().unwrap().exit_code, 0, "{log}");
+    // Not the full capability set a privileged container gets.
+    assert!(!log.contains("CapEff:\t000001ffffffffff"), "{log}");
+    assert!(!log.contains("CapEff:\t0000003fffffffff"), "{log}");
+}
+
+/// The images and services the lists allow are still created privileged (checked on the created
+/// container: an engine that refuses privileged containers fails to start them, which is fine).
+#[tokio::test]
+async fn privileged_lists_let_matching_images_run_privileged() {
+    let mut sec = section();
+    sec.privileged = true;
+    sec.allowed_privileged_images = vec!["ferry-test/busybox:*".into()];
+    sec.allowed_privileged_services = vec!["ferry-test/nothing-else".into()];
+    let Some(engine) = engine_with("privok", sec.clone()).await else {
+        return;
+    };
+    let j = job("privok", BUSYBOX);
+    let mut log: Vec<u8> = Vec::new();
+    let r = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await;
+    let build = host_config(&engine, &convert::build_container_name(&j.env)).await;
+    engine.destroy(&j.env).await.unwrap();
+    if let Err(e) = &r {
+        skip_notice(&format!(
+            "SKIP (start only): privileged_lists_let_matching_images_run_privileged: the engine refuses privileged containers: {e}"
+        ));
+    }
+    assert_eq!(build.privileged, Some(true), "allowed build image");
+
+    // A service: services_privileged on, the runner's privileged off; the list allows it.
+    sec.privileged = false;
+    sec.services_privileged = Some(true);
+    sec.allowed_privileged_services = vec!["ferry-test/service:*".into()];
+    let Some(engine) = engine_with("privok", sec).await else {
+        return;
+    };
+    let mut j = job("privok", BUSYBOX);
+    j.env.services.push(service(SERVICE, "web"));
+    let r = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await;
+    let svc = host_config(
+        &engine,
+        &convert::service_container_name(&j.env, SERVICE, 0),
+    )
+    .await;
+    let build = if r.is_ok() {
+        Some(host_config(&engine, &convert::build_container_name(&j.env)).await)
+    } else {
+        skip_notice(&format!(
+            "SKIP (start only): privileged_lists_let_matching_images_run_privileged: the engine refuses privileged containers: {}",
+            r.as_ref().unwrap_err()
+        ));
+        None
+    };
+    engine.destroy(&j.env).await.unwrap();
+    assert_eq!(svc.privileged, Some(true), "allowed service");
+    if let Some(b) = build {
+        assert_eq!(b.privileged, Some(false), "privileged = false for the job");
+    }
+}
+
+/// allowed_users: a job's `image:docker:user` outside the list is refused before anything is
+/// created, with gitlab-runner's message; a listed user runs.
+#[tokio::test]
+async fn allowed_users_are_enforced() {
+    let mut sec = section();
+    sec.allowed_users = vec!["nobody".into(), "1000".into()];
+    let Some(engine) = engine_with("users", sec).await else {
+        return;
+    };
+    let mut j = job("users", BUSYBOX);
+    j.env.image.user = Some("root".into());
+    let mut log: Vec<u8> = Vec::new();
+    let err = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    let (containers, _) = labelled(&engine, &format!("ferry.job_id={}", j.env.job_id)).await;
+    engine.destroy(&j.env).await.unwrap();
+    assert!(matches!(err, EngineError::Configuration(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "user \"root\" is not an allowed user: [nobody 1000]"
+    );
+    assert_eq!(containers, 0, "nothing created for a refused user");
+
+    let mut j = job("users", BUSYBOX);
+    j.env.image.user = Some("nobody".into());
+    let (r, log) = run_one(&engine, &j.env, &step(&["id -u"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    assert!(log.contains("65534\n"), "{log}");
+}
+
+/// The runner's `user` wins over the job's and, without `allowed_users`, is the only user
+/// allowed: a job asking for root runs as the runner's user.
+#[tokio::test]
+async fn runner_user_takes_precedence_over_the_job_user() {
+    let mut sec = section();
+    sec.user = Some("nobody".into());
+    let Some(engine) = engine_with("runuser", sec).await else {
+        return;
+    };
+    let mut j = job("runuser", BUSYBOX);
+    j.env.image.user = Some("root".into());
+    let (r, log) = run_one(&engine, &j.env, &step(&["id -u"])).await;
+    assert_eq!(r.unwrap().exit_code, 0, "{log}");
+    assert!(log.contains("65534\n"), "runs as nobody: {log}");
+}
+
+/// Finding 15 (pids): `pids_limit` reaches build and service containers, and a job cannot
+/// start more processes than that.
+#[tokio::test]
+async fn pids_limit_caps_build_and_service_containers() {
+    let mut sec = section();
+    sec.pids_limit = Some(32);
+    let Some(engine) = engine_with("pids", sec).await else {
+        return;
+    };
+    let mut j = job("pids", BUSYBOX);
+    j.env.services.push(service(SERVICE, "web"));
+    let mut log: Vec<u8> = Vec::new();
+    engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&log)));
+    let build = host_config(&engine, &convert::build_container_name(&j.env)).await;
+    let svc = host_config(
+        &engine,
+        &convert::service_container_name(&j.env, SERVICE, 0),
+    )
+    .await;
+    let out = engine
+        .run_step(
+            &j.env,
+            &step(&[
+                // A fork that fails ends the subshell; the count so far is in the file (written
+                // and read with builtins, which need no fork).
+                "( n=0; for i in $(seq 100); do sleep 30 & n=$((n+1)); echo $n > /tmp/started; done ) 2>/dev/null || true",
+                "read n < /tmp/started; echo started=$n",
+            ]),
+            &mut log,
+            &CancellationToken::new(),
+        )
+        .await;
+    engine.destroy(&j.env).await.unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert_eq!(build.pids_limit, Some(32));
+    assert_eq!(svc.pids_limit, Some(32));
+    out.unwrap();
+    let started: u32 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("started="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in {log}"));
+    assert!(
+        started < 32,
+        "{started} processes started under a limit of 32: {log}"
+    );
+}
+
+/// Without the key, nothing is set (gitlab-runner has no such key; Docker's default applies).
+#[tokio::test]
+async fn no_pids_limit_by_default() {
+    let Some(engine) = engine_with("nopids", section()).await else {
+        return;
+    };
+    let j = job("nopids", BUSYBOX);
+    let mut log: Vec<u8> = Vec::new();
+    let r = engine
+        .prepare(&j.env, &mut log, &CancellationToken::new())
+        .await;
+    let build = host_config(&engine, &convert::build_container_name(&j.env)).await;
+    engine.destroy(&j.env).await.unwrap();
+    r.unwrap();
+    assert!(
+        matches!(build.pids_limit, None | Some(0) | Some(-1)),
+        "{:?}",
+        build.pids_limit
+    );
 }

@@ -73,6 +73,7 @@ fn job_env(test: &str, host_builds: PathBuf) -> JobEnv {
             pull_policy: vec![PullPolicy::IfNotPresent],
             user: None,
             platform: None,
+            runner_default: false,
         },
         services: vec![],
         variables: vec![EnvVar {

@@ -7,7 +7,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPol
 use ferry_config::DockerSection;
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::engine::{EngineError, JobEnv, StepSpec};
+use crate::engine::{EngineError, ImageSpec, JobEnv, StepSpec};
 
 /// Label on everything ferry creates; `cleanup_leftovers` looks for it.
 pub const LABEL_MANAGED: &str = "ferry.managed";
@@ -209,6 +209,95 @@ impl AllowList {
                 .join(", ")
         )))
     }
+}
+
+/// `allowed_privileged_images` / `allowed_privileged_services`, with gitlab-runner's semantics
+/// (`isInAllowedPrivilegedImages` in its executors/docker/docker.go): an empty list allows every
+/// image; otherwise the image name must match one of the doublestar patterns. There is no
+/// negation: a leading `!` is matched literally. A pattern that does not compile matches nothing
+/// (gitlab-runner ignores the match error), so a bad pattern never grants privileges.
+pub struct PrivilegedList {
+    empty: bool,
+    patterns: Vec<GlobMatcher>,
+}
+
+impl PrivilegedList {
+    pub fn new(patterns: &[String]) -> Self {
+        PrivilegedList {
+            empty: patterns.is_empty(),
+            patterns: patterns
+                .iter()
+                .filter_map(|p| {
+                    GlobBuilder::new(p)
+                        .literal_separator(true)
+                        .build()
+                        .ok()
+                        .map(|g| g.compile_matcher())
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `image` may run privileged (when the runner runs containers privileged at all).
+    pub fn allows(&self, image: &str) -> bool {
+        self.empty || self.patterns.iter().any(|g| g.is_match(image))
+    }
+}
+
+/// Whether the build container runs privileged: `privileged = true` and the job's image in
+/// `allowed_privileged_images`. As in gitlab-runner, the name matched is the job's own `image:`
+/// (expanded); a job that names no image runs the runner's default image and is matched as `""`,
+/// so with a non-empty list it runs unprivileged unless a pattern matches the empty name.
+pub fn build_privileged(section: &DockerSection, list: &PrivilegedList, image: &ImageSpec) -> bool {
+    let name = if image.runner_default {
+        ""
+    } else {
+        image.name.as_str()
+    };
+    section.privileged && list.allows(name)
+}
+
+/// Whether a service container runs privileged: `services_privileged` (default: `privileged`)
+/// and the service's image in `allowed_privileged_services` (gitlab-runner's
+/// `createHostConfigForService`).
+pub fn service_privileged(section: &DockerSection, list: &PrivilegedList, image: &str) -> bool {
+    section.services_privileged.unwrap_or(section.privileged) && list.allows(image)
+}
+
+/// The user of the build container, as gitlab-runner's `getBuildContainerUser` decides it: the
+/// runner's `user` takes precedence over the job's `image:docker:user`; the result must pass
+/// `allowed_users` (`IsUserAllowed` in its common/config.go): the image's default user (none
+/// set) is always allowed; with neither `user` nor `allowed_users` configured, any user is;
+/// otherwise the user must be in `allowed_users`, which defaults to just the runner's `user`.
+pub fn build_container_user(
+    section: &DockerSection,
+    image: &ImageSpec,
+) -> Result<Option<String>, EngineError> {
+    let runner_user = section.user.as_deref().unwrap_or("");
+    let user = if runner_user.is_empty() {
+        image.user.as_deref().unwrap_or("")
+    } else {
+        runner_user
+    };
+    if user.is_empty() {
+        return Ok(None);
+    }
+    if section.allowed_users.is_empty() && runner_user.is_empty() {
+        return Ok(Some(user.to_string()));
+    }
+    let allowed: Vec<&str> = if section.allowed_users.is_empty() {
+        vec![runner_user]
+    } else {
+        section.allowed_users.iter().map(String::as_str).collect()
+    };
+    if allowed.contains(&user) {
+        return Ok(Some(user.to_string()));
+    }
+    // gitlab-runner's message: `user %q is not an allowed user: %v` (Go prints a list as [a b]).
+    Err(EngineError::Configuration(format!(
+        "user {user:?} is not an allowed user: [{}]",
+        allowed.join(" ")
+    )))
 }
 
 /// One entry of `[runners.docker] volumes`.
@@ -451,19 +540,23 @@ fn common_host_config(section: &DockerSection, binds: Vec<String>) -> HostConfig
             name: Some(RestartPolicyNameEnum::NO),
             maximum_retry_count: None,
         }),
+        // ferry's own `pids_limit` (gitlab-runner has no such key): per container.
+        pids_limit: section.pids_limit,
         ..Default::default()
     }
 }
 
 /// Host config of the build container: `[runners.docker]` options plus the job's binds.
+/// `privileged` comes from [`build_privileged`].
 pub fn build_host_config(
     section: &DockerSection,
     binds: Vec<String>,
     network_mode: Option<String>,
     links: Vec<String>,
+    privileged: bool,
 ) -> HostConfig {
     HostConfig {
-        privileged: Some(section.privileged),
+        privileged: Some(privileged),
         memory: to_i64(section.memory),
         memory_swap: to_i64(section.memory_swap),
         memory_reservation: to_i64(section.memory_reservation),
@@ -486,14 +579,16 @@ pub fn build_host_config(
     }
 }
 
-/// Host config of a service container (no resource limits: those are `service_*` keys).
+/// Host config of a service container (no resource limits but `pids_limit`: the others are
+/// `service_*` keys). `privileged` comes from [`service_privileged`].
 pub fn service_host_config(
     section: &DockerSection,
     binds: Vec<String>,
     network_mode: Option<String>,
+    privileged: bool,
 ) -> HostConfig {
     HostConfig {
-        privileged: Some(section.services_privileged.unwrap_or(section.privileged)),
+        privileged: Some(privileged),
         network_mode,
         ..common_host_config(section, binds)
     }
@@ -501,11 +596,13 @@ pub fn service_host_config(
 
 /// The build container: the job image with its entrypoint (or the job's), running the shell
 /// detection with an open stdin that nobody writes to, so it stays up until `destroy`.
+/// `user` comes from [`build_container_user`].
 pub fn build_container_body(
     section: &DockerSection,
     env: &JobEnv,
     image_id: &str,
     host_config: HostConfig,
+    user: Option<String>,
 ) -> ContainerCreateBody {
     let entrypoint = if env.image.entrypoint.is_empty() || section.disable_entrypoint_overwrite {
         None
@@ -523,7 +620,7 @@ pub fn build_container_body(
                 .collect(),
         ),
         working_dir: Some(env.project_dir.clone()),
-        user: env.image.user.clone().or_else(|| section.user.clone()),
+        user,
         hostname: section.hostname.clone(),
         labels: Some(job_labels(env, "build")),
         open_stdin: Some(true),
@@ -600,6 +697,7 @@ mod tests {
                 pull_policy: vec![PullPolicy::IfNotPresent],
                 user: None,
                 platform: None,
+                runner_default: false,
             },
             services: vec![],
             variables: vec![EnvVar {
@@ -799,7 +897,7 @@ mod tests {
             cap_drop: vec!["NET_RAW".into()],
             ..Default::default()
         };
-        let h = build_host_config(&s, vec!["a:/b".into()], Some("net".into()), vec![]);
+        let h = build_host_config(&s, vec!["a:/b".into()], Some("net".into()), vec![], true);
         assert_eq!(h.memory, Some(6291456));
         assert_eq!(h.nano_cpus, Some(1_500_000_000));
         assert_eq!(h.shm_size, None);
@@ -807,16 +905,153 @@ mod tests {
         assert_eq!(h.dns, Some(vec!["1.1.1.1".to_string()]));
         assert_eq!(h.cap_drop, Some(vec!["NET_RAW".to_string()]));
         assert_eq!(h.network_mode.as_deref(), Some("net"));
-        let svc = service_host_config(
-            &DockerSection {
-                privileged: true,
-                services_privileged: Some(false),
-                ..Default::default()
-            },
-            vec![],
-            None,
-        );
+        assert_eq!(h.pids_limit, None, "no pids limit unless configured");
+        let svc = service_host_config(&s, vec![], None, false);
         assert_eq!(svc.privileged, Some(false));
+        let limited = DockerSection {
+            pids_limit: Some(256),
+            ..Default::default()
+        };
+        let h = build_host_config(&limited, vec![], None, vec![], false);
+        assert_eq!(h.pids_limit, Some(256));
+        assert_eq!(h.privileged, Some(false));
+        assert_eq!(
+            service_host_config(&limited, vec![], None, false).pids_limit,
+            Some(256)
+        );
+    }
+
+    fn img(name: &str) -> ImageSpec {
+        ImageSpec {
+            name: name.into(),
+            entrypoint: vec![],
+            pull_policy: vec![],
+            user: None,
+            platform: None,
+            runner_default: false,
+        }
+    }
+
+    #[test]
+    fn privileged_lists_follow_gitlab_runner() {
+        let section = |privileged, services_privileged| DockerSection {
+            privileged,
+            services_privileged,
+            ..Default::default()
+        };
+        let dind = PrivilegedList::new(&["docker:*".into()]);
+        let all = PrivilegedList::new(&[]);
+        // The finding: a privileged runner restricted to docker:* ran busybox and httpd privileged.
+        assert!(!build_privileged(
+            &section(true, None),
+            &dind,
+            &img("busybox:latest")
+        ));
+        assert!(!service_privileged(&section(true, None), &dind, "httpd:2"));
+        assert!(build_privileged(
+            &section(true, None),
+            &dind,
+            &img("docker:27-dind")
+        ));
+        assert!(service_privileged(
+            &section(true, None),
+            &dind,
+            "docker:dind"
+        ));
+        // `*` stays within a path segment, `**` crosses `/`.
+        assert!(!dind.allows("docker:x/evil"));
+        assert!(!dind.allows("evil/docker:1"));
+        let reg = PrivilegedList::new(&["registry.io/**".into()]);
+        assert!(reg.allows("registry.io/a/b:1") && !reg.allows("registry.io.evil/a"));
+        // Empty list = every image (gitlab-runner: "equivalent to [\"**\"]").
+        assert!(build_privileged(
+            &section(true, None),
+            &all,
+            &img("busybox")
+        ));
+        assert!(service_privileged(&section(true, None), &all, "httpd"));
+        // Never privileged without the switch, whatever the lists say.
+        assert!(!build_privileged(
+            &section(false, None),
+            &all,
+            &img("docker:1")
+        ));
+        assert!(!service_privileged(&section(false, None), &all, "docker:1"));
+        // services_privileged overrides privileged for services only.
+        assert!(service_privileged(
+            &section(false, Some(true)),
+            &dind,
+            "docker:1"
+        ));
+        assert!(!service_privileged(
+            &section(true, Some(false)),
+            &all,
+            "docker:1"
+        ));
+        assert!(!build_privileged(
+            &section(false, Some(true)),
+            &all,
+            &img("docker:1")
+        ));
+        // The runner's default image is matched as "" (the job named no image).
+        let mut default = img("docker:27");
+        default.runner_default = true;
+        assert!(!build_privileged(&section(true, None), &dind, &default));
+        assert!(build_privileged(&section(true, None), &all, &default));
+        // No negation: `!x` is a literal pattern; a broken pattern matches nothing.
+        let neg = PrivilegedList::new(&["!busybox".into(), "[".into()]);
+        assert!(!neg.allows("docker:1") && !neg.allows("busybox") && !neg.allows("["));
+    }
+
+    #[test]
+    fn build_user_follows_gitlab_runner() {
+        let sec = |user: Option<&str>, allowed: &[&str]| DockerSection {
+            user: user.map(str::to_string),
+            allowed_users: allowed.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let with_user = |u: Option<&str>| ImageSpec {
+            user: u.map(str::to_string),
+            ..img("busybox")
+        };
+        // Nothing configured: whatever the job asks.
+        assert_eq!(
+            build_container_user(&sec(None, &[]), &with_user(Some("root"))).unwrap(),
+            Some("root".into())
+        );
+        assert_eq!(
+            build_container_user(&sec(None, &[]), &with_user(None)).unwrap(),
+            None
+        );
+        // allowed_users set: the job's user must be listed.
+        let allowed = sec(None, &["1000", "nobody"]);
+        assert_eq!(
+            build_container_user(&allowed, &with_user(Some("nobody"))).unwrap(),
+            Some("nobody".into())
+        );
+        let err = build_container_user(&allowed, &with_user(Some("root"))).unwrap_err();
+        assert!(matches!(err, EngineError::Configuration(_)));
+        assert_eq!(
+            err.to_string(),
+            "user \"root\" is not an allowed user: [1000 nobody]"
+        );
+        // The image's own default user is always allowed.
+        assert_eq!(
+            build_container_user(&allowed, &with_user(None)).unwrap(),
+            None
+        );
+        // The runner's user takes precedence over the job's...
+        assert_eq!(
+            build_container_user(&sec(Some("1000"), &[]), &with_user(Some("root"))).unwrap(),
+            Some("1000".into())
+        );
+        // ...and must itself be allowed when allowed_users is set.
+        assert_eq!(
+            build_container_user(&sec(Some("root"), &["1000"]), &with_user(None))
+                .unwrap_err()
+                .to_string(),
+            "user \"root\" is not an allowed user: [1000]"
+        );
     }
 
     #[test]
@@ -826,7 +1061,8 @@ mod tests {
             ..Default::default()
         };
         let mut e = env();
-        let b = build_container_body(&s, &e, "sha256:1", HostConfig::default());
+        let user = build_container_user(&s, &e.image).unwrap();
+        let b = build_container_body(&s, &e, "sha256:1", HostConfig::default(), user);
         assert_eq!(b.entrypoint, None);
         assert_eq!(b.user.as_deref(), Some("nobody"));
         assert_eq!(b.env, Some(vec!["A=1".to_string()]));
@@ -834,7 +1070,8 @@ mod tests {
         assert_eq!(b.labels.as_ref().unwrap()[LABEL_JOB], "42");
         e.image.entrypoint = vec!["".into()];
         e.image.user = Some("1000".into());
-        let b = build_container_body(&s, &e, "sha256:1", HostConfig::default());
+        let user = build_container_user(&DockerSection::default(), &e.image).unwrap();
+        let b = build_container_body(&s, &e, "sha256:1", HostConfig::default(), user);
         assert_eq!(b.entrypoint, Some(vec!["".to_string()]));
         assert_eq!(b.user.as_deref(), Some("1000"));
     }

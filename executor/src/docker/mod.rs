@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 pub use convert::service_aliases_from_image;
-use convert::{AllowList, VolumeSpec};
+use convert::{AllowList, PrivilegedList, VolumeSpec};
 
 use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
 
@@ -50,6 +50,9 @@ pub struct DockerEngine {
     host_probe: bool,
     allowed_images: std::sync::Arc<AllowList>,
     allowed_services: std::sync::Arc<AllowList>,
+    /// `allowed_privileged_images` / `allowed_privileged_services`.
+    privileged_images: std::sync::Arc<PrivilegedList>,
+    privileged_services: std::sync::Arc<PrivilegedList>,
     /// The daemon cannot see ferry's files: the builds directory is a per-job volume, copied in
     /// and out through the archive API (see [`remote::is_remote_host`]).
     remote: bool,
@@ -227,6 +230,12 @@ impl DockerEngine {
                 &section.allowed_services,
                 "allowed_services",
             )?),
+            privileged_images: std::sync::Arc::new(PrivilegedList::new(
+                &section.allowed_privileged_images,
+            )),
+            privileged_services: std::sync::Arc::new(PrivilegedList::new(
+                &section.allowed_privileged_services,
+            )),
             section: section.clone(),
             remote: remote::is_remote_host(&host),
         })
@@ -486,6 +495,8 @@ impl DockerEngine {
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
         self.check_allowed(env)?;
+        // allowed_users: refused before anything is created or pulled.
+        let user = convert::build_container_user(&self.section, &env.image)?;
         let volumes = convert::parse_volumes(env, &self.section.volumes)?;
         let _ = log
             .write_all(
@@ -558,8 +569,11 @@ impl DockerEngine {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let host_config = convert::build_host_config(&self.section, binds, network_mode, links);
-        let body = convert::build_container_body(&self.section, env, &image_id, host_config);
+        let privileged =
+            convert::build_privileged(&self.section, &self.privileged_images, &env.image);
+        let host_config =
+            convert::build_host_config(&self.section, binds, network_mode, links, privileged);
+        let body = convert::build_container_body(&self.section, env, &image_id, host_config, user);
         let name = convert::build_container_name(env);
         self.remove_stale(&name).await?;
         let mut opts = CreateContainerOptionsBuilder::new().name(&name);

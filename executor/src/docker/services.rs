@@ -188,6 +188,7 @@ fn service_body(
             section,
             binds.to_vec(),
             network_mode,
+            convert::service_privileged(section, &engine.privileged_services, &svc.image.name),
         )),
         networking_config,
         ..Default::default()

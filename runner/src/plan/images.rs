@@ -85,8 +85,11 @@ fn pull_policies(
     Ok(out)
 }
 
+/// `user` is the job's `docker:user`, expanded as gitlab-runner does; the runner's `user` and
+/// `allowed_users` are applied by the engine.
 fn image_spec(
     runner: &RunnerSection,
+    variables: &Variables,
     name: String,
     image: Option<&Image>,
     what: &str,
@@ -97,9 +100,11 @@ fn image_spec(
         entrypoint: image.and_then(|i| i.entrypoint.clone()).unwrap_or_default(),
         pull_policy: pull_policies(runner, image.and_then(|i| i.pull_policy.as_ref()), what)?,
         user: docker_opts
-            .and_then(|d| d.user.clone())
-            .or_else(|| runner.docker.user.clone()),
+            .and_then(|d| d.user.as_deref())
+            .map(|u| variables.expand(u))
+            .filter(|u| !u.is_empty()),
         platform: docker_opts.and_then(|d| d.platform.clone()),
+        runner_default: false,
     })
 }
 
@@ -129,7 +134,7 @@ fn service_spec(
     };
     let what = format!("service {name:?}");
     Ok(ServiceSpec {
-        image: image_spec(runner, name, Some(&image), &what)?,
+        image: image_spec(runner, variables, name, Some(&image), &what)?,
         aliases,
         command: svc.command.clone().unwrap_or_default(),
         variables: svc
@@ -169,7 +174,8 @@ pub(super) fn job_env(
     host: &super::HostDirs,
     short_token: &str,
 ) -> Result<JobEnv, PlanError> {
-    let name = if image_name.is_empty() {
+    let runner_default = image_name.is_empty();
+    let name = if runner_default {
         runner.docker.image.clone().unwrap_or_default()
     } else {
         image_name.to_string()
@@ -179,7 +185,8 @@ pub(super) fn job_env(
             "the job sets no image and this runner has no default ([runners.docker] image)".into(),
         ));
     }
-    let image = image_spec(runner, name, payload.image.as_ref(), "image")?;
+    let mut image = image_spec(runner, variables, name, payload.image.as_ref(), "image")?;
+    image.runner_default = runner_default;
     let mut services = Vec::new();
     for s in &payload.services {
         services.push(service_spec(runner, s, variables)?);
