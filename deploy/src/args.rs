@@ -370,17 +370,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        total += match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            "h" => n.checked_mul(3600).map(Duration::from_secs),
             _ => {
                 return Err(format!(
                     "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
                 ));
             }
         };
+        // A job variable sets it: too large is an error, never an overflow panic.
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .ok_or_else(|| format!("{text:?}: number too large"))?;
     }
     Ok(total)
 }
@@ -518,6 +522,18 @@ mod tests {
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("10x").is_err());
+        for huge in [
+            "18446744073709551615h",
+            "9999999999999999999m",
+            "18446744073709551615s1s",
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("too large"), "{huge}: {e}");
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615").unwrap(),
+            Duration::from_secs(u64::MAX)
+        );
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
     }
 

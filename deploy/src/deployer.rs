@@ -23,6 +23,14 @@ use crate::{
     DeployError, DeployReport, DeployRequest, DeployTarget, Deployer, JobFacts, LogSink, Origin,
 };
 
+/// `now + d` without the overflow panic of `Instant + Duration` (`--timeout` and
+/// `FERRY_TIMEOUT` are the job's to choose): capped at 100 years, "never" for a rollout.
+fn deadline_after(d: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = tokio::time::Instant::now();
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
+
 /// The real deployer (kube + server-side apply).
 #[derive(Debug, Clone)]
 pub struct KubeDeployer {
@@ -308,7 +316,7 @@ impl KubeDeployer {
             ))
             .await;
             let cfg = WaitConfig {
-                deadline: tokio::time::Instant::now() + timeout,
+                deadline: deadline_after(timeout),
                 start: started,
                 fail_fast: settings.fail_fast,
                 grace_override: settings.fail_fast_grace,
@@ -536,7 +544,7 @@ impl KubeDeployer {
         ))
         .await;
         let cfg = WaitConfig {
-            deadline: tokio::time::Instant::now() + timeout,
+            deadline: deadline_after(timeout),
             start: started,
             fail_fast: settings.fail_fast,
             grace_override: settings.fail_fast_grace,

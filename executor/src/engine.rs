@@ -193,3 +193,37 @@ pub trait Engine: Send + Sync + 'static {
     /// Remove every container, network and temporary volume of the job.
     fn destroy(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send;
 }
+
+/// `now + d` without the overflow panic of `Instant + Duration`: a duration from a job payload,
+/// a job variable or the config may be anything up to `Duration::MAX`. Capped at 100 years,
+/// which is "never" for a job (tokio's timer clamps far deadlines itself).
+pub fn deadline_after(d: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = tokio::time::Instant::now();
+    now.checked_add(d.min(FAR))
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deadlines_saturate_instead_of_panicking() {
+        let now = tokio::time::Instant::now();
+        for d in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(1 << 62),
+        ] {
+            let at = deadline_after(d);
+            assert!(
+                at > now + Duration::from_secs(50 * 365 * 24 * 3600),
+                "{d:?}"
+            );
+        }
+        let at = deadline_after(Duration::from_secs(5));
+        assert!(at >= now + Duration::from_secs(5) && at < now + Duration::from_secs(60));
+    }
+}

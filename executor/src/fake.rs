@@ -2,7 +2,8 @@
 //!
 //! It interprets a tiny language in step commands, so tests read like job definitions:
 //! `echo TEXT` prints TEXT, `exit N` ends the step with code N, `sleep SECS` waits (cancellable),
-//! `oom` ends as an OOM kill, `fail-docker` returns a Docker error. An image named
+//! `oom` ends as an OOM kill, `fail-docker` returns a Docker error, `panic TEXT` panics (as a
+//! bug would, for the driver's panic handling). An image named
 //! `missing:*` fails `prepare` with an image pull error. It records calls and panics on an
 //! illegal order (`run_step` before `prepare`), so the driver's contract is checked.
 
@@ -102,6 +103,7 @@ impl Engine for FakeEngine {
                     });
                 }
                 "fail-docker" => return Err(EngineError::Docker("connection refused".into())),
+                "panic" => panic!("{rest}"),
                 _ => {}
             }
             if cancel.is_cancelled() {

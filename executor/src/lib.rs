@@ -18,5 +18,5 @@ pub mod sources;
 pub use docker::DockerEngine;
 pub use engine::{
     Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogSink, PullPolicy, RegistryAuth, ServiceSpec,
-    StepOutcome, StepSpec,
+    StepOutcome, StepSpec, deadline_after,
 };

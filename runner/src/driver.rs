@@ -9,6 +9,7 @@
 //! runs) and a forced shutdown of ferry.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use ferry_config::RunnerSection;
 use ferry_deploy::{DeployError, DeployRequest, Deployer, JobFacts, Origin};
 use ferry_executor::jobfs::{self, FileReader, Limits};
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -258,36 +260,52 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         // depend on it, GitLab can start the next stage ~0.4 s sooner, and the job's slot is
         // free for the next job while Docker removes an idle container. Names of containers,
         // networks and volumes carry the job id, so the next job never collides with them.
+        //
+        // A panic anywhere in planning or executing still ends the job here: it is caught, the
+        // job fails with `runner_system_failure` and a log line, and its containers are removed
+        // (the environment to remove is taken before anything runs).
         let mut cleanup: Option<JobEnv> = None;
         let mut workspace = None;
-        let outcome = match plan::compile(&payload, &runner, &ctx) {
-            Ok(plan) => {
+        let compiled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| plan::compile(&payload, &runner, &ctx)));
+        let outcome = match compiled {
+            Ok(Ok(plan)) => {
+                if let Execution::Docker { env, .. } = &plan.execution {
+                    cleanup = Some((**env).clone());
+                }
                 let mut signals = Signals {
-                    deadline: tokio::time::Instant::now() + plan.timeout,
+                    deadline: ferry_executor::deadline_after(plan.timeout),
                     remote: handle.signals(),
                     shutdown,
                 };
-                let outcome = match self.claim_workspace(&plan, &log, &mut signals).await {
-                    Ok(guard) => {
-                        workspace = Some(guard);
-                        self.execute(&plan, &job, &runner, &log, &mut signals).await
+                let executed = AssertUnwindSafe(async {
+                    match self.claim_workspace(&plan, &log, &mut signals).await {
+                        Ok(guard) => {
+                            workspace = Some(guard);
+                            self.execute(&plan, &job, &runner, &log, &mut signals).await
+                        }
+                        Err(stop) => stop_outcome(stop, &log),
                     }
-                    Err(stop) => stop_outcome(stop, &log),
+                })
+                .catch_unwind()
+                .await;
+                let outcome = match executed {
+                    Ok(outcome) => outcome,
+                    Err(panic) => internal_error(&job, &log, panic.as_ref()),
                 };
-                // File variables live only as long as their job (docs/security.md).
+                // File variables live only as long as their job (docs/security.md), also after
+                // a panic.
                 let tmp = plan.host_tmp_dir.clone();
                 if let Err(e) = jobfs::blocking(move || jobfs::remove_files(&tmp)).await {
                     warn!(job = job.id, error = %e, "removing the job's file variables failed");
                 }
-                if let Execution::Docker { env, .. } = plan.execution {
-                    cleanup = Some(*env);
-                }
                 outcome
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 log.write_error(&format!("job {}: {e}", job.id));
                 Outcome::failed(e.failure_reason())
             }
+            Err(panic) => internal_error(&job, &log, panic.as_ref()),
         };
 
         let update = match &outcome {
@@ -621,7 +639,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             let result = if is_after {
                 let limit = spec.timeout.unwrap_or(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
                 let mut after_signals = Signals {
-                    deadline: tokio::time::Instant::now() + limit,
+                    deadline: ferry_executor::deadline_after(limit),
                     remote: signals.remote.clone(),
                     shutdown: signals.shutdown.clone(),
                 };
@@ -960,6 +978,22 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
     }
 }
 
+/// A panic in a job's code: the job fails as a system failure with a line saying so (the
+/// message says where; the trace masks secrets as in any other line), and ferry's own log
+/// records it.
+fn internal_error(job: &JobRef, log: &TraceWriter, panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    tracing::error!(job = job.id, panic = %message, "internal error in a job: failing it");
+    log.write_error(&format!(
+        "Job failed (system failure): internal error in ferry: {message}"
+    ));
+    Outcome::failed("runner_system_failure")
+}
+
 /// Drive `fut` until it ends; on a stop signal, fire `cancel` and give it [`STOP_GRACE`] to end.
 /// Returns the future's result (None if it had to be abandoned) and the stop, if any.
 async fn run_stoppable<T>(
@@ -1104,6 +1138,166 @@ impl Engine for Unavailable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::fake::FakeGitLab;
+    use ferry_executor::fake::{Call, FakeEngine};
+
+    const TOKEN: &str = "glcbt-drivertest0token";
+
+    fn runner() -> Arc<RunnerSection> {
+        let cfg = ferry_config::from_toml_str(
+            r#"
+[[runners]]
+  name = "t"
+  url = "https://gitlab.example.com"
+  token = "glrt-drivertest0runner"
+  executor = "docker"
+  [runners.docker]
+    image = "busybox"
+"#,
+            "test.toml",
+        )
+        .unwrap();
+        Arc::new(cfg.runners.into_iter().next().unwrap())
+    }
+
+    /// A job of the fake engine's language; `patch` is merged into the payload's top level.
+    fn payload(script: &[&str], after: &[&str], patch: serde_json::Value) -> JobPayload {
+        let mut p = serde_json::json!({
+            "id": 7, "token": TOKEN,
+            "job_info": {"id": 7, "name": "t", "stage": "test", "project_id": 3,
+                         "project_full_path": "g/p"},
+            "runner_info": {"timeout": 3600},
+            "variables": [{"key": "GIT_STRATEGY", "value": "none", "public": true}],
+            "steps": [{"name": "script", "script": script, "timeout": 3600, "when": "on_success"},
+                      {"name": "after_script", "script": after, "timeout": 3600, "when": "always"}],
+            "image": {"name": "busybox"},
+            "features": {"trace_sections": true}
+        });
+        if let (Some(p), serde_json::Value::Object(patch)) = (p.as_object_mut(), patch) {
+            for (k, v) in patch {
+                p.insert(k, v);
+            }
+        }
+        crate::gitlab::payload::parse_payload(&serde_json::to_vec(&p).unwrap()).unwrap()
+    }
+
+    /// Runs the job to its final update; returns the fake GitLab, the engine and the job log.
+    async fn run(p: JobPayload) -> (Arc<FakeGitLab>, Arc<FakeEngine>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let job = p.job_ref();
+        let api = Arc::new(FakeGitLab::new(&job));
+        let engine = Arc::new(FakeEngine::default());
+        let driver = Driver {
+            engine: engine.clone(),
+            deployer: Arc::new(ferry_deploy::fake::FakeDeployer::default()),
+            api: api.clone(),
+            metrics: Metrics::new(),
+            system_id: "s_test".into(),
+            trace_timing: TraceTiming::default(),
+            cleanups: TaskTracker::new(),
+            workspaces: Workspaces::default(),
+        };
+        let ctx = JobContext {
+            working_dir: dir.path().to_path_buf(),
+            concurrent_id: 0,
+            concurrent_project_id: 0,
+            tls_ca_pem: None,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            driver.run(runner(), p, ctx, CancellationToken::new()),
+        )
+        .await
+        .expect("the job ended");
+        driver.cleanups.close();
+        driver.cleanups.wait().await;
+        let log = String::from_utf8_lossy(&api.trace()).into_owned();
+        (api, engine, log)
+    }
+
+    fn final_state(api: &FakeGitLab) -> (String, Option<String>) {
+        api.with(|s| {
+            let last = s.updates.last().expect("a final update");
+            (s.status.clone(), last.update.failure_reason.clone())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_job_fails_it_with_a_log_line_and_removes_its_containers() {
+        let (api, engine, log) = run(payload(
+            &["echo before", "panic boom in the engine"],
+            &[],
+            serde_json::json!({}),
+        ))
+        .await;
+        assert_eq!(
+            final_state(&api),
+            (
+                "failed".to_string(),
+                Some("runner_system_failure".to_string())
+            ),
+            "{log}"
+        );
+        assert!(
+            log.contains("internal error in ferry: boom in the engine"),
+            "{log}"
+        );
+        assert!(log.contains("before"), "the log so far is kept: {log}");
+        assert_eq!(
+            engine.calls().last(),
+            Some(&Call::Destroy(7)),
+            "containers removed: {:?}",
+            engine.calls()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_absurd_job_timeout_fails_the_job_at_once_with_the_reason() {
+        // 1e30 decodes (saturated) to u64::MAX; `Instant + Duration` panicked on it.
+        for timeout in [serde_json::json!(1e30), serde_json::json!(u64::MAX)] {
+            let p = payload(
+                &["echo never"],
+                &[],
+                serde_json::json!({"runner_info": {"timeout": timeout}}),
+            );
+            let (api, engine, log) = run(p).await;
+            assert_eq!(
+                final_state(&api),
+                (
+                    "failed".to_string(),
+                    Some("runner_system_failure".to_string())
+                ),
+                "{log}"
+            );
+            assert!(log.contains("GitLab never sends such a value"), "{log}");
+            assert!(
+                engine.calls().is_empty(),
+                "nothing ran: {:?}",
+                engine.calls()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_huge_after_script_timeout_saturates() {
+        // A job variable (the job controls it) far beyond what a deadline can hold.
+        let p = payload(
+            &["echo main"],
+            &["echo after"],
+            serde_json::json!({"variables": [
+                {"key": "GIT_STRATEGY", "value": "none", "public": true},
+                {"key": "RUNNER_AFTER_SCRIPT_TIMEOUT", "value": "99999999999999999999999h", "public": true}
+            ]}),
+        );
+        let (api, engine, log) = run(p).await;
+        assert_eq!(final_state(&api), ("success".to_string(), None), "{log}");
+        assert!(log.contains("after"), "{log}");
+        assert!(
+            engine
+                .calls()
+                .contains(&Call::RunStep(7, "after_script".into()))
+        );
+    }
 
     #[test]
     fn failure_reasons_fall_back_like_gitlab_runner() {

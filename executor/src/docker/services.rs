@@ -202,7 +202,7 @@ async fn wait_for_service(
     network: Option<&str>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::engine::deadline_after(timeout);
     let inspect = engine
         .client()
         .inspect_container(

@@ -163,7 +163,7 @@ async fn exec_step(
         EngineError::Docker(format!("closing the script of step {}: {e}", step.name))
     })?;
 
-    let deadline = step.timeout.map(|t| (tokio::time::Instant::now() + t, t));
+    let deadline = step.timeout.map(|t| (crate::engine::deadline_after(t), t));
     let mut poll = tokio::time::interval(POLL_EVERY);
     poll.tick().await;
     let mut stop: Option<Stop> = None;

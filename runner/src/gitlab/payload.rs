@@ -26,6 +26,17 @@ pub enum PayloadError {
     /// Parsed, but without a job id, so no job call can be made for it.
     #[error("invalid job payload: no job id")]
     NoId,
+    /// Parsed, but without a usable job token (missing, empty, or not a printable ASCII word):
+    /// every job call needs it, so the job can be neither run nor reported. GitLab always sends
+    /// one; refusing at once frees the slot instead of retrying calls that cannot succeed.
+    #[error("invalid job payload: no usable job token")]
+    NoToken,
+}
+
+/// A job token GitLab could have issued: non-empty printable ASCII without spaces (it travels in
+/// the `JOB-TOKEN` header and in clone URLs).
+fn usable_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Parse a job payload. Never panics, whatever the input.
@@ -34,6 +45,9 @@ pub fn parse_payload(bytes: &[u8]) -> Result<JobPayload, PayloadError> {
         .map_err(|e| PayloadError::Invalid(redact_quoted(&e.to_string())))?;
     if payload.id == 0 {
         return Err(PayloadError::NoId);
+    }
+    if !usable_token(&payload.token) {
+        return Err(PayloadError::NoToken);
     }
     payload.normalize();
     Ok(payload)
@@ -72,7 +86,7 @@ pub fn salvage_job_ref(bytes: &[u8]) -> Option<crate::api::JobRef> {
     }
     let head: Head = serde_json::from_slice(bytes).ok()?;
     match (head.id, head.token) {
-        (Some(id), Some(token)) if id > 0 && !token.is_empty() => {
+        (Some(id), Some(token)) if id > 0 && usable_token(&token) => {
             Some(crate::api::JobRef { id, token })
         }
         _ => None,
@@ -792,8 +806,59 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_without_a_usable_token_is_refused() {
+        for body in [
+            &br#"{"id": 5}"#[..],
+            br#"{"id": 5, "token": ""}"#,
+            br#"{"id": 5, "token": null}"#,
+            br#"{"id": 5, "token": "a b"}"#,
+            br#"{"id": 5, "token": "tok\nX-Evil: 1"}"#,
+        ] {
+            assert!(
+                matches!(parse_payload(body), Err(PayloadError::NoToken)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            // Nothing to report it with either.
+            assert!(salvage_job_ref(body).is_none());
+        }
+        assert_eq!(
+            PayloadError::NoToken.to_string(),
+            "invalid job payload: no usable job token"
+        );
+    }
+
+    #[test]
+    fn absurd_numbers_decode_without_panicking() {
+        let body = br#"{"id": 1, "token": "t", "runner_info": {"timeout": 1e30},
+            "steps": [{"name": "script", "script": ["x"], "timeout": 1e20},
+                      {"name": "after_script", "script": ["y"], "timeout": 18446744073709551615}],
+            "git_info": {"depth": -3}, "job_info": {"time_in_queue_seconds": 1e308,
+            "project_id": 1.5e300}}"#;
+        let p = parse_payload(body).unwrap();
+        assert_eq!(p.runner_info.timeout, u64::MAX, "saturated");
+        assert_eq!(p.steps[0].timeout, u64::MAX);
+        assert_eq!(p.steps[1].timeout, u64::MAX);
+        assert_eq!(p.git_info.depth, 0);
+        let p = parse_payload(br#"{"id": 1, "token": "t", "runner_info": {"timeout": "1e30"}}"#)
+            .unwrap();
+        assert_eq!(
+            p.runner_info.timeout, 0,
+            "unreadable string: GitLab did not say"
+        );
+        let p = parse_payload(
+            br#"{"id": 1, "token": "t", "runner_info": {"timeout": 18446744073709551615}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.runner_info.timeout, u64::MAX);
+    }
+
+    #[test]
     fn unknown_when_is_kept() {
-        let p = parse_payload(br#"{"id": 1, "steps": [{"name": "x", "when": "manual"}]}"#).unwrap();
+        let p = parse_payload(
+            br#"{"id": 1, "token": "t", "steps": [{"name": "x", "when": "manual"}]}"#,
+        )
+        .unwrap();
         assert_eq!(p.steps[0].when, When::Other("manual".into()));
     }
 

@@ -27,6 +27,11 @@ pub use host::DependencySpec;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
 /// after_script's own timeout (RUNNER_AFTER_SCRIPT_TIMEOUT overrides it).
 pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest job or step timeout ferry accepts from GitLab: a year. GitLab caps job timeouts far
+/// below that (project and runner maximum timeouts are validated to under a month), so a larger
+/// value is a payload GitLab would never send, and the job is refused with that reason rather
+/// than run with a deadline nobody meant (docs/security.md).
+pub const MAX_PAYLOAD_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
 
 /// What the driver needs besides the payload and the config: facts of this host and slot.
 #[derive(Debug, Clone, Serialize)]
@@ -133,6 +138,9 @@ pub enum PlanError {
     /// The job itself is wrong (e.g. a deploy job's script line).
     #[error("{0}")]
     Job(String),
+    /// GitLab sent something it never sends (an absurd timeout): the job is refused at once.
+    #[error("{0}")]
+    Payload(String),
 }
 
 impl PlanError {
@@ -140,8 +148,34 @@ impl PlanError {
         match self {
             PlanError::Configuration(_) => "runner_configuration_error",
             PlanError::Job(_) => "script_failure",
+            PlanError::Payload(_) => "runner_system_failure",
         }
     }
+}
+
+/// Timeouts GitLab would never send refuse the job (see [`MAX_PAYLOAD_TIMEOUT_SECS`]).
+fn check_payload_timeouts(payload: &JobPayload) -> Result<(), PlanError> {
+    let refuse = |what: &str, secs: u64| {
+        PlanError::Payload(format!(
+            "GitLab sent {what} of {secs} seconds, more than the {} seconds (a year) ferry accepts; GitLab never sends such a value, so the job is not run",
+            MAX_PAYLOAD_TIMEOUT_SECS
+        ))
+    };
+    if payload.runner_info.timeout > MAX_PAYLOAD_TIMEOUT_SECS {
+        return Err(refuse(
+            "a job timeout (runner_info.timeout)",
+            payload.runner_info.timeout,
+        ));
+    }
+    for step in &payload.steps {
+        if step.timeout > MAX_PAYLOAD_TIMEOUT_SECS {
+            return Err(refuse(
+                &format!("a timeout for step {:?}", step.name),
+                step.timeout,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Default token prefixes masked in every trace (gitlab-runner's FF_MASK_ALL_DEFAULT_TOKENS set).
@@ -161,6 +195,7 @@ pub fn compile(
             "this job uses CI Steps (`run:`), which ferry does not support yet".into(),
         ));
     }
+    check_payload_timeouts(payload)?;
     let timeout = match payload.runner_info.timeout {
         0 => DEFAULT_JOB_TIMEOUT,
         s => Duration::from_secs(s),
@@ -484,10 +519,11 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
             _ => return None,
         };
     }
-    if !num.is_empty() || !total.is_finite() || total < 0.0 {
+    if !num.is_empty() || total.is_nan() || total < 0.0 {
         return None;
     }
-    Some(Duration::from_secs_f64(total))
+    // Saturates: "99999999999999999999h" is a very long time, not a panic.
+    Some(Duration::try_from_secs_f64(total).unwrap_or(Duration::MAX))
 }
 
 #[cfg(test)]

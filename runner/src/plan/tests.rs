@@ -183,6 +183,86 @@ fn job_without_image_uses_the_runner_default() {
         env.image.pull_policy,
         vec![ferry_executor::PullPolicy::IfNotPresent]
     );
+    // allowed_privileged_images is matched against the job's image, which it has none of.
+    assert!(env.image.runner_default);
+}
+
+#[test]
+fn job_image_user_is_the_jobs_own_expanded() {
+    let mut p = payload("full.json");
+    p.variables.push(crate::gitlab::payload::Variable {
+        key: "WHO".into(),
+        value: "1000".into(),
+        public: true,
+        ..Default::default()
+    });
+    let image = p.image.as_mut().unwrap();
+    image.executor_opts.docker = Some(crate::gitlab::payload::DockerOpts {
+        user: Some("$WHO".into()),
+        ..Default::default()
+    });
+    let mut runner = runner();
+    runner.docker.user = Some("nobody".into());
+    let plan = compile(&p, &runner, &ctx()).unwrap();
+    let Execution::Docker { env, .. } = &plan.execution else {
+        panic!()
+    };
+    // The runner's `user` is applied (and wins) in the engine, with allowed_users.
+    assert_eq!(env.image.user.as_deref(), Some("1000"));
+    assert!(!env.image.runner_default);
+    assert_eq!(
+        env.services[0].image.user, None,
+        "services never get the runner's user"
+    );
+}
+
+#[test]
+fn absurd_timeouts_refuse_the_job_with_the_reason() {
+    for (timeout, step_timeout) in [
+        (u64::MAX, 3600),
+        (MAX_PAYLOAD_TIMEOUT_SECS + 1, 0),
+        (3600, u64::MAX),
+    ] {
+        let mut p = payload("full.json");
+        p.runner_info.timeout = timeout;
+        p.steps[0].timeout = step_timeout;
+        let err = compile(&p, &runner(), &ctx()).unwrap_err();
+        assert_eq!(err.failure_reason(), "runner_system_failure");
+        let text = err.to_string();
+        assert!(
+            text.contains("GitLab never sends such a value") && text.contains("seconds"),
+            "{text}"
+        );
+    }
+    let mut p = payload("full.json");
+    p.runner_info.timeout = MAX_PAYLOAD_TIMEOUT_SECS;
+    let plan = compile(&p, &runner(), &ctx()).unwrap();
+    assert_eq!(plan.timeout, Duration::from_secs(MAX_PAYLOAD_TIMEOUT_SECS));
+    p.runner_info.timeout = 0;
+    assert_eq!(
+        compile(&p, &runner(), &ctx()).unwrap().timeout,
+        DEFAULT_JOB_TIMEOUT
+    );
+}
+
+#[test]
+fn a_huge_after_script_timeout_variable_saturates() {
+    let mut p = payload("full.json");
+    p.variables.push(crate::gitlab::payload::Variable {
+        key: "RUNNER_AFTER_SCRIPT_TIMEOUT".into(),
+        value: "99999999999999999999999999h".into(),
+        public: true,
+        ..Default::default()
+    });
+    let plan = compile(&p, &runner(), &ctx()).unwrap();
+    let Execution::Docker { steps, .. } = &plan.execution else {
+        panic!()
+    };
+    let after = steps
+        .iter()
+        .find(|s| s.spec.name == "after_script")
+        .unwrap();
+    assert_eq!(after.spec.timeout, Some(Duration::MAX));
 }
 
 #[test]
@@ -205,4 +285,12 @@ fn go_durations() {
     assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
     assert_eq!(parse_go_duration("abc"), None);
     assert_eq!(parse_go_duration("5"), Some(Duration::from_secs(5)));
+    assert_eq!(
+        parse_go_duration("99999999999999999999999999999h"),
+        Some(Duration::MAX)
+    );
+    assert_eq!(
+        parse_go_duration(&format!("{}s", "9".repeat(400))),
+        Some(Duration::MAX)
+    );
 }

@@ -24,7 +24,7 @@ mod store;
 mod uploader;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
