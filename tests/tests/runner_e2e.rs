@@ -402,3 +402,73 @@ async fn the_runner_token_is_rotated_before_it_expires_and_jobs_keep_flowing() {
         "no token in ferry's log"
     );
 }
+
+// ------------------------------------------------------------- payloads GitLab never sends
+
+/// Finding 9 of issue 7: `runner_info.timeout` 1e30 (or 2^64-1) and a step timeout of 1e20
+/// panicked the job task, leaving the job running in GitLab with no log. Each job now ends
+/// failed with the reason in its log, leaves no container, and the next job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_timeouts_end_the_job_with_a_reason_and_the_next_job_runs() {
+    let Some(h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    let patches = [
+        serde_json::json!({"runner_info": {"timeout": 1e30}}),
+        serde_json::json!({"runner_info": {"timeout": u64::MAX}}),
+        serde_json::json!({"steps": [{"name": "script", "script": ["echo never-ran"],
+            "timeout": 1e20, "when": "on_success"}]}),
+    ];
+    for patch in patches {
+        let id = h.push(
+            h.job("absurd")
+                .script(["echo never-ran"])
+                .patch(patch.clone()),
+        );
+        let rec = h.wait_final(id, WAIT).await;
+        let trace = h.expect(&rec, JobStatus::Failed, Some("runner_system_failure"));
+        assert!(
+            trace.contains("GitLab never sends such a value"),
+            "{patch}: {trace}"
+        );
+        assert!(!trace.contains("\nnever-ran"), "{patch}: {trace}");
+        assert!(
+            h.docker_objects(Some(id)).is_empty(),
+            "{patch}: {:?}",
+            h.docker_objects(Some(id))
+        );
+        assert!(!h.ferry_log().contains("panicked"), "{}", h.ferry_log());
+    }
+    h.assert_takes_next_job().await;
+}
+
+/// A payload without a job token can be neither run nor reported: it is refused at once with
+/// a line in ferry's log, and the slot (concurrent = 1) takes the next job within seconds
+/// instead of after 10 minutes of retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_a_token_is_refused_and_frees_its_slot() {
+    let Some(h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    let id = h.push(
+        h.job("tokenless")
+            .script(["echo never-ran"])
+            .patch(serde_json::json!({"token": null})),
+    );
+    assert!(
+        ferry_tests::e2e::poll_until(Duration::from_secs(30), || h
+            .ferry_log()
+            .contains("no usable job token"))
+        .await,
+        "{}",
+        h.describe(id)
+    );
+    let started = std::time::Instant::now();
+    h.assert_takes_next_job().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the next job waited {:?}",
+        started.elapsed()
+    );
+    assert!(!h.gitlab.trace_string(id).contains("never-ran"));
+}
