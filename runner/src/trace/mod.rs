@@ -165,6 +165,49 @@ pub struct TraceHandle {
     signals: watch::Receiver<RemoteSignal>,
     finish_tx: oneshot::Sender<JobUpdate>,
     task: AbortOnDropHandle<FinalOutcome>,
+    /// Sends the final state without the uploader, should it have panicked.
+    fallback: Fallback,
+}
+
+type Fallback = Box<
+    dyn FnOnce(
+            JobUpdate,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = FinalOutcome> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Attempts of the fallback final update (1 s, 2 s, 4 s, ... apart, capped at 60 s).
+const FALLBACK_ATTEMPTS: u32 = 10;
+
+/// The final update sent directly, when the uploader task panicked: the log GitLab holds may be
+/// incomplete, so no checksum is claimed, but the job gets its final state instead of staying
+/// `running` until GitLab times it out.
+async fn fallback_final_update<A: JobApi>(
+    api: Arc<A>,
+    job: JobRef,
+    mut update: JobUpdate,
+) -> FinalOutcome {
+    update.checksum = None;
+    update.bytesize = None;
+    let mut last = String::new();
+    for attempt in 1..=FALLBACK_ATTEMPTS {
+        match api.update_job(&job, &update).await {
+            Ok(crate::api::UpdateReply::Accepted { .. })
+            | Ok(crate::api::UpdateReply::Pending { .. }) => return FinalOutcome::Accepted,
+            Ok(crate::api::UpdateReply::Gone) => return FinalOutcome::Gone,
+            Err(e) => last = e.to_string(),
+        }
+        if attempt < FALLBACK_ATTEMPTS {
+            tokio::time::sleep(
+                Duration::from_secs(1u64 << (attempt - 1).min(6)).min(Duration::from_secs(60)),
+            )
+            .await;
+        }
+    }
+    FinalOutcome::GaveUp {
+        reason: format!("final update after the uploader failed: {last}"),
+    }
 }
 
 impl std::fmt::Debug for TraceHandle {
@@ -197,6 +240,9 @@ pub fn start<A: JobApi>(job: JobRef, api: Arc<A>, cfg: TraceConfig) -> (TraceWri
     let (signal_tx, signals) = watch::channel(RemoteSignal::None);
     let (finish_tx, finish_rx) = oneshot::channel();
     let job_id = job.id;
+    let (fallback_api, fallback_job) = (api.clone(), job.clone());
+    let fallback: Fallback =
+        Box::new(move |update| Box::pin(fallback_final_update(fallback_api, fallback_job, update)));
     let up = uploader::Uploader::new(job, api, writer.shared.clone(), cfg.timing, signal_tx);
     let task = AbortOnDropHandle::new(tokio::spawn(up.run(finish_rx)));
     let handle = TraceHandle {
@@ -205,6 +251,7 @@ pub fn start<A: JobApi>(job: JobRef, api: Arc<A>, cfg: TraceConfig) -> (TraceWri
         signals,
         finish_tx,
         task,
+        fallback,
     };
     (writer, handle)
 }
@@ -228,15 +275,35 @@ impl TraceHandle {
     /// The final state is never sent before GitLab has accepted the whole log, unless GitLab
     /// stopped the log with 403/404. Bounded by `TraceTiming::final_timeout`; dropping the
     /// future abandons the update.
+    ///
+    /// Should the uploader task have panicked, the final state is sent directly (without a
+    /// checksum: GitLab may hold only part of the log), so the job still ends.
     pub async fn finish(self, update: JobUpdate) -> FinalOutcome {
         buffer::lock(&self.writer.shared).close();
-        if self.finish_tx.send(update).is_err() {
-            return FinalOutcome::GaveUp {
-                reason: "the trace uploader stopped before the final update".to_string(),
-            };
+        let TraceHandle {
+            job_id,
+            finish_tx,
+            task,
+            fallback,
+            ..
+        } = self;
+        if finish_tx.send(update.clone()).is_err() {
+            // The uploader ended before the final update: only a panic does that.
+            tracing::error!(
+                job_id,
+                "the job log uploader stopped early: sending the final state directly"
+            );
+            return fallback(update).await;
         }
-        match self.task.await {
+        match task.await {
             Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => {
+                tracing::error!(
+                    job_id,
+                    "the job log uploader panicked: sending the final state directly"
+                );
+                fallback(update).await
+            }
             Err(e) => FinalOutcome::GaveUp {
                 reason: format!("the trace uploader task failed: {e}"),
             },

@@ -915,3 +915,71 @@ fn handles_can_move_into_job_tasks() {
     send_sync_static::<TraceHandle>();
     send_sync_static::<RemoteSignal>();
 }
+
+/// GitLab whose PATCH answer makes the uploader panic (standing for a bug in it): only the
+/// job update works.
+struct PanicOnPatch(Arc<FakeGitLab>);
+
+impl JobApi for PanicOnPatch {
+    async fn update_job(
+        &self,
+        job: &JobRef,
+        update: &JobUpdate,
+    ) -> Result<crate::api::UpdateReply, crate::api::ApiError> {
+        self.0.update_job(job, update).await
+    }
+
+    async fn patch_trace(
+        &self,
+        _job: &JobRef,
+        _offset: u64,
+        _chunk: bytes::Bytes,
+    ) -> Result<crate::api::TraceReply, crate::api::ApiError> {
+        panic!("uploader bug");
+    }
+
+    async fn upload_artifacts(
+        &self,
+        job: &JobRef,
+        meta: &crate::api::ArtifactMeta,
+        path: &std::path::Path,
+    ) -> Result<(), crate::api::ApiError> {
+        self.0.upload_artifacts(job, meta, path).await
+    }
+
+    async fn download_artifacts(
+        &self,
+        job_id: u64,
+        token: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), crate::api::ApiError> {
+        self.0.download_artifacts(job_id, token, dest).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_uploader_still_sends_the_final_state() {
+    for finish_after in [Duration::from_secs(10), Duration::ZERO] {
+        let job = job();
+        let fake = Arc::new(FakeGitLab::new(&job));
+        let (w, h) = start(
+            job,
+            Arc::new(PanicOnPatch(fake.clone())),
+            TraceConfig::default(),
+        );
+        w.write_line("some output");
+        // Either the uploader panicked at a tick before `finish`, or it panics inside it.
+        sleep(finish_after).await;
+        let outcome = h.finish(final_update(JobState::Failed)).await;
+        assert_eq!(outcome, FinalOutcome::Accepted, "{finish_after:?}");
+        fake.with(|s| {
+            assert_eq!(s.status, "failed", "{finish_after:?}");
+            let last = s.updates.last().unwrap();
+            assert_eq!(last.update.state, JobState::Failed);
+            assert_eq!(
+                last.update.failure_reason.as_deref(),
+                Some("script_failure")
+            );
+        });
+    }
+}
