@@ -92,7 +92,7 @@ impl Engine for FakeEngine {
                 "sleep" => {
                     let secs: f64 = rest.trim().parse().unwrap_or(1.0);
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+                        _ = tokio::time::sleep(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)) => {}
                         _ = cancel.cancelled() => return Err(EngineError::Cancelled),
                     }
                 }
