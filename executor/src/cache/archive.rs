@@ -254,7 +254,8 @@ pub(crate) fn unpack(
         let mtime = h
             .mtime()
             .ok()
-            .map(|s| UNIX_EPOCH + std::time::Duration::from_secs(s));
+            // A header's mtime can be any u64: `SystemTime + Duration` would panic.
+            .and_then(|s| UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)));
         let owner = if as_root {
             match (h.uid(), h.gid()) {
                 (Ok(u), Ok(g)) => u32::try_from(u).ok().zip(u32::try_from(g).ok()),
@@ -342,4 +343,29 @@ fn entry_path(raw: &Path, strip: Option<&str>) -> io::Result<std::path::PathBuf>
         }
     }
     Ok(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar header's mtime is any u64 (base-256 in GNU headers): `UNIX_EPOCH + Duration`
+    /// panicked on it ("overflow when adding duration to instant"); the entry is restored.
+    #[test]
+    fn an_absurd_mtime_does_not_panic() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_mtime(u64::MAX);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append_data(&mut h, "f.txt", &b"hi"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = JobDir::create(dir.path(), 0o777).unwrap();
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
+        unpack(&data[..], &root, &limits, None).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f.txt")).unwrap(), b"hi");
+    }
 }
