@@ -104,6 +104,9 @@ const BASE_CONFIG: &[(&str, &str)] = &[
 pub(crate) struct Git {
     env: Vec<(String, String)>,
     secrets: Vec<String>,
+    /// With these set, each git process sees the file system read-only except them
+    /// ([`super::confine`]), where the host allows it.
+    writable: Vec<std::path::PathBuf>,
     /// (host path, container path): git's messages name the project dir as the job sees it.
     display: Option<(String, String)>,
 }
@@ -189,8 +192,15 @@ impl Git {
         Git {
             env,
             secrets,
+            writable: Vec::new(),
             display: None,
         }
+    }
+
+    /// Each git process may write only below `dirs` (those that exist when it starts).
+    pub(crate) fn confine(mut self, dirs: &[&Path]) -> Git {
+        self.writable = dirs.iter().map(|d| d.to_path_buf()).collect();
+        self
     }
 
     /// Show `host_dir` as `shown` in git's output.
@@ -219,12 +229,23 @@ impl Git {
     fn command(&self, dir: Cwd<'_>, args: &[String]) -> Command {
         let mut cmd = Command::new("git");
         cmd.args(args);
-        let fd = match dir {
+        let (fd, cwd) = match dir {
             Cwd::Path(p) => {
                 cmd.current_dir(p);
-                None
+                (None, p)
             }
-            Cwd::Dir(d) => Some(d.as_fd().as_raw_fd()),
+            Cwd::Dir(d) => (Some(d.as_fd().as_raw_fd()), d.path()),
+        };
+        let confinement = if self.writable.is_empty() || super::confine::available().is_err() {
+            None
+        } else {
+            let writable: Vec<&Path> = self
+                .writable
+                .iter()
+                .map(|p| p.as_path())
+                .filter(|p| p.is_dir())
+                .collect();
+            super::confine::Confinement::new(&writable, &[cwd])
         };
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("GIT_") {
@@ -233,11 +254,11 @@ impl Git {
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // Like gitlab-runner's helper (umask 0000): files git writes are world-writable, so a
-        // job image with a non-root USER can still write its checkout.
-        // SAFETY: umask is async-signal-safe and touches only the child's own state.
-        // A job directory is entered through its descriptor, opened beneath the project dir
-        // without links, so a link swapped in meanwhile cannot move git elsewhere.
-        // SAFETY: fchdir is async-signal-safe; the descriptor stays open until exec.
+        // job image with a non-root USER can still write its checkout. A job directory is
+        // entered through its descriptor, opened beneath the project dir without links; with a
+        // confinement git then gets its own read-only view of the host (docs/security.md).
+        // SAFETY: umask, fchdir and `Confinement::enter` make only async-signal-safe system
+        // calls; the descriptor stays open until exec.
         unsafe {
             cmd.pre_exec(move || {
                 libc::umask(0);
@@ -246,7 +267,10 @@ impl Git {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                match &confinement {
+                    Some(c) => c.enter(),
+                    None => Ok(()),
+                }
             });
         }
         // Its own process group, so cancelling also stops git's helpers (git-remote-http).
@@ -405,6 +429,51 @@ mod tests {
             g.mask("Cloning into '/srv/b/p/vendor/lib'... /srv/b/p2 /srv/b/p"),
             "Cloning into '/builds/g/p/vendor/lib'... /srv/b/p2 /builds/g/p"
         );
+    }
+
+    /// git writes only where the job's own directories are: a git process that tries to write
+    /// anywhere else (as a bug exploited through a planted file would) gets a read-only file
+    /// system.
+    #[tokio::test]
+    async fn confined_git_cannot_write_outside_the_job_directories() {
+        if let Err(reason) = super::super::confine::available() {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: git confinement unavailable: {reason}"
+            );
+            return;
+        }
+        let inside = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let g = Git::new("/r.git", &[]).confine(&[inside.path()]);
+        let cancel = CancellationToken::new();
+        let write = |p: &Path| {
+            vec![
+                "config".to_string(),
+                "--file".to_string(),
+                p.display().to_string(),
+                "a.b".to_string(),
+                "c".to_string(),
+            ]
+        };
+        let victim = outside.path().join("planted");
+        let err = g
+            .run(inside.path(), &write(&victim), None, &cancel)
+            .await
+            .err()
+            .expect("writing outside must fail");
+        assert!(err.to_string().contains("Read-only file system"), "{err}");
+        assert!(!victim.exists());
+        g.run(
+            inside.path(),
+            &write(&inside.path().join("ok")),
+            None,
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert!(inside.path().join("ok").is_file());
     }
 
     #[test]

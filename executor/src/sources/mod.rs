@@ -7,6 +7,7 @@
 //! `CI_PROJECT_DIR`.
 
 mod checks;
+mod confine;
 mod git;
 mod run;
 mod submodules;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Serialize, Serializer};
 
+pub use confine::available as confinement_available;
 pub use run::{MIN_GIT_VERSION, check_git, get_sources};
 
 /// `GIT_STRATEGY`.

@@ -102,8 +102,15 @@ pub async fn get_sources(
         GitStrategy::Clone | GitStrategy::Fetch => {}
     }
     validate(spec)?;
+    let mut writable = vec![spec.project_dir.as_path()];
+    if let Some(cache) = &spec.object_cache_dir {
+        // Created before any git runs, so that git's namespace can include it.
+        std::fs::create_dir_all(cache).map_err(io_err(format!("creating {}", cache.display())))?;
+        writable.push(cache.as_path());
+    }
     let git = Git::new(&spec.repo_url, &spec.git_config)
-        .display_dir(&spec.project_dir, spec.display_dir.as_deref());
+        .display_dir(&spec.project_dir, spec.display_dir.as_deref())
+        .confine(&writable);
     let url = split_url(&spec.repo_url);
     if spec.depth > 0 {
         say(

@@ -497,6 +497,18 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         Ok(v) => info!(git = %v, "git found: sources are fetched on this host"),
         Err(e) => warn!(error = %e, "git is missing or too old: jobs that need sources will fail"),
     }
+    let confined = tokio::task::spawn_blocking(ferry_executor::sources::confinement_available)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match confined {
+        Ok(()) => {
+            info!("host git runs with a read-only view of the host but the job's directories")
+        }
+        Err(reason) => warn!(
+            %reason,
+            "host git cannot be confined to the job's directories (needs root with CAP_SYS_ADMIN on Linux 5.12+): it runs with ferry's full rights"
+        ),
+    }
     tokio::spawn(evict_caches(
         cache_roots(&working_dir, &config),
         args.cache_max_size,
