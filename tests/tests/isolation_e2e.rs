@@ -455,3 +455,72 @@ async fn huge_files_fifos_and_odd_names_end_with_clear_lines() {
     h.assert_takes_next_job().await;
     h.stop().await;
 }
+
+// ---- 6. privileged mode and users fail closed ------------------------------------------------
+
+/// `privileged = true` with allow-lists that match neither the job's image nor its service:
+/// both containers run unprivileged (whether or not this engine accepts privileged ones), and a
+/// user outside `allowed_users` is refused before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_lists_and_allowed_users_fail_closed() {
+    let setup = Setup::default().docker(
+        "privileged = true\n\
+         allowed_privileged_images = [\"docker:*\"]\n\
+         allowed_privileged_services = [\"docker:*\"]\n\
+         allowed_users = [\"nobody\"]",
+    );
+    let Some(mut h) = Harness::start(setup).await else {
+        return;
+    };
+    let id = h.push(
+        h.job("not-privileged")
+            .service(json!({"name": ferry_tests::e2e::SERVICE, "alias": "web"}))
+            .script([
+                "grep CapEff /proc/self/status",
+                "echo inspect-now",
+                "sleep 4",
+            ]),
+    );
+    h.wait_trace(id, "\ninspect-now", JOB_WAIT).await;
+    let names = ferry_tests::e2e::cmd(
+        "docker",
+        &[
+            "ps",
+            "--filter",
+            &format!("label=ferry.job_id={id}"),
+            "--format",
+            "{{.Names}}",
+        ],
+    );
+    let names: Vec<&str> = names.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(names.len(), 2, "build container and service: {names:?}");
+    for name in &names {
+        let privileged = ferry_tests::e2e::cmd(
+            "docker",
+            &["inspect", "-f", "{{.HostConfig.Privileged}}", name],
+        );
+        assert_eq!(privileged, "false", "{name} is privileged");
+    }
+    let job = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    let caps = trace
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap_or_else(|| panic!("{trace}"));
+    let mask = u64::from_str_radix(caps.trim_start_matches("CapEff:").trim(), 16).unwrap();
+    assert!(mask & (1 << 21) == 0, "CAP_SYS_ADMIN in the job: {caps}");
+
+    let root = h.push(h.job("as-root").script(["echo script-ran"]).patch(json!({
+        "image": {"name": ferry_tests::e2e::BUSYBOX,
+                  "executor_opts": {"docker": {"user": "root"}}}
+    })));
+    let job = h.wait_final(root, JOB_WAIT).await;
+    let trace = h.expect(&job, JobStatus::Failed, Some("runner_configuration_error"));
+    assert!(
+        trace.contains("user \"root\" is not an allowed user: [nobody]"),
+        "{trace}"
+    );
+    assert!(!trace.contains("\nscript-ran"), "{trace}");
+    assert!(h.docker_objects(Some(root)).is_empty());
+    h.stop().await;
+}
