@@ -1,5 +1,5 @@
 //! ferry-deploy: the built-in Kubernetes deploy step (`image: ferry:deploy` jobs and
-//! `ferry deploy` on a workstation). See `shared/docs/deploy-step.md` section 4.
+//! `ferry deploy` on a workstation). See docs/deploy.md.
 //!
 //! This crate knows nothing about GitLab or Docker. The runner hands it a [`DeployRequest`]
 //! (the checked-out sources on the host, the job's variables, the runner's deploy targets and the

@@ -910,7 +910,12 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         } else {
             "upload_artifacts_on_failure"
         };
-        log.section_start(name, "Uploading artifacts for successful job", false);
+        let title = if succeeded {
+            "Uploading artifacts for successful job"
+        } else {
+            "Uploading artifacts for failed job"
+        };
+        log.section_start(name, title, false);
         let mut failed = None;
         for spec in due {
             log.write_line(&format!("Uploading artifacts ({})...", spec.artifact_type));

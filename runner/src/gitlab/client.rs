@@ -1,4 +1,4 @@
-//! `GitLabClient`: the runner API over HTTP(S) (protocol doc §1, §2, §4–§7).
+//! `GitLabClient`: the runner API over HTTP(S) (docs/gitlab-api.md).
 //!
 //! One client per GitLab URL (one per `[[runners]]` entry is fine: it is cheap to clone and
 //! shares its connection pool). Runner tokens are passed per call; job tokens come in
@@ -18,7 +18,8 @@ use super::payload::{JobPayload, PayloadError, parse_payload, salvage_job_ref};
 use crate::api::{ApiError, JobRef};
 
 /// The `info.features` ferry advertises on `/jobs/request`: exactly what it implements
-/// (protocol doc §2.2). GitLab withholds jobs that need a feature not listed here, and
+/// (docs/gitlab-api.md). GitLab fails a job that needs a feature not listed here as
+/// `runner_unsupported` when it hands it to ferry (it does not hold it back), and
 /// `cancel_gracefully` obliges ferry to handle the `canceling` status.
 pub const FEATURES: &[&str] = &[
     "variables",

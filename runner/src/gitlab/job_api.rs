@@ -1,4 +1,4 @@
-//! `impl JobApi for GitLabClient`: the job-scoped calls (protocol doc §4, §5, §6).
+//! `impl JobApi for GitLabClient`: the job-scoped calls (docs/gitlab-api.md).
 
 use std::path::Path;
 

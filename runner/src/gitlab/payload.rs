@@ -1,5 +1,4 @@
-//! The job payload: the body of a `201` answer to `POST /api/v4/jobs/request`
-//! (protocol doc §3).
+//! The job payload: the body of a `201` answer to `POST /api/v4/jobs/request`.
 //!
 //! Every type is lenient: unknown keys are ignored, missing keys and `null` take the default,
 //! scalars are coerced where GitLab versions disagree (see [`super::lenient`]). Only structural
@@ -219,7 +218,7 @@ impl fmt::Debug for JobPayload {
     }
 }
 
-/// `job_info` (§3.2). Older servers send only id, name, stage, project id and name.
+/// `job_info`. Older servers send only id, name, stage, project id and name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobInfo {
@@ -251,7 +250,7 @@ pub struct JobInfo {
     pub time_in_queue_seconds: f64,
 }
 
-/// `git_info` (§3.3).
+/// `git_info`.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GitInfo {
@@ -327,7 +326,7 @@ pub struct RunnerInfo {
     pub runner_session_url: Option<String>,
 }
 
-/// One entry of `variables` (§3.4).
+/// One entry of `variables`.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Variable {
@@ -393,7 +392,7 @@ impl<'de> Deserialize<'de> for When {
     }
 }
 
-/// One entry of `steps` (§3.5).
+/// One entry of `steps`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Step {
@@ -459,7 +458,7 @@ pub struct DockerOpts {
     pub other: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
-/// `image` (§3.6).
+/// `image`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Image {
@@ -498,7 +497,7 @@ impl fmt::Debug for ServiceVariable {
     }
 }
 
-/// One entry of `services` (§3.6).
+/// One entry of `services`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Service {
@@ -534,7 +533,7 @@ impl Service {
     }
 }
 
-/// One entry of `artifacts` (§3.7): one upload to perform.
+/// One entry of `artifacts`: one upload to perform.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Artifact {
@@ -560,7 +559,7 @@ pub struct Artifact {
     pub artifact_format: String,
 }
 
-/// One entry of `cache` (§3.8).
+/// One entry of `cache`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Cache {
@@ -580,7 +579,7 @@ pub struct Cache {
     pub fallback_keys: Vec<String>,
 }
 
-/// One entry of `credentials` (§3.9).
+/// One entry of `credentials`.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Credential {
@@ -608,7 +607,7 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// One entry of `dependencies` (§3.10).
+/// One entry of `dependencies`.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Dependency {
@@ -654,7 +653,7 @@ pub struct ArtifactsFile {
     pub size: u64,
 }
 
-/// `features` (§3.11).
+/// `features`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobFeatures {

@@ -50,7 +50,6 @@ pub struct JobContext {
 /// How the job runs.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
-#[allow(clippy::large_enum_variant)] // one per job; boxing would only add indirection
 pub enum Execution {
     /// In Docker containers.
     Docker {

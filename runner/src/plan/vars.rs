@@ -1,4 +1,4 @@
-//! The job's variables, assembled in gitlab-runner's order (protocol doc 8.2) and expanded.
+//! The job's variables, assembled in gitlab-runner's order (docs/variables.md) and expanded.
 
 use std::time::Duration;
 

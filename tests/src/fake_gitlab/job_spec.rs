@@ -1,4 +1,4 @@
-//! Building realistic job payloads for the fake (shape of protocol doc §3.13).
+//! Building realistic job payloads for the fake, shaped as GitLab's `/jobs/request` answer.
 
 use serde_json::{Value, json};
 

@@ -1,4 +1,4 @@
-//! A stateful fake GitLab speaking the runner API over real HTTP (protocol doc §1–§7).
+//! A stateful fake GitLab speaking the runner API over real HTTP (docs/gitlab-api.md).
 //!
 //! ```ignore
 //! let gitlab = FakeGitLab::start().await;

@@ -1,4 +1,4 @@
-//! HTTP handlers: GitLab's runner API as the protocol doc describes it.
+//! HTTP handlers: GitLab's runner API as GitLab answers it (docs/gitlab-api.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
