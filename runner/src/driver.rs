@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{JobApi, JobRef, JobState, JobUpdate};
+use crate::failure::FailureReason;
 use crate::gitlab::payload::JobPayload;
 use crate::metrics::{FailureLabels, JobStateLabels, Metrics, RunnerLabels};
 use crate::plan::{self, Execution, JobContext, Plan, PlannedStep, StepWhen};
@@ -51,13 +52,13 @@ enum Stop {
 pub enum Outcome {
     Success,
     Failed {
-        reason: &'static str,
+        reason: FailureReason,
         exit_code: Option<i32>,
     },
 }
 
 impl Outcome {
-    fn failed(reason: &'static str) -> Self {
+    fn failed(reason: FailureReason) -> Self {
         Outcome::Failed {
             reason,
             exit_code: None,
@@ -94,32 +95,11 @@ impl Workspaces {
     }
 }
 
-/// Map a reason to one this GitLab accepts (gitlab-runner's compatibility chain).
-pub fn supported_failure_reason(reason: &str, supported: &[String]) -> String {
-    const ALWAYS: [&str; 3] = [
-        "script_failure",
-        "runner_system_failure",
-        "job_execution_timeout",
-    ];
-    let mut r = reason;
-    loop {
-        if ALWAYS.contains(&r) || supported.iter().any(|s| s == r) {
-            return r.to_string();
-        }
-        r = match r {
-            "image_pull_failure" => "runner_system_failure",
-            "runner_configuration_error" => "script_failure",
-            "runner_external_dependency_failure" => "runner_system_failure",
-            _ => return "unknown_failure".to_string(),
-        };
-    }
-}
-
-fn engine_failure_reason(e: &EngineError) -> &'static str {
+fn engine_failure_reason(e: &EngineError) -> FailureReason {
     match e {
-        EngineError::ImagePull { .. } => "image_pull_failure",
-        EngineError::Configuration(_) => "runner_configuration_error",
-        EngineError::Docker(_) | EngineError::Cancelled => "runner_system_failure",
+        EngineError::ImagePull { .. } => FailureReason::ImagePullFailure,
+        EngineError::Configuration(_) => FailureReason::RunnerConfigurationError,
+        EngineError::Docker(_) | EngineError::Cancelled => FailureReason::RunnerSystemFailure,
     }
 }
 
@@ -132,13 +112,13 @@ fn engine_error_line(e: &EngineError) -> String {
     }
 }
 
-fn deploy_failure_reason(e: &DeployError) -> &'static str {
+fn deploy_failure_reason(e: &DeployError) -> FailureReason {
     match e {
         DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_) => {
-            "script_failure"
+            FailureReason::ScriptFailure
         }
-        DeployError::Configuration(_) => "runner_configuration_error",
-        DeployError::Cancelled => "runner_system_failure",
+        DeployError::Configuration(_) => FailureReason::RunnerConfigurationError,
+        DeployError::Cancelled => FailureReason::RunnerSystemFailure,
     }
 }
 
@@ -320,12 +300,12 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 }
             }
             Outcome::Failed { reason, exit_code } => {
-                let reason = supported_failure_reason(reason, &payload.features.failure_reasons);
+                let reason = reason.supported(&payload.features.failure_reasons);
                 self.metrics
                     .failed_jobs
                     .get_or_create(&FailureLabels {
                         runner: short.clone(),
-                        failure_reason: reason.clone(),
+                        failure_reason: reason.as_str().to_string(),
                     })
                     .inc();
                 match exit_code {
@@ -334,7 +314,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 }
                 JobUpdate {
                     state: JobState::Failed,
-                    failure_reason: Some(reason),
+                    failure_reason: Some(reason.as_str().to_string()),
                     exit_code: *exit_code,
                     checksum: None,
                     bytesize: None,
@@ -419,7 +399,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         }
         if let Err(e) = create_host_dirs(plan).await {
             log.write_error(&format!("creating the build directory: {e}"));
-            return Outcome::failed("runner_system_failure");
+            return Outcome::failed(FailureReason::RunnerSystemFailure);
         }
         match &plan.execution {
             Execution::Docker { env, steps } => {
@@ -489,7 +469,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 log.write_error(&e.to_string());
                 Outcome::failed(deploy_failure_reason(&e))
             }
-            (None, None) => Outcome::failed("runner_system_failure"),
+            (None, None) => Outcome::failed(FailureReason::RunnerSystemFailure),
         }
     }
 
@@ -555,7 +535,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         // Written before the container starts, which mounts them read-only.
         if let Err(e) = write_file_variables(plan, env).await {
             log.write_error(&format!("Job failed: writing file variables: {e}"));
-            return Outcome::failed("runner_system_failure");
+            return Outcome::failed(FailureReason::RunnerSystemFailure);
         }
         // Sources, cache and dependencies before any container of the job starts: git works
         // in a project dir no container can change meanwhile (docs/security.md).
@@ -587,7 +567,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 log.write_error(&engine_error_line(&e));
                 return Outcome::failed(engine_failure_reason(&e));
             }
-            (None, None) => return Outcome::failed("runner_system_failure"),
+            (None, None) => return Outcome::failed(FailureReason::RunnerSystemFailure),
             (Some(Ok(())), None) => {}
         }
         // A remote daemon gets the prepared host directory copied in (a no-op when it is
@@ -599,7 +579,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 log.write_error(&engine_error_line(&e));
                 return Outcome::failed(engine_failure_reason(&e));
             }
-            (None, None) => return Outcome::failed("runner_system_failure"),
+            (None, None) => return Outcome::failed(FailureReason::RunnerSystemFailure),
             (Some(Ok(())), None) => {}
         }
 
@@ -699,7 +679,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                         );
                     }
                     outcome = Outcome::Failed {
-                        reason: "script_failure",
+                        reason: FailureReason::ScriptFailure,
                         exit_code: Some(exit_code),
                     };
                     job_status = "failed";
@@ -710,7 +690,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                     job_status = "failed";
                 }
                 (None, None) => {
-                    outcome = Outcome::failed("runner_system_failure");
+                    outcome = Outcome::failed(FailureReason::RunnerSystemFailure);
                     job_status = "failed";
                 }
             }
@@ -750,9 +730,9 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             (Some(Ok(())), None) => Ok(()),
             (Some(Err(e)), None) => {
                 log.write_error(&format!("Job failed: getting the sources: {e}"));
-                Err(Outcome::failed("runner_system_failure"))
+                Err(Outcome::failed(FailureReason::RunnerSystemFailure))
             }
-            (None, None) => Err(Outcome::failed("runner_system_failure")),
+            (None, None) => Err(Outcome::failed(FailureReason::RunnerSystemFailure)),
         }
     }
 
@@ -884,7 +864,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             Err(Err(o)) => Err(o),
             Err(Ok(msg)) => {
                 log.write_error(&format!("Job failed: {msg}"));
-                Err(Outcome::failed("runner_system_failure"))
+                Err(Outcome::failed(FailureReason::RunnerSystemFailure))
             }
         }
     }
@@ -977,7 +957,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             None => Ok(()),
             Some(msg) => {
                 log.write_error(&format!("Job failed: {msg}"));
-                Err(Outcome::failed("runner_system_failure"))
+                Err(Outcome::failed(FailureReason::RunnerSystemFailure))
             }
         }
     }
@@ -996,7 +976,7 @@ fn internal_error(job: &JobRef, log: &TraceWriter, panic: &(dyn std::any::Any + 
     log.write_error(&format!(
         "Job failed (system failure): internal error in ferry: {message}"
     ));
-    Outcome::failed("runner_system_failure")
+    Outcome::failed(FailureReason::RunnerSystemFailure)
 }
 
 /// Drive `fut` until it ends; on a stop signal, fire `cancel` and give it [`STOP_GRACE`] to end.
@@ -1023,19 +1003,19 @@ fn stop_outcome(stop: Stop, log: &TraceWriter) -> Outcome {
     match stop {
         Stop::Timeout => {
             log.write_error("Job failed: execution took longer than the job timeout");
-            Outcome::failed("job_execution_timeout")
+            Outcome::failed(FailureReason::JobExecutionTimeout)
         }
         Stop::Canceling | Stop::Abort => {
             log.write_error("Job canceled by GitLab");
             // gitlab-runner reports a cancelled job as failed/unknown_failure; GitLab turns it
             // into `canceled`.
-            Outcome::failed("unknown_failure")
+            Outcome::failed(FailureReason::UnknownFailure)
         }
         Stop::Shutdown => {
             log.write_error(
                 "Job failed: the runner was stopped (ferry received a termination signal)",
             );
-            Outcome::failed("runner_interrupted")
+            Outcome::failed(FailureReason::RunnerInterrupted)
         }
     }
 }
@@ -1102,7 +1082,7 @@ pub async fn fail_undecodable<A: JobApi>(
     handle
         .finish(JobUpdate {
             state: JobState::Failed,
-            failure_reason: Some("runner_system_failure".into()),
+            failure_reason: Some(FailureReason::RunnerSystemFailure.as_str().to_string()),
             exit_code: None,
             checksum: None,
             bytesize: None,
@@ -1239,7 +1219,7 @@ mod tests {
             final_state(&api),
             (
                 "failed".to_string(),
-                Some("runner_system_failure".to_string())
+                Some(FailureReason::RunnerSystemFailure.to_string())
             ),
             "{log}"
         );
@@ -1270,7 +1250,7 @@ mod tests {
                 final_state(&api),
                 (
                     "failed".to_string(),
-                    Some("runner_system_failure".to_string())
+                    Some(FailureReason::RunnerSystemFailure.to_string())
                 ),
                 "{log}"
             );
@@ -1301,39 +1281,6 @@ mod tests {
             engine
                 .calls()
                 .contains(&Call::RunStep(7, "after_script".into()))
-        );
-    }
-
-    #[test]
-    fn failure_reasons_fall_back_like_gitlab_runner() {
-        let old: Vec<String> = vec![];
-        assert_eq!(
-            supported_failure_reason("script_failure", &old),
-            "script_failure"
-        );
-        assert_eq!(
-            supported_failure_reason("image_pull_failure", &old),
-            "runner_system_failure"
-        );
-        assert_eq!(
-            supported_failure_reason("runner_configuration_error", &old),
-            "script_failure"
-        );
-        assert_eq!(
-            supported_failure_reason("runner_interrupted", &old),
-            "unknown_failure"
-        );
-        let new = vec![
-            "runner_configuration_error".to_string(),
-            "runner_interrupted".to_string(),
-        ];
-        assert_eq!(
-            supported_failure_reason("runner_configuration_error", &new),
-            "runner_configuration_error"
-        );
-        assert_eq!(
-            supported_failure_reason("runner_interrupted", &new),
-            "runner_interrupted"
         );
     }
 }

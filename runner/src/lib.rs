@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod daemon;
 pub mod driver;
+pub mod failure;
 pub mod gitlab;
 pub mod logging;
 pub mod metrics;

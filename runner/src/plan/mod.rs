@@ -143,11 +143,12 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    pub fn failure_reason(&self) -> &'static str {
+    pub fn failure_reason(&self) -> crate::failure::FailureReason {
+        use crate::failure::FailureReason;
         match self {
-            PlanError::Configuration(_) => "runner_configuration_error",
-            PlanError::Job(_) => "script_failure",
-            PlanError::Payload(_) => "runner_system_failure",
+            PlanError::Configuration(_) => FailureReason::RunnerConfigurationError,
+            PlanError::Job(_) => FailureReason::ScriptFailure,
+            PlanError::Payload(_) => FailureReason::RunnerSystemFailure,
         }
     }
 }
