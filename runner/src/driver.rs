@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{JobApi, JobRef, JobState, JobUpdate};
-use crate::failure::FailureReason;
+use crate::failure::{FailureReason, JobStatus};
 use crate::gitlab::payload::JobPayload;
 use crate::metrics::{FailureLabels, JobStateLabels, Metrics, RunnerLabels};
 use crate::plan::{self, Execution, JobContext, Plan, PlannedStep, StepWhen};
@@ -586,7 +586,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
         *script_started = true;
         let mut outcome = Outcome::Success;
         // CI_JOB_STATUS for after_script: success, failed, canceled or timedout.
-        let mut job_status = "success";
+        let mut job_status = JobStatus::Success;
         for step in steps {
             let is_after = step.spec.name == "after_script";
             let failed = outcome != Outcome::Success;
@@ -605,7 +605,7 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
             if is_after {
                 spec.env.push(EnvVar {
                     name: "CI_JOB_STATUS".into(),
-                    value: job_status.into(),
+                    value: job_status.as_str().into(),
                 });
             }
             log.section_start(
@@ -657,9 +657,9 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                 (_, Some(s)) => {
                     outcome = stop_outcome(s, log);
                     job_status = if s == Stop::Timeout {
-                        "timedout"
+                        JobStatus::TimedOut
                     } else {
-                        "canceled"
+                        JobStatus::Canceled
                     };
                     if s == Stop::Abort || s == Stop::Shutdown {
                         return outcome;
@@ -682,16 +682,16 @@ impl<E: Engine, D: Deployer, A: JobApi> Driver<E, D, A> {
                         reason: FailureReason::ScriptFailure,
                         exit_code: Some(exit_code),
                     };
-                    job_status = "failed";
+                    job_status = JobStatus::Failed;
                 }
                 (Some(Err(e)), None) => {
                     log.write_error(&engine_error_line(&e));
                     outcome = Outcome::failed(engine_failure_reason(&e));
-                    job_status = "failed";
+                    job_status = JobStatus::Failed;
                 }
                 (None, None) => {
                     outcome = Outcome::failed(FailureReason::RunnerSystemFailure);
-                    job_status = "failed";
+                    job_status = JobStatus::Failed;
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! Why a job failed, in GitLab's words (`failure_reason` of the final update).
+//! How a job ended, in GitLab's words: the `failure_reason` of the final update and the
+//! `CI_JOB_STATUS` after_script sees.
 
 use std::fmt;
 
@@ -63,6 +64,26 @@ impl PartialEq<&str> for FailureReason {
 impl fmt::Display for FailureReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// `CI_JOB_STATUS` as after_script sees it (gitlab-runner's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Success,
+    Failed,
+    Canceled,
+    TimedOut,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+            JobStatus::TimedOut => "timedout",
+        }
     }
 }
 
