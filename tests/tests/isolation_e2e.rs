@@ -279,10 +279,8 @@ async fn links_left_by_a_job_never_lead_the_next_job_out_and_the_project_heals()
             "cat README",
             "mkdir -p vendor && echo restored-or-new > vendor/lib.txt",
             "cat \"$DEPLOY_KEY\"",
-        ]);
-    next.variables
-        .push(json!({"key": "DEPLOY_KEY", "value": "key-content\n",
-        "public": false, "masked": false, "file": true}));
+        ])
+        .file_variable("DEPLOY_KEY", "key-content\n");
     next.cache.push(cache("vendor", &["vendor/"]));
     let next_id = h.push(next);
     let job = h.wait_final(next_id, JOB_WAIT).await;
@@ -332,13 +330,11 @@ async fn file_variables_never_follow_links_or_open_fifos() {
     let src = h.project_dir(0);
     std::fs::remove_dir_all(&src).unwrap();
     std::os::unix::fs::symlink("/nonexistent-ferry-test", &src).unwrap();
-    let mut spec = h.job("fifo").script(["cat \"$KEY\" \"$OTHER\""]);
-    spec.variables
-        .push(json!({"key": "KEY", "value": "key-value\n",
-        "public": false, "masked": false, "file": true}));
-    spec.variables
-        .push(json!({"key": "OTHER", "value": "other-value\n",
-        "public": false, "masked": false, "file": true}));
+    let spec = h
+        .job("fifo")
+        .script(["cat \"$KEY\" \"$OTHER\""])
+        .file_variable("KEY", "key-value\n")
+        .file_variable("OTHER", "other-value\n");
     let started = Instant::now();
     let id = h.push(spec);
     let job = h.wait_final(id, Duration::from_secs(60)).await;
@@ -368,13 +364,10 @@ async fn a_job_never_sees_another_projects_files() {
     let Some(mut h) = Harness::start(Setup::default()).await else {
         return;
     };
-    let mut a = h
+    let a = h
         .job("project-a")
-        .script(["echo project-a-checkout > checkout.txt"]);
-    a.variables.push(
-        json!({"key": "DEPLOY_KEY", "value": "project-a-deploy-key\n",
-        "public": false, "masked": false, "file": true}),
-    );
+        .script(["echo project-a-checkout > checkout.txt"])
+        .file_variable("DEPLOY_KEY", "project-a-deploy-key\n");
     let a_id = h.push(a);
     let job = h.wait_final(a_id, JOB_WAIT).await;
     h.expect(&job, JobStatus::Success, None);

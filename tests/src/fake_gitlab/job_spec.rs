@@ -90,6 +90,14 @@ impl JobSpec {
         self
     }
 
+    /// A variable of type file (not public, not masked), as GitLab sends a deploy key.
+    pub fn file_variable(mut self, key: &str, value: &str) -> Self {
+        self.variables.push(
+            json!({"key": key, "value": value, "public": false, "masked": false, "file": true}),
+        );
+        self
+    }
+
     /// An `archive` artifact of `paths`.
     pub fn artifact_paths<I: IntoIterator<Item = S>, S: Into<String>>(mut self, paths: I) -> Self {
         let paths: Vec<String> = paths.into_iter().map(Into::into).collect();
