@@ -117,9 +117,13 @@ pub struct StepSpec {
     pub commands: Vec<String>,
     /// Extra variables for this step only (e.g. CI_JOB_STATUS for after_script).
     pub env: Vec<EnvVar>,
-    /// The step's own deadline (after_script: 5 min by default); the job timeout is separate.
+    /// The step's own deadline (after_script: 5 min by default), enforced by the engine (see
+    /// [`Engine::run_step`]); the job timeout is the driver's.
     pub timeout: Option<Duration>,
 }
+
+/// The exit code a step reports when it ran past `StepSpec::timeout` (as GNU `timeout` does).
+pub const STEP_TIMEOUT_EXIT_CODE: i32 = 124;
 
 /// The result of a step that ran. A non-zero exit code is a normal outcome, not an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -163,6 +167,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Run one step in the build container. Cancellation stops the step (SIGTERM, then SIGKILL
     /// after a grace period) and returns `Err(EngineError::Cancelled)`.
+    ///
+    /// The engine owns the step's own timeout (`step.timeout`): when it passes, the engine
+    /// writes `ERROR: Step <name> timed out after <t>` to the log, stops the step and returns
+    /// exit code [`STEP_TIMEOUT_EXIT_CODE`]. The driver owns the job's deadline and GitLab's
+    /// and ferry's stop signals, and tells the engine through `cancel`.
     fn run_step(
         &self,
         env: &JobEnv,

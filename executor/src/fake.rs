@@ -3,8 +3,10 @@
 //! It interprets a tiny language in step commands, so tests read like job definitions:
 //! `echo TEXT` prints TEXT, `exit N` ends the step with code N, `sleep SECS` waits (cancellable),
 //! `oom` ends as an OOM kill, `fail-docker` returns a Docker error, `panic TEXT` panics (as a
-//! bug would, for the driver's panic handling). An image named
-//! `missing:*` fails `prepare` with an image pull error. It records calls and panics on an
+//! bug would, for the driver's panic handling), `lost` prints a line and ends as a lost
+//! connection to Docker does. An image named `missing:*` fails `prepare` with an image pull
+//! error, `docker-down` with a Docker error, `lost` with a lost connection after a first line,
+//! and `hang` waits until it is cancelled. It records calls and panics on an
 //! illegal order (`run_step` before `prepare`), so the driver's contract is checked.
 
 use std::sync::Mutex;
@@ -13,7 +15,11 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::STEP_TIMEOUT_EXIT_CODE;
 use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
+
+/// What a lost connection to the Docker daemon looks like.
+const LOST: &str = "lost the connection to the Docker daemon (did the daemon stop or restart?)";
 
 /// What the fake was asked to do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +34,17 @@ pub enum Call {
 #[derive(Debug, Default)]
 pub struct FakeEngine {
     calls: Mutex<Vec<Call>>,
+    steps: Mutex<Vec<StepSpec>>,
 }
 
 impl FakeEngine {
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// The steps run, as the engine received them (their `env` included).
+    pub fn steps(&self) -> Vec<StepSpec> {
+        self.steps.lock().unwrap().clone()
     }
 
     fn record(&self, call: Call) {
@@ -45,7 +57,7 @@ impl Engine for FakeEngine {
         &self,
         env: &JobEnv,
         log: &mut LogSink<'_>,
-        _cancel: &CancellationToken,
+        cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
         self.record(Call::Prepare(env.job_id));
         if env.image.name.starts_with("missing:") || env.image.name == "missing" {
@@ -57,7 +69,15 @@ impl Engine for FakeEngine {
         let _ = log
             .write_all(format!("Using fake engine with image {}\n", env.image.name).as_bytes())
             .await;
-        Ok(())
+        match env.image.name.as_str() {
+            "docker-down" => Err(EngineError::Docker("connection refused".into())),
+            "lost" => Err(EngineError::Docker(LOST.into())),
+            "hang" => {
+                cancel.cancelled().await;
+                Err(EngineError::Cancelled)
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn run_step(
@@ -72,49 +92,25 @@ impl Engine for FakeEngine {
             "run_step before prepare"
         );
         self.record(Call::RunStep(env.job_id, step.name.clone()));
-        for cmd in &step.commands {
-            let line = format!("\x1b[32;1m$ {cmd}\x1b[0;m\n");
-            let _ = log.write_all(line.as_bytes()).await;
-            let (word, rest) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
-            match word {
-                "echo" => {
-                    let _ = log.write_all(format!("{rest}\n").as_bytes()).await;
-                }
-                "exit" => {
-                    let code = rest.trim().parse().unwrap_or(1);
-                    if code != 0 {
-                        return Ok(StepOutcome {
-                            exit_code: code,
-                            oom_killed: false,
-                        });
-                    }
-                }
-                "sleep" => {
-                    let secs: f64 = rest.trim().parse().unwrap_or(1.0);
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)) => {}
-                        _ = cancel.cancelled() => return Err(EngineError::Cancelled),
-                    }
-                }
-                "oom" => {
-                    return Ok(StepOutcome {
-                        exit_code: 137,
-                        oom_killed: true,
-                    });
-                }
-                "fail-docker" => return Err(EngineError::Docker("connection refused".into())),
-                "panic" => panic!("{rest}"),
-                _ => {}
-            }
-            if cancel.is_cancelled() {
-                return Err(EngineError::Cancelled);
+        self.steps.lock().unwrap().push(step.clone());
+        // The step's own timeout is the engine's to enforce (see `Engine::run_step`).
+        let Some(limit) = step.timeout else {
+            return run_commands(step, log, cancel).await;
+        };
+        match tokio::time::timeout(limit, run_commands(step, log, cancel)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let line = format!(
+                    "\n\x1b[31;1mERROR: Step {} timed out after {limit:?}\x1b[0;m\n",
+                    step.name
+                );
+                let _ = log.write_all(line.as_bytes()).await;
+                Ok(StepOutcome {
+                    exit_code: STEP_TIMEOUT_EXIT_CODE,
+                    oom_killed: false,
+                })
             }
         }
-        let _ = log.flush().await;
-        Ok(StepOutcome {
-            exit_code: 0,
-            oom_killed: false,
-        })
     }
 
     async fn sync_in(&self, env: &JobEnv) -> Result<(), EngineError> {
@@ -139,4 +135,59 @@ impl Engine for FakeEngine {
         self.record(Call::Destroy(env.job_id));
         Ok(())
     }
+}
+
+/// Interprets the step's commands (see the module's doc).
+async fn run_commands(
+    step: &StepSpec,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<StepOutcome, EngineError> {
+    for cmd in &step.commands {
+        let line = format!("\x1b[32;1m$ {cmd}\x1b[0;m\n");
+        let _ = log.write_all(line.as_bytes()).await;
+        let (word, rest) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
+        match word {
+            "echo" => {
+                let _ = log.write_all(format!("{rest}\n").as_bytes()).await;
+            }
+            "exit" => {
+                let code = rest.trim().parse().unwrap_or(1);
+                if code != 0 {
+                    return Ok(StepOutcome {
+                        exit_code: code,
+                        oom_killed: false,
+                    });
+                }
+            }
+            "sleep" => {
+                let secs: f64 = rest.trim().parse().unwrap_or(1.0);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)) => {}
+                    _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+                }
+            }
+            "oom" => {
+                return Ok(StepOutcome {
+                    exit_code: 137,
+                    oom_killed: true,
+                });
+            }
+            "fail-docker" => return Err(EngineError::Docker("connection refused".into())),
+            "lost" => {
+                let _ = log.write_all(b"partial output\n").await;
+                return Err(EngineError::Docker(LOST.into()));
+            }
+            "panic" => panic!("{rest}"),
+            _ => {}
+        }
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+    }
+    let _ = log.flush().await;
+    Ok(StepOutcome {
+        exit_code: 0,
+        oom_killed: false,
+    })
 }

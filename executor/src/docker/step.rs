@@ -23,10 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerEngine, convert, docker_err, one_line};
-use crate::engine::{EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
-
-/// The exit code a step reports when it ran past `StepSpec::timeout` (as GNU `timeout` does).
-pub const STEP_TIMEOUT_EXIT_CODE: i32 = 124;
+use crate::engine::{EngineError, JobEnv, LogSink, STEP_TIMEOUT_EXIT_CODE, StepOutcome, StepSpec};
 
 /// How often the exec is inspected while its output is open: a background process that keeps
 /// stdout open must not keep the step alive after the script's shell has exited.

@@ -29,7 +29,7 @@ pub fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<()> {
     let plan =
         compile(&payload, runner, &ctx).map_err(|e| anyhow::anyhow!("job {}: {e}", payload.id))?;
     let mut text = serde_json::to_string_pretty(&plan)?;
-    for secret in &plan.masked {
+    for secret in &plan.masks.values {
         text = text.replace(secret.as_str(), "[MASKED]");
     }
     println!("{text}");

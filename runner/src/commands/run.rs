@@ -304,6 +304,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                     trace_timing: TraceTiming::default(),
                     cleanups: self.cleanups.clone(),
                     workspaces: self.workspaces.clone(),
+                    host: Arc::new(crate::driver::HostFs),
                 };
                 driver.run(runner, *job, ctx, cancel).await;
             }
@@ -317,6 +318,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                     trace_timing: TraceTiming::default(),
                     cleanups: self.cleanups.clone(),
                     workspaces: self.workspaces.clone(),
+                    host: Arc::new(crate::driver::HostFs),
                 };
                 driver.run(runner, *job, ctx, cancel).await;
             }

@@ -410,6 +410,41 @@ pub struct Step {
     pub allow_failure: bool,
 }
 
+/// What a step is, from its name in the payload: GitLab sends `script` (before_script merged
+/// in), `release` (from `release:`) and `after_script`; other names are kept as they come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Script,
+    Release,
+    AfterScript,
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl StepKind {
+    /// The payload's step name.
+    pub fn name(&self) -> &str {
+        match self {
+            StepKind::Script => "script",
+            StepKind::Release => "release",
+            StepKind::AfterScript => "after_script",
+            StepKind::Other(name) => name,
+        }
+    }
+}
+
+impl Step {
+    pub fn kind(&self) -> StepKind {
+        match self.name.as_str() {
+            "script" => StepKind::Script,
+            "release" => StepKind::Release,
+            "after_script" => StepKind::AfterScript,
+            other => StepKind::Other(other.to_string()),
+        }
+    }
+}
+
 /// One entry of `hooks` (`pre_get_sources_script`, `post_get_sources_script`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

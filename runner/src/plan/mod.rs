@@ -18,7 +18,7 @@ use ferry_executor::sources::SourceSpec;
 use ferry_executor::{JobEnv, StepSpec};
 use serde::Serialize;
 
-use crate::gitlab::payload::{JobPayload, Step, When};
+use crate::gitlab::payload::{JobPayload, Step, StepKind, When};
 use crate::variables::Variables;
 
 pub use host::DependencySpec;
@@ -77,6 +77,8 @@ pub struct DeployCommand {
 pub struct PlannedStep {
     pub spec: StepSpec,
     pub when: StepWhen,
+    /// What the step is, from the payload (no code compares step names).
+    pub kind: StepKind,
     /// GitLab's section name in the job log (`step_script`, `after_script`, ...).
     pub section: String,
 }
@@ -121,9 +123,8 @@ pub struct Plan {
     /// The job's final variables, expanded (masked values are redacted when serialized).
     pub variables: Variables,
     /// Values and token prefixes the trace must mask.
-    #[serde(skip)]
-    pub masked: Vec<String>,
-    pub mask_prefixes: Vec<String>,
+    #[serde(flatten)]
+    pub masks: Masks,
     /// failure_reason values this GitLab accepts (features.failure_reasons).
     pub failure_reasons: Vec<String>,
 }
@@ -178,11 +179,44 @@ fn check_payload_timeouts(payload: &JobPayload) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// Default token prefixes masked in every trace (gitlab-runner's FF_MASK_ALL_DEFAULT_TOKENS set).
-pub const DEFAULT_MASK_PREFIXES: &[&str] = &[
-    "glpat-", "gloas-", "gldt-", "glrt-", "glrtr-", "glcbt-", "glptt-", "glft-", "glimt-",
-    "glagent-", "glsoat-", "glffct-", "gltst-",
-];
+/// What a job's log masks: values replaced wholesale (tokens, masked variables, the runner
+/// token) and the token prefixes whose tokens are masked: the one default list
+/// ([`crate::trace::DEFAULT_TOKEN_PREFIXES`]) and what the payload adds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Masks {
+    #[serde(skip)]
+    pub values: Vec<String>,
+    #[serde(rename = "mask_prefixes")]
+    pub prefixes: Vec<String>,
+}
+
+impl Masks {
+    /// The masks known from the payload and the runner alone: what the log uses when the job
+    /// cannot be planned. [`compile`] adds the masked values of the job's variables.
+    pub fn new(payload: &JobPayload, runner: &RunnerSection) -> Masks {
+        let mut values = payload.secrets();
+        values.push(runner.token.expose().to_string());
+        let mut prefixes: Vec<String> = crate::trace::DEFAULT_TOKEN_PREFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for p in &payload.features.token_mask_prefixes {
+            if !p.is_empty() && !prefixes.contains(p) {
+                prefixes.push(p.clone());
+            }
+        }
+        let mut masks = Masks { values, prefixes };
+        masks.normalize();
+        masks
+    }
+
+    fn normalize(&mut self) {
+        self.values.retain(|s| !s.is_empty());
+        self.values
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.values.dedup();
+    }
+}
 
 /// Compile one job.
 pub fn compile(
@@ -228,21 +262,9 @@ pub fn compile(
     let variables = vars::job_variables(&vars_in, &image_name);
     let expanded_image = variables.expand(&image_name);
 
-    let mut masked = payload.secrets();
-    masked.extend(variables.masked_values());
-    masked.push(runner.token.expose().to_string());
-    masked.retain(|s| !s.is_empty());
-    masked.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    masked.dedup();
-    let mut mask_prefixes: Vec<String> = DEFAULT_MASK_PREFIXES
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    for p in &payload.features.token_mask_prefixes {
-        if !p.is_empty() && !mask_prefixes.contains(p) {
-            mask_prefixes.push(p.clone());
-        }
-    }
+    let mut masks = Masks::new(payload, runner);
+    masks.values.extend(variables.masked_values());
+    masks.normalize();
 
     let host_plan = host::host_plan(
         payload,
@@ -291,8 +313,7 @@ pub fn compile(
         dependencies: host_plan.dependencies,
         warnings: host_plan.warnings,
         variables,
-        masked,
-        mask_prefixes,
+        masks,
         failure_reasons: payload.features.failure_reasons.clone(),
     })
 }
@@ -365,30 +386,31 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
     let mut out = Vec::new();
     let mut after: Option<&Step> = None;
     for step in &payload.steps {
-        match step.name.as_str() {
-            "after_script" => after = Some(step),
-            name => {
-                let section = if name == "script" {
-                    "step_script".to_string()
-                } else {
-                    format!("step_{name}")
-                };
-                out.push(PlannedStep {
-                    spec: StepSpec {
-                        name: name.to_string(),
-                        commands: step.script.clone(),
-                        env: vec![],
-                        timeout: None,
-                    },
-                    when: StepWhen::from(&step.when),
-                    section,
-                });
-            }
+        let kind = step.kind();
+        if kind == StepKind::AfterScript {
+            after = Some(step);
+            continue;
         }
+        let section = match &kind {
+            StepKind::Script => "step_script".to_string(),
+            other => format!("step_{}", other.name()),
+        };
+        out.push(PlannedStep {
+            spec: StepSpec {
+                name: kind.name().to_string(),
+                commands: step.script.clone(),
+                env: vec![],
+                timeout: None,
+            },
+            when: StepWhen::from(&step.when),
+            kind,
+            section,
+        });
     }
     if let Some(step) = after
         && !step.script.is_empty()
     {
+        // The engine enforces this timeout (`StepSpec::timeout`, executor/src/engine.rs).
         let timeout = variables
             .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
             .and_then(parse_go_duration)
@@ -396,12 +418,13 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
             .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
         out.push(PlannedStep {
             spec: StepSpec {
-                name: "after_script".into(),
+                name: StepKind::AfterScript.name().to_string(),
                 commands: step.script.clone(),
                 env: vec![],
                 timeout: Some(timeout),
             },
             when: StepWhen::Always,
+            kind: StepKind::AfterScript,
             section: "after_script".into(),
         });
     }

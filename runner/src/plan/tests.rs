@@ -149,12 +149,17 @@ fn deploy_job_with_a_shell_line_fails_naming_it() {
 #[test]
 fn masked_values_and_tokens_are_collected() {
     let plan = compile(&payload("deploy.json"), &runner(), &ctx()).unwrap();
-    assert!(plan.masked.contains(&"glcbt-deployjobtoken".to_string()));
     assert!(
-        plan.masked
+        plan.masks
+            .values
+            .contains(&"glcbt-deployjobtoken".to_string())
+    );
+    assert!(
+        plan.masks
+            .values
             .contains(&"glrt-goldenrunnertoken0123".to_string())
     );
-    assert!(plan.mask_prefixes.contains(&"glpat-".to_string()));
+    assert!(plan.masks.prefixes.contains(&"glpat-".to_string()));
 }
 
 #[test]

@@ -81,6 +81,12 @@ pub(crate) struct FakeState {
     pub updates: Vec<UpdateRecord>,
     /// Protocol violations seen (empty or oversized bodies, wrong token, ...).
     pub violations: Vec<String>,
+    /// Artifacts archives GitLab holds, by job id (downloads of dependencies).
+    pub artifacts: std::collections::HashMap<u64, Vec<u8>>,
+    /// Artifacts uploaded by the job, in order.
+    pub uploaded: Vec<ArtifactMeta>,
+    /// Answer uploads with this HTTP status instead of 201.
+    pub upload_status: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -106,6 +112,9 @@ impl FakeGitLab {
                 patches: Vec::new(),
                 updates: Vec::new(),
                 violations: Vec::new(),
+                artifacts: Default::default(),
+                uploaded: Vec::new(),
+                upload_status: None,
             }),
         }
     }
@@ -252,23 +261,44 @@ impl JobApi for FakeGitLab {
 
     async fn upload_artifacts(
         &self,
-        _job: &JobRef,
-        _meta: &ArtifactMeta,
+        job: &JobRef,
+        meta: &ArtifactMeta,
         _path: &Path,
     ) -> Result<(), ApiError> {
-        Err(ApiError::Io(
-            "the trace fake does not store artifacts".to_string(),
-        ))
+        self.with(|s| {
+            if job.token != s.token || s.forbidden || Self::is_over(&s.status) {
+                return Err(ApiError::Status {
+                    endpoint: "POST /jobs/:id/artifacts",
+                    status: 403,
+                    message: "403 Forbidden".into(),
+                });
+            }
+            if let Some(status) = s.upload_status {
+                return Err(ApiError::Status {
+                    endpoint: "POST /jobs/:id/artifacts",
+                    status,
+                    message: "fake outage".into(),
+                });
+            }
+            s.uploaded.push(meta.clone());
+            Ok(())
+        })
     }
 
     async fn download_artifacts(
         &self,
-        _job_id: u64,
+        job_id: u64,
         _token: &str,
-        _dest: &Path,
+        dest: &Path,
     ) -> Result<(), ApiError> {
-        Err(ApiError::Io(
-            "the trace fake does not store artifacts".to_string(),
-        ))
+        let bytes = self.with(|s| s.artifacts.get(&job_id).cloned());
+        match bytes {
+            Some(b) => std::fs::write(dest, b).map_err(|e| ApiError::Io(e.to_string())),
+            None => Err(ApiError::Status {
+                endpoint: "GET /jobs/:id/artifacts",
+                status: 404,
+                message: "404 Not Found".into(),
+            }),
+        }
     }
 }

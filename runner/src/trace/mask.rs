@@ -19,8 +19,9 @@
 /// What replaces a secret.
 pub(crate) const MASK: &[u8] = b"[MASKED]";
 
-/// GitLab token prefixes masked by default (gitlab-runner's list with all default prefixes on,
-/// plus `glrtr-`). Job payloads may add more through `features.token_mask_prefixes`.
+/// GitLab token prefixes masked by default: gitlab-runner's list with all default prefixes on,
+/// plus `glrtr-` and `gltst-`. The one list: the plan's masks start from it, and job payloads
+/// may add more through `features.token_mask_prefixes`.
 pub const DEFAULT_TOKEN_PREFIXES: &[&str] = &[
     "glpat-",
     "gloas-",
@@ -34,6 +35,7 @@ pub const DEFAULT_TOKEN_PREFIXES: &[&str] = &[
     "glagent-",
     "glsoat-",
     "glffct-",
+    "gltst-",
     "_gitlab_session=",
     "gltok-",
 ];

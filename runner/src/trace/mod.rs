@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use crate::api::{JobApi, JobRef, JobUpdate};
 
@@ -244,7 +245,8 @@ pub fn start<A: JobApi>(job: JobRef, api: Arc<A>, cfg: TraceConfig) -> (TraceWri
     let fallback: Fallback =
         Box::new(move |update| Box::pin(fallback_final_update(fallback_api, fallback_job, update)));
     let up = uploader::Uploader::new(job, api, writer.shared.clone(), cfg.timing, signal_tx);
-    let task = AbortOnDropHandle::new(tokio::spawn(up.run(finish_rx)));
+    // The uploader logs under the job's span (its `job`, `runner` and `project`).
+    let task = AbortOnDropHandle::new(tokio::spawn(up.run(finish_rx).in_current_span()));
     let handle = TraceHandle {
         job_id,
         writer: writer.clone(),

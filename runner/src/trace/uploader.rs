@@ -103,7 +103,6 @@ impl<A: JobApi> Uploader<A> {
                 Err(e) => {
                     self.failures = if progressed { 1 } else { self.failures + 1 };
                     tracing::warn!(
-                        job_id = self.job.id,
                         failures = self.failures,
                         error = %e,
                         "job log upload failed; retrying later"
@@ -164,7 +163,6 @@ impl<A: JobApi> Uploader<A> {
                         && r != self.accepted
                     {
                         tracing::debug!(
-                            job_id = self.job.id,
                             remote_len = r,
                             local = self.accepted,
                             "GitLab reports another trace length after an accepted PATCH"
@@ -188,7 +186,6 @@ impl<A: JobApi> Uploader<A> {
                     // GitLab's length is the truth: resend from there (we keep every byte), or
                     // skip ahead if it holds more than we produced, as gitlab-runner does.
                     tracing::info!(
-                        job_id = self.job.id,
                         remote_len,
                         offset,
                         "trace offset out of sync with GitLab; resuming from GitLab's length"
@@ -196,19 +193,13 @@ impl<A: JobApi> Uploader<A> {
                     self.accepted = remote_len;
                 }
                 Ok(TraceReply::Gone { status }) => {
-                    tracing::warn!(
-                        job_id = self.job.id,
-                        "GitLab refused the job log (403): aborting the job"
-                    );
+                    tracing::warn!("GitLab refused the job log (403): aborting the job");
                     self.apply_status(status.as_ref());
                     self.raise(RemoteSignal::Abort);
                     self.trace_stopped = true;
                 }
                 Ok(TraceReply::NotFound) => {
-                    tracing::warn!(
-                        job_id = self.job.id,
-                        "GitLab answered 404 to the job log: no more log is sent"
-                    );
+                    tracing::warn!("GitLab answered 404 to the job log: no more log is sent");
                     self.trace_stopped = true;
                 }
                 Err(e) => return (progressed, Err(e.to_string())),
@@ -240,15 +231,12 @@ impl<A: JobApi> Uploader<A> {
                 self.apply_interval(interval);
             }
             Ok(UpdateReply::Gone) => {
-                tracing::warn!(
-                    job_id = self.job.id,
-                    "GitLab refused the keep-alive (403/404): aborting the job"
-                );
+                tracing::warn!("GitLab refused the keep-alive (403/404): aborting the job");
                 self.raise(RemoteSignal::Abort);
                 self.trace_stopped = true;
             }
             Err(e) => {
-                tracing::warn!(job_id = self.job.id, error = %e, "keep-alive update failed");
+                tracing::warn!(error = %e, "keep-alive update failed");
             }
         }
     }
@@ -282,14 +270,11 @@ impl<A: JobApi> Uploader<A> {
                 }
                 match self.api.update_job(&self.job, &update).await {
                     Ok(UpdateReply::Accepted { .. }) => {
-                        tracing::debug!(job_id = self.job.id, "final update accepted");
+                        tracing::debug!("final update accepted");
                         return FinalOutcome::Accepted;
                     }
                     Ok(UpdateReply::Gone) => {
-                        tracing::warn!(
-                            job_id = self.job.id,
-                            "GitLab refused the final update (403/404)"
-                        );
+                        tracing::warn!("GitLab refused the final update (403/404)");
                         return FinalOutcome::Gone;
                     }
                     Ok(UpdateReply::Pending { interval }) => {
@@ -318,7 +303,6 @@ impl<A: JobApi> Uploader<A> {
                 && now.duration_since(since) >= self.timing.final_retry_min_duration;
             if exhausted || now >= deadline {
                 tracing::error!(
-                    job_id = self.job.id,
                     failures,
                     error = %error,
                     "giving up on the final update"
@@ -327,7 +311,6 @@ impl<A: JobApi> Uploader<A> {
             }
             let wait = backoff(failures, self.timing.final_backoff_max).min(deadline - now);
             tracing::warn!(
-                job_id = self.job.id,
                 failures,
                 retry_in = ?wait,
                 error = %error,
@@ -373,7 +356,7 @@ impl<A: JobApi> Uploader<A> {
             }
         });
         if changed {
-            tracing::info!(job_id = self.job.id, signal = ?sig, "GitLab changed the job's status");
+            tracing::info!(signal = ?sig, "GitLab changed the job's status");
         }
     }
 }

@@ -1,0 +1,95 @@
+//! The job's project dir, claimed for one job at a time, and the `cleanup` stage that frees it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_executor::{Engine, JobEnv};
+use tokio::sync::OwnedMutexGuard;
+use tracing::{Instrument, warn};
+
+use super::signals::{Signals, Stage, Stop, cancellable};
+use crate::trace::TraceWriter;
+
+/// Attempts at removing a finished job's containers (2 s, 4 s, 8 s apart).
+const CLEANUP_ATTEMPTS: u32 = 4;
+/// Deadline of the cleanup stage (containers, network, volumes).
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One job at a time per project dir on the host, its containers included: a job's host work
+/// on its sources (git, cache, dependencies) runs before its own containers start and after
+/// the previous job's containers were removed, so no container can change the project dir
+/// while git works in it (docs/security.md). Jobs of one project on one slot run one after the
+/// other anyway; this only waits for the previous job's background cleanup.
+#[derive(Clone, Default)]
+pub struct Workspaces(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// The claim on a project dir: dropped when the job's containers are gone.
+pub(super) type Workspace = OwnedMutexGuard<()>;
+
+impl Workspaces {
+    fn get(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(dir.to_path_buf()).or_default().clone()
+    }
+
+    /// Waits until no other job (nor its containers) uses the project dir `dir`.
+    pub(super) async fn claim(
+        &self,
+        dir: &Path,
+        log: &TraceWriter,
+        signals: &mut Signals,
+    ) -> Result<Workspace, Stop> {
+        let lock = self.get(dir);
+        if let Ok(guard) = lock.clone().try_lock_owned() {
+            return Ok(guard);
+        }
+        log.write_line(
+            "Waiting for the containers of the previous job of this project to be removed...",
+        );
+        let claimed = signals
+            .run(false, |limits| async move {
+                cancellable(lock.lock_owned(), &limits.cancel).await
+            })
+            .await;
+        match claimed {
+            Stage::Done(Some(guard)) => Ok(guard),
+            // Not cancelled without a stop signal.
+            Stage::Done(None) => Err(Stop::Shutdown),
+            Stage::Stopped(stop) => Err(stop),
+        }
+    }
+}
+
+/// The `cleanup` stage: removes the job's containers, network and volumes after its final
+/// update, in the background (tracked by `cleanups`, which `ferry run` waits for before it
+/// exits): the job's result does not depend on it, GitLab can start the next stage ~0.4 s
+/// sooner, and the slot is free for the next job while Docker removes an idle container. It
+/// runs on every path, on its own deadline, not cancellable by the job's signals. The project
+/// dir is free for the next job once the containers are gone.
+pub(super) fn cleanup<E: Engine>(
+    engine: Arc<E>,
+    env: JobEnv,
+    workspace: Option<Workspace>,
+    cleanups: &tokio_util::task::TaskTracker,
+) {
+    let task = async move {
+        let _workspace = workspace;
+        // Docker may be restarting: try again a few times; what is still left then is
+        // removed by the janitor at ferry's next start (everything is labelled).
+        let mut delay = Duration::from_secs(2);
+        for attempt in 1..=CLEANUP_ATTEMPTS {
+            match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(&env)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => warn!(attempt, error = %e, "cleanup failed"),
+                Err(_) => warn!(attempt, "cleanup timed out"),
+            }
+            if attempt < CLEANUP_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    };
+    cleanups.spawn(task.in_current_span());
+}

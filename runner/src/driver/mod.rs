@@ -1,0 +1,370 @@
+//! The job driver: plan → host stages and engine (or deploy step) → final status, whatever
+//! fails (docs/architecture.md, "A job's stages").
+//!
+//! Every job ends with a final update and its complete log: the trace is started before anything
+//! else can fail, every error becomes a line in the log and a failure_reason, cleanup runs on its
+//! own deadline, and the final update is retried by the trace until GitLab accepts it.
+//!
+//! * `signals.rs`: the stop signals (job timeout, GitLab's `canceling` and `canceled`, shutdown)
+//!   and the one way a stage runs under them.
+//! * `state.rs`: the job's progress, the run policy, and how a stage's end becomes the job's.
+//! * `sequence.rs`: the order of the stages; `sections.rs`: one function per log section.
+//! * `host.rs`: the host stages behind a seam; `cleanup.rs`: the project dir's claim, cleanup.
+
+mod cleanup;
+mod host;
+mod sections;
+mod sequence;
+mod signals;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_config::RunnerSection;
+use ferry_deploy::Deployer;
+use ferry_executor::{Engine, EngineError, JobEnv, StepOutcome};
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, warn};
+
+use crate::api::{JobApi, JobRef, JobState, JobUpdate};
+use crate::failure::FailureReason;
+use crate::gitlab::payload::JobPayload;
+use crate::metrics::{FailureLabels, JobStateLabels, Metrics, RunnerLabels};
+use crate::plan::{self, Execution, JobContext, Masks, Plan};
+use crate::trace::{self, FinalOutcome, TraceConfig, TraceTiming, TraceWriter};
+
+pub use cleanup::{CLEANUP_TIMEOUT, Workspaces};
+pub use host::{Host, HostFs};
+pub use state::Outcome;
+
+use signals::Signals;
+use state::JobState as Progress;
+
+/// The runner-side ingredients of a job.
+pub struct Driver<E, D, A, H = HostFs> {
+    pub engine: Arc<E>,
+    pub deployer: Arc<D>,
+    pub api: Arc<A>,
+    /// The job's files on the host: sources, cache, artifacts.
+    pub host: Arc<H>,
+    pub metrics: Metrics,
+    pub system_id: String,
+    pub trace_timing: TraceTiming,
+    /// Container removals still running after their job's final update.
+    pub cleanups: TaskTracker,
+    /// One job at a time per project dir, until its containers are gone.
+    pub workspaces: Workspaces,
+}
+
+/// One job on its way: what it runs, its log, its stop signals and its progress.
+struct JobRun<'a> {
+    plan: &'a Plan,
+    job: &'a JobRef,
+    runner: &'a RunnerSection,
+    log: &'a TraceWriter,
+    signals: Signals,
+    state: Progress,
+}
+
+impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
+    /// Run one job to its final status. Never panics on job input; always sends a final update
+    /// (unless GitLab says the job is gone). ferry's own log lines of the job (from the
+    /// executor, the deploy step and the trace too) carry its `job`, `runner` and `project`.
+    pub async fn run(
+        &self,
+        runner: Arc<RunnerSection>,
+        payload: JobPayload,
+        ctx: JobContext,
+        shutdown: CancellationToken,
+    ) {
+        let span = tracing::info_span!(
+            "job",
+            job = payload.id,
+            runner = %runner.token.short(),
+            project = payload.job_info.project_id,
+        );
+        self.run_job(runner, payload, ctx, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_job(
+        &self,
+        runner: Arc<RunnerSection>,
+        payload: JobPayload,
+        ctx: JobContext,
+        shutdown: CancellationToken,
+    ) {
+        let started = Instant::now();
+        let short = runner.token.short().to_string();
+        let running = self.count_start(&short);
+        let job = payload.job_ref();
+        // A panic in planning still ends the job: it is caught like one while executing.
+        let compiled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| plan::compile(&payload, &runner, &ctx)));
+        let masks = match &compiled {
+            Ok(Ok(plan)) => plan.masks.clone(),
+            _ => Masks::new(&payload, &runner),
+        };
+        let (log, handle) = trace::start(
+            job.clone(),
+            self.api.clone(),
+            self.trace_config(&runner, masks),
+        );
+        self.write_header(&log, &runner);
+        let mut cleanup = None;
+        let outcome = match compiled {
+            Ok(Ok(plan)) => {
+                let signals = Signals {
+                    deadline: ferry_executor::deadline_after(plan.timeout),
+                    remote: handle.signals(),
+                    shutdown,
+                };
+                let (outcome, workspace) =
+                    self.execute_plan(&plan, &job, &runner, &log, signals).await;
+                if let Execution::Docker { env, .. } = plan.execution {
+                    cleanup = Some((*env, workspace));
+                }
+                outcome
+            }
+            Ok(Err(e)) => {
+                log.write_error(&format!("job {}: {e}", job.id));
+                Outcome::failed(e.failure_reason())
+            }
+            Err(panic) => internal_error(&log, panic.as_ref()),
+        };
+        let update = self.final_update(&outcome, &payload, &short, &log);
+        let final_outcome = handle.finish(update).await;
+        if let Some((env, workspace)) = cleanup {
+            cleanup::cleanup(self.engine.clone(), env, workspace, &self.cleanups);
+        }
+        running.dec();
+        self.metrics
+            .job_duration
+            .get_or_create(&RunnerLabels { runner: short })
+            .observe(started.elapsed().as_secs_f64());
+        match final_outcome {
+            FinalOutcome::Accepted => info!(?outcome, "job finished"),
+            FinalOutcome::Gone => info!("job finished; GitLab no longer tracks it"),
+            FinalOutcome::GaveUp { reason } => {
+                warn!(%reason, "could not report the final job state to GitLab")
+            }
+        }
+    }
+
+    /// Claims the project dir and runs the job's stages. A panic anywhere in them still ends
+    /// the job: it is caught, the job fails with `runner_system_failure` and a log line, and
+    /// its containers are removed (the environment to remove is known before anything runs).
+    /// File variables live only as long as their job (docs/security.md), also after a panic.
+    async fn execute_plan(
+        &self,
+        plan: &Plan,
+        job: &JobRef,
+        runner: &RunnerSection,
+        log: &TraceWriter,
+        mut signals: Signals,
+    ) -> (Outcome, Option<cleanup::Workspace>) {
+        let mut workspace = None;
+        let executed = AssertUnwindSafe(async {
+            let claimed = self
+                .workspaces
+                .claim(&plan.host_project_dir, log, &mut signals)
+                .await;
+            let mut run = JobRun {
+                plan,
+                job,
+                runner,
+                log,
+                signals,
+                state: Progress::default(),
+            };
+            match claimed {
+                Ok(guard) => {
+                    workspace = Some(guard);
+                    self.execute(&mut run).await;
+                }
+                Err(stop) => run.state.halt(stop, log),
+            }
+            run.state.outcome()
+        })
+        .catch_unwind()
+        .await;
+        let outcome = executed.unwrap_or_else(|panic| internal_error(log, panic.as_ref()));
+        if let Err(e) = self.host.remove_file_variables(plan).await {
+            warn!(error = %e, "removing the job's file variables failed");
+        }
+        (outcome, workspace)
+    }
+
+    fn trace_config(&self, runner: &RunnerSection, masks: Masks) -> TraceConfig {
+        TraceConfig {
+            output_limit: runner.output_limit,
+            masked: masks.values,
+            token_prefixes: masks.prefixes,
+            timing: TraceTiming {
+                final_retry_limit: runner.job_status_final_update_retry_limit.max(1),
+                ..self.trace_timing.clone()
+            },
+            ..TraceConfig::default()
+        }
+    }
+
+    fn write_header(&self, log: &TraceWriter, runner: &RunnerSection) {
+        log.write_line(&format!(
+            "\x1b[0;mRunning with ferry {} ({})\x1b[0;m",
+            env!("CARGO_PKG_VERSION"),
+            crate::REVISION
+        ));
+        // gitlab-runner's short token (no `glrt-` prefix, which the trace would mask).
+        log.write_line(&format!(
+            "\x1b[0;m  on {} {}, system ID: {}\x1b[0;m",
+            runner.name,
+            crate::variables::runner_short_token(runner.token.expose()),
+            self.system_id
+        ));
+    }
+
+    /// Counts the job as started; returns the gauge of running jobs to decrement at its end.
+    fn count_start(&self, short: &str) -> prometheus_client::metrics::gauge::Gauge {
+        self.metrics
+            .jobs_total
+            .get_or_create(&RunnerLabels {
+                runner: short.to_string(),
+            })
+            .inc();
+        let running = self
+            .metrics
+            .jobs
+            .get_or_create(&JobStateLabels {
+                runner: short.to_string(),
+                state: "running".into(),
+            })
+            .clone();
+        running.inc();
+        running
+    }
+
+    /// The final update of `outcome`, in what this GitLab accepts, and its last log line.
+    fn final_update(
+        &self,
+        outcome: &Outcome,
+        payload: &JobPayload,
+        short: &str,
+        log: &TraceWriter,
+    ) -> JobUpdate {
+        let (state, failure_reason, exit_code) = match outcome {
+            Outcome::Success => {
+                log.write_line("\x1b[32;1mJob succeeded\x1b[0;m");
+                (JobState::Success, None, None)
+            }
+            Outcome::Failed { reason, exit_code } => {
+                let reason = reason.supported(&payload.features.failure_reasons);
+                self.metrics
+                    .failed_jobs
+                    .get_or_create(&FailureLabels {
+                        runner: short.to_string(),
+                        failure_reason: reason.as_str().to_string(),
+                    })
+                    .inc();
+                match exit_code {
+                    Some(code) => log.write_error(&format!("Job failed: exit code {code}")),
+                    None => log.write_error(&format!("Job failed ({reason})")),
+                }
+                (
+                    JobState::Failed,
+                    Some(reason.as_str().to_string()),
+                    *exit_code,
+                )
+            }
+        };
+        JobUpdate {
+            state,
+            failure_reason,
+            exit_code,
+            checksum: None,
+            bytesize: None,
+        }
+    }
+}
+
+/// A panic in a job's code: the job fails as a system failure with a line saying so (the
+/// message says where; the trace masks secrets as in any other line), and ferry's own log
+/// records it.
+fn internal_error(log: &TraceWriter, panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    tracing::error!(panic = %message, "internal error in a job: failing it");
+    log.write_error(&format!(
+        "Job failed (system failure): internal error in ferry: {message}"
+    ));
+    Outcome::failed(FailureReason::RunnerSystemFailure)
+}
+
+/// A job whose payload could not be decoded, but whose id and token could: report it failed so it
+/// does not stay "running" in GitLab until its timeout.
+pub async fn fail_undecodable<A: JobApi>(
+    api: Arc<A>,
+    job: JobRef,
+    error: &str,
+    timing: TraceTiming,
+) {
+    let (log, handle) = trace::start(
+        job,
+        api,
+        TraceConfig {
+            timing,
+            ..TraceConfig::default()
+        },
+    );
+    log.write_error(&format!(
+        "ferry could not read the job sent by GitLab: {error}"
+    ));
+    handle
+        .finish(JobUpdate {
+            state: JobState::Failed,
+            failure_reason: Some(FailureReason::RunnerSystemFailure.as_str().to_string()),
+            exit_code: None,
+            checksum: None,
+            bytesize: None,
+        })
+        .await;
+}
+
+/// The engine of a runner whose Docker settings could not be turned into a client: every job
+/// fails in `prepare_executor` with the cause, and the next job tries again.
+/// `sync_in`/`sync_out` keep their no-op defaults: `prepare` never succeeds, so they never run.
+pub struct Unavailable(pub String);
+
+impl Engine for Unavailable {
+    async fn prepare(
+        &self,
+        _env: &JobEnv,
+        _log: &mut ferry_executor::LogSink<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Docker(self.0.clone()))
+    }
+
+    async fn run_step(
+        &self,
+        _env: &JobEnv,
+        _step: &ferry_executor::StepSpec,
+        _log: &mut ferry_executor::LogSink<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<StepOutcome, EngineError> {
+        Err(EngineError::Docker(self.0.clone()))
+    }
+
+    async fn destroy(&self, _env: &JobEnv) -> Result<(), EngineError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! One function per GitLab section of the job log, in the order GitLab names them:
+//! `prepare_executor`, `get_sources`, `restore_cache`, `download_artifacts`, each script step,
+//! `after_script`, `archive_cache`, `upload_artifacts_on_success|failure` (`cleanup` is in
+//! `cleanup.rs`). Each runs its work under the job's signals and hands the end to
+//! [`JobState::settle`](super::state::JobState::settle); the order they run in is `sequence.rs`.
+
+use ferry_deploy::{DeployRequest, Deployer, JobFacts, Origin};
+use ferry_executor::artifacts::ArtifactSpec;
+use ferry_executor::{Engine, EnvVar, JobEnv, StepOutcome};
+
+use super::host::Host;
+use super::signals::{STOP_GRACE, Stage, Stop, cancellable};
+use super::state::StageError;
+use super::{Driver, JobRun};
+use crate::api::{ApiError, ArtifactMeta, JobApi};
+use crate::failure::FailureReason;
+use crate::plan::{self, DeployCommand, PlannedStep};
+
+impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
+    /// Pulls images, starts services, creates the build container, then makes the host's
+    /// project dir appear in it (a no-op when it is bind-mounted).
+    pub(super) async fn prepare_executor(&self, run: &mut JobRun<'_>, env: &JobEnv) {
+        let (engine, log) = (&*self.engine, run.log);
+        log.section_start(
+            "prepare_executor",
+            "Preparing the \"docker\" executor",
+            false,
+        );
+        let stage = run
+            .signals
+            .run(false, |limits| async move {
+                let mut sink = log.clone();
+                engine.prepare(env, &mut sink, &limits.cancel).await
+            })
+            .await;
+        log.section_end("prepare_executor");
+        if run.state.settle(stage, log).is_some() {
+            let stage = run.signals.run(false, |_| engine.sync_in(env)).await;
+            run.state.settle(stage, log);
+        }
+    }
+
+    pub(super) async fn get_sources(&self, run: &mut JobRun<'_>) {
+        let (host, plan, log) = (&*self.host, run.plan, run.log);
+        log.section_start("get_sources", "Getting source from Git repository", false);
+        let stage = run
+            .signals
+            .run(false, |limits| async move {
+                let mut sink = log.clone();
+                host.get_sources(plan, &mut sink, &limits.cancel)
+                    .await
+                    .map_err(StageError::Sources)
+            })
+            .await;
+        log.section_end("get_sources");
+        run.state.settle(stage, log);
+    }
+
+    /// A cache that cannot be restored is a warning: the job goes on without it.
+    pub(super) async fn restore_cache(&self, run: &mut JobRun<'_>) {
+        let (host, plan, log) = (&*self.host, run.plan, run.log);
+        if plan.caches.is_empty() {
+            return;
+        }
+        log.section_start("restore_cache", "Restoring cache", false);
+        for spec in &plan.caches {
+            let stage = run
+                .signals
+                .run(false, |limits| async move {
+                    let mut sink = log.clone();
+                    host.restore_cache(plan, spec, &mut sink, &limits).await
+                })
+                .await;
+            match stage {
+                Stage::Done(Ok(())) => {}
+                Stage::Done(Err(e)) => {
+                    log.write_warning(&format!("restoring cache {:?}: {e}", spec.key))
+                }
+                Stage::Stopped(stop) => {
+                    log.section_end("restore_cache");
+                    run.state.halt(stop, log);
+                    return;
+                }
+            }
+        }
+        log.section_end("restore_cache");
+    }
+
+    /// The artifacts of the jobs this one depends on, into the project dir.
+    pub(super) async fn download_artifacts(&self, run: &mut JobRun<'_>) {
+        let (host, api, plan, log) = (&*self.host, &*self.api, run.plan, run.log);
+        if plan.dependencies.is_empty() {
+            return;
+        }
+        log.section_start("download_artifacts", "Downloading artifacts", false);
+        for dep in &plan.dependencies {
+            log.write_line(&format!(
+                "Downloading artifacts for {} ({})...",
+                dep.name, dep.id
+            ));
+            let stage = run
+                .signals
+                .run(false, |limits| async move {
+                    let tmp = tempfile::NamedTempFile::new().map_err(StageError::TempFile)?;
+                    let download = api.download_artifacts(dep.id, &dep.token, tmp.path());
+                    let downloaded = cancellable(download, &limits.cancel)
+                        .await
+                        .unwrap_or(Err(ApiError::Io("cancelled".into())));
+                    downloaded.map_err(|source| StageError::Download {
+                        name: dep.name.clone(),
+                        id: dep.id,
+                        source,
+                    })?;
+                    host.extract_artifacts(plan, tmp.path(), &limits)
+                        .await
+                        .map_err(|source| StageError::Extract {
+                            name: dep.name.clone(),
+                            id: dep.id,
+                            source,
+                        })
+                })
+                .await;
+            let Some(summary) = run.state.settle(stage, log) else {
+                break;
+            };
+            for n in &summary.notes {
+                log.write_str(&n.to_log_line());
+            }
+            log.write_line(&format!(
+                "Downloaded artifacts for {} ({}): {} files",
+                dep.name, dep.id, summary.files
+            ));
+        }
+        log.section_end("download_artifacts");
+    }
+
+    /// One script step (`step_script`, `step_release`, ...): a non-zero exit code fails the job
+    /// with `script_failure` and that code.
+    pub(super) async fn step(&self, run: &mut JobRun<'_>, env: &JobEnv, step: &PlannedStep) {
+        let (engine, log) = (&*self.engine, run.log);
+        log.section_start(
+            &step.section,
+            &format!("Executing \"{}\" stage of the job script", step.section),
+            false,
+        );
+        let stage = run
+            .signals
+            .run(false, |limits| async move {
+                let mut sink = log.clone();
+                engine
+                    .run_step(env, &step.spec, &mut sink, &limits.cancel)
+                    .await
+            })
+            .await;
+        log.section_end(&step.section);
+        if let Some(StepOutcome {
+            exit_code,
+            oom_killed,
+        }) = run.state.settle(stage, log)
+            && exit_code != 0
+        {
+            if oom_killed {
+                log.write_error("the job container was killed because it ran out of memory (OOM)");
+            }
+            run.state
+                .fail(FailureReason::ScriptFailure, Some(exit_code));
+        }
+    }
+
+    /// `after_script` sees `CI_JOB_STATUS`, runs through GitLab's `canceling` and after the job
+    /// timeout, and its failures are warnings (gitlab-runner ignores them by default). Its own
+    /// timeout is the engine's to enforce (`StepSpec::timeout`, executor/src/engine.rs); the
+    /// driver's deadline here is only a backstop for an engine that does not return.
+    pub(super) async fn after_script(
+        &self,
+        run: &mut JobRun<'_>,
+        env: &JobEnv,
+        step: &PlannedStep,
+    ) {
+        let (engine, log) = (&*self.engine, run.log);
+        let mut spec = step.spec.clone();
+        spec.env.push(EnvVar {
+            name: "CI_JOB_STATUS".into(),
+            value: run.state.status().as_str().into(),
+        });
+        log.section_start(
+            &step.section,
+            &format!("Executing \"{}\" stage of the job script", step.section),
+            false,
+        );
+        let limit = spec.timeout.unwrap_or(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
+        let backstop = ferry_executor::deadline_after(limit.saturating_add(STOP_GRACE));
+        let spec = &spec;
+        let stage = run
+            .signals
+            .with_deadline(backstop)
+            .run(true, |limits| async move {
+                let mut sink = log.clone();
+                engine.run_step(env, spec, &mut sink, &limits.cancel).await
+            })
+            .await;
+        log.section_end(&step.section);
+        match stage {
+            Stage::Done(Ok(o)) if o.exit_code != 0 => log.write_warning(&format!(
+                "after_script failed with exit code {}",
+                o.exit_code
+            )),
+            Stage::Done(Ok(_)) => {}
+            Stage::Done(Err(e)) => log.write_warning(&format!("after_script failed: {e}")),
+            Stage::Stopped(Stop::Timeout) => log.write_warning("after_script timed out"),
+            // The job is over server-side, or ferry is stopping: nothing after this runs.
+            Stage::Stopped(stop) => run.state.halt(stop, log),
+        }
+    }
+
+    /// Saves the caches by their `when`; a cache that cannot be saved is a warning.
+    pub(super) async fn archive_cache(&self, run: &mut JobRun<'_>) {
+        let (host, plan, log) = (&*self.host, run.plan, run.log);
+        if plan.caches.is_empty() {
+            return;
+        }
+        let succeeded = !run.state.failed();
+        let name = if succeeded {
+            "archive_cache"
+        } else {
+            "archive_cache_on_failure"
+        };
+        log.section_start(name, "Saving cache", false);
+        for spec in &plan.caches {
+            let stage = run
+                .signals
+                .run(true, |limits| async move {
+                    let mut sink = log.clone();
+                    host.save_cache(plan, spec, succeeded, &mut sink, &limits)
+                        .await
+                })
+                .await;
+            match stage {
+                Stage::Done(Ok(())) => {}
+                Stage::Done(Err(e)) => {
+                    log.write_warning(&format!("saving cache {:?}: {e}", spec.key))
+                }
+                Stage::Stopped(stop) => {
+                    log.section_end(name);
+                    run.state.halt(stop, log);
+                    return;
+                }
+            }
+        }
+        log.section_end(name);
+    }
+
+    /// Archives and uploads the artifacts due by their `when`. A failure fails a job that had
+    /// succeeded; a job that had failed keeps its first failure.
+    pub(super) async fn upload_artifacts(&self, run: &mut JobRun<'_>) {
+        let (plan, log) = (run.plan, run.log);
+        let succeeded = !run.state.failed();
+        let due: Vec<_> = plan
+            .artifacts
+            .iter()
+            .filter(|a| a.when.applies(succeeded))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let name = upload_section(succeeded);
+        let title = if succeeded {
+            "Uploading artifacts for successful job"
+        } else {
+            "Uploading artifacts for failed job"
+        };
+        log.section_start(name, title, false);
+        let mut failure = None;
+        for spec in due {
+            match self.upload_one(run, spec).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        log.section_end(name);
+        if let Some(e) = failure {
+            run.state.error(e, log);
+        }
+    }
+
+    /// Archives and uploads one `artifacts:` entry. `Ok(false)`: a stop signal ended it (the
+    /// section is closed and the stop recorded).
+    async fn upload_one(
+        &self,
+        run: &mut JobRun<'_>,
+        spec: &ArtifactSpec,
+    ) -> Result<bool, StageError> {
+        let (host, api, plan, log) = (&*self.host, &*self.api, run.plan, run.log);
+        log.write_line(&format!("Uploading artifacts ({})...", spec.artifact_type));
+        let tmp = tempfile::NamedTempFile::new().map_err(StageError::TempFile)?;
+        let out = tmp.path();
+        let stage = run
+            .signals
+            .run(true, |limits| async move {
+                let mut sink = log.clone();
+                host.archive_artifacts(plan, spec, out, &mut sink, &limits)
+                    .await
+            })
+            .await;
+        let summary = match stage {
+            Stage::Stopped(stop) => {
+                log.section_end(upload_section(!run.state.failed()));
+                run.state.halt(stop, log);
+                return Ok(false);
+            }
+            Stage::Done(result) => result.map_err(StageError::Archive)?,
+        };
+        if summary.files == 0 {
+            return Ok(true);
+        }
+        let meta = ArtifactMeta {
+            artifact_type: spec.artifact_type.clone(),
+            artifact_format: spec.format.as_str().to_string(),
+            name: spec.upload_file_name(),
+            expire_in: spec.expire_in.clone(),
+        };
+        api.upload_artifacts(run.job, &meta, out)
+            .await
+            .map_err(StageError::Upload)?;
+        log.write_line(&format!(
+            "Uploading artifacts as \"{}\" to coordinator... 201 Created  id={} responseStatus=201 Created",
+            spec.format.as_str(),
+            run.job.id
+        ));
+        Ok(true)
+    }
+
+    /// One `ferry deploy` line of a deploy job. The runner's targets and GitLab's facts decide
+    /// the policy; variables only configure the deploy within it (docs/deploy.md, "Who decides
+    /// what").
+    pub(super) async fn deploy(&self, run: &mut JobRun<'_>, facts: &JobFacts, cmd: &DeployCommand) {
+        let (deployer, plan, log) = (&*self.deployer, run.plan, run.log);
+        log.write_line(&format!("\x1b[32;1m$ {}\x1b[0;m", cmd.line));
+        let req = DeployRequest {
+            args: cmd.args.clone(),
+            project_dir: plan.host_project_dir.clone(),
+            variables: plan
+                .variables
+                .deduplicated()
+                .into_iter()
+                .map(|v| (v.key.clone(), v.value.clone()))
+                .collect(),
+            targets: run.runner.deploy.targets.clone(),
+            remaining: Some(run.signals.remaining()),
+            origin: Origin::Job(facts.clone()),
+        };
+        log.section_start("deploy", "Deploying to Kubernetes", false);
+        let req = &req;
+        let stage = run
+            .signals
+            .run(false, |limits| async move {
+                let mut sink = log.clone();
+                deployer.deploy(req, &mut sink, &limits.cancel).await
+            })
+            .await;
+        log.section_end("deploy");
+        run.state.settle(stage, log);
+    }
+}
+
+/// The section of the artifacts upload after a job that succeeded or failed.
+fn upload_section(succeeded: bool) -> &'static str {
+    if succeeded {
+        "upload_artifacts_on_success"
+    } else {
+        "upload_artifacts_on_failure"
+    }
+}

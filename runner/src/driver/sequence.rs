@@ -1,0 +1,133 @@
+//! The order of a job's stages (docs/architecture.md, "A job's stages"): what runs after what,
+//! decided by the run policy of [`JobState::runs`](super::state::JobState::runs).
+
+use ferry_deploy::{Deployer, JobFacts};
+use ferry_executor::{Engine, JobEnv};
+
+use super::host::Host;
+use super::signals::Stop;
+use super::state::{Phase, StageError};
+use super::{Driver, JobRun};
+use crate::api::JobApi;
+use crate::gitlab::payload::StepKind;
+use crate::plan::{self, DeployCommand, Execution, PlannedStep, StepWhen};
+
+/// The sections before the script, in the order they run.
+enum Before {
+    GetSources,
+    RestoreCache,
+    DownloadArtifacts,
+    PrepareExecutor,
+}
+
+/// The sections after the steps, in the order they run.
+enum After {
+    ArchiveCache,
+    UploadArtifacts,
+}
+
+impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
+    /// Everything between the job's start and its final update, except cleanup.
+    pub(super) async fn execute(&self, run: &mut JobRun<'_>) {
+        for w in &run.plan.warnings {
+            run.log.write_warning(w);
+        }
+        if let Err(e) = self.host.create_dirs(run.plan).await {
+            run.state.error(StageError::HostDirs(e), run.log);
+            return;
+        }
+        match &run.plan.execution {
+            Execution::Docker { env, steps } => self.docker_job(run, env, steps).await,
+            Execution::Deploy { commands, facts } => self.deploy_job(run, commands, facts).await,
+        }
+    }
+
+    /// A job in containers. Sources, cache and dependencies come before any container of the
+    /// job starts, so git works in a project dir no container can change meanwhile
+    /// (docs/security.md); the file variables are written before the container that mounts
+    /// them read-only.
+    async fn docker_job(&self, run: &mut JobRun<'_>, env: &JobEnv, steps: &[PlannedStep]) {
+        if let Err(e) = self
+            .host
+            .write_file_variables(run.plan, env.image.user.as_deref())
+            .await
+        {
+            run.state.error(StageError::FileVariables(e), run.log);
+            return;
+        }
+        for section in [
+            Before::GetSources,
+            Before::RestoreCache,
+            Before::DownloadArtifacts,
+            Before::PrepareExecutor,
+        ] {
+            if !run.state.runs(Phase::BeforeScript, None) {
+                return;
+            }
+            match section {
+                Before::GetSources => self.get_sources(run).await,
+                Before::RestoreCache => self.restore_cache(run).await,
+                Before::DownloadArtifacts => self.download_artifacts(run).await,
+                Before::PrepareExecutor => self.prepare_executor(run, env).await,
+            }
+        }
+        if !run.state.runs(Phase::BeforeScript, None) {
+            return;
+        }
+        run.state.script_started = true;
+        self.steps(run, env, steps).await;
+        // What the steps left, back to the host for cache and artifacts (a no-op when the
+        // directory is bind-mounted). Not stoppable, like the archiving that follows.
+        if let Err(e) = self.engine.sync_out(env).await {
+            run.state.error(StageError::Engine(e), run.log);
+        }
+        self.after_steps(run).await;
+    }
+
+    /// The script steps by their `when`, then after_script.
+    async fn steps(&self, run: &mut JobRun<'_>, env: &JobEnv, steps: &[PlannedStep]) {
+        for step in steps {
+            let now = run.signals.current();
+            if step.kind == StepKind::AfterScript {
+                if run.state.runs(Phase::AfterScript, now) {
+                    self.after_script(run, env, step).await;
+                }
+            } else if run.state.runs(Phase::Step(step.when), now) {
+                self.step(run, env, step).await;
+            }
+        }
+    }
+
+    /// Cache and artifacts after the steps, by `when`. They run under the job's deadline;
+    /// after a timeout of the script they get a bounded time of their own, as after_script
+    /// does, so that `when: on_failure` caches and artifacts are still saved.
+    async fn after_steps(&self, run: &mut JobRun<'_>) {
+        if run.signals.current() == Some(Stop::Timeout) {
+            let grace = ferry_executor::deadline_after(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
+            run.signals = run.signals.with_deadline(grace);
+        }
+        for section in [After::ArchiveCache, After::UploadArtifacts] {
+            if !run.state.runs(Phase::AfterSteps, run.signals.current()) {
+                return;
+            }
+            match section {
+                After::ArchiveCache => self.archive_cache(run).await,
+                After::UploadArtifacts => self.upload_artifacts(run).await,
+            }
+        }
+    }
+
+    /// A deploy job (`image: ferry:deploy`): no container; each `ferry deploy` line in turn.
+    async fn deploy_job(&self, run: &mut JobRun<'_>, commands: &[DeployCommand], facts: &JobFacts) {
+        self.get_sources(run).await;
+        if run.state.runs(Phase::BeforeScript, None) {
+            self.download_artifacts(run).await;
+        }
+        for cmd in commands {
+            if !run.state.runs(Phase::Step(StepWhen::OnSuccess), None) {
+                return;
+            }
+            self.deploy(run, facts, cmd).await;
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The job's progress (one object) and the rules on it: what runs next, and how a stage's end
+//! becomes the job's failure reason, `CI_JOB_STATUS` and log line.
+
+use ferry_deploy::DeployError;
+use ferry_executor::EngineError;
+use ferry_executor::artifacts::ArtifactError;
+use ferry_executor::sources::SourceError;
+
+use super::signals::{Stage, Stop};
+use crate::api::ApiError;
+use crate::failure::{FailureReason, JobStatus};
+use crate::plan::StepWhen;
+use crate::trace::TraceWriter;
+
+/// How a job ended, before mapping to what this GitLab accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed {
+        reason: FailureReason,
+        exit_code: Option<i32>,
+    },
+}
+
+impl Outcome {
+    pub(super) fn failed(reason: FailureReason) -> Self {
+        Outcome::Failed {
+            reason,
+            exit_code: None,
+        }
+    }
+}
+
+/// Where a stage stands in the job's sequence, for the run policy ([`JobState::runs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Everything before the script: host dirs, sources, cache, dependencies, prepare.
+    BeforeScript,
+    /// A script step (`script`, `release`, ...) and its `when`.
+    Step(StepWhen),
+    /// `after_script`.
+    AfterScript,
+    /// `archive_cache` and `upload_artifacts_on_success|failure`, after the steps.
+    AfterSteps,
+}
+
+/// The job's progress: whether the script started, the first failure and its reason, the stop
+/// that ended a stage, and what after_script will see as `CI_JOB_STATUS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct JobState {
+    /// The steps were reached (containers prepared): cache and artifacts are saved after them.
+    pub script_started: bool,
+    failure: Option<(FailureReason, Option<i32>)>,
+    stopped: Option<Stop>,
+    status: JobStatus,
+}
+
+impl Default for JobState {
+    fn default() -> Self {
+        JobState {
+            script_started: false,
+            failure: None,
+            stopped: None,
+            status: JobStatus::Success,
+        }
+    }
+}
+
+impl JobState {
+    /// The run policy of every stage and step. `now` is the stop signal already present, if
+    /// any (GitLab may have aborted the job while nothing ran).
+    ///
+    /// * Before the script, a stage runs while nothing failed.
+    /// * A step runs by its `when` (`on_success`: nothing failed yet; `on_failure`: something
+    ///   did; `always`), but none after GitLab aborted the job or ferry is shutting down.
+    /// * after_script runs after a failure, a timeout or GitLab's graceful `canceling`, as in
+    ///   gitlab-runner; not after an abort or a shutdown.
+    /// * Cache and artifacts are saved only if the steps were reached, and not after an abort or
+    ///   a shutdown, nor once their deadline passed (the job's, or after a timeout of the
+    ///   script a time of their own: see `sequence.rs`).
+    pub fn runs(&self, phase: Phase, now: Option<Stop>) -> bool {
+        let over = [now, self.stopped]
+            .iter()
+            .any(|s| matches!(s, Some(Stop::Abort | Stop::Shutdown)));
+        match phase {
+            Phase::BeforeScript => !self.failed(),
+            Phase::Step(_) if over => false,
+            Phase::Step(StepWhen::OnSuccess) => !self.failed(),
+            Phase::Step(StepWhen::OnFailure) => self.failed(),
+            Phase::Step(StepWhen::Always) => true,
+            Phase::AfterScript => !over,
+            Phase::AfterSteps => self.script_started && !over && now != Some(Stop::Timeout),
+        }
+    }
+
+    /// Something failed or stopped the job.
+    pub fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+
+    /// `CI_JOB_STATUS` for after_script: success, failed, canceled or timedout.
+    pub fn status(&self) -> JobStatus {
+        self.status
+    }
+
+    /// A stage failed. The first failure is the job's.
+    pub fn fail(&mut self, reason: FailureReason, exit_code: Option<i32>) {
+        if self.failure.is_none() {
+            self.failure = Some((reason, exit_code));
+        }
+        if self.status == JobStatus::Success {
+            self.status = JobStatus::Failed;
+        }
+    }
+
+    /// A stop signal ended a stage. The first stop decides the job's reason, also over an
+    /// earlier failure of the script (a job that failed and then timed out while saving its
+    /// artifacts timed out).
+    pub fn stop(&mut self, stop: Stop) {
+        if self.stopped.is_some() {
+            return;
+        }
+        self.stopped = Some(stop);
+        self.failure = Some((stop_reason(stop), None));
+        self.status = match stop {
+            Stop::Timeout => JobStatus::TimedOut,
+            _ => JobStatus::Canceled,
+        };
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self.failure {
+            None => Outcome::Success,
+            Some((reason, exit_code)) => Outcome::Failed { reason, exit_code },
+        }
+    }
+
+    /// The one place a stage's end becomes the job's progress: a stop or an error is written to
+    /// the log and recorded; what the stage produced is handed back when it succeeded.
+    pub fn settle<T, E: Into<StageError>>(
+        &mut self,
+        stage: Stage<Result<T, E>>,
+        log: &TraceWriter,
+    ) -> Option<T> {
+        match stage {
+            Stage::Done(Ok(t)) => Some(t),
+            Stage::Done(Err(e)) => {
+                self.error(e.into(), log);
+                None
+            }
+            Stage::Stopped(stop) => {
+                self.halt(stop, log);
+                None
+            }
+        }
+    }
+
+    /// A stage failed: its line goes to the log, its reason is recorded.
+    pub fn error(&mut self, e: StageError, log: &TraceWriter) {
+        log.write_error(&e.log_line());
+        self.fail(e.reason(), None);
+    }
+
+    /// A stop signal ended a stage: written to the log and recorded.
+    pub fn halt(&mut self, stop: Stop, log: &TraceWriter) {
+        log.write_error(stop_line(stop));
+        self.stop(stop);
+    }
+}
+
+fn stop_reason(stop: Stop) -> FailureReason {
+    match stop {
+        Stop::Timeout => FailureReason::JobExecutionTimeout,
+        // gitlab-runner reports a cancelled job as failed/unknown_failure; GitLab turns it
+        // into `canceled`.
+        Stop::Canceling | Stop::Abort => FailureReason::UnknownFailure,
+        Stop::Shutdown => FailureReason::RunnerInterrupted,
+    }
+}
+
+fn stop_line(stop: Stop) -> &'static str {
+    match stop {
+        Stop::Timeout => "Job failed: execution took longer than the job timeout",
+        Stop::Canceling | Stop::Abort => "Job canceled by GitLab",
+        Stop::Shutdown => {
+            "Job failed: the runner was stopped (ferry received a termination signal)"
+        }
+    }
+}
+
+/// Why a stage failed, with its cause kept (`#[source]`); the log line is formed from both
+/// where it is shown ([`StageError::log_line`]).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StageError {
+    #[error("creating the build directory")]
+    HostDirs(#[source] std::io::Error),
+    #[error("writing file variables")]
+    FileVariables(#[source] std::io::Error),
+    #[error("getting the sources")]
+    Sources(#[source] SourceError),
+    #[error("temporary file")]
+    TempFile(#[source] std::io::Error),
+    #[error("downloading artifacts of {name} ({id})")]
+    Download {
+        name: String,
+        id: u64,
+        #[source]
+        source: ApiError,
+    },
+    #[error("extracting artifacts of {name} ({id})")]
+    Extract {
+        name: String,
+        id: u64,
+        #[source]
+        source: ArtifactError,
+    },
+    #[error("archiving artifacts")]
+    Archive(#[source] ArtifactError),
+    #[error("uploading artifacts")]
+    Upload(#[source] ApiError),
+    #[error("the executor")]
+    Engine(#[source] EngineError),
+    #[error("the deploy step")]
+    Deploy(#[source] DeployError),
+}
+
+impl From<EngineError> for StageError {
+    fn from(e: EngineError) -> Self {
+        StageError::Engine(e)
+    }
+}
+
+impl From<DeployError> for StageError {
+    fn from(e: DeployError) -> Self {
+        StageError::Deploy(e)
+    }
+}
+
+impl StageError {
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            StageError::Engine(EngineError::ImagePull { .. }) => FailureReason::ImagePullFailure,
+            StageError::Engine(EngineError::Configuration(_))
+            | StageError::Deploy(DeployError::Configuration(_)) => {
+                FailureReason::RunnerConfigurationError
+            }
+            // A bad deploy line, manifest or rollout is the job's own failure, like a script's.
+            StageError::Deploy(
+                DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_),
+            ) => FailureReason::ScriptFailure,
+            _ => FailureReason::RunnerSystemFailure,
+        }
+    }
+
+    /// The job log's line: a configuration error is the job's or the runner's settings, not a
+    /// failure of the system; a deploy error speaks for itself.
+    pub fn log_line(&self) -> String {
+        match self {
+            StageError::Engine(e @ EngineError::Configuration(_)) => format!("Job failed: {e}"),
+            StageError::Engine(e) => format!("Job failed (system failure): {e}"),
+            StageError::Deploy(e) => e.to_string(),
+            other => match std::error::Error::source(other) {
+                Some(cause) => format!("Job failed: {other}: {cause}"),
+                None => format!("Job failed: {other}"),
+            },
+        }
+    }
+}

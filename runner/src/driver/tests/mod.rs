@@ -1,0 +1,236 @@
+//! The driver in process: FakeEngine, FakeDeployer and the in-memory GitLab of the trace
+//! tests; no Docker, no git.
+
+mod fake_host;
+mod table;
+
+use std::time::Duration;
+
+use super::*;
+use crate::trace::fake::FakeGitLab;
+use ferry_executor::fake::{Call, FakeEngine};
+
+const TOKEN: &str = "glcbt-drivertest0token";
+
+fn runner() -> Arc<RunnerSection> {
+    let cfg = ferry_config::from_toml_str(
+        r#"
+[[runners]]
+  name = "t"
+  url = "https://gitlab.example.com"
+  token = "glrt-drivertest0runner"
+  executor = "docker"
+  [runners.docker]
+image = "busybox"
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    Arc::new(cfg.runners.into_iter().next().unwrap())
+}
+
+/// A job of the fake engine's language; `patch` is merged into the payload's top level.
+fn payload(script: &[&str], after: &[&str], patch: serde_json::Value) -> JobPayload {
+    let mut p = serde_json::json!({
+        "id": 7, "token": TOKEN,
+        "job_info": {"id": 7, "name": "t", "stage": "test", "project_id": 3,
+                     "project_full_path": "g/p"},
+        "runner_info": {"timeout": 3600},
+        "variables": [{"key": "GIT_STRATEGY", "value": "none", "public": true}],
+        "steps": [{"name": "script", "script": script, "timeout": 3600, "when": "on_success"},
+                  {"name": "after_script", "script": after, "timeout": 3600, "when": "always"}],
+        "image": {"name": "busybox"},
+        "features": {"trace_sections": true}
+    });
+    if let (Some(p), serde_json::Value::Object(patch)) = (p.as_object_mut(), patch) {
+        for (k, v) in patch {
+            p.insert(k, v);
+        }
+    }
+    crate::gitlab::payload::parse_payload(&serde_json::to_vec(&p).unwrap()).unwrap()
+}
+
+/// One job against the fakes: FakeEngine, the in-memory GitLab and a host (the real file
+/// system or a [`fake_host::FakeHost`]).
+struct Case<H> {
+    api: Arc<FakeGitLab>,
+    engine: Arc<FakeEngine>,
+    host: Arc<H>,
+    shutdown: CancellationToken,
+    dir: tempfile::TempDir,
+}
+
+impl<H: Host> Case<H> {
+    fn new(p: &JobPayload, host: H) -> Self {
+        let api = Arc::new(FakeGitLab::new(&p.job_ref()));
+        // The uploader's own pace, fast, so GitLab's status reaches the job at once.
+        api.with(|s| s.interval = None);
+        Case {
+            api,
+            engine: Arc::new(FakeEngine::default()),
+            host: Arc::new(host),
+            shutdown: CancellationToken::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs the job to its final update and its cleanup; returns the job log.
+    async fn run(&self, p: JobPayload) -> String {
+        let driver = Driver {
+            engine: self.engine.clone(),
+            deployer: Arc::new(ferry_deploy::fake::FakeDeployer::default()),
+            api: self.api.clone(),
+            host: self.host.clone(),
+            metrics: Metrics::new(),
+            system_id: "s_test".into(),
+            trace_timing: TraceTiming {
+                update_interval: Duration::from_millis(20),
+                force_send_interval: Duration::from_millis(50),
+                ..TraceTiming::default()
+            },
+            cleanups: TaskTracker::new(),
+            workspaces: Workspaces::default(),
+        };
+        let ctx = JobContext {
+            working_dir: self.dir.path().to_path_buf(),
+            concurrent_id: 0,
+            concurrent_project_id: 0,
+            tls_ca_pem: None,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            driver.run(runner(), p, ctx, self.shutdown.clone()),
+        )
+        .await
+        .expect("the job ended");
+        driver.cleanups.close();
+        driver.cleanups.wait().await;
+        String::from_utf8_lossy(&self.api.trace()).into_owned()
+    }
+}
+
+/// Runs the job on the real host file system; returns the fake GitLab, the engine and the log.
+async fn run(p: JobPayload) -> (Arc<FakeGitLab>, Arc<FakeEngine>, String) {
+    let case = Case::new(&p, HostFs);
+    let log = case.run(p).await;
+    (case.api, case.engine, log)
+}
+
+fn final_state(api: &FakeGitLab) -> (String, Option<String>) {
+    api.with(|s| {
+        let last = s.updates.last().expect("a final update");
+        (s.status.clone(), last.update.failure_reason.clone())
+    })
+}
+
+#[tokio::test]
+async fn a_panic_in_a_job_fails_it_with_a_log_line_and_removes_its_containers() {
+    let (api, engine, log) = run(payload(
+        &["echo before", "panic boom in the engine"],
+        &[],
+        serde_json::json!({}),
+    ))
+    .await;
+    assert_eq!(
+        final_state(&api),
+        (
+            "failed".to_string(),
+            Some(FailureReason::RunnerSystemFailure.to_string())
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("internal error in ferry: boom in the engine"),
+        "{log}"
+    );
+    assert!(log.contains("before"), "the log so far is kept: {log}");
+    assert_eq!(
+        engine.calls().last(),
+        Some(&Call::Destroy(7)),
+        "containers removed: {:?}",
+        engine.calls()
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_job_timeout_fails_the_job_at_once_with_the_reason() {
+    // 1e30 decodes (saturated) to u64::MAX; `Instant + Duration` panicked on it.
+    for timeout in [serde_json::json!(1e30), serde_json::json!(u64::MAX)] {
+        let p = payload(
+            &["echo never"],
+            &[],
+            serde_json::json!({"runner_info": {"timeout": timeout}}),
+        );
+        let (api, engine, log) = run(p).await;
+        assert_eq!(
+            final_state(&api),
+            (
+                "failed".to_string(),
+                Some(FailureReason::RunnerSystemFailure.to_string())
+            ),
+            "{log}"
+        );
+        assert!(log.contains("GitLab never sends such a value"), "{log}");
+        assert!(
+            engine.calls().is_empty(),
+            "nothing ran: {:?}",
+            engine.calls()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_huge_after_script_timeout_saturates() {
+    // A job variable (the job controls it) far beyond what a deadline can hold.
+    let p = payload(
+        &["echo main"],
+        &["echo after"],
+        serde_json::json!({"variables": [
+            {"key": "GIT_STRATEGY", "value": "none", "public": true},
+            {"key": "RUNNER_AFTER_SCRIPT_TIMEOUT", "value": "99999999999999999999999h", "public": true}
+        ]}),
+    );
+    let (api, engine, log) = run(p).await;
+    assert_eq!(final_state(&api), ("success".to_string(), None), "{log}");
+    assert!(log.contains("after"), "{log}");
+    assert!(
+        engine
+            .calls()
+            .contains(&Call::RunStep(7, "after_script".into()))
+    );
+}
+
+/// A `MakeWriter` into a shared buffer, for reading ferry's own log in a test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn operator_log_lines_of_a_job_carry_the_job_runner_and_project() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    run(payload(&["panic boom"], &[], serde_json::json!({}))).await;
+    let text = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("internal error in a job"))
+        .unwrap_or_else(|| panic!("no such line in:\n{text}"));
+    assert!(
+        line.contains("job{job=7 runner=glrt-dri project=3}"),
+        "{line}"
+    );
+}
