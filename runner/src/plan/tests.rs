@@ -299,3 +299,64 @@ fn go_durations() {
         Some(Duration::MAX)
     );
 }
+
+/// Keeps, of a list of variables (`{"key"|"name": …}`), those the payload itself defines: the
+/// predefined ones are pinned by the full golden plans, the rule cases show only their own.
+fn own_variables(list: &mut serde_json::Value, keys: &[String]) {
+    if let Some(items) = list.as_array_mut() {
+        items.retain(|v| {
+            let key = v
+                .get("key")
+                .or_else(|| v.get("name"))
+                .and_then(|k| k.as_str());
+            key.is_some_and(|k| keys.iter().any(|own| own == k))
+        });
+    }
+}
+
+/// One small case per rule (`runner/testdata/rules/<rule>.json`, its `_rule` says which): the
+/// plan it compiles to, with only the payload's own variables, in `rules/plans/`.
+#[test]
+fn golden_rules() {
+    let bless = std::env::var_os("FERRY_BLESS").is_some();
+    let dir = testdata().join("rules");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let p = parse_payload(&std::fs::read(&path).unwrap()).unwrap();
+        let keys: Vec<String> = p.variables.iter().map(|v| v.key.clone()).collect();
+        let got = match compile(&p, &runner(), &ctx()) {
+            Ok(plan) => {
+                let mut v: serde_json::Value = serde_json::from_str(&render(&plan)).unwrap();
+                own_variables(&mut v["variables"]["list"], &keys);
+                let env = &mut v["execution"]["env"];
+                if env.is_object() {
+                    own_variables(&mut env["variables"], &keys);
+                    own_variables(&mut env["service_variables"], &keys);
+                    for service in env["services"].as_array_mut().into_iter().flatten() {
+                        own_variables(&mut service["variables"], &keys);
+                    }
+                }
+                serde_json::to_string_pretty(&v).unwrap() + "\n"
+            }
+            Err(e) => format!("error: {e}\n"),
+        };
+        let golden = dir.join("plans").join(&name);
+        if bless {
+            std::fs::write(&golden, &got).unwrap();
+        } else {
+            let want = std::fs::read_to_string(&golden)
+                .unwrap_or_else(|_| panic!("no golden file {golden:?}; run with FERRY_BLESS=1"));
+            assert_eq!(
+                got, want,
+                "plan for rule {name} differs from {golden:?} (FERRY_BLESS=1 rewrites)"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} rule cases");
+}

@@ -222,12 +222,15 @@ async fn operator_log_lines_of_a_job_carry_the_job_runner_and_project() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    run(payload(&["panic boom"], &[], serde_json::json!({}))).await;
+    // The process-wide subscriber: tracing caches per call site whether anyone listens, and a
+    // thread-local one misses call sites other tests' threads reached first. No other test
+    // sets one; lines of other tests are told apart by the panic's text.
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    run(payload(&["panic span check"], &[], serde_json::json!({}))).await;
     let text = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
     let line = text
         .lines()
-        .find(|l| l.contains("internal error in a job"))
+        .find(|l| l.contains("span check"))
         .unwrap_or_else(|| panic!("no such line in:\n{text}"));
     assert!(
         line.contains("job{job=7 runner=glrt-dri project=3}"),
