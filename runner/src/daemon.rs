@@ -230,37 +230,55 @@ where
             let stop = polling.child_token();
             info!(runner = r.token.short(), name = %r.name, "runner started polling");
             let offset = interval * i as u32 / n;
-            tokio::spawn(poll_loop(
-                entry.clone(),
-                self.source.clone(),
-                self.handler.clone(),
-                slots.sem.clone(),
+            tokio::spawn(poll_loop(Poller {
+                entry: entry.clone(),
+                source: self.source.clone(),
+                handler: self.handler.clone(),
+                global: slots.sem.clone(),
                 interval,
                 offset,
-                stop.clone(),
-                jobs.clone(),
-                jobs_cancel.clone(),
-            ));
+                stop: stop.clone(),
+                jobs: jobs.clone(),
+                jobs_cancel: jobs_cancel.clone(),
+            }));
             entries.insert(key, (entry, stop));
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn poll_loop<S, H>(
+/// What one runner entry's poll loop works with.
+struct Poller<S, H> {
     entry: Arc<Entry>,
     source: Arc<S>,
     handler: Arc<H>,
+    /// The `concurrent` slots, shared by every entry.
     global: Arc<Semaphore>,
+    /// `check_interval`, and this entry's offset within it (entries are spread over it).
     interval: Duration,
     offset: Duration,
+    /// Stops this entry's polling (config reload, shutdown).
     stop: CancellationToken,
+    /// The jobs' tasks, and what cancels them at a forced shutdown.
     jobs: TaskTracker,
     jobs_cancel: CancellationToken,
-) where
+}
+
+async fn poll_loop<S, H>(poller: Poller<S, H>)
+where
     S: JobSource,
     H: JobHandler<S::Job>,
 {
+    let Poller {
+        entry,
+        source,
+        handler,
+        global,
+        interval,
+        offset,
+        stop,
+        jobs,
+        jobs_cancel,
+    } = poller;
     tokio::select! {
         _ = tokio::time::sleep(offset) => {}
         _ = stop.cancelled() => return,

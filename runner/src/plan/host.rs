@@ -64,17 +64,31 @@ pub(super) struct HostPlan {
     pub warnings: Vec<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn host_plan(
-    payload: &JobPayload,
-    runner: &RunnerSection,
-    variables: &Variables,
-    working_dir: &Path,
-    host_project_dir: PathBuf,
-    project_dir: &str,
-    short_token: &str,
-    project_path: &str,
-) -> Result<HostPlan, PlanError> {
+/// What the host side of a plan is compiled from.
+pub(super) struct HostInputs<'a> {
+    pub payload: &'a JobPayload,
+    pub runner: &'a RunnerSection,
+    pub variables: &'a Variables,
+    /// ferry's data directory on the host.
+    pub working_dir: &'a Path,
+    /// The project dir on the host, and as the job's containers see it.
+    pub host_project_dir: PathBuf,
+    pub project_dir: &'a str,
+    pub short_token: &'a str,
+    pub project_path: &'a str,
+}
+
+pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
+    let HostInputs {
+        payload,
+        runner,
+        variables,
+        working_dir,
+        host_project_dir,
+        project_dir,
+        short_token,
+        project_path,
+    } = inputs;
     let git = GitVariables::resolve(
         |k| variables.value(k),
         payload.allow_git_fetch,

@@ -266,16 +266,16 @@ pub fn compile(
     masks.values.extend(variables.masked_values());
     masks.normalize();
 
-    let host_plan = host::host_plan(
+    let host_plan = host::host_plan(host::HostInputs {
         payload,
         runner,
-        &variables,
-        &ctx.working_dir,
-        host_project_dir.clone(),
-        &project_dir,
-        &short,
-        &project_path,
-    )?;
+        variables: &variables,
+        working_dir: &ctx.working_dir,
+        host_project_dir: host_project_dir.clone(),
+        project_dir: &project_dir,
+        short_token: &short,
+        project_path: &project_path,
+    })?;
     let execution = if !runner.deploy.image.is_empty() && expanded_image == runner.deploy.image {
         Execution::Deploy {
             commands: deploy_commands(payload)?,
