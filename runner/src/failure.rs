@@ -19,7 +19,7 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             FailureReason::ScriptFailure => "script_failure",
             FailureReason::RunnerSystemFailure => "runner_system_failure",

@@ -222,7 +222,7 @@ mod tests {
         m.failed_jobs
             .get_or_create(&FailureLabels {
                 runner: "abcd1234".into(),
-                failure_reason: "script_failure".into(),
+                failure_reason: crate::failure::FailureReason::ScriptFailure.to_string(),
             })
             .inc();
         m.api_request("abcd1234", "request_job", "204");

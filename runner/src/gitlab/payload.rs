@@ -768,7 +768,7 @@ mod tests {
             p.features
                 .failure_reasons
                 .iter()
-                .any(|r| r == "runner_system_failure")
+                .any(|r| r == crate::failure::FailureReason::RunnerSystemFailure.as_str())
         );
     }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::failure::FailureReason;
 use crate::gitlab::payload::parse_payload;
 
 fn testdata() -> PathBuf {
@@ -143,7 +144,7 @@ fn deploy_job_with_a_shell_line_fails_naming_it() {
     p.steps[0].script.push("kubectl apply -f k8s/".into());
     let err = compile(&p, &runner(), &ctx()).unwrap_err();
     assert!(err.to_string().contains("kubectl apply -f k8s/"), "{err}");
-    assert_eq!(err.failure_reason(), "script_failure");
+    assert_eq!(err.failure_reason(), FailureReason::ScriptFailure);
 }
 
 #[test]
@@ -232,7 +233,7 @@ fn absurd_timeouts_refuse_the_job_with_the_reason() {
         p.runner_info.timeout = timeout;
         p.steps[0].timeout = step_timeout;
         let err = compile(&p, &runner(), &ctx()).unwrap_err();
-        assert_eq!(err.failure_reason(), "runner_system_failure");
+        assert_eq!(err.failure_reason(), FailureReason::RunnerSystemFailure);
         let text = err.to_string();
         assert!(
             text.contains("GitLab never sends such a value") && text.contains("seconds"),

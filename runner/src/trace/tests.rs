@@ -11,6 +11,7 @@ use super::fake::{FakeGitLab, Fault};
 use super::mask::Masker;
 use super::*;
 use crate::api::{JobRef, JobState, JobUpdate};
+use crate::failure::FailureReason;
 
 const JOB_TOKEN: &str = "glcbt-64_Jt0kenVALUE123abc";
 
@@ -31,7 +32,8 @@ fn setup(cfg: TraceConfig) -> (Arc<FakeGitLab>, TraceWriter, TraceHandle) {
 fn final_update(state: JobState) -> JobUpdate {
     JobUpdate {
         state,
-        failure_reason: (state == JobState::Failed).then(|| "script_failure".to_string()),
+        failure_reason: (state == JobState::Failed)
+            .then(|| FailureReason::ScriptFailure.to_string()),
         exit_code: (state == JobState::Failed).then_some(1),
         checksum: None,
         bytesize: None,
@@ -978,7 +980,7 @@ async fn a_panicking_uploader_still_sends_the_final_state() {
             assert_eq!(last.update.state, JobState::Failed);
             assert_eq!(
                 last.update.failure_reason.as_deref(),
-                Some("script_failure")
+                Some(FailureReason::ScriptFailure.as_str())
             );
         });
     }

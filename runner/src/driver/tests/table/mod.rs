@@ -11,6 +11,8 @@
 
 mod run;
 
+use crate::failure::FailureReason;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cond {
     /// The job's deadline passes (runner_info.timeout = 1 s) while the stage hangs.
@@ -253,7 +255,7 @@ fn failure_rows() -> Vec<(Cond, At, Want)> {
     let mut add = |cond: Cond, list: Vec<(At, Want)>| {
         rows.extend(list.into_iter().map(|(at, w)| (cond, at, w)));
     };
-    const SYSTEM: &str = "runner_system_failure";
+    const SYSTEM: &str = FailureReason::RunnerSystemFailure.as_str();
 
     // Errors: a stage before the script ends the job as a system failure; the cache and
     // after_script only warn; a failed upload fails a job that had succeeded.
@@ -283,7 +285,7 @@ fn failure_rows() -> Vec<(Cond, At, Want)> {
     // The script's own exit code fails the job with it; after_script's only warns.
     let exit = |code, cause, last| Want {
         exit_code: Some(code),
-        ..failed("script_failure", Some("failed"), ALL_FAILED, cause, last)
+        ..failed(FailureReason::ScriptFailure.as_str(), Some("failed"), ALL_FAILED, cause, last)
     };
     add(Exit("exit 3"), vec![(Script, exit(3, "", "ERROR: Job failed: exit code 3"))]);
     add(Exit("oom"), vec![(Script, exit(137, "ERROR: the job container was killed because it ran out of memory (OOM)", "ERROR: Job failed: exit code 137"))]);

@@ -7,6 +7,7 @@ use ferry_executor::fake::Call;
 use super::super::fake_host::{Act, FakeHost, HostStage};
 use super::super::{Case, TOKEN, payload};
 use super::{At, Cond, Want, table};
+use crate::failure::FailureReason;
 
 /// The job of one row: a script, an after_script, a cache, a dependency and an artifact, with
 /// the stage `at` misbehaving as `cond` says.
@@ -67,7 +68,7 @@ fn job(cond: Cond, at: At) -> (crate::gitlab::payload::JobPayload, FakeHost) {
             "dependencies": [{"id": 5, "name": "build", "token": TOKEN,
                               "artifacts_file": {"filename": "artifacts.zip", "size": 3}}],
             "features": {"trace_sections": true, "failure_reasons": [
-                "unknown_failure", "script_failure", "runner_system_failure",
+                "unknown_failure", FailureReason::ScriptFailure.as_str(), FailureReason::RunnerSystemFailure.as_str(),
                 "job_execution_timeout", "runner_interrupted"]}
         }),
     );
