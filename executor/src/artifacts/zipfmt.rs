@@ -118,7 +118,11 @@ pub(super) fn extract_zip(
             .entry()
             .map_err(|e| ArtifactError::Limit(e.to_string()))?;
         let mut zf = za.by_index(i).map_err(|e| read_err(e.to_string()))?;
-        let raw_name = zf.name().to_string();
+        // name() decodes UTF-8 or CP437 (which cannot fail in practice); lossy bytes otherwise.
+        let raw_name = match zf.name() {
+            Ok(name) => name.into_owned(),
+            Err(_) => String::from_utf8_lossy(zf.name_raw()).into_owned(),
+        };
         // enclosed_name refuses absolute paths and `..` that climbs out; clean_relative then
         // gives the normalised relative path.
         let Some(rel) = zf
