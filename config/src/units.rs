@@ -146,8 +146,8 @@ pub(crate) fn is_go_zero_time(d: &Datetime) -> bool {
             Some(Time {
                 hour: 0,
                 minute: 0,
-                second: 0,
-                nanosecond: 0
+                second: None | Some(0),
+                nanosecond: None | Some(0)
             })
         )
     ) && matches!(
@@ -167,7 +167,8 @@ pub(crate) fn datetime_to_unix(d: &Datetime) -> Result<i64, String> {
     let mut secs = days * 86_400
         + i64::from(time.hour) * 3600
         + i64::from(time.minute) * 60
-        + i64::from(time.second);
+        // TOML 1.1 lets the seconds out (`10:15`).
+        + i64::from(time.second.unwrap_or(0));
     if let Some(Offset::Custom { minutes }) = d.offset {
         secs -= i64::from(minutes) * 60;
     }
@@ -188,8 +189,8 @@ pub(crate) fn unix_to_datetime(secs: i64) -> Datetime {
         time: Some(Time {
             hour: (rem / 3600) as u8,
             minute: (rem % 3600 / 60) as u8,
-            second: (rem % 60) as u8,
-            nanosecond: 0,
+            second: Some((rem % 60) as u8),
+            nanosecond: None,
         }),
         offset: Some(Offset::Z),
     }
@@ -206,8 +207,8 @@ pub(crate) fn go_zero_time() -> Datetime {
         time: Some(Time {
             hour: 0,
             minute: 0,
-            second: 0,
-            nanosecond: 0,
+            second: Some(0),
+            nanosecond: None,
         }),
         offset: Some(Offset::Z),
     }

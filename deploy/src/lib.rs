@@ -18,6 +18,7 @@ pub mod rollback;
 pub mod summary;
 pub mod target;
 pub mod wait;
+pub mod yaml;
 
 pub use args::{DeployArgs, parse_script_line};
 pub use deployer::KubeDeployer;

@@ -333,19 +333,14 @@ pub fn parse_substituted(
         if doc.trim().is_empty() {
             continue;
         }
-        let value: Value = match serde_yaml::from_str::<Value>(&doc) {
+        let value: Value = match crate::yaml::from_str::<Value>(&doc) {
             Ok(mut v) => {
                 deferred.apply(&mut v);
                 v
             }
             Err(e) => {
-                let line = e
-                    .location()
-                    .map(|l| first_line + l.line() - 1)
-                    .unwrap_or(first_line);
-                let msg = e.to_string();
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                errors.push(format!("{display}:{line}: YAML error: {msg}"));
+                let line = first_line + e.line - 1;
+                errors.push(format!("{display}:{line}: YAML error: {}", e.message));
                 continue;
             }
         };
@@ -614,7 +609,7 @@ pub fn print_rendered(ms: &[Manifest]) -> String {
             redact_secret(&mut obj);
         }
         out.push_str(&format!("---\n# {}\n", m.source));
-        match serde_yaml::to_string(&obj) {
+        match crate::yaml::to_string(&obj) {
             Ok(y) => out.push_str(&y),
             Err(e) => out.push_str(&format!("# (cannot print: {e})\n")),
         }
@@ -670,7 +665,7 @@ mod tests {
             "name: web\nreplicas: 3\nimage: reg/web:1a2b\n# __NOT_USED__\nx: a__b__c\n"
         );
         assert_eq!(used, vec!["APP_NAME", "REPLICAS", "VERSION"]);
-        let v: Value = serde_yaml::from_str(&out).unwrap();
+        let v: Value = crate::yaml::from_str(&out).unwrap();
         assert_eq!(v["replicas"], 3);
     }
 
@@ -736,6 +731,29 @@ mod tests {
         let noname = "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n";
         let e = parse_documents("k.yaml", noname).unwrap_err().to_string();
         assert_eq!(e, "k.yaml:1: ConfigMap without metadata.name");
+    }
+
+    #[test]
+    fn merge_keys_expand_and_tags_are_refused_with_file_and_line() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  labels: &common {app: web, tier: backend}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  labels:\n    <<: *common\n    tier: frontend\n";
+        // Anchors do not cross documents (YAML): the second one has its own.
+        let e = parse_documents("k.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("k.yaml:12: YAML error: "), "{e}");
+        let text = text.replace(
+            "  labels:\n    <<: *common",
+            "  labels:\n    <<: &c2 {app: web}",
+        );
+        let ms = parse_documents("k.yaml", &text).unwrap();
+        assert_eq!(ms[1].source, "k.yaml:7");
+        assert_eq!(
+            ms[1].object["metadata"]["labels"],
+            serde_json::json!({"app": "web", "tier": "frontend"})
+        );
+
+        let tagged = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  x: !reference [a, b]\n";
+        let e = parse_documents("t.yaml", tagged).unwrap_err().to_string();
+        assert!(e.starts_with("t.yaml:9: YAML error: "), "{e}");
+        assert!(e.contains("!reference") && !e.contains('\n'), "{e}");
     }
 
     #[test]

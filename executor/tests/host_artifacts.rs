@@ -48,7 +48,7 @@ fn spec(paths: &[&str], format: ArtifactFormat) -> ArtifactSpec {
 
 fn zip_names(path: &Path) -> Vec<String> {
     let za = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
-    let mut names: Vec<String> = za.file_names().map(str::to_string).collect();
+    let mut names: Vec<String> = za.file_names().map(|n| n.unwrap().into_owned()).collect();
     names.sort();
     names
 }

@@ -603,7 +603,7 @@ async fn artifacts_uploaded_with_exclude_and_downloaded_by_a_dependent_job() {
     assert_eq!(a.expire_in.as_deref(), Some("1 day"));
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(a.data.clone())).unwrap();
     let mut files: Vec<String> = (0..zip.len())
-        .map(|i| zip.by_index(i).unwrap().name().to_string())
+        .map(|i| zip.by_index(i).unwrap().name().unwrap().into_owned())
         .filter(|n| !n.ends_with('/'))
         .collect();
     files.sort();

@@ -327,6 +327,7 @@ async fn metrics_and_health_are_served() {
     let Some(h) = Harness::start(setup).await else {
         return;
     };
+    ferry_runner::gitlab::install_crypto_provider();
     let client = reqwest::Client::new();
     let mut body = String::new();
     for _ in 0..100 {

@@ -92,6 +92,12 @@ pub(super) fn write_zip(root: &JobDir, sel: &Selection, out: &Path) -> io::Resul
     inner.flush()
 }
 
+/// An absolute entry name: `/x`, `\\x`, or with a drive (`C:x`, `C:\\x`).
+fn is_rooted(name: &str) -> bool {
+    let b = name.as_bytes();
+    name.starts_with(['/', '\\']) || (b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':')
+}
+
 const S_IFMT: u32 = 0o170000;
 const S_IFLNK: u32 = 0o120000;
 
@@ -118,11 +124,17 @@ pub(super) fn extract_zip(
             .entry()
             .map_err(|e| ArtifactError::Limit(e.to_string()))?;
         let mut zf = za.by_index(i).map_err(|e| read_err(e.to_string()))?;
-        let raw_name = zf.name().to_string();
-        // enclosed_name refuses absolute paths and `..` that climbs out; clean_relative then
-        // gives the normalised relative path.
-        let Some(rel) = zf
-            .enclosed_name()
+        // name() decodes UTF-8 or CP437 (which cannot fail in practice); lossy bytes otherwise.
+        let raw_name = match zf.name() {
+            Ok(name) => name.into_owned(),
+            Err(_) => String::from_utf8_lossy(zf.name_raw()).into_owned(),
+        };
+        // enclosed_name refuses `..` that climbs out (and NUL bytes), but makes a rooted name
+        // (`/etc/x`, `C:\x`) relative, so those are refused first; clean_relative then gives the
+        // normalised relative path.
+        let Some(rel) = Some(&raw_name)
+            .filter(|n| !is_rooted(n))
+            .and_then(|_| zf.enclosed_name())
             .and_then(|p| clean_relative(&p.to_string_lossy()))
             .filter(|p| !p.as_os_str().is_empty())
         else {
@@ -172,6 +184,16 @@ pub(super) fn extract_zip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rooted_names() {
+        for n in ["/abs.txt", "\\x", "C:\\x", "c:x", "//server/share"] {
+            assert!(is_rooted(n), "{n}");
+        }
+        for n in ["a.txt", "dir/a.txt", "./a", "../a", "1:x", ""] {
+            assert!(!is_rooted(n), "{n}");
+        }
+    }
 
     #[test]
     fn time_round_trips() {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{NetworkCreateRequest, VolumeCreateOptions};
+use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
@@ -450,7 +450,7 @@ impl DockerEngine {
                 labels.insert("ferry.destination".to_string(), destination.clone());
                 // Creating an existing named volume is a no-op that returns it.
                 self.docker
-                    .create_volume(VolumeCreateOptions {
+                    .create_volume(VolumeCreateRequest {
                         name: Some(name.clone()),
                         labels: Some(labels),
                         ..Default::default()

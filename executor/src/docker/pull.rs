@@ -245,7 +245,10 @@ async fn pull(
             Ok(info) => info,
             Err(e) => return Err(PullError::Failed(one_line(&e))),
         };
-        if let Some(err) = info.error {
+        // bollard turns an `errorDetail` message into an `Err` item already; one
+        // without a message would otherwise pass as progress.
+        if let Some(detail) = info.error_detail {
+            let err = detail.message.unwrap_or_else(|| "image pull failed".into());
             return Err(PullError::Failed(err));
         }
         for line in progress.update(&info, tokio::time::Instant::now()) {

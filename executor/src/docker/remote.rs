@@ -134,7 +134,7 @@ impl DockerEngine {
             )
             .await;
         self.docker
-            .create_volume(bollard::models::VolumeCreateOptions {
+            .create_volume(bollard::models::VolumeCreateRequest {
                 name: Some(name.clone()),
                 labels: Some(convert::job_labels(env, "builds")),
                 ..Default::default()

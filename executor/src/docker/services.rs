@@ -216,7 +216,7 @@ async fn wait_for_service(
         .as_ref()
         .and_then(|c| c.exposed_ports.as_ref())
         .map(|p| {
-            p.keys()
+            p.iter()
                 .filter_map(|k| {
                     let (port, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
                     if proto == "tcp" {

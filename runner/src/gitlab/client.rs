@@ -173,6 +173,16 @@ fn normalize_base(url: &str) -> Result<String, ClientError> {
     Ok(base)
 }
 
+/// Makes ring rustls's process-wide crypto provider unless one is set already. reqwest (built
+/// without a provider of its own) uses it for the GitLab connection; kube and bollard use ring
+/// too. Idempotent; call it before building a `reqwest::Client`.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one first, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|e| ClientError::Tls {
         path: path.display().to_string(),
@@ -183,10 +193,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
 impl GitLabClient {
     pub fn new(options: &ClientOptions) -> Result<Self, ClientError> {
         let base = normalize_base(&options.url)?;
+        install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .user_agent(user_agent())
-            .use_rustls_tls()
-            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            .tls_backend_rustls()
+            .tls_version_min(reqwest::tls::Version::TLS_1_2)
             .connect_timeout(Duration::from_secs(30))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(30))
@@ -206,9 +217,8 @@ impl GitLabClient {
                     reason: "no certificate in the file".into(),
                 });
             }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            // In addition to the system's roots, as gitlab-runner does.
+            builder = builder.tls_certs_merge(certs);
         }
         match (&options.tls_cert_file, &options.tls_key_file) {
             (Some(cert), Some(key)) => {

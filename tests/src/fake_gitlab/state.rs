@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 use serde_json::Value;
 use tokio::time::Instant;
 

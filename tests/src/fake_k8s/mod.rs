@@ -821,7 +821,7 @@ fn watch_resp(sh: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Resp
 
 fn parse_body(body: &Bytes) -> Result<Value, Response> {
     serde_json::from_slice::<Value>(body)
-        .or_else(|_| serde_yaml::from_slice::<Value>(body))
+        .or_else(|_| serde_saphyr::from_slice::<Value>(body))
         .map_err(|e| {
             status(
                 400,
