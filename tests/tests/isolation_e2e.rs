@@ -481,6 +481,9 @@ async fn privileged_lists_and_allowed_users_fail_closed() {
             "ps",
             "--filter",
             &format!("label=ferry.job_id={id}"),
+            // Job ids repeat across the fake GitLabs of tests running at once.
+            "--filter",
+            &format!("label=ferry.runner={}", h.short),
             "--format",
             "{{.Names}}",
         ],
