@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod docker;
+pub mod duration;
 pub mod edit;
 mod resolve;
 mod system_id;

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
+use ferry_config::duration::format_duration;
 use kube::api::Api;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Applied, ApplyOptions, Outcome, obj_value};
-use crate::args::{
-    DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars, format_duration,
-};
+use crate::args::{DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars};
 use crate::cluster::{Cluster, Op, read_kubeconfig, resource_name};
 use crate::files::{Limits, Stop};
 use crate::render;

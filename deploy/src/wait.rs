@@ -14,7 +14,6 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use crate::apply::{Applied, obj_value};
-use crate::args::format_duration;
 use crate::cluster::{Cluster, Op, resource_name};
 use crate::health::{self, PodProblem, ProblemKind, Rollout};
 
@@ -575,8 +574,4 @@ async fn old_pods_state(cluster: &Cluster, ns: &str, dep: &Value) -> Option<Stri
             old.join(", ")
         ))
     }
-}
-
-pub fn timeout_text(d: Duration) -> String {
-    format_duration(d)
 }

@@ -96,7 +96,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    crate::plan::parse_go_duration(s)
+    ferry_config::duration::parse_job_duration_saturating(s)
         .ok_or_else(|| format!("{s:?} is not a duration like 72h or 30m"))
 }
 

@@ -391,7 +391,7 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
     {
         let timeout = variables
             .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
-            .and_then(parse_go_duration)
+            .and_then(ferry_config::duration::parse_job_duration_saturating)
             .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
             .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
         out.push(PlannedStep {
@@ -482,48 +482,6 @@ fn deploy_facts(payload: &JobPayload) -> ferry_deploy::JobFacts {
         ref_name: payload.git_info.git_ref.clone(),
         environment,
     }
-}
-
-/// Go duration strings as gitlab-runner reads them ("5m", "1h30m", "90s", "1.5h"); a bare number
-/// is seconds.
-pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if t.is_empty() {
-        return None;
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        // Two-letter units: ms, us, µs, ns.
-        if matches!(c, 'm' | 'u' | 'µ' | 'n') && chars.peek() == Some(&'s') {
-            unit.push(chars.next()?);
-        }
-        let n: f64 = num.parse().ok()?;
-        num.clear();
-        total += n * match unit.as_str() {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() || total.is_nan() || total < 0.0 {
-        return None;
-    }
-    // Saturates: "99999999999999999999h" is a very long time, not a panic.
-    Some(Duration::try_from_secs_f64(total).unwrap_or(Duration::MAX))
 }
 
 #[cfg(test)]

@@ -276,21 +276,3 @@ fn runner_variables_follow_gitlab_runner_order() {
     assert_eq!(v.value("CI_BUILDS_DIR"), Some("/builds"));
     assert!(v.value("CI_PROJECT_DIR").unwrap().starts_with("/builds/"));
 }
-
-#[test]
-fn go_durations() {
-    assert_eq!(parse_go_duration("5m"), Some(Duration::from_secs(300)));
-    assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
-    assert_eq!(parse_go_duration("90"), Some(Duration::from_secs(90)));
-    assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
-    assert_eq!(parse_go_duration("abc"), None);
-    assert_eq!(parse_go_duration("5"), Some(Duration::from_secs(5)));
-    assert_eq!(
-        parse_go_duration("99999999999999999999999999999h"),
-        Some(Duration::MAX)
-    );
-    assert_eq!(
-        parse_go_duration(&format!("{}s", "9".repeat(400))),
-        Some(Duration::MAX)
-    );
-}
