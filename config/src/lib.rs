@@ -17,6 +17,7 @@ use std::time::Duration;
 mod docker;
 pub mod duration;
 pub mod edit;
+pub mod platform;
 mod resolve;
 mod system_id;
 mod units;

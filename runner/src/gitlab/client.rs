@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_config::platform::go_arch;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -119,17 +120,6 @@ pub fn user_agent() -> String {
         std::env::consts::OS,
         go_arch()
     )
-}
-
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "x86" => "386",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 /// The runner `info` object sent on verify, job requests and registration.

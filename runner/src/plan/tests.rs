@@ -33,7 +33,11 @@ fn payload(name: &str) -> JobPayload {
 fn render(plan: &Plan) -> String {
     let text = serde_json::to_string_pretty(plan).unwrap() + "\n";
     text.replace(env!("CARGO_PKG_VERSION"), "VERSION").replace(
-        &format!("{}/{}", std::env::consts::OS, crate::go_arch()),
+        &format!(
+            "{}/{}",
+            std::env::consts::OS,
+            ferry_config::platform::go_arch()
+        ),
         "OS/ARCH",
     )
 }

@@ -72,7 +72,11 @@ pub(super) fn job_variables(i: &Inputs<'_>, image_name: &str) -> Variables {
     v.set("CI_RUNNER_REVISION", crate::REVISION);
     v.set(
         "CI_RUNNER_EXECUTABLE_ARCH",
-        format!("{}/{}", std::env::consts::OS, crate::go_arch()),
+        format!(
+            "{}/{}",
+            std::env::consts::OS,
+            ferry_config::platform::go_arch()
+        ),
     );
     // 11.
     v.set("RUNNER_TEMP_PROJECT_DIR", format!("{}.tmp", i.project_dir));
