@@ -20,6 +20,7 @@ pub mod edit;
 pub mod platform;
 mod resolve;
 mod system_id;
+pub mod token;
 mod units;
 mod walk;
 
@@ -37,15 +38,14 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
-    /// The first 8 characters, as gitlab-runner shows a token (`glrt-abc`).
+    /// How ferry names the token in log lines and messages: [`token::display_prefix`]
+    /// (`glrt-abc`).
     pub fn short(&self) -> &str {
-        let end = self
-            .0
-            .char_indices()
-            .nth(8)
-            .map(|(i, _)| i)
-            .unwrap_or(self.0.len());
-        &self.0[..end]
+        token::display_prefix(&self.0)
+    }
+    /// gitlab-runner's short token, `CI_RUNNER_SHORT_TOKEN`: [`token::ci_short_token`].
+    pub fn ci_short_token(&self) -> &str {
+        token::ci_short_token(&self.0)
     }
 }
 

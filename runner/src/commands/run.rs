@@ -240,8 +240,7 @@ impl Handler {
         if let Some(e) = engines.get(&key(r)) {
             return Ok(e.clone());
         }
-        let short = crate::variables::runner_short_token(r.token.expose());
-        let mut engine = DockerEngine::new(&r.docker, &short)
+        let mut engine = DockerEngine::new(&r.docker, r.token.ci_short_token())
             .await
             .map_err(|e| match e {
                 // `Unavailable` reports it as a Docker error again: no "docker: docker:".
@@ -477,8 +476,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
 
     // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
     for r in &config.runners {
-        let short = crate::variables::runner_short_token(r.token.expose());
-        if let Ok(engine) = DockerEngine::new(&r.docker, &short).await {
+        if let Ok(engine) = DockerEngine::new(&r.docker, r.token.ci_short_token()).await {
             match engine.cleanup_leftovers().await {
                 Ok(0) => {}
                 Ok(n) => info!(

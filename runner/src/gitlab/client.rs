@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_config::platform::go_arch;
+use ferry_config::token::display_prefix;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::http::{self, RetryPolicy, error_message, send_with_retry, short_token};
+use super::http::{self, RetryPolicy, error_message, send_with_retry};
 use super::payload::{JobPayload, PayloadError, parse_payload, salvage_job_ref};
 use crate::api::{ApiError, JobRef};
 
@@ -327,7 +328,7 @@ impl GitLabClient {
             })?;
         tracing::info!(
             runner_id = reply.id,
-            token = short_token(&token),
+            token = display_prefix(&token),
             "runner registered"
         );
         Ok(Registration {
@@ -356,7 +357,10 @@ impl GitLabClient {
         if status != StatusCode::OK {
             let message = error_message(response, &[token]).await;
             let message = if status == StatusCode::FORBIDDEN {
-                format!("runner token {}… rejected ({message})", short_token(token))
+                format!(
+                    "runner token {}… rejected ({message})",
+                    display_prefix(token)
+                )
             } else {
                 message
             };
@@ -626,7 +630,7 @@ impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
             .field("id", &self.id)
-            .field("token", &format_args!("{}…", short_token(&self.token)))
+            .field("token", &format_args!("{}…", display_prefix(&self.token)))
             .field("token_expires_at", &self.token_expires_at)
             .finish()
     }
@@ -650,7 +654,7 @@ pub struct TokenReset {
 impl std::fmt::Debug for TokenReset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenReset")
-            .field("token", &format_args!("{}…", short_token(&self.token)))
+            .field("token", &format_args!("{}…", display_prefix(&self.token)))
             .field("token_expires_at", &self.token_expires_at)
             .finish()
     }

@@ -208,8 +208,8 @@ pub fn compile(
         builds_dir
     };
     let project_dir = format!("{builds_dir}/{project_path}");
-    let short = crate::variables::runner_short_token(runner.token.expose());
-    let host = HostDirs::new(ctx, &short, payload.job_info.project_id);
+    let short = runner.token.ci_short_token();
+    let host = HostDirs::new(ctx, short, payload.job_info.project_id);
     let host_project_dir = host.project.clone();
 
     let image_name = payload
@@ -251,7 +251,7 @@ pub fn compile(
         &ctx.working_dir,
         host_project_dir.clone(),
         &project_dir,
-        &short,
+        short,
         &project_path,
     )?;
     let execution = if !runner.deploy.image.is_empty() && expanded_image == runner.deploy.image {
@@ -268,7 +268,7 @@ pub fn compile(
             &builds_dir,
             &project_dir,
             &host,
-            &short,
+            short,
         )?;
         Execution::Docker {
             env: Box::new(env),

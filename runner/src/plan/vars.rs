@@ -27,10 +27,7 @@ pub(super) fn job_variables(i: &Inputs<'_>, image_name: &str) -> Variables {
     if !image_name.is_empty() {
         v.set("CI_JOB_IMAGE", image_name);
     }
-    v.set(
-        "CI_RUNNER_SHORT_TOKEN",
-        crate::variables::runner_short_token(i.runner.token.expose()),
-    );
+    v.set("CI_RUNNER_SHORT_TOKEN", i.runner.token.ci_short_token());
     // 4. [[runners]] environment
     for (k, val) in &i.runner.environment {
         v.set(k, val.clone());
