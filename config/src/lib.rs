@@ -18,17 +18,21 @@ mod docker;
 pub mod duration;
 pub mod edit;
 pub mod platform;
+mod pull_policy;
 mod resolve;
 mod system_id;
 pub mod token;
 mod units;
 mod walk;
+mod when;
 
 pub use edit::{
     NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, gitlab_runner_config_path,
     remove_runners, update_token,
 };
+pub use pull_policy::PullPolicy;
 pub use system_id::{SYSTEM_ID_FILE, SystemIdState, load_or_create_system_id, system_id_state};
+pub use when::When;
 
 /// A runner token or other secret: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -118,34 +122,6 @@ pub struct RunnerSection {
     pub docker: DockerSection,
     pub cache: CacheSection,
     pub deploy: DeploySection,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PullPolicy {
-    Always,
-    IfNotPresent,
-    Never,
-}
-
-impl PullPolicy {
-    /// The spelling used in config.toml and in `image:pull_policy`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PullPolicy::Always => "always",
-            PullPolicy::IfNotPresent => "if-not-present",
-            PullPolicy::Never => "never",
-        }
-    }
-
-    /// Parses `always`, `if-not-present` or `never`.
-    pub fn parse(s: &str) -> Option<PullPolicy> {
-        match s {
-            "always" => Some(PullPolicy::Always),
-            "if-not-present" => Some(PullPolicy::IfNotPresent),
-            "never" => Some(PullPolicy::Never),
-            _ => None,
-        }
-    }
 }
 
 /// `[runners.docker]`. `Default` is what an empty `[runners.docker]` resolves to.

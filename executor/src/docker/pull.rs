@@ -18,14 +18,6 @@ use crate::engine::{EngineError, ImageSpec, JobEnv, LogSink, PullPolicy};
 /// How often at most a progress line is written while a pull runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-fn policy_name(p: PullPolicy) -> &'static str {
-    match p {
-        PullPolicy::Always => "always",
-        PullPolicy::IfNotPresent => "if-not-present",
-        PullPolicy::Never => "never",
-    }
-}
-
 /// Make sure `image.name` is present under its pull policies, tried in order (a repeated policy
 /// is a retry). Returns the inspected image.
 pub async fn ensure_image(
@@ -51,7 +43,7 @@ pub async fn ensure_image(
                 .write_all(
                     format!(
                         "\x1b[0;33mWARNING: Failed to pull image with policy \"{}\": {last_err}\x1b[0;m\n",
-                        policy_name(policies[i - 1])
+                        policies[i - 1]
                     )
                     .as_bytes(),
                 )

@@ -76,28 +76,13 @@ pub struct DeployCommand {
 #[derive(Debug, Serialize)]
 pub struct PlannedStep {
     pub spec: StepSpec,
-    pub when: StepWhen,
+    pub when: When,
     /// GitLab's section name in the job log (`step_script`, `after_script`, ...).
     pub section: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepWhen {
-    OnSuccess,
-    OnFailure,
-    Always,
-}
-
-impl From<&When> for StepWhen {
-    fn from(w: &When) -> Self {
-        match w {
-            When::OnFailure => StepWhen::OnFailure,
-            When::Always => StepWhen::Always,
-            _ => StepWhen::OnSuccess,
-        }
-    }
-}
+/// A step's `when:` ([`ferry_config::When`]; this name is kept for `driver.rs`).
+pub use ferry_config::When as StepWhen;
 
 /// Everything the driver will do for one job.
 #[derive(Debug, Serialize)]
@@ -380,7 +365,7 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
                         env: vec![],
                         timeout: None,
                     },
-                    when: StepWhen::from(&step.when),
+                    when: step.when,
                     section,
                 });
             }
@@ -401,7 +386,7 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
                 env: vec![],
                 timeout: Some(timeout),
             },
-            when: StepWhen::Always,
+            when: When::Always,
             section: "after_script".into(),
         });
     }
