@@ -17,6 +17,7 @@ use std::time::Duration;
 mod docker;
 pub mod duration;
 pub mod edit;
+pub mod joblog;
 pub mod platform;
 mod pull_policy;
 mod resolve;

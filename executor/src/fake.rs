@@ -73,7 +73,7 @@ impl Engine for FakeEngine {
         );
         self.record(Call::RunStep(env.job_id, step.name.clone()));
         for cmd in &step.commands {
-            let line = format!("\x1b[32;1m$ {cmd}\x1b[0;m\n");
+            let line = ferry_config::joblog::command_line(cmd);
             let _ = log.write_all(line.as_bytes()).await;
             let (word, rest) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
             match word {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{CreateImageInfo, ImageInspect};
 use bollard::query_parameters::CreateImageOptionsBuilder;
+use ferry_config::joblog;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -39,15 +40,11 @@ pub async fn ensure_image(
             return Err(EngineError::Cancelled);
         }
         if i > 0 {
-            let _ = log
-                .write_all(
-                    format!(
-                        "\x1b[0;33mWARNING: Failed to pull image with policy \"{}\": {last_err}\x1b[0;m\n",
-                        policies[i - 1]
-                    )
-                    .as_bytes(),
-                )
-                .await;
+            let line = joblog::warning_line(&format!(
+                "Failed to pull image with policy \"{}\": {last_err}",
+                policies[i - 1]
+            ));
+            let _ = log.write_all(line.as_bytes()).await;
         }
         match try_policy(docker, image, *policy, env, log, cancel).await {
             Ok(inspect) => {
