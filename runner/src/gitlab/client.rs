@@ -259,6 +259,21 @@ impl GitLabClient {
         self.retry
     }
 
+    /// `method path` with `body` as JSON, retried on transient failures ([`send_with_retry`]).
+    async fn send_json<B: Serialize>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+        body: &B,
+    ) -> Result<reqwest::Response, ApiError> {
+        send_with_retry(endpoint, self.retry, || {
+            Ok(self.json_request(method.clone(), path, timeout).json(body))
+        })
+        .await
+    }
+
     fn json_request(
         &self,
         method: Method,
@@ -318,24 +333,13 @@ impl GitLabClient {
                 message,
             });
         }
-        let reply: RegistrationReply = decode(EP, response).await?;
-        let token = reply
-            .token
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Decode {
-                endpoint: EP,
-                message: "no token in the answer".into(),
-            })?;
+        let registration = decode_token_reply(EP, response).await?;
         tracing::info!(
-            runner_id = reply.id,
-            token = display_prefix(&token),
+            runner_id = registration.id,
+            token = display_prefix(&registration.token),
             "runner registered"
         );
-        Ok(Registration {
-            id: reply.id,
-            token,
-            token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
-        })
+        Ok(registration)
     }
 
     /// `POST /api/v4/runners/verify`: check an authentication token (and register this host as
@@ -347,12 +351,9 @@ impl GitLabClient {
             system_id: non_empty(system_id),
             info: Some(&self.info),
         };
-        let response = send_with_retry(EP, self.retry, || {
-            Ok(self
-                .json_request(Method::POST, "runners/verify", CALL_TIMEOUT)
-                .json(&body))
-        })
-        .await?;
+        let response = self
+            .send_json(EP, Method::POST, "runners/verify", CALL_TIMEOUT, &body)
+            .await?;
         let status = response.status();
         if status != StatusCode::OK {
             let message = error_message(response, &[token]).await;
@@ -407,12 +408,9 @@ impl GitLabClient {
                 },
             ),
         };
-        let response = send_with_retry(ep, self.retry, || {
-            Ok(self
-                .json_request(Method::DELETE, path, CALL_TIMEOUT)
-                .json(&body))
-        })
-        .await?;
+        let response = self
+            .send_json(ep, Method::DELETE, path, CALL_TIMEOUT, &body)
+            .await?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT || status == StatusCode::OK {
             return Ok(());
@@ -456,17 +454,14 @@ impl GitLabClient {
                 message,
             });
         }
-        let reply: RegistrationReply = decode(EP, response).await?;
-        let new_token = reply
-            .token
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Decode {
-                endpoint: EP,
-                message: "no token in the answer".into(),
-            })?;
+        let Registration {
+            token,
+            token_expires_at,
+            ..
+        } = decode_token_reply(EP, response).await?;
         Ok(TokenReset {
-            token: new_token,
-            token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
+            token,
+            token_expires_at,
         })
     }
 
@@ -489,12 +484,9 @@ impl GitLabClient {
             last_update: last_update.filter(|s| !s.is_empty()),
             info: &self.info,
         };
-        let response = send_with_retry(EP, self.retry, || {
-            Ok(self
-                .json_request(Method::POST, "jobs/request", JOB_REQUEST_TIMEOUT)
-                .json(&body))
-        })
-        .await?;
+        let response = self
+            .send_json(EP, Method::POST, "jobs/request", JOB_REQUEST_TIMEOUT, &body)
+            .await?;
         let status = response.status();
         let last_update = http::header_str(&response, "x-gitlab-last-update")
             .map(str::trim)
@@ -604,6 +596,27 @@ struct JobRequestBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     last_update: Option<&'a str>,
     info: &'a RunnerInfoBody,
+}
+
+/// The answer to `register` and `reset_authentication_token`: the new token (an answer without
+/// one is an error), its expiry (empty = none) and, from `register`, the runner's id.
+async fn decode_token_reply(
+    endpoint: &'static str,
+    response: reqwest::Response,
+) -> Result<Registration, ApiError> {
+    let reply: RegistrationReply = decode(endpoint, response).await?;
+    let token = reply
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Decode {
+            endpoint,
+            message: "no token in the answer".into(),
+        })?;
+    Ok(Registration {
+        id: reply.id,
+        token,
+        token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
+    })
 }
 
 #[derive(Default, Deserialize)]
