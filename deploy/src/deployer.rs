@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use ferry_config::duration::format_duration;
-use kube::api::Api;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Applied, ApplyOptions, Outcome, obj_value};
 use crate::args::{DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars};
-use crate::cluster::{Cluster, Op, read_kubeconfig, resource_name};
+use crate::cluster::{Cluster, Op, read_kubeconfig};
 use crate::files::{Limits, Stop};
 use crate::render;
 use crate::rollback::{self, Undo};
@@ -503,11 +502,8 @@ impl KubeDeployer {
                     // re-read so the wait starts from the undone object
                     let api = w.api(cluster);
                     let name = &w.planned.manifest.name;
-                    let op = Op::new("get", resource_name(&w.resource))
-                        .name(name)
-                        .ns(w.planned.namespace.as_deref());
                     let mut w2 = w.clone();
-                    if let Ok(o) = cluster.call(&op, || api.get(name)).await {
+                    if let Ok(o) = cluster.call(&w.get_op(), || api.get(name)).await {
                         w2.live = o;
                     }
                     undone.push(w2);
@@ -590,13 +586,8 @@ impl KubeDeployer {
             ) {
                 continue;
             }
-            let api: Api<kube::api::DynamicObject> = a.api(cluster);
-            let name = &a.planned.manifest.name;
-            let op = Op::new("get", resource_name(&a.resource))
-                .name(name)
-                .ns(a.planned.namespace.as_deref());
-            let obj: Value = match cluster.call(&op, || api.get(name)).await {
-                Ok(o) => obj_value(&o),
+            let obj: Value = match a.fetch(cluster).await {
+                Ok(o) => o,
                 Err(_) => obj_value(&a.live),
             };
             if let Some(l) = summary::line(&a.display(), kind, &obj) {
