@@ -313,14 +313,7 @@ impl KubeDeployer {
                 }
             ))
             .await;
-            let cfg = WaitConfig {
-                deadline: deadline_after(timeout),
-                start: started,
-                fail_fast: settings.fail_fast,
-                grace_override: settings.fail_fast_grace,
-                diagnose_every: self.diagnose_every,
-                timeout_text: format_duration(timeout),
-            };
+            let cfg = self.wait_config(&settings, timeout, started);
             let results = wait_all(&cluster, &workloads, &cfg, cancel, out).await;
             for (w, r) in workloads.iter().zip(results) {
                 match r {
@@ -359,6 +352,24 @@ impl KubeDeployer {
             applied: applied.len(),
             objects,
         })
+    }
+
+    /// How to wait for workloads (the deploy's and, after a rollback, the undone ones) for
+    /// `timeout` from now; progress lines count from `started`.
+    fn wait_config(
+        &self,
+        settings: &Settings,
+        timeout: Duration,
+        started: tokio::time::Instant,
+    ) -> WaitConfig {
+        WaitConfig {
+            deadline: deadline_after(timeout),
+            start: started,
+            fail_fast: settings.fail_fast,
+            grace_override: settings.fail_fast_grace,
+            diagnose_every: self.diagnose_every,
+            timeout_text: format_duration(timeout),
+        }
     }
 
     fn effective_timeout(
@@ -538,14 +549,7 @@ impl KubeDeployer {
             format_duration(timeout)
         ))
         .await;
-        let cfg = WaitConfig {
-            deadline: deadline_after(timeout),
-            start: started,
-            fail_fast: settings.fail_fast,
-            grace_override: settings.fail_fast_grace,
-            diagnose_every: self.diagnose_every,
-            timeout_text: format_duration(timeout),
-        };
+        let cfg = self.wait_config(settings, timeout, started);
         let refs: Vec<&Applied> = undone.iter().collect();
         let results = wait_all(cluster, &refs, &cfg, cancel, out).await;
         for (w, r) in undone.iter().zip(results) {
