@@ -235,6 +235,21 @@ pub struct Handler {
 }
 
 impl Handler {
+    /// The driver of one job, on the runner's Docker engine (or on `Unavailable`, which fails
+    /// the job with the reason Docker could not be reached).
+    fn driver<E, A>(&self, engine: Arc<E>, api: Arc<A>) -> Driver<E, KubeDeployer, A> {
+        Driver {
+            engine,
+            deployer: Arc::new(KubeDeployer::default()),
+            api,
+            metrics: self.metrics.clone(),
+            system_id: self.system_id.clone(),
+            trace_timing: TraceTiming::default(),
+            cleanups: self.cleanups.clone(),
+            workspaces: self.workspaces.clone(),
+        }
+    }
+
     async fn engine(&self, r: &RunnerSection) -> Result<Arc<DockerEngine>, String> {
         let mut engines = self.engines.lock().await;
         if let Some(e) = engines.get(&key(r)) {
@@ -294,29 +309,11 @@ impl JobHandler<Box<JobPayload>> for Handler {
         info!(job = job.id, runner = runner.token.short(), project = %job.job_info.project_full_path, "job received");
         match self.engine(&runner).await {
             Ok(engine) => {
-                let driver = Driver {
-                    engine,
-                    deployer: Arc::new(KubeDeployer::default()),
-                    api,
-                    metrics: self.metrics.clone(),
-                    system_id: self.system_id.clone(),
-                    trace_timing: TraceTiming::default(),
-                    cleanups: self.cleanups.clone(),
-                    workspaces: self.workspaces.clone(),
-                };
+                let driver = self.driver(engine, api);
                 driver.run(runner, *job, ctx, cancel).await;
             }
             Err(e) => {
-                let driver = Driver {
-                    engine: Arc::new(crate::driver::Unavailable(e)),
-                    deployer: Arc::new(KubeDeployer::default()),
-                    api,
-                    metrics: self.metrics.clone(),
-                    system_id: self.system_id.clone(),
-                    trace_timing: TraceTiming::default(),
-                    cleanups: self.cleanups.clone(),
-                    workspaces: self.workspaces.clone(),
-                };
+                let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api);
                 driver.run(runner, *job, ctx, cancel).await;
             }
         }
