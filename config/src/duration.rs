@@ -2,7 +2,7 @@
 //! `"1h30m"`, `"1.5h"`, `"300ms"`), which is what config.toml holds (docs/configuration.md).
 //! Values a job or the command line gives (`RUNNER_AFTER_SCRIPT_TIMEOUT`, `--timeout`,
 //! `FERRY_TIMEOUT`, `--cache-max-age`) may also be a bare number of seconds (docs/variables.md,
-//! docs/deploy.md).
+//! docs/deploy.md, docs/commands.md).
 //!
 //! A job can send any string, so nothing here panics or overflows: magnitudes saturate, and each
 //! caller decides whether "too large" is an error or "never".
