@@ -15,17 +15,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod docker;
+pub mod duration;
 pub mod edit;
+pub mod joblog;
+pub mod platform;
+mod pull_policy;
 mod resolve;
 mod system_id;
+pub mod token;
 mod units;
 mod walk;
+mod when;
 
 pub use edit::{
     NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, gitlab_runner_config_path,
     remove_runners, update_token,
 };
+pub use pull_policy::PullPolicy;
 pub use system_id::{SYSTEM_ID_FILE, SystemIdState, load_or_create_system_id, system_id_state};
+pub use when::When;
 
 /// A runner token or other secret: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -35,15 +43,14 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
-    /// The first 8 characters, as gitlab-runner shows a token (`glrt-abc`).
+    /// How ferry names the token in log lines and messages: [`token::display_prefix`]
+    /// (`glrt-abc`).
     pub fn short(&self) -> &str {
-        let end = self
-            .0
-            .char_indices()
-            .nth(8)
-            .map(|(i, _)| i)
-            .unwrap_or(self.0.len());
-        &self.0[..end]
+        token::display_prefix(&self.0)
+    }
+    /// gitlab-runner's short token, `CI_RUNNER_SHORT_TOKEN`: [`token::ci_short_token`].
+    pub fn ci_short_token(&self) -> &str {
+        token::ci_short_token(&self.0)
     }
 }
 
@@ -116,34 +123,6 @@ pub struct RunnerSection {
     pub docker: DockerSection,
     pub cache: CacheSection,
     pub deploy: DeploySection,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PullPolicy {
-    Always,
-    IfNotPresent,
-    Never,
-}
-
-impl PullPolicy {
-    /// The spelling used in config.toml and in `image:pull_policy`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PullPolicy::Always => "always",
-            PullPolicy::IfNotPresent => "if-not-present",
-            PullPolicy::Never => "never",
-        }
-    }
-
-    /// Parses `always`, `if-not-present` or `never`.
-    pub fn parse(s: &str) -> Option<PullPolicy> {
-        match s {
-            "always" => Some(PullPolicy::Always),
-            "if-not-present" => Some(PullPolicy::IfNotPresent),
-            "never" => Some(PullPolicy::Never),
-            _ => None,
-        }
-    }
 }
 
 /// `[runners.docker]`. `Default` is what an empty `[runners.docker]` resolves to.

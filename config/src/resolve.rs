@@ -3,10 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::units::{
-    datetime_to_unix, expand_env, is_go_zero_time, nanos_to_duration, parse_go_duration,
-    with_default_port,
-};
+use crate::duration::{nanos_to_duration, parse_go_duration};
+use crate::units::{datetime_to_unix, expand_env, is_go_zero_time, with_default_port};
 use crate::walk::{Ctx, Leftover, TableReader, Val};
 use crate::{
     Config, ConfigError, DEFAULT_METRICS_PORT, DEFAULT_OUTPUT_LIMIT_KB,

@@ -1,7 +1,5 @@
 //! Value syntaxes gitlab-runner borrowed from Go: memory sizes (docker/go-units `RAMInBytes`),
-//! Go duration strings, `os.ExpandEnv`, TOML datetimes as Unix seconds.
-
-use std::time::Duration;
+//! `os.ExpandEnv`, TOML datetimes as Unix seconds. Go duration strings: `crate::duration`.
 
 use toml_edit::{Date, Datetime, Offset, Time};
 
@@ -52,85 +50,6 @@ pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
         return Err(format!("size {s:?} is too large"));
     }
     Ok(bytes as u64)
-}
-
-/// A Go duration string: `"30s"`, `"15m0s"`, `"1h30m"`, `"1.5h"`, `"300ms"`, `"-1s"`, `"0"`.
-/// Returns signed nanoseconds (Go's `time.Duration`).
-pub(crate) fn parse_go_duration(s: &str) -> Result<i128, String> {
-    let bad = || {
-        format!(
-            "invalid duration {s:?} (expected a Go duration like \"30s\", \"15m0s\" or \"1h30m\")"
-        )
-    };
-    let (neg, mut rest) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total: i128 = 0;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (num, after) = rest.split_at(num_end);
-        if num.is_empty() || num == "." {
-            return Err(bad());
-        }
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_end);
-        let nanos_per: i128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(bad()),
-        };
-        let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-        if frac_part.contains('.') {
-            return Err(bad());
-        }
-        let int: i128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().map_err(|_| bad())?
-        };
-        let mut value = int.checked_mul(nanos_per).ok_or_else(bad)?;
-        // fractional part, digit by digit (no float rounding)
-        let mut scale = nanos_per;
-        for d in frac_part.chars() {
-            scale /= 10;
-            if scale == 0 {
-                break;
-            }
-            let digit = i128::from(d.to_digit(10).unwrap_or(0));
-            value = value.checked_add(digit * scale).ok_or_else(bad)?;
-        }
-        total = total.checked_add(value).ok_or_else(bad)?;
-        if total > i128::from(i64::MAX) {
-            return Err(format!("duration {s:?} is too large"));
-        }
-        rest = after;
-    }
-    Ok(if neg { -total } else { total })
-}
-
-/// Non-negative nanoseconds → `Duration`; negative → `None`.
-pub(crate) fn nanos_to_duration(n: i128) -> Option<Duration> {
-    if n < 0 {
-        return None;
-    }
-    let secs = u64::try_from(n / 1_000_000_000).ok()?;
-    Some(Duration::new(secs, (n % 1_000_000_000) as u32))
 }
 
 /// Go's "zero time", which gitlab-runner writes for "never expires".
@@ -343,28 +262,6 @@ mod tests {
             assert!(parse_memory(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(parse_memory("99999999999p").is_err());
-    }
-
-    #[test]
-    fn go_durations() {
-        let s = 1_000_000_000i128;
-        assert_eq!(parse_go_duration("30s"), Ok(30 * s));
-        assert_eq!(parse_go_duration("15m0s"), Ok(900 * s));
-        assert_eq!(parse_go_duration("1h30m"), Ok(5400 * s));
-        assert_eq!(parse_go_duration("1.5h"), Ok(5400 * s));
-        assert_eq!(parse_go_duration("300ms"), Ok(300_000_000));
-        assert_eq!(parse_go_duration("-1s"), Ok(-s));
-        assert_eq!(parse_go_duration("0"), Ok(0));
-        assert_eq!(parse_go_duration("2us"), Ok(2_000));
-        for bad in ["", "30", "1x", "s", "1.2.3s", "-", "h1"] {
-            assert!(
-                parse_go_duration(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
-        }
-        assert!(parse_go_duration("9999999999999h").is_err());
-        // integer part fits in i128 nanoseconds, the fraction pushes it over
-        assert!(parse_go_duration("47261439850130342147690917.99999h").is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::discovery::{ApiResource, Scope};
 use serde_json::Value;
 
@@ -70,6 +70,19 @@ impl Applied {
     }
     pub fn api(&self, cluster: &Cluster) -> Api<DynamicObject> {
         api_for(cluster, &self.resource, self.planned.namespace.as_deref())
+    }
+    /// The `get` of this object, as logged and retried by [`Cluster::call`].
+    pub fn get_op(&self) -> Op {
+        Op::new("get", resource_name(&self.resource))
+            .name(&self.planned.manifest.name)
+            .ns(self.planned.namespace.as_deref())
+    }
+    /// The object as it is in the cluster now (metadata + data).
+    pub async fn fetch(&self, cluster: &Cluster) -> Result<Value, DeployError> {
+        let api = self.api(cluster);
+        let name = &self.planned.manifest.name;
+        let o = cluster.call(&self.get_op(), || api.get(name)).await?;
+        Ok(obj_value(&o))
     }
 }
 
@@ -330,6 +343,20 @@ pub fn image_change(before: &Option<DynamicObject>, after: &DynamicObject) -> Op
         .map(|(n, o)| format!("{o} → {n}"))
         .collect();
     (!changes.is_empty()).then(|| format!("image {}", changes.join(", ")))
+}
+
+/// The objects of one resource type (in namespace `ns`, or in all namespaces) matching `lp`, as
+/// JSON.
+pub async fn list_objects(
+    cluster: &Cluster,
+    ar: &ApiResource,
+    ns: Option<&str>,
+    lp: &ListParams,
+) -> Result<Vec<Value>, DeployError> {
+    let api = api_for(cluster, ar, ns);
+    let op = Op::new("list", resource_name(ar)).ns(ns);
+    let l = cluster.call(&op, || api.list(lp)).await?;
+    Ok(l.items.iter().map(obj_value).collect())
 }
 
 /// The whole object as JSON (metadata + data).

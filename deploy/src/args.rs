@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ferry_config::duration::{DurationError, parse_job_duration};
 
 use crate::DeployError;
 
@@ -345,68 +346,21 @@ fn bool_opt(
     }
 }
 
-/// Parses `90`, `90s`, `10m`, `1h30m`, `500ms`.
+/// A deploy duration (docs/deploy.md): ferry's one duration grammar, Go duration strings or a
+/// bare number of seconds (`90`, `90s`, `10m`, `1h30m`, `500ms`), see
+/// [`ferry_config::duration::parse_job_duration`]. A job variable sets it, so a value too large
+/// is an error here, never an overflow.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration (examples: 90s, 10m, 1h30m)"
-            ));
+    parse_job_duration(text).map_err(|e| match e {
+        DurationError::Empty => "empty duration".to_string(),
+        DurationError::Invalid {
+            unknown_unit: Some(unit),
+        } => format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)"),
+        DurationError::Invalid { unknown_unit: None } | DurationError::Negative => {
+            format!("{text:?} is not a duration (examples: 90s, 10m, 1h30m)")
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Some(Duration::from_millis(n)),
-            "s" => Some(Duration::from_secs(n)),
-            "m" => n.checked_mul(60).map(Duration::from_secs),
-            "h" => n.checked_mul(3600).map(Duration::from_secs),
-            _ => {
-                return Err(format!(
-                    "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
-                ));
-            }
-        };
-        // A job variable sets it: too large is an error, never an overflow panic.
-        total = part
-            .and_then(|p| total.checked_add(p))
-            .ok_or_else(|| format!("{text:?}: number too large"))?;
-    }
-    Ok(total)
-}
-
-/// `1m30s`-style rendering for log lines.
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
+        DurationError::TooLarge => format!("{text:?}: number too large"),
+    })
 }
 
 #[cfg(test)]
@@ -521,7 +475,20 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("10x").is_err());
+        assert_eq!(
+            parse_duration("1.5m").unwrap(),
+            Duration::from_secs(90),
+            "Go syntax"
+        );
+        assert_eq!(parse_duration(" ").unwrap_err(), "empty duration");
+        assert_eq!(
+            parse_duration("10x").unwrap_err(),
+            "\"10x\": unknown unit \"x\" (use ms, s, m or h)"
+        );
+        assert_eq!(
+            parse_duration("-1s").unwrap_err(),
+            "\"-1s\" is not a duration (examples: 90s, 10m, 1h30m)"
+        );
         for huge in [
             "18446744073709551615h",
             "9999999999999999999m",
@@ -534,7 +501,6 @@ mod tests {
             parse_duration("18446744073709551615").unwrap(),
             Duration::from_secs(u64::MAX)
         );
-        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
     }
 
     #[test]

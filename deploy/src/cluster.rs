@@ -65,6 +65,28 @@ pub fn resource_name(ar: &ApiResource) -> String {
     }
 }
 
+/// A core (`v1`) resource type: `core_v1("Pod", "pods")`.
+pub fn core_v1(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// An `apps/v1` resource type: `apps_v1("ReplicaSet", "replicasets")`.
+pub fn apps_v1(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
 /// Retry policy for transient API errors.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {

@@ -3,16 +3,14 @@
 
 use std::time::Duration;
 
-use kube::api::Api;
+use ferry_config::duration::format_duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Applied, ApplyOptions, Outcome, obj_value};
-use crate::args::{
-    DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars, format_duration,
-};
-use crate::cluster::{Cluster, Op, read_kubeconfig, resource_name};
+use crate::args::{DeployArgs, DryRunMode, RollbackMode, Settings, TemplateMode, Vars};
+use crate::cluster::{Cluster, Op, read_kubeconfig};
 use crate::files::{Limits, Stop};
 use crate::render;
 use crate::rollback::{self, Undo};
@@ -315,14 +313,7 @@ impl KubeDeployer {
                 }
             ))
             .await;
-            let cfg = WaitConfig {
-                deadline: deadline_after(timeout),
-                start: started,
-                fail_fast: settings.fail_fast,
-                grace_override: settings.fail_fast_grace,
-                diagnose_every: self.diagnose_every,
-                timeout_text: format_duration(timeout),
-            };
+            let cfg = self.wait_config(&settings, timeout, started);
             let results = wait_all(&cluster, &workloads, &cfg, cancel, out).await;
             for (w, r) in workloads.iter().zip(results) {
                 match r {
@@ -361,6 +352,24 @@ impl KubeDeployer {
             applied: applied.len(),
             objects,
         })
+    }
+
+    /// How to wait for workloads (the deploy's and, after a rollback, the undone ones) for
+    /// `timeout` from now; progress lines count from `started`.
+    fn wait_config(
+        &self,
+        settings: &Settings,
+        timeout: Duration,
+        started: tokio::time::Instant,
+    ) -> WaitConfig {
+        WaitConfig {
+            deadline: deadline_after(timeout),
+            start: started,
+            fail_fast: settings.fail_fast,
+            grace_override: settings.fail_fast_grace,
+            diagnose_every: self.diagnose_every,
+            timeout_text: format_duration(timeout),
+        }
     }
 
     fn effective_timeout(
@@ -504,11 +513,8 @@ impl KubeDeployer {
                     // re-read so the wait starts from the undone object
                     let api = w.api(cluster);
                     let name = &w.planned.manifest.name;
-                    let op = Op::new("get", resource_name(&w.resource))
-                        .name(name)
-                        .ns(w.planned.namespace.as_deref());
                     let mut w2 = w.clone();
-                    if let Ok(o) = cluster.call(&op, || api.get(name)).await {
+                    if let Ok(o) = cluster.call(&w.get_op(), || api.get(name)).await {
                         w2.live = o;
                     }
                     undone.push(w2);
@@ -543,14 +549,7 @@ impl KubeDeployer {
             format_duration(timeout)
         ))
         .await;
-        let cfg = WaitConfig {
-            deadline: deadline_after(timeout),
-            start: started,
-            fail_fast: settings.fail_fast,
-            grace_override: settings.fail_fast_grace,
-            diagnose_every: self.diagnose_every,
-            timeout_text: format_duration(timeout),
-        };
+        let cfg = self.wait_config(settings, timeout, started);
         let refs: Vec<&Applied> = undone.iter().collect();
         let results = wait_all(cluster, &refs, &cfg, cancel, out).await;
         for (w, r) in undone.iter().zip(results) {
@@ -591,13 +590,8 @@ impl KubeDeployer {
             ) {
                 continue;
             }
-            let api: Api<kube::api::DynamicObject> = a.api(cluster);
-            let name = &a.planned.manifest.name;
-            let op = Op::new("get", resource_name(&a.resource))
-                .name(name)
-                .ns(a.planned.namespace.as_deref());
-            let obj: Value = match cluster.call(&op, || api.get(name)).await {
-                Ok(o) => obj_value(&o),
+            let obj: Value = match a.fetch(cluster).await {
+                Ok(o) => o,
                 Err(_) => obj_value(&a.live),
             };
             if let Some(l) = summary::line(&a.display(), kind, &obj) {

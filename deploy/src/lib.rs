@@ -13,6 +13,7 @@ mod deployer;
 pub mod fake;
 pub mod files;
 pub mod health;
+mod object;
 pub mod render;
 pub mod rollback;
 pub mod summary;

@@ -4,8 +4,9 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::DeployError;
-use crate::apply::{Applied, api_for, obj_value};
-use crate::cluster::{Cluster, Op, resource_name};
+use crate::apply::{Applied, list_objects};
+use crate::cluster::{Cluster, Op, apps_v1, resource_name};
+use crate::object::{self, owned_by, selector_of};
 
 /// What an undo did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,15 +36,6 @@ fn revision_of(o: &Value) -> i64 {
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
-}
-
-fn owned_by(o: &Value, uid: &str) -> bool {
-    o.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-        })
 }
 
 /// Template without the `pod-template-hash` label, for comparisons and the patch.
@@ -79,48 +71,18 @@ async fn undo_deployment(cluster: &Cluster, w: &Applied) -> Result<Undo, DeployE
     let api = w.api(cluster);
     let name = w.planned.manifest.name.clone();
     let ns = w.planned.namespace.clone();
-    let op = Op::new("get", resource_name(&w.resource))
-        .name(&name)
-        .ns(ns.as_deref());
-    let dep = obj_value(&cluster.call(&op, || api.get(&name)).await?);
+    let dep = w.fetch(cluster).await?;
     if dep.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
         return Err(DeployError::Rollout(format!(
             "{}: cannot undo a paused deployment",
             w.display()
         )));
     }
-    let uid = dep
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let rs_ar = kube::discovery::ApiResource {
-        group: "apps".into(),
-        version: "v1".into(),
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        plural: "replicasets".into(),
-    };
-    let rs_api = api_for(cluster, &rs_ar, ns.as_deref());
-    let sel = dep
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let lp = ListParams::default().labels(&sel);
-    let op = Op::new("list", "replicasets.apps").ns(ns.as_deref());
-    let list = cluster.call(&op, || rs_api.list(&lp)).await?;
-    let mut rss: Vec<Value> = list
-        .items
-        .iter()
-        .map(obj_value)
-        .filter(|rs| owned_by(rs, &uid))
-        .collect();
+    let uid = object::uid(&dep).to_string();
+    let lp = ListParams::default().labels(&selector_of(&dep).unwrap_or_default());
+    let rs_ar = apps_v1("ReplicaSet", "replicasets");
+    let mut rss = list_objects(cluster, &rs_ar, ns.as_deref(), &lp).await?;
+    rss.retain(|rs| owned_by(rs, &uid));
     rss.sort_by_key(|rs| std::cmp::Reverse(revision_of(rs)));
     let current = revision_of(&dep);
     // kubectl --to-revision=0: the highest revision below the current one
@@ -178,32 +140,10 @@ async fn undo_controller_revision(cluster: &Cluster, w: &Applied) -> Result<Undo
     let api = w.api(cluster);
     let name = w.planned.manifest.name.clone();
     let ns = w.planned.namespace.clone();
-    let op = Op::new("get", resource_name(&w.resource))
-        .name(&name)
-        .ns(ns.as_deref());
-    let obj = obj_value(&cluster.call(&op, || api.get(&name)).await?);
-    let uid = obj
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let cr_ar = kube::discovery::ApiResource {
-        group: "apps".into(),
-        version: "v1".into(),
-        api_version: "apps/v1".into(),
-        kind: "ControllerRevision".into(),
-        plural: "controllerrevisions".into(),
-    };
-    let cr_api = api_for(cluster, &cr_ar, ns.as_deref());
-    let op = Op::new("list", "controllerrevisions.apps").ns(ns.as_deref());
-    let lp = ListParams::default();
-    let list = cluster.call(&op, || cr_api.list(&lp)).await?;
-    let mut revs: Vec<Value> = list
-        .items
-        .iter()
-        .map(obj_value)
-        .filter(|r| owned_by(r, &uid))
-        .collect();
+    let uid = object::uid(&w.fetch(cluster).await?).to_string();
+    let cr_ar = apps_v1("ControllerRevision", "controllerrevisions");
+    let mut revs = list_objects(cluster, &cr_ar, ns.as_deref(), &ListParams::default()).await?;
+    revs.retain(|r| owned_by(r, &uid));
     revs.sort_by_key(|r| std::cmp::Reverse(r.get("revision").and_then(Value::as_i64).unwrap_or(0)));
     let Some(prev) = revs.get(1) else {
         return Ok(Undo::NoHistory);

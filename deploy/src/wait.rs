@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams, LogParams};
+use kube::api::{Api, ListParams, LogParams};
 use kube::discovery::ApiResource;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
@@ -13,10 +13,10 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use crate::apply::{Applied, obj_value};
-use crate::args::format_duration;
-use crate::cluster::{Cluster, Op, resource_name};
+use crate::apply::{Applied, list_objects, obj_value};
+use crate::cluster::{Cluster, Op, apps_v1, core_v1};
 use crate::health::{self, PodProblem, ProblemKind, Rollout};
+use crate::object::{self, annotation, label, owned_by, selector_of};
 
 /// How a workload's wait ended.
 #[derive(Debug, Clone)]
@@ -55,26 +55,6 @@ const NOT_READY_NOTICE: Duration = Duration::from_secs(30);
 fn stamp(start: Instant) -> String {
     let s = start.elapsed().as_secs();
     format!("[{:02}:{:02}]", s / 60, s % 60)
-}
-
-fn core_v1(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
-fn apps_v1(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "apps".into(),
-        version: "v1".into(),
-        api_version: "apps/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
 }
 
 /// Waits for one workload until it is rolled out, fails, or the deadline passes.
@@ -158,9 +138,8 @@ pub async fn wait_workload(
             }
             _ = tick.tick() => {
                 // Re-read the object (in case the watch is slow) and look at the new pods.
-                let op = Op::new("get", resource_name(&w.resource)).name(&name).ns(w.planned.namespace.as_deref());
-                if let Ok(o) = cluster.call(&op, || api.get(&name)).await {
-                    latest = Some(obj_value(&o));
+                if let Ok(o) = w.fetch(cluster).await {
+                    latest = Some(o);
                 }
                 let Some(obj) = latest.clone() else { continue };
                 if !matches!(health::evaluate(&kind, &obj), Rollout::InProgress(_)) {
@@ -216,45 +195,14 @@ pub async fn wait_workload(
     }
 }
 
-/// The label selector string of `spec.selector.matchLabels`.
-fn selector_of(obj: &Value) -> Option<String> {
-    let labels = obj.pointer("/spec/selector/matchLabels")?.as_object()?;
-    Some(
-        labels
-            .iter()
-            .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
-            .collect::<Vec<_>>()
-            .join(","),
-    )
-}
-
-fn owned_by(o: &Value, uid: &str) -> bool {
-    o.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-        })
-}
-
-fn annotation<'a>(o: &'a Value, key: &str) -> Option<&'a str> {
-    o.pointer("/metadata/annotations")?.get(key)?.as_str()
-}
-
-fn label<'a>(o: &'a Value, key: &str) -> Option<&'a str> {
-    o.pointer("/metadata/labels")?.get(key)?.as_str()
-}
-
+/// The objects of one resource type in namespace `ns` matching `lp`.
 async fn list(
     cluster: &Cluster,
     ar: &ApiResource,
     ns: &str,
     lp: &ListParams,
 ) -> Result<Vec<Value>, crate::DeployError> {
-    let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), ns, ar);
-    let op = Op::new("list", resource_name(ar)).ns(Some(ns));
-    let l = cluster.call(&op, || api.list(lp)).await?;
-    Ok(l.items.iter().map(obj_value).collect())
+    list_objects(cluster, ar, Some(ns), lp).await
 }
 
 /// The new ReplicaSet of a Deployment (owned by it, same revision annotation).
@@ -263,10 +211,7 @@ pub async fn new_replicaset(
     ns: &str,
     dep: &Value,
 ) -> Result<Option<Value>, crate::DeployError> {
-    let uid = dep
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let uid = object::uid(dep);
     let rev = annotation(dep, "deployment.kubernetes.io/revision");
     let lp = ListParams::default().labels(&selector_of(dep).unwrap_or_default());
     let rss = list(cluster, &apps_v1("ReplicaSet", "replicasets"), ns, &lp).await?;
@@ -288,11 +233,7 @@ async fn new_pods(
     let Some(sel) = selector_of(obj) else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let uid = obj
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let uid = object::uid(obj).to_string();
     let mut problems = Vec::new();
     let (selector, owner) = match w.planned.manifest.kind.as_str() {
         "Deployment" => {
@@ -323,11 +264,7 @@ async fn new_pods(
                 });
             }
             let hash = label(&rs, "pod-template-hash").unwrap_or("");
-            let rs_uid = rs
-                .pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
+            let rs_uid = object::uid(&rs).to_string();
             (format!("{sel},pod-template-hash={hash}"), rs_uid)
         }
         "StatefulSet" => {
@@ -575,8 +512,4 @@ async fn old_pods_state(cluster: &Cluster, ns: &str, dep: &Value) -> Option<Stri
             old.join(", ")
         ))
     }
-}
-
-pub fn timeout_text(d: Duration) -> String {
-    format_duration(d)
 }

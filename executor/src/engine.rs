@@ -17,14 +17,8 @@ pub struct EnvVar {
     pub value: String,
 }
 
-/// `pull_policy` as gitlab-runner defines it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PullPolicy {
-    Always,
-    IfNotPresent,
-    Never,
-}
+/// `pull_policy` as gitlab-runner defines it (one type for config.toml, the plan and the engine).
+pub use ferry_config::PullPolicy;
 
 /// The job's `image:` (or the runner's default image), resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

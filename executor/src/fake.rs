@@ -101,8 +101,11 @@ impl Engine for FakeEngine {
             Ok(result) => result,
             Err(_) => {
                 let line = format!(
-                    "\n\x1b[31;1mERROR: Step {} timed out after {limit:?}\x1b[0;m\n",
-                    step.name
+                    "\n{}",
+                    ferry_config::joblog::error_line(&format!(
+                        "Step {} timed out after {limit:?}",
+                        step.name
+                    ))
                 );
                 let _ = log.write_all(line.as_bytes()).await;
                 Ok(StepOutcome {
@@ -144,7 +147,7 @@ async fn run_commands(
     cancel: &CancellationToken,
 ) -> Result<StepOutcome, EngineError> {
     for cmd in &step.commands {
-        let line = format!("\x1b[32;1m$ {cmd}\x1b[0;m\n");
+        let line = ferry_config::joblog::command_line(cmd);
         let _ = log.write_all(line.as_bytes()).await;
         let (word, rest) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
         match word {

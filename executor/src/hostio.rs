@@ -5,6 +5,7 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use ferry_config::joblog;
 use tokio::io::AsyncWriteExt;
 
 use crate::engine::LogSink;
@@ -19,9 +20,9 @@ pub(crate) enum Level {
 
 pub(crate) fn line(level: Level, text: &str) -> String {
     match level {
-        Level::Notice => format!("\x1b[32;1m{text}\x1b[0;m\n"),
+        Level::Notice => joblog::notice_line(text),
         Level::Plain => format!("{text}\n"),
-        Level::Warning => format!("\x1b[0;33mWARNING: {text}\x1b[0;m\n"),
+        Level::Warning => joblog::warning_line(text),
     }
 }
 

@@ -96,7 +96,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    crate::plan::parse_go_duration(s)
+    ferry_config::duration::parse_job_duration_saturating(s)
         .ok_or_else(|| format!("{s:?} is not a duration like 72h or 30m"))
 }
 
@@ -298,31 +298,12 @@ mod tests {
 
     #[test]
     fn register_line_from_a_real_setup_parses_verbatim() {
-        let cli = parse(&[
-            "ferry",
-            "register",
-            "--non-interactive",
-            "--url",
-            "http://git.example",
-            "--registration-token",
-            "xxx",
-            "--executor",
-            "docker",
-            "--docker-image",
-            "alpine:latest",
-            "--description",
-            "base-runner-docker",
-            "--tag-list",
-            "base-runner",
-            "--run-untagged=true",
-            "--docker-privileged=true",
-            "--docker-pull-policy",
-            "if-not-present",
-            "--docker-volumes",
-            "/etc/docker/daemon.json:/etc/docker/daemon.json",
-            "--docker-volumes",
-            "/etc/gitlab-runner/key/test-kube-config:/root/.kube/config",
-        ]);
+        // One argument per line; tests/tests/runner_e2e.rs runs the same line end to end.
+        let line = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/register-real-setup.args"
+        ));
+        let cli = parse(&[&["ferry"], &line.lines().collect::<Vec<_>>()[..]].concat());
         let Command::Register(r) = cli.command else {
             panic!("not register")
         };

@@ -19,14 +19,3 @@ pub const REVISION: &str = match option_env!("FERRY_REVISION") {
     Some(r) => r,
     None => "unknown",
 };
-
-/// The architecture name as gitlab-runner reports it (Go's GOARCH values).
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "arm" => "arm",
-        other => other,
-    }
-}

@@ -122,7 +122,7 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").into(),
                 revision: crate::REVISION.into(),
                 os: std::env::consts::OS.into(),
-                architecture: crate::go_arch().into(),
+                architecture: ferry_config::platform::go_arch().into(),
             })
             .set(1);
         Metrics {

@@ -248,24 +248,6 @@ pub fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Strin
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// CI_RUNNER_SHORT_TOKEN as the current gitlab-runner computes it: known prefixes stripped, then
-/// the first 9 characters.
-pub fn runner_short_token(token: &str) -> String {
-    let mut t = token;
-    for prefix in ["glrt-", "glrtr-", "t1_", "t2_", "t3_"] {
-        if let Some(rest) = t.strip_prefix(prefix) {
-            t = rest;
-        }
-    }
-    if let Some(rest) = t.strip_prefix("GR")
-        && rest.len() >= 7
-        && rest[..7].bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        t = &rest[7..];
-    }
-    t.chars().take(9).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,14 +319,6 @@ mod tests {
         let v = vars(&[("T", "TRUE"), ("O", "1"), ("F", "no"), ("Z", "0")]);
         assert!(v.bool("T") && v.bool("O"));
         assert!(!v.bool("F") && !v.bool("Z") && !v.bool("MISSING"));
-    }
-
-    #[test]
-    fn short_token_strips_known_prefixes() {
-        assert_eq!(runner_short_token("glrt-abcdefghijklmnop"), "abcdefghi");
-        assert_eq!(runner_short_token("glrt-t1_abcdefghijkl"), "abcdefghi");
-        assert_eq!(runner_short_token("GR1348941abcdefghijk"), "abcdefghi");
-        assert_eq!(runner_short_token("short"), "short");
     }
 
     proptest::proptest! {

@@ -152,7 +152,7 @@ impl Harness {
         }
         let gitlab = FakeGitLab::start().await;
         let (runner_id, token) = gitlab.create_runner(RunnerSpec::default());
-        let short = short_token(&token);
+        let short = ferry_config::token::ci_short_token(&token).to_string();
         let root = tempfile::tempdir().expect("temp dir");
         let h = Harness {
             gitlab,
@@ -440,16 +440,6 @@ impl Drop for Harness {
         }
         self.remove_runner_objects();
     }
-}
-
-/// ferry's short token (the first 9 characters after the `glrt-` prefix).
-pub fn short_token(token: &str) -> String {
-    token
-        .strip_prefix("glrt-")
-        .unwrap_or(token)
-        .chars()
-        .take(9)
-        .collect()
 }
 
 /// A local git repository (branch `main`) to clone from.

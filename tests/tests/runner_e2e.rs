@@ -66,32 +66,18 @@ async fn register_with_the_real_setup_line_then_list_verify_and_unregister() {
     let cfg = dir.path().join("config.toml");
     let cfg_s = cfg.to_str().unwrap();
     let url = gitlab.url();
-    let out = ferry(&[
-        "register",
-        "-c",
-        cfg_s,
-        "--non-interactive",
-        "--url",
-        &url,
-        "--registration-token",
-        "xxx",
-        "--executor",
-        "docker",
-        "--docker-image",
-        "alpine:latest",
-        "--description",
-        "base-runner-docker",
-        "--tag-list",
-        "base-runner",
-        "--run-untagged=true",
-        "--docker-privileged=true",
-        "--docker-pull-policy",
-        "if-not-present",
-        "--docker-volumes",
-        "/etc/docker/daemon.json:/etc/docker/daemon.json",
-        "--docker-volumes",
-        "/etc/gitlab-runner/key/test-kube-config:/root/.kube/config",
-    ]);
+    // The register line of a real setup (one argument per line; the CLI's unit test parses it
+    // too), against the fake GitLab.
+    let line = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../runner/testdata/register-real-setup.args"
+    ));
+    let mut args: Vec<&str> = line
+        .lines()
+        .map(|a| if a == "http://git.example" { &url } else { a })
+        .collect();
+    args.splice(1..1, ["-c", cfg_s]); // after `register`
+    let out = ferry(&args);
     assert!(out.status.success(), "register failed: {}", text(&out));
 
     let runners = gitlab.runners();

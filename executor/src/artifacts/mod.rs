@@ -21,35 +21,8 @@ use crate::jobfs::{JobDir, Limits, is_fatal};
 
 pub use paths::{Entry, EntryKind, Selection, select};
 
-/// `when:` for artifacts and caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum When {
-    #[default]
-    OnSuccess,
-    OnFailure,
-    Always,
-}
-
-impl When {
-    /// Parses the payload's value; empty or unknown means `on_success`, as gitlab-runner does.
-    pub fn parse(s: &str) -> When {
-        match s {
-            "on_failure" => When::OnFailure,
-            "always" => When::Always,
-            _ => When::OnSuccess,
-        }
-    }
-
-    /// Whether the stage runs after a job that succeeded (`true`) or failed (`false`).
-    pub fn applies(self, job_succeeded: bool) -> bool {
-        match self {
-            When::Always => true,
-            When::OnSuccess => job_succeeded,
-            When::OnFailure => !job_succeeded,
-        }
-    }
-}
+/// `when:` for artifacts and caches (the one type for steps, artifacts and caches).
+pub use ferry_config::When;
 
 /// `artifact_format` from the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -396,15 +369,6 @@ pub async fn extract(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn when_rules() {
-        assert!(When::parse("").applies(true));
-        assert!(!When::parse("on_success").applies(false));
-        assert!(When::parse("on_failure").applies(false));
-        assert!(!When::parse("on_failure").applies(true));
-        assert!(When::parse("always").applies(false));
-    }
 
     #[test]
     fn project_prefix_is_stripped() {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use ferry_config::DockerSection;
+use ferry_config::joblog::{BOLD_GREEN, RESET};
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::engine::{EngineError, ImageSpec, JobEnv, StepSpec};
@@ -17,9 +18,6 @@ pub const LABEL_PROJECT: &str = "ferry.project_id";
 pub const LABEL_TYPE: &str = "ferry.type";
 /// Set on persistent cache volumes (the `"/path"` entries of `volumes`), which outlive jobs.
 pub const LABEL_CACHE: &str = "ferry.cache";
-
-const ANSI_BOLD_GREEN: &str = "\x1b[32;1m";
-const ANSI_RESET: &str = "\x1b[0;m";
 
 /// gitlab-runner's shell detection (shells/bash.go): the first bash found, else the first sh.
 /// Used as the build container's command (it then waits on its open, empty stdin, which keeps the
@@ -666,7 +664,7 @@ pub fn step_script(step: &StepSpec) -> String {
         };
         body.push_str(&format!(
             "printf '%s\\n' {}\n",
-            shell_quote(&format!("{ANSI_BOLD_GREEN}{shown}{ANSI_RESET}"))
+            shell_quote(&format!("{BOLD_GREEN}{shown}{RESET}"))
         ));
         body.push_str(cmd);
         body.push('\n');

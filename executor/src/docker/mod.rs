@@ -506,14 +506,10 @@ impl DockerEngine {
         if self.section.disable_cache {
             for v in &volumes {
                 if let VolumeSpec::Cache { destination } = v {
-                    let _ = log
-                        .write_all(
-                            format!(
-                                "\x1b[0;33mWARNING: Container based cache volumes creation is disabled. Will not create volume for {destination:?}\x1b[0;m\n"
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
+                    let line = ferry_config::joblog::warning_line(&format!(
+                        "Container based cache volumes creation is disabled. Will not create volume for {destination:?}"
+                    ));
+                    let _ = log.write_all(line.as_bytes()).await;
                 }
             }
         }

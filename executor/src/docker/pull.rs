@@ -7,6 +7,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{CreateImageInfo, ImageInspect};
 use bollard::query_parameters::CreateImageOptionsBuilder;
+use ferry_config::joblog;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -17,14 +18,6 @@ use crate::engine::{EngineError, ImageSpec, JobEnv, LogSink, PullPolicy};
 
 /// How often at most a progress line is written while a pull runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
-fn policy_name(p: PullPolicy) -> &'static str {
-    match p {
-        PullPolicy::Always => "always",
-        PullPolicy::IfNotPresent => "if-not-present",
-        PullPolicy::Never => "never",
-    }
-}
 
 /// Make sure `image.name` is present under its pull policies, tried in order (a repeated policy
 /// is a retry). Returns the inspected image.
@@ -47,15 +40,11 @@ pub async fn ensure_image(
             return Err(EngineError::Cancelled);
         }
         if i > 0 {
-            let _ = log
-                .write_all(
-                    format!(
-                        "\x1b[0;33mWARNING: Failed to pull image with policy \"{}\": {last_err}\x1b[0;m\n",
-                        policy_name(policies[i - 1])
-                    )
-                    .as_bytes(),
-                )
-                .await;
+            let line = joblog::warning_line(&format!(
+                "Failed to pull image with policy \"{}\": {last_err}",
+                policies[i - 1]
+            ));
+            let _ = log.write_all(line.as_bytes()).await;
         }
         match try_policy(docker, image, *policy, env, log, cancel).await {
             Ok(inspect) => {

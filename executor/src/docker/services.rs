@@ -11,15 +11,13 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkingConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
+use ferry_config::joblog::{RESET, YELLOW};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerEngine, convert, docker_err, pull};
 use crate::engine::{EngineError, JobEnv, LogSink, ServiceSpec};
-
-const YELLOW: &str = "\x1b[0;33m";
-const RESET: &str = "\x1b[0;m";
 
 struct Started {
     name: String,

@@ -18,6 +18,7 @@ use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
 use bollard::query_parameters::EventsOptionsBuilder;
+use ferry_config::joblog;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -191,9 +192,8 @@ async fn exec_step(
             }
             _ = sleep_deadline => {
                 let t = deadline.map(|(_, t)| t).unwrap_or_default();
-                let _ = log.write_all(format!(
-                    "\n\x1b[31;1mERROR: Step {} timed out after {}\x1b[0;m\n", step.name, human(t)
-                ).as_bytes()).await;
+                let line = joblog::error_line(&format!("Step {} timed out after {}", step.name, human(t)));
+                let _ = log.write_all(format!("\n{line}").as_bytes()).await;
                 stop = Some(Stop::TimedOut);
                 stop_step(engine, container, &exec.id, &mut output, log).await;
                 break;

@@ -235,13 +235,28 @@ pub struct Handler {
 }
 
 impl Handler {
+    /// The driver of one job, on the runner's Docker engine (or on `Unavailable`, which fails
+    /// the job with the reason Docker could not be reached).
+    fn driver<E, A>(&self, engine: Arc<E>, api: Arc<A>) -> Driver<E, KubeDeployer, A> {
+        Driver {
+            engine,
+            deployer: Arc::new(KubeDeployer::default()),
+            api,
+            metrics: self.metrics.clone(),
+            system_id: self.system_id.clone(),
+            trace_timing: TraceTiming::default(),
+            cleanups: self.cleanups.clone(),
+            workspaces: self.workspaces.clone(),
+            host: Arc::new(crate::driver::HostFs),
+        }
+    }
+
     async fn engine(&self, r: &RunnerSection) -> Result<Arc<DockerEngine>, String> {
         let mut engines = self.engines.lock().await;
         if let Some(e) = engines.get(&key(r)) {
             return Ok(e.clone());
         }
-        let short = crate::variables::runner_short_token(r.token.expose());
-        let mut engine = DockerEngine::new(&r.docker, &short)
+        let mut engine = DockerEngine::new(&r.docker, r.token.ci_short_token())
             .await
             .map_err(|e| match e {
                 // `Unavailable` reports it as a Docker error again: no "docker: docker:".
@@ -295,31 +310,11 @@ impl JobHandler<Box<JobPayload>> for Handler {
         info!(job = job.id, runner = runner.token.short(), project = %job.job_info.project_full_path, "job received");
         match self.engine(&runner).await {
             Ok(engine) => {
-                let driver = Driver {
-                    engine,
-                    deployer: Arc::new(KubeDeployer::default()),
-                    api,
-                    metrics: self.metrics.clone(),
-                    system_id: self.system_id.clone(),
-                    trace_timing: TraceTiming::default(),
-                    cleanups: self.cleanups.clone(),
-                    workspaces: self.workspaces.clone(),
-                    host: Arc::new(crate::driver::HostFs),
-                };
+                let driver = self.driver(engine, api);
                 driver.run(runner, *job, ctx, cancel).await;
             }
             Err(e) => {
-                let driver = Driver {
-                    engine: Arc::new(crate::driver::Unavailable(e)),
-                    deployer: Arc::new(KubeDeployer::default()),
-                    api,
-                    metrics: self.metrics.clone(),
-                    system_id: self.system_id.clone(),
-                    trace_timing: TraceTiming::default(),
-                    cleanups: self.cleanups.clone(),
-                    workspaces: self.workspaces.clone(),
-                    host: Arc::new(crate::driver::HostFs),
-                };
+                let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api);
                 driver.run(runner, *job, ctx, cancel).await;
             }
         }
@@ -479,8 +474,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
 
     // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
     for r in &config.runners {
-        let short = crate::variables::runner_short_token(r.token.expose());
-        if let Ok(engine) = DockerEngine::new(&r.docker, &short).await {
+        if let Ok(engine) = DockerEngine::new(&r.docker, r.token.ci_short_token()).await {
             match engine.cleanup_leftovers().await {
                 Ok(0) => {}
                 Ok(n) => info!(

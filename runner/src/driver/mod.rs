@@ -216,16 +216,17 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     }
 
     fn write_header(&self, log: &TraceWriter, runner: &RunnerSection) {
+        use ferry_config::joblog::RESET;
         log.write_line(&format!(
-            "\x1b[0;mRunning with ferry {} ({})\x1b[0;m",
+            "{RESET}Running with ferry {} ({}){RESET}",
             env!("CARGO_PKG_VERSION"),
             crate::REVISION
         ));
         // gitlab-runner's short token (no `glrt-` prefix, which the trace would mask).
         log.write_line(&format!(
-            "\x1b[0;m  on {} {}, system ID: {}\x1b[0;m",
+            "{RESET}  on {} {}, system ID: {}{RESET}",
             runner.name,
-            crate::variables::runner_short_token(runner.token.expose()),
+            runner.token.ci_short_token(),
             self.system_id
         ));
     }
@@ -260,7 +261,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     ) -> JobUpdate {
         let (state, failure_reason, exit_code) = match outcome {
             Outcome::Success => {
-                log.write_line("\x1b[32;1mJob succeeded\x1b[0;m");
+                log.write_notice("Job succeeded");
                 (JobState::Success, None, None)
             }
             Outcome::Failed { reason, exit_code } => {

@@ -339,7 +339,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     /// what").
     pub(super) async fn deploy(&self, run: &mut JobRun<'_>, facts: &JobFacts, cmd: &DeployCommand) {
         let (deployer, plan, log) = (&*self.deployer, run.plan, run.log);
-        log.write_line(&format!("\x1b[32;1m$ {}\x1b[0;m", cmd.line));
+        log.write_command(&cmd.line);
         let req = DeployRequest {
             args: cmd.args.clone(),
             project_dir: plan.host_project_dir.clone(),

@@ -10,7 +10,8 @@ use super::state::{Phase, StageError};
 use super::{Driver, JobRun};
 use crate::api::JobApi;
 use crate::gitlab::payload::StepKind;
-use crate::plan::{self, DeployCommand, Execution, PlannedStep, StepWhen};
+use crate::plan::{self, DeployCommand, Execution, PlannedStep};
+use ferry_config::When;
 
 /// The sections before the script, in the order they run.
 enum Before {
@@ -124,7 +125,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             self.download_artifacts(run).await;
         }
         for cmd in commands {
-            if !run.state.runs(Phase::Step(StepWhen::OnSuccess), None) {
+            if !run.state.runs(Phase::Step(When::OnSuccess), None) {
                 return;
             }
             self.deploy(run, facts, cmd).await;

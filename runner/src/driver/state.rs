@@ -9,8 +9,8 @@ use ferry_executor::sources::SourceError;
 use super::signals::{Stage, Stop};
 use crate::api::ApiError;
 use crate::failure::{FailureReason, JobStatus};
-use crate::plan::StepWhen;
 use crate::trace::TraceWriter;
+use ferry_config::When;
 
 /// How a job ended, before mapping to what this GitLab accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub(super) enum Phase {
     /// Everything before the script: host dirs, sources, cache, dependencies, prepare.
     BeforeScript,
     /// A script step (`script`, `release`, ...) and its `when`.
-    Step(StepWhen),
+    Step(When),
     /// `after_script`.
     AfterScript,
     /// `archive_cache` and `upload_artifacts_on_success|failure`, after the steps.
@@ -85,9 +85,9 @@ impl JobState {
         match phase {
             Phase::BeforeScript => !self.failed(),
             Phase::Step(_) if over => false,
-            Phase::Step(StepWhen::OnSuccess) => !self.failed(),
-            Phase::Step(StepWhen::OnFailure) => self.failed(),
-            Phase::Step(StepWhen::Always) => true,
+            Phase::Step(When::OnSuccess) => !self.failed(),
+            Phase::Step(When::OnFailure) => self.failed(),
+            Phase::Step(When::Always) => true,
             Phase::AfterScript => !over,
             Phase::AfterSteps => self.script_started && !over && now != Some(Stop::Timeout),
         }

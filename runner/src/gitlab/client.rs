@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_config::platform::go_arch;
+use ferry_config::token::display_prefix;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::http::{self, RetryPolicy, error_message, send_with_retry, short_token};
+use super::http::{self, RetryPolicy, error_message, send_with_retry};
 use super::payload::{JobPayload, PayloadError, parse_payload, salvage_job_ref};
 use crate::api::{ApiError, JobRef};
 
@@ -119,17 +121,6 @@ pub fn user_agent() -> String {
         std::env::consts::OS,
         go_arch()
     )
-}
-
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "x86" => "386",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 /// The runner `info` object sent on verify, job requests and registration.
@@ -278,6 +269,21 @@ impl GitLabClient {
         self.retry
     }
 
+    /// `method path` with `body` as JSON, retried on transient failures ([`send_with_retry`]).
+    async fn send_json<B: Serialize>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+        body: &B,
+    ) -> Result<reqwest::Response, ApiError> {
+        send_with_retry(endpoint, self.retry, || {
+            Ok(self.json_request(method.clone(), path, timeout).json(body))
+        })
+        .await
+    }
+
     fn json_request(
         &self,
         method: Method,
@@ -337,24 +343,13 @@ impl GitLabClient {
                 message,
             });
         }
-        let reply: RegistrationReply = decode(EP, response).await?;
-        let token = reply
-            .token
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Decode {
-                endpoint: EP,
-                message: "no token in the answer".into(),
-            })?;
+        let registration = decode_token_reply(EP, response).await?;
         tracing::info!(
-            runner_id = reply.id,
-            token = short_token(&token),
+            runner_id = registration.id,
+            token = display_prefix(&registration.token),
             "runner registered"
         );
-        Ok(Registration {
-            id: reply.id,
-            token,
-            token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
-        })
+        Ok(registration)
     }
 
     /// `POST /api/v4/runners/verify`: check an authentication token (and register this host as
@@ -366,17 +361,17 @@ impl GitLabClient {
             system_id: non_empty(system_id),
             info: Some(&self.info),
         };
-        let response = send_with_retry(EP, self.retry, || {
-            Ok(self
-                .json_request(Method::POST, "runners/verify", CALL_TIMEOUT)
-                .json(&body))
-        })
-        .await?;
+        let response = self
+            .send_json(EP, Method::POST, "runners/verify", CALL_TIMEOUT, &body)
+            .await?;
         let status = response.status();
         if status != StatusCode::OK {
             let message = error_message(response, &[token]).await;
             let message = if status == StatusCode::FORBIDDEN {
-                format!("runner token {}… rejected ({message})", short_token(token))
+                format!(
+                    "runner token {}… rejected ({message})",
+                    display_prefix(token)
+                )
             } else {
                 message
             };
@@ -423,12 +418,9 @@ impl GitLabClient {
                 },
             ),
         };
-        let response = send_with_retry(ep, self.retry, || {
-            Ok(self
-                .json_request(Method::DELETE, path, CALL_TIMEOUT)
-                .json(&body))
-        })
-        .await?;
+        let response = self
+            .send_json(ep, Method::DELETE, path, CALL_TIMEOUT, &body)
+            .await?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT || status == StatusCode::OK {
             return Ok(());
@@ -472,17 +464,14 @@ impl GitLabClient {
                 message,
             });
         }
-        let reply: RegistrationReply = decode(EP, response).await?;
-        let new_token = reply
-            .token
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Decode {
-                endpoint: EP,
-                message: "no token in the answer".into(),
-            })?;
+        let Registration {
+            token,
+            token_expires_at,
+            ..
+        } = decode_token_reply(EP, response).await?;
         Ok(TokenReset {
-            token: new_token,
-            token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
+            token,
+            token_expires_at,
         })
     }
 
@@ -505,12 +494,9 @@ impl GitLabClient {
             last_update: last_update.filter(|s| !s.is_empty()),
             info: &self.info,
         };
-        let response = send_with_retry(EP, self.retry, || {
-            Ok(self
-                .json_request(Method::POST, "jobs/request", JOB_REQUEST_TIMEOUT)
-                .json(&body))
-        })
-        .await?;
+        let response = self
+            .send_json(EP, Method::POST, "jobs/request", JOB_REQUEST_TIMEOUT, &body)
+            .await?;
         let status = response.status();
         let last_update = http::header_str(&response, "x-gitlab-last-update")
             .map(str::trim)
@@ -622,6 +608,27 @@ struct JobRequestBody<'a> {
     info: &'a RunnerInfoBody,
 }
 
+/// The answer to `register` and `reset_authentication_token`: the new token (an answer without
+/// one is an error), its expiry (empty = none) and, from `register`, the runner's id.
+async fn decode_token_reply(
+    endpoint: &'static str,
+    response: reqwest::Response,
+) -> Result<Registration, ApiError> {
+    let reply: RegistrationReply = decode(endpoint, response).await?;
+    let token = reply
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Decode {
+            endpoint,
+            message: "no token in the answer".into(),
+        })?;
+    Ok(Registration {
+        id: reply.id,
+        token,
+        token_expires_at: reply.token_expires_at.filter(|s| !s.is_empty()),
+    })
+}
+
 #[derive(Default, Deserialize)]
 struct RegistrationReply {
     #[serde(default, deserialize_with = "super::lenient::u64")]
@@ -646,7 +653,7 @@ impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
             .field("id", &self.id)
-            .field("token", &format_args!("{}…", short_token(&self.token)))
+            .field("token", &format_args!("{}…", display_prefix(&self.token)))
             .field("token_expires_at", &self.token_expires_at)
             .finish()
     }
@@ -670,7 +677,7 @@ pub struct TokenReset {
 impl std::fmt::Debug for TokenReset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenReset")
-            .field("token", &format_args!("{}…", short_token(&self.token)))
+            .field("token", &format_args!("{}…", display_prefix(&self.token)))
             .field("token_expires_at", &self.token_expires_at)
             .finish()
     }

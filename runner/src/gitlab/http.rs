@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ferry_config::token::display_prefix;
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use crate::api::{ApiError, RemoteStatus};
@@ -187,21 +188,14 @@ pub async fn error_message(response: Response, secrets: &[&str]) -> String {
     scrub(&message, secrets)
 }
 
-/// Replace each secret in `text` by its first 8 characters and `…`.
+/// Replace each secret in `text` by its first 8 characters and `…`
+/// ([`ferry_config::token::display_prefix`]).
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(s, &format!("{}…", short_token(s)));
+        out = out.replace(s, &format!("{}…", display_prefix(s)));
     }
     out
-}
-
-/// The first 8 characters of a token: enough to tell tokens apart in a log line.
-pub fn short_token(token: &str) -> &str {
-    match token.char_indices().nth(8) {
-        Some((i, _)) => &token[..i],
-        None => token,
-    }
 }
 
 #[cfg(test)]
@@ -241,8 +235,6 @@ mod tests {
 
     #[test]
     fn scrubbing_keeps_a_short_prefix() {
-        assert_eq!(short_token("glrt-abcdefghijkl"), "glrt-abc");
-        assert_eq!(short_token("abc"), "abc");
         assert_eq!(
             scrub("bad token glrt-abcdefghijkl!", &["glrt-abcdefghijkl"]),
             "bad token glrt-abc…!"

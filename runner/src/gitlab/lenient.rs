@@ -39,6 +39,11 @@ pub(crate) fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Strin
     Ok(value_to_string(Value::deserialize(d)?))
 }
 
+/// `when:` from any scalar: [`ferry_config::When::parse`] (null, empty or unknown → `on_success`).
+pub(crate) fn when<'de, D: Deserializer<'de>>(d: D) -> Result<ferry_config::When, D::Error> {
+    Ok(ferry_config::When::parse(&string(d)?))
+}
+
 fn value_to_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64().or_else(|| {

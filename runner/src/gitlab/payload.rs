@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::lenient;
 
@@ -367,30 +367,8 @@ impl fmt::Debug for Variable {
     }
 }
 
-/// `when:` of steps, artifacts and caches.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum When {
-    #[default]
-    OnSuccess,
-    OnFailure,
-    Always,
-    /// A value this version of ferry does not know; the plan compiler decides.
-    #[serde(untagged)]
-    Other(String),
-}
-
-impl<'de> Deserialize<'de> for When {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = lenient::string(d)?;
-        Ok(match s.as_str() {
-            "" | "on_success" => When::OnSuccess,
-            "on_failure" => When::OnFailure,
-            "always" => When::Always,
-            _ => When::Other(s),
-        })
-    }
-}
+/// `when:` of steps, artifacts and caches, read with [`lenient::when`].
+pub use ferry_config::When;
 
 /// One entry of `steps`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -404,7 +382,7 @@ pub struct Step {
     /// Seconds; 0 when absent.
     #[serde(deserialize_with = "lenient::u64")]
     pub timeout: u64,
-    #[serde(deserialize_with = "lenient::null_default")]
+    #[serde(deserialize_with = "lenient::when")]
     pub when: When,
     #[serde(deserialize_with = "lenient::bool")]
     pub allow_failure: bool,
@@ -581,7 +559,7 @@ pub struct Artifact {
     pub paths: Vec<String>,
     #[serde(deserialize_with = "lenient::string_list")]
     pub exclude: Vec<String>,
-    #[serde(deserialize_with = "lenient::null_default")]
+    #[serde(deserialize_with = "lenient::when")]
     pub when: When,
     /// Human duration string, passed through to the upload unparsed.
     #[serde(deserialize_with = "lenient::opt_string")]
@@ -608,7 +586,7 @@ pub struct Cache {
     pub policy: String,
     #[serde(deserialize_with = "lenient::string_list")]
     pub paths: Vec<String>,
-    #[serde(deserialize_with = "lenient::null_default")]
+    #[serde(deserialize_with = "lenient::when")]
     pub when: When,
     #[serde(deserialize_with = "lenient::string_list")]
     pub fallback_keys: Vec<String>,
@@ -888,12 +866,24 @@ mod tests {
     }
 
     #[test]
-    fn unknown_when_is_kept() {
+    fn unknown_when_means_on_success() {
         let p = parse_payload(
-            br#"{"id": 1, "token": "t", "steps": [{"name": "x", "when": "manual"}]}"#,
+            br#"{"id": 1, "token": "t", "steps": [{"name": "x", "when": "manual"},
+                {"name": "y", "when": null}, {"name": "z", "when": 3}, {"name": "a"},
+                {"name": "b", "when": "on_failure"}]}"#,
         )
         .unwrap();
-        assert_eq!(p.steps[0].when, When::Other("manual".into()));
+        let whens: Vec<When> = p.steps.iter().map(|s| s.when).collect();
+        assert_eq!(
+            whens,
+            [
+                When::OnSuccess,
+                When::OnSuccess,
+                When::OnSuccess,
+                When::OnSuccess,
+                When::OnFailure
+            ]
+        );
     }
 
     #[test]

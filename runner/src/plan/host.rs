@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use ferry_config::RunnerSection;
-use ferry_executor::artifacts::{ArtifactFormat, ArtifactSpec, When, strip_project_prefix};
+use ferry_executor::artifacts::{ArtifactFormat, ArtifactSpec, strip_project_prefix};
 use ferry_executor::cache::{CachePolicy, CacheSpec, CacheStore};
 use ferry_executor::sources::{GitVariables, RefType, SourceSpec};
 use serde::Serialize;
 
 use super::PlanError;
-use crate::gitlab::payload::{JobPayload, When as PayloadWhen};
+use crate::gitlab::payload::JobPayload;
 use crate::variables::Variables;
 
 /// A dependency whose artifacts are downloaded before the script.
@@ -25,14 +25,6 @@ pub struct DependencySpec {
 impl std::fmt::Debug for DependencySpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DependencySpec({} {})", self.id, self.name)
-    }
-}
-
-fn when(w: &PayloadWhen) -> When {
-    match w {
-        PayloadWhen::OnFailure => When::OnFailure,
-        PayloadWhen::Always => When::Always,
-        _ => When::OnSuccess,
     }
 }
 
@@ -167,7 +159,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
                 .collect(),
             untracked: c.untracked,
             policy,
-            when: when(&c.when),
+            when: c.when,
         });
     }
 
@@ -198,7 +190,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
                 .map(|p| strip_project_prefix(&variables.expand(p), project_dir))
                 .collect(),
             untracked: a.untracked,
-            when: when(&a.when),
+            when: a.when,
             expire_in: a.expire_in.clone().filter(|e| !e.is_empty()),
             artifact_type: a.artifact_type.clone(),
             format,

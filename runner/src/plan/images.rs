@@ -1,37 +1,12 @@
 //! The Docker side of the plan: image, pull policy, services and their aliases, registry auth.
 
-use ferry_config::{PullPolicy as ConfigPull, RunnerSection};
+use ferry_config::{PullPolicy, RunnerSection};
 use ferry_executor::docker::service_aliases_from_image;
-use ferry_executor::{EnvVar, ImageSpec, JobEnv, PullPolicy, RegistryAuth, ServiceSpec};
+use ferry_executor::{EnvVar, ImageSpec, JobEnv, RegistryAuth, ServiceSpec};
 
 use super::PlanError;
 use crate::gitlab::payload::{Image, JobPayload, Service};
 use crate::variables::Variables;
-
-fn from_config(p: ConfigPull) -> PullPolicy {
-    match p {
-        ConfigPull::Always => PullPolicy::Always,
-        ConfigPull::IfNotPresent => PullPolicy::IfNotPresent,
-        ConfigPull::Never => PullPolicy::Never,
-    }
-}
-
-fn parse_policy(s: &str) -> Option<PullPolicy> {
-    match s.trim() {
-        "always" => Some(PullPolicy::Always),
-        "if-not-present" => Some(PullPolicy::IfNotPresent),
-        "never" => Some(PullPolicy::Never),
-        _ => None,
-    }
-}
-
-fn policy_name(p: PullPolicy) -> &'static str {
-    match p {
-        PullPolicy::Always => "always",
-        PullPolicy::IfNotPresent => "if-not-present",
-        PullPolicy::Never => "never",
-    }
-}
 
 /// The effective pull policies: the job's (`image:pull_policy`) if it asks, which must be among
 /// `allowed_pull_policies` (default: the runner's `pull_policy`); else the runner's.
@@ -40,12 +15,7 @@ fn pull_policies(
     requested: Option<&Vec<String>>,
     what: &str,
 ) -> Result<Vec<PullPolicy>, PlanError> {
-    let mut runner_policies: Vec<PullPolicy> = runner
-        .docker
-        .pull_policy
-        .iter()
-        .map(|p| from_config(*p))
-        .collect();
+    let mut runner_policies: Vec<PullPolicy> = runner.docker.pull_policy.clone();
     if runner_policies.is_empty() {
         runner_policies.push(PullPolicy::Always);
     }
@@ -56,16 +26,11 @@ fn pull_policies(
     let allowed: Vec<PullPolicy> = if runner.docker.allowed_pull_policies.is_empty() {
         runner_policies.clone()
     } else {
-        runner
-            .docker
-            .allowed_pull_policies
-            .iter()
-            .map(|p| from_config(*p))
-            .collect()
+        runner.docker.allowed_pull_policies.clone()
     };
     let mut out = Vec::new();
     for name in requested {
-        let p = parse_policy(name).ok_or_else(|| {
+        let p = PullPolicy::parse(name.trim()).ok_or_else(|| {
             PlanError::Job(format!(
                 "{what}: unknown pull_policy {name:?} (use always, if-not-present or never)"
             ))
@@ -75,7 +40,7 @@ fn pull_policies(
         }
     }
     if out.is_empty() {
-        let allowed: Vec<&str> = allowed.iter().map(|p| policy_name(*p)).collect();
+        let allowed: Vec<&str> = allowed.iter().map(|p| p.as_str()).collect();
         return Err(PlanError::Configuration(format!(
             "{what}: pull_policy ({}) is not allowed by this runner: allowed_pull_policies are [{}]",
             requested.join(", "),

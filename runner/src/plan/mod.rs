@@ -76,29 +76,11 @@ pub struct DeployCommand {
 #[derive(Debug, Serialize)]
 pub struct PlannedStep {
     pub spec: StepSpec,
-    pub when: StepWhen,
+    pub when: When,
     /// What the step is, from the payload (no code compares step names).
     pub kind: StepKind,
     /// GitLab's section name in the job log (`step_script`, `after_script`, ...).
     pub section: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepWhen {
-    OnSuccess,
-    OnFailure,
-    Always,
-}
-
-impl From<&When> for StepWhen {
-    fn from(w: &When) -> Self {
-        match w {
-            When::OnFailure => StepWhen::OnFailure,
-            When::Always => StepWhen::Always,
-            _ => StepWhen::OnSuccess,
-        }
-    }
 }
 
 /// Everything the driver will do for one job.
@@ -242,8 +224,8 @@ pub fn compile(
         builds_dir
     };
     let project_dir = format!("{builds_dir}/{project_path}");
-    let short = crate::variables::runner_short_token(runner.token.expose());
-    let host = HostDirs::new(ctx, &short, payload.job_info.project_id);
+    let short = runner.token.ci_short_token();
+    let host = HostDirs::new(ctx, short, payload.job_info.project_id);
     let host_project_dir = host.project.clone();
 
     let image_name = payload
@@ -273,7 +255,7 @@ pub fn compile(
         working_dir: &ctx.working_dir,
         host_project_dir: host_project_dir.clone(),
         project_dir: &project_dir,
-        short_token: &short,
+        short_token: short,
         project_path: &project_path,
     })?;
     let execution = if !runner.deploy.image.is_empty() && expanded_image == runner.deploy.image {
@@ -290,7 +272,7 @@ pub fn compile(
             &builds_dir,
             &project_dir,
             &host,
-            &short,
+            short,
         )?;
         Execution::Docker {
             env: Box::new(env),
@@ -402,7 +384,7 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
                 env: vec![],
                 timeout: None,
             },
-            when: StepWhen::from(&step.when),
+            when: step.when,
             kind,
             section,
         });
@@ -413,7 +395,7 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
         // The engine enforces this timeout (`StepSpec::timeout`, executor/src/engine.rs).
         let timeout = variables
             .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
-            .and_then(parse_go_duration)
+            .and_then(ferry_config::duration::parse_job_duration_saturating)
             .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
             .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
         out.push(PlannedStep {
@@ -423,7 +405,7 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
                 env: vec![],
                 timeout: Some(timeout),
             },
-            when: StepWhen::Always,
+            when: When::Always,
             kind: StepKind::AfterScript,
             section: "after_script".into(),
         });
@@ -505,48 +487,6 @@ fn deploy_facts(payload: &JobPayload) -> ferry_deploy::JobFacts {
         ref_name: payload.git_info.git_ref.clone(),
         environment,
     }
-}
-
-/// Go duration strings as gitlab-runner reads them ("5m", "1h30m", "90s", "1.5h"); a bare number
-/// is seconds.
-pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if t.is_empty() {
-        return None;
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        // Two-letter units: ms, us, µs, ns.
-        if matches!(c, 'm' | 'u' | 'µ' | 'n') && chars.peek() == Some(&'s') {
-            unit.push(chars.next()?);
-        }
-        let n: f64 = num.parse().ok()?;
-        num.clear();
-        total += n * match unit.as_str() {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() || total.is_nan() || total < 0.0 {
-        return None;
-    }
-    // Saturates: "99999999999999999999h" is a very long time, not a panic.
-    Some(Duration::try_from_secs_f64(total).unwrap_or(Duration::MAX))
 }
 
 #[cfg(test)]

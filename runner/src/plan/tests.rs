@@ -34,7 +34,11 @@ fn payload(name: &str) -> JobPayload {
 fn render(plan: &Plan) -> String {
     let text = serde_json::to_string_pretty(plan).unwrap() + "\n";
     text.replace(env!("CARGO_PKG_VERSION"), "VERSION").replace(
-        &format!("{}/{}", std::env::consts::OS, crate::go_arch()),
+        &format!(
+            "{}/{}",
+            std::env::consts::OS,
+            ferry_config::platform::go_arch()
+        ),
         "OS/ARCH",
     )
 }
@@ -281,24 +285,6 @@ fn runner_variables_follow_gitlab_runner_order() {
     assert_eq!(v.value("FF_NETWORK_PER_BUILD"), Some("true"));
     assert_eq!(v.value("CI_BUILDS_DIR"), Some("/builds"));
     assert!(v.value("CI_PROJECT_DIR").unwrap().starts_with("/builds/"));
-}
-
-#[test]
-fn go_durations() {
-    assert_eq!(parse_go_duration("5m"), Some(Duration::from_secs(300)));
-    assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
-    assert_eq!(parse_go_duration("90"), Some(Duration::from_secs(90)));
-    assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
-    assert_eq!(parse_go_duration("abc"), None);
-    assert_eq!(parse_go_duration("5"), Some(Duration::from_secs(5)));
-    assert_eq!(
-        parse_go_duration("99999999999999999999999999999h"),
-        Some(Duration::MAX)
-    );
-    assert_eq!(
-        parse_go_duration(&format!("{}s", "9".repeat(400))),
-        Some(Duration::MAX)
-    );
 }
 
 /// Keeps, of a list of variables (`{"key"|"name": …}`), those the payload itself defines: the

@@ -27,10 +27,7 @@ pub(super) fn job_variables(i: &Inputs<'_>, image_name: &str) -> Variables {
     if !image_name.is_empty() {
         v.set("CI_JOB_IMAGE", image_name);
     }
-    v.set(
-        "CI_RUNNER_SHORT_TOKEN",
-        crate::variables::runner_short_token(i.runner.token.expose()),
-    );
+    v.set("CI_RUNNER_SHORT_TOKEN", i.runner.token.ci_short_token());
     // 4. [[runners]] environment
     for (k, val) in &i.runner.environment {
         v.set(k, val.clone());
@@ -72,7 +69,11 @@ pub(super) fn job_variables(i: &Inputs<'_>, image_name: &str) -> Variables {
     v.set("CI_RUNNER_REVISION", crate::REVISION);
     v.set(
         "CI_RUNNER_EXECUTABLE_ARCH",
-        format!("{}/{}", std::env::consts::OS, crate::go_arch()),
+        format!(
+            "{}/{}",
+            std::env::consts::OS,
+            ferry_config::platform::go_arch()
+        ),
     );
     // 11.
     v.set("RUNNER_TEMP_PROJECT_DIR", format!("{}.tmp", i.project_dir));

@@ -10,24 +10,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ferry_config::joblog::{
+    self, BOLD_RED, BOLD_YELLOW, RESET, error_line, section_end, section_start, warning_line,
+};
+
 use super::mask::Masker;
 use super::store::{ReadPlan, Store};
 
 /// Input is masked in pieces of this size so that one huge write never needs a huge buffer.
 const PIECE: usize = 64 * 1024;
 
-pub(crate) const ANSI_BOLD_RED: &str = "\x1b[31;1m";
-pub(crate) const ANSI_BOLD_YELLOW: &str = "\x1b[33;1m";
-pub(crate) const ANSI_YELLOW: &str = "\x1b[0;33m";
-pub(crate) const ANSI_BOLD_CYAN: &str = "\x1b[36;1m";
-pub(crate) const ANSI_RESET: &str = "\x1b[0;m";
-pub(crate) const ANSI_CLEAR: &str = "\x1b[0K";
-
 /// The line appended when the output limit is reached (gitlab-runner's text and colours).
 pub(crate) fn limit_notice(limit: u64) -> String {
     format!(
-        "\n{ANSI_BOLD_YELLOW}Job's log exceeded limit of {limit} bytes.\n\
-         Job execution will continue but no more output will be collected.{ANSI_RESET}\n"
+        "\n{BOLD_YELLOW}Job's log exceeded limit of {limit} bytes.\n\
+         Job execution will continue but no more output will be collected.{RESET}\n"
     )
 }
 
@@ -130,8 +127,8 @@ impl TraceBuffer {
         if let Err(e) = result {
             tracing::warn!(job_id = self.job_id, error = %e, "cannot write the job log to its temporary file");
             let notice = format!(
-                "\n{ANSI_BOLD_RED}ERROR: the runner could not store the job log on disk ({e}); \
-                 no more output will be collected.{ANSI_RESET}\n"
+                "\n{BOLD_RED}ERROR: the runner could not store the job log on disk ({e}); \
+                 no more output will be collected.{RESET}\n"
             );
             self.store.append_unbounded(notice.as_bytes());
             self.crc.update(notice.as_bytes());
@@ -234,24 +231,34 @@ impl TraceWriter {
         b.write(b"\n");
     }
 
-    /// `WARNING: <msg>` in yellow, like gitlab-runner's warnings.
+    /// `WARNING: <msg>` in yellow, like gitlab-runner's warnings ([`joblog::warning_line`]).
     pub fn write_warning(&self, msg: &str) {
-        self.write_str(&format!("{ANSI_YELLOW}WARNING: {msg}{ANSI_RESET}\n"));
+        self.write_str(&warning_line(msg));
     }
 
-    /// `ERROR: <msg>` in bold red, like gitlab-runner's errors.
+    /// `ERROR: <msg>` in bold red, like gitlab-runner's errors ([`joblog::error_line`]).
     pub fn write_error(&self, msg: &str) {
-        self.write_str(&format!("{ANSI_BOLD_RED}ERROR: {msg}{ANSI_RESET}\n"));
+        self.write_str(&error_line(msg));
     }
 
-    /// Opens a collapsible section (see [`section_start_marker`]).
+    /// `<msg>` in bold green, a notice like "Job succeeded" ([`joblog::notice_line`]).
+    pub fn write_notice(&self, msg: &str) {
+        self.write_str(&joblog::notice_line(msg));
+    }
+
+    /// `$ <command>` in bold green, echoed before a command runs ([`joblog::command_line`]).
+    pub fn write_command(&self, command: &str) {
+        self.write_str(&joblog::command_line(command));
+    }
+
+    /// Opens a collapsible section (see [`joblog::section_start`]).
     pub fn section_start(&self, name: &str, header: &str, collapsed: bool) {
-        self.write_str(&section_start_marker(unix_now(), name, header, collapsed));
+        self.write_str(&section_start(unix_now(), name, header, collapsed));
     }
 
     /// Closes the section opened with the same `name`.
     pub fn section_end(&self, name: &str) {
-        self.write_str(&section_end_marker(unix_now(), name));
+        self.write_str(&section_end(unix_now(), name));
     }
 
     /// Bytes of log stored so far (after masking and the output limit).
@@ -294,51 +301,6 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Section names GitLab accepts: letters, digits, `_`, `.`, `-`; anything else becomes `_`.
-fn section_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() {
-        "section".to_string()
-    } else {
-        s
-    }
-}
-
-/// `\e[0Ksection_start:<ts>:<name>[collapsed=true]\r\e[0K\e[36;1m<header>\e[0;m\n`
-///
-/// The marker is what GitLab's log viewer folds on (gitlab-runner's `section_start:%v:%s\r` +
-/// `\e[0K`, with the leading `\e[0K` of GitLab's documented format so a raw terminal shows only
-/// the header). The header is printed in bold cyan like gitlab-runner's stage headers; a line
-/// break inside it would end the marker line, so `\r`/`\n` are replaced by spaces.
-pub fn section_start_marker(unix_ts: u64, name: &str, header: &str, collapsed: bool) -> String {
-    let header: String = header
-        .chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-        .collect();
-    let opts = if collapsed { "[collapsed=true]" } else { "" };
-    format!(
-        "{ANSI_CLEAR}section_start:{unix_ts}:{}{opts}\r{ANSI_CLEAR}{ANSI_BOLD_CYAN}{header}{ANSI_RESET}\n",
-        section_name(name)
-    )
-}
-
-/// `\e[0Ksection_end:<ts>:<name>\r\e[0K\n`
-pub fn section_end_marker(unix_ts: u64, name: &str) -> String {
-    format!(
-        "{ANSI_CLEAR}section_end:{unix_ts}:{}\r{ANSI_CLEAR}\n",
-        section_name(name)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,33 +323,6 @@ mod tests {
             }
             out.extend_from_slice(&chunk);
         }
-    }
-
-    #[test]
-    fn section_markers_have_gitlab_runner_format() {
-        assert_eq!(
-            section_start_marker(
-                1627911560,
-                "step_script",
-                "Executing \"step_script\" stage",
-                false
-            ),
-            "\x1b[0Ksection_start:1627911560:step_script\r\x1b[0K\x1b[36;1mExecuting \"step_script\" stage\x1b[0;m\n"
-        );
-        assert_eq!(
-            section_start_marker(1627911560, "get_sources", "Getting source", true),
-            "\x1b[0Ksection_start:1627911560:get_sources[collapsed=true]\r\x1b[0K\x1b[36;1mGetting source\x1b[0;m\n"
-        );
-        assert_eq!(
-            section_end_marker(1627911561, "step_script"),
-            "\x1b[0Ksection_end:1627911561:step_script\r\x1b[0K\n"
-        );
-        // Names are kept to what GitLab parses; headers stay on one line.
-        assert_eq!(
-            section_end_marker(1, "deploy prod/eu"),
-            "\x1b[0Ksection_end:1:deploy_prod_eu\r\x1b[0K\n"
-        );
-        assert!(section_start_marker(1, "x", "a\nb", false).contains("a b\x1b[0;m\n"));
     }
 
     #[test]

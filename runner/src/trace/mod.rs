@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use crate::api::{JobApi, JobRef, JobUpdate};
 
-pub use buffer::{TraceWriter, section_end_marker, section_start_marker};
+pub use buffer::TraceWriter;
 pub use mask::{DEFAULT_TOKEN_PREFIXES, URL_PARAM_KEYS};
 
 /// Largest PATCH body (gitlab-runner's `DefaultTracePatchLimit`).
