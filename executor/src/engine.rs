@@ -147,8 +147,8 @@ pub enum EngineError {
 /// Executes the container side of one job.
 ///
 /// Per job the driver calls, in order: `prepare` once; `sync_in` once; then `run_step` any number
-/// of times (one at a time); `sync_out` once; then `destroy` exactly once on every path. `destroy` must succeed when `prepare`
-/// failed half way, and must be harmless if called twice. Everything an engine creates is
+/// of times (one at a time); `sync_out` at most once; then `destroy` exactly once on every path.
+/// `destroy` must succeed when `prepare` failed half way, and must be harmless if called twice. Everything an engine creates is
 /// labelled with the job id so leftovers of a crash can be found and removed.
 pub trait Engine: Send + Sync + 'static {
     /// Pull images, create the network, start services, create the build container.
@@ -187,7 +187,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The reverse of `sync_in`: make `host_project_dir` hold what the steps left in the
     /// container's `project_dir`, so the runner can archive cache and artifacts from it. Called
-    /// once after the last step that ran (only if `sync_in` succeeded). Default: nothing to do.
+    /// at most once, after the last step, before cache and artifacts are saved (only if
+    /// `sync_in` succeeded, and not after GitLab aborted the job or ferry is shutting down).
+    /// Default: nothing to do.
     fn sync_out(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send {
         let _ = env;
         async { Ok(()) }

@@ -55,9 +55,9 @@ impl Workspaces {
             .await;
         match claimed {
             Stage::Done(Some(guard)) => Ok(guard),
-            // Not cancelled without a stop signal.
-            Stage::Done(None) => Err(Stop::Shutdown),
             Stage::Stopped(stop) => Err(stop),
+            // `run` cancels only on a stop signal, and then reports the stop.
+            Stage::Done(None) => unreachable!("the claim was cancelled without a stop signal"),
         }
     }
 }

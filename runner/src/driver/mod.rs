@@ -2,8 +2,10 @@
 //! fails (docs/architecture.md, "A job's stages").
 //!
 //! Every job ends with a final update and its complete log: the trace is started before anything
-//! else can fail, every error becomes a line in the log and a failure_reason, cleanup runs on its
-//! own deadline, and the final update is retried by the trace until GitLab accepts it.
+//! can fail (only the plan, a pure function whose panics are caught, is compiled before it, for
+//! the masks it gives the trace), every error becomes a line in the log and a failure_reason,
+//! cleanup runs on its own deadline, and the final update is retried by the trace until GitLab
+//! accepts it.
 //!
 //! * `signals.rs`: the stop signals (job timeout, GitLab's `canceling` and `canceled`, shutdown)
 //!   and the one way a stage runs under them.
@@ -108,9 +110,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         // A panic in planning still ends the job: it is caught like one while executing.
         let compiled =
             std::panic::catch_unwind(AssertUnwindSafe(|| plan::compile(&payload, &runner, &ctx)));
-        let masks = match &compiled {
-            Ok(Ok(plan)) => plan.masks.clone(),
-            _ => Masks::new(&payload, &runner),
+        // What the log masks and which failure reasons GitLab takes come from the plan; a job
+        // that cannot be planned still gets the masks and reasons of its payload.
+        let (masks, failure_reasons) = match &compiled {
+            Ok(Ok(plan)) => (plan.masks.clone(), plan.failure_reasons.clone()),
+            _ => (
+                Masks::new(&payload, &runner),
+                payload.features.failure_reasons.clone(),
+            ),
         };
         let (log, handle) = trace::start(
             job.clone(),
@@ -139,7 +146,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             }
             Err(panic) => internal_error(&log, panic.as_ref()),
         };
-        let update = self.final_update(&outcome, &payload, &short, &log);
+        let update = self.final_update(&outcome, &failure_reasons, &short, &log);
         let final_outcome = handle.finish(update).await;
         if let Some((env, workspace)) = cleanup {
             cleanup::cleanup(self.engine.clone(), env, workspace, &self.cleanups);
@@ -255,7 +262,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     fn final_update(
         &self,
         outcome: &Outcome,
-        payload: &JobPayload,
+        failure_reasons: &[String],
         short: &str,
         log: &TraceWriter,
     ) -> JobUpdate {
@@ -265,7 +272,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 (JobState::Success, None, None)
             }
             Outcome::Failed { reason, exit_code } => {
-                let reason = reason.supported(&payload.features.failure_reasons);
+                let reason = reason.supported(failure_reasons);
                 self.metrics
                     .failed_jobs
                     .get_or_create(&FailureLabels {
@@ -318,26 +325,31 @@ pub async fn fail_undecodable<A: JobApi>(
     error: &str,
     timing: TraceTiming,
 ) {
-    let (log, handle) = trace::start(
-        job,
-        api,
-        TraceConfig {
-            timing,
-            ..TraceConfig::default()
-        },
-    );
-    log.write_error(&format!(
-        "ferry could not read the job sent by GitLab: {error}"
-    ));
-    handle
-        .finish(JobUpdate {
-            state: JobState::Failed,
-            failure_reason: Some(FailureReason::RunnerSystemFailure.as_str().to_string()),
-            exit_code: None,
-            checksum: None,
-            bytesize: None,
-        })
-        .await;
+    let span = tracing::info_span!("job", job = job.id);
+    async move {
+        let (log, handle) = trace::start(
+            job,
+            api,
+            TraceConfig {
+                timing,
+                ..TraceConfig::default()
+            },
+        );
+        log.write_error(&format!(
+            "ferry could not read the job sent by GitLab: {error}"
+        ));
+        handle
+            .finish(JobUpdate {
+                state: JobState::Failed,
+                failure_reason: Some(FailureReason::RunnerSystemFailure.as_str().to_string()),
+                exit_code: None,
+                checksum: None,
+                bytesize: None,
+            })
+            .await;
+    }
+    .instrument(span)
+    .await
 }
 
 /// The engine of a runner whose Docker settings could not be turned into a client: every job

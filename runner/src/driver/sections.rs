@@ -6,7 +6,7 @@
 
 use ferry_deploy::{DeployRequest, Deployer, JobFacts, Origin};
 use ferry_executor::artifacts::ArtifactSpec;
-use ferry_executor::{Engine, EnvVar, JobEnv, StepOutcome};
+use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 
 use super::host::Host;
 use super::signals::{STOP_GRACE, Stage, Stop, cancellable};
@@ -35,7 +35,13 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             .await;
         log.section_end("prepare_executor");
         if run.state.settle(stage, log).is_some() {
-            let stage = run.signals.run(false, |_| engine.sync_in(env)).await;
+            let stage = run
+                .signals
+                .run(false, |limits| async move {
+                    let synced = cancellable(engine.sync_in(env), &limits.cancel).await;
+                    synced.unwrap_or(Err(EngineError::Cancelled))
+                })
+                .await;
             run.state.settle(stage, log);
         }
     }
@@ -120,8 +126,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                         })
                 })
                 .await;
-            let Some(summary) = run.state.settle(stage, log) else {
-                break;
+            let summary = match stage {
+                Stage::Done(Ok(summary)) => summary,
+                // Its line goes after the section, as every stage's does.
+                failed => {
+                    log.section_end("download_artifacts");
+                    run.state.settle(failed, log);
+                    return;
+                }
             };
             for n in &summary.notes {
                 log.write_str(&n.to_log_line());
@@ -213,6 +225,20 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         }
     }
 
+    /// What the steps left, back to the host for cache and artifacts (a no-op when the
+    /// project dir is bind-mounted; a copy from a remote daemon otherwise).
+    pub(super) async fn sync_out(&self, run: &mut JobRun<'_>, env: &JobEnv) {
+        let engine = &*self.engine;
+        let stage = run
+            .signals
+            .run(true, |limits| async move {
+                let synced = cancellable(engine.sync_out(env), &limits.cancel).await;
+                synced.unwrap_or(Err(EngineError::Cancelled))
+            })
+            .await;
+        run.state.settle(stage, run.log);
+    }
+
     /// Saves the caches by their `when`; a cache that cannot be saved is a warning.
     pub(super) async fn archive_cache(&self, run: &mut JobRun<'_>) {
         let (host, plan, log) = (&*self.host, run.plan, run.log);
@@ -297,40 +323,46 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         let (host, api, plan, log) = (&*self.host, &*self.api, run.plan, run.log);
         log.write_line(&format!("Uploading artifacts ({})...", spec.artifact_type));
         let tmp = tempfile::NamedTempFile::new().map_err(StageError::TempFile)?;
-        let out = tmp.path();
+        let (out, job) = (tmp.path(), run.job);
         let stage = run
             .signals
             .run(true, |limits| async move {
                 let mut sink = log.clone();
-                host.archive_artifacts(plan, spec, out, &mut sink, &limits)
+                let summary = host
+                    .archive_artifacts(plan, spec, out, &mut sink, &limits)
                     .await
+                    .map_err(StageError::Archive)?;
+                if summary.files == 0 {
+                    return Ok(false);
+                }
+                let meta = ArtifactMeta {
+                    artifact_type: spec.artifact_type.clone(),
+                    artifact_format: spec.format.as_str().to_string(),
+                    name: spec.upload_file_name(),
+                    expire_in: spec.expire_in.clone(),
+                };
+                let upload = api.upload_artifacts(job, &meta, out);
+                cancellable(upload, &limits.cancel)
+                    .await
+                    .unwrap_or(Err(ApiError::Io("cancelled".into())))
+                    .map_err(StageError::Upload)?;
+                Ok(true)
             })
             .await;
-        let summary = match stage {
+        match stage {
             Stage::Stopped(stop) => {
                 log.section_end(upload_section(!run.state.failed()));
                 run.state.halt(stop, log);
                 return Ok(false);
             }
-            Stage::Done(result) => result.map_err(StageError::Archive)?,
-        };
-        if summary.files == 0 {
-            return Ok(true);
+            Stage::Done(Ok(true)) => log.write_line(&format!(
+                "Uploading artifacts as \"{}\" to coordinator... 201 Created  id={} responseStatus=201 Created",
+                spec.format.as_str(),
+                job.id
+            )),
+            Stage::Done(Ok(false)) => {}
+            Stage::Done(Err(e)) => return Err(e),
         }
-        let meta = ArtifactMeta {
-            artifact_type: spec.artifact_type.clone(),
-            artifact_format: spec.format.as_str().to_string(),
-            name: spec.upload_file_name(),
-            expire_in: spec.expire_in.clone(),
-        };
-        api.upload_artifacts(run.job, &meta, out)
-            .await
-            .map_err(StageError::Upload)?;
-        log.write_line(&format!(
-            "Uploading artifacts as \"{}\" to coordinator... 201 Created  id={} responseStatus=201 Created",
-            spec.format.as_str(),
-            run.job.id
-        ));
         Ok(true)
     }
 

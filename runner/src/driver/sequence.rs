@@ -1,5 +1,5 @@
 //! The order of a job's stages (docs/architecture.md, "A job's stages"): what runs after what,
-//! decided by the run policy of [`JobState::runs`](super::state::JobState::runs).
+//! decided by the run policy of [`JobState::admit`](super::state::JobState::admit).
 
 use ferry_deploy::{Deployer, JobFacts};
 use ferry_executor::{Engine, JobEnv};
@@ -21,8 +21,9 @@ enum Before {
     PrepareExecutor,
 }
 
-/// The sections after the steps, in the order they run.
+/// The stages after the steps, in the order they run.
 enum After {
+    SyncOut,
     ArchiveCache,
     UploadArtifacts,
 }
@@ -62,7 +63,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             Before::DownloadArtifacts,
             Before::PrepareExecutor,
         ] {
-            if !run.state.runs(Phase::BeforeScript, None) {
+            if !self.admit(run, Phase::BeforeScript) {
                 return;
             }
             match section {
@@ -72,28 +73,28 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 Before::PrepareExecutor => self.prepare_executor(run, env).await,
             }
         }
-        if !run.state.runs(Phase::BeforeScript, None) {
+        if !run.state.admit(Phase::BeforeScript, None, run.log) {
             return;
         }
         run.state.script_started = true;
         self.steps(run, env, steps).await;
-        // What the steps left, back to the host for cache and artifacts (a no-op when the
-        // directory is bind-mounted). Not stoppable, like the archiving that follows.
-        if let Err(e) = self.engine.sync_out(env).await {
-            run.state.error(StageError::Engine(e), run.log);
-        }
-        self.after_steps(run).await;
+        self.after_steps(run, env).await;
+    }
+
+    /// Whether a stage of `phase` runs now ([`JobState::admit`](super::state::JobState::admit)).
+    fn admit(&self, run: &mut JobRun<'_>, phase: Phase) -> bool {
+        let now = run.signals.current();
+        run.state.admit(phase, now, run.log)
     }
 
     /// The script steps by their `when`, then after_script.
     async fn steps(&self, run: &mut JobRun<'_>, env: &JobEnv, steps: &[PlannedStep]) {
         for step in steps {
-            let now = run.signals.current();
             if step.kind == StepKind::AfterScript {
-                if run.state.runs(Phase::AfterScript, now) {
+                if self.admit(run, Phase::AfterScript) {
                     self.after_script(run, env, step).await;
                 }
-            } else if run.state.runs(Phase::Step(step.when), now) {
+            } else if self.admit(run, Phase::Step(step.when)) {
                 self.step(run, env, step).await;
             }
         }
@@ -101,17 +102,19 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
 
     /// Cache and artifacts after the steps, by `when`. They run under the job's deadline;
     /// after a timeout of the script they get a bounded time of their own, as after_script
-    /// does, so that `when: on_failure` caches and artifacts are still saved.
-    async fn after_steps(&self, run: &mut JobRun<'_>) {
+    /// does, so that `when: on_failure` caches and artifacts are still saved. First, what the
+    /// steps left comes back to the host (a no-op when the directory is bind-mounted).
+    async fn after_steps(&self, run: &mut JobRun<'_>, env: &JobEnv) {
         if run.signals.current() == Some(Stop::Timeout) {
             let grace = ferry_executor::deadline_after(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
             run.signals = run.signals.with_deadline(grace);
         }
-        for section in [After::ArchiveCache, After::UploadArtifacts] {
-            if !run.state.runs(Phase::AfterSteps, run.signals.current()) {
+        for section in [After::SyncOut, After::ArchiveCache, After::UploadArtifacts] {
+            if !self.admit(run, Phase::AfterSteps) {
                 return;
             }
             match section {
+                After::SyncOut => self.sync_out(run, env).await,
                 After::ArchiveCache => self.archive_cache(run).await,
                 After::UploadArtifacts => self.upload_artifacts(run).await,
             }
@@ -120,12 +123,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
 
     /// A deploy job (`image: ferry:deploy`): no container; each `ferry deploy` line in turn.
     async fn deploy_job(&self, run: &mut JobRun<'_>, commands: &[DeployCommand], facts: &JobFacts) {
-        self.get_sources(run).await;
-        if run.state.runs(Phase::BeforeScript, None) {
+        if self.admit(run, Phase::BeforeScript) {
+            self.get_sources(run).await;
+        }
+        if self.admit(run, Phase::BeforeScript) {
             self.download_artifacts(run).await;
         }
         for cmd in commands {
-            if !run.state.runs(Phase::Step(When::OnSuccess), None) {
+            if !self.admit(run, Phase::Step(When::OnSuccess)) {
                 return;
             }
             self.deploy(run, facts, cmd).await;

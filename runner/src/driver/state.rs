@@ -67,10 +67,11 @@ impl Default for JobState {
 }
 
 impl JobState {
-    /// The run policy of every stage and step. `now` is the stop signal already present, if
-    /// any (GitLab may have aborted the job while nothing ran).
+    /// The run policy of every stage and step, given `now`, the stop signal present as it
+    /// would start, if any. A stop that arrived between two stages and that this stage would
+    /// obey is recorded (and written to the log) first, as if it had stopped the stage before.
     ///
-    /// * Before the script, a stage runs while nothing failed.
+    /// * Before the script, a stage runs while nothing failed or stopped the job.
     /// * A step runs by its `when` (`on_success`: nothing failed yet; `on_failure`: something
     ///   did; `always`), but none after GitLab aborted the job or ferry is shutting down.
     /// * after_script runs after a failure, a timeout or GitLab's graceful `canceling`, as in
@@ -78,7 +79,13 @@ impl JobState {
     /// * Cache and artifacts are saved only if the steps were reached, and not after an abort or
     ///   a shutdown, nor once their deadline passed (the job's, or after a timeout of the
     ///   script a time of their own: see `sequence.rs`).
-    pub fn runs(&self, phase: Phase, now: Option<Stop>) -> bool {
+    pub fn admit(&mut self, phase: Phase, now: Option<Stop>, log: &TraceWriter) -> bool {
+        if let Some(stop) = now
+            && self.stopped.is_none()
+            && obeys(phase, stop)
+        {
+            self.halt(stop, log);
+        }
         let over = [now, self.stopped]
             .iter()
             .any(|s| matches!(s, Some(Stop::Abort | Stop::Shutdown)));
@@ -161,10 +168,23 @@ impl JobState {
         self.fail(e.reason(), None);
     }
 
-    /// A stop signal ended a stage: written to the log and recorded.
+    /// A stop signal ended a stage: recorded, and written to the log if it is the job's first
+    /// (a later one changes nothing: the first stop decides).
     pub fn halt(&mut self, stop: Stop, log: &TraceWriter) {
-        log.write_error(stop_line(stop));
+        if self.stopped.is_none() {
+            log.write_error(stop_line(stop));
+        }
         self.stop(stop);
+    }
+}
+
+/// Whether a stage of `phase` stops for `stop`: after_script and what follows it run through
+/// GitLab's `canceling`, and after_script through the job timeout (it has its own).
+fn obeys(phase: Phase, stop: Stop) -> bool {
+    match phase {
+        Phase::BeforeScript | Phase::Step(_) => true,
+        Phase::AfterScript => matches!(stop, Stop::Abort | Stop::Shutdown),
+        Phase::AfterSteps => stop != Stop::Canceling,
     }
 }
 

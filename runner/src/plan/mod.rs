@@ -164,12 +164,21 @@ fn check_payload_timeouts(payload: &JobPayload) -> Result<(), PlanError> {
 /// What a job's log masks: values replaced wholesale (tokens, masked variables, the runner
 /// token) and the token prefixes whose tokens are masked: the one default list
 /// ([`crate::trace::DEFAULT_TOKEN_PREFIXES`]) and what the payload adds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Clone, Default, Serialize)]
 pub struct Masks {
     #[serde(skip)]
     pub values: Vec<String>,
     #[serde(rename = "mask_prefixes")]
     pub prefixes: Vec<String>,
+}
+
+impl std::fmt::Debug for Masks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Masks")
+            .field("values", &format_args!("[{} values]", self.values.len()))
+            .field("prefixes", &self.prefixes)
+            .finish()
+    }
 }
 
 impl Masks {

@@ -27,7 +27,7 @@ pub enum HostStage {
 }
 
 /// What a scripted stage does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Act {
     /// Fails at once.
     Fail,
@@ -35,6 +35,8 @@ pub enum Act {
     Lost,
     /// Waits until it is cancelled, or [`HANG`] has passed (then succeeds).
     Hang,
+    /// Succeeds, and fires the token as it returns (a signal between two stages).
+    Signal(CancellationToken),
 }
 
 /// How long a hanging stage waits for its cancellation before it gives up and succeeds: stages
@@ -68,8 +70,8 @@ impl FakeHost {
         cancel: &CancellationToken,
     ) -> Result<(), Act> {
         self.entered.lock().unwrap().push(stage);
-        match self.script {
-            Some((s, act)) if s == stage => match act {
+        match &self.script {
+            Some((s, act)) if *s == stage => match act {
                 Act::Fail => Err(Act::Fail),
                 Act::Lost => {
                     if let Some(log) = log {
@@ -83,6 +85,10 @@ impl FakeHost {
                         _ = tokio::time::sleep(HANG) => Ok(()),
                     }
                 }
+                Act::Signal(token) => {
+                    token.cancel();
+                    Ok(())
+                }
             },
             _ => Ok(()),
         }
@@ -91,7 +97,7 @@ impl FakeHost {
 
 fn io(act: Act) -> std::io::Error {
     match act {
-        Act::Hang => std::io::Error::other("cancelled"),
+        Act::Hang | Act::Signal(_) => std::io::Error::other("cancelled"),
         _ => std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset"),
     }
 }
@@ -128,7 +134,7 @@ impl Host for FakeHost {
                     context: "reading the repository".into(),
                     source: io(act),
                 },
-                Act::Hang => SourceError::Cancelled,
+                Act::Hang | Act::Signal(_) => SourceError::Cancelled,
             })
     }
 

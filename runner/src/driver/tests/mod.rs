@@ -54,6 +54,7 @@ fn payload(script: &[&str], after: &[&str], patch: serde_json::Value) -> JobPayl
 /// system or a [`fake_host::FakeHost`]).
 struct Case<H> {
     api: Arc<FakeGitLab>,
+    deployer: ferry_deploy::fake::FakeDeployer,
     engine: Arc<FakeEngine>,
     host: Arc<H>,
     shutdown: CancellationToken,
@@ -67,6 +68,7 @@ impl<H: Host> Case<H> {
         api.with(|s| s.interval = None);
         Case {
             api,
+            deployer: ferry_deploy::fake::FakeDeployer::default(),
             engine: Arc::new(FakeEngine::default()),
             host: Arc::new(host),
             shutdown: CancellationToken::new(),
@@ -78,7 +80,7 @@ impl<H: Host> Case<H> {
     async fn run(&self, p: JobPayload) -> String {
         let driver = Driver {
             engine: self.engine.clone(),
-            deployer: Arc::new(ferry_deploy::fake::FakeDeployer::default()),
+            deployer: Arc::new(self.deployer.clone()),
             api: self.api.clone(),
             host: self.host.clone(),
             metrics: Metrics::new(),
@@ -235,5 +237,61 @@ async fn operator_log_lines_of_a_job_carry_the_job_runner_and_project() {
     assert!(
         line.contains("job{job=7 runner=glrt-dri project=3}"),
         "{line}"
+    );
+}
+
+/// A deploy job (`image: ferry:deploy`): each `ferry deploy` line in a `deploy` section, no
+/// container; a failed rollout is the job's own failure.
+#[tokio::test]
+async fn a_deploy_job_deploys_each_line_without_a_container() {
+    let deploy = |fail: Option<&str>| {
+        let p = payload(
+            &[
+                "ferry deploy --manifests k8s/ --namespace a",
+                "ferry deploy --manifests extra/",
+            ],
+            &[],
+            serde_json::json!({"image": {"name": "ferry:deploy"}}),
+        );
+        let mut case = Case::new(&p, HostFs);
+        case.deployer.fail_with = fail.map(str::to_string);
+        (p, case)
+    };
+    let (p, case) = deploy(None);
+    let log = case.run(p).await;
+    assert_eq!(
+        final_state(&case.api),
+        ("success".to_string(), None),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("section_start:").count(),
+        3,
+        "get_sources and two deploys: {log}"
+    );
+    assert!(log.contains("fake deploy of k8s/"), "{log}");
+    assert!(log.contains("fake deploy of extra/"), "{log}");
+    assert_eq!(case.deployer.requests.lock().unwrap().len(), 2);
+    assert!(
+        case.engine.calls().is_empty(),
+        "no container: {:?}",
+        case.engine.calls()
+    );
+
+    let (p, case) = deploy(Some("deployment web did not become ready"));
+    let log = case.run(p).await;
+    assert_eq!(
+        final_state(&case.api),
+        (
+            "failed".to_string(),
+            Some(FailureReason::ScriptFailure.to_string())
+        ),
+        "{log}"
+    );
+    assert!(log.contains("deployment web did not become ready"), "{log}");
+    assert_eq!(
+        case.deployer.requests.lock().unwrap().len(),
+        1,
+        "the second line does not run after a failed one"
     );
 }

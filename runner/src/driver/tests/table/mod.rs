@@ -29,6 +29,9 @@ enum Cond {
     Lost,
     /// The step exits with this code (script stages only).
     Exit(&'static str),
+    /// ferry is told to shut down as the stage ends, successfully: the next stage must not
+    /// run, and the job must not pass for a success.
+    ShutdownBetween,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,9 +198,9 @@ fn table() -> Vec<(Cond, At, Want)> {
     let mut add = |cond: Cond, list: Vec<(At, Want)>| {
         rows.extend(list.into_iter().map(|(at, w)| (cond, at, w)));
     };
-    const JET: &str = "job_execution_timeout";
-    const UNKNOWN: &str = "unknown_failure";
-    const INTERRUPTED: &str = "runner_interrupted";
+    const JET: &str = FailureReason::JobExecutionTimeout.as_str();
+    const UNKNOWN: &str = FailureReason::UnknownFailure.as_str();
+    const INTERRUPTED: &str = FailureReason::RunnerInterrupted.as_str();
 
     // The job timeout: whatever runs stops; after_script still runs after the script's
     // timeout (seeing `timedout`), and so do the cache and `on_failure` artifacts. after_script
@@ -256,6 +259,7 @@ fn failure_rows() -> Vec<(Cond, At, Want)> {
         rows.extend(list.into_iter().map(|(at, w)| (cond, at, w)));
     };
     const SYSTEM: &str = FailureReason::RunnerSystemFailure.as_str();
+    const INTERRUPTED: &str = FailureReason::RunnerInterrupted.as_str();
 
     // Errors: a stage before the script ends the job as a system failure; the cache and
     // after_script only warn; a failed upload fails a job that had succeeded.
@@ -280,6 +284,12 @@ fn failure_rows() -> Vec<(Cond, At, Want)> {
         (AfterScript, ok(ALL_OK, "WARNING: after_script failed: docker: lost the connection", "success")),
         (ArchiveCache, ok(ALL_OK, "WARNING: saving cache \"k\": writing job log: connection reset", "success")),
         (UploadArtifacts, failed(SYSTEM, Some("success"), ALL_OK, "ERROR: Job failed: archiving artifacts: writing artifacts archive", F_SYSTEM)),
+    ]);
+
+    // A shutdown that arrives between two stages stops the job before the next one.
+    add(ShutdownBetween, vec![
+        (GetSources, failed(INTERRUPTED, None, S1, STOPPED, F_INTERRUPTED)),
+        (ArchiveCache, failed(INTERRUPTED, Some("success"), S7, STOPPED, F_INTERRUPTED)),
     ]);
 
     // The script's own exit code fails the job with it; after_script's only warns.

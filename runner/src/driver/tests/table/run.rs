@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use ferry_executor::fake::Call;
+use tokio_util::sync::CancellationToken;
 
 use super::super::fake_host::{Act, FakeHost, HostStage};
 use super::super::{Case, TOKEN, payload};
@@ -11,10 +12,15 @@ use crate::failure::FailureReason;
 
 /// The job of one row: a script, an after_script, a cache, a dependency and an artifact, with
 /// the stage `at` misbehaving as `cond` says.
-fn job(cond: Cond, at: At) -> (crate::gitlab::payload::JobPayload, FakeHost) {
+fn job(
+    cond: Cond,
+    at: At,
+    shutdown: &CancellationToken,
+) -> (crate::gitlab::payload::JobPayload, FakeHost) {
     let act = match cond {
         Cond::Error => Act::Fail,
         Cond::Lost => Act::Lost,
+        Cond::ShutdownBetween => Act::Signal(shutdown.clone()),
         _ => Act::Hang,
     };
     let command = match cond {
@@ -139,8 +145,10 @@ fn sections(log: &str) -> Vec<String> {
 
 /// Runs one row; returns what differs from the row's `Want`, if anything.
 async fn check(cond: Cond, at: At, want: &Want) -> Result<(), String> {
-    let (p, host) = job(cond, at);
-    let case = Case::new(&p, host);
+    let shutdown = CancellationToken::new();
+    let (p, host) = job(cond, at, &shutdown);
+    let mut case = Case::new(&p, host);
+    case.shutdown = shutdown;
     case.api.with(|s| {
         if !(cond == Cond::Error && at == At::DownloadArtifacts) {
             s.artifacts.insert(5, b"zip".to_vec());
@@ -305,6 +313,11 @@ async fn an_error_in_each_stage() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_connection_in_each_stage() {
     assert_eq!(check_rows(|c| c == Cond::Lost).await, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ferry_shutdown_between_two_stages() {
+    assert_eq!(check_rows(|c| c == Cond::ShutdownBetween).await, 2);
 }
 
 #[tokio::test(start_paused = true)]
