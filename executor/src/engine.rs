@@ -124,6 +124,9 @@ pub const STEP_TIMEOUT_EXIT_CODE: i32 = 124;
 pub struct StepOutcome {
     pub exit_code: i32,
     pub oom_killed: bool,
+    /// The step ran past its own timeout (`StepSpec::timeout`): the engine stopped it and
+    /// said so in the log; `exit_code` is [`STEP_TIMEOUT_EXIT_CODE`].
+    pub timed_out: bool,
 }
 
 /// Why the engine could not do what was asked.

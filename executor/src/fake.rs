@@ -111,6 +111,7 @@ impl Engine for FakeEngine {
                 Ok(StepOutcome {
                     exit_code: STEP_TIMEOUT_EXIT_CODE,
                     oom_killed: false,
+                    timed_out: true,
                 })
             }
         }
@@ -160,6 +161,7 @@ async fn run_commands(
                     return Ok(StepOutcome {
                         exit_code: code,
                         oom_killed: false,
+                        timed_out: false,
                     });
                 }
             }
@@ -174,6 +176,7 @@ async fn run_commands(
                 return Ok(StepOutcome {
                     exit_code: 137,
                     oom_killed: true,
+                    timed_out: false,
                 });
             }
             "fail-docker" => return Err(EngineError::Docker("connection refused".into())),
@@ -192,5 +195,6 @@ async fn run_commands(
     Ok(StepOutcome {
         exit_code: 0,
         oom_killed: false,
+        timed_out: false,
     })
 }

@@ -221,6 +221,7 @@ async fn exec_step(
             return Ok(StepOutcome {
                 exit_code: STEP_TIMEOUT_EXIT_CODE,
                 oom_killed: false,
+                timed_out: true,
             });
         }
         None => {}
@@ -273,6 +274,7 @@ async fn exec_step(
     Ok(StepOutcome {
         exit_code: code,
         oom_killed,
+        timed_out: false,
     })
 }
 

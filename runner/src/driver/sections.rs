@@ -168,6 +168,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         if let Some(StepOutcome {
             exit_code,
             oom_killed,
+            ..
         }) = run.state.settle(stage, log)
             && exit_code != 0
         {
@@ -213,6 +214,8 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             .await;
         log.section_end(&step.section);
         match stage {
+            // The engine's own line says it timed out.
+            Stage::Done(Ok(o)) if o.timed_out => {}
             Stage::Done(Ok(o)) if o.exit_code != 0 => log.write_warning(&format!(
                 "after_script failed with exit code {}",
                 o.exit_code

@@ -208,7 +208,7 @@ fn table() -> Vec<(Cond, At, Want)> {
     let mut timeout = stop_rows("failed", JET, TIMEOUT, F_TIMEOUT);
     timeout.extend([
         (Script, failed(JET, Some("timedout"), ALL_FAILED, TIMEOUT, F_TIMEOUT)),
-        (AfterScript, ok(ALL_OK, "WARNING: after_script failed with exit code 124", "success")),
+        (AfterScript, ok(ALL_OK, "ERROR: Step after_script timed out after 2s", "success")),
         (ArchiveCache, failed(JET, Some("success"), S7, TIMEOUT, F_TIMEOUT)),
         (UploadArtifacts, failed(JET, Some("success"), ALL_OK, TIMEOUT, F_TIMEOUT)),
     ]);
@@ -220,7 +220,7 @@ fn table() -> Vec<(Cond, At, Want)> {
     let mut canceling = stop_rows("canceled", UNKNOWN, CANCELED, F_UNKNOWN);
     canceling.extend([
         (Script, failed(UNKNOWN, Some("canceled"), ALL_FAILED, CANCELED, F_UNKNOWN)),
-        (AfterScript, ok(ALL_OK, "WARNING: after_script failed with exit code 124", "canceled")),
+        (AfterScript, ok(ALL_OK, "ERROR: Step after_script timed out after 2s", "canceled")),
         (ArchiveCache, ok(ALL_OK, "", "canceled")),
         (UploadArtifacts, ok(ALL_OK, "", "canceled")),
     ]);
