@@ -151,7 +151,7 @@ pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
             path: dir.display().to_string(),
-            source,
+            error: source,
         })?;
     }
     let _lock = EditLock::acquire(path);
@@ -164,7 +164,7 @@ pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
         Err(source) => {
             return Err(ConfigError::Read {
                 path: path.display().to_string(),
-                source,
+                error: source,
             });
         }
     };
@@ -317,7 +317,7 @@ fn parse(path: &Path, text: &str) -> Result<DocumentMut, ConfigError> {
 fn read_doc(path: &Path) -> Result<DocumentMut, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     parse(path, &text)
 }
@@ -520,7 +520,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ConfigError>
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let err = |source| ConfigError::Write {
         path: target.display().to_string(),
-        source,
+        error: source,
     };
     let dir = target
         .parent()

@@ -340,13 +340,16 @@ impl std::fmt::Display for ConfigWarning {
 }
 
 /// A file that cannot be used: names the file, line and key.
+///
+/// Each message carries its cause in its text and no variant has a `source()`, so a caller that
+/// prints the error with its chain (anyhow's `{:#}`) prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// Not a `#[source]`: the message already says it.
+        error: std::io::Error,
     },
     #[error("{file}:{line}: {key}: {message}")]
     Invalid {
@@ -363,11 +366,11 @@ pub enum ConfigError {
         message: String,
     },
     /// Writing the file back (or `.runner_system_id`) failed.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {error}")]
     Write {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// Not a `#[source]`: the message already says it.
+        error: std::io::Error,
     },
     /// An edit that cannot be done (no runner with that token, unusual file layout).
     #[error("{path}: {message}")]
@@ -393,7 +396,7 @@ pub fn from_toml_str_with_env(
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     from_toml_str(&text, &path.display().to_string())
 }

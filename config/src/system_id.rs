@@ -59,7 +59,7 @@ pub fn system_id_state(config_path: &Path) -> Result<SystemIdState, ConfigError>
         Err(source) => {
             return Err(ConfigError::Read {
                 path: path.display().to_string(),
-                source,
+                error: source,
             });
         }
     }

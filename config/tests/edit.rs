@@ -304,10 +304,14 @@ fn edits_follow_a_symlink_and_keep_it() {
 fn edits_of_missing_or_broken_files_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.toml");
-    assert!(matches!(
-        remove_runners(&missing, |_| true),
-        Err(ConfigError::Read { .. })
-    ));
+    let err = remove_runners(&missing, |_| true).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    // The cause is in the message and not also a source(), so a chain printer (anyhow's `{:#}`)
+    // says it once.
+    assert!(std::error::Error::source(&err).is_none());
+    let msg = err.to_string();
+    assert_eq!(msg.matches("os error 2").count(), 1, "{msg}");
+    assert!(msg.starts_with(&missing.display().to_string()), "{msg}");
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "concurrent = 1\n[[runners]\n").unwrap();
     match update_token(&broken, "a", "b", 0, None) {

@@ -72,6 +72,22 @@ pub struct RunArgs {
     /// Caches unused for longer than this are removed (Go duration, e.g. 72h)
     #[arg(long = "cache-max-age", env = "FERRY_CACHE_MAX_AGE", default_value = "336h", value_parser = parse_age)]
     pub cache_max_age: std::time::Duration,
+
+    /// Service name, as gitlab-runner's unit passes it: names ferry in the system log (--syslog)
+    /// and in its start-up line
+    #[arg(short = 'n', long = "service", default_value = "ferry")]
+    pub service: String,
+
+    /// gitlab-runner's user for shell-executor builds. Accepted so gitlab-runner's unit starts
+    /// ferry; ferry runs every job in a Docker container, where it does not apply (docs/commands.md)
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+
+    /// Also send the log to the system logger (syslog(3), /dev/log; journald on systemd hosts)
+    #[arg(long = "syslog", env = "LOG_SYSLOG", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = bool_flag(),
+          action = ArgAction::Set)]
+    pub syslog: bool,
 }
 
 /// `500m`, `20g`, `1048576`: bytes with an optional k/m/g/t suffix (powers of 1024).
@@ -366,6 +382,63 @@ mod tests {
         };
         assert_eq!(r.cache_max_size, 10 << 30);
         assert_eq!(r.cache_max_age, std::time::Duration::from_secs(336 * 3600));
+    }
+
+    #[test]
+    fn gitlab_runner_unit_line_parses() {
+        // The ExecStart of the unit `gitlab-runner install` writes (docs/commands.md).
+        let cli = parse(&[
+            "ferry",
+            "run",
+            "--working-directory",
+            "/home/gitlab-runner",
+            "--config",
+            "/etc/gitlab-runner/config.toml",
+            "--service",
+            "gitlab-runner",
+            "--user",
+            "gitlab-runner",
+            "--syslog",
+        ]);
+        assert_eq!(
+            cli.config,
+            Some(PathBuf::from("/etc/gitlab-runner/config.toml"))
+        );
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            r.working_directory,
+            Some(PathBuf::from("/home/gitlab-runner"))
+        );
+        assert_eq!(r.service, "gitlab-runner");
+        assert_eq!(r.user.as_deref(), Some("gitlab-runner"));
+        assert!(r.syslog);
+
+        let cli = parse(&[
+            "ferry",
+            "run",
+            "-c",
+            "/tmp/c.toml",
+            "-n",
+            "svc",
+            "-u",
+            "u",
+            "-d",
+            "/tmp/w",
+        ]);
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!((r.service.as_str(), r.user.as_deref()), ("svc", Some("u")));
+        assert!(!r.syslog);
+
+        let cli = parse(&["ferry", "run", "--syslog=false"]);
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert!(!r.syslog);
+        assert_eq!(r.service, "ferry");
     }
 
     #[test]

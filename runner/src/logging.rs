@@ -31,24 +31,58 @@ pub fn filter_for(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(directives).map_err(|e| e.to_string())
 }
 
-/// Install the global subscriber. `format` is `runner`, `text` or `json`.
-pub fn init(level: &str, format: &str) -> Result<(), String> {
+/// Install the global subscriber. `format` is `runner`, `text` or `json`; the log goes to stderr
+/// (which a systemd unit's journal captures). With `syslog: Some(name)` every line also goes to the
+/// system logger (syslog(3), facility daemon, tagged with `name` and the pid), as gitlab-runner's
+/// `--syslog` adds its system logger beside stderr (docs/commands.md).
+pub fn init(level: &str, format: &str, syslog: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    type Boxed = Box<
+        dyn Layer<tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>>
+            + Send
+            + Sync,
+    >;
+
     let filter = filter_for(level)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
-    let result = match format {
-        "json" => builder.json().flatten_event(true).try_init(),
-        "text" => builder.with_ansi(false).try_init(),
-        "runner" | "" => builder.with_target(false).try_init(),
+    let mut layers: Vec<Boxed> = vec![match format {
+        "json" => stderr.json().flatten_event(true).boxed(),
+        "text" => stderr.with_ansi(false).boxed(),
+        "runner" | "" => stderr.with_target(false).boxed(),
         other => {
             return Err(format!(
                 "unknown log format {other:?} (use runner, text or json)"
             ));
         }
-    };
-    result.map_err(|e| e.to_string())
+    }];
+    if let Some(name) = syslog {
+        let ident = std::ffi::CString::new(name)
+            .map_err(|_| format!("--service {name:?}: a name without NUL bytes"))?;
+        let writer = syslog_tracing::Syslog::new(
+            ident,
+            syslog_tracing::Options::LOG_PID,
+            syslog_tracing::Facility::Daemon,
+        )
+        .ok_or("the system logger is already open")?;
+        // syslog stamps each message with its own time.
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(false)
+                .with_target(false)
+                .without_time()
+                .boxed(),
+        );
+    }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init()
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

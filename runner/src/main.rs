@@ -32,12 +32,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if !matches!(cli.command, Command::Run(_)) {
         init_cli_logging(&cli);
     }
+    let reads_config = match cli.command {
+        Command::Run(_) => Some("run"),
+        Command::Unregister(_) => Some("unregister"),
+        Command::Verify(_) => Some("verify"),
+        Command::List => Some("list"),
+        Command::Plan(_) => Some("plan"),
+        // register creates the file; deploy does not read it.
+        Command::Register(_) | Command::Deploy(_) => None,
+    };
+    if let Some(command) = reads_config {
+        commands::require_config(&cli, &path, command)?;
+    }
     match cli.command {
         Command::Run(ref args) => {
             // A config that does not load is fatal at start (later reloads keep the old one).
             let config = ferry_config::load(&path);
             let (level, format) = commands::log_settings(&cli, config.as_ref().ok());
-            ferry_runner::logging::init(&level, &format).map_err(anyhow::Error::msg)?;
+            let syslog = args.syslog.then_some(args.service.as_str());
+            ferry_runner::logging::init(&level, &format, syslog).map_err(anyhow::Error::msg)?;
             commands::run::run(&path, config?, args).await?;
         }
         Command::Register(args) => commands::register::register(&path, *args).await?,
@@ -58,5 +71,5 @@ fn init_cli_logging(cli: &Cli) {
     } else {
         level
     };
-    let _ = ferry_runner::logging::init(&level, &format);
+    let _ = ferry_runner::logging::init(&level, &format, None);
 }

@@ -132,6 +132,8 @@ pub struct Harness {
     pub log_path: PathBuf,
     /// Extra environment of the `ferry run` process (set before [`Harness::spawn_ferry`]).
     pub ferry_env: Vec<(String, String)>,
+    /// Extra arguments of `ferry run` (set before [`Harness::spawn_ferry`]).
+    pub ferry_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -164,6 +166,7 @@ impl Harness {
             log_path: root.path().join("ferry.log"),
             root,
             ferry_env: Vec::new(),
+            ferry_args: Vec::new(),
             child: None,
         };
         h.write_config(&setup);
@@ -199,7 +202,7 @@ impl Harness {
         std::fs::write(&self.config_path, text).expect("writing config.toml");
     }
 
-    /// Start `ferry run -c CONFIG --working-directory WORK`, output appended to `ferry.log`.
+    /// Start `ferry run -c CONFIG --working-directory WORK [ferry_args]`, output appended to `ferry.log`.
     pub fn spawn_ferry(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -212,6 +215,7 @@ impl Harness {
             .arg(&self.config_path)
             .arg("--working-directory")
             .arg(&self.work_dir)
+            .args(&self.ferry_args)
             .env("RUST_LOG", "info")
             .envs(self.ferry_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -222,6 +222,126 @@ fn a_bad_config_stops_ferry_run_naming_file_line_and_key() {
     assert!(t.contains("pull_policy"), "{t}");
 }
 
+#[test]
+fn a_missing_config_names_the_file_and_ferry_register_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["run", "-c", m],
+        vec!["list", "-c", m],
+        vec!["verify", "-c", m],
+        vec!["unregister", "-c", m, "--all-runners"],
+        vec!["plan", "-c", m, "payload.json"],
+    ] {
+        let out = ferry(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let t = text(&out);
+        let first = t.lines().next().unwrap_or_default();
+        assert!(first.starts_with("ERROR: "), "{args:?}: {t}");
+        assert!(first.contains(m) && first.contains("does not exist"), "{t}");
+        assert!(t.contains(&format!("ferry register -c {m}")), "{t}");
+        assert!(!t.contains("os error"), "{args:?}: {t}");
+    }
+
+    // The default file: ferry's own path for this user (HOME only matters when not root).
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(ferry_bin())
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("CONFIG_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ferry")
+    };
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc_geteuid() } == 0;
+    let default = if root {
+        std::path::PathBuf::from("/etc/ferry/config.toml")
+    } else {
+        home.path().join(".ferry/config.toml")
+    };
+    if default.exists() {
+        eprintln!("SKIP (default path): {} exists here", default.display());
+        return;
+    }
+    let t = text(&run(&["list"]));
+    assert!(
+        t.contains(&format!("{} does not exist", default.display())),
+        "{t}"
+    );
+    assert!(t.contains("ferry register"), "{t}");
+    if !root {
+        // gitlab-runner's file beside it: named, with the -c that uses it.
+        let g = home.path().join(".gitlab-runner/config.toml");
+        std::fs::create_dir_all(g.parent().unwrap()).unwrap();
+        std::fs::write(&g, "concurrent = 1\n").unwrap();
+        let t = text(&run(&["run"]));
+        assert!(t.contains(&format!("ferry run -c {}", g.display())), "{t}");
+    }
+}
+
+#[test]
+fn run_with_syslog_sends_its_log_to_dev_log_tagged_with_the_service() {
+    // syslog(3) writes to /dev/log: a private mount namespace puts a socket of this test there
+    // (root and unshare(1) needed; otherwise SKIP).
+    let dir = tempfile::tempdir().unwrap();
+    let fake_dev = dir.path().join("dev");
+    std::fs::create_dir(&fake_dev).unwrap();
+    for n in ["null", "zero", "random", "urandom"] {
+        std::fs::write(fake_dev.join(n), "").unwrap();
+    }
+    let sock = std::os::unix::net::UnixDatagram::bind(fake_dev.join("log")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "concurrent = 1\n").unwrap();
+    let script = r#"set -e
+for n in null zero random urandom; do mount --bind /dev/$n "$1/$n"; done
+mount --bind "$1" /dev
+exec timeout -s INT 5 "$2" run -c "$3" -d "$4" --service ferry-syslog-test --user nobody --syslog"#;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&fake_dev)
+        .arg(ferry_bin())
+        .arg(&cfg)
+        .arg(dir.path().join("work"))
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) if !text(&o).contains("mount:") && !text(&o).contains("unshare:") => o,
+        other => {
+            eprintln!("SKIP: no private mount namespace here: {other:?}");
+            return;
+        }
+    };
+    let mut got = String::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if got.contains("ferry stopped") {
+            break;
+        }
+    }
+    let stderr = text(&out);
+    // facility daemon (3 << 3) + notice (5) for info lines, tagged NAME[pid].
+    assert!(got.contains("<29>"), "syslog: {got}\nstderr: {stderr}");
+    assert!(got.contains("ferry-syslog-test["), "{got}");
+    assert!(got.contains("starting ferry"), "{got}");
+    assert!(
+        got.contains("--user applies to gitlab-runner's shell executor only"),
+        "{got}"
+    );
+    // stderr keeps the log too.
+    assert!(stderr.contains("starting ferry"), "{stderr}");
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
 // ----------------------------------------------------------------------------- jobs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +386,34 @@ async fn jobs_end_with_their_state_exit_code_and_exact_trace() {
     );
     assert!(trace.contains("exit code 3"), "{trace}");
     assert!(!trace.contains(&bad_rec.token), "job token masked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_runners_unit_flags_start_ferry_and_it_runs_a_job() {
+    // `--service`, `--user` and `--syslog` as gitlab-runner's systemd unit passes them.
+    let Some(mut h) = Harness::prepare(Setup::default()).await else {
+        return;
+    };
+    h.ferry_args = [
+        "--service",
+        "gitlab-runner",
+        "--user",
+        "gitlab-runner",
+        "--syslog",
+    ]
+    .map(String::from)
+    .to_vec();
+    h.spawn_ferry();
+    let id = h.push(h.job("unit").script(["echo from-the-unit"]));
+    let job = h.wait_final(id, WAIT).await;
+    assert_eq!(job.status, JobStatus::Success, "{}", h.describe(id));
+    let log = h.ferry_log();
+    assert!(log.contains("gitlab-runner"), "{log}");
+    assert!(
+        log.contains("--user applies to gitlab-runner's shell executor only"),
+        "{log}"
+    );
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

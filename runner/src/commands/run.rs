@@ -441,6 +441,19 @@ fn docker_remote_override(value: Option<String>) -> anyhow::Result<Option<bool>>
 }
 
 pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<()> {
+    info!(service = %args.service, config = %path.display(), "starting ferry");
+    if let Some(user) = &args.user {
+        // gitlab-runner runs shell-executor builds as --user; ferry has no shell executor.
+        info!(
+            user = %user,
+            "--user applies to gitlab-runner's shell executor only; ferry runs jobs in Docker containers (as their image's user) and ignores it"
+        );
+    }
+    if args.syslog && !Path::new("/dev/log").exists() {
+        warn!(
+            "--syslog: /dev/log does not exist (no system logger runs here); logging to stderr only"
+        );
+    }
     for w in &config.warnings {
         warn!("{}: {w}", path.display());
     }
