@@ -968,10 +968,17 @@ fn cache_gcs_and_azure_tables() {
     assert_eq!(cache.azure.account_key.expose(), "c2VjcmV0");
     assert_eq!(cache.azure.storage_domain, "blob.core.chinacloudapi.cn");
     let debug = format!("{c:?}");
-    assert!(!debug.contains("c2VjcmV0") && !debug.contains("XYZ"), "{debug}");
+    assert!(
+        !debug.contains("c2VjcmV0") && !debug.contains("XYZ"),
+        "{debug}"
+    );
     let c = load(&format!(
         "{MINIMAL}  [runners.cache]\n    Type = \"azure\"\n    [runners.cache.azure]\n      ContainerName = \"c\"\n"
     ));
     assert_eq!(c.runners[0].cache.kind, None);
-    assert!(c.warnings[0].message.contains("AccountName"), "{:#?}", c.warnings);
+    assert!(
+        c.warnings[0].message.contains("AccountName"),
+        "{:#?}",
+        c.warnings
+    );
 }

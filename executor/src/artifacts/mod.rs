@@ -358,6 +358,15 @@ pub fn extract_archive(
     zipfmt::extract_zip(zip_file, &dir, limits)
 }
 
+/// A gitlab-runner cache zip (`cache.zip`), unpacked beneath `root` like an artifact.
+pub(crate) fn extract_cache_zip(
+    zip_file: &Path,
+    root: &JobDir,
+    limits: &Limits,
+) -> Result<ExtractSummary, ArtifactError> {
+    zipfmt::extract_zip(zip_file, root, limits)
+}
+
 /// Async wrapper around [`extract_archive`] that logs what happened.
 pub async fn extract(
     zip_file: &Path,

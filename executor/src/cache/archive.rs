@@ -81,7 +81,7 @@ fn manifest(sel: &Selection) -> Vec<u8> {
 
 /// A unique temporary name inside `dir`, so that concurrent jobs never write the same file
 /// and a reader only ever sees complete archives (they appear by `rename`).
-fn temp_path(dir: &Path, what: &str) -> std::path::PathBuf {
+pub(super) fn temp_path(dir: &Path, what: &str) -> std::path::PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
@@ -204,10 +204,36 @@ pub(super) fn save(
 /// `..` and absolute paths are refused, nothing is written through a link (whatever is in the
 /// way is replaced), only directories, regular files and links are created, within `limits`.
 /// Returns the number of entries extracted.
-pub(super) fn extract(archive: &Path, project_dir: &Path, limits: &Limits) -> io::Result<u64> {
+///
+/// The format is told by the first bytes, as gitlab-runner's extractor does: ferry's (and
+/// gitlab-runner's `tarzstd`) tar + zstd, or gitlab-runner's default zip (deflate, or zstd
+/// entries with `CACHE_COMPRESSION_FORMAT=zipzstd`), so caches gitlab-runner uploaded to a
+/// shared store restore here. Zip entries are unpacked by the artifacts' safe extractor.
+pub(super) fn extract(
+    archive: &Path,
+    project_dir: &Path,
+    limits: &Limits,
+) -> io::Result<(Vec<Note>, u64)> {
     let root = JobDir::create(project_dir, 0o777)?;
-    let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-    unpack(dec, &root, limits, None)
+    let mut f = std::fs::File::open(archive)?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic)?;
+    drop(f);
+    match &magic[..n] {
+        [0x28, 0xb5, 0x2f, 0xfd] => {
+            let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
+            Ok((Vec::new(), unpack(dec, &root, limits, None)?))
+        }
+        [b'P', b'K', ..] => {
+            let summary = crate::artifacts::extract_cache_zip(archive, &root, limits)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            Ok((summary.notes, summary.files as u64))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a cache archive (neither tar + zstd nor zip)",
+        )),
+    }
 }
 
 /// Unpacks a tar stream beneath `root` (see [`extract`]). With `strip`, entries must start

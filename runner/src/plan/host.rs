@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use ferry_config::RunnerSection;
 use ferry_executor::artifacts::{ArtifactFormat, ArtifactSpec, When, strip_project_prefix};
-use ferry_executor::cache::{CachePolicy, CacheSpec, CacheStore};
+use ferry_executor::cache::{
+    CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
+    restore_attempts,
+};
 use ferry_executor::sources::{GitVariables, RefType, SourceSpec};
 use serde::Serialize;
 
@@ -137,6 +140,16 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         root: cache_root,
         namespace: format!("{short_token}/{project_path}"),
         disabled: runner.docker.disable_cache,
+        remote: runner.cache.kind.as_ref().map(|_| RemoteCache {
+            config: std::sync::Arc::new(runner.cache.clone()),
+            prefix: object_prefix(
+                &runner.cache,
+                &crate::variables::runner_short_token(runner.token.expose()),
+                payload.job_info.project_id,
+            ),
+            request_timeout: request_timeout(variables.value("CACHE_REQUEST_TIMEOUT")),
+            restore_attempts: restore_attempts(variables.value("RESTORE_CACHE_ATTEMPTS")),
+        }),
     };
     let mut caches = Vec::new();
     for c in &payload.cache {
