@@ -246,20 +246,25 @@ async fn two_hosts_share_the_cache_and_each_keeps_a_local_tier() {
     assert!(restored(&out).is_some(), "{log}");
     assert!(log.contains("using this host's copy"), "{log}");
 
+    // Host b downloaded that archive and changed nothing: no upload either.
+    let (out, log) = do_save(&bh, &sp, &pb).await;
+    assert!(matches!(out, SaveOutcome::UpToDate { .. }), "{out:?}\n{log}");
+    assert!(log.contains("not uploading"), "{log}");
+
     // Nothing changed on host a: no second upload.
     let (out, log) = do_save(&a, &sp, &pa).await;
     assert!(matches!(out, SaveOutcome::UpToDate { .. }), "{out:?}");
     assert!(log.contains("not uploading"), "{log}");
 
     // Host b changes the cache: host a downloads the new one.
-    write(&pb, "vendor/lib.txt", b"from host b");
+    write(&pb, "vendor/lib.txt", b"changed on host b");
     let (_, log) = do_save(&bh, &sp, &pb).await;
     assert!(log.contains("Uploaded cache"), "{log}");
     let (_, log) = do_restore(&a, &sp, &pa).await;
     assert!(log.contains("Downloading cache"), "{log}");
     assert_eq!(
         std::fs::read(pa.join("vendor/lib.txt")).unwrap(),
-        b"from host b"
+        b"changed on host b"
     );
 }
 

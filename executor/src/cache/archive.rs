@@ -79,6 +79,76 @@ fn manifest(sel: &Selection) -> Vec<u8> {
     serde_json::to_vec(&entries).unwrap_or_default()
 }
 
+/// The manifest [`save`] would write for the files in a ferry archive (tar + zstd, entries in
+/// the order [`write_tar`] writes them): what a restore of it leaves on disk.
+fn manifest_of_archive(archive: &Path, limits: &Limits) -> io::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Owned {
+        path: String,
+        kind: &'static str,
+        mode: u32,
+        size: u64,
+        mtime: u64,
+        target: Option<String>,
+    }
+    let mut f = std::fs::File::open(archive)?;
+    let mut magic = [0u8; 4];
+    f.read_exact(&mut magic)?;
+    if magic != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not tar + zstd"));
+    }
+    let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
+    let mut ar = tar::Archive::new(dec);
+    let mut out = Vec::new();
+    for entry in ar.entries()? {
+        limits.check_time()?;
+        let entry = entry?;
+        let h = entry.header();
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+        let mode = h.mode()? & 0o777;
+        let kind = h.entry_type();
+        out.push(if kind.is_dir() {
+            Owned {
+                path,
+                kind: "dir",
+                mode,
+                size: 0,
+                mtime: 0,
+                target: None,
+            }
+        } else if kind.is_symlink() {
+            let target = entry.link_name()?.map(|t| t.to_string_lossy().into_owned());
+            Owned {
+                path,
+                kind: "symlink",
+                mode: 0,
+                size: 0,
+                mtime: 0,
+                target,
+            }
+        } else if kind.is_file() {
+            Owned {
+                path,
+                kind: "file",
+                mode,
+                size: h.size()?,
+                mtime: h.mtime()?,
+                target: None,
+            }
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a ferry archive",
+            ));
+        });
+    }
+    serde_json::to_vec(&out).map_err(io::Error::other)
+}
+
 /// A unique temporary name inside `dir`, so that concurrent jobs never write the same file
 /// and a reader only ever sees complete archives (they appear by `rename`).
 pub(super) fn temp_path(dir: &Path, what: &str) -> std::path::PathBuf {
@@ -162,6 +232,22 @@ pub(super) fn save(
     let manifest_path = key_dir.join(MANIFEST_NAME);
     let new_manifest = manifest(&sel);
     if archive.is_file() && std::fs::read(&manifest_path).is_ok_and(|old| old == new_manifest) {
+        touch(&archive);
+        return Ok((notes, Saved::UpToDate));
+    }
+    // An archive without its manifest was downloaded from the distributed cache (remote.rs):
+    // when it holds exactly these files it is kept, and so is the remote object.
+    if archive.is_file()
+        && !manifest_path.exists()
+        && manifest_of_archive(&archive, limits).is_ok_and(|m| m == new_manifest)
+    {
+        let tmp = temp_path(key_dir, "manifest");
+        if std::fs::write(&tmp, &new_manifest)
+            .and_then(|()| std::fs::rename(&tmp, &manifest_path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
         touch(&archive);
         return Ok((notes, Saved::UpToDate));
     }
