@@ -248,7 +248,10 @@ async fn two_hosts_share_the_cache_and_each_keeps_a_local_tier() {
 
     // Host b downloaded that archive and changed nothing: no upload either.
     let (out, log) = do_save(&bh, &sp, &pb).await;
-    assert!(matches!(out, SaveOutcome::UpToDate { .. }), "{out:?}\n{log}");
+    assert!(
+        matches!(out, SaveOutcome::UpToDate { .. }),
+        "{out:?}\n{log}"
+    );
     assert!(log.contains("not uploading"), "{log}");
 
     // Nothing changed on host a: no second upload.
@@ -477,4 +480,92 @@ async fn wrong_credentials_are_a_warning_without_the_secret() {
     let (out, log) = do_restore(&b, &sp, &pb).await;
     assert_eq!(out, RestoreOutcome::NotRestored, "{log}");
     assert!(log.contains("403"), "{log}");
+}
+
+/// A TCP proxy to `port` that forwards `budget` bytes of requests in all, then drops every
+/// connection: the store going down in the middle of an upload.
+fn dying_proxy(port: u16, budget: u64) -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = l.local_addr().unwrap().port();
+    let left = Arc::new(AtomicU64::new(budget));
+    std::thread::spawn(move || {
+        for client in l.incoming() {
+            let Ok(client) = client else { continue };
+            if left.load(Ordering::SeqCst) == 0 {
+                continue; // dropped: connection closed
+            }
+            let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let left = left.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n as u64,
+                    };
+                    let before = left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                            Some(l.saturating_sub(n))
+                        })
+                        .unwrap();
+                    if before < n || s_out.write_all(&buf[..n as usize]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_in.shutdown(std::net::Shutdown::Both);
+                let _ = s_out.shutdown(std::net::Shutdown::Both);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    proxy
+}
+
+#[tokio::test]
+async fn the_store_going_down_mid_upload_leaves_the_previous_archive() {
+    let port = moto();
+    let b = bucket("mid-upload");
+    let tmp = tempfile::tempdir().unwrap();
+    let sp = spec("k", &["d"]);
+    let first = host(&tmp.path().join("a"), section(port, &b));
+    let pa = tmp.path().join("pa");
+    write(&pa, "d/f", b"version 1");
+    let (_, log) = do_save(&first, &sp, &pa).await;
+    assert!(log.contains("Uploaded cache"), "{log}");
+
+    // Another host's upload of a big archive dies after 3 MB.
+    let proxy = dying_proxy(port, 3 * 1024 * 1024);
+    let dying = host(&tmp.path().join("b"), section(proxy, &b));
+    let pb = tmp.path().join("pb");
+    let mut data = vec![0u8; 24 * 1024 * 1024];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    write(&pb, "d/f", &data);
+    let (out, log) = do_save(&dying, &sp, &pb).await;
+    assert!(matches!(out, SaveOutcome::Created { .. }), "{out:?}");
+    assert!(log.contains("Failed to upload cache"), "{log}");
+
+    // A third host restores the complete first version.
+    let pc = tmp.path().join("pc");
+    let third = host(&tmp.path().join("c"), section(port, &b));
+    let (out, log) = do_restore(&third, &sp, &pc).await;
+    assert!(restored(&out).is_some(), "{log}");
+    assert_eq!(std::fs::read(pc.join("d/f")).unwrap(), b"version 1");
+    assert_eq!(
+        objects(port, "mid-upload"),
+        vec!["runner/abcdefghi/project/42/k".to_string()]
+    );
 }

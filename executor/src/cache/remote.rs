@@ -174,8 +174,11 @@ impl RemoteCache {
         text
     }
 
+    /// One line (a store's error may carry a multi-line XML body), without credentials.
     fn err(&self, what: &str, e: impl std::fmt::Display) -> RemoteError {
-        RemoteError(self.scrub(format!("{what}: {e}")))
+        let text = format!("{what}: {e}");
+        let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        RemoteError(self.scrub(line))
     }
 
     fn client(&self) -> ClientOptions {
@@ -228,20 +231,10 @@ impl RemoteCache {
                 if !s3.role_arn.is_empty() {
                     b = b.with_config(AmazonS3ConfigKey::RoleArn, &s3.role_arn);
                 }
-                let virtual_host = s3
-                    .path_style
-                    .map(|p| !p)
-                    .unwrap_or_else(|| virtual_host_by_default(&s3.server_address));
+                let (endpoint, virtual_host) = s3_endpoint(s3);
                 b = b.with_virtual_hosted_style_request(virtual_host);
-                if !s3.server_address.is_empty() {
-                    let scheme = if s3.insecure { "http" } else { "https" };
-                    // Virtual-host style: object_store expects the bucket in the endpoint.
-                    let host = if virtual_host {
-                        format!("{}.{}", s3.bucket_name, s3.server_address)
-                    } else {
-                        s3.server_address.clone()
-                    };
-                    b = b.with_endpoint(format!("{scheme}://{host}"));
+                if let Some(e) = endpoint {
+                    b = b.with_endpoint(e);
                 }
                 match s3.server_side_encryption {
                     None => {}
@@ -431,6 +424,25 @@ impl RemoteCache {
     }
 }
 
+/// The endpoint object_store is given (none = AWS's, from the region) and whether requests
+/// are virtual-host style; object_store wants the bucket in a virtual-host endpoint.
+fn s3_endpoint(s3: &ferry_config::CacheS3) -> (Option<String>, bool) {
+    let virtual_host = s3
+        .path_style
+        .map(|p| !p)
+        .unwrap_or_else(|| virtual_host_by_default(&s3.server_address));
+    if s3.server_address.is_empty() {
+        return (None, virtual_host);
+    }
+    let scheme = if s3.insecure { "http" } else { "https" };
+    let host = if virtual_host {
+        format!("{}.{}", s3.bucket_name, s3.server_address)
+    } else {
+        s3.server_address.clone()
+    };
+    (Some(format!("{scheme}://{host}")), virtual_host)
+}
+
 /// gitlab-runner's rule when `PathStyle` is not set: virtual-host style on AWS and Google
 /// (whose endpoints support it), path style for any other server (MinIO, Ceph, ...).
 fn virtual_host_by_default(server_address: &str) -> bool {
@@ -484,6 +496,24 @@ mod tests {
         assert!(virtual_host_by_default("s3.eu-west-1.amazonaws.com"));
         assert!(!virtual_host_by_default("minio.internal:9000"));
         assert!(!virtual_host_by_default("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn endpoints_for_path_and_virtual_host_style() {
+        let mut s3 = ferry_config::CacheS3 {
+            server_address: "minio:9000".into(),
+            bucket_name: "b".into(),
+            ..Default::default()
+        };
+        assert_eq!(s3_endpoint(&s3), (Some("https://minio:9000".into()), false));
+        s3.path_style = Some(false);
+        s3.insecure = true;
+        assert_eq!(s3_endpoint(&s3), (Some("http://b.minio:9000".into()), true));
+        s3.server_address = String::new();
+        s3.path_style = None;
+        assert_eq!(s3_endpoint(&s3), (None, true));
+        s3.path_style = Some(true);
+        assert_eq!(s3_endpoint(&s3), (None, false));
     }
 
     #[test]
