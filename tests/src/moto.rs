@@ -119,3 +119,53 @@ pub fn objects(bucket: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A second moto server speaking HTTPS with a fresh self-signed certificate for 127.0.0.1
+/// (written to `dir/cert.pem`, which a client must trust, e.g. through `SSL_CERT_FILE`), with
+/// `bucket` created. Returns its port; the server lives as long as the returned child guard.
+pub fn start_tls(dir: &Path, bucket: &str) -> (u16, Child) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .expect("generating a test certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("cert.pem");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("key.pem");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    // Started, then the bucket created over TLS (checking the certificate), by one script.
+    let script = "import subprocess, sys, ssl, time, urllib.request\n\
+         port, cert, key, bucket = sys.argv[1:5]\n\
+         p = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', port,\n\
+             '-c', cert, '-k', key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
+         ctx = ssl.create_default_context(cafile=cert)\n\
+         for _ in range(300):\n\
+         \x20   try:\n\
+         \x20       urllib.request.urlopen(urllib.request.Request(f'https://127.0.0.1:{port}/{bucket}', method='PUT'), context=ctx)\n\
+         \x20       break\n\
+         \x20   except Exception:\n\
+         \x20       time.sleep(0.1)\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n\
+         p.kill()\n";
+    let python = moto_python();
+    let mut child = Command::new(&python)
+        .args(["-c", script, &port.to_string()])
+        .arg(&cert)
+        .arg(&key)
+        .arg(bucket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {python} for moto ({e}); run scripts/install-moto.sh")
+        });
+    let mut line = String::new();
+    let mut out = child.stdout.take().expect("stdout");
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        line.push(byte[0] as char);
+    }
+    assert_eq!(line, "ready", "moto over HTTPS did not start");
+    (port, child)
+}
