@@ -382,6 +382,7 @@ async fn a_big_archive_goes_up_in_parts_and_comes_back_whole() {
     assert!(log.contains("Uploaded cache"), "{log}");
     let (out, log) = do_restore(&bh, &sp, &pb).await;
     assert!(restored(&out).is_some(), "{log}");
+    assert!(log.contains("in 2 parallel ranges"), "{log}");
     assert!(std::fs::read(pb.join("big/blob")).unwrap() == data);
 }
 

@@ -525,7 +525,7 @@ async fn fetch(
             continue;
         }
         let tmp = archive::temp_path(&key_dir, "download");
-        match remote.download(&*client, key, &tmp).await {
+        match remote.download(&*client, key, &tmp, &state).await {
             Ok((state, bytes)) => {
                 // The manifest described the archive being replaced: without it the next save
                 // archives again. Manifest first, so it never describes the wrong archive.
@@ -537,10 +537,14 @@ async fn fetch(
                     continue;
                 }
                 let _ = state.write(&key_dir);
+                let ranges = match state.ranges() {
+                    1 => String::new(),
+                    n => format!(" in {n} parallel ranges"),
+                };
                 note(
                     log,
                     Level::Plain,
-                    &format!("Downloaded {}", hostio::human_bytes(bytes)),
+                    &format!("Downloaded {}{ranges}", hostio::human_bytes(bytes)),
                 )
                 .await?;
                 return Ok(true);

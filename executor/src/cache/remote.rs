@@ -22,8 +22,8 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-    WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt,
+    PutPayload, RetryConfig, WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,6 +117,14 @@ impl RemoteState {
             last_modified: meta.last_modified.to_rfc3339(),
             size: meta.size,
         }
+    }
+
+    /// How many ranged GETs download this object (1 = one streamed GET).
+    pub(super) fn ranges(&self) -> u64 {
+        if self.e_tag.is_none() {
+            return 1;
+        }
+        self.size.div_ceil(PART_SIZE as u64).max(1)
     }
 
     pub(super) fn read(key_dir: &Path) -> Option<RemoteState> {
@@ -314,16 +322,33 @@ impl RemoteCache {
         }
     }
 
-    /// Streams the object to `dest` (a temporary file the caller renames); returns what was
-    /// downloaded. Fails if the object changed under way (the metadata is read from the GET).
+    /// Downloads the object to `dest` (a temporary file the caller renames); returns what was
+    /// downloaded. `known` is the object's metadata from the HEAD just before: an archive over
+    /// one part with an ETag is fetched as ranges, a few at once, each GET conditional on that
+    /// ETag (an object replaced under way fails the download instead of mixing two archives);
+    /// anything else is one streamed GET.
     pub(super) async fn download(
         &self,
         store: &dyn ObjectStore,
         key: &str,
         dest: &Path,
+        known: &RemoteState,
     ) -> Result<(RemoteState, u64), RemoteError> {
         let object = ObjectPath::from(self.object(key));
         let what = format!("downloading {object}");
+        if known.ranges() > 1
+            && let Some(etag) = &known.e_tag
+        {
+            let work = self.download_ranges(store, &object, dest, known.size, etag, &what);
+            return match tokio::time::timeout(self.request_timeout, work).await {
+                Ok(Ok(())) => Ok((known.clone(), known.size)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RemoteError(format!(
+                    "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                    self.request_timeout.as_secs()
+                ))),
+            };
+        }
         let work = async {
             let got = store.get(&object).await.map_err(|e| self.err(&what, e))?;
             let state = RemoteState::of(&got.meta);
@@ -349,6 +374,51 @@ impl RemoteCache {
                 self.request_timeout.as_secs()
             ))),
         }
+    }
+
+    async fn download_ranges(
+        &self,
+        store: &dyn ObjectStore,
+        object: &ObjectPath,
+        dest: &Path,
+        size: u64,
+        etag: &str,
+        what: &str,
+    ) -> Result<(), RemoteError> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(dest).map_err(|e| self.err(what, e))?;
+        file.set_len(size).map_err(|e| self.err(what, e))?;
+        let file = Arc::new(file);
+        let ranges: Vec<std::ops::Range<u64>> = (0..size)
+            .step_by(PART_SIZE)
+            .map(|start| start..(start + PART_SIZE as u64).min(size))
+            .collect();
+        let mut parts = futures::stream::iter(ranges)
+            .map(|range| async move {
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    if_match: Some(etag.to_string()),
+                    ..GetOptions::default()
+                };
+                let got = store.get_opts(object, opts).await?;
+                Ok::<_, object_store::Error>((range, got.bytes().await?))
+            })
+            .buffer_unordered(PARTS_IN_FLIGHT);
+        while let Some(part) = parts.next().await {
+            let (range, bytes) = part.map_err(|e| self.err(what, e))?;
+            if bytes.len() as u64 != range.end - range.start {
+                return Err(RemoteError(format!(
+                    "{what}: range {range:?} came back with {} bytes",
+                    bytes.len()
+                )));
+            }
+            let f = file.clone();
+            tokio::task::spawn_blocking(move || f.write_all_at(&bytes, range.start))
+                .await
+                .map_err(|e| self.err(what, e))?
+                .map_err(|e| self.err(what, e))?;
+        }
+        Ok(())
     }
 
     /// Uploads `archive` as the object of `key`: one request for a small archive, a
