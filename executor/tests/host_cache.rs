@@ -18,6 +18,7 @@ fn store(root: &Path) -> CacheStore {
         namespace: "project/42".into(),
         disabled: false,
         remote: None,
+        format: Default::default(),
     }
 }
 

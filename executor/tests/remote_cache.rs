@@ -166,6 +166,7 @@ fn host(root: &Path, cache: CacheSection) -> CacheStore {
             request_timeout: Duration::from_secs(30),
             restore_attempts: 1,
         }),
+        format: Default::default(),
     }
 }
 
@@ -569,4 +570,35 @@ async fn the_store_going_down_mid_upload_leaves_the_previous_archive() {
         objects(port, "mid-upload"),
         vec!["runner/abcdefghi/project/42/k".to_string()]
     );
+}
+
+/// `CACHE_COMPRESSION_FORMAT=zip`: archives in gitlab-runner's default format, for fleets with
+/// gitlab-runners older than 16.2 (which cannot read tar + zstd); switching formats rewrites.
+#[tokio::test]
+async fn zip_archives_for_older_gitlab_runners() {
+    let port = moto();
+    let b = bucket("zip-format");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = host(&tmp.path().join("a"), section(port, &b));
+    a.format = ferry_executor::cache::CacheFormat::Zip;
+    let pa = tmp.path().join("pa");
+    write(&pa, "d/f", b"zipped");
+    let sp = spec("k", &["d"]);
+    let (_, log) = do_save(&a, &sp, &pa).await;
+    assert!(log.contains("cache.zip: 1 files"), "{log}");
+    assert!(log.contains("Uploaded cache"), "{log}");
+    let local = std::fs::read(a.archive_path("k").unwrap()).unwrap();
+    assert_eq!(&local[..2], b"PK");
+
+    let bh = host(&tmp.path().join("b"), section(port, &b));
+    let pb = tmp.path().join("pb");
+    let (out, log) = do_restore(&bh, &sp, &pb).await;
+    assert!(restored(&out).is_some(), "{log}");
+    assert_eq!(std::fs::read(pb.join("d/f")).unwrap(), b"zipped");
+    let _ = &bh;
+
+    // Same files, other format: written and uploaded again.
+    let (out, log) = do_save(&host(&tmp.path().join("a"), section(port, &b)), &sp, &pa).await;
+    assert!(matches!(out, SaveOutcome::Created { .. }), "{out:?}\n{log}");
+    assert!(log.contains("cache.tar.zst: 1 files"), "{log}");
 }

@@ -358,6 +358,15 @@ pub fn extract_archive(
     zipfmt::extract_zip(zip_file, &dir, limits)
 }
 
+/// A cache archive in gitlab-runner's zip format (`CACHE_COMPRESSION_FORMAT=zip`).
+pub(crate) fn write_cache_zip(
+    root: &JobDir,
+    sel: &paths::Selection,
+    out: &Path,
+) -> std::io::Result<()> {
+    zipfmt::write_zip(root, sel, out)
+}
+
 /// A gitlab-runner cache zip (`cache.zip`), unpacked beneath `root` like an artifact.
 pub(crate) fn extract_cache_zip(
     zip_file: &Path,

@@ -11,7 +11,7 @@ use crate::artifacts::Note;
 use crate::artifacts::paths::{EntryKind, Selection, select};
 use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
 
-use super::CacheSpec;
+use super::{CacheFormat, CacheSpec};
 
 pub(super) const ARCHIVE_NAME: &str = "cache.tar.zst";
 pub(super) const MANIFEST_NAME: &str = "manifest.json";
@@ -77,6 +77,14 @@ fn manifest(sel: &Selection) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&entries).unwrap_or_default()
+}
+
+/// Whether the file starts with `magic` (the other format's: the archive must be rewritten).
+fn magic_is(archive: &Path, magic: &[u8]) -> bool {
+    let mut head = vec![0u8; magic.len()];
+    std::fs::File::open(archive)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == magic)
 }
 
 /// The manifest [`save`] would write for the files in a ferry archive (tar + zstd, entries in
@@ -221,6 +229,7 @@ pub(super) fn save(
     spec: &CacheSpec,
     key_dir: &Path,
     limits: &Limits,
+    format: CacheFormat,
 ) -> io::Result<(Vec<Note>, Saved)> {
     let root = JobDir::open(project_dir)?;
     let sel = select(&root, &spec.paths, &[], spec.untracked, limits)?;
@@ -231,13 +240,22 @@ pub(super) fn save(
     let archive = key_dir.join(ARCHIVE_NAME);
     let manifest_path = key_dir.join(MANIFEST_NAME);
     let new_manifest = manifest(&sel);
-    if archive.is_file() && std::fs::read(&manifest_path).is_ok_and(|old| old == new_manifest) {
+    // The format is part of "unchanged": switching CACHE_COMPRESSION_FORMAT rewrites the archive.
+    let same_format = match format {
+        CacheFormat::TarZstd => !magic_is(&archive, b"PK"),
+        CacheFormat::Zip => !magic_is(&archive, &[0x28, 0xb5, 0x2f, 0xfd]),
+    };
+    if same_format
+        && archive.is_file()
+        && std::fs::read(&manifest_path).is_ok_and(|old| old == new_manifest)
+    {
         touch(&archive);
         return Ok((notes, Saved::UpToDate));
     }
     // An archive without its manifest was downloaded from the distributed cache (remote.rs):
     // when it holds exactly these files it is kept, and so is the remote object.
-    if archive.is_file()
+    if same_format
+        && archive.is_file()
         && !manifest_path.exists()
         && manifest_of_archive(&archive, limits).is_ok_and(|m| m == new_manifest)
     {
@@ -255,13 +273,17 @@ pub(super) fn save(
     let tmp_archive = temp_path(key_dir, "archive");
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
-        if let Err(e) = write_tar(&root, &sel, &tmp_archive, limits) {
+        let write = || match format {
+            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits),
+            CacheFormat::Zip => crate::artifacts::write_cache_zip(&root, &sel, &tmp_archive),
+        };
+        if let Err(e) = write() {
             // evict() may have pruned the (then empty) key dir in between: once more.
             if e.kind() != io::ErrorKind::NotFound || key_dir.is_dir() {
                 return Err(e);
             }
             std::fs::create_dir_all(key_dir)?;
-            write_tar(&root, &sel, &tmp_archive, limits)?;
+            write()?;
         }
         std::fs::write(&tmp_manifest, &new_manifest)?;
         // Archive first: a manifest must never describe an archive that is not there yet.

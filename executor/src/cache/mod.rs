@@ -79,6 +79,32 @@ pub struct CacheSpec {
     pub when: When,
 }
 
+/// The format of the archives [`save`] writes (`CACHE_COMPRESSION_FORMAT`). Restores read both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheFormat {
+    /// tar + zstd: ferry's default; gitlab-runner reads it since 16.2.
+    #[default]
+    TarZstd,
+    /// gitlab-runner's default zip (deflate), for fleets with older gitlab-runners.
+    Zip,
+}
+
+impl CacheFormat {
+    /// `CACHE_COMPRESSION_FORMAT`: `zip` (and gitlab-runner's `zipzstd`, written as plain
+    /// zip) or `tarzstd`; unset or anything else is ferry's default.
+    pub fn parse(value: Option<&str>) -> CacheFormat {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Some("zip" | "zipzstd") => CacheFormat::Zip,
+            _ => CacheFormat::TarZstd,
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == CacheFormat::TarZstd
+    }
+}
+
 /// Where caches live for one job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheStore {
@@ -92,6 +118,9 @@ pub struct CacheStore {
     /// every host of the fleet (remote.rs). The local archives are then this host's tier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteCache>,
+    /// What new archives are written as.
+    #[serde(skip_serializing_if = "CacheFormat::is_default")]
+    pub format: CacheFormat,
 }
 
 impl CacheStore {
@@ -397,13 +426,14 @@ pub async fn save(
     }
     note(log, Level::Notice, &format!("Creating cache {key}...")).await?;
     let key_dir = store.key_dir(&key)?;
-    let (dir, sp, kd, c) = (
+    let (dir, sp, kd, c, format) = (
         project_dir.to_path_buf(),
         spec.clone(),
         key_dir.clone(),
         limits.clone(),
+        store.format,
     );
-    let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c))
+    let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c, format))
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
     if cancel.is_cancelled() {
@@ -441,7 +471,11 @@ pub async fn save(
                 log,
                 Level::Plain,
                 &format!(
-                    "cache.tar.zst: {files} files, {} ({} compressed)",
+                    "{}: {files} files, {} ({} compressed)",
+                    match store.format {
+                        CacheFormat::TarZstd => "cache.tar.zst",
+                        CacheFormat::Zip => "cache.zip",
+                    },
                     hostio::human_bytes(bytes),
                     hostio::human_bytes(archive_bytes)
                 ),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use ferry_config::RunnerSection;
 use ferry_executor::artifacts::{ArtifactFormat, ArtifactSpec, When, strip_project_prefix};
 use ferry_executor::cache::{
-    CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
+    CacheFormat, CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
     restore_attempts,
 };
 use ferry_executor::sources::{GitVariables, RefType, SourceSpec};
@@ -150,6 +150,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
             request_timeout: request_timeout(variables.value("CACHE_REQUEST_TIMEOUT")),
             restore_attempts: restore_attempts(variables.value("RESTORE_CACHE_ATTEMPTS")),
         }),
+        format: CacheFormat::parse(variables.value("CACHE_COMPRESSION_FORMAT")),
     };
     let mut caches = Vec::new();
     for c in &payload.cache {
