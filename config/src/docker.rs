@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::resolve::non_empty;
 use crate::units::parse_memory;
 use crate::walk::{Ctx, Leftover, TableReader, Val};
-use crate::{CacheSection, ConfigError, DeploySection, DeployTarget, DockerSection, PullPolicy};
+use crate::{
+    CacheAzure, CacheGcs, CacheS3, CacheSection, ConfigError, DeploySection, DeployTarget,
+    DockerSection, PullPolicy, Redacted, S3Auth, S3Encryption,
+};
 
 use Leftover::{Ignored as I, NotImplemented as N};
 
@@ -294,24 +297,172 @@ fn memory(ctx: &Ctx, t: &mut TableReader, key: &str, min: u64) -> Result<Option<
     Ok(Some(bytes))
 }
 
-const CACHE_KNOWN: &[(&str, Leftover)] = &[
-    // pre-12.0 files keep the S3 settings directly in [runners.cache]
-    ("ServerAddress", N),
-    ("AccessKey", N),
-    ("SecretKey", N),
-    ("BucketName", N),
-    ("BucketLocation", N),
-    ("Insecure", N),
-    ("RedactURL", N),
-    ("s3", N),
-    ("gcs", I),
-    ("gcsv2", I),
-    ("azure", I),
+const CACHE_KNOWN: &[(&str, Leftover)] = &[("RedactURL", I), ("gcsv2", I)];
+
+const S3_KNOWN: &[(&str, Leftover)] = &[
+    ("DualStack", N),
+    ("Accelerate", N),
+    ("UploadRoleARN", N),
+    ("AssumeRoleMaxConcurrency", I),
+    ("DisableAssumeRoleCredentialsCaching", I),
 ];
 
+fn text(ctx: &Ctx, t: &mut TableReader, key: &str) -> Result<String, ConfigError> {
+    Ok(t.string(ctx, key)?
+        .map(|v| v.v.trim().to_string())
+        .unwrap_or_default())
+}
+
+/// A key of the `s3` table, or the pre-12.0 key of the same name directly in
+/// `[runners.cache]` when the table does not set it (gitlab-runner's own migration).
+fn s3_text(
+    ctx: &Ctx,
+    s3: &mut Option<TableReader>,
+    legacy: &mut TableReader,
+    key: &str,
+) -> Result<String, ConfigError> {
+    let v = match s3 {
+        Some(t) => text(ctx, t, key)?,
+        None => String::new(),
+    };
+    let old = text(ctx, legacy, key)?;
+    Ok(if v.is_empty() { old } else { v })
+}
+
+fn s3_flag(
+    ctx: &Ctx,
+    s3: &mut Option<TableReader>,
+    key: &str,
+) -> Result<Option<Val<bool>>, ConfigError> {
+    match s3 {
+        Some(t) => t.bool(ctx, key),
+        None => Ok(None),
+    }
+}
+
+fn cache_s3(
+    ctx: &mut Ctx,
+    mut s3: Option<TableReader>,
+    legacy: &mut TableReader,
+) -> Result<CacheS3, ConfigError> {
+    let mut c = CacheS3 {
+        server_address: s3_text(ctx, &mut s3, legacy, "ServerAddress")?,
+        access_key: s3_text(ctx, &mut s3, legacy, "AccessKey")?,
+        secret_key: Redacted(s3_text(ctx, &mut s3, legacy, "SecretKey")?),
+        bucket_name: s3_text(ctx, &mut s3, legacy, "BucketName")?,
+        bucket_location: s3_text(ctx, &mut s3, legacy, "BucketLocation")?,
+        insecure: s3_flag(ctx, &mut s3, "Insecure")?.is_some_and(|b| b.v)
+            || flag(ctx, legacy, "Insecure")?,
+        ..CacheS3::default()
+    };
+    let Some(mut t) = s3 else {
+        return Ok(c);
+    };
+    if c.server_address.contains("://") {
+        let line = t.item(ctx, "ServerAddress").map_or(t.line, |(_, l)| l);
+        return Err(ctx.invalid(
+            line,
+            &t.key_path("ServerAddress"),
+            "host[:port] without a scheme (use Insecure = true for plain HTTP)",
+        ));
+    }
+    c.session_token = Redacted(text(ctx, &mut t, "SessionToken")?);
+    c.path_style = t.bool(ctx, "PathStyle")?.map(|b| b.v);
+    c.role_arn = text(ctx, &mut t, "RoleARN")?;
+    c.server_side_encryption_key_id = text(ctx, &mut t, "ServerSideEncryptionKeyID")?;
+    // As gitlab-runner resolves it: an explicit type wins, else keys and an address mean
+    // access-key, anything less means the host's (IAM) credentials.
+    let auto = if c.server_address.is_empty() || c.access_key.is_empty() || c.secret_key.is_empty()
+    {
+        S3Auth::Iam
+    } else {
+        S3Auth::AccessKey
+    };
+    c.authentication_type = match t.string(ctx, "AuthenticationType")? {
+        None => auto,
+        Some(v) => match v.v.trim().to_ascii_lowercase().as_str() {
+            "" => auto,
+            "access-key" => S3Auth::AccessKey,
+            "iam" => S3Auth::Iam,
+            other => {
+                return Err(ctx.invalid(
+                    v.line,
+                    &t.key_path("AuthenticationType"),
+                    format!("unknown authentication type {other:?} (known: access-key, iam)"),
+                ));
+            }
+        },
+    };
+    if let Some(v) = t.string(ctx, "ServerSideEncryption")? {
+        c.server_side_encryption = match v.v.trim().to_ascii_uppercase().as_str() {
+            "" => None,
+            "S3" | "AES256" => Some(S3Encryption::Aes256),
+            "KMS" | "AWS:KMS" => Some(S3Encryption::Kms),
+            "DSSE-KMS" | "AWS:KMS:DSSE" => Some(S3Encryption::DsseKms),
+            other => {
+                // gitlab-runner warns and uploads unencrypted (by the bucket's default).
+                ctx.warn(
+                    v.line,
+                    &t.key_path("ServerSideEncryption"),
+                    format!("unknown encryption {other:?} (known: S3, AES256, KMS, DSSE-KMS); the bucket's default is used"),
+                );
+                None
+            }
+        };
+    }
+    if !c.role_arn.is_empty() && ctx_env_missing(ctx, "AWS_WEB_IDENTITY_TOKEN_FILE") {
+        let line = t.item(ctx, "RoleARN").map_or(t.line, |(_, l)| l);
+        ctx.warn(
+            line,
+            &t.key_path("RoleARN"),
+            "only used with a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE, as on EKS); \
+             ferry does not assume roles with other credentials",
+        );
+    }
+    t.finish(ctx, S3_KNOWN);
+    Ok(c)
+}
+
+fn ctx_env_missing(ctx: &Ctx, name: &str) -> bool {
+    (ctx.env)(name).is_none_or(|v| v.is_empty())
+}
+
+fn cache_gcs(ctx: &mut Ctx, t: Option<TableReader>) -> Result<CacheGcs, ConfigError> {
+    let Some(mut t) = t else {
+        return Ok(CacheGcs::default());
+    };
+    let c = CacheGcs {
+        credentials_file: text(ctx, &mut t, "CredentialsFile")?,
+        access_id: text(ctx, &mut t, "AccessID")?,
+        private_key: Redacted(
+            t.string(ctx, "PrivateKey")?
+                .map(|v| v.v)
+                .unwrap_or_default(),
+        ),
+        bucket_name: text(ctx, &mut t, "BucketName")?,
+    };
+    t.finish(ctx, &[("UniverseDomain", N)]);
+    Ok(c)
+}
+
+fn cache_azure(ctx: &mut Ctx, t: Option<TableReader>) -> Result<CacheAzure, ConfigError> {
+    let Some(mut t) = t else {
+        return Ok(CacheAzure::default());
+    };
+    let c = CacheAzure {
+        account_name: text(ctx, &mut t, "AccountName")?,
+        account_key: Redacted(text(ctx, &mut t, "AccountKey")?),
+        container_name: text(ctx, &mut t, "ContainerName")?,
+        storage_domain: text(ctx, &mut t, "StorageDomain")?,
+    };
+    t.finish(ctx, &[]);
+    Ok(c)
+}
+
 pub(crate) fn cache(ctx: &mut Ctx, mut t: TableReader) -> Result<CacheSection, ConfigError> {
+    let kind = t.string(ctx, "Type")?;
     let mut c = CacheSection {
-        kind: non_empty(t.string(ctx, "Type")?),
+        kind: None,
         path: non_empty(t.string(ctx, "Path")?),
         shared: flag(ctx, &mut t, "Shared")?,
         max_uploaded_archive_size: match t.int(ctx, "MaxUploadedArchiveSize")? {
@@ -324,20 +475,51 @@ pub(crate) fn cache(ctx: &mut Ctx, mut t: TableReader) -> Result<CacheSection, C
                 )
             })?,
         },
+        ..CacheSection::default()
     };
-    // gitlab-runner only notices an unknown adapter when a job uses the cache, so this is a
-    // warning (a file gitlab-runner accepts must load), and the cache stays local.
-    if let Some(kind) = c.kind.take() {
-        if matches!(kind.as_str(), "s3" | "gcs" | "gcsv2" | "azure") {
-            c.kind = Some(kind);
-        } else {
-            let line = t.item(ctx, "Type").map(|(_, l)| l).unwrap_or(t.line);
-            let key = t.key_path("Type");
-            ctx.warn(
-                line,
+    let s3 = t.table(ctx, "s3")?;
+    c.s3 = cache_s3(ctx, s3, &mut t)?;
+    let gcs = t.table(ctx, "gcs")?;
+    c.gcs = cache_gcs(ctx, gcs)?;
+    let azure = t.table(ctx, "azure")?;
+    c.azure = cache_azure(ctx, azure)?;
+    // gitlab-runner only notices an unknown adapter or a missing bucket when a job uses the
+    // cache, so these are warnings (a file gitlab-runner accepts must load), and the cache
+    // stays local.
+    if let Some(kind) = kind.filter(|k| !k.v.trim().is_empty()) {
+        let key = t.key_path("Type");
+        let missing = match kind.v.trim() {
+            "s3" => {
+                c.s3.bucket_name
+                    .is_empty()
+                    .then_some("[runners.cache.s3] BucketName")
+            }
+            "gcs" | "gcsv2" => c
+                .gcs
+                .bucket_name
+                .is_empty()
+                .then_some("[runners.cache.gcs] BucketName"),
+            "azure" => (c.azure.container_name.is_empty() || c.azure.account_name.is_empty())
+                .then_some("[runners.cache.azure] AccountName and ContainerName"),
+            other => {
+                ctx.warn(
+                    kind.line,
+                    &key,
+                    format!("unknown cache type {other:?} (known: s3, gcs, gcsv2, azure); only the local cache is used"),
+                );
+                None
+            }
+        };
+        match missing {
+            Some(what) => ctx.warn(
+                kind.line,
                 &key,
-                format!("unknown cache type {kind:?} (known: s3, gcs, gcsv2, azure); only the local cache is used"),
-            );
+                format!("{what} missing; only the local cache is used"),
+            ),
+            None if matches!(kind.v.trim(), "s3" | "gcs" | "gcsv2" | "azure") => {
+                c.kind = Some(kind.v.trim().to_string());
+            }
+            None => {}
         }
     }
     t.finish(ctx, CACHE_KNOWN);

@@ -60,6 +60,30 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A credential of which not even a prefix may be shown (`SecretKey`, `AccountKey`): `Debug`
+/// prints `<redacted>` (or `<empty>`).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Redacted(pub String);
+
+impl Redacted {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
 /// The whole resolved file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -224,13 +248,86 @@ impl Default for DockerSection {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+/// `[runners.cache]`, as gitlab-runner defines it (docs/configuration.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheSection {
-    /// None = local cache only.
+    /// None = local cache only. Otherwise `s3`, `gcs`, `gcsv2` or `azure`, and the matching
+    /// table is complete enough to be used (a `Type` whose table lacks its bucket was turned
+    /// into None with a warning).
     pub kind: Option<String>,
+    /// Prefix of every object name.
     pub path: Option<String>,
+    /// Objects are not put under `runner/<short token>/`.
     pub shared: bool,
+    /// Bytes; 0 = no limit.
     pub max_uploaded_archive_size: u64,
+    pub s3: CacheS3,
+    pub gcs: CacheGcs,
+    pub azure: CacheAzure,
+}
+
+/// `AuthenticationType` of `[runners.cache.s3]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum S3Auth {
+    /// `AccessKey`/`SecretKey`.
+    #[default]
+    AccessKey,
+    /// The host's credentials: environment, web identity, ECS task role, EC2 instance profile.
+    Iam,
+}
+
+/// `ServerSideEncryption` of `[runners.cache.s3]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Encryption {
+    /// `S3` / `AES256`.
+    Aes256,
+    /// `KMS` / `aws:kms`.
+    Kms,
+    /// `DSSE-KMS` / `aws:kms:dsse`.
+    DsseKms,
+}
+
+/// `[runners.cache.s3]` (or the pre-12.0 keys directly in `[runners.cache]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheS3 {
+    /// `host[:port]`, no scheme; empty = AWS.
+    pub server_address: String,
+    pub access_key: String,
+    pub secret_key: Redacted,
+    pub session_token: Redacted,
+    pub bucket_name: String,
+    pub bucket_location: String,
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    /// Resolved as gitlab-runner does: `iam` when no server address or keys are given.
+    pub authentication_type: S3Auth,
+    pub server_side_encryption: Option<S3Encryption>,
+    pub server_side_encryption_key_id: String,
+    /// `None` = decided from the address: virtual-host style on AWS and Google, path style
+    /// elsewhere (MinIO and other self-hosted servers).
+    pub path_style: Option<bool>,
+    pub role_arn: String,
+}
+
+/// `[runners.cache.gcs]` (also used by `Type = "gcsv2"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheGcs {
+    /// A service account JSON key file; empty = Application Default Credentials.
+    pub credentials_file: String,
+    /// `AccessID` + `PrivateKey`: a service account's e-mail and PEM key.
+    pub access_id: String,
+    pub private_key: Redacted,
+    pub bucket_name: String,
+}
+
+/// `[runners.cache.azure]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheAzure {
+    pub account_name: String,
+    pub account_key: Redacted,
+    pub container_name: String,
+    /// Default `blob.core.windows.net`.
+    pub storage_domain: String,
 }
 
 /// ferry's own: the built-in deploy step (deploy-step.md 4.1 and 4.11).

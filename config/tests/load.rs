@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_config::{Config, ConfigError, LogFormat, PullPolicy, from_toml_str_with_env};
+use ferry_config::{
+    Config, ConfigError, LogFormat, PullPolicy, S3Auth, S3Encryption, from_toml_str_with_env,
+};
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -453,7 +455,6 @@ fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
             (11, "runners[0].pre_build_script"),
             (19, "runners[0].docker.cpuset_cpus"),
             (21, "runners[0].docker.services"),
-            (24, "runners[0].cache.s3"),
         ],
         "{:#?}",
         c.warnings
@@ -689,7 +690,7 @@ fn privilege_user_and_pids_keys() {
 #[test]
 fn cache_section_with_capitalised_keys() {
     let c = load(&format!(
-        "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    Path = \"prefix\"\n    Shared = true\n    MaxUploadedArchiveSize = 1048576\n    [runners.cache.s3]\n    [runners.cache.gcs]\n    [runners.cache.azure]\n"
+        "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    Path = \"prefix\"\n    Shared = true\n    MaxUploadedArchiveSize = 1048576\n    [runners.cache.s3]\n      BucketName = \"b\"\n    [runners.cache.gcs]\n    [runners.cache.azure]\n"
     ));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     let cache = &c.runners[0].cache;
@@ -850,4 +851,134 @@ fn secrets_do_not_leak_through_debug() {
     let dump = format!("{c:?}");
     assert!(!dump.contains("glrt-abcdefgh"), "{dump}");
     assert!(dump.contains("glrt-abc"));
+}
+
+#[test]
+fn cache_s3_table_is_read_and_secrets_stay_out_of_debug() {
+    let c = load(&format!(
+        "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    Shared = true\n    [runners.cache.s3]\n      ServerAddress = \"minio.internal:9000\"\n      AccessKey = \"AKIDEXAMPLE\"\n      SecretKey = \"wJalrXUtnFEMI\"\n      SessionToken = \"tok-secret\"\n      BucketName = \"runner-cache\"\n      BucketLocation = \"eu-west-1\"\n      Insecure = true\n      PathStyle = false\n      ServerSideEncryption = \"aws:kms\"\n      ServerSideEncryptionKeyID = \"alias/k\"\n      AssumeRoleMaxConcurrency = 4\n"
+    ));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let cache = &c.runners[0].cache;
+    assert_eq!(cache.kind.as_deref(), Some("s3"));
+    let s3 = &cache.s3;
+    assert_eq!(s3.server_address, "minio.internal:9000");
+    assert_eq!(s3.access_key, "AKIDEXAMPLE");
+    assert_eq!(s3.secret_key.expose(), "wJalrXUtnFEMI");
+    assert_eq!(s3.session_token.expose(), "tok-secret");
+    assert_eq!(s3.bucket_name, "runner-cache");
+    assert_eq!(s3.bucket_location, "eu-west-1");
+    assert!(s3.insecure);
+    assert_eq!(s3.path_style, Some(false));
+    assert_eq!(s3.authentication_type, S3Auth::AccessKey);
+    assert_eq!(s3.server_side_encryption, Some(S3Encryption::Kms));
+    assert_eq!(s3.server_side_encryption_key_id, "alias/k");
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("wJalrX"), "{debug}");
+    assert!(!debug.contains("tok-secret"), "{debug}");
+}
+
+#[test]
+fn cache_s3_authentication_type_is_resolved_like_gitlab_runner() {
+    let s3 = |lines: &str| {
+        load(&format!(
+            "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    [runners.cache.s3]\n      BucketName = \"b\"\n{lines}"
+        ))
+        .runners[0]
+            .cache
+            .s3
+            .clone()
+    };
+    assert_eq!(s3("").authentication_type, S3Auth::Iam);
+    assert_eq!(
+        s3("      ServerAddress = \"s:9000\"\n      AccessKey = \"a\"\n      SecretKey = \"s\"\n")
+            .authentication_type,
+        S3Auth::AccessKey
+    );
+    assert_eq!(
+        s3("      ServerAddress = \"s:9000\"\n      AccessKey = \"a\"\n      SecretKey = \"s\"\n      AuthenticationType = \"IAM\"\n")
+            .authentication_type,
+        S3Auth::Iam
+    );
+    let e = error(&format!(
+        "{MINIMAL}  [runners.cache]\n    [runners.cache.s3]\n      AuthenticationType = \"token\"\n"
+    ));
+    assert!(
+        e.contains("config.toml:9") && e.contains("runners[0].cache.s3.AuthenticationType"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{MINIMAL}  [runners.cache]\n    [runners.cache.s3]\n      ServerAddress = \"http://minio:9000\"\n"
+    ));
+    assert!(
+        e.contains("config.toml:9") && e.contains("without a scheme"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cache_legacy_keys_fill_the_s3_table() {
+    let c = load(&format!(
+        "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    ServerAddress = \"old:9000\"\n    AccessKey = \"a\"\n    SecretKey = \"s\"\n    BucketName = \"legacy\"\n    Insecure = true\n"
+    ));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let s3 = &c.runners[0].cache.s3;
+    assert_eq!(s3.server_address, "old:9000");
+    assert_eq!(s3.bucket_name, "legacy");
+    assert!(s3.insecure);
+    assert_eq!(c.runners[0].cache.kind.as_deref(), Some("s3"));
+}
+
+#[test]
+fn cache_without_bucket_or_with_unsupported_keys_warns() {
+    let c = load(&format!(
+        "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    [runners.cache.s3]\n      ServerAddress = \"s:9000\"\n      Accelerate = true\n      DualStack = true\n      ServerSideEncryption = \"rot13\"\n"
+    ));
+    assert_eq!(c.runners[0].cache.kind, None);
+    let got: Vec<(usize, &str)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (8, "runners[0].cache.Type"),
+            (11, "runners[0].cache.s3.Accelerate"),
+            (12, "runners[0].cache.s3.DualStack"),
+            (13, "runners[0].cache.s3.ServerSideEncryption"),
+        ],
+        "{:#?}",
+        c.warnings
+    );
+    assert!(c.warnings[0].message.contains("BucketName missing"));
+}
+
+#[test]
+fn cache_gcs_and_azure_tables() {
+    let c = load(&format!(
+        "{MINIMAL}  [runners.cache]\n    Type = \"gcs\"\n    [runners.cache.gcs]\n      AccessID = \"sa@p.iam.gserviceaccount.com\"\n      PrivateKey = \"-----BEGIN PRIVATE KEY-----\\nXYZ\"\n      BucketName = \"g\"\n    [runners.cache.azure]\n      AccountName = \"acct\"\n      AccountKey = \"c2VjcmV0\"\n      ContainerName = \"c\"\n      StorageDomain = \"blob.core.chinacloudapi.cn\"\n"
+    ));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let cache = &c.runners[0].cache;
+    assert_eq!(cache.kind.as_deref(), Some("gcs"));
+    assert_eq!(cache.gcs.bucket_name, "g");
+    assert_eq!(cache.gcs.access_id, "sa@p.iam.gserviceaccount.com");
+    assert_eq!(cache.azure.account_name, "acct");
+    assert_eq!(cache.azure.account_key.expose(), "c2VjcmV0");
+    assert_eq!(cache.azure.storage_domain, "blob.core.chinacloudapi.cn");
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("c2VjcmV0") && !debug.contains("XYZ"),
+        "{debug}"
+    );
+    let c = load(&format!(
+        "{MINIMAL}  [runners.cache]\n    Type = \"azure\"\n    [runners.cache.azure]\n      ContainerName = \"c\"\n"
+    ));
+    assert_eq!(c.runners[0].cache.kind, None);
+    assert!(
+        c.warnings[0].message.contains("AccountName"),
+        "{:#?}",
+        c.warnings
+    );
 }

@@ -17,6 +17,8 @@ fn store(root: &Path) -> CacheStore {
         root: root.to_path_buf(),
         namespace: "project/42".into(),
         disabled: false,
+        remote: None,
+        format: Default::default(),
     }
 }
 

@@ -2,6 +2,7 @@
 pub mod e2e;
 pub mod fake_gitlab;
 pub mod fake_k8s;
+pub mod moto;
 
 use std::path::PathBuf;
 

@@ -331,6 +331,24 @@ pub fn extract_archive(
     zipfmt::extract_zip(zip_file, &dir, limits)
 }
 
+/// A cache archive in gitlab-runner's zip format (`CACHE_COMPRESSION_FORMAT=zip`).
+pub(crate) fn write_cache_zip(
+    root: &JobDir,
+    sel: &paths::Selection,
+    out: &Path,
+) -> std::io::Result<()> {
+    zipfmt::write_zip(root, sel, out)
+}
+
+/// A gitlab-runner cache zip (`cache.zip`), unpacked beneath `root` like an artifact.
+pub(crate) fn extract_cache_zip(
+    zip_file: &Path,
+    root: &JobDir,
+    limits: &Limits,
+) -> Result<ExtractSummary, ArtifactError> {
+    zipfmt::extract_zip(zip_file, root, limits)
+}
+
 /// Async wrapper around [`extract_archive`] that logs what happened.
 pub async fn extract(
     zip_file: &Path,

@@ -11,7 +11,7 @@ use crate::artifacts::Note;
 use crate::artifacts::paths::{EntryKind, Selection, select};
 use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
 
-use super::CacheSpec;
+use super::{CacheFormat, CacheSpec};
 
 pub(super) const ARCHIVE_NAME: &str = "cache.tar.zst";
 pub(super) const MANIFEST_NAME: &str = "manifest.json";
@@ -79,9 +79,87 @@ fn manifest(sel: &Selection) -> Vec<u8> {
     serde_json::to_vec(&entries).unwrap_or_default()
 }
 
+/// Whether the file starts with `magic` (the other format's: the archive must be rewritten).
+fn magic_is(archive: &Path, magic: &[u8]) -> bool {
+    let mut head = vec![0u8; magic.len()];
+    std::fs::File::open(archive)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == magic)
+}
+
+/// The manifest [`save`] would write for the files in a ferry archive (tar + zstd, entries in
+/// the order [`write_tar`] writes them): what a restore of it leaves on disk.
+fn manifest_of_archive(archive: &Path, limits: &Limits) -> io::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Owned {
+        path: String,
+        kind: &'static str,
+        mode: u32,
+        size: u64,
+        mtime: u64,
+        target: Option<String>,
+    }
+    let mut f = std::fs::File::open(archive)?;
+    let mut magic = [0u8; 4];
+    f.read_exact(&mut magic)?;
+    if magic != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not tar + zstd"));
+    }
+    let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
+    let mut ar = tar::Archive::new(dec);
+    let mut out = Vec::new();
+    for entry in ar.entries()? {
+        limits.check_time()?;
+        let entry = entry?;
+        let h = entry.header();
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+        let mode = h.mode()? & 0o777;
+        let kind = h.entry_type();
+        out.push(if kind.is_dir() {
+            Owned {
+                path,
+                kind: "dir",
+                mode,
+                size: 0,
+                mtime: 0,
+                target: None,
+            }
+        } else if kind.is_symlink() {
+            let target = entry.link_name()?.map(|t| t.to_string_lossy().into_owned());
+            Owned {
+                path,
+                kind: "symlink",
+                mode: 0,
+                size: 0,
+                mtime: 0,
+                target,
+            }
+        } else if kind.is_file() {
+            Owned {
+                path,
+                kind: "file",
+                mode,
+                size: h.size()?,
+                mtime: h.mtime()?,
+                target: None,
+            }
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a ferry archive",
+            ));
+        });
+    }
+    serde_json::to_vec(&out).map_err(io::Error::other)
+}
+
 /// A unique temporary name inside `dir`, so that concurrent jobs never write the same file
 /// and a reader only ever sees complete archives (they appear by `rename`).
-fn temp_path(dir: &Path, what: &str) -> std::path::PathBuf {
+pub(super) fn temp_path(dir: &Path, what: &str) -> std::path::PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
@@ -151,6 +229,7 @@ pub(super) fn save(
     spec: &CacheSpec,
     key_dir: &Path,
     limits: &Limits,
+    format: CacheFormat,
 ) -> io::Result<(Vec<Note>, Saved)> {
     let root = JobDir::open(project_dir)?;
     let sel = select(&root, &spec.paths, &[], spec.untracked, limits)?;
@@ -161,7 +240,32 @@ pub(super) fn save(
     let archive = key_dir.join(ARCHIVE_NAME);
     let manifest_path = key_dir.join(MANIFEST_NAME);
     let new_manifest = manifest(&sel);
-    if archive.is_file() && std::fs::read(&manifest_path).is_ok_and(|old| old == new_manifest) {
+    // The format is part of "unchanged": switching CACHE_COMPRESSION_FORMAT rewrites the archive.
+    let same_format = match format {
+        CacheFormat::TarZstd => !magic_is(&archive, b"PK"),
+        CacheFormat::Zip => !magic_is(&archive, &[0x28, 0xb5, 0x2f, 0xfd]),
+    };
+    if same_format
+        && archive.is_file()
+        && std::fs::read(&manifest_path).is_ok_and(|old| old == new_manifest)
+    {
+        touch(&archive);
+        return Ok((notes, Saved::UpToDate));
+    }
+    // An archive without its manifest was downloaded from the distributed cache (remote.rs):
+    // when it holds exactly these files it is kept, and so is the remote object.
+    if same_format
+        && archive.is_file()
+        && !manifest_path.exists()
+        && manifest_of_archive(&archive, limits).is_ok_and(|m| m == new_manifest)
+    {
+        let tmp = temp_path(key_dir, "manifest");
+        if std::fs::write(&tmp, &new_manifest)
+            .and_then(|()| std::fs::rename(&tmp, &manifest_path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
         touch(&archive);
         return Ok((notes, Saved::UpToDate));
     }
@@ -169,13 +273,17 @@ pub(super) fn save(
     let tmp_archive = temp_path(key_dir, "archive");
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
-        if let Err(e) = write_tar(&root, &sel, &tmp_archive, limits) {
+        let write = || match format {
+            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits),
+            CacheFormat::Zip => crate::artifacts::write_cache_zip(&root, &sel, &tmp_archive),
+        };
+        if let Err(e) = write() {
             // evict() may have pruned the (then empty) key dir in between: once more.
             if e.kind() != io::ErrorKind::NotFound || key_dir.is_dir() {
                 return Err(e);
             }
             std::fs::create_dir_all(key_dir)?;
-            write_tar(&root, &sel, &tmp_archive, limits)?;
+            write()?;
         }
         std::fs::write(&tmp_manifest, &new_manifest)?;
         // Archive first: a manifest must never describe an archive that is not there yet.
@@ -204,10 +312,36 @@ pub(super) fn save(
 /// `..` and absolute paths are refused, nothing is written through a link (whatever is in the
 /// way is replaced), only directories, regular files and links are created, within `limits`.
 /// Returns the number of entries extracted.
-pub(super) fn extract(archive: &Path, project_dir: &Path, limits: &Limits) -> io::Result<u64> {
+///
+/// The format is told by the first bytes, as gitlab-runner's extractor does: ferry's (and
+/// gitlab-runner's `tarzstd`) tar + zstd, or gitlab-runner's default zip (deflate, or zstd
+/// entries with `CACHE_COMPRESSION_FORMAT=zipzstd`), so caches gitlab-runner uploaded to a
+/// shared store restore here. Zip entries are unpacked by the artifacts' safe extractor.
+pub(super) fn extract(
+    archive: &Path,
+    project_dir: &Path,
+    limits: &Limits,
+) -> io::Result<(Vec<Note>, u64)> {
     let root = JobDir::create(project_dir, 0o777)?;
-    let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-    unpack(dec, &root, limits, None)
+    let mut f = std::fs::File::open(archive)?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic)?;
+    drop(f);
+    match &magic[..n] {
+        [0x28, 0xb5, 0x2f, 0xfd] => {
+            let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
+            Ok((Vec::new(), unpack(dec, &root, limits, None)?))
+        }
+        [b'P', b'K', ..] => {
+            let summary = crate::artifacts::extract_cache_zip(archive, &root, limits)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            Ok((summary.notes, summary.files as u64))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a cache archive (neither tar + zstd nor zip)",
+        )),
+    }
 }
 
 /// Unpacks a tar stream beneath `root` (see [`extract`]). With `strip`, entries must start

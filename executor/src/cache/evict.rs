@@ -150,6 +150,7 @@ fn remove_item(item: &Item) -> io::Result<bool> {
     std::fs::remove_file(&item.path)?;
     if let Some(dir) = item.path.parent() {
         let _ = std::fs::remove_file(dir.join(MANIFEST_NAME));
+        let _ = std::fs::remove_file(dir.join(super::remote::STATE_NAME));
     }
     Ok(true)
 }

@@ -15,6 +15,7 @@
 
 mod archive;
 mod evict;
+mod remote;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ use crate::jobfs::Limits;
 pub(crate) use archive::unpack;
 pub use evict::{EvictReport, evict};
 pub(crate) use evict::{GIT_CACHE_LOCK, GIT_CACHE_MARKER};
+pub use remote::{
+    DEFAULT_REQUEST_TIMEOUT, RemoteCache, object_prefix, request_timeout, restore_attempts,
+};
 
 /// `cache:policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -75,6 +79,32 @@ pub struct CacheSpec {
     pub when: When,
 }
 
+/// The format of the archives [`save`] writes (`CACHE_COMPRESSION_FORMAT`). Restores read both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheFormat {
+    /// tar + zstd: ferry's default; gitlab-runner reads it since 16.2.
+    #[default]
+    TarZstd,
+    /// gitlab-runner's default zip (deflate), for fleets with older gitlab-runners.
+    Zip,
+}
+
+impl CacheFormat {
+    /// `CACHE_COMPRESSION_FORMAT`: `zip` (and gitlab-runner's `zipzstd`, written as plain
+    /// zip) or `tarzstd`; unset or anything else is ferry's default.
+    pub fn parse(value: Option<&str>) -> CacheFormat {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Some("zip" | "zipzstd") => CacheFormat::Zip,
+            _ => CacheFormat::TarZstd,
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == CacheFormat::TarZstd
+    }
+}
+
 /// Where caches live for one job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheStore {
@@ -84,6 +114,13 @@ pub struct CacheStore {
     pub namespace: String,
     /// `[runners.docker] disable_cache = true`: nothing is restored or saved.
     pub disabled: bool,
+    /// `[runners.cache] Type = ...`: archives are also kept in an object store, shared by
+    /// every host of the fleet (remote.rs). The local archives are then this host's tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteCache>,
+    /// What new archives are written as.
+    #[serde(skip_serializing_if = "CacheFormat::is_default")]
+    pub format: CacheFormat,
 }
 
 impl CacheStore {
@@ -154,7 +191,10 @@ pub fn sanitize_key(raw: &str) -> Result<SanitizedKey, String> {
     }
     // Reserved by ferry for its own files inside a key directory.
     if parts.iter().any(|p| {
-        p == archive::ARCHIVE_NAME || p == archive::MANIFEST_NAME || p.starts_with(".tmp-")
+        p == archive::ARCHIVE_NAME
+            || p == archive::MANIFEST_NAME
+            || p == remote::STATE_NAME
+            || p.starts_with(".tmp-")
     }) {
         return Err(format!("cache key {raw:?} uses a name reserved by ferry"));
     }
@@ -293,7 +333,11 @@ pub async fn restore(
         }
         note(log, Level::Notice, &format!("Checking cache for {key}...")).await?;
         let path = store.archive_path(&key)?;
-        if !path.is_file() {
+        let available = match &store.remote {
+            None => path.is_file(),
+            Some(remote) => fetch(remote, store, &key, log, limits).await?,
+        };
+        if !available {
             note(log, Level::Warning, "file does not exist").await?;
             note(log, Level::Warning, "Failed to extract cache").await?;
             continue;
@@ -306,7 +350,8 @@ pub async fn restore(
             return Err(CacheError::Cancelled);
         }
         match res {
-            Ok(files) => {
+            Ok((notes, files)) => {
+                write_notes(log, &notes).await.map_err(CacheError::Log)?;
                 archive::touch(&path);
                 note(log, Level::Notice, "Successfully extracted cache").await?;
                 return Ok(RestoreOutcome::Restored {
@@ -381,13 +426,14 @@ pub async fn save(
     }
     note(log, Level::Notice, &format!("Creating cache {key}...")).await?;
     let key_dir = store.key_dir(&key)?;
-    let (dir, sp, kd, c) = (
+    let (dir, sp, kd, c, format) = (
         project_dir.to_path_buf(),
         spec.clone(),
         key_dir.clone(),
         limits.clone(),
+        store.format,
     );
-    let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c))
+    let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c, format))
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
     if cancel.is_cancelled() {
@@ -411,6 +457,9 @@ pub async fn save(
         Ok(archive::Saved::UpToDate) => {
             note(log, Level::Plain, "Archive is up to date!").await?;
             note(log, Level::Notice, "Created cache").await?;
+            if let Some(remote) = &store.remote {
+                push(remote, store, &key, false, log).await?;
+            }
             Ok(SaveOutcome::UpToDate { key })
         }
         Ok(archive::Saved::Written {
@@ -422,13 +471,20 @@ pub async fn save(
                 log,
                 Level::Plain,
                 &format!(
-                    "cache.tar.zst: {files} files, {} ({} compressed)",
+                    "{}: {files} files, {} ({} compressed)",
+                    match store.format {
+                        CacheFormat::TarZstd => "cache.tar.zst",
+                        CacheFormat::Zip => "cache.zip",
+                    },
                     hostio::human_bytes(bytes),
                     hostio::human_bytes(archive_bytes)
                 ),
             )
             .await?;
             note(log, Level::Notice, "Created cache").await?;
+            if let Some(remote) = &store.remote {
+                push(remote, store, &key, true, log).await?;
+            }
             Ok(SaveOutcome::Created { key, files, bytes })
         }
         Err(e) => {
@@ -437,6 +493,195 @@ pub async fn save(
             Ok(SaveOutcome::Failed)
         }
     }
+}
+
+/// Makes the remote archive of `key` available locally: this host's copy when the remote
+/// object is the one this host last saw (or the store cannot be reached), else a download.
+/// `false` when there is nothing to extract. Store failures are warnings.
+async fn fetch(
+    remote: &RemoteCache,
+    store: &CacheStore,
+    key: &str,
+    log: &mut LogSink<'_>,
+    limits: &Limits,
+) -> Result<bool, CacheError> {
+    let key_dir = store.key_dir(key)?;
+    let path = key_dir.join(archive::ARCHIVE_NAME);
+    let client = match remote.store() {
+        Ok(c) => c,
+        Err(e) => {
+            note(log, Level::Warning, &format!("Cache store: {e}")).await?;
+            return local_copy(&path, log).await;
+        }
+    };
+    let attempts = remote.restore_attempts.max(1);
+    let mut failure = None;
+    for attempt in 1..=attempts {
+        if limits.cancel.is_cancelled() {
+            return Err(CacheError::Cancelled);
+        }
+        if let Some(e) = failure.take() {
+            note(
+                log,
+                Level::Warning,
+                &format!("{e}; trying again ({attempt}/{attempts}, RESTORE_CACHE_ATTEMPTS)"),
+            )
+            .await?;
+        }
+        let state = match remote.head(&*client, key).await {
+            Ok(remote::Head::Missing) => return Ok(false),
+            Ok(remote::Head::Found(state)) => state,
+            Err(e) => {
+                failure = Some(e);
+                continue;
+            }
+        };
+        if path.is_file() && remote::RemoteState::read(&key_dir).as_ref() == Some(&state) {
+            note(
+                log,
+                Level::Plain,
+                "Remote cache is unchanged: using this host's copy",
+            )
+            .await?;
+            return Ok(true);
+        }
+        note(
+            log,
+            Level::Plain,
+            &format!("Downloading cache {}", remote.object(key)),
+        )
+        .await?;
+        if let Err(e) = std::fs::create_dir_all(&key_dir) {
+            failure = Some(remote::RemoteError(format!(
+                "creating {}: {e}",
+                key_dir.display()
+            )));
+            continue;
+        }
+        let tmp = archive::temp_path(&key_dir, "download");
+        match remote.download(&*client, key, &tmp, &state).await {
+            Ok((state, bytes)) => {
+                // The manifest described the archive being replaced: without it the next save
+                // archives again. Manifest first, so it never describes the wrong archive.
+                let _ = std::fs::remove_file(key_dir.join(archive::MANIFEST_NAME));
+                remote::RemoteState::forget(&key_dir);
+                if let Err(e) = std::fs::rename(&tmp, &path) {
+                    let _ = std::fs::remove_file(&tmp);
+                    failure = Some(remote::RemoteError(format!("storing the download: {e}")));
+                    continue;
+                }
+                let _ = state.write(&key_dir);
+                let ranges = match state.ranges() {
+                    1 => String::new(),
+                    n => format!(" in {n} parallel ranges"),
+                };
+                note(
+                    log,
+                    Level::Plain,
+                    &format!("Downloaded {}{ranges}", hostio::human_bytes(bytes)),
+                )
+                .await?;
+                return Ok(true);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                failure = Some(e);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        note(log, Level::Warning, &e.to_string()).await?;
+    }
+    local_copy(&path, log).await
+}
+
+async fn local_copy(path: &Path, log: &mut LogSink<'_>) -> Result<bool, CacheError> {
+    if path.is_file() {
+        note(
+            log,
+            Level::Plain,
+            "Cache store not reachable: using this host's copy",
+        )
+        .await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Uploads the local archive of `key` (just written when `changed`) unless it is over
+/// `MaxUploadedArchiveSize` or the remote object is still the one this host uploaded or
+/// downloaded for it. Failures are warnings.
+async fn push(
+    remote: &RemoteCache,
+    store: &CacheStore,
+    key: &str,
+    changed: bool,
+    log: &mut LogSink<'_>,
+) -> Result<(), CacheError> {
+    let key_dir = store.key_dir(key)?;
+    let path = key_dir.join(archive::ARCHIVE_NAME);
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let max = remote.config.max_uploaded_archive_size;
+    if max > 0 && size > max {
+        note(
+            log,
+            Level::Warning,
+            &format!(
+                "Cache archive of {} is over MaxUploadedArchiveSize ({}): not uploaded",
+                hostio::human_bytes(size),
+                hostio::human_bytes(max)
+            ),
+        )
+        .await?;
+        return Ok(());
+    }
+    let client = match remote.store() {
+        Ok(c) => c,
+        Err(e) => {
+            note(log, Level::Warning, &format!("Cache store: {e}")).await?;
+            note(log, Level::Warning, "Failed to upload cache").await?;
+            return Ok(());
+        }
+    };
+    let known = if changed {
+        None
+    } else {
+        remote::RemoteState::read(&key_dir)
+    };
+    if let Some(known) = known
+        && let Ok(remote::Head::Found(now)) = remote.head(&*client, key).await
+        && now == known
+    {
+        note(
+            log,
+            Level::Plain,
+            "Remote cache is up to date: not uploading",
+        )
+        .await?;
+        return Ok(());
+    }
+    remote::RemoteState::forget(&key_dir);
+    note(
+        log,
+        Level::Plain,
+        &format!(
+            "Uploading cache to {} ({})",
+            remote.object(key),
+            hostio::human_bytes(size)
+        ),
+    )
+    .await?;
+    match remote.upload(&*client, key, &path).await {
+        Ok(state) => {
+            let _ = state.write(&key_dir);
+            note(log, Level::Notice, "Uploaded cache").await?;
+        }
+        Err(e) => {
+            note(log, Level::Warning, &e.to_string()).await?;
+            note(log, Level::Warning, "Failed to upload cache").await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use ferry_config::RunnerSection;
 use ferry_executor::artifacts::{ArtifactFormat, ArtifactSpec, strip_project_prefix};
-use ferry_executor::cache::{CachePolicy, CacheSpec, CacheStore};
+use ferry_executor::cache::{
+    CacheFormat, CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
+    restore_attempts,
+};
 use ferry_executor::sources::{GitVariables, RefType, SourceSpec};
 use serde::Serialize;
 
@@ -129,6 +132,17 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         root: cache_root,
         namespace: format!("{short_token}/{project_path}"),
         disabled: runner.docker.disable_cache,
+        remote: runner.cache.kind.as_ref().map(|_| RemoteCache {
+            config: std::sync::Arc::new(runner.cache.clone()),
+            prefix: object_prefix(
+                &runner.cache,
+                runner.token.ci_short_token(),
+                payload.job_info.project_id,
+            ),
+            request_timeout: request_timeout(variables.value("CACHE_REQUEST_TIMEOUT")),
+            restore_attempts: restore_attempts(variables.value("RESTORE_CACHE_ATTEMPTS")),
+        }),
+        format: CacheFormat::parse(variables.value("CACHE_COMPRESSION_FORMAT")),
     };
     let mut caches = Vec::new();
     for c in &payload.cache {

@@ -347,3 +347,36 @@ fn golden_rules() {
     }
     assert!(checked >= 8, "{checked} rule cases");
 }
+
+/// `[runners.cache] Type = "s3"`: the plan carries gitlab-runner's object prefix and the job's
+/// CACHE_REQUEST_TIMEOUT / RESTORE_CACHE_ATTEMPTS; the plan never shows credentials.
+#[test]
+fn distributed_cache_uses_gitlab_runners_object_names() {
+    let mut r = runner();
+    r.cache.kind = Some("s3".into());
+    r.cache.s3.bucket_name = "ci-cache".into();
+    r.cache.s3.secret_key = ferry_config::Redacted("plan-secret-value".into());
+    let mut p = payload("full.json");
+    p.variables.push(var("CACHE_REQUEST_TIMEOUT", "3"));
+    p.variables.push(var("RESTORE_CACHE_ATTEMPTS", "4"));
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    let remote = plan.cache_store.remote.clone().unwrap();
+    let short = r.token.ci_short_token();
+    assert_eq!(
+        remote.prefix,
+        format!("runner/{short}/project/{}", p.job_info.project_id)
+    );
+    assert_eq!(remote.request_timeout, std::time::Duration::from_secs(180));
+    assert_eq!(remote.restore_attempts, 4);
+    let shown = render(&plan);
+    assert!(shown.contains("\"bucket\": \"ci-cache\""), "{shown}");
+    assert!(!shown.contains("plan-secret-value"));
+
+    r.cache.shared = true;
+    r.cache.path = Some("fleet".into());
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    assert_eq!(
+        plan.cache_store.remote.unwrap().prefix,
+        format!("fleet/project/{}", p.job_info.project_id)
+    );
+}

@@ -1,0 +1,599 @@
+//! The distributed cache: `[runners.cache] Type = "s3" | "gcs" | "gcsv2" | "azure"`
+//! (docs/configuration.md, docs/scaling.md).
+//!
+//! The local archive (`<cache_dir>/<namespace>/<key>/cache.tar.zst`) stays the working copy:
+//! a save builds it as before and then uploads it; a restore asks the store for the object's
+//! metadata and reads the local copy when this host already has that version (the "local
+//! tier"), otherwise downloads it next to the local copy and extracts it from there.
+//!
+//! Object names are gitlab-runner's: `[<Path>/][runner/<short token>/]project/<id>/<key>`
+//! (the `runner/<short token>` part is left out with `Shared = true`), so a fleet that mixes
+//! gitlab-runner and ferry hosts shares one cache. Every failure is a warning: the job goes on.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_config::{CacheSection, S3Auth, S3Encryption};
+use futures::StreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt,
+    PutPayload, RetryConfig, WriteMultipart,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// gitlab-runner's default for `CACHE_REQUEST_TIMEOUT` (minutes).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Archives up to this size are sent in one request; bigger ones as a multipart upload of
+/// parts this size, a few in flight at once (S3 needs parts of at least 5 MiB).
+const PART_SIZE: usize = 16 * 1024 * 1024;
+const PARTS_IN_FLIGHT: usize = 4;
+/// What this host last knew of the remote object, next to the local archive.
+pub(super) const STATE_NAME: &str = "remote.json";
+
+/// Where and how a runner's caches are kept remotely (built by the runner from
+/// `[runners.cache]` and the job's `CACHE_REQUEST_TIMEOUT`/`RESTORE_CACHE_ATTEMPTS`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteCache {
+    /// `kind` is set (the config turns an unusable `Type` into None).
+    pub config: Arc<CacheSection>,
+    /// Object name prefix without the key: see [`object_prefix`].
+    pub prefix: String,
+    /// Bound of one upload or download (`CACHE_REQUEST_TIMEOUT`, minutes).
+    pub request_timeout: Duration,
+    /// Downloads tried per key (`RESTORE_CACHE_ATTEMPTS`, at least 1).
+    pub restore_attempts: u32,
+}
+
+impl std::fmt::Debug for RemoteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteCache")
+            .field("kind", &self.config.kind)
+            .field("bucket", &self.bucket())
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// The plan shows where caches go, never how the store is reached (no credentials).
+impl Serialize for RemoteCache {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("RemoteCache", 4)?;
+        st.serialize_field("kind", &self.config.kind)?;
+        st.serialize_field("bucket", self.bucket())?;
+        st.serialize_field("prefix", &self.prefix)?;
+        st.serialize_field("request_timeout_secs", &self.request_timeout.as_secs())?;
+        st.end()
+    }
+}
+
+/// gitlab-runner's object prefix: `[<Path>/][runner/<short token>/]project/<project id>`.
+pub fn object_prefix(config: &CacheSection, short_token: &str, project_id: u64) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let path = config.path.as_deref().unwrap_or("");
+    parts.extend(path.split('/').filter(|p| !p.is_empty()));
+    let short = short_token.to_string();
+    if !config.shared {
+        parts.push("runner");
+        parts.push(&short);
+    }
+    let id = project_id.to_string();
+    parts.push("project");
+    parts.push(&id);
+    parts.join("/")
+}
+
+/// A store failure, with what was being done; never contains credentials.
+#[derive(Debug)]
+pub(super) struct RemoteError(pub String);
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// This host's record of the remote object its local archive corresponds to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct RemoteState {
+    object: String,
+    e_tag: Option<String>,
+    last_modified: String,
+    size: u64,
+}
+
+impl RemoteState {
+    fn of(meta: &ObjectMeta) -> RemoteState {
+        RemoteState {
+            object: meta.location.to_string(),
+            e_tag: meta.e_tag.clone(),
+            last_modified: meta.last_modified.to_rfc3339(),
+            size: meta.size,
+        }
+    }
+
+    /// How many ranged GETs download this object (1 = one streamed GET).
+    pub(super) fn ranges(&self) -> u64 {
+        if self.e_tag.is_none() {
+            return 1;
+        }
+        self.size.div_ceil(PART_SIZE as u64).max(1)
+    }
+
+    pub(super) fn read(key_dir: &Path) -> Option<RemoteState> {
+        serde_json::from_slice(&std::fs::read(key_dir.join(STATE_NAME)).ok()?).ok()
+    }
+
+    pub(super) fn write(&self, key_dir: &Path) -> io::Result<()> {
+        let tmp = super::archive::temp_path(key_dir, "remote");
+        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())?;
+        std::fs::rename(&tmp, key_dir.join(STATE_NAME)).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    pub(super) fn forget(key_dir: &Path) {
+        let _ = std::fs::remove_file(key_dir.join(STATE_NAME));
+    }
+}
+
+/// What a HEAD of the object found.
+pub(super) enum Head {
+    Found(RemoteState),
+    Missing,
+}
+
+impl RemoteCache {
+    fn bucket(&self) -> &str {
+        let c = &self.config;
+        match c.kind.as_deref() {
+            Some("s3") => &c.s3.bucket_name,
+            Some("gcs" | "gcsv2") => &c.gcs.bucket_name,
+            Some("azure") => &c.azure.container_name,
+            _ => "",
+        }
+    }
+
+    pub(super) fn object(&self, key: &str) -> String {
+        format!("{}/{key}", self.prefix)
+    }
+
+    /// Removes every credential from a message of the store's client.
+    fn scrub(&self, text: String) -> String {
+        let c = &self.config;
+        let mut text = text;
+        for s in [
+            c.s3.secret_key.expose(),
+            c.s3.session_token.expose(),
+            c.gcs.private_key.expose(),
+            c.azure.account_key.expose(),
+        ] {
+            if s.len() >= 4 {
+                text = text.replace(s, "[MASKED]");
+            }
+        }
+        text
+    }
+
+    /// One line (a store's error may carry a multi-line XML body), without credentials.
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> RemoteError {
+        let text = format!("{what}: {e}");
+        let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        RemoteError(self.scrub(line))
+    }
+
+    fn client(&self) -> ClientOptions {
+        ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(self.request_timeout)
+    }
+
+    /// A few quick retries of what the client sees as transient (connection refused, 5xx);
+    /// `RESTORE_CACHE_ATTEMPTS` is the user's knob for more.
+    fn retry() -> RetryConfig {
+        RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The store, from the config alone (no request is made here).
+    pub(super) fn store(&self) -> Result<Arc<dyn ObjectStore>, RemoteError> {
+        let c = &self.config;
+        let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match c.kind.as_deref() {
+            Some("s3") => {
+                let s3 = &c.s3;
+                let mut b = match s3.authentication_type {
+                    // environment, web identity (RoleARN), ECS task role, instance profile
+                    S3Auth::Iam => AmazonS3Builder::from_env(),
+                    S3Auth::AccessKey => AmazonS3Builder::new()
+                        .with_access_key_id(&s3.access_key)
+                        .with_secret_access_key(s3.secret_key.expose()),
+                };
+                if s3.authentication_type == S3Auth::AccessKey && !s3.session_token.is_empty() {
+                    b = b.with_token(s3.session_token.expose());
+                }
+                let region = if s3.bucket_location.is_empty() {
+                    "us-east-1"
+                } else {
+                    &s3.bucket_location
+                };
+                b = b
+                    .with_bucket_name(&s3.bucket_name)
+                    .with_region(region)
+                    .with_client_options(self.client())
+                    .with_allow_http(s3.insecure)
+                    .with_retry(Self::retry());
+                if !s3.role_arn.is_empty() {
+                    b = b.with_config(AmazonS3ConfigKey::RoleArn, &s3.role_arn);
+                }
+                let (endpoint, virtual_host) = s3_endpoint(s3);
+                b = b.with_virtual_hosted_style_request(virtual_host);
+                if let Some(e) = endpoint {
+                    b = b.with_endpoint(e);
+                }
+                match s3.server_side_encryption {
+                    None => {}
+                    Some(S3Encryption::Aes256) => {
+                        // The key is only public through its name.
+                        if let Ok(k) = "aws_server_side_encryption".parse::<AmazonS3ConfigKey>() {
+                            b = b.with_config(k, "AES256");
+                        }
+                    }
+                    Some(S3Encryption::Kms) => {
+                        b = b.with_sse_kms_encryption(&s3.server_side_encryption_key_id)
+                    }
+                    Some(S3Encryption::DsseKms) => {
+                        b = b.with_dsse_kms_encryption(&s3.server_side_encryption_key_id)
+                    }
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            Some("gcs" | "gcsv2") => {
+                let g = &c.gcs;
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&g.bucket_name)
+                    .with_client_options(self.client())
+                    .with_retry(Self::retry());
+                if !g.credentials_file.is_empty() {
+                    b = b.with_service_account_path(&g.credentials_file);
+                } else if !g.access_id.is_empty() && !g.private_key.is_empty() {
+                    let key = serde_json::json!({
+                        "type": "service_account",
+                        "client_email": g.access_id,
+                        "private_key": g.private_key.expose(),
+                        "private_key_id": "",
+                    });
+                    b = b.with_service_account_key(key.to_string());
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            Some("azure") => {
+                let a = &c.azure;
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_account(&a.account_name)
+                    .with_container_name(&a.container_name)
+                    .with_client_options(self.client())
+                    .with_retry(Self::retry());
+                if !a.account_key.is_empty() {
+                    b = b.with_access_key(a.account_key.expose());
+                }
+                if !a.storage_domain.is_empty() {
+                    b = b.with_endpoint(format!("https://{}.{}", a.account_name, a.storage_domain));
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            other => {
+                return Err(RemoteError(format!(
+                    "cache type {other:?} has no remote store"
+                )));
+            }
+        };
+        built.map_err(|e| self.err("configuring the cache store", e))
+    }
+
+    /// The object's metadata, within the request timeout.
+    pub(super) async fn head(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+    ) -> Result<Head, RemoteError> {
+        let object = ObjectPath::from(self.object(key));
+        match tokio::time::timeout(self.request_timeout, store.head(&object)).await {
+            Err(_) => Err(RemoteError(format!(
+                "looking up {object}: no answer within {}s (CACHE_REQUEST_TIMEOUT)",
+                self.request_timeout.as_secs()
+            ))),
+            Ok(Ok(meta)) => Ok(Head::Found(RemoteState::of(&meta))),
+            Ok(Err(object_store::Error::NotFound { .. })) => Ok(Head::Missing),
+            Ok(Err(e)) => Err(self.err(&format!("looking up {object}"), e)),
+        }
+    }
+
+    /// Downloads the object to `dest` (a temporary file the caller renames); returns what was
+    /// downloaded. `known` is the object's metadata from the HEAD just before: an archive over
+    /// one part with an ETag is fetched as ranges, a few at once, each GET conditional on that
+    /// ETag (an object replaced under way fails the download instead of mixing two archives);
+    /// anything else is one streamed GET.
+    pub(super) async fn download(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+        dest: &Path,
+        known: &RemoteState,
+    ) -> Result<(RemoteState, u64), RemoteError> {
+        let object = ObjectPath::from(self.object(key));
+        let what = format!("downloading {object}");
+        if known.ranges() > 1
+            && let Some(etag) = &known.e_tag
+        {
+            let work = self.download_ranges(store, &object, dest, known.size, etag, &what);
+            return match tokio::time::timeout(self.request_timeout, work).await {
+                Ok(Ok(())) => Ok((known.clone(), known.size)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RemoteError(format!(
+                    "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                    self.request_timeout.as_secs()
+                ))),
+            };
+        }
+        let work = async {
+            let got = store.get(&object).await.map_err(|e| self.err(&what, e))?;
+            let state = RemoteState::of(&got.meta);
+            let mut stream = got.into_stream();
+            let mut out = tokio::fs::File::create(dest)
+                .await
+                .map_err(|e| self.err(&what, e))?;
+            let mut n = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.err(&what, e))?;
+                n += chunk.len() as u64;
+                out.write_all(&chunk)
+                    .await
+                    .map_err(|e| self.err(&what, e))?;
+            }
+            out.flush().await.map_err(|e| self.err(&what, e))?;
+            Ok((state, n))
+        };
+        match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(RemoteError(format!(
+                "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                self.request_timeout.as_secs()
+            ))),
+        }
+    }
+
+    async fn download_ranges(
+        &self,
+        store: &dyn ObjectStore,
+        object: &ObjectPath,
+        dest: &Path,
+        size: u64,
+        etag: &str,
+        what: &str,
+    ) -> Result<(), RemoteError> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(dest).map_err(|e| self.err(what, e))?;
+        file.set_len(size).map_err(|e| self.err(what, e))?;
+        let file = Arc::new(file);
+        let ranges: Vec<std::ops::Range<u64>> = (0..size)
+            .step_by(PART_SIZE)
+            .map(|start| start..(start + PART_SIZE as u64).min(size))
+            .collect();
+        let mut parts = futures::stream::iter(ranges)
+            .map(|range| async move {
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    if_match: Some(etag.to_string()),
+                    ..GetOptions::default()
+                };
+                let got = store.get_opts(object, opts).await?;
+                Ok::<_, object_store::Error>((range, got.bytes().await?))
+            })
+            .buffer_unordered(PARTS_IN_FLIGHT);
+        while let Some(part) = parts.next().await {
+            let (range, bytes) = part.map_err(|e| self.err(what, e))?;
+            if bytes.len() as u64 != range.end - range.start {
+                return Err(RemoteError(format!(
+                    "{what}: range {range:?} came back with {} bytes",
+                    bytes.len()
+                )));
+            }
+            let f = file.clone();
+            tokio::task::spawn_blocking(move || f.write_all_at(&bytes, range.start))
+                .await
+                .map_err(|e| self.err(what, e))?
+                .map_err(|e| self.err(what, e))?;
+        }
+        Ok(())
+    }
+
+    /// Uploads `archive` as the object of `key`: one request for a small archive, a
+    /// multipart upload otherwise, which the store only makes visible once complete (an
+    /// upload that fails half-way is aborted and leaves the previous object in place).
+    pub(super) async fn upload(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+        archive: &Path,
+    ) -> Result<RemoteState, RemoteError> {
+        let object = ObjectPath::from(self.object(key));
+        let what = format!("uploading {object}");
+        let work = async {
+            let mut file = tokio::fs::File::open(archive)
+                .await
+                .map_err(|e| self.err(&what, e))?;
+            let len = file.metadata().await.map_err(|e| self.err(&what, e))?.len();
+            if len <= PART_SIZE as u64 {
+                let mut buf = Vec::with_capacity(len as usize);
+                file.read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| self.err(&what, e))?;
+                store
+                    .put(&object, PutPayload::from(buf))
+                    .await
+                    .map_err(|e| self.err(&what, e))?;
+            } else {
+                let upload = store
+                    .put_multipart(&object)
+                    .await
+                    .map_err(|e| self.err(&what, e))?;
+                let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                let mut buf = vec![0u8; 1024 * 1024];
+                let res: Result<(), RemoteError> = async {
+                    loop {
+                        let n = file.read(&mut buf).await.map_err(|e| self.err(&what, e))?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        w.wait_for_capacity(PARTS_IN_FLIGHT)
+                            .await
+                            .map_err(|e| self.err(&what, e))?;
+                        w.write(&buf[..n]);
+                    }
+                }
+                .await;
+                match res {
+                    Ok(()) => {
+                        w.finish().await.map_err(|e| self.err(&what, e))?;
+                    }
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(e);
+                    }
+                }
+            }
+            match self.head(store, key).await? {
+                Head::Found(state) => Ok(state),
+                Head::Missing => Err(RemoteError(format!(
+                    "{what}: the object is not there after the upload"
+                ))),
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(r) => r,
+            // Dropping the multipart upload leaves it incomplete: never visible as an object.
+            Err(_) => Err(RemoteError(format!(
+                "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                self.request_timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+/// The endpoint object_store is given (none = AWS's, from the region) and whether requests
+/// are virtual-host style; object_store wants the bucket in a virtual-host endpoint.
+fn s3_endpoint(s3: &ferry_config::CacheS3) -> (Option<String>, bool) {
+    let virtual_host = s3
+        .path_style
+        .map(|p| !p)
+        .unwrap_or_else(|| virtual_host_by_default(&s3.server_address));
+    if s3.server_address.is_empty() {
+        return (None, virtual_host);
+    }
+    let scheme = if s3.insecure { "http" } else { "https" };
+    let host = if virtual_host {
+        format!("{}.{}", s3.bucket_name, s3.server_address)
+    } else {
+        s3.server_address.clone()
+    };
+    (Some(format!("{scheme}://{host}")), virtual_host)
+}
+
+/// gitlab-runner's rule when `PathStyle` is not set: virtual-host style on AWS and Google
+/// (whose endpoints support it), path style for any other server (MinIO, Ceph, ...).
+fn virtual_host_by_default(server_address: &str) -> bool {
+    let host = server_address.split(':').next().unwrap_or("");
+    server_address.is_empty()
+        || host.ends_with(".amazonaws.com")
+        || host == "storage.googleapis.com"
+}
+
+/// `CACHE_REQUEST_TIMEOUT` (whole minutes, as gitlab-runner reads it); anything else or
+/// nothing gives the default.
+pub fn request_timeout(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|m| *m > 0)
+        .map(|m| Duration::from_secs(m.saturating_mul(60)))
+        .unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+}
+
+/// `RESTORE_CACHE_ATTEMPTS`: 1 unless a number from 1 to 10 is given.
+pub fn restore_attempts(value: Option<&str>) -> u32 {
+    value
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(|n| n.clamp(1, 10))
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_gitlab_runners() {
+        let mut c = CacheSection::default();
+        assert_eq!(
+            object_prefix(&c, "abcdefghi", 42),
+            "runner/abcdefghi/project/42"
+        );
+        c.path = Some("/ci/cache/".into());
+        assert_eq!(
+            object_prefix(&c, "abcdefghi", 42),
+            "ci/cache/runner/abcdefghi/project/42"
+        );
+        c.shared = true;
+        assert_eq!(object_prefix(&c, "abcdefghi", 42), "ci/cache/project/42");
+    }
+
+    #[test]
+    fn path_style_default_follows_the_address() {
+        assert!(virtual_host_by_default(""));
+        assert!(virtual_host_by_default("s3.eu-west-1.amazonaws.com"));
+        assert!(!virtual_host_by_default("minio.internal:9000"));
+        assert!(!virtual_host_by_default("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn endpoints_for_path_and_virtual_host_style() {
+        let mut s3 = ferry_config::CacheS3 {
+            server_address: "minio:9000".into(),
+            bucket_name: "b".into(),
+            ..Default::default()
+        };
+        assert_eq!(s3_endpoint(&s3), (Some("https://minio:9000".into()), false));
+        s3.path_style = Some(false);
+        s3.insecure = true;
+        assert_eq!(s3_endpoint(&s3), (Some("http://b.minio:9000".into()), true));
+        s3.server_address = String::new();
+        s3.path_style = None;
+        assert_eq!(s3_endpoint(&s3), (None, true));
+        s3.path_style = Some(true);
+        assert_eq!(s3_endpoint(&s3), (None, false));
+    }
+
+    #[test]
+    fn job_variables() {
+        assert_eq!(request_timeout(None), DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(request_timeout(Some("2")), Duration::from_secs(120));
+        assert_eq!(request_timeout(Some("x")), DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(restore_attempts(None), 1);
+        assert_eq!(restore_attempts(Some("3")), 3);
+        assert_eq!(restore_attempts(Some("0")), 1);
+        assert_eq!(restore_attempts(Some("99")), 10);
+    }
+}
