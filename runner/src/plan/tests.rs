@@ -43,9 +43,22 @@ fn render(plan: &Plan) -> String {
     )
 }
 
+/// `got` against the golden file (rewritten instead with `FERRY_BLESS=1`).
+fn compare_golden(golden: &Path, got: &str) {
+    if std::env::var_os("FERRY_BLESS").is_some() {
+        std::fs::write(golden, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(golden)
+        .unwrap_or_else(|_| panic!("no golden file {golden:?}; run with FERRY_BLESS=1"));
+    assert_eq!(
+        got, want,
+        "the plan differs from {golden:?} (FERRY_BLESS=1 rewrites)"
+    );
+}
+
 #[test]
 fn golden_plans() {
-    let bless = std::env::var_os("FERRY_BLESS").is_some();
     let mut checked = 0;
     for entry in std::fs::read_dir(testdata().join("payloads")).unwrap() {
         let path = entry.unwrap().path();
@@ -57,17 +70,7 @@ fn golden_plans() {
             Ok(plan) => render(&plan),
             Err(e) => format!("error: {e}\n"),
         };
-        let golden = testdata().join("plans").join(&name);
-        if bless {
-            std::fs::write(&golden, &got).unwrap();
-        } else {
-            let want = std::fs::read_to_string(&golden)
-                .unwrap_or_else(|_| panic!("no golden file {golden:?}; run with FERRY_BLESS=1"));
-            assert_eq!(
-                got, want,
-                "plan for {name} differs from {golden:?} (FERRY_BLESS=1 rewrites)"
-            );
-        }
+        compare_golden(&testdata().join("plans").join(&name), &got);
         checked += 1;
     }
     assert!(checked >= 2);
@@ -305,7 +308,6 @@ fn own_variables(list: &mut serde_json::Value, keys: &[String]) {
 /// plan it compiles to, with only the payload's own variables, in `rules/plans/`.
 #[test]
 fn golden_rules() {
-    let bless = std::env::var_os("FERRY_BLESS").is_some();
     let dir = testdata().join("rules");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -332,17 +334,7 @@ fn golden_rules() {
             }
             Err(e) => format!("error: {e}\n"),
         };
-        let golden = dir.join("plans").join(&name);
-        if bless {
-            std::fs::write(&golden, &got).unwrap();
-        } else {
-            let want = std::fs::read_to_string(&golden)
-                .unwrap_or_else(|_| panic!("no golden file {golden:?}; run with FERRY_BLESS=1"));
-            assert_eq!(
-                got, want,
-                "plan for rule {name} differs from {golden:?} (FERRY_BLESS=1 rewrites)"
-            );
-        }
+        compare_golden(&dir.join("plans").join(&name), &got);
         checked += 1;
     }
     assert!(checked >= 8, "{checked} rule cases");
