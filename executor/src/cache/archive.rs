@@ -28,9 +28,12 @@ pub(super) enum Saved {
     },
 }
 
+/// One entry of a cache manifest. [`manifest`] (from the files selected) and
+/// [`manifest_of_archive`] (from a downloaded archive) build them the same way, so the two
+/// compare byte for byte when they describe the same files.
 #[derive(Serialize)]
-struct ManifestEntry<'a> {
-    path: &'a str,
+struct ManifestEntry {
+    path: String,
     kind: &'static str,
     mode: u32,
     size: u64,
@@ -40,40 +43,55 @@ struct ManifestEntry<'a> {
     target: Option<String>,
 }
 
+impl ManifestEntry {
+    /// `mode`: the permission bits only (restores drop set-uid/sticky bits).
+    fn dir(path: String, mode: u32) -> Self {
+        ManifestEntry {
+            path,
+            kind: "dir",
+            mode: mode & 0o777,
+            size: 0,
+            mtime: 0,
+            target: None,
+        }
+    }
+
+    fn file(path: String, mode: u32, size: u64, mtime: u64) -> Self {
+        ManifestEntry {
+            path,
+            kind: "file",
+            mode: mode & 0o777,
+            size,
+            mtime,
+            target: None,
+        }
+    }
+
+    fn symlink(path: String, target: Option<String>) -> Self {
+        ManifestEntry {
+            path,
+            kind: "symlink",
+            mode: 0,
+            size: 0,
+            mtime: 0,
+            target,
+        }
+    }
+}
+
 fn manifest(sel: &Selection) -> Vec<u8> {
-    let entries: Vec<ManifestEntry<'_>> = sel
+    let entries: Vec<ManifestEntry> = sel
         .entries
         .iter()
-        .map(|(path, e)| {
-            let mtime = mtime_secs(e.mtime);
-            // Restores drop set-uid/sticky bits, so only these can be compared.
-            let mode = e.mode & 0o777;
-            match &e.kind {
-                EntryKind::Dir => ManifestEntry {
-                    path,
-                    kind: "dir",
-                    mode,
-                    size: 0,
-                    mtime: 0,
-                    target: None,
-                },
-                EntryKind::File { size } => ManifestEntry {
-                    path,
-                    kind: "file",
-                    mode,
-                    size: *size,
-                    mtime,
-                    target: None,
-                },
-                EntryKind::Symlink { target } => ManifestEntry {
-                    path,
-                    kind: "symlink",
-                    mode: 0,
-                    size: 0,
-                    mtime: 0,
-                    target: Some(target.to_string_lossy().into_owned()),
-                },
+        .map(|(path, e)| match &e.kind {
+            EntryKind::Dir => ManifestEntry::dir(path.to_string(), e.mode),
+            EntryKind::File { size } => {
+                ManifestEntry::file(path.to_string(), e.mode, *size, mtime_secs(e.mtime))
             }
+            EntryKind::Symlink { target } => ManifestEntry::symlink(
+                path.to_string(),
+                Some(target.to_string_lossy().into_owned()),
+            ),
         })
         .collect();
     serde_json::to_vec(&entries).unwrap_or_default()
@@ -90,15 +108,6 @@ fn magic_is(archive: &Path, magic: &[u8]) -> bool {
 /// The manifest [`save`] would write for the files in a ferry archive (tar + zstd, entries in
 /// the order [`write_tar`] writes them): what a restore of it leaves on disk.
 fn manifest_of_archive(archive: &Path, limits: &Limits) -> io::Result<Vec<u8>> {
-    #[derive(Serialize)]
-    struct Owned {
-        path: String,
-        kind: &'static str,
-        mode: u32,
-        size: u64,
-        mtime: u64,
-        target: Option<String>,
-    }
     let mut f = std::fs::File::open(archive)?;
     let mut magic = [0u8; 4];
     f.read_exact(&mut magic)?;
@@ -117,36 +126,15 @@ fn manifest_of_archive(archive: &Path, limits: &Limits) -> io::Result<Vec<u8>> {
             .to_string_lossy()
             .trim_end_matches('/')
             .to_string();
-        let mode = h.mode()? & 0o777;
+        let mode = h.mode()?;
         let kind = h.entry_type();
         out.push(if kind.is_dir() {
-            Owned {
-                path,
-                kind: "dir",
-                mode,
-                size: 0,
-                mtime: 0,
-                target: None,
-            }
+            ManifestEntry::dir(path, mode)
         } else if kind.is_symlink() {
             let target = entry.link_name()?.map(|t| t.to_string_lossy().into_owned());
-            Owned {
-                path,
-                kind: "symlink",
-                mode: 0,
-                size: 0,
-                mtime: 0,
-                target,
-            }
+            ManifestEntry::symlink(path, target)
         } else if kind.is_file() {
-            Owned {
-                path,
-                kind: "file",
-                mode,
-                size: h.size()?,
-                mtime: h.mtime()?,
-                target: None,
-            }
+            ManifestEntry::file(path, mode, h.size()?, h.mtime()?)
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
