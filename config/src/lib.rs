@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod certs;
 mod docker;
 pub mod duration;
 pub mod edit;
@@ -489,11 +490,17 @@ pub fn from_toml_str_with_env(
     resolve::resolve(text, file, env)
 }
 
-/// Read and resolve a config file.
+/// Read and resolve a config file. TLS files a runner entry does not set are looked up by host
+/// name in the certificate directories ([`certs`]), as gitlab-runner does.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         error: source,
     })?;
-    from_toml_str(&text, &path.display().to_string())
+    let mut config = from_toml_str(&text, &path.display().to_string())?;
+    let dirs = certs::certificate_dirs(path);
+    for runner in &mut config.runners {
+        certs::fill_from_dirs(runner, &dirs);
+    }
+    Ok(config)
 }

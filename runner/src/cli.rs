@@ -208,6 +208,14 @@ pub struct RegisterArgs {
     #[arg(long = "tls-ca-file", env = "CI_SERVER_TLS_CA_FILE")]
     pub tls_ca_file: Option<String>,
 
+    /// PEM file of the client certificate for GitLab's HTTPS (mutual TLS)
+    #[arg(long = "tls-cert-file", env = "CI_SERVER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<String>,
+
+    /// PEM file of the client certificate's key (mutual TLS)
+    #[arg(long = "tls-key-file", env = "CI_SERVER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<String>,
+
     #[command(flatten)]
     pub docker: DockerRegisterArgs,
 }
