@@ -8,6 +8,8 @@ mod host;
 mod images;
 mod vars;
 
+pub use host::Attempts;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,6 +102,8 @@ pub struct Plan {
     pub caches: Vec<CacheSpec>,
     pub artifacts: Vec<ArtifactSpec>,
     pub dependencies: Vec<DependencySpec>,
+    /// How many times get_sources and download_artifacts are tried.
+    pub attempts: Attempts,
     /// Settings that were ignored, shown as warnings in the job log.
     pub warnings: Vec<String>,
     /// The job's final variables, expanded (masked values are redacted when serialized).
@@ -302,6 +306,7 @@ pub fn compile(
         caches: host_plan.caches,
         artifacts: host_plan.artifacts,
         dependencies: host_plan.dependencies,
+        attempts: host_plan.attempts,
         warnings: host_plan.warnings,
         variables,
         masks,
