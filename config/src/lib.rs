@@ -133,6 +133,10 @@ pub struct RunnerSection {
     /// `KEY=value` entries, in file order.
     pub environment: Vec<(String, String)>,
     pub clone_url: Option<String>,
+    /// `pre_build_script` / `post_build_script`: commands run in the build container before and
+    /// after the commands of each script step (`script`, `release`), in the same shell.
+    pub pre_build_script: Option<String>,
+    pub post_build_script: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -386,6 +390,8 @@ impl Default for RunnerSection {
             cache_dir: "/cache".into(),
             environment: Vec::new(),
             clone_url: None,
+            pre_build_script: None,
+            post_build_script: None,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,

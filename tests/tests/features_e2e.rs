@@ -24,7 +24,11 @@ fn pos(trace: &str, needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_step_runs_between_script_and_after_script() {
-    let Some(mut h) = Harness::start(Setup::default()).await else {
+    // The runner's pre/post_build_script wrap each script step (not after_script).
+    let setup = Setup::default().runner(
+        "pre_build_script = \"echo pre-$CI_JOB_NAME\"\npost_build_script = \"echo post-build\"",
+    );
+    let Some(mut h) = Harness::start(setup).await else {
         return;
     };
     // GitLab turns `release:` into a step named `release` between `script` and `after_script`.
@@ -45,6 +49,11 @@ async fn a_release_step_runs_between_script_and_after_script() {
     let release = pos(&trace, "\nin-release-release");
     let after = pos(&trace, "\nin-after-success");
     assert!(script < release && release < after, "{trace}");
+    assert_eq!(trace.matches("\npre-release").count(), 2, "{trace}");
+    assert_eq!(trace.matches("\npost-build").count(), 2, "{trace}");
+    assert!(pos(&trace, "\npre-release") < script, "{trace}");
+    let last_post = trace.rfind("\npost-build").unwrap();
+    assert!(release < last_post && last_post < after, "{trace}");
     assert!(trace.contains("section_start:"), "{trace}");
     assert!(trace.contains(":step_release"), "{trace}");
 

@@ -289,7 +289,7 @@ pub fn compile(
         )?;
         Execution::Docker {
             env: Box::new(env),
-            steps: steps(payload, &variables)?,
+            steps: steps(payload, runner, &variables)?,
         }
     };
 
@@ -377,8 +377,15 @@ fn project_path(payload: &JobPayload) -> String {
 }
 
 /// The container steps, in gitlab-runner's order: `script` (before_script is already merged into
-/// it by GitLab), other steps, then `after_script`.
-fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>, PlanError> {
+/// it by GitLab), other steps, then `after_script`. As gitlab-runner's `writeUserScript`: every
+/// step but `after_script` runs the runner's `pre_build_script` first and its `post_build_script`
+/// last, in the same shell (a failure stops the step), and the `release` step's lines are
+/// expanded with the job's variables (GitLab sends them unexpanded).
+fn steps(
+    payload: &JobPayload,
+    runner: &RunnerSection,
+    variables: &Variables,
+) -> Result<Vec<PlannedStep>, PlanError> {
     let mut out = Vec::new();
     let mut after: Option<&Step> = None;
     for step in &payload.steps {
@@ -391,10 +398,18 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
             StepKind::Script => "step_script".to_string(),
             other => format!("step_{}", other.name()),
         };
+        let mut commands = Vec::with_capacity(step.script.len() + 2);
+        commands.extend(runner.pre_build_script.clone());
+        if kind == StepKind::Release {
+            commands.extend(step.script.iter().map(|l| variables.expand(l)));
+        } else {
+            commands.extend(step.script.iter().cloned());
+        }
+        commands.extend(runner.post_build_script.clone());
         out.push(PlannedStep {
             spec: StepSpec {
                 name: kind.name().to_string(),
-                commands: step.script.clone(),
+                commands,
                 env: vec![],
                 timeout: None,
             },
