@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what ferry's build and test suite need on a fresh machine (Debian with Rust and Docker):
-# git and busybox-static from Debian, rustfmt/clippy components, and kubectl (PyPI) for the deploy
+# git, git-lfs and busybox-static from Debian, rustfmt/clippy components, and kubectl (PyPI) for the deploy
 # step's cross-checks. Idempotent and quick when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+# git-lfs: ferry checks out LFS files with it; the LFS tests need it.
+command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -990,5 +990,8 @@ fn pre_and_post_build_scripts_are_read() {
     ));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert_eq!(c.runners[0].pre_build_script.as_deref(), Some("echo pre"));
-    assert_eq!(c.runners[0].post_build_script.as_deref(), Some("echo a\necho b"));
+    assert_eq!(
+        c.runners[0].post_build_script.as_deref(),
+        Some("echo a\necho b")
+    );
 }

@@ -157,6 +157,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         submodule_depth: git.submodule_depth,
         submodule_update_flags: git.submodule_update_flags,
         submodule_paths: git.submodule_paths,
+        lfs: git.lfs,
         git_config,
         project_dir: host_project_dir,
         display_dir: Some(project_dir.to_string()),
