@@ -71,6 +71,9 @@ pub struct ContainerView {
 pub enum Placement {
     /// ferry is not in a container: its paths are the daemon's paths.
     Host,
+    /// `/.dockerenv` exists but no container of this daemon has ferry's hostname (no id in
+    /// mountinfo or cgroup either): taken as the host, as before, with this note for the log.
+    HostAssumed(String),
     /// ferry runs in a container of this daemon: its paths are translated.
     Container(ContainerView),
     /// ferry runs in a container the daemon does not know (another machine's, or a daemon in
@@ -318,42 +321,61 @@ pub async fn discover(docker: &Docker) -> Placement {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let dockerenv = Path::new("/.dockerenv").exists();
+    let inspect = |id: String| async move {
+        docker
+            .inspect_container(
+                &id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+    };
     let id = match own_container_id(&mountinfo, &cgroup) {
         Some(id) => id,
         None if dockerenv => {
-            // Docker's default hostname is the short container id.
-            match std::fs::read_to_string("/etc/hostname") {
-                Ok(h) if !h.trim().is_empty() => h.trim().to_string(),
-                _ => {
-                    return Placement::Unknown(
-                        "/.dockerenv exists but ferry's container id was not found".into(),
-                    );
-                }
-            }
+            // A weak sign (some machines have the file without being a container): Docker's
+            // default hostname is the short container id; it counts only when the daemon has
+            // a container of that id with that hostname.
+            let hostname = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            let found = if hostname.is_empty() {
+                None
+            } else {
+                inspect(hostname.clone()).await.ok().filter(|i| {
+                    i.config.as_ref().and_then(|c| c.hostname.as_deref()) == Some(hostname.as_str())
+                })
+            };
+            return match found {
+                Some(i) => container(docker, i, hostname),
+                None => Placement::HostAssumed(format!(
+                    "/.dockerenv exists, but the Docker daemon has no container with ferry's \
+                     hostname {hostname:?}"
+                )),
+            };
         }
         None => return Placement::Host,
     };
-    match docker
-        .inspect_container(
-            &id,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-    {
-        Ok(inspect) => {
-            let v = docker.client_version();
-            Placement::Container(ContainerView {
-                id: inspect.id.clone().unwrap_or(id),
-                mounts: self_mounts(&inspect),
-                subpath: (v.major_version, v.minor_version) >= SUBPATH_API,
-            })
-        }
+    match inspect(id.clone()).await {
+        Ok(i) => container(docker, i, id),
         Err(e) => Placement::Unknown(format!(
             "ferry runs in container {}, which this Docker daemon does not know ({})",
             short_id(&id),
             one_line(&e)
         )),
     }
+}
+
+fn container(
+    docker: &Docker,
+    inspect: bollard::models::ContainerInspectResponse,
+    id: String,
+) -> Placement {
+    let v = docker.client_version();
+    Placement::Container(ContainerView {
+        id: inspect.id.clone().unwrap_or(id),
+        mounts: self_mounts(&inspect),
+        subpath: (v.major_version, v.minor_version) >= SUBPATH_API,
+    })
 }
 
 #[cfg(test)]

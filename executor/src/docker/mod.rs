@@ -285,6 +285,9 @@ impl DockerEngine {
             (Placement::Host, false) => {
                 "Docker daemon on this machine: builds directories are bind-mounted".into()
             }
+            (Placement::HostAssumed(note), false) => format!(
+                "{note}: taken as the Docker host, builds directories are bind-mounted as ferry sees them"
+            ),
         }
     }
 
