@@ -226,6 +226,24 @@ impl Harness {
         self.child = Some(child);
     }
 
+    /// Start `program args` in place of `ferry run` (e.g. `docker run … <ferry image>`), output
+    /// appended to `ferry.log`; [`Harness::stop`] sends it SIGTERM as it would ferry.
+    pub fn spawn_with(&mut self, program: &str, args: &[String]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("ferry.log");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program}: {e}"));
+        self.child = Some(child);
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

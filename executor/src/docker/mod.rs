@@ -9,6 +9,7 @@
 
 mod auth;
 pub mod convert;
+pub mod hostpaths;
 mod pull;
 pub mod remote;
 mod services;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use convert::service_aliases_from_image;
 use convert::{AllowList, PrivilegedList, VolumeSpec};
+use hostpaths::{HostSide, Placement};
 
 use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
 
@@ -56,6 +58,8 @@ pub struct DockerEngine {
     /// The daemon cannot see ferry's files: the builds directory is a per-job volume, copied in
     /// and out through the archive API (see [`remote::is_remote_host`]).
     remote: bool,
+    /// Whether ferry runs in a container, and its mounts (see [`hostpaths`]).
+    placement: std::sync::Arc<Placement>,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -64,6 +68,7 @@ impl std::fmt::Debug for DockerEngine {
             .field("host", &self.section.host)
             .field("runner", &self.runner_short)
             .field("remote", &self.remote)
+            .field("placement", &self.placement)
             .finish_non_exhaustive()
     }
 }
@@ -217,8 +222,12 @@ impl DockerEngine {
                 one_line(&e)
             ))
         })?;
+        // ferry in a container: its paths are not the daemon's (docs/docker-executor.md).
+        let placement = hostpaths::discover(&docker).await;
+        let remote = remote::is_remote_host(&host) || matches!(placement, Placement::Unknown(_));
         Ok(Self {
             docker,
+            placement: std::sync::Arc::new(placement),
             runner_short: runner_short_token.to_string(),
             stop_grace: DEFAULT_STOP_GRACE,
             host_probe: true,
@@ -237,13 +246,14 @@ impl DockerEngine {
                 &section.allowed_privileged_services,
             )),
             section: section.clone(),
-            remote: remote::is_remote_host(&host),
+            remote,
         })
     }
 
     /// Force remote mode on (the builds directory is a per-job volume filled through the
     /// archive API) or off (bind mount of the host directory), whatever the daemon's address
-    /// says. `new` decides with [`remote::is_remote_host`].
+    /// says. `new` decides with [`remote::is_remote_host`], and chooses remote mode too when ferry
+    /// runs in a container that the daemon does not know.
     pub fn with_remote(mut self, remote: bool) -> Self {
         self.remote = remote;
         self
@@ -252,6 +262,51 @@ impl DockerEngine {
     /// Whether jobs copy their builds directory to and from the daemon.
     pub fn is_remote(&self) -> bool {
         self.remote
+    }
+
+    /// Where ferry runs, as `new` found out (see [`hostpaths::discover`]).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// One line for ferry's log: how directories under `working_dir` reach job containers.
+    pub fn describe_paths(&self, working_dir: &Path) -> String {
+        match (&*self.placement, self.remote) {
+            (Placement::Unknown(why), true) => {
+                format!("{why}: builds directories are copied through the archive API")
+            }
+            (_, true) => {
+                "remote Docker daemon: builds directories are copied through the archive API".into()
+            }
+            (Placement::Container(view), false) => view.describe(working_dir),
+            (Placement::Unknown(why), false) => format!(
+                "{why}; local mode was forced: builds directories are bind-mounted as ferry sees them"
+            ),
+            (Placement::Host, false) => {
+                "Docker daemon on this machine: builds directories are bind-mounted".into()
+            }
+            (Placement::HostAssumed(note), false) => format!(
+                "{note}: taken as the Docker host, builds directories are bind-mounted as ferry sees them"
+            ),
+        }
+    }
+
+    /// Where `path` (one of ferry's directories) is for the daemon: translated when ferry runs
+    /// in a container, else the path itself.
+    fn place(&self, path: &Path) -> Result<HostSide, String> {
+        match &*self.placement {
+            Placement::Container(view) => view.translate(path),
+            _ => Ok(HostSide::Path(path.to_path_buf())),
+        }
+    }
+
+    /// Whether the job's project dir and file variables are copied through the archive API
+    /// (a remote daemon, or ferry in a container with its working directory on no mount the
+    /// daemon can see).
+    pub fn copies_builds(&self, env: &JobEnv) -> bool {
+        self.remote
+            || self.place(&env.host_project_dir).is_err()
+            || self.place(&env.host_tmp_dir).is_err()
     }
 
     /// How long a cancelled or timed-out step gets between SIGTERM and SIGKILL (default 10 s).
@@ -514,25 +569,70 @@ impl DockerEngine {
             }
         }
         self.ensure_cache_volumes(env, &volumes).await?;
-        let mut binds = convert::binds(
+        let copies = self.copies_builds(env);
+        let builds = match (
+            copies,
+            self.place(&env.host_project_dir),
+            self.place(&env.host_tmp_dir),
+        ) {
+            (false, Ok(project), Ok(tmp)) => {
+                // A volume's subpath must exist (Docker creates a missing bind source itself).
+                for (side, dir) in [(&project, &env.host_project_dir), (&tmp, &env.host_tmp_dir)] {
+                    if matches!(
+                        side,
+                        HostSide::Volume {
+                            subpath: Some(_),
+                            ..
+                        }
+                    ) {
+                        tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                            EngineError::Docker(format!("creating {}: {e}", dir.display()))
+                        })?;
+                    }
+                }
+                convert::BuildsMounts {
+                    project,
+                    tmp,
+                    tmp_read_only: true,
+                }
+            }
+            _ => {
+                // The daemon cannot see the directories: per-job volumes, filled by `sync_in`
+                // (the file variables' one writable: the archive API cannot write a read-only
+                // mount).
+                let volume = self
+                    .create_job_volume(env, remote::builds_volume_name(env))
+                    .await?;
+                let tmp = self
+                    .create_job_volume(env, remote::tmp_volume_name(env))
+                    .await?;
+                convert::BuildsMounts {
+                    project: HostSide::Volume {
+                        name: volume,
+                        subpath: None,
+                    },
+                    tmp: HostSide::Volume {
+                        name: tmp,
+                        subpath: None,
+                    },
+                    tmp_read_only: false,
+                }
+            }
+        };
+        // A `cache_dir` directory on no mount the daemon can see stays as given: a path on the
+        // daemon's machine, as in gitlab-runner.
+        let place = |p: &Path| {
+            self.place(p)
+                .unwrap_or_else(|_| HostSide::Path(p.to_path_buf()))
+        };
+        let mounts = convert::job_mounts(
             env,
             &volumes,
             self.section.disable_cache,
             self.section.cache_dir.as_deref(),
+            builds,
+            &place,
         );
-        if self.remote {
-            // The daemon cannot see the host directories: the first two binds (the project
-            // dir and its file variables) become per-job volumes, filled by `sync_in` (the
-            // file variables' one writable: the archive API cannot write a read-only mount).
-            let volume = self
-                .create_job_volume(env, remote::builds_volume_name(env))
-                .await?;
-            binds[0] = format!("{volume}:{}", env.project_dir);
-            let tmp = self
-                .create_job_volume(env, remote::tmp_volume_name(env))
-                .await?;
-            binds[1] = format!("{tmp}:{}", env.tmp_dir);
-        }
 
         // The network: per job unless the operator chose one. A job without services needs no
         // aliases, so it uses Docker's default bridge, as gitlab-runner does without
@@ -552,7 +652,7 @@ impl DockerEngine {
         let links = services::start_services(
             self,
             env,
-            &binds,
+            &mounts,
             network_mode.clone(),
             per_job_network.is_some(),
             log,
@@ -568,7 +668,7 @@ impl DockerEngine {
         let privileged =
             convert::build_privileged(&self.section, &self.privileged_images, &env.image);
         let host_config =
-            convert::build_host_config(&self.section, binds, network_mode, links, privileged);
+            convert::build_host_config(&self.section, &mounts, network_mode, links, privileged);
         let body = convert::build_container_body(&self.section, env, &image_id, host_config, user);
         let name = convert::build_container_name(env);
         self.remove_stale(&name).await?;
@@ -634,14 +734,14 @@ impl Engine for DockerEngine {
     }
 
     async fn sync_in(&self, env: &JobEnv) -> Result<(), EngineError> {
-        if !self.remote {
+        if !self.copies_builds(env) {
             return Ok(());
         }
         self.upload_builds(env).await
     }
 
     async fn sync_out(&self, env: &JobEnv) -> Result<(), EngineError> {
-        if !self.remote {
+        if !self.copies_builds(env) {
             return Ok(());
         }
         self.download_builds(env).await

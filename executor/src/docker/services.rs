@@ -30,7 +30,7 @@ struct Started {
 pub(super) async fn start_services(
     engine: &DockerEngine,
     env: &JobEnv,
-    binds: &[String],
+    mounts: &convert::JobMounts,
     network_mode: Option<String>,
     per_job_network: bool,
     log: &mut LogSink<'_>,
@@ -59,7 +59,7 @@ pub(super) async fn start_services(
             env,
             svc,
             &image_id,
-            binds,
+            mounts,
             network_mode.clone(),
             per_job_network || !(legacy_bridge || no_aliases),
         );
@@ -134,7 +134,7 @@ fn service_body(
     env: &JobEnv,
     svc: &ServiceSpec,
     image_id: &str,
-    binds: &[String],
+    mounts: &convert::JobMounts,
     network_mode: Option<String>,
     with_aliases: bool,
 ) -> ContainerCreateBody {
@@ -184,7 +184,7 @@ fn service_body(
         labels: Some(labels),
         host_config: Some(convert::service_host_config(
             section,
-            binds.to_vec(),
+            mounts,
             network_mode,
             convert::service_privileged(section, &engine.privileged_services, &svc.image.name),
         )),

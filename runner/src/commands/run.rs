@@ -228,6 +228,8 @@ pub struct Handler {
     engines: tokio::sync::Mutex<HashMap<RunnerKey, Arc<DockerEngine>>>,
     /// `FERRY_DOCKER_REMOTE`: force the remote (copy) or local (bind mount) builds directory.
     docker_remote: Option<bool>,
+    /// Runners whose path mode was logged (`DockerEngine::describe_paths`).
+    described: tokio::sync::Mutex<BTreeSet<RunnerKey>>,
     slots: Arc<Slots>,
     /// Container removals that outlive their job (waited for before ferry exits).
     cleanups: TaskTracker,
@@ -266,10 +268,12 @@ impl Handler {
         if let Some(remote) = self.docker_remote {
             engine = engine.with_remote(remote);
         }
-        if engine.is_remote() {
+        // Said once per runner: at start (below, in `run`), or here for a runner added later.
+        if self.described.lock().await.insert(key(r)) {
             info!(
                 runner = r.token.short(),
-                "remote Docker daemon: builds directories are copied through the archive API"
+                "{}",
+                engine.describe_paths(&self.working_dir)
             );
         }
         let engine = Arc::new(engine);
@@ -486,8 +490,21 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     }
 
     // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
+    // And once per runner: how the job's directories reach its containers.
+    let mut described = BTreeSet::new();
     for r in &config.runners {
         if let Ok(engine) = DockerEngine::new(&r.docker, r.token.ci_short_token()).await {
+            let engine = match docker_remote {
+                Some(remote) => engine.with_remote(remote),
+                None => engine,
+            };
+            if described.insert(key(r)) {
+                info!(
+                    runner = r.token.short(),
+                    "{}",
+                    engine.describe_paths(&working_dir)
+                );
+            }
             match engine.cleanup_leftovers().await {
                 Ok(0) => {}
                 Ok(n) => info!(
@@ -547,6 +564,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         system_id,
         engines: tokio::sync::Mutex::default(),
         docker_remote,
+        described: tokio::sync::Mutex::new(described),
         slots: Arc::default(),
         cleanups: cleanups.clone(),
         workspaces: Default::default(),
