@@ -199,6 +199,7 @@ RestartSec=5
 
 # Hardening: ferry writes only to its working directory and to its config file's directory
 # (tokens, .runner_system_id); it reaches Docker through its socket, which needs no write access.
+# Mount namespaces stay allowed: run as root, ferry confines each git process in one.
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=read-only
@@ -213,7 +214,7 @@ ProtectClock=yes
 ProtectHostname=yes
 RestrictSUIDSGID=yes
 RestrictRealtime=yes
-RestrictNamespaces=yes
+RestrictNamespaces=mnt
 LockPersonality=yes
 SystemCallArchitectures=native
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
@@ -592,6 +593,28 @@ mod tests {
         })
         .unwrap();
         assert!(unit.lines().any(|l| l == "ReadWritePaths=/var/lib/ferry"));
+    }
+
+    #[test]
+    fn docs_install_md_shows_the_packages_unit() {
+        let doc = include_str!("../../../docs/install.md");
+        let block = doc
+            .split("```ini\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("an ini block in docs/install.md");
+        let settings = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        let unit = unit_file(&UnitSpec::debian_package()).unwrap();
+        assert_eq!(
+            settings(block),
+            settings(&unit),
+            "docs/install.md, The unit"
+        );
     }
 
     #[test]
