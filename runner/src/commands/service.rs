@@ -236,8 +236,9 @@ WantedBy=multi-user.target
 /// `systemctl`.
 pub struct Systemd {
     unit_dir: PathBuf,
-    /// `--unit-dir`/`FERRY_SYSTEMD_UNIT_DIR` was given: `install`/`uninstall` may then write
-    /// the unit without systemd running (for an image or a chroot).
+    /// `--unit-dir`/`FERRY_SYSTEMD_UNIT_DIR` was given: `install`/`uninstall` then only write or
+    /// remove the unit file, with or without systemd running (for an image or a chroot), and do
+    /// not call systemctl.
     unit_dir_given: bool,
     running: bool,
 }
@@ -250,6 +251,11 @@ impl Systemd {
             unit_dir: unit_dir.unwrap_or_else(|| DEFAULT_UNIT_DIR.into()),
             running: Path::new(SYSTEMD_RUNTIME_DIR).is_dir(),
         }
+    }
+
+    /// Whether `install`/`uninstall` enable/disable the unit with systemctl.
+    fn manages_units(&self) -> bool {
+        self.running && !self.unit_dir_given
     }
 
     fn unit_path(&self, service: &str) -> PathBuf {
@@ -377,7 +383,7 @@ pub fn install(config: &Path, args: &InstallArgs) -> anyhow::Result<()> {
             spec.service
         )
     };
-    if systemd.running {
+    if systemd.manages_units() {
         systemd.systemctl(&["daemon-reload"])?;
         systemd.systemctl(&["enable", &spec.unit_name()])?;
         println!(
@@ -387,8 +393,8 @@ pub fn install(config: &Path, args: &InstallArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "Wrote {}. systemd is not running here, so it is not enabled: on the host that boots \
-             with it, run systemctl daemon-reload && systemctl enable {}. Next: {next}",
+            "Wrote {} (--unit-dir: the file only, not enabled). Where systemd runs it, enable it \
+             with systemctl daemon-reload && systemctl enable {}. Next: {next}",
             path.display(),
             spec.unit_name()
         );
@@ -448,11 +454,11 @@ pub fn uninstall(uninstall: &UninstallArgs) -> anyhow::Result<()> {
         );
     }
     let unit = format!("{}.service", args.service);
-    if systemd.running {
+    if systemd.manages_units() {
         systemd.systemctl(&["disable", &unit])?;
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    if systemd.running {
+    if systemd.manages_units() {
         systemd.systemctl(&["daemon-reload"])?;
         let active = systemd
             .systemctl(&["is-active", &unit])
@@ -467,7 +473,11 @@ pub fn uninstall(uninstall: &UninstallArgs) -> anyhow::Result<()> {
         };
         println!("Removed {} ({}).{still}", unit, path.display());
     } else {
-        println!("Removed {}.", path.display());
+        println!(
+            "Removed {} (--unit-dir: the file only; a unit that was enabled stays linked until \
+             systemctl disable {unit})",
+            path.display()
+        );
     }
     Ok(())
 }
