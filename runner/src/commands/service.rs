@@ -224,7 +224,8 @@ WantedBy=multi-user.target
 ",
         name = spec.service,
         unit = spec.unit_name(),
-        exec_cond = unit_word(&exec, false),
+        // A condition's value is the rest of the line, unquoted; only specifiers apply.
+        exec_cond = exec.replace('%', "%%"),
         exec_start = exec_start.join(" "),
         user = spec.user,
         timeout = STOP_TIMEOUT_SECS,
@@ -654,6 +655,7 @@ mod tests {
     #[test]
     fn odd_paths_are_quoted_for_systemd() {
         let unit = unit_file(&UnitSpec {
+            exec: "/opt/my apps/ferry".into(),
             working_directory: "/srv/my runner/100%".into(),
             config: "/etc/a\"b/$x.toml".into(),
             ..UnitSpec::debian_package()
@@ -667,6 +669,14 @@ mod tests {
         );
         assert!(
             unit.contains(r#"ReadWritePaths="/srv/my runner/100%%" "/etc/a\"b""#),
+            "{unit}"
+        );
+        assert!(
+            unit.contains("\nConditionFileIsExecutable=/opt/my apps/ferry\n"),
+            "{unit}"
+        );
+        assert!(
+            unit.contains("\nExecStart=\"/opt/my apps/ferry\" run "),
             "{unit}"
         );
     }
