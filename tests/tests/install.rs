@@ -1,7 +1,9 @@
 //! `ferry install`, `uninstall`, `start`, `stop`, `restart`, `status` with the real binary
 //! (docs/install.md, docs/commands.md): the unit `ferry install --unit-dir` writes passes
 //! `systemd-analyze verify` (Debian's systemd package; scripts/setup.sh installs it), and where
-//! systemd is not running every command says so and exits non-zero.
+//! systemd is not running every command says so and exits non-zero. Where it runs (seemingly: a
+//! private mount namespace with /run/systemd/system, and a systemctl script on PATH), the commands
+//! call systemctl as gitlab-runner's do and print gitlab-runner's status lines.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -269,4 +271,159 @@ fn install_names_bad_input_and_writes_nothing() {
         assert_eq!(err(&o).trim(), want, "{args:?}");
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0, "{args:?}");
     }
+}
+
+/// Runs `script` with `sh` in a private mount namespace where systemd seems to run: a tmpfs on
+/// /run with /run/systemd/system (sd_booted(3)'s test) and a tmpfs on /etc/systemd/system, so
+/// that nothing reaches the host's. `None` where unshare(1) cannot make one (not root).
+fn in_fake_systemd_host(dir: &Path, script: &str) -> Option<Output> {
+    let probe = Command::new("unshare")
+        .args(["--mount", "true"])
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let setup = "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/systemd/system; \
+                 mkdir -p /etc/systemd/system; mount -t tmpfs tmpfs /etc/systemd/system; set +e;";
+    let path = format!(
+        "{}:{}",
+        dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Some(
+        Command::new("unshare")
+            .args(["--mount", "sh", "-c", &format!("{setup} {script}")])
+            .env("PATH", path)
+            .env("T", dir)
+            .env("FERRY", ferry_bin())
+            .env_remove("FERRY_SYSTEMD_UNIT_DIR")
+            .env_remove("CONFIG_FILE")
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn with_systemd_the_commands_drive_systemctl_and_report_its_states() {
+    // systemctl is a script that logs its arguments, answers `show` from $T/state and fails
+    // `start` while $T/fail exists; ferry's side (what it calls, what it prints, its exit codes)
+    // is real.
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir(d.join("bin")).unwrap();
+    let systemctl = d.join("bin/systemctl");
+    std::fs::write(
+        &systemctl,
+        "#!/bin/sh\necho \"$*\" >> \"$T/calls\"\ncase \"$1\" in\nshow) cat \"$T/state\" ;;\n\
+         is-active) echo inactive; exit 3 ;;\nstart) if [ -e \"$T/fail\" ]; then echo \
+         'Job for ferry.service failed because the control process exited with error code.' >&2; \
+         exit 1; fi ;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = r#"
+step() { name=$1; shift; : > "$T/calls"; "$FERRY" "$@" > "$T/$name.out" 2> "$T/$name.err"; echo $? > "$T/$name.rc"; mv "$T/calls" "$T/$name.calls"; }
+state() { printf 'LoadState=%s\nActiveState=%s\n' "$1" "$2" > "$T/state"; }
+step install install --user root -d "$T/work" -c "$T/etc/config.toml"
+cp /etc/systemd/system/ferry.service "$T/unit" 2>/dev/null
+state loaded inactive; step stopped status
+step start start
+state loaded active; step running status
+state loaded failed; step failed status
+touch "$T/fail"; step startfail start
+step uninstall uninstall
+test -e /etc/systemd/system/ferry.service && echo "unit left behind" > "$T/left"
+state not-found inactive; step gone status
+"#;
+    let Some(o) = in_fake_systemd_host(d, script) else {
+        eprintln!("SKIP: no private mount namespace here (unshare --mount needs root)");
+        return;
+    };
+    assert!(o.status.success(), "{}", err(&o));
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+    let step = |name: &str| {
+        (
+            read(&format!("{name}.rc")).trim().parse::<i32>().unwrap(),
+            read(&format!("{name}.out")),
+            read(&format!("{name}.err")),
+            read(&format!("{name}.calls")),
+        )
+    };
+    let config = d.join("etc/config.toml");
+
+    let (rc, out, err, calls) = step("install");
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "Installed and enabled ferry.service (/etc/systemd/system/ferry.service); it is not \
+             started. Next: register a runner (ferry register -c {}), then ferry start --service \
+             ferry\n",
+            config.display()
+        )
+    );
+    assert_eq!(calls, "daemon-reload\nenable ferry.service\n");
+    let unit = read("unit");
+    assert!(unit.contains("\nUser=root\n"), "{unit}");
+
+    assert_eq!(
+        step("stopped"),
+        (
+            1,
+            String::new(),
+            "ferry: Service has stopped\n".into(),
+            "show -p LoadState,ActiveState ferry.service\n".into()
+        )
+    );
+    assert_eq!(
+        step("start"),
+        (
+            0,
+            String::new(),
+            String::new(),
+            "start ferry.service\n".into()
+        )
+    );
+    let (rc, out, err, _) = step("running");
+    assert_eq!(
+        (rc, &out[..], &err[..]),
+        (0, "ferry: Service is running\n", "")
+    );
+    let (rc, _, err, _) = step("failed");
+    assert_eq!(
+        (rc, &err[..]),
+        (
+            1,
+            "ferry: Service has failed; journalctl -u ferry.service shows why\n"
+        )
+    );
+    let (rc, out, err, _) = step("startfail");
+    assert_eq!((rc, &out[..]), (1, ""));
+    assert_eq!(
+        err,
+        "ERROR: start ferry; journalctl -u ferry.service shows ferry's log: systemctl start \
+         ferry.service failed (exit status: 1): Job for ferry.service failed because the control \
+         process exited with error code.\n"
+    );
+
+    let (rc, out, err, calls) = step("uninstall");
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(
+        out,
+        "Removed ferry.service (/etc/systemd/system/ferry.service).\n"
+    );
+    assert_eq!(
+        calls,
+        "disable ferry.service\ndaemon-reload\nis-active ferry.service\n"
+    );
+    assert_eq!(read("left"), "");
+    let (rc, _, err, _) = step("gone");
+    assert_eq!(
+        (rc, &err[..]),
+        (
+            1,
+            "ferry: Service is not installed (ferry install --service ferry installs it)\n"
+        )
+    );
 }
