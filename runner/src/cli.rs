@@ -47,6 +47,61 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Print the plan ferry would execute for a job payload (JSON), for debugging
     Plan(PlanArgs),
+    /// Install ferry as a systemd service (writes and enables the unit; does not start it)
+    Install(InstallArgs),
+    /// Disable the systemd service and remove its unit
+    Uninstall(UninstallArgs),
+    /// Start the systemd service
+    Start(ServiceArgs),
+    /// Stop the systemd service (running jobs finish first)
+    Stop(ServiceArgs),
+    /// Restart the systemd service (running jobs finish first)
+    Restart(ServiceArgs),
+    /// Whether the systemd service is running (exit 0) or not (exit 1)
+    Status(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Service name: the unit is NAME.service
+    #[arg(short = 'n', long = "service", default_value = "ferry")]
+    pub service: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+
+    /// The account the service runs as (User= of the unit); required
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+
+    /// `ferry run --working-directory` of the unit [default: the user's home; /var/lib/ferry for
+    /// root or a user without one]
+    #[arg(short = 'd', long = "working-directory")]
+    pub working_directory: Option<PathBuf>,
+
+    /// Add --syslog to the unit's `ferry run` (under systemd the journal already has ferry's log)
+    #[arg(long = "syslog", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = bool_flag(),
+          action = ArgAction::Set)]
+    pub syslog: bool,
+
+    /// Write the unit into this directory instead of /etc/systemd/system; without systemd running
+    /// the unit is then written but not enabled
+    #[arg(long = "unit-dir", env = "FERRY_SYSTEMD_UNIT_DIR")]
+    pub unit_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+
+    /// The directory `ferry install --unit-dir` wrote the unit into
+    #[arg(long = "unit-dir", env = "FERRY_SYSTEMD_UNIT_DIR")]
+    pub unit_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
