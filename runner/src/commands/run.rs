@@ -131,6 +131,7 @@ impl JobSource for GitLabSource {
             Ok(c) => c,
             Err(e) => {
                 error!(runner = short, error = %e, "cannot reach GitLab with this runner's settings");
+                self.metrics.health.gitlab(short, Err(e));
                 return Polled::Failed;
             }
         };
@@ -178,10 +179,17 @@ impl JobSource for GitLabSource {
             }
             Err(e) => {
                 warn!(runner = short, error = %e, "job request failed");
+                self.metrics
+                    .health
+                    .gitlab(short, Err(format!("no answer: {e}")));
                 ("error", Polled::Failed)
             }
         };
-        self.metrics.api_request(short, "request_job", status);
+        if status != "error" {
+            self.metrics.health.gitlab(short, Ok(status.to_string()));
+        }
+        self.metrics
+            .api_request(short, &self.system_id, "request_job", status, "POST");
         polled
     }
 }
@@ -338,6 +346,7 @@ async fn reloader(
     path: PathBuf,
     tx: watch::Sender<Arc<Config>>,
     metrics: Metrics,
+    system_id: String,
     stop: CancellationToken,
 ) {
     let mut hup = signal(SignalKind::hangup()).ok();
@@ -364,10 +373,14 @@ async fn reloader(
                     concurrent = cfg.global.concurrent,
                     "configuration reloaded"
                 );
-                publish_settings(&metrics, &cfg);
+                publish_settings(&metrics, &cfg, &system_id);
                 tx.send_replace(Arc::new(cfg));
             }
-            Err(e) => error!(error = %e, "configuration not reloaded: keeping the previous one"),
+            Err(e) => {
+                error!(error = %e, "configuration not reloaded: keeping the previous one");
+                metrics.config_load(false);
+                metrics.health.config_reload_failed(e.to_string());
+            }
         }
     }
 }
@@ -417,15 +430,52 @@ async fn evict_caches(
     }
 }
 
-fn publish_settings(metrics: &Metrics, cfg: &Config) {
+/// A config (at start or reloaded) is in force: its settings as metrics, its runners to /health.
+fn publish_settings(metrics: &Metrics, cfg: &Config, system_id: &str) {
+    metrics.config_load(true);
+    metrics.health.config_loaded(cfg);
     metrics.concurrent.set(cfg.global.concurrent as i64);
     for r in &cfg.runners {
         metrics
             .limit
             .get_or_create(&RunnerLabels {
                 runner: r.token.short().to_string(),
+                runner_name: r.name.clone(),
+                system_id: system_id.to_string(),
             })
             .set(r.limit as i64);
+    }
+}
+
+/// Pings each runner's Docker daemon every [`DOCKER_PROBE_EVERY`](crate::health::DOCKER_PROBE_EVERY) for `/health`.
+async fn probe_docker(
+    config: watch::Receiver<Arc<Config>>,
+    health: crate::health::Health,
+    stop: CancellationToken,
+) {
+    use crate::health::{DOCKER_PROBE_EVERY, DOCKER_PROBE_TIMEOUT};
+    let mut tick = tokio::time::interval(DOCKER_PROBE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let runners = config.borrow().runners.clone();
+        for r in &runners {
+            let ping = async {
+                let engine = DockerEngine::new(&r.docker, r.token.ci_short_token()).await?;
+                engine.ping().await
+            };
+            let outcome = match tokio::time::timeout(DOCKER_PROBE_TIMEOUT, ping).await {
+                Ok(Ok(version)) => Ok(version),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "the Docker daemon did not answer within {}s",
+                    DOCKER_PROBE_TIMEOUT.as_secs()
+                )),
+            };
+            health.docker(r.token.short(), outcome);
+        }
     }
 }
 
@@ -466,7 +516,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     std::fs::create_dir_all(&working_dir)
         .with_context(|| format!("creating {}", working_dir.display()))?;
     let metrics = Metrics::new();
-    publish_settings(&metrics, &config);
+    publish_settings(&metrics, &config, &system_id);
     let stop = CancellationToken::new();
 
     if let Some(addr) = args
@@ -478,7 +528,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("listen_address {addr}"))?;
-        info!(address = %addr, "metrics server listening (/metrics, /health)");
+        info!(address = %addr, "metrics server listening (/metrics, /health, /debug/jobs/list)");
         let (m, s) = (metrics.clone(), stop.clone());
         tokio::spawn(async move {
             crate::metrics::serve(listener, m, async move { s.cancelled().await }).await
@@ -531,6 +581,12 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         path.to_path_buf(),
         tx,
         metrics.clone(),
+        system_id.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(probe_docker(
+        rx.clone(),
+        metrics.health.clone(),
         stop.clone(),
     ));
 
