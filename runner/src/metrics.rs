@@ -61,6 +61,21 @@ struct ApiLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiDurationLabels {
+    runner: String,
+    system_id: String,
+    endpoint: String,
+    status_class: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    runner: String,
+    system_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExecutionModeLabels {
     mode: String,
     executor: String,
@@ -106,6 +121,11 @@ fn stage_histogram() -> Histogram {
     ])
 }
 
+/// gitlab-runner's buckets of `gitlab_runner_api_request_duration_seconds`.
+fn api_histogram() -> Histogram {
+    Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+}
+
 /// Every metric ferry exports, the running jobs, and the health state. Cheap to clone (all
 /// handles are shared).
 #[derive(Clone)]
@@ -117,8 +137,13 @@ pub struct Metrics {
     job_duration: HistogramFamily<ModeLabels>,
     stage_duration: HistogramFamily<StageLabels>,
     api_requests: Family<ApiLabels, Counter>,
+    api_durations: HistogramFamily<ApiDurationLabels>,
+    requests_in_flight: Family<RequestLabels, Gauge>,
+    request_hard_limit: Family<RequestLabels, Gauge>,
     config_loaded: Counter,
     config_loading_errors: Counter,
+    config_saved: Counter,
+    config_saving_errors: Counter,
     /// gitlab_runner_concurrent.
     pub concurrent: Gauge,
     /// gitlab_runner_limit{runner,runner_name,system_id}.
@@ -148,8 +173,14 @@ impl Metrics {
         let job_duration = HistogramFamily::<ModeLabels>::new_with_constructor(job_histogram);
         let stage_duration = HistogramFamily::<StageLabels>::new_with_constructor(stage_histogram);
         let api_requests = Family::<ApiLabels, Counter>::default();
+        let api_durations =
+            HistogramFamily::<ApiDurationLabels>::new_with_constructor(api_histogram);
+        let requests_in_flight = Family::<RequestLabels, Gauge>::default();
+        let request_hard_limit = Family::<RequestLabels, Gauge>::default();
         let config_loaded = Counter::default();
         let config_loading_errors = Counter::default();
+        let config_saved = Counter::default();
+        let config_saving_errors = Counter::default();
         let concurrent = Gauge::default();
         let limit = Family::<RunnerLabels, Gauge>::default();
         let version = Family::<VersionLabels, Gauge>::default();
@@ -178,6 +209,31 @@ impl Metrics {
             "api_request_statuses",
             "The total number of API requests made by GitLab Runner, partitioned by runner, system_id, endpoint, status and method.",
             api_requests.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Latency histogram of API requests made by GitLab Runner, partitioned by runner, system_id, endpoint, status_class and method.",
+            api_durations.clone(),
+        );
+        registry.register(
+            "request_concurrency",
+            "The current number of concurrent requests for a new job",
+            requests_in_flight.clone(),
+        );
+        registry.register(
+            "request_concurrency_hard_limit",
+            "Configured request_concurrency limit",
+            request_hard_limit.clone(),
+        );
+        registry.register(
+            "configuration_saved",
+            "Total number of times the configuration file was saved by Runner process",
+            config_saved.clone(),
+        );
+        registry.register(
+            "configuration_saving_error",
+            "Total number of times the configuration file was not saved by Runner process due to errors",
+            config_saving_errors.clone(),
         );
         registry.register(
             "configuration_loaded",
@@ -217,8 +273,13 @@ impl Metrics {
             job_duration,
             stage_duration,
             api_requests,
+            api_durations,
+            requests_in_flight,
+            request_hard_limit,
             config_loaded,
             config_loading_errors,
+            config_saved,
+            config_saving_errors,
             concurrent,
             limit,
             running,
@@ -226,7 +287,8 @@ impl Metrics {
         }
     }
 
-    /// Count one API request (endpoint like `request_job`, status like `201` or `error`).
+    /// Count one API request (endpoint like `request_job`, status like `201`, or `error` when
+    /// GitLab did not answer; method in lower case) and, when answered, its time.
     pub fn api_request(
         &self,
         runner: &str,
@@ -234,6 +296,7 @@ impl Metrics {
         endpoint: &str,
         status: &str,
         method: &str,
+        took: Duration,
     ) {
         self.api_requests
             .get_or_create(&ApiLabels {
@@ -244,6 +307,50 @@ impl Metrics {
                 method: method.into(),
             })
             .inc();
+        if let Some(class) = status.chars().next().filter(char::is_ascii_digit) {
+            self.api_durations
+                .get_or_create(&ApiDurationLabels {
+                    runner: runner.into(),
+                    system_id: system_id.into(),
+                    endpoint: endpoint.into(),
+                    status_class: format!("{class}xx"),
+                    method: method.into(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// A job request is being sent: counted in `gitlab_runner_request_concurrency` until the
+    /// guard is dropped.
+    pub fn request_started(&self, runner: &str, system_id: &str) -> InFlight {
+        let gauge = self
+            .requests_in_flight
+            .get_or_create(&RequestLabels {
+                runner: runner.into(),
+                system_id: system_id.into(),
+            })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// A runner entry's `request_concurrency`.
+    pub fn request_limit(&self, runner: &str, system_id: &str, limit: usize) {
+        self.request_hard_limit
+            .get_or_create(&RequestLabels {
+                runner: runner.into(),
+                system_id: system_id.into(),
+            })
+            .set(limit as i64);
+    }
+
+    /// The config file was written (a rotated token), or failed to be.
+    pub fn config_save(&self, ok: bool) {
+        if ok {
+            self.config_saved.inc();
+        } else {
+            self.config_saving_errors.inc();
+        }
     }
 
     /// A job was received.
@@ -308,6 +415,15 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A job request in flight (see [`Metrics::request_started`]).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -647,7 +763,16 @@ mod tests {
         );
         m.stage_finished(&labels(), "step_script", Duration::from_millis(2500));
         m.job_finished(&labels(), Duration::from_secs(40));
-        m.api_request("abcd1234", "s_0123456789ab", "request_job", "204", "POST");
+        m.api_request(
+            "abcd1234",
+            "s_0123456789ab",
+            "request_job",
+            "204",
+            "post",
+            Duration::from_millis(300),
+        );
+        let in_flight = m.request_started("abcd1234", "s_0123456789ab");
+        m.request_limit("abcd1234", "s_0123456789ab", 3);
         m.concurrent.set(4);
         m.config_load(true);
         let text = m.render();
@@ -658,7 +783,10 @@ mod tests {
             "gitlab_runner_job_stage_duration_seconds_bucket{le=\"1.0\",runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\",stage=\"step_script\"} 0",
             "gitlab_runner_job_stage_duration_seconds_bucket{le=\"3.0\",runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\",stage=\"step_script\"} 1",
             "gitlab_runner_job_duration_seconds_bucket{le=\"60.0\",runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\",mode=\"traditional\"} 1",
-            "gitlab_runner_api_request_statuses_total{runner=\"abcd1234\",system_id=\"s_0123456789ab\",endpoint=\"request_job\",status=\"204\",method=\"POST\"} 1",
+            "gitlab_runner_api_request_statuses_total{runner=\"abcd1234\",system_id=\"s_0123456789ab\",endpoint=\"request_job\",status=\"204\",method=\"post\"} 1",
+            "gitlab_runner_api_request_duration_seconds_bucket{le=\"0.5\",runner=\"abcd1234\",system_id=\"s_0123456789ab\",endpoint=\"request_job\",status_class=\"2xx\",method=\"post\"} 1",
+            "gitlab_runner_request_concurrency{runner=\"abcd1234\",system_id=\"s_0123456789ab\"} 1",
+            "gitlab_runner_request_concurrency_hard_limit{runner=\"abcd1234\",system_id=\"s_0123456789ab\"} 3",
             "gitlab_runner_concurrent 4",
             "gitlab_runner_configuration_loaded_total 1",
             "gitlab_runner_configuration_loading_error_total 0",
@@ -672,6 +800,22 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        drop(in_flight);
+        assert!(m.render().contains(
+            "gitlab_runner_request_concurrency{runner=\"abcd1234\",system_id=\"s_0123456789ab\"} 0"
+        ));
+        m.api_request(
+            "abcd1234",
+            "s",
+            "request_job",
+            "error",
+            "post",
+            Duration::ZERO,
+        );
+        assert!(
+            !m.render().contains("status_class=\"error"),
+            "no answer, no time"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -159,6 +159,9 @@ async fn metrics_health_and_the_jobs_list_follow_a_job_and_gitlab_going_away() {
         "\nprocess_max_fds ",
         "\nprocess_start_time_seconds ",
         "\ngitlab_runner_jobs_total{runner=",
+        "\ngitlab_runner_request_concurrency_hard_limit{runner=",
+        "endpoint=\"request_job\",status_class=\"2xx\",method=\"post\"}",
+        "endpoint=\"request_job\",status=\"201\",method=\"post\"} 1",
     ] {
         assert!(metrics.contains(name), "no {name:?} in\n{metrics}");
     }

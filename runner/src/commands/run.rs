@@ -106,11 +106,15 @@ impl GitLabSource {
                     now,
                     exp,
                 ) {
-                    Ok(()) => info!(
-                        runner = r.token.short(),
-                        "runner token rotated before expiry"
-                    ),
+                    Ok(()) => {
+                        self.metrics.config_save(true);
+                        info!(
+                            runner = r.token.short(),
+                            "runner token rotated before expiry"
+                        )
+                    }
                     Err(e) => {
+                        self.metrics.config_save(false);
                         error!(runner = r.token.short(), error = %e, "token rotated but config not saved")
                     }
                 }
@@ -142,11 +146,15 @@ impl JobSource for GitLabSource {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key(r))
             .cloned();
+        let in_flight = self.metrics.request_started(short, &self.system_id);
+        let began = std::time::Instant::now();
         let result = client
             .request_job(r.token.expose(), &self.system_id, last.as_deref())
             .await;
+        let took = began.elapsed();
+        drop(in_flight);
         let (status, polled) = match result {
-            Ok(JobRequest::Job { payload, .. }) => ("201", Polled::Job(payload)),
+            Ok(JobRequest::Job { payload, .. }) => ("201".to_string(), Polled::Job(payload)),
             Ok(JobRequest::Unusable { job, error, .. }) => {
                 if let Some(job) = job {
                     error!(runner = short, job = job.id, %error, "GitLab sent a job ferry cannot read: failing it");
@@ -154,7 +162,7 @@ impl JobSource for GitLabSource {
                         (client.clone(), self.trace_timing.clone(), error.to_string());
                     tokio::spawn(async move { fail_undecodable(api, job, &msg, timing).await });
                 }
-                ("201", Polled::Nothing)
+                ("201".to_string(), Polled::Nothing)
             }
             Ok(JobRequest::NoJob { last_update }) => {
                 if let Some(lu) = last_update {
@@ -163,33 +171,33 @@ impl JobSource for GitLabSource {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(key(r), lu);
                 }
-                ("204", Polled::Nothing)
+                ("204".to_string(), Polled::Nothing)
             }
-            Ok(JobRequest::Conflict) => ("409", Polled::Nothing),
+            Ok(JobRequest::Conflict) => ("409".to_string(), Polled::Nothing),
             Ok(JobRequest::Forbidden { message }) => {
                 error!(runner = short, %message, "GitLab refused the runner token (403): is the runner deleted?");
-                ("403", Polled::Failed)
+                ("403".to_string(), Polled::Failed)
             }
             Err(ApiError::Status {
                 status, message, ..
             }) => {
                 warn!(runner = short, status, %message, "job request failed");
                 // GitLab answered: a healthy (if unhappy) server.
-                (if status >= 500 { "5xx" } else { "4xx" }, Polled::Nothing)
+                (status.to_string(), Polled::Nothing)
             }
             Err(e) => {
                 warn!(runner = short, error = %e, "job request failed");
                 self.metrics
                     .health
                     .gitlab(short, Err(format!("no answer: {e}")));
-                ("error", Polled::Failed)
+                ("error".to_string(), Polled::Failed)
             }
         };
         if status != "error" {
-            self.metrics.health.gitlab(short, Ok(status.to_string()));
+            self.metrics.health.gitlab(short, Ok(status.clone()));
         }
         self.metrics
-            .api_request(short, &self.system_id, "request_job", status, "POST");
+            .api_request(short, &self.system_id, "request_job", &status, "post", took);
         polled
     }
 }
@@ -444,6 +452,7 @@ fn publish_settings(metrics: &Metrics, cfg: &Config, system_id: &str) {
                 system_id: system_id.to_string(),
             })
             .set(r.limit as i64);
+        metrics.request_limit(r.token.short(), system_id, r.request_concurrency);
     }
 }
 
