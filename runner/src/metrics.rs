@@ -167,6 +167,7 @@ impl Metrics {
         let registry = root.sub_registry_with_prefix("gitlab_runner");
         let running = RunningJobs::default();
         registry.register_collector(Box::new(running.clone()));
+        registry.register_collector(Box::new(ErrorsCollector));
         let jobs_total = Family::<RunnerLabels, Counter>::default();
         let execution_mode = Family::<ExecutionModeLabels, Counter>::default();
         let failed_jobs = Family::<FailureLabels, Counter>::default();
@@ -424,6 +425,32 @@ pub struct InFlight(Gauge);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// `gitlab_runner_errors_total{level}`: warnings and errors in ferry's own log
+/// ([`crate::logging::logged_problems`]).
+#[derive(Debug)]
+struct ErrorsCollector;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabels {
+    level: &'static str,
+}
+
+impl Collector for ErrorsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (warnings, errors) = crate::logging::logged_problems();
+        let mut family = encoder.encode_descriptor(
+            "errors",
+            "The number of caught errors.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (level, n) in [("error", errors), ("warning", warnings)] {
+            ConstCounter::new(n).encode(family.encode_family(&LevelLabels { level })?)?;
+        }
+        Ok(())
     }
 }
 
@@ -789,6 +816,8 @@ mod tests {
             "gitlab_runner_request_concurrency_hard_limit{runner=\"abcd1234\",system_id=\"s_0123456789ab\"} 3",
             "gitlab_runner_concurrent 4",
             "gitlab_runner_configuration_loaded_total 1",
+            "gitlab_runner_errors_total{level=\"error\"} ",
+            "gitlab_runner_errors_total{level=\"warning\"} ",
             "gitlab_runner_configuration_loading_error_total 0",
             "gitlab_runner_version_info{name=\"ferry\"",
             "\nprocess_cpu_seconds_total ",

@@ -219,6 +219,15 @@ async fn metrics_health_and_the_jobs_list_follow_a_job_and_gitlab_going_away() {
         body.contains(": docker: pinged Docker "),
         "Docker is fine: {body}"
     );
+    let (_, _, metrics) = s.get("/metrics").await.expect("listening");
+    let warnings = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gitlab_runner_errors_total{level=\"warning\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        warnings.is_some_and(|n| n >= 1),
+        "the failed job requests were logged as warnings:\n{metrics}"
+    );
     h.gitlab.restart().await;
     let (status, body) = s.until("/health", |st, _| st == 200).await;
     assert_eq!(status, 200, "ready again once GitLab answers: {body}");
