@@ -152,6 +152,7 @@ pub struct Metrics {
     pub running: RunningJobs,
     /// What `/health` reports.
     pub health: Health,
+    state: ProcessState,
 }
 
 impl Default for Metrics {
@@ -168,6 +169,8 @@ impl Metrics {
         let running = RunningJobs::default();
         registry.register_collector(Box::new(running.clone()));
         registry.register_collector(Box::new(ErrorsCollector));
+        let state = ProcessState::default();
+        registry.register_collector(Box::new(state.clone()));
         let jobs_total = Family::<RunnerLabels, Counter>::default();
         let execution_mode = Family::<ExecutionModeLabels, Counter>::default();
         let failed_jobs = Family::<FailureLabels, Counter>::default();
@@ -285,6 +288,7 @@ impl Metrics {
             limit,
             running,
             health: Health::default(),
+            state,
         }
     }
 
@@ -343,6 +347,12 @@ impl Metrics {
                 system_id: system_id.into(),
             })
             .set(limit as i64);
+    }
+
+    /// The state of the ferry process: `starting`, `running`, `graceful-shutdown` or
+    /// `forceful-shutdown` (gitlab-runner's names).
+    pub fn set_process_state(&self, state: &'static str) {
+        *self.state.0.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// The config file was written (a rotated token), or failed to be.
@@ -425,6 +435,40 @@ pub struct InFlight(Gauge);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// `gitlab_runner_process_state_info{state}` and `/debug/process/state`.
+#[derive(Clone, Debug)]
+struct ProcessState(Arc<Mutex<&'static str>>);
+
+impl Default for ProcessState {
+    fn default() -> Self {
+        ProcessState(Arc::new(Mutex::new("starting")))
+    }
+}
+
+impl ProcessState {
+    fn get(&self) -> &'static str {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+impl Collector for ProcessState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "process_state_info",
+            "This metric provides info about the current state of the GitLab Runner process",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = StateLabels { state: self.get() };
+        ConstGauge::new(1).encode(family.encode_family(&labels)?)
     }
 }
 
@@ -709,6 +753,7 @@ pub async fn serve(
         }
     };
     let jobs = metrics.running.clone();
+    let state = metrics.state.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -723,6 +768,13 @@ pub async fn serve(
                         m.render(),
                     )
                 }
+            }),
+        )
+        .route(
+            "/debug/process/state",
+            get(move || {
+                let state = state.get();
+                async move { format!("{state}\n") }
             }),
         )
         .route("/health", get(health.clone()))
@@ -802,6 +854,11 @@ mod tests {
         m.request_limit("abcd1234", "s_0123456789ab", 3);
         m.concurrent.set(4);
         m.config_load(true);
+        assert!(
+            m.render()
+                .contains("gitlab_runner_process_state_info{state=\"starting\"} 1")
+        );
+        m.set_process_state("running");
         let text = m.render();
         for name in [
             "gitlab_runner_jobs_total{runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\"} 1",
@@ -816,6 +873,7 @@ mod tests {
             "gitlab_runner_request_concurrency_hard_limit{runner=\"abcd1234\",system_id=\"s_0123456789ab\"} 3",
             "gitlab_runner_concurrent 4",
             "gitlab_runner_configuration_loaded_total 1",
+            "gitlab_runner_process_state_info{state=\"running\"} 1",
             "gitlab_runner_errors_total{level=\"error\"} ",
             "gitlab_runner_errors_total{level=\"warning\"} ",
             "gitlab_runner_configuration_loading_error_total 0",

@@ -120,6 +120,8 @@ async fn metrics_health_and_the_jobs_list_follow_a_job_and_gitlab_going_away() {
     assert!(body.contains(": gitlab: answered 204 "), "{body}");
     let (status, ready) = s.until("/health/ready", |st, _| st == 200).await;
     assert_eq!(status, 200, "gitlab-runner's readiness path: {ready}");
+    let (_, _, state) = s.get("/debug/process/state").await.expect("listening");
+    assert_eq!(state, "running\n");
 
     let id = h.push(
         h.job("timed")
@@ -159,6 +161,7 @@ async fn metrics_health_and_the_jobs_list_follow_a_job_and_gitlab_going_away() {
         "\nprocess_max_fds ",
         "\nprocess_start_time_seconds ",
         "\ngitlab_runner_jobs_total{runner=",
+        "\ngitlab_runner_process_state_info{state=\"running\"} 1\n",
         "\ngitlab_runner_request_concurrency_hard_limit{runner=",
         "endpoint=\"request_job\",status_class=\"2xx\",method=\"post\"}",
         "endpoint=\"request_job\",status=\"201\",method=\"post\"} 1",

@@ -625,12 +625,14 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     let graceful_started = CancellationToken::new();
     let signals = {
         let (forced, graceful_started) = (forced.clone(), graceful_started.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut count = 0;
             loop {
                 tokio::select! {
                     _ = quit.recv() => {
                         info!("SIGQUIT: stopping polling, waiting for running jobs to finish");
+                        metrics.set_process_state("graceful-shutdown");
                         graceful_started.cancel();
                     }
                     _ = term.recv() => { count += 1; }
@@ -641,6 +643,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                         ?shutdown_timeout,
                         "stopping: cancelling running jobs (a second signal exits at once)"
                     );
+                    metrics.set_process_state("forceful-shutdown");
                     forced.cancel();
                 } else if count >= 2 {
                     error!("second signal: exiting now");
@@ -649,6 +652,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
             }
         })
     };
+    metrics.set_process_state("running");
     let (g, f) = (graceful_started.clone(), forced.clone());
     let run = daemon.run(rx, async move { g.cancelled().await }, async move {
         f.cancelled().await
