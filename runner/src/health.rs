@@ -14,7 +14,7 @@ use ferry_config::Config;
 /// How often each runner's Docker daemon is pinged.
 pub const DOCKER_PROBE_EVERY: Duration = Duration::from_secs(10);
 /// A ping without an answer after this long failed.
-pub const DOCKER_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DOCKER_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Docker ping older than this no longer counts (three probes missed).
 const DOCKER_STALE: Duration = Duration::from_secs(35);
 /// A runner's last answer from GitLab counts for this long past its `check_interval` (a job
