@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod driver;
 pub mod failure;
 pub mod gitlab;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod plan;

@@ -487,12 +487,22 @@ async fn metrics_and_health_are_served() {
         body.contains("endpoint=\"request_job\",status=\"204\""),
         "{body}"
     );
-    let health = client
-        .get(format!("http://127.0.0.1:{port}/health"))
-        .send()
-        .await
-        .unwrap();
-    assert!(health.status().is_success());
+    // Ready once Docker answered its first ping too (docs/monitoring.md; the details are
+    // tested in metrics.rs).
+    let mut health = (0, String::new());
+    for _ in 0..100 {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .unwrap();
+        health = (r.status().as_u16(), r.text().await.unwrap_or_default());
+        if health.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health.0, 200, "{}", health.1);
     assert!(
         !h.ferry_log().contains(&h.token),
         "no token in ferry's own log"

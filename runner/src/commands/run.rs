@@ -106,11 +106,15 @@ impl GitLabSource {
                     now,
                     exp,
                 ) {
-                    Ok(()) => info!(
-                        runner = r.token.short(),
-                        "runner token rotated before expiry"
-                    ),
+                    Ok(()) => {
+                        self.metrics.config_save(true);
+                        info!(
+                            runner = r.token.short(),
+                            "runner token rotated before expiry"
+                        )
+                    }
                     Err(e) => {
+                        self.metrics.config_save(false);
                         error!(runner = r.token.short(), error = %e, "token rotated but config not saved")
                     }
                 }
@@ -131,6 +135,7 @@ impl JobSource for GitLabSource {
             Ok(c) => c,
             Err(e) => {
                 error!(runner = short, error = %e, "cannot reach GitLab with this runner's settings");
+                self.metrics.health.gitlab(short, Err(e));
                 return Polled::Failed;
             }
         };
@@ -141,11 +146,15 @@ impl JobSource for GitLabSource {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key(r))
             .cloned();
+        let in_flight = self.metrics.request_started(short, &self.system_id);
+        let began = std::time::Instant::now();
         let result = client
             .request_job(r.token.expose(), &self.system_id, last.as_deref())
             .await;
+        let took = began.elapsed();
+        drop(in_flight);
         let (status, polled) = match result {
-            Ok(JobRequest::Job { payload, .. }) => ("201", Polled::Job(payload)),
+            Ok(JobRequest::Job { payload, .. }) => ("201".to_string(), Polled::Job(payload)),
             Ok(JobRequest::Unusable { job, error, .. }) => {
                 if let Some(job) = job {
                     error!(runner = short, job = job.id, %error, "GitLab sent a job ferry cannot read: failing it");
@@ -153,7 +162,7 @@ impl JobSource for GitLabSource {
                         (client.clone(), self.trace_timing.clone(), error.to_string());
                     tokio::spawn(async move { fail_undecodable(api, job, &msg, timing).await });
                 }
-                ("201", Polled::Nothing)
+                ("201".to_string(), Polled::Nothing)
             }
             Ok(JobRequest::NoJob { last_update }) => {
                 if let Some(lu) = last_update {
@@ -162,26 +171,33 @@ impl JobSource for GitLabSource {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(key(r), lu);
                 }
-                ("204", Polled::Nothing)
+                ("204".to_string(), Polled::Nothing)
             }
-            Ok(JobRequest::Conflict) => ("409", Polled::Nothing),
+            Ok(JobRequest::Conflict) => ("409".to_string(), Polled::Nothing),
             Ok(JobRequest::Forbidden { message }) => {
                 error!(runner = short, %message, "GitLab refused the runner token (403): is the runner deleted?");
-                ("403", Polled::Failed)
+                ("403".to_string(), Polled::Failed)
             }
             Err(ApiError::Status {
                 status, message, ..
             }) => {
                 warn!(runner = short, status, %message, "job request failed");
                 // GitLab answered: a healthy (if unhappy) server.
-                (if status >= 500 { "5xx" } else { "4xx" }, Polled::Nothing)
+                (status.to_string(), Polled::Nothing)
             }
             Err(e) => {
                 warn!(runner = short, error = %e, "job request failed");
-                ("error", Polled::Failed)
+                self.metrics
+                    .health
+                    .gitlab(short, Err(format!("no answer: {e}")));
+                ("error".to_string(), Polled::Failed)
             }
         };
-        self.metrics.api_request(short, "request_job", status);
+        if status != "error" {
+            self.metrics.health.gitlab(short, Ok(status.clone()));
+        }
+        self.metrics
+            .api_request(short, &self.system_id, "request_job", &status, "post", took);
         polled
     }
 }
@@ -342,6 +358,7 @@ async fn reloader(
     path: PathBuf,
     tx: watch::Sender<Arc<Config>>,
     metrics: Metrics,
+    system_id: String,
     stop: CancellationToken,
 ) {
     let mut hup = signal(SignalKind::hangup()).ok();
@@ -368,10 +385,14 @@ async fn reloader(
                     concurrent = cfg.global.concurrent,
                     "configuration reloaded"
                 );
-                publish_settings(&metrics, &cfg);
+                publish_settings(&metrics, &cfg, &system_id);
                 tx.send_replace(Arc::new(cfg));
             }
-            Err(e) => error!(error = %e, "configuration not reloaded: keeping the previous one"),
+            Err(e) => {
+                error!(error = %e, "configuration not reloaded: keeping the previous one");
+                metrics.config_load(false);
+                metrics.health.config_reload_failed(e.to_string());
+            }
         }
     }
 }
@@ -421,15 +442,53 @@ async fn evict_caches(
     }
 }
 
-fn publish_settings(metrics: &Metrics, cfg: &Config) {
+/// A config (at start or reloaded) is in force: its settings as metrics, its runners to /health.
+fn publish_settings(metrics: &Metrics, cfg: &Config, system_id: &str) {
+    metrics.config_load(true);
+    metrics.health.config_loaded(cfg);
     metrics.concurrent.set(cfg.global.concurrent as i64);
     for r in &cfg.runners {
         metrics
             .limit
             .get_or_create(&RunnerLabels {
                 runner: r.token.short().to_string(),
+                runner_name: r.name.clone(),
+                system_id: system_id.to_string(),
             })
             .set(r.limit as i64);
+        metrics.request_limit(r.token.short(), system_id, r.request_concurrency);
+    }
+}
+
+/// Pings each runner's Docker daemon every [`DOCKER_PROBE_EVERY`](crate::health::DOCKER_PROBE_EVERY) for `/health`.
+async fn probe_docker(
+    config: watch::Receiver<Arc<Config>>,
+    health: crate::health::Health,
+    stop: CancellationToken,
+) {
+    use crate::health::{DOCKER_PROBE_EVERY, DOCKER_PROBE_TIMEOUT};
+    let mut tick = tokio::time::interval(DOCKER_PROBE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let runners = config.borrow().runners.clone();
+        for r in &runners {
+            let ping = async {
+                let engine = DockerEngine::new(&r.docker, r.token.ci_short_token()).await?;
+                engine.ping().await
+            };
+            let outcome = match tokio::time::timeout(DOCKER_PROBE_TIMEOUT, ping).await {
+                Ok(Ok(version)) => Ok(version),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "the Docker daemon did not answer within {}s",
+                    DOCKER_PROBE_TIMEOUT.as_secs()
+                )),
+            };
+            health.docker(r.token.short(), outcome);
+        }
     }
 }
 
@@ -470,7 +529,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     std::fs::create_dir_all(&working_dir)
         .with_context(|| format!("creating {}", working_dir.display()))?;
     let metrics = Metrics::new();
-    publish_settings(&metrics, &config);
+    publish_settings(&metrics, &config, &system_id);
     let stop = CancellationToken::new();
 
     if let Some(addr) = args
@@ -482,7 +541,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("listen_address {addr}"))?;
-        info!(address = %addr, "metrics server listening (/metrics, /health)");
+        info!(address = %addr, "metrics server listening (/metrics, /health, /debug/jobs/list)");
         let (m, s) = (metrics.clone(), stop.clone());
         tokio::spawn(async move {
             crate::metrics::serve(listener, m, async move { s.cancelled().await }).await
@@ -548,6 +607,12 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         path.to_path_buf(),
         tx,
         metrics.clone(),
+        system_id.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(probe_docker(
+        rx.clone(),
+        metrics.health.clone(),
         stop.clone(),
     ));
 
@@ -578,12 +643,14 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     let graceful_started = CancellationToken::new();
     let signals = {
         let (forced, graceful_started) = (forced.clone(), graceful_started.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut count = 0;
             loop {
                 tokio::select! {
                     _ = quit.recv() => {
                         info!("SIGQUIT: stopping polling, waiting for running jobs to finish");
+                        metrics.set_process_state("graceful-shutdown");
                         graceful_started.cancel();
                     }
                     _ = term.recv() => { count += 1; }
@@ -594,6 +661,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                         ?shutdown_timeout,
                         "stopping: cancelling running jobs (a second signal exits at once)"
                     );
+                    metrics.set_process_state("forceful-shutdown");
                     forced.cancel();
                 } else if count >= 2 {
                     error!("second signal: exiting now");
@@ -602,6 +670,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
             }
         })
     };
+    metrics.set_process_state("running");
     let (g, f) = (graceful_started.clone(), forced.clone());
     let run = daemon.run(rx, async move { g.cancelled().await }, async move {
         f.cancelled().await

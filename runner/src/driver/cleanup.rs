@@ -62,6 +62,37 @@ impl Workspaces {
     }
 }
 
+/// Removes the job's containers, network and volumes. Docker may be restarting: try again a
+/// few times; what is still left then is removed by the janitor at ferry's next start
+/// (everything is labelled).
+async fn remove<E: Engine>(engine: &E, env: &JobEnv) {
+    let mut delay = Duration::from_secs(2);
+    for attempt in 1..=CLEANUP_ATTEMPTS {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(env)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => warn!(attempt, error = %e, "cleanup failed"),
+            Err(_) => warn!(attempt, "cleanup timed out"),
+        }
+        if attempt < CLEANUP_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+}
+
+/// Where the `cleanup` stage's time goes: `gitlab_runner_job_stage_duration_seconds` with
+/// `stage="cleanup"` (it runs after the final update, so the job's timing line cannot hold it).
+pub(super) struct Timed {
+    pub metrics: crate::metrics::Metrics,
+    pub labels: crate::metrics::RunnerLabels,
+}
+
+impl Timed {
+    fn observe(&self, took: Duration) {
+        self.metrics.stage_finished(&self.labels, "cleanup", took);
+    }
+}
+
 /// The `cleanup` stage: removes the job's containers, network and volumes after its final
 /// update, in the background (tracked by `cleanups`, which `ferry run` waits for before it
 /// exits): the job's result does not depend on it, GitLab can start the next stage ~0.4 s
@@ -73,23 +104,13 @@ pub(super) fn cleanup<E: Engine>(
     env: JobEnv,
     workspace: Option<Workspace>,
     cleanups: &tokio_util::task::TaskTracker,
+    timed: Timed,
 ) {
     let task = async move {
         let _workspace = workspace;
-        // Docker may be restarting: try again a few times; what is still left then is
-        // removed by the janitor at ferry's next start (everything is labelled).
-        let mut delay = Duration::from_secs(2);
-        for attempt in 1..=CLEANUP_ATTEMPTS {
-            match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(&env)).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => warn!(attempt, error = %e, "cleanup failed"),
-                Err(_) => warn!(attempt, "cleanup timed out"),
-            }
-            if attempt < CLEANUP_ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
+        let started = tokio::time::Instant::now();
+        remove(&*engine, &env).await;
+        timed.observe(started.elapsed());
     };
     cleanups.spawn(task.in_current_span());
 }
