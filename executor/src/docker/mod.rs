@@ -9,10 +9,12 @@
 
 mod auth;
 pub mod convert;
+mod evict;
 mod pull;
 pub mod remote;
 mod services;
 mod step;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,10 @@ pub struct DockerEngine {
     /// The daemon cannot see ferry's files: the builds directory is a per-job volume, copied in
     /// and out through the archive API (see [`remote::is_remote_host`]).
     remote: bool,
+    /// The daemon's address (which daemon a pulled image is on, in the usage record).
+    host: String,
+    /// Where the last use of cache volumes and the images ferry pulled are recorded.
+    usage: Option<std::sync::Arc<usage::UsageRecord>>,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -238,6 +244,8 @@ impl DockerEngine {
             )),
             section: section.clone(),
             remote: remote::is_remote_host(&host),
+            host,
+            usage: None,
         })
     }
 
@@ -247,6 +255,18 @@ impl DockerEngine {
     pub fn with_remote(mut self, remote: bool) -> Self {
         self.remote = remote;
         self
+    }
+
+    /// Record the use of cache volumes and images (and what ferry pulled) in `record`, for
+    /// eviction (docs/docker-executor.md, "Disk use").
+    pub fn with_usage(mut self, record: std::sync::Arc<usage::UsageRecord>) -> Self {
+        self.usage = Some(record);
+        self
+    }
+
+    /// The Docker daemon's address.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Whether jobs copy their builds directory to and from the daemon.
@@ -457,6 +477,11 @@ impl DockerEngine {
                     })
                     .await
                     .map_err(|e| docker_err(&format!("creating cache volume {name}"), &e))?;
+                if let Some(u) = &self.usage
+                    && let Err(e) = u.touch_volume(&name, std::time::SystemTime::now())
+                {
+                    tracing::warn!(file = %u.path().display(), error = %e, "recording the use of a cache volume failed");
+                }
             }
         }
         Ok(())
@@ -560,7 +585,7 @@ impl DockerEngine {
         )
         .await?;
 
-        let image = pull::ensure_image(&self.docker, &env.image, env, log, cancel).await?;
+        let image = pull::ensure_image(self, &env.image, env, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| env.image.name.clone());
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
