@@ -198,30 +198,15 @@ pub fn builds_dirs(builds_root: &Path) -> Vec<Candidate<PathBuf>> {
     out
 }
 
-/// Removes directories left empty below `root` (slots and runners whose projects went),
-/// bottom-up, keeping `root`.
-pub fn prune_empty_dirs(root: &Path, max_depth: usize) {
-    let dirs: Vec<PathBuf> = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .follow_root_links(false)
-        .contents_first(true)
-        .min_depth(1)
-        .max_depth(max_depth)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .map(|e| e.into_path())
-        .collect();
-    for d in dirs {
-        // Fails (and is meant to) unless empty.
-        let _ = std::fs::remove_dir(d);
-    }
-}
-
-/// `1.5 MB`-style size for the operator log.
+/// `1.5 MB`-style size for the operator log (`kB` under a megabyte, powers of 1024).
 pub fn human_bytes(bytes: u64) -> String {
-    const MB: f64 = (1u64 << 20) as f64;
-    format!("{:.1} MB", bytes as f64 / MB)
+    const KB: f64 = 1024.0;
+    const MB: f64 = KB * 1024.0;
+    if bytes < 1 << 20 {
+        format!("{:.0} kB", (bytes as f64 / KB).ceil())
+    } else {
+        format!("{:.1} MB", bytes as f64 / MB)
+    }
 }
 
 /// `3d 4h`-style duration for the operator log.
@@ -365,6 +350,7 @@ mod tests {
     #[test]
     fn log_formats() {
         assert_eq!(human_bytes(3 << 20), "3.0 MB");
+        assert_eq!(human_bytes(50_000), "49 kB");
         assert_eq!(human_age(Duration::from_secs(59)), "59s");
         assert_eq!(human_age(Duration::from_secs(3 * 86400 + 7200)), "3d 2h");
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use ferry_config::Config;
 use ferry_executor::DockerEngine;
-use ferry_executor::disk::{Candidate, Limits, Lru, Pass, Removed, builds_dirs, prune_empty_dirs};
+use ferry_executor::disk::{Candidate, Limits, Lru, Pass, Removed, builds_dirs};
 use ferry_executor::docker::usage::UsageRecord;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,14 @@ pub fn evict_builds(
         // std's remove_dir_all never follows a link out of the tree.
         match std::fs::remove_dir_all(&item.key) {
             Ok(()) => {
+                // The slot and runner dirs it leaves empty (fails, as meant, unless empty).
+                let slot = item.key.parent();
+                if let Some(slot) = slot
+                    && std::fs::remove_dir(slot).is_ok()
+                    && let Some(runner) = slot.parent()
+                {
+                    let _ = std::fs::remove_dir(runner);
+                }
                 lru.removed(item.bytes);
                 pass.remaining -= 1;
                 pass.removed.push(Removed {
@@ -75,7 +83,6 @@ pub fn evict_builds(
                 .push(format!("removing {}: {e}", item.key.display())),
         }
     }
-    prune_empty_dirs(builds_root, 2);
     pass.remaining_bytes = lru.remaining();
     pass
 }
@@ -131,7 +138,7 @@ async fn pass(
                 for p in &report.removed {
                     info!("removed cache {}", p.display());
                 }
-                info!(root = %root.display(), entries = report.entries, bytes = report.total_bytes - report.removed_bytes, "cache eviction");
+                tracing::debug!(root = %root.display(), entries = report.entries, bytes = report.total_bytes - report.removed_bytes, "cache eviction");
                 for e in &report.errors {
                     warn!(root = %root.display(), error = %e, "cache eviction");
                 }
@@ -162,6 +169,10 @@ async fn pass(
                 .evict_cache_volumes(limits.volumes, SystemTime::now())
                 .await;
             log_pass("cache volume", engine.host(), &p);
+            let p = engine
+                .evict_cache_dirs(limits.volumes, SystemTime::now())
+                .await;
+            log_pass("cache volume dir", engine.host(), &p);
         }
         if limits.images.any() && !hosts_done.iter().any(|h| h == engine.host()) {
             hosts_done.push(engine.host().to_string());

@@ -17,6 +17,8 @@ use crate::disk::{Candidate, Limits, Lru, Pass, Removed};
 /// What every container (running or not) holds on to.
 struct InUse {
     volumes: HashSet<String>,
+    /// Host paths bind-mounted into a container.
+    binds: HashSet<String>,
     images: HashSet<String>,
 }
 
@@ -29,6 +31,7 @@ impl DockerEngine {
             .map_err(|e| format!("listing containers: {}", one_line(&e)))?;
         let mut used = InUse {
             volumes: HashSet::new(),
+            binds: HashSet::new(),
             images: HashSet::new(),
         };
         for c in containers {
@@ -38,6 +41,9 @@ impl DockerEngine {
             for m in c.mounts.unwrap_or_default() {
                 if let Some(name) = m.name {
                     used.volumes.insert(name);
+                }
+                if let Some(source) = m.source {
+                    used.binds.insert(source);
                 }
             }
         }
@@ -84,9 +90,10 @@ impl DockerEngine {
         }
         let mut items: Vec<Candidate<String>> = Vec::new();
         for name in names {
+            let busy = in_use.volumes.contains(&name);
             let last_used = match usage.volume_last_used(&name) {
-                Some(t) => t,
-                None => {
+                Some(t) if !busy => t,
+                _ => {
                     if let Err(e) = usage.touch_volume(&name, now) {
                         pass.errors.push(format!("{}: {e}", usage.path().display()));
                     }
@@ -94,7 +101,7 @@ impl DockerEngine {
                 }
             };
             items.push(Candidate {
-                in_use: in_use.volumes.contains(&name),
+                in_use: busy,
                 key: name,
                 bytes: 0,
                 last_used,
@@ -148,6 +155,121 @@ impl DockerEngine {
         pass
     }
 
+    /// With `[runners.docker] cache_dir`, `"/path"` volumes are directories
+    /// `<cache_dir>/runner-<short>-project-<id>[-concurrent-<n>]/<hash>`: those of this runner
+    /// unused for longer than `limits.max_age` are removed like volumes (a directory ferry has
+    /// no record of counts as used now). Links are not followed.
+    pub async fn evict_cache_dirs(&self, limits: Limits, now: SystemTime) -> Pass {
+        let mut pass = Pass::default();
+        let (Some(usage), Some(root)) = (self.usage.clone(), self.section.cache_dir.clone()) else {
+            return pass;
+        };
+        let prefix = format!("runner-{}-project-", self.runner_short);
+        let listed = tokio::task::spawn_blocking(move || {
+            walkdir::WalkDir::new(&root)
+                .follow_links(false)
+                .follow_root_links(false)
+                .min_depth(2)
+                .max_depth(2)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_dir())
+                .filter(|e| {
+                    e.path()
+                        .parent()
+                        .and_then(|p| p.file_name())
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                        && e.file_name().len() == 16
+                        && e.file_name()
+                            .to_string_lossy()
+                            .chars()
+                            .all(|c| c.is_ascii_hexdigit())
+                })
+                .map(|e| {
+                    let bytes = crate::disk::dir_size(e.path());
+                    (e.into_path(), bytes)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let dirs = match listed {
+            Ok(d) => d,
+            Err(e) => {
+                pass.errors.push(format!("listing cache volume dirs: {e}"));
+                return pass;
+            }
+        };
+        if dirs.is_empty() {
+            return pass;
+        }
+        let in_use = match self.in_use().await {
+            Ok(u) => u,
+            Err(e) => {
+                pass.errors.push(e);
+                return pass;
+            }
+        };
+        let mut items = Vec::new();
+        for (dir, bytes) in dirs {
+            let key = dir.display().to_string();
+            let busy = in_use.binds.contains(&key);
+            let last_used = match usage.volume_last_used(&key) {
+                Some(t) if !busy => t,
+                _ => {
+                    if let Err(e) = usage.touch_volume(&key, now) {
+                        pass.errors.push(format!("{}: {e}", usage.path().display()));
+                    }
+                    now
+                }
+            };
+            items.push(Candidate {
+                in_use: busy,
+                bytes,
+                key,
+                last_used,
+            });
+        }
+        let limits = Limits {
+            max_bytes: None,
+            ..limits
+        };
+        let mut lru = Lru::new(&mut items, limits, now);
+        pass.remaining = items.len();
+        for item in &items {
+            let Some(reason) = lru.verdict(item) else {
+                continue;
+            };
+            if usage
+                .volume_last_used(&item.key)
+                .is_some_and(|t| t > item.last_used)
+            {
+                continue;
+            }
+            // std's remove_dir_all never follows a link out of the tree.
+            match tokio::fs::remove_dir_all(&item.key).await {
+                Ok(()) => {
+                    lru.removed(item.bytes);
+                    pass.remaining -= 1;
+                    let _ = usage.forget_volume(&item.key);
+                    if let Some(parent) = std::path::Path::new(&item.key).parent() {
+                        // Fails (and is meant to) unless empty.
+                        let _ = tokio::fs::remove_dir(parent).await;
+                    }
+                    pass.removed.push(Removed {
+                        kind: "cache volume dir",
+                        name: item.key.clone(),
+                        bytes: Some(item.bytes),
+                        unused_for: lru.unused_for(item),
+                        reason,
+                    });
+                }
+                Err(e) => pass.errors.push(format!("removing {}: {e}", item.key)),
+            }
+        }
+        pass.remaining_bytes = lru.remaining();
+        pass
+    }
+
     /// Removes images ferry pulled on this daemon that no container uses, least recently used
     /// first, down to `limits` (counting only images ferry pulled). An image that also has other
     /// names is left (Docker refuses to remove it by id without force, which ferry never uses).
@@ -169,11 +291,18 @@ impl DockerEngine {
         };
         let mut items = Vec::new();
         for (id, rec) in pulled {
+            let busy = in_use.images.contains(&id);
+            let mut last_used = super::usage::from_unix(rec.last_used);
+            if busy {
+                // A container of it exists: used until now.
+                last_used = now;
+                let _ = usage.used_image(&id, now);
+            }
             match self.docker.inspect_image(&id).await {
                 Ok(i) => items.push(Candidate {
-                    in_use: in_use.images.contains(&id),
+                    in_use: busy,
                     bytes: i.size.unwrap_or(0).max(0) as u64,
-                    last_used: super::usage::from_unix(rec.last_used),
+                    last_used,
                     key: (id, rec.name),
                 }),
                 Err(e) if is_not_found(&e) => {

@@ -452,6 +452,12 @@ impl DockerEngine {
                         path.display()
                     ))
                 })?;
+                if let Some(u) = &self.usage
+                    && let Err(e) =
+                        u.touch_volume(&path.display().to_string(), std::time::SystemTime::now())
+                {
+                    tracing::warn!(file = %u.path().display(), error = %e, "recording the use of a cache volume failed");
+                }
                 continue;
             }
             if let VolumeSpec::Cache { destination } = v {
