@@ -251,3 +251,91 @@ async fn cache_dir_volume_directories_unused_too_long_are_removed() {
     );
     h.stop().await;
 }
+
+/// A throwaway image of its own id (a label on the test busybox), built without a registry.
+fn build_image(tag: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {BUSYBOX}\nLABEL ferry.test.evict=\"{tag}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cmd("docker", &["image", "inspect", "--format", "{{.Id}}", tag])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_ferry_pulled_go_after_the_age_limit_unless_a_container_uses_them() {
+    let Some(mut h) = Harness::prepare(Setup::default()).await else {
+        return;
+    };
+    // No registry here: two images stand for ones ferry pulled, as its usage record says.
+    let victim = format!("ferry-test/evict-victim:{}", h.short.to_lowercase());
+    let kept = format!("ferry-test/evict-kept:{}", h.short.to_lowercase());
+    let victim_id = build_image(&victim);
+    let kept_id = build_image(&kept);
+    let container = cmd("docker", &["create", &kept, "true"]);
+    let host = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 86_400;
+    let record = json!({"volumes": {}, "images": {
+        victim_id.clone(): {"host": host, "name": victim, "last_used": day_ago},
+        kept_id.clone(): {"host": host, "name": kept, "last_used": day_ago},
+    }});
+    std::fs::create_dir_all(&h.work_dir).unwrap();
+    std::fs::write(
+        h.work_dir.join("docker-usage.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    h.ferry_args = ["--image-max-age", "1h", "--evict-interval", "1s"]
+        .map(String::from)
+        .to_vec();
+    h.spawn_ferry();
+    let gone = poll_until(Duration::from_secs(30), || {
+        h.ferry_log()
+            .contains(&format!("removed image {victim} ({victim_id})"))
+    })
+    .await;
+    let log = h.ferry_log();
+    let victim_left = std::process::Command::new("docker")
+        .args(["image", "inspect", &victim_id])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(true);
+    let kept_left = std::process::Command::new("docker")
+        .args(["image", "inspect", &kept_id])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &victim, &kept])
+        .output();
+    assert!(gone && !victim_left, "{log}");
+    assert!(kept_left, "an image a container uses was removed:\n{log}");
+    // Ferry's own test images were never recorded as pulled: untouched.
+    cmd(
+        "docker",
+        &["image", "inspect", "--format", "{{.Id}}", BUSYBOX],
+    );
+    h.stop().await;
+}
