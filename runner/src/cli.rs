@@ -128,6 +128,33 @@ pub struct RunArgs {
     #[arg(long = "cache-max-age", env = "FERRY_CACHE_MAX_AGE", default_value = "336h", value_parser = parse_age)]
     pub cache_max_age: std::time::Duration,
 
+    /// Most disk the builds directories (sources kept between jobs) may use; the least recently
+    /// used are removed beyond it
+    #[arg(long = "builds-max-size", env = "FERRY_BUILDS_MAX_SIZE", default_value = "20g", value_parser = parse_size)]
+    pub builds_max_size: u64,
+
+    /// Builds directories unused for longer than this are removed
+    #[arg(long = "builds-max-age", env = "FERRY_BUILDS_MAX_AGE", default_value = "168h", value_parser = parse_age)]
+    pub builds_max_age: std::time::Duration,
+
+    /// Docker cache volumes ("/path" in volumes) unused for longer than this are removed
+    #[arg(long = "volume-max-age", env = "FERRY_VOLUME_MAX_AGE", default_value = "168h", value_parser = parse_age)]
+    pub volume_max_age: std::time::Duration,
+
+    /// Opt-in: most disk the images ferry pulled may use; the least recently used that no
+    /// container uses are removed beyond it [default: no limit]
+    #[arg(long = "image-max-size", env = "FERRY_IMAGE_MAX_SIZE", value_parser = parse_size)]
+    pub image_max_size: Option<u64>,
+
+    /// Opt-in: images ferry pulled and no job used for longer than this are removed
+    /// [default: no limit]
+    #[arg(long = "image-max-age", env = "FERRY_IMAGE_MAX_AGE", value_parser = parse_age)]
+    pub image_max_age: Option<std::time::Duration>,
+
+    /// How often the limits above and the cache limits are enforced (also once at start)
+    #[arg(long = "evict-interval", env = "FERRY_EVICT_INTERVAL", default_value = "1h", value_parser = parse_interval)]
+    pub evict_interval: std::time::Duration,
+
     /// Service name, as gitlab-runner's unit passes it: names ferry in the system log (--syslog)
     /// and in its start-up line
     #[arg(short = 'n', long = "service", default_value = "ferry")]
@@ -169,6 +196,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
     ferry_config::duration::parse_job_duration_saturating(s)
         .ok_or_else(|| format!("{s:?} is not a duration like 72h or 30m"))
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match parse_age(s)? {
+        d if d < std::time::Duration::from_secs(1) => {
+            Err(format!("{s:?}: the interval must be at least 1s"))
+        }
+        d => Ok(d),
+    }
 }
 
 /// Parse a gitlab-runner style boolean flag value.
@@ -445,6 +481,41 @@ mod tests {
         };
         assert_eq!(r.cache_max_size, 10 << 30);
         assert_eq!(r.cache_max_age, std::time::Duration::from_secs(336 * 3600));
+        assert_eq!(r.builds_max_size, 20 << 30);
+        assert_eq!(r.builds_max_age, std::time::Duration::from_secs(168 * 3600));
+        assert_eq!(r.volume_max_age, std::time::Duration::from_secs(168 * 3600));
+        assert_eq!((r.image_max_size, r.image_max_age), (None, None));
+        assert_eq!(r.evict_interval, std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn disk_limits_parse_and_a_zero_interval_is_refused() {
+        let cli = parse(&[
+            "ferry",
+            "run",
+            "--image-max-size",
+            "5g",
+            "--image-max-age",
+            "72h",
+            "--evict-interval",
+            "30s",
+        ]);
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.image_max_size, Some(5 << 30));
+        assert_eq!(
+            r.image_max_age,
+            Some(std::time::Duration::from_secs(72 * 3600))
+        );
+        assert_eq!(r.evict_interval, std::time::Duration::from_secs(30));
+        let err = Cli::try_parse_from(["ferry", "run", "--evict-interval", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--evict-interval") && err.contains("at least 1s"),
+            "{err}"
+        );
     }
 
     #[test]

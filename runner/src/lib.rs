@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod disk;
 pub mod driver;
 pub mod failure;
 pub mod gitlab;

@@ -10,10 +10,12 @@
 mod auth;
 pub mod convert;
 pub mod hostpaths;
+mod evict;
 mod pull;
 pub mod remote;
 mod services;
 mod step;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,10 @@ pub struct DockerEngine {
     remote: bool,
     /// Whether ferry runs in a container, and its mounts (see [`hostpaths`]).
     placement: std::sync::Arc<Placement>,
+    /// The daemon's address (which daemon a pulled image is on, in the usage record).
+    host: String,
+    /// Where the last use of cache volumes and the images ferry pulled are recorded.
+    usage: Option<std::sync::Arc<usage::UsageRecord>>,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -247,6 +253,8 @@ impl DockerEngine {
             )),
             section: section.clone(),
             remote,
+            host,
+            usage: None,
         })
     }
 
@@ -257,6 +265,18 @@ impl DockerEngine {
     pub fn with_remote(mut self, remote: bool) -> Self {
         self.remote = remote;
         self
+    }
+
+    /// Record the use of cache volumes and images (and what ferry pulled) in `record`, for
+    /// eviction (docs/docker-executor.md, "Disk use").
+    pub fn with_usage(mut self, record: std::sync::Arc<usage::UsageRecord>) -> Self {
+        self.usage = Some(record);
+        self
+    }
+
+    /// The Docker daemon's address.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Whether jobs copy their builds directory to and from the daemon.
@@ -487,6 +507,12 @@ impl DockerEngine {
                         path.display()
                     ))
                 })?;
+                if let Some(u) = &self.usage
+                    && let Err(e) =
+                        u.touch_volume(&path.display().to_string(), std::time::SystemTime::now())
+                {
+                    tracing::warn!(file = %u.path().display(), error = %e, "recording the use of a cache volume failed");
+                }
                 continue;
             }
             if let VolumeSpec::Cache { destination } = v {
@@ -512,6 +538,11 @@ impl DockerEngine {
                     })
                     .await
                     .map_err(|e| docker_err(&format!("creating cache volume {name}"), &e))?;
+                if let Some(u) = &self.usage
+                    && let Err(e) = u.touch_volume(&name, std::time::SystemTime::now())
+                {
+                    tracing::warn!(file = %u.path().display(), error = %e, "recording the use of a cache volume failed");
+                }
             }
         }
         Ok(())
@@ -660,7 +691,7 @@ impl DockerEngine {
         )
         .await?;
 
-        let image = pull::ensure_image(&self.docker, &env.image, env, log, cancel).await?;
+        let image = pull::ensure_image(self, &env.image, env, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| env.image.name.clone());
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);

@@ -50,7 +50,7 @@ pub(super) async fn start_services(
         let _ = log
             .write_all(format!("Starting service {} ...\n", svc.image.name).as_bytes())
             .await;
-        let image = pull::ensure_image(engine.client(), &svc.image, env, log, cancel).await?;
+        let image = pull::ensure_image(engine, &svc.image, env, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| svc.image.name.clone());
         let name = convert::service_container_name(env, &svc.image.name, index);
         engine.remove_stale(&name).await?;

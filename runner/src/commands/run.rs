@@ -28,8 +28,6 @@ use crate::trace::TraceTiming;
 
 /// How often the config file's modification time is checked (gitlab-runner: 3 s).
 const RELOAD_CHECK: Duration = Duration::from_secs(3);
-/// How often caches are checked against `--cache-max-size` and `--cache-max-age`.
-const EVICT_EVERY: Duration = Duration::from_secs(3600);
 
 type RunnerKey = (String, String);
 
@@ -250,6 +248,8 @@ pub struct Handler {
     /// Container removals that outlive their job (waited for before ferry exits).
     cleanups: TaskTracker,
     workspaces: crate::driver::Workspaces,
+    /// The last use of cache volumes and the images ferry pulled, for eviction.
+    usage: Arc<ferry_executor::docker::usage::UsageRecord>,
 }
 
 impl Handler {
@@ -284,6 +284,7 @@ impl Handler {
         if let Some(remote) = self.docker_remote {
             engine = engine.with_remote(remote);
         }
+        engine = engine.with_usage(self.usage.clone());
         // Said once per runner: at start (below, in `run`), or here for a runner added later.
         if self.described.lock().await.insert(key(r)) {
             info!(
@@ -397,48 +398,27 @@ async fn reloader(
     }
 }
 
-/// Where caches live on this host: ferry's own cache and git object caches, and every
-/// `[runners.docker] cache_dir`.
-fn cache_roots(working_dir: &Path, config: &Config) -> Vec<PathBuf> {
-    let mut roots = vec![working_dir.join("cache"), working_dir.join("git-cache")];
-    for r in &config.runners {
-        if let Some(d) = &r.docker.cache_dir
-            && !roots.contains(d)
-        {
-            roots.push(d.clone());
-        }
-    }
-    roots
-}
-
-/// Keeps the caches under their size and age limits: at start, then every hour.
-async fn evict_caches(
-    roots: Vec<PathBuf>,
-    max_bytes: u64,
-    max_age: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(EVICT_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        for root in &roots {
-            if !root.exists() {
-                continue;
-            }
-            let r = root.clone();
-            match tokio::task::spawn_blocking(move || {
-                ferry_executor::cache::evict(&r, Some(max_bytes), Some(max_age))
-            })
-            .await
-            {
-                Ok(Ok(report)) => info!(root = %root.display(), ?report, "cache eviction"),
-                Ok(Err(e)) => warn!(root = %root.display(), error = %e, "cache eviction failed"),
-                Err(e) => warn!(error = %e, "cache eviction task failed"),
-            }
-        }
+/// The limits of `ferry run`'s flags.
+fn disk_limits(args: &RunArgs) -> crate::disk::DiskLimits {
+    use ferry_executor::disk::Limits;
+    crate::disk::DiskLimits {
+        cache: Limits {
+            max_bytes: Some(args.cache_max_size),
+            max_age: Some(args.cache_max_age),
+        },
+        builds: Limits {
+            max_bytes: Some(args.builds_max_size),
+            max_age: Some(args.builds_max_age),
+        },
+        volumes: Limits {
+            max_bytes: None,
+            max_age: Some(args.volume_max_age),
+        },
+        images: Limits {
+            max_bytes: args.image_max_size,
+            max_age: args.image_max_age,
+        },
+        interval: args.evict_interval,
     }
 }
 
@@ -594,15 +574,24 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
             "host git cannot be confined to the job's directories (needs root with CAP_SYS_ADMIN on Linux 5.12+): it runs with ferry's full rights"
         ),
     }
-    tokio::spawn(evict_caches(
-        cache_roots(&working_dir, &config),
-        args.cache_max_size,
-        args.cache_max_age,
-        stop.clone(),
-    ));
-
     let shutdown_timeout = config.global.shutdown_timeout;
     let (tx, rx) = watch::channel(Arc::new(config));
+
+    // Bounding ferry's data on this host (docs/docker-executor.md, "Disk use").
+    let (usage, warning) = ferry_executor::docker::usage::UsageRecord::open(&working_dir);
+    if let Some(w) = warning {
+        warn!("{w}");
+    }
+    let usage = Arc::new(usage);
+    let workspaces = crate::driver::Workspaces::default();
+    tokio::spawn(crate::disk::evictor(
+        working_dir.clone(),
+        disk_limits(args),
+        workspaces.clone(),
+        usage.clone(),
+        rx.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(reloader(
         path.to_path_buf(),
         tx,
@@ -632,7 +621,8 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         described: tokio::sync::Mutex::new(described),
         slots: Arc::default(),
         cleanups: cleanups.clone(),
-        workspaces: Default::default(),
+        workspaces,
+        usage,
     });
     let daemon = Daemon::new(source, handler);
 

@@ -26,12 +26,18 @@ pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Workspaces(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>);
 
 /// The claim on a project dir: dropped when the job's containers are gone.
-pub(super) type Workspace = OwnedMutexGuard<()>;
+pub type Workspace = OwnedMutexGuard<()>;
 
 impl Workspaces {
     fn get(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(dir.to_path_buf()).or_default().clone()
+    }
+
+    /// The claim on `dir` if no job (nor its containers) holds it; held while eviction removes
+    /// the directory, so a job that wants it waits and then starts afresh.
+    pub fn try_claim(&self, dir: &Path) -> Option<Workspace> {
+        self.get(dir).try_lock_owned().ok()
     }
 
     /// Waits until no other job (nor its containers) uses the project dir `dir`.

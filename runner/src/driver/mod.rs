@@ -41,7 +41,7 @@ use crate::metrics::{Metrics, RunnerLabels};
 use crate::plan::{self, Execution, JobContext, Masks, Plan};
 use crate::trace::{self, FinalOutcome, TraceConfig, TraceTiming, TraceWriter};
 
-pub use cleanup::{CLEANUP_TIMEOUT, Workspaces};
+pub use cleanup::{CLEANUP_TIMEOUT, Workspace, Workspaces};
 pub use host::{Host, HostFs};
 pub use state::Outcome;
 
@@ -204,6 +204,12 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             match claimed {
                 Ok(guard) => {
                     workspace = Some(guard);
+                    // The builds dir's last use, for eviction (docs/docker-executor.md).
+                    if let Some(base) = plan.host_project_dir.parent()
+                        && let Err(e) = ferry_executor::disk::touch_builds_dir(base)
+                    {
+                        warn!(dir = %base.display(), error = %e, "marking the builds dir as used failed");
+                    }
                     self.execute(&mut run).await;
                 }
                 Err(stop) => run.state.halt(stop, log),
