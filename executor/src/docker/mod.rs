@@ -9,8 +9,8 @@
 
 mod auth;
 pub mod convert;
-pub mod hostpaths;
 mod evict;
+pub mod hostpaths;
 mod pull;
 pub mod remote;
 mod services;
