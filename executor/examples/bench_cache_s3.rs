@@ -347,6 +347,28 @@ impl StampedLog {
 struct Timed {
     total: Duration,
     phases: Vec<(&'static str, Duration)>,
+    /// This process's CPU time (all threads) during the step: what it costs on an idle host.
+    cpu: Option<Duration>,
+}
+
+/// utime + stime of this process, all threads (Linux, 100 ticks per second).
+fn cpu_now() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// user + system CPU time of this process's finished children (the baseline's tar, zstd, curl).
+fn children_cpu() -> Option<Duration> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
 impl Timed {
@@ -354,6 +376,7 @@ impl Timed {
         Timed {
             total,
             phases: Vec::new(),
+            cpu: None,
         }
     }
 }
@@ -361,11 +384,12 @@ impl Timed {
 async fn ferry_save(st: &CacheStore, project: &Path, expect: &str) -> Timed {
     let mut log = StampedLog::default();
     let limits = Limits::new(CancellationToken::new());
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_now());
     let out = save(st, &spec(), project, true, &mut log, &limits)
         .await
         .expect("save");
     let total = t.elapsed();
+    let cpu = cpu_now().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
     let text = log.text();
     let ok = matches!(
         out,
@@ -380,7 +404,7 @@ async fn ferry_save(st: &CacheStore, project: &Path, expect: &str) -> Timed {
             ("upload", "Uploaded cache"),
         ],
     );
-    Timed { total, phases }
+    Timed { total, phases, cpu }
 }
 
 async fn ferry_restore(st: &CacheStore, into: &Path, expect: &str) -> Timed {
@@ -388,11 +412,12 @@ async fn ferry_restore(st: &CacheStore, into: &Path, expect: &str) -> Timed {
     std::fs::create_dir_all(into).expect("restore dir");
     let mut log = StampedLog::default();
     let limits = Limits::new(CancellationToken::new());
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_now());
     let out = restore(st, &spec(), into, &mut log, &limits)
         .await
         .expect("restore");
     let total = t.elapsed();
+    let cpu = cpu_now().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
     let text = log.text();
     assert!(
         matches!(out, RestoreOutcome::Restored { .. }) && text.contains(expect),
@@ -407,7 +432,7 @@ async fn ferry_restore(st: &CacheStore, into: &Path, expect: &str) -> Timed {
             ("extract", "Successfully extracted"),
         ],
     );
-    Timed { total, phases }
+    Timed { total, phases, cpu }
 }
 
 fn run(what: &str, cmd: &mut Command) {
@@ -431,7 +456,7 @@ fn url(a: &Args) -> String {
 
 /// `tar -c | zstd -1` to a file, then one `curl -T` of it.
 fn baseline_save(a: &Args, project: &Path, archive: &Path) -> Timed {
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), children_cpu());
     run(
         "tar | zstd -1",
         Command::new("sh").arg("-c").arg(format!(
@@ -445,6 +470,7 @@ fn baseline_save(a: &Args, project: &Path, archive: &Path) -> Timed {
     Timed {
         total: t.elapsed(),
         phases: vec![("archive", archived), ("upload", t.elapsed() - archived)],
+        cpu: children_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
     }
 }
 
@@ -460,7 +486,7 @@ fn download(a: &Args, to: &Path) -> Duration {
 fn baseline_restore(a: &Args, into: &Path, archive: &Path) -> Timed {
     let _ = std::fs::remove_dir_all(into);
     std::fs::create_dir_all(into).expect("restore dir");
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), children_cpu());
     let downloaded = download(a, archive);
     run(
         "zstd -d | tar -x",
@@ -476,6 +502,7 @@ fn baseline_restore(a: &Args, into: &Path, archive: &Path) -> Timed {
             ("download", downloaded),
             ("extract", t.elapsed() - downloaded),
         ],
+        cpu: children_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
     }
 }
 
@@ -514,11 +541,15 @@ fn summary(runs: &[Timed]) -> (Duration, String) {
             format!("{n} {:.3}", median(&d).as_secs_f64())
         })
         .collect();
-    let detail = if phases.is_empty() {
+    let mut detail = if phases.is_empty() {
         String::new()
     } else {
         format!(" ({})", phases.join(" + "))
     };
+    let cpu: Vec<Duration> = runs.iter().filter_map(|t| t.cpu).collect();
+    if !cpu.is_empty() {
+        detail.push_str(&format!(" [CPU {:.2} s]", median(&cpu).as_secs_f64()));
+    }
     (total, detail)
 }
 
