@@ -51,24 +51,26 @@ pub fn find_for_url(url: &str, dirs: &[PathBuf]) -> [Option<PathBuf>; 3] {
     if host.contains(['/', '\\']) || host.starts_with('.') {
         return [None, None, None];
     }
-    let find = |suffix: &str| {
-        dirs.iter()
-            .map(|d| d.join(format!("{host}{suffix}")))
-            .find(|p| p.is_file())
-    };
-    [find(".crt"), find(".auth.crt"), find(".auth.key")]
+    let in_dir =
+        |d: &PathBuf, suffix: &str| Some(d.join(format!("{host}{suffix}"))).filter(|p| p.is_file());
+    let ca = dirs.iter().find_map(|d| in_dir(d, ".crt"));
+    // The client pair comes whole from one directory, or not at all.
+    let pair = dirs
+        .iter()
+        .find_map(|d| Some((in_dir(d, ".auth.crt")?, in_dir(d, ".auth.key")?)));
+    let (cert, key) = pair.unzip();
+    [ca, cert, key]
 }
 
-/// Fills the TLS files a runner entry does not set from the certificate directories.
+/// Fills the TLS files a runner entry does not set from the certificate directories (the
+/// client pair only when the entry sets neither of its files).
 pub fn fill_from_dirs(runner: &mut RunnerSection, dirs: &[PathBuf]) {
     let [ca, cert, key] = find_for_url(&runner.url, dirs);
     if runner.tls_ca_file.is_none() {
         runner.tls_ca_file = ca;
     }
-    if runner.tls_cert_file.is_none() {
+    if runner.tls_cert_file.is_none() && runner.tls_key_file.is_none() {
         runner.tls_cert_file = cert;
-    }
-    if runner.tls_key_file.is_none() {
         runner.tls_key_file = key;
     }
 }
@@ -99,6 +101,8 @@ mod tests {
         std::fs::write(b.path().join("gitlab.example.com.crt"), "ca-b").unwrap();
         std::fs::write(b.path().join("gitlab.example.com.auth.crt"), "cert").unwrap();
         std::fs::write(b.path().join("gitlab.example.com.auth.key"), "key").unwrap();
+        // A lone certificate in the first directory is no pair.
+        std::fs::write(a.path().join("gitlab.example.com.auth.crt"), "lone").unwrap();
         let dirs = [a.path().to_path_buf(), b.path().to_path_buf()];
         let [ca, cert, key] = find_for_url("https://gitlab.example.com:8443", &dirs);
         assert_eq!(ca, Some(a.path().join("gitlab.example.com.crt")));

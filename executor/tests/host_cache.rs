@@ -443,6 +443,35 @@ async fn eviction_skips_git_object_caches_in_use() {
     assert!(cache.join("git/b.git/objects").is_dir());
 }
 
+/// What a job wrote is hostile: a git-cache look-alike whose lock is a link out is never
+/// followed, and a job's `"/path"` volume dir under `cache_dir` is not read as caches at all.
+#[tokio::test]
+async fn eviction_never_follows_a_planted_lock_link_nor_enters_volume_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let outside = tmp.path().join("outside-file");
+    for dir in [
+        cache.join("git/planted.git"),
+        cache.join("runner-abc-project-1/0123456789abcdef/x"),
+    ] {
+        std::fs::create_dir_all(dir.join("objects")).unwrap();
+        std::fs::write(dir.join("ferry-last-used"), b"").unwrap();
+        age(&dir.join("ferry-last-used"), 90 * 86_400);
+        let _ = std::fs::remove_file(dir.join("ferry.lock"));
+        std::os::unix::fs::symlink(&outside, dir.join("ferry.lock")).unwrap();
+    }
+    let volume = cache.join("runner-abc-project-1/0123456789abcdef");
+    std::fs::write(volume.join("cache.tar.zst"), b"the job's own file").unwrap();
+    age(&volume.join("cache.tar.zst"), 90 * 86_400);
+    let report = evict(&cache, None, Some(Duration::from_secs(86_400))).unwrap();
+    assert!(!outside.exists(), "the link was followed");
+    assert_eq!(report.entries, 1, "{report:?}");
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(volume.join("cache.tar.zst").is_file());
+    assert!(volume.join("x/objects").is_dir());
+}
+
 #[tokio::test]
 async fn cancelled_jobs_stop_restoring() {
     let tmp = tempfile::tempdir().unwrap();

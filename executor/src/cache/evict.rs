@@ -72,6 +72,12 @@ pub fn evict(
         let Ok(e) = e else { continue };
         let Ok(meta) = e.metadata() else { continue };
         let name = e.file_name().to_string_lossy();
+        if meta.is_dir() && e.depth() == 1 && is_volume_dir(&name) {
+            // A `"/path"` volume of `cache_dir`: the job's own files, never read as caches
+            // (docs/security.md); the Docker eviction bounds these by age.
+            it.skip_current_dir();
+            continue;
+        }
         if meta.is_dir() && is_git_cache(e.path()) {
             let last_used = std::fs::metadata(e.path().join(GIT_CACHE_MARKER))
                 .and_then(|m| m.modified())
@@ -133,14 +139,26 @@ pub fn evict(
     Ok(report)
 }
 
+/// `runner-<short>-project-<id>[-concurrent-<n>]`: where `cache_dir` keeps the `"/path"`
+/// volumes of jobs (`convert::cache_host_dir`).
+fn is_volume_dir(name: &str) -> bool {
+    name.starts_with("runner-") && name.contains("-project-")
+}
+
 /// Returns Ok(false) when the item is in use (a git cache locked by a running job).
 fn remove_item(item: &Item) -> io::Result<bool> {
     if item.git {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never through a link: the lock file is created, and must be ferry's own.
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(item.path.join(GIT_CACHE_LOCK))?;
+        if !lock.metadata()?.is_file() {
+            return Err(io::Error::other("the lock is not a regular file"));
+        }
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(false),

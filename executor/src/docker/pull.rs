@@ -101,7 +101,7 @@ fn record_use(engine: &super::DockerEngine, id: &str, name: &str, pulled: bool) 
 }
 
 /// One policy; the error is a message for the log / the final ImagePull error. The flag says
-/// whether the image was pulled.
+/// whether ferry brought the image onto the daemon (pulled, and not there before).
 async fn try_policy(
     docker: &Docker,
     image: &ImageSpec,
@@ -140,9 +140,15 @@ async fn try_policy(
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
             }
+            // Pulled by ferry only when the daemon did not have this very image before: an
+            // `always` pull of an image the operator put there changes nothing of whose it is.
+            let had = local.and_then(|i| i.id);
             inspect(docker, name)
                 .await?
-                .map(|i| (i, true))
+                .map(|i| {
+                    let new = had.is_none() || i.id != had;
+                    (i, new)
+                })
                 .ok_or_else(|| format!("image {name:?} is missing after a successful pull"))
         }
     }

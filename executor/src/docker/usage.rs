@@ -46,8 +46,11 @@ pub fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// A time read from the record; one no clock can hold (a damaged record) is "now".
 pub fn from_unix(s: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(s)
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(s))
+        .unwrap_or_else(SystemTime::now)
 }
 
 impl UsageRecord {

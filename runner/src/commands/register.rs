@@ -102,13 +102,19 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
     };
     let system_id = load_or_create_system_id(path)?;
     // As in `load`: files from the certificate directories unless given (docs/configuration.md).
+    let pair_given = args.tls_cert_file.is_some() || args.tls_key_file.is_some();
     let [found_ca, found_cert, found_key] =
         ferry_config::certs::find_for_url(&url, &ferry_config::certs::certificate_dirs(path));
     let client = GitLabClient::new(&ClientOptions {
         url: url.clone(),
         tls_ca_file: args.tls_ca_file.clone().map(Into::into).or(found_ca),
-        tls_cert_file: args.tls_cert_file.clone().map(Into::into).or(found_cert),
-        tls_key_file: args.tls_key_file.clone().map(Into::into).or(found_key),
+        // The client pair: both given, or both found, never one of each.
+        tls_cert_file: pair_given
+            .then(|| args.tls_cert_file.clone().map(Into::into))
+            .unwrap_or(found_cert),
+        tls_key_file: pair_given
+            .then(|| args.tls_key_file.clone().map(Into::into))
+            .unwrap_or(found_key),
         ..ClientOptions::default()
     })?;
     let name = args

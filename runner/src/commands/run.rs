@@ -48,6 +48,41 @@ pub fn default_working_dir() -> PathBuf {
     }
 }
 
+/// gitlab-runner's API series for one runner entry's job calls, and the entry's GitLab health
+/// (docs/monitoring.md).
+struct ApiMetrics {
+    metrics: Metrics,
+    runner: String,
+    system_id: String,
+}
+
+impl crate::gitlab::ApiObserver for ApiMetrics {
+    fn answered(
+        &self,
+        endpoint: &'static str,
+        method: &'static str,
+        status: Option<u16>,
+        took: Duration,
+    ) {
+        // Every answer shows GitLab is reachable, also while all slots are busy and no job
+        // request is sent (a running job's trace or keep-alive calls reach GitLab every 30 s).
+        let probe = match status {
+            Some(code) => Ok(code.to_string()),
+            None => Err(format!("no answer to {endpoint}")),
+        };
+        self.metrics.health.gitlab(&self.runner, probe);
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.metrics.api_request(
+            &self.runner,
+            &self.system_id,
+            endpoint,
+            &status,
+            method,
+            took,
+        );
+    }
+}
+
 /// Asks GitLab for jobs, one client per runner entry.
 pub struct GitLabSource {
     clients: Mutex<HashMap<RunnerKey, Arc<GitLabClient>>>,
@@ -75,8 +110,13 @@ impl GitLabSource {
         if let Some(c) = clients.get(&key(r)) {
             return Ok(c.clone());
         }
-        let c =
-            Arc::new(GitLabClient::new(&ClientOptions::from_runner(r)).map_err(|e| e.to_string())?);
+        let observer = Arc::new(ApiMetrics {
+            metrics: self.metrics.clone(),
+            runner: r.token.short().to_string(),
+            system_id: self.system_id.clone(),
+        });
+        let c = GitLabClient::new(&ClientOptions::from_runner(r)).map_err(|e| e.to_string())?;
+        let c = Arc::new(c.with_observer(observer));
         clients.insert(key(r), c.clone());
         Ok(c)
     }

@@ -420,8 +420,15 @@ fn create_owned_dir(dir: &Path, mode: u32, account: &nix::unistd::User) -> anyho
     if dir.is_dir() {
         return Ok(());
     }
+    // Missing parents 0755 (others must pass through them), the directory itself `mode`.
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     std::fs::DirBuilder::new()
-        .recursive(true)
         .mode(mode)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;

@@ -445,7 +445,7 @@ where
     let mut attempt = 1;
     loop {
         match work().await {
-            Err(e) if attempt < attempts && !cancel.is_cancelled() => {
+            Err(e) if attempt < attempts && !cancel.is_cancelled() && !permanent(&e) => {
                 let cause = e.log_line();
                 let cause = cause.strip_prefix("Job failed: ").unwrap_or(&cause);
                 attempt += 1;
@@ -463,6 +463,19 @@ where
             done => return done,
         }
     }
+}
+
+/// Failures another attempt cannot change: the job's settings, the host's missing git-lfs.
+fn permanent(e: &StageError) -> bool {
+    use ferry_executor::sources::SourceError;
+    matches!(
+        e,
+        StageError::Sources(
+            SourceError::InvalidVariable { .. }
+                | SourceError::InvalidSpec(_)
+                | SourceError::LfsMissing { .. }
+        )
+    )
 }
 
 /// The waits between attempts of [`with_attempts`].

@@ -97,9 +97,25 @@ pub enum ClientError {
     Build(String),
 }
 
+/// Sees the answer (or its absence) of each call gitlab-runner counts in its API metrics
+/// (`update_job`, `patch_trace`, `reset_token`; `request_job` is counted by the poller, which
+/// also tracks health): docs/monitoring.md.
+pub trait ApiObserver: Send + Sync {
+    /// `endpoint` and `method` as gitlab-runner names them (`update_job`, `put`); `status` is
+    /// `None` when GitLab did not answer.
+    fn answered(
+        &self,
+        endpoint: &'static str,
+        method: &'static str,
+        status: Option<u16>,
+        took: Duration,
+    );
+}
+
 /// The runner's HTTP client for one GitLab instance.
 #[derive(Clone)]
 pub struct GitLabClient {
+    observer: Option<std::sync::Arc<dyn ApiObserver>>,
     http: reqwest::Client,
     /// Normalised instance URL without trailing `/` (and without `/ci`).
     base: String,
@@ -247,11 +263,34 @@ impl GitLabClient {
             config: InfoConfig { gpus: "" },
         };
         Ok(GitLabClient {
+            observer: None,
             http,
             base,
             info,
             retry: options.retry,
         })
+    }
+
+    /// Reports each counted call to `observer`.
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn ApiObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Times `call` and tells the observer how it ended.
+    pub(super) async fn observed(
+        &self,
+        endpoint: &'static str,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<reqwest::Response, ApiError>>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let started = tokio::time::Instant::now();
+        let result = call.await;
+        if let Some(o) = &self.observer {
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            o.answered(endpoint, method, status, started.elapsed());
+        }
+        result
     }
 
     /// The normalised instance URL requests are built on.
@@ -447,8 +486,8 @@ impl GitLabClient {
             system_id: None,
             info: None,
         };
-        let response = self
-            .json_request(
+        let send = async {
+            self.json_request(
                 Method::POST,
                 "runners/reset_authentication_token",
                 CALL_TIMEOUT,
@@ -456,7 +495,9 @@ impl GitLabClient {
             .json(&body)
             .send()
             .await
-            .map_err(|e| http::transport(EP, &e))?;
+            .map_err(|e| http::transport(EP, &e))
+        };
+        let response = self.observed("reset_token", "post", send).await?;
         let status = response.status();
         if status != StatusCode::CREATED && status != StatusCode::OK {
             let message = error_message(response, &[token]).await;

@@ -195,14 +195,14 @@ impl JobApi for GitLabClient {
             output,
         };
         let path = format!("jobs/{}", job.id);
-        let response = send_with_retry(EP, self.retry(), || {
+        let send = send_with_retry(EP, self.retry(), || {
             Ok(self
                 .job_request(Method::PUT, &path, job)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .timeout(CALL_TIMEOUT)
                 .json(&body))
-        })
-        .await?;
+        });
+        let response = self.observed("update_job", "put", send).await?;
         let status = response.status();
         let interval = http::update_interval(&response);
         match status.as_u16() {
@@ -246,16 +246,18 @@ impl JobApi for GitLabClient {
             });
         }
         let end = offset + chunk.len() as u64 - 1;
-        let response = self
-            .job_request(Method::PATCH, &format!("jobs/{}/trace", job.id), job)
-            .query(&[("debug_trace", "false")])
-            .header(reqwest::header::CONTENT_RANGE, format!("{offset}-{end}"))
-            .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .timeout(CALL_TIMEOUT)
-            .body(chunk)
-            .send()
-            .await
-            .map_err(|e| http::transport(EP, &e))?;
+        let send = async {
+            self.job_request(Method::PATCH, &format!("jobs/{}/trace", job.id), job)
+                .query(&[("debug_trace", "false")])
+                .header(reqwest::header::CONTENT_RANGE, format!("{offset}-{end}"))
+                .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                .timeout(CALL_TIMEOUT)
+                .body(chunk)
+                .send()
+                .await
+                .map_err(|e| http::transport(EP, &e))
+        };
+        let response = self.observed("patch_trace", "patch", send).await?;
         let status = response.status();
         match status.as_u16() {
             202 => Ok(TraceReply::Accepted {

@@ -11,9 +11,9 @@ mod lenient;
 pub mod payload;
 
 pub use client::{
-    CALL_TIMEOUT, ClientError, ClientOptions, FEATURES, GitLabClient, JOB_REQUEST_TIMEOUT,
-    JobRequest, RegisterRequest, Registration, TRANSFER_TIMEOUT, TokenReset, Verification,
-    install_crypto_provider, parse_expiry, rotation_due_at, user_agent,
+    ApiObserver, CALL_TIMEOUT, ClientError, ClientOptions, FEATURES, GitLabClient,
+    JOB_REQUEST_TIMEOUT, JobRequest, RegisterRequest, Registration, TRANSFER_TIMEOUT, TokenReset,
+    Verification, install_crypto_provider, parse_expiry, rotation_due_at, user_agent,
 };
 pub use http::RetryPolicy;
 pub use payload::{JobPayload, PayloadError, parse_payload, salvage_job_ref};
