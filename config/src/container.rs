@@ -264,21 +264,12 @@ pub(crate) fn container_options(
     }
     o.devices = devices(ctx, t, "devices")?;
     if let Some(mut sd) = t.table(ctx, "services_devices")? {
-        for (glob, item, line) in sd.rest(ctx) {
+        for (glob, _, line) in sd.rest(ctx) {
             let path = sd.key_path(&glob);
             globset::Glob::new(&glob).map_err(|e| {
                 ctx.invalid(line, &path, format!("invalid glob {glob:?}: {}", e.kind()))
             })?;
-            let list = devices(ctx, &mut sd, &glob).or_else(|_| {
-                Err(ctx.invalid(
-                    line,
-                    &path,
-                    format!(
-                        "expected an array of device strings, found {}",
-                        item.type_name()
-                    ),
-                ))
-            })?;
+            let list = devices(ctx, &mut sd, &glob)?;
             o.services_devices.insert(glob, list);
         }
     }
@@ -439,4 +430,40 @@ pub(crate) fn runner_services(
         out.push(svc);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_follow_docker_run_syntax() {
+        let all = parse_gpus("all").unwrap();
+        assert_eq!(all.count, -1);
+        assert_eq!(all.capabilities, vec![vec!["gpu".to_string()]]);
+        assert_eq!(parse_gpus("2").unwrap().count, 2);
+        let d = parse_gpus("\"device=0,1\",driver=nvidia,options=\"a=1,b=2\"").unwrap();
+        assert_eq!(d.device_ids, vec!["0", "1"]);
+        assert_eq!(d.count, 0, "devices given: no default count");
+        assert_eq!(d.driver, "nvidia");
+        assert_eq!(d.options["b"], "2");
+        assert_eq!(parse_gpus("capabilities=utility").unwrap().count, 1);
+        assert!(parse_gpus("count=1,count=2").is_err());
+        assert!(parse_gpus("colour=red").is_err());
+        assert!(parse_gpus("\"device=0").is_err());
+    }
+
+    #[test]
+    fn devices_and_ulimits_as_gitlab_runner_parses_them() {
+        let d = parse_device("/dev/kvm").unwrap();
+        assert_eq!(
+            (d.path_in_container.as_str(), d.cgroup_permissions.as_str()),
+            ("/dev/kvm", "rwm")
+        );
+        assert!(parse_device("/a:/b:r:x").is_err());
+        assert!(parse_device(":/b").is_err());
+        assert_eq!(parse_ulimit("10:20"), Ok((10, 20)));
+        assert_eq!(parse_ulimit("-1"), Ok((-1, -1)));
+        assert!(parse_ulimit("10:").is_err());
+    }
 }
