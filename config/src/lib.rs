@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod certs;
 mod container;
 mod docker;
 pub mod duration;
@@ -136,6 +137,10 @@ pub struct RunnerSection {
     /// `KEY=value` entries, in file order.
     pub environment: Vec<(String, String)>,
     pub clone_url: Option<String>,
+    /// `pre_build_script` / `post_build_script`: commands run in the build container before and
+    /// after the commands of each script step (`script`, `release`), in the same shell.
+    pub pre_build_script: Option<String>,
+    pub post_build_script: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -462,6 +467,8 @@ impl Default for RunnerSection {
             cache_dir: "/cache".into(),
             environment: Vec::new(),
             clone_url: None,
+            pre_build_script: None,
+            post_build_script: None,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -566,11 +573,17 @@ pub fn from_toml_str_with_env(
     resolve::resolve(text, file, env)
 }
 
-/// Read and resolve a config file.
+/// Read and resolve a config file. TLS files a runner entry does not set are looked up by host
+/// name in the certificate directories ([`certs`]), as gitlab-runner does.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         error: source,
     })?;
-    from_toml_str(&text, &path.display().to_string())
+    let mut config = from_toml_str(&text, &path.display().to_string())?;
+    let dirs = certs::certificate_dirs(path);
+    for runner in &mut config.runners {
+        certs::fill_from_dirs(runner, &dirs);
+    }
+    Ok(config)
 }

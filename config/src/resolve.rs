@@ -33,8 +33,6 @@ const RUNNER_KNOWN: &[(&str, Leftover)] = &[
     ("post_get_sources_script", N),
     ("pre_clone_script", N),
     ("post_clone_script", N),
-    ("pre_build_script", N),
-    ("post_build_script", N),
     ("clean_git_config", NTrue),
     ("strict_check_interval", N),
     ("prepare_timeout", N),
@@ -274,6 +272,8 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
         }
     }
     r.clone_url = non_empty(t.string(ctx, "clone_url")?);
+    r.pre_build_script = non_empty(t.string(ctx, "pre_build_script")?);
+    r.post_build_script = non_empty(t.string(ctx, "post_build_script")?);
     r.tls_ca_file = non_empty(t.string(ctx, "tls-ca-file")?).map(PathBuf::from);
     r.tls_cert_file = non_empty(t.string(ctx, "tls-cert-file")?).map(PathBuf::from);
     r.tls_key_file = non_empty(t.string(ctx, "tls-key-file")?).map(PathBuf::from);

@@ -441,7 +441,7 @@ fn unknown_keys_warn_once_with_path_and_line() {
 #[test]
 fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
     let c = load(&format!(
-        "sentry_dsn = \"https://x\"\n[session_server]\n  session_timeout = 1800\n  listen_address = \"[::]:8093\"\n{MINIMAL}  pre_build_script = \"echo hi\"\n  clean_git_config = true\n  strict_check_interval = false\n  [runners.kubernetes]\n    namespace = \"x\"\n  [runners.docker]\n    network_mtu = 0\n    volume_keep = false\n    cpuset_cpus = \"0-1\"\n    helper_image = \"gitlab/helper\"\n    [[runners.docker.services]]\n      name = \"postgres\"\n  [runners.cache]\n    [runners.cache.s3]\n      BucketName = \"b\"\n    [runners.cache.gcs]\n      BucketName = \"g\"\n"
+        "sentry_dsn = \"https://x\"\n[session_server]\n  session_timeout = 1800\n  listen_address = \"[::]:8093\"\n{MINIMAL}  pre_get_sources_script = \"echo hi\"\n  clean_git_config = true\n  strict_check_interval = false\n  [runners.kubernetes]\n    namespace = \"x\"\n  [runners.docker]\n    network_mtu = 0\n    volume_keep = false\n    cpuset_cpus = \"0-1\"\n    helper_image = \"gitlab/helper\"\n    [[runners.docker.services]]\n      name = \"postgres\"\n  [runners.cache]\n    [runners.cache.s3]\n      BucketName = \"b\"\n    [runners.cache.gcs]\n      BucketName = \"g\"\n"
     ));
     let got: Vec<(usize, &str)> = c
         .warnings
@@ -452,7 +452,7 @@ fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
         got,
         vec![
             (4, "session_server.listen_address"),
-            (11, "runners[0].pre_build_script"),
+            (11, "runners[0].pre_get_sources_script"),
             (20, "runners[0].docker.helper_image"),
         ],
         "{:#?}",
@@ -1086,5 +1086,18 @@ fn cache_gcs_and_azure_tables() {
         c.warnings[0].message.contains("AccountName"),
         "{:#?}",
         c.warnings
+    );
+}
+
+#[test]
+fn pre_and_post_build_scripts_are_read() {
+    let c = load(&format!(
+        "{MINIMAL}  pre_build_script = \"echo pre\"\n  post_build_script = \"\"\"\necho a\necho b\"\"\"\n"
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.runners[0].pre_build_script.as_deref(), Some("echo pre"));
+    assert_eq!(
+        c.runners[0].post_build_script.as_deref(),
+        Some("echo a\necho b")
     );
 }

@@ -70,12 +70,26 @@ impl Limits {
 }
 
 /// Counts entries and bytes against [`Limits`].
-#[derive(Debug)]
 pub struct Budget<'a> {
     pub limits: &'a Limits,
     pub entries: u64,
     pub bytes: u64,
+    /// [`Budget::copy`]'s buffer, allocated once: zeroing a fresh 256 KiB buffer for every file
+    /// is far more work than copying a small file (docs/benchmarks.md, the cache benchmark).
+    buf: Vec<u8>,
 }
+
+impl std::fmt::Debug for Budget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("limits", &self.limits)
+            .field("entries", &self.entries)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+const COPY_BUF: usize = 256 * 1024;
 
 impl<'a> Budget<'a> {
     pub fn new(limits: &'a Limits) -> Budget<'a> {
@@ -83,6 +97,7 @@ impl<'a> Budget<'a> {
             limits,
             entries: 0,
             bytes: 0,
+            buf: Vec::new(),
         }
     }
 
@@ -110,10 +125,22 @@ impl<'a> Budget<'a> {
 
     /// Copies `from` into `to` in chunks, counting bytes and checking the deadline.
     pub fn copy(&mut self, from: &mut impl Read, to: &mut impl io::Write) -> io::Result<u64> {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(COPY_BUF, 0);
+        let r = self.copy_with(&mut buf, from, to);
+        self.buf = buf;
+        r
+    }
+
+    fn copy_with(
+        &mut self,
+        buf: &mut [u8],
+        from: &mut impl Read,
+        to: &mut impl io::Write,
+    ) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
-            let n = match from.read(&mut buf) {
+            let n = match from.read(buf) {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -108,6 +108,7 @@ fn spec(url: &str, sha: &str, project_dir: &Path) -> SourceSpec {
         submodule_depth: 0,
         submodule_update_flags: vec![],
         submodule_paths: vec![],
+        lfs: true,
         git_config: vec![],
         project_dir: project_dir.to_path_buf(),
         display_dir: Some("/builds/group/project".into()),

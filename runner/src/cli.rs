@@ -47,6 +47,61 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Print the plan ferry would execute for a job payload (JSON), for debugging
     Plan(PlanArgs),
+    /// Install ferry as a systemd service (writes and enables the unit; does not start it)
+    Install(InstallArgs),
+    /// Disable the systemd service and remove its unit
+    Uninstall(UninstallArgs),
+    /// Start the systemd service
+    Start(ServiceArgs),
+    /// Stop the systemd service (running jobs finish first)
+    Stop(ServiceArgs),
+    /// Restart the systemd service (running jobs finish first)
+    Restart(ServiceArgs),
+    /// Whether the systemd service is running (exit 0) or not (exit 1)
+    Status(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Service name: the unit is NAME.service
+    #[arg(short = 'n', long = "service", default_value = "ferry")]
+    pub service: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+
+    /// The account the service runs as (User= of the unit); required
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+
+    /// `ferry run --working-directory` of the unit [default: the user's home; /var/lib/ferry for
+    /// root or a user without one]
+    #[arg(short = 'd', long = "working-directory")]
+    pub working_directory: Option<PathBuf>,
+
+    /// Add --syslog to the unit's `ferry run` (under systemd the journal already has ferry's log)
+    #[arg(long = "syslog", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = bool_flag(),
+          action = ArgAction::Set)]
+    pub syslog: bool,
+
+    /// Write the unit into this directory instead of /etc/systemd/system; without systemd running
+    /// the unit is then written but not enabled
+    #[arg(long = "unit-dir", env = "FERRY_SYSTEMD_UNIT_DIR")]
+    pub unit_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+
+    /// The directory `ferry install --unit-dir` wrote the unit into
+    #[arg(long = "unit-dir", env = "FERRY_SYSTEMD_UNIT_DIR")]
+    pub unit_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +127,33 @@ pub struct RunArgs {
     /// Caches unused for longer than this are removed (Go duration, e.g. 72h)
     #[arg(long = "cache-max-age", env = "FERRY_CACHE_MAX_AGE", default_value = "336h", value_parser = parse_age)]
     pub cache_max_age: std::time::Duration,
+
+    /// Most disk the builds directories (sources kept between jobs) may use; the least recently
+    /// used are removed beyond it
+    #[arg(long = "builds-max-size", env = "FERRY_BUILDS_MAX_SIZE", default_value = "20g", value_parser = parse_size)]
+    pub builds_max_size: u64,
+
+    /// Builds directories unused for longer than this are removed
+    #[arg(long = "builds-max-age", env = "FERRY_BUILDS_MAX_AGE", default_value = "168h", value_parser = parse_age)]
+    pub builds_max_age: std::time::Duration,
+
+    /// Docker cache volumes ("/path" in volumes) unused for longer than this are removed
+    #[arg(long = "volume-max-age", env = "FERRY_VOLUME_MAX_AGE", default_value = "168h", value_parser = parse_age)]
+    pub volume_max_age: std::time::Duration,
+
+    /// Opt-in: most disk the images ferry pulled may use; the least recently used that no
+    /// container uses are removed beyond it [default: no limit]
+    #[arg(long = "image-max-size", env = "FERRY_IMAGE_MAX_SIZE", value_parser = parse_size)]
+    pub image_max_size: Option<u64>,
+
+    /// Opt-in: images ferry pulled and no job used for longer than this are removed
+    /// [default: no limit]
+    #[arg(long = "image-max-age", env = "FERRY_IMAGE_MAX_AGE", value_parser = parse_age)]
+    pub image_max_age: Option<std::time::Duration>,
+
+    /// How often the limits above and the cache limits are enforced (also once at start)
+    #[arg(long = "evict-interval", env = "FERRY_EVICT_INTERVAL", default_value = "1h", value_parser = parse_interval)]
+    pub evict_interval: std::time::Duration,
 
     /// Service name, as gitlab-runner's unit passes it: names ferry in the system log (--syslog)
     /// and in its start-up line
@@ -114,6 +196,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
     ferry_config::duration::parse_job_duration_saturating(s)
         .ok_or_else(|| format!("{s:?} is not a duration like 72h or 30m"))
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match parse_age(s)? {
+        d if d < std::time::Duration::from_secs(1) => {
+            Err(format!("{s:?}: the interval must be at least 1s"))
+        }
+        d => Ok(d),
+    }
 }
 
 /// Parse a gitlab-runner style boolean flag value.
@@ -207,6 +298,14 @@ pub struct RegisterArgs {
     /// PEM file of certificates to trust for GitLab's HTTPS
     #[arg(long = "tls-ca-file", env = "CI_SERVER_TLS_CA_FILE")]
     pub tls_ca_file: Option<String>,
+
+    /// PEM file of the client certificate for GitLab's HTTPS (mutual TLS)
+    #[arg(long = "tls-cert-file", env = "CI_SERVER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<String>,
+
+    /// PEM file of the client certificate's key (mutual TLS)
+    #[arg(long = "tls-key-file", env = "CI_SERVER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<String>,
 
     #[command(flatten)]
     pub docker: DockerRegisterArgs,
@@ -382,6 +481,41 @@ mod tests {
         };
         assert_eq!(r.cache_max_size, 10 << 30);
         assert_eq!(r.cache_max_age, std::time::Duration::from_secs(336 * 3600));
+        assert_eq!(r.builds_max_size, 20 << 30);
+        assert_eq!(r.builds_max_age, std::time::Duration::from_secs(168 * 3600));
+        assert_eq!(r.volume_max_age, std::time::Duration::from_secs(168 * 3600));
+        assert_eq!((r.image_max_size, r.image_max_age), (None, None));
+        assert_eq!(r.evict_interval, std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn disk_limits_parse_and_a_zero_interval_is_refused() {
+        let cli = parse(&[
+            "ferry",
+            "run",
+            "--image-max-size",
+            "5g",
+            "--image-max-age",
+            "72h",
+            "--evict-interval",
+            "30s",
+        ]);
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.image_max_size, Some(5 << 30));
+        assert_eq!(
+            r.image_max_age,
+            Some(std::time::Duration::from_secs(72 * 3600))
+        );
+        assert_eq!(r.evict_interval, std::time::Duration::from_secs(30));
+        let err = Cli::try_parse_from(["ferry", "run", "--evict-interval", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--evict-interval") && err.contains("at least 1s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,8 +3,39 @@
 //! Job output never goes here; it goes to the job's trace. No token is ever logged: where a runner
 //! must be named, its short token (first 8 characters) is used.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
+
+/// Warnings and errors logged since start (`gitlab_runner_errors_total`, docs/monitoring.md).
+static WARNINGS: AtomicU64 = AtomicU64::new(0);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// `(warnings, errors)` logged so far.
+pub fn logged_problems() -> (u64, u64) {
+    (
+        WARNINGS.load(Ordering::Relaxed),
+        ERRORS.load(Ordering::Relaxed),
+    )
+}
+
+/// Counts each warning and error that passes the log level, as gitlab-runner's log hook does.
+struct CountProblems;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountProblems {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        match *event.metadata().level() {
+            tracing::Level::ERROR => ERRORS.fetch_add(1, Ordering::Relaxed),
+            tracing::Level::WARN => WARNINGS.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+}
 
 /// Map gitlab-runner's level names (which include `fatal` and `panic`) to tracing's.
 pub fn filter_for(level: &str) -> Result<EnvFilter, String> {
@@ -81,6 +112,7 @@ pub fn init(level: &str, format: &str, syslog: Option<&str>) -> Result<(), Strin
     tracing_subscriber::registry()
         .with(filter)
         .with(layers)
+        .with(CountProblems)
         .try_init()
         .map_err(|e| e.to_string())
 }

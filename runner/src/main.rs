@@ -40,6 +40,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(_) => Some("plan"),
         // register creates the file; deploy does not read it.
         Command::Register(_) | Command::Deploy(_) => None,
+        // The service commands only name the file in the unit.
+        Command::Install(_)
+        | Command::Uninstall(_)
+        | Command::Start(_)
+        | Command::Stop(_)
+        | Command::Restart(_)
+        | Command::Status(_) => None,
     };
     if let Some(command) = reads_config {
         commands::require_config(&cli, &path, command)?;
@@ -59,6 +66,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List => commands::manage::list(&path)?,
         Command::Plan(ref args) => commands::plan::plan(&path, args)?,
         Command::Deploy(ref args) => return commands::deploy::deploy(&path, &args.args).await,
+        Command::Install(ref args) => commands::service::install(&path, args)?,
+        Command::Uninstall(ref args) => commands::service::uninstall(args)?,
+        Command::Start(ref args) => commands::service::control("start", args)?,
+        Command::Stop(ref args) => commands::service::control("stop", args)?,
+        Command::Restart(ref args) => commands::service::control("restart", args)?,
+        Command::Status(ref args) => return commands::service::status(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -226,6 +226,24 @@ impl Harness {
         self.child = Some(child);
     }
 
+    /// Start `program args` in place of `ferry run` (e.g. `docker run … <ferry image>`), output
+    /// appended to `ferry.log`; [`Harness::stop`] sends it SIGTERM as it would ferry.
+    pub fn spawn_with(&mut self, program: &str, args: &[String]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("ferry.log");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program}: {e}"));
+        self.child = Some(child);
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -534,6 +552,9 @@ pub fn is_final(status: JobStatus) -> bool {
 /// Git repositories served over smart HTTP by `git http-backend` (CGI), like GitLab's
 /// `https://gitlab-ci-token:<job token>@host/group/project.git`. Requests without Basic
 /// credentials get 401; every `Authorization` value is recorded, decoded (`user:password`).
+/// Where [`GitHttp`] keeps LFS objects, under its root.
+const LFS_STORE: &str = ".lfs-objects";
+
 pub struct GitHttp {
     /// `http://127.0.0.1:<port>`
     pub base: String,
@@ -583,6 +604,15 @@ impl GitHttp {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(auth);
+            if let Some(r) = lfs(&ctx.root, req.uri().path()) {
+                return match r {
+                    Lfs::Batch => lfs_batch(&ctx.root, req).await,
+                    Lfs::Object(path) => match std::fs::read(path) {
+                        Ok(bytes) => bytes.into_response(),
+                        Err(_) => (StatusCode::NOT_FOUND, "no such object").into_response(),
+                    },
+                };
+            }
             let (parts, body) = req.into_parts();
             let header = |name: &str| {
                 parts
@@ -671,6 +701,74 @@ impl GitHttp {
             resp
         }
 
+        /// A Git LFS request: GitLab's batch API (`<repo>.git/info/lfs/objects/batch`) or a
+        /// download of one object it handed out (`/lfs-objects/<oid>`).
+        enum Lfs {
+            Batch,
+            Object(PathBuf),
+        }
+
+        fn lfs(root: &Path, path: &str) -> Option<Lfs> {
+            if path.ends_with("/info/lfs/objects/batch") {
+                return Some(Lfs::Batch);
+            }
+            let oid = path.strip_prefix("/lfs-objects/")?;
+            let valid = oid.len() == 64 && oid.bytes().all(|b| b.is_ascii_hexdigit());
+            Some(Lfs::Object(root.join(LFS_STORE).join(if valid {
+                oid
+            } else {
+                "invalid"
+            })))
+        }
+
+        /// The batch API as GitLab answers a download: each object the store has gets an
+        /// `actions.download` with the header to use; a missing one an error of its own.
+        async fn lfs_batch(root: &Path, req: Request) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("127.0.0.1")
+                .to_string();
+            let auth = req.headers().get("authorization").cloned();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let objects: Vec<Value> = request["objects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    let oid = o["oid"].as_str().unwrap_or("");
+                    let size = o["size"].as_u64().unwrap_or(0);
+                    let stored = oid.len() == 64
+                        && oid.bytes().all(|b| b.is_ascii_hexdigit())
+                        && root.join(LFS_STORE).join(oid).is_file();
+                    if !stored {
+                        return json!({"oid": oid, "size": size,
+                            "error": {"code": 404, "message": "Object does not exist on the server"}});
+                    }
+                    let mut header = serde_json::Map::new();
+                    if let Some(a) = auth.as_ref().and_then(|a| a.to_str().ok()) {
+                        header.insert("Authorization".into(), json!(a));
+                    }
+                    json!({"oid": oid, "size": size, "authenticated": true,
+                        "actions": {"download": {
+                            "href": format!("http://{host}/lfs-objects/{oid}"),
+                            "header": header, "expires_in": 3600}}})
+                })
+                .collect();
+            let mut r =
+                axum::Json(json!({"transfer": "basic", "objects": objects})).into_response();
+            r.headers_mut().insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/vnd.git-lfs+json"),
+            );
+            r
+        }
+
         let credentials = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let ctx = Ctx {
             root: root.to_path_buf(),
@@ -700,6 +798,20 @@ impl GitHttp {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Stores `content` as a Git LFS object of the server whose root is `root`; returns the
+    /// pointer file to commit in its place.
+    pub fn lfs_object(root: &Path, content: &[u8]) -> String {
+        use sha2::Digest as _;
+        let oid = hex::encode(sha2::Sha256::digest(content));
+        let store = root.join(LFS_STORE);
+        std::fs::create_dir_all(&store).expect("LFS store");
+        std::fs::write(store.join(&oid), content).expect("LFS object");
+        format!(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {}\n",
+            content.len()
+        )
     }
 
     /// The clone URL GitLab would send for `repo` (a directory under the root), with the job

@@ -313,8 +313,11 @@ async fn request_job_no_job_then_job_with_truthful_info() {
     assert_eq!(bodies[2]["info"]["name"], "ferry");
 }
 
+/// GitLab's `RegisterJobService#assign_runner!`: a job of matching tags that needs a feature
+/// the runner does not advertise is dropped as `runner_unsupported` (not held back); jobs for
+/// other tags stay queued.
 #[tokio::test]
-async fn jobs_needing_unadvertised_features_or_other_tags_are_not_given() {
+async fn jobs_needing_unadvertised_features_are_dropped_and_other_tags_are_not_given() {
     let gitlab = FakeGitLab::start().await;
     let (_, token) = gitlab.create_runner(RunnerSpec {
         tags: vec!["docker".into()],
@@ -325,7 +328,7 @@ async fn jobs_needing_unadvertised_features_or_other_tags_are_not_given() {
     let vault = gitlab.push_job(
         JobSpec::new("secrets")
             .tags(["docker"])
-            .requires_feature("vault_secrets"),
+            .patch(json!({"secrets": {"PW": {"vault": {"path": "db"}}}})),
     );
     let arm = gitlab.push_job(JobSpec::new("arm").tags(["arm64"]));
     let untagged = gitlab.push_job(JobSpec::new("untagged"));
@@ -343,7 +346,13 @@ async fn jobs_needing_unadvertised_features_or_other_tags_are_not_given() {
         client.request_job(&token, SYSTEM_ID, None).await.unwrap(),
         JobRequest::NoJob { .. }
     ));
-    assert_eq!(gitlab.queued_jobs(), vec![vault, arm, untagged]);
+    let dropped = gitlab.job(vault).unwrap();
+    assert_eq!(dropped.status, JobStatus::Failed);
+    assert_eq!(
+        dropped.failure_reason.as_deref(),
+        Some("runner_unsupported")
+    );
+    assert_eq!(gitlab.queued_jobs(), vec![arm, untagged]);
 }
 
 #[tokio::test]

@@ -487,12 +487,22 @@ async fn metrics_and_health_are_served() {
         body.contains("endpoint=\"request_job\",status=\"204\""),
         "{body}"
     );
-    let health = client
-        .get(format!("http://127.0.0.1:{port}/health"))
-        .send()
-        .await
-        .unwrap();
-    assert!(health.status().is_success());
+    // Ready once Docker answered its first ping too (docs/monitoring.md; the details are
+    // tested in metrics.rs).
+    let mut health = (0, String::new());
+    for _ in 0..100 {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .unwrap();
+        health = (r.status().as_u16(), r.text().await.unwrap_or_default());
+        if health.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health.0, 200, "{}", health.1);
     assert!(
         !h.ferry_log().contains(&h.token),
         "no token in ferry's own log"
@@ -606,4 +616,79 @@ async fn a_job_without_a_token_is_refused_and_frees_its_slot() {
         started.elapsed()
     );
     assert!(!h.gitlab.trace_string(id).contains("never-ran"));
+}
+
+/// gitlab-runner's certificate directory: `<host>.crt` (CA), `<host>.auth.crt` and
+/// `<host>.auth.key` (client pair) in `certs/` beside the config file are used for GitLab at
+/// that host without any `tls-*` key, by `register` and by every command reading the config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_files_in_the_certs_dir_beside_the_config_are_used_by_host_name() {
+    let gitlab = FakeGitLab::start_mtls().await;
+    let (_id, token) = gitlab.create_runner(RunnerSpec::default());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let cfg_s = cfg.to_str().unwrap();
+    let url = gitlab.url();
+    let host = ferry_config::certs::url_host(&url).unwrap().to_string();
+
+    // No CA anywhere: the self-signed GitLab is refused.
+    let refused = ferry(&[
+        "register",
+        "-c",
+        cfg_s,
+        "--non-interactive",
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "--docker-image",
+        IMAGE,
+    ]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join(format!("{host}.crt")), gitlab.ca_pem().unwrap()).unwrap();
+    std::fs::write(
+        certs.join(format!("{host}.auth.crt")),
+        gitlab.client_cert_pem().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        certs.join(format!("{host}.auth.key")),
+        gitlab.client_key_pem().unwrap(),
+    )
+    .unwrap();
+    let registered = ferry(&[
+        "register",
+        "-c",
+        cfg_s,
+        "--non-interactive",
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "--docker-image",
+        IMAGE,
+    ]);
+    assert!(registered.status.success(), "{}", text(&registered));
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        !written.contains("tls-"),
+        "nothing written for found files: {written}"
+    );
+
+    let verified = ferry(&["verify", "-c", cfg_s]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(text(&verified).contains("is valid"), "{}", text(&verified));
+
+    // Without the client pair, mutual TLS fails: the files were really used.
+    std::fs::remove_file(certs.join(format!("{host}.auth.key"))).unwrap();
+    std::fs::remove_file(certs.join(format!("{host}.auth.crt"))).unwrap();
+    let without_pair = ferry(&["verify", "-c", cfg_s]);
+    assert!(
+        !text(&without_pair).contains("is valid"),
+        "{}",
+        text(&without_pair)
+    );
 }

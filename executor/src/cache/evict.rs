@@ -127,7 +127,9 @@ pub fn evict(
                 .push(format!("removing {}: {e}", item.path.display())),
         }
     }
-    prune_empty_dirs(cache_dir);
+    for removed in &report.removed {
+        prune_emptied(cache_dir, removed);
+    }
     Ok(report)
 }
 
@@ -155,20 +157,20 @@ fn remove_item(item: &Item) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Removes directories left empty (keys whose archives went), bottom-up, keeping `root`.
-fn prune_empty_dirs(root: &Path) {
-    let dirs: Vec<PathBuf> = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .follow_root_links(false)
-        .contents_first(true)
-        .min_depth(1)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .map(|e| e.into_path())
-        .collect();
-    for d in dirs {
+/// Removes the directories `removed` leaves empty (the key dir whose archive went, and its
+/// parents), keeping `root`. Only those: other empty directories under a cache root may be in
+/// use, e.g. a `"/path"` volume directory under `cache_dir` created for a job that is about to
+/// mount it.
+fn prune_emptied(root: &Path, removed: &Path) {
+    let mut dir = removed.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) {
+            break;
+        }
         // Fails (and is meant to) unless empty.
-        let _ = std::fs::remove_dir(d);
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
     }
 }

@@ -3,11 +3,15 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, RestartPolicy,
+    RestartPolicyNameEnum,
+};
 use ferry_config::DockerSection;
 use ferry_config::joblog::{BOLD_GREEN, RESET};
 use globset::{GlobBuilder, GlobMatcher};
 
+use super::hostpaths::HostSide;
 use crate::engine::{EngineError, ImageSpec, JobEnv, StepSpec};
 
 /// Label on everything ferry creates; `cleanup_leftovers` looks for it.
@@ -450,19 +454,77 @@ pub fn cache_host_dir(
         .join(format!("{:016x}", fnv1a(destination)))
 }
 
-/// Binds shared by the build container and the services: the job's project dir, its file
-/// variables (read-only), then the configured volumes. `"/path"` volumes are named volumes, or directories under `cache_dir`
-/// when it is set, and are left out with `disable_cache`.
-pub fn binds(
+/// The mounts shared by the build container and the services: `binds` (Docker's `-v` syntax)
+/// and, for a directory inside a named volume, `mounts` with `VolumeOptions.Subpath`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobMounts {
+    pub binds: Vec<String>,
+    pub mounts: Vec<Mount>,
+}
+
+impl JobMounts {
+    /// Mount `side` at `target` in the job's containers.
+    pub fn add(&mut self, side: HostSide, target: &str, read_only: bool) {
+        let ro = if read_only { ":ro" } else { "" };
+        match side {
+            HostSide::Path(p) => self.binds.push(format!("{}:{target}{ro}", p.display())),
+            HostSide::Volume {
+                name,
+                subpath: None,
+            } => self.binds.push(format!("{name}:{target}{ro}")),
+            HostSide::Volume {
+                name,
+                subpath: Some(sub),
+            } => self.mounts.push(Mount {
+                target: Some(target.to_string()),
+                source: Some(name),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(read_only),
+                volume_options: Some(MountVolumeOptions {
+                    subpath: Some(sub),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Set them on a container's host config.
+    pub fn apply(&self, host_config: &mut HostConfig) {
+        host_config.binds = Some(self.binds.clone());
+        host_config.mounts = if self.mounts.is_empty() {
+            None
+        } else {
+            Some(self.mounts.clone())
+        };
+    }
+}
+
+/// Where the job's project dir and file variables come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildsMounts {
+    pub project: HostSide,
+    pub tmp: HostSide,
+    /// The file variables are mounted read-only (not for the archive API, which cannot write
+    /// into a read-only mount).
+    pub tmp_read_only: bool,
+}
+
+/// The mounts of a job: its project dir at `CI_PROJECT_DIR` (`project`), its file variables
+/// at `CI_PROJECT_DIR.tmp` (`tmp`), then the configured volumes: `SRC:DST` as given,
+/// `"/path"` volumes as named volumes, or directories under `cache_dir` when it is set (placed
+/// for the daemon by `place`, see [`super::hostpaths`]), left out with `disable_cache`.
+pub fn job_mounts(
     env: &JobEnv,
     volumes: &[VolumeSpec],
     disable_cache: bool,
     cache_dir: Option<&std::path::Path>,
-) -> Vec<String> {
-    let mut out = vec![
-        format!("{}:{}", env.host_project_dir.display(), env.project_dir),
-        format!("{}:{}:ro", env.host_tmp_dir.display(), env.tmp_dir),
-    ];
+    builds: BuildsMounts,
+    place: &dyn Fn(&std::path::Path) -> HostSide,
+) -> JobMounts {
+    let mut out = JobMounts::default();
+    out.add(builds.project, &env.project_dir, false);
+    out.add(builds.tmp, &env.tmp_dir, builds.tmp_read_only);
     for v in volumes {
         match v {
             VolumeSpec::Bind {
@@ -470,16 +532,17 @@ pub fn binds(
                 destination,
                 mode,
             } => match mode {
-                Some(m) => out.push(format!("{source}:{destination}:{m}")),
-                None => out.push(format!("{source}:{destination}")),
+                Some(m) => out.binds.push(format!("{source}:{destination}:{m}")),
+                None => out.binds.push(format!("{source}:{destination}")),
             },
             VolumeSpec::Cache { .. } if disable_cache => {}
             VolumeSpec::Cache { destination } => match cache_dir {
-                Some(dir) => out.push(format!(
-                    "{}:{destination}",
-                    cache_host_dir(dir, env, destination).display()
-                )),
-                None => out.push(format!(
+                Some(dir) => out.add(
+                    place(&cache_host_dir(dir, env, destination)),
+                    destination,
+                    false,
+                ),
+                None => out.binds.push(format!(
                     "{}:{destination}",
                     cache_volume_name(env, destination)
                 )),
@@ -523,9 +586,8 @@ fn non_empty(v: &[String]) -> Option<Vec<String>> {
 }
 
 /// The part of the host config that build and service containers share.
-fn common_host_config(section: &DockerSection, binds: Vec<String>) -> HostConfig {
-    HostConfig {
-        binds: Some(binds),
+fn common_host_config(section: &DockerSection, mounts: &JobMounts) -> HostConfig {
+    let mut hc = HostConfig {
         dns: non_empty(&section.dns),
         dns_search: non_empty(&section.dns_search),
         extra_hosts: non_empty(&section.extra_hosts),
@@ -541,14 +603,16 @@ fn common_host_config(section: &DockerSection, binds: Vec<String>) -> HostConfig
         // ferry's own `pids_limit` (gitlab-runner has no such key): per container.
         pids_limit: section.pids_limit,
         ..Default::default()
-    }
+    };
+    mounts.apply(&mut hc);
+    hc
 }
 
-/// Host config of the build container: `[runners.docker]` options plus the job's binds.
+/// Host config of the build container: `[runners.docker]` options plus the job's mounts.
 /// `privileged` comes from [`build_privileged`].
 pub fn build_host_config(
     section: &DockerSection,
-    binds: Vec<String>,
+    mounts: &JobMounts,
     network_mode: Option<String>,
     links: Vec<String>,
     privileged: bool,
@@ -573,7 +637,7 @@ pub fn build_host_config(
         security_opt: non_empty(&section.security_opt),
         network_mode,
         links: if links.is_empty() { None } else { Some(links) },
-        ..common_host_config(section, binds)
+        ..common_host_config(section, mounts)
     }
 }
 
@@ -581,14 +645,14 @@ pub fn build_host_config(
 /// `service_*` keys). `privileged` comes from [`service_privileged`].
 pub fn service_host_config(
     section: &DockerSection,
-    binds: Vec<String>,
+    mounts: &JobMounts,
     network_mode: Option<String>,
     privileged: bool,
 ) -> HostConfig {
     HostConfig {
         privileged: Some(privileged),
         network_mode,
-        ..common_host_config(section, binds)
+        ..common_host_config(section, mounts)
     }
 }
 
@@ -845,6 +909,24 @@ mod tests {
                 mode: Some("ro".into()),
             },
         ];
+        let host = |e: &JobEnv| BuildsMounts {
+            project: HostSide::Path(e.host_project_dir.clone()),
+            tmp: HostSide::Path(e.host_tmp_dir.clone()),
+            tmp_read_only: true,
+        };
+        let same = |p: &std::path::Path| HostSide::Path(p.to_path_buf());
+        let binds = |e: &JobEnv, vols: &[VolumeSpec], disable: bool, dir: Option<&str>| {
+            let m = job_mounts(
+                e,
+                vols,
+                disable,
+                dir.map(std::path::Path::new),
+                host(e),
+                &same,
+            );
+            assert!(m.mounts.is_empty());
+            m.binds
+        };
         let b = binds(&e, &vols, false, None);
         // Only the project dir and its file variables (read-only), never the builds dir.
         assert_eq!(b[0], "/var/lib/ferry/builds/42/src:/builds/g/p");
@@ -852,11 +934,44 @@ mod tests {
         assert!(b[2].starts_with("runner-glrt-abc-project-7-cache-") && b[2].ends_with(":/cache"));
         assert_eq!(b[3], "/h:/c:ro");
         assert_eq!(binds(&e, &vols, true, None).len(), 3);
-        let with_dir = binds(&e, &vols, false, Some(std::path::Path::new("/srv/cache")));
+        let with_dir = binds(&e, &vols, false, Some("/srv/cache"));
         assert!(
             with_dir[2].starts_with("/srv/cache/runner-glrt-abc-project-7/")
                 && with_dir[2].ends_with(":/cache"),
             "{with_dir:?}"
+        );
+        // ferry in a container: its directories are placed for the daemon; the user's own
+        // volumes stay as given.
+        let in_volume = |p: &std::path::Path| HostSide::Volume {
+            name: "data".into(),
+            subpath: Some(p.strip_prefix("/").unwrap().display().to_string()),
+        };
+        let placed = job_mounts(
+            &e,
+            &vols,
+            false,
+            Some(std::path::Path::new("/srv/cache")),
+            BuildsMounts {
+                project: HostSide::Path("/host/src".into()),
+                tmp: in_volume(&e.host_tmp_dir),
+                tmp_read_only: true,
+            },
+            &in_volume,
+        );
+        assert_eq!(placed.binds[0], "/host/src:/builds/g/p");
+        assert_eq!(placed.binds[1], "/h:/c:ro");
+        assert_eq!(placed.binds.len(), 2);
+        assert_eq!(placed.mounts.len(), 2);
+        assert_eq!(placed.mounts[0].target.as_deref(), Some("/builds/g/p.tmp"));
+        assert_eq!(placed.mounts[0].read_only, Some(true));
+        assert_eq!(placed.mounts[1].target.as_deref(), Some("/cache"));
+        assert!(
+            placed.mounts[1]
+                .volume_options
+                .as_ref()
+                .and_then(|o| o.subpath.as_deref())
+                .is_some_and(|s| s.starts_with("srv/cache/runner-glrt-abc-project-7/")),
+            "{placed:?}"
         );
         // Stable across jobs of the same project and slot; apart otherwise.
         let mut other = env();
@@ -897,7 +1012,31 @@ mod tests {
             cap_drop: vec!["NET_RAW".into()],
             ..Default::default()
         };
-        let h = build_host_config(&s, vec!["a:/b".into()], Some("net".into()), vec![], true);
+        let mut m = JobMounts::default();
+        m.add(HostSide::Path("/a".into()), "/b", false);
+        m.add(
+            HostSide::Volume {
+                name: "v".into(),
+                subpath: Some("x/y".into()),
+            },
+            "/c",
+            true,
+        );
+        let h = build_host_config(&s, &m, Some("net".into()), vec![], true);
+        assert_eq!(h.binds, Some(vec!["/a:/b".to_string()]));
+        let mounts = h.mounts.clone().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].source.as_deref(), Some("v"));
+        assert_eq!(mounts[0].target.as_deref(), Some("/c"));
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(
+            mounts[0]
+                .volume_options
+                .as_ref()
+                .and_then(|o| o.subpath.as_deref()),
+            Some("x/y")
+        );
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
         assert_eq!(h.memory, Some(6291456));
         assert_eq!(h.nano_cpus, Some(1_500_000_000));
         assert_eq!(h.shm_size, None);
@@ -906,17 +1045,17 @@ mod tests {
         assert_eq!(h.cap_drop, Some(vec!["NET_RAW".to_string()]));
         assert_eq!(h.network_mode.as_deref(), Some("net"));
         assert_eq!(h.pids_limit, None, "no pids limit unless configured");
-        let svc = service_host_config(&s, vec![], None, false);
+        let svc = service_host_config(&s, &JobMounts::default(), None, false);
         assert_eq!(svc.privileged, Some(false));
         let limited = DockerSection {
             pids_limit: Some(256),
             ..Default::default()
         };
-        let h = build_host_config(&limited, vec![], None, vec![], false);
+        let h = build_host_config(&limited, &JobMounts::default(), None, vec![], false);
         assert_eq!(h.pids_limit, Some(256));
         assert_eq!(h.privileged, Some(false));
         assert_eq!(
-            service_host_config(&limited, vec![], None, false).pids_limit,
+            service_host_config(&limited, &JobMounts::default(), None, false).pids_limit,
             Some(256)
         );
     }

@@ -9,11 +9,14 @@
 
 mod auth;
 pub mod convert;
+mod evict;
 pub mod hostconfig;
+pub mod hostpaths;
 mod pull;
 pub mod remote;
 mod services;
 mod step;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use convert::service_aliases_from_image;
 use convert::{AllowList, PrivilegedList, VolumeSpec};
+use hostpaths::{HostSide, Placement};
 
 use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
 
@@ -57,6 +61,12 @@ pub struct DockerEngine {
     /// The daemon cannot see ferry's files: the builds directory is a per-job volume, copied in
     /// and out through the archive API (see [`remote::is_remote_host`]).
     remote: bool,
+    /// Whether ferry runs in a container, and its mounts (see [`hostpaths`]).
+    placement: std::sync::Arc<Placement>,
+    /// The daemon's address (which daemon a pulled image is on, in the usage record).
+    host: String,
+    /// Where the last use of cache volumes and the images ferry pulled are recorded.
+    usage: Option<std::sync::Arc<usage::UsageRecord>>,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -65,6 +75,7 @@ impl std::fmt::Debug for DockerEngine {
             .field("host", &self.section.host)
             .field("runner", &self.runner_short)
             .field("remote", &self.remote)
+            .field("placement", &self.placement)
             .finish_non_exhaustive()
     }
 }
@@ -218,8 +229,12 @@ impl DockerEngine {
                 one_line(&e)
             ))
         })?;
+        // ferry in a container: its paths are not the daemon's (docs/docker-executor.md).
+        let placement = hostpaths::discover(&docker).await;
+        let remote = remote::is_remote_host(&host) || matches!(placement, Placement::Unknown(_));
         Ok(Self {
             docker,
+            placement: std::sync::Arc::new(placement),
             runner_short: runner_short_token.to_string(),
             stop_grace: DEFAULT_STOP_GRACE,
             host_probe: true,
@@ -238,21 +253,81 @@ impl DockerEngine {
                 &section.allowed_privileged_services,
             )),
             section: section.clone(),
-            remote: remote::is_remote_host(&host),
+            remote,
+            host,
+            usage: None,
         })
     }
 
     /// Force remote mode on (the builds directory is a per-job volume filled through the
     /// archive API) or off (bind mount of the host directory), whatever the daemon's address
-    /// says. `new` decides with [`remote::is_remote_host`].
+    /// says. `new` decides with [`remote::is_remote_host`], and chooses remote mode too when ferry
+    /// runs in a container that the daemon does not know.
     pub fn with_remote(mut self, remote: bool) -> Self {
         self.remote = remote;
         self
     }
 
+    /// Record the use of cache volumes and images (and what ferry pulled) in `record`, for
+    /// eviction (docs/docker-executor.md, "Disk use").
+    pub fn with_usage(mut self, record: std::sync::Arc<usage::UsageRecord>) -> Self {
+        self.usage = Some(record);
+        self
+    }
+
+    /// The Docker daemon's address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Whether jobs copy their builds directory to and from the daemon.
     pub fn is_remote(&self) -> bool {
         self.remote
+    }
+
+    /// Where ferry runs, as `new` found out (see [`hostpaths::discover`]).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// One line for ferry's log: how directories under `working_dir` reach job containers.
+    pub fn describe_paths(&self, working_dir: &Path) -> String {
+        match (&*self.placement, self.remote) {
+            (Placement::Unknown(why), true) => {
+                format!("{why}: builds directories are copied through the archive API")
+            }
+            (_, true) => {
+                "remote Docker daemon: builds directories are copied through the archive API".into()
+            }
+            (Placement::Container(view), false) => view.describe(working_dir),
+            (Placement::Unknown(why), false) => format!(
+                "{why}; local mode was forced: builds directories are bind-mounted as ferry sees them"
+            ),
+            (Placement::Host, false) => {
+                "Docker daemon on this machine: builds directories are bind-mounted".into()
+            }
+            (Placement::HostAssumed(note), false) => format!(
+                "{note}: taken as the Docker host, builds directories are bind-mounted as ferry sees them"
+            ),
+        }
+    }
+
+    /// Where `path` (one of ferry's directories) is for the daemon: translated when ferry runs
+    /// in a container, else the path itself.
+    fn place(&self, path: &Path) -> Result<HostSide, String> {
+        match &*self.placement {
+            Placement::Container(view) => view.translate(path),
+            _ => Ok(HostSide::Path(path.to_path_buf())),
+        }
+    }
+
+    /// Whether the job's project dir and file variables are copied through the archive API
+    /// (a remote daemon, or ferry in a container with its working directory on no mount the
+    /// daemon can see).
+    pub fn copies_builds(&self, env: &JobEnv) -> bool {
+        self.remote
+            || self.place(&env.host_project_dir).is_err()
+            || self.place(&env.host_tmp_dir).is_err()
     }
 
     /// How long a cancelled or timed-out step gets between SIGTERM and SIGKILL (default 10 s).
@@ -441,6 +516,12 @@ impl DockerEngine {
                         path.display()
                     ))
                 })?;
+                if let Some(u) = &self.usage
+                    && let Err(e) =
+                        u.touch_volume(&path.display().to_string(), std::time::SystemTime::now())
+                {
+                    tracing::warn!(file = %u.path().display(), error = %e, "recording the use of a cache volume failed");
+                }
                 continue;
             }
             if let VolumeSpec::Cache { destination } = v {
@@ -478,6 +559,11 @@ impl DockerEngine {
                     })
                     .await
                     .map_err(|e| docker_err(&format!("creating cache volume {name}"), &e))?;
+                if let Some(u) = &self.usage
+                    && let Err(e) = u.touch_volume(&name, std::time::SystemTime::now())
+                {
+                    tracing::warn!(file = %u.path().display(), error = %e, "recording the use of a cache volume failed");
+                }
             }
         }
         Ok(())
@@ -538,25 +624,70 @@ impl DockerEngine {
             }
         }
         self.ensure_cache_volumes(env, &volumes).await?;
-        let mut binds = convert::binds(
+        let copies = self.copies_builds(env);
+        let builds = match (
+            copies,
+            self.place(&env.host_project_dir),
+            self.place(&env.host_tmp_dir),
+        ) {
+            (false, Ok(project), Ok(tmp)) => {
+                // A volume's subpath must exist (Docker creates a missing bind source itself).
+                for (side, dir) in [(&project, &env.host_project_dir), (&tmp, &env.host_tmp_dir)] {
+                    if matches!(
+                        side,
+                        HostSide::Volume {
+                            subpath: Some(_),
+                            ..
+                        }
+                    ) {
+                        tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                            EngineError::Docker(format!("creating {}: {e}", dir.display()))
+                        })?;
+                    }
+                }
+                convert::BuildsMounts {
+                    project,
+                    tmp,
+                    tmp_read_only: true,
+                }
+            }
+            _ => {
+                // The daemon cannot see the directories: per-job volumes, filled by `sync_in`
+                // (the file variables' one writable: the archive API cannot write a read-only
+                // mount).
+                let volume = self
+                    .create_job_volume(env, remote::builds_volume_name(env))
+                    .await?;
+                let tmp = self
+                    .create_job_volume(env, remote::tmp_volume_name(env))
+                    .await?;
+                convert::BuildsMounts {
+                    project: HostSide::Volume {
+                        name: volume,
+                        subpath: None,
+                    },
+                    tmp: HostSide::Volume {
+                        name: tmp,
+                        subpath: None,
+                    },
+                    tmp_read_only: false,
+                }
+            }
+        };
+        // A `cache_dir` directory on no mount the daemon can see stays as given: a path on the
+        // daemon's machine, as in gitlab-runner.
+        let place = |p: &Path| {
+            self.place(p)
+                .unwrap_or_else(|_| HostSide::Path(p.to_path_buf()))
+        };
+        let mounts = convert::job_mounts(
             env,
             &volumes,
             self.section.disable_cache,
             self.section.cache_dir.as_deref(),
+            builds,
+            &place,
         );
-        if self.remote {
-            // The daemon cannot see the host directories: the first two binds (the project
-            // dir and its file variables) become per-job volumes, filled by `sync_in` (the
-            // file variables' one writable: the archive API cannot write a read-only mount).
-            let volume = self
-                .create_job_volume(env, remote::builds_volume_name(env))
-                .await?;
-            binds[0] = format!("{volume}:{}", env.project_dir);
-            let tmp = self
-                .create_job_volume(env, remote::tmp_volume_name(env))
-                .await?;
-            binds[1] = format!("{tmp}:{}", env.tmp_dir);
-        }
 
         // The network: per job unless the operator chose one. A job without services needs no
         // aliases, so it uses Docker's default bridge, as gitlab-runner does without
@@ -576,7 +707,7 @@ impl DockerEngine {
         let links = services::start_services(
             self,
             env,
-            &binds,
+            &mounts,
             network_mode.clone(),
             per_job_network.is_some(),
             log,
@@ -584,7 +715,7 @@ impl DockerEngine {
         )
         .await?;
 
-        let image = pull::ensure_image(&self.docker, &env.image, env, log, cancel).await?;
+        let image = pull::ensure_image(self, &env.image, env, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| env.image.name.clone());
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
@@ -592,7 +723,7 @@ impl DockerEngine {
         let privileged =
             convert::build_privileged(&self.section, &self.privileged_images, &env.image);
         let mut host_config =
-            convert::build_host_config(&self.section, binds, network_mode, links, privileged);
+            convert::build_host_config(&self.section, &mounts, network_mode, links, privileged);
         hostconfig::apply_build(&mut host_config, &self.section.containers);
         let mut body =
             convert::build_container_body(&self.section, env, &image_id, host_config, user);
@@ -663,14 +794,14 @@ impl Engine for DockerEngine {
     }
 
     async fn sync_in(&self, env: &JobEnv) -> Result<(), EngineError> {
-        if !self.remote {
+        if !self.copies_builds(env) {
             return Ok(());
         }
         self.upload_builds(env).await
     }
 
     async fn sync_out(&self, env: &JobEnv) -> Result<(), EngineError> {
-        if !self.remote {
+        if !self.copies_builds(env) {
             return Ok(());
         }
         self.download_builds(env).await

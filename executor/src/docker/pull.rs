@@ -22,12 +22,13 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Make sure `image.name` is present under its pull policies, tried in order (a repeated policy
 /// is a retry). Returns the inspected image.
 pub async fn ensure_image(
-    docker: &Docker,
+    engine: &super::DockerEngine,
     image: &ImageSpec,
     env: &JobEnv,
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
 ) -> Result<ImageInspect, EngineError> {
+    let docker = &engine.docker;
     let name = image.name.as_str();
     let policies: &[PullPolicy] = if image.pull_policy.is_empty() {
         &[PullPolicy::Always]
@@ -47,8 +48,9 @@ pub async fn ensure_image(
             let _ = log.write_all(line.as_bytes()).await;
         }
         match try_policy(docker, image, *policy, env, log, cancel).await {
-            Ok(inspect) => {
+            Ok((inspect, pulled)) => {
                 let id = inspect.id.clone().unwrap_or_default();
+                record_use(engine, &id, name, pulled);
                 let digest = inspect
                     .repo_digests
                     .as_ref()
@@ -80,7 +82,26 @@ async fn inspect(docker: &Docker, name: &str) -> Result<Option<ImageInspect>, St
     }
 }
 
-/// One policy; the error is a message for the log / the final ImagePull error.
+/// Records that a job uses image `id` and, when ferry just pulled it, that ferry pulled it:
+/// only images ferry pulled are ever evicted (docs/docker-executor.md, "Disk use").
+fn record_use(engine: &super::DockerEngine, id: &str, name: &str, pulled: bool) {
+    let Some(u) = &engine.usage else { return };
+    if id.is_empty() {
+        return;
+    }
+    let now = std::time::SystemTime::now();
+    let r = if pulled {
+        u.pulled_image(&engine.host, id, name, now)
+    } else {
+        u.used_image(id, now)
+    };
+    if let Err(e) = r {
+        tracing::warn!(file = %u.path().display(), error = %e, "recording the use of an image failed");
+    }
+}
+
+/// One policy; the error is a message for the log / the final ImagePull error. The flag says
+/// whether the image was pulled.
 async fn try_policy(
     docker: &Docker,
     image: &ImageSpec,
@@ -88,11 +109,11 @@ async fn try_policy(
     env: &JobEnv,
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
-) -> Result<ImageInspect, String> {
+) -> Result<(ImageInspect, bool), String> {
     let name = image.name.as_str();
     let local = inspect(docker, name).await?;
     match policy {
-        PullPolicy::Never => local.ok_or_else(|| {
+        PullPolicy::Never => local.map(|i| (i, false)).ok_or_else(|| {
             format!(
                 "image {name:?} is not present on the Docker host and the pull policy is \"never\""
             )
@@ -103,11 +124,11 @@ async fn try_policy(
                     b"Using locally found image version due to \"if-not-present\" pull policy\n",
                 )
                 .await;
-            local.ok_or_else(String::new)
+            local.map(|i| (i, false)).ok_or_else(String::new)
         }
         // `always` does not need to pull an image pinned by digest that is already here.
         PullPolicy::Always if local.is_some() && name.contains("@sha256:") => {
-            local.ok_or_else(String::new)
+            local.map(|i| (i, false)).ok_or_else(String::new)
         }
         _ => {
             pull(docker, image, env, log, cancel)
@@ -121,6 +142,7 @@ async fn try_policy(
             }
             inspect(docker, name)
                 .await?
+                .map(|i| (i, true))
                 .ok_or_else(|| format!("image {name:?} is missing after a successful pull"))
         }
     }

@@ -30,7 +30,7 @@ struct Started {
 pub(super) async fn start_services(
     engine: &DockerEngine,
     env: &JobEnv,
-    binds: &[String],
+    mounts: &convert::JobMounts,
     network_mode: Option<String>,
     per_job_network: bool,
     log: &mut LogSink<'_>,
@@ -50,7 +50,7 @@ pub(super) async fn start_services(
         let _ = log
             .write_all(format!("Starting service {} ...\n", svc.image.name).as_bytes())
             .await;
-        let image = pull::ensure_image(engine.client(), &svc.image, env, log, cancel).await?;
+        let image = pull::ensure_image(engine, &svc.image, env, log, cancel).await?;
         let image_id = image.id.clone().unwrap_or_else(|| svc.image.name.clone());
         let name = convert::service_container_name(env, &svc.image.name, index);
         engine.remove_stale(&name).await?;
@@ -59,7 +59,7 @@ pub(super) async fn start_services(
             env,
             svc,
             &image_id,
-            binds,
+            mounts,
             network_mode.clone(),
             per_job_network || !(legacy_bridge || no_aliases),
         );
@@ -134,7 +134,7 @@ fn service_body(
     env: &JobEnv,
     svc: &ServiceSpec,
     image_id: &str,
-    binds: &[String],
+    mounts: &convert::JobMounts,
     network_mode: Option<String>,
     with_aliases: bool,
 ) -> ContainerCreateBody {
@@ -174,7 +174,7 @@ fn service_body(
     hostconfig::add_service_labels(&mut labels, &env.container_labels);
     let mut host_config = convert::service_host_config(
         section,
-        binds.to_vec(),
+        mounts,
         network_mode,
         convert::service_privileged(section, &engine.privileged_services, &svc.image.name),
     );

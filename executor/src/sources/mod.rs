@@ -95,6 +95,9 @@ pub struct SourceSpec {
     pub submodule_update_flags: Vec<String>,
     /// `GIT_SUBMODULE_PATHS` split into words (`:(exclude)x` entries allowed).
     pub submodule_paths: Vec<String>,
+    /// Fetch and check out Git LFS objects after the checkout (`GIT_LFS_SKIP_SMUDGE` unset or
+    /// false).
+    pub lfs: bool,
     /// Extra `git -c` settings for every git command ferry runs, e.g.
     /// `http.https://gitlab.example.com/.sslCAInfo` for a private CA. Given through the
     /// environment, never written to the repository.
@@ -154,6 +157,11 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// The repository has Git LFS files and the host has no git-lfs.
+    #[error(
+        "this repository uses Git LFS ({files} files with filter=lfs, e.g. {example:?}) but git-lfs is not installed on the runner host: install it (Debian: apt-get install git-lfs), or set GIT_LFS_SKIP_SMUDGE=1 to keep the pointer files"
+    )]
+    LfsMissing { files: usize, example: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -171,6 +179,8 @@ pub struct GitVariables {
     pub submodule_depth: u32,
     pub submodule_update_flags: Vec<String>,
     pub submodule_paths: Vec<String>,
+    /// `GIT_LFS_SKIP_SMUDGE` is not true.
+    pub lfs: bool,
     /// Values that were ignored, for a warning in the job log.
     pub warnings: Vec<String>,
 }
@@ -273,6 +283,22 @@ impl GitVariables {
                 }
             },
         };
+        let lfs = match get("GIT_LFS_SKIP_SMUDGE")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            None => true,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "t" | "yes" => false,
+                "false" | "0" | "f" | "no" => true,
+                _ => {
+                    warnings.push(format!(
+                        "GIT_LFS_SKIP_SMUDGE: {v:?} is not a boolean, using false"
+                    ));
+                    true
+                }
+            },
+        };
         let submodule_paths = words(get("GIT_SUBMODULE_PATHS").unwrap_or(""));
         for p in &submodule_paths {
             let path = p.strip_prefix(":(exclude)").unwrap_or(p);
@@ -293,6 +319,7 @@ impl GitVariables {
             submodule_depth,
             submodule_update_flags: words(get("GIT_SUBMODULE_UPDATE_FLAGS").unwrap_or("")),
             submodule_paths,
+            lfs,
             warnings,
         })
     }
@@ -310,6 +337,7 @@ impl GitVariables {
         spec.submodule_depth = self.submodule_depth;
         spec.submodule_update_flags = self.submodule_update_flags.clone();
         spec.submodule_paths = self.submodule_paths.clone();
+        spec.lfs = self.lfs;
     }
 }
 
@@ -415,6 +443,7 @@ mod tests {
             submodule_depth: 0,
             submodule_update_flags: vec![],
             submodule_paths: vec![],
+            lfs: true,
             git_config: vec![],
             project_dir: "/tmp/p".into(),
             display_dir: None,

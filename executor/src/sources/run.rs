@@ -226,10 +226,71 @@ async fn repository(
             args.extend(spec.clean_flags.iter().cloned());
             git.run(dir, &args, Some(log), cancel).await?;
         }
+        if spec.lfs {
+            lfs_pull(dir, git, clean_url, log, cancel).await?;
+        }
     } else {
         say(log, Level::Notice, "Skipping Git checkout").await?;
     }
     submodules(spec, git, log, cancel).await
+}
+
+/// Git LFS after the checkout, as gitlab-runner's `git lfs pull`: the objects of the files the
+/// repository's attributes mark `filter=lfs` are fetched from GitLab's LFS endpoint with the
+/// job's credentials (the same header as the fetch, scoped to GitLab's host), and the pointer
+/// files are replaced by their contents. A repository without such files needs nothing; one
+/// with them on a host without git-lfs fails here, with the fix, instead of leaving pointer
+/// files in silence (docs/sources-cache-artifacts.md).
+async fn lfs_pull(
+    dir: &Path,
+    git: &Git,
+    clean_url: &str,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let listed = git
+        .run(
+            dir,
+            &[s("ls-files"), s("--"), s(":(attr:filter=lfs)")],
+            None,
+            cancel,
+        )
+        .await?;
+    let files: Vec<&str> = listed.stdout.lines().filter(|f| !f.is_empty()).collect();
+    let Some(first) = files.first() else {
+        return Ok(());
+    };
+    if git
+        .run(dir, &[s("lfs"), s("version")], None, cancel)
+        .await
+        .is_err()
+    {
+        return Err(SourceError::LfsMissing {
+            files: files.len(),
+            example: git.mask(first),
+        });
+    }
+    say(log, Level::Notice, "Fetching Git LFS objects...").await?;
+    // The endpoint git-lfs derives from the remote, given explicitly so that a `.lfsconfig` in
+    // the repository cannot send the job's credentials elsewhere.
+    let endpoint = match clean_url.strip_suffix(".git") {
+        Some(_) => format!("{clean_url}/info/lfs"),
+        None => format!("{}.git/info/lfs", clean_url.trim_end_matches('/')),
+    };
+    let mut args = Vec::new();
+    for (k, v) in [
+        ("lfs.url", endpoint.as_str()),
+        ("filter.lfs.process", "git-lfs filter-process"),
+        ("filter.lfs.clean", "git-lfs clean -- %f"),
+        ("filter.lfs.smudge", "git-lfs smudge -- %f"),
+        ("filter.lfs.required", "true"),
+    ] {
+        args.push(s("-c"));
+        args.push(format!("{k}={v}"));
+    }
+    args.extend([s("lfs"), s("pull")]);
+    git.run(dir, &args, Some(log), cancel).await?;
+    Ok(())
 }
 
 async fn skip_rest(log: &mut LogSink<'_>) -> Result<(), SourceError> {

@@ -6,6 +6,7 @@ pub mod manage;
 pub mod plan;
 pub mod register;
 pub mod run;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 

@@ -101,9 +101,14 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
         _ => None,
     };
     let system_id = load_or_create_system_id(path)?;
+    // As in `load`: files from the certificate directories unless given (docs/configuration.md).
+    let [found_ca, found_cert, found_key] =
+        ferry_config::certs::find_for_url(&url, &ferry_config::certs::certificate_dirs(path));
     let client = GitLabClient::new(&ClientOptions {
         url: url.clone(),
-        tls_ca_file: args.tls_ca_file.clone().map(Into::into),
+        tls_ca_file: args.tls_ca_file.clone().map(Into::into).or(found_ca),
+        tls_cert_file: args.tls_cert_file.clone().map(Into::into).or(found_cert),
+        tls_key_file: args.tls_key_file.clone().map(Into::into).or(found_key),
         ..ClientOptions::default()
     })?;
     let name = args
@@ -176,6 +181,8 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
     runner.cache_dir = args.cache_dir.clone();
     runner.environment = args.env.clone();
     runner.tls_ca_file = args.tls_ca_file.clone();
+    runner.tls_cert_file = args.tls_cert_file.clone();
+    runner.tls_key_file = args.tls_key_file.clone();
     let d = &args.docker;
     runner.docker = NewDocker {
         host: d.host.clone(),

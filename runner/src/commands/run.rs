@@ -28,8 +28,6 @@ use crate::trace::TraceTiming;
 
 /// How often the config file's modification time is checked (gitlab-runner: 3 s).
 const RELOAD_CHECK: Duration = Duration::from_secs(3);
-/// How often caches are checked against `--cache-max-size` and `--cache-max-age`.
-const EVICT_EVERY: Duration = Duration::from_secs(3600);
 
 type RunnerKey = (String, String);
 
@@ -106,11 +104,15 @@ impl GitLabSource {
                     now,
                     exp,
                 ) {
-                    Ok(()) => info!(
-                        runner = r.token.short(),
-                        "runner token rotated before expiry"
-                    ),
+                    Ok(()) => {
+                        self.metrics.config_save(true);
+                        info!(
+                            runner = r.token.short(),
+                            "runner token rotated before expiry"
+                        )
+                    }
                     Err(e) => {
+                        self.metrics.config_save(false);
                         error!(runner = r.token.short(), error = %e, "token rotated but config not saved")
                     }
                 }
@@ -131,6 +133,7 @@ impl JobSource for GitLabSource {
             Ok(c) => c,
             Err(e) => {
                 error!(runner = short, error = %e, "cannot reach GitLab with this runner's settings");
+                self.metrics.health.gitlab(short, Err(e));
                 return Polled::Failed;
             }
         };
@@ -141,11 +144,15 @@ impl JobSource for GitLabSource {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key(r))
             .cloned();
+        let in_flight = self.metrics.request_started(short, &self.system_id);
+        let began = std::time::Instant::now();
         let result = client
             .request_job(r.token.expose(), &self.system_id, last.as_deref())
             .await;
+        let took = began.elapsed();
+        drop(in_flight);
         let (status, polled) = match result {
-            Ok(JobRequest::Job { payload, .. }) => ("201", Polled::Job(payload)),
+            Ok(JobRequest::Job { payload, .. }) => ("201".to_string(), Polled::Job(payload)),
             Ok(JobRequest::Unusable { job, error, .. }) => {
                 if let Some(job) = job {
                     error!(runner = short, job = job.id, %error, "GitLab sent a job ferry cannot read: failing it");
@@ -153,7 +160,7 @@ impl JobSource for GitLabSource {
                         (client.clone(), self.trace_timing.clone(), error.to_string());
                     tokio::spawn(async move { fail_undecodable(api, job, &msg, timing).await });
                 }
-                ("201", Polled::Nothing)
+                ("201".to_string(), Polled::Nothing)
             }
             Ok(JobRequest::NoJob { last_update }) => {
                 if let Some(lu) = last_update {
@@ -162,26 +169,33 @@ impl JobSource for GitLabSource {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(key(r), lu);
                 }
-                ("204", Polled::Nothing)
+                ("204".to_string(), Polled::Nothing)
             }
-            Ok(JobRequest::Conflict) => ("409", Polled::Nothing),
+            Ok(JobRequest::Conflict) => ("409".to_string(), Polled::Nothing),
             Ok(JobRequest::Forbidden { message }) => {
                 error!(runner = short, %message, "GitLab refused the runner token (403): is the runner deleted?");
-                ("403", Polled::Failed)
+                ("403".to_string(), Polled::Failed)
             }
             Err(ApiError::Status {
                 status, message, ..
             }) => {
                 warn!(runner = short, status, %message, "job request failed");
                 // GitLab answered: a healthy (if unhappy) server.
-                (if status >= 500 { "5xx" } else { "4xx" }, Polled::Nothing)
+                (status.to_string(), Polled::Nothing)
             }
             Err(e) => {
                 warn!(runner = short, error = %e, "job request failed");
-                ("error", Polled::Failed)
+                self.metrics
+                    .health
+                    .gitlab(short, Err(format!("no answer: {e}")));
+                ("error".to_string(), Polled::Failed)
             }
         };
-        self.metrics.api_request(short, "request_job", status);
+        if status != "error" {
+            self.metrics.health.gitlab(short, Ok(status.clone()));
+        }
+        self.metrics
+            .api_request(short, &self.system_id, "request_job", &status, "post", took);
         polled
     }
 }
@@ -228,10 +242,14 @@ pub struct Handler {
     engines: tokio::sync::Mutex<HashMap<RunnerKey, Arc<DockerEngine>>>,
     /// `FERRY_DOCKER_REMOTE`: force the remote (copy) or local (bind mount) builds directory.
     docker_remote: Option<bool>,
+    /// Runners whose path mode was logged (`DockerEngine::describe_paths`).
+    described: tokio::sync::Mutex<BTreeSet<RunnerKey>>,
     slots: Arc<Slots>,
     /// Container removals that outlive their job (waited for before ferry exits).
     cleanups: TaskTracker,
     workspaces: crate::driver::Workspaces,
+    /// The last use of cache volumes and the images ferry pulled, for eviction.
+    usage: Arc<ferry_executor::docker::usage::UsageRecord>,
 }
 
 impl Handler {
@@ -266,10 +284,13 @@ impl Handler {
         if let Some(remote) = self.docker_remote {
             engine = engine.with_remote(remote);
         }
-        if engine.is_remote() {
+        engine = engine.with_usage(self.usage.clone());
+        // Said once per runner: at start (below, in `run`), or here for a runner added later.
+        if self.described.lock().await.insert(key(r)) {
             info!(
                 runner = r.token.short(),
-                "remote Docker daemon: builds directories are copied through the archive API"
+                "{}",
+                engine.describe_paths(&self.working_dir)
             );
         }
         let engine = Arc::new(engine);
@@ -338,6 +359,7 @@ async fn reloader(
     path: PathBuf,
     tx: watch::Sender<Arc<Config>>,
     metrics: Metrics,
+    system_id: String,
     stop: CancellationToken,
 ) {
     let mut hup = signal(SignalKind::hangup()).ok();
@@ -364,68 +386,89 @@ async fn reloader(
                     concurrent = cfg.global.concurrent,
                     "configuration reloaded"
                 );
-                publish_settings(&metrics, &cfg);
+                publish_settings(&metrics, &cfg, &system_id);
                 tx.send_replace(Arc::new(cfg));
             }
-            Err(e) => error!(error = %e, "configuration not reloaded: keeping the previous one"),
-        }
-    }
-}
-
-/// Where caches live on this host: ferry's own cache and git object caches, and every
-/// `[runners.docker] cache_dir`.
-fn cache_roots(working_dir: &Path, config: &Config) -> Vec<PathBuf> {
-    let mut roots = vec![working_dir.join("cache"), working_dir.join("git-cache")];
-    for r in &config.runners {
-        if let Some(d) = &r.docker.cache_dir
-            && !roots.contains(d)
-        {
-            roots.push(d.clone());
-        }
-    }
-    roots
-}
-
-/// Keeps the caches under their size and age limits: at start, then every hour.
-async fn evict_caches(
-    roots: Vec<PathBuf>,
-    max_bytes: u64,
-    max_age: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(EVICT_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        for root in &roots {
-            if !root.exists() {
-                continue;
-            }
-            let r = root.clone();
-            match tokio::task::spawn_blocking(move || {
-                ferry_executor::cache::evict(&r, Some(max_bytes), Some(max_age))
-            })
-            .await
-            {
-                Ok(Ok(report)) => info!(root = %root.display(), ?report, "cache eviction"),
-                Ok(Err(e)) => warn!(root = %root.display(), error = %e, "cache eviction failed"),
-                Err(e) => warn!(error = %e, "cache eviction task failed"),
+            Err(e) => {
+                error!(error = %e, "configuration not reloaded: keeping the previous one");
+                metrics.config_load(false);
+                metrics.health.config_reload_failed(e.to_string());
             }
         }
     }
 }
 
-fn publish_settings(metrics: &Metrics, cfg: &Config) {
+/// The limits of `ferry run`'s flags.
+fn disk_limits(args: &RunArgs) -> crate::disk::DiskLimits {
+    use ferry_executor::disk::Limits;
+    crate::disk::DiskLimits {
+        cache: Limits {
+            max_bytes: Some(args.cache_max_size),
+            max_age: Some(args.cache_max_age),
+        },
+        builds: Limits {
+            max_bytes: Some(args.builds_max_size),
+            max_age: Some(args.builds_max_age),
+        },
+        volumes: Limits {
+            max_bytes: None,
+            max_age: Some(args.volume_max_age),
+        },
+        images: Limits {
+            max_bytes: args.image_max_size,
+            max_age: args.image_max_age,
+        },
+        interval: args.evict_interval,
+    }
+}
+
+/// A config (at start or reloaded) is in force: its settings as metrics, its runners to /health.
+fn publish_settings(metrics: &Metrics, cfg: &Config, system_id: &str) {
+    metrics.config_load(true);
+    metrics.health.config_loaded(cfg);
     metrics.concurrent.set(cfg.global.concurrent as i64);
     for r in &cfg.runners {
         metrics
             .limit
             .get_or_create(&RunnerLabels {
                 runner: r.token.short().to_string(),
+                runner_name: r.name.clone(),
+                system_id: system_id.to_string(),
             })
             .set(r.limit as i64);
+        metrics.request_limit(r.token.short(), system_id, r.request_concurrency);
+    }
+}
+
+/// Pings each runner's Docker daemon every [`DOCKER_PROBE_EVERY`](crate::health::DOCKER_PROBE_EVERY) for `/health`.
+async fn probe_docker(
+    config: watch::Receiver<Arc<Config>>,
+    health: crate::health::Health,
+    stop: CancellationToken,
+) {
+    use crate::health::{DOCKER_PROBE_EVERY, DOCKER_PROBE_TIMEOUT};
+    let mut tick = tokio::time::interval(DOCKER_PROBE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let runners = config.borrow().runners.clone();
+        for r in &runners {
+            let ping = async {
+                let engine = DockerEngine::new(&r.docker, r.token.ci_short_token()).await?;
+                engine.ping().await
+            };
+            let outcome = match tokio::time::timeout(DOCKER_PROBE_TIMEOUT, ping).await {
+                Ok(Ok(version)) => Ok(version),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "the Docker daemon did not answer within {}s",
+                    DOCKER_PROBE_TIMEOUT.as_secs()
+                )),
+            };
+            health.docker(r.token.short(), outcome);
+        }
     }
 }
 
@@ -466,7 +509,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     std::fs::create_dir_all(&working_dir)
         .with_context(|| format!("creating {}", working_dir.display()))?;
     let metrics = Metrics::new();
-    publish_settings(&metrics, &config);
+    publish_settings(&metrics, &config, &system_id);
     let stop = CancellationToken::new();
 
     if let Some(addr) = args
@@ -478,7 +521,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("listen_address {addr}"))?;
-        info!(address = %addr, "metrics server listening (/metrics, /health)");
+        info!(address = %addr, "metrics server listening (/metrics, /health, /debug/jobs/list)");
         let (m, s) = (metrics.clone(), stop.clone());
         tokio::spawn(async move {
             crate::metrics::serve(listener, m, async move { s.cancelled().await }).await
@@ -486,8 +529,21 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     }
 
     // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
+    // And once per runner: how the job's directories reach its containers.
+    let mut described = BTreeSet::new();
     for r in &config.runners {
         if let Ok(engine) = DockerEngine::new(&r.docker, r.token.ci_short_token()).await {
+            let engine = match docker_remote {
+                Some(remote) => engine.with_remote(remote),
+                None => engine,
+            };
+            if described.insert(key(r)) {
+                info!(
+                    runner = r.token.short(),
+                    "{}",
+                    engine.describe_paths(&working_dir)
+                );
+            }
             match engine.cleanup_leftovers().await {
                 Ok(0) => {}
                 Ok(n) => info!(
@@ -518,19 +574,34 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
             "host git cannot be confined to the job's directories (needs root with CAP_SYS_ADMIN on Linux 5.12+): it runs with ferry's full rights"
         ),
     }
-    tokio::spawn(evict_caches(
-        cache_roots(&working_dir, &config),
-        args.cache_max_size,
-        args.cache_max_age,
-        stop.clone(),
-    ));
-
     let shutdown_timeout = config.global.shutdown_timeout;
     let (tx, rx) = watch::channel(Arc::new(config));
+
+    // Bounding ferry's data on this host (docs/docker-executor.md, "Disk use").
+    let (usage, warning) = ferry_executor::docker::usage::UsageRecord::open(&working_dir);
+    if let Some(w) = warning {
+        warn!("{w}");
+    }
+    let usage = Arc::new(usage);
+    let workspaces = crate::driver::Workspaces::default();
+    tokio::spawn(crate::disk::evictor(
+        working_dir.clone(),
+        disk_limits(args),
+        workspaces.clone(),
+        usage.clone(),
+        rx.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(reloader(
         path.to_path_buf(),
         tx,
         metrics.clone(),
+        system_id.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(probe_docker(
+        rx.clone(),
+        metrics.health.clone(),
         stop.clone(),
     ));
 
@@ -547,9 +618,11 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         system_id,
         engines: tokio::sync::Mutex::default(),
         docker_remote,
+        described: tokio::sync::Mutex::new(described),
         slots: Arc::default(),
         cleanups: cleanups.clone(),
-        workspaces: Default::default(),
+        workspaces,
+        usage,
     });
     let daemon = Daemon::new(source, handler);
 
@@ -560,12 +633,14 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     let graceful_started = CancellationToken::new();
     let signals = {
         let (forced, graceful_started) = (forced.clone(), graceful_started.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut count = 0;
             loop {
                 tokio::select! {
                     _ = quit.recv() => {
                         info!("SIGQUIT: stopping polling, waiting for running jobs to finish");
+                        metrics.set_process_state("graceful-shutdown");
                         graceful_started.cancel();
                     }
                     _ = term.recv() => { count += 1; }
@@ -576,6 +651,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                         ?shutdown_timeout,
                         "stopping: cancelling running jobs (a second signal exits at once)"
                     );
+                    metrics.set_process_state("forceful-shutdown");
                     forced.cancel();
                 } else if count >= 2 {
                     error!("second signal: exiting now");
@@ -584,6 +660,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
             }
         })
     };
+    metrics.set_process_state("running");
     let (g, f) = (graceful_started.clone(), forced.clone());
     let run = daemon.run(rx, async move { g.cancelled().await }, async move {
         f.cancelled().await

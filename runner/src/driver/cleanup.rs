@@ -26,12 +26,18 @@ pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Workspaces(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>);
 
 /// The claim on a project dir: dropped when the job's containers are gone.
-pub(super) type Workspace = OwnedMutexGuard<()>;
+pub type Workspace = OwnedMutexGuard<()>;
 
 impl Workspaces {
     fn get(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(dir.to_path_buf()).or_default().clone()
+    }
+
+    /// The claim on `dir` if no job (nor its containers) holds it; held while eviction removes
+    /// the directory, so a job that wants it waits and then starts afresh.
+    pub fn try_claim(&self, dir: &Path) -> Option<Workspace> {
+        self.get(dir).try_lock_owned().ok()
     }
 
     /// Waits until no other job (nor its containers) uses the project dir `dir`.
@@ -62,6 +68,37 @@ impl Workspaces {
     }
 }
 
+/// Removes the job's containers, network and volumes. Docker may be restarting: try again a
+/// few times; what is still left then is removed by the janitor at ferry's next start
+/// (everything is labelled).
+async fn remove<E: Engine>(engine: &E, env: &JobEnv) {
+    let mut delay = Duration::from_secs(2);
+    for attempt in 1..=CLEANUP_ATTEMPTS {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(env)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => warn!(attempt, error = %e, "cleanup failed"),
+            Err(_) => warn!(attempt, "cleanup timed out"),
+        }
+        if attempt < CLEANUP_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+}
+
+/// Where the `cleanup` stage's time goes: `gitlab_runner_job_stage_duration_seconds` with
+/// `stage="cleanup"` (it runs after the final update, so the job's timing line cannot hold it).
+pub(super) struct Timed {
+    pub metrics: crate::metrics::Metrics,
+    pub labels: crate::metrics::RunnerLabels,
+}
+
+impl Timed {
+    fn observe(&self, took: Duration) {
+        self.metrics.stage_finished(&self.labels, "cleanup", took);
+    }
+}
+
 /// The `cleanup` stage: removes the job's containers, network and volumes after its final
 /// update, in the background (tracked by `cleanups`, which `ferry run` waits for before it
 /// exits): the job's result does not depend on it, GitLab can start the next stage ~0.4 s
@@ -73,23 +110,13 @@ pub(super) fn cleanup<E: Engine>(
     env: JobEnv,
     workspace: Option<Workspace>,
     cleanups: &tokio_util::task::TaskTracker,
+    timed: Timed,
 ) {
     let task = async move {
         let _workspace = workspace;
-        // Docker may be restarting: try again a few times; what is still left then is
-        // removed by the janitor at ferry's next start (everything is labelled).
-        let mut delay = Duration::from_secs(2);
-        for attempt in 1..=CLEANUP_ATTEMPTS {
-            match tokio::time::timeout(CLEANUP_TIMEOUT, engine.destroy(&env)).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => warn!(attempt, error = %e, "cleanup failed"),
-                Err(_) => warn!(attempt, "cleanup timed out"),
-            }
-            if attempt < CLEANUP_ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
+        let started = tokio::time::Instant::now();
+        remove(&*engine, &env).await;
+        timed.observe(started.elapsed());
     };
     cleanups.spawn(task.in_current_span());
 }

@@ -24,7 +24,7 @@ mod tests;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ferry_config::RunnerSection;
 use ferry_deploy::Deployer;
@@ -37,11 +37,11 @@ use tracing::{Instrument, info, warn};
 use crate::api::{JobApi, JobRef, JobState, JobUpdate};
 use crate::failure::FailureReason;
 use crate::gitlab::payload::JobPayload;
-use crate::metrics::{FailureLabels, JobStateLabels, Metrics, RunnerLabels};
+use crate::metrics::{Metrics, RunnerLabels};
 use crate::plan::{self, Execution, JobContext, Masks, Plan};
 use crate::trace::{self, FinalOutcome, TraceConfig, TraceTiming, TraceWriter};
 
-pub use cleanup::{CLEANUP_TIMEOUT, Workspaces};
+pub use cleanup::{CLEANUP_TIMEOUT, Workspace, Workspaces};
 pub use host::{Host, HostFs};
 pub use state::Outcome;
 
@@ -104,8 +104,12 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         shutdown: CancellationToken,
     ) {
         let started = Instant::now();
-        let short = runner.token.short().to_string();
-        let running = self.count_start(&short);
+        let labels = RunnerLabels {
+            runner: runner.token.short().to_string(),
+            runner_name: runner.name.clone(),
+            system_id: self.system_id.clone(),
+        };
+        self.metrics.job_started(&labels);
         let job = payload.job_ref();
         // A panic in planning still ends the job: it is caught like one while executing.
         let compiled =
@@ -124,6 +128,10 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             self.api.clone(),
             self.trace_config(&runner, masks),
         );
+        let running = self
+            .metrics
+            .running
+            .add(job_url(&payload), labels.clone(), log.clone());
         self.write_header(&log, &runner);
         let mut cleanup = None;
         let outcome = match compiled {
@@ -146,16 +154,18 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             }
             Err(panic) => internal_error(&log, panic.as_ref()),
         };
-        let update = self.final_update(&outcome, &failure_reasons, &short, &log);
+        self.write_timing(&log, &labels, started);
+        let update = self.final_update(&outcome, &failure_reasons, &labels, &log);
         let final_outcome = handle.finish(update).await;
         if let Some((env, workspace)) = cleanup {
-            cleanup::cleanup(self.engine.clone(), env, workspace, &self.cleanups);
+            let timed = cleanup::Timed {
+                metrics: self.metrics.clone(),
+                labels: labels.clone(),
+            };
+            cleanup::cleanup(self.engine.clone(), env, workspace, &self.cleanups, timed);
         }
-        running.dec();
-        self.metrics
-            .job_duration
-            .get_or_create(&RunnerLabels { runner: short })
-            .observe(started.elapsed().as_secs_f64());
+        drop(running);
+        self.metrics.job_finished(&labels, started.elapsed());
         match final_outcome {
             FinalOutcome::Accepted => info!(?outcome, "job finished"),
             FinalOutcome::Gone => info!("job finished; GitLab no longer tracks it"),
@@ -194,6 +204,12 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             match claimed {
                 Ok(guard) => {
                     workspace = Some(guard);
+                    // The builds dir's last use, for eviction (docs/docker-executor.md).
+                    if let Some(base) = plan.host_project_dir.parent()
+                        && let Err(e) = ferry_executor::disk::touch_builds_dir(base)
+                    {
+                        warn!(dir = %base.display(), error = %e, "marking the builds dir as used failed");
+                    }
                     self.execute(&mut run).await;
                 }
                 Err(stop) => run.state.halt(stop, log),
@@ -238,24 +254,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         ));
     }
 
-    /// Counts the job as started; returns the gauge of running jobs to decrement at its end.
-    fn count_start(&self, short: &str) -> prometheus_client::metrics::gauge::Gauge {
-        self.metrics
-            .jobs_total
-            .get_or_create(&RunnerLabels {
-                runner: short.to_string(),
-            })
-            .inc();
-        let running = self
-            .metrics
-            .jobs
-            .get_or_create(&JobStateLabels {
-                runner: short.to_string(),
-                state: "running".into(),
-            })
-            .clone();
-        running.inc();
-        running
+    /// The timing line, just before the final status (docs/job-log.md, "The timing line"), and
+    /// each section's time into `gitlab_runner_job_stage_duration_seconds`.
+    fn write_timing(&self, log: &TraceWriter, labels: &RunnerLabels, started: Instant) {
+        let stages = log.stage_times();
+        log.write_line(&trace::stages::timing_line(&stages, started.elapsed()));
+        for (stage, took) in &stages {
+            self.metrics.stage_finished(labels, stage, *took);
+        }
     }
 
     /// The final update of `outcome`, in what this GitLab accepts, and its last log line.
@@ -263,7 +269,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         &self,
         outcome: &Outcome,
         failure_reasons: &[String],
-        short: &str,
+        labels: &RunnerLabels,
         log: &TraceWriter,
     ) -> JobUpdate {
         let (state, failure_reason, exit_code) = match outcome {
@@ -273,13 +279,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             }
             Outcome::Failed { reason, exit_code } => {
                 let reason = reason.supported(failure_reasons);
-                self.metrics
-                    .failed_jobs
-                    .get_or_create(&FailureLabels {
-                        runner: short.to_string(),
-                        failure_reason: reason.as_str().to_string(),
-                    })
-                    .inc();
+                self.metrics.job_failed(labels, reason.as_str());
                 match exit_code {
                     Some(code) => log.write_error(&format!("Job failed: exit code {code}")),
                     None => log.write_error(&format!("Job failed ({reason})")),
@@ -299,6 +299,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             bytesize: None,
         }
     }
+}
+
+/// The job's page in GitLab, as gitlab-runner's `/debug/jobs/list` shows it: the project's URL
+/// (the clone URL without credentials and `.git`) and `/-/jobs/<id>`.
+fn job_url(payload: &JobPayload) -> String {
+    let repo = payload.git_info.clean_repo_url();
+    let project = repo.strip_suffix(".git").unwrap_or(&repo);
+    format!("{project}/-/jobs/{}", payload.id)
 }
 
 /// A panic in a job's code: the job fails as a system failure with a line saying so (the

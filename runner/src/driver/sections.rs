@@ -8,6 +8,8 @@ use ferry_deploy::{DeployRequest, Deployer, JobFacts, Origin};
 use ferry_executor::artifacts::ArtifactSpec;
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 
+use tokio_util::sync::CancellationToken;
+
 use super::host::Host;
 use super::signals::{STOP_GRACE, Stage, Stop, cancellable};
 use super::state::StageError;
@@ -15,6 +17,7 @@ use super::{Driver, JobRun};
 use crate::api::{ApiError, ArtifactMeta, JobApi};
 use crate::failure::FailureReason;
 use crate::plan::{self, DeployCommand, PlannedStep};
+use crate::trace::TraceWriter;
 
 impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     /// Pulls images, starts services, creates the build container, then makes the host's
@@ -52,10 +55,15 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         let stage = run
             .signals
             .run(false, |limits| async move {
-                let mut sink = log.clone();
-                host.get_sources(plan, &mut sink, &limits.cancel)
-                    .await
-                    .map_err(StageError::Sources)
+                let limits = &limits;
+                let tries = (plan.attempts.get_sources, "GET_SOURCES_ATTEMPTS");
+                with_attempts(tries, log, &limits.cancel, || async move {
+                    let mut sink = log.clone();
+                    host.get_sources(plan, &mut sink, &limits.cancel)
+                        .await
+                        .map_err(StageError::Sources)
+                })
+                .await
             })
             .await;
         log.section_end("get_sources");
@@ -107,23 +115,31 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             let stage = run
                 .signals
                 .run(false, |limits| async move {
-                    let tmp = tempfile::NamedTempFile::new().map_err(StageError::TempFile)?;
-                    let download = api.download_artifacts(dep.id, &dep.token, tmp.path());
-                    let downloaded = cancellable(download, &limits.cancel)
-                        .await
-                        .unwrap_or(Err(ApiError::Io("cancelled".into())));
-                    downloaded.map_err(|source| StageError::Download {
-                        name: dep.name.clone(),
-                        id: dep.id,
-                        source,
-                    })?;
-                    host.extract_artifacts(plan, tmp.path(), &limits)
-                        .await
-                        .map_err(|source| StageError::Extract {
+                    let limits = &limits;
+                    let tries = (
+                        plan.attempts.artifact_download,
+                        "ARTIFACT_DOWNLOAD_ATTEMPTS",
+                    );
+                    with_attempts(tries, log, &limits.cancel, || async move {
+                        let tmp = tempfile::NamedTempFile::new().map_err(StageError::TempFile)?;
+                        let download = api.download_artifacts(dep.id, &dep.token, tmp.path());
+                        let downloaded = cancellable(download, &limits.cancel)
+                            .await
+                            .unwrap_or(Err(ApiError::Io("cancelled".into())));
+                        downloaded.map_err(|source| StageError::Download {
                             name: dep.name.clone(),
                             id: dep.id,
                             source,
-                        })
+                        })?;
+                        host.extract_artifacts(plan, tmp.path(), limits)
+                            .await
+                            .map_err(|source| StageError::Extract {
+                                name: dep.name.clone(),
+                                id: dep.id,
+                                source,
+                            })
+                    })
+                    .await
                 })
                 .await;
             let summary = match stage {
@@ -410,3 +426,49 @@ fn upload_section(succeeded: bool) -> &'static str {
         "upload_artifacts_on_failure"
     }
 }
+
+/// gitlab-runner's `attemptExecuteStage`: `work` is tried up to `attempts` times (the count and
+/// the variable that set it) while it fails, with a warning naming the cause before each new
+/// try, 1 s, 2 s, 4 s, then 5 s apart (gitlab-runner's default backoff). A stop signal ends the
+/// waiting (the stage then reports the stop).
+async fn with_attempts<T, F, Fut>(
+    (attempts, variable): (u32, &str),
+    log: &TraceWriter,
+    cancel: &CancellationToken,
+    mut work: F,
+) -> Result<T, StageError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StageError>>,
+{
+    let attempts = attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        match work().await {
+            Err(e) if attempt < attempts && !cancel.is_cancelled() => {
+                let cause = e.log_line();
+                let cause = cause.strip_prefix("Job failed: ").unwrap_or(&cause);
+                attempt += 1;
+                log.write_warning(&format!(
+                    "{cause}; trying again ({attempt}/{attempts}, {variable})"
+                ));
+                let wait = RETRY_BACKOFF[(attempt as usize - 2).min(RETRY_BACKOFF.len() - 1)];
+                if cancellable(tokio::time::sleep(wait), cancel)
+                    .await
+                    .is_none()
+                {
+                    return Err(e);
+                }
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The waits between attempts of [`with_attempts`].
+const RETRY_BACKOFF: [std::time::Duration; 4] = [
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+    std::time::Duration::from_secs(5),
+];

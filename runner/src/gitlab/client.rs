@@ -41,6 +41,8 @@ pub const FEATURES: &[&str] = &[
     "cancel_gracefully",
     "return_exit_code",
     "service_variables",
+    "multi_build_steps",
+    "fallback_cache_keys",
 ];
 
 /// Timeout for `/jobs/request`: well above Workhorse's long-polling hold (typically 50 s).
@@ -803,7 +805,6 @@ mod tests {
         assert_eq!(set.len(), FEATURES.len());
         for missing in [
             "vault_secrets",
-            "multi_build_steps",
             "two_phase_job_commit",
             "session",
             "terminal",

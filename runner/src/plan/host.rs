@@ -50,7 +50,51 @@ fn apply_clone_url(repo_url: &str, clone_url: Option<&str>) -> String {
     format!("{scheme}://{creds}{host}/{path}")
 }
 
+/// How many times the host stages are tried before they fail the job (gitlab-runner's
+/// `attemptExecuteStage`): `GET_SOURCES_ATTEMPTS`, `ARTIFACT_DOWNLOAD_ATTEMPTS`, from 1 (the
+/// default) to 10. `RESTORE_CACHE_ATTEMPTS` is the remote cache's (`CacheStore`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Attempts {
+    pub get_sources: u32,
+    pub artifact_download: u32,
+}
+
+impl Default for Attempts {
+    fn default() -> Self {
+        Attempts {
+            get_sources: 1,
+            artifact_download: 1,
+        }
+    }
+}
+
+/// An `*_ATTEMPTS` variable as gitlab-runner reads it: unset or not a number gives 1 (with a
+/// warning for a value that is not a number), a number outside 1..=10 is clamped with a warning.
+fn attempts(variables: &Variables, name: &str, warnings: &mut Vec<String>) -> u32 {
+    let Some(value) = variables
+        .value(name)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return 1;
+    };
+    let Ok(n) = value.parse::<i64>() else {
+        warnings.push(format!(
+            "{name}: {value:?} is not a number of attempts: using 1"
+        ));
+        return 1;
+    };
+    let clamped = n.clamp(1, 10);
+    if clamped != n {
+        warnings.push(format!(
+            "{name}: number of attempts out of the range [1, 10], clamping to: {clamped}"
+        ));
+    }
+    clamped as u32
+}
+
 pub(super) struct HostPlan {
+    pub attempts: Attempts,
     pub sources: SourceSpec,
     pub cache_store: CacheStore,
     pub caches: Vec<CacheSpec>,
@@ -113,6 +157,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         submodule_depth: git.submodule_depth,
         submodule_update_flags: git.submodule_update_flags,
         submodule_paths: git.submodule_paths,
+        lfs: git.lfs,
         git_config,
         project_dir: host_project_dir,
         display_dir: Some(project_dir.to_string()),
@@ -178,6 +223,12 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
     }
 
     let mut warnings = git.warnings;
+    let attempts = Attempts {
+        get_sources: attempts(variables, "GET_SOURCES_ATTEMPTS", &mut warnings),
+        artifact_download: attempts(variables, "ARTIFACT_DOWNLOAD_ATTEMPTS", &mut warnings),
+    };
+    // Read by the remote cache (`CacheStore`); here only for its warning.
+    self::attempts(variables, "RESTORE_CACHE_ATTEMPTS", &mut warnings);
     let mut artifacts = Vec::new();
     for a in &payload.artifacts {
         let Some(format) = ArtifactFormat::parse(&a.artifact_format) else {
@@ -221,6 +272,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         })
         .collect();
     Ok(HostPlan {
+        attempts,
         sources,
         cache_store,
         caches,

@@ -8,6 +8,8 @@ mod host;
 mod images;
 mod vars;
 
+pub use host::Attempts;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,6 +102,8 @@ pub struct Plan {
     pub caches: Vec<CacheSpec>,
     pub artifacts: Vec<ArtifactSpec>,
     pub dependencies: Vec<DependencySpec>,
+    /// How many times get_sources and download_artifacts are tried.
+    pub attempts: Attempts,
     /// Settings that were ignored, shown as warnings in the job log.
     pub warnings: Vec<String>,
     /// The job's final variables, expanded (masked values are redacted when serialized).
@@ -285,7 +289,7 @@ pub fn compile(
         )?;
         Execution::Docker {
             env: Box::new(env),
-            steps: steps(payload, &variables)?,
+            steps: steps(payload, runner, &variables)?,
         }
     };
 
@@ -302,6 +306,7 @@ pub fn compile(
         caches: host_plan.caches,
         artifacts: host_plan.artifacts,
         dependencies: host_plan.dependencies,
+        attempts: host_plan.attempts,
         warnings: host_plan.warnings,
         variables,
         masks,
@@ -372,8 +377,15 @@ fn project_path(payload: &JobPayload) -> String {
 }
 
 /// The container steps, in gitlab-runner's order: `script` (before_script is already merged into
-/// it by GitLab), other steps, then `after_script`.
-fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>, PlanError> {
+/// it by GitLab), other steps, then `after_script`. As gitlab-runner's `writeUserScript`: every
+/// step but `after_script` runs the runner's `pre_build_script` first and its `post_build_script`
+/// last, in the same shell (a failure stops the step), and the `release` step's lines are
+/// expanded with the job's variables (GitLab sends them unexpanded).
+fn steps(
+    payload: &JobPayload,
+    runner: &RunnerSection,
+    variables: &Variables,
+) -> Result<Vec<PlannedStep>, PlanError> {
     let mut out = Vec::new();
     let mut after: Option<&Step> = None;
     for step in &payload.steps {
@@ -386,10 +398,18 @@ fn steps(payload: &JobPayload, variables: &Variables) -> Result<Vec<PlannedStep>
             StepKind::Script => "step_script".to_string(),
             other => format!("step_{}", other.name()),
         };
+        let mut commands = Vec::with_capacity(step.script.len() + 2);
+        commands.extend(runner.pre_build_script.clone());
+        if kind == StepKind::Release {
+            commands.extend(step.script.iter().map(|l| variables.expand(l)));
+        } else {
+            commands.extend(step.script.iter().cloned());
+        }
+        commands.extend(runner.post_build_script.clone());
         out.push(PlannedStep {
             spec: StepSpec {
                 name: kind.name().to_string(),
-                commands: step.script.clone(),
+                commands,
                 env: vec![],
                 timeout: None,
             },

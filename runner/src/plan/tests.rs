@@ -426,3 +426,37 @@ fn runner_wide_services_come_first_expanded_and_count_towards_the_limit() {
         Ok(_) => panic!("the runner-wide service must count towards services_limit"),
     }
 }
+
+/// `pre_build_script` and `post_build_script` wrap every step but after_script, in the same
+/// shell, as gitlab-runner's `writeUserScript` does.
+#[test]
+fn pre_and_post_build_scripts_wrap_the_script_steps() {
+    let mut r = runner();
+    r.pre_build_script = Some("echo pre-build".into());
+    r.post_build_script = Some("echo post-build\necho second".into());
+    let mut p = payload("full.json");
+    p.steps
+        .retain(|s| matches!(s.kind(), StepKind::Script | StepKind::AfterScript));
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    let Execution::Docker { steps, .. } = &plan.execution else {
+        panic!("a docker plan");
+    };
+    for step in steps {
+        let c = &step.spec.commands;
+        if step.kind == StepKind::AfterScript {
+            assert!(!c.iter().any(|l| l.contains("-build")), "{c:?}");
+        } else {
+            assert_eq!(
+                c.first().map(String::as_str),
+                Some("echo pre-build"),
+                "{c:?}"
+            );
+            assert_eq!(
+                c.last().map(String::as_str),
+                Some("echo post-build\necho second"),
+                "{c:?}"
+            );
+        }
+    }
+    assert!(steps.iter().any(|s| s.kind == StepKind::AfterScript));
+}

@@ -15,6 +15,7 @@ use ferry_config::joblog::{
 };
 
 use super::mask::Masker;
+use super::stages::StageClock;
 use super::store::{ReadPlan, Store};
 
 /// Input is masked in pieces of this size so that one huge write never needs a huge buffer.
@@ -32,6 +33,8 @@ pub(crate) fn limit_notice(limit: u64) -> String {
 #[derive(Debug)]
 pub(crate) struct TraceBuffer {
     job_id: u64,
+    /// How long each section took (the timing line, the stage histogram).
+    stages: StageClock,
     masker: Masker,
     store: Store,
     /// CRC-32 (IEEE) of every stored byte, for the `output.checksum` GitLab validates.
@@ -58,6 +61,7 @@ impl TraceBuffer {
             closed: false,
             dropped: 0,
             scratch: Vec::new(),
+            stages: StageClock::default(),
         }
     }
 
@@ -253,12 +257,26 @@ impl TraceWriter {
 
     /// Opens a collapsible section (see [`joblog::section_start`]).
     pub fn section_start(&self, name: &str, header: &str, collapsed: bool) {
-        self.write_str(&section_start(unix_now(), name, header, collapsed));
+        let mut b = lock(&self.shared);
+        b.stages.start(name);
+        b.write(section_start(unix_now(), name, header, collapsed).as_bytes());
     }
 
     /// Closes the section opened with the same `name`.
     pub fn section_end(&self, name: &str) {
-        self.write_str(&section_end(unix_now(), name));
+        let mut b = lock(&self.shared);
+        b.stages.end(name);
+        b.write(section_end(unix_now(), name).as_bytes());
+    }
+
+    /// Each closed section and the time it took, in the order they first ran.
+    pub fn stage_times(&self) -> Vec<(String, std::time::Duration)> {
+        lock(&self.shared).stages.done()
+    }
+
+    /// The section running now, else the last one that ran (`/debug/jobs/list`).
+    pub fn current_stage(&self) -> Option<String> {
+        lock(&self.shared).stages.current().map(str::to_string)
     }
 
     /// Bytes of log stored so far (after masking and the output limit).

@@ -20,6 +20,7 @@
 
 mod buffer;
 mod mask;
+pub mod stages;
 mod store;
 mod uploader;
 

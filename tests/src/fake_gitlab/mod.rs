@@ -257,12 +257,14 @@ impl FakeGitLab {
             s.next_job_id += 1;
             let token = random_token("glcbt-");
             let payload = spec.payload(id, &token, &s.base_url);
+            let mut required_features = state::required_features(&payload);
+            required_features.extend(spec.required_features.iter().cloned());
             s.queue.push_back(QueuedJob {
                 id,
                 token,
                 payload,
                 tags: spec.tags.clone(),
-                required_features: spec.required_features.clone(),
+                required_features,
                 dependencies: spec.dependencies.clone(),
             });
             s.tick_queue();

@@ -381,32 +381,9 @@ async fn request_job(AxState(shared): S, body: Bytes) -> Response {
     {
         m.insert("dependencies".into(), Value::Array(dependencies));
     }
-    let name = payload
-        .pointer("/job_info/name")
-        .and_then(Value::as_str)
-        .unwrap_or("job")
-        .to_owned();
     let final_202 = s.settings.final_update_202;
-    s.jobs.insert(
-        queued.id,
-        JobRecord {
-            id: queued.id,
-            token: queued.token.clone(),
-            name,
-            runner_id: runner.id,
-            status: JobStatus::Running,
-            failure_reason: None,
-            exit_code: None,
-            checksum: None,
-            bytesize: None,
-            trace: Vec::new(),
-            artifacts: Vec::new(),
-            updates: Vec::new(),
-            patches: 0,
-            final_202_left: final_202,
-            trace_not_found: false,
-        },
-    );
+    s.jobs
+        .insert(queued.id, JobRecord::new(&queued, runner.id, final_202));
     (StatusCode::CREATED, axum::Json(payload)).into_response()
 }
 

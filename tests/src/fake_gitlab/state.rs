@@ -230,18 +230,152 @@ impl State {
         self.queue_version = random_token("qv-");
     }
 
-    /// The first queued job this runner may take: tags ⊆ runner tags (untagged jobs need
-    /// `run_untagged`), and every required feature advertised.
+    /// The first queued job this runner may take (tags ⊆ runner tags; untagged jobs need
+    /// `run_untagged`), as GitLab's `RegisterJobService#assign_runner!` picks it: a job whose
+    /// required features (`Ci::Build::RUNNER_FEATURES`) the runner does not advertise is not
+    /// held back but dropped as `runner_unsupported`, and the next job is tried.
     pub fn take_job_for(&mut self, runner: &RunnerRecord) -> Option<QueuedJob> {
         let features = runner.features();
-        let pos = self.queue.iter().position(|job| {
-            let tags_ok = if job.tags.is_empty() {
-                runner.run_untagged
-            } else {
-                job.tags.iter().all(|t| runner.tags.contains(t))
-            };
-            tags_ok && job.required_features.iter().all(|f| features.contains(f))
-        })?;
-        self.queue.remove(pos)
+        loop {
+            let pos = self.queue.iter().position(|job| {
+                if job.tags.is_empty() {
+                    runner.run_untagged
+                } else {
+                    job.tags.iter().all(|t| runner.tags.contains(t))
+                }
+            })?;
+            let job = self.queue.remove(pos)?;
+            if job.required_features.iter().all(|f| features.contains(f)) {
+                return Some(job);
+            }
+            let mut record = JobRecord::new(&job, runner.id, 0);
+            record.status = JobStatus::Failed;
+            record.failure_reason = Some("runner_unsupported".into());
+            self.jobs.insert(job.id, record);
+        }
+    }
+}
+
+impl JobRecord {
+    /// The record of `job` as handed to runner `runner_id`: running, nothing received yet.
+    pub fn new(job: &QueuedJob, runner_id: u64, final_202_left: u32) -> Self {
+        let name = job
+            .payload
+            .pointer("/job_info/name")
+            .and_then(Value::as_str)
+            .unwrap_or("job")
+            .to_owned();
+        JobRecord {
+            id: job.id,
+            token: job.token.clone(),
+            name,
+            runner_id,
+            status: JobStatus::Running,
+            failure_reason: None,
+            exit_code: None,
+            checksum: None,
+            bytesize: None,
+            trace: Vec::new(),
+            artifacts: Vec::new(),
+            updates: Vec::new(),
+            patches: 0,
+            final_202_left,
+            trace_not_found: false,
+        }
+    }
+}
+
+/// The features GitLab requires of a runner for this payload (`Ci::Build::RUNNER_FEATURES`,
+/// EE's `vault_secrets`), read back from what the payload carries.
+pub fn required_features(payload: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let artifacts = payload.get("artifacts").and_then(Value::as_array);
+    let artifacts = artifacts.map(Vec::as_slice).unwrap_or_default();
+    let non_empty = |v: Option<&Value>| match v {
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::String(s)) => !s.is_empty(),
+        _ => false,
+    };
+    // publishes_artifacts_reports?
+    if artifacts.iter().any(|a| {
+        a.get("artifact_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "archive")
+    }) {
+        out.push("upload_multiple_artifacts");
+    }
+    // merge_request_ref?
+    if payload
+        .pointer("/git_info/ref")
+        .and_then(Value::as_str)
+        .is_some_and(|r| r.starts_with("refs/merge-requests/"))
+    {
+        out.push("refspecs");
+    }
+    // supports_artifacts_exclude?
+    if artifacts.iter().any(|a| non_empty(a.get("exclude"))) {
+        out.push("artifacts_exclude");
+    }
+    // multi_build_steps?: a `release:` becomes a step named `release`.
+    if payload
+        .get("steps")
+        .and_then(Value::as_array)
+        .is_some_and(|s| {
+            s.iter()
+                .any(|s| s.get("name").and_then(Value::as_str) == Some("release"))
+        })
+    {
+        out.push("multi_build_steps");
+    }
+    // fallback_cache_keys_defined?
+    if payload
+        .get("cache")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|c| non_empty(c.get("fallback_keys"))))
+    {
+        out.push("fallback_cache_keys");
+    }
+    // EE: secrets?
+    if non_empty(payload.get("secrets")) {
+        out.push("vault_secrets");
+    }
+    out.into_iter().map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::required_features;
+
+    #[test]
+    fn required_features_are_read_from_the_payload_as_gitlab_derives_them() {
+        assert!(required_features(&json!({"steps": [{"name": "script"}], "cache": []})).is_empty());
+        let payload = json!({
+            "git_info": {"ref": "refs/merge-requests/4/head"},
+            "steps": [{"name": "script"}, {"name": "release"}],
+            "artifacts": [
+                {"artifact_type": "archive", "exclude": ["*.o"]},
+                {"artifact_type": "junit"},
+            ],
+            "cache": [{"key": "a", "fallback_keys": ["b"]}],
+            "secrets": {"PW": {"vault": {"path": "db"}}},
+        });
+        assert_eq!(
+            required_features(&payload),
+            [
+                "upload_multiple_artifacts",
+                "refspecs",
+                "artifacts_exclude",
+                "multi_build_steps",
+                "fallback_cache_keys",
+                "vault_secrets"
+            ]
+        );
+        // Empty lists require nothing.
+        let empty = json!({"artifacts": [{"artifact_type": "archive", "exclude": []}],
+                           "cache": [{"fallback_keys": []}], "secrets": {}});
+        assert!(required_features(&empty).is_empty());
     }
 }

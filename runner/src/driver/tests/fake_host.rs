@@ -37,6 +37,8 @@ pub enum Act {
     Hang,
     /// Succeeds, and fires the token as it returns (a signal between two stages).
     Signal(CancellationToken),
+    /// Fails at once the first `n` times the stage is entered, then succeeds.
+    FailTimes(usize),
 }
 
 /// How long a hanging stage waits for its cancellation before it gives up and succeeds: stages
@@ -69,10 +71,21 @@ impl FakeHost {
         log: Option<&mut LogSink<'_>>,
         cancel: &CancellationToken,
     ) -> Result<(), Act> {
-        self.entered.lock().unwrap().push(stage);
+        let times = {
+            let mut entered = self.entered.lock().unwrap();
+            entered.push(stage);
+            entered.iter().filter(|s| **s == stage).count()
+        };
         match &self.script {
+            Some((s, Act::FailTimes(n))) if *s == stage => {
+                if times <= *n {
+                    Err(Act::Fail)
+                } else {
+                    Ok(())
+                }
+            }
             Some((s, act)) if *s == stage => match act {
-                Act::Fail => Err(Act::Fail),
+                Act::Fail | Act::FailTimes(_) => Err(Act::Fail),
                 Act::Lost => {
                     if let Some(log) = log {
                         let _ = log.write_all(b"partial output\n").await;
@@ -125,7 +138,7 @@ impl Host for FakeHost {
         self.enter(HostStage::GetSources, Some(log), cancel)
             .await
             .map_err(|act| match act {
-                Act::Fail => SourceError::Git {
+                Act::Fail | Act::FailTimes(_) => SourceError::Git {
                     command: "fetch origin".into(),
                     status: "exit status: 128".into(),
                     output: "fatal: repository not found".into(),

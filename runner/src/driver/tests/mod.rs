@@ -1,6 +1,7 @@
 //! The driver in process: FakeEngine, FakeDeployer and the in-memory GitLab of the trace
 //! tests; no Docker, no git.
 
+mod attempts;
 mod fake_host;
 mod table;
 

@@ -3,7 +3,8 @@
 //! Each row runs a whole job in process (FakeEngine, FakeHost, the in-memory GitLab) and
 //! checks what the user sees: GitLab's final status, the failure reason and exit code, what
 //! after_script saw as `CI_JOB_STATUS`, which sections the log shows, the cause and the last
-//! line of the log, and that the job's containers were removed.
+//! line of the log, the timing line before it (those sections, each timed; the stage a job
+//! timeout stopped took that timeout), and that the job's containers were removed.
 //!
 //! The clock is tokio's paused test clock: it jumps ahead whenever every task waits, so a
 //! 1 s job timeout takes no time and always fires before a 1.5 s hang, however busy the

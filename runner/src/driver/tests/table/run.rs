@@ -178,11 +178,17 @@ async fn check(cond: Cond, at: At, want: &Want) -> Result<(), String> {
         log = case.run(p) => log,
         _ = trigger => unreachable!(),
     };
-    compare(cond, &case, &log, want).map_err(|e| format!("{cond:?} at {at:?}: {e}"))
+    compare(cond, at, &case, &log, want).map_err(|e| format!("{cond:?} at {at:?}: {e}"))
 }
 
 /// What differs between the job `case` ran (its `log`) and the row's `want`.
-fn compare(cond: Cond, case: &Case<FakeHost>, log: &str, want: &Want) -> Result<(), String> {
+fn compare(
+    cond: Cond,
+    at: At,
+    case: &Case<FakeHost>,
+    log: &str,
+    want: &Want,
+) -> Result<(), String> {
     let mut wrong = Vec::new();
     let (status, reason, exit_code) = case.api.with(|s| {
         let last = s.updates.last().map(|u| u.update.clone());
@@ -234,6 +240,12 @@ fn compare(cond: Cond, case: &Case<FakeHost>, log: &str, want: &Want) -> Result<
             want.last
         ));
     }
+    if cond != Cond::Canceled {
+        let before_last = lines.len().checked_sub(2).map(|i| lines[i].as_str());
+        if let Err(e) = check_timing(cond, at, before_last, want) {
+            wrong.push(e);
+        }
+    }
     if case.engine.calls().last() != Some(&Call::Destroy(7)) {
         wrong.push(format!("no cleanup at the end: {:?}", case.engine.calls()));
     }
@@ -246,6 +258,55 @@ fn compare(cond: Cond, case: &Case<FakeHost>, log: &str, want: &Want) -> Result<
             lines.join("\n")
         ))
     }
+}
+
+/// The line before the final status is the timing line (docs/job-log.md): every section of
+/// the log in the order it ran, each with its time, and the total. A stage the job timeout
+/// stopped took the timeout (1 s on the paused clock).
+fn check_timing(cond: Cond, at: At, line: Option<&str>, want: &Want) -> Result<(), String> {
+    let line = line.unwrap_or_default();
+    let parsed = line
+        .strip_prefix("Job timing: ")
+        .and_then(|rest| rest.split_once("; total "));
+    let Some((stages, total)) = parsed else {
+        return Err(format!(
+            "line before the last {line:?}, want the timing line"
+        ));
+    };
+    let seconds = |d: &str| d.strip_suffix('s').and_then(|n| n.parse::<f64>().ok());
+    let stages: Vec<(&str, Option<f64>)> = stages
+        .split(", ")
+        .map(|s| {
+            let (name, took) = s.rsplit_once(' ').unwrap_or((s, ""));
+            (name, seconds(took))
+        })
+        .collect();
+    let names: Vec<&str> = stages.iter().map(|(n, _)| *n).collect();
+    if names != want.sections || stages.iter().any(|(_, t)| t.is_none()) || seconds(total).is_none()
+    {
+        return Err(format!(
+            "timing line {line:?}, want the sections {:?}",
+            want.sections
+        ));
+    }
+    let stopped = match at {
+        At::GetSources => "get_sources",
+        At::RestoreCache => "restore_cache",
+        At::DownloadArtifacts => "download_artifacts",
+        At::PrepareExecutor => "prepare_executor",
+        At::Script => "step_script",
+        _ => return Ok(()),
+    };
+    let took = stages
+        .iter()
+        .find(|(n, _)| *n == stopped)
+        .and_then(|(_, t)| *t);
+    if cond == Cond::Timeout && !took.is_some_and(|t| (0.9..=1.1).contains(&t)) {
+        return Err(format!(
+            "timing line {line:?}: {stopped} should have taken the 1s timeout"
+        ));
+    }
+    Ok(())
 }
 
 /// Every row of one condition, concurrently.
