@@ -12,53 +12,35 @@ use crate::{
     DockerSection, PullPolicy, Redacted, S3Auth, S3Encryption,
 };
 
-use Leftover::{Ignored as I, NotImplemented as N};
+use Leftover::{Ignored as I, NotImplemented as N, Warn as W};
 
 /// Docker refuses memory limits below this (gitlab-runner's docs say 4M).
-const MIN_MEMORY: u64 = 4 * 1024 * 1024;
+pub(crate) const MIN_MEMORY: u64 = 4 * 1024 * 1024;
 const DEFAULT_WAIT_FOR_SERVICES_SECS: u64 = 30;
 
+const NO_HELPER: Leftover =
+    W("ferry runs no helper image (it clones and handles artifacts itself)");
+
 const DOCKER_KNOWN: &[(&str, Leftover)] = &[
-    ("devices", N),
-    ("device_cgroup_rules", N),
-    ("gpus", N),
-    ("userns_mode", N),
-    ("pid_mode", N),
-    ("ipcmode", N),
-    ("runtime", N),
-    ("cgroup_parent", N),
-    ("volumes_from", N),
-    ("volume_driver", N),
-    ("volume_driver_ops", N),
-    ("volume_keep", N),
-    ("tmpfs", N),
-    ("services_tmpfs", N),
-    ("network_mtu", N),
-    ("enable_ipv6", N),
-    ("cpuset_cpus", N),
-    ("cpuset_mems", N),
-    ("cpu_shares", N),
-    ("oom_score_adjust", N),
-    ("ulimit", N),
-    ("sysctls", N),
-    ("service_memory", N),
-    ("service_memory_swap", N),
-    ("service_memory_reservation", N),
-    ("service_cpus", N),
-    ("service_cpuset_cpus", N),
-    ("service_cpu_shares", N),
-    ("service_gpus", N),
-    ("services", N),
-    ("container_labels", N),
-    ("log_options", N),
-    ("helper_image", I),
-    ("helper_image_flavor", I),
-    ("helper_image_autoset_arch_and_os", I),
-    ("links", I),
-    ("mac_address", I),
-    ("isolation", I),
-    ("services_devices", I),
-    ("services_security_opt", I),
+    (
+        "volume_keep",
+        W("ferry keeps its cache volumes between jobs and removes a job's own volumes with it"),
+    ),
+    (
+        "service_slot_cgroup_template",
+        W("ferry has no slot cgroups (use_slot_cgroups)"),
+    ),
+    (
+        "mac_address",
+        W("ferry does not set a MAC address on the job's containers"),
+    ),
+    ("helper_image", NO_HELPER),
+    ("helper_image_flavor", NO_HELPER),
+    ("helper_image_autoset_arch_and_os", NO_HELPER),
+    (
+        "isolation",
+        W("Windows containers only; ferry runs Linux containers"),
+    ),
 ];
 
 pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection, ConfigError> {
@@ -168,12 +150,14 @@ pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection,
         Some(l) if l.v >= 0 => Some(l.v as usize),
         _ => None,
     };
+    d.containers = crate::container::container_options(ctx, &mut t)?;
+    d.services = crate::container::runner_services(ctx, &mut t)?;
     t.finish(ctx, DOCKER_KNOWN);
     Ok(d)
 }
 
 /// gitlab-runner reads `cpus` as a rational number (Go's `big.Rat`): `"1.5"` or `"3/2"`.
-fn parse_cpus(s: &str) -> Option<f64> {
+pub(crate) fn parse_cpus(s: &str) -> Option<f64> {
     match s.split_once('/') {
         Some((n, d)) => {
             let (n, d) = (n.parse::<f64>().ok()?, d.parse::<f64>().ok()?);
@@ -278,7 +262,12 @@ fn check_glob(ctx: &Ctx, key: &str, v: &Val<String>) -> Result<(), ConfigError> 
         .map_err(|e| ctx.invalid(v.line, key, format!("invalid glob {:?}: {}", v.v, e.kind())))
 }
 
-fn memory(ctx: &Ctx, t: &mut TableReader, key: &str, min: u64) -> Result<Option<u64>, ConfigError> {
+pub(crate) fn memory(
+    ctx: &Ctx,
+    t: &mut TableReader,
+    key: &str,
+    min: u64,
+) -> Result<Option<u64>, ConfigError> {
     let Some(m) = t.string(ctx, key)? else {
         return Ok(None);
     };

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod certs;
+mod container;
 mod docker;
 pub mod duration;
 pub mod edit;
@@ -28,6 +29,9 @@ mod units;
 mod walk;
 mod when;
 
+pub use container::{
+    Device, GpuRequest, LOG_OPTIONS_ALLOWED, parse_device, parse_gpus, parse_ulimit,
+};
 pub use edit::{
     NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, gitlab_runner_config_path,
     remove_runners, update_token,
@@ -208,6 +212,77 @@ pub struct DockerSection {
     pub oom_kill_disable: bool,
     /// None = unlimited (-1 in the file).
     pub services_limit: Option<usize>,
+    /// The container options gitlab-runner maps onto the engine's `HostConfig`, the per-job
+    /// network and the containers' labels (docs/configuration.md, `[runners.docker]`).
+    pub containers: ContainerOptions,
+    /// `[[runners.docker.services]]`: started for every job, before the job's own services.
+    pub services: Vec<RunnerService>,
+}
+
+/// `[runners.docker]` keys that become container, network or label settings. Values are
+/// checked at load time; empty strings and zeros mean "not set", as in gitlab-runner.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerOptions {
+    /// Mount point → tmpfs options, for the build container / service containers.
+    pub tmpfs: BTreeMap<String, String>,
+    pub services_tmpfs: BTreeMap<String, String>,
+    /// `PathOnHost[:PathInContainer[:permissions]]`, checked at load.
+    pub devices: Vec<String>,
+    /// Service image glob → devices.
+    pub services_devices: BTreeMap<String, Vec<String>>,
+    pub device_cgroup_rules: Vec<String>,
+    /// `docker run --gpus` syntax (`all`, `2`, `count=1,capabilities=utility`), checked at load.
+    pub gpus: Option<String>,
+    pub service_gpus: Option<String>,
+    pub services_security_opt: Vec<String>,
+    pub runtime: Option<String>,
+    pub userns_mode: Option<String>,
+    pub pid_mode: Option<String>,
+    pub ipc_mode: Option<String>,
+    pub cgroup_parent: Option<String>,
+    pub service_cgroup_parent: Option<String>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub service_cpuset_cpus: Option<String>,
+    pub cpu_shares: Option<i64>,
+    pub service_cpu_shares: Option<i64>,
+    pub oom_score_adjust: Option<i64>,
+    /// Name → (soft, hard).
+    pub ulimit: BTreeMap<String, (i64, i64)>,
+    pub sysctls: BTreeMap<String, String>,
+    /// Bytes.
+    pub service_memory: Option<u64>,
+    pub service_memory_swap: Option<u64>,
+    pub service_memory_reservation: Option<u64>,
+    pub service_cpus: Option<f64>,
+    /// MTU of the per-job network.
+    pub network_mtu: Option<u32>,
+    /// IPv6 on the per-job network.
+    pub enable_ipv6: bool,
+    pub volumes_from: Vec<String>,
+    /// Driver and options of the volumes ferry creates (cache volumes), as gitlab-runner.
+    pub volume_driver: Option<String>,
+    pub volume_driver_ops: BTreeMap<String, String>,
+    /// Legacy links of the build container (`container:alias`).
+    pub links: Vec<String>,
+    /// Extra labels of every container; values are expanded with the job's variables. A key
+    /// in ferry's own `ferry.` namespace is refused at load.
+    pub container_labels: BTreeMap<String, String>,
+    /// Options of the `json-file` log driver: only `env` and `labels` (as gitlab-runner).
+    pub log_options: BTreeMap<String, String>,
+}
+
+/// One `[[runners.docker.services]]` entry (gitlab-runner's `Service`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunnerService {
+    /// Image; expanded with the job's variables.
+    pub name: String,
+    /// Space- or comma-separated aliases; expanded with the job's variables.
+    pub alias: String,
+    pub command: Vec<String>,
+    pub entrypoint: Vec<String>,
+    /// `(name, value)` from `environment = ["K=V"]`.
+    pub environment: Vec<(String, String)>,
 }
 
 impl Default for DockerSection {
@@ -249,6 +324,8 @@ impl Default for DockerSection {
             disable_entrypoint_overwrite: false,
             oom_kill_disable: false,
             services_limit: None,
+            containers: ContainerOptions::default(),
+            services: Vec::new(),
         }
     }
 }

@@ -105,6 +105,8 @@ pub(crate) enum Leftover {
     NotImplementedDefaultTrue,
     /// Belongs to a feature ferry does not have (other executors, autoscaling): silent.
     Ignored,
+    /// Harmless to ignore, but a set value deserves a word: warn with this reason (unless inert).
+    Warn(&'static str),
 }
 
 /// One table of the file being read.
@@ -355,6 +357,11 @@ impl<'a> TableReader<'a> {
                 Some(Leftover::NotImplemented) => {
                     if !is_inert(item, false) {
                         ctx.warn(line, &path, "accepted but not implemented yet");
+                    }
+                }
+                Some(Leftover::Warn(why)) => {
+                    if !is_inert(item, false) {
+                        ctx.warn(line, &path, format!("ignored: {why}"));
                     }
                 }
                 Some(Leftover::NotImplementedDefaultTrue) => {

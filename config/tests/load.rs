@@ -453,16 +453,19 @@ fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
         vec![
             (4, "session_server.listen_address"),
             (11, "runners[0].pre_get_sources_script"),
-            (19, "runners[0].docker.cpuset_cpus"),
-            (21, "runners[0].docker.services"),
+            (20, "runners[0].docker.helper_image"),
         ],
         "{:#?}",
         c.warnings
     );
     assert!(
-        c.warnings
+        c.warnings[..2]
             .iter()
             .all(|w| w.message == "accepted but not implemented yet")
+    );
+    assert_eq!(
+        c.warnings[2].message,
+        "ignored: ferry runs no helper image (it clones and handles artifacts itself)"
     );
     let c = load(&MINIMAL.replace("executor", "clean_git_config = false\n  executor"));
     assert_eq!(c.warnings.len(), 1);
@@ -804,8 +807,111 @@ fn inline_tables_are_accepted() {
         "runners = [{ url = \"https://g\", token = \"t\", executor = \"docker\", docker = { image = \"alpine\", log_options = { env = \"A,B\" } } }]\n",
     );
     assert_eq!(c.runners[0].docker.image.as_deref(), Some("alpine"));
-    assert_eq!(c.warnings.len(), 1);
-    assert_eq!(c.warnings[0].key, "runners[0].docker.log_options");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.runners[0].docker.containers.log_options["env"], "A,B");
+}
+
+#[test]
+fn docker_container_options_are_read_and_checked() {
+    let c = load(&with_docker(
+        r#"    tmpfs = { "/scratch" = "rw,size=64m" }
+    services_tmpfs = { "/var/lib/db" = "rw" }
+    devices = ["/dev/null:/dev/xnull:r"]
+    services_devices = { "postgres:*" = ["/dev/zero"] }
+    gpus = "count=1"
+    ulimit = { nofile = "1024:2048", nproc = "512" }
+    sysctls = { "net.ipv4.ip_forward" = "1" }
+    cpu_shares = 512
+    oom_score_adjust = -5
+    service_memory = "64m"
+    service_cpus = "0.5"
+    network_mtu = 1400
+    enable_ipv6 = true
+    container_labels = { team = "ci-$CI_JOB_ID" }
+    services_security_opt = ["no-new-privileges"]
+    [[runners.docker.services]]
+      name = "redis:7"
+      alias = "cache, kv"
+      command = ["redis-server", "--port", "7000"]
+      entrypoint = ["docker-entrypoint.sh"]
+      environment = ["A=1", "B=x=y"]"#,
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let d = &c.runners[0].docker;
+    let o = &d.containers;
+    assert_eq!(o.tmpfs["/scratch"], "rw,size=64m");
+    assert_eq!(o.services_tmpfs["/var/lib/db"], "rw");
+    assert_eq!(o.devices, vec!["/dev/null:/dev/xnull:r".to_string()]);
+    assert_eq!(
+        o.services_devices["postgres:*"],
+        vec!["/dev/zero".to_string()]
+    );
+    assert_eq!(o.gpus.as_deref(), Some("count=1"));
+    assert_eq!(o.ulimit["nofile"], (1024, 2048));
+    assert_eq!(o.ulimit["nproc"], (512, 512));
+    assert_eq!(o.sysctls["net.ipv4.ip_forward"], "1");
+    assert_eq!(o.cpu_shares, Some(512));
+    assert_eq!(o.oom_score_adjust, Some(-5));
+    assert_eq!(o.service_memory, Some(64 << 20));
+    assert_eq!(o.service_cpus, Some(0.5));
+    assert_eq!(o.network_mtu, Some(1400));
+    assert!(o.enable_ipv6);
+    assert_eq!(o.container_labels["team"], "ci-$CI_JOB_ID");
+    assert_eq!(
+        o.services_security_opt,
+        vec!["no-new-privileges".to_string()]
+    );
+    assert_eq!(d.services.len(), 1);
+    let s = &d.services[0];
+    assert_eq!(s.name, "redis:7");
+    assert_eq!(s.alias, "cache, kv");
+    assert_eq!(s.command, vec!["redis-server", "--port", "7000"]);
+    assert_eq!(s.entrypoint, vec!["docker-entrypoint.sh"]);
+    assert_eq!(
+        s.environment,
+        vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+    );
+}
+
+#[test]
+fn docker_container_options_fail_closed_at_load() {
+    for (lines, want) in [
+        (
+            "    log_options = { max-size = \"10m\" }",
+            "config.toml:8: runners[0].docker.log_options: invalid log options: only [\"env\", \"labels\"] are allowed",
+        ),
+        (
+            "    container_labels = { \"ferry.managed\" = \"false\" }",
+            "config.toml:8: runners[0].docker.container_labels.ferry.managed: labels starting with \"ferry.\"",
+        ),
+        (
+            "    ulimit = { nofile = \"many\" }",
+            "config.toml:8: runners[0].docker.ulimit.nofile: expected \"soft\" or \"soft:hard\"",
+        ),
+        (
+            "    devices = [\"/dev/a:/dev/b:rwm:x\"]",
+            "runners[0].docker.devices[0]: failed to parse device string \"/dev/a:/dev/b:rwm:x\": too many colons",
+        ),
+        (
+            "    gpus = \"count=lots\"",
+            "config.toml:8: runners[0].docker.gpus: invalid count \"lots\"",
+        ),
+        (
+            "    service_memory = \"1k\"",
+            "runners[0].docker.service_memory: \"1k\" is below the minimum of 4m",
+        ),
+        (
+            "    [[runners.docker.services]]\n      alias = \"db\"",
+            "runners[0].docker.services[0].name: missing",
+        ),
+        (
+            "    [[runners.docker.services]]\n      name = \"pg\"\n      environment = [\"NOVALUE\"]",
+            "runners[0].docker.services[0].environment[0]: expected \"NAME=value\"",
+        ),
+    ] {
+        let e = error(&with_docker(lines));
+        assert!(e.contains(want), "{lines}: {e}");
+    }
 }
 
 #[test]

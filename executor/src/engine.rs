@@ -99,6 +99,11 @@ pub struct JobEnv {
     /// The host directory mounted read-only at `tmp_dir`, written before the container starts.
     pub host_tmp_dir: PathBuf,
     pub registry_auth: Vec<RegistryAuth>,
+    /// `[runners.docker] container_labels`, values expanded with the job's variables.
+    pub container_labels: std::collections::BTreeMap<String, String>,
+    /// The first `runner_services` of `services` come from `[[runners.docker.services]]`: the
+    /// runner's own, so `allowed_services` does not apply to them (as in gitlab-runner).
+    pub runner_services: usize,
 }
 
 /// One step to run in the build container (`step_script` or `after_script`).

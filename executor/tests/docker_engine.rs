@@ -107,6 +107,8 @@ fn job(test: &str, img: &str) -> Job {
             dir.path().join("tmp")
         },
         registry_auth: vec![],
+        container_labels: Default::default(),
+        runner_services: 0,
     };
     Job { env, _dir: dir }
 }

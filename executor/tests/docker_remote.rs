@@ -90,6 +90,8 @@ fn job_env(test: &str, host_builds: PathBuf) -> JobEnv {
             host_builds.join("tmp")
         },
         registry_auth: vec![],
+        container_labels: Default::default(),
+        runner_services: 0,
     }
 }
 

@@ -773,6 +773,8 @@ mod tests {
             tmp_dir: "/builds/g/p.tmp".into(),
             host_tmp_dir: PathBuf::from("/var/lib/ferry/builds/42/tmp"),
             registry_auth: vec![],
+            container_labels: Default::default(),
+            runner_services: 0,
         }
     }
 

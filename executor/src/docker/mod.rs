@@ -10,6 +10,7 @@
 mod auth;
 pub mod convert;
 mod evict;
+pub mod hostconfig;
 pub mod hostpaths;
 mod pull;
 pub mod remote;
@@ -462,7 +463,15 @@ impl DockerEngine {
             self.allowed_images
                 .check(&env.image.name, "image", "allowed_images")?;
         }
-        for s in &env.services {
+        // The runner's own services are always allowed, and so is a job service naming one of
+        // their images (gitlab-runner's `getServicesDefinitions`).
+        let (runner_services, job_services) = env
+            .services
+            .split_at(env.runner_services.min(env.services.len()));
+        for s in job_services {
+            if runner_services.iter().any(|r| r.image.name == s.image.name) {
+                continue;
+            }
             self.allowed_services
                 .check(&s.image.name, "service", "allowed_services")?;
         }
@@ -534,6 +543,18 @@ impl DockerEngine {
                     .create_volume(VolumeCreateRequest {
                         name: Some(name.clone()),
                         labels: Some(labels),
+                        // gitlab-runner's volume_driver / volume_driver_ops
+                        driver: self.section.containers.volume_driver.clone(),
+                        driver_opts: (!self.section.containers.volume_driver_ops.is_empty()).then(
+                            || {
+                                self.section
+                                    .containers
+                                    .volume_driver_ops
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect()
+                            },
+                        ),
                         ..Default::default()
                     })
                     .await
@@ -562,11 +583,14 @@ impl DockerEngine {
         {
             let _ = self.docker.remove_network(&id).await;
         }
+        let (enable_ipv6, options) = hostconfig::network_settings(&self.section.containers);
         self.docker
             .create_network(NetworkCreateRequest {
                 name: name.clone(),
                 driver: Some("bridge".into()),
                 labels: Some(convert::job_labels(env, "network")),
+                enable_ipv6,
+                options,
                 ..Default::default()
             })
             .await
@@ -698,9 +722,14 @@ impl DockerEngine {
         }
         let privileged =
             convert::build_privileged(&self.section, &self.privileged_images, &env.image);
-        let host_config =
+        let mut host_config =
             convert::build_host_config(&self.section, &mounts, network_mode, links, privileged);
-        let body = convert::build_container_body(&self.section, env, &image_id, host_config, user);
+        hostconfig::apply_build(&mut host_config, &self.section.containers);
+        let mut body =
+            convert::build_container_body(&self.section, env, &image_id, host_config, user);
+        if let Some(labels) = body.labels.as_mut() {
+            hostconfig::add_labels(labels, &env.container_labels);
+        }
         let name = convert::build_container_name(env);
         self.remove_stale(&name).await?;
         let mut opts = CreateContainerOptionsBuilder::new().name(&name);

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{DockerEngine, convert, docker_err, pull};
+use super::{DockerEngine, convert, docker_err, hostconfig, pull};
 use crate::engine::{EngineError, JobEnv, LogSink, ServiceSpec};
 
 struct Started {
@@ -171,6 +171,14 @@ fn service_body(
     };
     let mut labels = convert::job_labels(env, "service");
     labels.insert("ferry.service".into(), svc.image.name.clone());
+    hostconfig::add_service_labels(&mut labels, &env.container_labels);
+    let mut host_config = convert::service_host_config(
+        section,
+        mounts,
+        network_mode,
+        convert::service_privileged(section, &engine.privileged_services, &svc.image.name),
+    );
+    hostconfig::apply_service(&mut host_config, &section.containers, &svc.image.name);
     ContainerCreateBody {
         image: Some(image_id.to_string()),
         entrypoint,
@@ -182,12 +190,7 @@ fn service_body(
         env: Some(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
         user: svc.image.user.clone(),
         labels: Some(labels),
-        host_config: Some(convert::service_host_config(
-            section,
-            mounts,
-            network_mode,
-            convert::service_privileged(section, &engine.privileged_services, &svc.image.name),
-        )),
+        host_config: Some(host_config),
         networking_config,
         ..Default::default()
     }

@@ -113,6 +113,45 @@ fn service_spec(
     })
 }
 
+/// A `[[runners.docker.services]]` entry: its name, alias and environment values are expanded
+/// with the job's variables (as in gitlab-runner); the aliases derived from the image name are
+/// added as for a job's service; the runner's pull policy applies.
+fn runner_service_spec(
+    runner: &RunnerSection,
+    svc: &ferry_config::RunnerService,
+    variables: &Variables,
+) -> Result<ServiceSpec, PlanError> {
+    let name = variables.expand(&svc.name);
+    let mut aliases: Vec<String> = Vec::new();
+    for a in variables
+        .expand(&svc.alias)
+        .replace(',', " ")
+        .split_whitespace()
+        .map(str::to_string)
+        .chain(service_aliases_from_image(&name))
+    {
+        if !a.is_empty() && !aliases.contains(&a) {
+            aliases.push(a);
+        }
+    }
+    let what = format!("[[runners.docker.services]] {name:?}");
+    let mut image = image_spec(runner, variables, name, None, &what)?;
+    image.entrypoint = svc.entrypoint.clone();
+    Ok(ServiceSpec {
+        image,
+        aliases,
+        command: svc.command.clone(),
+        variables: svc
+            .environment
+            .iter()
+            .map(|(k, v)| EnvVar {
+                name: k.clone(),
+                value: variables.expand(v),
+            })
+            .collect(),
+    })
+}
+
 /// Registry credentials GitLab sends for its own registry (used after DOCKER_AUTH_CONFIG and the
 /// runner user's docker config, which the engine consults itself).
 fn registry_auth(payload: &JobPayload) -> Vec<RegistryAuth> {
@@ -152,7 +191,13 @@ pub(super) fn job_env(
     }
     let mut image = image_spec(runner, variables, name, payload.image.as_ref(), "image")?;
     image.runner_default = runner_default;
+    // The runner's `[[runners.docker.services]]` first, then the job's (gitlab-runner's
+    // `getServicesDefinitions`); all of them count towards `services_limit`.
     let mut services = Vec::new();
+    for s in &runner.docker.services {
+        services.push(runner_service_spec(runner, s, variables)?);
+    }
+    let runner_services = services.len();
     for s in &payload.services {
         services.push(service_spec(runner, s, variables)?);
     }
@@ -199,5 +244,13 @@ pub(super) fn job_env(
         tmp_dir: format!("{project_dir}.tmp"),
         host_tmp_dir: host.tmp.clone(),
         registry_auth: registry_auth(payload),
+        container_labels: runner
+            .docker
+            .containers
+            .container_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), variables.expand(v)))
+            .collect(),
+        runner_services,
     })
 }

@@ -373,6 +373,60 @@ fn distributed_cache_uses_gitlab_runners_object_names() {
     );
 }
 
+#[test]
+fn runner_wide_services_come_first_expanded_and_count_towards_the_limit() {
+    let mut p = payload("full.json");
+    p.variables.push(crate::gitlab::payload::Variable {
+        key: "PG".into(),
+        value: "16".into(),
+        public: true,
+        ..Default::default()
+    });
+    let job_services = p.services.len();
+    let mut runner = runner();
+    runner.docker.services.push(ferry_config::RunnerService {
+        name: "registry.example.com/postgres:$PG".into(),
+        alias: "db,pg-$PG".into(),
+        command: vec!["postgres".into(), "-c".into(), "fsync=off".into()],
+        entrypoint: vec!["/entry".into()],
+        environment: vec![("POSTGRES_PASSWORD".into(), "$PG".into())],
+    });
+    runner
+        .docker
+        .containers
+        .container_labels
+        .insert("team".into(), "t-$PG".into());
+    let plan = compile(&p, &runner, &ctx()).unwrap();
+    let Execution::Docker { env, .. } = &plan.execution else {
+        panic!()
+    };
+    assert_eq!(env.runner_services, 1);
+    assert_eq!(env.services.len(), job_services + 1);
+    let s = &env.services[0];
+    assert_eq!(s.image.name, "registry.example.com/postgres:16");
+    assert_eq!(
+        s.aliases,
+        vec![
+            "db",
+            "pg-16",
+            "registry.example.com__postgres",
+            "registry.example.com-postgres"
+        ]
+    );
+    assert_eq!(s.command, vec!["postgres", "-c", "fsync=off"]);
+    assert_eq!(s.image.entrypoint, vec!["/entry"]);
+    assert_eq!(s.variables[0].name, "POSTGRES_PASSWORD");
+    assert_eq!(s.variables[0].value, "16");
+    assert_eq!(s.image.pull_policy, runner.docker.pull_policy);
+    assert_eq!(env.container_labels["team"], "t-16");
+
+    runner.docker.services_limit = Some(job_services);
+    match compile(&p, &runner, &ctx()) {
+        Err(e) => assert!(e.to_string().contains("services_limit"), "{e}"),
+        Ok(_) => panic!("the runner-wide service must count towards services_limit"),
+    }
+}
+
 /// `pre_build_script` and `post_build_script` wrap every step but after_script, in the same
 /// shell, as gitlab-runner's `writeUserScript` does.
 #[test]
