@@ -109,12 +109,16 @@ pub async fn register(path: &Path, mut args: RegisterArgs) -> anyhow::Result<()>
         url: url.clone(),
         tls_ca_file: args.tls_ca_file.clone().map(Into::into).or(found_ca),
         // The client pair: both given, or both found, never one of each.
-        tls_cert_file: pair_given
-            .then(|| args.tls_cert_file.clone().map(Into::into))
-            .unwrap_or(found_cert),
-        tls_key_file: pair_given
-            .then(|| args.tls_key_file.clone().map(Into::into))
-            .unwrap_or(found_key),
+        tls_cert_file: if pair_given {
+            args.tls_cert_file.clone().map(Into::into)
+        } else {
+            found_cert
+        },
+        tls_key_file: if pair_given {
+            args.tls_key_file.clone().map(Into::into)
+        } else {
+            found_key
+        },
         ..ClientOptions::default()
     })?;
     let name = args
