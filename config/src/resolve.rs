@@ -46,7 +46,7 @@ const RUNNER_KNOWN: &[(&str, Leftover)] = &[
     ("slot_cgroup_template", I),
     ("referees", I),
     ("experimental", I),
-    ("monitoring", I),
+    ("monitoring", N),
     ("ssh", I),
     ("kubernetes", I),
     ("machine", I),

@@ -35,6 +35,23 @@ struct ModeLabels {
     mode: String,
 }
 
+/// A received job's `job_info` queue fields.
+#[derive(Clone, Debug, Default)]
+pub struct QueueInfo {
+    pub time_in_queue_seconds: f64,
+    pub project_jobs_running: String,
+    pub size: u64,
+    pub depth: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    runner: String,
+    runner_name: String,
+    system_id: String,
+    project_jobs_running: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     runner: String,
@@ -136,6 +153,9 @@ pub struct Metrics {
     failed_jobs: Family<FailureLabels, Counter>,
     job_duration: HistogramFamily<ModeLabels>,
     stage_duration: HistogramFamily<StageLabels>,
+    queue_duration: HistogramFamily<QueueLabels>,
+    queue_size: Family<RunnerLabels, Gauge>,
+    queue_depth: Family<RunnerLabels, Gauge>,
     api_requests: Family<ApiLabels, Counter>,
     api_durations: HistogramFamily<ApiDurationLabels>,
     requests_in_flight: Family<RequestLabels, Gauge>,
@@ -176,6 +196,25 @@ impl Metrics {
         let failed_jobs = Family::<FailureLabels, Counter>::default();
         let job_duration = HistogramFamily::<ModeLabels>::new_with_constructor(job_histogram);
         let stage_duration = HistogramFamily::<StageLabels>::new_with_constructor(stage_histogram);
+        // gitlab-runner's buckets are the stage histogram's.
+        let queue_duration = HistogramFamily::<QueueLabels>::new_with_constructor(stage_histogram);
+        let queue_size = Family::<RunnerLabels, Gauge>::default();
+        let queue_depth = Family::<RunnerLabels, Gauge>::default();
+        registry.register(
+            "job_queue_duration_seconds",
+            "A histogram representing job queue duration",
+            queue_duration.clone(),
+        );
+        registry.register(
+            "job_queue_size",
+            "A gauge representing the size of the queue for the runner",
+            queue_size.clone(),
+        );
+        registry.register(
+            "job_queue_depth",
+            "A gauge representing the search depth in the queue for the runner",
+            queue_depth.clone(),
+        );
         let api_requests = Family::<ApiLabels, Counter>::default();
         let api_durations =
             HistogramFamily::<ApiDurationLabels>::new_with_constructor(api_histogram);
@@ -272,6 +311,9 @@ impl Metrics {
         Metrics {
             registry: Arc::new(root),
             jobs_total,
+            queue_duration,
+            queue_size,
+            queue_depth,
             execution_mode,
             failed_jobs,
             job_duration,
@@ -362,6 +404,27 @@ impl Metrics {
         } else {
             self.config_saving_errors.inc();
         }
+    }
+
+    /// What GitLab said of a received job's time in its queue (`job_info`), as gitlab-runner
+    /// records it: the time, the queue size and the search depth.
+    pub fn job_queue(&self, runner: &RunnerLabels, queue: &QueueInfo) {
+        let labels = QueueLabels {
+            runner: runner.runner.clone(),
+            runner_name: runner.runner_name.clone(),
+            system_id: runner.system_id.clone(),
+            project_jobs_running: queue.project_jobs_running.clone(),
+        };
+        if queue.time_in_queue_seconds.is_finite() && queue.time_in_queue_seconds >= 0.0 {
+            self.queue_duration
+                .get_or_create(&labels)
+                .observe(queue.time_in_queue_seconds);
+        }
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue_size.get_or_create(runner).set(clamp(queue.size));
+        self.queue_depth
+            .get_or_create(runner)
+            .set(clamp(queue.depth));
     }
 
     /// A job was received.
@@ -942,6 +1005,33 @@ mod tests {
         drop(guard);
         assert_eq!(m.running.list(), "");
         assert!(!m.render().contains("gitlab_runner_jobs{"));
+    }
+
+    #[test]
+    fn job_queue_series_are_gitlab_runners() {
+        let m = Metrics::new();
+        let queue = QueueInfo {
+            time_in_queue_seconds: 4.5,
+            project_jobs_running: "3+".into(),
+            size: 12,
+            depth: 2,
+        };
+        m.job_queue(&labels(), &queue);
+        // GitLab's garbage is not a time in the queue.
+        let bad = QueueInfo {
+            time_in_queue_seconds: f64::NAN,
+            ..queue.clone()
+        };
+        m.job_queue(&labels(), &bad);
+        let text = m.render();
+        for line in [
+            "gitlab_runner_job_queue_duration_seconds_bucket{le=\"10.0\",runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\",project_jobs_running=\"3+\"} 1",
+            "gitlab_runner_job_queue_duration_seconds_bucket{le=\"3.0\",runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\",project_jobs_running=\"3+\"} 0",
+            "gitlab_runner_job_queue_size{runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\"} 12",
+            "gitlab_runner_job_queue_depth{runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\"} 2",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -110,6 +110,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             system_id: self.system_id.clone(),
         };
         self.metrics.job_started(&labels);
+        let info = &payload.job_info;
+        let queue = crate::metrics::QueueInfo {
+            time_in_queue_seconds: info.time_in_queue_seconds,
+            project_jobs_running: info.project_jobs_running_on_instance_runners_count.clone(),
+            size: info.queue_size,
+            depth: info.queue_depth,
+        };
+        self.metrics.job_queue(&labels, &queue);
         let job = payload.job_ref();
         // A panic in planning still ends the job: it is caught like one while executing.
         let compiled =

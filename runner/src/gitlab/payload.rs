@@ -248,6 +248,14 @@ pub struct JobInfo {
     pub pipeline_id: Option<u64>,
     #[serde(deserialize_with = "lenient::f64")]
     pub time_in_queue_seconds: f64,
+    /// `"0"`, `"1"`, `"2"`, `"3+"`: the project's jobs running on instance runners.
+    #[serde(deserialize_with = "lenient::string")]
+    pub project_jobs_running_on_instance_runners_count: String,
+    /// The runner's queue as GitLab searched it for this job.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub queue_size: u64,
+    #[serde(deserialize_with = "lenient::u64")]
+    pub queue_depth: u64,
 }
 
 /// `git_info`.
