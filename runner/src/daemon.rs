@@ -51,6 +51,10 @@ pub trait JobSource: Send + Sync + 'static {
     /// the daemon only drops it on shutdown, as gitlab-runner does.
     fn request_job(&self, runner: &RunnerSection)
     -> impl Future<Output = Polled<Self::Job>> + Send;
+
+    /// A request was due but `request_concurrency` requests of the entry were already in
+    /// flight (gitlab-runner's `gitlab_runner_request_concurrency_exceeded_total`).
+    fn request_concurrency_exceeded(&self, _runner: &RunnerSection) {}
 }
 
 /// Runs one job to its final status. `cancel` fires on forced shutdown.
@@ -312,6 +316,7 @@ where
         }
         // Capacity first: a global slot, a limit slot and a request slot, or no request at all.
         let Ok(request_permit) = entry.requests.clone().try_acquire_owned() else {
+            source.request_concurrency_exceeded(&entry.section);
             continue;
         };
         let Ok(global_permit) = global.clone().try_acquire_owned() else {

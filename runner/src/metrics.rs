@@ -159,6 +159,7 @@ pub struct Metrics {
     api_requests: Family<ApiLabels, Counter>,
     api_durations: HistogramFamily<ApiDurationLabels>,
     requests_in_flight: Family<RequestLabels, Gauge>,
+    requests_exceeded: Family<RequestLabels, Counter>,
     request_hard_limit: Family<RequestLabels, Gauge>,
     config_loaded: Counter,
     config_loading_errors: Counter,
@@ -219,6 +220,12 @@ impl Metrics {
         let api_durations =
             HistogramFamily::<ApiDurationLabels>::new_with_constructor(api_histogram);
         let requests_in_flight = Family::<RequestLabels, Gauge>::default();
+        let requests_exceeded = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "request_concurrency_exceeded",
+            "Count of excess requests above the configured request_concurrency limit",
+            requests_exceeded.clone(),
+        );
         let request_hard_limit = Family::<RequestLabels, Gauge>::default();
         let config_loaded = Counter::default();
         let config_loading_errors = Counter::default();
@@ -321,6 +328,7 @@ impl Metrics {
             api_requests,
             api_durations,
             requests_in_flight,
+            requests_exceeded,
             request_hard_limit,
             config_loaded,
             config_loading_errors,
@@ -379,6 +387,16 @@ impl Metrics {
             .clone();
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// A job request was due while `request_concurrency` requests were in flight.
+    pub fn request_concurrency_exceeded(&self, runner: &str, system_id: &str) {
+        self.requests_exceeded
+            .get_or_create(&RequestLabels {
+                runner: runner.into(),
+                system_id: system_id.into(),
+            })
+            .inc();
     }
 
     /// A runner entry's `request_concurrency`.
@@ -1023,12 +1041,14 @@ mod tests {
             ..queue.clone()
         };
         m.job_queue(&labels(), &bad);
+        m.request_concurrency_exceeded("abcd1234", "s_0123456789ab");
         let text = m.render();
         for line in [
             "gitlab_runner_job_queue_duration_seconds_bucket{le=\"10.0\",runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\",project_jobs_running=\"3+\"} 1",
             "gitlab_runner_job_queue_duration_seconds_bucket{le=\"3.0\",runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\",project_jobs_running=\"3+\"} 0",
             "gitlab_runner_job_queue_size{runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\"} 12",
             "gitlab_runner_job_queue_depth{runner=\"abcd1234\",runner_name=\"docker-1\",system_id=\"s_0123456789ab\"} 2",
+            "gitlab_runner_request_concurrency_exceeded_total{runner=\"abcd1234\",system_id=\"s_0123456789ab\"} 1",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -167,6 +167,11 @@ impl GitLabSource {
 impl JobSource for GitLabSource {
     type Job = Box<JobPayload>;
 
+    fn request_concurrency_exceeded(&self, r: &RunnerSection) {
+        self.metrics
+            .request_concurrency_exceeded(r.token.short(), &self.system_id);
+    }
+
     async fn request_job(&self, r: &RunnerSection) -> Polled<Self::Job> {
         let short = r.token.short();
         let client = match self.client(r) {
