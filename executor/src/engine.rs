@@ -119,6 +119,9 @@ pub struct StepSpec {
     /// The step's own deadline (after_script: 5 min by default), enforced by the engine (see
     /// [`Engine::run_step`]); the job timeout is the driver's.
     pub timeout: Option<Duration>,
+    /// `CI_DEBUG_TRACE`: the shell prints each command as it runs it (`set -o xtrace`), values
+    /// expanded; the job log masks them like any output.
+    pub xtrace: bool,
 }
 
 /// The exit code a step reports when it ran past `StepSpec::timeout` (as GNU `timeout` does).

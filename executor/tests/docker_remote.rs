@@ -101,6 +101,7 @@ fn step(cmds: &[&str]) -> StepSpec {
         commands: cmds.iter().map(|s| s.to_string()).collect(),
         env: vec![],
         timeout: None,
+        xtrace: false,
     }
 }
 

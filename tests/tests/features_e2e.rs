@@ -128,3 +128,44 @@ async fn a_job_needing_an_unadvertised_feature_is_dropped_by_gitlab_and_the_next
     assert!(dropped.trace.is_empty(), "ferry never saw the job");
     h.stop().await;
 }
+
+/// `CI_DEBUG_TRACE`: the shell traces each command with its values expanded, and the log masks
+/// a masked value there as anywhere; a runner with `debug_trace_disabled` refuses it, saying
+/// so, and runs the job untraced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_debug_trace_traces_commands_masked_and_can_be_refused_by_the_runner() {
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    let job = |h: &Harness, name: &str| {
+        h.job(name)
+            .variable("CI_DEBUG_TRACE", "true", false)
+            .variable("DEPLOY_SECRET", "s3cr3t-value-42", true)
+            .script(["MARKER=traced-$DEPLOY_SECRET", "true"])
+            .after_script(["echo after"])
+    };
+    let id = h.push(job(&h, "traced"));
+    let record = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&record, JobStatus::Success, None);
+    assert!(trace.contains("+ MARKER=traced-[MASKED]"), "{trace}");
+    assert!(
+        trace.contains("+ echo after"),
+        "after_script is traced too: {trace}"
+    );
+    assert!(!trace.contains("s3cr3t-value-42"), "{trace}");
+    h.stop().await;
+
+    let setup = Setup::default().runner("debug_trace_disabled = true");
+    let Some(mut h) = Harness::start(setup).await else {
+        return;
+    };
+    let id = h.push(job(&h, "refused"));
+    let record = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&record, JobStatus::Success, None);
+    assert!(
+        trace.contains("CI_DEBUG_TRACE: usage is disabled on this Runner"),
+        "{trace}"
+    );
+    assert!(!trace.contains("+ MARKER="), "{trace}");
+    h.stop().await;
+}

@@ -716,6 +716,9 @@ pub fn step_script(step: &StepSpec) -> String {
             body.push_str(&format!("export {}={}\n", v.name, shell_quote(&v.value)));
         }
     }
+    if step.xtrace {
+        body.push_str("set -o xtrace\n");
+    }
     for cmd in &step.commands {
         let cmd = cmd.trim();
         if cmd.is_empty() {
@@ -1239,8 +1242,21 @@ mod tests {
                 value: "it's ok".into(),
             }],
             timeout: None,
+            xtrace: false,
         };
         let s = step_script(&step);
+        assert!(!s.contains("xtrace"));
+        let traced = step_script(&StepSpec {
+            xtrace: true,
+            ..step.clone()
+        });
+        // Traced after the step's own exports, before the first command.
+        let body = traced.split(": | eval ").nth(1).unwrap();
+        let (x, e) = (
+            body.find("set -o xtrace").unwrap(),
+            body.find("export").unwrap(),
+        );
+        assert!(e < x && x < body.find("printf").unwrap(), "{traced}");
         assert!(s.starts_with("trap exit 1 TERM\n"));
         assert!(s.contains("set -o errexit"));
         assert!(s.contains(": | eval '"));

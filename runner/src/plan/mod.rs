@@ -256,6 +256,7 @@ pub fn compile(
     };
     let variables = vars::job_variables(&vars_in, &image_name);
     let expanded_image = variables.expand(&image_name);
+    let (xtrace, trace_refused) = debug_trace(&variables, runner);
 
     let mut masks = Masks::new(payload, runner);
     masks.values.extend(variables.masked_values());
@@ -289,7 +290,7 @@ pub fn compile(
         )?;
         Execution::Docker {
             env: Box::new(env),
-            steps: steps(payload, runner, &variables)?,
+            steps: steps(payload, runner, &variables, xtrace)?,
         }
     };
 
@@ -307,7 +308,11 @@ pub fn compile(
         artifacts: host_plan.artifacts,
         dependencies: host_plan.dependencies,
         attempts: host_plan.attempts,
-        warnings: host_plan.warnings,
+        warnings: host_plan
+            .warnings
+            .into_iter()
+            .chain(trace_refused)
+            .collect(),
         variables,
         masks,
         failure_reasons: payload.features.failure_reasons.clone(),
@@ -385,6 +390,7 @@ fn steps(
     payload: &JobPayload,
     runner: &RunnerSection,
     variables: &Variables,
+    xtrace: bool,
 ) -> Result<Vec<PlannedStep>, PlanError> {
     let mut out = Vec::new();
     let mut after: Option<&Step> = None;
@@ -412,6 +418,7 @@ fn steps(
                 commands,
                 env: vec![],
                 timeout: None,
+                xtrace,
             },
             when: step.when,
             kind,
@@ -433,6 +440,7 @@ fn steps(
                 commands: step.script.clone(),
                 env: vec![],
                 timeout: Some(timeout),
+                xtrace,
             },
             when: When::Always,
             kind: StepKind::AfterScript,
@@ -440,6 +448,26 @@ fn steps(
         });
     }
     Ok(out)
+}
+
+/// `CI_DEBUG_TRACE` (a Go boolean, as gitlab-runner reads it): every shell traces its commands.
+/// With the runner's `debug_trace_disabled`, it and `CI_DEBUG_SERVICES` are refused with
+/// gitlab-runner's warnings, and the job runs without the trace.
+fn debug_trace(variables: &Variables, runner: &RunnerSection) -> (bool, Vec<String>) {
+    let on = |name: &str| {
+        variables
+            .value(name)
+            .is_some_and(|v| matches!(v.trim(), "1" | "t" | "T" | "TRUE" | "true" | "True"))
+    };
+    if !runner.debug_trace_disabled {
+        return (on("CI_DEBUG_TRACE"), Vec::new());
+    }
+    let refused = ["CI_DEBUG_TRACE", "CI_DEBUG_SERVICES"]
+        .into_iter()
+        .filter(|n| on(n))
+        .map(|n| format!("{n}: usage is disabled on this Runner"))
+        .collect();
+    (false, refused)
 }
 
 /// Each script line of a deploy job must be `ferry deploy [ARGS]`.
