@@ -16,6 +16,8 @@ use serde::Serialize;
 pub struct JobRef {
     pub id: u64,
     pub token: String,
+    /// `CI_DEBUG_TRACE` is in force: log uploads say `debug_trace=true`, as gitlab-runner's do.
+    pub debug_trace: bool,
 }
 
 impl std::fmt::Debug for JobRef {

@@ -992,12 +992,14 @@ mod tests {
         let job = crate::api::JobRef {
             id: 7,
             token: "t".into(),
+            debug_trace: false,
         };
         let (log, _handle) = crate::trace::start(
             job,
             std::sync::Arc::new(crate::trace::fake::FakeGitLab::new(&crate::api::JobRef {
                 id: 7,
                 token: "t".into(),
+                debug_trace: false,
             })),
             crate::trace::TraceConfig::default(),
         );

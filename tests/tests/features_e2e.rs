@@ -153,6 +153,7 @@ async fn ci_debug_trace_traces_commands_masked_and_can_be_refused_by_the_runner(
         "after_script is traced too: {trace}"
     );
     assert!(!trace.contains("s3cr3t-value-42"), "{trace}");
+    assert!(record.debug_trace, "the log was uploaded as a debug log");
     h.stop().await;
 
     let setup = Setup::default().runner("debug_trace_disabled = true");
@@ -167,5 +168,6 @@ async fn ci_debug_trace_traces_commands_masked_and_can_be_refused_by_the_runner(
         "{trace}"
     );
     assert!(!trace.contains("+ MARKER="), "{trace}");
+    assert!(!record.debug_trace);
     h.stop().await;
 }

@@ -623,6 +623,7 @@ async fn update_after_cancel_is_gone_and_graceful_cancel_is_reported() {
     let wrong = JobRef {
         id: job.id,
         token: "glcbt-wrongtoken".into(),
+        debug_trace: false,
     };
     assert_eq!(
         client

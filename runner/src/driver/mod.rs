@@ -118,14 +118,17 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             depth: info.queue_depth,
         };
         self.metrics.job_queue(&labels, &queue);
-        let job = payload.job_ref();
+        let mut job = payload.job_ref();
         // A panic in planning still ends the job: it is caught like one while executing.
         let compiled =
             std::panic::catch_unwind(AssertUnwindSafe(|| plan::compile(&payload, &runner, &ctx)));
         // What the log masks and which failure reasons GitLab takes come from the plan; a job
         // that cannot be planned still gets the masks and reasons of its payload.
         let (masks, failure_reasons) = match &compiled {
-            Ok(Ok(plan)) => (plan.masks.clone(), plan.failure_reasons.clone()),
+            Ok(Ok(plan)) => {
+                job.debug_trace = plan.debug_trace;
+                (plan.masks.clone(), plan.failure_reasons.clone())
+            }
             _ => (
                 Masks::new(&payload, &runner),
                 payload.features.failure_reasons.clone(),

@@ -248,7 +248,10 @@ impl JobApi for GitLabClient {
         let end = offset + chunk.len() as u64 - 1;
         let send = async {
             self.job_request(Method::PATCH, &format!("jobs/{}/trace", job.id), job)
-                .query(&[("debug_trace", "false")])
+                .query(&[(
+                    "debug_trace",
+                    if job.debug_trace { "true" } else { "false" },
+                )])
                 .header(reqwest::header::CONTENT_RANGE, format!("{offset}-{end}"))
                 .header(reqwest::header::CONTENT_TYPE, "text/plain")
                 .timeout(CALL_TIMEOUT)

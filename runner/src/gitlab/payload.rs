@@ -85,9 +85,11 @@ pub fn salvage_job_ref(bytes: &[u8]) -> Option<crate::api::JobRef> {
     }
     let head: Head = serde_json::from_slice(bytes).ok()?;
     match (head.id, head.token) {
-        (Some(id), Some(token)) if id > 0 && usable_token(&token) => {
-            Some(crate::api::JobRef { id, token })
-        }
+        (Some(id), Some(token)) if id > 0 && usable_token(&token) => Some(crate::api::JobRef {
+            id,
+            token,
+            debug_trace: false,
+        }),
         _ => None,
     }
 }
@@ -143,6 +145,7 @@ impl JobPayload {
         crate::api::JobRef {
             id: self.id,
             token: self.token.clone(),
+            debug_trace: false,
         }
     }
 

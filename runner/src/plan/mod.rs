@@ -104,6 +104,8 @@ pub struct Plan {
     pub dependencies: Vec<DependencySpec>,
     /// How many times get_sources and download_artifacts are tried.
     pub attempts: Attempts,
+    /// `CI_DEBUG_TRACE` is in force (the steps trace their commands).
+    pub debug_trace: bool,
     /// Settings that were ignored, shown as warnings in the job log.
     pub warnings: Vec<String>,
     /// The job's final variables, expanded (masked values are redacted when serialized).
@@ -308,6 +310,7 @@ pub fn compile(
         artifacts: host_plan.artifacts,
         dependencies: host_plan.dependencies,
         attempts: host_plan.attempts,
+        debug_trace: xtrace,
         warnings: host_plan
             .warnings
             .into_iter()

@@ -19,6 +19,7 @@ fn job() -> JobRef {
     JobRef {
         id: 42,
         token: JOB_TOKEN.to_string(),
+        debug_trace: false,
     }
 }
 

@@ -480,6 +480,7 @@ async fn update_job(
 async fn patch_trace(
     AxState(shared): S,
     Path(id): Path<u64>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -490,6 +491,10 @@ async fn patch_trace(
     };
     if job_token(&headers) != Some(job.token.as_str()) {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    // GitLab's `debug_trace=true` turns the job's log into a debug log, for good.
+    if query.get("debug_trace").map(String::as_str) == Some("true") {
+        job.debug_trace = true;
     }
     if job.trace_not_found {
         return message(StatusCode::NOT_FOUND, "404 Not Found");

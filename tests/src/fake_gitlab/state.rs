@@ -121,6 +121,8 @@ pub struct JobRecord {
     pub final_202_left: u32,
     /// Answer 404 to trace PATCHes.
     pub trace_not_found: bool,
+    /// A trace PATCH said `debug_trace=true`.
+    pub debug_trace: bool,
 }
 
 /// What happened on one request (for assertions about retries and ordering).
@@ -281,6 +283,7 @@ impl JobRecord {
             patches: 0,
             final_202_left,
             trace_not_found: false,
+            debug_trace: false,
         }
     }
 }
