@@ -212,7 +212,18 @@ impl DockerEngine {
         let mut items = Vec::new();
         for (dir, bytes) in dirs {
             let key = dir.display().to_string();
-            let busy = in_use.binds.contains(&key);
+            // Containers name the daemon's side of the directory: translated when ferry runs
+            // in a container (a volume in use counts for every directory in it).
+            let busy = in_use.binds.contains(&key)
+                || match self.place(&dir) {
+                    Ok(super::hostpaths::HostSide::Path(p)) => {
+                        in_use.binds.contains(&p.display().to_string())
+                    }
+                    Ok(super::hostpaths::HostSide::Volume { name, .. }) => {
+                        in_use.volumes.contains(&name)
+                    }
+                    Err(_) => false,
+                };
             let last_used = match usage.volume_last_used(&key) {
                 Some(t) if !busy => t,
                 _ => {
