@@ -1,0 +1,657 @@
+//! The pipeline: root keywords, workflow rules, jobs expanded by `parallel`, GitLab's logical
+//! validations (`YamlProcessor`), then each job in or out (`Seed::Build`).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::expr::Vars;
+use crate::job::{self, Defaults, JobDef, Need, NeedSpec, Parallel, ParallelSpec, Variable, When};
+use crate::load::{self, Repo};
+use crate::rules::{self, Ctx, Decision};
+use crate::yaml::{Map, Node, Value};
+use crate::{AllowFailure, Error, Excluded, Input, Job, Pipeline, RefKind};
+
+/// Top-level keywords that are not jobs.
+const ROOT_KEYS: &[&str] = &[
+    "image",
+    "services",
+    "stages",
+    "types",
+    "before_script",
+    "after_script",
+    "variables",
+    "cache",
+    "include",
+    "default",
+    "workflow",
+];
+
+/// Legacy top-level keywords that act as `default:` ones.
+const LEGACY_DEFAULTS: &[&str] = &[
+    "image",
+    "services",
+    "cache",
+    "before_script",
+    "after_script",
+];
+
+/// One job after `parallel` expansion.
+struct Instance<'a> {
+    def: &'a JobDef,
+    name: String,
+    parallel: Option<Parallel>,
+    matrix: Vec<(String, String)>,
+}
+
+fn pipeline_vars(input: &Input) -> Vars {
+    let mut v = input.predefined.clone();
+    let mut add = |k: &str, val: &str| {
+        if !v.contains_key(k) {
+            v.insert(k.to_string(), val.to_string());
+        }
+    };
+    add("CI_COMMIT_REF_NAME", &input.ref_name);
+    match input.ref_kind {
+        RefKind::Tag => add("CI_COMMIT_TAG", &input.ref_name),
+        RefKind::Branch if input.source != "merge_request_event" => {
+            add("CI_COMMIT_BRANCH", &input.ref_name)
+        }
+        RefKind::Branch => {}
+    }
+    add("CI_PIPELINE_SOURCE", &input.source);
+    if let Some(p) = &input.project_path {
+        add("CI_PROJECT_PATH", p);
+    }
+    v
+}
+
+/// predefined < YAML < the caller's variables.
+fn layered(predefined: &Vars, yaml: &[Variable], user: &Vars) -> Vars {
+    let mut v = predefined.clone();
+    for var in yaml {
+        v.insert(var.key.clone(), var.value.clone());
+    }
+    for (k, val) in user {
+        v.insert(k.clone(), val.clone());
+    }
+    v
+}
+
+fn stages(config: &Map) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = match config.get("stages").or_else(|| config.get("types")) {
+        None => vec!["build".into(), "test".into(), "deploy".into()],
+        Some(node) => {
+            let Value::Seq(items) = &node.value else {
+                return Err(Error::at(
+                    node.pos.clone(),
+                    "stages config should be an array of strings".into(),
+                ));
+            };
+            let mut out = Vec::new();
+            for item in items {
+                let s = item.as_str().ok_or_else(|| {
+                    Error::at(
+                        item.pos.clone(),
+                        "stages config should be an array of strings".into(),
+                    )
+                })?;
+                out.push(s.to_string());
+            }
+            out
+        }
+    };
+    if out.first().map(String::as_str) != Some(".pre") {
+        out.retain(|s| s != ".pre");
+        out.insert(0, ".pre".into());
+    }
+    if out.last().map(String::as_str) != Some(".post") {
+        out.retain(|s| s != ".post");
+        out.push(".post".into());
+    }
+    Ok(out)
+}
+
+pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
+    let predefined = pipeline_vars(input);
+    let include_vars = layered(&predefined, &[], &input.variables);
+    let main = input.config_path.as_deref().unwrap_or(".gitlab-ci.yml");
+    let config = load::load(repo, main, &include_vars)?;
+
+    if config.contains_key("spec") {
+        return Err(Error::at(
+            config["spec"].pos.clone(),
+            "spec: (a header of inputs) is not supported by `ferry exec`".into(),
+        ));
+    }
+    let stages = stages(&config)?;
+    let mut global_vars = config
+        .get("variables")
+        .map(|n| job::variables(n, ""))
+        .transpose()?
+        .unwrap_or_default();
+
+    // default: and the legacy top-level keywords
+    let mut default_map = Map::new();
+    if let Some(d) = config.get("default") {
+        let m = d
+            .as_map()
+            .ok_or_else(|| Error::at(d.pos.clone(), "default config should be a hash".into()))?;
+        job::unknown(m, job::DEFAULT_KEYS, "default", d)?;
+        default_map = m.clone();
+    }
+    for key in LEGACY_DEFAULTS {
+        if let Some(v) = config.get(*key)
+            && !default_map.contains_key(*key)
+        {
+            default_map.insert(key.to_string(), v.clone());
+        }
+    }
+
+    // workflow:rules
+    if let Some(w) = config.get("workflow") {
+        let m = w
+            .as_map()
+            .ok_or_else(|| Error::at(w.pos.clone(), "workflow config should be a hash".into()))?;
+        job::unknown(m, &["rules", "name", "auto_cancel"], "workflow", w)?;
+        if let Some(r) = m.get("rules") {
+            let vars = layered(&predefined, &global_vars, &input.variables);
+            let ctx = Ctx {
+                vars: &vars,
+                input,
+                repo,
+            };
+            match workflow_rules(r, &ctx)? {
+                None => {
+                    return Ok(Pipeline {
+                        not_created: Some("Pipeline filtered out by workflow rules.".into()),
+                        stages,
+                        jobs: Vec::new(),
+                        excluded: Vec::new(),
+                    });
+                }
+                Some(vars) => global_vars = job::merge_variables(&global_vars, &vars),
+            }
+        }
+    }
+
+    // jobs, as GitLab's config entries read them
+    let defaults = Defaults {
+        map: default_map,
+        global_variables: &global_vars,
+    };
+    let mut defs = Vec::new();
+    for (name, node) in &config {
+        if ROOT_KEYS.contains(&name.as_str()) || name.starts_with('.') {
+            continue;
+        }
+        if node.as_map().is_none() {
+            return Err(Error::at(
+                node.pos.clone(),
+                format!("root config contains unknown keys: {name}"),
+            ));
+        }
+        defs.push(job::parse(name, node, &defaults)?);
+    }
+    if defs.is_empty() {
+        return Err(Error::new(
+            "jobs config should contain at least one visible job".into(),
+        ));
+    }
+
+    // parallel expansion (Config::Normalizer)
+    let mut instances = Vec::new();
+    let mut expanded: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut matrix_of: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for def in &defs {
+        match &def.parallel {
+            None => instances.push(Instance {
+                def,
+                name: def.name.clone(),
+                parallel: None,
+                matrix: Vec::new(),
+            }),
+            Some(ParallelSpec::Count(n)) => {
+                for i in 1..=*n {
+                    let name = format!("{} {i}/{n}", def.name);
+                    expanded.entry(&def.name).or_default().push(name.clone());
+                    instances.push(Instance {
+                        def,
+                        name,
+                        parallel: Some(Parallel {
+                            index: i,
+                            total: *n,
+                        }),
+                        matrix: Vec::new(),
+                    });
+                }
+            }
+            Some(ParallelSpec::Matrix(rows)) => {
+                for (i, row) in rows.iter().enumerate() {
+                    let name = matrix_name(&def.name, row);
+                    expanded.entry(&def.name).or_default().push(name.clone());
+                    matrix_of.insert(name.clone(), row.clone());
+                    instances.push(Instance {
+                        def,
+                        name,
+                        parallel: Some(Parallel {
+                            index: i + 1,
+                            total: rows.len(),
+                        }),
+                        matrix: row.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let by_name: HashMap<&str, &Instance<'_>> =
+        instances.iter().map(|i| (i.name.as_str(), i)).collect();
+    let expand_needs = |needs: &[NeedSpec]| expand_needs(needs, &expanded);
+    let stage_idx = |name: &str| -> Option<usize> {
+        by_name
+            .get(name)
+            .and_then(|i| stages.iter().position(|s| *s == i.def.stage))
+    };
+
+    // logical validations (YamlProcessor#validate_job!)
+    let mut dag: Vec<(String, Vec<String>)> = Vec::new();
+    for inst in &instances {
+        let name = &inst.name;
+        let Some(own_idx) = stages.iter().position(|s| *s == inst.def.stage) else {
+            return Err(Error::at(
+                inst.def.pos.clone(),
+                format!(
+                    "{name} job: chosen stage {} does not exist; available stages are {}",
+                    inst.def.stage,
+                    stages.join(", ")
+                ),
+            ));
+        };
+        let check = |dep: &str, kind: &str, optional: bool, pos| -> Result<(), Error> {
+            if !by_name.contains_key(dep) {
+                if optional {
+                    return Ok(());
+                }
+                return Err(Error::at(
+                    pos,
+                    format!("{name} job: undefined {kind}: {dep}"),
+                ));
+            }
+            match stage_idx(dep) {
+                Some(i) if i <= own_idx => Ok(()),
+                _ => Err(Error::at(
+                    pos,
+                    format!("{name} job: {kind} {dep} is not defined in current or prior stages"),
+                )),
+            }
+        };
+        for dep in inst.def.dependencies.iter().flatten() {
+            for d in expanded
+                .get(dep.as_str())
+                .cloned()
+                .unwrap_or_else(|| vec![dep.clone()])
+            {
+                check(&d, "dependency", false, inst.def.pos.clone())?;
+            }
+        }
+        let mut need_lists: Vec<&Vec<NeedSpec>> = inst.def.needs.iter().collect();
+        let rule_needs: Vec<Vec<NeedSpec>> = rule_needs(inst.def)?;
+        need_lists.extend(rule_needs.iter());
+        for list in need_lists {
+            let needs = expand_needs(list);
+            let mut seen = HashSet::new();
+            let mut dups = Vec::new();
+            for (need, spec) in &needs {
+                check(&need.job, "need", need.optional, spec.pos.clone())?;
+                if !seen.insert(need.job.clone()) && !dups.contains(&need.job) {
+                    dups.push(need.job.clone());
+                }
+            }
+            if !dups.is_empty() {
+                return Err(Error::at(
+                    inst.def.pos.clone(),
+                    format!(
+                        "{name} has the following needs duplicated: {}.",
+                        dups.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(needs) = &inst.def.needs {
+            dag.push((
+                name.clone(),
+                expand_needs(needs)
+                    .into_iter()
+                    .map(|(n, _)| n.job)
+                    .collect(),
+            ));
+        }
+    }
+    if let Err(first) = check_cycles(&dag) {
+        let message = "The pipeline has circular dependencies".to_string();
+        return Err(match by_name.get(first.as_str()) {
+            Some(i) => Error::at(i.def.pos.clone(), message),
+            None => Error::new(message),
+        });
+    }
+
+    // seeding: each job in or out
+    let mut jobs = Vec::new();
+    let mut excluded = Vec::new();
+    for inst in &instances {
+        let def = inst.def;
+        let mut yaml_vars = def.variables.clone();
+        let matrix_vars: Vec<Variable> = inst
+            .matrix
+            .iter()
+            .map(|(k, v)| Variable {
+                key: k.clone(),
+                value: v.clone(),
+                raw: false,
+            })
+            .collect();
+        yaml_vars = job::merge_variables(&yaml_vars, &matrix_vars);
+        let vars = layered(&predefined, &yaml_vars, &input.variables);
+        let ctx = Ctx {
+            vars: &vars,
+            input,
+            repo,
+        };
+        let decision = match &def.rules {
+            Some(r) => rules::rules(r, &inst.name, &ctx)?,
+            None => {
+                match rules::only_except(def.only.as_ref(), def.except.as_ref(), &inst.name, &ctx)?
+                {
+                    Some(reason) => Decision::Excluded(reason),
+                    None => Decision::Included(None),
+                }
+            }
+        };
+        let matched = match decision {
+            Decision::Excluded(reason) => {
+                excluded.push(Excluded {
+                    name: inst.name.clone(),
+                    reason,
+                });
+                continue;
+            }
+            Decision::Included(m) => m,
+        };
+        let has_rules = def.rules.is_some();
+        let when = matched
+            .as_ref()
+            .and_then(|m| m.when)
+            .or(def.when)
+            .unwrap_or(When::OnSuccess);
+        if when == When::Never {
+            excluded.push(Excluded {
+                name: inst.name.clone(),
+                reason: "when: never".into(),
+            });
+            continue;
+        }
+        // manual jobs may fail unless they say otherwise, except when a rule made them manual
+        let allow_failure = matched
+            .as_ref()
+            .and_then(|m| m.allow_failure.clone())
+            .or_else(|| def.allow_failure.clone())
+            .unwrap_or(AllowFailure {
+                allowed: when == When::Manual && !has_rules,
+                exit_codes: Vec::new(),
+            });
+        let start_in = matched
+            .as_ref()
+            .and_then(|m| m.start_in.clone())
+            .or_else(|| def.start_in.clone());
+        if let Some(m) = &matched {
+            yaml_vars = job::merge_variables(&yaml_vars, &m.variables);
+        }
+        let needs_spec = matched
+            .as_ref()
+            .and_then(|m| m.needs.clone())
+            .or_else(|| def.needs.clone());
+        let needs = needs_spec.map(|n| {
+            expand_needs(&n)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        });
+        let dependencies = def.dependencies.as_ref().map(|deps| {
+            deps.iter()
+                .flat_map(|d| {
+                    expanded
+                        .get(d.as_str())
+                        .cloned()
+                        .unwrap_or_else(|| vec![d.clone()])
+                })
+                .collect::<Vec<_>>()
+        });
+        jobs.push(Job {
+            name: inst.name.clone(),
+            stage: def.stage.clone(),
+            stage_idx: stages.iter().position(|s| *s == def.stage).unwrap_or(0),
+            when,
+            start_in: if when == When::Delayed {
+                start_in
+            } else {
+                None
+            },
+            allow_failure,
+            needs,
+            dependencies,
+            image: def.image.clone(),
+            services: def.services.clone(),
+            before_script: def.before_script.clone(),
+            script: def.script.clone(),
+            after_script: def.after_script.clone(),
+            variables: yaml_vars,
+            cache: def.cache.clone(),
+            artifacts: def.artifacts.clone(),
+            timeout: def.timeout.clone(),
+            retry: def.retry.clone(),
+            environment: def.environment.clone(),
+            release: def.release.clone(),
+            resource_group: def.resource_group.clone(),
+            hooks: def.hooks.clone(),
+            parallel: inst.parallel,
+            tags: def.tags.clone(),
+            interruptible: def.interruptible,
+            coverage: def.coverage.clone(),
+            trigger: def.trigger.clone(),
+            rule: matched.map(|m| m.rule),
+            defined_at: def.pos.to_string(),
+        });
+    }
+
+    // needs on jobs that are not in the pipeline (Seed::Build#needs_errors)
+    let present: HashSet<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    let pos_of = |name: &str| by_name.get(name).map(|i| i.def.pos.clone());
+    for job in &mut jobs {
+        if let Some(needs) = &mut job.needs {
+            for need in needs.iter() {
+                if !need.optional && !present.contains(&need.job) {
+                    let message = format!(
+                        "'{}' job needs '{}' job, but '{}' does not exist in the pipeline. \
+                         This might be because of the only, except, or rules keywords. \
+                         To need a job that sometimes does not exist in the pipeline, use needs:optional.",
+                        job.name, need.job, need.job
+                    );
+                    return Err(match pos_of(&job.name) {
+                        Some(pos) => Error::at(pos, message),
+                        None => Error::new(message),
+                    });
+                }
+            }
+            needs.retain(|n| present.contains(&n.job));
+        }
+        if let Some(deps) = &mut job.dependencies {
+            deps.retain(|d| present.contains(d));
+        }
+    }
+    let _ = &matrix_of;
+
+    jobs.sort_by_key(|j| j.stage_idx);
+    if jobs.iter().all(|j| j.stage == ".pre" || j.stage == ".post") {
+        return Ok(Pipeline {
+            not_created: Some(
+                "Pipeline will not run for the selected trigger. The rules configuration \
+                 prevented any jobs from being added to the pipeline."
+                    .into(),
+            ),
+            stages,
+            jobs: Vec::new(),
+            excluded,
+        });
+    }
+    Ok(Pipeline {
+        not_created: None,
+        stages,
+        jobs,
+        excluded,
+    })
+}
+
+/// `needs:` with names of `parallel` jobs replaced by their instances' (`Config::Normalizer`).
+fn expand_needs(
+    needs: &[NeedSpec],
+    expanded: &HashMap<&str, Vec<String>>,
+) -> Vec<(Need, NeedSpec)> {
+    let mut out = Vec::new();
+    for n in needs {
+        let names = match &n.matrix {
+            Some(rows) => rows.iter().map(|r| matrix_name(&n.job, r)).collect(),
+            None => expanded
+                .get(n.job.as_str())
+                .cloned()
+                .unwrap_or_else(|| vec![n.job.clone()]),
+        };
+        for name in names {
+            out.push((
+                Need {
+                    job: name,
+                    artifacts: n.artifacts,
+                    optional: n.optional,
+                },
+                n.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// `job: [a, b]`, GitLab's name of a `parallel:matrix` instance.
+fn matrix_name(base: &str, row: &[(String, String)]) -> String {
+    let values: Vec<&str> = row.iter().map(|(_, v)| v.as_str()).collect();
+    format!("{base}: [{}]", values.join(", "))
+}
+
+/// The `needs:` of each rule of a job (validated like the job's own).
+fn rule_needs(def: &JobDef) -> Result<Vec<Vec<NeedSpec>>, Error> {
+    let Some(Node {
+        value: Value::Seq(items),
+        ..
+    }) = &def.rules
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for rule in items {
+        if let Some(n) = rule.as_map().and_then(|m| m.get("needs")) {
+            out.push(job::needs(n, &def.name)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `workflow:rules`: `None` if the pipeline is not created, else the matched rule's variables.
+fn workflow_rules(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Vec<Variable>>, Error> {
+    let Value::Seq(items) = &node.value else {
+        return Err(Error::at(
+            node.pos.clone(),
+            "workflow:rules config should be an array of hashes".into(),
+        ));
+    };
+    for rule in items {
+        let Some(m) = rule.as_map() else {
+            return Err(Error::at(
+                rule.pos.clone(),
+                "workflow:rules:rule config should be a hash".into(),
+            ));
+        };
+        job::unknown(
+            m,
+            &[
+                "if",
+                "changes",
+                "exists",
+                "when",
+                "variables",
+                "auto_cancel",
+            ],
+            "workflow:rules:rule",
+            rule,
+        )?;
+        // evaluate like a job rule without its job keys
+        let mut probe = m.clone();
+        probe.shift_remove("auto_cancel");
+        probe.shift_remove("variables");
+        let when = probe.shift_remove("when");
+        let single = Node::new(
+            Value::Seq(vec![Node::new(Value::Map(probe), rule.pos.clone())]),
+            rule.pos.clone(),
+        );
+        if let Decision::Included(_) = rules::rules(&single, "workflow", ctx)? {
+            if let Some(w) = &when {
+                match w.as_str() {
+                    Some("never") => return Ok(None),
+                    Some("always") => {}
+                    _ => {
+                        return Err(Error::at(
+                            w.pos.clone(),
+                            "workflow:rules:rule when should be one of: always, never".into(),
+                        ));
+                    }
+                }
+            }
+            let vars = m
+                .get("variables")
+                .map(|n| job::variables(n, "workflow:rules:rule:"))
+                .transpose()?
+                .unwrap_or_default();
+            return Ok(Some(vars));
+        }
+    }
+    Ok(None)
+}
+
+/// `needs` forming a cycle (GitLab's `Dag.check_circular_dependencies!`): `Err(a job on it)`.
+fn check_cycles(dag: &[(String, Vec<String>)]) -> Result<(), String> {
+    let edges: HashMap<&str, &Vec<String>> = dag.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    // 0 = unvisited, 1 = on the stack, 2 = done
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    fn visit<'a>(
+        n: &'a str,
+        edges: &HashMap<&'a str, &'a Vec<String>>,
+        state: &mut HashMap<&'a str, u8>,
+    ) -> bool {
+        match state.get(n) {
+            Some(1) => return false,
+            Some(2) => return true,
+            _ => {}
+        }
+        state.insert(n, 1);
+        if let Some(next) = edges.get(n) {
+            for m in next.iter() {
+                if !visit(m.as_str(), edges, state) {
+                    return false;
+                }
+            }
+        }
+        state.insert(n, 2);
+        true
+    }
+    for (k, _) in dag {
+        if !visit(k.as_str(), &edges, &mut state) {
+            return Err(k.clone());
+        }
+    }
+    Ok(())
+}

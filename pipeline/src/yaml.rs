@@ -1,0 +1,476 @@
+//! YAML as GitLab reads it (Ruby's Psych, YAML 1.1 scalars): a tree of [`Node`]s that keep their
+//! file and line, with anchors and aliases resolved, `<<` merge keys applied and `!reference`
+//! tags kept as [`Value::Reference`] for [`crate::load`] to resolve.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+use crate::Error;
+
+/// Where a node starts: file (relative to the repository) and 1-based line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pos {
+    pub file: Arc<str>,
+    pub line: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// A mapping in document order (Ruby hashes keep insertion order, and job order follows it).
+pub type Map = IndexMap<String, Node>;
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub value: Value,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// The number, and its text as Ruby's `Float#to_s` writes it.
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Map),
+    /// `!reference [job, key, …]`.
+    Reference(Vec<String>),
+}
+
+impl Node {
+    pub fn new(value: Value, pos: Pos) -> Node {
+        Node { value, pos }
+    }
+
+    /// A short name of the node's type, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Int(_) | Value::Float(_) => "number",
+            Value::Str(_) => "string",
+            Value::Seq(_) => "array",
+            Value::Map(_) => "hash",
+            Value::Reference(_) => "!reference",
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&Map> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as Ruby's `to_s` would give it, for scalars (variables, names).
+    pub fn scalar_string(&self) -> Option<String> {
+        match &self.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(ruby_float(*f)),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.value, Value::Null)
+    }
+}
+
+/// Ruby's `Float#to_s` for the values YAML gives: always a decimal point.
+fn ruby_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else if f.fract() == 0.0 && f.abs() < 1e16 {
+        format!("{f:.1}")
+    } else {
+        f.to_string()
+    }
+}
+
+/// Parse one YAML document (GitLab reads the first; a `spec:` header document is refused by
+/// the caller). `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Node, Error> {
+    let file: Arc<str> = Arc::from(file);
+    let mut builder = Builder {
+        file: file.clone(),
+        anchors: HashMap::new(),
+        stack: Vec::new(),
+        root: None,
+        documents: 0,
+    };
+    let mut parser = Parser::new_from_str(text);
+    while let Some(event) = parser.next_event() {
+        let (event, span) = event.map_err(|e| {
+            Error::at(
+                Pos {
+                    file: file.clone(),
+                    line: e.marker().line(),
+                },
+                format!("invalid YAML: {}", e.info()),
+            )
+        })?;
+        let pos = Pos {
+            file: file.clone(),
+            line: span.start.line(),
+        };
+        if builder.event(event, pos)? {
+            break;
+        }
+    }
+    Ok(builder.root.unwrap_or(Node::new(
+        Value::Null,
+        Pos {
+            file: file.clone(),
+            line: 1,
+        },
+    )))
+}
+
+enum Frame {
+    Seq {
+        anchor: usize,
+        items: Vec<Node>,
+        pos: Pos,
+        reference: bool,
+    },
+    Map {
+        anchor: usize,
+        map: Map,
+        pending_key: Option<(String, bool, Pos)>,
+        pos: Pos,
+    },
+}
+
+struct Builder {
+    file: Arc<str>,
+    anchors: HashMap<usize, Node>,
+    stack: Vec<Frame>,
+    root: Option<Node>,
+    documents: usize,
+}
+
+impl Builder {
+    /// Handle one event; true when the first document is complete.
+    fn event(&mut self, event: Event<'_>, pos: Pos) -> Result<bool, Error> {
+        match event {
+            Event::StreamStart | Event::Nothing => {}
+            Event::StreamEnd => return Ok(true),
+            Event::DocumentStart(_) => self.documents += 1,
+            Event::DocumentEnd => return Ok(self.root.is_some() || self.documents >= 1),
+            Event::Alias(id) => {
+                let node = self.anchors.get(&id).cloned().ok_or_else(|| {
+                    Error::at(pos.clone(), "invalid YAML: unknown alias".to_string())
+                })?;
+                // An alias is the anchored node itself; errors point at the anchor.
+                self.push(node, false)?;
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let tag_name = tag.as_ref().map(|t| format!("{}{}", t.handle, t.suffix));
+                let value = match tag_name.as_deref() {
+                    Some("tag:yaml.org,2002:str") | Some("!!str") => Value::Str(text.to_string()),
+                    Some("!reference") => {
+                        return Err(Error::at(
+                            pos,
+                            "!reference needs an array: !reference [job, key]".into(),
+                        ));
+                    }
+                    _ if style == ScalarStyle::Plain => resolve_plain(&text),
+                    _ => Value::Str(text.to_string()),
+                };
+                let is_merge_key = style == ScalarStyle::Plain && &*text == "<<";
+                let node = Node::new(value, pos);
+                if anchor != 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.push(node, is_merge_key)?;
+            }
+            Event::SequenceStart(anchor, tag) => {
+                let reference = tag
+                    .as_ref()
+                    .is_some_and(|t| t.handle == "!" && t.suffix == "reference");
+                self.stack.push(Frame::Seq {
+                    anchor,
+                    items: Vec::new(),
+                    pos,
+                    reference,
+                });
+            }
+            Event::SequenceEnd => {
+                let Some(Frame::Seq {
+                    anchor,
+                    items,
+                    pos,
+                    reference,
+                }) = self.stack.pop()
+                else {
+                    return Err(Error::at(pos, "invalid YAML: unbalanced sequence".into()));
+                };
+                let value = if reference {
+                    let mut path = Vec::new();
+                    for item in &items {
+                        match item.scalar_string() {
+                            Some(s) if !matches!(item.value, Value::Bool(_)) => path.push(s),
+                            _ => {
+                                return Err(Error::at(
+                                    item.pos.clone(),
+                                    "!reference takes job and key names (strings)".into(),
+                                ));
+                            }
+                        }
+                    }
+                    if path.is_empty() {
+                        return Err(Error::at(pos, "!reference [] names nothing".into()));
+                    }
+                    Value::Reference(path)
+                } else {
+                    Value::Seq(items)
+                };
+                let node = Node::new(value, pos);
+                if anchor != 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.push(node, false)?;
+            }
+            Event::MappingStart(anchor, tag) => {
+                if let Some(t) = tag
+                    && t.handle == "!"
+                    && t.suffix == "reference"
+                {
+                    return Err(Error::at(
+                        pos,
+                        "!reference needs an array: !reference [job, key]".into(),
+                    ));
+                }
+                self.stack.push(Frame::Map {
+                    anchor,
+                    map: Map::new(),
+                    pending_key: None,
+                    pos,
+                });
+            }
+            Event::MappingEnd => {
+                let Some(Frame::Map {
+                    anchor, map, pos, ..
+                }) = self.stack.pop()
+                else {
+                    return Err(Error::at(pos, "invalid YAML: unbalanced mapping".into()));
+                };
+                let node = Node::new(Value::Map(map), pos);
+                if anchor != 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.push(node, false)?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Place a finished node in its parent (or as the root).
+    fn push(&mut self, node: Node, is_merge_key: bool) -> Result<(), Error> {
+        match self.stack.last_mut() {
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map {
+                map, pending_key, ..
+            }) => match pending_key.take() {
+                None => {
+                    let key = match &node.value {
+                        Value::Null => String::new(),
+                        Value::Map(_) | Value::Seq(_) | Value::Reference(_) => {
+                            return Err(Error::at(
+                                node.pos,
+                                "a mapping key must be a scalar".into(),
+                            ));
+                        }
+                        _ => node.scalar_string().unwrap_or_default(),
+                    };
+                    *pending_key = Some((key, is_merge_key, node.pos));
+                }
+                Some((_, true, _)) => merge_into(map, node)?,
+                Some((key, false, key_pos)) => {
+                    // A value is placed where its key is (`job:` rather than its first keyword),
+                    // an alias's too: errors point at the use.
+                    let node = Node::new(node.value, key_pos);
+                    // Psych: a repeated key takes the later value, at the first one's place.
+                    map.insert(key, node);
+                }
+            },
+        }
+        let _ = &self.file;
+        Ok(())
+    }
+}
+
+/// `<<: *a` or `<<: [*a, *b]`, as Psych applies it: the merged keys overwrite what the mapping
+/// has so far, later keys overwrite them; in a list the first mapping wins.
+fn merge_into(map: &mut Map, node: Node) -> Result<(), Error> {
+    match node.value {
+        Value::Map(source) => {
+            for (k, v) in source {
+                map.insert(k, v);
+            }
+            Ok(())
+        }
+        Value::Seq(items) => {
+            let mut merged = Map::new();
+            for item in items.into_iter().rev() {
+                match item.value {
+                    Value::Map(source) => {
+                        for (k, v) in source {
+                            merged.insert(k, v);
+                        }
+                    }
+                    _ => {
+                        return Err(Error::at(
+                            item.pos,
+                            "a `<<` merge key takes a mapping or a list of mappings".into(),
+                        ));
+                    }
+                }
+            }
+            for (k, v) in merged {
+                map.insert(k, v);
+            }
+            Ok(())
+        }
+        _ => Err(Error::at(
+            node.pos,
+            "a `<<` merge key takes a mapping or a list of mappings".into(),
+        )),
+    }
+}
+
+/// Psych's plain-scalar resolution (YAML 1.1 core: null, booleans incl. yes/no/on/off,
+/// integers, floats); anything else is a string.
+fn resolve_plain(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => {
+            return Value::Bool(true);
+        }
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => {
+            return Value::Bool(false);
+        }
+        ".inf" | ".Inf" | ".INF" | "+.inf" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    let clean: String = text.chars().filter(|c| *c != '_').collect();
+    let (sign, digits) = match clean.strip_prefix('-') {
+        Some(rest) => (-1i64, rest),
+        None => (1, clean.strip_prefix('+').unwrap_or(&clean)),
+    };
+    if !digits.is_empty() {
+        let parsed = if let Some(hex) = digits.strip_prefix("0x") {
+            i64::from_str_radix(hex, 16).ok()
+        } else if let Some(bin) = digits.strip_prefix("0b") {
+            i64::from_str_radix(bin, 2).ok()
+        } else if digits.len() > 1
+            && digits.starts_with('0')
+            && digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            i64::from_str_radix(&digits[1..], 8).ok()
+        } else if digits.bytes().all(|b| b.is_ascii_digit()) {
+            digits.parse().ok()
+        } else {
+            None
+        };
+        if let Some(n) = parsed {
+            return Value::Int(sign * n);
+        }
+    }
+    let float_like = clean.bytes().any(|b| b.is_ascii_digit())
+        && clean
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && (clean.contains('.') || clean.contains(['e', 'E']));
+    if float_like && let Ok(f) = clean.parse::<f64>() {
+        return Value::Float(f);
+    }
+    Value::Str(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(n: &Node) -> &Map {
+        n.as_map().unwrap()
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys_follow_psych() {
+        let doc = "\
+.base: &base
+  image: ruby
+  script: [a]
+job:
+  image: alpine
+  <<: *base
+  stage: build
+multi:
+  <<: [{a: 1}, {a: 2, b: 2}]
+";
+        let root = parse(doc, ".gitlab-ci.yml").unwrap();
+        let job = map(&map(&root)["job"]);
+        // the merge overwrites keys set before it (Psych's Hash#merge!)
+        assert_eq!(job["image"].as_str(), Some("ruby"));
+        assert_eq!(job["stage"].as_str(), Some("build"));
+        assert_eq!(job["script"].pos.line, 3);
+        let multi = map(&map(&root)["multi"]);
+        assert!(matches!(multi["a"].value, Value::Int(1)));
+        assert!(matches!(multi["b"].value, Value::Int(2)));
+    }
+
+    #[test]
+    fn scalars_resolve_as_yaml_1_1() {
+        let root = parse("a: yes\nb: '1'\nc: 1.10\nd: 0x1f\ne: ~\nf: 1_000\n", "f").unwrap();
+        let m = map(&root);
+        assert!(matches!(m["a"].value, Value::Bool(true)));
+        assert_eq!(m["b"].as_str(), Some("1"));
+        assert_eq!(m["c"].scalar_string().unwrap(), "1.1");
+        assert!(matches!(m["d"].value, Value::Int(31)));
+        assert!(m["e"].is_null());
+        assert!(matches!(m["f"].value, Value::Int(1000)));
+    }
+
+    #[test]
+    fn reference_tags_are_kept_and_errors_have_lines() {
+        let root = parse("job:\n  script:\n    - !reference [.setup, script]\n", "f").unwrap();
+        let script = &map(&map(&root)["job"])["script"];
+        let Value::Seq(items) = &script.value else {
+            panic!()
+        };
+        assert!(matches!(&items[0].value, Value::Reference(p) if p == &[".setup", "script"]));
+        let err = parse("a: 1\nb: [1, 2\n", "ci.yml").unwrap_err();
+        assert!(err.to_string().starts_with("ci.yml:"), "{err}");
+        let err = parse("a: *nope\n", "ci.yml").unwrap_err();
+        assert!(err.to_string().contains("ci.yml:1"), "{err}");
+    }
+}
