@@ -1,6 +1,6 @@
 //! One job's keywords, read and checked as GitLab's `Entry::Job` reads them, with `default:`
 //! (and the legacy top-level keywords) applied. The fields map onto the runner's job payload
-//! (`runner/src/gitlab/payload.rs`); see docs/exec.md.
+//! (`runner/src/gitlab/payload.rs`); see docs/pipeline.md.
 
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -971,7 +971,10 @@ pub fn unknown(m: &Map, allowed: &[&str], context: &str, node: &Node) -> Result<
 }
 
 /// Which `default:` keywords and global variables a job inherits (`inherit:`).
-fn inherit(m: &Map, job: &str) -> Result<(Option<Vec<String>>, Option<Vec<String>>), Error> {
+/// `inherit:default` and `inherit:variables`: `None` = all, `Some(list)` = only these.
+type Inherit = (Option<Vec<String>>, Option<Vec<String>>);
+
+fn inherit(m: &Map, job: &str) -> Result<Inherit, Error> {
     // None = all; Some(list) = only these
     let Some(node) = m.get("inherit") else {
         return Ok((None, None));

@@ -1,7 +1,7 @@
 //! A repository's `.gitlab-ci.yml` read as GitLab reads it: given the pipeline's ref, source,
 //! variables and changed paths, the jobs GitLab would create (with what it would send a runner
 //! for each) and, for every job left out, why. Pure: files of the repository in, data out; no
-//! Docker, no network. See docs/exec.md for what is and is not supported.
+//! Docker, no network. See docs/pipeline.md for what is and is not supported.
 //!
 //! ```no_run
 //! use ferry_pipeline::{plan, Input, RefKind};

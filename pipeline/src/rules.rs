@@ -272,10 +272,11 @@ fn ref_matches(pattern: &str, input: &Input) -> bool {
     if !(is_branch || is_tag) {
         return false;
     }
-    if pattern.starts_with('/') && pattern.len() > 1 {
-        if let Ok(re) = expr::pattern_regex(pattern) {
-            return re.is_match(&input.ref_name);
-        }
+    if pattern.starts_with('/')
+        && pattern.len() > 1
+        && let Ok(re) = expr::pattern_regex(pattern)
+    {
+        return re.is_match(&input.ref_name);
     }
     pattern == input.ref_name
 }
