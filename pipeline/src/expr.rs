@@ -208,8 +208,12 @@ pub fn pattern_regex(literal: &str) -> Result<Regex, String> {
     }
     // `\/` in the literal is a plain slash
     let body = body.replace("\\/", "/");
-    Regex::new(&format!("{prefix}{body}"))
-        .map_err(|e| format!("invalid regular expression {literal}: {e}"))
+    Regex::new(&format!("{prefix}{body}")).map_err(|e| {
+        // the regex crate's message spans lines; its last line is the reason
+        let e = e.to_string();
+        let reason = e.lines().last().unwrap_or("").trim_start_matches("error: ");
+        format!("invalid regular expression {literal}: {reason}")
+    })
 }
 
 fn eval(e: &Expr, vars: &Vars) -> Result<Val, String> {

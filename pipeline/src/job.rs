@@ -356,8 +356,8 @@ pub fn script(node: &Node, job: &str, key: &str) -> Result<Vec<String>, Error> {
     fn flatten(node: &Node, depth: usize, out: &mut Vec<String>) -> bool {
         match &node.value {
             Value::Seq(items) if depth < 10 => items.iter().all(|i| flatten(i, depth + 1, out)),
-            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-                out.push(node.scalar_string().unwrap_or_default());
+            Value::Str(s) => {
+                out.push(s.clone());
                 true
             }
             _ => false,
@@ -970,6 +970,23 @@ pub fn unknown(m: &Map, allowed: &[&str], context: &str, node: &Node) -> Result<
     }
 }
 
+/// Every `if:` of a `rules:` list must parse, whether or not it is reached (GitLab checks
+/// them when it reads the configuration).
+pub fn check_expressions(rules: &Node, context: &str) -> Result<(), Error> {
+    if let Value::Seq(items) = &rules.value {
+        for rule in items {
+            if let Some(cond) = rule.as_map().and_then(|m| m.get("if")) {
+                let text = cond.as_str().ok_or_else(|| {
+                    Error::at(cond.pos.clone(), format!("{context} if should be a string"))
+                })?;
+                crate::expr::validate(text)
+                    .map_err(|e| Error::at(cond.pos.clone(), format!("{context} if {e}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Which `default:` keywords and global variables a job inherits (`inherit:`).
 /// `inherit:default` and `inherit:variables`: `None` = all, `Some(list)` = only these.
 type Inherit = (Option<Vec<String>>, Option<Vec<String>>);
@@ -1034,6 +1051,25 @@ pub fn parse(name: &str, node: &Node, defaults: &Defaults<'_>) -> Result<JobDef,
             own["run"].pos.clone(),
             format!("jobs:{name}:run (CI Steps) is not supported by ferry"),
         ));
+    }
+    if let Some(r) = own.get("rules") {
+        check_expressions(r, &format!("jobs:{name}:rules:rule"))?;
+    }
+    for key in ["only", "except"] {
+        if let Some(vars) = own
+            .get(key)
+            .and_then(Node::as_map)
+            .and_then(|m| m.get("variables"))
+            && let Value::Seq(items) = &vars.value
+        {
+            for item in items {
+                if let Some(text) = item.as_str() {
+                    crate::expr::validate(text).map_err(|e| {
+                        Error::at(item.pos.clone(), format!("jobs:{name}:{key}:variables {e}"))
+                    })?;
+                }
+            }
+        }
     }
     let (inherit_default, inherit_vars) = inherit(own, name)?;
     // The job's own keyword, else the inherited default one.

@@ -259,6 +259,12 @@ impl Includes<'_> {
             }
             return Ok(found);
         }
+        if !(local.ends_with(".yml") || local.ends_with(".yaml")) {
+            return Err(Error::at(
+                pos,
+                format!("Included file `{local}` does not have YAML extension!"),
+            ));
+        }
         Ok(vec![local.trim_start_matches('/').to_string()])
     }
 }
@@ -464,4 +470,55 @@ fn resolve_references(node: &mut Node, root: &Map, depth: usize) -> Result<(), E
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_is_never_left() {
+        let base = std::env::temp_dir().join(format!("ferry-pipeline-repo-{}", std::process::id()));
+        let repo_dir = base.join("repo");
+        std::fs::create_dir_all(repo_dir.join("ci")).unwrap();
+        std::fs::write(base.join("secret.yml"), "x: 1\n").unwrap();
+        std::fs::write(repo_dir.join("ci/ok.yml"), "y: 1\n").unwrap();
+        std::os::unix::fs::symlink(base.join("secret.yml"), repo_dir.join("ci/link.yml")).unwrap();
+        std::os::unix::fs::symlink(&base, repo_dir.join("up")).unwrap();
+        let repo = Repo::new(&repo_dir);
+        assert!(repo.read("ci/ok.yml").is_some());
+        assert!(repo.read("/ci/ok.yml").is_some());
+        assert!(repo.read("../secret.yml").is_none());
+        assert!(repo.read("ci/../../secret.yml").is_none());
+        assert!(
+            repo.read("ci/link.yml").is_none(),
+            "a link out of the repository"
+        );
+        assert!(
+            repo.read("up/secret.yml").is_none(),
+            "a directory link out of it"
+        );
+        // links are listed, not followed
+        let files = repo.files();
+        assert!(files.contains(&"ci/ok.yml".to_string()));
+        assert!(!files.iter().any(|f| f.contains("secret")), "{files:?}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn globs_match_as_gitlab_fnmatch() {
+        let m = glob("docs/**/*.md").unwrap();
+        assert!(m.is_match("docs/a.md"));
+        assert!(m.is_match("docs/x/y/a.md"));
+        assert!(!m.is_match("src/a.md"));
+        let star = glob("*.md").unwrap();
+        assert!(star.is_match("README.md"));
+        assert!(star.is_match(".hidden.md"));
+        assert!(!star.is_match("docs/a.md"), "* stays in one directory");
+        assert!(
+            glob("{README,CHANGELOG}.md")
+                .unwrap()
+                .is_match("CHANGELOG.md")
+        );
+    }
 }

@@ -99,14 +99,10 @@ fn stages(config: &Map) -> Result<Vec<String>, Error> {
             out
         }
     };
-    if out.first().map(String::as_str) != Some(".pre") {
-        out.retain(|s| s != ".pre");
-        out.insert(0, ".pre".into());
-    }
-    if out.last().map(String::as_str) != Some(".post") {
-        out.retain(|s| s != ".post");
-        out.push(".post".into());
-    }
+    // EdgeStagesInjector: `.pre` always first, `.post` always last
+    out.retain(|s| s != ".pre" && s != ".post");
+    out.insert(0, ".pre".into());
+    out.push(".post".into());
     Ok(out)
 }
 
@@ -153,6 +149,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
             .ok_or_else(|| Error::at(w.pos.clone(), "workflow config should be a hash".into()))?;
         job::unknown(m, &["rules", "name", "auto_cancel"], "workflow", w)?;
         if let Some(r) = m.get("rules") {
+            job::check_expressions(r, "workflow:rules:rule")?;
             let vars = layered(&predefined, &global_vars, &input.variables);
             let ctx = Ctx {
                 vars: &vars,
@@ -349,7 +346,15 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
             })
             .collect();
         yaml_vars = job::merge_variables(&yaml_vars, &matrix_vars);
-        let vars = layered(&predefined, &yaml_vars, &input.variables);
+        // the job's own predefined variables rules may read
+        let mut job_predefined = predefined.clone();
+        job_predefined.insert("CI_JOB_NAME".into(), inst.name.clone());
+        job_predefined.insert("CI_JOB_STAGE".into(), def.stage.clone());
+        if let Some(p) = inst.parallel {
+            job_predefined.insert("CI_NODE_INDEX".into(), p.index.to_string());
+            job_predefined.insert("CI_NODE_TOTAL".into(), p.total.to_string());
+        }
+        let vars = layered(&job_predefined, &yaml_vars, &input.variables);
         let ctx = Ctx {
             vars: &vars,
             input,
