@@ -134,6 +134,41 @@ pub struct DockerOptions {
     pub user: Option<String>,
 }
 
+/// `ports:` of an image or service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Port {
+    pub number: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn ports(node: &Node, job: &str, key: &str) -> Result<Vec<Port>, Error> {
+    let Value::Seq(items) = &node.value else {
+        return Err(err(node, job, key, "should be an array"));
+    };
+    items
+        .iter()
+        .map(|item| match &item.value {
+            Value::Int(n) => Ok(Port {
+                number: *n,
+                ..Port::default()
+            }),
+            Value::Map(m) => Ok(Port {
+                number: m
+                    .get("number")
+                    .map(|n| int(n, job, key))
+                    .transpose()?
+                    .ok_or_else(|| err(item, job, key, "should have a number"))?,
+                protocol: m.get("protocol").map(|n| string(n, job, key)).transpose()?,
+                name: m.get("name").map(|n| string(n, job, key)).transpose()?,
+            }),
+            _ => Err(err(item, job, key, "should be an integer or a hash")),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Image {
     pub name: String,
@@ -143,6 +178,8 @@ pub struct Image {
     pub pull_policy: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerOptions>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -160,6 +197,8 @@ pub struct Service {
     pub pull_policy: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerOptions>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
 }
 
 /// `cache:key`: a string, or `files:` (+ `prefix:`), whose key GitLab computes from the last
@@ -494,6 +533,11 @@ fn image(node: &Node, job: &str) -> Result<Image, Error> {
                     .get("docker")
                     .map(|n| docker(n, job, "image:docker"))
                     .transpose()?,
+                ports: m
+                    .get("ports")
+                    .map(|n| ports(n, job, "image:ports"))
+                    .transpose()?
+                    .unwrap_or_default(),
             })
         }
         _ => Err(err(node, job, "image", "should be a hash or a string")),
@@ -559,6 +603,11 @@ fn services(node: &Node, job: &str) -> Result<Vec<Service>, Error> {
                         .get("docker")
                         .map(|n| docker(n, job, "services:docker"))
                         .transpose()?,
+                    ports: m
+                        .get("ports")
+                        .map(|n| ports(n, job, "services:ports"))
+                        .transpose()?
+                        .unwrap_or_default(),
                 })
             }
             _ => Err(err(

@@ -27,7 +27,7 @@ pub mod yaml;
 pub use expr::Vars;
 pub use job::{
     AllowFailure, Artifacts, Cache, CacheKey, DockerOptions, Environment, Hook, Image, Need,
-    Parallel, Retry, Service, Variable, When,
+    Parallel, Port, Retry, Service, Variable, When,
 };
 
 /// A configuration GitLab would refuse, or a file that cannot be read: the message (GitLab's

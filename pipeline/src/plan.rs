@@ -312,6 +312,28 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                 ));
             }
         }
+        if let Some(env) = &inst.def.environment
+            && let Some(on_stop) = &env.on_stop
+        {
+            // YamlProcessor#validate_on_stop_job!
+            let problem = match by_name.get(on_stop.as_str()).map(|i| &i.def.environment) {
+                None => Some("is not defined"),
+                Some(None) => Some("does not have environment defined"),
+                Some(Some(other)) if other.name != env.name => {
+                    Some("have different environment name")
+                }
+                Some(Some(other)) if other.action.as_deref() != Some("stop") => {
+                    Some("needs to have action stop defined")
+                }
+                Some(Some(_)) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(Error::at(
+                    inst.def.pos.clone(),
+                    format!("{name} job: on_stop job {on_stop} {problem}"),
+                ));
+            }
+        }
         if let Some(needs) = &inst.def.needs {
             dag.push((
                 name.clone(),
@@ -380,7 +402,6 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
             }
             Decision::Included(m) => m,
         };
-        let has_rules = def.rules.is_some();
         let when = matched
             .as_ref()
             .and_then(|m| m.when)
@@ -393,13 +414,14 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
             });
             continue;
         }
-        // manual jobs may fail unless they say otherwise, except when a rule made them manual
+        // A rule's allow_failure, else the job's; else a job whose own `when` is manual may
+        // fail (GitLab's `Job#ignored?`), one made manual by a rule may not.
         let allow_failure = matched
             .as_ref()
             .and_then(|m| m.allow_failure.clone())
             .or_else(|| def.allow_failure.clone())
             .unwrap_or(AllowFailure {
-                allowed: when == When::Manual && !has_rules,
+                allowed: def.when == Some(When::Manual),
                 exit_codes: Vec::new(),
             });
         let start_in = matched
