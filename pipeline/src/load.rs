@@ -25,6 +25,9 @@ pub struct Repo {
     files: OnceLock<Vec<String>>,
 }
 
+/// Largest configuration file read (GitLab's `MAX_YAML_SIZE`, 1 MiB).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Files `rules:exists` looks at, at most (GitLab's limit: past it, `exists` is true).
 pub const MAX_EXISTS_FILES: usize = 10_000;
 
@@ -51,13 +54,20 @@ impl Repo {
         full.starts_with(&root).then_some(full)
     }
 
-    /// The text of a file, or `None` if it does not exist (or is not a file of the repository).
-    pub fn read(&self, path: &str) -> Option<String> {
+    /// The text of a file, or `None` if it does not exist (or is not a file of the repository,
+    /// or not UTF-8). Files over [`MAX_FILE_BYTES`] are refused, as GitLab refuses them.
+    pub fn read(&self, path: &str) -> Option<Result<String, Error>> {
         let full = self.resolve(path)?;
-        if !full.is_file() {
+        let meta = std::fs::metadata(&full).ok()?;
+        if !meta.is_file() {
             return None;
         }
-        std::fs::read_to_string(full).ok()
+        if meta.len() > MAX_FILE_BYTES {
+            return Some(Err(Error::new(format!(
+                "{path}: The parsed YAML is too big (over {MAX_FILE_BYTES} bytes)"
+            ))));
+        }
+        std::fs::read_to_string(full).ok().map(Ok)
     }
 
     /// Every file of the repository (relative paths, `.git` left out), sorted; links are
@@ -110,6 +120,7 @@ pub fn load(repo: &Repo, main: &str, vars: &Vars) -> Result<Map, Error> {
             "{main}: no such file in the repository"
         )));
     };
+    let text = text?;
     if text.trim().is_empty() {
         return Err(Error::new(
             "Please provide content of .gitlab-ci.yml".into(),
@@ -124,8 +135,9 @@ pub fn load(repo: &Repo, main: &str, vars: &Vars) -> Result<Map, Error> {
     let mut config = state.expand(root, main)?;
     resolve_extends(&mut config)?;
     let snapshot = config.clone();
+    let mut budget = yaml::MAX_NODES;
     for (_, node) in config.iter_mut() {
-        resolve_references(node, &snapshot, 0)?;
+        resolve_references(node, &snapshot, 0, &mut budget)?;
     }
     Ok(config)
 }
@@ -179,7 +191,7 @@ impl Includes<'_> {
                         entry.pos.clone(),
                         format!("Local file `{path}` does not exist!"),
                     )
-                })?;
+                })??;
                 if text.trim().is_empty() {
                     return Err(Error::at(
                         entry.pos.clone(),
@@ -425,7 +437,16 @@ fn extend(config: &mut Map, key: &str, ancestors: &mut Vec<String>) -> Result<()
 }
 
 /// Replace every `!reference [a, b, …]` under `node` by the value at that path of `root`.
-fn resolve_references(node: &mut Node, root: &Map, depth: usize) -> Result<(), Error> {
+/// `budget`: nodes the whole resolution may still visit (references of references multiply).
+fn resolve_references(
+    node: &mut Node,
+    root: &Map,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<(), Error> {
+    *budget = budget
+        .checked_sub(1)
+        .ok_or_else(|| Error::at(node.pos.clone(), "The parsed YAML is too big".into()))?;
     match &mut node.value {
         Value::Reference(path) => {
             let shown = format!(
@@ -454,17 +475,17 @@ fn resolve_references(node: &mut Node, root: &Map, depth: usize) -> Result<(), E
                 ));
             };
             let mut value = found.clone();
-            resolve_references(&mut value, root, depth + 1)?;
+            resolve_references(&mut value, root, depth + 1, budget)?;
             node.value = value.value;
         }
         Value::Seq(items) => {
             for item in items {
-                resolve_references(item, root, depth)?;
+                resolve_references(item, root, depth, budget)?;
             }
         }
         Value::Map(m) => {
             for (_, v) in m.iter_mut() {
-                resolve_references(v, root, depth)?;
+                resolve_references(v, root, depth, budget)?;
             }
         }
         _ => {}

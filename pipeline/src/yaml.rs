@@ -108,6 +108,16 @@ fn ruby_float(f: f64) -> String {
     }
 }
 
+/// Nesting deeper than this is refused (GitLab's `MAX_YAML_DEPTH`).
+pub const MAX_DEPTH: usize = 100;
+/// Nodes one file may expand to, aliases counted at their full size: past it, "too big" (an
+/// alias bomb would otherwise take all memory; GitLab limits the parsed size too).
+pub const MAX_NODES: usize = 1_000_000;
+
+fn too_big(pos: Pos) -> Error {
+    Error::at(pos, "The parsed YAML is too big".into())
+}
+
 /// Parse one YAML document (GitLab reads the first; a `spec:` header document is refused by
 /// the caller). `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Node, Error> {
@@ -115,6 +125,7 @@ pub fn parse(text: &str, file: &str) -> Result<Node, Error> {
     let mut builder = Builder {
         file: file.clone(),
         anchors: HashMap::new(),
+        nodes: 0,
         stack: Vec::new(),
         root: None,
         documents: 0,
@@ -153,9 +164,11 @@ enum Frame {
         items: Vec<Node>,
         pos: Pos,
         reference: bool,
+        nodes_before: usize,
     },
     Map {
         anchor: usize,
+        nodes_before: usize,
         map: Map,
         pending_key: Option<(String, bool, Pos)>,
         pos: Pos,
@@ -164,7 +177,10 @@ enum Frame {
 
 struct Builder {
     file: Arc<str>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes, with the number of nodes each stands for.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes so far (see [`MAX_NODES`]).
+    nodes: usize,
     stack: Vec<Frame>,
     root: Option<Node>,
     documents: usize,
@@ -179,9 +195,10 @@ impl Builder {
             Event::DocumentStart(_) => self.documents += 1,
             Event::DocumentEnd => return Ok(self.root.is_some() || self.documents >= 1),
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| {
+                let (node, size) = self.anchors.get(&id).cloned().ok_or_else(|| {
                     Error::at(pos.clone(), "invalid YAML: unknown alias".to_string())
                 })?;
+                self.count(size, &pos)?;
                 // An alias is the anchored node itself; errors point at the anchor.
                 self.push(node, false)?;
             }
@@ -199,9 +216,10 @@ impl Builder {
                     _ => Value::Str(text.to_string()),
                 };
                 let is_merge_key = style == ScalarStyle::Plain && &*text == "<<";
+                self.count(1, &pos)?;
                 let node = Node::new(value, pos);
                 if anchor != 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), 1));
                 }
                 self.push(node, is_merge_key)?;
             }
@@ -209,11 +227,15 @@ impl Builder {
                 let reference = tag
                     .as_ref()
                     .is_some_and(|t| t.handle == "!" && t.suffix == "reference");
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(too_big(pos));
+                }
                 self.stack.push(Frame::Seq {
                     anchor,
                     items: Vec::new(),
                     pos,
                     reference,
+                    nodes_before: self.nodes,
                 });
             }
             Event::SequenceEnd => {
@@ -222,6 +244,7 @@ impl Builder {
                     items,
                     pos,
                     reference,
+                    nodes_before,
                 }) = self.stack.pop()
                 else {
                     return Err(Error::at(pos, "invalid YAML: unbalanced sequence".into()));
@@ -246,9 +269,11 @@ impl Builder {
                 } else {
                     Value::Seq(items)
                 };
+                self.count(1, &pos)?;
+                let size = self.nodes - nodes_before;
                 let node = Node::new(value, pos);
                 if anchor != 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), size));
                 }
                 self.push(node, false)?;
             }
@@ -262,8 +287,12 @@ impl Builder {
                         "!reference needs an array: !reference [job, key]".into(),
                     ));
                 }
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(too_big(pos));
+                }
                 self.stack.push(Frame::Map {
                     anchor,
+                    nodes_before: self.nodes,
                     map: Map::new(),
                     pending_key: None,
                     pos,
@@ -271,19 +300,33 @@ impl Builder {
             }
             Event::MappingEnd => {
                 let Some(Frame::Map {
-                    anchor, map, pos, ..
+                    anchor,
+                    map,
+                    pos,
+                    nodes_before,
+                    ..
                 }) = self.stack.pop()
                 else {
                     return Err(Error::at(pos, "invalid YAML: unbalanced mapping".into()));
                 };
+                self.count(1, &pos)?;
+                let size = self.nodes - nodes_before;
                 let node = Node::new(Value::Map(map), pos);
                 if anchor != 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), size));
                 }
                 self.push(node, false)?;
             }
         }
         Ok(false)
+    }
+
+    fn count(&mut self, n: usize, pos: &Pos) -> Result<(), Error> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(too_big(pos.clone()));
+        }
+        Ok(())
     }
 
     /// Place a finished node in its parent (or as the root).
@@ -472,5 +515,21 @@ multi:
         assert!(err.to_string().starts_with("ci.yml:"), "{err}");
         let err = parse("a: *nope\n", "ci.yml").unwrap_err();
         assert!(err.to_string().contains("ci.yml:1"), "{err}");
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        let err = parse(&bomb, "ci.yml").unwrap_err();
+        assert_eq!(err.message, "The parsed YAML is too big");
+        let deep = format!("a: {}{}\n", "[".repeat(200), "]".repeat(200));
+        let err = parse(&deep, "ci.yml").unwrap_err();
+        assert_eq!(err.message, "The parsed YAML is too big");
+        // 100 levels are fine
+        assert!(parse(&format!("a: {}{}\n", "[".repeat(98), "]".repeat(98)), "f").is_ok());
     }
 }
