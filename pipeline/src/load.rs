@@ -252,7 +252,9 @@ impl Includes<'_> {
         };
         let local = expr::expand_str(&local, self.vars);
         if local.contains('*') {
-            let matcher = glob(&local)
+            // include:local: `dir/**.yml` means every .yml below dir (docs.gitlab.com/ci/yaml/#includelocal)
+            let pattern = include_glob(&local);
+            let matcher = glob(&pattern)
                 .ok_or_else(|| Error::at(pos.clone(), format!("invalid include glob `{local}`")))?;
             let found: Vec<String> = self
                 .repo
@@ -279,6 +281,24 @@ impl Includes<'_> {
         }
         Ok(vec![local.trim_start_matches('/').to_string()])
     }
+}
+
+/// `**` that is not a whole path component (`configs/**.yml`) crosses directories in
+/// include:local globs: rewritten as `**/*` for the matcher.
+fn include_glob(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut rest = pattern;
+    while let Some(i) = rest.find("**") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        out.push_str("**");
+        if !after.is_empty() && !after.starts_with('/') {
+            out.push_str("/*");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 fn unsupported_include(pos: Pos, kind: &str, what: &str) -> Error {
