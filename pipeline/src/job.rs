@@ -312,7 +312,8 @@ pub struct JobDef {
     pub variables: Vec<Variable>,
     pub cache: Vec<Cache>,
     pub artifacts: Option<Artifacts>,
-    pub timeout: Option<String>,
+    /// As written, and in seconds.
+    pub timeout: Option<(String, u64)>,
     pub retry: Option<Retry>,
     pub environment: Option<Environment>,
     pub release: Option<serde_json::Value>,
@@ -1065,6 +1066,55 @@ fn inherit(m: &Map, job: &str) -> Result<Inherit, Error> {
     Ok((one("default")?, one("variables")?))
 }
 
+/// Seconds of a duration as GitLab's ChronicDuration reads `timeout` and `start_in`:
+/// `3600`, `1h 30m`, `1h30m`, `90 minutes`, `2 days and 3 hours`, `1 week`. `None` if it is not
+/// one.
+pub fn duration_seconds(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = text.as_str();
+    let mut any = false;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ',');
+        if let Some(r) = rest.strip_prefix("and ") {
+            rest = r;
+            continue;
+        }
+        if rest.is_empty() {
+            break;
+        }
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = rest[num_len..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let secs = match unit {
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86_400.0,
+            "w" | "wk" | "wks" | "week" | "weeks" => 604_800.0,
+            "mo" | "mos" | "month" | "months" => 2_592_000.0,
+            "y" | "yr" | "yrs" | "year" | "years" => 31_536_000.0,
+            _ => return None,
+        };
+        total += n * secs;
+        any = true;
+    }
+    (any && total.is_finite() && total >= 0.0 && total < 1e15).then_some(total as u64)
+}
+
 /// Read job `name` from its hash, with defaults applied.
 pub fn parse(name: &str, node: &Node, defaults: &Defaults<'_>) -> Result<JobDef, Error> {
     let own = node.as_map().ok_or_else(|| {
@@ -1153,6 +1203,24 @@ pub fn parse(name: &str, node: &Node, defaults: &Defaults<'_>) -> Result<JobDef,
         ));
     }
     let start_in = s("start_in")?;
+    if let Some(text) = &start_in {
+        // GitLab: a duration of at most one week
+        match duration_seconds(text) {
+            Some(secs) if secs <= 604_800 => {}
+            Some(_) => {
+                return Err(Error::at(
+                    own["start_in"].pos.clone(),
+                    format!("jobs:{name} start in should be less than or equal to 1 week"),
+                ));
+            }
+            None => {
+                return Err(Error::at(
+                    own["start_in"].pos.clone(),
+                    format!("jobs:{name} start in should be a duration"),
+                ));
+            }
+        }
+    }
     if when == Some(When::Delayed) && start_in.is_none() {
         return Err(Error::at(
             node.pos.clone(),
@@ -1239,9 +1307,15 @@ pub fn parse(name: &str, node: &Node, defaults: &Defaults<'_>) -> Result<JobDef,
             .filter(|n| !n.is_null())
             .map(|n| artifacts(n, name))
             .transpose()?,
-        timeout: get("timeout")
-            .map(|n| string(n, name, "timeout"))
-            .transpose()?,
+        timeout: match get("timeout") {
+            None => None,
+            Some(n) => {
+                let text = string(n, name, "timeout")?;
+                let secs = duration_seconds(&text)
+                    .ok_or_else(|| err(n, name, "timeout", "should be a duration"))?;
+                Some((text, secs))
+            }
+        },
         retry: get("retry").map(|n| retry(n, name)).transpose()?,
         environment: own
             .get("environment")
@@ -1264,4 +1338,29 @@ pub fn parse(name: &str, node: &Node, defaults: &Defaults<'_>) -> Result<JobDef,
         only: own.get("only").cloned(),
         except: own.get("except").cloned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_seconds;
+
+    #[test]
+    fn durations_as_chronic_duration_reads_them() {
+        for (text, secs) in [
+            ("3600", 3600),
+            ("1h 30m", 5400),
+            ("1h30m", 5400),
+            ("90 minutes", 5400),
+            ("2 days and 3 hours", 183_600),
+            ("1 week", 604_800),
+            ("30 minutes", 1800),
+            ("1.5h", 5400),
+            ("10 seconds", 10),
+        ] {
+            assert_eq!(duration_seconds(text), Some(secs), "{text}");
+        }
+        for bad in ["", "soon", "1 fortnight", "h", "-1h"] {
+            assert_eq!(duration_seconds(bad), None, "{bad}");
+        }
+    }
 }
