@@ -1112,7 +1112,7 @@ pub fn duration_seconds(text: &str) -> Option<u64> {
         total += n * secs;
         any = true;
     }
-    (any && total.is_finite() && total >= 0.0 && total < 1e15).then_some(total as u64)
+    (any && (0.0..1e15).contains(&total)).then_some(total as u64)
 }
 
 /// Read job `name` from its hash, with defaults applied.
