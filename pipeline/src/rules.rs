@@ -165,6 +165,28 @@ pub fn rules(node: &Node, name: &str, ctx: &Ctx<'_>) -> Result<Decision, Error> 
                 "rules: {label} matched with `when: never`"
             )));
         }
+        let start_in = m.get("start_in").and_then(Node::scalar_string);
+        if when == Some(When::Delayed) {
+            match start_in.as_deref().map(job::duration_seconds) {
+                Some(Some(secs)) if secs <= 604_800 => {}
+                Some(Some(_)) => {
+                    return Err(Error::at(
+                        rule.pos.clone(),
+                        format!(
+                            "jobs:{name}:rules:rule start in should be less than or equal to 1 week"
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(Error::at(
+                        rule.pos.clone(),
+                        format!(
+                            "jobs:{name}:rules:rule start in should be a duration (when: delayed needs start_in)"
+                        ),
+                    ));
+                }
+            }
+        }
         let allow_failure = match m.get("allow_failure") {
             None => None,
             Some(Node {
@@ -192,7 +214,7 @@ pub fn rules(node: &Node, name: &str, ctx: &Ctx<'_>) -> Result<Decision, Error> 
                 .transpose()?
                 .unwrap_or_default(),
             needs: m.get("needs").map(|n| job::needs(n, name)).transpose()?,
-            start_in: m.get("start_in").and_then(Node::scalar_string),
+            start_in,
             rule: label,
         })));
     }
