@@ -356,12 +356,9 @@ pub fn deep_merge(base: &mut Map, over: Map) {
                 }),
                 Node {
                     value: Value::Map(o),
-                    pos,
+                    ..
                 },
-            ) => {
-                deep_merge(b, o);
-                let _ = pos;
-            }
+            ) => deep_merge(b, o),
             (_, v) => {
                 base.insert(k, v);
             }

@@ -197,7 +197,6 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
     // parallel expansion (Config::Normalizer)
     let mut instances = Vec::new();
     let mut expanded: HashMap<&str, Vec<String>> = HashMap::new();
-    let mut matrix_of: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for def in &defs {
         match &def.parallel {
             None => instances.push(Instance {
@@ -225,7 +224,6 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                 for (i, row) in rows.iter().enumerate() {
                     let name = matrix_name(&def.name, row);
                     expanded.entry(&def.name).or_default().push(name.clone());
-                    matrix_of.insert(name.clone(), row.clone());
                     instances.push(Instance {
                         def,
                         name,
@@ -514,7 +512,6 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
             deps.retain(|d| present.contains(d));
         }
     }
-    let _ = &matrix_of;
 
     jobs.sort_by_key(|j| j.stage_idx);
     if jobs.iter().all(|j| j.stage == ".pre" || j.stage == ".post") {

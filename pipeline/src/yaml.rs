@@ -123,7 +123,6 @@ fn too_big(pos: Pos) -> Error {
 pub fn parse(text: &str, file: &str) -> Result<Node, Error> {
     let file: Arc<str> = Arc::from(file);
     let mut builder = Builder {
-        file: file.clone(),
         anchors: HashMap::new(),
         nodes: 0,
         stack: Vec::new(),
@@ -176,7 +175,6 @@ enum Frame {
 }
 
 struct Builder {
-    file: Arc<str>,
     /// Anchored nodes, with the number of nodes each stands for.
     anchors: HashMap<usize, (Node, usize)>,
     /// Nodes so far (see [`MAX_NODES`]).
@@ -364,7 +362,6 @@ impl Builder {
                 }
             },
         }
-        let _ = &self.file;
         Ok(())
     }
 }
