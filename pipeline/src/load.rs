@@ -114,7 +114,13 @@ pub fn glob(pattern: &str) -> Option<globset::GlobMatcher> {
 }
 
 /// `.gitlab-ci.yml` (or `main`) and its includes, merged; then `extends` and `!reference`.
-pub fn load(repo: &Repo, main: &str, vars: &Vars) -> Result<Map, Error> {
+/// `changed`: the pipeline's changed paths, for `include: rules: changes` (`None`: unknown).
+pub fn load(
+    repo: &Repo,
+    main: &str,
+    vars: &Vars,
+    changed: Option<&[String]>,
+) -> Result<Map, Error> {
     let Some(text) = repo.read(main) else {
         return Err(Error::new(format!(
             "{main}: no such file in the repository"
@@ -129,6 +135,7 @@ pub fn load(repo: &Repo, main: &str, vars: &Vars) -> Result<Map, Error> {
     let mut state = Includes {
         repo,
         vars,
+        changed,
         seen: vec![main.to_string()],
     };
     let root = yaml::parse(&text, main)?;
@@ -145,6 +152,7 @@ pub fn load(repo: &Repo, main: &str, vars: &Vars) -> Result<Map, Error> {
 struct Includes<'a> {
     repo: &'a Repo,
     vars: &'a Vars,
+    changed: Option<&'a [String]>,
     seen: Vec<String>,
 }
 
@@ -217,7 +225,7 @@ impl Includes<'_> {
             Value::Str(s) => s.clone(),
             Value::Map(m) => {
                 if let Some(rules) = m.get("rules")
-                    && !include_rules_match(rules, self.vars, self.repo)?
+                    && !include_rules_match(rules, self.vars, self.repo, self.changed)?
                 {
                     return Ok(Vec::new());
                 }
@@ -311,8 +319,13 @@ fn unsupported_include(pos: Pos, kind: &str, what: &str) -> Error {
     )
 }
 
-/// `include: rules:` (`if`, `exists`, `when: never`): whether the include applies.
-fn include_rules_match(rules: &Node, vars: &Vars, repo: &Repo) -> Result<bool, Error> {
+/// `include: rules:` (`if`, `exists`, `changes`, `when: never`): whether the include applies.
+fn include_rules_match(
+    rules: &Node,
+    vars: &Vars,
+    repo: &Repo,
+    changed: Option<&[String]>,
+) -> Result<bool, Error> {
     let Value::Seq(items) = &rules.value else {
         return Err(Error::at(
             rules.pos.clone(),
@@ -335,6 +348,9 @@ fn include_rules_match(rules: &Node, vars: &Vars, repo: &Repo) -> Result<bool, E
         }
         if let Some(exists) = m.get("exists") {
             ok &= crate::rules::exists_match(exists, vars, repo)?;
+        }
+        if let Some(changes) = m.get("changes") {
+            ok &= crate::rules::changes_match(changes, vars, changed, "include:rules:changes")?;
         }
         if ok {
             let never = m.get("when").and_then(Node::as_str) == Some("never");

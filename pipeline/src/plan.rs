@@ -110,7 +110,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
     let predefined = pipeline_vars(input);
     let include_vars = layered(&predefined, &[], &input.variables);
     let main = input.config_path.as_deref().unwrap_or(".gitlab-ci.yml");
-    let config = load::load(repo, main, &include_vars)?;
+    let config = load::load(repo, main, &include_vars, input.changed_paths.as_deref())?;
 
     if config.contains_key("spec") {
         return Err(Error::at(
