@@ -2,6 +2,9 @@
 //! `Gitlab::Ci::Pipeline::Expression` evaluates it: `$VAR`, `"…"`/`'…'`, `null`, `/regex/flags`,
 //! `==`, `!=`, `=~`, `!~`, `&&` (binds tighter than) `||`, and parentheses.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use indexmap::IndexMap;
 use regex::Regex;
 
@@ -190,8 +193,25 @@ impl Val {
     }
 }
 
-/// Parse `/pattern/flags` into a regex (RE2 syntax, as GitLab's untrusted regexps).
+/// Parse `/pattern/flags` into a regex (RE2 syntax, as GitLab's untrusted regexps). Compiled
+/// regexes are kept (a pipeline repeats the same few in every job's rules).
 pub fn pattern_regex(literal: &str) -> Result<Regex, String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(re) = cache.lock().ok().and_then(|c| c.get(literal).cloned()) {
+        return Ok(re);
+    }
+    let re = compile_pattern(literal)?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= 1024 {
+            c.clear();
+        }
+        c.insert(literal.to_string(), re.clone());
+    }
+    Ok(re)
+}
+
+fn compile_pattern(literal: &str) -> Result<Regex, String> {
     let inner = literal
         .strip_prefix('/')
         .and_then(|s| s.rfind('/').map(|end| (&s[..end], &s[end + 1..])))
