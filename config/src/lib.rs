@@ -20,6 +20,7 @@ mod docker;
 pub mod duration;
 pub mod edit;
 pub mod joblog;
+pub mod keys;
 pub mod platform;
 mod pull_policy;
 mod resolve;
@@ -113,7 +114,6 @@ pub struct GlobalSection {
     pub log_format: LogFormat,
     pub listen_address: Option<String>,
     pub shutdown_timeout: Duration,
-    pub connection_max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,9 +150,6 @@ pub struct RunnerSection {
     pub unhealthy_interval: Duration,
     pub job_status_final_update_retry_limit: u32,
     pub feature_flags: BTreeMap<String, bool>,
-    /// `[runners.custom_build_dir] enabled`: may jobs set `GIT_CLONE_PATH` (under `builds_dir`)?
-    /// Default true (the docker executor's default).
-    pub custom_build_dir_enabled: bool,
     pub docker: DockerSection,
     pub cache: CacheSection,
     pub deploy: DeploySection,
@@ -444,7 +441,6 @@ impl Default for GlobalSection {
             log_format: LogFormat::Runner,
             listen_address: None,
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
-            connection_max_age: Some(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -478,7 +474,6 @@ impl Default for RunnerSection {
             unhealthy_interval: Duration::from_secs(60 * 60),
             job_status_final_update_retry_limit: 10,
             feature_flags: BTreeMap::new(),
-            custom_build_dir_enabled: true,
             docker: DockerSection::default(),
             cache: CacheSection::default(),
             deploy: DeploySection::default(),
