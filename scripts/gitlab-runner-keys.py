@@ -2,6 +2,7 @@
 """List every config.toml key of gitlab-runner, from the `toml:"..."` tags of its Go structs.
 
 Usage: scripts/gitlab-runner-keys.py GIT_DIR [REV] > config/testdata/gitlab-runner-keys.txt
+       scripts/gitlab-runner-keys.py --feature-flags GIT_DIR [REV] > config/src/gitlab-runner-feature-flags.txt
 
 GIT_DIR is a clone (bare or not) of gitlab-runner; REV defaults to HEAD. The walk starts at
 `common.Config` and follows every field with a toml tag (embedded structs are flattened, as
@@ -166,7 +167,27 @@ def walk(q, prefix, structs, aliases, out, stack=()):
             out.append((path, label(k)))
 
 
+def feature_flags(git_dir, rev, commit):
+    """`name<TAB>default` of every flag in helpers/featureflags/flags.go."""
+    src = show(git_dir, rev, "helpers/featureflags/flags.go")
+    consts = dict(re.findall(r'^\s+([A-Za-z0-9]+)\s+string\s*=\s*"(FF_[A-Z0-9_]+)"', src, re.M))
+    body = src[src.index("var flags = []FeatureFlag{") :]
+    print(f"# gitlab-runner's feature flags and their defaults, gitlab-runner {commit}")
+    print("# (helpers/featureflags/flags.go), made by scripts/gitlab-runner-keys.py --feature-flags.")
+    for name, default in re.findall(r"Name:\s*([A-Za-z\"_0-9]+),\s*DefaultValue:\s*(true|false)", body):
+        name = name.strip('"')
+        print(f"{consts.get(name, name)}\t{default}")
+
+
 def main():
+    if sys.argv[1] == "--feature-flags":
+        git_dir = sys.argv[2]
+        rev = sys.argv[3] if len(sys.argv) > 3 else "HEAD"
+        commit = subprocess.run(
+            ["git", "--git-dir", git_dir, "rev-parse", rev], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        feature_flags(git_dir, rev, commit)
+        return
     git_dir = sys.argv[1]
     rev = sys.argv[2] if len(sys.argv) > 2 else "HEAD"
     commit = subprocess.run(

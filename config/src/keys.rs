@@ -314,6 +314,40 @@ pub const KEYS: &[(&str, KeyStatus)] = &[
     ("runners.deploy.targets.protected_refs_only", H),
 ];
 
+/// gitlab-runner's feature flags and their defaults (`name<TAB>default` lines, made by
+/// `scripts/gitlab-runner-keys.py --feature-flags` from its helpers/featureflags/flags.go).
+const FEATURE_FLAGS: &str = include_str!("gitlab-runner-feature-flags.txt");
+
+/// What ferry does with one `[runners.feature_flags]` entry set to `value`. Every flag is also
+/// passed to the job as a variable (docs/variables.md).
+pub fn feature_flag(name: &str, value: bool) -> KeyStatus {
+    match (name, value) {
+        // a network per job, also without services (executor/src/docker/mod.rs)
+        ("FF_NETWORK_PER_BUILD", _) => H,
+        // gitlab-runner then keeps the checkout to the job's user instead of umask 0000;
+        // ferry writes it world-writable, so honouring the file is impossible: fail closed
+        ("FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", true) => R(
+            "ferry writes the job's files world-writable (umask 0000, gitlab-runner's default) and cannot keep them to the job's user",
+        ),
+        _ => match feature_flag_default(name) {
+            // the value asks for gitlab-runner's default behaviour: nothing to say
+            Some(default) if default == value => H,
+            Some(_) => W("ferry does not read this feature flag (jobs still see it as a variable)"),
+            None => W("not a feature flag of gitlab-runner (jobs still see it as a variable)"),
+        },
+    }
+}
+
+/// gitlab-runner's default of a feature flag; `None` if it has no such flag.
+pub fn feature_flag_default(name: &str) -> Option<bool> {
+    FEATURE_FLAGS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(n, _)| *n == name)
+        .map(|(_, d)| d == "true")
+}
+
 /// Integer values `register` writes for keys ferry ignores: as silent as "off" values.
 pub(crate) const REGISTER_DEFAULTS: &[(&str, i64)] = &[("session_server.session_timeout", 1800)];
 
@@ -375,6 +409,38 @@ mod tests {
         assert_eq!(
             classify("runners.docker").map(|c| c.1),
             Some(KeyStatus::Table)
+        );
+    }
+
+    #[test]
+    fn feature_flags() {
+        assert_eq!(feature_flag_default("FF_NETWORK_PER_BUILD"), Some(false));
+        assert_eq!(feature_flag_default("FF_TIMESTAMPS"), Some(true));
+        assert_eq!(
+            feature_flag_default("FF_USE_LEGACY_S3_CACHE_ADAPTER"),
+            Some(false)
+        );
+        assert_eq!(feature_flag_default("FF_NOPE"), None);
+        assert_eq!(
+            feature_flag("FF_NETWORK_PER_BUILD", true),
+            KeyStatus::Honoured
+        );
+        assert_eq!(feature_flag("FF_TIMESTAMPS", true), KeyStatus::Honoured);
+        assert!(matches!(
+            feature_flag("FF_TIMESTAMPS", false),
+            KeyStatus::Warned(_)
+        ));
+        assert!(matches!(
+            feature_flag("FF_NOPE", false),
+            KeyStatus::Warned(_)
+        ));
+        assert!(matches!(
+            feature_flag("FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", true),
+            KeyStatus::Refused(_)
+        ));
+        assert_eq!(
+            feature_flag("FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", false),
+            KeyStatus::Honoured
         );
     }
 

@@ -271,6 +271,16 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
         for (name, item, line) in ff.rest(ctx) {
             match item.as_bool() {
                 Some(b) => {
+                    let key = crate::walk::join(&ff.path, &name);
+                    match crate::keys::feature_flag(&name, b) {
+                        crate::keys::KeyStatus::Refused(why) => {
+                            return Err(ctx.invalid(line, &key, format!("refused: {why}")));
+                        }
+                        crate::keys::KeyStatus::Warned(why) => {
+                            ctx.warn(line, &key, format!("ignored: {why}"));
+                        }
+                        _ => {}
+                    }
                     r.feature_flags.insert(name, b);
                 }
                 None => {

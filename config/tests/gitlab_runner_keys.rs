@@ -65,7 +65,8 @@ fn sample(path: &str, kind: &str) -> String {
         "duration" => "\"5m\"".into(),
         "datetime" => "2030-01-01T00:00:00Z".into(),
         "strings" => "[\"audit\"]".into(),
-        "map:bool" => "{ FF_AUDIT = true }".into(),
+        // flag by flag: tests/load.rs (feature_flags_...)
+        "map:bool" => "{ FF_NETWORK_PER_BUILD = true }".into(),
         "map:strings" => "{ audit = [\"audit\"] }".into(),
         k if k.starts_with("map:") || k.starts_with("array:") => "{ audit = \"audit\" }".into(),
         k => panic!("{path}: no sample for kind {k}"),

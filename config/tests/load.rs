@@ -214,7 +214,18 @@ fn runner_values() {
     enabled = false
 "#,
     );
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // FF_TIMESTAMPS = false asks for something ferry does not read (gitlab-runner's default is true)
+    let warned: Vec<(usize, &str)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect();
+    assert_eq!(
+        warned,
+        [(27, "runners[0].feature_flags.FF_TIMESTAMPS")],
+        "{:?}",
+        c.warnings
+    );
     let r = &c.runners[0];
     assert_eq!(r.url, "https://gitlab.example.com");
     assert_eq!(r.id, Some(42));
@@ -1163,4 +1174,37 @@ fn slot_cgroups_warn_and_windows_isolation_is_refused() {
     );
     let c = load(&with_docker("    isolation = \"default\""));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn feature_flags_are_honoured_warned_or_refused_flag_by_flag() {
+    let with_flags = |flags: &str| MINIMAL.to_string() + "  [runners.feature_flags]\n" + flags;
+    // honoured, or gitlab-runner's default value: silent
+    let c = load(&with_flags(
+        "    FF_NETWORK_PER_BUILD = true\n    FF_USE_FASTZIP = true\n    FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR = false\n",
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.runners[0].feature_flags.len(), 3);
+    // a flag ferry does not read, set away from its default, and a name gitlab-runner lacks
+    let c = load(&with_flags(
+        "    FF_USE_FASTZIP = false\n    FF_NO_SUCH_FLAG = true\n",
+    ));
+    let got: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "line 8: runners[0].feature_flags.FF_USE_FASTZIP: ignored: ferry does not read this feature flag (jobs still see it as a variable)",
+            "line 9: runners[0].feature_flags.FF_NO_SUCH_FLAG: ignored: not a feature flag of gitlab-runner (jobs still see it as a variable)",
+        ]
+    );
+    // files kept to the job's user: ferry cannot, so the file is refused
+    let e = error(&with_flags(
+        "    FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR = true\n",
+    ));
+    assert!(
+        e.starts_with(
+            "config.toml:8: runners[0].feature_flags.FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR: refused:"
+        ),
+        "{e}"
+    );
 }
