@@ -53,7 +53,7 @@ pub const KEYS: &[(&str, KeyStatus)] = &[
     ("log_level", H),
     ("log_format", H),
     ("shutdown_timeout", H),
-    ("connection_max_age", N),
+    ("connection_max_age", H),
     ("runners", T),
     ("labels", W("runner labels are not implemented")),
     (

@@ -114,6 +114,8 @@ pub struct GlobalSection {
     pub log_format: LogFormat,
     pub listen_address: Option<String>,
     pub shutdown_timeout: Duration,
+    /// Age after which the connections to GitLab are replaced; `None` = never (≤ 0 in the file).
+    pub connection_max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -441,6 +443,7 @@ impl Default for GlobalSection {
             log_format: LogFormat::Runner,
             listen_address: None,
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            connection_max_age: Some(Duration::from_secs(15 * 60)),
         }
     }
 }

@@ -95,16 +95,13 @@ fn global(ctx: &mut Ctx, t: &mut TableReader) -> Result<GlobalSection, ConfigErr
             DEFAULT_SHUTDOWN_TIMEOUT_SECS
         });
     }
-    if let Some(d) = go_duration(ctx, t, "connection_max_age")?
-        && d.v > 0
-    {
-        // checked like gitlab-runner's, but ferry's HTTP client does not recycle connections
-        // by age (crate::keys: NotImplemented)
-        ctx.warn(
-            d.line,
-            "connection_max_age",
-            "accepted but not implemented yet",
-        );
+    if let Some(d) = go_duration(ctx, t, "connection_max_age")? {
+        // <= 0 means "never recycle"
+        g.connection_max_age = if d.v > 0 {
+            nanos_to_duration(d.v)
+        } else {
+            None
+        };
     }
     Ok(g)
 }

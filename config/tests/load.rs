@@ -51,6 +51,7 @@ fn empty_file_gets_gitlab_runner_defaults() {
     assert_eq!(c.global.log_format, LogFormat::Runner);
     assert_eq!(c.global.listen_address, None);
     assert_eq!(c.global.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(c.global.connection_max_age, Some(Duration::from_secs(900)));
     assert!(c.runners.is_empty());
     assert!(c.warnings.is_empty());
 }
@@ -117,12 +118,8 @@ fn global_values_and_their_fallbacks() {
     assert_eq!(c.global.log_format, LogFormat::Json);
     assert_eq!(c.global.listen_address.as_deref(), Some("127.0.0.1:9252"));
     assert_eq!(c.global.shutdown_timeout, Duration::from_secs(60));
-    // not implemented: ferry's HTTP client does not recycle connections by age
-    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert_eq!(
-        c.warnings[0].to_string(),
-        "line 7: connection_max_age: accepted but not implemented yet"
-    );
+    assert_eq!(c.global.connection_max_age, Some(Duration::from_secs(5400)));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
     // what `gitlab-runner register` writes: 0 means "use the default"
     let c = load(
@@ -131,6 +128,7 @@ fn global_values_and_their_fallbacks() {
     assert_eq!(c.global.check_interval, Duration::from_secs(3));
     assert_eq!(c.global.shutdown_timeout, Duration::from_secs(30));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.global.connection_max_age, None);
     let c = load("check_interval = -5\nlisten_address = \":9000\"\n");
     assert_eq!(c.global.check_interval, Duration::from_secs(3));
     assert_eq!(c.global.listen_address.as_deref(), Some(":9000"));
@@ -970,12 +968,12 @@ fn docs_example_loads() {
     assert_eq!(prod.deploy.image, "ferry:deploy");
     assert!(prod.deploy.targets[0].protected_refs_only);
     // No warning for any key ferry honours ([session_server] session_timeout = 1800 is what
-    // register writes: silent). The two keys of the file ferry does not honour are warned
-    // about once each, with their line.
+    // register writes: silent). The one key of the file ferry does not honour is warned about
+    // once, with its line.
     let warned: Vec<String> = c.warnings.iter().map(|w| w.key.clone()).collect();
     assert_eq!(
         warned,
-        ["connection_max_age", "runners[0].custom_build_dir.enabled"],
+        ["runners[0].custom_build_dir.enabled"],
         "{:?}",
         c.warnings
     );
