@@ -100,7 +100,7 @@ fn file_setting(path: &str, kind: &str) -> (String, Vec<usize>) {
     let block = |text: &mut String, lines: &mut Vec<usize>, skip: usize| {
         let mut header = String::new();
         let mut pending = false;
-        for seg in &tables[..] {
+        for seg in tables {
             let name = seg.trim_end_matches("[]");
             header = if header.is_empty() {
                 name.to_string()
@@ -229,4 +229,23 @@ fn every_gitlab_runner_key_does_what_the_key_table_says() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn docs_name_every_key_of_the_key_table() {
+    let docs = include_str!("../../docs/configuration.md");
+    let missing: Vec<&str> = ferry_config::keys::KEYS
+        .iter()
+        .map(|(path, _)| *path)
+        .filter(|path| {
+            let name = path.rsplit('.').next().unwrap();
+            !(docs.contains(&format!("`{name}`"))
+                || docs.contains(&format!("`[{path}]`"))
+                || docs.contains(&format!("`[[{path}]]`")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md does not name: {missing:?}"
+    );
 }
