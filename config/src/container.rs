@@ -10,7 +10,7 @@ use toml_edit::{Item, Value};
 
 use crate::docker::{MIN_MEMORY, memory, parse_cpus};
 use crate::resolve::non_empty;
-use crate::walk::{Ctx, Leftover, TableReader, Val};
+use crate::walk::{Ctx, TableReader, Val};
 use crate::{ConfigError, ContainerOptions, RunnerService};
 
 /// The label namespace ferry's cleanup relies on (`ferry.managed`, `ferry.job_id`, ...).
@@ -367,11 +367,6 @@ pub(crate) fn container_options(
     Ok(o)
 }
 
-const SERVICE_KNOWN: &[(&str, Leftover)] = &[(
-    "suspend_data_path",
-    Leftover::Warn("only used by gitlab-runner's Kubernetes executor"),
-)];
-
 pub(crate) fn runner_services(
     ctx: &mut Ctx,
     t: &mut TableReader,
@@ -426,7 +421,7 @@ pub(crate) fn runner_services(
                 }
             }
         }
-        s.finish(ctx, SERVICE_KNOWN);
+        s.finish(ctx)?;
         out.push(svc);
     }
     Ok(out)

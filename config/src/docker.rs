@@ -6,42 +6,15 @@ use std::time::Duration;
 
 use crate::resolve::non_empty;
 use crate::units::parse_memory;
-use crate::walk::{Ctx, Leftover, TableReader, Val};
+use crate::walk::{Ctx, TableReader, Val};
 use crate::{
     CacheAzure, CacheGcs, CacheS3, CacheSection, ConfigError, DeploySection, DeployTarget,
     DockerSection, PullPolicy, Redacted, S3Auth, S3Encryption,
 };
 
-use Leftover::{Ignored as I, NotImplemented as N, Warn as W};
-
 /// Docker refuses memory limits below this (gitlab-runner's docs say 4M).
 pub(crate) const MIN_MEMORY: u64 = 4 * 1024 * 1024;
 const DEFAULT_WAIT_FOR_SERVICES_SECS: u64 = 30;
-
-const NO_HELPER: Leftover =
-    W("ferry runs no helper image (it clones and handles artifacts itself)");
-
-const DOCKER_KNOWN: &[(&str, Leftover)] = &[
-    (
-        "volume_keep",
-        W("ferry keeps its cache volumes between jobs and removes a job's own volumes with it"),
-    ),
-    (
-        "service_slot_cgroup_template",
-        W("ferry has no slot cgroups (use_slot_cgroups)"),
-    ),
-    (
-        "mac_address",
-        W("ferry does not set a MAC address on the job's containers"),
-    ),
-    ("helper_image", NO_HELPER),
-    ("helper_image_flavor", NO_HELPER),
-    ("helper_image_autoset_arch_and_os", NO_HELPER),
-    (
-        "isolation",
-        W("Windows containers only; ferry runs Linux containers"),
-    ),
-];
 
 pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection, ConfigError> {
     let mut d = DockerSection {
@@ -150,9 +123,24 @@ pub(crate) fn docker(ctx: &mut Ctx, mut t: TableReader) -> Result<DockerSection,
         Some(l) if l.v >= 0 => Some(l.v as usize),
         _ => None,
     };
+    if let Some(i) = t.string(ctx, "isolation")? {
+        // "default" is the only isolation of Linux containers; anything else asks for Windows
+        // isolation ferry cannot give, so the file is refused (crate::keys).
+        let v = i.v.trim();
+        if !v.is_empty() && !v.eq_ignore_ascii_case("default") {
+            return Err(ctx.invalid(
+                i.line,
+                &t.key_path("isolation"),
+                format!(
+                    "refused: {v:?} is Windows container isolation; ferry runs Linux containers, \
+                     where only \"default\" exists"
+                ),
+            ));
+        }
+    }
     d.containers = crate::container::container_options(ctx, &mut t)?;
     d.services = crate::container::runner_services(ctx, &mut t)?;
-    t.finish(ctx, DOCKER_KNOWN);
+    t.finish(ctx)?;
     Ok(d)
 }
 
@@ -286,16 +274,6 @@ pub(crate) fn memory(
     Ok(Some(bytes))
 }
 
-const CACHE_KNOWN: &[(&str, Leftover)] = &[("RedactURL", I), ("gcsv2", I)];
-
-const S3_KNOWN: &[(&str, Leftover)] = &[
-    ("DualStack", N),
-    ("Accelerate", N),
-    ("UploadRoleARN", N),
-    ("AssumeRoleMaxConcurrency", I),
-    ("DisableAssumeRoleCredentialsCaching", I),
-];
-
 fn text(ctx: &Ctx, t: &mut TableReader, key: &str) -> Result<String, ConfigError> {
     Ok(t.string(ctx, key)?
         .map(|v| v.v.trim().to_string())
@@ -408,7 +386,7 @@ fn cache_s3(
              ferry does not assume roles with other credentials",
         );
     }
-    t.finish(ctx, S3_KNOWN);
+    t.finish(ctx)?;
     Ok(c)
 }
 
@@ -430,7 +408,7 @@ fn cache_gcs(ctx: &mut Ctx, t: Option<TableReader>) -> Result<CacheGcs, ConfigEr
         ),
         bucket_name: text(ctx, &mut t, "BucketName")?,
     };
-    t.finish(ctx, &[("UniverseDomain", N)]);
+    t.finish(ctx)?;
     Ok(c)
 }
 
@@ -444,7 +422,7 @@ fn cache_azure(ctx: &mut Ctx, t: Option<TableReader>) -> Result<CacheAzure, Conf
         container_name: text(ctx, &mut t, "ContainerName")?,
         storage_domain: text(ctx, &mut t, "StorageDomain")?,
     };
-    t.finish(ctx, &[]);
+    t.finish(ctx)?;
     Ok(c)
 }
 
@@ -511,7 +489,7 @@ pub(crate) fn cache(ctx: &mut Ctx, mut t: TableReader) -> Result<CacheSection, C
             None => {}
         }
     }
-    t.finish(ctx, CACHE_KNOWN);
+    t.finish(ctx)?;
     Ok(c)
 }
 
@@ -536,7 +514,7 @@ pub(crate) fn deploy(ctx: &mut Ctx, mut t: TableReader) -> Result<DeploySection,
         }
         d.targets.push(tg);
     }
-    t.finish(ctx, &[]);
+    t.finish(ctx)?;
     Ok(d)
 }
 
@@ -594,7 +572,7 @@ fn deploy_target(ctx: &mut Ctx, mut t: TableReader) -> Result<DeployTarget, Conf
         cluster_scoped: flag(ctx, &mut t, "cluster_scoped")?,
         protected_refs_only: flag(ctx, &mut t, "protected_refs_only")?,
     };
-    t.finish(ctx, &[]);
+    t.finish(ctx)?;
     Ok(target)
 }
 

@@ -20,6 +20,7 @@ mod docker;
 pub mod duration;
 pub mod edit;
 pub mod joblog;
+pub mod keys;
 pub mod platform;
 mod pull_policy;
 mod resolve;
@@ -113,6 +114,7 @@ pub struct GlobalSection {
     pub log_format: LogFormat,
     pub listen_address: Option<String>,
     pub shutdown_timeout: Duration,
+    /// Age after which the connections to GitLab are replaced; `None` = never (≤ 0 in the file).
     pub connection_max_age: Option<Duration>,
 }
 
@@ -150,9 +152,6 @@ pub struct RunnerSection {
     pub unhealthy_interval: Duration,
     pub job_status_final_update_retry_limit: u32,
     pub feature_flags: BTreeMap<String, bool>,
-    /// `[runners.custom_build_dir] enabled`: may jobs set `GIT_CLONE_PATH` (under `builds_dir`)?
-    /// Default true (the docker executor's default).
-    pub custom_build_dir_enabled: bool,
     pub docker: DockerSection,
     pub cache: CacheSection,
     pub deploy: DeploySection,
@@ -478,7 +477,6 @@ impl Default for RunnerSection {
             unhealthy_interval: Duration::from_secs(60 * 60),
             job_status_final_update_retry_limit: 10,
             feature_flags: BTreeMap::new(),
-            custom_build_dir_enabled: true,
             docker: DockerSection::default(),
             cache: CacheSection::default(),
             deploy: DeploySection::default(),

@@ -5,58 +5,11 @@ use std::time::Duration;
 
 use crate::duration::{nanos_to_duration, parse_go_duration};
 use crate::units::{datetime_to_unix, expand_env, is_go_zero_time, with_default_port};
-use crate::walk::{Ctx, Leftover, TableReader, Val};
+use crate::walk::{Ctx, TableReader, Val};
 use crate::{
     Config, ConfigError, DEFAULT_METRICS_PORT, DEFAULT_OUTPUT_LIMIT_KB,
     DEFAULT_SHUTDOWN_TIMEOUT_SECS, GlobalSection, LogFormat, RunnerSection, Secret,
 };
-
-use Leftover::{Ignored as I, NotImplemented as N, NotImplementedDefaultTrue as NTrue};
-
-const GLOBAL_KNOWN: &[(&str, Leftover)] = &[
-    ("sentry_dsn", I),
-    ("user", I),
-    ("labels", I),
-    ("machine", I),
-    ("experimental", I),
-];
-
-const SESSION_SERVER_KNOWN: &[(&str, Leftover)] = &[
-    ("listen_address", N),
-    ("advertise_address", N),
-    // register always writes `session_timeout = 1800`; it only matters with a listen address
-    ("session_timeout", I),
-];
-
-const RUNNER_KNOWN: &[(&str, Leftover)] = &[
-    ("pre_get_sources_script", N),
-    ("post_get_sources_script", N),
-    ("pre_clone_script", N),
-    ("post_clone_script", N),
-    ("clean_git_config", NTrue),
-    ("strict_check_interval", N),
-    ("prepare_timeout", N),
-    ("get_sources_timeout", N),
-    ("artifact", N),
-    ("safe_directory_checkout", I),
-    ("labels", I),
-    ("proxy_exec", I),
-    ("step_runner_image", I),
-    ("use_slot_cgroups", I),
-    ("slot_cgroup_template", I),
-    ("referees", I),
-    ("experimental", I),
-    ("monitoring", N),
-    ("ssh", I),
-    ("kubernetes", I),
-    ("machine", I),
-    ("autoscaler", I),
-    ("custom", I),
-    ("parallels", I),
-    ("virtualbox", I),
-    ("instance", I),
-    ("max_builds", I),
-];
 
 pub(crate) fn resolve(
     text: &str,
@@ -76,9 +29,9 @@ pub(crate) fn resolve(
         }
     }
     if let Some(session) = top.table(&ctx, "session_server")? {
-        session.finish(&mut ctx, SESSION_SERVER_KNOWN);
+        session.finish(&mut ctx)?;
     }
-    top.finish(&mut ctx, GLOBAL_KNOWN);
+    top.finish(&mut ctx)?;
     ctx.warnings.sort_by_key(|w| w.line);
     Ok(Config {
         global,
@@ -315,6 +268,16 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
         for (name, item, line) in ff.rest(ctx) {
             match item.as_bool() {
                 Some(b) => {
+                    let key = crate::walk::join(&ff.path, &name);
+                    match crate::keys::feature_flag(&name, b) {
+                        crate::keys::KeyStatus::Refused(why) => {
+                            return Err(ctx.invalid(line, &key, format!("refused: {why}")));
+                        }
+                        crate::keys::KeyStatus::Warned(why) => {
+                            ctx.warn(line, &key, format!("ignored: {why}"));
+                        }
+                        _ => {}
+                    }
                     r.feature_flags.insert(name, b);
                 }
                 None => {
@@ -327,11 +290,8 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
             }
         }
     }
-    if let Some(mut cbd) = t.table(ctx, "custom_build_dir")? {
-        if let Some(e) = cbd.bool(ctx, "enabled")? {
-            r.custom_build_dir_enabled = e.v;
-        }
-        cbd.finish(ctx, &[]);
+    if let Some(cbd) = t.table(ctx, "custom_build_dir")? {
+        cbd.finish(ctx)?;
     }
     if let Some(d) = t.table(ctx, "docker")? {
         r.docker = crate::docker::docker(ctx, d)?;
@@ -342,7 +302,7 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
     if let Some(d) = t.table(ctx, "deploy")? {
         r.deploy = crate::docker::deploy(ctx, d)?;
     }
-    t.finish(ctx, RUNNER_KNOWN);
+    t.finish(ctx)?;
     Ok(Some(r))
 }
 

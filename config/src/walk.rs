@@ -3,12 +3,13 @@
 //! This is the "raw" phase: every getter checks the TOML type of one key and returns the value
 //! with the line it sits on, so the resolve phase can report `file:line: key: message`. Each
 //! table remembers which keys were read; [`TableReader::finish`] turns the rest into warnings
-//! (unknown key, or accepted-but-not-implemented) or silence (keys of features ferry ignores).
+//! or errors as ferry's key table (`keys.rs`) says.
 
 use std::collections::BTreeSet;
 
 use toml_edit::{Item, TableLike, Value};
 
+use crate::keys::KeyStatus;
 use crate::{ConfigError, ConfigWarning};
 
 /// A value and the (1-based) line it was written on.
@@ -93,20 +94,6 @@ pub(crate) fn syntax_error(file: &str, text: &str, e: &toml_edit::TomlError) -> 
         line,
         message,
     }
-}
-
-/// How `finish` treats a key nobody read.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Leftover {
-    /// A gitlab-runner key ferry does not implement yet: warn, unless the value is inert
-    /// (false, 0, "", [], {} — what `register` writes when the feature is off).
-    NotImplemented,
-    /// Like `NotImplemented`, but the key's "off" value is `true` (`clean_git_config`).
-    NotImplementedDefaultTrue,
-    /// Belongs to a feature ferry does not have (other executors, autoscaling): silent.
-    Ignored,
-    /// Harmless to ignore, but a set value deserves a word: warn with this reason (unless inert).
-    Warn(&'static str),
 }
 
 /// One table of the file being read.
@@ -347,31 +334,52 @@ impl<'a> TableReader<'a> {
             .collect()
     }
 
-    /// Warn about what nobody read. `known` lists gitlab-runner keys ferry accepts without
-    /// implementing them (or ignores); anything else is an unknown key.
-    pub fn finish(mut self, ctx: &mut Ctx, known: &[(&str, Leftover)]) {
+    /// Deal with what nobody read, as ferry's key table says ([`crate::keys`]): keys ferry
+    /// ignores are warned about (unless their value is the "off" one), keys whose neglect would
+    /// weaken isolation are an error, and anything else is an unknown key (warned).
+    pub fn finish(mut self, ctx: &mut Ctx) -> Result<(), ConfigError> {
+        let table = crate::keys::normalize(&self.path);
         for (key, item, line) in self.rest(ctx) {
             let path = join(&self.path, &key);
-            match known.iter().find(|(k, _)| *k == key).map(|(_, l)| *l) {
-                Some(Leftover::Ignored) => {}
-                Some(Leftover::NotImplemented) => {
+            let entry = join(&table, &key);
+            let register_default = crate::keys::REGISTER_DEFAULTS
+                .iter()
+                .any(|(k, v)| *k == entry && item.as_integer() == Some(*v));
+            match crate::keys::status(&entry) {
+                Some(KeyStatus::NotImplemented) => {
                     if !is_inert(item, false) {
                         ctx.warn(line, &path, "accepted but not implemented yet");
                     }
                 }
-                Some(Leftover::Warn(why)) => {
-                    if !is_inert(item, false) {
-                        ctx.warn(line, &path, format!("ignored: {why}"));
-                    }
-                }
-                Some(Leftover::NotImplementedDefaultTrue) => {
+                Some(KeyStatus::NotImplementedDefaultTrue) => {
                     if !is_inert(item, true) {
                         ctx.warn(line, &path, "accepted but not implemented yet");
                     }
                 }
-                None => ctx.warn(line, &path, "unknown key (ignored)"),
+                Some(KeyStatus::Warned(why)) => {
+                    if !is_inert(item, false) && !register_default {
+                        ctx.warn(line, &path, format!("ignored: {why}"));
+                    }
+                }
+                Some(KeyStatus::Refused(why)) => {
+                    if !is_inert(item, false) {
+                        return Err(ctx.invalid(
+                            line,
+                            &path,
+                            format!(
+                                "refused: {why}; ferry does not run jobs with less isolation than the file asks for"
+                            ),
+                        ));
+                    }
+                }
+                // the code reads these: left over only if ferry forgot one (the key table
+                // test catches that)
+                Some(KeyStatus::Honoured | KeyStatus::Table) | None => {
+                    ctx.warn(line, &path, "unknown key (ignored)")
+                }
             }
         }
+        Ok(())
     }
 }
 

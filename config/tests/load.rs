@@ -74,7 +74,6 @@ fn runner_defaults() {
     assert_eq!(r.unhealthy_requests_limit, 3);
     assert_eq!(r.unhealthy_interval, Duration::from_secs(3600));
     assert_eq!(r.job_status_final_update_retry_limit, 10);
-    assert!(r.custom_build_dir_enabled);
     assert_eq!(r.docker.pull_policy, vec![PullPolicy::Always]);
     assert_eq!(r.docker.allowed_pull_policies, vec![PullPolicy::Always]);
     assert_eq!(
@@ -120,6 +119,7 @@ fn global_values_and_their_fallbacks() {
     assert_eq!(c.global.listen_address.as_deref(), Some("127.0.0.1:9252"));
     assert_eq!(c.global.shutdown_timeout, Duration::from_secs(60));
     assert_eq!(c.global.connection_max_age, Some(Duration::from_secs(5400)));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
     // what `gitlab-runner register` writes: 0 means "use the default"
     let c = load(
@@ -127,6 +127,7 @@ fn global_values_and_their_fallbacks() {
     );
     assert_eq!(c.global.check_interval, Duration::from_secs(3));
     assert_eq!(c.global.shutdown_timeout, Duration::from_secs(30));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert_eq!(c.global.connection_max_age, None);
     let c = load("check_interval = -5\nlisten_address = \":9000\"\n");
     assert_eq!(c.global.check_interval, Duration::from_secs(3));
@@ -211,7 +212,18 @@ fn runner_values() {
     enabled = false
 "#,
     );
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // FF_TIMESTAMPS = false asks for something ferry does not read (gitlab-runner's default is true)
+    let warned: Vec<(usize, &str)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect();
+    assert_eq!(
+        warned,
+        [(27, "runners[0].feature_flags.FF_TIMESTAMPS")],
+        "{:?}",
+        c.warnings
+    );
     let r = &c.runners[0];
     assert_eq!(r.url, "https://gitlab.example.com");
     assert_eq!(r.id, Some(42));
@@ -242,7 +254,6 @@ fn runner_values() {
     assert_eq!(r.job_status_final_update_retry_limit, 2);
     assert_eq!(r.feature_flags.get("FF_NETWORK_PER_BUILD"), Some(&true));
     assert_eq!(r.feature_flags.get("FF_TIMESTAMPS"), Some(&false));
-    assert!(!r.custom_build_dir_enabled);
 }
 
 #[test]
@@ -439,7 +450,7 @@ fn unknown_keys_warn_once_with_path_and_line() {
 }
 
 #[test]
-fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
+fn keys_ferry_ignores_warn_once_unless_inert() {
     let c = load(&format!(
         "sentry_dsn = \"https://x\"\n[session_server]\n  session_timeout = 1800\n  listen_address = \"[::]:8093\"\n{MINIMAL}  pre_get_sources_script = \"echo hi\"\n  clean_git_config = true\n  strict_check_interval = false\n  [runners.kubernetes]\n    namespace = \"x\"\n  [runners.docker]\n    network_mtu = 0\n    volume_keep = false\n    cpuset_cpus = \"0-1\"\n    helper_image = \"gitlab/helper\"\n    [[runners.docker.services]]\n      name = \"postgres\"\n  [runners.cache]\n    [runners.cache.s3]\n      BucketName = \"b\"\n    [runners.cache.gcs]\n      BucketName = \"g\"\n"
     ));
@@ -451,20 +462,30 @@ fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
     assert_eq!(
         got,
         vec![
+            (1, "sentry_dsn"),
             (4, "session_server.listen_address"),
             (11, "runners[0].pre_get_sources_script"),
+            (14, "runners[0].kubernetes"),
             (20, "runners[0].docker.helper_image"),
         ],
         "{:#?}",
         c.warnings
     );
+    assert_eq!(
+        c.warnings[0].message,
+        "ignored: ferry reports no errors to Sentry"
+    );
     assert!(
-        c.warnings[..2]
+        c.warnings[1..3]
             .iter()
             .all(|w| w.message == "accepted but not implemented yet")
     );
     assert_eq!(
-        c.warnings[2].message,
+        c.warnings[3].message,
+        "ignored: settings of another gitlab-runner executor; ferry runs only the docker executor"
+    );
+    assert_eq!(
+        c.warnings[4].message,
         "ignored: ferry runs no helper image (it clones and handles artifacts itself)"
     );
     let c = load(&MINIMAL.replace("executor", "clean_git_config = false\n  executor"));
@@ -942,13 +963,20 @@ fn docs_example_loads() {
     assert_eq!(test.deploy.targets[0].name, "test");
     assert_eq!(prod.token.expose(), "glrt-prod-token");
     assert!(prod.debug_trace_disabled);
-    assert!(!prod.custom_build_dir_enabled);
     assert_eq!(prod.docker.services_limit, Some(0));
     assert_eq!(prod.docker.pull_policy, vec![PullPolicy::Always]);
     assert_eq!(prod.deploy.image, "ferry:deploy");
     assert!(prod.deploy.targets[0].protected_refs_only);
-    // the only warning: [session_server] session_timeout is ignored, so none at all
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // No warning for any key ferry honours ([session_server] session_timeout = 1800 is what
+    // register writes: silent). The one key of the file ferry does not honour is warned about
+    // once, with its line.
+    let warned: Vec<String> = c.warnings.iter().map(|w| w.key.clone()).collect();
+    assert_eq!(
+        warned,
+        ["runners[0].custom_build_dir.enabled"],
+        "{:?}",
+        c.warnings
+    );
 }
 
 #[test]
@@ -964,7 +992,12 @@ fn cache_s3_table_is_read_and_secrets_stay_out_of_debug() {
     let c = load(&format!(
         "{MINIMAL}  [runners.cache]\n    Type = \"s3\"\n    Shared = true\n    [runners.cache.s3]\n      ServerAddress = \"minio.internal:9000\"\n      AccessKey = \"AKIDEXAMPLE\"\n      SecretKey = \"wJalrXUtnFEMI\"\n      SessionToken = \"tok-secret\"\n      BucketName = \"runner-cache\"\n      BucketLocation = \"eu-west-1\"\n      Insecure = true\n      PathStyle = false\n      ServerSideEncryption = \"aws:kms\"\n      ServerSideEncryptionKeyID = \"alias/k\"\n      AssumeRoleMaxConcurrency = 4\n"
     ));
-    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    // ferry calls no AssumeRole here: the one key it ignores is warned about, with its line
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(
+        c.warnings[0].key,
+        "runners[0].cache.s3.AssumeRoleMaxConcurrency"
+    );
     let cache = &c.runners[0].cache;
     assert_eq!(cache.kind.as_deref(), Some("s3"));
     let s3 = &cache.s3;
@@ -1099,5 +1132,77 @@ fn pre_and_post_build_scripts_are_read() {
     assert_eq!(
         c.runners[0].post_build_script.as_deref(),
         Some("echo a\necho b")
+    );
+}
+
+#[test]
+fn slot_cgroups_warn_and_windows_isolation_is_refused() {
+    // gitlab-runner's docker executor has no slots either: a warning each, with the line
+    let c = load(&MINIMAL.replace(
+        "executor",
+        "use_slot_cgroups = true\n  slot_cgroup_template = \"ci/slot-${slot}\"\n  executor",
+    ));
+    let got: Vec<(usize, &str)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (6, "runners[0].use_slot_cgroups"),
+            (7, "runners[0].slot_cgroup_template")
+        ],
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.warnings[0].message.contains("docker-autoscaler"));
+    // what register writes when they are off: silent
+    let c = load(&MINIMAL.replace(
+        "executor",
+        "use_slot_cgroups = false\n  slot_cgroup_template = \"\"\n  executor",
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    // Hyper-V isolation asks for more than ferry's Linux containers give: fail closed
+    let e = error(&with_docker("    isolation = \"hyperv\""));
+    assert!(
+        e.starts_with("config.toml:8: runners[0].docker.isolation: refused:"),
+        "{e}"
+    );
+    let c = load(&with_docker("    isolation = \"default\""));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn feature_flags_are_honoured_warned_or_refused_flag_by_flag() {
+    let with_flags = |flags: &str| MINIMAL.to_string() + "  [runners.feature_flags]\n" + flags;
+    // honoured, or gitlab-runner's default value: silent
+    let c = load(&with_flags(
+        "    FF_NETWORK_PER_BUILD = true\n    FF_USE_FASTZIP = true\n    FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR = false\n",
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.runners[0].feature_flags.len(), 3);
+    // a flag ferry does not read, set away from its default, and a name gitlab-runner lacks
+    let c = load(&with_flags(
+        "    FF_USE_FASTZIP = false\n    FF_NO_SUCH_FLAG = true\n",
+    ));
+    let got: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "line 8: runners[0].feature_flags.FF_USE_FASTZIP: ignored: ferry does not read this feature flag (jobs still see it as a variable)",
+            "line 9: runners[0].feature_flags.FF_NO_SUCH_FLAG: ignored: not a feature flag of gitlab-runner (jobs still see it as a variable)",
+        ]
+    );
+    // files kept to the job's user: ferry cannot, so the file is refused
+    let e = error(&with_flags(
+        "    FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR = true\n",
+    ));
+    assert!(
+        e.starts_with(
+            "config.toml:8: runners[0].feature_flags.FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR: refused:"
+        ),
+        "{e}"
     );
 }

@@ -1095,6 +1095,42 @@ async fn network_mode_bridge_links_services_by_alias() {
 }
 
 #[tokio::test]
+async fn ff_network_per_build_gives_a_job_without_services_its_own_network() {
+    let Some(engine) = engine_with("ffnet", section()).await else {
+        return;
+    };
+    let mut j = job("ffnet", BUSYBOX);
+    // [runners.feature_flags] reach the job as variables (docs/configuration.md)
+    j.env.variables.push(EnvVar {
+        name: "FF_NETWORK_PER_BUILD".into(),
+        value: "true".into(),
+    });
+    let label = format!("ferry.job_id={}", j.env.job_id);
+    let mut log: Vec<u8> = Vec::new();
+    let cancel = CancellationToken::new();
+    engine.prepare(&j.env, &mut log, &cancel).await.unwrap();
+    // no services, yet a network of its own, and the build container is on it (not on the
+    // default bridge that other jobs share)
+    assert_eq!(labelled(&engine, &label).await, (1, 1));
+    let info = engine
+        .client()
+        .inspect_container(
+            &convert::build_container_name(&j.env),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let networks: Vec<String> = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .map(|n| n.into_keys().collect())
+        .unwrap_or_default();
+    assert_eq!(networks, [convert::network_name(&j.env)]);
+    engine.destroy(&j.env).await.unwrap();
+    assert_eq!(labelled(&engine, &label).await, (0, 0));
+}
+
+#[tokio::test]
 async fn cache_dir_backs_path_volumes_with_host_directories() {
     let cache = tempfile::tempdir().unwrap();
     let mut sec = section();

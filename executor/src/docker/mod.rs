@@ -691,9 +691,13 @@ impl DockerEngine {
 
         // The network: per job unless the operator chose one. A job without services needs no
         // aliases, so it uses Docker's default bridge, as gitlab-runner does without
-        // FF_NETWORK_PER_BUILD (creating and removing a network costs ~0.4 s per job).
+        // FF_NETWORK_PER_BUILD (creating and removing a network costs ~0.4 s per job). With the
+        // flag, every job gets its own network, as in gitlab-runner: its containers do not
+        // share the default bridge with other jobs (docs/docker-executor.md).
         let (network_mode, per_job_network) = match self.section.network_mode.as_deref() {
-            None | Some("") if env.services.is_empty() => (None, None),
+            None | Some("") if env.services.is_empty() && !network_per_build(&env.variables) => {
+                (None, None)
+            }
             None | Some("") => {
                 let n = self.create_network(env).await?;
                 (Some(n.clone()), Some(n))
@@ -816,5 +820,42 @@ impl Engine for DockerEngine {
         ])
         .await
         .map(|_| ())
+    }
+}
+
+/// `FF_NETWORK_PER_BUILD` of the job's variables (config.toml's `[runners.feature_flags]` win
+/// over the job's own, docs/variables.md), read as Go's `strconv.ParseBool`, as gitlab-runner.
+fn network_per_build(variables: &[crate::engine::EnvVar]) -> bool {
+    variables
+        .iter()
+        .rev()
+        .find(|v| v.name == "FF_NETWORK_PER_BUILD")
+        .is_some_and(|v| matches!(v.value.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
+#[cfg(test)]
+mod network_per_build_tests {
+    use super::network_per_build;
+    use crate::engine::EnvVar;
+
+    fn var(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn ff_network_per_build_is_read_like_go_parse_bool() {
+        assert!(!network_per_build(&[]));
+        assert!(network_per_build(&[var("FF_NETWORK_PER_BUILD", "true")]));
+        assert!(network_per_build(&[var("FF_NETWORK_PER_BUILD", "1")]));
+        assert!(!network_per_build(&[var("FF_NETWORK_PER_BUILD", "false")]));
+        assert!(!network_per_build(&[var("FF_NETWORK_PER_BUILD", "yes")]));
+        // the last value wins, as in the job's environment
+        assert!(!network_per_build(&[
+            var("FF_NETWORK_PER_BUILD", "true"),
+            var("FF_NETWORK_PER_BUILD", "false"),
+        ]));
     }
 }

@@ -91,6 +91,8 @@ pub struct GitLabSource {
     metrics: Metrics,
     config_path: PathBuf,
     trace_timing: TraceTiming,
+    /// The global `connection_max_age`, read at start (docs/configuration.md).
+    connection_max_age: Option<std::time::Duration>,
 }
 
 impl GitLabSource {
@@ -102,7 +104,14 @@ impl GitLabSource {
             metrics,
             config_path,
             trace_timing: TraceTiming::default(),
+            connection_max_age: None,
         }
+    }
+
+    /// Every client's connections are replaced after `max_age` (`connection_max_age`).
+    pub fn with_connection_max_age(mut self, max_age: Option<std::time::Duration>) -> Self {
+        self.connection_max_age = max_age;
+        self
     }
 
     pub fn client(&self, r: &RunnerSection) -> Result<Arc<GitLabClient>, String> {
@@ -116,7 +125,10 @@ impl GitLabSource {
             system_id: self.system_id.clone(),
         });
         let c = GitLabClient::new(&ClientOptions::from_runner(r)).map_err(|e| e.to_string())?;
-        let c = Arc::new(c.with_observer(observer));
+        let c = Arc::new(
+            c.with_observer(observer)
+                .with_connection_max_age(self.connection_max_age),
+        );
         clients.insert(key(r), c.clone());
         Ok(c)
     }
@@ -529,6 +541,7 @@ fn docker_remote_override(value: Option<String>) -> anyhow::Result<Option<bool>>
 }
 
 pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<()> {
+    let connection_max_age = config.global.connection_max_age;
     info!(service = %args.service, config = %path.display(), "starting ferry");
     if let Some(user) = &args.user {
         // gitlab-runner runs shell-executor builds as --user; ferry has no shell executor.
@@ -650,11 +663,10 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         stop.clone(),
     ));
 
-    let source = Arc::new(GitLabSource::new(
-        system_id.clone(),
-        metrics.clone(),
-        path.to_path_buf(),
-    ));
+    let source = Arc::new(
+        GitLabSource::new(system_id.clone(), metrics.clone(), path.to_path_buf())
+            .with_connection_max_age(connection_max_age),
+    );
     let cleanups = TaskTracker::new();
     let handler = Arc::new(Handler {
         source: source.clone(),

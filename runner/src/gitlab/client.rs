@@ -116,7 +116,7 @@ pub trait ApiObserver: Send + Sync {
 #[derive(Clone)]
 pub struct GitLabClient {
     observer: Option<std::sync::Arc<dyn ApiObserver>>,
-    http: reqwest::Client,
+    http: HttpPool,
     /// Normalised instance URL without trailing `/` (and without `/ci`).
     base: String,
     info: RunnerInfoBody,
@@ -199,20 +199,53 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
     })
 }
 
+type MakeHttp = dyn Fn() -> Result<reqwest::Client, ClientError> + Send + Sync;
+
+/// The HTTP client and its connection pool, made again after `max_age`.
+#[derive(Clone)]
+struct HttpPool {
+    make: std::sync::Arc<MakeHttp>,
+    current: std::sync::Arc<std::sync::Mutex<(reqwest::Client, std::time::Instant)>>,
+    max_age: Option<Duration>,
+}
+
+impl HttpPool {
+    fn new(make: std::sync::Arc<MakeHttp>) -> Result<Self, ClientError> {
+        let client = make()?;
+        Ok(HttpPool {
+            make,
+            current: std::sync::Arc::new(std::sync::Mutex::new((
+                client,
+                std::time::Instant::now(),
+            ))),
+            max_age: None,
+        })
+    }
+
+    fn client(&self) -> reqwest::Client {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(age) = self.max_age
+            && current.1.elapsed() > age
+        {
+            // the same settings built the first client; should it fail now, keep that one
+            if let Ok(fresh) = (self.make)() {
+                tracing::debug!(
+                    max_age_s = age.as_secs_f64(),
+                    "new HTTP client: connections reached connection_max_age"
+                );
+                *current = (fresh, std::time::Instant::now());
+            }
+        }
+        current.0.clone()
+    }
+}
+
 impl GitLabClient {
     pub fn new(options: &ClientOptions) -> Result<Self, ClientError> {
         let base = normalize_base(&options.url)?;
         install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .user_agent(user_agent())
-            .tls_backend_rustls()
-            .tls_version_min(reqwest::tls::Version::TLS_1_2)
-            .connect_timeout(Duration::from_secs(30))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_keepalive(Duration::from_secs(30))
-            // Redirects are followed by hand (artifact download only) so job tokens are never
-            // forwarded to another host such as an object store.
-            .redirect(reqwest::redirect::Policy::none());
+        let mut extra_certs = Vec::new();
+        let mut identity = None;
         if let Some(path) = &options.tls_ca_file {
             let pem = read_file(path)?;
             let certs =
@@ -226,19 +259,20 @@ impl GitLabClient {
                     reason: "no certificate in the file".into(),
                 });
             }
-            // In addition to the system's roots, as gitlab-runner does.
-            builder = builder.tls_certs_merge(certs);
+            extra_certs = certs;
         }
         match (&options.tls_cert_file, &options.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let mut pem = read_file(cert)?;
                 pem.push(b'\n');
                 pem.extend(read_file(key)?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::Tls {
-                    path: format!("{} + {}", cert.display(), key.display()),
-                    reason: format!("invalid client certificate or key: {e}"),
-                })?;
-                builder = builder.identity(identity);
+                identity =
+                    Some(
+                        reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::Tls {
+                            path: format!("{} + {}", cert.display(), key.display()),
+                            reason: format!("invalid client certificate or key: {e}"),
+                        })?,
+                    );
             }
             (Some(path), None) | (None, Some(path)) => {
                 return Err(ClientError::Tls {
@@ -248,9 +282,30 @@ impl GitLabClient {
             }
             (None, None) => {}
         }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Build(e.to_string()))?;
+        // Kept to build the client again when its connections reach connection_max_age.
+        let make = move || {
+            let mut builder = reqwest::Client::builder()
+                .user_agent(user_agent())
+                .tls_backend_rustls()
+                .tls_version_min(reqwest::tls::Version::TLS_1_2)
+                .connect_timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_keepalive(Duration::from_secs(30))
+                // Redirects are followed by hand (artifact download only) so job tokens are
+                // never forwarded to another host such as an object store.
+                .redirect(reqwest::redirect::Policy::none());
+            if !extra_certs.is_empty() {
+                // In addition to the system's roots, as gitlab-runner does.
+                builder = builder.tls_certs_merge(extra_certs.clone());
+            }
+            if let Some(identity) = &identity {
+                builder = builder.identity(identity.clone());
+            }
+            builder
+                .build()
+                .map_err(|e| ClientError::Build(e.to_string()))
+        };
+        let http = HttpPool::new(std::sync::Arc::new(make))?;
         let info = RunnerInfoBody {
             name: "ferry",
             version: env!("CARGO_PKG_VERSION"),
@@ -302,8 +357,16 @@ impl GitLabClient {
         format!("{}/api/v4/{}", self.base, path)
     }
 
-    pub(super) fn http(&self) -> &reqwest::Client {
-        &self.http
+    pub(super) fn http(&self) -> reqwest::Client {
+        self.http.client()
+    }
+
+    /// `connection_max_age` (docs/configuration.md): once the client's connections are older,
+    /// the next request starts on a new client, so the old connections close when their last
+    /// request ends (gitlab-runner closes its idle connections at that age). `None` = never.
+    pub fn with_connection_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.http.max_age = max_age;
+        self
     }
 
     pub(super) fn retry(&self) -> RetryPolicy {
@@ -331,7 +394,7 @@ impl GitLabClient {
         path: &str,
         timeout: Duration,
     ) -> reqwest::RequestBuilder {
-        self.http
+        self.http()
             .request(method, self.url(path))
             .timeout(timeout)
             .header(reqwest::header::ACCEPT, "application/json")
@@ -797,6 +860,80 @@ impl std::fmt::Debug for JobRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An HTTP/1.1 server that answers every request `200 {}` on a kept-alive connection and
+    /// counts the connections it accepted.
+    async fn keep_alive_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if conn.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    async fn connections_for_two_requests(max_age: Option<Duration>) -> usize {
+        let (url, accepted) = keep_alive_server().await;
+        let client = GitLabClient::new(&ClientOptions {
+            url,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            executor: None,
+            shell: None,
+            retry: RetryPolicy::default(),
+        })
+        .unwrap()
+        .with_connection_max_age(max_age);
+        for _ in 0..2 {
+            let r = client
+                .json_request(Method::GET, "version", Duration::from_secs(5))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn connections_older_than_connection_max_age_are_not_reused() {
+        // kept alive: the second request reuses the first one's connection
+        assert_eq!(connections_for_two_requests(None).await, 1);
+        assert_eq!(
+            connections_for_two_requests(Some(Duration::from_secs(3600))).await,
+            1
+        );
+        // older than connection_max_age: the second request opens a new connection
+        assert_eq!(
+            connections_for_two_requests(Some(Duration::from_millis(100))).await,
+            2
+        );
+    }
 
     #[test]
     fn base_urls_are_normalised() {
