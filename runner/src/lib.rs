@@ -7,6 +7,7 @@ pub mod commands;
 pub mod daemon;
 pub mod disk;
 pub mod driver;
+pub mod exec;
 pub mod failure;
 pub mod gitlab;
 pub mod health;

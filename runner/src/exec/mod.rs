@@ -1,0 +1,241 @@
+//! `ferry exec`: a pipeline run on this machine through the machinery that runs CI
+//! (docs/exec.md). Each job is a `JobPayload` as GitLab would send it; it runs through
+//! `plan::compile` and the [`Driver`] with a local [`api::LocalApi`] in GitLab's place, sources
+//! from a [`snapshot`] of the working tree, and the daemon's Docker engine and cache.
+//!
+//! * `snapshot.rs`: the working tree as one commit in a repository of ferry's.
+//! * `api.rs`: the `JobApi` that keeps logs and artifacts on disk and shows the logs.
+//! * `terminal.rs`: a job log as a terminal shows it.
+//! * `schedule.rs`: which job starts when (stages, needs, `when`, resource groups).
+
+pub mod api;
+pub mod schedule;
+pub mod snapshot;
+pub mod terminal;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_config::RunnerSection;
+use ferry_deploy::Deployer;
+use ferry_executor::Engine;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{Driver, Host};
+use crate::gitlab::payload::JobPayload;
+use crate::plan::JobContext;
+
+use api::LocalApi;
+use schedule::{Node, Schedule, Status};
+
+/// One job of the pipeline, ready to run.
+pub struct LocalJob {
+    pub node: Node,
+    /// As GitLab would send it; `dependencies` list every job whose artifacts it may get (the
+    /// ones that end up without an archive are dropped before it starts, as GitLab does).
+    pub payload: JobPayload,
+}
+
+/// How one job ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobResult {
+    pub name: String,
+    pub stage: String,
+    pub status: Status,
+    pub failure_reason: Option<String>,
+    pub allow_failure: bool,
+    pub duration_s: Option<f64>,
+    pub log: Option<PathBuf>,
+    /// Why a job did not run (skipped, manual).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What the pipeline run needs besides its jobs.
+pub struct Options {
+    pub stages: Vec<String>,
+    /// Jobs run at once.
+    pub concurrent: usize,
+    pub working_dir: PathBuf,
+    /// First Ctrl-C: GitLab's Cancel for the running jobs; nothing more starts.
+    pub cancel: CancellationToken,
+    /// Second Ctrl-C: ferry's shutdown (the jobs stop at once, their containers are removed).
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the jobs to their ends and returns each one's result, in the jobs' order.
+pub async fn run_pipeline<E, D, H>(
+    driver: Arc<Driver<E, D, LocalApi, H>>,
+    runner: Arc<RunnerSection>,
+    jobs: Vec<LocalJob>,
+    opts: Options,
+) -> (Status, Vec<JobResult>)
+where
+    E: Engine,
+    D: Deployer,
+    H: Host,
+{
+    let api = driver.api.clone();
+    let mut schedule = Schedule::new(jobs.iter().map(|j| j.node.clone()).collect());
+    let mut started: Vec<Option<Instant>> = vec![None; jobs.len()];
+    let mut durations: Vec<Option<f64>> = vec![None; jobs.len()];
+    let mut logs: Vec<Option<PathBuf>> = vec![None; jobs.len()];
+    let mut running: JoinSet<usize> = JoinSet::new();
+    let mut slots: Vec<bool> = vec![false; opts.concurrent.max(1)];
+    let mut slot_of: Vec<usize> = vec![0; jobs.len()];
+    let mut canceled = false;
+    loop {
+        if !canceled {
+            let free = slots.iter().filter(|s| !**s).count();
+            for i in schedule.next(free) {
+                let job = &jobs[i];
+                let mut payload = job.payload.clone();
+                payload.dependencies.retain(|d| api.has_archive(d.id));
+                let slot = slots.iter().position(|s| !*s).unwrap_or(0);
+                slots[slot] = true;
+                slot_of[i] = slot;
+                let file = format!("{}-{}.log", payload.id, file_name(&job.node.name));
+                let log = api.register(&payload.job_ref(), &file);
+                api.terminal().name(payload.id, &job.node.name);
+                match log {
+                    Ok(path) => logs[i] = Some(path),
+                    Err(e) => api.terminal().say(&format!(
+                        "ferry: cannot write the log of {}: {e}",
+                        job.node.name
+                    )),
+                }
+                started[i] = Some(Instant::now());
+                let ctx = JobContext {
+                    working_dir: opts.working_dir.clone(),
+                    concurrent_id: slot,
+                    concurrent_project_id: slot,
+                    tls_ca_pem: None,
+                };
+                let (driver, runner, shutdown) =
+                    (driver.clone(), runner.clone(), opts.shutdown.clone());
+                running.spawn(async move {
+                    driver.run(runner, payload, ctx, shutdown).await;
+                    i
+                });
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            ended = running.join_next() => {
+                let Some(ended) = ended else { continue };
+                // A panic is caught inside the driver; a join error is a bug of ferry's.
+                let Ok(i) = ended else { continue };
+                let id = jobs[i].payload.id;
+                api.terminal().end(id);
+                slots[slot_of[i]] = false;
+                durations[i] = started[i].map(|t| t.elapsed().as_secs_f64());
+                let status = match api.outcome(id) {
+                    Some(u) if u.state == crate::api::JobState::Success => Status::Success,
+                    _ if canceled => Status::Canceled,
+                    _ => Status::Failed,
+                };
+                schedule.finished(i, status);
+            }
+            _ = opts.cancel.cancelled(), if !canceled => {
+                canceled = true;
+                api.cancel_all();
+                schedule.cancel();
+            }
+        }
+    }
+    // Jobs that never started (their predecessors were canceled or never ended).
+    if !schedule.done() {
+        schedule.cancel();
+    }
+    let results = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let outcome = api.outcome(j.payload.id);
+            JobResult {
+                name: j.node.name.clone(),
+                stage: opts
+                    .stages
+                    .get(j.node.stage)
+                    .cloned()
+                    .unwrap_or_default(),
+                status: schedule.status(i),
+                failure_reason: outcome.and_then(|u| u.failure_reason),
+                allow_failure: j.node.allow_failure,
+                duration_s: durations[i],
+                log: logs[i].clone(),
+                reason: schedule.reason(i).map(str::to_string),
+            }
+        })
+        .collect();
+    (schedule.pipeline_status(), results)
+}
+
+/// A job name as part of a file name: letters, digits, `-`, `_` and `.`; the rest `_`.
+pub fn file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The summary table printed at the end: job, stage, status, duration, reason.
+pub fn summary(results: &[JobResult]) -> String {
+    let rows: Vec<[String; 5]> = results
+        .iter()
+        .map(|r| {
+            let status = serde_json::to_value(r.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let status = if r.status == Status::Failed && r.allow_failure {
+                format!("{status} (allowed)")
+            } else {
+                status
+            };
+            [
+                r.name.clone(),
+                r.stage.clone(),
+                status,
+                r.duration_s
+                    .map(|d| format!("{:.1}s", d))
+                    .unwrap_or_else(|| "-".into()),
+                r.failure_reason
+                    .clone()
+                    .or_else(|| r.reason.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["JOB", "STAGE", "STATUS", "DURATION", "REASON"].map(String::from);
+    let mut width = [0usize; 5];
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(width)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// How long the driver waits between two log uploads to the local API: short, so the
+/// terminal follows the job closely.
+pub const LOCAL_UPDATE_INTERVAL: Duration = Duration::from_millis(200);

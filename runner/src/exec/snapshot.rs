@@ -1,0 +1,272 @@
+//! The sources of a local pipeline (docs/exec.md, "Sources"): the user's working tree as it is,
+//! uncommitted and untracked-but-not-ignored files included, as one commit in a repository of
+//! ferry's own. Jobs then get their sources through the same `get_sources` stage as in CI,
+//! fetching that commit with the job's `GIT_STRATEGY`, `GIT_DEPTH`, submodules and LFS.
+//!
+//! Nothing of the user's repository is written: the snapshot's objects go to ferry's repository
+//! (which borrows the user's objects read-only through `objects/info/alternates`), and the
+//! working tree is staged through an index file of ferry's own.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What a job's `git_info` is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `file://` URL of ferry's repository holding the commit.
+    pub repo_url: String,
+    /// The commit the jobs check out: `head` itself when the tree is clean, otherwise a commit
+    /// on top of it with the working tree's contents.
+    pub sha: String,
+    /// The user's `HEAD` (`CI_COMMIT_SHA`); `None` in a repository without commits.
+    pub head: Option<String>,
+    /// Whether the working tree differed from `HEAD`.
+    pub dirty: bool,
+    /// The ref the commit is published under in ferry's repository (`refs/heads/<ref_name>`).
+    pub ref_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{dir} is not inside a git repository (ferry exec runs the .gitlab-ci.yml of a git repository)")]
+    NotARepository { dir: PathBuf },
+    #[error("running git {args}: {message}")]
+    Git { args: String, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+/// One git command; stdout on success, a [`SnapshotError::Git`] naming it otherwise.
+fn git<I, S>(dir: &Path, args: I, env: &[(&str, &OsStr)]) -> Result<String, SnapshotError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let shown = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .args(&args)
+        .stdin(Stdio::null())
+        // The user's own settings (aliases, pagers, hooks) play no part in these plumbing calls.
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_OPTIONAL_LOCKS", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().map_err(|e| SnapshotError::Git {
+        args: shown.clone(),
+        message: format!("{e} (is git installed?)"),
+    })?;
+    if !out.status.success() {
+        return Err(SnapshotError::Git {
+            args: shown,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The top of the working tree that holds `dir`.
+pub fn toplevel(dir: &Path) -> Result<PathBuf, SnapshotError> {
+    git(dir, ["rev-parse", "--show-toplevel"], &[])
+        .map(PathBuf::from)
+        .map_err(|_| SnapshotError::NotARepository {
+            dir: dir.to_path_buf(),
+        })
+}
+
+/// Takes the snapshot of the working tree at `top` into the bare repository `store` (created
+/// when missing), publishing it as `refs/heads/<ref_name>` there.
+pub fn take(top: &Path, store: &Path, ref_name: &str) -> Result<Snapshot, SnapshotError> {
+    let io = |context: String| move |source| SnapshotError::Io { context, source };
+    let objects = PathBuf::from(git(
+        top,
+        ["rev-parse", "--path-format=absolute", "--git-path", "objects"],
+        &[],
+    )?);
+    if !store.join("HEAD").is_file() {
+        std::fs::create_dir_all(store).map_err(io(format!("creating {}", store.display())))?;
+        git(store, ["init", "--bare", "--quiet", "."], &[])?;
+    }
+    let store_objects = store.join("objects");
+    std::fs::create_dir_all(store_objects.join("info"))
+        .map_err(io(format!("creating {}", store_objects.display())))?;
+    std::fs::write(
+        store_objects.join("info/alternates"),
+        format!("{}\n", objects.display()),
+    )
+    .map_err(io(format!("writing {}/info/alternates", store_objects.display())))?;
+
+    let head = git(top, ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], &[]).ok();
+    let index = store.join("ferry-exec.index");
+    let _ = std::fs::remove_file(&index);
+    let env: [(&str, &OsStr); 3] = [
+        ("GIT_INDEX_FILE", index.as_os_str()),
+        ("GIT_OBJECT_DIRECTORY", store_objects.as_os_str()),
+        ("GIT_ALTERNATE_OBJECT_DIRECTORIES", objects.as_os_str()),
+    ];
+    if head.is_some() {
+        git(top, ["read-tree", "HEAD"], &env)?;
+    }
+    // Everything git would commit with `git add -A`: changes, deletions and untracked files
+    // that no .gitignore (nor info/exclude) excludes.
+    git(top, ["add", "--all", "--", "."], &env)?;
+    let tree = git(top, ["write-tree"], &env)?;
+    let _ = std::fs::remove_file(&index);
+    let head_tree = match &head {
+        Some(h) => Some(git(top, ["rev-parse", &format!("{h}^{{tree}}")], &env)?),
+        None => None,
+    };
+    let dirty = head_tree.as_deref() != Some(tree.as_str());
+    let sha = match (&head, dirty) {
+        (Some(h), false) => h.clone(),
+        _ => {
+            let identity: [(&str, &OsStr); 4] = [
+                ("GIT_AUTHOR_NAME", OsStr::new("ferry exec")),
+                ("GIT_AUTHOR_EMAIL", OsStr::new("ferry-exec@localhost")),
+                ("GIT_COMMITTER_NAME", OsStr::new("ferry exec")),
+                ("GIT_COMMITTER_EMAIL", OsStr::new("ferry-exec@localhost")),
+            ];
+            let env: Vec<_> = env.iter().chain(identity.iter()).copied().collect();
+            let mut args = vec!["commit-tree".to_string(), tree.clone()];
+            if let Some(h) = &head {
+                args.extend(["-p".to_string(), h.clone()]);
+            }
+            args.extend([
+                "-m".to_string(),
+                "ferry exec: uncommitted changes of the working tree".to_string(),
+            ]);
+            git(top, &args, &env)?
+        }
+    };
+    git(
+        store,
+        ["update-ref", &format!("refs/heads/{ref_name}"), &sha],
+        &[],
+    )?;
+    Ok(Snapshot {
+        repo_url: format!("file://{}", store.display()),
+        sha,
+        head,
+        dirty,
+        ref_name: ref_name.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn repo() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        run(d.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(d.path().join("a.txt"), "committed\n").unwrap();
+        std::fs::write(d.path().join("gone.txt"), "deleted later\n").unwrap();
+        std::fs::write(d.path().join(".gitignore"), "ignored.txt\n").unwrap();
+        run(d.path(), &["add", "-A"]);
+        run(d.path(), &["commit", "-q", "-m", "first"]);
+        d
+    }
+
+    /// What a clone of the snapshot's commit holds.
+    fn files_of(snap: &Snapshot) -> Vec<String> {
+        let out = tempfile::tempdir().unwrap();
+        run(out.path(), &["init", "-q"]);
+        run(out.path(), &["fetch", "-q", &snap.repo_url, &snap.sha]);
+        run(out.path(), &["checkout", "-q", &snap.sha]);
+        let mut names = run(out.path(), &["ls-files"])
+            .lines()
+            .map(|l| {
+                let content = std::fs::read_to_string(out.path().join(l)).unwrap_or_default();
+                format!("{l}={}", content.trim())
+            })
+            .collect::<Vec<_>>();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_clean_tree_is_its_head() {
+        let r = repo();
+        let store = tempfile::tempdir().unwrap();
+        let snap = take(r.path(), &store.path().join("s.git"), "main").unwrap();
+        assert!(!snap.dirty);
+        assert_eq!(Some(snap.sha.clone()), snap.head);
+        assert_eq!(
+            files_of(&snap),
+            [".gitignore=ignored.txt", "a.txt=committed", "gone.txt=deleted later"]
+        );
+    }
+
+    #[test]
+    fn uncommitted_and_untracked_files_are_in_the_snapshot_and_the_user_repo_is_untouched() {
+        let r = repo();
+        std::fs::write(r.path().join("a.txt"), "changed\n").unwrap();
+        std::fs::write(r.path().join("new.txt"), "untracked\n").unwrap();
+        std::fs::write(r.path().join("ignored.txt"), "never\n").unwrap();
+        std::fs::remove_file(r.path().join("gone.txt")).unwrap();
+        run(r.path(), &["add", "new.txt"]);
+        run(r.path(), &["reset", "-q", "new.txt"]);
+        let status_before = run(r.path(), &["status", "--porcelain"]);
+        let objects_before = run(r.path(), &["count-objects", "-v"]);
+        let store = tempfile::tempdir().unwrap();
+        let snap = take(r.path(), &store.path().join("s.git"), "main").unwrap();
+        assert!(snap.dirty);
+        assert_ne!(Some(snap.sha.clone()), snap.head);
+        assert_eq!(
+            files_of(&snap),
+            [".gitignore=ignored.txt", "a.txt=changed", "new.txt=untracked"]
+        );
+        // The user's index, working tree and object store are as they were.
+        assert_eq!(run(r.path(), &["status", "--porcelain"]), status_before);
+        assert_eq!(run(r.path(), &["count-objects", "-v"]), objects_before);
+        // The snapshot's parent is the user's HEAD, so history is there for the job.
+        let parent = run(
+            &store.path().join("s.git"),
+            &["rev-parse", &format!("{}^", snap.sha)],
+        );
+        assert_eq!(Some(parent), snap.head);
+    }
+
+    #[test]
+    fn a_repository_without_commits_gives_a_root_commit() {
+        let d = tempfile::tempdir().unwrap();
+        run(d.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(d.path().join("x"), "1\n").unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let snap = take(d.path(), &store.path().join("s.git"), "main").unwrap();
+        assert_eq!(snap.head, None);
+        assert_eq!(files_of(&snap), ["x=1"]);
+    }
+
+    #[test]
+    fn outside_a_repository_the_error_names_the_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let e = toplevel(d.path()).unwrap_err().to_string();
+        assert!(e.contains("not inside a git repository"), "{e}");
+        assert!(e.contains(&d.path().display().to_string()), "{e}");
+    }
+}
