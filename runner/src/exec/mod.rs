@@ -9,6 +9,7 @@
 //! * `schedule.rs`: which job starts when (stages, needs, `when`, resource groups).
 
 pub mod api;
+pub mod predefined;
 pub mod schedule;
 pub mod snapshot;
 pub mod terminal;
