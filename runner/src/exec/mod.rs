@@ -9,6 +9,7 @@
 //! * `schedule.rs`: which job starts when (stages, needs, `when`, resource groups).
 
 pub mod api;
+pub mod convert;
 pub mod predefined;
 pub mod schedule;
 pub mod snapshot;
@@ -34,6 +35,8 @@ use schedule::{Node, Schedule, Status};
 /// One job of the pipeline, ready to run.
 pub struct LocalJob {
     pub node: Node,
+    /// `allow_failure: exit_codes:`: a failure with one of these codes is allowed.
+    pub allow_failure_exit_codes: Vec<i64>,
     /// As GitLab would send it; `dependencies` list every job whose artifacts it may get (the
     /// ones that end up without an archive are dropped before it starts, as GitLab does).
     pub payload: JobPayload,
@@ -134,7 +137,13 @@ where
                 api.terminal().end(id);
                 slots[slot_of[i]] = false;
                 durations[i] = started[i].map(|t| t.elapsed().as_secs_f64());
-                let status = match api.outcome(id) {
+                let outcome = api.outcome(id);
+                if let Some(code) = outcome.as_ref().and_then(|u| u.exit_code)
+                    && jobs[i].allow_failure_exit_codes.contains(&i64::from(code))
+                {
+                    schedule.allow_failure(i);
+                }
+                let status = match outcome {
                     Some(u) if u.state == crate::api::JobState::Success => Status::Success,
                     _ if canceled => Status::Canceled,
                     _ => Status::Failed,
@@ -166,7 +175,7 @@ where
                     .unwrap_or_default(),
                 status: schedule.status(i),
                 failure_reason: outcome.and_then(|u| u.failure_reason),
-                allow_failure: j.node.allow_failure,
+                allow_failure: schedule.nodes()[i].allow_failure,
                 duration_s: durations[i],
                 log: logs[i].clone(),
                 reason: schedule.reason(i).map(str::to_string),

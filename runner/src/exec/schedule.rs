@@ -93,6 +93,11 @@ impl Schedule {
         self.status[i] = status;
     }
 
+    /// The job failed with an exit code its `allow_failure: exit_codes` allows.
+    pub fn allow_failure(&mut self, i: usize) {
+        self.nodes[i].allow_failure = true;
+    }
+
     /// Ctrl-C: nothing more starts; what has not started is canceled.
     pub fn cancel(&mut self) {
         self.canceled = true;
