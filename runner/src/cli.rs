@@ -47,6 +47,8 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Print the plan ferry would execute for a job payload (JSON), for debugging
     Plan(PlanArgs),
+    /// Run the repository's .gitlab-ci.yml pipeline on this machine, in Docker
+    Exec(ExecArgs),
     /// Install ferry as a systemd service (writes and enables the unit; does not start it)
     Install(InstallArgs),
     /// Disable the systemd service and remove its unit
@@ -392,6 +394,51 @@ pub struct DeployArgs {
     /// --manifests, --namespace
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+/// `ferry exec` (docs/exec.md). `-c` and `--runner` take Docker settings and deploy targets
+/// from a runner of a config file; without them jobs run on this machine's Docker with
+/// `alpine:latest` as the default image.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Jobs to run (default: the whole pipeline); a parallel job's name means all its instances
+    pub jobs: Vec<String>,
+    /// List the jobs the pipeline would have (stage, when, needs, why excluded) and exit
+    #[arg(long)]
+    pub list: bool,
+    /// Print a JSON summary on stdout (job logs go to stderr and to files)
+    #[arg(long)]
+    pub json: bool,
+    /// Also run the jobs the named jobs need, transitively
+    #[arg(long)]
+    pub needs: bool,
+    /// A variable, as a project variable would be set (repeatable)
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// KEY=VALUE lines (a .env file) read as --var (repeatable)
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+    /// Branch or tag the pipeline runs for [default: the checked-out branch, or the tag at HEAD]
+    #[arg(long = "ref")]
+    pub git_ref: Option<String>,
+    /// CI_PIPELINE_SOURCE: push, web, schedule, merge_request_event, api, trigger, ...
+    #[arg(long = "pipeline-source", default_value = "push")]
+    pub pipeline_source: String,
+    /// Name of the [[runners]] entry of the -c config file to take settings from
+    #[arg(long = "runner")]
+    pub runner: Option<String>,
+    /// Jobs run at once [default: the number of cores]
+    #[arg(long)]
+    pub concurrent: Option<usize>,
+    /// Where the job logs and artifacts go [default: .ferry/ in the repository]
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Builds, caches and the sources' snapshots [default: ~/.cache/ferry/exec]
+    #[arg(long = "working-directory", value_name = "DIR")]
+    pub working_directory: Option<PathBuf>,
+    /// Run ferry:deploy jobs for real (default: a server-side dry run)
+    #[arg(long)]
+    pub deploy: bool,
 }
 
 #[derive(Debug, Args)]

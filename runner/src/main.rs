@@ -40,6 +40,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(_) => Some("plan"),
         // register creates the file; deploy does not read it.
         Command::Register(_) | Command::Deploy(_) => None,
+        // exec reads a config only when -c or --runner names one.
+        Command::Exec(_) => None,
         // The service commands only name the file in the unit.
         Command::Install(_)
         | Command::Uninstall(_)
@@ -65,6 +67,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(ref args) => commands::manage::verify(&path, args).await?,
         Command::List => commands::manage::list(&path)?,
         Command::Plan(ref args) => commands::plan::plan(&path, args)?,
+        Command::Exec(ref args) => return commands::exec::exec(&cli, args).await,
         Command::Deploy(ref args) => return commands::deploy::deploy(&path, &args.args).await,
         Command::Install(ref args) => commands::service::install(&path, args)?,
         Command::Uninstall(ref args) => commands::service::uninstall(args)?,

@@ -2,6 +2,7 @@
 //! config and builds every component from it.
 
 pub mod deploy;
+pub mod exec;
 pub mod manage;
 pub mod plan;
 pub mod register;

@@ -85,8 +85,14 @@ pub fn toplevel(dir: &Path) -> Result<PathBuf, SnapshotError> {
 }
 
 /// Takes the snapshot of the working tree at `top` into the bare repository `store` (created
-/// when missing), publishing it as `refs/heads/<ref_name>` there.
-pub fn take(top: &Path, store: &Path, ref_name: &str) -> Result<Snapshot, SnapshotError> {
+/// when missing), publishing it as `refs/heads/<ref_name>` there. Paths under `exclude` (ferry's
+/// own output inside the tree) are left out.
+pub fn take(
+    top: &Path,
+    store: &Path,
+    ref_name: &str,
+    exclude: &[&Path],
+) -> Result<Snapshot, SnapshotError> {
     let io = |context: String| move |source| SnapshotError::Io { context, source };
     let objects = PathBuf::from(git(
         top,
@@ -119,7 +125,13 @@ pub fn take(top: &Path, store: &Path, ref_name: &str) -> Result<Snapshot, Snapsh
     }
     // Everything git would commit with `git add -A`: changes, deletions and untracked files
     // that no .gitignore (nor info/exclude) excludes.
-    git(top, ["add", "--all", "--", "."], &env)?;
+    let mut add: Vec<String> = ["add", "--all", "--", "."].map(String::from).to_vec();
+    for path in exclude {
+        if let Ok(rel) = path.strip_prefix(top) {
+            add.push(format!(":(exclude,literal){}", rel.display()));
+        }
+    }
+    git(top, &add, &env)?;
     let tree = git(top, ["write-tree"], &env)?;
     let _ = std::fs::remove_file(&index);
     let head_tree = match &head {
@@ -160,6 +172,20 @@ pub fn take(top: &Path, store: &Path, ref_name: &str) -> Result<Snapshot, Snapsh
         dirty,
         ref_name: ref_name.to_string(),
     })
+}
+
+/// The key of `cache:key:files` (docs/exec.md): the last commit up to `sha` that changed one of
+/// `files`, after `prefix-`, as GitLab derives it from the files' history. Without such a commit,
+/// `default`, as GitLab's.
+pub fn files_key(store: &Path, sha: &str, files: &[String], prefix: Option<&str>) -> String {
+    let mut args = vec!["rev-list", "-1", sha, "--"];
+    args.extend(files.iter().map(String::as_str));
+    let commit = git(store, &args, &[]).ok().filter(|c| !c.is_empty());
+    let key = commit.unwrap_or_else(|| "default".to_string());
+    match prefix {
+        Some(p) => format!("{p}-{key}"),
+        None => key,
+    }
 }
 
 #[cfg(test)]
@@ -212,7 +238,7 @@ mod tests {
     fn a_clean_tree_is_its_head() {
         let r = repo();
         let store = tempfile::tempdir().unwrap();
-        let snap = take(r.path(), &store.path().join("s.git"), "main").unwrap();
+        let snap = take(r.path(), &store.path().join("s.git"), "main", &[]).unwrap();
         assert!(!snap.dirty);
         assert_eq!(Some(snap.sha.clone()), snap.head);
         assert_eq!(
@@ -233,7 +259,7 @@ mod tests {
         let status_before = run(r.path(), &["status", "--porcelain"]);
         let objects_before = run(r.path(), &["count-objects", "-v"]);
         let store = tempfile::tempdir().unwrap();
-        let snap = take(r.path(), &store.path().join("s.git"), "main").unwrap();
+        let snap = take(r.path(), &store.path().join("s.git"), "main", &[]).unwrap();
         assert!(snap.dirty);
         assert_ne!(Some(snap.sha.clone()), snap.head);
         assert_eq!(
@@ -257,7 +283,7 @@ mod tests {
         run(d.path(), &["init", "-q", "-b", "main"]);
         std::fs::write(d.path().join("x"), "1\n").unwrap();
         let store = tempfile::tempdir().unwrap();
-        let snap = take(d.path(), &store.path().join("s.git"), "main").unwrap();
+        let snap = take(d.path(), &store.path().join("s.git"), "main", &[]).unwrap();
         assert_eq!(snap.head, None);
         assert_eq!(files_of(&snap), ["x=1"]);
     }
