@@ -26,7 +26,8 @@ use crate::trace::TraceTiming;
 const BAD_INPUT: u8 = 2;
 
 /// The runner entry jobs run with when no config is named: Docker on this machine, the image
-/// gitlab-runner's docs suggest as a default.
+/// gitlab-runner's docs suggest as a default, and images pulled only when missing (a laptop's
+/// images are used as they are, and a machine without a registry still runs).
 const DEFAULT_RUNNER: &str = r#"
 [[runners]]
 name = "ferry-exec"
@@ -35,6 +36,7 @@ token = "glrt-ferry-exec-local"
 executor = "docker"
 [runners.docker]
 image = "alpine:latest"
+pull_policy = ["if-not-present"]
 "#;
 
 pub async fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,356 @@
+//! End to end: `ferry exec` runs a repository's .gitlab-ci.yml on real Docker (docs/exec.md).
+//!
+//! Needs Docker and the images of scripts/build-test-images.sh; without Docker every test
+//! prints `SKIP: <reason>` and returns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_tests::e2e::{GitRepo, cmd, docker_ready, skip_notice};
+use serde_json::Value;
+
+/// A repository, a config naming a runner of its own (so its Docker objects can be told from
+/// other tests'), and the dirs ferry exec writes to.
+struct Project {
+    repo: GitRepo,
+    home: tempfile::TempDir,
+    token: String,
+}
+
+impl Project {
+    fn new(ci: &str) -> Option<Project> {
+        if let Err(reason) = docker_ready() {
+            skip_notice(&format!("SKIP: {reason}"));
+            return None;
+        }
+        let repo = GitRepo::new();
+        repo.commit(".gitlab-ci.yml", ci);
+        let home = tempfile::tempdir().expect("temp dir");
+        let n: u64 = rand::random();
+        let token = format!("glrt-exec{:012x}", n & 0xffff_ffff_ffff);
+        std::fs::write(
+            home.path().join("config.toml"),
+            format!(
+                "[[runners]]\nname = \"local\"\nurl = \"https://gitlab.example.com\"\n\
+                 token = \"{token}\"\nexecutor = \"docker\"\n[runners.docker]\n\
+                 image = \"ferry-test/busybox:latest\"\npull_policy = [\"if-not-present\"]\n"
+            ),
+        )
+        .expect("config");
+        Some(Project { repo, home, token })
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.home.path().join("out")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(ferry_tests::ferry_bin());
+        c.current_dir(self.repo.path())
+            .env("HOME", self.home.path())
+            .arg("exec")
+            .arg("-c")
+            .arg(self.home.path().join("config.toml"))
+            .arg("--working-directory")
+            .arg(self.home.path().join("work"))
+            .arg("--output")
+            .arg(self.out_dir())
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("ferry exec")
+    }
+
+    /// `--json` run: exit code and the summary.
+    fn exec_json(&self, args: &[&str]) -> (Option<i32>, Value) {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.exec(&a);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "no JSON summary ({e}); stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), summary)
+    }
+
+    /// Containers, networks and volumes of this project's runner still in Docker.
+    fn leftovers(&self) -> Vec<String> {
+        let short = ferry_config::token::ci_short_token(&self.token).to_string();
+        let filter = format!("label=ferry.runner={short}");
+        let mut out = Vec::new();
+        for args in [
+            vec!["ps", "-a", "--format", "{{.Names}}", "--filter", &filter],
+            vec!["network", "ls", "--format", "{{.Name}}", "--filter", &filter],
+        ] {
+            out.extend(
+                cmd("docker", &args)
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string),
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let short = ferry_config::token::ci_short_token(&self.token).to_string();
+        let filter = format!("label=ferry.runner={short}");
+        let ids = cmd("docker", &["ps", "-aq", "--filter", &filter]);
+        for id in ids.lines().filter(|l| !l.is_empty()) {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+        }
+        let vols = cmd("docker", &["volume", "ls", "-q", "--filter", &filter]);
+        for v in vols.lines().filter(|l| !l.is_empty()) {
+            let _ = Command::new("docker").args(["volume", "rm", "-f", v]).output();
+        }
+    }
+}
+
+fn job<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["name"] == name))
+        .unwrap_or_else(|| panic!("no job {name} in {summary:#}"))
+}
+
+fn log_of(summary: &Value, name: &str) -> String {
+    let path = job(summary, name)["log"]
+        .as_str()
+        .unwrap_or_else(|| panic!("job {name} has no log: {summary:#}"));
+    std::fs::read_to_string(Path::new(path)).expect("job log")
+}
+
+const PIPELINE: &str = r#"
+stages: [build, test, report]
+
+variables:
+  GREETING: hello
+
+build:
+  stage: build
+  script:
+    - echo "$GREETING from $CI_JOB_NAME on $CI_COMMIT_REF_NAME"
+    - cat notes.txt
+    - mkdir -p out cache
+    - cat notes.txt > out/artifact.txt
+    - 'if [ -f cache/stamp ]; then echo "cache hit: $(cat cache/stamp)"; else echo cache miss; fi' 
+    - echo "run-$CI_PIPELINE_ID" > cache/stamp
+  artifacts:
+    paths: [out/]
+  cache:
+    key: deps
+    paths: [cache/]
+
+test:
+  stage: test
+  needs: [build]
+  services:
+    - name: ferry-test/service:latest
+      alias: web
+  script:
+    - cat out/artifact.txt
+    - wget -qO- http://web:8080/
+    - if [ -n "$BREAK" ]; then exit 7; fi
+
+lint:
+  stage: test
+  allow_failure: true
+  script:
+    - echo linting
+    - exit 1
+
+on-failure:
+  stage: report
+  when: on_failure
+  script:
+    - echo "something failed"
+
+manual-job:
+  stage: report
+  when: manual
+  script: [echo never]
+
+excluded:
+  stage: report
+  rules:
+    - if: $CI_COMMIT_BRANCH == "production"
+  script: [echo never]
+"#;
+
+#[test]
+fn a_pipeline_runs_with_needs_artifacts_cache_services_and_failure_rules() {
+    let Some(p) = Project::new(PIPELINE) else {
+        return;
+    };
+    // Uncommitted and untracked files are what the jobs see.
+    std::fs::write(p.repo.path().join("notes.txt"), "uncommitted note\n").unwrap();
+    let status_before = p.repo.git(&["status", "--porcelain"]);
+
+    let (code, summary) = p.exec_json(&[]);
+    assert_eq!(code, Some(0), "{summary:#}");
+    assert_eq!(summary["status"], "success", "{summary:#}");
+    assert_eq!(job(&summary, "build")["status"], "success");
+    assert_eq!(job(&summary, "test")["status"], "success");
+    let lint = job(&summary, "lint");
+    assert_eq!(lint["status"], "failed");
+    assert_eq!(lint["allow_failure"], true);
+    assert_eq!(lint["failure_reason"], "script_failure");
+    assert_eq!(job(&summary, "on-failure")["status"], "skipped");
+    assert_eq!(job(&summary, "manual-job")["status"], "manual");
+    assert_eq!(job(&summary, "excluded")["status"], "skipped");
+
+    let build = log_of(&summary, "build");
+    assert!(build.contains("hello from build on main"), "{build}");
+    assert!(build.contains("uncommitted note"), "{build}");
+    assert!(build.contains("cache miss"), "{build}");
+    let test = log_of(&summary, "test");
+    assert!(test.contains("uncommitted note"), "artifacts of build: {test}");
+    assert!(test.contains("ferry-service-ok"), "service: {test}");
+    // The user's tree is as it was, and nothing of the pipeline is left in Docker.
+    assert_eq!(p.repo.git(&["status", "--porcelain"]), status_before);
+    assert!(!p.repo.path().join("out").exists());
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+
+    // A second run restores the cache of the first; a failing job fails the pipeline, runs
+    // the on_failure job and exits 1.
+    let (code, summary) = p.exec_json(&["--var", "BREAK=1"]);
+    assert_eq!(code, Some(1), "{summary:#}");
+    assert_eq!(summary["status"], "failed", "{summary:#}");
+    assert_eq!(job(&summary, "test")["failure_reason"], "script_failure");
+    assert_eq!(job(&summary, "on-failure")["status"], "success");
+    let build = log_of(&summary, "build");
+    assert!(build.contains("cache hit: run-1"), "{build}");
+}
+
+#[test]
+fn list_shows_the_planned_jobs_and_named_jobs_run_alone() {
+    let Some(p) = Project::new(PIPELINE) else {
+        return;
+    };
+    std::fs::write(p.repo.path().join("notes.txt"), "note\n").unwrap();
+    let out = p.exec(&["--list", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["build", "test", "lint", "on-failure", "manual-job", "excluded"]
+    );
+    assert_eq!(job(&list, "manual-job")["status"], "manual");
+    assert_eq!(job(&list, "excluded")["status"], "skipped");
+    assert!(job(&list, "excluded")["reason"].is_string(), "{list:#}");
+
+    // `ferry exec lint` runs lint only (it fails, allowed: the pipeline passes).
+    let (code, summary) = p.exec_json(&["lint"]);
+    assert_eq!(code, Some(0), "{summary:#}");
+    let ran: Vec<&str> = summary["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["status"] != "skipped")
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["lint"], "{summary:#}");
+    // --needs brings what a job needs.
+    let (code, summary) = p.exec_json(&["test", "--needs"]);
+    assert_eq!(code, Some(0), "{summary:#}");
+    assert_eq!(job(&summary, "build")["status"], "success");
+    assert_eq!(job(&summary, "test")["status"], "success");
+}
+
+#[test]
+fn bad_input_is_one_clear_error_and_exit_2() {
+    let Some(p) = Project::new("build:\n  script: [echo]\n  stage: nope\n") else {
+        return;
+    };
+    let out = p.exec(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".gitlab-ci.yml:2"), "{err}");
+    assert!(
+        err.contains("does not exist; available stages are .pre, build, test, deploy, .post"),
+        "{err}"
+    );
+
+    p.repo.commit(".gitlab-ci.yml", "build:\n  script: [echo\n");
+    let out = p.exec(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".gitlab-ci.yml:"), "names file:line: {err}");
+
+    p.repo.commit(".gitlab-ci.yml", "build:\n  script: [echo]\n");
+    let out = p.exec(&["nosuchjob"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no job \"nosuchjob\""), "{err}");
+}
+
+#[test]
+fn ctrl_c_cancels_like_gitlab_and_leaves_nothing_behind() {
+    let ci = r#"
+slow:
+  script:
+    - echo started
+    - sleep 60
+  after_script:
+    - echo "after_script saw $CI_JOB_STATUS"
+later:
+  stage: deploy
+  script: [echo never]
+"#;
+    let Some(p) = Project::new(ci) else {
+        return;
+    };
+    let child = p
+        .command(&["--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry exec");
+    // Wait for the script to run: its log file shows `started`.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let started = std::fs::read_dir(p.out_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path().join("logs")).into_iter().flatten())
+            .flatten()
+            .any(|f| {
+                std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains("\nstarted"))
+            });
+        if started {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = child.id().to_string();
+    cmd("kill", &["-INT", &pid]);
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(out.status.code(), Some(1), "{summary:#}");
+    assert_eq!(summary["status"], "canceled", "{summary:#}");
+    assert_eq!(job(&summary, "slow")["status"], "canceled");
+    assert_eq!(job(&summary, "later")["status"], "canceled");
+    let log = log_of(&summary, "slow");
+    assert!(log.contains("after_script saw canceled"), "{log}");
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
