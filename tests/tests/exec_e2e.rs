@@ -87,7 +87,14 @@ impl Project {
         let mut out = Vec::new();
         for args in [
             vec!["ps", "-a", "--format", "{{.Names}}", "--filter", &filter],
-            vec!["network", "ls", "--format", "{{.Name}}", "--filter", &filter],
+            vec![
+                "network",
+                "ls",
+                "--format",
+                "{{.Name}}",
+                "--filter",
+                &filter,
+            ],
         ] {
             out.extend(
                 cmd("docker", &args)
@@ -110,7 +117,9 @@ impl Drop for Project {
         }
         let vols = cmd("docker", &["volume", "ls", "-q", "--filter", &filter]);
         for v in vols.lines().filter(|l| !l.is_empty()) {
-            let _ = Command::new("docker").args(["volume", "rm", "-f", v]).output();
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", v])
+                .output();
         }
     }
 }
@@ -213,7 +222,10 @@ fn a_pipeline_runs_with_needs_artifacts_cache_services_and_failure_rules() {
     assert!(build.contains("uncommitted note"), "{build}");
     assert!(build.contains("cache miss"), "{build}");
     let test = log_of(&summary, "test");
-    assert!(test.contains("uncommitted note"), "artifacts of build: {test}");
+    assert!(
+        test.contains("uncommitted note"),
+        "artifacts of build: {test}"
+    );
     assert!(test.contains("ferry-service-ok"), "service: {test}");
     // The user's tree is as it was, and nothing of the pipeline is left in Docker.
     assert_eq!(p.repo.git(&["status", "--porcelain"]), status_before);
@@ -248,7 +260,14 @@ fn list_shows_the_planned_jobs_and_named_jobs_run_alone() {
         .collect();
     assert_eq!(
         names,
-        ["build", "test", "lint", "on-failure", "manual-job", "excluded"]
+        [
+            "build",
+            "test",
+            "lint",
+            "on-failure",
+            "manual-job",
+            "excluded"
+        ]
     );
     assert_eq!(job(&list, "manual-job")["status"], "manual");
     assert_eq!(job(&list, "excluded")["status"], "skipped");
@@ -280,7 +299,7 @@ fn bad_input_is_one_clear_error_and_exit_2() {
     let out = p.exec(&[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(".gitlab-ci.yml:2"), "{err}");
+    assert!(err.contains(".gitlab-ci.yml:1: build job:"), "{err}");
     assert!(
         err.contains("does not exist; available stages are .pre, build, test, deploy, .post"),
         "{err}"
@@ -292,7 +311,8 @@ fn bad_input_is_one_clear_error_and_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(".gitlab-ci.yml:"), "names file:line: {err}");
 
-    p.repo.commit(".gitlab-ci.yml", "build:\n  script: [echo]\n");
+    p.repo
+        .commit(".gitlab-ci.yml", "build:\n  script: [echo]\n");
     let out = p.exec(&["nosuchjob"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -328,11 +348,13 @@ later:
             .into_iter()
             .flatten()
             .flatten()
-            .flat_map(|d| std::fs::read_dir(d.path().join("logs")).into_iter().flatten())
+            .flat_map(|d| {
+                std::fs::read_dir(d.path().join("logs"))
+                    .into_iter()
+                    .flatten()
+            })
             .flatten()
-            .any(|f| {
-                std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains("\nstarted"))
-            });
+            .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains("\nstarted")));
         if started {
             break;
         }
@@ -343,9 +365,8 @@ later:
     cmd("kill", &["-INT", &pid]);
     let out = child.wait_with_output().expect("wait");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
-    });
+    let summary: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(out.status.code(), Some(1), "{summary:#}");
     assert_eq!(summary["status"], "canceled", "{summary:#}");
     assert_eq!(job(&summary, "slow")["status"], "canceled");

@@ -320,8 +320,7 @@ fn select_jobs(pipeline: &mut Pipeline, names: &[String], needs: bool) -> anyhow
     let present: Vec<String> = pipeline.jobs.iter().map(|j| j.name.clone()).collect();
     let here = |n: &str| present.iter().any(|p| matches(p, n));
     for job in &mut pipeline.jobs {
-        if names.iter().any(|n| matches(&job.name, n)) && job.when == ferry_pipeline::When::Manual
-        {
+        if names.iter().any(|n| matches(&job.name, n)) && job.when == ferry_pipeline::When::Manual {
             job.when = ferry_pipeline::When::OnSuccess;
         }
         if let Some(needs) = &mut job.needs {
@@ -424,10 +423,15 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
     } else {
         Box::new(std::io::stdout())
     };
-    let terminal = Terminal::new(out, colour && !args.json, concurrent > 1 && ready.jobs.len() > 1);
-    let api = Arc::new(LocalApi::new(&ready.run_dir, terminal).with_context(|| {
-        format!("creating {}", ready.run_dir.display())
-    })?);
+    let terminal = Terminal::new(
+        out,
+        colour && !args.json,
+        concurrent > 1 && ready.jobs.len() > 1,
+    );
+    let api = Arc::new(
+        LocalApi::new(&ready.run_dir, terminal)
+            .with_context(|| format!("creating {}", ready.run_dir.display()))?,
+    );
     let engine = DockerEngine::new(&ready.runner.docker, ready.runner.token.ci_short_token())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -114,10 +114,14 @@ impl LocalApi {
 
     fn find_archive(&self, id: u64) -> Option<PathBuf> {
         let dir = self.dir.join("artifacts").join(id.to_string());
-        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("archive-"))
-        })
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("archive-"))
+            })
     }
 
     fn archive_path(&self, job_id: u64, name: &str) -> PathBuf {

@@ -53,8 +53,12 @@ const FAILURE_REASONS: &[&str] = &[
 
 /// A random job token: only this process's local API knows it.
 fn token() -> String {
-    let a = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    let b = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let a = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let b = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     format!("ferry-exec-{a:016x}{b:016x}")
 }
 
@@ -87,7 +91,11 @@ fn when(text: &str) -> When {
 /// Every job of `pipeline` (trigger jobs excepted: no runner runs them), with its job id
 /// (`first_id`, counting up) and token.
 pub fn local_jobs(pipeline: &Pipeline, ctx: &PipelineContext<'_>, first_id: u64) -> Vec<LocalJob> {
-    let jobs: Vec<&Job> = pipeline.jobs.iter().filter(|j| j.trigger.is_none()).collect();
+    let jobs: Vec<&Job> = pipeline
+        .jobs
+        .iter()
+        .filter(|j| j.trigger.is_none())
+        .collect();
     let ids: Vec<u64> = (0..jobs.len() as u64).map(|i| first_id + i).collect();
     let tokens: Vec<String> = jobs.iter().map(|_| token()).collect();
     let index: HashMap<&str, usize> = jobs
@@ -414,10 +422,7 @@ fn payload(
         dependencies,
         features: JobFeatures {
             trace_sections: true,
-            failure_reasons: FAILURE_REASONS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            failure_reasons: FAILURE_REASONS.iter().map(|s| s.to_string()).collect(),
             token_mask_prefixes: Vec::new(),
         },
         run: None,

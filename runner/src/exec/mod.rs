@@ -168,11 +168,7 @@ where
             let outcome = api.outcome(j.payload.id);
             JobResult {
                 name: j.node.name.clone(),
-                stage: opts
-                    .stages
-                    .get(j.node.stage)
-                    .cloned()
-                    .unwrap_or_default(),
+                stage: opts.stages.get(j.node.stage).cloned().unwrap_or_default(),
                 status: schedule.status(i),
                 failure_reason: outcome.and_then(|u| u.failure_reason),
                 allow_failure: schedule.nodes()[i].allow_failure,

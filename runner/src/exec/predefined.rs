@@ -46,22 +46,40 @@ pub fn read(top: &Path, ref_override: Option<&str>) -> RepoFacts {
         .and_then(|_| git(top, &["describe", "--tags", "--exact-match", "HEAD"]));
     let (ref_name, is_tag) = match (ref_override, branch, tag) {
         (Some(r), _, _) => {
-            let is_tag = git(top, &["rev-parse", "--verify", "--quiet", &format!("refs/tags/{r}")])
-                .is_some();
+            let is_tag = git(
+                top,
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("refs/tags/{r}"),
+                ],
+            )
+            .is_some();
             (r.to_string(), is_tag)
         }
         (None, Some(b), _) => (b, false),
         (None, None, Some(t)) => (t, true),
         // A detached HEAD without a tag: GitLab has no such pipeline; the commit names it.
         (None, None, None) => (
-            sha.as_deref().map_or("HEAD", |s| &s[..s.len().min(8)]).to_string(),
+            sha.as_deref()
+                .map_or("HEAD", |s| &s[..s.len().min(8)])
+                .to_string(),
             false,
         ),
     };
-    let default_branch = git(top, &["symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD"])
-        .and_then(|r| r.strip_prefix("origin/").map(str::to_string))
-        .or_else(|| git(top, &["config", "init.defaultBranch"]))
-        .unwrap_or_else(|| "main".to_string());
+    let default_branch = git(
+        top,
+        &[
+            "symbolic-ref",
+            "--quiet",
+            "--short",
+            "refs/remotes/origin/HEAD",
+        ],
+    )
+    .and_then(|r| r.strip_prefix("origin/").map(str::to_string))
+    .or_else(|| git(top, &["config", "init.defaultBranch"]))
+    .unwrap_or_else(|| "main".to_string());
     let has_commit = sha.is_some();
     let field = |format: &str| {
         has_commit
@@ -148,10 +166,7 @@ pub fn pipeline_variables(
     pipeline_id: u64,
     source: &str,
 ) -> Vec<(String, String)> {
-    let sha = facts
-        .sha
-        .clone()
-        .unwrap_or_else(|| "0".repeat(40));
+    let sha = facts.sha.clone().unwrap_or_else(|| "0".repeat(40));
     let (namespace, name) = facts
         .project_path
         .rsplit_once('/')
@@ -172,7 +187,10 @@ pub fn pipeline_variables(
         ("CI_PIPELINE_IID".into(), pipeline_id.to_string()),
         ("CI_PIPELINE_SOURCE".into(), source.to_string()),
         ("CI_COMMIT_SHA".into(), sha.clone()),
-        ("CI_COMMIT_SHORT_SHA".into(), sha[..8.min(sha.len())].to_string()),
+        (
+            "CI_COMMIT_SHORT_SHA".into(),
+            sha[..8.min(sha.len())].to_string(),
+        ),
         ("CI_COMMIT_BEFORE_SHA".into(), "0".repeat(40)),
         ("CI_COMMIT_REF_NAME".into(), facts.ref_name.clone()),
         ("CI_COMMIT_REF_SLUG".into(), slug(&facts.ref_name)),
@@ -195,7 +213,10 @@ pub fn pipeline_variables(
             "CI_PROJECT_URL".into(),
             format!("{server}/{}", facts.project_path),
         ),
-        ("CI_PIPELINE_URL".into(), format!("{server}/{}/-/pipelines/{pipeline_id}", facts.project_path)),
+        (
+            "CI_PIPELINE_URL".into(),
+            format!("{server}/{}/-/pipelines/{pipeline_id}", facts.project_path),
+        ),
     ];
     if facts.is_tag {
         v.push(("CI_COMMIT_TAG".into(), facts.ref_name.clone()));
@@ -250,8 +271,19 @@ mod tests {
             assert!(ok, "{args:?}");
         };
         run(&["init", "-q", "-b", "feature/x"]);
-        run(&["remote", "add", "origin", "git@gitlab.example.com:acme/tools/app.git"]);
-        run(&["commit", "-q", "--allow-empty", "-m", "Add the thing\n\nLonger text."]);
+        run(&[
+            "remote",
+            "add",
+            "origin",
+            "git@gitlab.example.com:acme/tools/app.git",
+        ]);
+        run(&[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "Add the thing\n\nLonger text.",
+        ]);
         let f = read(d.path(), None);
         assert_eq!(f.ref_name, "feature/x");
         assert!(!f.is_tag);
@@ -259,12 +291,19 @@ mod tests {
         assert_eq!(f.description, "Longer text.");
         assert_eq!(f.author, "Ada <ada@example.com>");
         let vars = pipeline_variables(&f, 7, "push");
-        let get = |k: &str| vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("CI_COMMIT_REF_SLUG"), Some("feature-x"));
         assert_eq!(get("CI_COMMIT_BRANCH"), Some("feature/x"));
         assert_eq!(get("CI_PROJECT_NAMESPACE"), Some("acme/tools"));
         assert_eq!(get("CI_PROJECT_ROOT_NAMESPACE"), Some("acme"));
-        assert_eq!(get("CI_PROJECT_URL"), Some("https://gitlab.example.com/acme/tools/app"));
+        assert_eq!(
+            get("CI_PROJECT_URL"),
+            Some("https://gitlab.example.com/acme/tools/app")
+        );
         assert_eq!(get("CI_PIPELINE_SOURCE"), Some("push"));
         assert_eq!(get("CI_COMMIT_SHA").map(str::len), Some(40));
         run(&["tag", "v1.2"]);

@@ -183,9 +183,8 @@ impl Schedule {
     /// The pipeline's status: `failed` when a job failed that may not, `canceled` after Ctrl-C,
     /// otherwise `success`.
     pub fn pipeline_status(&self) -> Status {
-        let failed = (0..self.nodes.len()).any(|i| {
-            self.status[i] == Status::Failed && !self.nodes[i].allow_failure
-        });
+        let failed = (0..self.nodes.len())
+            .any(|i| self.status[i] == Status::Failed && !self.nodes[i].allow_failure);
         if failed {
             Status::Failed
         } else if self.canceled {
@@ -266,7 +265,11 @@ mod tests {
         s.finished(1, Status::Success);
         s.finished(2, Status::Success);
         assert!(s.next(8).is_empty());
-        assert_eq!(s.status(4), Status::Skipped, "an allowed failure is no failure");
+        assert_eq!(
+            s.status(4),
+            Status::Skipped,
+            "an allowed failure is no failure"
+        );
         assert_eq!(s.pipeline_status(), Status::Success);
     }
 

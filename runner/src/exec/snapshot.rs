@@ -29,7 +29,9 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{dir} is not inside a git repository (ferry exec runs the .gitlab-ci.yml of a git repository)")]
+    #[error(
+        "{dir} is not inside a git repository (ferry exec runs the .gitlab-ci.yml of a git repository)"
+    )]
     NotARepository { dir: PathBuf },
     #[error("running git {args}: {message}")]
     Git { args: String, message: String },
@@ -96,7 +98,12 @@ pub fn take(
     let io = |context: String| move |source| SnapshotError::Io { context, source };
     let objects = PathBuf::from(git(
         top,
-        ["rev-parse", "--path-format=absolute", "--git-path", "objects"],
+        [
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "objects",
+        ],
         &[],
     )?);
     if !store.join("HEAD").is_file() {
@@ -110,9 +117,17 @@ pub fn take(
         store_objects.join("info/alternates"),
         format!("{}\n", objects.display()),
     )
-    .map_err(io(format!("writing {}/info/alternates", store_objects.display())))?;
+    .map_err(io(format!(
+        "writing {}/info/alternates",
+        store_objects.display()
+    )))?;
 
-    let head = git(top, ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], &[]).ok();
+    let head = git(
+        top,
+        ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+        &[],
+    )
+    .ok();
     let index = store.join("ferry-exec.index");
     let _ = std::fs::remove_file(&index);
     let env: [(&str, &OsStr); 3] = [
@@ -243,7 +258,11 @@ mod tests {
         assert_eq!(Some(snap.sha.clone()), snap.head);
         assert_eq!(
             files_of(&snap),
-            [".gitignore=ignored.txt", "a.txt=committed", "gone.txt=deleted later"]
+            [
+                ".gitignore=ignored.txt",
+                "a.txt=committed",
+                "gone.txt=deleted later"
+            ]
         );
     }
 
@@ -264,7 +283,11 @@ mod tests {
         assert_ne!(Some(snap.sha.clone()), snap.head);
         assert_eq!(
             files_of(&snap),
-            [".gitignore=ignored.txt", "a.txt=changed", "new.txt=untracked"]
+            [
+                ".gitignore=ignored.txt",
+                "a.txt=changed",
+                "new.txt=untracked"
+            ]
         );
         // The user's index, working tree and object store are as they were.
         assert_eq!(run(r.path(), &["status", "--porcelain"]), status_before);
