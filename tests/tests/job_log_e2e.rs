@@ -229,6 +229,10 @@ async fn job_variables_stamp_lines_open_script_sections_and_show_service_logs() 
     let job = h.wait_final(services, JOB_WAIT).await;
     let trace = h.expect(&job, JobStatus::Success, None);
     assert!(!trace.contains("svc-s3cr3t-value"), "{trace}");
+    assert!(
+        job.debug_trace,
+        "uploaded as a debug log, as gitlab-runner does"
+    );
     let line = trace
         .lines()
         .find(|l| l.contains("svc-started-"))

@@ -126,7 +126,8 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         // that cannot be planned still gets the masks and reasons of its payload.
         let (masks, failure_reasons, timestamps) = match &compiled {
             Ok(Ok(plan)) => {
-                job.debug_trace = plan.debug_trace;
+                // gitlab-runner's `IsDebugModeEnabled`: either makes GitLab keep a debug log.
+                job.debug_trace = plan.debug_trace || plan.debug_services;
                 (
                     plan.masks.clone(),
                     plan.failure_reasons.clone(),

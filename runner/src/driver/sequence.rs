@@ -80,7 +80,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             return;
         }
         run.state.script_started = true;
-        if !(run.plan.debug_services && !env.services.is_empty()) {
+        if !run.plan.debug_services || env.services.is_empty() {
             self.steps(run, env, steps).await;
             self.after_steps(run, env).await;
             return;
