@@ -91,8 +91,9 @@ async fn ff_timestamps_from_the_config_prefix_every_line() {
             .script([
                 "echo \"secret=$DEPLOY_SECRET\"",
                 // (Each stream of a container is one stream of the log: a line on stderr while
-                // stdout has a partial line would join it, so stderr goes first here.)
-                "echo on-stderr >&2",
+                // stdout has a partial line would join it, and Docker does not order the two
+                // streams: so stderr goes first here, well before.)
+                "echo on-stderr >&2; sleep 1",
                 // A process of its own, so that no shell buffer holds the first part back.
                 "sh -c \"printf 'part-one '\"; sleep 1; echo part-two",
                 "sh -c \"printf no-newline-at-the-end\"",
