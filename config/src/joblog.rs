@@ -14,6 +14,8 @@ pub const BOLD_YELLOW: &str = "\x1b[33;1m";
 pub const YELLOW: &str = "\x1b[0;33m";
 /// Section headers.
 pub const BOLD_CYAN: &str = "\x1b[36;1m";
+/// Service containers' output under `CI_DEBUG_SERVICES` (gitlab-runner's `ANSI_GREY`).
+pub const GREY: &str = "\x1b[0;37m";
 /// Erases to the end of the line (`\e[0K`), so a raw terminal shows no section marker.
 pub const CLEAR: &str = "\x1b[0K";
 

@@ -324,6 +324,9 @@ pub fn feature_flag(name: &str, value: bool) -> KeyStatus {
     match (name, value) {
         // a network per job, also without services (executor/src/docker/mod.rs)
         ("FF_NETWORK_PER_BUILD", _) => H,
+        // either value is acted on (runner/src/trace/stamp.rs, the script sections of
+        // runner/src/plan); ferry's default for both is off (docs/job-log.md)
+        ("FF_TIMESTAMPS", _) | ("FF_SCRIPT_SECTIONS", _) => H,
         // gitlab-runner then keeps the checkout to the job's user instead of umask 0000;
         // ferry writes it world-writable, so honouring the file is impossible: fail closed
         ("FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", true) => R(
@@ -426,8 +429,10 @@ mod tests {
             KeyStatus::Honoured
         );
         assert_eq!(feature_flag("FF_TIMESTAMPS", true), KeyStatus::Honoured);
+        assert_eq!(feature_flag("FF_TIMESTAMPS", false), KeyStatus::Honoured);
+        assert_eq!(feature_flag("FF_SCRIPT_SECTIONS", true), KeyStatus::Honoured);
         assert!(matches!(
-            feature_flag("FF_TIMESTAMPS", false),
+            feature_flag("FF_USE_FASTZIP", true),
             KeyStatus::Warned(_)
         ));
         assert!(matches!(

@@ -122,6 +122,11 @@ pub struct StepSpec {
     /// `CI_DEBUG_TRACE`: the shell prints each command as it runs it (`set -o xtrace`), values
     /// expanded; the job log masks them like any output.
     pub xtrace: bool,
+    /// `FF_SCRIPT_SECTIONS`: the section id of each command (`script_step_0`, ...; empty when
+    /// the flag is off). A multi-line command is then shown in full in a collapsed section
+    /// `section_<id>` of its own instead of by its first line, as gitlab-runner's shells do.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub script_sections: Vec<String>,
 }
 
 /// The exit code a step reports when it ran past `StepSpec::timeout` (as GNU `timeout` does).
@@ -206,6 +211,21 @@ pub trait Engine: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// `CI_DEBUG_SERVICES`: copies the output of the job's service containers, from their
+    /// start, into `log` (each line prefixed with the service's aliases, see
+    /// [`inline_service_log`]), until `stop` is cancelled or every service has stopped. Called
+    /// after a successful `prepare`; an error is a warning in `log`, never the job's failure.
+    /// Default: nothing (an engine without services).
+    fn stream_service_logs(
+        &self,
+        env: &JobEnv,
+        log: &mut LogSink<'_>,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (env, log, stop);
+        async {}
+    }
+
     /// Remove every container, network and temporary volume of the job.
     fn destroy(&self, env: &JobEnv) -> impl Future<Output = Result<(), EngineError>> + Send;
 }
@@ -241,5 +261,50 @@ mod deadline_tests {
         }
         let at = deadline_after(Duration::from_secs(5));
         assert!(at >= now + Duration::from_secs(5) && at < now + Duration::from_secs(60));
+    }
+}
+
+/// One chunk of a service container's output as the job log shows it under
+/// `CI_DEBUG_SERVICES`, as gitlab-runner's `InlineServiceLogWriter`: each line (the chunk split
+/// at its newlines, a last line without one included) becomes
+/// `\e[0;37m[service:<aliases joined by ->] <line>\e[0;m\n`.
+pub fn inline_service_log(aliases: &str, chunk: &[u8], out: &mut Vec<u8>) {
+    use ferry_config::joblog::{GREY, RESET};
+    let mut n = 0;
+    while n < chunk.len() {
+        let end = chunk[n..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(chunk.len() - n);
+        out.extend_from_slice(format!("{GREY}[service:{aliases}] ").as_bytes());
+        out.extend_from_slice(&chunk[n..n + end]);
+        n += end;
+        if n < chunk.len() {
+            n += 1; // the newline
+        }
+        out.extend_from_slice(format!("{RESET}\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod inline_service_log_tests {
+    use super::inline_service_log;
+
+    fn show(chunk: &str) -> String {
+        let mut out = Vec::new();
+        inline_service_log("db", chunk.as_bytes(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn each_line_gets_the_service_prefix_in_grey() {
+        let (pre, suf) = ("\x1b[0;37m[service:db] ", "\x1b[0;m\n");
+        assert_eq!(show("ready"), format!("{pre}ready{suf}"));
+        assert_eq!(show("ready\n"), format!("{pre}ready{suf}"));
+        assert_eq!(
+            show("\none\ntwo\n\n"),
+            format!("{pre}{suf}{pre}one{suf}{pre}two{suf}{pre}{suf}")
+        );
+        assert_eq!(show(""), "");
     }
 }

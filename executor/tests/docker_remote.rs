@@ -102,6 +102,7 @@ fn step(cmds: &[&str]) -> StepSpec {
         env: vec![],
         timeout: None,
         xtrace: false,
+        script_sections: vec![],
     }
 }
 

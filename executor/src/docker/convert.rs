@@ -8,7 +8,7 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use ferry_config::DockerSection;
-use ferry_config::joblog::{BOLD_GREEN, RESET};
+use ferry_config::joblog::{BOLD_GREEN, CLEAR, RESET};
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::hostpaths::HostSide;
@@ -708,7 +708,10 @@ fn valid_env_name(s: &str) -> bool {
 /// The script a step's shell reads on stdin, shaped like gitlab-runner's bash/sh script:
 /// errexit everywhere, pipefail where the shell has it (bash, busybox ash; not dash), and the
 /// body in one `eval` line whose stdin is empty, so commands that read stdin cannot swallow the
-/// rest of the script. Each command is echoed as `$ cmd` in bold green before it runs.
+/// rest of the script. Each command is echoed as `$ cmd` in bold green before it runs; a
+/// multi-line command by its first line, or with `FF_SCRIPT_SECTIONS` ([`StepSpec::script_sections`])
+/// in full as the header of a collapsed section of its own, closed before the command runs
+/// (gitlab-runner's `writeMultilineCommand`; docs/job-log.md).
 pub fn step_script(step: &StepSpec) -> String {
     let mut body = String::new();
     for v in &step.env {
@@ -719,15 +722,21 @@ pub fn step_script(step: &StepSpec) -> String {
     if step.xtrace {
         body.push_str("set -o xtrace\n");
     }
-    for cmd in &step.commands {
+    for (i, cmd) in step.commands.iter().enumerate() {
         let cmd = cmd.trim();
         if cmd.is_empty() {
             body.push_str("echo\n");
             continue;
         }
-        let shown = match cmd.split_once('\n') {
-            Some((first, _)) => format!("$ {first} # collapsed multi-line command"),
-            None => format!("$ {cmd}"),
+        let shown = match (cmd.split_once('\n'), step.script_sections.get(i)) {
+            (Some(_), Some(id)) => {
+                body.push_str(&script_section(id, cmd));
+                body.push_str(cmd);
+                body.push('\n');
+                continue;
+            }
+            (Some((first, _)), None) => format!("$ {first} # collapsed multi-line command"),
+            (None, _) => format!("$ {cmd}"),
         };
         body.push_str(&format!(
             "printf '%s\\n' {}\n",
@@ -743,6 +752,27 @@ pub fn step_script(step: &StepSpec) -> String {
     s.push_str(&format!(": | eval {}\n", shell_quote(&body)));
     s.push_str("exit 0\n");
     s
+}
+
+/// The two lines that print a multi-line command as a collapsed section, as gitlab-runner's
+/// bash writer does (`SectionStart`/`SectionEnd` with `hide_duration=true,collapsed=true`):
+/// `section_start:<ts>:section_<id>[hide_duration=true,collapsed=true]\r\e[0K` and the command
+/// in bold green as the header (its first line; GitLab shows the others inside the section),
+/// then at once `section_end:<ts>:section_<id>\r\e[0K`. The time is the container's
+/// `date +%s`. The command is printed as is (gitlab-runner's `printf '%b'` would also turn
+/// backslash sequences in it into characters).
+fn script_section(id: &str, cmd: &str) -> String {
+    let id = ferry_config::joblog::section_name(id);
+    let start = format!(
+        ":section_{id}[hide_duration=true,collapsed=true]\r{CLEAR}{BOLD_GREEN}$ {cmd}{RESET}"
+    );
+    let end = format!(":section_{id}\r{CLEAR}");
+    format!(
+        "printf '%s%s%s\\n' section_start: \"$(date +%s)\" {}\n\
+         printf '%s%s%s\\n' section_end: \"$(date +%s)\" {}\n",
+        shell_quote(&start),
+        shell_quote(&end)
+    )
 }
 
 #[cfg(test)]
@@ -1243,6 +1273,7 @@ mod tests {
             }],
             timeout: None,
             xtrace: false,
+            script_sections: vec![],
         };
         let s = step_script(&step);
         assert!(!s.contains("xtrace"));
@@ -1263,5 +1294,70 @@ mod tests {
         assert!(s.contains("CI_JOB_STATUS="));
         assert!(s.contains("# collapsed multi-line command"));
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    /// What `sh` prints running the step's script, with the section times replaced by `TS`.
+    fn run_sh(step: &StepSpec) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let script = step_script(step);
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{script}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut result = String::new();
+        for line in text.split_inclusive('\n') {
+            match line
+                .split_once(':')
+                .filter(|(k, _)| k.starts_with("section_"))
+            {
+                Some((kind, rest)) => {
+                    let (ts, rest) = rest.split_once(':').unwrap();
+                    assert!(ts.parse::<u64>().is_ok(), "{line:?}");
+                    result.push_str(&format!("{kind}:TS:{rest}"));
+                }
+                None => result.push_str(line),
+            }
+        }
+        result
+    }
+
+    #[test]
+    fn ff_script_sections_put_a_multi_line_command_in_a_collapsed_section() {
+        let step = StepSpec {
+            name: "script".into(),
+            commands: vec!["echo one".into(), "echo two \\\n  three".into()],
+            env: vec![],
+            timeout: None,
+            xtrace: false,
+            script_sections: vec!["script_step_0".into(), "script_step_1".into()],
+        };
+        assert_eq!(
+            run_sh(&step),
+            "\x1b[32;1m$ echo one\x1b[0;m\none\n\
+             section_start:TS:section_script_step_1[hide_duration=true,collapsed=true]\r\x1b[0K\
+             \x1b[32;1m$ echo two \\\n  three\x1b[0;m\n\
+             section_end:TS:section_script_step_1\r\x1b[0K\n\
+             two three\n"
+        );
+        // Without the flag: the first line and a note, as before.
+        let plain = StepSpec {
+            script_sections: vec![],
+            ..step
+        };
+        assert_eq!(
+            run_sh(&plain),
+            "\x1b[32;1m$ echo one\x1b[0;m\none\n\
+             \x1b[32;1m$ echo two \\ # collapsed multi-line command\x1b[0;m\ntwo three\n"
+        );
     }
 }

@@ -811,6 +811,16 @@ impl Engine for DockerEngine {
         self.download_builds(env).await
     }
 
+    async fn stream_service_logs(
+        &self,
+        env: &JobEnv,
+        log: &mut LogSink<'_>,
+        stop: &CancellationToken,
+    ) {
+        services::stream_logs(self, env, log, stop).await;
+        let _ = log.flush().await;
+    }
+
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {
         let job = env.job_id.to_string();
         self.remove_labelled(&[

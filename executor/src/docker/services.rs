@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerEngine, convert, docker_err, hostconfig, pull};
-use crate::engine::{EngineError, JobEnv, LogSink, ServiceSpec};
+use crate::engine::{EngineError, JobEnv, LogSink, ServiceSpec, inline_service_log};
 
 struct Started {
     name: String,
@@ -373,6 +373,58 @@ pub(super) fn listening_ports(proc_net: &str) -> Vec<u16> {
         }
     }
     out
+}
+
+/// `CI_DEBUG_SERVICES`: follows every service container's output (stdout and stderr, from the
+/// container's start, each line with Docker's timestamp) into `log` until `stop` or until every
+/// service has stopped, as gitlab-runner's `captureContainersLogs` does. A stream that fails
+/// is a warning in the log.
+pub(super) async fn stream_logs(
+    engine: &DockerEngine,
+    env: &JobEnv,
+    log: &mut LogSink<'_>,
+    stop: &CancellationToken,
+) {
+    let streams = env.services.iter().enumerate().map(|(index, svc)| {
+        let name = convert::service_container_name(env, &svc.image.name, index);
+        let aliases = svc.aliases.join("-");
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(true)
+            .build();
+        engine
+            .client()
+            .logs(&name, Some(opts))
+            .map(move |chunk| (name.clone(), aliases.clone(), chunk))
+            .boxed()
+    });
+    let mut all = futures::stream::select_all(streams);
+    let mut out = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = all.next() => next,
+        };
+        out.clear();
+        match next {
+            None => return,
+            Some((_, aliases, Ok(chunk))) => {
+                inline_service_log(&aliases, &chunk.into_bytes(), &mut out);
+            }
+            Some((name, _, Err(_))) if failed.contains(&name) => continue,
+            Some((name, _, Err(e))) => {
+                failed.push(name.clone());
+                let line = ferry_config::joblog::warning_line(&format!(
+                    "error streaming logs for container {name}: {e}"
+                ));
+                out.extend_from_slice(line.as_bytes());
+            }
+        }
+        let _ = log.write_all(&out).await;
+    }
 }
 
 /// The last lines of a container's output, for the warning.

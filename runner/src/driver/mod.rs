@@ -124,20 +124,29 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             std::panic::catch_unwind(AssertUnwindSafe(|| plan::compile(&payload, &runner, &ctx)));
         // What the log masks and which failure reasons GitLab takes come from the plan; a job
         // that cannot be planned still gets the masks and reasons of its payload.
-        let (masks, failure_reasons) = match &compiled {
+        let (masks, failure_reasons, timestamps) = match &compiled {
             Ok(Ok(plan)) => {
-                job.debug_trace = plan.debug_trace;
-                (plan.masks.clone(), plan.failure_reasons.clone())
+                // gitlab-runner's `IsDebugModeEnabled`: either makes GitLab keep a debug log.
+                job.debug_trace = plan.debug_trace || plan.debug_services;
+                (
+                    plan.masks.clone(),
+                    plan.failure_reasons.clone(),
+                    plan.timestamps,
+                )
             }
             _ => (
                 Masks::new(&payload, &runner),
                 payload.features.failure_reasons.clone(),
+                plan::timestamps_unplanned(&payload, &runner),
             ),
         };
         let (log, handle) = trace::start(
             job.clone(),
             self.api.clone(),
-            self.trace_config(&runner, masks),
+            TraceConfig {
+                timestamps,
+                ..self.trace_config(&runner, masks)
+            },
         );
         let running = self
             .metrics

@@ -17,7 +17,7 @@ use super::{Driver, JobRun};
 use crate::api::{ApiError, ArtifactMeta, JobApi};
 use crate::failure::FailureReason;
 use crate::plan::{self, DeployCommand, PlannedStep};
-use crate::trace::TraceWriter;
+use crate::trace::{Stream, TraceWriter};
 
 impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     /// Pulls images, starts services, creates the build container, then makes the host's
@@ -174,10 +174,13 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         let stage = run
             .signals
             .run(false, |limits| async move {
-                let mut sink = log.clone();
-                engine
+                // The script's output is gitlab-runner's "work" stream (`FF_TIMESTAMPS`).
+                let mut sink = log.with_stream(Stream::WORK);
+                let ran = engine
                     .run_step(env, &step.spec, &mut sink, &limits.cancel)
-                    .await
+                    .await;
+                sink.end_stream();
+                ran
             })
             .await;
         log.section_end(&step.section);
@@ -224,8 +227,10 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             .signals
             .with_deadline(backstop)
             .run(true, |limits| async move {
-                let mut sink = log.clone();
-                engine.run_step(env, spec, &mut sink, &limits.cancel).await
+                let mut sink = log.with_stream(Stream::WORK);
+                let ran = engine.run_step(env, spec, &mut sink, &limits.cancel).await;
+                sink.end_stream();
+                ran
             })
             .await;
         log.section_end(&step.section);

@@ -3,6 +3,9 @@
 
 use ferry_deploy::{Deployer, JobFacts};
 use ferry_executor::{Engine, JobEnv};
+use tokio_util::sync::CancellationToken;
+
+use crate::trace::Stream;
 
 use super::host::Host;
 use super::signals::Stop;
@@ -77,8 +80,23 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             return;
         }
         run.state.script_started = true;
-        self.steps(run, env, steps).await;
-        self.after_steps(run, env).await;
+        if !run.plan.debug_services || env.services.is_empty() {
+            self.steps(run, env, steps).await;
+            self.after_steps(run, env).await;
+            return;
+        }
+        // CI_DEBUG_SERVICES: the services' output goes to the log while the steps, cache and
+        // artifacts run (docs/job-log.md, "Service logs").
+        let stop = CancellationToken::new();
+        let mut sink = run.log.with_stream(Stream::SERVICES);
+        let services = self.engine.stream_service_logs(env, &mut sink, &stop);
+        let work = async {
+            self.steps(run, env, steps).await;
+            self.after_steps(run, env).await;
+            stop.cancel();
+        };
+        tokio::join!(services, work);
+        sink.end_stream();
     }
 
     /// Whether a stage of `phase` runs now ([`JobState::admit`](super::state::JobState::admit)).

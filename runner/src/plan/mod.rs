@@ -106,6 +106,12 @@ pub struct Plan {
     pub attempts: Attempts,
     /// `CI_DEBUG_TRACE` is in force (the steps trace their commands).
     pub debug_trace: bool,
+    /// `CI_DEBUG_SERVICES` is in force: the service containers' output goes to the job log.
+    #[serde(skip_serializing_if = "is_false")]
+    pub debug_services: bool,
+    /// `FF_TIMESTAMPS`: every line of the log carries its time (docs/job-log.md).
+    #[serde(skip_serializing_if = "is_false")]
+    pub timestamps: bool,
     /// Settings that were ignored, shown as warnings in the job log.
     pub warnings: Vec<String>,
     /// The job's final variables, expanded (masked values are redacted when serialized).
@@ -259,6 +265,11 @@ pub fn compile(
     let variables = vars::job_variables(&vars_in, &image_name);
     let expanded_image = variables.expand(&image_name);
     let (xtrace, trace_refused) = debug_trace(&variables, runner);
+    let debug_services = !runner.debug_trace_disabled && flag_on(&variables, "CI_DEBUG_SERVICES");
+    // gitlab-runner numbers script sections only when GitLab can show them (its
+    // `features.trace_sections`).
+    let script_sections =
+        payload.features.trace_sections && flag_on(&variables, "FF_SCRIPT_SECTIONS");
 
     let mut masks = Masks::new(payload, runner);
     masks.values.extend(variables.masked_values());
@@ -292,7 +303,7 @@ pub fn compile(
         )?;
         Execution::Docker {
             env: Box::new(env),
-            steps: steps(payload, runner, &variables, xtrace)?,
+            steps: steps(payload, runner, &variables, xtrace, script_sections)?,
         }
     };
 
@@ -311,6 +322,8 @@ pub fn compile(
         dependencies: host_plan.dependencies,
         attempts: host_plan.attempts,
         debug_trace: xtrace,
+        debug_services,
+        timestamps: flag_on(&variables, "FF_TIMESTAMPS"),
         warnings: host_plan
             .warnings
             .into_iter()
@@ -394,6 +407,7 @@ fn steps(
     runner: &RunnerSection,
     variables: &Variables,
     xtrace: bool,
+    script_sections: bool,
 ) -> Result<Vec<PlannedStep>, PlanError> {
     let mut out = Vec::new();
     let mut after: Option<&Step> = None;
@@ -415,6 +429,20 @@ fn steps(
             commands.extend(step.script.iter().cloned());
         }
         commands.extend(runner.post_build_script.clone());
+        // gitlab-runner's `writeUserScript`: each of the three numbers its own commands.
+        let sections = if script_sections {
+            let mut names = Vec::with_capacity(commands.len());
+            if runner.pre_build_script.is_some() {
+                names.push("pre_build_script_0".to_string());
+            }
+            names.extend((0..step.script.len()).map(|i| format!("script_step_{i}")));
+            if runner.post_build_script.is_some() {
+                names.push("post_build_script_0".to_string());
+            }
+            names
+        } else {
+            Vec::new()
+        };
         out.push(PlannedStep {
             spec: StepSpec {
                 name: kind.name().to_string(),
@@ -422,6 +450,7 @@ fn steps(
                 env: vec![],
                 timeout: None,
                 xtrace,
+                script_sections: sections,
             },
             when: step.when,
             kind,
@@ -444,6 +473,13 @@ fn steps(
                 env: vec![],
                 timeout: Some(timeout),
                 xtrace,
+                script_sections: if script_sections {
+                    (0..step.script.len())
+                        .map(|i| format!("after_script_step_{i}"))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             },
             when: When::Always,
             kind: StepKind::AfterScript,
@@ -457,11 +493,7 @@ fn steps(
 /// With the runner's `debug_trace_disabled`, it and `CI_DEBUG_SERVICES` are refused with
 /// gitlab-runner's warnings, and the job runs without the trace.
 fn debug_trace(variables: &Variables, runner: &RunnerSection) -> (bool, Vec<String>) {
-    let on = |name: &str| {
-        variables
-            .value(name)
-            .is_some_and(|v| matches!(v.trim(), "1" | "t" | "T" | "TRUE" | "true" | "True"))
-    };
+    let on = |name: &str| flag_on(variables, name);
     if !runner.debug_trace_disabled {
         return (on("CI_DEBUG_TRACE"), Vec::new());
     }
@@ -471,6 +503,30 @@ fn debug_trace(variables: &Variables, runner: &RunnerSection) -> (bool, Vec<Stri
         .map(|n| format!("{n}: usage is disabled on this Runner"))
         .collect();
     (false, refused)
+}
+
+/// Whether the variable `name` is a true Go boolean (`1`, `t`, `TRUE`, ...), as gitlab-runner
+/// reads `CI_DEBUG_*` and feature flags. `[runners.feature_flags]` are already in the job's
+/// variables, winning over the job's own (docs/variables.md).
+pub fn flag_on(variables: &Variables, name: &str) -> bool {
+    variables
+        .value(name)
+        .is_some_and(|v| matches!(v.trim(), "1" | "t" | "T" | "TRUE" | "true" | "True"))
+}
+
+/// `FF_TIMESTAMPS` for a job that could not be planned (its log still starts): the runner's
+/// `[runners.feature_flags]`, else the payload's last definition.
+pub fn timestamps_unplanned(payload: &JobPayload, runner: &RunnerSection) -> bool {
+    const NAME: &str = "FF_TIMESTAMPS";
+    let value = match runner.feature_flags.get(NAME) {
+        Some(on) => return *on,
+        None => payload.variables.iter().rev().find(|v| v.key == NAME),
+    };
+    value.is_some_and(|v| matches!(v.value.trim(), "1" | "t" | "T" | "TRUE" | "true" | "True"))
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Each script line of a deploy job must be `ferry deploy [ARGS]`.

@@ -460,3 +460,85 @@ fn pre_and_post_build_scripts_wrap_the_script_steps() {
     }
     assert!(steps.iter().any(|s| s.kind == StepKind::AfterScript));
 }
+
+/// `FF_TIMESTAMPS`, `FF_SCRIPT_SECTIONS` and `CI_DEBUG_SERVICES` as gitlab-runner reads them:
+/// Go booleans, `[runners.feature_flags]` winning over the job's variables, script sections
+/// numbered per part of a step and only when GitLab shows sections, `CI_DEBUG_SERVICES`
+/// refused by `debug_trace_disabled`.
+#[test]
+fn log_flags_follow_gitlab_runner() {
+    let with = |vars: &[(&str, &str)], r: &RunnerSection| {
+        let mut p = payload("full.json");
+        p.variables.extend(vars.iter().map(|(k, v)| var(k, v)));
+        compile(&p, r, &ctx()).unwrap()
+    };
+    let sections = |plan: &Plan| -> Vec<Vec<String>> {
+        let Execution::Docker { steps, .. } = &plan.execution else {
+            panic!("a docker plan");
+        };
+        steps
+            .iter()
+            .map(|s| s.spec.script_sections.clone())
+            .collect()
+    };
+    let mut r = runner();
+    let off = with(&[], &r);
+    assert!(!off.timestamps && !off.debug_services);
+    assert!(sections(&off).iter().all(Vec::is_empty));
+
+    let on = with(
+        &[
+            ("FF_TIMESTAMPS", "1"),
+            ("FF_SCRIPT_SECTIONS", "TRUE"),
+            ("CI_DEBUG_SERVICES", "t"),
+        ],
+        &r,
+    );
+    assert!(on.timestamps && on.debug_services);
+    assert_eq!(
+        sections(&on),
+        vec![
+            vec!["script_step_0".to_string()],
+            vec!["after_script_step_0".to_string()]
+        ]
+    );
+    assert!(
+        !with(&[("FF_TIMESTAMPS", "yes")], &r).timestamps,
+        "not a Go boolean"
+    );
+
+    r.pre_build_script = Some("echo pre".into());
+    r.post_build_script = Some("echo post".into());
+    assert_eq!(
+        sections(&with(&[("FF_SCRIPT_SECTIONS", "true")], &r))[0],
+        ["pre_build_script_0", "script_step_0", "post_build_script_0"]
+    );
+    // Without GitLab's trace_sections feature there are no script sections.
+    let mut p = payload("full.json");
+    p.features.trace_sections = false;
+    p.variables.push(var("FF_SCRIPT_SECTIONS", "true"));
+    assert!(
+        sections(&compile(&p, &r, &ctx()).unwrap())
+            .iter()
+            .all(Vec::is_empty)
+    );
+
+    // The runner's feature flag wins over the job's variable, both ways.
+    r.feature_flags.insert("FF_TIMESTAMPS".into(), false);
+    assert!(!with(&[("FF_TIMESTAMPS", "true")], &r).timestamps);
+    let mut p = payload("full.json");
+    p.variables.push(var("FF_TIMESTAMPS", "true"));
+    assert!(!timestamps_unplanned(&p, &r));
+    r.feature_flags.insert("FF_TIMESTAMPS".into(), true);
+    assert!(with(&[("FF_TIMESTAMPS", "false")], &r).timestamps);
+    assert!(timestamps_unplanned(&payload("full.json"), &r));
+
+    r.debug_trace_disabled = true;
+    let refused = with(&[("CI_DEBUG_SERVICES", "true")], &r);
+    assert!(!refused.debug_services);
+    assert!(
+        refused
+            .warnings
+            .contains(&"CI_DEBUG_SERVICES: usage is disabled on this Runner".to_string())
+    );
+}

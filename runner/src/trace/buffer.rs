@@ -16,6 +16,7 @@ use ferry_config::joblog::{
 
 use super::mask::Masker;
 use super::stages::StageClock;
+use super::stamp::{Stamper, Stream};
 use super::store::{ReadPlan, Store};
 
 /// Input is masked in pieces of this size so that one huge write never needs a huge buffer.
@@ -35,7 +36,14 @@ pub(crate) struct TraceBuffer {
     job_id: u64,
     /// How long each section took (the timing line, the stage histogram).
     stages: StageClock,
+    /// The masker of ferry's own lines ([`Stream::EXECUTOR`]).
     masker: Masker,
+    /// The maskers of the other streams, each holding back its own tail (as gitlab-runner's
+    /// streams each have theirs), so that output of two streams written in turn (a service's
+    /// and the script's) cannot hide a secret from both, or put one's bytes in the other's line.
+    stream_maskers: Vec<(Stream, Masker)>,
+    /// `FF_TIMESTAMPS`: prefixes each masked line with its time and stream.
+    stamper: Option<Stamper>,
     store: Store,
     /// CRC-32 (IEEE) of every stored byte, for the `output.checksum` GitLab validates.
     crc: crc32fast::Hasher,
@@ -53,7 +61,9 @@ impl TraceBuffer {
     pub(crate) fn new(job_id: u64, masker: Masker, output_limit: u64, store: Store) -> Self {
         TraceBuffer {
             job_id,
+            stream_maskers: Vec::new(),
             masker,
+            stamper: None,
             store,
             crc: crc32fast::Hasher::new(),
             output_limit,
@@ -65,7 +75,20 @@ impl TraceBuffer {
         }
     }
 
+    /// Timestamps every line from now on (`FF_TIMESTAMPS`, see [`super::stamp`]).
+    pub(crate) fn with_timestamps(mut self) -> Self {
+        self.stamper = Some(Stamper::new());
+        self
+    }
+
+    #[cfg(test)]
     pub(crate) fn write(&mut self, data: &[u8]) {
+        self.write_stream(Stream::EXECUTOR, data);
+    }
+
+    /// Masks `data`, timestamps it as written on `stream` (with `FF_TIMESTAMPS`), and stores it
+    /// under the output limit: the limit counts the timestamps, as gitlab-runner's does.
+    pub(crate) fn write_stream(&mut self, stream: Stream, data: &[u8]) {
         if self.closed || self.limited {
             self.dropped += data.len() as u64;
             return;
@@ -73,8 +96,8 @@ impl TraceBuffer {
         let mut scratch = std::mem::take(&mut self.scratch);
         for piece in data.chunks(PIECE) {
             scratch.clear();
-            self.masker.push(piece, &mut scratch);
-            self.store_masked(&scratch);
+            self.masker_of(stream).push(piece, &mut scratch);
+            self.store_stamped(stream, &scratch);
             if self.limited {
                 break;
             }
@@ -83,15 +106,67 @@ impl TraceBuffer {
         self.scratch = scratch;
     }
 
+    fn masker_of(&mut self, stream: Stream) -> &mut Masker {
+        if stream == Stream::EXECUTOR {
+            return &mut self.masker;
+        }
+        let i = match self.stream_maskers.iter().position(|(s, _)| *s == stream) {
+            Some(i) => i,
+            None => {
+                let fresh = self.masker.fresh();
+                self.stream_maskers.push((stream, fresh));
+                self.stream_maskers.len() - 1
+            }
+        };
+        &mut self.stream_maskers[i].1
+    }
+
+    /// The end of a stream's use (a step's output, the service logs): its held-back masking
+    /// tail and its partial line go out, so they come before what ferry writes next (as
+    /// gitlab-runner closes a stream's writer). Later writes on the stream start afresh.
+    pub(crate) fn end_stream(&mut self, stream: Stream) {
+        if self.closed || stream == Stream::EXECUTOR {
+            return;
+        }
+        let mut tail = Vec::new();
+        self.masker_of(stream).finish(&mut tail);
+        self.store_stamped(stream, &tail);
+        if let Some(stamper) = &mut self.stamper {
+            let mut rest = Vec::new();
+            stamper.end_stream(stream, &mut rest);
+            self.store_masked(&rest);
+        }
+    }
+
+    fn store_stamped(&mut self, stream: Stream, masked: &[u8]) {
+        match &mut self.stamper {
+            Some(stamper) => {
+                let mut stamped = Vec::with_capacity(masked.len() + 64);
+                stamper.push(stream, masked, &mut stamped);
+                self.store_masked(&stamped);
+            }
+            None => self.store_masked(masked),
+        }
+    }
+
     /// Flushes the masker's held-back tail and stops accepting output. Idempotent.
     pub(crate) fn close(&mut self) {
         if self.closed {
             return;
         }
+        let streams: Vec<Stream> = self.stream_maskers.iter().map(|(s, _)| *s).collect();
+        for stream in streams {
+            self.end_stream(stream);
+        }
         let mut tail = Vec::new();
         self.masker.finish(&mut tail);
         if !self.limited {
-            self.store_masked(&tail);
+            self.store_stamped(Stream::EXECUTOR, &tail);
+            if let Some(stamper) = &mut self.stamper {
+                let mut rest = Vec::new();
+                stamper.finish(&mut rest);
+                self.store_masked(&rest);
+            }
         }
         self.closed = true;
         if self.dropped > 0 {
@@ -205,6 +280,8 @@ pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, TraceBuffer> {
 #[derive(Clone)]
 pub struct TraceWriter {
     pub(crate) shared: Shared,
+    /// The stream this writer's output belongs to (only visible with `FF_TIMESTAMPS`).
+    pub(crate) stream: Stream,
 }
 
 impl std::fmt::Debug for TraceWriter {
@@ -218,9 +295,25 @@ impl std::fmt::Debug for TraceWriter {
 }
 
 impl TraceWriter {
+    /// The same log, written as `stream` (gitlab-runner's stream ids: [`Stream::WORK`] for the
+    /// script steps, [`Stream::SERVICES`] for service containers; ferry's own lines are
+    /// [`Stream::EXECUTOR`]). Only the `FF_TIMESTAMPS` prefix shows the difference.
+    pub fn with_stream(&self, stream: Stream) -> TraceWriter {
+        TraceWriter {
+            shared: self.shared.clone(),
+            stream,
+        }
+    }
+
+    /// Ends this writer's stream for now (see `TraceBuffer::end_stream`); `poll_flush` does
+    /// the same. Nothing for ferry's own stream.
+    pub fn end_stream(&self) {
+        lock(&self.shared).end_stream(self.stream);
+    }
+
     /// Appends raw bytes (ANSI escapes welcome).
     pub fn write_bytes(&self, data: &[u8]) {
-        lock(&self.shared).write(data);
+        lock(&self.shared).write_stream(self.stream, data);
     }
 
     /// Appends text as is.
@@ -231,8 +324,8 @@ impl TraceWriter {
     /// Appends `line` and a newline.
     pub fn write_line(&self, line: &str) {
         let mut b = lock(&self.shared);
-        b.write(line.as_bytes());
-        b.write(b"\n");
+        b.write_stream(self.stream, line.as_bytes());
+        b.write_stream(self.stream, b"\n");
     }
 
     /// `WARNING: <msg>` in yellow, like gitlab-runner's warnings ([`joblog::warning_line`]).
@@ -259,14 +352,17 @@ impl TraceWriter {
     pub fn section_start(&self, name: &str, header: &str, collapsed: bool) {
         let mut b = lock(&self.shared);
         b.stages.start(name);
-        b.write(section_start(unix_now(), name, header, collapsed).as_bytes());
+        b.write_stream(
+            self.stream,
+            section_start(unix_now(), name, header, collapsed).as_bytes(),
+        );
     }
 
     /// Closes the section opened with the same `name`.
     pub fn section_end(&self, name: &str) {
         let mut b = lock(&self.shared);
         b.stages.end(name);
-        b.write(section_end(unix_now(), name).as_bytes());
+        b.write_stream(self.stream, section_end(unix_now(), name).as_bytes());
     }
 
     /// Each closed section and the time it took, in the order they first ran.
@@ -300,7 +396,9 @@ impl tokio::io::AsyncWrite for TraceWriter {
         Poll::Ready(Ok(buf.len()))
     }
 
+    /// Ends the stream of a step's or the services' writer (a no-op on ferry's own).
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.end_stream();
         Poll::Ready(Ok(()))
     }
 
@@ -347,6 +445,7 @@ mod tests {
     fn writer_sections_use_the_current_time() {
         let w = TraceWriter {
             shared: Arc::new(Mutex::new(buffer(&[], 1 << 20, 1 << 20))),
+            stream: Stream::EXECUTOR,
         };
         let before = unix_now();
         w.section_start("prepare_executor", "Preparing", true);
@@ -454,6 +553,54 @@ mod tests {
             format!("crc32:{:08x}", crc32fast::hash(text.as_bytes()))
         );
         assert_eq!(b.len(), text.len() as u64);
+    }
+
+    /// The header of a timestamped line: a UTC time within the test, the stream, the flag.
+    fn check_header(line: &str, stream: &str, before: chrono::DateTime<chrono::Utc>) -> String {
+        let (time, rest) = line.split_at(27);
+        let t = chrono::DateTime::parse_from_rfc3339(time).expect(line);
+        assert!(before <= t && t <= chrono::Utc::now(), "{line:?}");
+        assert!(
+            time.ends_with('Z') && time.len() == 27,
+            "microseconds, UTC: {line:?}"
+        );
+        let rest = rest.strip_prefix(' ').expect(line);
+        let (head, text) = rest.split_at(4);
+        assert_eq!(head, stream, "{line:?}");
+        text.to_string()
+    }
+
+    #[test]
+    fn timestamps_prefix_masked_lines_and_count_in_the_limit() {
+        let before = chrono::Utc::now();
+        let mut b = buffer(&["topsecretvalue"], 1 << 20, 1 << 20).with_timestamps();
+        // A secret split around another stream's line is still masked.
+        b.write_stream(Stream::WORK, b"x topsecret");
+        b.write_stream(Stream::EXECUTOR, b"runner\n");
+        b.write_stream(Stream::WORK, b"value y\nlast");
+        b.close();
+        let text = String::from_utf8(contents(&b)).unwrap();
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        assert_eq!(check_header(lines[0], "00O ", before), "runner\n");
+        assert_eq!(check_header(lines[1], "01O ", before), "x [MASKED] y\n");
+        assert_eq!(check_header(lines[2], "01O ", before), "last\n");
+        assert_eq!(
+            b.checksum(),
+            format!("crc32:{:08x}", crc32fast::hash(text.as_bytes()))
+        );
+
+        // The limit counts the prefixes (32 bytes a line); the notice is not stamped.
+        let mut b = buffer(&[], 40, 1 << 20).with_timestamps();
+        b.write_stream(Stream::WORK, b"hello\nworld\n");
+        let text = String::from_utf8(contents(&b)).unwrap();
+        let (first, rest) = text.split_once('\n').unwrap();
+        assert_eq!(check_header(first, "01O ", before), "hello");
+        assert!(rest.starts_with("20"), "{rest:?}");
+        assert!(
+            rest[2..].starts_with("\n\x1b[33;1mJob's log exceeded limit of 40 bytes."),
+            "{rest:?}"
+        );
     }
 
     #[test]

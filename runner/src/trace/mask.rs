@@ -121,6 +121,15 @@ pub(crate) struct Masker {
 }
 
 impl Masker {
+    /// The same rules with nothing held back: the masker of another stream of the log.
+    pub(crate) fn fresh(&self) -> Masker {
+        Masker {
+            pending: Vec::new(),
+            consuming: None,
+            ..self.clone()
+        }
+    }
+
     /// `phrases`: values to replace wholesale (empty values are ignored). `token_prefixes`: token
     /// prefixes in addition to [`DEFAULT_TOKEN_PREFIXES`].
     pub(crate) fn new<S: AsRef<str>, P: AsRef<str>>(phrases: &[S], token_prefixes: &[P]) -> Self {

@@ -21,6 +21,7 @@
 mod buffer;
 mod mask;
 pub mod stages;
+mod stamp;
 mod store;
 mod uploader;
 
@@ -41,6 +42,7 @@ use crate::api::{JobApi, JobRef, JobUpdate};
 
 pub use buffer::TraceWriter;
 pub use mask::{DEFAULT_TOKEN_PREFIXES, URL_PARAM_KEYS};
+pub use stamp::Stream;
 
 /// Largest PATCH body (gitlab-runner's `DefaultTracePatchLimit`).
 pub const MAX_PATCH_BYTES: usize = 1024 * 1024;
@@ -129,6 +131,8 @@ pub struct TraceConfig {
     /// Where that temporary file goes (it has no name and disappears with the job); the system's
     /// temporary directory (`$TMPDIR`) when `None`.
     pub spill_dir: Option<PathBuf>,
+    /// `FF_TIMESTAMPS`: every line prefixed with its time and stream (docs/job-log.md).
+    pub timestamps: bool,
     pub timing: TraceTiming,
 }
 
@@ -140,6 +144,7 @@ impl Default for TraceConfig {
             token_prefixes: Vec::new(),
             mem_limit: 1024 * 1024,
             spill_dir: None,
+            timestamps: false,
             timing: TraceTiming::default(),
         }
     }
@@ -153,6 +158,7 @@ impl std::fmt::Debug for TraceConfig {
             .field("token_prefixes", &self.token_prefixes)
             .field("mem_limit", &self.mem_limit)
             .field("spill_dir", &self.spill_dir)
+            .field("timestamps", &self.timestamps)
             .field("timing", &self.timing)
             .finish()
     }
@@ -232,13 +238,19 @@ pub fn start<A: JobApi>(job: JobRef, api: Arc<A>, cfg: TraceConfig) -> (TraceWri
     } else {
         cfg.output_limit
     };
-    let shared = Arc::new(Mutex::new(buffer::TraceBuffer::new(
+    let mut buffer = buffer::TraceBuffer::new(
         job.id,
         masker,
         limit,
         store::Store::new(cfg.mem_limit, cfg.spill_dir.clone()),
-    )));
-    let writer = TraceWriter { shared };
+    );
+    if cfg.timestamps {
+        buffer = buffer.with_timestamps();
+    }
+    let writer = TraceWriter {
+        shared: Arc::new(Mutex::new(buffer)),
+        stream: Stream::EXECUTOR,
+    };
     let (signal_tx, signals) = watch::channel(RemoteSignal::None);
     let (finish_tx, finish_rx) = oneshot::channel();
     let job_id = job.id;
