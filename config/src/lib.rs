@@ -141,6 +141,11 @@ pub struct RunnerSection {
     /// after the commands of each script step (`script`, `release`), in the same shell.
     pub pre_build_script: Option<String>,
     pub post_build_script: Option<String>,
+    /// `pre_get_sources_script` / `post_get_sources_script`: commands run before and after git
+    /// gets the sources, in a short-lived container of the job's image, never on the host
+    /// (docs/sources-cache-artifacts.md, "get_sources hooks").
+    pub pre_get_sources_script: Option<String>,
+    pub post_get_sources_script: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -469,6 +474,8 @@ impl Default for RunnerSection {
             clone_url: None,
             pre_build_script: None,
             post_build_script: None,
+            pre_get_sources_script: None,
+            post_get_sources_script: None,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,

@@ -11,7 +11,7 @@ use crate::{
     DEFAULT_SHUTDOWN_TIMEOUT_SECS, GlobalSection, LogFormat, RunnerSection, Secret,
 };
 
-use Leftover::{Ignored as I, NotImplemented as N, NotImplementedDefaultTrue as NTrue};
+use Leftover::{Ignored as I, NotImplemented as N, NotImplementedDefaultTrue as NTrue, Warn};
 
 const GLOBAL_KNOWN: &[(&str, Leftover)] = &[
     ("sentry_dsn", I),
@@ -29,10 +29,16 @@ const SESSION_SERVER_KNOWN: &[(&str, Leftover)] = &[
 ];
 
 const RUNNER_KNOWN: &[(&str, Leftover)] = &[
-    ("pre_get_sources_script", N),
-    ("post_get_sources_script", N),
-    ("pre_clone_script", N),
-    ("post_clone_script", N),
+    // Removed in gitlab-runner 17.0, which no longer reads them (it copied them to the
+    // `*_get_sources_script` keys before).
+    (
+        "pre_clone_script",
+        Warn("removed in gitlab-runner 17.0 and not run; use pre_get_sources_script"),
+    ),
+    (
+        "post_clone_script",
+        Warn("removed in gitlab-runner 17.0 and not run; use post_get_sources_script"),
+    ),
     ("clean_git_config", NTrue),
     ("strict_check_interval", N),
     ("prepare_timeout", N),
@@ -274,6 +280,8 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
     r.clone_url = non_empty(t.string(ctx, "clone_url")?);
     r.pre_build_script = non_empty(t.string(ctx, "pre_build_script")?);
     r.post_build_script = non_empty(t.string(ctx, "post_build_script")?);
+    r.pre_get_sources_script = non_empty(t.string(ctx, "pre_get_sources_script")?);
+    r.post_get_sources_script = non_empty(t.string(ctx, "post_get_sources_script")?);
     r.tls_ca_file = non_empty(t.string(ctx, "tls-ca-file")?).map(PathBuf::from);
     r.tls_cert_file = non_empty(t.string(ctx, "tls-cert-file")?).map(PathBuf::from);
     r.tls_key_file = non_empty(t.string(ctx, "tls-key-file")?).map(PathBuf::from);

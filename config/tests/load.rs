@@ -441,7 +441,7 @@ fn unknown_keys_warn_once_with_path_and_line() {
 #[test]
 fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
     let c = load(&format!(
-        "sentry_dsn = \"https://x\"\n[session_server]\n  session_timeout = 1800\n  listen_address = \"[::]:8093\"\n{MINIMAL}  pre_get_sources_script = \"echo hi\"\n  clean_git_config = true\n  strict_check_interval = false\n  [runners.kubernetes]\n    namespace = \"x\"\n  [runners.docker]\n    network_mtu = 0\n    volume_keep = false\n    cpuset_cpus = \"0-1\"\n    helper_image = \"gitlab/helper\"\n    [[runners.docker.services]]\n      name = \"postgres\"\n  [runners.cache]\n    [runners.cache.s3]\n      BucketName = \"b\"\n    [runners.cache.gcs]\n      BucketName = \"g\"\n"
+        "sentry_dsn = \"https://x\"\n[session_server]\n  session_timeout = 1800\n  listen_address = \"[::]:8093\"\n{MINIMAL}  pre_clone_script = \"echo hi\"\n  clean_git_config = true\n  strict_check_interval = false\n  [runners.kubernetes]\n    namespace = \"x\"\n  [runners.docker]\n    network_mtu = 0\n    volume_keep = false\n    cpuset_cpus = \"0-1\"\n    helper_image = \"gitlab/helper\"\n    [[runners.docker.services]]\n      name = \"postgres\"\n  [runners.cache]\n    [runners.cache.s3]\n      BucketName = \"b\"\n    [runners.cache.gcs]\n      BucketName = \"g\"\n"
     ));
     let got: Vec<(usize, &str)> = c
         .warnings
@@ -452,20 +452,33 @@ fn not_implemented_keys_warn_unless_inert_and_ignored_keys_are_silent() {
         got,
         vec![
             (4, "session_server.listen_address"),
-            (11, "runners[0].pre_get_sources_script"),
+            (11, "runners[0].pre_clone_script"),
             (20, "runners[0].docker.helper_image"),
         ],
         "{:#?}",
         c.warnings
     );
-    assert!(
-        c.warnings[..2]
-            .iter()
-            .all(|w| w.message == "accepted but not implemented yet")
+    assert_eq!(c.warnings[0].message, "accepted but not implemented yet");
+    assert_eq!(
+        c.warnings[1].message,
+        "ignored: removed in gitlab-runner 17.0 and not run; use pre_get_sources_script"
     );
     assert_eq!(
         c.warnings[2].message,
         "ignored: ferry runs no helper image (it clones and handles artifacts itself)"
+    );
+    // The get_sources hooks are read (and run in a container, docs/configuration.md).
+    let c = load(&format!(
+        "{MINIMAL}  pre_get_sources_script = \"echo pre\"\n  post_get_sources_script = \"echo post\"\n"
+    ));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    assert_eq!(
+        c.runners[0].pre_get_sources_script.as_deref(),
+        Some("echo pre")
+    );
+    assert_eq!(
+        c.runners[0].post_get_sources_script.as_deref(),
+        Some("echo post")
     );
     let c = load(&MINIMAL.replace("executor", "clean_git_config = false\n  executor"));
     assert_eq!(c.warnings.len(), 1);
