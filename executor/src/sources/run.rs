@@ -108,9 +108,23 @@ pub async fn get_sources(
         std::fs::create_dir_all(cache).map_err(io_err(format!("creating {}", cache.display())))?;
         writable.push(cache.as_path());
     }
-    let git = Git::new(&spec.repo_url, &spec.git_config)
-        .display_dir(&spec.project_dir, spec.display_dir.as_deref())
-        .confine(&writable);
+    // GIT_SUBMODULE_FORCE_HTTPS: SSH URLs on the GitLab host become HTTPS ones on the
+    // runner's GitLab URL, which gets the job token's header too (the runner's `url` is the
+    // operator's, so the token goes nowhere else).
+    let mut config = spec.git_config.clone();
+    let mut auth_origins = Vec::new();
+    if let Some(f) = &spec.force_https {
+        config.extend(f.insteadofs());
+        auth_origins.extend(split_url(&f.base).origin);
+    }
+    let git = Git::new(
+        &spec.repo_url,
+        &spec.hook_git_config,
+        &config,
+        &auth_origins,
+    )
+    .display_dir(&spec.project_dir, spec.display_dir.as_deref())
+    .confine(&writable);
     let url = split_url(&spec.repo_url);
     if spec.depth > 0 {
         say(
