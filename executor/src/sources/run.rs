@@ -291,20 +291,27 @@ async fn lfs_pull(
         Some(_) => format!("{clean_url}/info/lfs"),
         None => format!("{}.git/info/lfs", clean_url.trim_end_matches('/')),
     };
+    let args = lfs_pull_args(Some(&endpoint));
+    git.run(dir, &args, Some(log), cancel).await?;
+    Ok(())
+}
+
+/// `git lfs pull` with the LFS filter configured on the command line (git never reads the
+/// host's config, where `git lfs install` would have put it), and the endpoint when given.
+pub(super) fn lfs_pull_args(endpoint: Option<&str>) -> Vec<String> {
     let mut args = Vec::new();
-    for (k, v) in [
-        ("lfs.url", endpoint.as_str()),
+    let url = endpoint.map(|e| ("lfs.url", e));
+    for (k, v) in url.into_iter().chain([
         ("filter.lfs.process", "git-lfs filter-process"),
         ("filter.lfs.clean", "git-lfs clean -- %f"),
         ("filter.lfs.smudge", "git-lfs smudge -- %f"),
         ("filter.lfs.required", "true"),
-    ] {
+    ]) {
         args.push(s("-c"));
         args.push(format!("{k}={v}"));
     }
     args.extend([s("lfs"), s("pull")]);
-    git.run(dir, &args, Some(log), cancel).await?;
-    Ok(())
+    args
 }
 
 async fn skip_rest(log: &mut LogSink<'_>) -> Result<(), SourceError> {
