@@ -47,6 +47,8 @@ const HTTP_PATH_KEYS: &[&str] = &[
     "proxysslcertpasswordprotected",
     "cookiefile",
     "savecookies",
+    // A `sha256//…` pin or the path of a key file.
+    "pinnedpubkey",
 ];
 
 /// Splits `section[.subsection].name`: section and name are case-insensitive in git, the
@@ -221,6 +223,7 @@ mod tests {
             ("http.sslcert", "/etc/ferry/client.pem"),
             ("http.https://x/.sslkey", "/root/key"),
             ("http.cookiefile", "/root/cookies"),
+            ("http.pinnedpubkey", "/etc/ssl/private/k.pem"),
             (
                 "url.file:///var/lib/ferry/git-cache/project-2.git.insteadof",
                 "https://g/",
