@@ -150,6 +150,19 @@ async fn get_sources_hooks_run_in_a_container_and_only_safe_git_config_reaches_h
     assert!(!victim.exists(), "a hook wrote {victim:?} on the host");
     assert!(!trace.contains(&record.token), "job token in the trace");
 
+    // While the script runs, the hooks' containers are long gone: only the build container
+    // of the job exists.
+    let spec = job("hook-containers-gone", &url, &sha)
+        .patch(hooks(&["echo pre"], &["echo post"]))
+        .script(["echo script-running", "sleep 5"]);
+    let id = h.push(spec);
+    h.wait_trace(id, "\nscript-running", JOB_WAIT).await;
+    let objects = h.docker_objects(Some(id));
+    assert!(objects.iter().any(|o| o.ends_with("-build")), "{objects:?}");
+    assert!(!objects.iter().any(|o| o.ends_with("-hook")), "{objects:?}");
+    let record = h.wait_final(id, JOB_WAIT).await;
+    h.expect(&record, JobStatus::Success, None);
+
     // A failing pre hook fails the job before git runs.
     let spec = job("pre-fails", &url, &sha)
         .patch(hooks(&["echo about-to-fail", "exit 3"], &[]))
