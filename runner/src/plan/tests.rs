@@ -539,3 +539,57 @@ fn get_sources_hooks_run_runner_pre_first_and_runner_post_last() {
     p.variables.push(var("GIT_STRATEGY", "none"));
     assert!(compile(&p, &r, &ctx()).unwrap().hooks.is_empty());
 }
+
+#[test]
+fn a_deploy_job_with_get_sources_hooks_is_refused() {
+    let mut p = payload("deploy.json");
+    p.hooks = vec![crate::gitlab::payload::Hook {
+        name: "pre_get_sources_script".into(),
+        script: vec!["echo x".into()],
+    }];
+    let e = compile(&p, &runner(), &ctx()).unwrap_err();
+    assert_eq!(e.failure_reason(), FailureReason::RunnerConfigurationError);
+    assert!(e.to_string().contains("cannot run in a deploy job"), "{e}");
+}
+
+#[test]
+fn git_submodule_force_https_rewrites_to_the_runners_url_and_ssh_host() {
+    let mut p = payload("full.json");
+    p.variables.push(var("GIT_SUBMODULE_FORCE_HTTPS", "true"));
+    p.variables
+        .push(var("CI_SERVER_HOST", "gitlab.example.com"));
+    p.variables.push(var("CI_SERVER_SHELL_SSH_PORT", "2222"));
+    let mut r = runner();
+    r.url = "https://gitlab.example.com/".into();
+    r.clone_url = None;
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    let f = plan.sources.force_https.as_ref().unwrap();
+    assert_eq!(f.base, "https://gitlab.example.com");
+    assert_eq!(
+        f.insteadofs(),
+        [(
+            "url.https://gitlab.example.com.insteadOf".to_string(),
+            "ssh://git@gitlab.example.com:2222".to_string()
+        )]
+    );
+    p.variables.push(var("CI_SERVER_SHELL_SSH_PORT", "22"));
+    p.variables
+        .push(var("CI_SERVER_SHELL_SSH_HOST", "ssh.example.com"));
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    assert_eq!(
+        plan.sources.force_https.unwrap().insteadofs(),
+        [
+            (
+                "url.https://gitlab.example.com/.insteadOf".to_string(),
+                "git@ssh.example.com:".to_string()
+            ),
+            (
+                "url.https://gitlab.example.com.insteadOf".to_string(),
+                "ssh://git@ssh.example.com".to_string()
+            )
+        ]
+    );
+    // Unset: nothing rewritten.
+    let plan = compile(&payload("full.json"), &r, &ctx()).unwrap();
+    assert!(plan.sources.force_https.is_none());
+}
