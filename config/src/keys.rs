@@ -100,10 +100,17 @@ pub const KEYS: &[(&str, KeyStatus)] = &[
     ("runners.shell", H),
     ("runners.debug_trace_disabled", H),
     ("runners.feature_flags", H),
-    ("runners.pre_get_sources_script", N),
-    ("runners.post_get_sources_script", N),
-    ("runners.pre_clone_script", N),
-    ("runners.post_clone_script", N),
+    ("runners.pre_get_sources_script", H),
+    ("runners.post_get_sources_script", H),
+    // Removed in gitlab-runner 17.0, which no longer reads them.
+    (
+        "runners.pre_clone_script",
+        W("removed in gitlab-runner 17.0 and not run; use pre_get_sources_script"),
+    ),
+    (
+        "runners.post_clone_script",
+        W("removed in gitlab-runner 17.0 and not run; use post_get_sources_script"),
+    ),
     ("runners.clean_git_config", NTrue),
     ("runners.strict_check_interval", N),
     ("runners.prepare_timeout", N),
@@ -111,12 +118,7 @@ pub const KEYS: &[(&str, KeyStatus)] = &[
     ("runners.artifact", N),
     ("runners.monitoring", N),
     ("runners.custom_build_dir", T),
-    (
-        "runners.custom_build_dir.enabled",
-        W(
-            "ferry does not implement GIT_CLONE_PATH: jobs always get the runner's path, as with enabled = false",
-        ),
-    ),
+    ("runners.custom_build_dir.enabled", H),
     (
         "runners.safe_directory_checkout",
         W("ferry fetches sources on the host and adds no git safe.directory entry"),
@@ -432,7 +434,7 @@ mod tests {
         assert_eq!(feature_flag("FF_TIMESTAMPS", false), KeyStatus::Honoured);
         assert_eq!(feature_flag("FF_SCRIPT_SECTIONS", true), KeyStatus::Honoured);
         assert!(matches!(
-            feature_flag("FF_USE_FASTZIP", true),
+            feature_flag("FF_USE_FASTZIP", false),
             KeyStatus::Warned(_)
         ));
         assert!(matches!(

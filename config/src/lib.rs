@@ -143,6 +143,11 @@ pub struct RunnerSection {
     /// after the commands of each script step (`script`, `release`), in the same shell.
     pub pre_build_script: Option<String>,
     pub post_build_script: Option<String>,
+    /// `pre_get_sources_script` / `post_get_sources_script`: commands run before and after git
+    /// gets the sources, in a short-lived container of the job's image, never on the host
+    /// (docs/sources-cache-artifacts.md, "get_sources hooks").
+    pub pre_get_sources_script: Option<String>,
+    pub post_get_sources_script: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -152,6 +157,9 @@ pub struct RunnerSection {
     pub unhealthy_interval: Duration,
     pub job_status_final_update_retry_limit: u32,
     pub feature_flags: BTreeMap<String, bool>,
+    /// `[runners.custom_build_dir] enabled`: may jobs set `GIT_CLONE_PATH` (under `builds_dir`)?
+    /// Default true (the docker executor's default).
+    pub custom_build_dir_enabled: bool,
     pub docker: DockerSection,
     pub cache: CacheSection,
     pub deploy: DeploySection,
@@ -468,6 +476,8 @@ impl Default for RunnerSection {
             clone_url: None,
             pre_build_script: None,
             post_build_script: None,
+            pre_get_sources_script: None,
+            post_get_sources_script: None,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -477,6 +487,7 @@ impl Default for RunnerSection {
             unhealthy_interval: Duration::from_secs(60 * 60),
             job_status_final_update_retry_limit: 10,
             feature_flags: BTreeMap::new(),
+            custom_build_dir_enabled: true,
             docker: DockerSection::default(),
             cache: CacheSection::default(),
             deploy: DeploySection::default(),

@@ -227,6 +227,8 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
     r.clone_url = non_empty(t.string(ctx, "clone_url")?);
     r.pre_build_script = non_empty(t.string(ctx, "pre_build_script")?);
     r.post_build_script = non_empty(t.string(ctx, "post_build_script")?);
+    r.pre_get_sources_script = non_empty(t.string(ctx, "pre_get_sources_script")?);
+    r.post_get_sources_script = non_empty(t.string(ctx, "post_get_sources_script")?);
     r.tls_ca_file = non_empty(t.string(ctx, "tls-ca-file")?).map(PathBuf::from);
     r.tls_cert_file = non_empty(t.string(ctx, "tls-cert-file")?).map(PathBuf::from);
     r.tls_key_file = non_empty(t.string(ctx, "tls-key-file")?).map(PathBuf::from);
@@ -290,7 +292,10 @@ fn runner(ctx: &mut Ctx, mut t: TableReader) -> Result<Option<RunnerSection>, Co
             }
         }
     }
-    if let Some(cbd) = t.table(ctx, "custom_build_dir")? {
+    if let Some(mut cbd) = t.table(ctx, "custom_build_dir")? {
+        if let Some(e) = cbd.bool(ctx, "enabled")? {
+            r.custom_build_dir_enabled = e.v;
+        }
         cbd.finish(ctx)?;
     }
     if let Some(d) = t.table(ctx, "docker")? {

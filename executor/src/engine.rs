@@ -142,6 +142,18 @@ pub struct StepOutcome {
     pub timed_out: bool,
 }
 
+/// What a get_sources hook left: how its script ended and, when asked for, what
+/// `git config --global --no-includes --list -z` printed in its container afterwards
+/// (untrusted, at most [`HOOK_GIT_CONFIG_LIMIT`] bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookOutcome {
+    pub outcome: StepOutcome,
+    pub git_config: Vec<u8>,
+}
+
+/// The most bytes of a hook's git configuration that are read back.
+pub const HOOK_GIT_CONFIG_LIMIT: usize = 256 * 1024;
+
 /// Why the engine could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -224,6 +236,29 @@ pub trait Engine: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send {
         let _ = (env, log, stop);
         async {}
+    }
+
+    /// Runs a get_sources hook (`pre_get_sources_script`, `post_get_sources_script`) in a
+    /// short-lived container of the job's image, with the build container's settings (user,
+    /// mounts, privileges, limits) but no services, and removes that container before it
+    /// returns, on every path: git on the host never works while a container of the job runs
+    /// (docs/security.md). With `read_git_config`, after a script that succeeded, the hook's
+    /// global git configuration is read back for [`HookOutcome::git_config`].
+    /// Default: refused (an engine that cannot run them must not run them on the host).
+    fn run_hook(
+        &self,
+        env: &JobEnv,
+        step: &StepSpec,
+        read_git_config: bool,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<HookOutcome, EngineError>> + Send {
+        let _ = (env, step, read_git_config, log, cancel);
+        async {
+            Err(EngineError::Configuration(
+                "this executor cannot run get_sources hooks".into(),
+            ))
+        }
     }
 
     /// Remove every container, network and temporary volume of the job.

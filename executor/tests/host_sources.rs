@@ -110,6 +110,8 @@ fn spec(url: &str, sha: &str, project_dir: &Path) -> SourceSpec {
         submodule_paths: vec![],
         lfs: true,
         git_config: vec![],
+        force_https: None,
+        hook_git_config: vec![],
         project_dir: project_dir.to_path_buf(),
         display_dir: Some("/builds/group/project".into()),
         object_cache_dir: None,

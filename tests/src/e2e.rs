@@ -559,6 +559,7 @@ pub struct GitHttp {
     /// `http://127.0.0.1:<port>`
     pub base: String,
     credentials: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    user_agents: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -578,6 +579,7 @@ impl GitHttp {
         struct Ctx {
             root: PathBuf,
             credentials: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+            user_agents: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
         }
 
         async fn handle(State(ctx): State<Ctx>, req: Request) -> axum::response::Response {
@@ -585,6 +587,16 @@ impl GitHttp {
             use base64::Engine as _;
             use tokio::io::AsyncWriteExt;
 
+            if let Some(ua) = req
+                .headers()
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+            {
+                ctx.user_agents
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(ua.to_string());
+            }
             let auth = req
                 .headers()
                 .get("authorization")
@@ -770,9 +782,11 @@ impl GitHttp {
         }
 
         let credentials = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let user_agents = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let ctx = Ctx {
             root: root.to_path_buf(),
             credentials: credentials.clone(),
+            user_agents: user_agents.clone(),
         };
         let app = axum::Router::new().fallback(handle).with_state(ctx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -788,8 +802,17 @@ impl GitHttp {
         GitHttp {
             base,
             credentials,
+            user_agents,
             task,
         }
+    }
+
+    /// Every `User-Agent` received so far.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.user_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every `user:password` received so far.

@@ -131,3 +131,60 @@ async fn a_host_without_git_lfs_fails_an_lfs_job_with_a_line_that_says_so() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lfs_files_of_submodules_are_checked_out_with_their_contents() {
+    if !git_lfs_installed() {
+        skip_notice("SKIP: git-lfs is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    // The submodule holds the LFS file; the project points at it with a relative URL, on the
+    // same (fake) GitLab.
+    let (sub, sub_sha) = lfs_repo();
+    let sub_name = sub
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let repo = GitRepo::new();
+    repo.commit(
+        ".gitmodules",
+        &format!("[submodule \"lib\"]\n\tpath = lib\n\turl = ../{sub_name}\n"),
+    );
+    repo.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{sub_sha},lib"),
+    ]);
+    repo.git(&["commit", "-q", "-m", "submodule"]);
+    let sha = repo.head();
+    let root = repo.path().parent().unwrap();
+    assert_eq!(root, sub.path().parent().unwrap(), "one server for both");
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    let name = repo.path().file_name().unwrap().to_str().unwrap();
+    let git = GitHttp::serve(root).await;
+    let url = git.repo_url(name);
+
+    let spec = JobSpec::new("lfs-submodule")
+        .image(Some(BUSYBOX))
+        .variable("GIT_STRATEGY", "clone", false)
+        .variable("GIT_SUBMODULE_STRATEGY", "normal", false)
+        .patch(GitRepo::git_info(&url, &sha, 20))
+        .script(["cat lib/blob.bin"]);
+    let id = h.push(spec);
+    let job_record = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&job_record, JobStatus::Success, None);
+    assert!(trace.contains("Pulling LFS files..."), "{trace}");
+    assert!(
+        trace.contains("\nreal binary content, not a pointer"),
+        "{trace}"
+    );
+    assert!(!trace.contains("git-lfs.github.com/spec"), "{trace}");
+    assert!(!trace.contains(&job_record.token), "job token in the trace");
+    h.stop().await;
+}

@@ -63,6 +63,11 @@ pub fn build_container_name(env: &JobEnv) -> String {
     format!("{}-build", job_prefix(env))
 }
 
+/// The short-lived container of a get_sources hook (`Engine::run_hook`).
+pub fn hook_container_name(env: &JobEnv) -> String {
+    format!("{}-hook", job_prefix(env))
+}
+
 pub fn network_name(env: &JobEnv) -> String {
     format!("{}-network", job_prefix(env))
 }

@@ -37,7 +37,7 @@ pub use convert::service_aliases_from_image;
 use convert::{AllowList, PrivilegedList, VolumeSpec};
 use hostpaths::{HostSide, Placement};
 
-use crate::engine::{Engine, EngineError, JobEnv, LogSink, StepOutcome, StepSpec};
+use crate::engine::{Engine, EngineError, HookOutcome, JobEnv, LogSink, StepOutcome, StepSpec};
 
 /// Seconds bollard waits for the response headers of one request.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -598,9 +598,13 @@ impl DockerEngine {
         Ok(name)
     }
 
+    /// The build container (`name` = `convert::build_container_name`), or a get_sources
+    /// hook's (`convert::hook_container_name`, `env` without services): same checks, image,
+    /// user, mounts and settings.
     async fn prepare_inner(
         &self,
         env: &JobEnv,
+        name: &str,
         log: &mut LogSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
@@ -608,11 +612,13 @@ impl DockerEngine {
         // allowed_users: refused before anything is created or pulled.
         let user = convert::build_container_user(&self.section, &env.image)?;
         let volumes = convert::parse_volumes(env, &self.section.volumes)?;
-        let _ = log
-            .write_all(
-                format!("Using Docker executor with image {} ...\n", env.image.name).as_bytes(),
-            )
-            .await;
+        if name == convert::build_container_name(env) {
+            let _ = log
+                .write_all(
+                    format!("Using Docker executor with image {} ...\n", env.image.name).as_bytes(),
+                )
+                .await;
+        }
         if self.section.disable_cache {
             for v in &volumes {
                 if let VolumeSpec::Cache { destination } = v {
@@ -734,7 +740,7 @@ impl DockerEngine {
         if let Some(labels) = body.labels.as_mut() {
             hostconfig::add_labels(labels, &env.container_labels);
         }
-        let name = convert::build_container_name(env);
+        let name = name.to_string();
         self.remove_stale(&name).await?;
         let mut opts = CreateContainerOptionsBuilder::new().name(&name);
         if let Some(p) = &env.image.platform {
@@ -777,8 +783,9 @@ impl Engine for DockerEngine {
         log: &mut LogSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
+        let name = convert::build_container_name(env);
         let r = tokio::select! {
-            r = self.prepare_inner(env, log, cancel) => r,
+            r = self.prepare_inner(env, &name, log, cancel) => r,
             _ = cancel.cancelled() => Err(EngineError::Cancelled),
         };
         let _ = log.flush().await;
@@ -819,6 +826,50 @@ impl Engine for DockerEngine {
     ) {
         services::stream_logs(self, env, log, stop).await;
         let _ = log.flush().await;
+    }
+
+    async fn run_hook(
+        &self,
+        env: &JobEnv,
+        step: &StepSpec,
+        read_git_config: bool,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<HookOutcome, EngineError> {
+        if self.copies_builds(env) {
+            return Err(EngineError::Configuration(
+                "get_sources hooks (pre_get_sources_script, post_get_sources_script) need a Docker daemon that can bind-mount the project dir; this one copies it (docs/docker-executor.md)".into(),
+            ));
+        }
+        let mut hook_env = env.clone();
+        hook_env.services.clear();
+        hook_env.runner_services = 0;
+        let name = convert::hook_container_name(env);
+        let r = async {
+            tokio::select! {
+                r = self.prepare_inner(&hook_env, &name, log, cancel) => r?,
+                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+            }
+            let outcome = step::run_step_in(self, &hook_env, &name, step, log, cancel).await?;
+            let git_config = if read_git_config && outcome.exit_code == 0 {
+                step::read_global_git_config(self, &hook_env, &name, cancel).await?
+            } else {
+                Vec::new()
+            };
+            Ok(HookOutcome {
+                outcome,
+                git_config,
+            })
+        }
+        .await;
+        let _ = log.flush().await;
+        // Gone before git starts, whatever happened (docs/security.md).
+        let removed = self.remove_stale(&name).await;
+        match (r, removed) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e),
+            (Ok(o), Ok(())) => Ok(o),
+        }
     }
 
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {

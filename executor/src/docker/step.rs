@@ -42,11 +42,90 @@ pub(super) async fn run_step(
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
 ) -> Result<StepOutcome, EngineError> {
+    let container = convert::build_container_name(env);
+    run_step_in(engine, env, &container, step, log, cancel).await
+}
+
+/// What a hook's `git config --global` holds, read in its container after the script
+/// (`Engine::run_hook`): the listing follows a marker line the echoed command cannot contain,
+/// capped at `HOOK_GIT_CONFIG_LIMIT`; an image without git gives nothing.
+pub(super) async fn read_global_git_config(
+    engine: &DockerEngine,
+    env: &JobEnv,
+    container: &str,
+    cancel: &CancellationToken,
+) -> Result<Vec<u8>, EngineError> {
+    const MARKER: &[u8] = b"@@ferry-git-config@@\n";
+    let step = StepSpec {
+        name: "read_git_config".into(),
+        commands: vec![
+            "printf '%s%s\\n' '@@ferry-git-' 'config@@'; git config --global --no-includes --list -z 2>/dev/null || true".into(),
+        ],
+        env: Vec::new(),
+        timeout: Some(Duration::from_secs(60)),
+        xtrace: false,
+        script_sections: Vec::new(),
+    };
+    let mut sink = Capped {
+        buf: Vec::new(),
+        limit: crate::engine::HOOK_GIT_CONFIG_LIMIT + 4096,
+    };
+    run_step_in(engine, env, container, &step, &mut sink, cancel).await?;
+    let buf = sink.buf;
+    Ok(match buf.windows(MARKER.len()).position(|w| w == MARKER) {
+        Some(at) => {
+            let rest = &buf[at + MARKER.len()..];
+            rest[..rest.len().min(crate::engine::HOOK_GIT_CONFIG_LIMIT)].to_vec()
+        }
+        None => Vec::new(),
+    })
+}
+
+/// A log that keeps the first `limit` bytes and drops the rest.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let room = self.limit.saturating_sub(self.buf.len());
+        let take = room.min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// One step in the container `container` (the build container, or a hook's).
+pub(super) async fn run_step_in(
+    engine: &DockerEngine,
+    env: &JobEnv,
+    container: &str,
+    step: &StepSpec,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<StepOutcome, EngineError> {
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
     let docker = engine.client();
-    let container = convert::build_container_name(env);
+    let container = container.to_string();
 
     // Watch for OOM kills from now on (events since one second ago, so none is missed while
     // the subscription starts; older ones are filtered by time below).

@@ -145,21 +145,34 @@ pub(crate) struct Output {
 }
 
 impl Git {
-    pub(crate) fn new(repo_url: &str, extra_config: &[(String, String)]) -> Git {
+    /// `auth_origins`: other origins (`scheme://host[:port]/`, the runner's own GitLab URL)
+    /// that get the job token's header too.
+    /// `job_config`: what a `pre_get_sources_script` configured (already through the
+    /// allow-list of [`super::hooks`]); it comes first, so ferry's own settings win over it.
+    pub(crate) fn new(
+        repo_url: &str,
+        job_config: &[(String, String)],
+        extra_config: &[(String, String)],
+        auth_origins: &[String],
+    ) -> Git {
         let split = split_url(repo_url);
-        let mut config: Vec<(String, String)> = BASE_CONFIG
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut config: Vec<(String, String)> = job_config.to_vec();
+        config.extend(
+            BASE_CONFIG
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let mut secrets = Vec::new();
         if let (Some(origin), Some(user)) = (&split.origin, &split.user) {
             let pass = split.password.clone().unwrap_or_default();
             let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
             // Scoped to the GitLab host: submodules there get it too, other hosts do not.
-            config.push((
-                format!("http.{origin}.extraHeader"),
-                format!("Authorization: Basic {basic}"),
-            ));
+            for o in std::iter::once(origin).chain(auth_origins.iter().filter(|o| *o != origin)) {
+                config.push((
+                    format!("http.{o}.extraHeader"),
+                    format!("Authorization: Basic {basic}"),
+                ));
+            }
             secrets.push(basic);
             if !pass.is_empty() {
                 secrets.push(pass);
@@ -424,7 +437,8 @@ mod tests {
 
     #[test]
     fn host_paths_are_shown_as_container_paths() {
-        let g = Git::new("/r.git", &[]).display_dir(Path::new("/srv/b/p"), Some("/builds/g/p"));
+        let g = Git::new("/r.git", &[], &[], &[])
+            .display_dir(Path::new("/srv/b/p"), Some("/builds/g/p"));
         assert_eq!(
             g.mask("Cloning into '/srv/b/p/vendor/lib'... /srv/b/p2 /srv/b/p"),
             "Cloning into '/builds/g/p/vendor/lib'... /srv/b/p2 /builds/g/p"
@@ -446,7 +460,7 @@ mod tests {
         }
         let inside = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let g = Git::new("/r.git", &[]).confine(&[inside.path()]);
+        let g = Git::new("/r.git", &[], &[], &[]).confine(&[inside.path()]);
         let cancel = CancellationToken::new();
         let write = |p: &Path| {
             vec![
@@ -478,7 +492,12 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let g = Git::new("http://gitlab-ci-token:SECRET-TOKEN@h/g/p.git", &[]);
+        let g = Git::new(
+            "http://gitlab-ci-token:SECRET-TOKEN@h/g/p.git",
+            &[],
+            &[],
+            &[],
+        );
         let m = g.mask("fatal: unable to access 'http://gitlab-ci-token:SECRET-TOKEN@h/g/p.git/'");
         assert!(!m.contains("SECRET-TOKEN"));
         assert!(m.contains("[MASKED]"));

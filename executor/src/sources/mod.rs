@@ -9,6 +9,7 @@
 mod checks;
 mod confine;
 mod git;
+mod hooks;
 mod run;
 mod submodules;
 
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use serde::{Serialize, Serializer};
 
 pub use confine::available as confinement_available;
+pub use hooks::{HookConfig, RefusedKey, carried_git_config};
 pub use run::{MIN_GIT_VERSION, check_git, get_sources};
 
 /// `GIT_STRATEGY`.
@@ -102,6 +104,17 @@ pub struct SourceSpec {
     /// `http.https://gitlab.example.com/.sslCAInfo` for a private CA. Given through the
     /// environment, never written to the repository.
     pub git_config: Vec<(String, String)>,
+    /// `GIT_SUBMODULE_FORCE_HTTPS`: the runner's GitLab URL (`clone_url`, else `url`) that
+    /// submodule URLs in SSH form (`git@host:g/p.git`, `ssh://git@host[:port]/g/p.git`) are
+    /// rewritten to, with the SSH host and port (`CI_SERVER_SHELL_SSH_HOST`/`_PORT`, else
+    /// `CI_SERVER_HOST`). The job token's header is scoped to this URL's origin too.
+    /// docs/sources-cache-artifacts.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_https: Option<ForceHttps>,
+    /// What the job's `pre_get_sources_script` configured with `git config --global`, after the
+    /// allow-list ([`carried_git_config`]); filled when the hook has run, never by the plan.
+    #[serde(skip)]
+    pub hook_git_config: Vec<(String, String)>,
     /// The checkout on the host (what the engine mounts at `CI_PROJECT_DIR`).
     pub project_dir: PathBuf,
     /// How the project dir is called inside the container (`/builds/group/project`); used in
@@ -111,6 +124,37 @@ pub struct SourceSpec {
     /// that keeps every object fetched so far: the remote is asked only for what is new, and
     /// the project dir is filled from this local copy. `None`: fetch straight from the remote.
     pub object_cache_dir: Option<PathBuf>,
+}
+
+/// Where `GIT_SUBMODULE_FORCE_HTTPS` sends SSH submodule URLs ([`SourceSpec::force_https`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForceHttps {
+    /// `https://gitlab.example.com` (no credentials, no trailing `/`).
+    pub base: String,
+    pub ssh_host: String,
+    /// Empty or `22`: the default port.
+    pub ssh_port: String,
+}
+
+impl ForceHttps {
+    /// gitlab-runner's `insteadOf` rewrites (`helpers/url/gitauth.go`, `sshInsteadOfs`), as
+    /// `(url.<base>.insteadOf, value)` pairs: the default port covers the scp-like and the
+    /// `ssh://` forms, another port only `ssh://git@host:port`.
+    pub fn insteadofs(&self) -> Vec<(String, String)> {
+        let base = self.base.trim_end_matches('/');
+        let host = &self.ssh_host;
+        if self.ssh_port.is_empty() || self.ssh_port == "22" {
+            vec![
+                (format!("url.{base}/.insteadOf"), format!("git@{host}:")),
+                (format!("url.{base}.insteadOf"), format!("ssh://git@{host}")),
+            ]
+        } else {
+            vec![(
+                format!("url.{base}.insteadOf"),
+                format!("ssh://git@{host}:{}", self.ssh_port),
+            )]
+        }
+    }
 }
 
 fn redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -181,6 +225,9 @@ pub struct GitVariables {
     pub submodule_paths: Vec<String>,
     /// `GIT_LFS_SKIP_SMUDGE` is not true.
     pub lfs: bool,
+    /// `GIT_SUBMODULE_FORCE_HTTPS` is true (Go's `strconv.ParseBool`; other values: false,
+    /// with a warning).
+    pub submodule_force_https: bool,
     /// Values that were ignored, for a warning in the job log.
     pub warnings: Vec<String>,
 }
@@ -299,6 +346,20 @@ impl GitVariables {
                 }
             },
         };
+        let submodule_force_https = match get("GIT_SUBMODULE_FORCE_HTTPS")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            None => false,
+            Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
+            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
+            Some(v) => {
+                warnings.push(format!(
+                    "GIT_SUBMODULE_FORCE_HTTPS: {v:?} is not a boolean, using false"
+                ));
+                false
+            }
+        };
         let submodule_paths = words(get("GIT_SUBMODULE_PATHS").unwrap_or(""));
         for p in &submodule_paths {
             let path = p.strip_prefix(":(exclude)").unwrap_or(p);
@@ -320,6 +381,7 @@ impl GitVariables {
             submodule_update_flags: words(get("GIT_SUBMODULE_UPDATE_FLAGS").unwrap_or("")),
             submodule_paths,
             lfs,
+            submodule_force_https,
             warnings,
         })
     }
@@ -445,6 +507,8 @@ mod tests {
             submodule_paths: vec![],
             lfs: true,
             git_config: vec![],
+            force_https: None,
+            hook_git_config: vec![],
             project_dir: "/tmp/p".into(),
             display_dir: None,
             object_cache_dir: None,

@@ -108,9 +108,23 @@ pub async fn get_sources(
         std::fs::create_dir_all(cache).map_err(io_err(format!("creating {}", cache.display())))?;
         writable.push(cache.as_path());
     }
-    let git = Git::new(&spec.repo_url, &spec.git_config)
-        .display_dir(&spec.project_dir, spec.display_dir.as_deref())
-        .confine(&writable);
+    // GIT_SUBMODULE_FORCE_HTTPS: SSH URLs on the GitLab host become HTTPS ones on the
+    // runner's GitLab URL, which gets the job token's header too (the runner's `url` is the
+    // operator's, so the token goes nowhere else).
+    let mut config = spec.git_config.clone();
+    let mut auth_origins = Vec::new();
+    if let Some(f) = &spec.force_https {
+        config.extend(f.insteadofs());
+        auth_origins.extend(split_url(&f.base).origin);
+    }
+    let git = Git::new(
+        &spec.repo_url,
+        &spec.hook_git_config,
+        &config,
+        &auth_origins,
+    )
+    .display_dir(&spec.project_dir, spec.display_dir.as_deref())
+    .confine(&writable);
     let url = split_url(&spec.repo_url);
     if spec.depth > 0 {
         say(
@@ -277,20 +291,27 @@ async fn lfs_pull(
         Some(_) => format!("{clean_url}/info/lfs"),
         None => format!("{}.git/info/lfs", clean_url.trim_end_matches('/')),
     };
+    let args = lfs_pull_args(Some(&endpoint));
+    git.run(dir, &args, Some(log), cancel).await?;
+    Ok(())
+}
+
+/// `git lfs pull` with the LFS filter configured on the command line (git never reads the
+/// host's config, where `git lfs install` would have put it), and the endpoint when given.
+pub(super) fn lfs_pull_args(endpoint: Option<&str>) -> Vec<String> {
     let mut args = Vec::new();
-    for (k, v) in [
-        ("lfs.url", endpoint.as_str()),
+    let url = endpoint.map(|e| ("lfs.url", e));
+    for (k, v) in url.into_iter().chain([
         ("filter.lfs.process", "git-lfs filter-process"),
         ("filter.lfs.clean", "git-lfs clean -- %f"),
         ("filter.lfs.smudge", "git-lfs smudge -- %f"),
         ("filter.lfs.required", "true"),
-    ] {
+    ]) {
         args.push(s("-c"));
         args.push(format!("{k}={v}"));
     }
     args.extend([s("lfs"), s("pull")]);
-    git.run(dir, &args, Some(log), cancel).await?;
-    Ok(())
+    args
 }
 
 async fn skip_rest(log: &mut LogSink<'_>) -> Result<(), SourceError> {

@@ -168,5 +168,57 @@ pub(super) async fn submodules(
     update.extend(spec.submodule_update_flags.iter().cloned());
     update.extend(paths.iter().cloned());
     git.run(dir, &update, Some(log), cancel).await?;
-    for_each(&root, git, recursive, &clean, log, cancel).await
+    for_each(&root, git, recursive, &clean, log, cancel).await?;
+    if spec.lfs {
+        lfs_pull(&root, git, recursive, log, cancel).await?;
+    }
+    Ok(())
+}
+
+/// Git LFS in the submodules, as gitlab-runner's `git submodule foreach [--recursive] git lfs
+/// pull`: in each populated submodule whose attributes mark files `filter=lfs`. Unlike
+/// gitlab-runner, which skips this in silence without git-lfs, a host without it fails the
+/// job as it does for the project's own LFS files. The endpoint is the one git-lfs derives
+/// from the submodule's remote; the job token's header is scoped to GitLab's host (and the
+/// runner's URL), so a `.lfsconfig` naming another server gets no credentials.
+async fn lfs_pull(
+    root: &JobDir,
+    git: &Git,
+    recursive: bool,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let mut said = false;
+    for (rel, sub) in populated_submodules(root, git, recursive, cancel).await? {
+        let listed = git
+            .run_at(
+                &sub,
+                &[s("ls-files"), s("--"), s(":(attr:filter=lfs)")],
+                None,
+                cancel,
+            )
+            .await?;
+        let files: Vec<&str> = listed.stdout.lines().filter(|f| !f.is_empty()).collect();
+        let Some(first) = files.first() else {
+            continue;
+        };
+        if !said {
+            if git
+                .run_at(&sub, &[s("lfs"), s("version")], None, cancel)
+                .await
+                .is_err()
+            {
+                return Err(SourceError::LfsMissing {
+                    files: files.len(),
+                    example: git.mask(&rel.join(first).display().to_string()),
+                });
+            }
+            say(log, Level::Notice, "Pulling LFS files...").await?;
+            said = true;
+        }
+        say(log, Level::Plain, &format!("Entering '{}'", rel.display())).await?;
+        git.run_at(&sub, &super::run::lfs_pull_args(None), Some(log), cancel)
+            .await?;
+    }
+    Ok(())
 }

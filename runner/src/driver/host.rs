@@ -33,9 +33,12 @@ pub trait Host: Send + Sync + 'static {
         plan: &Plan,
     ) -> impl Future<Output = std::io::Result<()>> + Send;
 
+    /// `hook_config`: what the job's `pre_get_sources_script` configured, already through the
+    /// allow-list (`ferry_executor::sources::carried_git_config`).
     fn get_sources(
         &self,
         plan: &Plan,
+        hook_config: &[(String, String)],
         log: &mut LogSink<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
@@ -134,10 +137,16 @@ impl Host for HostFs {
     async fn get_sources(
         &self,
         plan: &Plan,
+        hook_config: &[(String, String)],
         log: &mut LogSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
-        ferry_executor::sources::get_sources(&plan.sources, log, cancel).await
+        if hook_config.is_empty() {
+            return ferry_executor::sources::get_sources(&plan.sources, log, cancel).await;
+        }
+        let mut spec = plan.sources.clone();
+        spec.hook_git_config = hook_config.to_vec();
+        ferry_executor::sources::get_sources(&spec, log, cancel).await
     }
 
     async fn restore_cache(

@@ -49,19 +49,35 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         }
     }
 
+    /// git on the host, between the get_sources hooks, each in a container of its own that
+    /// is gone before git starts (docs/sources-cache-artifacts.md, "get_sources hooks"); the
+    /// git configuration the pre hook leaves reaches host git only through the allow-list.
     pub(super) async fn get_sources(&self, run: &mut JobRun<'_>) {
-        let (host, plan, log) = (&*self.host, run.plan, run.log);
+        let (host, engine, plan, log) = (&*self.host, &*self.engine, run.plan, run.log);
         log.section_start("get_sources", "Getting source from Git repository", false);
+        let env = match &plan.execution {
+            plan::Execution::Docker { env, .. } => Some(&**env),
+            plan::Execution::Deploy { .. } => None,
+        };
         let stage = run
             .signals
             .run(false, |limits| async move {
                 let limits = &limits;
                 let tries = (plan.attempts.get_sources, "GET_SOURCES_ATTEMPTS");
                 with_attempts(tries, log, &limits.cancel, || async move {
+                    let mut hook_config = Vec::new();
+                    if let (Some(pre), Some(env)) = (&plan.hooks.pre, env) {
+                        let listing = run_hook(engine, env, pre, true, log, &limits.cancel).await?;
+                        hook_config = carried_config(&listing, log);
+                    }
                     let mut sink = log.clone();
-                    host.get_sources(plan, &mut sink, &limits.cancel)
+                    host.get_sources(plan, &hook_config, &mut sink, &limits.cancel)
                         .await
-                        .map_err(StageError::Sources)
+                        .map_err(StageError::Sources)?;
+                    if let (Some(post), Some(env)) = (&plan.hooks.post, env) {
+                        run_hook(engine, env, post, false, log, &limits.cancel).await?;
+                    }
+                    Ok(())
                 })
                 .await
             })
@@ -436,6 +452,56 @@ fn upload_section(succeeded: bool) -> &'static str {
 /// the variable that set it) while it fails, with a warning naming the cause before each new
 /// try, 1 s, 2 s, 4 s, then 5 s apart (gitlab-runner's default backoff). A stop signal ends the
 /// waiting (the stage then reports the stop).
+/// One get_sources hook in its container; a non-zero exit fails the stage. Returns what the
+/// hook's `git config --global` holds when `read_git_config`.
+async fn run_hook<E: Engine>(
+    engine: &E,
+    env: &JobEnv,
+    hook: &ferry_executor::StepSpec,
+    read_git_config: bool,
+    log: &TraceWriter,
+    cancel: &CancellationToken,
+) -> Result<Vec<u8>, StageError> {
+    log.write_line(&format!(
+        "Running {} in a container of {} (not on the runner host)...",
+        hook.name, env.image.name
+    ));
+    let mut sink = log.clone();
+    let done = engine
+        .run_hook(env, hook, read_git_config, &mut sink, cancel)
+        .await?;
+    if done.outcome.exit_code != 0 {
+        if done.outcome.oom_killed {
+            log.write_error("the hook's container ran out of memory (OOM)");
+        }
+        return Err(StageError::Hook {
+            name: hook.name.clone(),
+            exit_code: done.outcome.exit_code,
+        });
+    }
+    Ok(done.git_config)
+}
+
+/// The allow-list over a pre hook's git configuration, each refused key in the log with its
+/// reason, the carried ones by name (values can be secrets, e.g. `http.extraHeader`).
+fn carried_config(listing: &[u8], log: &TraceWriter) -> Vec<(String, String)> {
+    let config = ferry_executor::sources::carried_git_config(listing);
+    for r in &config.refused {
+        log.write_warning(&format!(
+            "git config {:?} set by pre_get_sources_script is not used by git on the runner host: {}",
+            r.key, r.reason
+        ));
+    }
+    if !config.carried.is_empty() {
+        let keys: Vec<&str> = config.carried.iter().map(|(k, _)| k.as_str()).collect();
+        log.write_line(&format!(
+            "Using git config from pre_get_sources_script: {}",
+            keys.join(", ")
+        ));
+    }
+    config.carried
+}
+
 async fn with_attempts<T, F, Fut>(
     (attempts, variable): (u32, &str),
     log: &TraceWriter,

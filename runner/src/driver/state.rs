@@ -240,6 +240,9 @@ pub(super) enum StageError {
     Upload(#[source] ApiError),
     #[error("the executor")]
     Engine(#[source] EngineError),
+    /// A get_sources hook's script ended with a non-zero exit code.
+    #[error("{name} failed with exit code {exit_code}")]
+    Hook { name: String, exit_code: i32 },
     #[error("the deploy step")]
     Deploy(#[source] DeployError),
 }
@@ -268,6 +271,8 @@ impl StageError {
             StageError::Deploy(
                 DeployError::Input(_) | DeployError::Rollout(_) | DeployError::Cluster(_),
             ) => FailureReason::ScriptFailure,
+            // The hook is the job's (or the runner's) shell, like a script step.
+            StageError::Hook { .. } => FailureReason::ScriptFailure,
             _ => FailureReason::RunnerSystemFailure,
         }
     }

@@ -8,7 +8,7 @@ use ferry_executor::cache::{
     CacheFormat, CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
     restore_attempts,
 };
-use ferry_executor::sources::{GitVariables, RefType, SourceSpec};
+use ferry_executor::sources::{ForceHttps, GitVariables, RefType, SourceSpec};
 use serde::Serialize;
 
 use super::PlanError;
@@ -140,6 +140,28 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
     }
     let object_format =
         Some(payload.git_info.repo_object_format.clone()).filter(|f| !f.is_empty() && f != "sha1");
+    // GIT_SUBMODULE_FORCE_HTTPS: gitlab-runner's base is `clone_url`, else the runner's `url`
+    // (helpers/url/gitauth.go); the SSH host and port are GitLab's predefined variables.
+    let force_https = git.submodule_force_https.then(|| {
+        let base = runner
+            .clone_url
+            .as_deref()
+            .filter(|c| c.contains("://"))
+            .unwrap_or(&runner.url);
+        let host = variables
+            .value("CI_SERVER_SHELL_SSH_HOST")
+            .filter(|h| !h.is_empty())
+            .or_else(|| variables.value("CI_SERVER_HOST"))
+            .unwrap_or_default();
+        ForceHttps {
+            base: base.trim_end_matches('/').to_string(),
+            ssh_host: host.to_string(),
+            ssh_port: variables
+                .value("CI_SERVER_SHELL_SSH_PORT")
+                .unwrap_or_default()
+                .to_string(),
+        }
+    });
     let sources = SourceSpec {
         repo_url: apply_clone_url(&payload.git_info.repo_url, runner.clone_url.as_deref()),
         sha: payload.git_info.sha.clone(),
@@ -159,6 +181,8 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         submodule_paths: git.submodule_paths,
         lfs: git.lfs,
         git_config,
+        force_https: force_https.filter(|f| !f.ssh_host.is_empty()),
+        hook_git_config: Vec::new(),
         project_dir: host_project_dir,
         display_dir: Some(project_dir.to_string()),
         object_cache_dir: Some(

@@ -104,6 +104,10 @@ pub struct Plan {
     pub dependencies: Vec<DependencySpec>,
     /// How many times get_sources and download_artifacts are tried.
     pub attempts: Attempts,
+    /// `pre_get_sources_script` / `post_get_sources_script` (the runner's and the job's), run
+    /// in a short-lived container before and after git (docs/sources-cache-artifacts.md).
+    #[serde(skip_serializing_if = "GetSourcesHooks::is_empty")]
+    pub hooks: GetSourcesHooks,
     /// `CI_DEBUG_TRACE` is in force (the steps trace their commands).
     pub debug_trace: bool,
     /// `CI_DEBUG_SERVICES` is in force: the service containers' output goes to the job log.
@@ -121,6 +125,24 @@ pub struct Plan {
     pub masks: Masks,
     /// failure_reason values this GitLab accepts (features.failure_reasons).
     pub failure_reasons: Vec<String>,
+}
+
+/// The get_sources hooks of a job, in gitlab-runner's order (`writeGetSourcesScript`): the
+/// runner's `pre_get_sources_script` then the job's `hooks:pre_get_sources_script`; the job's
+/// `hooks:post_get_sources_script` then the runner's `post_get_sources_script`. None with
+/// `GIT_STRATEGY` `none` or `empty`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GetSourcesHooks {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre: Option<StepSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post: Option<StepSpec>,
+}
+
+impl GetSourcesHooks {
+    pub fn is_empty(&self) -> bool {
+        self.pre.is_none() && self.post.is_none()
+    }
 }
 
 /// Why a job cannot be planned. Each maps to a failure_reason.
@@ -262,7 +284,20 @@ pub fn compile(
         project_dir: &project_dir,
         timeout,
     };
-    let variables = vars::job_variables(&vars_in, &image_name);
+    let mut variables = vars::job_variables(&vars_in, &image_name);
+    // GIT_CLONE_PATH moves the checkout in the container (and CI_PROJECT_DIR with it); the
+    // host dir stays the project's own (docs/variables.md).
+    let project_dir = match clone_path(&variables, &builds_dir, runner.custom_build_dir_enabled)? {
+        Some(dir) => {
+            let vars_in = vars::Inputs {
+                project_dir: &dir,
+                ..vars_in
+            };
+            variables = vars::job_variables(&vars_in, &image_name);
+            dir
+        }
+        None => project_dir,
+    };
     let expanded_image = variables.expand(&image_name);
     let (xtrace, trace_refused) = debug_trace(&variables, runner);
     let debug_services = !runner.debug_trace_disabled && flag_on(&variables, "CI_DEBUG_SERVICES");
@@ -285,7 +320,13 @@ pub fn compile(
         short_token: short,
         project_path: &project_path,
     })?;
+    let hooks = get_sources_hooks(payload, runner, &host_plan.sources, xtrace);
     let execution = if !runner.deploy.image.is_empty() && expanded_image == runner.deploy.image {
+        if !hooks.is_empty() {
+            return Err(PlanError::Configuration(
+                "pre_get_sources_script/post_get_sources_script cannot run in a deploy job: it has no container, and they never run on the runner host".into(),
+            ));
+        }
         Execution::Deploy {
             commands: deploy_commands(payload)?,
             facts: deploy_facts(payload),
@@ -321,6 +362,7 @@ pub fn compile(
         artifacts: host_plan.artifacts,
         dependencies: host_plan.dependencies,
         attempts: host_plan.attempts,
+        hooks,
         debug_trace: xtrace,
         debug_services,
         timestamps: flag_on(&variables, "FF_TIMESTAMPS"),
@@ -333,6 +375,104 @@ pub fn compile(
         masks,
         failure_reasons: payload.features.failure_reasons.clone(),
     })
+}
+
+/// The job's and the runner's get_sources hooks ([`GetSourcesHooks`]).
+fn get_sources_hooks(
+    payload: &JobPayload,
+    runner: &RunnerSection,
+    sources: &SourceSpec,
+    xtrace: bool,
+) -> GetSourcesHooks {
+    use ferry_executor::sources::GitStrategy;
+    if matches!(sources.strategy, GitStrategy::None | GitStrategy::Empty) {
+        return GetSourcesHooks::default();
+    }
+    // gitlab-runner's `Hooks.Get`: the first entry of that name.
+    let job = |name: &str| -> Vec<String> {
+        payload
+            .hooks
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.script.clone())
+            .unwrap_or_default()
+    };
+    let spec = |name: &str, commands: Vec<String>| {
+        (!commands.is_empty()).then(|| StepSpec {
+            name: name.to_string(),
+            commands,
+            env: vec![],
+            timeout: None,
+            xtrace,
+            // gitlab-runner's script sections are for the build's script steps only.
+            script_sections: Vec::new(),
+        })
+    };
+    let mut pre: Vec<String> = runner.pre_get_sources_script.iter().cloned().collect();
+    pre.extend(job("pre_get_sources_script"));
+    let mut post = job("post_get_sources_script");
+    post.extend(runner.post_get_sources_script.iter().cloned());
+    GetSourcesHooks {
+        pre: spec("pre_get_sources_script", pre),
+        post: spec("post_get_sources_script", post),
+    }
+}
+
+/// `GIT_CLONE_PATH` as gitlab-runner's `getCustomBuildDir` checks it: only with
+/// `[runners.custom_build_dir] enabled`, and only within `builds_dir` (after `.`/`..` are
+/// resolved). Characters Docker's mount syntax cannot carry (`:`, `,`, control characters)
+/// are refused too.
+fn clone_path(
+    variables: &Variables,
+    builds_dir: &str,
+    enabled: bool,
+) -> Result<Option<String>, PlanError> {
+    let Some(raw) = variables.value("GIT_CLONE_PATH").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !enabled {
+        return Err(PlanError::Configuration(
+            "setting GIT_CLONE_PATH is not allowed, enable `custom_build_dir` feature".into(),
+        ));
+    }
+    let outside = || {
+        PlanError::Configuration(format!(
+            "the GIT_CLONE_PATH={raw:?} has to be within {builds_dir:?}"
+        ))
+    };
+    if !raw.starts_with('/') {
+        return Err(outside());
+    }
+    if raw.chars().any(|c| c == ':' || c == ',' || c.is_control()) {
+        return Err(PlanError::Configuration(format!(
+            "GIT_CLONE_PATH={raw:?}: `:`, `,` and control characters cannot be part of a mount path"
+        )));
+    }
+    let clean = clean_abs_path(raw);
+    let base = clean_abs_path(builds_dir);
+    let within = clean == base
+        || clean
+            .strip_prefix(base.as_str())
+            .is_some_and(|rest| rest.starts_with('/') || base == "/");
+    if !within {
+        return Err(outside());
+    }
+    Ok(Some(clean))
+}
+
+/// Go's `path.Clean` for an absolute path: no empty, `.` or `..` components.
+fn clean_abs_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// A job's directories on the host (docs/security.md): one folder per runner, slot and

@@ -542,3 +542,136 @@ fn log_flags_follow_gitlab_runner() {
             .contains(&"CI_DEBUG_SERVICES: usage is disabled on this Runner".to_string())
     );
 }
+
+#[test]
+fn git_clone_path_moves_the_project_dir_within_builds_dir_only() {
+    let with = |value: &str, enabled: bool| {
+        let mut p = payload("full.json");
+        p.variables.push(var("GIT_CLONE_PATH", value));
+        let mut r = runner();
+        r.custom_build_dir_enabled = enabled;
+        compile(&p, &r, &ctx())
+    };
+    let plan = with("$CI_BUILDS_DIR/custom/./x/../here", true).unwrap();
+    let Execution::Docker { env, .. } = &plan.execution else {
+        panic!()
+    };
+    assert_eq!(env.project_dir, "/builds/custom/here");
+    assert_eq!(env.tmp_dir, "/builds/custom/here.tmp");
+    assert_eq!(
+        plan.variables.value("CI_PROJECT_DIR"),
+        Some("/builds/custom/here")
+    );
+    assert_eq!(
+        plan.sources.display_dir.as_deref(),
+        Some("/builds/custom/here")
+    );
+    // The host dir is the project's own, whatever the path in the container.
+    let default = compile(&payload("full.json"), &runner(), &ctx()).unwrap();
+    assert_eq!(plan.host_project_dir, default.host_project_dir);
+
+    let refused = |value: &str, enabled: bool| {
+        let e = with(value, enabled).unwrap_err();
+        assert_eq!(
+            e.failure_reason(),
+            FailureReason::RunnerConfigurationError,
+            "{e}"
+        );
+        e.to_string()
+    };
+    assert_eq!(
+        refused("/builds/x", false),
+        "setting GIT_CLONE_PATH is not allowed, enable `custom_build_dir` feature"
+    );
+    assert_eq!(
+        refused("/builds/../etc", true),
+        "the GIT_CLONE_PATH=\"/builds/../etc\" has to be within \"/builds\""
+    );
+    assert!(refused("/buildsx/y", true).contains("has to be within"));
+    assert!(refused("relative/dir", true).contains("has to be within"));
+    assert!(refused("/builds/a:/etc", true).contains("mount path"));
+}
+
+#[test]
+fn get_sources_hooks_run_runner_pre_first_and_runner_post_last() {
+    let mut p = payload("full.json");
+    p.hooks = vec![
+        crate::gitlab::payload::Hook {
+            name: "pre_get_sources_script".into(),
+            script: vec!["echo job-pre".into()],
+        },
+        crate::gitlab::payload::Hook {
+            name: "post_get_sources_script".into(),
+            script: vec!["echo job-post".into()],
+        },
+    ];
+    let mut r = runner();
+    r.pre_get_sources_script = Some("echo runner-pre".into());
+    r.post_get_sources_script = Some("echo runner-post".into());
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    assert_eq!(
+        plan.hooks.pre.as_ref().unwrap().commands,
+        ["echo runner-pre", "echo job-pre"]
+    );
+    assert_eq!(
+        plan.hooks.post.as_ref().unwrap().commands,
+        ["echo job-post", "echo runner-post"]
+    );
+    // GIT_STRATEGY none: no git, no hooks (gitlab-runner's guardGetSourcesScriptHooks).
+    p.variables.push(var("GIT_STRATEGY", "none"));
+    assert!(compile(&p, &r, &ctx()).unwrap().hooks.is_empty());
+}
+
+#[test]
+fn a_deploy_job_with_get_sources_hooks_is_refused() {
+    let mut p = payload("deploy.json");
+    p.hooks = vec![crate::gitlab::payload::Hook {
+        name: "pre_get_sources_script".into(),
+        script: vec!["echo x".into()],
+    }];
+    let e = compile(&p, &runner(), &ctx()).unwrap_err();
+    assert_eq!(e.failure_reason(), FailureReason::RunnerConfigurationError);
+    assert!(e.to_string().contains("cannot run in a deploy job"), "{e}");
+}
+
+#[test]
+fn git_submodule_force_https_rewrites_to_the_runners_url_and_ssh_host() {
+    let mut p = payload("full.json");
+    p.variables.push(var("GIT_SUBMODULE_FORCE_HTTPS", "true"));
+    p.variables
+        .push(var("CI_SERVER_HOST", "gitlab.example.com"));
+    p.variables.push(var("CI_SERVER_SHELL_SSH_PORT", "2222"));
+    let mut r = runner();
+    r.url = "https://gitlab.example.com/".into();
+    r.clone_url = None;
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    let f = plan.sources.force_https.as_ref().unwrap();
+    assert_eq!(f.base, "https://gitlab.example.com");
+    assert_eq!(
+        f.insteadofs(),
+        [(
+            "url.https://gitlab.example.com.insteadOf".to_string(),
+            "ssh://git@gitlab.example.com:2222".to_string()
+        )]
+    );
+    p.variables.push(var("CI_SERVER_SHELL_SSH_PORT", "22"));
+    p.variables
+        .push(var("CI_SERVER_SHELL_SSH_HOST", "ssh.example.com"));
+    let plan = compile(&p, &r, &ctx()).unwrap();
+    assert_eq!(
+        plan.sources.force_https.unwrap().insteadofs(),
+        [
+            (
+                "url.https://gitlab.example.com/.insteadOf".to_string(),
+                "git@ssh.example.com:".to_string()
+            ),
+            (
+                "url.https://gitlab.example.com.insteadOf".to_string(),
+                "ssh://git@ssh.example.com".to_string()
+            )
+        ]
+    );
+    // Unset: nothing rewritten.
+    let plan = compile(&payload("full.json"), &r, &ctx()).unwrap();
+    assert!(plan.sources.force_https.is_none());
+}

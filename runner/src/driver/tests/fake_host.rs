@@ -131,6 +131,7 @@ impl Host for FakeHost {
     async fn get_sources(
         &self,
         _plan: &Plan,
+        _hook_config: &[(String, String)],
         log: &mut LogSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
