@@ -788,10 +788,13 @@ check_interval = 3
         assert!(!queue.requests_of("glrt-cccccccc").is_empty(), "c starts");
     }
 
+    /// A job's id, and the `environment`, `output_limit` and `limit` it ran with.
+    type Seen = (u64, Vec<(String, String)>, u64, usize);
+
     /// Records the settings each job ran with.
     #[derive(Default)]
     struct Recorder {
-        seen: Mutex<Vec<(u64, Vec<(String, String)>, u64, usize)>>,
+        seen: Mutex<Vec<Seen>>,
     }
 
     impl JobHandler<u64> for Recorder {

@@ -760,11 +760,10 @@ async fn a_gitlab_outage_gets_no_bursts_and_jobs_flow_after_it() {
         return;
     };
     h.gitlab.set_trace_update_interval(Some("3"));
-    let id = h.push(h.job("through-outage").script([
-        "echo first",
-        "sleep 45",
-        "echo second",
-    ]));
+    let id = h.push(
+        h.job("through-outage")
+            .script(["echo first", "sleep 45", "echo second"]),
+    );
     h.wait_trace(id, "\nfirst", WAIT).await;
     // 503 for 15 s, 502 for 15 s, then no listener at all for 10 s.
     let start = tokio::time::Instant::now();
@@ -779,7 +778,13 @@ async fn a_gitlab_outage_gets_no_bursts_and_jobs_flow_after_it() {
 
     // Job requests: never two within the 1 s check_interval, and the 5xx answers park the
     // runner (3 failures, then at most one request per 15-30 s).
-    let requests = request_times(&h.gitlab, "POST", "/api/v4/jobs/request", start, answered_until);
+    let requests = request_times(
+        &h.gitlab,
+        "POST",
+        "/api/v4/jobs/request",
+        start,
+        answered_until,
+    );
     assert!(!requests.is_empty());
     for w in requests.windows(2) {
         assert!(
@@ -805,7 +810,13 @@ async fn a_gitlab_outage_gets_no_bursts_and_jobs_flow_after_it() {
         start,
         answered_until,
     );
-    calls.extend(request_times(&h.gitlab, "PUT", &format!("/api/v4/jobs/{id}"), start, answered_until));
+    calls.extend(request_times(
+        &h.gitlab,
+        "PUT",
+        &format!("/api/v4/jobs/{id}"),
+        start,
+        answered_until,
+    ));
     calls.sort();
     assert!(!calls.is_empty());
     for w in calls.windows(2) {
