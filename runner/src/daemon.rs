@@ -750,6 +750,17 @@ check_interval = 3
             during < 40,
             "parked while unhealthy: {during} requests in 5 minutes"
         );
+        // Never two requests of the entry within one check_interval (3 s), also right after a
+        // park (the ticks missed while parked do not fire at once).
+        let times = queue.requests_of("glrt-aaaaaaaa");
+        for w in times.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_secs(3) || w[1] - start >= Duration::from_secs(300),
+                "two requests {:?} apart at {:?}",
+                w[1] - w[0],
+                w[0] - start
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
