@@ -166,7 +166,7 @@ pub struct RunnerSection {
 }
 
 /// `[runners.docker]`. `Default` is what an empty `[runners.docker]` resolves to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DockerSection {
     /// None = `$DOCKER_HOST`, else the local unix socket.
     pub host: Option<String>,

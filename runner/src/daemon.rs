@@ -7,8 +7,9 @@
 //! sent, and moves them into the job's task when GitLab hands out a job, so they return however
 //! the job ends. A request whose answer is "no job" gives them back at once.
 //!
-//! Config reloads arrive on a `watch` channel: new entries start polling, removed ones stop,
-//! running jobs are untouched. Shutdown is injected: `graceful` stops polling and waits for the
+//! Config reloads arrive on a `watch` channel: new entries start polling, removed ones stop, an
+//! entry that stays (same url and token) takes its new settings for the jobs it gets from then on
+//! (`limit` and `request_concurrency` included); running jobs keep the settings they started with. Shutdown is injected: `graceful` stops polling and waits for the
 //! jobs; `force` also cancels every job, which then reports itself failed.
 
 use std::collections::HashMap;
@@ -38,9 +39,9 @@ pub const HELD_REQUEST: Duration = Duration::from_secs(5);
 pub enum Polled<J> {
     /// GitLab handed out a job.
     Job(J),
-    /// No job now (204, 409, 429, 5xx...): a healthy answer.
+    /// No job now (204, 409, another 4xx): a healthy answer.
     Nothing,
-    /// The request failed (403, network error): counts toward parking the entry.
+    /// The request failed (403, 429, 5xx, network error): counts toward parking the entry.
     Failed,
 }
 
@@ -72,51 +73,103 @@ fn runner_key(r: &RunnerSection) -> (String, String) {
     (r.url.clone(), r.token.expose().to_string())
 }
 
-/// Global `concurrent` slots, resizable on reload.
-struct GlobalSlots {
+/// Permits standing for "no limit" (`limit = 0`): far more than `concurrent` can ever allow.
+const UNLIMITED: usize = 1 << 20;
+
+/// A semaphore whose size changes on reload while permits are out: growing adds permits (after
+/// paying back what a shrink still owes), shrinking forgets free permits at once and the rest as
+/// running jobs give theirs back. Used for `concurrent`, `limit` and `request_concurrency`.
+struct Capacity {
     sem: Arc<Semaphore>,
-    size: std::sync::Mutex<usize>,
+    /// Size, and permits a shrink still has to take back from running jobs.
+    state: Arc<std::sync::Mutex<(usize, usize)>>,
 }
 
-impl GlobalSlots {
+impl Capacity {
     fn new(n: usize) -> Self {
-        GlobalSlots {
+        Capacity {
             sem: Arc::new(Semaphore::new(n)),
-            size: std::sync::Mutex::new(n),
+            state: Arc::new(std::sync::Mutex::new((n, 0))),
         }
     }
 
     fn resize(&self, n: usize) {
-        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (size, debt) = &mut *state;
         if n > *size {
-            self.sem.add_permits(n - *size);
+            let grow = n - *size;
+            let repaid = grow.min(*debt);
+            *debt -= repaid;
+            self.sem.add_permits(grow - repaid);
         } else if n < *size {
-            // Permits held by running jobs are forgotten as they come back.
-            let mut to_forget = *size - n;
-            to_forget -= self.sem.forget_permits(to_forget);
-            if to_forget > 0 {
-                let sem = self.sem.clone();
-                tokio::spawn(async move {
-                    for _ in 0..to_forget {
-                        if let Ok(p) = sem.acquire().await {
-                            p.forget();
+            let shrink = *size - n;
+            let owed = shrink - self.sem.forget_permits(shrink);
+            if owed > 0 {
+                let collect = *debt == 0;
+                *debt += owed;
+                if collect {
+                    // Takes the owed permits as running jobs return them; stops when nothing
+                    // is owed any more (a later growth may have paid the debt).
+                    let (sem, state) = (self.sem.clone(), self.state.clone());
+                    tokio::spawn(async move {
+                        while let Ok(permit) = sem.acquire().await {
+                            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                            if state.1 == 0 {
+                                return;
+                            }
+                            state.1 -= 1;
+                            permit.forget();
+                            if state.1 == 0 {
+                                return;
+                            }
                         }
-                    }
-                });
+                    });
+                }
             }
         }
         *size = n;
     }
 }
 
+fn limit_size(limit: usize) -> usize {
+    if limit == 0 { UNLIMITED } else { limit }
+}
+
 /// Per-entry state that outlives one request.
 struct Entry {
-    section: Arc<RunnerSection>,
-    limit: Option<Arc<Semaphore>>,
-    requests: Arc<Semaphore>,
+    /// The entry's settings as of the last reload: a job takes them when GitLab hands it out.
+    section: std::sync::RwLock<Arc<RunnerSection>>,
+    limit: Capacity,
+    requests: Capacity,
     failures: AtomicU32,
     /// Fired to make the entry poll again now (after it got a job).
     again: tokio::sync::Notify,
+}
+
+impl Entry {
+    fn new(r: &RunnerSection) -> Self {
+        Entry {
+            section: std::sync::RwLock::new(Arc::new(r.clone())),
+            limit: Capacity::new(limit_size(r.limit)),
+            requests: Capacity::new(r.request_concurrency.max(1)),
+            failures: AtomicU32::new(0),
+            again: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn section(&self) -> Arc<RunnerSection> {
+        self.section
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A reload kept this entry: its new settings apply to the jobs it gets from now on.
+    fn update(&self, r: &RunnerSection) {
+        self.limit.resize(limit_size(r.limit));
+        self.requests.resize(r.request_concurrency.max(1));
+        *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(r.clone());
+    }
 }
 
 pub struct Daemon<S, H> {
@@ -145,7 +198,7 @@ where
         let jobs_cancel = CancellationToken::new();
         let polling = CancellationToken::new();
         let initial = config.borrow_and_update().clone();
-        let slots = Arc::new(GlobalSlots::new(initial.global.concurrent.max(1)));
+        let slots = Arc::new(Capacity::new(initial.global.concurrent.max(1)));
         let mut entries: HashMap<(String, String), (Arc<Entry>, CancellationToken)> =
             HashMap::new();
 
@@ -191,12 +244,12 @@ where
         jobs.wait().await;
     }
 
-    /// Start entries that are new, stop those that are gone.
+    /// Start entries that are new, stop those that are gone, give the others their new settings.
     fn apply(
         &self,
         cfg: &Config,
         entries: &mut HashMap<(String, String), (Arc<Entry>, CancellationToken)>,
-        slots: &Arc<GlobalSlots>,
+        slots: &Arc<Capacity>,
         polling: &CancellationToken,
         jobs: &TaskTracker,
         jobs_cancel: &CancellationToken,
@@ -206,7 +259,7 @@ where
             let keep = wanted.contains(key);
             if !keep {
                 info!(
-                    runner = entry.section.token.short(),
+                    runner = entry.section().token.short(),
                     "runner removed from config: stopped polling"
                 );
                 stop.cancel();
@@ -217,20 +270,15 @@ where
         let interval = cfg.global.check_interval;
         for (i, r) in cfg.runners.iter().enumerate() {
             let key = runner_key(r);
-            if entries.contains_key(&key) {
+            if let Some((entry, _)) = entries.get(&key) {
+                entry.update(r);
                 continue;
             }
             if r.token.expose().is_empty() {
                 warn!(runner = %r.name, "runner has no token: skipped");
                 continue;
             }
-            let entry = Arc::new(Entry {
-                section: Arc::new(r.clone()),
-                limit: (r.limit > 0).then(|| Arc::new(Semaphore::new(r.limit))),
-                requests: Arc::new(Semaphore::new(r.request_concurrency.max(1))),
-                failures: AtomicU32::new(0),
-                again: tokio::sync::Notify::new(),
-            });
+            let entry = Arc::new(Entry::new(r));
             let stop = polling.child_token();
             info!(runner = r.token.short(), name = %r.name, "runner started polling");
             let offset = interval * i as u32 / n;
@@ -295,11 +343,13 @@ where
             _ = entry.again.notified() => {}
             _ = stop.cancelled() => return,
         }
+        let section = entry.section();
         let failures = entry.failures.load(Ordering::Relaxed);
-        if failures >= entry.section.unhealthy_requests_limit.max(1) {
-            let park = entry.section.unhealthy_interval.min(MAX_UNHEALTHY_PARK);
+        let limit = section.unhealthy_requests_limit.max(1);
+        if failures >= limit {
+            let park = jittered(section.unhealthy_interval.min(MAX_UNHEALTHY_PARK));
             warn!(
-                runner = entry.section.token.short(),
+                runner = section.token.short(),
                 failures,
                 ?park,
                 "runner is unhealthy: parked"
@@ -309,29 +359,22 @@ where
                 _ = stop.cancelled() => return,
             }
             // One forced request follows; its answer decides whether the entry stays parked.
-            entry.failures.store(
-                entry.section.unhealthy_requests_limit.max(1) - 1,
-                Ordering::Relaxed,
-            );
+            // The next tick is a whole interval after it (not at once for the ticks missed
+            // while parked), so a GitLab coming back sees one request, not a burst.
+            entry.failures.store(limit - 1, Ordering::Relaxed);
+            tick.reset();
         }
         // Capacity first: a global slot, a limit slot and a request slot, or no request at all.
-        let Ok(request_permit) = entry.requests.clone().try_acquire_owned() else {
-            source.request_concurrency_exceeded(&entry.section);
+        let Ok(request_permit) = entry.requests.sem.clone().try_acquire_owned() else {
+            source.request_concurrency_exceeded(&section);
             continue;
         };
         let Ok(global_permit) = global.clone().try_acquire_owned() else {
-            debug!(
-                runner = entry.section.token.short(),
-                "no free slot (concurrent)"
-            );
+            debug!(runner = section.token.short(), "no free slot (concurrent)");
             continue;
         };
-        let limit_permit = match &entry.limit {
-            Some(l) => match l.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => continue,
-            },
-            None => None,
+        let Ok(limit_permit) = entry.limit.sem.clone().try_acquire_owned() else {
+            continue;
         };
         let slot = Slot {
             _global: global_permit,
@@ -341,7 +384,7 @@ where
         let (stop, jobs2, jobs_cancel) = (stop.clone(), jobs.clone(), jobs_cancel.clone());
         let global = global.clone();
         tokio::spawn(async move {
-            let request = source.request_job(&entry.section);
+            let request = source.request_job(&section);
             tokio::pin!(request);
             let mut slot = Some(slot);
             let polled = loop {
@@ -350,7 +393,7 @@ where
                     _ = stop.cancelled() => return,
                     // Held by long polling: give the slot back so other entries can use it.
                     _ = tokio::time::sleep(HELD_REQUEST), if slot.is_some() => {
-                        debug!(runner = entry.section.token.short(), "job request held by GitLab: slot released");
+                        debug!(runner = section.token.short(), "job request held by GitLab: slot released");
                         slot = None;
                     }
                 }
@@ -363,9 +406,10 @@ where
                     // waits for a free slot rather than exceed `concurrent`.
                     let slot = match slot {
                         Some(s) => s,
-                        None => Slot::acquire(&global, entry.limit.as_ref()).await,
+                        None => Slot::acquire(&global, &entry.limit.sem).await,
                     };
-                    let runner = entry.section.clone();
+                    // The settings in force now (a reload during the request counts).
+                    let runner = entry.section();
                     let cancel = jobs_cancel.child_token();
                     // The slot moves into the job's task and returns when it ends, however it ends.
                     let freed = entry.clone();
@@ -387,18 +431,25 @@ where
     }
 }
 
+/// `d` shortened by a random part of up to a half, so that runners parked by the same outage
+/// do not all come back at the same instant.
+pub fn jittered(d: Duration) -> Duration {
+    d.mul_f64(1.0 - fastrand::f64() / 2.0)
+}
+
 /// The capacity a job holds while it runs.
 struct Slot {
     _global: OwnedSemaphorePermit,
-    _limit: Option<OwnedSemaphorePermit>,
+    _limit: OwnedSemaphorePermit,
 }
 
 impl Slot {
-    async fn acquire(global: &Arc<Semaphore>, limit: Option<&Arc<Semaphore>>) -> Slot {
+    async fn acquire(global: &Arc<Semaphore>, limit: &Arc<Semaphore>) -> Slot {
         // The semaphores are never closed, so acquiring only waits.
-        let _limit = match limit {
-            Some(l) => l.clone().acquire_owned().await.ok(),
-            None => None,
+        let _limit = loop {
+            if let Ok(p) = limit.clone().acquire_owned().await {
+                break p;
+            }
         };
         let _global = loop {
             if let Ok(p) = global.clone().acquire_owned().await {
@@ -699,6 +750,17 @@ check_interval = 3
             during < 40,
             "parked while unhealthy: {during} requests in 5 minutes"
         );
+        // Never two requests of the entry within one check_interval (3 s), also right after a
+        // park (the ticks missed while parked do not fire at once).
+        let times = queue.requests_of("glrt-aaaaaaaa");
+        for w in times.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_secs(3) || w[1] - start >= Duration::from_secs(300),
+                "two requests {:?} apart at {:?}",
+                w[1] - w[0],
+                w[0] - start
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -735,5 +797,97 @@ check_interval = 3
             "a stops when removed"
         );
         assert!(!queue.requests_of("glrt-cccccccc").is_empty(), "c starts");
+    }
+
+    /// A job's id, and the `environment`, `output_limit` and `limit` it ran with.
+    type Seen = (u64, Vec<(String, String)>, u64, usize);
+
+    /// Records the settings each job ran with.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<Seen>>,
+    }
+
+    impl JobHandler<u64> for Recorder {
+        async fn run_job(&self, runner: Arc<RunnerSection>, job: u64, _cancel: CancellationToken) {
+            self.seen.lock().unwrap().push((
+                job,
+                runner.environment.clone(),
+                runner.output_limit,
+                runner.limit,
+            ));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reload_gives_a_kept_runner_its_new_settings_for_new_jobs_only() {
+        let queue = Arc::new(Queue::default());
+        queue.push("glrt-aaaaaaaa", &[1]);
+        let handler = Arc::new(Recorder::default());
+        let before = TWO_RUNNERS.replace(
+            "  limit = 2\n",
+            "  limit = 2\n  environment = [\"STAGE=old\"]\n  output_limit = 100\n",
+        );
+        let after = TWO_RUNNERS.replace(
+            "  limit = 2\n",
+            "  limit = 1\n  environment = [\"STAGE=new\"]\n  output_limit = 200\n",
+        );
+        let (tx, rx) = watch::channel(config(&before));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let (q, h) = (queue.clone(), handler.clone());
+        let scenario = async move {
+            // Job 1 runs from t=0 to t=5; the reload comes while it runs.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tx.send_replace(config(&after));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(h.seen.lock().unwrap().len(), 1);
+            q.push("glrt-aaaaaaaa", &[2, 3]);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        };
+        daemon.run(rx, scenario, std::future::pending()).await;
+        let seen = handler.seen.lock().unwrap().clone();
+        let env = |v: &str| vec![("STAGE".to_string(), v.to_string())];
+        assert_eq!(
+            seen,
+            vec![
+                (1, env("old"), 100 * 1024, 2),
+                (2, env("new"), 200 * 1024, 1),
+                (3, env("new"), 200 * 1024, 1),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reloaded_limit_is_never_exceeded_and_can_grow_again() {
+        let queue = Arc::new(Queue::default());
+        queue.push("glrt-aaaaaaaa", &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let handler = Arc::new(Sleeper::new(10));
+        let one = TWO_RUNNERS.replace("limit = 2", "limit = 1");
+        let (tx, rx) = watch::channel(config(TWO_RUNNERS));
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let h = handler.clone();
+        let scenario = async move {
+            // Two jobs run (limit 2); the limit drops to 1 while they hold both slots.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(h.running.load(Ordering::SeqCst), 2);
+            tx.send_replace(config(&one));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            h.max_running.store(0, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(22)).await;
+            let under_one = h.max_running.load(Ordering::SeqCst);
+            // Back to 2: both slots are usable again.
+            tx.send_replace(config(TWO_RUNNERS));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            (under_one, h.running.load(Ordering::SeqCst))
+        };
+        let (tx2, rx2) = tokio::sync::oneshot::channel();
+        let scenario = async move {
+            let _ = tx2.send(scenario.await);
+        };
+        daemon.run(rx, scenario, std::future::pending()).await;
+        let (under_one, running_after) = rx2.await.unwrap();
+        assert_eq!(under_one, 1, "limit = 1 after the reload");
+        assert_eq!(running_after, 2, "limit = 2 again after the second reload");
     }
 }

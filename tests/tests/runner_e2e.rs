@@ -692,3 +692,175 @@ async fn tls_files_in_the_certs_dir_beside_the_config_are_used_by_host_name() {
         text(&without_pair)
     );
 }
+
+// ----------------------------------------------------------------------------- reload, outages, stop
+
+/// A job that prints its `STAGE` then 6000 bytes, then a marker only a big enough
+/// `output_limit` lets through.
+fn stage_and_output(name: &str, h: &Harness, pause: u32) -> ferry_tests::fake_gitlab::JobSpec {
+    h.job(name).script([
+        "echo stage=$STAGE".to_string(),
+        format!("sleep {pause}"),
+        "head -c 6000 /dev/zero | tr '\\0' x".to_string(),
+        "echo".to_string(),
+        "echo end-of-output".to_string(),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_edit_reaches_the_next_job_of_a_kept_runner_not_the_running_one() {
+    let before = Setup::default().runner("environment = [\"STAGE=before\"]\noutput_limit = 4");
+    let Some(mut h) = Harness::start(before).await else {
+        return;
+    };
+    let first = h.push(stage_and_output("first", &h, 8));
+    h.wait_trace(first, "\nstage=before", WAIT).await;
+    // The same entry (url and token), new settings, while the first job runs.
+    let reloads = h.ferry_log().matches("configuration reloaded").count();
+    h.write_config(&Setup::default().runner("environment = [\"STAGE=after\"]\noutput_limit = 64"));
+    let reloaded = ferry_tests::e2e::poll_until(Duration::from_secs(30), || {
+        h.ferry_log().matches("configuration reloaded").count() > reloads
+    })
+    .await;
+    assert!(reloaded, "no reload logged: {}", h.ferry_log());
+    let second = h.push(stage_and_output("second", &h, 0));
+
+    // The running job keeps the settings it started with: 4 KiB of log.
+    let rec = h.wait_final(first, WAIT).await;
+    let trace = h.expect(&rec, JobStatus::Success, None);
+    assert!(!trace.contains("end-of-output"), "{trace}");
+    // The next job has the new ones: its environment and 64 KiB of log.
+    let rec = h.wait_final(second, WAIT).await;
+    let trace = h.expect(&rec, JobStatus::Success, None);
+    assert!(trace.contains("\nstage=after"), "{trace}");
+    assert!(trace.contains("\nend-of-output"), "{trace}");
+    h.stop().await;
+}
+
+/// Times of the requests to `path` (with `method`) answered in `[from, to)`.
+fn request_times(
+    gitlab: &FakeGitLab,
+    method: &str,
+    path: &str,
+    from: tokio::time::Instant,
+    to: tokio::time::Instant,
+) -> Vec<Duration> {
+    gitlab
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path == path && r.at >= from && r.at < to)
+        .map(|r| r.at - from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_outage_gets_no_bursts_and_jobs_flow_after_it() {
+    // Two slots: the runner keeps asking for jobs while one runs. check_interval = 1 s.
+    let Some(h) = Harness::start(Setup::default().concurrent(2)).await else {
+        return;
+    };
+    h.gitlab.set_trace_update_interval(Some("3"));
+    let id = h.push(
+        h.job("through-outage")
+            .script(["echo first", "sleep 45", "echo second"]),
+    );
+    h.wait_trace(id, "\nfirst", WAIT).await;
+    // 503 for 15 s, 502 for 15 s, then no listener at all for 10 s.
+    let start = tokio::time::Instant::now();
+    h.gitlab.outage_with(503, Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    h.gitlab.outage_with(502, Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let answered_until = tokio::time::Instant::now();
+    h.gitlab.stop().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    h.gitlab.restart().await;
+
+    // Job requests: never two within the 1 s check_interval, and the 5xx answers park the
+    // runner (3 failures, then at most one request per 15-30 s).
+    let requests = request_times(
+        &h.gitlab,
+        "POST",
+        "/api/v4/jobs/request",
+        start,
+        answered_until,
+    );
+    assert!(!requests.is_empty());
+    for w in requests.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(900),
+            "two job requests {:?} apart: {requests:?}",
+            w[1] - w[0]
+        );
+    }
+    assert!(
+        requests.len() <= 6,
+        "parked after 3 failed requests: {requests:?}"
+    );
+    assert!(
+        h.ferry_log().contains("runner is unhealthy: parked"),
+        "{}",
+        h.ferry_log()
+    );
+    // The job's trace and keep-alive calls: one per 3 s update interval at most.
+    let mut calls = request_times(
+        &h.gitlab,
+        "PATCH",
+        &format!("/api/v4/jobs/{id}/trace"),
+        start,
+        answered_until,
+    );
+    calls.extend(request_times(
+        &h.gitlab,
+        "PUT",
+        &format!("/api/v4/jobs/{id}"),
+        start,
+        answered_until,
+    ));
+    calls.sort();
+    assert!(!calls.is_empty());
+    for w in calls.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(2900),
+            "two trace/update calls {:?} apart: {calls:?}",
+            w[1] - w[0]
+        );
+    }
+
+    // Nothing lost, and jobs flow again.
+    let rec = h.wait_final(id, WAIT).await;
+    let trace = h.expect(&rec, JobStatus::Success, None);
+    assert!(trace.contains("\nsecond"), "{trace}");
+    assert_eq!(rec.checksum.as_deref(), Some(crc32(&rec.trace).as_str()));
+    h.assert_takes_next_job().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reports_runner_interrupted_only_to_a_gitlab_that_lists_it() {
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    // This GitLab's features.failure_reasons lack runner_interrupted.
+    let reasons = [
+        "unknown_failure",
+        "script_failure",
+        "runner_system_failure",
+        "job_execution_timeout",
+    ];
+    let id = h.push(
+        h.job("interrupted-old-gitlab")
+            .script(["echo running-at-stop", "sleep 300"])
+            .patch(serde_json::json!({"features": {"failure_reasons": reasons}})),
+    );
+    h.wait_trace(id, "\nrunning-at-stop", WAIT).await;
+    let status = h.stop().await;
+    assert!(status.success(), "ferry exit status {status}");
+    let job = h.gitlab.job(id).unwrap();
+    // gitlab-runner's fallback, and the log keeps the cause.
+    let trace = h.expect(&job, JobStatus::Failed, Some("unknown_failure"));
+    assert!(trace.contains("termination signal"), "{trace}");
+    assert!(
+        trace.contains("Job failed (runner_interrupted; reported as unknown_failure"),
+        "{trace}"
+    );
+}

@@ -85,7 +85,9 @@ impl crate::gitlab::ApiObserver for ApiMetrics {
 
 /// Asks GitLab for jobs, one client per runner entry.
 pub struct GitLabSource {
-    clients: Mutex<HashMap<RunnerKey, Arc<GitLabClient>>>,
+    /// Each entry's client, with the options it was built from: a reload that changes them
+    /// (TLS files, executor, shell) gets a new client for the requests and jobs that follow.
+    clients: Mutex<HashMap<RunnerKey, (ClientOptions, Arc<GitLabClient>)>>,
     last_update: Mutex<HashMap<RunnerKey, String>>,
     system_id: String,
     metrics: Metrics,
@@ -115,8 +117,11 @@ impl GitLabSource {
     }
 
     pub fn client(&self, r: &RunnerSection) -> Result<Arc<GitLabClient>, String> {
+        let options = ClientOptions::from_runner(r);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&key(r)) {
+        if let Some((built_from, c)) = clients.get(&key(r))
+            && *built_from == options
+        {
             return Ok(c.clone());
         }
         let observer = Arc::new(ApiMetrics {
@@ -124,12 +129,12 @@ impl GitLabSource {
             runner: r.token.short().to_string(),
             system_id: self.system_id.clone(),
         });
-        let c = GitLabClient::new(&ClientOptions::from_runner(r)).map_err(|e| e.to_string())?;
+        let c = GitLabClient::new(&options).map_err(|e| e.to_string())?;
         let c = Arc::new(
             c.with_observer(observer)
                 .with_connection_max_age(self.connection_max_age),
         );
-        clients.insert(key(r), c.clone());
+        clients.insert(key(r), (options, c.clone()));
         Ok(c)
     }
 
@@ -235,6 +240,14 @@ impl JobSource for GitLabSource {
             }
             Err(ApiError::Status {
                 status, message, ..
+            }) if status == 429 || status >= 500 => {
+                // GitLab (or its proxy) is overloaded or down: counts towards parking the entry,
+                // like no answer at all (docs/gitlab-api.md, "Outages").
+                warn!(runner = short, status, %message, "job request failed");
+                (status.to_string(), Polled::Failed)
+            }
+            Err(ApiError::Status {
+                status, message, ..
             }) => {
                 warn!(runner = short, status, %message, "job request failed");
                 // GitLab answered: a healthy (if unhappy) server.
@@ -296,7 +309,10 @@ pub struct Handler {
     working_dir: PathBuf,
     metrics: Metrics,
     system_id: String,
-    engines: tokio::sync::Mutex<HashMap<RunnerKey, Arc<DockerEngine>>>,
+    /// Each entry's engine, with the `[runners.docker]` it was built from: a reload that changes
+    /// the section gets a new engine for the jobs that follow (running jobs keep theirs).
+    engines:
+        tokio::sync::Mutex<HashMap<RunnerKey, (ferry_config::DockerSection, Arc<DockerEngine>)>>,
     /// `FERRY_DOCKER_REMOTE`: force the remote (copy) or local (bind mount) builds directory.
     docker_remote: Option<bool>,
     /// Runners whose path mode was logged (`DockerEngine::describe_paths`).
@@ -328,7 +344,9 @@ impl Handler {
 
     async fn engine(&self, r: &RunnerSection) -> Result<Arc<DockerEngine>, String> {
         let mut engines = self.engines.lock().await;
-        if let Some(e) = engines.get(&key(r)) {
+        if let Some((built_from, e)) = engines.get(&key(r))
+            && *built_from == r.docker
+        {
             return Ok(e.clone());
         }
         let mut engine = DockerEngine::new(&r.docker, r.token.ci_short_token())
@@ -351,7 +369,7 @@ impl Handler {
             );
         }
         let engine = Arc::new(engine);
-        engines.insert(key(r), engine.clone());
+        engines.insert(key(r), (r.docker.clone(), engine.clone()));
         Ok(engine)
     }
 }

@@ -298,11 +298,16 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 (JobState::Success, None, None)
             }
             Outcome::Failed { reason, exit_code } => {
-                let reason = reason.supported(failure_reasons);
+                let cause = *reason;
+                let reason = cause.supported(failure_reasons);
                 self.metrics.job_failed(labels, reason.as_str());
                 match exit_code {
                     Some(code) => log.write_error(&format!("Job failed: exit code {code}")),
-                    None => log.write_error(&format!("Job failed ({reason})")),
+                    None if reason == cause => log.write_error(&format!("Job failed ({reason})")),
+                    // The log keeps the cause that GitLab's reason cannot say (docs/job-log.md).
+                    None => log.write_error(&format!(
+                        "Job failed ({cause}; reported as {reason}: this GitLab does not list {cause} in features.failure_reasons)"
+                    )),
                 }
                 (
                     JobState::Failed,

@@ -53,7 +53,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// How to reach GitLab.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientOptions {
     /// The `url` of the `[[runners]]` entry (`https://gitlab.example.com`, optionally with a
     /// relative root and a trailing `/` or `/ci`).
@@ -585,7 +585,7 @@ impl GitLabClient {
     ///
     /// `last_update` is the last `X-GitLab-Last-Update` value seen for this runner (from
     /// [`JobRequest::NoJob`]); keep the previous one when a reply carries none.
-    /// 429/5xx are retried inside (a 5xx assigns no job). Not cancel-safe once sent: do not
+    /// Not retried here (see the body). Not cancel-safe once sent: do not
     /// drop this future on a timer, or a job GitLab already handed out is lost.
     pub async fn request_job(
         &self,
@@ -600,9 +600,14 @@ impl GitLabClient {
             last_update: last_update.filter(|s| !s.is_empty()),
             info: &self.info,
         };
+        // Sent once: the poll loop is the retry, at its own pace, so a GitLab in trouble sees
+        // one request per entry per `check_interval` (docs/gitlab-api.md, "Outages").
         let response = self
-            .send_json(EP, Method::POST, "jobs/request", JOB_REQUEST_TIMEOUT, &body)
-            .await?;
+            .json_request(Method::POST, "jobs/request", JOB_REQUEST_TIMEOUT)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| http::transport(EP, &e))?;
         let status = response.status();
         let last_update = http::header_str(&response, "x-gitlab-last-update")
             .map(str::trim)

@@ -12,11 +12,12 @@ pub const MAX_UPDATE_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// How the HTTP layer retries answers that say "try again" (408, 429, 500, 502, 503, 504).
 ///
-/// Used for calls that are safe to repeat: `/runners/verify`, `/jobs/request` (a 5xx means no
-/// job was assigned), `PUT /jobs/:id`, artifact upload and download, unregister. Never used for
-/// the trace PATCH (the trace uploader owns its retries and offsets), nor for registration and
-/// token reset, whose repetition could create a second runner or lock us out. Connection errors
-/// are not retried here: the callers' loops (poll schedule, trace tick, final-update loop) do that.
+/// Used for calls that are safe to repeat and have no loop of their own: `/runners/verify`,
+/// artifact upload and download, unregister. Never used for the calls a loop repeats at its own
+/// pace, so that a GitLab in trouble is not sent bursts (docs/gitlab-api.md, "Outages"):
+/// `/jobs/request` (the poll loop), the trace PATCH and `PUT /jobs/:id` (the trace uploader,
+/// which also owns the offsets). Nor for registration and token reset, whose repetition could
+/// create a second runner or lock us out. Connection errors are not retried here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first (1 = no retry).

@@ -176,7 +176,8 @@ impl GitLabClient {
 }
 
 impl JobApi for GitLabClient {
-    /// `PUT /api/v4/jobs/:id`. 429/5xx are retried in the HTTP layer (the PUT is idempotent).
+    /// `PUT /api/v4/jobs/:id`. Sent once: the trace uploader repeats it at its own pace (the
+    /// keep-alive at the next tick, the final update with its back-off).
     async fn update_job(&self, job: &JobRef, update: &JobUpdate) -> Result<UpdateReply, ApiError> {
         const EP: &str = "PUT /api/v4/jobs/:id";
         let output = (update.checksum.is_some() || update.bytesize.is_some()).then_some(Output {
@@ -195,7 +196,7 @@ impl JobApi for GitLabClient {
             output,
         };
         let path = format!("jobs/{}", job.id);
-        let send = send_with_retry(EP, self.retry(), || {
+        let send = send_with_retry(EP, RetryPolicy::none(), || {
             Ok(self
                 .job_request(Method::PUT, &path, job)
                 .header(reqwest::header::ACCEPT, "application/json")

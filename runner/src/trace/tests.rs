@@ -363,9 +363,10 @@ async fn an_outage_loses_and_duplicates_nothing() {
             .map(|p| p.at)
             .collect();
         assert_eq!(faults.len(), 6);
-        // Retries back off: 3 s, 3 s, 4 s, 8 s, 16 s between attempts.
+        // Retries back off: never sooner than the 3 s interval, then 4 s, 8 s, 16 s, each
+        // shortened by a random part of up to a half (jitter).
         let gaps: Vec<u64> = faults.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
-        assert_eq!(gaps, [3, 3, 4, 8, 16]);
+        assert_backoff(&gaps);
         // Only 202s and faults: the retries never produced a 416 (nothing duplicated).
         assert!(
             s.patches
@@ -632,6 +633,56 @@ async fn gitlabs_update_interval_is_obeyed_capped_and_garbage_ignored() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failing_gitlab_gets_one_call_per_interval_and_no_keep_alive_burst() {
+    let (fake, w, h) = setup(TraceConfig::default());
+    let t0 = Instant::now();
+    // A job that printed once and is silent since: its PATCHes fail for a while, long past
+    // the 30 s keep-alive point.
+    w.write_line("one line");
+    fake.with(|s| s.patch_faults.extend([Fault::Status(502); 7]));
+    sleep(Duration::from_secs(150)).await;
+    fake.with(|s| {
+        let patches = s.patches.iter().filter(|p| p.outcome == "fault").count();
+        assert_eq!(patches, 7);
+        let recovered = s.patches.iter().find(|p| p.outcome == "202").unwrap().at;
+        assert!(
+            s.updates.iter().all(|u| u.at > recovered),
+            "no keep-alive while the PATCHes failed: {:?}",
+            s.updates.iter().map(|u| u.at - t0).collect::<Vec<_>>()
+        );
+    });
+    // Then the keep-alives (nothing left to PATCH) fail too: they back off as well.
+    fake.with(|s| s.update_faults.extend([Fault::Status(503); 4]));
+    sleep(Duration::from_secs(120)).await;
+    fake.with(|s| {
+        let failed_puts: Vec<u64> = s
+            .updates
+            .iter()
+            .filter(|u| u.outcome == "fault")
+            .map(|u| (u.at - t0).as_secs())
+            .collect();
+        assert_eq!(failed_puts.len(), 4, "{failed_puts:?}");
+        let gaps: Vec<u64> = failed_puts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_backoff(&gaps);
+        // Never two calls to GitLab within one 3 s update interval.
+        let mut calls: Vec<Instant> = s.patches.iter().map(|p| p.at).collect();
+        calls.extend(s.updates.iter().map(|u| u.at));
+        calls.sort();
+        for pair in calls.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_secs(3),
+                "two calls {:?} apart",
+                pair[1] - pair[0]
+            );
+        }
+    });
+    assert_eq!(
+        h.finish(final_update(JobState::Success)).await,
+        FinalOutcome::Accepted
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn final_update_is_retried_through_an_outage_and_202s() {
     let (fake, w, h) = setup(TraceConfig::default());
     w.write_line("the end");
@@ -658,20 +709,18 @@ async fn final_update_is_retried_through_an_outage_and_202s() {
             .iter()
             .map(|u| ((u.at - t0).as_secs(), u.outcome))
             .collect();
+        let outcomes: Vec<&str> = seen.iter().map(|(_, o)| *o).collect();
         assert_eq!(
-            seen,
+            outcomes,
             [
-                (0, "fault"),
-                (1, "fault"),
-                (3, "fault"),
-                (7, "fault"),
-                (15, "fault"),
-                (31, "202"),
-                (36, "202"),
-                (41, "202"),
-                (46, "200"),
+                "fault", "fault", "fault", "fault", "fault", "202", "202", "202", "200"
             ]
         );
+        // Failed attempts back off as the job's uploads do (jittered, never sooner than the
+        // update interval); the 202s follow GitLab's 5 s.
+        let gaps: Vec<u64> = seen.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        assert_backoff(&gaps[..5]);
+        assert_eq!(gaps[5..], [5, 5, 5]);
         // The same final update every time, describing the complete log.
         for u in &s.updates {
             assert_eq!(u.update.state, JobState::Success);
@@ -984,5 +1033,18 @@ async fn a_panicking_uploader_still_sends_the_final_state() {
                 Some(FailureReason::ScriptFailure.as_str())
             );
         });
+    }
+}
+
+/// Gaps between failed attempts: at least the 3 s update interval, and the doubling back-off
+/// (1, 2, 4, 8, 16 s) shortened by at most a half.
+fn assert_backoff(gaps: &[u64]) {
+    for (i, gap) in gaps.iter().enumerate() {
+        let b = 1u64 << i;
+        let (lo, hi) = ((b / 2).max(3), b.max(3));
+        assert!(
+            (lo..=hi).contains(gap),
+            "gap {i} = {gap}s, expected {lo}..={hi}s: {gaps:?}"
+        );
     }
 }

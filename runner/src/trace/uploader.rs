@@ -94,20 +94,22 @@ impl<A: JobApi> Uploader<A> {
         }
     }
 
-    /// One upload round while the job runs; returns the delay until the next one.
+    /// One upload round while the job runs; returns the delay until the next one. A round sends
+    /// at most one kind of call to a failing GitLab: after a failed PATCH no keep-alive follows
+    /// (as gitlab-runner touches the job only after a PATCH went through), and every failed round
+    /// (PATCH or keep-alive) lengthens the wait, jittered (docs/gitlab-api.md, "Outages").
     async fn tick(&mut self) -> Duration {
+        let mut failed = false;
         if !self.trace_stopped {
             let (progressed, result) = self.send_pending(MAX_CHUNKS_PER_TICK).await;
-            match result {
-                Ok(()) => self.failures = 0,
-                Err(e) => {
-                    self.failures = if progressed { 1 } else { self.failures + 1 };
-                    tracing::warn!(
-                        failures = self.failures,
-                        error = %e,
-                        "job log upload failed; retrying later"
-                    );
-                }
+            if let Err(e) = result {
+                failed = true;
+                self.failures = if progressed { 1 } else { self.failures + 1 };
+                tracing::warn!(
+                    failures = self.failures,
+                    error = %e,
+                    "job log upload failed; retrying later"
+                );
             }
         }
         let force_send = if self.watched {
@@ -115,14 +117,20 @@ impl<A: JobApi> Uploader<A> {
         } else {
             self.timing.force_send_interval
         };
-        if self.last_contact.elapsed() >= force_send {
-            self.keep_alive().await;
+        if !failed && self.last_contact.elapsed() >= force_send && !self.keep_alive().await {
+            failed = true;
+            self.failures += 1;
+        }
+        if !failed {
+            self.failures = 0;
         }
         if self.failures == 0 {
             self.interval
         } else {
-            self.interval
-                .max(backoff(self.failures, self.timing.patch_backoff_max))
+            self.interval.max(crate::daemon::jittered(backoff(
+                self.failures,
+                self.timing.patch_backoff_max,
+            )))
         }
     }
 
@@ -209,7 +217,8 @@ impl<A: JobApi> Uploader<A> {
     }
 
     /// `PUT state=running` to learn the job's status when nothing reached GitLab for a while.
-    async fn keep_alive(&mut self) {
+    /// Whether GitLab answered.
+    async fn keep_alive(&mut self) -> bool {
         let update = {
             let b = lock(&self.shared);
             JobUpdate {
@@ -237,8 +246,10 @@ impl<A: JobApi> Uploader<A> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "keep-alive update failed");
+                return false;
             }
         }
+        true
     }
 
     /// The final phase: every byte, then the final state, retried until GitLab takes it.
@@ -309,7 +320,15 @@ impl<A: JobApi> Uploader<A> {
                 );
                 return FinalOutcome::GaveUp { reason: error };
             }
-            let wait = backoff(failures, self.timing.final_backoff_max).min(deadline - now);
+            // At most one attempt per update interval, as gitlab-runner's final update waits
+            // the interval after a failure; the back-off beyond it is jittered.
+            let wait = self
+                .interval
+                .max(crate::daemon::jittered(backoff(
+                    failures,
+                    self.timing.final_backoff_max,
+                )))
+                .min(deadline - now);
             tracing::warn!(
                 failures,
                 retry_in = ?wait,

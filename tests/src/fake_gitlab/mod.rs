@@ -427,7 +427,14 @@ impl FakeGitLab {
 
     /// Answer 502 to everything for `duration` (tokio time) from now.
     pub fn outage(&self, duration: Duration) {
-        self.shared.lock().settings.outage_until = Some(Instant::now() + duration);
+        self.outage_with(502, duration);
+    }
+
+    /// Answer `status` (e.g. 502, 503) to everything for `duration` (tokio time) from now.
+    pub fn outage_with(&self, status: u16, duration: Duration) {
+        let mut s = self.shared.lock();
+        s.settings.outage_status = status;
+        s.settings.outage_until = Some(Instant::now() + duration);
     }
 
     pub fn end_outage(&self) {

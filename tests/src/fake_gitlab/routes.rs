@@ -69,18 +69,25 @@ async fn control(AxState(shared): S, req: Request, next: Next) -> Response {
         let s = shared.lock();
         (
             s.settings.delay,
-            s.settings.outage_until.is_some_and(|t| Instant::now() < t),
+            s.settings
+                .outage_until
+                .is_some_and(|t| Instant::now() < t)
+                .then_some(s.settings.outage_status),
         )
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    let response = if outage {
-        (StatusCode::BAD_GATEWAY, "502 Bad Gateway").into_response()
-    } else {
-        next.run(req).await
+    let response = match outage {
+        Some(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            let reason = status.canonical_reason().unwrap_or("");
+            (status, format!("{} {reason}", status.as_u16())).into_response()
+        }
+        None => next.run(req).await,
     };
     shared.lock().requests.push(RequestRecord {
+        at: Instant::now(),
         method,
         path,
         status: response.status().as_u16(),

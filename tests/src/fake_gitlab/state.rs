@@ -128,6 +128,8 @@ pub struct JobRecord {
 /// What happened on one request (for assertions about retries and ordering).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
+    /// When it was answered (tokio time).
+    pub at: Instant,
     pub method: String,
     pub path: String,
     pub status: u16,
@@ -153,8 +155,10 @@ pub struct Settings {
     pub max_artifact_size: Option<u64>,
     /// Every response is delayed this long.
     pub delay: Option<Duration>,
-    /// Until then, every request is answered 502.
+    /// Until then, every request is answered `outage_status`.
     pub outage_until: Option<Instant>,
+    /// The answer during an outage (502 unless set).
+    pub outage_status: u16,
     /// Legacy registration disabled (410).
     pub registration_disabled: bool,
     /// `token_expires_at` given to new and reset tokens.
@@ -172,6 +176,7 @@ impl Default for Settings {
             max_artifact_size: None,
             delay: None,
             outage_until: None,
+            outage_status: 502,
             registration_disabled: false,
             token_expires_at: None,
         }

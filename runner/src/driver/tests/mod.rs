@@ -296,3 +296,44 @@ async fn a_deploy_job_deploys_each_line_without_a_container() {
         "the second line does not run after a failed one"
     );
 }
+
+/// ferry stopped (SIGTERM) with a job running: `runner_interrupted` where GitLab lists it, else
+/// gitlab-runner's fallback `unknown_failure`, and the log says what happened either way.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_is_runner_interrupted_only_where_gitlab_lists_it() {
+    for (listed, reported) in [
+        (
+            serde_json::json!(["unknown_failure", "script_failure", "runner_interrupted"]),
+            FailureReason::RunnerInterrupted,
+        ),
+        (
+            serde_json::json!(["unknown_failure", "script_failure", "runner_system_failure"]),
+            FailureReason::UnknownFailure,
+        ),
+        (serde_json::json!([]), FailureReason::UnknownFailure),
+    ] {
+        let p = payload(
+            &["echo never"],
+            &[],
+            serde_json::json!({"features": {"trace_sections": true, "failure_reasons": listed}}),
+        );
+        let case = Case::new(&p, HostFs);
+        case.shutdown.cancel();
+        let log = case.run(p).await;
+        assert_eq!(
+            final_state(&case.api),
+            ("failed".to_string(), Some(reported.to_string())),
+            "{listed}: {log}"
+        );
+        assert!(log.contains("termination signal"), "{log}");
+        let last = if reported == FailureReason::RunnerInterrupted {
+            "ERROR: Job failed (runner_interrupted)".to_string()
+        } else {
+            "ERROR: Job failed (runner_interrupted; reported as unknown_failure: this GitLab \
+             does not list runner_interrupted in features.failure_reasons)"
+                .to_string()
+        };
+        assert!(log.contains(&last), "{listed}: {log}");
+        assert!(!log.contains("never"), "{log}");
+    }
+}
