@@ -21,7 +21,7 @@ const DEFAULT_WAIT_FOR_SERVICES_SECS: u64 = 30;
 const NO_HELPER: Leftover =
     W("ferry runs no helper image (it clones and handles artifacts itself)");
 
-const DOCKER_KNOWN: &[(&str, Leftover)] = &[
+pub(crate) const DOCKER_KNOWN: &[(&str, Leftover)] = &[
     (
         "volume_keep",
         W("ferry keeps its cache volumes between jobs and removes a job's own volumes with it"),
@@ -286,9 +286,9 @@ pub(crate) fn memory(
     Ok(Some(bytes))
 }
 
-const CACHE_KNOWN: &[(&str, Leftover)] = &[("RedactURL", I), ("gcsv2", I)];
+pub(crate) const CACHE_KNOWN: &[(&str, Leftover)] = &[("RedactURL", I), ("gcsv2", I)];
 
-const S3_KNOWN: &[(&str, Leftover)] = &[
+pub(crate) const S3_KNOWN: &[(&str, Leftover)] = &[
     ("DualStack", N),
     ("Accelerate", N),
     ("UploadRoleARN", N),

@@ -588,3 +588,28 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     Ok(config)
 }
+
+/// Whether `path` (dotted, inside a `[[runners]]` entry, e.g. `use_slot_cgroups`) is a
+/// gitlab-runner key the loader accepts silently without acting on it (for other executors or
+/// features ferry does not have). Keys it accepts with a warning are found by loading them.
+pub fn runner_key_silently_ignored(path: &str) -> bool {
+    let (table, key) = match path.rsplit_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", path),
+    };
+    let known: &[(&str, walk::Leftover)] = match table {
+        "" => resolve::RUNNER_KNOWN,
+        "docker" => docker::DOCKER_KNOWN,
+        "cache" => docker::CACHE_KNOWN,
+        "cache.s3" => docker::S3_KNOWN,
+        _ => &[],
+    };
+    let top = path.split('.').next().unwrap_or(path);
+    let top_ignored = resolve::RUNNER_KNOWN
+        .iter()
+        .any(|(k, l)| *k == top && matches!(l, walk::Leftover::Ignored));
+    top_ignored
+        || known
+            .iter()
+            .any(|(k, l)| *k == key && matches!(l, walk::Leftover::Ignored))
+}

@@ -28,7 +28,7 @@ const SESSION_SERVER_KNOWN: &[(&str, Leftover)] = &[
     ("session_timeout", I),
 ];
 
-const RUNNER_KNOWN: &[(&str, Leftover)] = &[
+pub(crate) const RUNNER_KNOWN: &[(&str, Leftover)] = &[
     ("pre_get_sources_script", N),
     ("post_get_sources_script", N),
     ("pre_clone_script", N),

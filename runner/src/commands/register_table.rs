@@ -749,6 +749,120 @@ fn heading(section: &str) -> &'static str {
     }
 }
 
+/// Whether ferry acts on the key a flag writes, as the config loader says: a key it warns
+/// about ("accepted but not implemented", "ignored", "unknown") is not honoured; one it reads
+/// (or validates, refusing a bad value) is.
+pub fn honoured(f: &FlagSpec) -> &'static str {
+    let Some(path) = f.toml else {
+        return "register";
+    };
+    let (parents, key) = split_path(path);
+    if parents
+        .first()
+        .is_some_and(|p| DROPPED_FOR_DOCKER.contains(p))
+    {
+        return "not written";
+    }
+    // values that make sense for the key, where any string would not
+    let sample = match path {
+        "executor" => Some("\"docker\""),
+        "cache.Type" => Some("\"s3\""),
+        "cache.s3.ServerSideEncryption" => Some("\"S3\""),
+        _ => None,
+    };
+    let sample = sample.map(str::to_string).unwrap_or_else(|| match f.kind {
+        Kind::Str => "\"1\"".to_string(),
+        Kind::Int => "1".into(),
+        Kind::Float => "1.0".into(),
+        Kind::Bool => "true".into(),
+        Kind::Duration => "\"1s\"".into(),
+        Kind::List | Kind::CommaList => "[\"1\"]".into(),
+        Kind::Map => "{ a = \"1\" }".into(),
+        Kind::MapBool => "{ FF_NETWORK_PER_BUILD = true }".into(),
+        Kind::MapList => "{ a = [\"1\"] }".into(),
+        Kind::Json => "[]".into(),
+    });
+    let mut entry: Table = "name = \"n\"\nurl = \"https://gitlab.example\"\ntoken = \"t\"\nexecutor = \"docker\"\n[docker]\nimage = \"i\"\n"
+        .parse::<toml_edit::DocumentMut>()
+        .map(|d| d.as_table().clone())
+        .unwrap_or_default();
+    if let Some(t) = table_at(&mut entry, &parents) {
+        let v = format!("v = {sample}")
+            .parse::<toml_edit::DocumentMut>()
+            .ok()
+            .and_then(|d| d.get("v").cloned());
+        if let Some(v) = v {
+            t.insert(key, v);
+        }
+    }
+    let mut doc = toml_edit::DocumentMut::new();
+    let mut runners = toml_edit::ArrayOfTables::new();
+    runners.push(entry);
+    doc.insert("runners", Item::ArrayOfTables(runners));
+    if ferry_config::runner_key_silently_ignored(path) {
+        return "no";
+    }
+    let full = format!("runners[0].{path}");
+    match ferry_config::from_toml_str_with_env(&doc.to_string(), "config.toml", &|_| None) {
+        // a bad sample value refused: the key is read
+        Err(_) => "yes",
+        Ok(c) => {
+            let w = c.warnings.iter().find(|w| w.key == full);
+            match w.map(|w| w.message.as_str()) {
+                None => "yes",
+                Some(m)
+                    if m.starts_with("accepted but not implemented")
+                        || m.starts_with("ignored")
+                        || m.starts_with("unknown key") =>
+                {
+                    "no"
+                }
+                // read, with a limit the warning states
+                Some(_) => "partly",
+            }
+        }
+    }
+}
+
+/// The flag list of docs/commands.md, generated from [`FLAGS`] (a test keeps the page in sync).
+pub fn docs_table() -> String {
+    let mut out = String::new();
+    let mut section = "";
+    for f in FLAGS.iter().filter(|f| f.name != "config") {
+        if f.section != section {
+            section = f.section;
+            out.push_str(&format!(
+                "\n#### {}\n\n| flag | env | written to | ferry honours it |\n| --- | --- | --- | --- |\n",
+                heading(section)
+            ));
+        }
+        let mut names: Vec<String> = f.short.map(|c| format!("`-{c}`")).into_iter().collect();
+        names.push(format!("`--{}`", f.name));
+        names.extend(f.aliases.iter().map(|a| format!("`--{a}`")));
+        let value = match f.kind {
+            Kind::Bool => "[=BOOL]",
+            Kind::List => " VALUE (repeatable)",
+            Kind::CommaList => " A,B,...",
+            Kind::Map | Kind::MapBool | Kind::MapList => " KEY:VALUE (repeatable)",
+            Kind::Json => " JSON",
+            Kind::Duration => " DURATION",
+            Kind::Int | Kind::Float => " N",
+            Kind::Str => " VALUE",
+        };
+        let env = f.env.map(|e| format!("`{e}`")).unwrap_or_default();
+        let to = f
+            .toml
+            .map(|p| format!("`{p}`"))
+            .unwrap_or_else(|| "(registration)".into());
+        out.push_str(&format!(
+            "| {}{value} | {env} | {to} | {} |\n",
+            names.join(", "),
+            honoured(f)
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -944,5 +1058,39 @@ mod tests {
         assert!(d["services"].is_array_of_tables());
         // a pointer field the flags set wins even when false
         assert_eq!(entry["custom_build_dir"]["enabled"].as_bool(), Some(false));
+    }
+
+    #[test]
+    fn docs_list_every_register_flag() {
+        // UPDATE_DOCS=1 rewrites the list in docs/commands.md.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/commands.md");
+        let page = std::fs::read_to_string(path).unwrap();
+        let (start, end) = (
+            "<!-- register-flags:start -->\n",
+            "<!-- register-flags:end -->",
+        );
+        let a = page.find(start).expect("start marker") + start.len();
+        let b = page.find(end).expect("end marker");
+        let want = docs_table();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, format!("{}{want}{}", &page[..a], &page[b..])).unwrap();
+            return;
+        }
+        assert!(
+            page[a..b] == want,
+            "docs/commands.md's register flag list is stale: run UPDATE_DOCS=1 cargo test -p ferry-runner --lib docs_list_every_register_flag"
+        );
+    }
+
+    #[test]
+    fn honoured_follows_the_loader() {
+        assert_eq!(honoured(find("docker-image").unwrap()), "yes");
+        assert_eq!(honoured(find("docker-privileged").unwrap()), "yes");
+        assert_eq!(honoured(find("kubernetes-host").unwrap()), "not written");
+        assert_eq!(honoured(find("tag-list").unwrap()), "register");
+        // the loader warns "ignored: Windows containers only"
+        assert_eq!(honoured(find("docker-isolation").unwrap()), "no");
+        // the loader accepts it silently without acting on it
+        assert_eq!(honoured(find("use-slot-cgroups").unwrap()), "no");
     }
 }
