@@ -65,13 +65,15 @@ fn normalized(dir: &std::path::Path, url: &str) -> String {
 
 const HEAD: &str = "concurrent = 1\ncheck_interval = 0\nshutdown_timeout = 0\n\n[[runners]]\n";
 
-/// (what it is, the register line after `register`, the variables, the [[runners]] entry)
-fn cases() -> Vec<(
+/// What it is, the register line after `register`, the variables, the `[[runners]]` entry.
+type Case = (
     &'static str,
     Vec<&'static str>,
     Vec<(&'static str, &'static str)>,
     &'static str,
-)> {
+);
+
+fn cases() -> Vec<Case> {
     vec![
         (
             // docs.gitlab.com "one-line registration" shape; EdelScripts/gitlab-runner-docker

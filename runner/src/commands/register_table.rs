@@ -627,11 +627,13 @@ pub fn scan_args(args: &[String]) -> Result<(Vec<String>, Vec<String>), String> 
             // -h/--help)
             out.push(a.clone());
             i += 1;
-            if double && !has_value && ["log-level", "log-format"].contains(&name) {
-                if let Some(v) = args.get(i) {
-                    out.push(v.clone());
-                    i += 1;
-                }
+            if double
+                && !has_value
+                && ["log-level", "log-format"].contains(&name)
+                && let Some(v) = args.get(i)
+            {
+                out.push(v.clone());
+                i += 1;
             }
             continue;
         };
@@ -794,6 +796,10 @@ pub fn honoured(f: &FlagSpec) -> &'static str {
         if let Some(v) = v {
             t.insert(key, v);
         }
+    }
+    if path == "cache.Type" {
+        // an S3 cache without a bucket is reported as unusable
+        set_str(&mut entry, "cache.s3.BucketName", "b");
     }
     let mut doc = toml_edit::DocumentMut::new();
     let mut runners = toml_edit::ArrayOfTables::new();
