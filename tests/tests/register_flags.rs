@@ -421,6 +421,16 @@ async fn real_register_lines_write_what_gitlab_runner_writes() {
         assert!(out.status.success(), "{what}: {}", text(&out));
         let got = normalized(dir.path(), &url);
         assert_eq!(got, format!("{HEAD}{want}"), "{what}:\n{got}");
+        if what == "environment only" {
+            // RUNNER_LIMIT=4 over concurrent = 1: gitlab-runner's warning
+            assert!(
+                text(&out).contains(
+                    "job concurrency limit (4) is larger than current global concurrency limit (1)"
+                ),
+                "{}",
+                text(&out)
+            );
+        }
     }
     // What GitLab was told, for the ansible line: its tags and run_untagged="false".
     let r = gitlab

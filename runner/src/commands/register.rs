@@ -337,6 +337,20 @@ pub async fn register_with(
         }
         return Err(e.into());
     }
+    // gitlab-runner's warnings when this runner's limits exceed the global `concurrent`
+    if let Ok(c) = ferry_config::load(path) {
+        let concurrent = i64::try_from(c.global.concurrent).unwrap_or(i64::MAX);
+        if let Some(limit) = r.int("limit").filter(|l| *l > concurrent) {
+            eprintln!(
+                "WARNING: The specified runner job concurrency limit ({limit}) is larger than current global concurrency limit ({concurrent}). The global concurrent limit will not be increased and takes precedence."
+            );
+        }
+        if let Some(rc) = r.int("request-concurrency").filter(|l| *l > concurrent) {
+            eprintln!(
+                "WARNING: The specified runner request concurrency ({rc}) is larger than the current global concurrent limit ({concurrent}). The global concurrent limit will not be increased and takes precedence."
+            );
+        }
+    }
     println!(
         "Runner registered successfully. Feel free to start it, but if it's running already the config should be automatically reloaded!\n\nConfiguration (with the authentication token) was saved in {:?}",
         path.display().to_string()
