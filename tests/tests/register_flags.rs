@@ -683,3 +683,70 @@ async fn boolean_forms_and_bad_values() {
     }
     assert_eq!(gitlab.runners().len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_tokens_and_server_side_flags_as_gitlab_runner_judges_them() {
+    let gitlab = FakeGitLab::start().await;
+    let url = gitlab.url();
+    let (_id, token) = gitlab.create_runner(ferry_tests::fake_gitlab::RunnerSpec::default());
+    // `--locked` alone is gitlab-runner's default: not a server-side setting
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry(
+        dir.path(),
+        &[
+            "-n",
+            "--url",
+            &url,
+            "--token",
+            &token,
+            "--locked",
+            "--docker-image",
+            "x",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // --locked=false is, and is refused with a --token
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry(
+        dir.path(),
+        &[
+            "-n",
+            "--url",
+            &url,
+            "--token",
+            &token,
+            "--locked=false",
+            "--docker-image",
+            "x",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("can not be specified"),
+        "{}",
+        text(&out)
+    );
+    // the same token in --registration-token: the settings are ignored with a warning
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry(
+        dir.path(),
+        &[
+            "-n",
+            "--url",
+            &url,
+            "-r",
+            &token,
+            "--tag-list",
+            "a",
+            "--docker-image",
+            "x",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("are ignored"), "{}", text(&out));
+    let written = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+    assert!(written.contains(&format!("token = \"{token}\"")));
+}
