@@ -148,6 +148,14 @@ const NEW_FILE_HEADER: &str = "concurrent = 1\ncheck_interval = 0\nshutdown_time
 /// Refuses (and leaves the file alone) when the entry would make a file that loaded before
 /// fail to load, so a bad value from the command line never breaks a working config.
 pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
+    add_runner_table(path, runner_table(r))
+}
+
+/// [`add_runner`] for an entry the caller built (e.g. from [`runner_table`] plus every
+/// `ferry register` flag). The entry is laid out as gitlab-runner writes it (two-space indents
+/// per level) before it is appended; the same refusal applies.
+pub fn add_runner_table(path: &Path, mut entry: Table) -> Result<(), ConfigError> {
+    layout_runner_table(&mut entry);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
             path: dir.display().to_string(),
@@ -168,7 +176,6 @@ pub fn add_runner(path: &Path, r: &NewRunner) -> Result<(), ConfigError> {
             });
         }
     };
-    let mut entry = runner_table(r);
     // Comments at the very end of the file stay before the new entry, so the old text is kept
     // as it was and the entry is appended below it.
     let trailing = doc.trailing().as_str().unwrap_or("").to_string();
@@ -392,8 +399,65 @@ fn set_keep_decor(t: &mut Table, key: &str, mut v: Value) {
     }
 }
 
+/// Set what registration returned in an entry: `id` (when known), `token`, `token_obtained_at`
+/// and `token_expires_at` (`None` = never, `0001-01-01T00:00:00Z`, as gitlab-runner writes).
+pub fn set_runner_credentials(
+    t: &mut Table,
+    id: Option<u64>,
+    token: &str,
+    obtained_at: i64,
+    expires_at: Option<i64>,
+) {
+    if let Some(id) = id {
+        t.insert("id", value(i64::try_from(id).unwrap_or(i64::MAX)));
+    }
+    t.insert("token", value(token));
+    t.insert("token_obtained_at", value(unix_to_datetime(obtained_at)));
+    let exp = expires_at
+        .map(unix_to_datetime)
+        .unwrap_or_else(go_zero_time);
+    t.insert("token_expires_at", value(exp));
+}
+
+/// Indent a `[[runners]]` entry as gitlab-runner's encoder does: keys of the entry by two
+/// spaces, each sub-table header by two more per level and its keys by two more again. Tables
+/// copied from another document lose their position there, so they print in this entry.
+pub fn layout_runner_table(t: &mut Table) {
+    fn walk(t: &mut Table, depth: usize) {
+        t.set_position(None);
+        let keys: Vec<String> = t.iter().map(|(k, _)| k.to_string()).collect();
+        for k in keys {
+            let Some(item) = t.get_mut(&k) else { continue };
+            match item {
+                Item::Table(sub) => {
+                    sub.decor_mut().set_prefix("  ".repeat(depth + 1));
+                    sub.decor_mut().set_suffix("");
+                    walk(sub, depth + 1);
+                }
+                Item::ArrayOfTables(a) => {
+                    for sub in a.iter_mut() {
+                        sub.decor_mut().set_prefix("  ".repeat(depth + 1));
+                        sub.decor_mut().set_suffix("");
+                        walk(sub, depth + 1);
+                    }
+                }
+                Item::Value(v) => {
+                    v.decor_mut().set_prefix(" ");
+                    v.decor_mut().set_suffix("");
+                    if let Some(mut key) = t.key_mut(&k) {
+                        key.leaf_decor_mut().set_prefix("  ".repeat(depth + 1));
+                        key.leaf_decor_mut().set_suffix(" ");
+                    }
+                }
+                Item::None => {}
+            }
+        }
+    }
+    walk(t, 0);
+}
+
 /// A new `[[runners]]` table laid out as gitlab-runner writes it (two-space indents).
-fn runner_table(r: &NewRunner) -> Table {
+pub fn runner_table(r: &NewRunner) -> Table {
     let mut t = Table::new();
     t.insert("name", value(&r.name));
     t.insert("url", value(&r.url));

@@ -34,8 +34,9 @@ pub use container::{
     Device, GpuRequest, LOG_OPTIONS_ALLOWED, parse_device, parse_gpus, parse_ulimit,
 };
 pub use edit::{
-    NewDocker, NewRunner, RunnerIdent, add_runner, default_config_path, gitlab_runner_config_path,
-    remove_runners, update_token,
+    NewDocker, NewRunner, RunnerIdent, add_runner, add_runner_table, default_config_path,
+    gitlab_runner_config_path, layout_runner_table, remove_runners, runner_table,
+    set_runner_credentials, update_token,
 };
 pub use pull_policy::PullPolicy;
 pub use system_id::{SYSTEM_ID_FILE, SystemIdState, load_or_create_system_id, system_id_state};
@@ -596,3 +597,4 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     Ok(config)
 }
+

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::commands::register_table::{self, FLAGS, FlagSpec};
+
 /// ferry: a GitLab Runner that runs jobs in Docker and deploys to Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about, long_about = None)]
@@ -214,151 +216,104 @@ fn bool_flag() -> clap::builder::BoolishValueParser {
     clap::builder::BoolishValueParser::new()
 }
 
-#[derive(Debug, Args)]
+/// `ferry register`: every flag of `gitlab-runner register`, from the generated table
+/// (`commands/register_table.rs`; docs/commands.md lists them). clap parses them; their values
+/// are read with gitlab-runner's rules by `register_table::resolve`.
+#[derive(Debug, Clone, Default)]
 pub struct RegisterArgs {
-    /// Run registration unattended
-    #[arg(short = 'n', long = "non-interactive", env = "REGISTER_NON_INTERACTIVE",
-          num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = bool_flag(), action = ArgAction::Set)]
-    pub non_interactive: bool,
-
-    /// GitLab instance URL
-    #[arg(short = 'u', long = "url", env = "CI_SERVER_URL")]
-    pub url: Option<String>,
-
-    /// Runner's registration token (deprecated by GitLab; use --token)
-    #[arg(short = 'r', long = "registration-token", env = "REGISTRATION_TOKEN")]
-    pub registration_token: Option<String>,
-
-    /// Runner authentication token (glrt-...) of a runner created in GitLab
-    #[arg(short = 't', long = "token", env = "CI_SERVER_TOKEN")]
-    pub token: Option<String>,
-
-    /// Runner name (description in GitLab)
-    #[arg(long = "name", visible_alias = "description", env = "RUNNER_NAME")]
-    pub name: Option<String>,
-
-    /// Tag list, comma separated
-    #[arg(long = "tag-list", env = "RUNNER_TAG_LIST")]
-    pub tag_list: Option<String>,
-
-    /// Register to run untagged jobs; defaults to true when the tag list is empty
-    #[arg(long = "run-untagged", env = "REGISTER_RUN_UNTAGGED", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = bool_flag())]
-    pub run_untagged: Option<bool>,
-
-    /// Lock the runner to the current project; defaults to true
-    #[arg(long = "locked", env = "REGISTER_LOCKED", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = bool_flag())]
-    pub locked: Option<bool>,
-
-    /// not_protected or ref_protected
-    #[arg(long = "access-level", env = "REGISTER_ACCESS_LEVEL")]
-    pub access_level: Option<String>,
-
-    /// Maximum job timeout (seconds) GitLab sets for jobs on this runner
-    #[arg(long = "maximum-timeout", env = "REGISTER_MAXIMUM_TIMEOUT")]
-    pub maximum_timeout: Option<u64>,
-
-    /// Register the runner paused
-    #[arg(long = "paused", env = "REGISTER_PAUSED", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = bool_flag())]
-    pub paused: Option<bool>,
-
-    /// Maintenance note shown in GitLab
-    #[arg(long = "maintenance-note", env = "REGISTER_MAINTENANCE_NOTE")]
-    pub maintenance_note: Option<String>,
-
-    /// Executor (ferry supports docker)
-    #[arg(long = "executor", env = "RUNNER_EXECUTOR")]
-    pub executor: Option<String>,
-
-    /// Maximum number of jobs this runner handles at once (0 = unlimited)
-    #[arg(long = "limit", env = "RUNNER_LIMIT")]
-    pub limit: Option<u64>,
-
-    /// Maximum concurrent job requests to GitLab for this runner
-    #[arg(long = "request-concurrency", env = "RUNNER_REQUEST_CONCURRENCY")]
-    pub request_concurrency: Option<u64>,
-
-    /// Maximum job log size, in kilobytes
-    #[arg(long = "output-limit", env = "RUNNER_OUTPUT_LIMIT")]
-    pub output_limit: Option<u64>,
-
-    /// Directory where builds are stored (in the job container)
-    #[arg(long = "builds-dir", env = "RUNNER_BUILDS_DIR")]
-    pub builds_dir: Option<String>,
-
-    /// Directory where the cache is stored (in the job container)
-    #[arg(long = "cache-dir", env = "RUNNER_CACHE_DIR")]
-    pub cache_dir: Option<String>,
-
-    /// Custom environment variable for every job, KEY=value (repeatable)
-    #[arg(long = "env", env = "RUNNER_ENV", action = ArgAction::Append)]
-    pub env: Vec<String>,
-
-    /// PEM file of certificates to trust for GitLab's HTTPS
-    #[arg(long = "tls-ca-file", env = "CI_SERVER_TLS_CA_FILE")]
-    pub tls_ca_file: Option<String>,
-
-    /// PEM file of the client certificate for GitLab's HTTPS (mutual TLS)
-    #[arg(long = "tls-cert-file", env = "CI_SERVER_TLS_CERT_FILE")]
-    pub tls_cert_file: Option<String>,
-
-    /// PEM file of the client certificate's key (mutual TLS)
-    #[arg(long = "tls-key-file", env = "CI_SERVER_TLS_KEY_FILE")]
-    pub tls_key_file: Option<String>,
-
-    #[command(flatten)]
-    pub docker: DockerRegisterArgs,
+    /// Every flag occurrence on the command line, in order (`--flag` alone as "true").
+    pub given: Vec<(&'static FlagSpec, String)>,
+    /// Arguments that are not flags (gitlab-runner ignores them).
+    pub ignored: Vec<String>,
 }
 
-#[derive(Debug, Args)]
-pub struct DockerRegisterArgs {
-    /// Default image for jobs that set none
-    #[arg(long = "docker-image", env = "DOCKER_IMAGE")]
-    pub image: Option<String>,
+impl RegisterArgs {
+    /// The last value of `name` given on the command line.
+    pub fn last(&self, name: &str) -> Option<&str> {
+        self.given
+            .iter()
+            .rev()
+            .find(|(f, _)| f.name == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
 
-    /// Run containers in privileged mode
-    #[arg(long = "docker-privileged", env = "DOCKER_PRIVILEGED", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = bool_flag())]
-    pub privileged: Option<bool>,
+impl clap::FromArgMatches for RegisterArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut s = RegisterArgs::default();
+        s.update_from_arg_matches(m)?;
+        Ok(s)
+    }
 
-    /// Volume or bind mount, SRC:DST[:ro|rw] or /path (repeatable)
-    #[arg(long = "docker-volumes", env = "DOCKER_VOLUMES", action = ArgAction::Append)]
-    pub volumes: Vec<String>,
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        let utf8 = |name: &str, v: &std::ffi::OsStr| {
+            v.to_str().map(str::to_string).ok_or_else(|| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidUtf8,
+                    format!("--{name}: the value is not UTF-8\n"),
+                )
+            })
+        };
+        for f in FLAGS.iter().filter(|f| f.name != "config") {
+            if let Some(values) = m.get_raw(f.name) {
+                for v in values {
+                    self.given.push((f, utf8(f.name, v)?));
+                }
+            }
+        }
+        if let Some(values) = m.get_raw("ignored-arguments") {
+            for v in values {
+                self.ignored.push(v.to_string_lossy().into_owned());
+            }
+        }
+        Ok(())
+    }
+}
 
-    /// Image pull policy: always, if-not-present, never (repeatable: a fallback chain)
-    #[arg(long = "docker-pull-policy", env = "DOCKER_PULL_POLICY", action = ArgAction::Append)]
-    pub pull_policy: Vec<String>,
+impl clap::Args for RegisterArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(register_table::clap_args())
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
 
-    /// Docker daemon address
-    #[arg(long = "docker-host", env = "DOCKER_HOST")]
-    pub host: Option<String>,
-
-    /// Network mode of the job containers
-    #[arg(long = "docker-network-mode", env = "DOCKER_NETWORK_MODE")]
-    pub network_mode: Option<String>,
-
-    /// Memory limit of the job container (e.g. 512m, 2g)
-    #[arg(long = "docker-memory", env = "DOCKER_MEMORY")]
-    pub memory: Option<String>,
-
-    /// CPUs of the job container (e.g. 1.5)
-    #[arg(long = "docker-cpus", env = "DOCKER_CPUS")]
-    pub cpus: Option<String>,
-
-    /// DNS server for the job containers (repeatable)
-    #[arg(long = "docker-dns", env = "DOCKER_DNS", action = ArgAction::Append)]
-    pub dns: Vec<String>,
-
-    /// Extra /etc/hosts entry, name:ip (repeatable)
-    #[arg(long = "docker-extra-hosts", env = "DOCKER_EXTRA_HOSTS", action = ArgAction::Append)]
-    pub extra_hosts: Vec<String>,
-
-    /// Images jobs may use, globs (repeatable)
-    #[arg(long = "docker-allowed-images", env = "DOCKER_ALLOWED_IMAGES", action = ArgAction::Append)]
-    pub allowed_images: Vec<String>,
+/// The command line before clap sees it: the arguments after `register` are scanned as
+/// gitlab-runner's parser reads them (`register_table::scan_args`: `-flag` with one dash,
+/// a boolean flag followed by a separate value, stray arguments). Returns the arguments and
+/// the warnings to print; an error for a line ferry refuses.
+pub fn preprocess(
+    args: Vec<std::ffi::OsString>,
+) -> Result<(Vec<std::ffi::OsString>, Vec<String>), String> {
+    let Some(strings) = args
+        .iter()
+        .map(|a| a.to_str().map(str::to_string))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Ok((args, Vec::new()));
+    };
+    // The first `register` that is not the value of a global option.
+    let mut i = 1;
+    let mut at = None;
+    while i < strings.len() {
+        match strings[i].as_str() {
+            "-c" | "--config" | "--log-level" | "--log-format" => i += 2,
+            "register" => {
+                at = Some(i);
+                break;
+            }
+            a if a.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    let Some(at) = at else {
+        return Ok((args, Vec::new()));
+    };
+    let (rest, warnings) = register_table::scan_args(&strings[at + 1..])?;
+    let mut out: Vec<std::ffi::OsString> = strings[..=at].iter().map(Into::into).collect();
+    out.extend(rest.into_iter().map(Into::into));
+    Ok((out, warnings))
 }
 
 #[derive(Debug, Args)]
@@ -458,6 +413,14 @@ mod tests {
         Cli::try_parse_from(args).expect("parses")
     }
 
+    fn register(args: &[&str]) -> RegisterArgs {
+        let cli = parse(&[&["ferry", "register"], args].concat());
+        let Command::Register(r) = cli.command else {
+            panic!("not register")
+        };
+        *r
+    }
+
     #[test]
     fn register_line_from_a_real_setup_parses_verbatim() {
         // One argument per line; tests/tests/runner_e2e.rs runs the same line end to end.
@@ -465,44 +428,104 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/testdata/register-real-setup.args"
         ));
-        let cli = parse(&[&["ferry"], &line.lines().collect::<Vec<_>>()[..]].concat());
-        let Command::Register(r) = cli.command else {
-            panic!("not register")
-        };
-        assert!(r.non_interactive);
-        assert_eq!(r.url.as_deref(), Some("http://git.example"));
-        assert_eq!(r.registration_token.as_deref(), Some("xxx"));
-        assert_eq!(r.name.as_deref(), Some("base-runner-docker"));
-        assert_eq!(r.tag_list.as_deref(), Some("base-runner"));
-        assert_eq!(r.run_untagged, Some(true));
-        assert_eq!(r.docker.privileged, Some(true));
-        assert_eq!(r.docker.pull_policy, vec!["if-not-present"]);
-        assert_eq!(r.docker.volumes.len(), 2);
+        let args: Vec<&str> = line.lines().skip(1).collect();
+        let r = register(&args);
+        assert_eq!(r.last("non-interactive"), Some("true"));
+        assert_eq!(r.last("url"), Some("http://git.example"));
+        assert_eq!(r.last("registration-token"), Some("xxx"));
+        assert_eq!(r.last("description"), Some("base-runner-docker"));
+        assert_eq!(r.last("tag-list"), Some("base-runner"));
+        assert_eq!(r.last("run-untagged"), Some("true"));
+        assert_eq!(r.last("docker-privileged"), Some("true"));
+        assert_eq!(r.last("docker-pull-policy"), Some("if-not-present"));
+        let volumes: Vec<&str> = r
+            .given
+            .iter()
+            .filter(|(f, _)| f.name == "docker-volumes")
+            .map(|(_, v)| v.as_str())
+            .collect();
         assert_eq!(
-            r.docker.volumes[1],
-            "/etc/gitlab-runner/key/test-kube-config:/root/.kube/config"
+            volumes,
+            [
+                "/etc/docker/daemon.json:/etc/docker/daemon.json",
+                "/etc/gitlab-runner/key/test-kube-config:/root/.kube/config"
+            ]
         );
+        assert!(r.ignored.is_empty());
     }
 
     #[test]
-    fn booleans_take_the_three_gitlab_runner_forms() {
+    fn booleans_take_every_gitlab_runner_form() {
         for (arg, want) in [
-            ("--locked", true),
-            ("--locked=true", true),
-            ("--locked=false", false),
+            ("--locked", "true"),
+            ("--locked=true", "true"),
+            ("--locked=false", "false"),
+            ("--locked=0", "0"),
+            ("--locked=F", "F"),
         ] {
-            let cli = parse(&["ferry", "register", arg]);
-            let Command::Register(r) = cli.command else {
-                panic!()
-            };
-            assert_eq!(r.locked, Some(want), "{arg}");
+            assert_eq!(register(&[arg]).last("locked"), Some(want), "{arg}");
         }
-        let cli = parse(&["ferry", "register"]);
-        let Command::Register(r) = cli.command else {
-            panic!()
-        };
-        assert_eq!(r.locked, None);
-        assert!(!r.non_interactive);
+        assert_eq!(register(&[]).last("locked"), None);
+        assert_eq!(register(&["-n"]).last("non-interactive"), Some("true"));
+        // --name is gitlab-runner's other name of --description; -u, -t, -r its shorts
+        let r = register(&["--name", "x", "-u", "http://u", "-t", "glrt-1", "-r", "reg"]);
+        assert_eq!(r.last("description"), Some("x"));
+        assert_eq!(r.last("url"), Some("http://u"));
+        assert_eq!(r.last("token"), Some("glrt-1"));
+        assert_eq!(r.last("registration-token"), Some("reg"));
+        // -c after register is the global --config
+        let cli = parse(&["ferry", "register", "-c", "/tmp/c.toml"]);
+        assert_eq!(cli.config, Some(PathBuf::from("/tmp/c.toml")));
+    }
+
+    #[test]
+    fn every_register_flag_is_in_the_help() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("register")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for f in FLAGS.iter().filter(|f| f.name != "config") {
+            assert!(help.contains(&format!("--{}", f.name)), "--{}", f.name);
+        }
+        assert!(help.contains("[env: DOCKER_IMAGE]"));
+    }
+
+    #[test]
+    fn preprocess_finds_register_after_global_options() {
+        let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let (args, w) = preprocess(os(&[
+            "ferry",
+            "-c",
+            "register",
+            "register",
+            "-url",
+            "u",
+            "--log-level",
+            "debug",
+        ]))
+        .unwrap();
+        assert_eq!(
+            args,
+            os(&[
+                "ferry",
+                "-c",
+                "register",
+                "register",
+                "--url",
+                "u",
+                "--log-level",
+                "debug"
+            ])
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let e = preprocess(os(&["ferry", "register", "--paused", "false"])).unwrap_err();
+        assert!(e.contains("--paused=false"), "{e}");
+        // other commands are left alone
+        let (args, _) = preprocess(os(&["ferry", "run", "-flag"])).unwrap();
+        assert_eq!(args, os(&["ferry", "run", "-flag"]));
     }
 
     #[test]

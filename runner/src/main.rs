@@ -7,7 +7,20 @@ use ferry_runner::cli::{Cli, Command};
 use ferry_runner::commands;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `register`'s arguments as gitlab-runner reads them (docs/commands.md)
+    let args = match ferry_runner::cli::preprocess(std::env::args_os().collect()) {
+        Ok((args, warnings)) => {
+            for w in warnings {
+                eprintln!("WARNING: {w}");
+            }
+            args
+        }
+        Err(e) => {
+            eprintln!("ERROR: register: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,6 +6,9 @@ pub mod exec;
 pub mod manage;
 pub mod plan;
 pub mod register;
+#[rustfmt::skip]
+pub mod register_flags;
+pub mod register_table;
 pub mod run;
 pub mod service;
 
