@@ -271,6 +271,7 @@ fn host(root: &Path, a: &Args) -> CacheStore {
             restore_attempts: 1,
         }),
         format: Default::default(),
+        compression: Default::default(),
     }
 }
 

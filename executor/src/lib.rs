@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod cache;
+pub mod compression;
 pub mod disk;
 pub mod docker;
 pub mod engine;

@@ -19,6 +19,7 @@ fn store(root: &Path) -> CacheStore {
         disabled: false,
         remote: None,
         format: Default::default(),
+        compression: Default::default(),
     }
 }
 

@@ -167,6 +167,7 @@ fn host(root: &Path, cache: CacheSection) -> CacheStore {
             restore_attempts: 1,
         }),
         format: Default::default(),
+        compression: Default::default(),
     }
 }
 

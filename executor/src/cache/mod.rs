@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::artifacts::{Note, When, write_notes};
+use crate::compression::CompressionLevel;
 use crate::engine::LogSink;
 use crate::hostio::{self, Level};
 use crate::jobfs::Limits;
@@ -121,6 +122,10 @@ pub struct CacheStore {
     /// What new archives are written as.
     #[serde(skip_serializing_if = "CacheFormat::is_default")]
     pub format: CacheFormat,
+    /// `CACHE_COMPRESSION_LEVEL`: the zstd level of tar + zstd archives, the deflate level of
+    /// zip ones.
+    #[serde(skip_serializing_if = "CompressionLevel::is_default")]
+    pub compression: CompressionLevel,
 }
 
 impl CacheStore {
@@ -426,16 +431,18 @@ pub async fn save(
     }
     note(log, Level::Notice, &format!("Creating cache {key}...")).await?;
     let key_dir = store.key_dir(&key)?;
-    let (dir, sp, kd, c, format) = (
+    let (dir, sp, kd, c, format, level) = (
         project_dir.to_path_buf(),
         spec.clone(),
         key_dir.clone(),
         limits.clone(),
         store.format,
+        store.compression,
     );
-    let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c, format))
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+    let res =
+        tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c, (format, level)))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
     if cancel.is_cancelled() {
         return Err(CacheError::Cancelled);
     }

@@ -8,6 +8,7 @@ use ferry_executor::cache::{
     CacheFormat, CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
     restore_attempts,
 };
+use ferry_executor::compression::CompressionLevel;
 use ferry_executor::sources::{GitVariables, RefType, SourceSpec};
 use serde::Serialize;
 
@@ -93,6 +94,18 @@ fn attempts(variables: &Variables, name: &str, warnings: &mut Vec<String>) -> u3
     clamped as u32
 }
 
+/// `ARTIFACT_COMPRESSION_LEVEL` / `CACHE_COMPRESSION_LEVEL` as gitlab-runner reads them: an
+/// invalid name is `default`, with its warning in the job log.
+fn compression_level(
+    variables: &Variables,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> CompressionLevel {
+    let (level, warning) = CompressionLevel::parse(name, variables.value(name));
+    warnings.extend(warning);
+    level
+}
+
 pub(super) struct HostPlan {
     pub attempts: Attempts,
     pub sources: SourceSpec,
@@ -168,6 +181,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         ),
     };
 
+    let mut warnings = git.warnings;
     let cache_root = runner
         .docker
         .cache_dir
@@ -188,6 +202,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
             restore_attempts: restore_attempts(variables.value("RESTORE_CACHE_ATTEMPTS")),
         }),
         format: CacheFormat::parse(variables.value("CACHE_COMPRESSION_FORMAT")),
+        compression: compression_level(variables, "CACHE_COMPRESSION_LEVEL", &mut warnings),
     };
     let mut caches = Vec::new();
     for c in &payload.cache {
@@ -222,13 +237,14 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         });
     }
 
-    let mut warnings = git.warnings;
     let attempts = Attempts {
         get_sources: attempts(variables, "GET_SOURCES_ATTEMPTS", &mut warnings),
         artifact_download: attempts(variables, "ARTIFACT_DOWNLOAD_ATTEMPTS", &mut warnings),
     };
     // Read by the remote cache (`CacheStore`); here only for its warning.
     self::attempts(variables, "RESTORE_CACHE_ATTEMPTS", &mut warnings);
+    let artifact_compression =
+        compression_level(variables, "ARTIFACT_COMPRESSION_LEVEL", &mut warnings);
     let mut artifacts = Vec::new();
     for a in &payload.artifacts {
         let Some(format) = ArtifactFormat::parse(&a.artifact_format) else {
@@ -259,6 +275,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
             expire_in: a.expire_in.clone().filter(|e| !e.is_empty()),
             artifact_type: a.artifact_type.clone(),
             format,
+            compression: artifact_compression,
         });
     }
     let dependencies = payload
