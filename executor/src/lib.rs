@@ -15,6 +15,7 @@ pub mod engine;
 pub mod fake;
 mod hostio;
 pub mod jobfs;
+pub mod meter;
 pub mod sources;
 
 pub use docker::DockerEngine;

@@ -165,6 +165,7 @@ fn host(root: &Path, cache: CacheSection) -> CacheStore {
             config: Arc::new(cache),
             request_timeout: Duration::from_secs(30),
             restore_attempts: 1,
+            transfer_meter: None,
         }),
         format: Default::default(),
         compression: Default::default(),

@@ -27,6 +27,7 @@ use crate::compression::CompressionLevel;
 use crate::engine::LogSink;
 use crate::hostio::{self, Level};
 use crate::jobfs::Limits;
+use crate::meter::{Progress, metered};
 
 pub(crate) use archive::unpack;
 pub use evict::{EvictReport, evict};
@@ -566,7 +567,20 @@ async fn fetch(
             continue;
         }
         let tmp = archive::temp_path(&key_dir, "download");
-        match remote.download(&*client, key, &tmp, &state).await {
+        let progress = Progress::default();
+        let download = remote.download(&*client, key, &tmp, &state, &progress);
+        let size = Some(state.size);
+        let freq = remote.transfer_meter;
+        match metered(
+            freq,
+            "Downloading cache",
+            size,
+            || progress.get(),
+            log,
+            download,
+        )
+        .await
+        {
             Ok((state, bytes)) => {
                 // The manifest described the archive being replaced: without it the next save
                 // archives again. Manifest first, so it never describes the wrong archive.
@@ -678,7 +692,19 @@ async fn push(
         ),
     )
     .await?;
-    match remote.upload(&*client, key, &path).await {
+    let progress = Progress::default();
+    let upload = remote.upload(&*client, key, &path, &progress);
+    let freq = remote.transfer_meter;
+    match metered(
+        freq,
+        "Uploading cache",
+        Some(size),
+        || progress.get(),
+        log,
+        upload,
+    )
+    .await
+    {
         Ok(state) => {
             let _ = state.write(&key_dir);
             note(log, Level::Notice, "Uploaded cache").await?;

@@ -6,6 +6,7 @@
 
 use ferry_deploy::{DeployRequest, Deployer, JobFacts, Origin};
 use ferry_executor::artifacts::ArtifactSpec;
+use ferry_executor::meter::metered;
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 
 use tokio_util::sync::CancellationToken;
@@ -123,6 +124,17 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     with_attempts(tries, log, &limits.cancel, || async move {
                         let tmp = tempfile::NamedTempFile::new().map_err(StageError::TempFile)?;
                         let download = api.download_artifacts(dep.id, &dep.token, tmp.path());
+                        // The meter counts what reached the file (ferry's own temporary file).
+                        let written = || std::fs::metadata(tmp.path()).map_or(0, |m| m.len());
+                        let (label, mut sink) = ("Downloading artifacts", log.clone());
+                        let download = metered(
+                            plan.transfer_meter,
+                            label,
+                            None,
+                            written,
+                            &mut sink,
+                            download,
+                        );
                         let downloaded = cancellable(download, &limits.cancel)
                             .await
                             .unwrap_or(Err(ApiError::Io("cancelled".into())));
@@ -359,8 +371,18 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     artifact_format: spec.format.as_str().to_string(),
                     name: spec.upload_file_name(),
                     expire_in: spec.expire_in.clone(),
+                    progress: Default::default(),
                 };
                 let upload = api.upload_artifacts(job, &meta, out);
+                let sent = || meta.progress.get();
+                let upload = metered(
+                    plan.transfer_meter,
+                    "Uploading artifacts",
+                    None,
+                    sent,
+                    &mut sink,
+                    upload,
+                );
                 cancellable(upload, &limits.cancel)
                     .await
                     .unwrap_or(Err(ApiError::Io("cancelled".into())))

@@ -108,6 +108,7 @@ fn compression_level(
 
 pub(super) struct HostPlan {
     pub attempts: Attempts,
+    pub transfer_meter: Option<std::time::Duration>,
     pub sources: SourceSpec,
     pub cache_store: CacheStore,
     pub caches: Vec<CacheSpec>,
@@ -182,6 +183,9 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
     };
 
     let mut warnings = git.warnings;
+    let (transfer_meter, meter_warning) =
+        ferry_executor::meter::frequency(variables.value("TRANSFER_METER_FREQUENCY"));
+    warnings.extend(meter_warning);
     let cache_root = runner
         .docker
         .cache_dir
@@ -200,6 +204,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
             ),
             request_timeout: request_timeout(variables.value("CACHE_REQUEST_TIMEOUT")),
             restore_attempts: restore_attempts(variables.value("RESTORE_CACHE_ATTEMPTS")),
+            transfer_meter,
         }),
         format: CacheFormat::parse(variables.value("CACHE_COMPRESSION_FORMAT")),
         compression: compression_level(variables, "CACHE_COMPRESSION_LEVEL", &mut warnings),
@@ -290,6 +295,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         .collect();
     Ok(HostPlan {
         attempts,
+        transfer_meter,
         sources,
         cache_store,
         caches,

@@ -108,6 +108,10 @@ pub struct Plan {
     /// one's start; below the job timeout, so after_script, cache and artifacts still run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub script_timeout: Option<Duration>,
+    /// `TRANSFER_METER_FREQUENCY`: progress lines while artifacts are uploaded and downloaded
+    /// (the distributed cache has its own copy, `RemoteCache::transfer_meter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_meter: Option<Duration>,
     /// `CI_DEBUG_TRACE` is in force (the steps trace their commands).
     pub debug_trace: bool,
     /// Settings that were ignored, shown as warnings in the job log.
@@ -317,6 +321,7 @@ pub fn compile(
         dependencies: host_plan.dependencies,
         attempts: host_plan.attempts,
         script_timeout,
+        transfer_meter: host_plan.transfer_meter,
         debug_trace: xtrace,
         warnings: host_plan
             .warnings
