@@ -3,6 +3,7 @@
 
 mod attempts;
 mod fake_host;
+mod script_timeout;
 mod table;
 
 use std::time::Duration;
