@@ -285,3 +285,41 @@ async fn artifact_compression_level_sets_the_zip_method_and_the_meter_shows_tran
     assert!(trace.contains("\n200000"), "{trace}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_container_is_removed_runs_again_with_executor_job_section_attempts() {
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    // The first run leaves a marker in the project dir (on the host, so it outlives the
+    // container) and waits to be removed; the second run sees the marker.
+    let id = h.push(
+        h.job("container-removed")
+            .variable("GIT_STRATEGY", "empty", false)
+            .variable("EXECUTOR_JOB_SECTION_ATTEMPTS", "2", false)
+            .script([
+                "if [ -f marker ]; then echo second-run; else touch marker; echo first-run; sleep 300; fi",
+            ]),
+    );
+    h.wait_trace(id, "\nfirst-run", JOB_WAIT).await;
+    let build = h
+        .docker_objects(Some(id))
+        .into_iter()
+        .find_map(|o| {
+            o.strip_prefix("container ")
+                .filter(|n| n.ends_with("-build"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no build container: {}", h.describe(id)));
+    ferry_tests::e2e::cmd("docker", &["rm", "-f", &build]);
+    let job = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    let gone = pos(
+        &trace,
+        &format!("Container \"{build}\" not found or removed. Will retry..."),
+    );
+    let retry = pos(&trace, "Retrying step_script");
+    let second = pos(&trace, "\nsecond-run");
+    assert!(gone < retry && retry < second, "{trace}");
+    h.stop().await;
+}

@@ -183,15 +183,52 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             &format!("Executing \"{}\" stage of the job script", step.section),
             false,
         );
-        let stage = run
-            .signals
-            .run(false, |limits| async move {
-                let mut sink = log.clone();
-                engine
-                    .run_step(env, &step.spec, &mut sink, &limits.cancel)
-                    .await
-            })
-            .await;
+        // EXECUTOR_JOB_SECTION_ATTEMPTS, as gitlab-runner's Docker executor (`runContainer`):
+        // a step whose build container was removed under it runs again, from its start, in a
+        // new one; no other failure is tried again.
+        let attempts = run.plan.attempts.executor_job_section.max(1);
+        let mut attempt = 1;
+        let stage = loop {
+            if attempt > 1 {
+                log.write_line(&format!("Retrying {}", step.section));
+            }
+            let stage = run
+                .signals
+                .run(false, |limits| async move {
+                    let mut sink = log.clone();
+                    engine
+                        .run_step(env, &step.spec, &mut sink, &limits.cancel)
+                        .await
+                })
+                .await;
+            let Stage::Done(Err(EngineError::ContainerGone(name))) = &stage else {
+                break stage;
+            };
+            log.write_error(&format!(
+                "Container {name:?} not found or removed. Will retry..."
+            ));
+            if attempt >= attempts {
+                if attempts > 1 {
+                    log.write_error("Execution attempts exceeded");
+                }
+                break stage;
+            }
+            attempt += 1;
+            let recreated = run
+                .signals
+                .run(false, |limits| async move {
+                    let mut sink = log.clone();
+                    engine
+                        .recreate_build_container(env, &mut sink, &limits.cancel)
+                        .await
+                })
+                .await;
+            if !matches!(recreated, Stage::Done(Ok(()))) {
+                log.section_end(&step.section);
+                run.state.settle(recreated, log);
+                return;
+            }
+        };
         log.section_end(&step.section);
         if let Some(StepOutcome {
             exit_code,

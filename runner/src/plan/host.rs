@@ -52,12 +52,14 @@ fn apply_clone_url(repo_url: &str, clone_url: Option<&str>) -> String {
 }
 
 /// How many times the host stages are tried before they fail the job (gitlab-runner's
-/// `attemptExecuteStage`): `GET_SOURCES_ATTEMPTS`, `ARTIFACT_DOWNLOAD_ATTEMPTS`, from 1 (the
-/// default) to 10. `RESTORE_CACHE_ATTEMPTS` is the remote cache's (`CacheStore`).
+/// `attemptExecuteStage`): `GET_SOURCES_ATTEMPTS`, `ARTIFACT_DOWNLOAD_ATTEMPTS`, and a step
+/// whose container disappeared (`EXECUTOR_JOB_SECTION_ATTEMPTS`), from 1 (the default) to 10. `RESTORE_CACHE_ATTEMPTS` is the remote cache's (`CacheStore`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Attempts {
     pub get_sources: u32,
     pub artifact_download: u32,
+    /// `EXECUTOR_JOB_SECTION_ATTEMPTS`: runs of a step whose build container disappeared.
+    pub executor_job_section: u32,
 }
 
 impl Default for Attempts {
@@ -65,6 +67,7 @@ impl Default for Attempts {
         Attempts {
             get_sources: 1,
             artifact_download: 1,
+            executor_job_section: 1,
         }
     }
 }
@@ -245,6 +248,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
     let attempts = Attempts {
         get_sources: attempts(variables, "GET_SOURCES_ATTEMPTS", &mut warnings),
         artifact_download: attempts(variables, "ARTIFACT_DOWNLOAD_ATTEMPTS", &mut warnings),
+        executor_job_section: attempts(variables, "EXECUTOR_JOB_SECTION_ATTEMPTS", &mut warnings),
     };
     // Read by the remote cache (`CacheStore`); here only for its warning.
     self::attempts(variables, "RESTORE_CACHE_ATTEMPTS", &mut warnings);

@@ -4,6 +4,7 @@
 mod attempts;
 mod fake_host;
 mod script_timeout;
+mod section_attempts;
 mod table;
 
 use std::time::Duration;
