@@ -296,7 +296,7 @@ async fn exec_step(
 /// Whether the container was removed by someone else: the daemon says it does not exist.
 /// `docker rm -f` kills the container's processes first, so the step may end (SIGKILL, 137)
 /// while the container is still listed, even as running: it is watched for up to 3 s for its
-/// removal.
+/// removal. A daemon that cannot be asked confirms nothing.
 async fn container_gone(engine: &DockerEngine, container: &str) -> bool {
     for _ in 0..30 {
         let inspected = engine
@@ -306,13 +306,14 @@ async fn container_gone(engine: &DockerEngine, container: &str) -> bool {
                 None::<bollard::query_parameters::InspectContainerOptions>,
             )
             .await;
-        if let Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) = inspected
-        {
-            return true;
+        match inspected {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return true,
+            // The daemon cannot be asked: not a removal it can confirm.
+            Err(_) => return false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
 }
