@@ -269,8 +269,10 @@ fn host(root: &Path, a: &Args) -> CacheStore {
             config: Arc::new(cache),
             request_timeout: Duration::from_secs(600),
             restore_attempts: 1,
+            transfer_meter: None,
         }),
         format: Default::default(),
+        compression: Default::default(),
     }
 }
 

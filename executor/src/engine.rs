@@ -170,6 +170,11 @@ pub enum EngineError {
     /// The step was cancelled (job cancel, timeout or shutdown) before it finished.
     #[error("cancelled")]
     Cancelled,
+    /// The build container the step runs in is gone (removed by someone else): the step can be
+    /// run again in a new one ([`Engine::recreate_build_container`],
+    /// `EXECUTOR_JOB_SECTION_ATTEMPTS`, docs/variables.md).
+    #[error("docker: the build container {0:?} was not found or was removed")]
+    ContainerGone(String),
 }
 
 /// Executes the container side of one job.
@@ -257,6 +262,23 @@ pub trait Engine: Send + Sync + 'static {
         async {
             Err(EngineError::Configuration(
                 "this executor cannot run get_sources hooks".into(),
+            ))
+        }
+    }
+
+    /// Create and start the build container again, as `prepare` made it, after a step found
+    /// it gone ([`EngineError::ContainerGone`]); services, network and volumes stay as they
+    /// are. Default: not possible.
+    fn recreate_build_container(
+        &self,
+        env: &JobEnv,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        let _ = (env, log, cancel);
+        async {
+            Err(EngineError::Docker(
+                "this engine cannot create the build container again".into(),
             ))
         }
     }

@@ -6,7 +6,8 @@
 //! bug would, for the driver's panic handling), `lost` prints a line and ends as a lost
 //! connection to Docker does. An image named `missing:*` fails `prepare` with an image pull
 //! error, `docker-down` with a Docker error, `lost` with a lost connection after a first line,
-//! and `hang` waits until it is cancelled. It records calls and panics on an
+//! and `hang` waits until it is cancelled. `gone N` ends the step as a build container that
+//! was removed does, until the container was created again N times. It records calls and panics on an
 //! illegal order (`run_step` before `prepare`), so the driver's contract is checked.
 
 use std::sync::Mutex;
@@ -25,6 +26,8 @@ const LOST: &str = "lost the connection to the Docker daemon (did the daemon sto
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Prepare(u64),
+    /// `recreate_build_container`.
+    Recreate(u64),
     SyncIn(u64),
     RunStep(u64, String),
     SyncOut(u64),
@@ -35,6 +38,8 @@ pub enum Call {
 pub struct FakeEngine {
     calls: Mutex<Vec<Call>>,
     steps: Mutex<Vec<StepSpec>>,
+    /// How many times the build container was created again.
+    recreated: Mutex<u32>,
 }
 
 impl FakeEngine {
@@ -93,11 +98,12 @@ impl Engine for FakeEngine {
         );
         self.record(Call::RunStep(env.job_id, step.name.clone()));
         self.steps.lock().unwrap().push(step.clone());
+        let recreated = *self.recreated.lock().unwrap();
         // The step's own timeout is the engine's to enforce (see `Engine::run_step`).
         let Some(limit) = step.timeout else {
-            return run_commands(step, log, cancel).await;
+            return run_commands(step, log, cancel, recreated).await;
         };
-        match tokio::time::timeout(limit, run_commands(step, log, cancel)).await {
+        match tokio::time::timeout(limit, run_commands(step, log, cancel, recreated)).await {
             Ok(result) => result,
             Err(_) => {
                 let line = format!(
@@ -135,6 +141,17 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    async fn recreate_build_container(
+        &self,
+        env: &JobEnv,
+        _log: &mut LogSink<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        self.record(Call::Recreate(env.job_id));
+        *self.recreated.lock().unwrap() += 1;
+        Ok(())
+    }
+
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {
         self.record(Call::Destroy(env.job_id));
         Ok(())
@@ -146,6 +163,7 @@ async fn run_commands(
     step: &StepSpec,
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
+    recreated: u32,
 ) -> Result<StepOutcome, EngineError> {
     for cmd in &step.commands {
         let line = ferry_config::joblog::command_line(cmd);
@@ -180,6 +198,9 @@ async fn run_commands(
                 });
             }
             "fail-docker" => return Err(EngineError::Docker("connection refused".into())),
+            "gone" if recreated < rest.trim().parse().unwrap_or(u32::MAX) => {
+                return Err(EngineError::ContainerGone("fake-build".into()));
+            }
             "lost" => {
                 let _ = log.write_all(b"partial output\n").await;
                 return Err(EngineError::Docker(LOST.into()));

@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod cache;
+pub mod compression;
 pub mod disk;
 pub mod docker;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod fake;
 mod hostio;
 pub mod jobfs;
+pub mod meter;
 pub mod sources;
 
 pub use docker::DockerEngine;

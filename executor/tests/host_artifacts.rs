@@ -43,6 +43,7 @@ fn spec(paths: &[&str], format: ArtifactFormat) -> ArtifactSpec {
         expire_in: Some("1 week".into()),
         artifact_type: "archive".into(),
         format,
+        compression: Default::default(),
     }
 }
 

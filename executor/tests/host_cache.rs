@@ -19,6 +19,7 @@ fn store(root: &Path) -> CacheStore {
         disabled: false,
         remote: None,
         format: Default::default(),
+        compression: Default::default(),
     }
 }
 
@@ -535,4 +536,51 @@ async fn concurrent_saves_of_one_key_leave_a_valid_archive() {
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// CACHE_COMPRESSION_LEVEL: the zstd level of tar + zstd archives, the deflate level (or, at
+/// `fastest`, no compression) of zip ones; archives of every level restore.
+#[tokio::test]
+async fn the_compression_level_decides_how_archives_are_compressed() {
+    use ferry_executor::cache::CacheFormat;
+    use ferry_executor::compression::CompressionLevel;
+    let project = tempfile::tempdir().unwrap();
+    let text: String = (1..200_000).map(|n| format!("{n}\n")).collect();
+    write(project.path(), "deps/numbers.txt", &text);
+    let sp = spec("k", &["deps"]);
+    let mut sizes = Vec::new();
+    for format in [CacheFormat::TarZstd, CacheFormat::Zip] {
+        for level in [CompressionLevel::Fastest, CompressionLevel::Slowest] {
+            let root = tempfile::tempdir().unwrap();
+            let st = CacheStore {
+                format,
+                compression: level,
+                ..store(root.path())
+            };
+            let (out, log) = do_save(&st, &sp, project.path(), true).await;
+            assert!(matches!(out, SaveOutcome::Created { .. }), "{out:?}: {log}");
+            let archive = st.archive_path("k").unwrap();
+            sizes.push((format, level, std::fs::metadata(&archive).unwrap().len()));
+            if format == CacheFormat::Zip {
+                let f = std::fs::File::open(&archive).unwrap();
+                let mut zip = zip::ZipArchive::new(f).unwrap();
+                let entry = zip.by_name("deps/numbers.txt").unwrap();
+                let want = match level {
+                    CompressionLevel::Fastest => zip::CompressionMethod::Stored,
+                    _ => zip::CompressionMethod::Deflated,
+                };
+                assert_eq!(entry.compression(), want);
+            }
+            let target = tempfile::tempdir().unwrap();
+            let (restored, log) = do_restore(&st, &sp, target.path()).await;
+            assert!(matches!(restored, RestoreOutcome::Restored { .. }), "{log}");
+            assert_eq!(
+                std::fs::read_to_string(target.path().join("deps/numbers.txt")).unwrap(),
+                text
+            );
+        }
+    }
+    // Slowest is smaller than fastest in both formats.
+    assert!(sizes[1].2 < sizes[0].2, "{sizes:?}");
+    assert!(sizes[3].2 < sizes[2].2, "{sizes:?}");
 }

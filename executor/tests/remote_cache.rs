@@ -165,8 +165,10 @@ fn host(root: &Path, cache: CacheSection) -> CacheStore {
             config: Arc::new(cache),
             request_timeout: Duration::from_secs(30),
             restore_attempts: 1,
+            transfer_meter: None,
         }),
         format: Default::default(),
+        compression: Default::default(),
     }
 }
 
@@ -601,4 +603,45 @@ async fn zip_archives_for_older_gitlab_runners() {
     let (out, log) = do_save(&host(&tmp.path().join("a"), section(port, &b)), &sp, &pa).await;
     assert!(matches!(out, SaveOutcome::Created { .. }), "{out:?}\n{log}");
     assert!(log.contains("cache.tar.zst: 1 files"), "{log}");
+}
+
+/// TRANSFER_METER_FREQUENCY: gitlab-runner's meter lines while the archive goes up and comes
+/// down, with the archive's size as the total.
+#[tokio::test]
+async fn the_transfer_meter_shows_uploads_and_downloads() {
+    let port = moto();
+    let b = bucket("metered");
+    let tmp = tempfile::tempdir().unwrap();
+    let metered = |root: &Path| {
+        let mut st = host(root, section(port, &b));
+        st.remote.as_mut().unwrap().transfer_meter = Some(Duration::from_secs(1));
+        st
+    };
+    let (a, bh) = (
+        metered(&tmp.path().join("a")),
+        metered(&tmp.path().join("b")),
+    );
+    let (pa, pb) = (tmp.path().join("pa"), tmp.path().join("pb"));
+    write(&pa, "vendor/lib.txt", b"metered content");
+    let sp = spec("metered", &["vendor"]);
+    let (out, log) = do_save(&a, &sp, &pa).await;
+    assert!(matches!(out, SaveOutcome::Created { .. }), "{out:?}\n{log}");
+    let size = std::fs::metadata(a.archive_path("metered").unwrap())
+        .unwrap()
+        .len();
+    let total = format!("{size} B/{size} B (");
+    assert!(log.contains("\rUploading cache 0 B/"), "{log:?}");
+    assert!(
+        log.contains(&format!("\rUploading cache {total}")),
+        "{log:?}"
+    );
+    let (out, log) = do_restore(&bh, &sp, &pb).await;
+    assert_eq!(restored(&out), Some(("metered", false)), "{log}");
+    assert!(
+        log.contains(&format!("\rDownloading cache {total}")),
+        "{log:?}"
+    );
+    // Without the variable, no meter.
+    let (_, log) = do_save(&host(&tmp.path().join("c"), section(port, &b)), &sp, &pa).await;
+    assert!(!log.contains('\r'), "{log:?}");
 }

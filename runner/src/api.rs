@@ -101,6 +101,9 @@ pub struct ArtifactMeta {
     /// File name GitLab stores (e.g. `artifacts.zip`).
     pub name: String,
     pub expire_in: Option<String>,
+    /// Bytes sent so far, for the transfer meter (`TRANSFER_METER_FREQUENCY`).
+    #[serde(skip)]
+    pub progress: ferry_executor::meter::Progress,
 }
 
 /// Why a call did not get an answer GitLab-level code could act on.

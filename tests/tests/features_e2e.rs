@@ -171,3 +171,155 @@ async fn ci_debug_trace_traces_commands_masked_and_can_be_refused_by_the_runner(
     assert!(!record.debug_trace);
     h.stop().await;
 }
+
+/// An `artifacts:` entry of `out/`, uploaded by `when`.
+fn out_artifacts(when: &str) -> serde_json::Value {
+    json!({"name": "out", "untracked": false, "paths": ["out/"], "when": when,
+           "expire_in": "1 day", "artifact_type": "archive", "artifact_format": "zip"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_script_timeout_stops_the_script_and_after_script_and_artifacts_still_run() {
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    let mut slow = h
+        .job("script-timeout")
+        .variable("GIT_STRATEGY", "empty", false)
+        .variable("RUNNER_SCRIPT_TIMEOUT", "3s", false)
+        .script([
+            "mkdir -p out && echo partial > out/a.txt",
+            "echo started",
+            "sleep 300",
+            "echo never-printed",
+        ])
+        .after_script(["echo after-status=$CI_JOB_STATUS"]);
+    slow.artifacts.push(out_artifacts("always"));
+    let id = h.push(slow);
+    let job = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&job, JobStatus::Failed, Some("job_execution_timeout"));
+    assert!(trace.contains("\nstarted"), "{trace}");
+    assert!(!trace.contains("\nnever-printed"), "{trace}");
+    let warning = pos(
+        &trace,
+        "step_script could not run to completion because the timeout was exceeded. For more control over job and script timeouts see: https://docs.gitlab.com/ci/runners/configure_runners/#set-script-and-after_script-timeouts",
+    );
+    let failed = pos(
+        &trace,
+        "Job failed: execution took longer than the script timeout of 3s (RUNNER_SCRIPT_TIMEOUT)",
+    );
+    // after_script and the upload ran after the script's timeout, under the job's deadline.
+    let after = pos(&trace, "\nafter-status=timedout");
+    assert!(warning < failed && failed < after, "{trace}");
+    assert!(!trace.contains("longer than the job timeout"), "{trace}");
+    let stored = h.gitlab.artifacts(id);
+    assert_eq!(stored.len(), 1, "{}", h.describe(id));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_compression_level_sets_the_zip_method_and_the_meter_shows_transfers() {
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    // (level, method of the entry, its compressed size), per job.
+    let mut results = Vec::new();
+    let mut first = None;
+    for level in ["fastest", "fast", "slowest", "max"] {
+        let mut spec = h
+            .job(&format!("compress-{level}"))
+            .variable("GIT_STRATEGY", "empty", false)
+            .variable("ARTIFACT_COMPRESSION_LEVEL", level, false)
+            .variable("TRANSFER_METER_FREQUENCY", "1s", false)
+            .script(["mkdir -p out", "seq 1 200000 > out/numbers.txt"]);
+        spec.artifacts.push(out_artifacts("on_success"));
+        let id = h.push(spec);
+        let job = h.wait_final(id, JOB_WAIT).await;
+        let trace = h.expect(&job, JobStatus::Success, None);
+        // gitlab-runner's meter: `\r<label> <bytes> (<rate>)`, the last line ended by a newline.
+        assert!(trace.contains("\rUploading artifacts "), "{trace}");
+        let last = trace.rfind("\rUploading artifacts ").unwrap();
+        let tail = &trace[last..];
+        assert!(tail[..tail.find('\n').unwrap()].contains("B/s)"), "{trace}");
+        if level == "max" {
+            assert!(
+                trace.contains("WARNING: ARTIFACT_COMPRESSION_LEVEL: compression level \"max\" is invalid, falling back to default"),
+                "{trace}"
+            );
+        }
+        let stored = h.gitlab.artifacts(id);
+        assert_eq!(stored.len(), 1, "{}", h.describe(id));
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(stored[0].data.clone())).unwrap();
+        let entry = zip.by_name("out/numbers.txt").unwrap();
+        results.push((
+            level,
+            entry.compression(),
+            entry.compressed_size(),
+            entry.size(),
+        ));
+        first.get_or_insert(id);
+    }
+    let [fastest, fast, slowest, max] = results[..] else {
+        panic!("{results:?}")
+    };
+    // fastest stores (as gitlab-runner's fastzip archiver), the others deflate at 1, 9 and
+    // (the invalid name) the default 5.
+    assert_eq!(fastest.1, zip::CompressionMethod::Stored, "{results:?}");
+    assert_eq!(fastest.2, fastest.3, "{results:?}");
+    for r in [fast, slowest, max] {
+        assert_eq!(r.1, zip::CompressionMethod::Deflated, "{results:?}");
+    }
+    assert!(slowest.2 < max.2 && max.2 < fast.2, "{results:?}");
+
+    // A dependent job's download is metered too.
+    let id = h.push(
+        h.job("download-metered")
+            .variable("GIT_STRATEGY", "empty", false)
+            .variable("TRANSFER_METER_FREQUENCY", "1s", false)
+            .depends_on(first.unwrap())
+            .script(["tail -n 1 out/numbers.txt"]),
+    );
+    let job = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert!(trace.contains("\rDownloading artifacts "), "{trace}");
+    assert!(trace.contains("\n200000"), "{trace}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_container_is_removed_runs_again_with_executor_job_section_attempts() {
+    let Some(mut h) = Harness::start(Setup::default()).await else {
+        return;
+    };
+    // The first run leaves a marker in the project dir (on the host, so it outlives the
+    // container) and waits to be removed; the second run sees the marker.
+    let id = h.push(
+        h.job("container-removed")
+            .variable("GIT_STRATEGY", "empty", false)
+            .variable("EXECUTOR_JOB_SECTION_ATTEMPTS", "2", false)
+            .script([
+                "if [ -f marker ]; then echo second-run; else touch marker; echo first-run; sleep 300; fi",
+            ]),
+    );
+    h.wait_trace(id, "\nfirst-run", JOB_WAIT).await;
+    let build = h
+        .docker_objects(Some(id))
+        .into_iter()
+        .find_map(|o| {
+            o.strip_prefix("container ")
+                .filter(|n| n.ends_with("-build"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no build container: {}", h.describe(id)));
+    ferry_tests::e2e::cmd("docker", &["rm", "-f", &build]);
+    let job = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    let gone = pos(
+        &trace,
+        &format!("Container \"{build}\" not found or removed. Will retry..."),
+    );
+    let retry = pos(&trace, "Retrying step_script");
+    let second = pos(&trace, "\nsecond-run");
+    assert!(gone < retry && retry < second, "{trace}");
+    h.stop().await;
+}

@@ -768,6 +768,7 @@ fn archive_meta() -> ArtifactMeta {
         artifact_format: "zip".into(),
         name: "artifacts.zip".into(),
         expire_in: Some("1 week".into()),
+        progress: Default::default(),
     }
 }
 
@@ -788,6 +789,7 @@ async fn artifacts_upload_then_download_directly_and_via_redirect() {
         artifact_format: "gzip".into(),
         name: "junit.xml.gz".into(),
         expire_in: None,
+        progress: Default::default(),
     };
     let report_path = dir.path().join("junit.xml.gz");
     std::fs::write(&report_path, b"gz").unwrap();

@@ -253,6 +253,7 @@ async fn artifacts_and_dependencies_against_gitlab_runner_mock() {
         artifact_format: "zip".into(),
         name: "artifacts.zip".into(),
         expire_in: Some("1 week".into()),
+        progress: Default::default(),
     };
     client
         .upload_artifacts(&build_ref, &meta, &archive)

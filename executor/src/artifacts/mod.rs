@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::compression::CompressionLevel;
 use crate::engine::LogSink;
 use crate::hostio::{self, Level};
 use crate::jobfs::{JobDir, Limits, is_fatal};
@@ -82,6 +83,10 @@ pub struct ArtifactSpec {
     /// `archive`, `junit`, `dotenv`, ... passed through to the upload.
     pub artifact_type: String,
     pub format: ArtifactFormat,
+    /// `ARTIFACT_COMPRESSION_LEVEL`: the deflate level of zip entries (gzip reports keep
+    /// gitlab-runner's fixed level, as its gzip archiver does).
+    #[serde(skip_serializing_if = "CompressionLevel::is_default")]
+    pub compression: CompressionLevel,
 }
 
 impl ArtifactSpec {
@@ -232,7 +237,9 @@ pub fn create_archive(
         source: e,
     };
     match spec.format {
-        ArtifactFormat::Zip => zipfmt::write_zip(&dir, &sel, out_file).map_err(write_err)?,
+        ArtifactFormat::Zip => {
+            zipfmt::write_zip(&dir, &sel, out_file, spec.compression).map_err(write_err)?
+        }
         ArtifactFormat::Gzip => gzip::write_gzip(&dir, &sel, out_file).map_err(write_err)?,
         ArtifactFormat::Raw => {
             let regular: Vec<&String> = sel
@@ -336,8 +343,9 @@ pub(crate) fn write_cache_zip(
     root: &JobDir,
     sel: &paths::Selection,
     out: &Path,
+    level: CompressionLevel,
 ) -> std::io::Result<()> {
-    zipfmt::write_zip(root, sel, out)
+    zipfmt::write_zip(root, sel, out, level)
 }
 
 /// A gitlab-runner cache zip (`cache.zip`), unpacked beneath `root` like an artifact.
@@ -413,6 +421,7 @@ mod tests {
             expire_in: None,
             artifact_type: "archive".into(),
             format: ArtifactFormat::Zip,
+            compression: CompressionLevel::Default,
         };
         assert_eq!(s.upload_file_name(), "artifacts.zip");
         s.name = Some("junit.xml".into());

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 
+use crate::compression::CompressionLevel;
 use crate::hostio::clean_relative;
 use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
 
@@ -61,7 +62,18 @@ fn from_zip_time(t: DateTime) -> Option<SystemTime> {
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
 }
 
-pub(super) fn write_zip(root: &JobDir, sel: &Selection, out: &Path) -> io::Result<()> {
+/// Writes the selection as a zip, each file deflated at `level` (stored at `fastest`, as
+/// gitlab-runner's archiver does).
+pub(super) fn write_zip(
+    root: &JobDir,
+    sel: &Selection,
+    out: &Path,
+    level: CompressionLevel,
+) -> io::Result<()> {
+    let (method, deflate_level) = match level.deflate() {
+        Some(l) => (CompressionMethod::Deflated, Some(l)),
+        None => (CompressionMethod::Stored, None),
+    };
     let file = std::fs::File::create(out)?;
     let mut zw = ZipWriter::new(io::BufWriter::new(file));
     for (rel, entry) in &sel.entries {
@@ -80,7 +92,8 @@ pub(super) fn write_zip(root: &JobDir, sel: &Selection, out: &Path) -> io::Resul
             EntryKind::File { size } => {
                 let src = root.open_file(Path::new(rel))?;
                 let opts = opts
-                    .compression_method(CompressionMethod::Deflated)
+                    .compression_method(method)
+                    .compression_level(deflate_level)
                     .large_file(*size >= u32::MAX as u64);
                 zw.start_file(rel.clone(), opts).map_err(io::Error::other)?;
                 // take(): a file that grows while being read is cut at its selected size.

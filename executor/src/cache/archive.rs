@@ -9,14 +9,13 @@ use serde::Serialize;
 
 use crate::artifacts::Note;
 use crate::artifacts::paths::{EntryKind, Selection, select};
+use crate::compression::CompressionLevel;
 use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
 
 use super::{CacheFormat, CacheSpec};
 
 pub(super) const ARCHIVE_NAME: &str = "cache.tar.zst";
 pub(super) const MANIFEST_NAME: &str = "manifest.json";
-/// zstd level 3: zstd's default, fast enough that archiving is rarely the slow part.
-const ZSTD_LEVEL: i32 = 3;
 
 pub(super) enum Saved {
     NoFiles,
@@ -175,9 +174,17 @@ fn compression_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32)
 }
 
-fn write_tar(root: &JobDir, sel: &Selection, out: &Path, limits: &Limits) -> io::Result<()> {
+/// `level`'s zstd level: by default 3, zstd's own default, fast enough that archiving is rarely
+/// the slow part.
+fn write_tar(
+    root: &JobDir,
+    sel: &Selection,
+    out: &Path,
+    limits: &Limits,
+    level: CompressionLevel,
+) -> io::Result<()> {
     let file = std::fs::File::create(out)?;
-    let mut enc = zstd::Encoder::new(io::BufWriter::new(file), ZSTD_LEVEL)?;
+    let mut enc = zstd::Encoder::new(io::BufWriter::new(file), level.zstd())?;
     // Compression runs in zstd's worker threads while this thread reads the files, as
     // `tar | zstd` does with two processes (docs/benchmarks.md). The output is one ordinary
     // zstd stream.
@@ -226,7 +233,7 @@ pub(super) fn save(
     spec: &CacheSpec,
     key_dir: &Path,
     limits: &Limits,
-    format: CacheFormat,
+    (format, level): (CacheFormat, CompressionLevel),
 ) -> io::Result<(Vec<Note>, Saved)> {
     let root = JobDir::open(project_dir)?;
     let sel = select(&root, &spec.paths, &[], spec.untracked, limits)?;
@@ -271,8 +278,8 @@ pub(super) fn save(
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
         let write = || match format {
-            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits),
-            CacheFormat::Zip => crate::artifacts::write_cache_zip(&root, &sel, &tmp_archive),
+            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits, level),
+            CacheFormat::Zip => crate::artifacts::write_cache_zip(&root, &sel, &tmp_archive, level),
         };
         if let Err(e) = write() {
             // evict() may have pruned the (then empty) key dir in between: once more.

@@ -23,9 +23,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::artifacts::{Note, When, write_notes};
+use crate::compression::CompressionLevel;
 use crate::engine::LogSink;
 use crate::hostio::{self, Level};
 use crate::jobfs::Limits;
+use crate::meter::{Progress, metered};
 
 pub(crate) use archive::unpack;
 pub use evict::{EvictReport, evict};
@@ -121,6 +123,10 @@ pub struct CacheStore {
     /// What new archives are written as.
     #[serde(skip_serializing_if = "CacheFormat::is_default")]
     pub format: CacheFormat,
+    /// `CACHE_COMPRESSION_LEVEL`: the zstd level of tar + zstd archives, the deflate level of
+    /// zip ones.
+    #[serde(skip_serializing_if = "CompressionLevel::is_default")]
+    pub compression: CompressionLevel,
 }
 
 impl CacheStore {
@@ -426,16 +432,18 @@ pub async fn save(
     }
     note(log, Level::Notice, &format!("Creating cache {key}...")).await?;
     let key_dir = store.key_dir(&key)?;
-    let (dir, sp, kd, c, format) = (
+    let (dir, sp, kd, c, format, level) = (
         project_dir.to_path_buf(),
         spec.clone(),
         key_dir.clone(),
         limits.clone(),
         store.format,
+        store.compression,
     );
-    let res = tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c, format))
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+    let res =
+        tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c, (format, level)))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
     if cancel.is_cancelled() {
         return Err(CacheError::Cancelled);
     }
@@ -559,7 +567,20 @@ async fn fetch(
             continue;
         }
         let tmp = archive::temp_path(&key_dir, "download");
-        match remote.download(&*client, key, &tmp, &state).await {
+        let progress = Progress::default();
+        let download = remote.download(&*client, key, &tmp, &state, &progress);
+        let size = Some(state.size);
+        let freq = remote.transfer_meter;
+        match metered(
+            freq,
+            "Downloading cache",
+            size,
+            || progress.get(),
+            log,
+            download,
+        )
+        .await
+        {
             Ok((state, bytes)) => {
                 // The manifest described the archive being replaced: without it the next save
                 // archives again. Manifest first, so it never describes the wrong archive.
@@ -671,7 +692,19 @@ async fn push(
         ),
     )
     .await?;
-    match remote.upload(&*client, key, &path).await {
+    let progress = Progress::default();
+    let upload = remote.upload(&*client, key, &path, &progress);
+    let freq = remote.transfer_meter;
+    match metered(
+        freq,
+        "Uploading cache",
+        Some(size),
+        || progress.get(),
+        log,
+        upload,
+    )
+    .await
+    {
         Ok(state) => {
             let _ = state.write(&key_dir);
             note(log, Level::Notice, "Uploaded cache").await?;

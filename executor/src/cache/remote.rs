@@ -28,6 +28,8 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::meter::Progress;
+
 /// gitlab-runner's default for `CACHE_REQUEST_TIMEOUT` (minutes).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Archives up to this size are sent in one request; bigger ones as a multipart upload of
@@ -49,6 +51,8 @@ pub struct RemoteCache {
     pub request_timeout: Duration,
     /// Downloads tried per key (`RESTORE_CACHE_ATTEMPTS`, at least 1).
     pub restore_attempts: u32,
+    /// `TRANSFER_METER_FREQUENCY`: progress lines during uploads and downloads (meter.rs).
+    pub transfer_meter: Option<Duration>,
 }
 
 impl std::fmt::Debug for RemoteCache {
@@ -106,7 +110,7 @@ pub(super) struct RemoteState {
     object: String,
     e_tag: Option<String>,
     last_modified: String,
-    size: u64,
+    pub(super) size: u64,
 }
 
 impl RemoteState {
@@ -333,13 +337,15 @@ impl RemoteCache {
         key: &str,
         dest: &Path,
         known: &RemoteState,
+        progress: &Progress,
     ) -> Result<(RemoteState, u64), RemoteError> {
         let object = ObjectPath::from(self.object(key));
         let what = format!("downloading {object}");
         if known.ranges() > 1
             && let Some(etag) = &known.e_tag
         {
-            let work = self.download_ranges(store, &object, dest, known.size, etag, &what);
+            let work =
+                self.download_ranges(store, &object, dest, (known.size, etag), &what, progress);
             return match tokio::time::timeout(self.request_timeout, work).await {
                 Ok(Ok(())) => Ok((known.clone(), known.size)),
                 Ok(Err(e)) => Err(e),
@@ -363,6 +369,7 @@ impl RemoteCache {
                 out.write_all(&chunk)
                     .await
                     .map_err(|e| self.err(&what, e))?;
+                progress.add(chunk.len() as u64);
             }
             out.flush().await.map_err(|e| self.err(&what, e))?;
             Ok((state, n))
@@ -381,9 +388,9 @@ impl RemoteCache {
         store: &dyn ObjectStore,
         object: &ObjectPath,
         dest: &Path,
-        size: u64,
-        etag: &str,
+        (size, etag): (u64, &str),
         what: &str,
+        progress: &Progress,
     ) -> Result<(), RemoteError> {
         use std::os::unix::fs::FileExt;
         let file = std::fs::File::create(dest).map_err(|e| self.err(what, e))?;
@@ -413,10 +420,12 @@ impl RemoteCache {
                 )));
             }
             let f = file.clone();
+            let n = bytes.len() as u64;
             tokio::task::spawn_blocking(move || f.write_all_at(&bytes, range.start))
                 .await
                 .map_err(|e| self.err(what, e))?
                 .map_err(|e| self.err(what, e))?;
+            progress.add(n);
         }
         Ok(())
     }
@@ -429,6 +438,7 @@ impl RemoteCache {
         store: &dyn ObjectStore,
         key: &str,
         archive: &Path,
+        progress: &Progress,
     ) -> Result<RemoteState, RemoteError> {
         let object = ObjectPath::from(self.object(key));
         let what = format!("uploading {object}");
@@ -446,6 +456,7 @@ impl RemoteCache {
                     .put(&object, PutPayload::from(buf))
                     .await
                     .map_err(|e| self.err(&what, e))?;
+                progress.add(len);
             } else {
                 let upload = store
                     .put_multipart(&object)
@@ -463,6 +474,7 @@ impl RemoteCache {
                             .await
                             .map_err(|e| self.err(&what, e))?;
                         w.write(&buf[..n]);
+                        progress.add(n as u64);
                     }
                 }
                 .await;

@@ -67,6 +67,16 @@ pub struct DockerEngine {
     host: String,
     /// Where the last use of cache volumes and the images ferry pulled are recorded.
     usage: Option<std::sync::Arc<usage::UsageRecord>>,
+    /// How each running job's build container was created (by its name), so a step that
+    /// finds it gone can have it created again (`recreate_build_container`).
+    build_recipes: std::sync::Arc<std::sync::Mutex<HashMap<String, BuildRecipe>>>,
+}
+
+/// What `prepare` created a build container from: its platform and its create body.
+#[derive(Clone)]
+struct BuildRecipe {
+    platform: Option<String>,
+    body: bollard::models::ContainerCreateBody,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -256,6 +266,7 @@ impl DockerEngine {
             remote,
             host,
             usage: None,
+            build_recipes: Default::default(),
         })
     }
 
@@ -742,12 +753,29 @@ impl DockerEngine {
         }
         let name = name.to_string();
         self.remove_stale(&name).await?;
+        let recipe = BuildRecipe {
+            platform: env.image.platform.clone(),
+            body,
+        };
+        if let Ok(mut recipes) = self.build_recipes.lock() {
+            recipes.insert(name.clone(), recipe.clone());
+        }
+        self.create_build_container(&name, recipe).await
+    }
+
+    /// Creates and starts the build container `name` from `recipe`, and checks that it runs.
+    async fn create_build_container(
+        &self,
+        name: &str,
+        recipe: BuildRecipe,
+    ) -> Result<(), EngineError> {
+        let name = name.to_string();
         let mut opts = CreateContainerOptionsBuilder::new().name(&name);
-        if let Some(p) = &env.image.platform {
+        if let Some(p) = &recipe.platform {
             opts = opts.platform(p);
         }
         self.docker
-            .create_container(Some(opts.build()), body)
+            .create_container(Some(opts.build()), recipe.body)
             .await
             .map_err(|e| docker_err(&format!("creating build container {name}"), &e))?;
         self.docker
@@ -872,7 +900,34 @@ impl Engine for DockerEngine {
         }
     }
 
+    async fn recreate_build_container(
+        &self,
+        env: &JobEnv,
+        _log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let name = convert::build_container_name(env);
+        let recipe = self
+            .build_recipes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&name).cloned())
+            .ok_or_else(|| {
+                EngineError::Docker(format!("no build container {name} was prepared"))
+            })?;
+        tokio::select! {
+            r = async {
+                self.remove_stale(&name).await?;
+                self.create_build_container(&name, recipe).await
+            } => r,
+            _ = cancel.cancelled() => Err(EngineError::Cancelled),
+        }
+    }
+
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {
+        if let Ok(mut recipes) = self.build_recipes.lock() {
+            recipes.remove(&convert::build_container_name(env));
+        }
         let job = env.job_id.to_string();
         self.remove_labelled(&[
             (convert::LABEL_MANAGED, "true"),

@@ -202,6 +202,11 @@ async fn exec_step(
         }) => {
             return Err(not_running(engine, container).await);
         }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {
+            return Err(EngineError::ContainerGone(container.to_string()));
+        }
         Err(e) => {
             return Err(docker_err(
                 &format!("starting step {} in {container}", step.name),
@@ -322,12 +327,22 @@ async fn exec_step(
     };
     let mut exit_code = None;
     for _ in 0..50 {
-        let i = docker.inspect_exec(&exec.id).await.map_err(|e| lost(&e))?;
+        let i = match docker.inspect_exec(&exec.id).await {
+            Ok(i) => i,
+            Err(_) if container_gone(engine, container).await => {
+                return Err(EngineError::ContainerGone(container.to_string()));
+            }
+            Err(e) => return Err(lost(&e)),
+        };
         if i.running != Some(true) {
             exit_code = i.exit_code;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The container was removed under the step (its processes were killed with it, SIGKILL).
+    if matches!(exit_code, None | Some(137)) && container_gone(engine, container).await {
+        return Err(EngineError::ContainerGone(container.to_string()));
     }
     let Some(code) = exit_code else {
         return Err(EngineError::Docker(format!(
@@ -355,6 +370,31 @@ async fn exec_step(
         oom_killed,
         timed_out: false,
     })
+}
+
+/// Whether the container was removed by someone else: the daemon says it does not exist.
+/// `docker rm -f` kills the container's processes first, so the step may end (SIGKILL, 137)
+/// while the container is still listed, even as running: it is watched for up to 3 s for its
+/// removal. A daemon that cannot be asked confirms nothing.
+async fn container_gone(engine: &DockerEngine, container: &str) -> bool {
+    for _ in 0..30 {
+        let inspected = engine
+            .client()
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await;
+        match inspected {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return true,
+            // The daemon cannot be asked: not a removal it can confirm.
+            Err(_) => return false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    false
 }
 
 /// The build container stopped (its entrypoint did not keep running the command it was given,

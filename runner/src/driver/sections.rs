@@ -6,6 +6,7 @@
 
 use ferry_deploy::{DeployRequest, Deployer, JobFacts, Origin};
 use ferry_executor::artifacts::ArtifactSpec;
+use ferry_executor::meter::metered;
 use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 
 use tokio_util::sync::CancellationToken;
@@ -139,6 +140,17 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     with_attempts(tries, log, &limits.cancel, || async move {
                         let tmp = tempfile::NamedTempFile::new().map_err(StageError::TempFile)?;
                         let download = api.download_artifacts(dep.id, &dep.token, tmp.path());
+                        // The meter counts what reached the file (ferry's own temporary file).
+                        let written = || std::fs::metadata(tmp.path()).map_or(0, |m| m.len());
+                        let (label, mut sink) = ("Downloading artifacts", log.clone());
+                        let download = metered(
+                            plan.transfer_meter,
+                            label,
+                            None,
+                            written,
+                            &mut sink,
+                            download,
+                        );
                         let downloaded = cancellable(download, &limits.cancel)
                             .await
                             .unwrap_or(Err(ApiError::Io("cancelled".into())));
@@ -187,18 +199,55 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             &format!("Executing \"{}\" stage of the job script", step.section),
             false,
         );
-        let stage = run
-            .signals
-            .run(false, |limits| async move {
-                // The script's output is gitlab-runner's "work" stream (`FF_TIMESTAMPS`).
-                let mut sink = log.with_stream(Stream::WORK);
-                let ran = engine
-                    .run_step(env, &step.spec, &mut sink, &limits.cancel)
-                    .await;
-                sink.end_stream();
-                ran
-            })
-            .await;
+        // EXECUTOR_JOB_SECTION_ATTEMPTS, as gitlab-runner's Docker executor (`runContainer`):
+        // a step whose build container was removed under it runs again, from its start, in a
+        // new one; no other failure is tried again.
+        let attempts = run.plan.attempts.executor_job_section.max(1);
+        let mut attempt = 1;
+        let stage = loop {
+            if attempt > 1 {
+                log.write_line(&format!("Retrying {}", step.section));
+            }
+            let stage = run
+                .signals
+                .run(false, |limits| async move {
+                    // The script's output is gitlab-runner's "work" stream (`FF_TIMESTAMPS`).
+                    let mut sink = log.with_stream(Stream::WORK);
+                    let ran = engine
+                        .run_step(env, &step.spec, &mut sink, &limits.cancel)
+                        .await;
+                    sink.end_stream();
+                    ran
+                })
+                .await;
+            let Stage::Done(Err(EngineError::ContainerGone(name))) = &stage else {
+                break stage;
+            };
+            log.write_error(&format!(
+                "Container {name:?} not found or removed. Will retry..."
+            ));
+            if attempt >= attempts {
+                if attempts > 1 {
+                    log.write_error("Execution attempts exceeded");
+                }
+                break stage;
+            }
+            attempt += 1;
+            let recreated = run
+                .signals
+                .run(false, |limits| async move {
+                    let mut sink = log.clone();
+                    engine
+                        .recreate_build_container(env, &mut sink, &limits.cancel)
+                        .await
+                })
+                .await;
+            if !matches!(recreated, Stage::Done(Ok(()))) {
+                log.section_end(&step.section);
+                run.state.settle(recreated, log);
+                return;
+            }
+        };
         log.section_end(&step.section);
         if let Some(StepOutcome {
             exit_code,
@@ -380,8 +429,18 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     artifact_format: spec.format.as_str().to_string(),
                     name: spec.upload_file_name(),
                     expire_in: spec.expire_in.clone(),
+                    progress: Default::default(),
                 };
                 let upload = api.upload_artifacts(job, &meta, out);
+                let sent = || meta.progress.get();
+                let upload = metered(
+                    plan.transfer_meter,
+                    "Uploading artifacts",
+                    None,
+                    sent,
+                    &mut sink,
+                    upload,
+                );
                 cancellable(upload, &limits.cancel)
                     .await
                     .unwrap_or(Err(ApiError::Io("cancelled".into())))

@@ -105,16 +105,37 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         run.state.admit(phase, now, run.log)
     }
 
-    /// The script steps by their `when`, then after_script.
+    /// The script steps by their `when`, then after_script. With `RUNNER_SCRIPT_TIMEOUT`, the
+    /// script steps together run under a deadline of their own, from the first one's start
+    /// (gitlab-runner's `executeUserScripts`); after_script, cache and artifacts then run under
+    /// the job's deadline as usual.
     async fn steps(&self, run: &mut JobRun<'_>, env: &JobEnv, steps: &[PlannedStep]) {
+        let script = run.plan.script_timeout.and_then(|limit| {
+            let deadline = ferry_executor::deadline_after(limit);
+            (deadline < run.signals.deadline).then_some((deadline, limit))
+        });
         for step in steps {
             if step.kind == StepKind::AfterScript {
                 if self.admit(run, Phase::AfterScript) {
                     self.after_script(run, env, step).await;
                 }
-            } else if self.admit(run, Phase::Step(step.when)) {
+                continue;
+            }
+            let Some((deadline, limit)) = script else {
+                if self.admit(run, Phase::Step(step.when)) {
+                    self.step(run, env, step).await;
+                }
+                continue;
+            };
+            // Under these signals a timeout is the script's: its deadline is the earlier one.
+            let script_signals = run.signals.with_deadline(deadline);
+            let job_signals = std::mem::replace(&mut run.signals, script_signals);
+            run.state.script_timeout = Some((step.section.clone(), limit));
+            if self.admit(run, Phase::Step(step.when)) {
                 self.step(run, env, step).await;
             }
+            run.state.script_timeout = None;
+            run.signals = job_signals;
         }
     }
 

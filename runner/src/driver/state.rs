@@ -53,6 +53,9 @@ pub(super) struct JobState {
     failure: Option<(FailureReason, Option<i32>)>,
     stopped: Option<Stop>,
     status: JobStatus,
+    /// While a script step runs under `RUNNER_SCRIPT_TIMEOUT` (`sequence.rs`): its section and
+    /// the limit. A timeout then is the script's, and says so in the log.
+    pub script_timeout: Option<(String, std::time::Duration)>,
 }
 
 impl Default for JobState {
@@ -62,6 +65,7 @@ impl Default for JobState {
             failure: None,
             stopped: None,
             status: JobStatus::Success,
+            script_timeout: None,
         }
     }
 }
@@ -172,7 +176,19 @@ impl JobState {
     /// (a later one changes nothing: the first stop decides).
     pub fn halt(&mut self, stop: Stop, log: &TraceWriter) {
         if self.stopped.is_none() {
-            log.write_error(stop_line(stop));
+            match (&self.script_timeout, stop) {
+                // gitlab-runner's warning (its `warnTimeoutExceeded`), then the job's line.
+                (Some((section, limit)), Stop::Timeout) => {
+                    log.write_warning(&format!(
+                        "{section} could not run to completion because the timeout was exceeded. For more control over job and script timeouts see: https://docs.gitlab.com/ci/runners/configure_runners/#set-script-and-after_script-timeouts"
+                    ));
+                    log.write_error(&format!(
+                        "Job failed: execution took longer than the script timeout of {} (RUNNER_SCRIPT_TIMEOUT)",
+                        ferry_config::duration::format_duration(*limit)
+                    ));
+                }
+                _ => log.write_error(stop_line(stop)),
+            }
         }
         self.stop(stop);
     }

@@ -291,6 +291,7 @@ mod tests {
             artifact_format: "zip".into(),
             name: "../../escape/artifacts.zip".into(),
             expire_in: None,
+            progress: Default::default(),
         };
         api.upload_artifacts(&job(1), &meta, &zip).await.unwrap();
         assert!(!d.path().join("escape").exists());

@@ -72,7 +72,9 @@ impl GitLabClient {
         send_with_retry(EP, policy, || {
             let file = std::fs::File::open(path)
                 .map_err(|e| ApiError::Io(format!("artifacts archive {}: {e}", path.display())))?;
-            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+            let progress = meta.progress.clone();
+            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file))
+                .inspect_ok(move |chunk| progress.add(chunk.len() as u64));
             let part = reqwest::multipart::Part::stream_with_length(
                 reqwest::Body::wrap_stream(stream),
                 len,

@@ -8,6 +8,7 @@ use ferry_executor::cache::{
     CacheFormat, CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
     restore_attempts,
 };
+use ferry_executor::compression::CompressionLevel;
 use ferry_executor::sources::{ForceHttps, GitVariables, RefType, SourceSpec};
 use serde::Serialize;
 
@@ -51,12 +52,14 @@ fn apply_clone_url(repo_url: &str, clone_url: Option<&str>) -> String {
 }
 
 /// How many times the host stages are tried before they fail the job (gitlab-runner's
-/// `attemptExecuteStage`): `GET_SOURCES_ATTEMPTS`, `ARTIFACT_DOWNLOAD_ATTEMPTS`, from 1 (the
-/// default) to 10. `RESTORE_CACHE_ATTEMPTS` is the remote cache's (`CacheStore`).
+/// `attemptExecuteStage`): `GET_SOURCES_ATTEMPTS`, `ARTIFACT_DOWNLOAD_ATTEMPTS`, and a step
+/// whose container disappeared (`EXECUTOR_JOB_SECTION_ATTEMPTS`), from 1 (the default) to 10. `RESTORE_CACHE_ATTEMPTS` is the remote cache's (`CacheStore`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Attempts {
     pub get_sources: u32,
     pub artifact_download: u32,
+    /// `EXECUTOR_JOB_SECTION_ATTEMPTS`: runs of a step whose build container disappeared.
+    pub executor_job_section: u32,
 }
 
 impl Default for Attempts {
@@ -64,6 +67,7 @@ impl Default for Attempts {
         Attempts {
             get_sources: 1,
             artifact_download: 1,
+            executor_job_section: 1,
         }
     }
 }
@@ -93,8 +97,21 @@ fn attempts(variables: &Variables, name: &str, warnings: &mut Vec<String>) -> u3
     clamped as u32
 }
 
+/// `ARTIFACT_COMPRESSION_LEVEL` / `CACHE_COMPRESSION_LEVEL` as gitlab-runner reads them: an
+/// invalid name is `default`, with its warning in the job log.
+fn compression_level(
+    variables: &Variables,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> CompressionLevel {
+    let (level, warning) = CompressionLevel::parse(name, variables.value(name));
+    warnings.extend(warning);
+    level
+}
+
 pub(super) struct HostPlan {
     pub attempts: Attempts,
+    pub transfer_meter: Option<std::time::Duration>,
     pub sources: SourceSpec,
     pub cache_store: CacheStore,
     pub caches: Vec<CacheSpec>,
@@ -192,6 +209,10 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         ),
     };
 
+    let mut warnings = git.warnings;
+    let (transfer_meter, meter_warning) =
+        ferry_executor::meter::frequency(variables.value("TRANSFER_METER_FREQUENCY"));
+    warnings.extend(meter_warning);
     let cache_root = runner
         .docker
         .cache_dir
@@ -210,8 +231,10 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
             ),
             request_timeout: request_timeout(variables.value("CACHE_REQUEST_TIMEOUT")),
             restore_attempts: restore_attempts(variables.value("RESTORE_CACHE_ATTEMPTS")),
+            transfer_meter,
         }),
         format: CacheFormat::parse(variables.value("CACHE_COMPRESSION_FORMAT")),
+        compression: compression_level(variables, "CACHE_COMPRESSION_LEVEL", &mut warnings),
     };
     let mut caches = Vec::new();
     for c in &payload.cache {
@@ -246,13 +269,15 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         });
     }
 
-    let mut warnings = git.warnings;
     let attempts = Attempts {
         get_sources: attempts(variables, "GET_SOURCES_ATTEMPTS", &mut warnings),
         artifact_download: attempts(variables, "ARTIFACT_DOWNLOAD_ATTEMPTS", &mut warnings),
+        executor_job_section: attempts(variables, "EXECUTOR_JOB_SECTION_ATTEMPTS", &mut warnings),
     };
     // Read by the remote cache (`CacheStore`); here only for its warning.
     self::attempts(variables, "RESTORE_CACHE_ATTEMPTS", &mut warnings);
+    let artifact_compression =
+        compression_level(variables, "ARTIFACT_COMPRESSION_LEVEL", &mut warnings);
     let mut artifacts = Vec::new();
     for a in &payload.artifacts {
         let Some(format) = ArtifactFormat::parse(&a.artifact_format) else {
@@ -283,6 +308,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
             expire_in: a.expire_in.clone().filter(|e| !e.is_empty()),
             artifact_type: a.artifact_type.clone(),
             format,
+            compression: artifact_compression,
         });
     }
     let dependencies = payload
@@ -297,6 +323,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         .collect();
     Ok(HostPlan {
         attempts,
+        transfer_meter,
         sources,
         cache_store,
         caches,

@@ -108,6 +108,14 @@ pub struct Plan {
     /// in a short-lived container before and after git (docs/sources-cache-artifacts.md).
     #[serde(skip_serializing_if = "GetSourcesHooks::is_empty")]
     pub hooks: GetSourcesHooks,
+    /// `RUNNER_SCRIPT_TIMEOUT`: how long the script steps together may run, from the first
+    /// one's start; below the job timeout, so after_script, cache and artifacts still run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script_timeout: Option<Duration>,
+    /// `TRANSFER_METER_FREQUENCY`: progress lines while artifacts are uploaded and downloaded
+    /// (the distributed cache has its own copy, `RemoteCache::transfer_meter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_meter: Option<Duration>,
     /// `CI_DEBUG_TRACE` is in force (the steps trace their commands).
     pub debug_trace: bool,
     /// `CI_DEBUG_SERVICES` is in force: the service containers' output goes to the job log.
@@ -305,6 +313,8 @@ pub fn compile(
     // `features.trace_sections`).
     let script_sections =
         payload.features.trace_sections && flag_on(&variables, "FF_SCRIPT_SECTIONS");
+    let mut timeout_warnings = Vec::new();
+    let script_timeout = script_timeout(&variables, timeout, &mut timeout_warnings);
 
     let mut masks = Masks::new(payload, runner);
     masks.values.extend(variables.masked_values());
@@ -344,7 +354,14 @@ pub fn compile(
         )?;
         Execution::Docker {
             env: Box::new(env),
-            steps: steps(payload, runner, &variables, xtrace, script_sections)?,
+            steps: steps(
+                payload,
+                runner,
+                &variables,
+                xtrace,
+                script_sections,
+                &mut timeout_warnings,
+            )?,
         }
     };
 
@@ -363,6 +380,8 @@ pub fn compile(
         dependencies: host_plan.dependencies,
         attempts: host_plan.attempts,
         hooks,
+        script_timeout,
+        transfer_meter: host_plan.transfer_meter,
         debug_trace: xtrace,
         debug_services,
         timestamps: flag_on(&variables, "FF_TIMESTAMPS"),
@@ -370,6 +389,7 @@ pub fn compile(
             .warnings
             .into_iter()
             .chain(trace_refused)
+            .chain(timeout_warnings)
             .collect(),
         variables,
         masks,
@@ -548,6 +568,7 @@ fn steps(
     variables: &Variables,
     xtrace: bool,
     script_sections: bool,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<PlannedStep>, PlanError> {
     let mut out = Vec::new();
     let mut after: Option<&Step> = None;
@@ -601,9 +622,16 @@ fn steps(
         && !step.script.is_empty()
     {
         // The engine enforces this timeout (`StepSpec::timeout`, executor/src/engine.rs).
+        let name = "RUNNER_AFTER_SCRIPT_TIMEOUT";
         let timeout = variables
-            .value("RUNNER_AFTER_SCRIPT_TIMEOUT")
-            .and_then(ferry_config::duration::parse_job_duration_saturating)
+            .value(name)
+            .and_then(|v| {
+                let parsed = ferry_config::duration::parse_job_duration_saturating(v);
+                if parsed.is_none() {
+                    warnings.extend(timeout_warning(name, v));
+                }
+                parsed
+            })
             .or_else(|| (step.timeout > 0).then(|| Duration::from_secs(step.timeout)))
             .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
         out.push(PlannedStep {
@@ -627,6 +655,47 @@ fn steps(
         });
     }
     Ok(out)
+}
+
+/// `RUNNER_SCRIPT_TIMEOUT` as gitlab-runner's `getStageTimeoutContexts` reads it (plus bare
+/// seconds, as for `RUNNER_AFTER_SCRIPT_TIMEOUT`): unset, empty or `0` is no timeout of its own;
+/// a value that cannot be read, a negative one, or one not below the job timeout is ignored
+/// with gitlab-runner's warning (the job timeout then applies alone).
+fn script_timeout(
+    variables: &Variables,
+    job_timeout: Duration,
+    warnings: &mut Vec<String>,
+) -> Option<Duration> {
+    use ferry_config::duration::{DurationError, parse_job_duration};
+    let name = "RUNNER_SCRIPT_TIMEOUT";
+    let raw = variables.value(name)?;
+    match parse_job_duration(raw) {
+        Ok(d) if d.is_zero() => None,
+        Ok(d) if d < job_timeout => Some(d),
+        Ok(_) | Err(DurationError::TooLarge) => {
+            warnings.push(format!(
+                "{name} timeout: {raw} is longer than job timeout. Setting to job timeout"
+            ));
+            None
+        }
+        Err(_) => {
+            warnings.extend(timeout_warning(name, raw));
+            None
+        }
+    }
+}
+
+/// gitlab-runner's warning for a stage timeout variable that is ignored: malformed or negative
+/// (`None` for an empty value, which is simply unset).
+fn timeout_warning(name: &str, raw: &str) -> Option<String> {
+    use ferry_config::duration::{DurationError, parse_job_duration};
+    match parse_job_duration(raw) {
+        Err(DurationError::Empty) | Ok(_) | Err(DurationError::TooLarge) => None,
+        Err(DurationError::Negative) => Some(format!("Ignoring relative {name} timeout: {raw}")),
+        Err(DurationError::Invalid { .. }) => {
+            Some(format!("Ignoring malformed {name} timeout: {raw}"))
+        }
+    }
 }
 
 /// `CI_DEBUG_TRACE` (a Go boolean, as gitlab-runner reads it): every shell traces its commands.

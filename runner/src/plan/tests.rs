@@ -675,3 +675,109 @@ fn git_submodule_force_https_rewrites_to_the_runners_url_and_ssh_host() {
     let plan = compile(&payload("full.json"), &r, &ctx()).unwrap();
     assert!(plan.sources.force_https.is_none());
 }
+
+/// `full.json` with `vars` added (the job timeout of full.json is its `runner_info.timeout`).
+fn with_vars(vars: &[(&str, &str)]) -> Plan {
+    let mut p = payload("full.json");
+    p.runner_info.timeout = 3600;
+    p.variables.extend(vars.iter().map(|(k, v)| var(k, v)));
+    compile(&p, &runner(), &ctx()).unwrap()
+}
+
+#[test]
+fn runner_script_timeout_is_read_as_gitlab_runner_reads_it() {
+    let cases: [(&str, Option<Duration>, Option<&str>); 8] = [
+        ("10m", Some(Duration::from_secs(600)), None),
+        (
+            "1h30m",
+            None,
+            Some(
+                "RUNNER_SCRIPT_TIMEOUT timeout: 1h30m is longer than job timeout. Setting to job timeout",
+            ),
+        ),
+        ("90", Some(Duration::from_secs(90)), None),
+        ("0", None, None),
+        ("", None, None),
+        (
+            "soon",
+            None,
+            Some("Ignoring malformed RUNNER_SCRIPT_TIMEOUT timeout: soon"),
+        ),
+        (
+            "-5m",
+            None,
+            Some("Ignoring relative RUNNER_SCRIPT_TIMEOUT timeout: -5m"),
+        ),
+        (
+            "99999999999999999999999h",
+            None,
+            Some(
+                "RUNNER_SCRIPT_TIMEOUT timeout: 99999999999999999999999h is longer than job timeout. Setting to job timeout",
+            ),
+        ),
+    ];
+    for (value, timeout, warning) in cases {
+        let plan = with_vars(&[("RUNNER_SCRIPT_TIMEOUT", value)]);
+        assert_eq!(plan.script_timeout, timeout, "{value:?}");
+        let warned: Vec<&String> = plan
+            .warnings
+            .iter()
+            .filter(|w| w.contains("RUNNER_SCRIPT_TIMEOUT"))
+            .collect();
+        match warning {
+            Some(w) => assert_eq!(warned, [w], "{value:?}"),
+            None => assert!(warned.is_empty(), "{value:?}: {warned:?}"),
+        }
+    }
+    assert_eq!(with_vars(&[]).script_timeout, None);
+}
+
+#[test]
+fn a_malformed_after_script_timeout_warns_and_keeps_the_default() {
+    let plan = with_vars(&[("RUNNER_AFTER_SCRIPT_TIMEOUT", "later")]);
+    assert!(
+        plan.warnings
+            .contains(&"Ignoring malformed RUNNER_AFTER_SCRIPT_TIMEOUT timeout: later".to_string()),
+        "{:?}",
+        plan.warnings
+    );
+    let Execution::Docker { steps, .. } = &plan.execution else {
+        panic!()
+    };
+    let after = steps
+        .iter()
+        .find(|s| s.spec.name == "after_script")
+        .unwrap();
+    assert!(after.spec.timeout.is_some());
+}
+
+#[test]
+fn compression_levels_reach_artifacts_and_caches() {
+    use ferry_executor::compression::CompressionLevel;
+    let plan = with_vars(&[
+        ("ARTIFACT_COMPRESSION_LEVEL", "fastest"),
+        ("CACHE_COMPRESSION_LEVEL", "slowest"),
+    ]);
+    assert!(!plan.artifacts.is_empty());
+    assert!(
+        plan.artifacts
+            .iter()
+            .all(|a| a.compression == CompressionLevel::Fastest)
+    );
+    assert_eq!(plan.cache_store.compression, CompressionLevel::Slowest);
+
+    let plan = with_vars(&[("ARTIFACT_COMPRESSION_LEVEL", "max")]);
+    assert!(
+        plan.artifacts
+            .iter()
+            .all(|a| a.compression == CompressionLevel::Default)
+    );
+    assert!(
+        plan.warnings.contains(
+            &"ARTIFACT_COMPRESSION_LEVEL: compression level \"max\" is invalid, falling back to default"
+                .to_string()
+        ),
+        "{:?}",
+        plan.warnings
+    );
+}

@@ -3,6 +3,8 @@
 
 mod attempts;
 mod fake_host;
+mod script_timeout;
+mod section_attempts;
 mod table;
 
 use std::time::Duration;
