@@ -432,7 +432,10 @@ mod tests {
         );
         assert_eq!(feature_flag("FF_TIMESTAMPS", true), KeyStatus::Honoured);
         assert_eq!(feature_flag("FF_TIMESTAMPS", false), KeyStatus::Honoured);
-        assert_eq!(feature_flag("FF_SCRIPT_SECTIONS", true), KeyStatus::Honoured);
+        assert_eq!(
+            feature_flag("FF_SCRIPT_SECTIONS", true),
+            KeyStatus::Honoured
+        );
         assert!(matches!(
             feature_flag("FF_USE_FASTZIP", false),
             KeyStatus::Warned(_)

@@ -597,4 +597,3 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     Ok(config)
 }
-
