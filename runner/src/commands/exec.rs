@@ -177,6 +177,14 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         .unwrap_or_else(|| top.join(".ferry"))
         .join(pipeline_id.to_string());
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    if args.output.is_none() {
+        // The default output dir is inside the repository: git status stays clean.
+        let ignore = top.join(".ferry").join(".gitignore");
+        if !ignore.exists() {
+            std::fs::write(&ignore, "*\n")
+                .with_context(|| format!("writing {}", ignore.display()))?;
+        }
+    }
     let store = working_dir
         .join("snapshots")
         .join(format!("{}.git", exec::file_name(&facts.project_path)));
