@@ -142,8 +142,16 @@ async fn run_one(
 }
 
 async fn labelled(engine: &DockerEngine, label: &str) -> (usize, usize) {
+    labelled_all(engine, &[label]).await
+}
+
+/// Containers and networks carrying every one of `labels`.
+async fn labelled_all(engine: &DockerEngine, labels: &[&str]) -> (usize, usize) {
     let mut f = HashMap::new();
-    f.insert("label".to_string(), vec![label.to_string()]);
+    f.insert(
+        "label".to_string(),
+        labels.iter().map(|l| l.to_string()).collect(),
+    );
     let c = engine
         .client()
         .list_containers(Some(
@@ -1302,7 +1310,15 @@ async fn allowed_users_are_enforced() {
         .prepare(&j.env, &mut log, &CancellationToken::new())
         .await
         .unwrap_err();
-    let (containers, _) = labelled(&engine, &format!("ferry.job_id={}", j.env.job_id)).await;
+    // This runner's objects of this job only (job ids repeat across test binaries).
+    let (containers, _) = labelled_all(
+        &engine,
+        &[
+            &format!("ferry.job_id={}", j.env.job_id),
+            &format!("ferry.runner={}", runner_token("users")),
+        ],
+    )
+    .await;
     engine.destroy(&j.env).await.unwrap();
     assert!(matches!(err, EngineError::Configuration(_)), "{err:?}");
     assert_eq!(
