@@ -375,3 +375,46 @@ later:
     assert!(log.contains("after_script saw canceled"), "{log}");
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn retry_runs_a_failed_job_again_and_delayed_jobs_run_after_start_in() {
+    let ci = r#"
+flaky:
+  retry: 1
+  cache:
+    key: retry-$CI_PIPELINE_ID
+    paths: [state/]
+    when: always
+  script:
+    - 'if [ -f state/tried ]; then echo "second attempt"; else mkdir -p state && touch state/tried && echo "first attempt" && exit 3; fi'
+later:
+  stage: deploy
+  when: delayed
+  start_in: 2 seconds
+  script: [echo delayed ran]
+"#;
+    let Some(p) = Project::new(ci) else {
+        return;
+    };
+    let (code, summary) = p.exec_json(&[]);
+    assert_eq!(code, Some(0), "{summary:#}");
+    assert_eq!(job(&summary, "flaky")["status"], "success");
+    assert!(log_of(&summary, "flaky").contains("second attempt"));
+    // The first attempt's log is kept beside the retry's.
+    let logs = Path::new(job(&summary, "flaky")["log"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let first: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("-flaky") && !n.contains("retry"))
+        .collect();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let first_log = std::fs::read_to_string(logs.join(&first[0])).unwrap();
+    assert!(first_log.contains("first attempt"), "{first_log}");
+    let later = job(&summary, "later");
+    assert_eq!(later["status"], "success");
+    assert!(later["duration_s"].as_f64().unwrap() >= 2.0, "{later}");
+}

@@ -13,9 +13,9 @@ use crate::gitlab::payload::{
     JobFeatures, JobInfo, JobPayload, RunnerInfo, Service, ServiceVariable, Step, Variable, When,
 };
 
-use super::LocalJob;
 use super::schedule::{JobWhen, Node};
 use super::snapshot::Snapshot;
+use super::{LocalJob, RetryPolicy};
 
 /// GitLab's default job timeout (a project's default: 1 h).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -168,6 +168,19 @@ pub fn local_jobs(pipeline: &Pipeline, ctx: &PipelineContext<'_>, first_id: u64)
             LocalJob {
                 node,
                 allow_failure_exit_codes: job.allow_failure.exit_codes.clone(),
+                // GitLab allows 0 to 2 retries.
+                retry: job
+                    .retry
+                    .as_ref()
+                    .filter(|r| r.max > 0)
+                    .map(|r| RetryPolicy {
+                        max: r.max.clamp(0, 2) as u32,
+                        when: r.when.clone(),
+                        exit_codes: r.exit_codes.clone(),
+                    }),
+                start_in: (job.when == ferry_pipeline::When::Delayed)
+                    .then(|| job.start_in.as_deref().and_then(parse_timeout))
+                    .flatten(),
                 payload: payload(job, ctx, ids[i], tokens[i].clone(), dependencies),
             }
         })

@@ -37,9 +37,42 @@ pub struct LocalJob {
     pub node: Node,
     /// `allow_failure: exit_codes:`: a failure with one of these codes is allowed.
     pub allow_failure_exit_codes: Vec<i64>,
+    /// `retry:`.
+    pub retry: Option<RetryPolicy>,
+    /// `when: delayed`: how long after its predecessors the job starts (`start_in`).
+    pub start_in: Option<Duration>,
     /// As GitLab would send it; `dependencies` list every job whose artifacts it may get (the
     /// ones that end up without an archive are dropped before it starts, as GitLab does).
     pub payload: JobPayload,
+}
+
+/// `retry:` as GitLab applies it: up to `max` more attempts of a failed job, when its failure
+/// reason is one of `when` (`always` or unset: any) and, with `exit_codes`, its exit code is
+/// one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max: u32,
+    pub when: Vec<String>,
+    pub exit_codes: Vec<i64>,
+}
+
+impl RetryPolicy {
+    /// Whether attempt number `attempt` (1 for the first run) ending with `update` is retried.
+    pub fn allows(&self, attempt: u32, update: Option<&crate::api::JobUpdate>) -> bool {
+        if attempt > self.max {
+            return false;
+        }
+        let reason = update
+            .and_then(|u| u.failure_reason.as_deref())
+            .unwrap_or("unknown_failure");
+        let reason_ok =
+            self.when.is_empty() || self.when.iter().any(|w| w == "always" || w == reason);
+        let code_ok = self.exit_codes.is_empty()
+            || update
+                .and_then(|u| u.exit_code)
+                .is_some_and(|c| self.exit_codes.contains(&i64::from(c)));
+        reason_ok && code_ok
+    }
 }
 
 /// How one job ended.
@@ -89,40 +122,79 @@ where
     let mut running: JoinSet<usize> = JoinSet::new();
     let mut slots: Vec<bool> = vec![false; opts.concurrent.max(1)];
     let mut slot_of: Vec<usize> = vec![0; jobs.len()];
+    let mut attempts: Vec<u32> = vec![0; jobs.len()];
     let mut canceled = false;
+    // Starts attempt `attempt` of job `i` on `slot`: its log file, then the driver (after
+    // `when: delayed`'s `start_in`, which Ctrl-C cuts short: the job then never runs).
+    let launch = |running: &mut JoinSet<usize>,
+                  job: &LocalJob,
+                  i: usize,
+                  slot: usize,
+                  attempt: u32|
+     -> Option<PathBuf> {
+        let mut payload = job.payload.clone();
+        payload.dependencies.retain(|d| api.has_archive(d.id));
+        let file = match attempt {
+            1 => format!("{}-{}.log", payload.id, file_name(&job.node.name)),
+            n => format!(
+                "{}-{}-retry{}.log",
+                payload.id,
+                file_name(&job.node.name),
+                n - 1
+            ),
+        };
+        let log = api.register(&payload.job_ref(), &file);
+        api.terminal().name(payload.id, &job.node.name);
+        if attempt > 1 {
+            api.terminal().say(&format!(
+                "ferry: retrying {} (attempt {attempt}, retry:)",
+                job.node.name
+            ));
+        }
+        let ctx = JobContext {
+            working_dir: opts.working_dir.clone(),
+            concurrent_id: slot,
+            concurrent_project_id: slot,
+            tls_ca_pem: None,
+        };
+        let (driver, runner, shutdown, cancel) = (
+            driver.clone(),
+            runner.clone(),
+            opts.shutdown.clone(),
+            opts.cancel.clone(),
+        );
+        let delay = (attempt == 1).then_some(job.start_in).flatten();
+        running.spawn(async move {
+            if let Some(delay) = delay {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return i,
+                }
+            }
+            driver.run(runner, payload, ctx, shutdown).await;
+            i
+        });
+        match log {
+            Ok(path) => Some(path),
+            Err(e) => {
+                api.terminal().say(&format!(
+                    "ferry: cannot write the log of {}: {e}",
+                    job.node.name
+                ));
+                None
+            }
+        }
+    };
     loop {
         if !canceled {
             let free = slots.iter().filter(|s| !**s).count();
             for i in schedule.next(free) {
-                let job = &jobs[i];
-                let mut payload = job.payload.clone();
-                payload.dependencies.retain(|d| api.has_archive(d.id));
                 let slot = slots.iter().position(|s| !*s).unwrap_or(0);
                 slots[slot] = true;
                 slot_of[i] = slot;
-                let file = format!("{}-{}.log", payload.id, file_name(&job.node.name));
-                let log = api.register(&payload.job_ref(), &file);
-                api.terminal().name(payload.id, &job.node.name);
-                match log {
-                    Ok(path) => logs[i] = Some(path),
-                    Err(e) => api.terminal().say(&format!(
-                        "ferry: cannot write the log of {}: {e}",
-                        job.node.name
-                    )),
-                }
+                attempts[i] = 1;
                 started[i] = Some(Instant::now());
-                let ctx = JobContext {
-                    working_dir: opts.working_dir.clone(),
-                    concurrent_id: slot,
-                    concurrent_project_id: slot,
-                    tls_ca_pem: None,
-                };
-                let (driver, runner, shutdown) =
-                    (driver.clone(), runner.clone(), opts.shutdown.clone());
-                running.spawn(async move {
-                    driver.run(runner, payload, ctx, shutdown).await;
-                    i
-                });
+                logs[i] = launch(&mut running, &jobs[i], i, slot, 1);
             }
         }
         if running.is_empty() {
@@ -143,11 +215,22 @@ where
                 {
                     schedule.allow_failure(i);
                 }
-                let status = match outcome {
+                let status = match &outcome {
                     Some(u) if u.state == crate::api::JobState::Success => Status::Success,
                     _ if canceled => Status::Canceled,
                     _ => Status::Failed,
                 };
+                let retry = status == Status::Failed
+                    && !schedule.nodes()[i].allow_failure
+                    && jobs[i].retry.as_ref().is_some_and(|r| {
+                        r.allows(attempts[i], outcome.as_ref())
+                    });
+                if retry {
+                    attempts[i] += 1;
+                    slots[slot_of[i]] = true;
+                    logs[i] = launch(&mut running, &jobs[i], i, slot_of[i], attempts[i]);
+                    continue;
+                }
                 schedule.finished(i, status);
             }
             _ = opts.cancel.cancelled(), if !canceled => {
@@ -245,3 +328,46 @@ pub fn summary(results: &[JobResult]) -> String {
 /// How long the driver waits between two log uploads to the local API: short, so the
 /// terminal follows the job closely.
 pub const LOCAL_UPDATE_INTERVAL: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{JobState, JobUpdate};
+
+    fn failed(reason: &str, code: Option<i32>) -> JobUpdate {
+        JobUpdate {
+            state: JobState::Failed,
+            failure_reason: Some(reason.into()),
+            exit_code: code,
+            checksum: None,
+            bytesize: None,
+        }
+    }
+
+    #[test]
+    fn retry_follows_max_when_and_exit_codes() {
+        let any = RetryPolicy {
+            max: 2,
+            when: vec![],
+            exit_codes: vec![],
+        };
+        let f = failed("script_failure", Some(1));
+        assert!(any.allows(1, Some(&f)));
+        assert!(any.allows(2, Some(&f)));
+        assert!(!any.allows(3, Some(&f)), "at most max retries");
+        let system = RetryPolicy {
+            max: 1,
+            when: vec!["runner_system_failure".into()],
+            exit_codes: vec![],
+        };
+        assert!(!system.allows(1, Some(&f)));
+        assert!(system.allows(1, Some(&failed("runner_system_failure", None))));
+        let codes = RetryPolicy {
+            max: 1,
+            when: vec!["always".into()],
+            exit_codes: vec![137],
+        };
+        assert!(!codes.allows(1, Some(&f)));
+        assert!(codes.allows(1, Some(&failed("script_failure", Some(137)))));
+    }
+}
