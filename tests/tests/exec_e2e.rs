@@ -317,6 +317,25 @@ fn bad_input_is_one_clear_error_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no job \"nosuchjob\""), "{err}");
+
+    // A repository that brings its own .ferry/ (where the logs would go by default) is refused:
+    // its files could be links to anywhere.
+    p.repo.commit(".ferry/1/logs/1001-build.log", "planted\n");
+    let out = Command::new(ferry_tests::ferry_bin())
+        .current_dir(p.repo.path())
+        .env("HOME", p.home.path())
+        .args(["exec", "--working-directory"])
+        .arg(p.home.path().join("work"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("ferry exec");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tracks files under .ferry/"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(p.repo.path().join(".ferry/1/logs/1001-build.log")).unwrap(),
+        "planted\n"
+    );
 }
 
 #[test]

@@ -171,12 +171,39 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
     }
 
     let runner = runner_section(cli, args)?;
-    let run_dir = args
-        .output
-        .clone()
-        .unwrap_or_else(|| top.join(".ferry"))
-        .join(pipeline_id.to_string());
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let out_base = args.output.clone().unwrap_or_else(|| top.join(".ferry"));
+    if args.output.is_none() {
+        // The default output dir is in the repository, which may not be the user's own work:
+        // never write through a link or into files the repository brings (docs/exec.md).
+        if std::fs::symlink_metadata(&out_base).is_ok_and(|m| m.file_type().is_symlink()) {
+            anyhow::bail!(
+                "{} is a symbolic link; ferry exec writes its logs there only as a directory (or name one with --output)",
+                out_base.display()
+            );
+        }
+        let tracked = std::process::Command::new("git")
+            .current_dir(&top)
+            .env("GIT_OPTIONAL_LOCKS", "0")
+            .args(["ls-files", "--", ".ferry"])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false);
+        if tracked {
+            anyhow::bail!(
+                "the repository tracks files under .ferry/, where ferry exec keeps its logs; name another dir with --output"
+            );
+        }
+    }
+    std::fs::create_dir_all(&out_base)
+        .with_context(|| format!("creating {}", out_base.display()))?;
+    // A new dir per run: nothing in it is older than this run.
+    let run_dir = out_base.join(pipeline_id.to_string());
+    std::fs::create_dir(&run_dir).with_context(|| {
+        format!(
+            "creating {} (a new directory for pipeline {pipeline_id})",
+            run_dir.display()
+        )
+    })?;
     if args.output.is_none() {
         // The default output dir is inside the repository: git status stays clean.
         let ignore = top.join(".ferry").join(".gitignore");
@@ -189,7 +216,13 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         .join("snapshots")
         .join(format!("{}.git", exec::file_name(&facts.project_path)));
     let exclude = args.output.clone().unwrap_or_else(|| top.join(".ferry"));
-    let snap = snapshot::take(&top, &store, &facts.ref_name, &[exclude.as_path()])?;
+    let snap = snapshot::take(
+        &top,
+        &store,
+        &facts.ref_name,
+        facts.is_tag,
+        &[exclude.as_path()],
+    )?;
     let server_url = facts
         .server_url
         .clone()
@@ -208,14 +241,11 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         files_key: &files_key,
     };
     let mut jobs = local_jobs(&pipeline, &ctx, pipeline_id * 1000 + 1);
-    for j in &mut jobs {
-        let deploy = j
-            .payload
-            .image
-            .as_ref()
-            .is_some_and(|i| !runner.deploy.image.is_empty() && i.name == runner.deploy.image);
-        if deploy && !args.deploy {
-            // docs/exec.md, "Deploy jobs": a server-side dry run unless --deploy.
+    if !args.deploy {
+        // docs/exec.md, "Deploy jobs": a server-side dry run unless --deploy. Set on every job
+        // (the deploy image may be named through a variable) and last, so it wins over the
+        // job's own variables.
+        for j in &mut jobs {
             j.payload.variables.push(crate::gitlab::payload::Variable {
                 key: "FERRY_DRY_RUN".into(),
                 value: "server".into(),
@@ -267,8 +297,10 @@ fn changed_paths(top: &Path, facts: &predefined::RepoFacts) -> Option<Vec<String
             .is_ok_and(|s| s.success())
     })?;
     let run = |args: &[&str]| -> Option<Vec<String>> {
+        // Read only: no index refresh written back to the user's repository.
         let out = std::process::Command::new("git")
             .current_dir(top)
+            .env("GIT_OPTIONAL_LOCKS", "0")
             .args(args)
             .output()
             .ok()?;
@@ -293,8 +325,18 @@ fn select_jobs(pipeline: &mut Pipeline, names: &[String], needs: bool) -> anyhow
     if names.is_empty() {
         return Ok(());
     }
+    // A parallel job's instances (`test 1/2`, `test: [a]`) answer to its name; others only to
+    // their own.
+    let parallel: Vec<String> = pipeline
+        .jobs
+        .iter()
+        .filter(|j| j.parallel.is_some())
+        .map(|j| j.name.clone())
+        .collect();
     let matches = |job: &str, name: &str| {
-        job == name || job.starts_with(&format!("{name} ")) || job.starts_with(&format!("{name}: "))
+        job == name
+            || (parallel.iter().any(|p| p == job)
+                && (job.starts_with(&format!("{name} ")) || job.starts_with(&format!("{name}: "))))
     };
     for name in names {
         if !pipeline.jobs.iter().any(|j| matches(&j.name, name)) {
@@ -462,15 +504,16 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
     {
         let (cancel, shutdown, api) = (cancel.clone(), shutdown.clone(), api.clone());
         tokio::spawn(async move {
+            // The signal acts first; the line after (a blocked terminal cannot hold it up).
             if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
                 api.terminal().say(
                     "ferry: canceling the pipeline (after_script runs); Ctrl-C again to stop at once",
                 );
-                cancel.cancel();
             }
             if tokio::signal::ctrl_c().await.is_ok() {
-                api.terminal().say("ferry: stopping now");
                 shutdown.cancel();
+                api.terminal().say("ferry: stopping now");
             }
         });
     }
@@ -491,6 +534,21 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
     // Containers of the jobs are removed before ferry exits: nothing is left behind.
     driver.cleanups.close();
     driver.cleanups.wait().await;
+    // Trigger jobs start downstream pipelines: GitLab runs them, no runner does.
+    for j in ready.pipeline.jobs.iter().filter(|j| j.trigger.is_some()) {
+        results.push(JobResult {
+            name: j.name.clone(),
+            stage: j.stage.clone(),
+            status: Status::Skipped,
+            failure_reason: None,
+            allow_failure: j.allow_failure.allowed,
+            duration_s: None,
+            log: None,
+            reason: Some(
+                "a trigger job: GitLab starts its downstream pipeline, ferry exec does not".into(),
+            ),
+        });
+    }
     for e in &ready.pipeline.excluded {
         results.push(JobResult {
             name: e.name.clone(),

@@ -186,7 +186,7 @@ impl JobApi for LocalApi {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("{}.{}", meta.artifact_type, meta.artifact_format));
-        let kind = format!("{}-{name}", meta.artifact_type);
+        let kind = super::file_name(&format!("{}-{name}", meta.artifact_type));
         let dest = self.archive_path(job.id, &kind);
         let copy = || -> std::io::Result<()> {
             std::fs::create_dir_all(dest.parent().unwrap_or(&self.dir))?;

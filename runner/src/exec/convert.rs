@@ -335,6 +335,16 @@ fn payload(
             });
         }
         for (kind, paths) in &a.reports {
+            // GitLab's report types are lowercase words (`junit`, `dotenv`, …); nothing else
+            // becomes an artifact type (it names a stored file).
+            if kind.is_empty()
+                || !kind
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                || kind == "archive"
+            {
+                continue;
+            }
             let paths: Vec<String> = match paths {
                 serde_json::Value::String(s) => vec![s.clone()],
                 serde_json::Value::Array(list) => list

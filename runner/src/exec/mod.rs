@@ -134,6 +134,12 @@ where
      -> Option<PathBuf> {
         let mut payload = job.payload.clone();
         payload.dependencies.retain(|d| api.has_archive(d.id));
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        for v in payload.variables.iter_mut() {
+            if v.key == "CI_JOB_STARTED_AT" {
+                v.value = now.clone();
+            }
+        }
         let file = match attempt {
             1 => format!("{}-{}.log", payload.id, file_name(&job.node.name)),
             n => format!(
@@ -264,9 +270,11 @@ where
     (schedule.pipeline_status(), results)
 }
 
-/// A job name as part of a file name: letters, digits, `-`, `_` and `.`; the rest `_`.
+/// A job name as part of a file name: letters, digits, `-`, `_` and `.`; the rest `_`; at most
+/// 100 characters (GitLab's job names may have 255, more than a file name can).
 pub fn file_name(name: &str) -> String {
     name.chars()
+        .take(100)
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                 c

@@ -127,16 +127,25 @@ impl Schedule {
                     matches!(self.status[p], Status::Failed | Status::Canceled)
                         && !self.nodes[p].allow_failure
                 });
-                let waiting_on_manual = preds
+                // A manual job that may not fail blocks what comes after it, as on GitLab (the
+                // pipeline waits for someone to play it).
+                let blocking = preds
                     .iter()
-                    .find(|&&p| self.nodes[i].needs.is_some() && self.status[p] == Status::Manual);
+                    .find(|&&p| self.status[p] == Status::Manual && !self.nodes[p].allow_failure);
+                // GitLab's DAG rule: a job whose needs include a skipped job (or a manual job
+                // that may fail, which is ignored) is skipped unless it runs `always`.
+                let dag_skipped = self.nodes[i].needs.is_some()
+                    && preds.iter().any(|&p| {
+                        self.status[p] == Status::Skipped
+                            || (self.status[p] == Status::Manual && self.nodes[p].allow_failure)
+                    });
                 let node = &self.nodes[i];
                 let decision = match node.when {
                     JobWhen::Manual => Some((Status::Manual, None)),
-                    _ if waiting_on_manual.is_some() => Some((
+                    _ if blocking.is_some() => Some((
                         Status::Skipped,
-                        waiting_on_manual
-                            .map(|&p| format!("needs the manual job {}", self.nodes[p].name)),
+                        blocking
+                            .map(|&p| format!("waits for the manual job {}", self.nodes[p].name)),
                     )),
                     JobWhen::OnSuccess if failed => {
                         Some((Status::Skipped, Some("an earlier job failed".to_string())))
@@ -144,6 +153,10 @@ impl Schedule {
                     JobWhen::OnFailure if !failed => Some((
                         Status::Skipped,
                         Some("when: on_failure and no earlier job failed".to_string()),
+                    )),
+                    JobWhen::OnSuccess | JobWhen::OnFailure if dag_skipped => Some((
+                        Status::Skipped,
+                        Some("a job it needs was skipped".to_string()),
                     )),
                     _ => None,
                 };
@@ -181,14 +194,19 @@ impl Schedule {
     }
 
     /// The pipeline's status: `failed` when a job failed that may not, `canceled` after Ctrl-C,
+    /// `manual` when a manual job that may not fail holds the rest back (GitLab's `blocked`),
     /// otherwise `success`.
     pub fn pipeline_status(&self) -> Status {
         let failed = (0..self.nodes.len())
             .any(|i| self.status[i] == Status::Failed && !self.nodes[i].allow_failure);
+        let blocked = (0..self.nodes.len())
+            .any(|i| self.status[i] == Status::Manual && !self.nodes[i].allow_failure);
         if failed {
             Status::Failed
         } else if self.canceled {
             Status::Canceled
+        } else if blocked {
+            Status::Manual
         } else {
             Status::Success
         }
@@ -197,6 +215,30 @@ impl Schedule {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_blocking_manual_job_holds_later_stages_and_skipped_needs_skip_dag_jobs() {
+        let mut gate = node("approve", 0);
+        gate.when = JobWhen::Manual; // allow_failure false: blocking
+        let mut skipped = node("on-fail", 0);
+        skipped.when = JobWhen::OnFailure;
+        let mut dag = node("dag", 1);
+        dag.needs = Some(vec![1]);
+        let mut always = node("always", 1);
+        always.needs = Some(vec![1]);
+        always.when = JobWhen::Always;
+        let mut s = Schedule::new(vec![gate, skipped, dag, always, node("deploy", 2)]);
+        assert_eq!(start(&mut s, 8), ["always"]);
+        assert_eq!(s.status(1), Status::Skipped);
+        assert_eq!(s.status(2), Status::Skipped);
+        assert_eq!(s.reason(2), Some("a job it needs was skipped"));
+        s.finished(3, Status::Success);
+        assert!(s.next(8).is_empty());
+        assert_eq!(s.status(4), Status::Skipped);
+        assert_eq!(s.reason(4), Some("waits for the manual job approve"));
+        assert!(s.done());
+        assert_eq!(s.pipeline_status(), Status::Manual);
+    }
+
     use super::*;
 
     fn node(name: &str, stage: usize) -> Node {
@@ -281,13 +323,14 @@ mod tests {
         b.resource_group = Some("prod".into());
         let mut manual = node("release", 0);
         manual.when = JobWhen::Manual;
+        manual.allow_failure = true;
         let mut after = node("after-release", 1);
         after.needs = Some(vec![2]);
         let mut s = Schedule::new(vec![a, b, manual, after, node("x", 0), node("last", 1)]);
         assert_eq!(start(&mut s, 1), ["deploy-a"]);
         assert_eq!(s.status(2), Status::Manual);
         assert_eq!(s.status(3), Status::Skipped);
-        assert_eq!(s.reason(3), Some("needs the manual job release"));
+        assert_eq!(s.reason(3), Some("a job it needs was skipped"));
         assert_eq!(start(&mut s, 2), ["x"], "deploy-b waits for its group");
         s.finished(0, Status::Success);
         assert_eq!(start(&mut s, 2), ["deploy-b"]);

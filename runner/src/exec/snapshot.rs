@@ -87,12 +87,14 @@ pub fn toplevel(dir: &Path) -> Result<PathBuf, SnapshotError> {
 }
 
 /// Takes the snapshot of the working tree at `top` into the bare repository `store` (created
-/// when missing), publishing it as `refs/heads/<ref_name>` there. Paths under `exclude` (ferry's
-/// own output inside the tree) are left out.
+/// when missing), publishing it as `refs/heads/<ref_name>` there (`refs/tags/<ref_name>` for a
+/// tag, as the payload's refspecs fetch it). Paths under `exclude` (ferry's own output inside
+/// the tree) are left out.
 pub fn take(
     top: &Path,
     store: &Path,
     ref_name: &str,
+    is_tag: bool,
     exclude: &[&Path],
 ) -> Result<Snapshot, SnapshotError> {
     let io = |context: String| move |source| SnapshotError::Io { context, source };
@@ -141,8 +143,11 @@ pub fn take(
     // Everything git would commit with `git add -A`: changes, deletions and untracked files
     // that no .gitignore (nor info/exclude) excludes.
     let mut add: Vec<String> = ["add", "--all", "--", "."].map(String::from).to_vec();
+    // Compared resolved: a relative --output or one reached through a link is still excluded.
+    let top_real = top.canonicalize().unwrap_or_else(|_| top.to_path_buf());
     for path in exclude {
-        if let Ok(rel) = path.strip_prefix(top) {
+        let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if let Ok(rel) = real.strip_prefix(&top_real) {
             add.push(format!(":(exclude,literal){}", rel.display()));
         }
     }
@@ -175,9 +180,10 @@ pub fn take(
             git(top, &args, &env)?
         }
     };
+    let kind = if is_tag { "tags" } else { "heads" };
     git(
         store,
-        ["update-ref", &format!("refs/heads/{ref_name}"), &sha],
+        ["update-ref", &format!("refs/{kind}/{ref_name}"), &sha],
         &[],
     )?;
     Ok(Snapshot {
@@ -253,7 +259,7 @@ mod tests {
     fn a_clean_tree_is_its_head() {
         let r = repo();
         let store = tempfile::tempdir().unwrap();
-        let snap = take(r.path(), &store.path().join("s.git"), "main", &[]).unwrap();
+        let snap = take(r.path(), &store.path().join("s.git"), "main", false, &[]).unwrap();
         assert!(!snap.dirty);
         assert_eq!(Some(snap.sha.clone()), snap.head);
         assert_eq!(
@@ -278,7 +284,7 @@ mod tests {
         let status_before = run(r.path(), &["status", "--porcelain"]);
         let objects_before = run(r.path(), &["count-objects", "-v"]);
         let store = tempfile::tempdir().unwrap();
-        let snap = take(r.path(), &store.path().join("s.git"), "main", &[]).unwrap();
+        let snap = take(r.path(), &store.path().join("s.git"), "main", false, &[]).unwrap();
         assert!(snap.dirty);
         assert_ne!(Some(snap.sha.clone()), snap.head);
         assert_eq!(
@@ -306,7 +312,7 @@ mod tests {
         run(d.path(), &["init", "-q", "-b", "main"]);
         std::fs::write(d.path().join("x"), "1\n").unwrap();
         let store = tempfile::tempdir().unwrap();
-        let snap = take(d.path(), &store.path().join("s.git"), "main", &[]).unwrap();
+        let snap = take(d.path(), &store.path().join("s.git"), "main", false, &[]).unwrap();
         assert_eq!(snap.head, None);
         assert_eq!(files_of(&snap), ["x=1"]);
     }

@@ -57,7 +57,9 @@ impl Terminal {
     }
 
     pub fn name(&mut self, id: u64, name: &str) {
-        self.names.insert(id, name.to_string());
+        // A job name comes from the YAML: no control characters reach the terminal.
+        let name: String = name.chars().filter(|c| !c.is_control()).collect();
+        self.names.insert(id, name);
     }
 
     /// Shows the complete lines of `chunk`; the rest waits for the next chunk or [`Self::end`].
@@ -130,7 +132,56 @@ pub fn render(raw: &[u8], colour: bool) -> Option<String> {
     if marker && strip(line.as_bytes()).trim().is_empty() {
         return None;
     }
-    Some(if colour { line } else { strip(line.as_bytes()) })
+    Some(if colour {
+        only_colours(&line)
+    } else {
+        strip(line.as_bytes())
+    })
+}
+
+/// `text` with its colour codes (`ESC [ … m`) and nothing else of the terminal's control
+/// language: a job's output must not set the window title, the clipboard (OSC 52) or move the
+/// cursor around ferry's own lines.
+fn only_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            if !c.is_control() || c == '\t' {
+                out.push(c);
+            }
+            continue;
+        }
+        match chars.peek() {
+            Some('[') => {
+                chars.next();
+                let mut seq = String::from("\x1b[");
+                let mut keep = false;
+                for d in chars.by_ref() {
+                    seq.push(d);
+                    if ('\x40'..='\x7e').contains(&d) {
+                        keep = d == 'm';
+                        break;
+                    }
+                }
+                if keep {
+                    out.push_str(&seq);
+                }
+            }
+            Some(']') => {
+                // An operating system command runs to BEL or ESC \.
+                while let Some(d) = chars.next() {
+                    if d == '\x07' || (d == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                chars.next();
+            }
+        }
+    }
+    out
 }
 
 fn strip(text: &[u8]) -> String {
@@ -156,6 +207,15 @@ mod tests {
         let header = render(start.trim_end().as_bytes(), true).unwrap();
         assert!(header.contains("\x1b[36;1mGetting source"), "{header:?}");
         assert!(!header.contains("section_start"), "{header:?}");
+    }
+
+    #[test]
+    fn only_colour_codes_reach_a_tty() {
+        let line = "\x1b[32;1mok\x1b[0;m \x1b]52;c;ZXZpbA==\x07\x1b]0;title\x1b\\\x1b[2Jend\x07";
+        assert_eq!(
+            render(line.as_bytes(), true).unwrap(),
+            "\x1b[32;1mok\x1b[0;m end"
+        );
     }
 
     #[test]
