@@ -85,10 +85,14 @@ impl Terminal {
         }
     }
 
-    /// Writes a line of ferry's own (the summary), as is.
+    /// Writes lines of ferry's own (the summary), which may quote job names from the YAML:
+    /// on a TTY only their colour codes pass.
     pub fn say(&mut self, text: &str) {
         let text = if self.colour {
-            text.to_string()
+            text.lines()
+                .map(only_colours)
+                .collect::<Vec<_>>()
+                .join("\n")
         } else {
             strip(text.as_bytes())
         };
@@ -216,6 +220,9 @@ mod tests {
             render(line.as_bytes(), true).unwrap(),
             "\x1b[32;1mok\x1b[0;m end"
         );
+        let (mut t, buf) = Terminal::buffer(true, false);
+        t.say("JOB\nbad\x1b]0;title\x07name");
+        assert_eq!(&*buf.lock().unwrap(), b"JOB\nbadname\n");
     }
 
     #[test]
