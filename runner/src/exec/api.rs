@@ -188,11 +188,13 @@ impl JobApi for LocalApi {
             .unwrap_or_else(|| format!("{}.{}", meta.artifact_type, meta.artifact_format));
         let kind = super::file_name(&format!("{}-{name}", meta.artifact_type));
         let dest = self.archive_path(job.id, &kind);
-        let copy = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dest.parent().unwrap_or(&self.dir))?;
-            std::fs::copy(path, &dest).map(drop)
+        // Archives can be large: copied off the async workers.
+        let copy = async {
+            tokio::fs::create_dir_all(dest.parent().unwrap_or(&self.dir)).await?;
+            tokio::fs::copy(path, &dest).await.map(drop)
         };
-        copy().map_err(|e| ApiError::Io(format!("storing artifacts of job {}: {e}", job.id)))
+        copy.await
+            .map_err(|e| ApiError::Io(format!("storing artifacts of job {}: {e}", job.id)))
     }
 
     async fn download_artifacts(
@@ -216,7 +218,8 @@ impl JobApi for LocalApi {
                 message: format!("job {job_id} has no artifacts archive"),
             });
         };
-        std::fs::copy(&src, dest)
+        tokio::fs::copy(&src, dest)
+            .await
             .map(drop)
             .map_err(|e| ApiError::Io(format!("reading artifacts of job {job_id}: {e}")))
     }
