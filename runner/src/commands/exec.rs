@@ -40,7 +40,7 @@ pull_policy = ["if-not-present"]
 "#;
 
 pub async fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<ExitCode> {
-    match prepare(cli, args) {
+    match prepare(cli, args).await {
         Ok(Prepared::Listed) => Ok(ExitCode::SUCCESS),
         Ok(Prepared::Run(run)) => run_prepared(*run, args).await,
         Err(e) => {
@@ -126,7 +126,7 @@ fn runner_section(cli: &Cli, args: &ExecArgs) -> anyhow::Result<RunnerSection> {
     }
 }
 
-fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
+async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let top = snapshot::toplevel(&cwd)?;
     let facts = predefined::read(&top, args.git_ref.as_deref());
@@ -160,7 +160,9 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
     input.predefined = predefined.iter().cloned().collect();
     input.variables = user.iter().cloned().collect();
     input.changed_paths = changed_paths(&top, &facts);
-    let mut pipeline = ferry_pipeline::plan(&top, &input).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Includes only GitLab can read: resolved by it with --gitlab (docs/exec.md).
+    let lint = exec::include::Lint::from_args(args, &facts)?;
+    let mut pipeline = exec::include::plan(&top, &input, lint.as_ref()).await?;
     if let Some(why) = &pipeline.not_created {
         anyhow::bail!("GitLab would create no pipeline: {why}");
     }

@@ -7,9 +7,11 @@
 //! * `api.rs`: the `JobApi` that keeps logs and artifacts on disk and shows the logs.
 //! * `terminal.rs`: a job log as a terminal shows it.
 //! * `schedule.rs`: which job starts when (stages, needs, `when`, resource groups).
+//! * `include.rs`: includes only GitLab can read, resolved by its CI lint API (`--gitlab`).
 
 pub mod api;
 pub mod convert;
+pub mod include;
 pub mod predefined;
 pub mod schedule;
 pub mod snapshot;
