@@ -158,6 +158,67 @@ async fn a_project_include_is_resolved_by_gitlab_and_the_working_tree_wins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_and_template_includes_and_a_local_file_gitlab_read_itself() {
+    let s = Setup::new().await;
+    let url = s.gitlab.url();
+    s.gitlab.add_remote_file(
+        "https://ci.example.com/lint.yml",
+        "lint:\n  stage: test\n  script: [echo lint]\n",
+    );
+    // The template includes a file of the project: GitLab reads it from its own copy.
+    s.gitlab.add_template(
+        "Jobs/Audit.gitlab-ci.yml",
+        "include:\n  - local: ci/audit-extra.yml\naudit:\n  stage: test\n  script: [echo audit]\n",
+    );
+    s.gitlab.add_project(
+        "acme/app",
+        &[(
+            "ci/audit-extra.yml",
+            "audit-extra:\n  stage: test\n  script: [echo extra]\n",
+        )],
+    );
+    std::fs::write(
+        s.repo.path().join(".gitlab-ci.yml"),
+        "include:\n  - https://ci.example.com/lint.yml\n  - template: Jobs/Audit.gitlab-ci.yml\n    rules:\n      - if: $AUDIT == \"yes\"\njob:\n  script: [echo job]\n",
+    )
+    .unwrap();
+    // include:rules are ferry's to evaluate, with --var: without AUDIT no template.
+    let out = s
+        .exec(&["--list", "--json", "--gitlab", &url], Some(TOKEN))
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names: Vec<String> = jobs(&list).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["lint", "job"], "{list:#}");
+
+    let out = s
+        .exec(
+            &["--list", "--json", "--gitlab", &url, "--var", "AUDIT=yes"],
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names: Vec<String> = jobs(&list).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["lint", "audit-extra", "audit", "job"], "{list:#}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "ferry: `ci/audit-extra.yml` was read by GitLab from the project's default branch, \
+             not from the working tree"
+        ),
+        "{err}"
+    );
+    // The sent content carries no `rules` (decided here).
+    let sent = s.gitlab.ci_lint_requests();
+    assert!(
+        sent.iter()
+            .all(|b| !b["content"].as_str().unwrap().contains("rules")),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_gitlab_or_with_a_bad_answer_one_clear_error_and_exit_2() {
     let s = Setup::new().await;
     let url = s.gitlab.url();
