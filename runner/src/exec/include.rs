@@ -75,6 +75,10 @@ pub struct Merged {
 /// How long the lint call may take: GitLab gives up resolving a configuration after 30 s.
 const LINT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The largest answer read: far above any merged configuration (GitLab refuses a file over
+/// 1 MiB and more than 150 of them), so that a wrong server cannot fill the memory.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+
 impl Lint {
     /// From `--gitlab`, `--gitlab-token`/`FERRY_GITLAB_TOKEN`, `--gitlab-ca-file` and
     /// `--project` (default: the origin remote's project).
@@ -201,11 +205,22 @@ impl Lint {
                 ))
             );
         }
-        let text = response
-            .text()
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .with_context(|| format!("{shown}: reading the answer"))?;
-        let result: LintResult = serde_json::from_str(&text).map_err(|e| {
+            .with_context(|| format!("{shown}: reading the answer"))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                anyhow::bail!(
+                    "{shown}: the answer is over {} MiB; ferry reads no more",
+                    MAX_ANSWER_BYTES >> 20
+                );
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let result: LintResult = serde_json::from_slice(&body).map_err(|e| {
             anyhow::anyhow!("{shown}: the answer is not GitLab's CI lint result: {e}")
         })?;
         self.read_result(result)
