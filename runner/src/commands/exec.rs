@@ -16,6 +16,7 @@ use crate::cli::{Cli, ExecArgs};
 use crate::driver::{Driver, HostFs};
 use crate::exec::api::LocalApi;
 use crate::exec::convert::{PipelineContext, local_jobs};
+use crate::exec::git::git;
 use crate::exec::schedule::Status;
 use crate::exec::terminal::Terminal;
 use crate::exec::{self, JobResult, LocalJob, Options, predefined, snapshot};
@@ -183,13 +184,7 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
                 out_base.display()
             );
         }
-        let tracked = std::process::Command::new("git")
-            .current_dir(&top)
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .args(["ls-files", "--", ".ferry"])
-            .output()
-            .map(|o| !o.stdout.is_empty())
-            .unwrap_or(false);
+        let tracked = git(&top, ["ls-files", "--", ".ferry"], &[]).is_ok_and(|o| !o.is_empty());
         if tracked {
             anyhow::bail!(
                 "the repository tracks files under .ferry/, where ferry exec keeps its logs; name another dir with --output"
@@ -290,28 +285,10 @@ fn changed_paths(top: &Path, facts: &predefined::RepoFacts) -> Option<Vec<String
         facts.default_branch.clone(),
     ]
     .into_iter()
-    .find(|b| {
-        std::process::Command::new("git")
-            .current_dir(top)
-            .args(["rev-parse", "--verify", "--quiet", b])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })?;
+    .find(|b| git(top, ["rev-parse", "--verify", "--quiet", b], &[]).is_ok())?;
     let run = |args: &[&str]| -> Option<Vec<String>> {
-        // Read only: no index refresh written back to the user's repository.
-        let out = std::process::Command::new("git")
-            .current_dir(top)
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .args(args)
-            .output()
-            .ok()?;
-        out.status.success().then(|| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        })
+        let out = git(top, args, &[]).ok()?;
+        Some(out.lines().map(str::to_string).collect())
     };
     let mut paths = run(&["diff", "--name-only", &format!("{base}...HEAD")])?;
     paths.extend(run(&["diff", "--name-only", "HEAD"]).unwrap_or_default());
