@@ -402,6 +402,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
                 .tls_ca_file
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok()),
+            object_cache: true,
         };
         info!(job = job.id, runner = runner.token.short(), project = %job.job_info.project_full_path, "job received");
         match self.engine(&runner).await {

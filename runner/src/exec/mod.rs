@@ -166,6 +166,7 @@ where
             concurrent_id: slot,
             concurrent_project_id: slot,
             tls_ca_pem: None,
+            object_cache: false,
         };
         let (driver, runner, shutdown, cancel) = (
             driver.clone(),

@@ -71,14 +71,22 @@ pub fn read(top: &Path, ref_override: Option<&str>) -> RepoFacts {
     .and_then(|r| r.strip_prefix("origin/").map(str::to_string))
     .or_else(|| git(top, &["config", "init.defaultBranch"]))
     .unwrap_or_else(|| "main".to_string());
-    let has_commit = sha.is_some();
-    let field = |format: &str| {
-        has_commit
-            .then(|| git(top, &["log", "-1", &format!("--format={format}"), "HEAD"]))
-            .flatten()
-            .unwrap_or_default()
-    };
-    let message = field("%B");
+    // The commit's fields in one call, NUL-separated (no field can hold a NUL), the message last.
+    let fields = sha
+        .as_ref()
+        .and_then(|_| {
+            git(
+                top,
+                &["log", "-1", "--format=%cI%x00%an <%ae>%x00%B", "HEAD"],
+            )
+        })
+        .unwrap_or_default();
+    let mut fields = fields.splitn(3, '\0').map(str::to_string);
+    let (timestamp, author) = (
+        fields.next().unwrap_or_default(),
+        fields.next().unwrap_or_default(),
+    );
+    let message = fields.next().unwrap_or_default();
     let title = message.lines().next().unwrap_or_default().to_string();
     let description = message
         .split_once('\n')
@@ -103,8 +111,8 @@ pub fn read(top: &Path, ref_override: Option<&str>) -> RepoFacts {
         title,
         message,
         description,
-        timestamp: field("%cI"),
-        author: field("%an <%ae>"),
+        timestamp,
+        author,
         project_path,
         server_url,
     }
@@ -279,6 +287,22 @@ mod tests {
         assert_eq!(f.title, "Add the thing");
         assert_eq!(f.description, "Longer text.");
         assert_eq!(f.author, "Ada <ada@example.com>");
+        assert_eq!(f.message, "Add the thing\n\nLonger text.");
+        let committed = Command::new("git")
+            .current_dir(d.path())
+            .args(["log", "-1", "--format=%cI"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            f.timestamp,
+            String::from_utf8_lossy(&committed.stdout).trim()
+        );
+        assert_eq!(
+            f.timestamp.as_bytes().get(10),
+            Some(&b'T'),
+            "{}",
+            f.timestamp
+        );
         let vars = pipeline_variables(&f, 7, "push");
         let get = |k: &str| {
             vars.iter()

@@ -127,6 +127,8 @@ pub(super) struct HostInputs<'a> {
     pub variables: &'a Variables,
     /// ferry's data directory on the host.
     pub working_dir: &'a Path,
+    /// `JobContext::object_cache`.
+    pub object_cache: bool,
     /// The project dir on the host, and as the job's containers see it.
     pub host_project_dir: PathBuf,
     pub project_dir: &'a str,
@@ -140,6 +142,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         runner,
         variables,
         working_dir,
+        object_cache,
         host_project_dir,
         project_dir,
         short_token,
@@ -202,11 +205,11 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
         hook_git_config: Vec::new(),
         project_dir: host_project_dir,
         display_dir: Some(project_dir.to_string()),
-        object_cache_dir: Some(
+        object_cache_dir: object_cache.then(|| {
             working_dir
                 .join("git-cache")
-                .join(format!("project-{}.git", payload.job_info.project_id)),
-        ),
+                .join(format!("project-{}.git", payload.job_info.project_id))
+        }),
     };
 
     let mut warnings = git.warnings;

@@ -47,6 +47,10 @@ pub struct JobContext {
     /// Contents of the runner's tls-ca-file, for CI_SERVER_TLS_CA_FILE.
     #[serde(skip)]
     pub tls_ca_pem: Option<String>,
+    /// Whether the sources go through the project's git object cache under `working_dir`
+    /// (docs/sources-cache-artifacts.md). `ferry exec` fetches from a repository on this
+    /// machine, which a cache would only copy once more (docs/exec.md).
+    pub object_cache: bool,
 }
 
 /// How the job runs.
@@ -325,6 +329,7 @@ pub fn compile(
         runner,
         variables: &variables,
         working_dir: &ctx.working_dir,
+        object_cache: ctx.object_cache,
         host_project_dir: host_project_dir.clone(),
         project_dir: &project_dir,
         short_token: short,

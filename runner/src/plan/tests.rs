@@ -23,6 +23,7 @@ fn ctx() -> JobContext {
         concurrent_id: 0,
         concurrent_project_id: 0,
         tls_ca_pem: None,
+        object_cache: true,
     }
 }
 

@@ -101,6 +101,7 @@ impl<H: Host> Case<H> {
             concurrent_id: 0,
             concurrent_project_id: 0,
             tls_ca_pem: None,
+            object_cache: true,
         };
         tokio::time::timeout(
             Duration::from_secs(60),
