@@ -288,15 +288,9 @@ mod tests {
         assert_eq!(f.description, "Longer text.");
         assert_eq!(f.author, "Ada <ada@example.com>");
         assert_eq!(f.message, "Add the thing\n\nLonger text.");
-        let committed = Command::new("git")
-            .current_dir(d.path())
-            .args(["log", "-1", "--format=%cI"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            f.timestamp,
-            String::from_utf8_lossy(&committed.stdout).trim()
-        );
+        let committed = super::super::git::git(d.path(), ["log", "-1", "--format=%cI"], &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.timestamp, committed);
         assert_eq!(
             f.timestamp.as_bytes().get(10),
             Some(&b'T'),
