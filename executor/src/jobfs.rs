@@ -552,17 +552,37 @@ impl JobDir {
     pub fn create_file(&self, rel: &Path, mode: u32) -> io::Result<File> {
         let rel = plain(rel)?;
         let (dir, name) = self.parent_of(&rel, true)?;
-        dir.remove_entry(name)?;
-        let fd = rustix::fs::openat(
-            &dir.fd,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode),
-        )
-        .map_err(|e| errno(e, &dir.shown.join(name)))?;
-        let f = File::from(fd);
+        let f = dir.create_entry_file(name, mode)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         Ok(f)
+    }
+
+    /// Creates the regular file `name` in this directory with `O_EXCL | O_NOFOLLOW` (mode
+    /// `mode` less the umask); whatever is in the way is removed, unfollowed, and the creation
+    /// tried once more.
+    fn create_entry_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let create = || {
+            rustix::fs::openat(
+                &self.fd,
+                name,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC
+                    | OFlags::NOCTTY,
+                Mode::from_raw_mode(mode),
+            )
+        };
+        let fd = match create() {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => {
+                self.remove_entry(name)?;
+                create().map_err(|e| errno(e, &self.shown.join(name)))?
+            }
+            Err(e) => return Err(errno(e, &self.shown.join(name))),
+        };
+        Ok(File::from(fd))
     }
 
     /// Creates the link `rel` -> `target`, replacing whatever was there. The target is stored,
@@ -570,8 +590,20 @@ impl JobDir {
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
         let rel = plain(rel)?;
         let (dir, name) = self.parent_of(&rel, true)?;
-        dir.remove_entry(name)?;
-        rustix::fs::symlinkat(target, &dir.fd, name).map_err(|e| errno(e, &dir.shown.join(name)))
+        dir.create_entry_link(target, name)
+    }
+
+    /// Creates the link `name` -> `target` in this directory, replacing whatever was there.
+    fn create_entry_link(&self, target: &Path, name: &OsStr) -> io::Result<()> {
+        match rustix::fs::symlinkat(target, &self.fd, name) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => {
+                self.remove_entry(name)?;
+                rustix::fs::symlinkat(target, &self.fd, name)
+                    .map_err(|e| errno(e, &self.shown.join(name)))
+            }
+            Err(e) => Err(errno(e, &self.shown.join(name))),
+        }
     }
 
     /// Removes `rel` whatever it is (a directory with everything below it); missing is fine.
@@ -709,6 +741,138 @@ impl JobDir {
             }
         }
         Ok(())
+    }
+}
+
+/// Creates the entries of an extraction beneath a [`JobDir`], one after the other, keeping
+/// the handle of the directory the last one went into: the files of one directory then cost
+/// one `openat` each instead of a resolution (`mkdirat` + `openat2`) of every level of their
+/// path, and their mode and owner are set only when the creation did not already give them
+/// (docs/benchmarks.md).
+///
+/// The kept handle stays beneath the root: this extraction only ever changes the tree at the
+/// path of an entry it creates (and below), and every entry whose path is the kept directory or
+/// one of its parents drops the handle first (a directory replaced by a link or a file
+/// half-way is resolved again, and refused as before). A job can only move a directory by
+/// `rename`, which stays within one mount and needs write access to where it goes; a file
+/// created there with `O_EXCL | O_NOFOLLOW` is one the job could have written itself.
+pub struct Creator<'a> {
+    root: &'a JobDir,
+    /// The last parent directory: its path (plain, relative to `root`), handle, and whether
+    /// it is set-group-id (new files then take its group, not ferry's).
+    last: Option<(PathBuf, JobDir, bool)>,
+    /// The process's umask, when it could be read (else modes are always set explicitly).
+    umask: Option<u32>,
+    /// ferry's effective uid and gid: a new file's owner unless its directory says otherwise.
+    ids: (u32, u32),
+}
+
+impl std::fmt::Debug for Creator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Creator")
+            .field("root", &self.root.shown)
+            .finish()
+    }
+}
+
+/// The umask, from /proc/self/status (Linux 4.7+): reading it with umask(2) would change it
+/// for a moment for every thread of the daemon.
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+}
+
+impl<'a> Creator<'a> {
+    pub fn new(root: &'a JobDir) -> Creator<'a> {
+        Creator {
+            root,
+            last: None,
+            umask: current_umask(),
+            // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+            ids: unsafe { (libc::geteuid(), libc::getegid()) },
+        }
+    }
+
+    /// Something is about to be created or replaced at `rel` (plain): a kept handle of `rel`
+    /// or of a directory below it is dropped.
+    fn touching(&mut self, rel: &Path) {
+        if self.last.as_ref().is_some_and(|(p, _, _)| p.starts_with(rel)) {
+            self.last = None;
+        }
+    }
+
+    /// The directory `parent` (created as needed with `mode`), kept for the next entries.
+    fn parent(&mut self, parent: &Path, mode: u32) -> io::Result<&(PathBuf, JobDir, bool)> {
+        if !self.last.as_ref().is_some_and(|(p, _, _)| p == parent) {
+            self.last = None;
+            let dir = self.root.create_dir_all(parent, mode)?;
+            let setgid = rustix::fs::fstat(&dir.fd)
+                .map_err(|e| errno(e, &dir.shown))?
+                .st_mode
+                & libc::S_ISGID
+                != 0;
+            self.last = Some((parent.to_path_buf(), dir, setgid));
+        }
+        Ok(self.last.as_ref().expect("set above"))
+    }
+
+    fn split(rel: &Path) -> io::Result<(PathBuf, &OsStr)> {
+        let name = rel.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: no file name", rel.display()),
+            )
+        })?;
+        Ok((rel.parent().unwrap_or(Path::new("")).to_path_buf(), name))
+    }
+
+    /// The directory `rel` and its parents (see [`JobDir::create_dir_all`]); kept for the
+    /// files that follow it.
+    pub fn create_dir_all(&mut self, rel: &Path, mode: u32) -> io::Result<()> {
+        let rel = plain(rel)?;
+        if rel.as_os_str().is_empty() {
+            return Ok(());
+        }
+        self.touching(&rel);
+        self.parent(&rel, mode).map(drop)
+    }
+
+    /// Creates the regular file `rel` with the permission bits `mode & 0o777` and, when
+    /// given, the owner `owner`, replacing whatever was there (see [`JobDir::create_file`]).
+    pub fn create_file(&mut self, rel: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<File> {
+        let rel = plain(rel)?;
+        let (parent, name) = Self::split(&rel)?;
+        self.touching(&rel);
+        let (umask, ids) = (self.umask, self.ids);
+        let (_, dir, setgid) = self.parent(&parent, 0o777)?;
+        let mode = mode & 0o777;
+        let f = dir.create_entry_file(name, mode)?;
+        if let Some((uid, gid)) = owner
+            && ((uid, gid) != ids || *setgid)
+        {
+            // Only root gets here with another owner; chown clears set-id bits, which a
+            // restored mode never has anyway.
+            let _ = rustix::fs::fchown(
+                &f,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            );
+        }
+        if umask.is_none_or(|u| mode & u != 0) {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(f)
+    }
+
+    /// Creates the link `rel` -> `target`, replacing whatever was there (see
+    /// [`JobDir::symlink`]).
+    pub fn symlink(&mut self, target: &Path, rel: &Path) -> io::Result<()> {
+        let rel = plain(rel)?;
+        let (parent, name) = Self::split(&rel)?;
+        self.touching(&rel);
+        let (_, dir, _) = self.parent(&parent, 0o777)?;
+        dir.create_entry_link(target, name)
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::artifacts::Note;
 use crate::artifacts::paths::{EntryKind, Selection, select};
 use crate::compression::CompressionLevel;
-use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
+use crate::jobfs::{Budget, Creator, JobDir, Limits, is_fatal};
 
 use super::{CacheFormat, CacheSpec};
 
@@ -334,7 +334,7 @@ pub(super) fn extract(
     match &magic[..n] {
         [0x28, 0xb5, 0x2f, 0xfd] => {
             let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-            Ok((Vec::new(), unpack(dec, &root, limits, None)?))
+            Ok((Vec::new(), unpack(ReadAhead::new(dec), &root, limits, None)?))
         }
         [b'P', b'K', ..] => {
             let summary = crate::artifacts::extract_cache_zip(archive, &root, limits)
@@ -345,6 +345,82 @@ pub(super) fn extract(
             io::ErrorKind::InvalidData,
             "not a cache archive (neither tar + zstd nor zip)",
         )),
+    }
+}
+
+/// Chunks read ahead from a reader by a thread of its own: an archive is decompressed while
+/// this thread creates the files of the part before (as `zstd -d | tar -x` does with two
+/// processes; docs/benchmarks.md). At most [`ReadAhead::CHUNKS`] chunks wait; the thread
+/// ends at the end of the input, at an error (passed on) or when this side is dropped.
+struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Emptied chunks go back to the thread to be filled again.
+    spare: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ReadAhead {
+    const CHUNKS: usize = 4;
+    const CHUNK: usize = 256 * 1024;
+
+    fn new(mut inner: impl Read + Send + 'static) -> ReadAhead {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(Self::CHUNKS);
+        let (spare, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::CHUNKS + 2);
+        std::thread::spawn(move || {
+            loop {
+                let mut buf = spares.try_recv().unwrap_or_default();
+                buf.resize(Self::CHUNK, 0);
+                let r = loop {
+                    match inner.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        r => break r,
+                    }
+                };
+                let end = matches!(r, Ok(0) | Err(_));
+                let msg = r.map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                if tx.send(msg).is_err() || end {
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            chunks,
+            spare,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let next = match self.chunks.recv() {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(io::Error::other("the decompressing thread ended early"));
+                }
+            };
+            if next.is_empty() {
+                self.done = true;
+            }
+            let old = std::mem::replace(&mut self.cur, next);
+            let _ = self.spare.try_send(old);
+            self.pos = 0;
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -362,6 +438,7 @@ pub(crate) fn unpack(
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut ar = tar::Archive::new(reader);
     let mut budget = Budget::new(limits);
+    let mut creator = Creator::new(root);
     let mut n = 0;
     // Directory modes are set last: a read-only directory (a Go module cache) would refuse
     // its own entries.
@@ -409,7 +486,7 @@ pub(crate) fn unpack(
                 return Ok(false);
             }
             if kind.is_dir() {
-                root.create_dir_all(&rel, 0o777)?;
+                creator.create_dir_all(&rel, 0o777)?;
                 dirs.push((rel.clone(), mode, owner));
                 return Ok(true);
             }
@@ -417,25 +494,25 @@ pub(crate) fn unpack(
                 let Some(target) = entry.link_name()? else {
                     return Ok(false);
                 };
-                root.symlink(&target, &rel)?;
+                creator.symlink(&target, &rel)?;
                 return Ok(true);
             }
             if let Some(target) = &link_rel {
                 // A second name of a file already unpacked: copied, so that no link ever
                 // reaches what the host resolves.
                 let mut src = root.open_file(target)?;
-                let mut out = root.create_file(&rel, 0o600)?;
+                let mut out = creator.create_file(&rel, mode, owner)?;
                 budget.copy(&mut src, &mut out)?;
-                JobDir::finish_file(&out, Some(mode), mtime, owner)?;
+                JobDir::finish_file(&out, None, mtime, None)?;
                 return Ok(true);
             }
             if !(kind.is_file() || kind == tar::EntryType::Continuous) {
                 // FIFOs, device nodes: never created on the host.
                 return Ok(false);
             }
-            let mut out = root.create_file(&rel, 0o600)?;
+            let mut out = creator.create_file(&rel, mode, owner)?;
             budget.copy(&mut entry, &mut out)?;
-            JobDir::finish_file(&out, Some(mode), mtime, owner)?;
+            JobDir::finish_file(&out, None, mtime, None)?;
             Ok(true)
         })();
         match result {
@@ -486,6 +563,183 @@ fn entry_path(raw: &Path, strip: Option<&str>) -> io::Result<std::path::PathBuf>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    enum E<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a str, u32),
+        Link(&'a str, &'a str),
+    }
+
+    fn tar_of(entries: &[E]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(1_600_000_000);
+            match e {
+                E::Dir(p) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, io::empty()).unwrap();
+                }
+                E::File(p, body, mode) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(*mode);
+                    h.set_size(body.len() as u64);
+                    b.append_data(&mut h, p, body.as_bytes()).unwrap();
+                }
+                E::Link(p, target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, target).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn unpack_into(dir: &Path, entries: &[E]) -> io::Result<u64> {
+        let root = JobDir::create(dir, 0o777).unwrap();
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
+        unpack(&tar_of(entries)[..], &root, &limits, None)
+    }
+
+    /// The extraction keeps the last directory's handle (jobfs::Creator): an archive that
+    /// replaces that directory, or one of its parents, by a link half-way must not get the
+    /// files after it written through the link, nor into the directory it replaced.
+    #[test]
+    fn a_directory_replaced_by_a_link_half_way_is_never_written_through() {
+        for (replaced, later) in [("d", "d/b"), ("d", "d/e/b"), ("d/e", "d/e/b")] {
+            let t = tempfile::tempdir().unwrap();
+            let (p, outside) = (t.path().join("p"), t.path().join("outside"));
+            std::fs::create_dir_all(outside.join("e")).unwrap();
+            let e = unpack_into(
+                &p,
+                &[
+                    E::Dir("d/"),
+                    E::Dir("d/e/"),
+                    E::File("d/e/a", "first", 0o644),
+                    E::File("d/a", "first", 0o644),
+                    E::File("d/e/c", "first", 0o644),
+                    E::Link(replaced, outside.to_str().unwrap()),
+                    E::File(later, "pwned", 0o644),
+                ],
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("a symlink is in the way"), "{e}");
+            assert!(std::fs::symlink_metadata(p.join(replaced)).unwrap().is_symlink());
+            let mut found = Vec::new();
+            for entry in walkdir(&outside) {
+                found.push(entry);
+            }
+            assert_eq!(found, ["e"], "{replaced} then {later}: {found:?}");
+        }
+    }
+
+    fn walkdir(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                out.push(
+                    e.path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A directory replaced by a file half-way: the entries below it after that are errors,
+    /// the file stays.
+    #[test]
+    fn a_directory_replaced_by_a_file_half_way() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("p");
+        let e = unpack_into(
+            &p,
+            &[
+                E::Dir("d/"),
+                E::File("d/a", "first", 0o644),
+                E::File("d", "now a file", 0o644),
+                E::File("d/b", "second", 0o644),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("d/b"), "{e}");
+        assert_eq!(std::fs::read_to_string(p.join("d")).unwrap(), "now a file");
+    }
+
+    /// Files and links already there are replaced, never written through; modes are exact
+    /// whatever the umask (set explicitly only when the umask would have changed them).
+    #[test]
+    fn existing_entries_are_replaced_and_modes_are_exact() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (p, victim) = (t.path().join("p"), t.path().join("victim"));
+        std::fs::write(&victim, "secret").unwrap();
+        std::fs::create_dir_all(p.join("d/sub")).unwrap();
+        std::fs::write(p.join("d/sub/deep"), "old").unwrap();
+        std::os::unix::fs::symlink(&victim, p.join("d/link")).unwrap();
+        std::fs::write(p.join("d/old"), "old").unwrap();
+        let n = unpack_into(
+            &p,
+            &[
+                E::File("d/link", "new", 0o644),
+                E::File("d/old", "new", 0o664),
+                E::File("d/sub", "new", 0o600),
+                E::File("d/x", "new", 0o777),
+                E::File("d/y", "new", 0o400),
+                E::Link("d/z", "../victim"),
+                E::Link("d/z", "elsewhere"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+        for (name, mode) in [("link", 0o644), ("old", 0o664), ("sub", 0o600), ("x", 0o777), ("y", 0o400)] {
+            let m = std::fs::symlink_metadata(p.join("d").join(name)).unwrap();
+            assert!(m.is_file(), "{name}");
+            assert_eq!(m.permissions().mode() & 0o7777, mode, "{name}");
+            assert_eq!(std::fs::read_to_string(p.join("d").join(name)).unwrap(), "new");
+        }
+        assert_eq!(
+            std::fs::read_link(p.join("d/z")).unwrap(),
+            Path::new("elsewhere")
+        );
+    }
+
+    #[test]
+    fn read_ahead_passes_every_byte_and_errors_on() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut got = Vec::new();
+        ReadAhead::new(io::Cursor::new(data.clone()))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, data);
+        let failing = io::Cursor::new(vec![1u8; 600_000]).chain(FailingReader);
+        let mut got = Vec::new();
+        let e = ReadAhead::new(failing).read_to_end(&mut got).unwrap_err();
+        assert_eq!(e.to_string(), "broken input");
+        assert_eq!(got.len(), 600_000);
+    }
+
+    struct FailingReader;
+
+    impl Read for FailingReader {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("broken input"))
+        }
+    }
 
     /// A tar header's mtime is any u64 (base-256 in GNU headers): `UNIX_EPOCH + Duration`
     /// panicked on it ("overflow when adding duration to instant"); the entry is restored.
