@@ -797,7 +797,11 @@ impl<'a> Creator<'a> {
     /// Something is about to be created or replaced at `rel` (plain): a kept handle of `rel`
     /// or of a directory below it is dropped.
     fn touching(&mut self, rel: &Path) {
-        if self.last.as_ref().is_some_and(|(p, _, _)| p.starts_with(rel)) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(p, _, _)| p.starts_with(rel))
+        {
             self.last = None;
         }
     }
@@ -840,7 +844,12 @@ impl<'a> Creator<'a> {
 
     /// Creates the regular file `rel` with the permission bits `mode & 0o777` and, when
     /// given, the owner `owner`, replacing whatever was there (see [`JobDir::create_file`]).
-    pub fn create_file(&mut self, rel: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<File> {
+    pub fn create_file(
+        &mut self,
+        rel: &Path,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<File> {
         let rel = plain(rel)?;
         let (parent, name) = Self::split(&rel)?;
         self.touching(&rel);

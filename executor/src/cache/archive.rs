@@ -12,6 +12,7 @@ use crate::artifacts::paths::{EntryKind, Selection, select};
 use crate::compression::CompressionLevel;
 use crate::jobfs::{Budget, Creator, JobDir, Limits, is_fatal};
 
+use super::remote::Piece;
 use super::{CacheFormat, CacheSpec};
 
 pub(super) const ARCHIVE_NAME: &str = "cache.tar.zst";
@@ -174,16 +175,64 @@ fn compression_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32)
 }
 
+/// Where the pieces of an archive being written go to be uploaded at once (mod.rs).
+pub(super) type Pieces = tokio::sync::mpsc::Sender<Piece>;
+
+/// The archive file, whose bytes are also passed on in pieces of [`Tee::PIECE`] to an upload
+/// while it is written; an upload that gave up (its receiver gone) is no longer fed.
+struct Tee {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    to: Option<Pieces>,
+}
+
+impl Tee {
+    const PIECE: usize = 1024 * 1024;
+
+    fn send(&mut self) {
+        if let Some(to) = &self.to
+            && !self.buf.is_empty()
+        {
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+            if to.blocking_send(Piece::Data(piece.into())).is_err() {
+                self.to = None;
+            }
+        }
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(data)?;
+        if self.to.is_some() {
+            self.buf.extend_from_slice(&data[..n]);
+            if self.buf.len() >= Self::PIECE {
+                self.send();
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// `level`'s zstd level: by default 3, zstd's own default, fast enough that archiving is rarely
-/// the slow part.
+/// the slow part. With `pieces`, the archive's bytes are also sent there as they are written.
 fn write_tar(
     root: &JobDir,
     sel: &Selection,
     out: &Path,
     limits: &Limits,
     level: CompressionLevel,
+    pieces: Option<Pieces>,
 ) -> io::Result<()> {
-    let file = std::fs::File::create(out)?;
+    let file = Tee {
+        file: std::fs::File::create(out)?,
+        buf: Vec::with_capacity(if pieces.is_some() { Tee::PIECE } else { 0 }),
+        to: pieces,
+    };
     let mut enc = zstd::Encoder::new(io::BufWriter::new(file), level.zstd())?;
     // Compression runs in zstd's worker threads while this thread reads the files, as
     // `tar | zstd` does with two processes (docs/benchmarks.md). The output is one ordinary
@@ -223,17 +272,22 @@ fn write_tar(
     let enc = tb.into_inner()?;
     let mut w = enc.finish()?;
     w.flush()?;
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    let mut tee = w.into_inner().map_err(|e| e.into_error())?;
+    tee.send();
+    tee.file.sync_all()
 }
 
 /// Selects the cache paths, compares them with the stored manifest, and writes a new archive
-/// when they differ.
+/// when they differ. With `pieces` (tar + zstd only), a new archive's bytes are sent there as
+/// they are written, then a [`Piece::Commit`] once it is in place; nothing is committed when
+/// the archive had to be written twice.
 pub(super) fn save(
     project_dir: &Path,
     spec: &CacheSpec,
     key_dir: &Path,
     limits: &Limits,
     (format, level): (CacheFormat, CompressionLevel),
+    mut pieces: Option<Pieces>,
 ) -> io::Result<(Vec<Note>, Saved)> {
     let root = JobDir::open(project_dir)?;
     let sel = select(&root, &spec.paths, &[], spec.untracked, limits)?;
@@ -277,23 +331,29 @@ pub(super) fn save(
     let tmp_archive = temp_path(key_dir, "archive");
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
-        let write = || match format {
-            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits, level),
+        let write = |pieces: Option<Pieces>| match format {
+            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits, level, pieces),
             CacheFormat::Zip => crate::artifacts::write_cache_zip(&root, &sel, &tmp_archive, level),
         };
-        if let Err(e) = write() {
+        if let Err(e) = write(pieces.clone()) {
             // evict() may have pruned the (then empty) key dir in between: once more.
             if e.kind() != io::ErrorKind::NotFound || key_dir.is_dir() {
                 return Err(e);
             }
             std::fs::create_dir_all(key_dir)?;
-            write()?;
+            // What was sent is not this archive: that upload is dropped.
+            pieces = None;
+            write(None)?;
         }
         std::fs::write(&tmp_manifest, &new_manifest)?;
         // Archive first: a manifest must never describe an archive that is not there yet.
         std::fs::rename(&tmp_archive, &archive)?;
         std::fs::rename(&tmp_manifest, &manifest_path)?;
-        std::fs::metadata(&archive).map(|m| m.len())
+        let len = std::fs::metadata(&archive).map(|m| m.len())?;
+        if let Some(p) = pieces.take() {
+            let _ = p.blocking_send(Piece::Commit(len));
+        }
+        Ok(len)
     })();
     match result {
         Ok(archive_bytes) => Ok((
@@ -334,7 +394,10 @@ pub(super) fn extract(
     match &magic[..n] {
         [0x28, 0xb5, 0x2f, 0xfd] => {
             let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-            Ok((Vec::new(), unpack(ReadAhead::new(dec), &root, limits, None)?))
+            Ok((
+                Vec::new(),
+                unpack(ReadAhead::new(dec), &root, limits, None)?,
+            ))
         }
         [b'P', b'K', ..] => {
             let summary = crate::artifacts::extract_cache_zip(archive, &root, limits)
@@ -628,7 +691,11 @@ mod tests {
             )
             .unwrap_err();
             assert!(e.to_string().contains("a symlink is in the way"), "{e}");
-            assert!(std::fs::symlink_metadata(p.join(replaced)).unwrap().is_symlink());
+            assert!(
+                std::fs::symlink_metadata(p.join(replaced))
+                    .unwrap()
+                    .is_symlink()
+            );
             let mut found = Vec::new();
             for entry in walkdir(&outside) {
                 found.push(entry);
@@ -706,11 +773,20 @@ mod tests {
         .unwrap();
         assert_eq!(n, 7);
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
-        for (name, mode) in [("link", 0o644), ("old", 0o664), ("sub", 0o600), ("x", 0o777), ("y", 0o400)] {
+        for (name, mode) in [
+            ("link", 0o644),
+            ("old", 0o664),
+            ("sub", 0o600),
+            ("x", 0o777),
+            ("y", 0o400),
+        ] {
             let m = std::fs::symlink_metadata(p.join("d").join(name)).unwrap();
             assert!(m.is_file(), "{name}");
             assert_eq!(m.permissions().mode() & 0o7777, mode, "{name}");
-            assert_eq!(std::fs::read_to_string(p.join("d").join(name)).unwrap(), "new");
+            assert_eq!(
+                std::fs::read_to_string(p.join("d").join(name)).unwrap(),
+                "new"
+            );
         }
         assert_eq!(
             std::fs::read_link(p.join("d/z")).unwrap(),

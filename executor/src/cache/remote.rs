@@ -506,6 +506,118 @@ impl RemoteCache {
     }
 }
 
+/// A piece of an archive while it is being written, for [`RemoteCache::upload_stream`].
+#[derive(Debug)]
+pub(super) enum Piece {
+    Data(bytes::Bytes),
+    /// The archive is complete and in place locally, this many bytes long: make it the object.
+    Commit(u64),
+}
+
+/// What became of a streamed upload.
+pub(super) enum Streamed {
+    Uploaded(RemoteState),
+    Failed(RemoteError),
+    /// Not committed (no new archive, one written twice, or over `MaxUploadedArchiveSize`):
+    /// nothing was made visible; the caller decides whether to upload the file.
+    Dropped,
+}
+
+impl RemoteCache {
+    /// Uploads an archive while it is being written (docs/benchmarks.md): the pieces go up as
+    /// a multipart upload once they are more than one part, as one request otherwise, and
+    /// only a [`Piece::Commit`] whose length matches what came completes it; anything else
+    /// (the sender dropped, more than `max` bytes when `max` > 0) aborts the upload, which the
+    /// store never makes visible.
+    pub(super) async fn upload_stream(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        key: &str,
+        mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+        progress: Progress,
+        max: u64,
+    ) -> Streamed {
+        let object = ObjectPath::from(self.object(key));
+        let what = format!("uploading {object}");
+        let mut first: Vec<u8> = Vec::new();
+        let mut multipart: Option<WriteMultipart> = None;
+        let work = async {
+            let mut total = 0u64;
+            loop {
+                match pieces.recv().await {
+                    None => return Ok(false),
+                    Some(Piece::Data(b)) => {
+                        total += b.len() as u64;
+                        if max > 0 && total > max {
+                            return Ok(false);
+                        }
+                        if let Some(w) = multipart.as_mut() {
+                            w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                            w.write(&b);
+                            progress.add(b.len() as u64);
+                            continue;
+                        }
+                        first.extend_from_slice(&b);
+                        if first.len() > PART_SIZE {
+                            let upload = store.put_multipart(&object).await?;
+                            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                            w.write(&first);
+                            progress.add(first.len() as u64);
+                            first = Vec::new();
+                            multipart = Some(w);
+                        }
+                    }
+                    Some(Piece::Commit(n)) => {
+                        if n != total {
+                            return Ok(false);
+                        }
+                        match multipart.take() {
+                            Some(w) => {
+                                w.finish().await?;
+                            }
+                            None => {
+                                let body = PutPayload::from(std::mem::take(&mut first));
+                                store.put(&object, body).await?;
+                                progress.add(total);
+                            }
+                        }
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+        let timed = tokio::time::timeout(self.request_timeout, work).await;
+        let done: Result<bool, object_store::Error> = match timed {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(w) = multipart.take() {
+                    let _ = w.abort().await;
+                }
+                return Streamed::Failed(RemoteError(format!(
+                    "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                    self.request_timeout.as_secs()
+                )));
+            }
+        };
+        if !matches!(done, Ok(true))
+            && let Some(w) = multipart.take()
+        {
+            let _ = w.abort().await;
+        }
+        match done {
+            Ok(false) => Streamed::Dropped,
+            Err(e) => Streamed::Failed(self.err(&what, e)),
+            Ok(true) => match self.head(&*store, key).await {
+                Ok(Head::Found(state)) => Streamed::Uploaded(state),
+                Ok(Head::Missing) => Streamed::Failed(RemoteError(format!(
+                    "{what}: the object is not there after the upload"
+                ))),
+                Err(e) => Streamed::Failed(e),
+            },
+        }
+    }
+}
+
 /// The endpoint object_store is given (none = AWS's, from the region) and whether requests
 /// are virtual-host style; object_store wants the bucket in a virtual-host endpoint.
 fn s3_endpoint(s3: &ferry_config::CacheS3) -> (Option<String>, bool) {
