@@ -274,6 +274,64 @@ impl Kind {
     }
 }
 
+/// What a walk or a listing tells of an entry (the link itself for a link): one `fstatat`
+/// of its name in its directory's handle, which never follows anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    pub len: u64,
+    /// The permission bits, set-id and sticky bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Meta {
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+
+    fn of_stat(st: &rustix::fs::Stat) -> Meta {
+        let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::RegularFile => Kind::File,
+            rustix::fs::FileType::Directory => Kind::Dir,
+            rustix::fs::FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        };
+        let mtime = u64::try_from(st.st_mtime)
+            .ok()
+            .and_then(|s| {
+                std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+                    s,
+                    (st.st_mtime_nsec as u32).min(999_999_999),
+                ))
+            })
+            .unwrap_or(std::time::UNIX_EPOCH);
+        Meta {
+            kind,
+            len: st.st_size as u64,
+            mode: st.st_mode & 0o7777,
+            mtime,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        }
+    }
+}
+
+impl From<&Metadata> for Meta {
+    fn from(m: &Metadata) -> Meta {
+        Meta {
+            kind: Kind::of(m),
+            len: m.len(),
+            mode: m.mode() & 0o7777,
+            mtime: m.modified().unwrap_or(std::time::UNIX_EPOCH),
+            uid: m.uid(),
+            gid: m.gid(),
+        }
+    }
+}
+
 /// A directory handle every job path is resolved beneath.
 #[derive(Debug)]
 pub struct JobDir {
@@ -469,8 +527,9 @@ impl JobDir {
         Ok(PathBuf::from(OsStr::from_bytes(target.as_bytes())))
     }
 
-    /// The entries of the directory `rel`, sorted by name, with their metadata (not followed).
-    pub fn list(&self, rel: &Path) -> io::Result<Vec<(OsString, Metadata)>> {
+    /// The entries of the directory `rel`, sorted by name, with their metadata (not followed:
+    /// `fstatat(AT_SYMLINK_NOFOLLOW)` of a single name in the directory's handle).
+    pub fn list(&self, rel: &Path) -> io::Result<Vec<(OsString, Meta)>> {
         let dir = self.sub_dir(rel)?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&dir.fd).map_err(|e| errno(e, &dir.shown))? {
@@ -484,11 +543,11 @@ impl JobDir {
         names.sort();
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            match dir.lstat(Path::new(&name)) {
-                Ok(m) => out.push((name, m)),
+            match rustix::fs::statat(&dir.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => out.push((name, Meta::of_stat(&st))),
                 // Removed in between: it is simply not there.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(errno(e, &dir.shown.join(&name))),
             }
         }
         Ok(out)
@@ -704,20 +763,18 @@ impl JobDir {
         &self,
         start: &Path,
         budget: &mut Budget<'_>,
-        visit: &mut dyn FnMut(&Path, &Metadata) -> io::Result<bool>,
+        visit: &mut dyn FnMut(&Path, &Meta) -> io::Result<bool>,
     ) -> io::Result<()> {
         let start = plain(start)?;
         // Pre-order, depth first: pending entries, next one last.
-        let mut stack: Vec<(PathBuf, Metadata, usize)> = Vec::new();
-        let push_children = |stack: &mut Vec<(PathBuf, Metadata, usize)>,
-                             dir: &Path,
-                             depth: usize|
-         -> io::Result<()> {
-            for (name, meta) in self.list(dir)?.into_iter().rev() {
-                stack.push((dir.join(name), meta, depth));
-            }
-            Ok(())
-        };
+        let mut stack: Vec<(PathBuf, Meta, usize)> = Vec::new();
+        let push_children =
+            |stack: &mut Vec<(PathBuf, Meta, usize)>, dir: &Path, depth: usize| -> io::Result<()> {
+                for (name, meta) in self.list(dir)?.into_iter().rev() {
+                    stack.push((dir.join(name), meta, depth));
+                }
+                Ok(())
+            };
         push_children(&mut stack, &start, 0)?;
         while let Some((rel, meta, depth)) = stack.pop() {
             budget.entry()?;
