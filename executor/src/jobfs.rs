@@ -865,7 +865,7 @@ impl<'a> Creator<'a> {
 
     /// The directory `parent` (created as needed with `mode`), kept for the next entries.
     fn parent(&mut self, parent: &Path, mode: u32) -> io::Result<&(PathBuf, JobDir, bool)> {
-        if !self.last.as_ref().is_some_and(|(p, _, _)| p == parent) {
+        if self.last.as_ref().is_none_or(|(p, _, _)| p != parent) {
             self.last = None;
             let dir = self.root.create_dir_all(parent, mode)?;
             let setgid = rustix::fs::fstat(&dir.fd)

@@ -2,7 +2,8 @@
 //! (docs/configuration.md, docs/scaling.md).
 //!
 //! The local archive (`<cache_dir>/<namespace>/<key>/cache.tar.zst`) stays the working copy:
-//! a save builds it as before and then uploads it; a restore asks the store for the object's
+//! a save builds it as before and uploads it while it is written (a zip after it is
+//! written); a restore asks the store for the object's
 //! metadata and reads the local copy when this host already has that version (the "local
 //! tier"), otherwise downloads it next to the local copy and extracts it from there.
 //!
