@@ -480,6 +480,11 @@ impl JobDir {
     /// Opens the regular file `rel` for reading. Anything else (a link, FIFO, device node,
     /// directory) is refused before it is opened for reading.
     pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        self.open_file_meta(rel).map(|(f, _)| f)
+    }
+
+    /// [`JobDir::open_file`], with the metadata of the file as opened.
+    pub fn open_file_meta(&self, rel: &Path) -> io::Result<(File, Metadata)> {
         let path_fd = self.open_raw(rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())?;
         let path_file = File::from(path_fd);
         let meta = path_file.metadata()?;
@@ -516,7 +521,7 @@ impl JobDir {
                 ),
             ));
         }
-        Ok(file)
+        Ok((file, again))
     }
 
     /// The target of the link `rel`.

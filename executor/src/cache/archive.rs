@@ -259,8 +259,8 @@ fn write_tar(
                 tb.append_link(&mut h, rel, target)?;
             }
             EntryKind::File { size } => {
-                let f = root.open_file(Path::new(rel))?;
-                let len = f.metadata()?.len().min(*size);
+                let (f, meta) = root.open_file_meta(Path::new(rel))?;
+                let len = meta.len().min(*size);
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(len);
                 // take(): a file that grows while being read is cut at its selected size

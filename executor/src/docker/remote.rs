@@ -93,8 +93,8 @@ pub fn write_tree<W: io::Write>(dir: &JobDir, out: W, limits: &Limits) -> io::Re
                 b.append_link(&mut h, &name, target)?;
             }
             Kind::File => {
-                let f = dir.open_file(&rel)?;
-                let len = f.metadata()?.len().min(meta.len());
+                let (f, now) = dir.open_file_meta(&rel)?;
+                let len = now.len().min(meta.len());
                 budget.bytes(len)?;
                 h.set_size(len);
                 b.append_data(&mut h, &name, f.take(len))?;
