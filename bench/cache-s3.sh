@@ -16,6 +16,8 @@
 #   PROFILE=release bench/cache-s3.sh         # optimised build: what users run
 #   WORK=/dev/shm/ferry-bench bench/cache-s3.sh   # where the tree, the hosts' caches and the
 #                                             # restores go (default: a new dir under $TMPDIR)
+#   LEVEL=fastest bench/cache-s3.sh           # ferry's CACHE_COMPRESSION_LEVEL (default: gitlab-
+#                                             # runner's default, zstd level 3; fastest = level 1)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
@@ -71,4 +73,4 @@ $(free -g | awk '/^Mem:/ {print $2}') GB RAM, work dir on $(df -T "$WORK" | awk 
 moto $("$PY" -c 'import moto; print(moto.__version__)'), $(zstd --version | head -1), \
 $(curl --version | head -1 | cut -d' ' -f1-2), profile $PROFILE"
 "$OUT/bench_cache_s3" --endpoint "127.0.0.1:$PORT" --bucket "$BUCKET" --work "$WORK" \
-    --runs "$RUNS" --files "$FILES" --size-mb "$SIZE_MB"
+    --runs "$RUNS" --files "$FILES" --size-mb "$SIZE_MB" ${LEVEL:+--level "$LEVEL"}

@@ -14,7 +14,7 @@
 //! Medians of `--runs` runs, ferry and baseline alternating. Prints the figures and ratios.
 //!
 //! Usage: bench_cache_s3 --endpoint 127.0.0.1:PORT --bucket NAME --work DIR
-//!        [--runs 3] [--files 30000] [--size-mb 200]
+//!        [--runs 3] [--files 30000] [--size-mb 200] [--level fastest|fast|default|...]
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -45,6 +45,8 @@ struct Args {
     runs: usize,
     files: u64,
     size: u64,
+    /// `CACHE_COMPRESSION_LEVEL` of ferry's saves (`--level`; default: gitlab-runner's).
+    level: Option<String>,
 }
 
 fn args() -> Args {
@@ -78,6 +80,7 @@ fn args() -> Args {
         runs: num("--runs", 3).max(1) as usize,
         files: num("--files", 30_000).max(1),
         size: num("--size-mb", 200) * 1024 * 1024,
+        level: get("--level"),
     }
 }
 
@@ -272,7 +275,11 @@ fn host(root: &Path, a: &Args) -> CacheStore {
             transfer_meter: None,
         }),
         format: Default::default(),
-        compression: Default::default(),
+        compression: ferry_executor::compression::CompressionLevel::parse(
+            "CACHE_COMPRESSION_LEVEL",
+            a.level.as_deref(),
+        )
+        .0,
     }
 }
 
@@ -629,8 +636,9 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&into);
     let ferry_archive = store_a.archive_path(KEY).expect("archive path");
     println!(
-        "archives: ferry {}, baseline {} (zstd -1)",
+        "archives: ferry {} (CACHE_COMPRESSION_LEVEL {}), baseline {} (zstd -1)",
         size_of(&ferry_archive),
+        a.level.as_deref().unwrap_or("default"),
         size_of(&base_up)
     );
     let s: Vec<(Duration, String)> = m.iter().map(|v| summary(v)).collect();

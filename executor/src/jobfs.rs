@@ -274,6 +274,64 @@ impl Kind {
     }
 }
 
+/// What a walk or a listing tells of an entry (the link itself for a link): one `fstatat`
+/// of its name in its directory's handle, which never follows anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    pub len: u64,
+    /// The permission bits, set-id and sticky bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Meta {
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+
+    fn of_stat(st: &rustix::fs::Stat) -> Meta {
+        let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::RegularFile => Kind::File,
+            rustix::fs::FileType::Directory => Kind::Dir,
+            rustix::fs::FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        };
+        let mtime = u64::try_from(st.st_mtime)
+            .ok()
+            .and_then(|s| {
+                std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+                    s,
+                    (st.st_mtime_nsec as u32).min(999_999_999),
+                ))
+            })
+            .unwrap_or(std::time::UNIX_EPOCH);
+        Meta {
+            kind,
+            len: st.st_size as u64,
+            mode: st.st_mode & 0o7777,
+            mtime,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        }
+    }
+}
+
+impl From<&Metadata> for Meta {
+    fn from(m: &Metadata) -> Meta {
+        Meta {
+            kind: Kind::of(m),
+            len: m.len(),
+            mode: m.mode() & 0o7777,
+            mtime: m.modified().unwrap_or(std::time::UNIX_EPOCH),
+            uid: m.uid(),
+            gid: m.gid(),
+        }
+    }
+}
+
 /// A directory handle every job path is resolved beneath.
 #[derive(Debug)]
 pub struct JobDir {
@@ -422,6 +480,11 @@ impl JobDir {
     /// Opens the regular file `rel` for reading. Anything else (a link, FIFO, device node,
     /// directory) is refused before it is opened for reading.
     pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        self.open_file_meta(rel).map(|(f, _)| f)
+    }
+
+    /// [`JobDir::open_file`], with the metadata of the file as opened.
+    pub fn open_file_meta(&self, rel: &Path) -> io::Result<(File, Metadata)> {
         let path_fd = self.open_raw(rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())?;
         let path_file = File::from(path_fd);
         let meta = path_file.metadata()?;
@@ -458,7 +521,7 @@ impl JobDir {
                 ),
             ));
         }
-        Ok(file)
+        Ok((file, again))
     }
 
     /// The target of the link `rel`.
@@ -469,8 +532,9 @@ impl JobDir {
         Ok(PathBuf::from(OsStr::from_bytes(target.as_bytes())))
     }
 
-    /// The entries of the directory `rel`, sorted by name, with their metadata (not followed).
-    pub fn list(&self, rel: &Path) -> io::Result<Vec<(OsString, Metadata)>> {
+    /// The entries of the directory `rel`, sorted by name, with their metadata (not followed:
+    /// `fstatat(AT_SYMLINK_NOFOLLOW)` of a single name in the directory's handle).
+    pub fn list(&self, rel: &Path) -> io::Result<Vec<(OsString, Meta)>> {
         let dir = self.sub_dir(rel)?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&dir.fd).map_err(|e| errno(e, &dir.shown))? {
@@ -484,11 +548,11 @@ impl JobDir {
         names.sort();
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            match dir.lstat(Path::new(&name)) {
-                Ok(m) => out.push((name, m)),
+            match rustix::fs::statat(&dir.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => out.push((name, Meta::of_stat(&st))),
                 // Removed in between: it is simply not there.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(errno(e, &dir.shown.join(&name))),
             }
         }
         Ok(out)
@@ -552,17 +616,37 @@ impl JobDir {
     pub fn create_file(&self, rel: &Path, mode: u32) -> io::Result<File> {
         let rel = plain(rel)?;
         let (dir, name) = self.parent_of(&rel, true)?;
-        dir.remove_entry(name)?;
-        let fd = rustix::fs::openat(
-            &dir.fd,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode),
-        )
-        .map_err(|e| errno(e, &dir.shown.join(name)))?;
-        let f = File::from(fd);
+        let f = dir.create_entry_file(name, mode)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         Ok(f)
+    }
+
+    /// Creates the regular file `name` in this directory with `O_EXCL | O_NOFOLLOW` (mode
+    /// `mode` less the umask); whatever is in the way is removed, unfollowed, and the creation
+    /// tried once more.
+    fn create_entry_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let create = || {
+            rustix::fs::openat(
+                &self.fd,
+                name,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC
+                    | OFlags::NOCTTY,
+                Mode::from_raw_mode(mode),
+            )
+        };
+        let fd = match create() {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => {
+                self.remove_entry(name)?;
+                create().map_err(|e| errno(e, &self.shown.join(name)))?
+            }
+            Err(e) => return Err(errno(e, &self.shown.join(name))),
+        };
+        Ok(File::from(fd))
     }
 
     /// Creates the link `rel` -> `target`, replacing whatever was there. The target is stored,
@@ -570,8 +654,20 @@ impl JobDir {
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
         let rel = plain(rel)?;
         let (dir, name) = self.parent_of(&rel, true)?;
-        dir.remove_entry(name)?;
-        rustix::fs::symlinkat(target, &dir.fd, name).map_err(|e| errno(e, &dir.shown.join(name)))
+        dir.create_entry_link(target, name)
+    }
+
+    /// Creates the link `name` -> `target` in this directory, replacing whatever was there.
+    fn create_entry_link(&self, target: &Path, name: &OsStr) -> io::Result<()> {
+        match rustix::fs::symlinkat(target, &self.fd, name) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => {
+                self.remove_entry(name)?;
+                rustix::fs::symlinkat(target, &self.fd, name)
+                    .map_err(|e| errno(e, &self.shown.join(name)))
+            }
+            Err(e) => Err(errno(e, &self.shown.join(name))),
+        }
     }
 
     /// Removes `rel` whatever it is (a directory with everything below it); missing is fine.
@@ -672,20 +768,18 @@ impl JobDir {
         &self,
         start: &Path,
         budget: &mut Budget<'_>,
-        visit: &mut dyn FnMut(&Path, &Metadata) -> io::Result<bool>,
+        visit: &mut dyn FnMut(&Path, &Meta) -> io::Result<bool>,
     ) -> io::Result<()> {
         let start = plain(start)?;
         // Pre-order, depth first: pending entries, next one last.
-        let mut stack: Vec<(PathBuf, Metadata, usize)> = Vec::new();
-        let push_children = |stack: &mut Vec<(PathBuf, Metadata, usize)>,
-                             dir: &Path,
-                             depth: usize|
-         -> io::Result<()> {
-            for (name, meta) in self.list(dir)?.into_iter().rev() {
-                stack.push((dir.join(name), meta, depth));
-            }
-            Ok(())
-        };
+        let mut stack: Vec<(PathBuf, Meta, usize)> = Vec::new();
+        let push_children =
+            |stack: &mut Vec<(PathBuf, Meta, usize)>, dir: &Path, depth: usize| -> io::Result<()> {
+                for (name, meta) in self.list(dir)?.into_iter().rev() {
+                    stack.push((dir.join(name), meta, depth));
+                }
+                Ok(())
+            };
         push_children(&mut stack, &start, 0)?;
         while let Some((rel, meta, depth)) = stack.pop() {
             budget.entry()?;
@@ -709,6 +803,147 @@ impl JobDir {
             }
         }
         Ok(())
+    }
+}
+
+/// Creates the entries of an extraction beneath a [`JobDir`], one after the other, keeping
+/// the handle of the directory the last one went into: the files of one directory then cost
+/// one `openat` each instead of a resolution (`mkdirat` + `openat2`) of every level of their
+/// path, and their mode and owner are set only when the creation did not already give them
+/// (docs/benchmarks.md).
+///
+/// The kept handle stays beneath the root: this extraction only ever changes the tree at the
+/// path of an entry it creates (and below), and every entry whose path is the kept directory or
+/// one of its parents drops the handle first (a directory replaced by a link or a file
+/// half-way is resolved again, and refused as before). A job can only move a directory by
+/// `rename`, which stays within one mount and needs write access to where it goes; a file
+/// created there with `O_EXCL | O_NOFOLLOW` is one the job could have written itself.
+pub struct Creator<'a> {
+    root: &'a JobDir,
+    /// The last parent directory: its path (plain, relative to `root`), handle, and whether
+    /// it is set-group-id (new files then take its group, not ferry's).
+    last: Option<(PathBuf, JobDir, bool)>,
+    /// The process's umask, when it could be read (else modes are always set explicitly).
+    umask: Option<u32>,
+    /// ferry's effective uid and gid: a new file's owner unless its directory says otherwise.
+    ids: (u32, u32),
+}
+
+impl std::fmt::Debug for Creator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Creator")
+            .field("root", &self.root.shown)
+            .finish()
+    }
+}
+
+/// The umask, from /proc/self/status (Linux 4.7+): reading it with umask(2) would change it
+/// for a moment for every thread of the daemon.
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+}
+
+impl<'a> Creator<'a> {
+    pub fn new(root: &'a JobDir) -> Creator<'a> {
+        Creator {
+            root,
+            last: None,
+            umask: current_umask(),
+            // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+            ids: unsafe { (libc::geteuid(), libc::getegid()) },
+        }
+    }
+
+    /// Something is about to be created or replaced at `rel` (plain): a kept handle of `rel`
+    /// or of a directory below it is dropped.
+    fn touching(&mut self, rel: &Path) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(p, _, _)| p.starts_with(rel))
+        {
+            self.last = None;
+        }
+    }
+
+    /// The directory `parent` (created as needed with `mode`), kept for the next entries.
+    fn parent(&mut self, parent: &Path, mode: u32) -> io::Result<&(PathBuf, JobDir, bool)> {
+        if self.last.as_ref().is_none_or(|(p, _, _)| p != parent) {
+            self.last = None;
+            let dir = self.root.create_dir_all(parent, mode)?;
+            let setgid = rustix::fs::fstat(&dir.fd)
+                .map_err(|e| errno(e, &dir.shown))?
+                .st_mode
+                & libc::S_ISGID
+                != 0;
+            self.last = Some((parent.to_path_buf(), dir, setgid));
+        }
+        Ok(self.last.as_ref().expect("set above"))
+    }
+
+    fn split(rel: &Path) -> io::Result<(PathBuf, &OsStr)> {
+        let name = rel.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: no file name", rel.display()),
+            )
+        })?;
+        Ok((rel.parent().unwrap_or(Path::new("")).to_path_buf(), name))
+    }
+
+    /// The directory `rel` and its parents (see [`JobDir::create_dir_all`]); kept for the
+    /// files that follow it.
+    pub fn create_dir_all(&mut self, rel: &Path, mode: u32) -> io::Result<()> {
+        let rel = plain(rel)?;
+        if rel.as_os_str().is_empty() {
+            return Ok(());
+        }
+        self.touching(&rel);
+        self.parent(&rel, mode).map(drop)
+    }
+
+    /// Creates the regular file `rel` with the permission bits `mode & 0o777` and, when
+    /// given, the owner `owner`, replacing whatever was there (see [`JobDir::create_file`]).
+    pub fn create_file(
+        &mut self,
+        rel: &Path,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<File> {
+        let rel = plain(rel)?;
+        let (parent, name) = Self::split(&rel)?;
+        self.touching(&rel);
+        let (umask, ids) = (self.umask, self.ids);
+        let (_, dir, setgid) = self.parent(&parent, 0o777)?;
+        let mode = mode & 0o777;
+        let f = dir.create_entry_file(name, mode)?;
+        if let Some((uid, gid)) = owner
+            && ((uid, gid) != ids || *setgid)
+        {
+            // Only root gets here with another owner; chown clears set-id bits, which a
+            // restored mode never has anyway.
+            let _ = rustix::fs::fchown(
+                &f,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            );
+        }
+        if umask.is_none_or(|u| mode & u != 0) {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(f)
+    }
+
+    /// Creates the link `rel` -> `target`, replacing whatever was there (see
+    /// [`JobDir::symlink`]).
+    pub fn symlink(&mut self, target: &Path, rel: &Path) -> io::Result<()> {
+        let rel = plain(rel)?;
+        let (parent, name) = Self::split(&rel)?;
+        self.touching(&rel);
+        let (_, dir, _) = self.parent(&parent, 0o777)?;
+        dir.create_entry_link(target, name)
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::hostio::{clean_relative, human_bytes};
-use crate::jobfs::{Budget, JobDir, Kind, Limits, limit_error};
+use crate::jobfs::{Budget, JobDir, Kind, Limits, Meta, limit_error};
 
 use super::Note;
 
@@ -99,7 +99,7 @@ struct Collector<'a> {
 
 impl Collector<'_> {
     /// Adds one candidate. Returns whether it counted as found.
-    fn consider(&mut self, rel: &Path, meta: &std::fs::Metadata) -> bool {
+    fn consider(&mut self, rel: &Path, meta: &Meta) -> bool {
         let Some(rel_str) = rel.to_str() else {
             self.sel.notes.push(Note::warning(format!(
                 "{}: skipped: the file name is not valid UTF-8",
@@ -114,11 +114,10 @@ impl Collector<'_> {
             *self.excluded.entry(rule.clone()).or_default() += 1;
             return false;
         }
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let kind = match Kind::of(meta) {
+        let kind = match meta.kind {
             Kind::Dir => EntryKind::Dir,
             Kind::File => {
-                self.bytes = self.bytes.saturating_add(meta.len());
+                self.bytes = self.bytes.saturating_add(meta.len);
                 if self.bytes > self.limits.max_bytes {
                     self.fatal.get_or_insert(limit_error(format!(
                         "more than {} of file content",
@@ -126,7 +125,7 @@ impl Collector<'_> {
                     )));
                     return false;
                 }
-                EntryKind::File { size: meta.len() }
+                EntryKind::File { size: meta.len }
             }
             Kind::Symlink => match self.dir.read_link(rel) {
                 Ok(target) => EntryKind::Symlink { target },
@@ -146,10 +145,10 @@ impl Collector<'_> {
         };
         let entry = Entry {
             kind,
-            mode: meta.permissions().mode() & 0o7777,
-            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            uid: meta.uid(),
-            gid: meta.gid(),
+            mode: meta.mode,
+            mtime: meta.mtime,
+            uid: meta.uid,
+            gid: meta.gid,
         };
         self.sel.entries.insert(rel_str.to_string(), entry);
         true
@@ -161,7 +160,7 @@ impl Collector<'_> {
         if self.fatal.is_some() {
             return 0;
         }
-        let mut picked: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+        let mut picked: Vec<(PathBuf, Meta)> = Vec::new();
         // Directories taken whole, innermost last (the walk is depth first).
         let mut taken: Vec<PathBuf> = Vec::new();
         let mut budget = Budget::new(self.limits);
@@ -193,7 +192,7 @@ impl Collector<'_> {
     /// Adds `rel` and, for a directory, everything below it (never through a symlink).
     fn add_tree(&mut self, rel: &Path) -> u64 {
         let meta = match self.dir.lstat(rel) {
-            Ok(m) => m,
+            Ok(m) => Meta::from(&m),
             Err(_) => return 0,
         };
         let mut found = 0;
@@ -277,7 +276,7 @@ impl Collector<'_> {
                 continue;
             };
             if let Ok(meta) = self.dir.lstat(&clean)
-                && self.consider(&clean, &meta)
+                && self.consider(&clean, &Meta::from(&meta))
             {
                 found += 1;
             }

@@ -10,8 +10,9 @@ use serde::Serialize;
 use crate::artifacts::Note;
 use crate::artifacts::paths::{EntryKind, Selection, select};
 use crate::compression::CompressionLevel;
-use crate::jobfs::{Budget, JobDir, Limits, is_fatal};
+use crate::jobfs::{Budget, Creator, JobDir, Limits, is_fatal};
 
+use super::remote::Piece;
 use super::{CacheFormat, CacheSpec};
 
 pub(super) const ARCHIVE_NAME: &str = "cache.tar.zst";
@@ -174,16 +175,64 @@ fn compression_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32)
 }
 
+/// Where the pieces of an archive being written go to be uploaded at once (mod.rs).
+pub(super) type Pieces = tokio::sync::mpsc::Sender<Piece>;
+
+/// The archive file, whose bytes are also passed on in pieces of [`Tee::PIECE`] to an upload
+/// while it is written; an upload that gave up (its receiver gone) is no longer fed.
+struct Tee {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    to: Option<Pieces>,
+}
+
+impl Tee {
+    const PIECE: usize = 1024 * 1024;
+
+    fn send(&mut self) {
+        if let Some(to) = &self.to
+            && !self.buf.is_empty()
+        {
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+            if to.blocking_send(Piece::Data(piece.into())).is_err() {
+                self.to = None;
+            }
+        }
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(data)?;
+        if self.to.is_some() {
+            self.buf.extend_from_slice(&data[..n]);
+            if self.buf.len() >= Self::PIECE {
+                self.send();
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// `level`'s zstd level: by default 3, zstd's own default, fast enough that archiving is rarely
-/// the slow part.
+/// the slow part. With `pieces`, the archive's bytes are also sent there as they are written.
 fn write_tar(
     root: &JobDir,
     sel: &Selection,
     out: &Path,
     limits: &Limits,
     level: CompressionLevel,
+    pieces: Option<Pieces>,
 ) -> io::Result<()> {
-    let file = std::fs::File::create(out)?;
+    let file = Tee {
+        file: std::fs::File::create(out)?,
+        buf: Vec::with_capacity(if pieces.is_some() { Tee::PIECE } else { 0 }),
+        to: pieces,
+    };
     let mut enc = zstd::Encoder::new(io::BufWriter::new(file), level.zstd())?;
     // Compression runs in zstd's worker threads while this thread reads the files, as
     // `tar | zstd` does with two processes (docs/benchmarks.md). The output is one ordinary
@@ -210,8 +259,8 @@ fn write_tar(
                 tb.append_link(&mut h, rel, target)?;
             }
             EntryKind::File { size } => {
-                let f = root.open_file(Path::new(rel))?;
-                let len = f.metadata()?.len().min(*size);
+                let (f, meta) = root.open_file_meta(Path::new(rel))?;
+                let len = meta.len().min(*size);
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(len);
                 // take(): a file that grows while being read is cut at its selected size
@@ -223,17 +272,22 @@ fn write_tar(
     let enc = tb.into_inner()?;
     let mut w = enc.finish()?;
     w.flush()?;
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    let mut tee = w.into_inner().map_err(|e| e.into_error())?;
+    tee.send();
+    tee.file.sync_all()
 }
 
 /// Selects the cache paths, compares them with the stored manifest, and writes a new archive
-/// when they differ.
+/// when they differ. With `pieces` (tar + zstd only), a new archive's bytes are sent there as
+/// they are written, then a [`Piece::Commit`] once it is in place; nothing is committed when
+/// the archive had to be written twice.
 pub(super) fn save(
     project_dir: &Path,
     spec: &CacheSpec,
     key_dir: &Path,
     limits: &Limits,
     (format, level): (CacheFormat, CompressionLevel),
+    mut pieces: Option<Pieces>,
 ) -> io::Result<(Vec<Note>, Saved)> {
     let root = JobDir::open(project_dir)?;
     let sel = select(&root, &spec.paths, &[], spec.untracked, limits)?;
@@ -277,23 +331,29 @@ pub(super) fn save(
     let tmp_archive = temp_path(key_dir, "archive");
     let tmp_manifest = temp_path(key_dir, "manifest");
     let result = (|| {
-        let write = || match format {
-            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits, level),
+        let write = |pieces: Option<Pieces>| match format {
+            CacheFormat::TarZstd => write_tar(&root, &sel, &tmp_archive, limits, level, pieces),
             CacheFormat::Zip => crate::artifacts::write_cache_zip(&root, &sel, &tmp_archive, level),
         };
-        if let Err(e) = write() {
+        if let Err(e) = write(pieces.clone()) {
             // evict() may have pruned the (then empty) key dir in between: once more.
             if e.kind() != io::ErrorKind::NotFound || key_dir.is_dir() {
                 return Err(e);
             }
             std::fs::create_dir_all(key_dir)?;
-            write()?;
+            // What was sent is not this archive: that upload is dropped.
+            pieces = None;
+            write(None)?;
         }
         std::fs::write(&tmp_manifest, &new_manifest)?;
         // Archive first: a manifest must never describe an archive that is not there yet.
         std::fs::rename(&tmp_archive, &archive)?;
         std::fs::rename(&tmp_manifest, &manifest_path)?;
-        std::fs::metadata(&archive).map(|m| m.len())
+        let len = std::fs::metadata(&archive).map(|m| m.len())?;
+        if let Some(p) = pieces.take() {
+            let _ = p.blocking_send(Piece::Commit(len));
+        }
+        Ok(len)
     })();
     match result {
         Ok(archive_bytes) => Ok((
@@ -334,7 +394,10 @@ pub(super) fn extract(
     match &magic[..n] {
         [0x28, 0xb5, 0x2f, 0xfd] => {
             let dec = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-            Ok((Vec::new(), unpack(dec, &root, limits, None)?))
+            Ok((
+                Vec::new(),
+                unpack(ReadAhead::new(dec), &root, limits, None)?,
+            ))
         }
         [b'P', b'K', ..] => {
             let summary = crate::artifacts::extract_cache_zip(archive, &root, limits)
@@ -345,6 +408,82 @@ pub(super) fn extract(
             io::ErrorKind::InvalidData,
             "not a cache archive (neither tar + zstd nor zip)",
         )),
+    }
+}
+
+/// Chunks read ahead from a reader by a thread of its own: an archive is decompressed while
+/// this thread creates the files of the part before (as `zstd -d | tar -x` does with two
+/// processes; docs/benchmarks.md). At most [`ReadAhead::CHUNKS`] chunks wait; the thread
+/// ends at the end of the input, at an error (passed on) or when this side is dropped.
+struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Emptied chunks go back to the thread to be filled again.
+    spare: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ReadAhead {
+    const CHUNKS: usize = 4;
+    const CHUNK: usize = 256 * 1024;
+
+    fn new(mut inner: impl Read + Send + 'static) -> ReadAhead {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(Self::CHUNKS);
+        let (spare, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::CHUNKS + 2);
+        std::thread::spawn(move || {
+            loop {
+                let mut buf = spares.try_recv().unwrap_or_default();
+                buf.resize(Self::CHUNK, 0);
+                let r = loop {
+                    match inner.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        r => break r,
+                    }
+                };
+                let end = matches!(r, Ok(0) | Err(_));
+                let msg = r.map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                if tx.send(msg).is_err() || end {
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            chunks,
+            spare,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let next = match self.chunks.recv() {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(io::Error::other("the decompressing thread ended early"));
+                }
+            };
+            if next.is_empty() {
+                self.done = true;
+            }
+            let old = std::mem::replace(&mut self.cur, next);
+            let _ = self.spare.try_send(old);
+            self.pos = 0;
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -362,6 +501,7 @@ pub(crate) fn unpack(
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut ar = tar::Archive::new(reader);
     let mut budget = Budget::new(limits);
+    let mut creator = Creator::new(root);
     let mut n = 0;
     // Directory modes are set last: a read-only directory (a Go module cache) would refuse
     // its own entries.
@@ -409,7 +549,7 @@ pub(crate) fn unpack(
                 return Ok(false);
             }
             if kind.is_dir() {
-                root.create_dir_all(&rel, 0o777)?;
+                creator.create_dir_all(&rel, 0o777)?;
                 dirs.push((rel.clone(), mode, owner));
                 return Ok(true);
             }
@@ -417,25 +557,25 @@ pub(crate) fn unpack(
                 let Some(target) = entry.link_name()? else {
                     return Ok(false);
                 };
-                root.symlink(&target, &rel)?;
+                creator.symlink(&target, &rel)?;
                 return Ok(true);
             }
             if let Some(target) = &link_rel {
                 // A second name of a file already unpacked: copied, so that no link ever
                 // reaches what the host resolves.
                 let mut src = root.open_file(target)?;
-                let mut out = root.create_file(&rel, 0o600)?;
+                let mut out = creator.create_file(&rel, mode, owner)?;
                 budget.copy(&mut src, &mut out)?;
-                JobDir::finish_file(&out, Some(mode), mtime, owner)?;
+                JobDir::finish_file(&out, None, mtime, None)?;
                 return Ok(true);
             }
             if !(kind.is_file() || kind == tar::EntryType::Continuous) {
                 // FIFOs, device nodes: never created on the host.
                 return Ok(false);
             }
-            let mut out = root.create_file(&rel, 0o600)?;
+            let mut out = creator.create_file(&rel, mode, owner)?;
             budget.copy(&mut entry, &mut out)?;
-            JobDir::finish_file(&out, Some(mode), mtime, owner)?;
+            JobDir::finish_file(&out, None, mtime, None)?;
             Ok(true)
         })();
         match result {
@@ -486,6 +626,196 @@ fn entry_path(raw: &Path, strip: Option<&str>) -> io::Result<std::path::PathBuf>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    enum E<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a str, u32),
+        Link(&'a str, &'a str),
+    }
+
+    fn tar_of(entries: &[E]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(1_600_000_000);
+            match e {
+                E::Dir(p) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, io::empty()).unwrap();
+                }
+                E::File(p, body, mode) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(*mode);
+                    h.set_size(body.len() as u64);
+                    b.append_data(&mut h, p, body.as_bytes()).unwrap();
+                }
+                E::Link(p, target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, target).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn unpack_into(dir: &Path, entries: &[E]) -> io::Result<u64> {
+        let root = JobDir::create(dir, 0o777).unwrap();
+        let limits = Limits::new(tokio_util::sync::CancellationToken::new());
+        unpack(&tar_of(entries)[..], &root, &limits, None)
+    }
+
+    /// The extraction keeps the last directory's handle (jobfs::Creator): an archive that
+    /// replaces that directory, or one of its parents, by a link half-way must not get the
+    /// files after it written through the link, nor into the directory it replaced.
+    #[test]
+    fn a_directory_replaced_by_a_link_half_way_is_never_written_through() {
+        for (replaced, later) in [("d", "d/b"), ("d", "d/e/b"), ("d/e", "d/e/b")] {
+            let t = tempfile::tempdir().unwrap();
+            let (p, outside) = (t.path().join("p"), t.path().join("outside"));
+            std::fs::create_dir_all(outside.join("e")).unwrap();
+            let e = unpack_into(
+                &p,
+                &[
+                    E::Dir("d/"),
+                    E::Dir("d/e/"),
+                    E::File("d/e/a", "first", 0o644),
+                    E::File("d/a", "first", 0o644),
+                    E::File("d/e/c", "first", 0o644),
+                    E::Link(replaced, outside.to_str().unwrap()),
+                    E::File(later, "pwned", 0o644),
+                ],
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("a symlink is in the way"), "{e}");
+            assert!(
+                std::fs::symlink_metadata(p.join(replaced))
+                    .unwrap()
+                    .is_symlink()
+            );
+            let mut found = Vec::new();
+            for entry in walkdir(&outside) {
+                found.push(entry);
+            }
+            assert_eq!(found, ["e"], "{replaced} then {later}: {found:?}");
+        }
+    }
+
+    fn walkdir(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                out.push(
+                    e.path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A directory replaced by a file half-way: the entries below it after that are errors,
+    /// the file stays.
+    #[test]
+    fn a_directory_replaced_by_a_file_half_way() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("p");
+        let e = unpack_into(
+            &p,
+            &[
+                E::Dir("d/"),
+                E::File("d/a", "first", 0o644),
+                E::File("d", "now a file", 0o644),
+                E::File("d/b", "second", 0o644),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("d/b"), "{e}");
+        assert_eq!(std::fs::read_to_string(p.join("d")).unwrap(), "now a file");
+    }
+
+    /// Files and links already there are replaced, never written through; modes are exact
+    /// whatever the umask (set explicitly only when the umask would have changed them).
+    #[test]
+    fn existing_entries_are_replaced_and_modes_are_exact() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (p, victim) = (t.path().join("p"), t.path().join("victim"));
+        std::fs::write(&victim, "secret").unwrap();
+        std::fs::create_dir_all(p.join("d/sub")).unwrap();
+        std::fs::write(p.join("d/sub/deep"), "old").unwrap();
+        std::os::unix::fs::symlink(&victim, p.join("d/link")).unwrap();
+        std::fs::write(p.join("d/old"), "old").unwrap();
+        let n = unpack_into(
+            &p,
+            &[
+                E::File("d/link", "new", 0o644),
+                E::File("d/old", "new", 0o664),
+                E::File("d/sub", "new", 0o600),
+                E::File("d/x", "new", 0o777),
+                E::File("d/y", "new", 0o400),
+                E::Link("d/z", "../victim"),
+                E::Link("d/z", "elsewhere"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+        for (name, mode) in [
+            ("link", 0o644),
+            ("old", 0o664),
+            ("sub", 0o600),
+            ("x", 0o777),
+            ("y", 0o400),
+        ] {
+            let m = std::fs::symlink_metadata(p.join("d").join(name)).unwrap();
+            assert!(m.is_file(), "{name}");
+            assert_eq!(m.permissions().mode() & 0o7777, mode, "{name}");
+            assert_eq!(
+                std::fs::read_to_string(p.join("d").join(name)).unwrap(),
+                "new"
+            );
+        }
+        assert_eq!(
+            std::fs::read_link(p.join("d/z")).unwrap(),
+            Path::new("elsewhere")
+        );
+    }
+
+    #[test]
+    fn read_ahead_passes_every_byte_and_errors_on() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut got = Vec::new();
+        ReadAhead::new(io::Cursor::new(data.clone()))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, data);
+        let failing = io::Cursor::new(vec![1u8; 600_000]).chain(FailingReader);
+        let mut got = Vec::new();
+        let e = ReadAhead::new(failing).read_to_end(&mut got).unwrap_err();
+        assert_eq!(e.to_string(), "broken input");
+        assert_eq!(got.len(), 600_000);
+    }
+
+    struct FailingReader;
+
+    impl Read for FailingReader {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("broken input"))
+        }
+    }
 
     /// A tar header's mtime is any u64 (base-256 in GNU headers): `UNIX_EPOCH + Duration`
     /// panicked on it ("overflow when adding duration to instant"); the entry is restored.

@@ -440,11 +440,32 @@ pub async fn save(
         store.format,
         store.compression,
     );
-    let res =
-        tokio::task::spawn_blocking(move || archive::save(&dir, &sp, &kd, &c, (format, level)))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+    // A new tar + zstd archive goes up while it is written (docs/benchmarks.md).
+    let stream = match (&store.remote, store.format) {
+        (Some(remote), CacheFormat::TarZstd) => remote.store().ok().map(|client| {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let progress = Progress::default();
+            let (r, k, p) = (remote.clone(), key.clone(), progress.clone());
+            let max = remote.config.max_uploaded_archive_size;
+            let task = tokio::spawn(async move { r.upload_stream(client, &k, rx, p, max).await });
+            (tx, task, progress)
+        }),
+        _ => None,
+    };
+    let (pieces, stream) = match stream {
+        Some((tx, task, progress)) => (Some(tx), Some((task, progress))),
+        None => (None, None),
+    };
+    let res = tokio::task::spawn_blocking(move || {
+        archive::save(&dir, &sp, &kd, &c, (format, level), pieces)
+    })
+    .await
+    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
     if cancel.is_cancelled() {
+        if let Some((task, _)) = stream {
+            // Dropping it would leave the upload running: aborted, it is never completed.
+            task.abort();
+        }
         return Err(CacheError::Cancelled);
     }
     let (notes, result): (Vec<Note>, _) = match res {
@@ -491,7 +512,13 @@ pub async fn save(
             .await?;
             note(log, Level::Notice, "Created cache").await?;
             if let Some(remote) = &store.remote {
-                push(remote, store, &key, true, log).await?;
+                let uploaded = match stream {
+                    Some(s) => push_streamed(remote, store, &key, s, log).await?,
+                    None => false,
+                };
+                if !uploaded {
+                    push(remote, store, &key, true, log).await?;
+                }
             }
             Ok(SaveOutcome::Created { key, files, bytes })
         }
@@ -627,6 +654,62 @@ async fn local_copy(path: &Path, log: &mut LogSink<'_>) -> Result<bool, CacheErr
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Finishes the upload that was fed while the archive of `key` was written; `false` when it
+/// was dropped (then [`push`] decides, from the archive file). Failures are warnings.
+async fn push_streamed(
+    remote: &RemoteCache,
+    store: &CacheStore,
+    key: &str,
+    (task, progress): (tokio::task::JoinHandle<remote::Streamed>, Progress),
+    log: &mut LogSink<'_>,
+) -> Result<bool, CacheError> {
+    let key_dir = store.key_dir(key)?;
+    let size = std::fs::metadata(key_dir.join(archive::ARCHIVE_NAME))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    remote::RemoteState::forget(&key_dir);
+    let max = remote.config.max_uploaded_archive_size;
+    if max == 0 || size <= max {
+        note(
+            log,
+            Level::Plain,
+            &format!(
+                "Uploading cache to {} ({})",
+                remote.object(key),
+                hostio::human_bytes(size)
+            ),
+        )
+        .await?;
+    }
+    let freq = remote.transfer_meter;
+    let done = async {
+        task.await
+            .unwrap_or_else(|e| remote::Streamed::Failed(remote::RemoteError(e.to_string())))
+    };
+    match metered(
+        freq,
+        "Uploading cache",
+        Some(size),
+        || progress.get(),
+        log,
+        done,
+    )
+    .await
+    {
+        remote::Streamed::Uploaded(state) => {
+            let _ = state.write(&key_dir);
+            note(log, Level::Notice, "Uploaded cache").await?;
+        }
+        remote::Streamed::Failed(e) => {
+            note(log, Level::Warning, &e.to_string()).await?;
+            note(log, Level::Warning, "Failed to upload cache").await?;
+        }
+        // Over the size limit (push() says so), or not this archive: push() decides.
+        remote::Streamed::Dropped => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// Uploads the local archive of `key` (just written when `changed`) unless it is over

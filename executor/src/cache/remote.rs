@@ -2,7 +2,8 @@
 //! (docs/configuration.md, docs/scaling.md).
 //!
 //! The local archive (`<cache_dir>/<namespace>/<key>/cache.tar.zst`) stays the working copy:
-//! a save builds it as before and then uploads it; a restore asks the store for the object's
+//! a save builds it as before and uploads it while it is written (a zip after it is
+//! written); a restore asks the store for the object's
 //! metadata and reads the local copy when this host already has that version (the "local
 //! tier"), otherwise downloads it next to the local copy and extracts it from there.
 //!
@@ -36,6 +37,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// parts this size, a few in flight at once (S3 needs parts of at least 5 MiB).
 const PART_SIZE: usize = 16 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
+/// A download writes what came of a range to the file in pieces of this size.
+const DOWNLOAD_PIECE: usize = 1024 * 1024;
+/// The longest range a download asks for, in parts.
+const MAX_RANGE_PARTS: u64 = 4;
 /// What this host last knew of the remote object, next to the local archive.
 pub(super) const STATE_NAME: &str = "remote.json";
 
@@ -128,7 +133,17 @@ impl RemoteState {
         if self.e_tag.is_none() {
             return 1;
         }
-        self.size.div_ceil(PART_SIZE as u64).max(1)
+        self.size.div_ceil(self.range_len()).max(1)
+    }
+
+    /// The length of one range: as many ranges as are fetched at once when that makes them
+    /// between one and four parts long (fewer, longer requests: a store whose ranged reads
+    /// cost more than their length, moto's, answers them faster; docs/benchmarks.md).
+    fn range_len(&self) -> u64 {
+        let part = PART_SIZE as u64;
+        self.size
+            .div_ceil(PARTS_IN_FLIGHT as u64)
+            .clamp(part, MAX_RANGE_PARTS * part)
     }
 
     pub(super) fn read(key_dir: &Path) -> Option<RemoteState> {
@@ -344,8 +359,14 @@ impl RemoteCache {
         if known.ranges() > 1
             && let Some(etag) = &known.e_tag
         {
-            let work =
-                self.download_ranges(store, &object, dest, (known.size, etag), &what, progress);
+            let work = self.download_ranges(
+                store,
+                &object,
+                dest,
+                (known.size, known.range_len(), etag),
+                &what,
+                progress,
+            );
             return match tokio::time::timeout(self.request_timeout, work).await {
                 Ok(Ok(())) => Ok((known.clone(), known.size)),
                 Ok(Err(e)) => Err(e),
@@ -388,44 +409,76 @@ impl RemoteCache {
         store: &dyn ObjectStore,
         object: &ObjectPath,
         dest: &Path,
-        (size, etag): (u64, &str),
+        (size, range_len, etag): (u64, u64, &str),
         what: &str,
         progress: &Progress,
     ) -> Result<(), RemoteError> {
-        use std::os::unix::fs::FileExt;
         let file = std::fs::File::create(dest).map_err(|e| self.err(what, e))?;
         file.set_len(size).map_err(|e| self.err(what, e))?;
         let file = Arc::new(file);
         let ranges: Vec<std::ops::Range<u64>> = (0..size)
-            .step_by(PART_SIZE)
-            .map(|start| start..(start + PART_SIZE as u64).min(size))
+            .step_by(range_len as usize)
+            .map(|start| start..(start + range_len).min(size))
             .collect();
         let mut parts = futures::stream::iter(ranges)
-            .map(|range| async move {
-                let opts = GetOptions {
-                    range: Some(GetRange::Bounded(range.clone())),
-                    if_match: Some(etag.to_string()),
-                    ..GetOptions::default()
-                };
-                let got = store.get_opts(object, opts).await?;
-                Ok::<_, object_store::Error>((range, got.bytes().await?))
+            .map(|range| {
+                let file = file.clone();
+                async move {
+                    let opts = GetOptions {
+                        range: Some(GetRange::Bounded(range.clone())),
+                        if_match: Some(etag.to_string()),
+                        ..GetOptions::default()
+                    };
+                    let got = store
+                        .get_opts(object, opts)
+                        .await
+                        .map_err(|e| self.err(what, e))?;
+                    // Written where it belongs as it comes, a piece at a time: a range is
+                    // never whole in memory.
+                    let mut stream = got.into_stream();
+                    let mut at = range.start;
+                    let mut piece: Vec<u8> = Vec::new();
+                    loop {
+                        let next = stream.next().await;
+                        if let Some(chunk) = &next {
+                            let chunk = chunk.as_ref().map_err(|e| self.err(what, e))?;
+                            piece.extend_from_slice(chunk);
+                            if piece.len() < DOWNLOAD_PIECE {
+                                continue;
+                            }
+                        }
+                        let n = piece.len() as u64;
+                        if at + n > range.end {
+                            break;
+                        }
+                        if n > 0 {
+                            let (f, p) = (file.clone(), std::mem::take(&mut piece));
+                            tokio::task::spawn_blocking(move || {
+                                use std::os::unix::fs::FileExt;
+                                f.write_all_at(&p, at)
+                            })
+                            .await
+                            .map_err(|e| self.err(what, e))?
+                            .map_err(|e| self.err(what, e))?;
+                            at += n;
+                            progress.add(n);
+                        }
+                        if next.is_none() {
+                            break;
+                        }
+                    }
+                    if at != range.end {
+                        return Err(RemoteError(format!(
+                            "{what}: range {range:?} came back with {} bytes",
+                            at - range.start + piece.len() as u64
+                        )));
+                    }
+                    Ok(())
+                }
             })
             .buffer_unordered(PARTS_IN_FLIGHT);
         while let Some(part) = parts.next().await {
-            let (range, bytes) = part.map_err(|e| self.err(what, e))?;
-            if bytes.len() as u64 != range.end - range.start {
-                return Err(RemoteError(format!(
-                    "{what}: range {range:?} came back with {} bytes",
-                    bytes.len()
-                )));
-            }
-            let f = file.clone();
-            let n = bytes.len() as u64;
-            tokio::task::spawn_blocking(move || f.write_all_at(&bytes, range.start))
-                .await
-                .map_err(|e| self.err(what, e))?
-                .map_err(|e| self.err(what, e))?;
-            progress.add(n);
+            part?;
         }
         Ok(())
     }
@@ -502,6 +555,118 @@ impl RemoteCache {
                 "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
                 self.request_timeout.as_secs()
             ))),
+        }
+    }
+}
+
+/// A piece of an archive while it is being written, for [`RemoteCache::upload_stream`].
+#[derive(Debug)]
+pub(super) enum Piece {
+    Data(bytes::Bytes),
+    /// The archive is complete and in place locally, this many bytes long: make it the object.
+    Commit(u64),
+}
+
+/// What became of a streamed upload.
+pub(super) enum Streamed {
+    Uploaded(RemoteState),
+    Failed(RemoteError),
+    /// Not committed (no new archive, one written twice, or over `MaxUploadedArchiveSize`):
+    /// nothing was made visible; the caller decides whether to upload the file.
+    Dropped,
+}
+
+impl RemoteCache {
+    /// Uploads an archive while it is being written (docs/benchmarks.md): the pieces go up as
+    /// a multipart upload once they are more than one part, as one request otherwise, and
+    /// only a [`Piece::Commit`] whose length matches what came completes it; anything else
+    /// (the sender dropped, more than `max` bytes when `max` > 0) aborts the upload, which the
+    /// store never makes visible.
+    pub(super) async fn upload_stream(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        key: &str,
+        mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+        progress: Progress,
+        max: u64,
+    ) -> Streamed {
+        let object = ObjectPath::from(self.object(key));
+        let what = format!("uploading {object}");
+        let mut first: Vec<u8> = Vec::new();
+        let mut multipart: Option<WriteMultipart> = None;
+        let work = async {
+            let mut total = 0u64;
+            loop {
+                match pieces.recv().await {
+                    None => return Ok(false),
+                    Some(Piece::Data(b)) => {
+                        total += b.len() as u64;
+                        if max > 0 && total > max {
+                            return Ok(false);
+                        }
+                        if let Some(w) = multipart.as_mut() {
+                            w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                            w.write(&b);
+                            progress.add(b.len() as u64);
+                            continue;
+                        }
+                        first.extend_from_slice(&b);
+                        if first.len() > PART_SIZE {
+                            let upload = store.put_multipart(&object).await?;
+                            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                            w.write(&first);
+                            progress.add(first.len() as u64);
+                            first = Vec::new();
+                            multipart = Some(w);
+                        }
+                    }
+                    Some(Piece::Commit(n)) => {
+                        if n != total {
+                            return Ok(false);
+                        }
+                        match multipart.take() {
+                            Some(w) => {
+                                w.finish().await?;
+                            }
+                            None => {
+                                let body = PutPayload::from(std::mem::take(&mut first));
+                                store.put(&object, body).await?;
+                                progress.add(total);
+                            }
+                        }
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+        let timed = tokio::time::timeout(self.request_timeout, work).await;
+        let done: Result<bool, object_store::Error> = match timed {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(w) = multipart.take() {
+                    let _ = w.abort().await;
+                }
+                return Streamed::Failed(RemoteError(format!(
+                    "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                    self.request_timeout.as_secs()
+                )));
+            }
+        };
+        if !matches!(done, Ok(true))
+            && let Some(w) = multipart.take()
+        {
+            let _ = w.abort().await;
+        }
+        match done {
+            Ok(false) => Streamed::Dropped,
+            Err(e) => Streamed::Failed(self.err(&what, e)),
+            Ok(true) => match self.head(&*store, key).await {
+                Ok(Head::Found(state)) => Streamed::Uploaded(state),
+                Ok(Head::Missing) => Streamed::Failed(RemoteError(format!(
+                    "{what}: the object is not there after the upload"
+                ))),
+                Err(e) => Streamed::Failed(e),
+            },
         }
     }
 }
@@ -596,6 +761,33 @@ mod tests {
         assert_eq!(s3_endpoint(&s3), (None, true));
         s3.path_style = Some(true);
         assert_eq!(s3_endpoint(&s3), (None, false));
+    }
+
+    #[test]
+    fn downloads_ask_for_one_range_per_connection_of_one_to_four_parts() {
+        let state = |mib: u64| RemoteState {
+            object: "o".into(),
+            e_tag: Some("e".into()),
+            last_modified: String::new(),
+            size: mib * 1024 * 1024,
+        };
+        // (size in MiB, ranges): at most 4 at once, each 16 to 64 MiB.
+        for (mib, ranges) in [
+            (10, 1),
+            (16, 1),
+            (20, 2),
+            (64, 4),
+            (105, 4),
+            (256, 4),
+            (300, 5),
+        ] {
+            assert_eq!(state(mib).ranges(), ranges, "{mib} MiB");
+        }
+        let no_etag = RemoteState {
+            e_tag: None,
+            ..state(300)
+        };
+        assert_eq!(no_etag.ranges(), 1);
     }
 
     #[test]

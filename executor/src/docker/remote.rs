@@ -70,8 +70,15 @@ pub fn write_tree<W: io::Write>(dir: &JobDir, out: W, limits: &Limits) -> io::Re
         entries.push((rel.to_path_buf(), meta.clone()));
         Ok(true)
     })?;
-    for (rel, meta) in entries {
+    for (rel, _) in entries {
         limits.check_time()?;
+        // The whole metadata (std's) for the header, as the walk found it: removed since,
+        // it is left out.
+        let meta = match dir.lstat(&rel) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
         let name = Path::new(".").join(&rel);
@@ -86,8 +93,8 @@ pub fn write_tree<W: io::Write>(dir: &JobDir, out: W, limits: &Limits) -> io::Re
                 b.append_link(&mut h, &name, target)?;
             }
             Kind::File => {
-                let f = dir.open_file(&rel)?;
-                let len = f.metadata()?.len().min(meta.len());
+                let (f, now) = dir.open_file_meta(&rel)?;
+                let len = now.len().min(meta.len());
                 budget.bytes(len)?;
                 h.set_size(len);
                 b.append_data(&mut h, &name, f.take(len))?;

@@ -395,7 +395,7 @@ fn scrub(root: &JobDir, limits: &Limits) -> io::Result<()> {
         let is_lock = rel
             .file_name()
             .is_some_and(|n| n.to_string_lossy().ends_with(".lock"));
-        let kind = jobfs::Kind::of(meta);
+        let kind = meta.kind;
         if kind == jobfs::Kind::Symlink
             || kind == jobfs::Kind::Other
             || (is_lock && kind == jobfs::Kind::File)
