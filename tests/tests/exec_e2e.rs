@@ -437,3 +437,73 @@ later:
     assert_eq!(later["status"], "success");
     assert!(later["duration_s"].as_f64().unwrap() >= 2.0, "{later}");
 }
+
+#[test]
+fn artifacts_to_source_unpacks_successful_jobs_artifacts_into_the_tree_and_nothing_else() {
+    let ci = r#"
+stages: [build, test]
+
+build:
+  stage: build
+  script:
+    - mkdir -p gen/.git/hooks
+    - echo generated > gen/out.txt
+    - echo '#!/bin/sh' > gen/.git/hooks/pre-commit
+    - ln -s /etc gen/escape
+    - echo "from the job" > README
+  artifacts:
+    paths: [gen/, README]
+
+broken:
+  stage: test
+  allow_failure: true
+  script:
+    - echo broken > broken.txt
+    - exit 1
+  artifacts:
+    when: always
+    paths: [broken.txt]
+"#;
+    let Some(p) = Project::new(ci) else {
+        return;
+    };
+    p.repo.commit("README", "the user's\n");
+    let tree = p.repo.path();
+
+    // Without the flag, jobs never change the user's tree.
+    let (code, summary) = p.exec_json(&[]);
+    assert_eq!(code, Some(0), "{summary:#}");
+    assert!(!tree.join("gen").exists());
+    assert_eq!(
+        std::fs::read_to_string(tree.join("README")).unwrap(),
+        "the user's\n"
+    );
+
+    let out = p.exec(&["--json", "--artifacts-to-source"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("gen/out.txt")).unwrap(),
+        "generated\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("README")).unwrap(),
+        "from the job\n",
+        "files are overwritten, as GitLab's artifact download does"
+    );
+    assert!(
+        stderr.contains("ferry: extracted the artifacts of build into"),
+        "{stderr}"
+    );
+    // Never into a .git, never a link out of the tree, never a failed job's artifacts.
+    assert!(!tree.join("gen/.git").exists(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "gen/.git/hooks/pre-commit: skipped: ferry never writes into a .git directory"
+        ),
+        "{stderr}"
+    );
+    assert!(std::fs::symlink_metadata(tree.join("gen/escape")).is_err());
+    assert!(stderr.contains("gen/escape: skipped"), "{stderr}");
+    assert!(!tree.join("broken.txt").exists());
+}

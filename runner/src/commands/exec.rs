@@ -61,6 +61,8 @@ struct Ready {
     jobs: Vec<LocalJob>,
     run_dir: PathBuf,
     working_dir: PathBuf,
+    /// `--artifacts-to-source`.
+    to_source: Option<exec::to_source::ToSource>,
 }
 
 /// `KEY=VALUE` lines of a `--var-file` (blank lines and `#` comments skipped).
@@ -254,12 +256,16 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
             });
         }
     }
+    let to_source = args
+        .artifacts_to_source
+        .then(|| exec::to_source::ToSource::new(&top, &[&out_base, &working_dir]));
     Ok(Prepared::Run(Box::new(Ready {
         runner: Arc::new(runner),
         pipeline,
         jobs,
         run_dir,
         working_dir,
+        to_source,
     })))
 }
 
@@ -528,6 +534,7 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
             working_dir: ready.working_dir.clone(),
             cancel,
             shutdown,
+            to_source: ready.to_source.clone(),
         },
     )
     .await;

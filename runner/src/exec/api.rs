@@ -109,10 +109,11 @@ impl LocalApi {
 
     /// Whether job `id` uploaded an `archive` artifact (what a dependency downloads).
     pub fn has_archive(&self, id: u64) -> bool {
-        self.find_archive(id).is_some()
+        self.archive_of(id).is_some()
     }
 
-    fn find_archive(&self, id: u64) -> Option<PathBuf> {
+    /// Where job `id`'s `archive` artifact is stored, if it uploaded one.
+    pub fn archive_of(&self, id: u64) -> Option<PathBuf> {
         let dir = self.dir.join("artifacts").join(id.to_string());
         std::fs::read_dir(dir)
             .ok()?
@@ -211,7 +212,7 @@ impl JobApi for LocalApi {
             });
         }
         // The `archive` artifact, as GitLab serves for a dependency.
-        let Some(src) = self.find_archive(job_id) else {
+        let Some(src) = self.archive_of(job_id) else {
             return Err(ApiError::Status {
                 endpoint: "download_artifacts",
                 status: 404,
