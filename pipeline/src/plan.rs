@@ -534,19 +534,20 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
     })
 }
 
-/// `needs:` with names of `parallel` jobs replaced by their instances' (`Config::Normalizer`).
+/// `needs:` with names of `parallel` jobs replaced by their instances' (`Config::Normalizer`):
+/// all of them, or with `parallel: matrix:` the ones its rows name (`job: [v1, v2]`, the
+/// values in the need's order: another order names no job). As GitLab's normalizer, a need's
+/// matrix on a job that is not `parallel` is ignored: the need is that job.
 fn expand_needs(
     needs: &[NeedSpec],
     expanded: &HashMap<&str, Vec<String>>,
 ) -> Vec<(Need, NeedSpec)> {
     let mut out = Vec::new();
     for n in needs {
-        let names = match &n.matrix {
-            Some(rows) => rows.iter().map(|r| matrix_name(&n.job, r)).collect(),
-            None => expanded
-                .get(n.job.as_str())
-                .cloned()
-                .unwrap_or_else(|| vec![n.job.clone()]),
+        let names = match (expanded.get(n.job.as_str()), &n.matrix) {
+            (Some(_), Some(rows)) => rows.iter().map(|r| matrix_name(&n.job, r)).collect(),
+            (Some(all), None) => all.clone(),
+            (None, _) => vec![n.job.clone()],
         };
         for name in names {
             out.push((
