@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, ExecArgs};
 use crate::driver::{Driver, HostFs};
 use crate::exec::api::LocalApi;
-use crate::exec::convert::{PipelineContext, local_jobs};
+use crate::exec::convert::{FilesKey, PipelineContext, local_jobs};
 use crate::exec::schedule::Status;
 use crate::exec::terminal::Terminal;
 use crate::exec::{self, JobResult, LocalJob, Options, predefined, snapshot};
@@ -229,8 +229,15 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         .server_url
         .clone()
         .unwrap_or_else(|| "https://gitlab.invalid".into());
-    let files_key = |files: &[String], prefix: Option<&str>| {
-        snapshot::files_key(&store, &snap.sha, files, prefix)
+    let files_key = |k: FilesKey<'_>| {
+        snapshot::files_key(
+            &store,
+            &snap.sha,
+            k.files,
+            k.files_commits,
+            k.prefix,
+            k.index,
+        )
     };
     let ctx = PipelineContext {
         pipeline_id,
