@@ -63,6 +63,8 @@ struct Ready {
     working_dir: PathBuf,
     /// `--artifacts-to-source`.
     to_source: Option<exec::to_source::ToSource>,
+    /// Deploy jobs that run as a server-side dry run (no `--deploy`).
+    dry_runs: Vec<String>,
 }
 
 /// `KEY=VALUE` lines of a `--var-file` (blank lines and `#` comments skipped).
@@ -263,6 +265,24 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
             });
         }
     }
+    // docs/exec.md, "Deploy jobs": ferry says which jobs run as a dry run, and why.
+    let dry_runs: Vec<String> = if args.deploy {
+        Vec::new()
+    } else {
+        let ctx = crate::plan::JobContext {
+            working_dir: working_dir.clone(),
+            concurrent_id: 0,
+            concurrent_project_id: 0,
+            tls_ca_pem: None,
+        };
+        jobs.iter()
+            .filter(|j| {
+                crate::plan::compile(&j.payload, &runner, &ctx)
+                    .is_ok_and(|p| matches!(p.execution, crate::plan::Execution::Deploy { .. }))
+            })
+            .map(|j| j.node.name.clone())
+            .collect()
+    };
     let to_source = args
         .artifacts_to_source
         .then(|| exec::to_source::ToSource::new(&top, &[&out_base, &working_dir]));
@@ -273,6 +293,7 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         run_dir,
         working_dir,
         to_source,
+        dry_runs,
     })))
 }
 
@@ -512,6 +533,11 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
         cleanups: tokio_util::task::TaskTracker::new(),
         workspaces: Default::default(),
     });
+    for name in &ready.dry_runs {
+        api.terminal().say(&format!(
+            "ferry: {name}: without --deploy: a server-side dry run (FERRY_DRY_RUN=server): nothing is persisted on the cluster"
+        ));
+    }
     let cancel = CancellationToken::new();
     let shutdown = CancellationToken::new();
     {
