@@ -40,6 +40,8 @@ struct Instance<'a> {
     name: String,
     parallel: Option<Parallel>,
     matrix: Vec<(String, String)>,
+    /// The job's `needs:`, with a matrix instance's `$[[ matrix.NAME ]]` replaced.
+    needs: Option<Vec<NeedSpec>>,
 }
 
 fn pipeline_vars(input: &Input) -> Vars {
@@ -204,6 +206,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                 name: def.name.clone(),
                 parallel: None,
                 matrix: Vec::new(),
+                needs: def.needs.clone(),
             }),
             Some(ParallelSpec::Count(n)) => {
                 for i in 1..=*n {
@@ -217,6 +220,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                             total: *n,
                         }),
                         matrix: Vec::new(),
+                        needs: def.needs.clone(),
                     });
                 }
             }
@@ -224,6 +228,18 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                 for (i, row) in rows.iter().enumerate() {
                     let name = matrix_name(&def.name, row);
                     expanded.entry(&def.name).or_default().push(name.clone());
+                    let needs = match &def.needs {
+                        Some(needs) => Some(matrix_needs(needs, row).map_err(|var| {
+                            Error::at(
+                                def.pos.clone(),
+                                format!(
+                                    "{} job: '{var}' does not exist in matrix configuration",
+                                    def.name
+                                ),
+                            )
+                        })?),
+                        None => None,
+                    };
                     instances.push(Instance {
                         def,
                         name,
@@ -232,6 +248,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                             total: rows.len(),
                         }),
                         matrix: row.clone(),
+                        needs,
                     });
                 }
             }
@@ -287,7 +304,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                 check(&d, "dependency", false, inst.def.pos.clone())?;
             }
         }
-        let mut need_lists: Vec<&Vec<NeedSpec>> = inst.def.needs.iter().collect();
+        let mut need_lists: Vec<&Vec<NeedSpec>> = inst.needs.iter().collect();
         let rule_needs: Vec<Vec<NeedSpec>> = rule_needs(inst.def)?;
         need_lists.extend(rule_needs.iter());
         for list in need_lists {
@@ -332,7 +349,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
                 ));
             }
         }
-        if let Some(needs) = &inst.def.needs {
+        if let Some(needs) = &inst.needs {
             dag.push((
                 name.clone(),
                 expand_needs(needs)
@@ -432,7 +449,7 @@ pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
         let needs_spec = matched
             .as_ref()
             .and_then(|m| m.needs.clone())
-            .or_else(|| def.needs.clone());
+            .or_else(|| inst.needs.clone());
         let needs = needs_spec.map(|n| {
             expand_needs(&n)
                 .into_iter()
@@ -561,6 +578,56 @@ fn expand_needs(
         }
     }
     out
+}
+
+/// Matrix expressions in a matrix instance's `needs:` (GitLab's `MatrixInterpolator`): each
+/// `$[[ matrix.NAME ]]` in a need's job name or matrix values becomes the instance's value of
+/// `NAME`; `Err(NAME)` for a name the instance has not.
+fn matrix_needs(needs: &[NeedSpec], row: &[(String, String)]) -> Result<Vec<NeedSpec>, String> {
+    static EXPR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\$\[\[\s*matrix\.([a-zA-Z0-9_-]+)\s*\]\]")
+            .expect("a valid regular expression")
+    });
+    let expr = &*EXPR;
+    let fill = |text: &str| -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for m in expr.captures_iter(text) {
+            let (whole, name) = (m.get(0).expect("match"), &m[1]);
+            let value = row
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| name.to_string())?;
+            out.push_str(&text[last..whole.start()]);
+            out.push_str(value);
+            last = whole.end();
+        }
+        out.push_str(&text[last..]);
+        Ok(out)
+    };
+    needs
+        .iter()
+        .map(|n| {
+            let matrix = match &n.matrix {
+                Some(rows) => Some(
+                    rows.iter()
+                        .map(|r| {
+                            r.iter()
+                                .map(|(k, v)| Ok((k.clone(), fill(v)?)))
+                                .collect::<Result<Vec<_>, String>>()
+                        })
+                        .collect::<Result<Vec<_>, String>>()?,
+                ),
+                None => None,
+            };
+            Ok(NeedSpec {
+                job: fill(&n.job)?,
+                matrix,
+                ..n.clone()
+            })
+        })
+        .collect()
 }
 
 /// `job: [a, b]`, GitLab's name of a `parallel:matrix` instance.
