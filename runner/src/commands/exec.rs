@@ -231,15 +231,34 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         .server_url
         .clone()
         .unwrap_or_else(|| "https://gitlab.invalid".into());
+    // Jobs share their cache definitions (`default:`): each key is computed once (git runs).
+    type KeyArgs = (
+        Option<Vec<String>>,
+        Option<Vec<String>>,
+        Option<String>,
+        usize,
+    );
+    let keys: std::cell::RefCell<std::collections::HashMap<KeyArgs, String>> = Default::default();
     let files_key = |k: FilesKey<'_>| {
-        snapshot::files_key(
+        let args: KeyArgs = (
+            k.files.map(<[String]>::to_vec),
+            k.files_commits.map(<[String]>::to_vec),
+            k.prefix.map(str::to_string),
+            k.index,
+        );
+        if let Some(key) = keys.borrow().get(&args) {
+            return key.clone();
+        }
+        let key = snapshot::files_key(
             &store,
             &snap.sha,
             k.files,
             k.files_commits,
             k.prefix,
             k.index,
-        )
+        );
+        keys.borrow_mut().insert(args, key.clone());
+        key
     };
     let ctx = PipelineContext {
         pipeline_id,
