@@ -149,49 +149,33 @@ impl<'a> TableReader<'a> {
         Some((item.as_value().ok_or(item), line))
     }
 
-    pub fn string(&mut self, ctx: &Ctx, key: &str) -> Result<Option<Val<String>>, ConfigError> {
-        match self.value(ctx, key) {
-            None => Ok(None),
-            Some((Ok(Value::String(s)), line)) => Ok(Some(Val {
-                v: s.value().clone(),
-                line,
-            })),
-            Some((v, line)) => Err(expected(ctx, line, &self.key_path(key), "a string", tn(v))),
+    /// The value of `key` when `get` takes it; otherwise an error saying it is not `what`.
+    fn scalar<T>(
+        &mut self,
+        ctx: &Ctx,
+        key: &str,
+        what: &str,
+        get: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<Val<T>>, ConfigError> {
+        let Some((v, line)) = self.value(ctx, key) else {
+            return Ok(None);
+        };
+        match v.ok().and_then(get) {
+            Some(v) => Ok(Some(Val { v, line })),
+            None => Err(expected(ctx, line, &self.key_path(key), what, tn(v))),
         }
+    }
+
+    pub fn string(&mut self, ctx: &Ctx, key: &str) -> Result<Option<Val<String>>, ConfigError> {
+        self.scalar(ctx, key, "a string", |v| v.as_str().map(str::to_string))
     }
 
     pub fn int(&mut self, ctx: &Ctx, key: &str) -> Result<Option<Val<i64>>, ConfigError> {
-        match self.value(ctx, key) {
-            None => Ok(None),
-            Some((Ok(Value::Integer(i)), line)) => Ok(Some(Val {
-                v: *i.value(),
-                line,
-            })),
-            Some((v, line)) => Err(expected(
-                ctx,
-                line,
-                &self.key_path(key),
-                "an integer",
-                tn(v),
-            )),
-        }
+        self.scalar(ctx, key, "an integer", Value::as_integer)
     }
 
     pub fn bool(&mut self, ctx: &Ctx, key: &str) -> Result<Option<Val<bool>>, ConfigError> {
-        match self.value(ctx, key) {
-            None => Ok(None),
-            Some((Ok(Value::Boolean(b)), line)) => Ok(Some(Val {
-                v: *b.value(),
-                line,
-            })),
-            Some((v, line)) => Err(expected(
-                ctx,
-                line,
-                &self.key_path(key),
-                "true or false",
-                tn(v),
-            )),
-        }
+        self.scalar(ctx, key, "true or false", Value::as_bool)
     }
 
     pub fn datetime(
@@ -199,20 +183,8 @@ impl<'a> TableReader<'a> {
         ctx: &Ctx,
         key: &str,
     ) -> Result<Option<Val<toml_edit::Datetime>>, ConfigError> {
-        match self.value(ctx, key) {
-            None => Ok(None),
-            Some((Ok(Value::Datetime(d)), line)) => Ok(Some(Val {
-                v: *d.value(),
-                line,
-            })),
-            Some((v, line)) => Err(expected(
-                ctx,
-                line,
-                &self.key_path(key),
-                "a TOML datetime (like 2025-03-04T10:15:00Z)",
-                tn(v),
-            )),
-        }
+        let what = "a TOML datetime (like 2025-03-04T10:15:00Z)";
+        self.scalar(ctx, key, what, |v| v.as_datetime().copied())
     }
 
     /// An array of strings; each element keeps its own line.

@@ -782,3 +782,105 @@ async fn a_broken_checkout_is_replaced_by_a_fresh_clone() {
     assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "2");
     assert_eq!(git(&dir, &["rev-parse", "HEAD"]), sha2);
 }
+
+/// A repository names its submodules' URLs: host git must never use the host's ssh keys or
+/// agent for them, nor read the host's repositories through `file://` or a local path
+/// (docs/security.md, "What git can reach"). Each such submodule is refused before any
+/// connection: an ssh server's port (here a listener counting connections) is never reached.
+#[tokio::test]
+async fn submodules_with_ssh_file_or_local_urls_are_refused_without_a_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((_conn, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let sub = Upstream::new();
+    let sub_sha = sub.commit("lib.txt", "library");
+    let up = Upstream::new();
+    up.commit("f", "1");
+    let urls = [
+        ("ssh", format!("ssh://git@127.0.0.1:{port}/g/lib.git")),
+        ("scp", "git@127.0.0.1:g/lib.git".to_string()),
+        ("fileurl", format!("file://{}", sub.url())),
+        ("local", sub.url()),
+    ];
+    let mut gitmodules = String::new();
+    for (name, url) in &urls {
+        gitmodules.push_str(&format!(
+            "[submodule \"{name}\"]\n\tpath = {name}\n\turl = {url}\n"
+        ));
+        git(
+            &up.work,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{sub_sha},{name}"),
+            ],
+        );
+    }
+    std::fs::write(up.work.join(".gitmodules"), gitmodules).unwrap();
+    git(&up.work, &["add", ".gitmodules"]);
+    git(&up.work, &["commit", "-q", "-m", "subs"]);
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let sha = git(&up.work, &["rev-parse", "HEAD"]);
+
+    let dir = up.project("p");
+    let mut s = spec(&up.url(), &sha, &dir);
+    s.submodule_strategy = SubmoduleStrategy::Normal;
+    let (res, log) = run(&s).await;
+    let err = res.expect_err("the submodules must be refused");
+    assert!(
+        matches!(&err, SourceError::TransportRefused { transport, .. } if transport == "ssh" || transport == "file"),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("which ferry's host git refuses")
+            && text.contains("GIT_SUBMODULE_FORCE_HTTPS"),
+        "{text}"
+    );
+    assert!(log.contains("fatal: transport 'ssh' not allowed"), "{log}");
+    assert!(log.contains("fatal: transport 'file' not allowed"), "{log}");
+    // The project itself, fetched from a local path as `ferry exec` does, was checked out.
+    assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "1");
+    for (name, _) in &urls {
+        assert!(
+            !dir.join(name).join("lib.txt").exists(),
+            "{name} was cloned"
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "ssh was attempted");
+    accept.abort();
+}
+
+/// The same listener is reached when the ssh transport is allowed: the test above would see an
+/// attempt.
+#[tokio::test]
+async fn the_connection_counter_sees_an_allowed_ssh_attempt() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move { listener.accept().await.is_ok() });
+    if Command::new("ssh").arg("-V").output().is_err() {
+        eprintln!("SKIP: no ssh client on this host");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _ = Command::new("git")
+        .args([
+            "ls-remote",
+            &format!("ssh://git@127.0.0.1:{port}/g/lib.git"),
+        ])
+        .current_dir(dir.path())
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o ConnectTimeout=5",
+        )
+        .output();
+    assert!(accept.await.unwrap(), "no connection");
+}

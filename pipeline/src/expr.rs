@@ -312,6 +312,16 @@ pub fn validate(text: &str) -> Result<(), String> {
 /// `$VAR`, `${VAR}` (and `%VAR%`) replaced by their values, unknown ones by nothing, as
 /// GitLab expands paths in `include`, `rules:changes` and `rules:exists`.
 pub fn expand_str(text: &str, vars: &Vars) -> String {
+    expand(text, vars, false)
+}
+
+/// Like [`expand_str`], but a variable `vars` lacks is left as written (for text another
+/// expander, GitLab's, reads after ferry: it may know the variable).
+pub fn expand_known(text: &str, vars: &Vars) -> String {
+    expand(text, vars, true)
+}
+
+fn expand(text: &str, vars: &Vars, keep_unknown: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find(['$', '%']) {
@@ -345,7 +355,11 @@ pub fn expand_str(text: &str, vars: &Vars) -> String {
             out.push(rest.as_bytes()[i] as char);
             rest = after;
         } else {
-            out.push_str(vars.get(name).map(String::as_str).unwrap_or(""));
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None if keep_unknown => out.push_str(&rest[i..i + consumed]),
+                None => {}
+            }
             rest = &rest[i + consumed..];
         }
     }
@@ -420,6 +434,10 @@ mod tests {
         assert_eq!(
             expand_str("$DIR/${N}.yml %N% $NOPE 100%", &v),
             "ci/x.yml x  100%"
+        );
+        assert_eq!(
+            expand_known("$DIR/${N}.yml ${NOPE} $NOPE/%NOPE% 100%", &v),
+            "ci/x.yml ${NOPE} $NOPE/%NOPE% 100%"
         );
     }
 }

@@ -29,6 +29,7 @@ pub use job::{
     AllowFailure, Artifacts, Cache, CacheKey, DockerOptions, Environment, Hook, Image, Need,
     Parallel, Port, Retry, Service, Variable, When,
 };
+pub use load::GitLabRequest;
 
 /// A configuration GitLab would refuse, or a file that cannot be read: the message (GitLab's
 /// own wording where it has one) and, when known, the file and line.
@@ -219,7 +220,23 @@ pub struct Job {
     pub defined_at: String,
 }
 
-/// Plan the pipeline of the repository at `repo` for `input`.
+/// Plan the pipeline of the repository at `repo` for `input`. An include only GitLab can read
+/// (`project`, `remote`, `template`, `component`) is an error naming it: see [`gitlab_request`].
 pub fn plan(repo: &Path, input: &Input) -> Result<Pipeline, Error> {
-    plan::plan(&load::Repo::new(repo), input)
+    plan::plan(&load::Repo::new(repo), input, None)
+}
+
+/// For a configuration with includes only GitLab can read: the content to send to GitLab's CI
+/// lint API (`POST /api/v4/projects/:id/ci/lint`), with the repository's own includes already
+/// merged in from its files (so uncommitted changes count) and the others left for GitLab.
+/// `None` when there is no such include. Its `merged_yaml` then goes to [`plan_merged`].
+pub fn gitlab_request(repo: &Path, input: &Input) -> Result<Option<GitLabRequest>, Error> {
+    plan::gitlab_request(&load::Repo::new(repo), input)
+}
+
+/// [`plan`], from the `merged_yaml` GitLab answered to [`gitlab_request`]'s content. Jobs and
+/// keys of the repository's files keep their `file:line`; those of files GitLab read are at
+/// [`load::MERGED_FILE`]`:line`.
+pub fn plan_merged(repo: &Path, input: &Input, merged_yaml: &str) -> Result<Pipeline, Error> {
+    plan::plan(&load::Repo::new(repo), input, Some(merged_yaml))
 }

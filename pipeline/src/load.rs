@@ -115,12 +115,27 @@ pub fn glob(pattern: &str) -> Option<globset::GlobMatcher> {
 
 /// `.gitlab-ci.yml` (or `main`) and its includes, merged; then `extends` and `!reference`.
 /// `changed`: the pipeline's changed paths, for `include: rules: changes` (`None`: unknown).
+/// An include only GitLab can read (`project`, `remote`, `template`, `component`) is an error
+/// here: [`gitlab_request`] and [`load_merged`] are the way with a GitLab.
 pub fn load(
     repo: &Repo,
     main: &str,
     vars: &Vars,
     changed: Option<&[String]>,
 ) -> Result<Map, Error> {
+    let (config, _) = expand_local(repo, main, vars, changed, false)?;
+    resolve(config)
+}
+
+/// The main file with its local includes merged beneath it, and (with `collect`) the includes
+/// only GitLab can read, each once, in the order met, `rules` evaluated and dropped.
+fn expand_local(
+    repo: &Repo,
+    main: &str,
+    vars: &Vars,
+    changed: Option<&[String]>,
+    collect: bool,
+) -> Result<(Map, Vec<Node>), Error> {
     let Some(text) = repo.read(main) else {
         return Err(Error::new(format!(
             "{main}: no such file in the repository"
@@ -137,9 +152,15 @@ pub fn load(
         vars,
         changed,
         seen: vec![main.to_string()],
+        remote: collect.then(Vec::new),
     };
     let root = yaml::parse(&text, main)?;
-    let mut config = state.expand(root, main)?;
+    let config = state.expand(root, main)?;
+    Ok((config, state.remote.unwrap_or_default()))
+}
+
+/// `extends`, then `!reference` tags.
+fn resolve(mut config: Map) -> Result<Map, Error> {
     resolve_extends(&mut config)?;
     let snapshot = config.clone();
     let mut budget = yaml::MAX_NODES;
@@ -149,11 +170,106 @@ pub fn load(
     Ok(config)
 }
 
+/// What to ask GitLab's CI lint API (`POST /projects/:id/ci/lint`, `content`) so that it
+/// resolves the includes only it can read: the configuration with every local include
+/// already merged in from the working tree, and the other includes left for GitLab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitLabRequest {
+    /// The configuration to send.
+    pub content: String,
+    /// The includes GitLab is to resolve, as written (after `$VAR`s ferry knows), one a line.
+    pub includes: Vec<String>,
+}
+
+/// `None` when the configuration has no include that needs GitLab.
+pub fn gitlab_request(
+    repo: &Repo,
+    main: &str,
+    vars: &Vars,
+    changed: Option<&[String]>,
+) -> Result<Option<GitLabRequest>, Error> {
+    let (mut config, remote) = expand_local(repo, main, vars, changed, true)?;
+    if remote.is_empty() {
+        return Ok(None);
+    }
+    let includes = remote.iter().map(yaml::to_flow).collect();
+    let pos = remote[0].pos.clone();
+    // `include` first, as one would write it; the rest in the file's order.
+    config.shift_insert(0, "include".into(), Node::new(Value::Seq(remote), pos));
+    Ok(Some(GitLabRequest {
+        content: yaml::map_to_yaml(&config),
+        includes,
+    }))
+}
+
+/// The name under which GitLab's merged YAML appears in positions (`file:line`) of what came
+/// from a file GitLab read; what came from the working tree keeps its own file and line.
+pub const MERGED_FILE: &str = "(merged by GitLab)";
+
+/// The configuration from GitLab's `merged_yaml` (the answer to [`gitlab_request`]'s content):
+/// its hash, the positions of the working tree's files put back where the hash still holds
+/// their values, then `extends` and `!reference` resolved (a no-op for what GitLab resolved).
+pub fn load_merged(
+    repo: &Repo,
+    main: &str,
+    vars: &Vars,
+    changed: Option<&[String]>,
+    merged_yaml: &str,
+) -> Result<Map, Error> {
+    let (local, _) = expand_local(repo, main, vars, changed, true)?;
+    let root = yaml::parse(merged_yaml, MERGED_FILE)?;
+    let kind = root.kind();
+    let Value::Map(mut config) = root.value else {
+        return Err(Error::at(
+            root.pos,
+            format!("GitLab's merged YAML is a {kind}, not a hash"),
+        ));
+    };
+    for (key, node) in config.iter_mut() {
+        if let Some(l) = local.get(key) {
+            adopt_positions(node, l);
+        }
+    }
+    resolve(config)
+}
+
+/// Where `merged` holds what `local` held, `local`'s file and line.
+fn adopt_positions(merged: &mut Node, local: &Node) {
+    merged.pos = local.pos.clone();
+    match (&mut merged.value, &local.value) {
+        (Value::Map(m), Value::Map(l)) => {
+            for (k, v) in m.iter_mut() {
+                if let Some(lv) = l.get(k) {
+                    adopt_positions(v, lv);
+                }
+            }
+        }
+        (Value::Seq(m), Value::Seq(l)) if m.len() == l.len() => {
+            for (v, lv) in m.iter_mut().zip(l) {
+                adopt_positions(v, lv);
+            }
+        }
+        _ => {}
+    }
+}
+
 struct Includes<'a> {
     repo: &'a Repo,
     vars: &'a Vars,
     changed: Option<&'a [String]>,
     seen: Vec<String>,
+    /// `Some`: includes only GitLab can read are gathered here instead of refused.
+    remote: Option<Vec<Node>>,
+}
+
+/// One `include:` entry, read.
+enum Entry {
+    /// Files of this repository.
+    Local(Vec<String>),
+    /// For GitLab to read: the entry as it is to be sent.
+    Remote(Node),
+    /// Left out by its `rules`.
+    Skipped,
 }
 
 impl Includes<'_> {
@@ -183,7 +299,21 @@ impl Includes<'_> {
         };
         let mut merged = Map::new();
         for entry in entries {
-            for path in self.local_paths(&entry)? {
+            let paths = match self.entry(&entry)? {
+                Entry::Local(paths) => paths,
+                Entry::Skipped => continue,
+                Entry::Remote(node) => {
+                    let Some(remote) = &mut self.remote else {
+                        return Err(needs_gitlab(&node));
+                    };
+                    let text = yaml::to_flow(&node);
+                    if !remote.iter().any(|r| yaml::to_flow(r) == text) {
+                        remote.push(node);
+                    }
+                    continue;
+                }
+            };
+            for path in paths {
                 if self.seen.contains(&path) {
                     continue;
                 }
@@ -215,19 +345,24 @@ impl Includes<'_> {
         Ok(merged)
     }
 
-    /// The repository files one `include:` entry names (none if its `rules` exclude it).
-    fn local_paths(&self, entry: &Node) -> Result<Vec<String>, Error> {
+    /// What one `include:` entry names: repository files, an include for GitLab, or nothing
+    /// (its `rules` exclude it).
+    fn entry(&self, entry: &Node) -> Result<Entry, Error> {
         let pos = entry.pos.clone();
         let local = match &entry.value {
             Value::Str(s) if s.starts_with("http://") || s.starts_with("https://") => {
-                return Err(unsupported_include(pos, "remote", s));
+                // A plain URL is include:remote.
+                let url = expr::expand_known(s, self.vars);
+                let mut m = Map::new();
+                m.insert("remote".into(), Node::new(Value::Str(url), pos.clone()));
+                return Ok(Entry::Remote(Node::new(Value::Map(m), pos)));
             }
             Value::Str(s) => s.clone(),
             Value::Map(m) => {
                 if let Some(rules) = m.get("rules")
                     && !include_rules_match(rules, self.vars, self.repo, self.changed)?
                 {
-                    return Ok(Vec::new());
+                    return Ok(Entry::Skipped);
                 }
                 if let Some(l) = m.get("local") {
                     l.as_str()
@@ -236,16 +371,23 @@ impl Includes<'_> {
                         })?
                         .to_string()
                 } else {
-                    for kind in ["remote", "template", "project", "component", "artifact"] {
-                        if let Some(v) = m.get(kind) {
-                            let what = v.scalar_string().unwrap_or_default();
-                            return Err(unsupported_include(pos, kind, &what));
-                        }
+                    if let Some(v) = m.get("artifact") {
+                        let what = v.scalar_string().unwrap_or_default();
+                        return Err(Error::at(
+                            pos,
+                            format!(
+                                "include:artifact `{what}` is not supported: it includes a job's \
+                                 artifact in a child pipeline, and ferry runs no child pipeline"
+                            ),
+                        ));
                     }
-                    return Err(Error::at(
-                        pos,
-                        "Include config must specify one of the keys: local, remote, template, project, component".into(),
-                    ));
+                    if !GITLAB_KINDS.iter().any(|k| m.contains_key(*k)) {
+                        return Err(Error::at(
+                            pos,
+                            "Include config must specify one of the keys: local, remote, template, project, component".into(),
+                        ));
+                    }
+                    return Ok(Entry::Remote(self.for_gitlab(m, pos)));
                 }
             }
             _ => {
@@ -279,7 +421,7 @@ impl Includes<'_> {
                     format!("Local file `{local}` does not exist!"),
                 ));
             }
-            return Ok(found);
+            return Ok(Entry::Local(found));
         }
         if !(local.ends_with(".yml") || local.ends_with(".yaml")) {
             return Err(Error::at(
@@ -287,8 +429,77 @@ impl Includes<'_> {
                 format!("Included file `{local}` does not have YAML extension!"),
             ));
         }
-        Ok(vec![local.trim_start_matches('/').to_string()])
+        Ok(Entry::Local(vec![
+            local.trim_start_matches('/').to_string(),
+        ]))
     }
+
+    /// An include for GitLab as ferry sends it: its `rules` (already evaluated here, with the
+    /// pipeline's variables) dropped, and the `$VAR`s ferry knows expanded in its location; the
+    /// others are left for GitLab, which knows the project's CI/CD variables.
+    fn for_gitlab(&self, m: &Map, pos: Pos) -> Node {
+        let mut out = Map::new();
+        for (k, v) in m {
+            if k == "rules" {
+                continue;
+            }
+            let v = if LOCATION_KEYS.contains(&k.as_str()) {
+                expand_node(v, self.vars)
+            } else {
+                v.clone()
+            };
+            out.insert(k.clone(), v);
+        }
+        Node::new(Value::Map(out), pos)
+    }
+}
+
+/// The kinds of include only GitLab can read.
+const GITLAB_KINDS: &[&str] = &["remote", "template", "project", "component"];
+
+/// Keys of an include that name what to read (GitLab expands variables in them).
+const LOCATION_KEYS: &[&str] = &["remote", "template", "project", "file", "ref", "component"];
+
+fn expand_node(node: &Node, vars: &Vars) -> Node {
+    let value = match &node.value {
+        Value::Str(s) => Value::Str(expr::expand_known(s, vars)),
+        Value::Seq(items) => Value::Seq(items.iter().map(|i| expand_node(i, vars)).collect()),
+        other => other.clone(),
+    };
+    Node::new(value, node.pos.clone())
+}
+
+/// The refusal of an include GitLab would read, when no GitLab is at hand: names the include
+/// and the way (docs/exec.md, "Includes from GitLab").
+fn needs_gitlab(node: &Node) -> Error {
+    let what = match node.as_map() {
+        Some(m) => {
+            let kind = GITLAB_KINDS
+                .iter()
+                .find(|k| m.contains_key(**k))
+                .copied()
+                .unwrap_or("remote");
+            let name = m
+                .get(kind)
+                .map(|v| v.scalar_string().unwrap_or_else(|| yaml::to_flow(v)))
+                .unwrap_or_default();
+            match m.get("file") {
+                Some(f) if kind == "project" => format!(
+                    "include:project `{name}` (file {})",
+                    f.scalar_string().unwrap_or_else(|| yaml::to_flow(f))
+                ),
+                _ => format!("include:{kind} `{name}`"),
+            }
+        }
+        None => format!("include `{}`", yaml::to_flow(node)),
+    };
+    Error::at(
+        node.pos.clone(),
+        format!(
+            "{what} needs GitLab: run `ferry exec --gitlab URL` with a token in \
+             FERRY_GITLAB_TOKEN (without them only this repository's files can be included)"
+        ),
+    )
 }
 
 /// `**` that is not a whole path component (`configs/**.yml`) crosses directories in
@@ -307,16 +518,6 @@ fn include_glob(pattern: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn unsupported_include(pos: Pos, kind: &str, what: &str) -> Error {
-    Error::at(
-        pos,
-        format!(
-            "include:{kind} `{what}` is not supported: only files of this repository \
-             (include:local and plain paths) can be included"
-        ),
-    )
 }
 
 /// `include: rules:` (`if`, `exists`, `changes`, `when: never`): whether the include applies.

@@ -108,11 +108,37 @@ fn stages(config: &Map) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-pub fn plan(repo: &Repo, input: &Input) -> Result<Pipeline, Error> {
+/// The variables `include` paths are expanded with.
+fn include_vars(input: &Input) -> Vars {
+    layered(&pipeline_vars(input), &[], &input.variables)
+}
+
+fn main_file(input: &Input) -> &str {
+    input.config_path.as_deref().unwrap_or(".gitlab-ci.yml")
+}
+
+/// What to send GitLab for the includes only it can read (`None`: there are none).
+pub fn gitlab_request(repo: &Repo, input: &Input) -> Result<Option<load::GitLabRequest>, Error> {
+    let vars = include_vars(input);
+    load::gitlab_request(
+        repo,
+        main_file(input),
+        &vars,
+        input.changed_paths.as_deref(),
+    )
+}
+
+/// `merged_yaml`: GitLab's answer to [`gitlab_request`]'s content; `None`: the repository's
+/// files alone.
+pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pipeline, Error> {
     let predefined = pipeline_vars(input);
-    let include_vars = layered(&predefined, &[], &input.variables);
-    let main = input.config_path.as_deref().unwrap_or(".gitlab-ci.yml");
-    let config = load::load(repo, main, &include_vars, input.changed_paths.as_deref())?;
+    let include_vars = include_vars(input);
+    let main = main_file(input);
+    let changed = input.changed_paths.as_deref();
+    let config = match merged_yaml {
+        None => load::load(repo, main, &include_vars, changed)?,
+        Some(text) => load::load_merged(repo, main, &include_vars, changed, text)?,
+    };
 
     if config.contains_key("spec") {
         return Err(Error::at(

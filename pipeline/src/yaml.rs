@@ -456,6 +456,102 @@ fn resolve_plain(text: &str) -> Value {
     Value::Str(text.to_string())
 }
 
+/// `node` as YAML flow text (`{"key": [1, "a"]}`) that Psych, and [`parse`], read back as the
+/// same value: strings double-quoted, `!reference` tags kept. Used to send a configuration to
+/// GitLab (docs/exec.md, "Includes from GitLab").
+pub fn to_flow(node: &Node) -> String {
+    let mut out = String::new();
+    write_flow(&node.value, &mut out);
+    out
+}
+
+/// A mapping as block YAML, one top-level key a line, each value in flow style.
+pub fn map_to_yaml(map: &Map) -> String {
+    let mut out = String::new();
+    for (k, v) in map {
+        write_quoted(k, &mut out);
+        out.push_str(": ");
+        write_flow(&v.value, &mut out);
+        out.push('\n');
+    }
+    out
+}
+
+fn write_flow(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => out.push_str(&i.to_string()),
+        Value::Float(f) if f.is_nan() => out.push_str(".nan"),
+        Value::Float(f) if f.is_infinite() => out.push_str(if *f > 0.0 { ".inf" } else { "-.inf" }),
+        Value::Float(f) => {
+            // Display never uses an exponent; YAML 1.1 needs the dot to read a float.
+            let text = f.to_string();
+            out.push_str(&text);
+            if !text.contains('.') {
+                out.push_str(".0");
+            }
+        }
+        Value::Str(s) => write_quoted(s, out),
+        Value::Seq(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_flow(&item.value, out);
+            }
+            out.push(']');
+        }
+        Value::Map(m) => {
+            out.push('{');
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_quoted(k, out);
+                out.push_str(": ");
+                write_flow(&v.value, out);
+            }
+            out.push('}');
+        }
+        Value::Reference(path) => {
+            out.push_str("!reference [");
+            for (i, p) in path.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_quoted(p, out);
+            }
+            out.push(']');
+        }
+    }
+}
+
+/// A YAML double-quoted scalar: every character YAML does not allow raw (controls, DEL, C1,
+/// the line and paragraph separators, a BOM) escaped.
+fn write_quoted(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20
+                || (0x7f..=0x9f).contains(&(c as u32))
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+                || (0xfffe..=0xffff).contains(&(c as u32)) =>
+            {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,5 +624,65 @@ multi:
         assert_eq!(err.message, "The parsed YAML is too big");
         // 100 levels are fine
         assert!(parse(&format!("a: {}{}\n", "[".repeat(98), "]".repeat(98)), "f").is_ok());
+    }
+
+    /// Same value, positions aside (NaN equals NaN).
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(x), Value::Bool(y)) => x == y,
+            (Value::Int(x), Value::Int(y)) => x == y,
+            (Value::Float(x), Value::Float(y)) => x == y || (x.is_nan() && y.is_nan()),
+            (Value::Str(x), Value::Str(y)) => x == y,
+            (Value::Reference(x), Value::Reference(y)) => x == y,
+            (Value::Seq(x), Value::Seq(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(&a.value, &b.value))
+            }
+            (Value::Map(x), Value::Map(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|((ka, a), (kb, b))| ka == kb && same(&a.value, &b.value))
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn flow_text_reads_back_as_the_same_value() {
+        let doc = "\
+job:
+  script:
+    - !reference [.setup, script]
+    - 'echo \"$HOME\" \\ done'
+    - |
+      multi
+      line\ttab
+  variables: {A: 1, B: 1.5, C: 1e3, D: 'yes', E: yes, F: ~, G: .inf, H: .nan, I: -7, J: 2.0}
+  'key: with colon': ['#not a comment', '*alias', '&anchor', '- dash', '{x}', '', ' ']
+  unicode: \"caf\\u00e9 \\u2028 \\x7f \\x85 \\u0001 \\U0001F600\"
+";
+        let root = parse(doc, "f").unwrap();
+        let text = to_flow(&root);
+        let back = parse(&text, "g").unwrap();
+        assert!(same(&root.value, &back.value), "{text}");
+        let block = map_to_yaml(root.as_map().unwrap());
+        let back = parse(&block, "g").unwrap();
+        assert!(same(&root.value, &back.value), "{block}");
+        assert!(block.starts_with("\"job\": {"), "{block}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_reads_back(s in "\\PC*|[\\x00-\\x7f\\u{80}-\\u{a0}\\u{2028}\\u{feff}\\u{fffe}]*") {
+            let node = Node::new(
+                Value::Seq(vec![Node::new(Value::Str(s.clone()), Pos { file: "f".into(), line: 1 })]),
+                Pos { file: "f".into(), line: 1 },
+            );
+            let text = to_flow(&node);
+            let back = parse(&text, "f").unwrap();
+            let Value::Seq(items) = back.value else { panic!("{text}") };
+            proptest::prop_assert_eq!(items[0].as_str(), Some(s.as_str()), "{}", text);
+        }
     }
 }

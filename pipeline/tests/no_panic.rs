@@ -1,6 +1,6 @@
 //! Whatever a repository holds, planning ends with a pipeline or an error, never a panic.
 
-use ferry_pipeline::{Input, RefKind, plan};
+use ferry_pipeline::{Input, RefKind, plan, plan_merged};
 use proptest::prelude::*;
 
 /// YAML-ish text built from the pieces a `.gitlab-ci.yml` is made of.
@@ -32,7 +32,10 @@ proptest! {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(".gitlab-ci.yml"), &text).unwrap();
         std::fs::write(dir.join("x.yml"), &text).unwrap();
-        let _ = plan(&dir, &Input::new("main", RefKind::Branch, "push"));
+        let input = Input::new("main", RefKind::Branch, "push");
+        let _ = plan(&dir, &input);
+        // GitLab's merged YAML is read as carefully as the repository's files.
+        let _ = plan_merged(&dir, &input, &text);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -397,6 +397,25 @@ pub struct ExecArgs {
     /// Unpack each successful job's artifacts into the working tree (overwriting files)
     #[arg(long = "artifacts-to-source")]
     pub artifacts_to_source: bool,
+    /// GitLab to resolve includes only it can read (project, remote, template, component)
+    /// through its CI lint API, e.g. https://gitlab.example.com
+    #[arg(long, value_name = "URL")]
+    pub gitlab: Option<String>,
+    /// Access token for --gitlab (api scope; the Developer role in the project); prefer the
+    /// environment variable: a command line is visible to other users
+    #[arg(
+        long = "gitlab-token",
+        value_name = "TOKEN",
+        env = "FERRY_GITLAB_TOKEN",
+        hide_env_values = true
+    )]
+    pub gitlab_token: Option<crate::exec::include::Token>,
+    /// PEM certificates trusted for --gitlab besides the system's
+    #[arg(long = "gitlab-ca-file", value_name = "FILE")]
+    pub gitlab_ca_file: Option<PathBuf>,
+    /// The project on --gitlab, GROUP/PROJECT or its id [default: the origin remote's path]
+    #[arg(long, value_name = "PATH")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -294,11 +294,97 @@ async fn git_submodule_force_https_fetches_ssh_submodules_over_https_with_the_jo
     );
     assert!(!trace.contains(&record.token), "job token in the trace");
 
-    // Without it, git tries SSH to 127.0.0.1 and the job fails in get_sources.
+    // Without it, host git refuses the ssh URL and the job fails in get_sources.
     let id = h.push(spec("ssh"));
     let record = h.wait_final(id, JOB_WAIT).await;
     let trace = h.expect(&record, JobStatus::Failed, Some("runner_system_failure"));
     assert!(!trace.contains("\nfrom-the-submodule"), "{trace}");
     assert!(trace.contains("git@127.0.0.1"), "{trace}");
+    assert!(
+        trace.contains("fatal: transport 'ssh' not allowed"),
+        "{trace}"
+    );
+    h.stop().await;
+}
+
+/// A repository's submodules over ssh (scp-like and `ssh://`), `file://` and a host path: host
+/// git refuses each before any attempt, with a line saying why. The runner host has an `ssh`
+/// on its PATH, an agent socket and a `GIT_SSH_COMMAND` in ferry's environment: none is used
+/// (docs/security.md, "What git can reach").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submodules_over_ssh_or_host_paths_are_refused_and_ssh_never_runs() {
+    let sub = GitRepo::new();
+    let sub_sha = sub.commit("lib.txt", "from-the-submodule\n");
+    let sub_path = sub.path().display().to_string();
+    let repo = GitRepo::new();
+    let urls = [
+        ("scp", "git@127.0.0.1:g/lib.git".to_string()),
+        ("sshurl", "ssh://git@127.0.0.1:2222/g/lib.git".to_string()),
+        ("fileurl", format!("file://{sub_path}")),
+        ("local", sub_path.clone()),
+    ];
+    let gitmodules: String = urls
+        .iter()
+        .map(|(name, url)| format!("[submodule \"{name}\"]\n\tpath = {name}\n\turl = {url}\n"))
+        .collect();
+    repo.commit(".gitmodules", &gitmodules);
+    for (name, _) in &urls {
+        repo.git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{sub_sha},{name}"),
+        ]);
+    }
+    repo.git(&["commit", "-q", "-m", "submodules"]);
+    let sha = repo.head();
+    let root = repo.path().parent().unwrap();
+    let name = repo.path().file_name().unwrap().to_str().unwrap();
+    let git = GitHttp::serve(root).await;
+    let url = git.repo_url(name);
+
+    // An `ssh` that says it ran (git passes its stderr to the job log; a file it wrote could
+    // not be trusted: git runs with a read-only view of the host), first on ferry's PATH and
+    // as its GIT_SSH_COMMAND.
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("ssh");
+    std::fs::write(&fake, "#!/bin/sh\necho \"FAKE-SSH-RAN $*\" >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let Some(mut h) = Harness::prepare(Setup::default()).await else {
+        return;
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    h.ferry_env.extend([
+        (
+            "PATH".to_string(),
+            format!("{}:{path}", bin.path().display()),
+        ),
+        ("GIT_SSH_COMMAND".to_string(), fake.display().to_string()),
+        (
+            "SSH_AUTH_SOCK".to_string(),
+            bin.path().join("agent.sock").display().to_string(),
+        ),
+    ]);
+    h.spawn_ferry();
+    let spec = job("refused", &url, &sha)
+        .variable("GIT_SUBMODULE_STRATEGY", "normal", false)
+        .script(["echo script-ran"]);
+    let id = h.push(spec);
+    let record = h.wait_final(id, JOB_WAIT).await;
+    let trace = h.expect(&record, JobStatus::Failed, Some("runner_system_failure"));
+    assert!(!trace.contains("FAKE-SSH-RAN"), "{trace}");
+    assert!(
+        trace.contains("fatal: transport 'ssh' not allowed"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("fatal: transport 'file' not allowed"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("transport, which ferry's host git refuses"),
+        "{trace}"
+    );
+    assert!(!trace.contains("\nscript-ran"), "{trace}");
     h.stop().await;
 }

@@ -98,6 +98,71 @@ const BASE_CONFIG: &[(&str, &str)] = &[
     ("init.defaultBranch", "none"),
     ("advice.detachedHead", "false"),
     ("credential.interactive", "never"),
+    // GIT_SSH_COMMAND (below) wins over it; set all the same, for git-lfs and any other reader.
+    ("core.sshCommand", "false"),
+];
+
+/// The transports host git may use (docs/security.md, "What git can reach"). A repository
+/// names its submodules' URLs: with the ssh transport host git would use the host's keys and
+/// agent, with `file://` or a local path it would read the host's repositories, with `ext::` it
+/// would run a command. gitlab-runner runs git in a helper container that has none of these;
+/// ferry refuses every transport but https, and http where the job's repository (or the
+/// runner's URL for `GIT_SUBMODULE_FORCE_HTTPS`) is http. A local repository URL (`ferry
+/// exec`'s `file://` store) gets `file` for the commands ferry itself runs (`user`), never for
+/// the submodule clones git starts (those set `GIT_PROTOCOL_FROM_USER=0`).
+fn protocol_config(repo_url: &str, auth_origins: &[String]) -> Vec<(String, String)> {
+    let scheme = |u: &str| {
+        u.find("://")
+            .map(|i| u[..i].to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let repo = scheme(repo_url);
+    let http = repo == "http" || auth_origins.iter().any(|o| scheme(o) == "http");
+    let local = repo == "file" || (repo.is_empty() && is_local_path(repo_url));
+    let mut out = vec![
+        ("protocol.allow", "never"),
+        ("protocol.https.allow", "always"),
+        ("protocol.ssh.allow", "never"),
+        ("protocol.ext.allow", "never"),
+        ("protocol.file.allow", if local { "user" } else { "never" }),
+    ];
+    if http {
+        out.push(("protocol.http.allow", "always"));
+    }
+    out.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// git's rule: a URL without `://` is a local path unless a `:` comes before the first `/`
+/// (then it is scp-like ssh, `git@host:path`).
+fn is_local_path(url: &str) -> bool {
+    match (url.find(':'), url.find('/')) {
+        (Some(c), Some(s)) => s < c,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+/// The environment variables of ferry's own that git keeps: where programs are, the proxies
+/// and CA files the operator set for the host. Everything else is dropped (`SSH_AUTH_SOCK`,
+/// `SSH_ASKPASS`, `GIT_*`, …) and `HOME` is `/dev/null`, so neither an ssh agent nor the host
+/// user's `~/.ssh` or `~/.netrc` can give git credentials the job was not given.
+const KEPT_ENV: &[&str] = &[
+    "PATH",
+    "TMPDIR",
+    "TZ",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
 ];
 
 /// How ferry runs git for one job.
@@ -162,6 +227,7 @@ impl Git {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
+        config.extend(protocol_config(repo_url, auth_origins));
         let mut secrets = Vec::new();
         if let (Some(origin), Some(user)) = (&split.origin, &split.user) {
             let pass = split.password.clone().unwrap_or_default();
@@ -187,7 +253,16 @@ impl Git {
             secrets.push(repo_url[ui_end..ui_end + at].to_string());
         }
         config.extend(extra_config.iter().cloned());
-        let mut env = vec![
+        let mut env: Vec<(String, String)> = KEPT_ENV
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .collect();
+        env.extend([
+            ("HOME".to_string(), "/dev/null".to_string()),
+            // ssh is refused by the protocol settings; should anything still start it (git-lfs
+            // for an ssh `lfs.url`), it runs `false`.
+            ("GIT_SSH_COMMAND".to_string(), "false".to_string()),
+            ("GIT_SSH_VARIANT".to_string(), "simple".to_string()),
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
             ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),
             ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
@@ -195,7 +270,7 @@ impl Git {
             ("GIT_LFS_SKIP_SMUDGE".to_string(), "1".to_string()),
             ("LC_ALL".to_string(), "C".to_string()),
             ("GIT_CONFIG_COUNT".to_string(), config.len().to_string()),
-        ];
+        ]);
         for (i, (k, v)) in config.into_iter().enumerate() {
             env.push((format!("GIT_CONFIG_KEY_{i}"), k));
             env.push((format!("GIT_CONFIG_VALUE_{i}"), v));
@@ -260,11 +335,7 @@ impl Git {
                 .collect();
             super::confine::Confinement::new(&writable, &[cwd])
         };
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("GIT_") {
-                cmd.env_remove(k);
-            }
-        }
+        cmd.env_clear();
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // Like gitlab-runner's helper (umask 0000): files git writes are world-writable, so a
         // job image with a non-root USER can still write its checkout. A job directory is
@@ -396,6 +467,12 @@ impl Git {
             })?,
         };
         if !status.success() {
+            if let Some(transport) = tail.iter().find_map(|l| refused_transport(l)) {
+                return Err(SourceError::TransportRefused {
+                    command: command_text,
+                    transport,
+                });
+            }
             return Err(SourceError::Git {
                 command: command_text,
                 status: status.to_string(),
@@ -404,6 +481,14 @@ impl Git {
         }
         Ok(Output { stdout })
     }
+}
+
+/// The transport of git's `fatal: transport 'ssh' not allowed` ([`protocol_config`]).
+fn refused_transport(line: &str) -> Option<String> {
+    let name = line
+        .strip_prefix("fatal: transport '")?
+        .strip_suffix("' not allowed")?;
+    Some(name.chars().take(40).collect())
 }
 
 /// SIGKILL to git's whole process group, then reap git.
@@ -419,6 +504,7 @@ async fn kill_group(child: &mut tokio::process::Child) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::run::s;
     use super::*;
 
     #[test]
@@ -488,6 +574,69 @@ mod tests {
         .await
         .unwrap();
         assert!(inside.path().join("ok").is_file());
+    }
+
+    #[test]
+    fn only_https_and_the_projects_own_transport_are_allowed() {
+        let get = |url: &str, origins: &[String]| {
+            let c = protocol_config(url, origins);
+            let v = |k: &str| {
+                c.iter()
+                    .rev()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            };
+            (
+                v("protocol.allow"),
+                v("protocol.http.allow"),
+                v("protocol.file.allow"),
+            )
+        };
+        let never = Some("never".to_string());
+        let https = get("https://t:x@gitlab.example.com/g/p.git", &[]);
+        assert_eq!(https, (never.clone(), None, never.clone()));
+        let http = get("HTTP://gitlab.local/g/p.git", &[]);
+        assert_eq!(http.1.as_deref(), Some("always"));
+        let forced = get("https://g/p.git", &["http://gitlab.local/".to_string()]);
+        assert_eq!(forced.1.as_deref(), Some("always"));
+        for local in ["file:///srv/store.git", "/srv/store.git", "./x:y"] {
+            assert_eq!(get(local, &[]).2.as_deref(), Some("user"), "{local}");
+        }
+        assert_eq!(get("git@host:g/p.git", &[]).2, never);
+        assert_eq!(
+            refused_transport("fatal: transport 'ssh' not allowed").as_deref(),
+            Some("ssh")
+        );
+        assert_eq!(refused_transport("fatal: unable to access"), None);
+    }
+
+    /// git sees none of ferry's environment but the kept names: cargo runs this test with its
+    /// `CARGO_*` variables (as a host may have `SSH_AUTH_SOCK`), and none reaches git.
+    #[tokio::test]
+    async fn git_gets_no_inherited_environment_and_no_ssh() {
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some(), "run by cargo");
+        let dir = tempfile::tempdir().unwrap();
+        let g = Git::new("https://gitlab.example.com/g/p.git", &[], &[], &[]);
+        let out = g
+            .run(
+                dir.path(),
+                &[s("-c"), s("alias.showenv=!env"), s("showenv")],
+                None,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        let vars: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('=')).collect();
+        let get = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        assert_eq!(get("HOME"), Some("/dev/null"));
+        assert_eq!(get("GIT_SSH_COMMAND"), Some("false"));
+        assert!(
+            !vars
+                .iter()
+                .any(|(n, _)| n.starts_with("CARGO_") || n.starts_with("SSH_")),
+            "{out}"
+        );
     }
 
     #[test]

@@ -201,6 +201,12 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// git refused a transport ferry does not allow on the host (a submodule URL with ssh,
+    /// `file://`, a local path, `ext::`): docs/sources-cache-artifacts.md#host-safety.
+    #[error(
+        "git {command}: a URL uses the {transport:?} transport, which ferry's host git refuses (only https, and http when the project's URL is http; never ssh, file:// or local paths, ext::), so no connection was made; for SSH submodule URLs on the GitLab host set GIT_SUBMODULE_FORCE_HTTPS=true, other submodules need an https URL"
+    )]
+    TransportRefused { command: String, transport: String },
     /// The repository has Git LFS files and the host has no git-lfs.
     #[error(
         "this repository uses Git LFS ({files} files with filter=lfs, e.g. {example:?}) but git-lfs is not installed on the runner host: install it (Debian: apt-get install git-lfs), or set GIT_LFS_SKIP_SMUDGE=1 to keep the pointer files"

@@ -468,7 +468,11 @@ async fn fetch(
         match update_cache(spec, git, clean_url, cache, cancel).await {
             Ok(()) => {
                 let (_, to_project) = cache_refspecs(&spec.refspecs);
+                // The object cache is a local repository: `file` for this fetch ferry runs
+                // itself, never for a submodule clone (docs/security.md, "What git can reach").
                 let mut args = vec![
+                    s("-c"),
+                    s("protocol.file.allow=user"),
                     s("fetch"),
                     s("--no-recurse-submodules"),
                     cache.display().to_string(),

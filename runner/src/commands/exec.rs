@@ -16,6 +16,7 @@ use crate::cli::{Cli, ExecArgs};
 use crate::driver::{Driver, HostFs};
 use crate::exec::api::LocalApi;
 use crate::exec::convert::{FilesKey, PipelineContext, local_jobs};
+use crate::exec::git::git;
 use crate::exec::schedule::Status;
 use crate::exec::terminal::Terminal;
 use crate::exec::{self, JobResult, LocalJob, Options, predefined, snapshot};
@@ -40,7 +41,7 @@ pull_policy = ["if-not-present"]
 "#;
 
 pub async fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<ExitCode> {
-    match prepare(cli, args) {
+    match prepare(cli, args).await {
         Ok(Prepared::Listed) => Ok(ExitCode::SUCCESS),
         Ok(Prepared::Run(run)) => run_prepared(*run, args).await,
         Err(e) => {
@@ -130,7 +131,7 @@ fn runner_section(cli: &Cli, args: &ExecArgs) -> anyhow::Result<RunnerSection> {
     }
 }
 
-fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
+async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let top = snapshot::toplevel(&cwd)?;
     let facts = predefined::read(&top, args.git_ref.as_deref());
@@ -164,7 +165,9 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
     input.predefined = predefined.iter().cloned().collect();
     input.variables = user.iter().cloned().collect();
     input.changed_paths = changed_paths(&top, &facts);
-    let mut pipeline = ferry_pipeline::plan(&top, &input).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Includes only GitLab can read: resolved by it with --gitlab (docs/exec.md).
+    let lint = exec::include::Lint::from_args(args, &facts)?;
+    let mut pipeline = exec::include::plan(&top, &input, lint.as_ref()).await?;
     if let Some(why) = &pipeline.not_created {
         anyhow::bail!("GitLab would create no pipeline: {why}");
     }
@@ -185,13 +188,7 @@ fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
                 out_base.display()
             );
         }
-        let tracked = std::process::Command::new("git")
-            .current_dir(&top)
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .args(["ls-files", "--", ".ferry"])
-            .output()
-            .map(|o| !o.stdout.is_empty())
-            .unwrap_or(false);
+        let tracked = git(&top, ["ls-files", "--", ".ferry"], &[]).is_ok_and(|o| !o.is_empty());
         if tracked {
             anyhow::bail!(
                 "the repository tracks files under .ferry/, where ferry exec keeps its logs; name another dir with --output"
@@ -341,28 +338,10 @@ fn changed_paths(top: &Path, facts: &predefined::RepoFacts) -> Option<Vec<String
         facts.default_branch.clone(),
     ]
     .into_iter()
-    .find(|b| {
-        std::process::Command::new("git")
-            .current_dir(top)
-            .args(["rev-parse", "--verify", "--quiet", b])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })?;
+    .find(|b| git(top, ["rev-parse", "--verify", "--quiet", b], &[]).is_ok())?;
     let run = |args: &[&str]| -> Option<Vec<String>> {
-        // Read only: no index refresh written back to the user's repository.
-        let out = std::process::Command::new("git")
-            .current_dir(top)
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .args(args)
-            .output()
-            .ok()?;
-        out.status.success().then(|| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        })
+        let out = git(top, args, &[]).ok()?;
+        Some(out.lines().map(str::to_string).collect())
     };
     let mut paths = run(&["diff", "--name-only", &format!("{base}...HEAD")])?;
     paths.extend(run(&["diff", "--name-only", "HEAD"]).unwrap_or_default());

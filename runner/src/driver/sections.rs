@@ -595,7 +595,8 @@ where
     }
 }
 
-/// Failures another attempt cannot change: the job's settings, the host's missing git-lfs.
+/// Failures another attempt cannot change: the job's settings, the host's missing git-lfs, a
+/// transport host git refuses.
 fn permanent(e: &StageError) -> bool {
     use ferry_executor::sources::SourceError;
     matches!(
@@ -604,6 +605,7 @@ fn permanent(e: &StageError) -> bool {
             SourceError::InvalidVariable { .. }
                 | SourceError::InvalidSpec(_)
                 | SourceError::LfsMissing { .. }
+                | SourceError::TransportRefused { .. }
         )
     )
 }

@@ -4,13 +4,17 @@
 //! from a [`snapshot`] of the working tree, and the daemon's Docker engine and cache.
 //!
 //! * `snapshot.rs`: the working tree as one commit in a repository of ferry's.
+//! * `git.rs`: how git runs on the user's repository and ferry's store.
 //! * `api.rs`: the `JobApi` that keeps logs and artifacts on disk and shows the logs.
 //! * `terminal.rs`: a job log as a terminal shows it.
 //! * `schedule.rs`: which job starts when (stages, needs, `when`, resource groups).
 //! * `to_source.rs`: `--artifacts-to-source`, a job's artifacts into the working tree.
+//! * `include.rs`: includes only GitLab can read, resolved by its CI lint API (`--gitlab`).
 
 pub mod api;
 pub mod convert;
+pub mod git;
+pub mod include;
 pub mod predefined;
 pub mod schedule;
 pub mod snapshot;

@@ -2,7 +2,6 @@
 //! local repository as GitLab sets them from the project and the pushed commit.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// The commit, ref and project a local pipeline runs for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,17 +23,9 @@ pub struct RepoFacts {
     pub server_url: Option<String>,
 }
 
+/// `git args` in `dir`: its stdout, `None` when it fails.
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    super::git::git(dir, args, &[]).ok()
 }
 
 /// Reads the facts of the repository at `top`; `ref_override` is `--ref`.
@@ -229,6 +220,7 @@ pub fn pipeline_variables(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     #[test]
     fn remotes_as_gitlab_projects() {
@@ -258,17 +250,14 @@ mod tests {
     fn facts_of_a_repository() {
         let d = tempfile::tempdir().unwrap();
         let run = |args: &[&str]| {
-            let ok = Command::new("git")
-                .current_dir(d.path())
-                .args(args)
-                .env("GIT_AUTHOR_NAME", "Ada")
-                .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-                .env("GIT_COMMITTER_NAME", "Ada")
-                .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "{args:?}");
+            let (name, email) = (OsStr::new("Ada"), OsStr::new("ada@example.com"));
+            let identity = [
+                ("GIT_AUTHOR_NAME", name),
+                ("GIT_AUTHOR_EMAIL", email),
+                ("GIT_COMMITTER_NAME", name),
+                ("GIT_COMMITTER_EMAIL", email),
+            ];
+            super::super::git::git(d.path(), args, &identity).unwrap_or_else(|e| panic!("{e}"));
         };
         run(&["init", "-q", "-b", "feature/x"]);
         run(&[

@@ -9,7 +9,8 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use super::git::{GitError, git};
 
 /// What a job's `git_info` is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,48 +34,13 @@ pub enum SnapshotError {
         "{dir} is not inside a git repository (ferry exec runs the .gitlab-ci.yml of a git repository)"
     )]
     NotARepository { dir: PathBuf },
-    #[error("running git {args}: {message}")]
-    Git { args: String, message: String },
+    #[error(transparent)]
+    Git(#[from] GitError),
     #[error("{context}: {source}")]
     Io {
         context: String,
         source: std::io::Error,
     },
-}
-
-/// One git command; stdout on success, a [`SnapshotError::Git`] naming it otherwise.
-fn git<I, S>(dir: &Path, args: I, env: &[(&str, &OsStr)]) -> Result<String, SnapshotError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let shown = args
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut cmd = Command::new("git");
-    cmd.current_dir(dir)
-        .args(&args)
-        .stdin(Stdio::null())
-        // The user's own settings (aliases, pagers, hooks) play no part in these plumbing calls.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_OPTIONAL_LOCKS", "0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().map_err(|e| SnapshotError::Git {
-        args: shown.clone(),
-        message: format!("{e} (is git installed?)"),
-    })?;
-    if !out.status.success() {
-        return Err(SnapshotError::Git {
-            args: shown,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The top of the working tree that holds `dir`.
@@ -303,17 +269,15 @@ mod tests {
     use super::*;
 
     fn run(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .current_dir(dir)
-            .args(args)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let t = OsStr::new("t");
+        let at = OsStr::new("t@t");
+        let identity = [
+            ("GIT_AUTHOR_NAME", t),
+            ("GIT_AUTHOR_EMAIL", at),
+            ("GIT_COMMITTER_NAME", t),
+            ("GIT_COMMITTER_EMAIL", at),
+        ];
+        git(dir, args, &identity).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn repo() -> tempfile::TempDir {
@@ -416,9 +380,9 @@ mod tests {
 
     /// SHA-1 of `text` in hex, by `sha1sum` (not the code under test).
     fn sha1sum(text: &str) -> String {
-        let mut child = Command::new("sha1sum")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+        let mut child = std::process::Command::new("sha1sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         use std::io::Write;

@@ -160,7 +160,9 @@ struct InfoConfig {
     gpus: &'static str,
 }
 
-fn normalize_base(url: &str) -> Result<String, ClientError> {
+/// A GitLab URL as requests are built on it: http(s), a host, no credentials, no trailing `/`
+/// (nor `/ci`).
+pub fn normalize_base(url: &str) -> Result<String, ClientError> {
     let err = |reason: &str| ClientError::Url {
         url: url.to_owned(),
         reason: reason.to_owned(),

@@ -13,7 +13,8 @@ pub mod payload;
 pub use client::{
     ApiObserver, CALL_TIMEOUT, ClientError, ClientOptions, FEATURES, GitLabClient,
     JOB_REQUEST_TIMEOUT, JobRequest, RegisterRequest, Registration, TRANSFER_TIMEOUT, TokenReset,
-    Verification, install_crypto_provider, parse_expiry, rotation_due_at, user_agent,
+    Verification, install_crypto_provider, normalize_base, parse_expiry, rotation_due_at,
+    user_agent,
 };
 pub use http::RetryPolicy;
 pub use payload::{JobPayload, PayloadError, parse_payload, salvage_job_ref};

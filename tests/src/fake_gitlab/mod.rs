@@ -16,11 +16,13 @@
 //! `X-GitLab-Trace-Update-Interval`, 202 on final updates, artifacts upload (multipart) and
 //! download (optionally through a 302 to a "storage" URL), `X-GitLab-Last-Update` and
 //! Workhorse-style long polling, outages (502), slow responses, injected statuses, and
-//! stopping/restarting the listener on the same port.
+//! stopping/restarting the listener on the same port; and the CI lint API that resolves
+//! includes (`POST /projects/:id/ci/lint`, [`ci_lint`]).
 //!
 //! Stricter than GitLab where that catches client bugs: a trace PATCH needs a `Content-Type`
 //! and an inclusive `Content-Range` end matching the body (GitLab ignores the end).
 
+mod ci_lint;
 mod job_spec;
 mod routes;
 mod server;
@@ -452,6 +454,42 @@ impl FakeGitLab {
     // ---- observation ---------------------------------------------------------------------
 
     /// Every request served: method, path, status.
+    /// CI lint API: a personal access token whose user is a developer of `projects`.
+    pub fn add_api_token(&self, token: &str, projects: &[&str]) {
+        self.shared.lock().ci_lint.tokens.insert(
+            token.into(),
+            projects.iter().map(|p| p.to_string()).collect(),
+        );
+    }
+
+    /// CI lint API: a project (full path) and the files of its default branch.
+    pub fn add_project(&self, path: &str, files: &[(&str, &str)]) {
+        self.shared.lock().ci_lint.projects.insert(
+            path.to_lowercase(),
+            files
+                .iter()
+                .map(|(p, t)| (p.trim_start_matches('/').to_string(), t.to_string()))
+                .collect(),
+        );
+    }
+
+    /// CI lint API: what `include:remote` of `url` reads.
+    pub fn add_remote_file(&self, url: &str, text: &str) {
+        let mut s = self.shared.lock();
+        s.ci_lint.remote_files.insert(url.into(), text.into());
+    }
+
+    /// CI lint API: what `include:template` of `name` reads.
+    pub fn add_template(&self, name: &str, text: &str) {
+        let mut s = self.shared.lock();
+        s.ci_lint.templates.insert(name.into(), text.into());
+    }
+
+    /// CI lint API: the JSON body of each request (`content`, `dry_run`, …).
+    pub fn ci_lint_requests(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().ci_lint.requests.clone()
+    }
+
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()
     }

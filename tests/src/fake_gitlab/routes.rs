@@ -50,6 +50,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/v4/jobs/{id}/artifacts",
             post(upload_artifacts).get(download_artifacts),
         )
+        .route("/api/v4/projects/{id}/ci/lint", post(ci_lint))
         .route("/_storage/{secret}", get(storage));
     // Also served under a relative URL root, to test URL joining.
     Router::new()
@@ -102,6 +103,22 @@ fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// `POST /projects/:id/ci/lint` ([`super::ci_lint`]).
+async fn ci_lint(
+    AxState(shared): S,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = header_string(&headers, "private-token");
+    let (status, body) = {
+        let mut s = shared.lock();
+        super::ci_lint::answer(&mut s.ci_lint, token.as_deref(), &id, &body)
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
 }
 
 fn message(status: StatusCode, msg: &str) -> Response {

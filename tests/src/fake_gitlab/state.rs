@@ -204,6 +204,8 @@ pub struct State {
     pub storage_requests_with_job_token: usize,
     /// Storage URLs handed out: secret → job id.
     pub storage_links: BTreeMap<String, u64>,
+    /// The CI lint API: tokens, projects and their files, remote files, templates.
+    pub ci_lint: super::ci_lint::CiLint,
 }
 
 pub fn random_token(prefix: &str) -> String {
