@@ -382,6 +382,96 @@ fn extract_refuses_zip_slip() {
     );
 }
 
+#[test]
+fn extraction_into_a_users_tree_keeps_git_dirs_and_links_inside_and_overwrites_files() {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    write(&tree, ".git/HEAD", "ref: refs/heads/main\n");
+    write(&tree, "sub/.git/config", "[core]\n");
+    write(&tree, ".ferry/1/logs/x.log", "log");
+    write(&tree, "README", "old");
+    write(&tree, "src/lib.rs", "keep me");
+    let out = tmp.path().join("artifacts.zip");
+    let mut zw = zip::ZipWriter::new(std::fs::File::create(&out).unwrap());
+    let o = SimpleFileOptions::default();
+    let exe = o.unix_permissions(0o4777);
+    for (name, opts) in [
+        (".git/hooks/post-checkout", o),
+        (".GIT/config", o),
+        ("sub/.git/hooks/pre-commit", o),
+        (".ferry/1/logs/x.log", o),
+        ("../escaped.txt", o),
+        ("src", o),
+        ("README", o),
+        ("dist/tool", exe),
+    ] {
+        zw.start_file(name, opts).unwrap();
+        zw.write_all(b"from the job").unwrap();
+    }
+    zw.add_symlink("dist/up", "../../outside", o).unwrap();
+    zw.add_symlink("dist/abs", "/etc/passwd", o).unwrap();
+    zw.add_symlink("dist/near", "../README", o).unwrap();
+    zw.finish().unwrap();
+
+    let rules = ferry_executor::artifacts::TreeRules {
+        refused: vec![".ferry".into()],
+    };
+    let sum = ferry_executor::artifacts::extract_into_tree(&out, &tree, &rules, &lim()).unwrap();
+    let read = |rel: &str| std::fs::read_to_string(tree.join(rel)).unwrap();
+    assert_eq!(read(".git/HEAD"), "ref: refs/heads/main\n");
+    assert!(!tree.join(".git/hooks").exists());
+    assert!(!tree.join(".GIT/config").exists());
+    assert!(!tree.join("sub/.git/hooks").exists());
+    assert_eq!(read(".ferry/1/logs/x.log"), "log");
+    assert!(!tmp.path().join("escaped.txt").exists());
+    assert_eq!(
+        read("src/lib.rs"),
+        "keep me",
+        "a directory is never replaced"
+    );
+    assert_eq!(read("README"), "from the job", "files are overwritten");
+    let mode = std::fs::metadata(tree.join("dist/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "no set-id, no group/other write");
+    let dist = std::fs::metadata(tree.join("dist"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dist & 0o777, 0o755);
+    assert!(std::fs::symlink_metadata(tree.join("dist/up")).is_err());
+    assert!(std::fs::symlink_metadata(tree.join("dist/abs")).is_err());
+    assert_eq!(
+        std::fs::read_link(tree.join("dist/near")).unwrap(),
+        Path::new("../README")
+    );
+    let warnings: Vec<&str> = sum
+        .notes
+        .iter()
+        .filter(|n| n.warning)
+        .map(|n| n.text.as_str())
+        .collect();
+    for skipped in [
+        ".git/hooks/post-checkout: skipped: ferry never writes into a .git directory",
+        ".GIT/config: skipped",
+        "sub/.git/hooks/pre-commit: skipped",
+        ".ferry/1/logs/x.log: skipped: ferry never writes into .ferry/",
+        "../escaped.txt: skipped",
+        "src: skipped",
+        "dist/up: skipped",
+        "dist/abs: skipped",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(skipped)),
+            "{skipped}: {warnings:?}"
+        );
+    }
+    assert_eq!(sum.files, 3, "README, dist/tool, dist/near");
+}
+
 #[tokio::test]
 async fn archive_writes_gitlab_lines_to_the_log() {
     let tmp = tempfile::tempdir().unwrap();

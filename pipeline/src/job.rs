@@ -201,14 +201,19 @@ pub struct Service {
     pub ports: Vec<Port>,
 }
 
-/// `cache:key`: a string, or `files:` (+ `prefix:`), whose key GitLab computes from the last
-/// commit that changed those files (the caller's job: it needs git).
+/// `cache:key`: a string, or a hash of `files:` (the key from the files' contents),
+/// `files_commits:` (from their last commits) and `prefix:`, whose key GitLab computes from
+/// the repository (the caller's job: it needs git). Leading `/` of the paths are dropped, as
+/// GitLab's `Entry::Files` drops them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheKey {
     Key(String),
     Files {
-        files: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        files: Option<Vec<String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        files_commits: Option<Vec<String>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         prefix: Option<String>,
     },
@@ -655,17 +660,33 @@ fn cache(node: &Node, job: &str) -> Result<Vec<Cache>, Error> {
         let key = match m.get("key") {
             None => CacheKey::Key("default".into()),
             Some(k) => match &k.value {
-                Value::Map(km) => CacheKey::Files {
-                    files: km
-                        .get("files")
-                        .map(|n| strings(n, job, "cache:key:files"))
-                        .transpose()?
-                        .unwrap_or_default(),
-                    prefix: km
-                        .get("prefix")
-                        .map(|n| string(n, job, "cache:key:prefix"))
-                        .transpose()?,
-                },
+                Value::Map(km) => {
+                    unknown(
+                        km,
+                        &["files", "files_commits", "prefix"],
+                        &format!("jobs:{job}:cache:key"),
+                        k,
+                    )?;
+                    let paths = |key: &str| -> Result<Option<Vec<String>>, Error> {
+                        let Some(n) = km.get(key) else {
+                            return Ok(None);
+                        };
+                        let list = strings(n, job, &format!("cache:key:{key}"))?;
+                        Ok(Some(
+                            list.into_iter()
+                                .map(|p| p.trim_start_matches('/').to_string())
+                                .collect(),
+                        ))
+                    };
+                    CacheKey::Files {
+                        files: paths("files")?,
+                        files_commits: paths("files_commits")?,
+                        prefix: km
+                            .get("prefix")
+                            .map(|n| string(n, job, "cache:key:prefix"))
+                            .transpose()?,
+                    }
+                }
                 _ => CacheKey::Key(string(k, job, "cache:key")?),
             },
         };

@@ -40,6 +40,8 @@ struct Instance<'a> {
     name: String,
     parallel: Option<Parallel>,
     matrix: Vec<(String, String)>,
+    /// The job's `needs:`, with a matrix instance's `$[[ matrix.NAME ]]` replaced.
+    needs: Option<Vec<NeedSpec>>,
 }
 
 fn pipeline_vars(input: &Input) -> Vars {
@@ -230,6 +232,7 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
                 name: def.name.clone(),
                 parallel: None,
                 matrix: Vec::new(),
+                needs: def.needs.clone(),
             }),
             Some(ParallelSpec::Count(n)) => {
                 for i in 1..=*n {
@@ -243,6 +246,7 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
                             total: *n,
                         }),
                         matrix: Vec::new(),
+                        needs: def.needs.clone(),
                     });
                 }
             }
@@ -250,6 +254,18 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
                 for (i, row) in rows.iter().enumerate() {
                     let name = matrix_name(&def.name, row);
                     expanded.entry(&def.name).or_default().push(name.clone());
+                    let needs = match &def.needs {
+                        Some(needs) => Some(matrix_needs(needs, row).map_err(|var| {
+                            Error::at(
+                                def.pos.clone(),
+                                format!(
+                                    "{} job: '{var}' does not exist in matrix configuration",
+                                    def.name
+                                ),
+                            )
+                        })?),
+                        None => None,
+                    };
                     instances.push(Instance {
                         def,
                         name,
@@ -258,6 +274,7 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
                             total: rows.len(),
                         }),
                         matrix: row.clone(),
+                        needs,
                     });
                 }
             }
@@ -313,7 +330,7 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
                 check(&d, "dependency", false, inst.def.pos.clone())?;
             }
         }
-        let mut need_lists: Vec<&Vec<NeedSpec>> = inst.def.needs.iter().collect();
+        let mut need_lists: Vec<&Vec<NeedSpec>> = inst.needs.iter().collect();
         let rule_needs: Vec<Vec<NeedSpec>> = rule_needs(inst.def)?;
         need_lists.extend(rule_needs.iter());
         for list in need_lists {
@@ -358,7 +375,7 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
                 ));
             }
         }
-        if let Some(needs) = &inst.def.needs {
+        if let Some(needs) = &inst.needs {
             dag.push((
                 name.clone(),
                 expand_needs(needs)
@@ -458,7 +475,7 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
         let needs_spec = matched
             .as_ref()
             .and_then(|m| m.needs.clone())
-            .or_else(|| def.needs.clone());
+            .or_else(|| inst.needs.clone());
         let needs = needs_spec.map(|n| {
             expand_needs(&n)
                 .into_iter()
@@ -560,19 +577,20 @@ pub fn plan(repo: &Repo, input: &Input, merged_yaml: Option<&str>) -> Result<Pip
     })
 }
 
-/// `needs:` with names of `parallel` jobs replaced by their instances' (`Config::Normalizer`).
+/// `needs:` with names of `parallel` jobs replaced by their instances' (`Config::Normalizer`):
+/// all of them, or with `parallel: matrix:` the ones its rows name (`job: [v1, v2]`, the
+/// values in the need's order: another order names no job). As GitLab's normalizer, a need's
+/// matrix on a job that is not `parallel` is ignored: the need is that job.
 fn expand_needs(
     needs: &[NeedSpec],
     expanded: &HashMap<&str, Vec<String>>,
 ) -> Vec<(Need, NeedSpec)> {
     let mut out = Vec::new();
     for n in needs {
-        let names = match &n.matrix {
-            Some(rows) => rows.iter().map(|r| matrix_name(&n.job, r)).collect(),
-            None => expanded
-                .get(n.job.as_str())
-                .cloned()
-                .unwrap_or_else(|| vec![n.job.clone()]),
+        let names = match (expanded.get(n.job.as_str()), &n.matrix) {
+            (Some(_), Some(rows)) => rows.iter().map(|r| matrix_name(&n.job, r)).collect(),
+            (Some(all), None) => all.clone(),
+            (None, _) => vec![n.job.clone()],
         };
         for name in names {
             out.push((
@@ -586,6 +604,56 @@ fn expand_needs(
         }
     }
     out
+}
+
+/// Matrix expressions in a matrix instance's `needs:` (GitLab's `MatrixInterpolator`): each
+/// `$[[ matrix.NAME ]]` in a need's job name or matrix values becomes the instance's value of
+/// `NAME`; `Err(NAME)` for a name the instance has not.
+fn matrix_needs(needs: &[NeedSpec], row: &[(String, String)]) -> Result<Vec<NeedSpec>, String> {
+    static EXPR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\$\[\[\s*matrix\.([a-zA-Z0-9_-]+)\s*\]\]")
+            .expect("a valid regular expression")
+    });
+    let expr = &*EXPR;
+    let fill = |text: &str| -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for m in expr.captures_iter(text) {
+            let (whole, name) = (m.get(0).expect("match"), &m[1]);
+            let value = row
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| name.to_string())?;
+            out.push_str(&text[last..whole.start()]);
+            out.push_str(value);
+            last = whole.end();
+        }
+        out.push_str(&text[last..]);
+        Ok(out)
+    };
+    needs
+        .iter()
+        .map(|n| {
+            let matrix = match &n.matrix {
+                Some(rows) => Some(
+                    rows.iter()
+                        .map(|r| {
+                            r.iter()
+                                .map(|(k, v)| Ok((k.clone(), fill(v)?)))
+                                .collect::<Result<Vec<_>, String>>()
+                        })
+                        .collect::<Result<Vec<_>, String>>()?,
+                ),
+                None => None,
+            };
+            Ok(NeedSpec {
+                job: fill(&n.job)?,
+                matrix,
+                ..n.clone()
+            })
+        })
+        .collect()
 }
 
 /// `job: [a, b]`, GitLab's name of a `parallel:matrix` instance.

@@ -394,6 +394,9 @@ pub struct ExecArgs {
     /// Run ferry:deploy jobs for real (default: a server-side dry run)
     #[arg(long)]
     pub deploy: bool,
+    /// Unpack each successful job's artifacts into the working tree (overwriting files)
+    #[arg(long = "artifacts-to-source")]
+    pub artifacts_to_source: bool,
     /// GitLab to resolve includes only it can read (project, remote, template, component)
     /// through its CI lint API, e.g. https://gitlab.example.com
     #[arg(long, value_name = "URL")]

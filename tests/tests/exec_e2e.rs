@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use ferry_tests::e2e::{GitRepo, cmd, docker_ready, skip_notice};
 use serde_json::Value;
 
+mod deploy_common;
+
 /// A repository, a config naming a runner of its own (so its Docker objects can be told from
 /// other tests'), and the dirs ferry exec writes to.
 struct Project {
@@ -436,4 +438,158 @@ later:
     let later = job(&summary, "later");
     assert_eq!(later["status"], "success");
     assert!(later["duration_s"].as_f64().unwrap() >= 2.0, "{later}");
+}
+
+#[test]
+fn artifacts_to_source_unpacks_successful_jobs_artifacts_into_the_tree_and_nothing_else() {
+    let ci = r#"
+stages: [build, test]
+
+build:
+  stage: build
+  script:
+    - mkdir -p gen/.git/hooks
+    - echo generated > gen/out.txt
+    - echo '#!/bin/sh' > gen/.git/hooks/pre-commit
+    - ln -s /etc gen/escape
+    - echo "from the job" > README
+  artifacts:
+    paths: [gen/, README]
+
+broken:
+  stage: test
+  allow_failure: true
+  script:
+    - echo broken > broken.txt
+    - exit 1
+  artifacts:
+    when: always
+    paths: [broken.txt]
+"#;
+    let Some(p) = Project::new(ci) else {
+        return;
+    };
+    p.repo.commit("README", "the user's\n");
+    let tree = p.repo.path();
+
+    // Without the flag, jobs never change the user's tree.
+    let (code, summary) = p.exec_json(&[]);
+    assert_eq!(code, Some(0), "{summary:#}");
+    assert!(!tree.join("gen").exists());
+    assert_eq!(
+        std::fs::read_to_string(tree.join("README")).unwrap(),
+        "the user's\n"
+    );
+
+    let out = p.exec(&["--json", "--artifacts-to-source"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("gen/out.txt")).unwrap(),
+        "generated\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("README")).unwrap(),
+        "from the job\n",
+        "files are overwritten, as GitLab's artifact download does"
+    );
+    assert!(
+        stderr.contains("ferry: extracted the artifacts of build into"),
+        "{stderr}"
+    );
+    // Never into a .git, never a link out of the tree, never a failed job's artifacts.
+    assert!(!tree.join("gen/.git").exists(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "gen/.git/hooks/pre-commit: skipped: ferry never writes into a .git directory"
+        ),
+        "{stderr}"
+    );
+    assert!(std::fs::symlink_metadata(tree.join("gen/escape")).is_err());
+    assert!(stderr.contains("gen/escape: skipped"), "{stderr}");
+    assert!(!tree.join("broken.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_job_is_a_server_dry_run_unless_deploy_is_given() {
+    use ferry_tests::fake_k8s::{FakeK8s, Scenario};
+    let ci = r#"
+deploy-test:
+  stage: deploy
+  image: ferry:deploy
+  environment:
+    name: test
+  variables:
+    FERRY_MANIFESTS: k8s/
+    APP_NAME: shop
+    REPLICAS: "2"
+    VERSION: 1a2b3c4d
+  script:
+    - ferry deploy
+"#;
+    let Some(p) = Project::new(ci) else {
+        return;
+    };
+    p.repo
+        .commit("k8s/deployment.yaml", deploy_common::DEPLOYMENT);
+    p.repo.commit("k8s/service.yaml", deploy_common::SERVICE);
+    let (_url, fake) = FakeK8s::start(Scenario::success()).await;
+    let kubeconfig = fake.write_kubeconfig(p.home.path());
+    // The runner of -c gets a deploy target on the fake cluster.
+    let config = p.home.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[[runners.deploy.targets]]\nname = \"test\"\nenvironments = [\"test\"]\n\
+         kubeconfig = \"{}\"\nnamespaces = [\"test\"]\ndefault_namespace = \"test\"\n",
+        kubeconfig.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let run = |args: Vec<&'static str>| {
+        let mut c = p.command(&args);
+        tokio::task::block_in_place(|| c.output().expect("ferry exec"))
+    };
+
+    let out = run(vec![]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("without --deploy: a server-side dry run"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dry run (server)"), "{stdout}");
+    assert!(
+        fake.get("deployments.apps", "test", "shop").is_none(),
+        "a dry run persists nothing"
+    );
+    let sent: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.uri)
+        .collect();
+    assert!(!sent.is_empty(), "the dry run reached the cluster");
+    assert!(sent.iter().all(|u| u.contains("dryRun=All")), "{sent:?}");
+
+    let out = run(vec!["--deploy"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("dry run"), "{stdout}");
+    assert!(stdout.contains("rolled out"), "{stdout}");
+    let d = fake
+        .get("deployments.apps", "test", "shop")
+        .expect("--deploy applies the Deployment");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:1a2b3c4d"
+    );
 }

@@ -335,7 +335,77 @@ pub fn extract_archive(
         path: project_dir.to_path_buf(),
         source: e,
     })?;
-    zipfmt::extract_zip(zip_file, &dir, limits)
+    zipfmt::extract_zip(zip_file, &dir, limits, None)
+}
+
+/// Where [`extract_into_tree`] never writes, besides every `.git`.
+#[derive(Debug, Clone, Default)]
+pub struct TreeRules {
+    /// Paths relative to the tree: entries at or below them are skipped with a warning.
+    pub refused: Vec<PathBuf>,
+}
+
+/// Permission bits a file unpacked into a user's tree keeps: no write bit for group and
+/// others, no set-id or sticky bit (as a checkout with the usual umask 022 makes them).
+pub const TREE_MODE_MASK: u32 = 0o755;
+
+impl TreeRules {
+    /// Why the entry `rel` (a clean relative path) is not written, if it is not.
+    fn refuses(&self, rel: &Path) -> Option<String> {
+        // `.git` in any letter case: git treats `.GIT` as its own dir on case-insensitive file
+        // systems, and a nested repository's hooks run as the user too.
+        if rel
+            .components()
+            .any(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
+        {
+            return Some("ferry never writes into a .git directory".into());
+        }
+        self.refused
+            .iter()
+            .find(|r| rel.starts_with(r))
+            .map(|r| format!("ferry never writes into {}/", r.display()))
+    }
+}
+
+/// Whether the link `rel` -> `target` resolves, by its text, to a path inside the tree: not
+/// absolute, and its `..` never climb above the tree's top.
+fn link_stays_inside(rel: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    let mut depth = rel.components().count().saturating_sub(1) as i64;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// Unpacks a job's `archive` artifact into a tree ferry does not own (`ferry exec
+/// --artifacts-to-source`: the user's working tree, docs/exec.md). As [`extract_archive`]:
+/// nothing is followed through a link, nothing lands outside `tree`, within `limits`; and
+/// besides: nothing is written into a `.git` or a `rules.refused` path, a directory is never
+/// replaced (a file entry where one is is skipped), links must point inside the tree, new
+/// directories are 0755 and files keep at most [`TREE_MODE_MASK`]. Existing files are
+/// overwritten, as GitLab's artifact download overwrites them. `tree` must exist.
+pub fn extract_into_tree(
+    zip_file: &Path,
+    tree: &Path,
+    rules: &TreeRules,
+    limits: &Limits,
+) -> Result<ExtractSummary, ArtifactError> {
+    let dir = JobDir::open(tree).map_err(|e| ArtifactError::ProjectDir {
+        path: tree.to_path_buf(),
+        source: e,
+    })?;
+    zipfmt::extract_zip(zip_file, &dir, limits, Some(rules))
 }
 
 /// A cache archive in gitlab-runner's zip format (`CACHE_COMPRESSION_FORMAT=zip`).
@@ -354,7 +424,7 @@ pub(crate) fn extract_cache_zip(
     root: &JobDir,
     limits: &Limits,
 ) -> Result<ExtractSummary, ArtifactError> {
-    zipfmt::extract_zip(zip_file, root, limits)
+    zipfmt::extract_zip(zip_file, root, limits, None)
 }
 
 /// Async wrapper around [`extract_archive`] that logs what happened.

@@ -114,11 +114,13 @@ fn is_rooted(name: &str) -> bool {
 const S_IFMT: u32 = 0o170000;
 const S_IFLNK: u32 = 0o120000;
 
-/// Unpacks `zip_file` into `root`, never through a link, within `limits`.
+/// Unpacks `zip_file` into `root`, never through a link, within `limits`; with `tree`, under
+/// the rules of a directory ferry does not own ([`super::TreeRules`]).
 pub(super) fn extract_zip(
     zip_file: &Path,
     root: &JobDir,
     limits: &Limits,
+    tree: Option<&super::TreeRules>,
 ) -> Result<ExtractSummary, ArtifactError> {
     let read_err = |m: String| ArtifactError::Read {
         path: zip_file.to_path_buf(),
@@ -156,12 +158,35 @@ pub(super) fn extract_zip(
             )));
             continue;
         };
+        if let Some(why) = tree.and_then(|t| t.refuses(&rel)) {
+            summary
+                .notes
+                .push(Note::warning(format!("{raw_name}: skipped: {why}")));
+            continue;
+        }
         let mode = zf.unix_mode();
         let is_link = mode.is_some_and(|m| m & S_IFMT == S_IFLNK);
+        let (dir_mode, file_mode, keep) = match tree {
+            Some(_) => (0o755, 0o644, super::TREE_MODE_MASK),
+            None => (0o777, 0o666, 0o777),
+        };
         let result: io::Result<u64> = (|| {
             if zf.is_dir() {
-                root.create_dir_all(&rel, 0o777)?;
+                root.create_dir_all(&rel, dir_mode)?;
                 return Ok(0);
+            }
+            // A directory of the user's tree is never replaced by a file or a link.
+            if tree.is_some() && root.lstat(&rel).is_ok_and(|m| m.is_dir()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a directory is there (kept)",
+                ));
+            }
+            // Parents in the user's tree get its usual mode, not the builds dir's 0777.
+            if tree.is_some()
+                && let Some(parent) = rel.parent()
+            {
+                root.create_dir_all(parent, dir_mode)?;
             }
             if is_link {
                 let mut target = Vec::new();
@@ -169,13 +194,19 @@ pub(super) fn extract_zip(
                 let target = PathBuf::from(std::ffi::OsString::from(
                     String::from_utf8_lossy(&target).into_owned(),
                 ));
+                if tree.is_some() && !super::link_stays_inside(&rel, &target) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("a link to {} leaves the tree", target.display()),
+                    ));
+                }
                 root.symlink(&target, &rel)?;
                 return Ok(0);
             }
-            let mut out = root.create_file(&rel, 0o666)?;
+            let mut out = root.create_file(&rel, file_mode)?;
             let n = budget.copy(&mut zf, &mut out)?;
             let mtime = zf.last_modified().and_then(from_zip_time);
-            JobDir::finish_file(&out, mode, mtime, None)?;
+            JobDir::finish_file(&out, mode.map(|m| m & keep), mtime, None)?;
             Ok(n)
         })();
         match result {

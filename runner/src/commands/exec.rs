@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, ExecArgs};
 use crate::driver::{Driver, HostFs};
 use crate::exec::api::LocalApi;
-use crate::exec::convert::{PipelineContext, local_jobs};
+use crate::exec::convert::{FilesKey, PipelineContext, local_jobs};
 use crate::exec::git::git;
 use crate::exec::schedule::Status;
 use crate::exec::terminal::Terminal;
@@ -62,6 +62,10 @@ struct Ready {
     jobs: Vec<LocalJob>,
     run_dir: PathBuf,
     working_dir: PathBuf,
+    /// `--artifacts-to-source`.
+    to_source: Option<exec::to_source::ToSource>,
+    /// Deploy jobs that run as a server-side dry run (no `--deploy`).
+    dry_runs: Vec<String>,
 }
 
 /// `KEY=VALUE` lines of a `--var-file` (blank lines and `#` comments skipped).
@@ -224,8 +228,34 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         .server_url
         .clone()
         .unwrap_or_else(|| "https://gitlab.invalid".into());
-    let files_key = |files: &[String], prefix: Option<&str>| {
-        snapshot::files_key(&store, &snap.sha, files, prefix)
+    // Jobs share their cache definitions (`default:`): each key is computed once (git runs).
+    type KeyArgs = (
+        Option<Vec<String>>,
+        Option<Vec<String>>,
+        Option<String>,
+        usize,
+    );
+    let keys: std::cell::RefCell<std::collections::HashMap<KeyArgs, String>> = Default::default();
+    let files_key = |k: FilesKey<'_>| {
+        let args: KeyArgs = (
+            k.files.map(<[String]>::to_vec),
+            k.files_commits.map(<[String]>::to_vec),
+            k.prefix.map(str::to_string),
+            k.index,
+        );
+        if let Some(key) = keys.borrow().get(&args) {
+            return key.clone();
+        }
+        let key = snapshot::files_key(
+            &store,
+            &snap.sha,
+            k.files,
+            k.files_commits,
+            k.prefix,
+            k.index,
+        );
+        keys.borrow_mut().insert(args, key.clone());
+        key
     };
     let ctx = PipelineContext {
         pipeline_id,
@@ -251,12 +281,35 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
             });
         }
     }
+    // docs/exec.md, "Deploy jobs": ferry says which jobs run as a dry run, and why.
+    let dry_runs: Vec<String> = if args.deploy {
+        Vec::new()
+    } else {
+        let ctx = crate::plan::JobContext {
+            working_dir: working_dir.clone(),
+            concurrent_id: 0,
+            concurrent_project_id: 0,
+            tls_ca_pem: None,
+        };
+        jobs.iter()
+            .filter(|j| {
+                crate::plan::compile(&j.payload, &runner, &ctx)
+                    .is_ok_and(|p| matches!(p.execution, crate::plan::Execution::Deploy { .. }))
+            })
+            .map(|j| j.node.name.clone())
+            .collect()
+    };
+    let to_source = args
+        .artifacts_to_source
+        .then(|| exec::to_source::ToSource::new(&top, &[&out_base, &working_dir]));
     Ok(Prepared::Run(Box::new(Ready {
         runner: Arc::new(runner),
         pipeline,
         jobs,
         run_dir,
         working_dir,
+        to_source,
+        dry_runs,
     })))
 }
 
@@ -478,6 +531,11 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
         cleanups: tokio_util::task::TaskTracker::new(),
         workspaces: Default::default(),
     });
+    for name in &ready.dry_runs {
+        api.terminal().say(&format!(
+            "ferry: {name}: without --deploy: a server-side dry run (FERRY_DRY_RUN=server): nothing is persisted on the cluster"
+        ));
+    }
     let cancel = CancellationToken::new();
     let shutdown = CancellationToken::new();
     {
@@ -507,6 +565,7 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
             working_dir: ready.working_dir.clone(),
             cancel,
             shutdown,
+            to_source: ready.to_source.clone(),
         },
     )
     .await;

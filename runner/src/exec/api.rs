@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -23,7 +23,8 @@ use super::terminal::Terminal;
 
 /// One job's record.
 struct Record {
-    log: std::fs::File,
+    /// Shared with the blocking thread that writes a chunk.
+    log: Arc<std::fs::File>,
     len: u64,
     token: String,
     last: Option<JobUpdate>,
@@ -33,7 +34,8 @@ struct Record {
 pub struct LocalApi {
     dir: PathBuf,
     jobs: Mutex<HashMap<u64, Record>>,
-    terminal: Mutex<Terminal>,
+    /// Shared with the blocking threads that show the logs (a terminal can block).
+    terminal: Arc<Mutex<Terminal>>,
     canceling: AtomicBool,
 }
 
@@ -44,7 +46,7 @@ impl LocalApi {
         Ok(LocalApi {
             dir: dir.to_path_buf(),
             jobs: Mutex::new(HashMap::new()),
-            terminal: Mutex::new(terminal),
+            terminal: Arc::new(Mutex::new(terminal)),
             canceling: AtomicBool::new(false),
         })
     }
@@ -52,7 +54,7 @@ impl LocalApi {
     /// Announces a job before it runs: its log file (returned) and the token its calls carry.
     pub fn register(&self, job: &JobRef, file_name: &str) -> std::io::Result<PathBuf> {
         let path = self.dir.join("logs").join(file_name);
-        let log = std::fs::File::create(&path)?;
+        let log = Arc::new(std::fs::File::create(&path)?);
         self.lock().insert(
             job.id,
             Record {
@@ -109,10 +111,11 @@ impl LocalApi {
 
     /// Whether job `id` uploaded an `archive` artifact (what a dependency downloads).
     pub fn has_archive(&self, id: u64) -> bool {
-        self.find_archive(id).is_some()
+        self.archive_of(id).is_some()
     }
 
-    fn find_archive(&self, id: u64) -> Option<PathBuf> {
+    /// Where job `id`'s `archive` artifact is stored, if it uploaded one.
+    pub fn archive_of(&self, id: u64) -> Option<PathBuf> {
         let dir = self.dir.join("artifacts").join(id.to_string());
         std::fs::read_dir(dir)
             .ok()?
@@ -151,22 +154,43 @@ impl JobApi for LocalApi {
         chunk: Bytes,
     ) -> Result<TraceReply, ApiError> {
         self.check(job, "patch_trace")?;
-        let fresh = {
-            let mut jobs = self.lock();
-            let Some(r) = jobs.get_mut(&job.id) else {
+        let log = {
+            let jobs = self.lock();
+            let Some(r) = jobs.get(&job.id) else {
                 return Ok(TraceReply::NotFound);
             };
             // GitLab's rule: a chunk must start where the stored log ends.
             if offset != r.len {
                 return Ok(TraceReply::RangeMismatch { len: r.len });
             }
-            r.log
-                .write_all_at(&chunk, offset)
-                .map_err(|e| ApiError::Io(format!("writing the log of job {}: {e}", job.id)))?;
-            r.len += chunk.len() as u64;
+            r.log.clone()
+        };
+        // The file and the terminal are written off the async workers (a terminal or a full
+        // pipe can block), and outside the lock. A job's trace is sent one chunk at a time, so
+        // nothing else writes at this offset meanwhile.
+        let (id, terminal, shown) = (job.id, self.terminal.clone(), chunk.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            log.write_all_at(&shown, offset)?;
+            terminal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .show(id, &shown);
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| ApiError::Io(format!("writing the log of job {}: {e}", job.id)))?;
+        let fresh = {
+            let mut jobs = self.lock();
+            let Some(r) = jobs.get_mut(&job.id) else {
+                return Ok(TraceReply::NotFound);
+            };
+            if r.len == offset {
+                r.len += chunk.len() as u64;
+            }
             r.len
         };
-        self.terminal().show(job.id, &chunk);
         Ok(TraceReply::Accepted {
             len: Some(fresh),
             status: Some(self.status()),
@@ -211,7 +235,7 @@ impl JobApi for LocalApi {
             });
         }
         // The `archive` artifact, as GitLab serves for a dependency.
-        let Some(src) = self.find_archive(job_id) else {
+        let Some(src) = self.archive_of(job_id) else {
             return Err(ApiError::Status {
                 endpoint: "download_artifacts",
                 status: 404,

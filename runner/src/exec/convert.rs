@@ -33,8 +33,17 @@ pub struct PipelineContext<'a> {
     pub project_path: &'a str,
     /// `CI_SERVER_URL`.
     pub server_url: &'a str,
-    /// Cache keys of `cache:key:files`, computed by the caller (it needs git).
-    pub files_key: &'a dyn Fn(&[String], Option<&str>) -> String,
+    /// Keys of `cache:key` hashes (`files`, `files_commits`), computed by the caller (it
+    /// needs git).
+    pub files_key: &'a dyn Fn(FilesKey<'_>) -> String,
+}
+
+/// A `cache:key` hash, of the job's cache number `index` (GitLab's default prefix).
+pub struct FilesKey<'a> {
+    pub files: Option<&'a [String]>,
+    pub files_commits: Option<&'a [String]>,
+    pub prefix: Option<&'a str>,
+    pub index: usize,
 }
 
 /// The failure reasons the local pipeline takes: every one ferry reports, so a job's summary
@@ -372,10 +381,20 @@ fn payload(
     let cache = job
         .cache
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(index, c)| {
             let key = match &c.key {
                 CacheKey::Key(k) => k.clone(),
-                CacheKey::Files { files, prefix } => (ctx.files_key)(files, prefix.as_deref()),
+                CacheKey::Files {
+                    files,
+                    files_commits,
+                    prefix,
+                } => (ctx.files_key)(FilesKey {
+                    files: files.as_deref(),
+                    files_commits: files_commits.as_deref(),
+                    prefix: prefix.as_deref(),
+                    index,
+                }),
             };
             // GitLab keeps separate caches for protected refs; local refs are not protected.
             let suffix = if c.unprotect { "" } else { "-non_protected" };

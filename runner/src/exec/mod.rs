@@ -8,6 +8,7 @@
 //! * `api.rs`: the `JobApi` that keeps logs and artifacts on disk and shows the logs.
 //! * `terminal.rs`: a job log as a terminal shows it.
 //! * `schedule.rs`: which job starts when (stages, needs, `when`, resource groups).
+//! * `to_source.rs`: `--artifacts-to-source`, a job's artifacts into the working tree.
 //! * `include.rs`: includes only GitLab can read, resolved by its CI lint API (`--gitlab`).
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod predefined;
 pub mod schedule;
 pub mod snapshot;
 pub mod terminal;
+pub mod to_source;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,6 +106,8 @@ pub struct Options {
     pub cancel: CancellationToken,
     /// Second Ctrl-C: ferry's shutdown (the jobs stop at once, their containers are removed).
     pub shutdown: CancellationToken,
+    /// `--artifacts-to-source`: where a successful job's artifacts are unpacked.
+    pub to_source: Option<to_source::ToSource>,
 }
 
 /// Runs the jobs to their ends and returns each one's result, in the jobs' order.
@@ -241,6 +245,15 @@ where
                     slots[slot_of[i]] = true;
                     logs[i] = launch(&mut running, &jobs[i], i, slot_of[i], attempts[i]);
                     continue;
+                }
+                // Before the jobs after it start: their ends cannot interleave with these files.
+                if status == Status::Success
+                    && let Some(to) = &opts.to_source
+                    && let Some(archive) = api.archive_of(id)
+                {
+                    for line in to.extract(&jobs[i].node.name, archive, opts.shutdown.clone()).await {
+                        api.terminal().say(&line);
+                    }
                 }
                 schedule.finished(i, status);
             }

@@ -174,18 +174,107 @@ pub fn take(
     })
 }
 
-/// The key of `cache:key:files` (docs/exec.md): the last commit up to `sha` that changed one of
-/// `files`, after `prefix-`, as GitLab derives it from the files' history. Without such a commit,
-/// `default`, as GitLab's.
-pub fn files_key(store: &Path, sha: &str, files: &[String], prefix: Option<&str>) -> String {
-    let mut args = vec!["rev-list", "-1", sha, "--"];
-    args.extend(files.iter().map(String::as_str));
-    let commit = git(store, &args, &[]).ok().filter(|c| !c.is_empty());
-    let key = commit.unwrap_or_else(|| "default".to_string());
-    match prefix {
-        Some(p) => format!("{p}-{key}"),
-        None => key,
+/// A `cache:key` hash's key as GitLab computes it (`Gitlab::Ci::Pipeline::Seed::Build::Cache`)
+/// for commit `sha` of `store`: `<prefix>-<digest>`, the prefix being the cache's `index` in
+/// the job's list when `prefix:` is not given (an empty prefix drops it). The digest: with
+/// `files:`, the SHA-1 of the sorted blob ids of those files (a path with `*` is a pattern over
+/// the commit's files, `**` any characters, `*` any but `/`), joined by `-`; with
+/// `files_commits:`, of the ids of the last commits that changed them; `default` when none of
+/// them exists (docs/exec.md).
+pub fn files_key(
+    store: &Path,
+    sha: &str,
+    files: Option<&[String]>,
+    files_commits: Option<&[String]>,
+    prefix: Option<&str>,
+    index: usize,
+) -> String {
+    // Ruby's `select(&:present?).uniq`: no blank paths, each once, in order.
+    let present = |list: &[String]| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in list.iter().filter(|p| !p.trim().is_empty()) {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
+    };
+    let ids = match (files, files_commits) {
+        (Some(files), _) => blob_ids(store, sha, &present(files)),
+        (None, Some(paths)) => present(paths)
+            .iter()
+            .filter_map(|p| {
+                git(
+                    store,
+                    ["log", "-1", "--format=%H", sha, "--", p.as_str()],
+                    &[],
+                )
+                .ok()
+                .filter(|c| !c.is_empty())
+            })
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let digest = digest_of(ids).unwrap_or_else(|| "default".into());
+    let prefix = prefix.map_or_else(|| index.to_string(), str::to_string);
+    if prefix.is_empty() {
+        digest
+    } else {
+        format!("{prefix}-{digest}")
     }
+}
+
+/// GitLab's `digest_from_hashes`: the ids sorted and deduplicated, joined by `-`, SHA-1 in hex.
+fn digest_of(mut ids: Vec<String>) -> Option<String> {
+    use sha1::Digest;
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return None;
+    }
+    let sum = sha1::Sha1::digest(ids.join("-").as_bytes());
+    Some(sum.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The blob ids of `paths` in commit `sha` (patterns expanded as GitLab's
+/// `search_files_by_wildcard_path`); a path that is no file of the commit has none.
+fn blob_ids(store: &Path, sha: &str, paths: &[String]) -> Vec<String> {
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let Ok(listing) = git(store, ["ls-tree", "-r", "-z", "--full-tree", sha], &[]) else {
+        return Vec::new();
+    };
+    // "<mode> <type> <id>\t<path>" per entry; blobs only (submodules are commits).
+    let blobs: Vec<(&str, &str)> = listing
+        .split('\0')
+        .filter_map(|entry| {
+            let (meta, path) = entry.split_once('\t')?;
+            let mut m = meta.split(' ');
+            let (_, kind, id) = (m.next()?, m.next()?, m.next()?);
+            (kind == "blob").then_some((path, id))
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for p in paths {
+        if p.contains('*') {
+            let pattern = regex::escape(p)
+                .replace(r"\*\*", ".*?")
+                .replace(r"\*", "([^/])*?");
+            let Ok(re) = regex::Regex::new(&format!("^{pattern}$")) else {
+                continue;
+            };
+            ids.extend(
+                blobs
+                    .iter()
+                    .filter(|(path, _)| re.is_match(path))
+                    .map(|(_, id)| id.to_string()),
+            );
+        } else if let Some((_, id)) = blobs.iter().find(|(path, _)| path == p) {
+            ids.push(id.to_string());
+        }
+    }
+    ids
 }
 
 #[cfg(test)]
@@ -340,5 +429,92 @@ mod tests {
         let e = toplevel(d.path()).unwrap_err().to_string();
         assert!(e.contains("not inside a git repository"), "{e}");
         assert!(e.contains(&d.path().display().to_string()), "{e}");
+    }
+
+    /// SHA-1 of `text` in hex, by `sha1sum` (not the code under test).
+    fn sha1sum(text: &str) -> String {
+        let mut child = std::process::Command::new("sha1sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn cache_keys_of_files_are_gitlabs_content_and_commit_digests() {
+        let r = repo();
+        std::fs::create_dir_all(r.path().join("sub")).unwrap();
+        std::fs::write(r.path().join("package.json"), "{}\n").unwrap();
+        std::fs::write(r.path().join("sub/package.json"), "{\"a\": 1}\n").unwrap();
+        std::fs::write(r.path().join("yarn.lock"), "v1\n").unwrap();
+        run(r.path(), &["add", "-A"]);
+        run(r.path(), &["commit", "-q", "-m", "deps"]);
+        let deps_commit = run(r.path(), &["rev-parse", "HEAD"]);
+        // Uncommitted: the key follows the working tree's snapshot.
+        std::fs::write(r.path().join("yarn.lock"), "v2\n").unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let store = store.path().join("s.git");
+        let snap = take(r.path(), &store, "main", false, &[]).unwrap();
+        let id = |path: &str| run(&store, &["rev-parse", &format!("{}:{path}", snap.sha)]);
+        let key = |files: &[&str], prefix: Option<&str>, index: usize| {
+            let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+            files_key(&store, &snap.sha, Some(&files), None, prefix, index)
+        };
+        let mut both = [id("package.json"), id("yarn.lock")];
+        both.sort();
+        assert_eq!(
+            id("yarn.lock"),
+            run(r.path(), &["hash-object", "yarn.lock"])
+        );
+        assert_eq!(
+            key(&["yarn.lock", "package.json", "yarn.lock", " "], None, 0),
+            format!("0-{}", sha1sum(&both.join("-")))
+        );
+        assert_eq!(
+            key(&["package.json"], Some("deps"), 1),
+            format!("deps-{}", sha1sum(&id("package.json")))
+        );
+        assert_eq!(
+            key(&["package.json"], Some(""), 1),
+            sha1sum(&id("package.json"))
+        );
+        // GitLab's wildcards: `**/` needs a directory, `*` stays in one.
+        assert_eq!(
+            key(&["**/package.json"], None, 0),
+            format!("0-{}", sha1sum(&id("sub/package.json")))
+        );
+        assert_eq!(
+            key(&["*.json"], None, 0),
+            format!("0-{}", sha1sum(&id("package.json")))
+        );
+        for none in [
+            &["missing.txt"][..],
+            &["./package.json"],
+            &["sub"],
+            &["**/*.rs"],
+        ] {
+            assert_eq!(key(none, Some("p"), 0), "p-default", "{none:?}");
+        }
+        let commits: Vec<String> = vec!["package.json".into(), "gone.txt".into()];
+        let first = run(r.path(), &["rev-list", "--max-parents=0", "HEAD"]);
+        let mut last = [deps_commit.clone(), first];
+        last.sort();
+        assert_eq!(
+            files_key(&store, &snap.sha, None, Some(&commits), None, 0),
+            format!("0-{}", sha1sum(&last.join("-")))
+        );
     }
 }
