@@ -461,12 +461,21 @@ const GITLAB_KINDS: &[&str] = &["remote", "template", "project", "component"];
 const LOCATION_KEYS: &[&str] = &["remote", "template", "project", "file", "ref", "component"];
 
 fn expand_node(node: &Node, vars: &Vars) -> Node {
-    let value = match &node.value {
-        Value::Str(s) => Value::Str(expr::expand_known(s, vars)),
-        Value::Seq(items) => Value::Seq(items.iter().map(|i| expand_node(i, vars)).collect()),
-        other => other.clone(),
-    };
-    Node::new(value, node.pos.clone())
+    match &node.value {
+        Value::Str(s) => {
+            let expanded = expr::expand_known(s, vars);
+            if expanded == *s {
+                node.clone()
+            } else {
+                Node::new(Value::Str(expanded), node.pos.clone())
+            }
+        }
+        Value::Seq(items) => Node::new(
+            Value::Seq(items.iter().map(|i| expand_node(i, vars)).collect()),
+            node.pos.clone(),
+        ),
+        _ => node.clone(),
+    }
 }
 
 /// The refusal of an include GitLab would read, when no GitLab is at hand: names the include
@@ -711,6 +720,7 @@ fn resolve_references(
             let mut value = found.clone();
             resolve_references(&mut value, root, depth + 1, budget)?;
             node.value = value.value;
+            node.raw = value.raw;
         }
         Value::Seq(items) => {
             for item in items {
