@@ -224,7 +224,11 @@ pub fn load_merged(
         .enumerate()
         .find(|(_, l)| l.len() > 1 && l.starts_with(':') && !l.starts_with(": "))
     {
-        let key = line.split(": ").next().unwrap_or(line).trim_end_matches(':');
+        let key = line
+            .split(": ")
+            .next()
+            .unwrap_or(line)
+            .trim_end_matches(':');
         return Err(Error::at(
             Pos {
                 file: MERGED_FILE.into(),

@@ -571,10 +571,9 @@ fn resolve_plain(text: &str) -> Plain {
         return Plain::Other(match value {
             Some(n) => Value::Int(n),
             // A Ruby Integer past 64 bits; ferry has no such number: its digits.
-            None if !digits.starts_with('0') || digits == "0" => Value::Str(format!(
-                "{}{digits}",
-                if negative { "-" } else { "" }
-            )),
+            None if !digits.starts_with('0') || digits == "0" => {
+                Value::Str(format!("{}{digits}", if negative { "-" } else { "" }))
+            }
             None => Value::Str(text.to_string()),
         });
     }
@@ -806,7 +805,10 @@ float: 1000.
 ";
         let root = parse(doc, "f").unwrap();
         let m = map(&root);
-        let s = |k: &str| m[k].scalar_string().unwrap_or_else(|| format!("{:?}", m[k].value));
+        let s = |k: &str| {
+            m[k].scalar_string()
+                .unwrap_or_else(|| format!("{:?}", m[k].value))
+        };
         for (k, kind, text) in [
             ("e1", "string", "1e3"),
             ("e2", "string", "1e+3"),

@@ -173,9 +173,13 @@ fn the_merged_yaml_plans_with_the_working_tree_positions() {
     assert!(e.starts_with(&format!("{}:", load::MERGED_FILE)), "{e}");
     assert!(e.contains("chosen stage nope does not exist"), "{e}");
     // A very old GitLab answered its symbolized hash: refused, saying so.
-    let e = plan_merged(d.path(), &input(), "---\n:stages:\n- build\n\":quoted\":\n  script: x\n")
-        .unwrap_err()
-        .to_string();
+    let e = plan_merged(
+        d.path(),
+        &input(),
+        "---\n:stages:\n- build\n\":quoted\":\n  script: x\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert_eq!(
         e,
         format!(
@@ -220,5 +224,10 @@ fn a_repeated_include_is_merged_again_at_each_occurrence() {
         panic!("{}", req.content)
     };
     assert_eq!(includes.len(), 3, "{}", req.content);
-    assert_eq!(map(&m[".v"])["value"].as_str(), Some("l1"), "{}", req.content);
+    assert_eq!(
+        map(&m[".v"])["value"].as_str(),
+        Some("l1"),
+        "{}",
+        req.content
+    );
 }

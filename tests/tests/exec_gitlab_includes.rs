@@ -389,7 +389,10 @@ async fn error_answers_are_one_line_without_the_token_or_a_proxy_page() {
     );
     s.gitlab.ci_lint_proxy_page(Some((502, &page)));
     let out = s.exec(&["--list", "--gitlab", &url], Some(TOKEN)).await;
-    assert_eq!(one_line(&out), format!("ERROR: {endpoint}: 502 Bad Gateway"));
+    assert_eq!(
+        one_line(&out),
+        format!("ERROR: {endpoint}: 502 Bad Gateway")
+    );
     s.gitlab.ci_lint_proxy_page(None);
 
     // A server that echoes the token: its message is shown, the token cut out.

@@ -333,9 +333,8 @@ fn cleartext_warning(base: &str) -> Option<String> {
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    (!loopback).then(|| {
-        format!("--gitlab {base} is http://: the token is sent unencrypted; use https://")
-    })
+    (!loopback)
+        .then(|| format!("--gitlab {base} is http://: the token is sent unencrypted; use https://"))
 }
 
 /// The pipeline for `input`: from the repository's files alone, or, when `lint` is given and

@@ -186,7 +186,8 @@ pub async fn error_message(mut response: Response, secrets: &[&str]) -> String {
 
 fn error_text(status: StatusCode, body: &[u8], secrets: &[&str]) -> String {
     let message = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(map)) => match map.get("message").or_else(|| map.get("error")) {
+        Ok(serde_json::Value::Object(map)) => match map.get("message").or_else(|| map.get("error"))
+        {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
             None => serde_json::Value::Object(map).to_string(),
@@ -251,17 +252,28 @@ mod tests {
     #[test]
     fn error_bodies_give_one_short_line() {
         let s = StatusCode::BAD_GATEWAY;
-        let html = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>";
+        let html =
+            b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>";
         assert_eq!(error_text(s, html, &[]), "Bad Gateway");
-        assert_eq!(error_text(s, b"upstream\nconnect error", &[]), "Bad Gateway");
+        assert_eq!(
+            error_text(s, b"upstream\nconnect error", &[]),
+            "Bad Gateway"
+        );
         let s = StatusCode::FORBIDDEN;
         assert_eq!(
             error_text(s, b"{\"message\": \"403\\n  Forbidden\\t here\"}", &[]),
             "403 Forbidden here"
         );
-        assert_eq!(error_text(s, b"{\"error\": [\"a\", \"b\"]}", &[]), r#"["a","b"]"#);
         assert_eq!(
-            error_text(s, b"{\"message\": \"glrt-abcdefghijkl is bad\"}", &["glrt-abcdefghijkl"]),
+            error_text(s, b"{\"error\": [\"a\", \"b\"]}", &[]),
+            r#"["a","b"]"#
+        );
+        assert_eq!(
+            error_text(
+                s,
+                b"{\"message\": \"glrt-abcdefghijkl is bad\"}",
+                &["glrt-abcdefghijkl"]
+            ),
             "glrt-abc… is bad"
         );
         // cut short: not JSON any more
