@@ -884,3 +884,168 @@ async fn the_connection_counter_sees_an_allowed_ssh_attempt() {
         .output();
     assert!(accept.await.unwrap(), "no connection");
 }
+
+/// git-lfs ignores git's `protocol.*.allow`: a submodule's `.lfsconfig` naming a `file://`
+/// `lfs.url` would make its standalone agent copy objects from a repository on the host
+/// (docs/security.md, "Which transports git uses"). ferry ignores that URL, says so in the
+/// log, and asks only the submodule's own (http) remote, which does not have the object.
+#[tokio::test]
+async fn a_submodule_lfsconfig_cannot_fetch_lfs_objects_from_the_host() {
+    if Command::new("git")
+        .args(["lfs", "version"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("SKIP: git-lfs is not installed");
+        return;
+    }
+    let up = Upstream::new();
+    up.commit("f", "1");
+    // A repository on the host holding the object, as a file:// endpoint serves it.
+    let content = "a secret of the runner host\n";
+    let host_repo = up.root.join("host-repo");
+    std::fs::create_dir_all(&host_repo).unwrap();
+    git(&host_repo, &["init", "-q"]);
+    std::fs::write(up.root.join("content"), content).unwrap();
+    let sha256 = {
+        let out = Command::new("sha256sum")
+            .arg(up.root.join("content"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let objects = host_repo
+        .join(".git/lfs/objects")
+        .join(&sha256[..2])
+        .join(&sha256[2..4]);
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join(&sha256), content).unwrap();
+    let pointer = format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {}\n",
+        content.len()
+    );
+
+    // The submodule, on the same (http) server as the project.
+    let lib_work = up.root.join("lib-work");
+    let lib_bare = up.root.join("remote/group/lib.git");
+    std::fs::create_dir_all(&lib_work).unwrap();
+    std::fs::create_dir_all(&lib_bare).unwrap();
+    git(&lib_work, &["init", "-q"]);
+    git(&lib_bare, &["init", "-q", "--bare"]);
+    std::fs::write(
+        lib_work.join(".gitattributes"),
+        "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+    )
+    .unwrap();
+    std::fs::write(lib_work.join("blob.bin"), &pointer).unwrap();
+    std::fs::write(
+        lib_work.join(".lfsconfig"),
+        format!("[lfs]\n\turl = file://{}\n", host_repo.display()),
+    )
+    .unwrap();
+    git(&lib_work, &["add", "-A"]);
+    git(&lib_work, &["commit", "-q", "-m", "lfs"]);
+    git(
+        &lib_work,
+        &[
+            "push",
+            "-q",
+            lib_bare.to_str().unwrap(),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    let lib_sha = git(&lib_work, &["rev-parse", "HEAD"]);
+    git(&lib_bare, &["update-server-info"]);
+
+    std::fs::write(
+        up.work.join(".gitmodules"),
+        "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n",
+    )
+    .unwrap();
+    git(
+        &up.work,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{lib_sha},lib"),
+        ],
+    );
+    git(&up.work, &["add", ".gitmodules"]);
+    git(&up.work, &["commit", "-q", "-m", "submodule"]);
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let sha = git(&up.work, &["rev-parse", "HEAD"]);
+    git(&up.bare, &["update-server-info"]);
+    let server = serve_dumb_http(up.root.join("remote")).await;
+    let url = format!(
+        "http://gitlab-ci-token:{TOKEN}@127.0.0.1:{}/group/project.git",
+        server.port
+    );
+    let dir = up.project("p");
+    let mut s = spec(&url, &sha, &dir);
+    s.submodule_strategy = SubmoduleStrategy::Normal;
+    let (res, log) = run(&s).await;
+
+    assert_eq!(
+        std::fs::read_to_string(dir.join("lib/blob.bin")).unwrap(),
+        pointer,
+        "the object was copied from the host; log:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "Ignoring lfs.url \"file://{}\" of lib/.lfsconfig: ferry's host git fetches LFS objects only over https",
+            host_repo.display()
+        )),
+        "{log}"
+    );
+    // The submodule's own remote has no LFS API: git-lfs fails there, and so does the job.
+    assert!(res.is_err(), "{log}");
+    assert!(
+        log.contains("/group/lib.git/info/lfs/objects/batch"),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN), "{log}");
+
+    // An http(s) `lfs.url` (http: the project's URL is http) is the endpoint git-lfs asks.
+    let other = format!("http://127.0.0.1:{}/elsewhere/lfs", server.port);
+    std::fs::write(
+        lib_work.join(".lfsconfig"),
+        format!("[lfs]\n\turl = {other}\n"),
+    )
+    .unwrap();
+    git(&lib_work, &["commit", "-q", "-am", "lfsconfig"]);
+    git(
+        &lib_work,
+        &[
+            "push",
+            "-q",
+            lib_bare.to_str().unwrap(),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    git(&lib_bare, &["update-server-info"]);
+    let lib_sha = git(&lib_work, &["rev-parse", "HEAD"]);
+    git(
+        &up.work,
+        &[
+            "update-index",
+            "--cacheinfo",
+            &format!("160000,{lib_sha},lib"),
+        ],
+    );
+    git(&up.work, &["commit", "-q", "-m", "bump"]);
+    git(&up.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let sha = git(&up.work, &["rev-parse", "HEAD"]);
+    git(&up.bare, &["update-server-info"]);
+    let dir = up.project("p2");
+    let mut s = spec(&url, &sha, &dir);
+    s.submodule_strategy = SubmoduleStrategy::Normal;
+    let (res, log) = run(&s).await;
+    assert!(res.is_err(), "{log}");
+    assert!(!log.contains("Ignoring lfs.url"), "{log}");
+    assert!(log.contains(&format!("{other}/objects/batch")), "{log}");
+}

@@ -128,7 +128,7 @@ pub fn load(
 }
 
 /// The main file with its local includes merged beneath it, and (with `collect`) the includes
-/// only GitLab can read, each once, in the order met, `rules` evaluated and dropped.
+/// only GitLab can read, every occurrence in the order met, `rules` evaluated and dropped.
 fn expand_local(
     repo: &Repo,
     main: &str,
@@ -217,6 +217,29 @@ pub fn load_merged(
     merged_yaml: &str,
 ) -> Result<Map, Error> {
     let (local, _) = expand_local(repo, main, vars, changed, true)?;
+    // Psych writes a Symbol key plain (`:stages:`), a string that looks like one quoted: a
+    // top-level line starting with `:` is a GitLab that answered its symbolized hash.
+    if let Some((i, line)) = merged_yaml
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.len() > 1 && l.starts_with(':') && !l.starts_with(": "))
+    {
+        let key = line
+            .split(": ")
+            .next()
+            .unwrap_or(line)
+            .trim_end_matches(':');
+        return Err(Error::at(
+            Pos {
+                file: MERGED_FILE.into(),
+                line: i + 1,
+            },
+            format!(
+                "GitLab's merged YAML has Ruby symbol keys (`{key}`): this GitLab is too old \
+                 for ferry exec --gitlab (its CI lint API must answer string keys)"
+            ),
+        ));
+    }
     let root = yaml::parse(merged_yaml, MERGED_FILE)?;
     let kind = root.kind();
     let Value::Map(mut config) = root.value else {
@@ -306,17 +329,15 @@ impl Includes<'_> {
                     let Some(remote) = &mut self.remote else {
                         return Err(needs_gitlab(&node));
                     };
-                    let text = yaml::to_flow(&node);
-                    if !remote.iter().any(|r| yaml::to_flow(r) == text) {
-                        remote.push(node);
-                    }
+                    // Every occurrence, in order: GitLab merges a file again each time it is
+                    // included (`External::Context#expandset` is a list), so in `[a, b, a]`
+                    // `a` wins over `b`.
+                    remote.push(node);
                     continue;
                 }
             };
             for path in paths {
-                if self.seen.contains(&path) {
-                    continue;
-                }
+                // Merged again at each occurrence, as GitLab does; a cycle ends at the limit.
                 self.seen.push(path.clone());
                 if self.seen.len() > MAX_INCLUDES + 1 {
                     return Err(Error::at(
@@ -461,12 +482,21 @@ const GITLAB_KINDS: &[&str] = &["remote", "template", "project", "component"];
 const LOCATION_KEYS: &[&str] = &["remote", "template", "project", "file", "ref", "component"];
 
 fn expand_node(node: &Node, vars: &Vars) -> Node {
-    let value = match &node.value {
-        Value::Str(s) => Value::Str(expr::expand_known(s, vars)),
-        Value::Seq(items) => Value::Seq(items.iter().map(|i| expand_node(i, vars)).collect()),
-        other => other.clone(),
-    };
-    Node::new(value, node.pos.clone())
+    match &node.value {
+        Value::Str(s) => {
+            let expanded = expr::expand_known(s, vars);
+            if expanded == *s {
+                node.clone()
+            } else {
+                Node::new(Value::Str(expanded), node.pos.clone())
+            }
+        }
+        Value::Seq(items) => Node::new(
+            Value::Seq(items.iter().map(|i| expand_node(i, vars)).collect()),
+            node.pos.clone(),
+        ),
+        _ => node.clone(),
+    }
 }
 
 /// The refusal of an include GitLab would read, when no GitLab is at hand: names the include
@@ -711,6 +741,7 @@ fn resolve_references(
             let mut value = found.clone();
             resolve_references(&mut value, root, depth + 1, budget)?;
             node.value = value.value;
+            node.raw = value.raw;
         }
         Value::Seq(items) => {
             for item in items {

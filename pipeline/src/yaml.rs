@@ -31,6 +31,10 @@ pub type Map = IndexMap<String, Node>;
 pub struct Node {
     pub value: Value,
     pub pos: Pos,
+    /// A plain scalar's text as written, when Psych reads it as something other than a string
+    /// (a number, boolean, null, date, time or symbol): [`to_flow`] writes it back unchanged,
+    /// so GitLab reads what the file says whatever ferry made of it.
+    pub raw: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -49,7 +53,11 @@ pub enum Value {
 
 impl Node {
     pub fn new(value: Value, pos: Pos) -> Node {
-        Node { value, pos }
+        Node {
+            value,
+            pos,
+            raw: None,
+        }
     }
 
     /// A short name of the node's type, for error messages.
@@ -95,16 +103,39 @@ impl Node {
     }
 }
 
-/// Ruby's `Float#to_s` for the values YAML gives: always a decimal point.
+/// Ruby's `Float#to_s`: the shortest digits that read back, in fixed notation with at least
+/// one decimal (`1000.0`, `0.0001`) when the decimal exponent is from -3 to 16, else as
+/// `1.0e+20`, `1.5e-07`.
 fn ruby_float(f: f64) -> String {
     if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else if f.fract() == 0.0 && f.abs() < 1e16 {
-        format!("{f:.1}")
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    if f == 0.0 {
+        return format!("{sign}0.0");
+    }
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    // value = 0.DIGITS × 10^decpt
+    let decpt = exp.parse::<i32>().unwrap_or(0) + 1;
+    let n = digits.len() as i32;
+    if (1..=16).contains(&decpt) {
+        if n <= decpt {
+            format!("{sign}{digits}{}.0", "0".repeat((decpt - n) as usize))
+        } else {
+            let (int, frac) = digits.split_at(decpt as usize);
+            format!("{sign}{int}.{frac}")
+        }
+    } else if (-3..=0).contains(&decpt) {
+        format!("{sign}0.{}{digits}", "0".repeat((-decpt) as usize))
     } else {
-        f.to_string()
+        let (first, rest) = digits.split_at(1);
+        let rest = if rest.is_empty() { "0" } else { rest };
+        format!("{sign}{first}.{rest}e{:+03}", decpt - 1)
     }
 }
 
@@ -202,20 +233,26 @@ impl Builder {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let tag_name = tag.as_ref().map(|t| format!("{}{}", t.handle, t.suffix));
-                let value = match tag_name.as_deref() {
-                    Some("tag:yaml.org,2002:str") | Some("!!str") => Value::Str(text.to_string()),
+                let (value, raw) = match tag_name.as_deref() {
+                    Some("tag:yaml.org,2002:str") | Some("!!str") => {
+                        (Value::Str(text.to_string()), None)
+                    }
                     Some("!reference") => {
                         return Err(Error::at(
                             pos,
                             "!reference needs an array: !reference [job, key]".into(),
                         ));
                     }
-                    _ if style == ScalarStyle::Plain => resolve_plain(&text),
-                    _ => Value::Str(text.to_string()),
+                    _ if style == ScalarStyle::Plain => match resolve_plain(&text) {
+                        Plain::Str => (Value::Str(text.to_string()), None),
+                        Plain::Other(v) => (v, Some(Arc::from(&*text))),
+                    },
+                    _ => (Value::Str(text.to_string()), None),
                 };
                 let is_merge_key = style == ScalarStyle::Plain && &*text == "<<";
                 self.count(1, &pos)?;
-                let node = Node::new(value, pos);
+                let mut node = Node::new(value, pos);
+                node.raw = raw;
                 if anchor != 0 {
                     self.anchors.insert(anchor, (node.clone(), 1));
                 }
@@ -356,7 +393,10 @@ impl Builder {
                 Some((key, false, key_pos)) => {
                     // A value is placed where its key is (`job:` rather than its first keyword),
                     // an alias's too: errors point at the use.
-                    let node = Node::new(node.value, key_pos);
+                    let node = Node {
+                        pos: key_pos,
+                        ..node
+                    };
                     // Psych: a repeated key takes the later value, at the first one's place.
                     map.insert(key, node);
                 }
@@ -405,63 +445,161 @@ fn merge_into(map: &mut Map, node: Node) -> Result<(), Error> {
     }
 }
 
-/// Psych's plain-scalar resolution (YAML 1.1 core: null, booleans incl. yes/no/on/off,
-/// integers, floats); anything else is a string.
-fn resolve_plain(text: &str) -> Value {
-    match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => {
-            return Value::Bool(true);
+/// What a plain scalar is to Psych.
+enum Plain {
+    /// A string: its text.
+    Str,
+    /// Anything else, as ferry holds it (a date, time or symbol, which ferry does not model,
+    /// as its text; an integer beyond 64 bits as its decimal digits).
+    Other(Value),
+}
+
+/// A regex of Psych's `ScalarScanner`, with Ruby's ASCII `\d` and `\s`.
+fn psych_re(re: &'static str) -> regex::Regex {
+    regex::Regex::new(re).expect("a valid regex")
+}
+
+/// Psych's `ScalarScanner#tokenize` for a plain, untagged scalar (psych 5, libyaml: YAML 1.1
+/// booleans; legacy integers, which allow commas; GitLab loads with `YAML.safe_load`). The
+/// branches are Psych's, in its order.
+fn resolve_plain(text: &str) -> Plain {
+    use std::sync::LazyLock;
+    static WORDY: LazyLock<regex::Regex> = LazyLock::new(|| {
+        psych_re(r"^[^0-9.:-]?[\p{Alphabetic}_ \t\r\n\x0B\x0C!@#$%\^&*(){}<>|/\\~;=]+")
+    });
+    static TIME: LazyLock<regex::Regex> = LazyLock::new(|| {
+        psych_re(
+            r"^-?[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt]|[ \t\r\n\x0B\x0C]+)[0-9]{1,2}:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?(?:[ \t\r\n\x0B\x0C]*(?:Z|[-+][0-9]{1,2}:?(?:[0-9][0-9])?))?$",
+        )
+    });
+    static DATE: LazyLock<regex::Regex> = LazyLock::new(|| {
+        psych_re(r"^[0-9]{4}-(?:1[012]|0[0-9]|[0-9])-(?:[12][0-9]|3[01]|0[0-9]|[0-9])$")
+    });
+    static SEXAGESIMAL_INT: LazyLock<regex::Regex> =
+        LazyLock::new(|| psych_re(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9]){1,2}$"));
+    static SEXAGESIMAL_FLOAT: LazyLock<regex::Regex> =
+        LazyLock::new(|| psych_re(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9]){1,2}\.[0-9_]*$"));
+    static FLOAT: LazyLock<regex::Regex> =
+        LazyLock::new(|| psych_re(r"^[-+]?([0-9][0-9_,]*)?\.[0-9]*([eE][-+][0-9]+)?$"));
+    static INTEGER: LazyLock<regex::Regex> = LazyLock::new(|| {
+        psych_re(
+            r"^(?:[-+]?0b[_,]*[0-1][0-1_,]*|[-+]?0[_,]*[0-7][0-7_,]*|[-+]?(?:0|[1-9](?:[0-9]|,[0-9]|_[0-9])*)|[-+]?0x[_,]*[0-9a-fA-F][0-9a-fA-F_,]*)$",
+        )
+    });
+    if text.is_empty() {
+        return Plain::Other(Value::Null);
+    }
+    if WORDY.is_match(text) || text.contains('\n') {
+        if text.chars().count() > 5 {
+            return Plain::Str;
         }
-        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => {
-            return Value::Bool(false);
-        }
-        ".inf" | ".Inf" | ".INF" | "+.inf" => return Value::Float(f64::INFINITY),
-        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
-        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        let lower = text.to_ascii_lowercase();
+        return match lower.as_str() {
+            "~" | "null" => Plain::Other(Value::Null),
+            "yes" | "true" | "on" => Plain::Other(Value::Bool(true)),
+            "no" | "false" | "off" => Plain::Other(Value::Bool(false)),
+            _ => Plain::Str,
+        };
+    }
+    if TIME.is_match(text) || DATE.is_match(text) {
+        // A Time or Date: `YAML.safe_load` refuses the class; ferry keeps the text.
+        return Plain::Other(Value::Str(text.to_string()));
+    }
+    match text.to_ascii_lowercase().as_str() {
+        ".inf" | "+.inf" => return Plain::Other(Value::Float(f64::INFINITY)),
+        "-.inf" => return Plain::Other(Value::Float(f64::NEG_INFINITY)),
+        ".nan" => return Plain::Other(Value::Float(f64::NAN)),
         _ => {}
     }
-    let clean: String = text.chars().filter(|c| *c != '_').collect();
-    let (sign, digits) = match clean.strip_prefix('-') {
-        Some(rest) => (-1i64, rest),
-        None => (1, clean.strip_prefix('+').unwrap_or(&clean)),
-    };
-    if !digits.is_empty() {
-        let parsed = if let Some(hex) = digits.strip_prefix("0x") {
-            i64::from_str_radix(hex, 16).ok()
-        } else if let Some(bin) = digits.strip_prefix("0b") {
-            i64::from_str_radix(bin, 2).ok()
-        } else if digits.len() > 1
-            && digits.starts_with('0')
-            && digits.bytes().all(|b| b.is_ascii_digit())
-        {
-            i64::from_str_radix(&digits[1..], 8).ok()
-        } else if digits.bytes().all(|b| b.is_ascii_digit()) {
-            digits.parse().ok()
-        } else {
-            None
-        };
-        if let Some(n) = parsed {
-            return Value::Int(sign * n);
+    if text.len() > 1 && text.starts_with(':') {
+        // A Symbol; ferry keeps the text.
+        return Plain::Other(Value::Str(text.to_string()));
+    }
+    if SEXAGESIMAL_INT.is_match(text) {
+        // Psych weighs the parts 60², 60¹, 60⁰ from the left, however many there are:
+        // `1:30` is 5400 and `-1:30` is -1800 (each part's own sign).
+        let mut sum: i128 = 0;
+        for (e, part) in text.split(':').enumerate() {
+            let n: i128 = part.replace('_', "").parse().unwrap_or(0);
+            sum += n * 60i128.pow((e as i32 - 2).unsigned_abs());
         }
+        return Plain::Other(i64::try_from(sum).map_or(Value::Str(sum.to_string()), Value::Int));
     }
-    let float_like = clean.bytes().any(|b| b.is_ascii_digit())
-        && clean
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
-        && (clean.contains('.') || clean.contains(['e', 'E']));
-    if float_like && let Ok(f) = clean.parse::<f64>() {
-        return Value::Float(f);
+    if SEXAGESIMAL_FLOAT.is_match(text) {
+        let mut sum = 0.0f64;
+        for (e, part) in text.split(':').enumerate() {
+            let n: f64 = ruby_to_f(part);
+            sum += n * 60f64.powi((e as i32 - 2).abs());
+        }
+        return Plain::Other(Value::Float(sum));
     }
-    Value::Str(text.to_string())
+    if FLOAT.is_match(text) {
+        let bare = text.trim_start_matches(['-', '+']);
+        if bare == "." {
+            return Plain::Str;
+        }
+        // `Float(text.delete(",_").gsub(/\.([Ee]|$)/, '\1'))`
+        let clean: String = text.chars().filter(|c| !matches!(c, ',' | '_')).collect();
+        let clean = clean.replace(".e", "e").replace(".E", "E");
+        let clean = clean.strip_suffix('.').unwrap_or(&clean);
+        return match clean.parse::<f64>() {
+            Ok(f) if clean.bytes().any(|b| b.is_ascii_digit()) => Plain::Other(Value::Float(f)),
+            // `.e+5`: Ruby's Float raises; GitLab cannot load it. Kept as text.
+            _ => Plain::Other(Value::Str(text.to_string())),
+        };
+    }
+    if INTEGER.is_match(text) {
+        let clean: String = text.chars().filter(|c| !matches!(c, ',' | '_')).collect();
+        let (negative, digits) = match clean.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, clean.strip_prefix('+').unwrap_or(&clean)),
+        };
+        let magnitude = if let Some(hex) = digits.strip_prefix("0x") {
+            u128::from_str_radix(hex, 16)
+        } else if let Some(bin) = digits.strip_prefix("0b") {
+            u128::from_str_radix(bin, 2)
+        } else if digits.len() > 1 && digits.starts_with('0') {
+            u128::from_str_radix(&digits[1..], 8)
+        } else {
+            digits.parse::<u128>()
+        };
+        let value = magnitude
+            .ok()
+            .and_then(|m| i128::try_from(m).ok())
+            .map(|m| if negative { -m } else { m })
+            .and_then(|n| i64::try_from(n).ok());
+        return Plain::Other(match value {
+            Some(n) => Value::Int(n),
+            // A Ruby Integer past 64 bits; ferry has no such number: its digits.
+            None if !digits.starts_with('0') || digits == "0" => {
+                Value::Str(format!("{}{digits}", if negative { "-" } else { "" }))
+            }
+            None => Value::Str(text.to_string()),
+        });
+    }
+    Plain::Str
+}
+
+/// Ruby's `String#to_f`: the longest leading decimal number (underscores between digits
+/// allowed), 0.0 if none.
+fn ruby_to_f(s: &str) -> f64 {
+    let clean: String = s.chars().filter(|c| *c != '_').collect();
+    let end = clean
+        .char_indices()
+        .take_while(|(i, c)| c.is_ascii_digit() || *c == '.' || (*i == 0 && matches!(c, '-' | '+')))
+        .map(|(i, c)| i + c.len_utf8())
+        .last()
+        .unwrap_or(0);
+    clean[..end].trim_end_matches('.').parse().unwrap_or(0.0)
 }
 
 /// `node` as YAML flow text (`{"key": [1, "a"]}`) that Psych, and [`parse`], read back as the
-/// same value: strings double-quoted, `!reference` tags kept. Used to send a configuration to
+/// same value: strings double-quoted, other plain scalars as written where flow style allows
+/// (else in a form Psych reads as the same value), `!reference` tags kept. Used to send a configuration to
 /// GitLab (docs/exec.md, "Includes from GitLab").
 pub fn to_flow(node: &Node) -> String {
     let mut out = String::new();
-    write_flow(&node.value, &mut out);
+    write_flow(node, &mut out);
     out
 }
 
@@ -471,14 +609,21 @@ pub fn map_to_yaml(map: &Map) -> String {
     for (k, v) in map {
         write_quoted(k, &mut out);
         out.push_str(": ");
-        write_flow(&v.value, &mut out);
+        write_flow(v, &mut out);
         out.push('\n');
     }
     out
 }
 
-fn write_flow(value: &Value, out: &mut String) {
-    match value {
+fn write_flow(node: &Node, out: &mut String) {
+    if let Some(raw) = &node.raw
+        && plain_in_flow(raw)
+    {
+        // As written: GitLab reads it as the file says (docs/exec.md).
+        out.push_str(raw);
+        return;
+    }
+    match &node.value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Int(i) => out.push_str(&i.to_string()),
@@ -499,7 +644,7 @@ fn write_flow(value: &Value, out: &mut String) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_flow(&item.value, out);
+                write_flow(item, out);
             }
             out.push(']');
         }
@@ -511,7 +656,7 @@ fn write_flow(value: &Value, out: &mut String) {
                 }
                 write_quoted(k, out);
                 out.push_str(": ");
-                write_flow(&v.value, out);
+                write_flow(v, out);
             }
             out.push('}');
         }
@@ -526,6 +671,30 @@ fn write_flow(value: &Value, out: &mut String) {
             out.push(']');
         }
     }
+}
+
+/// Whether a plain scalar's text can stand as written in a flow collection, as the same plain
+/// scalar: only characters no YAML reader treats specially there, and checked by reading it back.
+fn plain_in_flow(raw: &str) -> bool {
+    if raw.is_empty()
+        || !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-' | b'~'))
+    {
+        return false;
+    }
+    let text = format!("[{raw}, {{\"k\": {raw}}}]");
+    let mut scalars = 0;
+    let mut parser = Parser::new_from_str(&text);
+    while let Some(event) = parser.next_event() {
+        match event {
+            Ok((Event::Scalar(t, ScalarStyle::Plain, 0, None), _)) if t == raw => scalars += 1,
+            Ok((Event::Scalar(t, ScalarStyle::DoubleQuoted, 0, None), _)) if t == "k" => {}
+            Ok((Event::Scalar(..), _)) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    scalars == 2
 }
 
 /// A YAML double-quoted scalar: every character YAML does not allow raw (controls, DEL, C1,
@@ -594,6 +763,110 @@ multi:
         assert!(matches!(m["d"].value, Value::Int(31)));
         assert!(m["e"].is_null());
         assert!(matches!(m["f"].value, Value::Int(1000)));
+    }
+
+    /// Cases from Psych's `ScalarScanner` (lib/psych/scalar_scanner.rb): a float needs a `.`,
+    /// integers take commas and single underscores, `a:b` is base 60 weighed 60², 60¹, 60⁰.
+    #[test]
+    fn plain_scalars_resolve_as_psych_reads_them() {
+        let doc = "\
+e1: 1e3
+e2: 1e+3
+e3: 12e4567
+e4: 1.5e+3
+comma: 1,000
+fcomma: 1,000.5
+under: 1_000
+twice: 1__000
+trail: 1000_
+sexa: 1:30
+sexa3: 1:30:15
+neg: -1:30
+sexaf: 1:30.5
+dot: 1.
+lead: .5
+octal: 017
+notoctal: 08
+hex: 0x_1f
+upperx: 0X1f
+oo: 0o17
+yes1: yEs
+off1: oFF
+nul: nULL
+inf: +.Inf
+big: 99999999999999999999
+date: 2024-01-01
+time: 2001-12-14 21:59:43.10 -5
+sym: :build
+huge: 1.0e+20
+tiny: 0.00001
+small: 0.0001
+float: 1000.
+";
+        let root = parse(doc, "f").unwrap();
+        let m = map(&root);
+        let s = |k: &str| {
+            m[k].scalar_string()
+                .unwrap_or_else(|| format!("{:?}", m[k].value))
+        };
+        for (k, kind, text) in [
+            ("e1", "string", "1e3"),
+            ("e2", "string", "1e+3"),
+            ("e3", "string", "12e4567"),
+            ("e4", "number", "1500.0"),
+            ("comma", "number", "1000"),
+            ("fcomma", "number", "1000.5"),
+            ("under", "number", "1000"),
+            ("twice", "string", "1__000"),
+            ("trail", "string", "1000_"),
+            ("sexa", "number", "5400"),
+            ("sexa3", "number", "5415"),
+            ("neg", "number", "-1800"),
+            ("sexaf", "number", "5430.0"),
+            ("dot", "number", "1.0"),
+            ("lead", "number", "0.5"),
+            ("octal", "number", "15"),
+            ("notoctal", "string", "08"),
+            ("hex", "number", "31"),
+            ("upperx", "string", "0X1f"),
+            ("oo", "string", "0o17"),
+            ("yes1", "boolean", "true"),
+            ("off1", "boolean", "false"),
+            ("inf", "number", "Infinity"),
+            ("big", "string", "99999999999999999999"),
+            ("date", "string", "2024-01-01"),
+            ("sym", "string", ":build"),
+            ("huge", "number", "1.0e+20"),
+            ("tiny", "number", "1.0e-05"),
+            ("small", "number", "0.0001"),
+            ("float", "number", "1000.0"),
+        ] {
+            assert_eq!((k, m[k].kind(), s(k).as_str()), (k, kind, text));
+        }
+        assert!(m["nul"].is_null());
+        // Sent to GitLab: strings quoted, the rest as written where flow style allows it,
+        // else in a form Psych reads as the same value.
+        let sent = map_to_yaml(m);
+        for line in [
+            "\"e1\": \"1e3\"",
+            "\"e3\": \"12e4567\"",
+            "\"e4\": 1.5e+3",
+            "\"comma\": 1000",
+            "\"fcomma\": 1000.5",
+            "\"under\": 1_000",
+            "\"twice\": \"1__000\"",
+            "\"sexa\": 5400",
+            "\"dot\": 1.",
+            "\"hex\": 0x_1f",
+            "\"yes1\": yEs",
+            "\"nul\": nULL",
+            "\"inf\": +.Inf",
+            "\"big\": 99999999999999999999",
+            "\"date\": 2024-01-01",
+            "\"sym\": \":build\"",
+        ] {
+            assert!(sent.lines().any(|l| l == line), "{line} not in\n{sent}");
+        }
     }
 
     #[test]

@@ -172,8 +172,62 @@ fn the_merged_yaml_plans_with_the_working_tree_positions() {
         .to_string();
     assert!(e.starts_with(&format!("{}:", load::MERGED_FILE)), "{e}");
     assert!(e.contains("chosen stage nope does not exist"), "{e}");
+    // A very old GitLab answered its symbolized hash: refused, saying so.
+    let e = plan_merged(
+        d.path(),
+        &input(),
+        "---\n:stages:\n- build\n\":quoted\":\n  script: x\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}:2: GitLab's merged YAML has Ruby symbol keys (`:stages`): this GitLab is too old \
+             for ferry exec --gitlab (its CI lint API must answer string keys)",
+            load::MERGED_FILE
+        )
+    );
     let e = plan_merged(d.path(), &input(), "- a\n")
         .unwrap_err()
         .to_string();
     assert!(e.contains("not a hash"), "{e}");
+}
+
+/// GitLab merges an include again each time it is listed (its `expandset` is a list, not a
+/// set): in `[T1, T2, T1]` T1 wins over T2. Every occurrence is sent, in order, and a local
+/// file listed twice is merged twice.
+#[test]
+fn a_repeated_include_is_merged_again_at_each_occurrence() {
+    let main = "include:\n  - template: T1.yml\n  - template: T2.yml\n  - template: T1.yml\n  \
+                - local: ci/l1.yml\n  - local: ci/l2.yml\n  - local: ci/l1.yml\njob:\n  script: x\n";
+    let d = Dir::new(
+        "repeat",
+        &[
+            (".gitlab-ci.yml", main),
+            ("ci/l1.yml", ".v:\n  value: l1\n"),
+            ("ci/l2.yml", ".v:\n  value: l2\n"),
+        ],
+    );
+    let req = gitlab_request(d.path(), &input()).unwrap().unwrap();
+    assert_eq!(
+        req.includes,
+        [
+            r#"{"template": "T1.yml"}"#,
+            r#"{"template": "T2.yml"}"#,
+            r#"{"template": "T1.yml"}"#,
+        ]
+    );
+    let root = yaml::parse(&req.content, "sent").unwrap();
+    let m = map(&root);
+    let Value::Seq(includes) = &m["include"].value else {
+        panic!("{}", req.content)
+    };
+    assert_eq!(includes.len(), 3, "{}", req.content);
+    assert_eq!(
+        map(&m[".v"])["value"].as_str(),
+        Some("l1"),
+        "{}",
+        req.content
+    );
 }

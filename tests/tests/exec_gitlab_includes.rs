@@ -366,3 +366,59 @@ async fn jobs_of_a_project_include_run_on_docker() {
     assert!(log("local-uncommitted").contains("from the working tree"));
     assert_eq!(left.trim(), "", "containers left behind");
 }
+
+/// An error answer GitLab (or a proxy, or a server that echoes what it was sent) gives: one line,
+/// the status and GitLab's message at most, never the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_are_one_line_without_the_token_or_a_proxy_page() {
+    let s = Setup::new().await;
+    let url = s.gitlab.url();
+    let endpoint = format!("POST {url}/api/v4/projects/acme%2Fapp/ci/lint");
+    let one_line = |out: &Output| -> String {
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+        let err = stderr(out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains(TOKEN), "{err}");
+        err.trim_end().to_string()
+    };
+
+    // A proxy's HTML page, many lines and larger than ferry reads: the status alone.
+    let page = format!(
+        "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n{}</body>\n</html>\n",
+        "<p>upstream unavailable</p>\n".repeat(2000)
+    );
+    s.gitlab.ci_lint_proxy_page(Some((502, &page)));
+    let out = s.exec(&["--list", "--gitlab", &url], Some(TOKEN)).await;
+    assert_eq!(
+        one_line(&out),
+        format!("ERROR: {endpoint}: 502 Bad Gateway")
+    );
+    s.gitlab.ci_lint_proxy_page(None);
+
+    // A server that echoes the token: its message is shown, the token cut out.
+    s.gitlab.ci_lint_echo_token(true);
+    s.gitlab.add_project("acme/other", &[]);
+    let out = s
+        .exec(
+            &["--list", "--gitlab", &url, "--project", "acme/other"],
+            Some(TOKEN),
+        )
+        .await;
+    let err = one_line(&out);
+    assert!(
+        err.contains("403 Forbidden (request with PRIVATE-TOKEN [MASKED] refused)"),
+        "{err}"
+    );
+    // … and a `valid: false` error that echoes it.
+    std::fs::write(
+        s.repo.path().join(".gitlab-ci.yml"),
+        MAIN.replace("/templates/build.yml", "/templates/nope.yml"),
+    )
+    .unwrap();
+    let out = s.exec(&["--list", "--gitlab", &url], Some(TOKEN)).await;
+    let err = one_line(&out);
+    assert!(
+        err.contains("does not exist! (PRIVATE-TOKEN: [MASKED])"),
+        "{err}"
+    );
+}

@@ -100,6 +100,8 @@ const BASE_CONFIG: &[(&str, &str)] = &[
     ("credential.interactive", "never"),
     // GIT_SSH_COMMAND (below) wins over it; set all the same, for git-lfs and any other reader.
     ("core.sshCommand", "false"),
+    // `auto` would let curl try SPNEGO with the host's Kerberos tickets (docs/security.md).
+    ("http.emptyAuth", "false"),
 ];
 
 /// The transports host git may use (docs/security.md, "What git can reach"). A repository
@@ -111,13 +113,8 @@ const BASE_CONFIG: &[(&str, &str)] = &[
 /// exec`'s `file://` store) gets `file` for the commands ferry itself runs (`user`), never for
 /// the submodule clones git starts (those set `GIT_PROTOCOL_FROM_USER=0`).
 fn protocol_config(repo_url: &str, auth_origins: &[String]) -> Vec<(String, String)> {
-    let scheme = |u: &str| {
-        u.find("://")
-            .map(|i| u[..i].to_ascii_lowercase())
-            .unwrap_or_default()
-    };
     let repo = scheme(repo_url);
-    let http = repo == "http" || auth_origins.iter().any(|o| scheme(o) == "http");
+    let http = http_allowed(repo_url, auth_origins);
     let local = repo == "file" || (repo.is_empty() && is_local_path(repo_url));
     let mut out = vec![
         ("protocol.allow", "never"),
@@ -134,6 +131,18 @@ fn protocol_config(repo_url: &str, auth_origins: &[String]) -> Vec<(String, Stri
         .collect()
 }
 
+/// The scheme of a URL, lowercase; empty without `://`.
+fn scheme(url: &str) -> String {
+    url.find("://")
+        .map(|i| url[..i].to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The http rule: plain http only where the job's repository (or the runner's URL) is http.
+fn http_allowed(repo_url: &str, auth_origins: &[String]) -> bool {
+    scheme(repo_url) == "http" || auth_origins.iter().any(|o| scheme(o) == "http")
+}
+
 /// git's rule: a URL without `://` is a local path unless a `:` comes before the first `/`
 /// (then it is scp-like ssh, `git@host:path`).
 fn is_local_path(url: &str) -> bool {
@@ -145,9 +154,12 @@ fn is_local_path(url: &str) -> bool {
 }
 
 /// The environment variables of ferry's own that git keeps: where programs are, the proxies
-/// and CA files the operator set for the host. Everything else is dropped (`SSH_AUTH_SOCK`,
-/// `SSH_ASKPASS`, `GIT_*`, …) and `HOME` is `/dev/null`, so neither an ssh agent nor the host
-/// user's `~/.ssh` or `~/.netrc` can give git credentials the job was not given.
+/// and CA files the operator set for the host, where git's own parts are. Everything else is
+/// dropped (`SSH_AUTH_SOCK`, `SSH_ASKPASS`, every other `GIT_*`, `KRB5CCNAME`, …), `HOME` is `/dev/null` (no `~/.netrc`, no
+/// `~/.gitconfig` for git-lfs) and Kerberos gets no ticket cache or config. `HOME` does not
+/// hide `~/.ssh`: OpenSSH finds it through the passwd database. What keeps the host's ssh keys
+/// and agent from git are the protocol settings ([`protocol_config`]) and
+/// `GIT_SSH_COMMAND=false` (docs/security.md, "Which transports git uses").
 const KEPT_ENV: &[&str] = &[
     "PATH",
     "TMPDIR",
@@ -163,6 +175,12 @@ const KEPT_ENV: &[&str] = &[
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
     "CURL_CA_BUNDLE",
+    // A git installed under /opt or by Nix needs these to find its helpers (`git-remote-https`),
+    // its libraries and its CA file. They are the operator's, as set for ferry's own process:
+    // job variables never reach ferry's environment, so a job cannot set them.
+    "GIT_EXEC_PATH",
+    "LD_LIBRARY_PATH",
+    "NIX_SSL_CERT_FILE",
 ];
 
 /// How ferry runs git for one job.
@@ -174,6 +192,8 @@ pub(crate) struct Git {
     writable: Vec<std::path::PathBuf>,
     /// (host path, container path): git's messages name the project dir as the job sees it.
     display: Option<(String, String)>,
+    /// Plain http is allowed besides https ([`protocol_config`]).
+    http: bool,
 }
 
 /// Replaces `from` by `to` where it stands as a whole path (not `/builds/p` in `/builds/p2`).
@@ -263,6 +283,10 @@ impl Git {
             // for an ssh `lfs.url`), it runs `false`.
             ("GIT_SSH_COMMAND".to_string(), "false".to_string()),
             ("GIT_SSH_VARIANT".to_string(), "simple".to_string()),
+            // No Kerberos ticket of the host's for curl's SPNEGO (with the default cache, a
+            // ticket is used even without KRB5CCNAME).
+            ("KRB5CCNAME".to_string(), "FILE:/dev/null".to_string()),
+            ("KRB5_CONFIG".to_string(), "/dev/null".to_string()),
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
             ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),
             ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
@@ -282,6 +306,17 @@ impl Git {
             secrets,
             writable: Vec::new(),
             display: None,
+            http: http_allowed(repo_url, auth_origins),
+        }
+    }
+
+    /// Whether `url` uses a transport host git may use for the network: https, or http under
+    /// the http rule of [`protocol_config`]. Never ssh, `file://`, a local path or `ext::`.
+    pub(crate) fn network_url(&self, url: &str) -> bool {
+        match scheme(url).as_str() {
+            "https" => true,
+            "http" => self.http,
+            _ => false,
         }
     }
 
@@ -631,12 +666,53 @@ mod tests {
         let get = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
         assert_eq!(get("HOME"), Some("/dev/null"));
         assert_eq!(get("GIT_SSH_COMMAND"), Some("false"));
+        assert_eq!(get("KRB5CCNAME"), Some("FILE:/dev/null"));
+        assert_eq!(get("KRB5_CONFIG"), Some("/dev/null"));
         assert!(
             !vars
                 .iter()
                 .any(|(n, _)| n.starts_with("CARGO_") || n.starts_with("SSH_")),
             "{out}"
         );
+    }
+
+    /// curl's SPNEGO with the host's Kerberos tickets stays off even where a hook's config
+    /// (which comes first) asked for it.
+    #[tokio::test]
+    async fn empty_auth_is_off_whatever_the_job_config_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = [(s("http.emptyAuth"), s("auto"))];
+        let g = Git::new("https://gitlab.example.com/g/p.git", &job, &[], &[]);
+        let out = g
+            .run(
+                dir.path(),
+                &[s("config"), s("--get"), s("http.emptyauth")],
+                None,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        assert_eq!(out.trim(), "false");
+    }
+
+    #[test]
+    fn https_and_http_under_the_http_rule_are_network_urls() {
+        let g = Git::new("https://gitlab.example.com/g/p.git", &[], &[], &[]);
+        assert!(g.network_url("HTTPS://lfs.example.com/x"));
+        for url in [
+            "http://lfs.example.com/x",
+            "file:///srv/repo",
+            "/srv/repo",
+            "ssh://git@h/x",
+            "git@h:x",
+            "ext::sh -c id",
+        ] {
+            assert!(!g.network_url(url), "{url}");
+        }
+        let g = Git::new("http://gitlab.example.com/g/p.git", &[], &[], &[]);
+        assert!(g.network_url("http://lfs.example.com/x"));
+        assert!(!g.network_url("file:///srv/repo"));
     }
 
     #[test]

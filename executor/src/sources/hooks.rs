@@ -32,6 +32,14 @@ const NOT_ALLOWED: &str = "not in the allow-list (http.*, url.<https URL>.instea
 const RUNS_COMMANDS: &str = "it could run a command on the runner host";
 const HOST_FILE: &str = "it names a file on the runner host";
 const BAD_TARGET: &str = "only http:// and https:// URLs may be rewritten to";
+const HOST_CREDENTIALS: &str = "it could use the runner host's credentials";
+const LFS_TRANSPORT: &str =
+    "git-lfs may fetch only over http:// and https:// with the runner's defaults";
+
+fn network_url(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
 
 /// `http.*` settings whose value is a path on the machine git runs on: host git would read
 /// (or, for cookies, write) a host file the job chose.
@@ -82,6 +90,9 @@ fn check(key: &str, value: &str) -> Result<(), &'static str> {
         "http" => {
             if HTTP_PATH_KEYS.contains(&name.as_str()) {
                 Err(HOST_FILE)
+            } else if name == "emptyauth" {
+                // `http.emptyAuth` lets curl use the host's Kerberos tickets (SPNEGO).
+                Err(HOST_CREDENTIALS)
             } else {
                 Ok(())
             }
@@ -94,8 +105,7 @@ fn check(key: &str, value: &str) -> Result<(), &'static str> {
             if name != "insteadof" && name != "pushinsteadof" {
                 return Err(NOT_ALLOWED);
             }
-            let lower = base.to_ascii_lowercase();
-            if lower.starts_with("https://") || lower.starts_with("http://") {
+            if network_url(base) {
                 Ok(())
             } else {
                 Err(BAD_TARGET)
@@ -112,6 +122,14 @@ fn check(key: &str, value: &str) -> Result<(), &'static str> {
                     Err(RUNS_COMMANDS)
                 }
                 (None, "storage" | "tempdir") => Err(HOST_FILE),
+                // git-lfs ignores git's `protocol.*.allow`: a `file://` endpoint makes its
+                // standalone agent copy objects from a repository on the host, ssh uses the
+                // host's keys.
+                (None, "url" | "pushurl") if !network_url(value) => Err(LFS_TRANSPORT),
+                (None, "standalonetransferagent") => Err(LFS_TRANSPORT),
+                // `lfs.<url>.standalonetransferagent` and `lfs.<url>.access`: the agent as
+                // above; `negotiate` access would use the host's Kerberos tickets.
+                (Some(_), "standalonetransferagent" | "access") => Err(LFS_TRANSPORT),
                 _ => Ok(()),
             }
         }
@@ -193,6 +211,8 @@ mod tests {
                 "https://github.com/",
             ),
             ("lfs.concurrenttransfers", "2"),
+            ("lfs.url", "https://lfs.example.com/g/p.git/info/lfs"),
+            ("lfs.pushurl", "http://lfs.example.com/g/p.git/info/lfs"),
             ("fetch.parallel", "4"),
             ("submodule.fetchjobs", "4"),
             ("submodule.lib.url", "https://example.com/lib.git"),
@@ -200,7 +220,7 @@ mod tests {
             ("protocol.https.allow", "always"),
         ]));
         assert!(c.refused.is_empty(), "{:?}", c.refused);
-        assert_eq!(c.carried.len(), 9);
+        assert_eq!(c.carried.len(), 11);
         assert_eq!(c.carried[0], ("http.sslverify".into(), "false".into()));
     }
 
@@ -232,6 +252,15 @@ mod tests {
             ("protocol.ext.allow", "always"),
             ("protocol.file.allow", "always"),
             ("protocol.allow", "always"),
+            ("lfs.url", "file:///var/lib/ferry/git-cache/project-2.git"),
+            ("lfs.pushurl", "ssh://git@example.com/g/p.git"),
+            ("lfs.url", "/srv/repo"),
+            ("lfs.standalonetransferagent", "lfs-standalone-file"),
+            ("lfs.https://g.example.com/.standalonetransferagent", "x"),
+            ("lfs.https://g.example.com/.access", "negotiate"),
+            ("remote.origin.lfsurl", "file:///srv/repo"),
+            ("http.emptyauth", "true"),
+            ("http.https://g.example.com/.emptyAuth", "auto"),
             ("remote.origin.uploadpack", "id"),
             ("uploadpack.packobjectshook", "id"),
             ("alias.fetch", "!id"),
@@ -245,6 +274,13 @@ mod tests {
         let reason = |k: &str| c.refused.iter().find(|r| r.key == k).unwrap().reason;
         assert_eq!(reason("core.fsmonitor"), RUNS_COMMANDS);
         assert_eq!(reason("http.sslcert"), HOST_FILE);
+        assert_eq!(reason("lfs.url"), LFS_TRANSPORT);
+        assert_eq!(reason("lfs.https://g.example.com/.access"), LFS_TRANSPORT);
+        assert_eq!(reason("http.emptyauth"), HOST_CREDENTIALS);
+        assert_eq!(
+            reason("http.https://g.example.com/.emptyAuth"),
+            HOST_CREDENTIALS
+        );
         assert_eq!(
             reason("url.file:///var/lib/ferry/git-cache/project-2.git.insteadof"),
             BAD_TARGET

@@ -287,13 +287,17 @@ async fn lfs_pull(
     say(log, Level::Notice, "Fetching Git LFS objects...").await?;
     // The endpoint git-lfs derives from the remote, given explicitly so that a `.lfsconfig` in
     // the repository cannot send the job's credentials elsewhere.
-    let endpoint = match clean_url.strip_suffix(".git") {
-        Some(_) => format!("{clean_url}/info/lfs"),
-        None => format!("{}.git/info/lfs", clean_url.trim_end_matches('/')),
-    };
-    let args = lfs_pull_args(Some(&endpoint));
+    let args = lfs_pull_args(Some(&lfs_endpoint(clean_url)));
     git.run(dir, &args, Some(log), cancel).await?;
     Ok(())
+}
+
+/// The LFS endpoint git-lfs derives from a remote URL: `<url>[.git]/info/lfs`.
+pub(super) fn lfs_endpoint(url: &str) -> String {
+    match url.strip_suffix(".git") {
+        Some(_) => format!("{url}/info/lfs"),
+        None => format!("{}.git/info/lfs", url.trim_end_matches('/')),
+    }
 }
 
 /// `git lfs pull` with the LFS filter configured on the command line (git never reads the

@@ -178,9 +178,12 @@ pub(super) async fn submodules(
 /// Git LFS in the submodules, as gitlab-runner's `git submodule foreach [--recursive] git lfs
 /// pull`: in each populated submodule whose attributes mark files `filter=lfs`. Unlike
 /// gitlab-runner, which skips this in silence without git-lfs, a host without it fails the
-/// job as it does for the project's own LFS files. The endpoint is the one git-lfs derives
-/// from the submodule's remote; the job token's header is scoped to GitLab's host (and the
-/// runner's URL), so a `.lfsconfig` naming another server gets no credentials.
+/// job as it does for the project's own LFS files. git-lfs does not heed git's
+/// `protocol.*.allow`: with a `file://` `lfs.url` from a `.lfsconfig` it would copy objects
+/// from a repository on the host into the checkout. So each submodule's `git lfs pull` gets
+/// its endpoint on the command line ([`lfs_endpoint`]); the job token's header is scoped to
+/// GitLab's host (and the runner's URL), so an endpoint on another server gets no credentials
+/// (docs/security.md, "Which transports git uses").
 async fn lfs_pull(
     root: &JobDir,
     git: &Git,
@@ -217,8 +220,73 @@ async fn lfs_pull(
             said = true;
         }
         say(log, Level::Plain, &format!("Entering '{}'", rel.display())).await?;
-        git.run_at(&sub, &super::run::lfs_pull_args(None), Some(log), cancel)
-            .await?;
+        let endpoint = lfs_endpoint(&sub, &rel, git, log, cancel).await?;
+        git.run_at(
+            &sub,
+            &super::run::lfs_pull_args(Some(&endpoint)),
+            Some(log),
+            cancel,
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// The LFS endpoint of one submodule: the `lfs.url` (else `remote.origin.lfsurl`) of its
+/// committed `.lfsconfig` when that is an https URL (http under the http rule), else the one
+/// git-lfs derives from its `origin` remote, whose clone already passed git's transport
+/// check. A `.lfsconfig` URL with another transport is refused with a warning in the job log.
+/// The `.lfsconfig` is read from `HEAD` (`git config --blob`), never through the work tree,
+/// where it could be a link to a file on the host.
+async fn lfs_endpoint(
+    sub: &JobDir,
+    rel: &Path,
+    git: &Git,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<String, SourceError> {
+    for key in ["lfs.url", "remote.origin.lfsurl"] {
+        let args = [
+            s("config"),
+            s("--blob"),
+            s("HEAD:.lfsconfig"),
+            s("--get"),
+            s(key),
+        ];
+        // No `.lfsconfig`, or none of this key: the next one.
+        let Ok(out) = git.run_at(sub, &args, None, cancel).await else {
+            continue;
+        };
+        let url = out.stdout.trim();
+        if git.network_url(url) {
+            return Ok(url.to_string());
+        }
+        let shown = git.mask(&super::git::strip_credentials(url));
+        let text = format!(
+            "Ignoring {key} {shown:?} of {}/.lfsconfig: ferry's host git fetches LFS objects only over https (and http when the project's URL is http), never file://, ssh or a local path; using the endpoint of the submodule's remote",
+            rel.display()
+        );
+        say(log, Level::Warning, &text).await?;
+        break;
+    }
+    let out = git
+        .run_at(
+            sub,
+            &[s("ls-remote"), s("--get-url"), s("origin")],
+            None,
+            cancel,
+        )
+        .await?;
+    let url = out.stdout.trim();
+    if !git.network_url(url) {
+        return Err(SourceError::TransportRefused {
+            command: format!("lfs pull (in {})", rel.display()),
+            transport: match url.split_once("://") {
+                Some((scheme, _)) => scheme.to_ascii_lowercase(),
+                None if url.split('/').next().is_some_and(|h| h.contains(':')) => s("ssh"),
+                None => s("file"),
+            },
+        });
+    }
+    Ok(super::run::lfs_endpoint(url))
 }

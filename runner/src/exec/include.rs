@@ -319,6 +319,24 @@ fn http_failure(
     line
 }
 
+/// A warning when `--gitlab` is `http://` to another machine: the token would cross the
+/// network unencrypted (a loopback address stays on this machine).
+fn cleartext_warning(base: &str) -> Option<String> {
+    let url = reqwest::Url::parse(base).ok()?;
+    if url.scheme() != "http" {
+        return None;
+    }
+    let host = url.host_str()?;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback)
+        .then(|| format!("--gitlab {base} is http://: the token is sent unencrypted; use https://"))
+}
+
 /// The pipeline for `input`: from the repository's files alone, or, when `lint` is given and
 /// the configuration has includes only GitLab can read, from GitLab's merged YAML. Tells the
 /// user (stderr) what GitLab resolved and GitLab's warnings.
@@ -330,6 +348,9 @@ pub async fn plan(top: &Path, input: &Input, lint: Option<&Lint>) -> anyhow::Res
     let Some(request) = ferry_pipeline::gitlab_request(top, input).map_err(err)? else {
         return ferry_pipeline::plan(top, input).map_err(err);
     };
+    if let Some(warning) = cleartext_warning(&lint.base) {
+        eprintln!("ferry: WARNING: {warning}");
+    }
     let merged = lint.merge(&request.content).await?;
     eprintln!(
         "ferry: GitLab ({}, project {}) resolved: {}",
@@ -366,6 +387,20 @@ mod tests {
             lint("42").endpoint().unwrap().as_str(),
             "https://gitlab.example.com/root/api/v4/projects/42/ci/lint"
         );
+    }
+
+    #[test]
+    fn plain_http_to_another_machine_is_warned_about() {
+        let w = cleartext_warning("http://gitlab.example.com").unwrap();
+        assert_eq!(
+            w,
+            "--gitlab http://gitlab.example.com is http://: the token is sent unencrypted; use https://"
+        );
+        assert!(cleartext_warning("http://10.0.0.5:8080/gitlab").is_some());
+        assert_eq!(cleartext_warning("https://gitlab.example.com"), None);
+        assert_eq!(cleartext_warning("http://127.0.0.1:3000"), None);
+        assert_eq!(cleartext_warning("http://localhost"), None);
+        assert_eq!(cleartext_warning("http://[::1]:80"), None);
     }
 
     #[test]

@@ -163,23 +163,38 @@ pub fn parse_range_len(value: &str) -> Option<u64> {
     end.trim().parse().ok()
 }
 
-/// The `message` (or `error`) of a Grape error body, shortened for a log line; the raw text
-/// when the body is not JSON. `secrets` are cut out in case the server echoes them.
-pub async fn error_message(response: Response, secrets: &[&str]) -> String {
+/// How much of an error answer is read: a Grape error is far smaller; a proxy's page or a
+/// misdirected download is not read to its end.
+pub const MAX_ERROR_BODY: usize = 4096;
+
+/// The `message` (or `error`) of a Grape error body (its first [`MAX_ERROR_BODY`] bytes), on
+/// one line, shortened for a log line. A body that is not a JSON object (a proxy's HTML page,
+/// plain text) gives the status's reason alone. `secrets` are cut out in case the server
+/// echoes them.
+pub async fn error_message(mut response: Response, secrets: &[&str]) -> String {
     let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    let message = match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(serde_json::Value::Object(map)) => map
-            .get("message")
-            .or_else(|| map.get("error"))
-            .map(|m| match m {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .unwrap_or(text),
-        _ => text,
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(MAX_ERROR_BODY);
+    error_text(status, &body, secrets)
+}
+
+fn error_text(status: StatusCode, body: &[u8], secrets: &[&str]) -> String {
+    let message = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => match map.get("message").or_else(|| map.get("error"))
+        {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => serde_json::Value::Object(map).to_string(),
+        },
+        _ => String::new(),
     };
-    let mut message = message.trim().to_owned();
+    let mut message = message.split_whitespace().collect::<Vec<_>>().join(" ");
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("no message").to_owned();
     }
@@ -232,6 +247,40 @@ mod tests {
             parse_remote_status("pending"),
             RemoteStatus::Other("pending".into())
         );
+    }
+
+    #[test]
+    fn error_bodies_give_one_short_line() {
+        let s = StatusCode::BAD_GATEWAY;
+        let html =
+            b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>";
+        assert_eq!(error_text(s, html, &[]), "Bad Gateway");
+        assert_eq!(
+            error_text(s, b"upstream\nconnect error", &[]),
+            "Bad Gateway"
+        );
+        let s = StatusCode::FORBIDDEN;
+        assert_eq!(
+            error_text(s, b"{\"message\": \"403\\n  Forbidden\\t here\"}", &[]),
+            "403 Forbidden here"
+        );
+        assert_eq!(
+            error_text(s, b"{\"error\": [\"a\", \"b\"]}", &[]),
+            r#"["a","b"]"#
+        );
+        assert_eq!(
+            error_text(
+                s,
+                b"{\"message\": \"glrt-abcdefghijkl is bad\"}",
+                &["glrt-abcdefghijkl"]
+            ),
+            "glrt-abc… is bad"
+        );
+        // cut short: not JSON any more
+        let mut long = b"{\"message\": \"".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_ERROR_BODY));
+        long.truncate(MAX_ERROR_BODY);
+        assert_eq!(error_text(s, &long, &[]), "Forbidden");
     }
 
     #[test]

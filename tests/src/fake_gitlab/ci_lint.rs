@@ -31,10 +31,36 @@ pub struct CiLint {
     pub templates: BTreeMap<String, String>,
     /// Each request's JSON body (the token is a header, not in it).
     pub requests: Vec<Value>,
+    /// Test mode: every error message (a 401/403/404 body, a `valid: false` error) carries
+    /// the request's `PRIVATE-TOKEN`, as a careless server or proxy might echo it.
+    pub echo_token: bool,
+    /// Test mode: every request is answered with this status and HTML page (a proxy's).
+    pub proxy_page: Option<(u16, String)>,
 }
 
-/// The HTTP answer: status and JSON body.
+/// The HTTP answer: status and JSON body (with [`CiLint::echo_token`], an error body's message
+/// is `request with PRIVATE-TOKEN <token> refused` and each `valid: false` error ends with
+/// `(PRIVATE-TOKEN: <token>)`).
 pub fn answer(lint: &mut CiLint, token: Option<&str>, id: &str, body: &[u8]) -> (u16, Value) {
+    let (status, mut body) = answer_plain(lint, token, id, body);
+    if lint.echo_token {
+        let token = token.unwrap_or_default();
+        let echo = format!(" (PRIVATE-TOKEN: {token})");
+        if let Some(Value::String(m)) = body.get_mut("message") {
+            *m = format!("request with PRIVATE-TOKEN {token} refused");
+        }
+        if let Some(Value::Array(errors)) = body.get_mut("errors") {
+            for e in errors.iter_mut() {
+                if let Value::String(m) = e {
+                    m.push_str(&echo);
+                }
+            }
+        }
+    }
+    (status, body)
+}
+
+fn answer_plain(lint: &mut CiLint, token: Option<&str>, id: &str, body: &[u8]) -> (u16, Value) {
     let Some(allowed) = token.and_then(|t| lint.tokens.get(t)) else {
         return (401, json!({"message": "401 Unauthorized"}));
     };

@@ -453,7 +453,6 @@ impl FakeGitLab {
 
     // ---- observation ---------------------------------------------------------------------
 
-    /// Every request served: method, path, status.
     /// CI lint API: a personal access token whose user is a developer of `projects`.
     pub fn add_api_token(&self, token: &str, projects: &[&str]) {
         self.shared.lock().ci_lint.tokens.insert(
@@ -490,6 +489,19 @@ impl FakeGitLab {
         self.shared.lock().ci_lint.requests.clone()
     }
 
+    /// CI lint API, test mode: echo the request's `PRIVATE-TOKEN` in every error message (a
+    /// 401/403/404 body's message, each `valid: false` error: see `ci_lint::answer`).
+    pub fn ci_lint_echo_token(&self, on: bool) {
+        self.shared.lock().ci_lint.echo_token = on;
+    }
+
+    /// CI lint API, test mode: answer every request with `status` and the HTML `page` (a
+    /// proxy's); `None` ends it.
+    pub fn ci_lint_proxy_page(&self, page: Option<(u16, &str)>) {
+        self.shared.lock().ci_lint.proxy_page = page.map(|(s, p)| (s, p.to_string()));
+    }
+
+    /// Every request served: method, path, status.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()
     }

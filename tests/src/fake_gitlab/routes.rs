@@ -115,6 +115,15 @@ async fn ci_lint(
     let token = header_string(&headers, "private-token");
     let (status, body) = {
         let mut s = shared.lock();
+        if let Some((status, page)) = s.ci_lint.proxy_page.clone() {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            return (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "text/html")],
+                page,
+            )
+                .into_response();
+        }
         super::ci_lint::answer(&mut s.ci_lint, token.as_deref(), &id, &body)
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
