@@ -290,6 +290,7 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
             concurrent_id: 0,
             concurrent_project_id: 0,
             tls_ca_pem: None,
+            object_cache: false,
         };
         jobs.iter()
             .filter(|j| {
