@@ -341,6 +341,17 @@ impl DockerEngine {
             || self.place(&env.host_tmp_dir).is_err()
     }
 
+    /// Whether the build container's steps keep their output and exit code in the job's steps
+    /// dir (bind-mounted: a daemon that sees ferry's directories), so that a later ferry can
+    /// follow them (docs/crash-safety.md). A daemon that gets the builds dir copied does not.
+    pub fn keeps_steps(&self, env: &JobEnv) -> bool {
+        !self.copies_builds(env)
+            && env
+                .host_steps_dir
+                .as_deref()
+                .is_some_and(|d| self.place(d).is_ok())
+    }
+
     /// How long a cancelled or timed-out step gets between SIGTERM and SIGKILL (default 10 s).
     pub fn with_stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
@@ -741,6 +752,15 @@ impl DockerEngine {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
+        // The steps dir, for the build container only (services and hooks never see it),
+        // emptied for the job: nothing a previous job left there is ever read.
+        let mut mounts = mounts;
+        if name == convert::build_container_name(env) && self.keeps_steps(env) {
+            if let Some(dir) = env.host_steps_dir.as_deref() {
+                step::reset_steps_dir(dir).await?;
+                mounts.add(place(dir), &convert::steps_dir(env), false);
+            }
+        }
         let privileged =
             convert::build_privileged(&self.section, &self.privileged_images, &env.image);
         let mut host_config =
@@ -832,6 +852,24 @@ impl Engine for DockerEngine {
         r
     }
 
+    fn keeps_step_output(&self, env: &JobEnv) -> bool {
+        self.keeps_steps(env)
+    }
+
+    async fn resume_step(
+        &self,
+        env: &JobEnv,
+        spec: &StepSpec,
+        from: u64,
+        started: std::time::SystemTime,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, EngineError> {
+        let r = step::resume_step(self, env, spec, from, started, log, cancel).await;
+        let _ = log.flush().await;
+        r
+    }
+
     async fn sync_in(&self, env: &JobEnv) -> Result<(), EngineError> {
         if !self.copies_builds(env) {
             return Ok(());
@@ -872,6 +910,7 @@ impl Engine for DockerEngine {
         let mut hook_env = env.clone();
         hook_env.services.clear();
         hook_env.runner_services = 0;
+        hook_env.host_steps_dir = None;
         let name = convert::hook_container_name(env);
         let r = async {
             tokio::select! {
