@@ -393,14 +393,37 @@ impl DockerEngine {
     /// and anything not labelled so are left alone. Call before taking jobs. Returns how many
     /// objects were removed.
     pub async fn cleanup_leftovers(&self) -> Result<usize, EngineError> {
-        self.remove_labelled(&[
-            (convert::LABEL_MANAGED, "true"),
-            (convert::LABEL_RUNNER, &self.runner_short),
-        ])
+        self.cleanup_leftovers_except(&[]).await
+    }
+
+    /// [`Self::cleanup_leftovers`], leaving alone the objects of the jobs `keep` (journaled
+    /// jobs a restarted ferry resumes or reports: docs/crash-safety.md).
+    pub async fn cleanup_leftovers_except(&self, keep: &[u64]) -> Result<usize, EngineError> {
+        let keep: Vec<String> = keep.iter().map(u64::to_string).collect();
+        self.remove_labelled_except(
+            &[
+                (convert::LABEL_MANAGED, "true"),
+                (convert::LABEL_RUNNER, &self.runner_short),
+            ],
+            &keep,
+        )
         .await
     }
 
     async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, EngineError> {
+        self.remove_labelled_except(labels, &[]).await
+    }
+
+    /// Removes what carries every one of `labels`, except what belongs to a job of `keep`.
+    async fn remove_labelled_except(
+        &self,
+        labels: &[(&str, &str)],
+        keep: &[String],
+    ) -> Result<usize, EngineError> {
+        let kept = |l: Option<&HashMap<String, String>>| {
+            l.and_then(|l| l.get(convert::LABEL_JOB))
+                .is_some_and(|j| keep.contains(j))
+        };
         let mut removed = 0;
         let mut errors = Vec::new();
         let filters = label_filter(labels);
@@ -415,6 +438,9 @@ impl DockerEngine {
             .await
             .map_err(|e| docker_err("listing containers", &e))?;
         for c in containers {
+            if kept(c.labels.as_ref()) {
+                continue;
+            }
             let Some(id) = c.id else { continue };
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
@@ -438,6 +464,9 @@ impl DockerEngine {
             .await
             .map_err(|e| docker_err("listing networks", &e))?;
         for n in networks {
+            if kept(n.labels.as_ref()) {
+                continue;
+            }
             let Some(id) = n.id else { continue };
             match self.docker.remove_network(&id).await {
                 Ok(()) => removed += 1,
@@ -459,6 +488,9 @@ impl DockerEngine {
             .await
             .map_err(|e| docker_err("listing volumes", &e))?;
         for v in volumes.volumes.unwrap_or_default() {
+            if kept(Some(&v.labels)) {
+                continue;
+            }
             match self
                 .docker
                 .remove_volume(

@@ -64,7 +64,7 @@ pub(super) struct Kept {
     name: String,
     /// The steps dir as the container sees it.
     container_dir: String,
-    file: Option<tokio::fs::File>,
+    file: Option<Arc<std::fs::File>>,
     /// How much of the log file was copied to the job log.
     pos: u64,
     /// Reading the log failed: no more is read.
@@ -109,36 +109,39 @@ impl Kept {
     /// unless `all`. Returns whether anything was copied. A log the job replaced by something
     /// that is not a regular file is an error.
     async fn pump(&mut self, log: &mut LogSink<'_>, all: bool) -> std::io::Result<bool> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         if self.failed {
             return Ok(false);
         }
         if self.file.is_none() {
             let (dir, rel) = (self.dir.clone(), format!("{}.log", self.name));
             match jobfs::blocking(move || dir.open_file(std::path::Path::new(&rel))).await {
-                Ok(f) => {
-                    let mut f = tokio::fs::File::from_std(f);
-                    f.seek(std::io::SeekFrom::Start(self.pos)).await?;
-                    self.file = Some(f);
-                }
+                Ok(f) => self.file = Some(Arc::new(f)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(e),
             }
         }
-        let Some(f) = self.file.as_mut() else {
+        let Some(f) = self.file.clone() else {
             return Ok(false);
         };
-        let mut buf = vec![0u8; 64 * 1024];
         let mut copied = 0usize;
         loop {
-            let n = f.read(&mut buf).await?;
-            if n == 0 {
+            // Positioned reads off the async workers: the file only grows.
+            let (f, at) = (f.clone(), self.pos);
+            let chunk = jobfs::blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = f.read_at(&mut buf, at)?;
+                buf.truncate(n);
+                Ok(buf)
+            })
+            .await?;
+            if chunk.is_empty() {
                 break;
             }
             // A log that cannot be written loses output as the streaming mode does.
-            let _ = log.write_all(&buf[..n]).await;
-            self.pos += n as u64;
-            copied += n;
+            let _ = log.write_all(&chunk).await;
+            self.pos += chunk.len() as u64;
+            copied += chunk.len();
             if !all && copied >= TAIL_CHUNK {
                 break;
             }
