@@ -498,6 +498,7 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
         },
         cleanups: tokio_util::task::TaskTracker::new(),
         workspaces: Default::default(),
+        journal: None,
     });
     let cancel = CancellationToken::new();
     let shutdown = CancellationToken::new();
