@@ -787,11 +787,12 @@ impl DockerEngine {
         // The steps dir, for the build container only (services and hooks never see it),
         // emptied for the job: nothing a previous job left there is ever read.
         let mut mounts = mounts;
-        if name == convert::build_container_name(env) && self.keeps_steps(env) {
-            if let Some(dir) = env.host_steps_dir.as_deref() {
-                step::reset_steps_dir(dir).await?;
-                mounts.add(place(dir), &convert::steps_dir(env), false);
-            }
+        if name == convert::build_container_name(env)
+            && self.keeps_steps(env)
+            && let Some(dir) = env.host_steps_dir.as_deref()
+        {
+            step::reset_steps_dir(dir).await?;
+            mounts.add(place(dir), &convert::steps_dir(env), false);
         }
         let privileged =
             convert::build_privileged(&self.section, &self.privileged_images, &env.image);

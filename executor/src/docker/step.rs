@@ -549,13 +549,13 @@ async fn exec_step(
     let mut code = i32::try_from(code).unwrap_or(i32::MAX);
     // A kept step's wrapper exits with the shell's code, unless it was killed with leftovers
     // that held the output: the shell's own code is in its file.
-    if let Some(k) = kept.as_deref() {
-        if let Some(c) = match k.status("exit").await {
+    if let Some(k) = kept.as_deref()
+        && let Some(c) = match k.status("exit").await {
             Some(c) => Some(c),
             None => k.status("code").await,
-        } {
-            code = c;
         }
+    {
+        code = c;
     }
     let mut oom_killed = false;
     if code != 0 {
