@@ -5,7 +5,7 @@
 //! One file per job, `<working_dir>/journal/<runner short token>-<job id>.json`, mode 0600 in a
 //! directory of mode 0700 that no container mounts: it holds the job's payload, whose job token
 //! and variables are secrets. A file is replaced whole at each change of the job's stage (write
-//! a temporary file, fsync, rename, fsync the directory): a handful of small writes per job,
+//! a temporary file, rename; no fsync): a handful of small writes per job,
 //! never one per output line. It is removed once GitLab has the job's final state.
 //!
 //! A file that cannot be read back (truncated, edited, another version) is moved aside to
@@ -156,10 +156,10 @@ impl Journal {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(&data)?;
-        f.sync_data()?;
         drop(f);
-        std::fs::rename(&tmp, self.dir.join(&name))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        // No fsync: the page cache outlives ferry's process (what the journal is for); a power
+        // loss also takes the containers, and costs at worst the job's entry (docs/crash-safety.md).
+        std::fs::rename(&tmp, self.dir.join(&name))
     }
 
     /// Removes the job's entry (missing is fine).
