@@ -35,17 +35,19 @@ pub const DETECT_SHELL: &str = "if [ -x /usr/local/bin/bash ]; then\n\texec /usr
 /// every process holding it has ended (as the exec stream did); the shell's exit code is
 /// written to `$2.code` as soon as it exits, and renamed to `$2.exit` once the output ended:
 /// that rename is the step's end. Without `cat` in the image, the output is appended directly.
+/// The wrapper works in the steps dir itself (relative names): a job that renames a directory
+/// above it (`/builds/<namespace>`, the container's own) does not lose its exit code.
 pub fn kept_step_script() -> String {
     let shell = format!("(\n{DETECT_SHELL})");
     format!(
-        r#"d=$1; n=$2; trap : TERM; echo $$ > "$d/$n.pids"
+        r#"d=$1; n=$2; p=$PWD; cd "$d" || exit 1; trap : TERM; echo $$ > "$n.pids"
 if command -v cat >/dev/null 2>&1; then
-{{ {shell}; echo $? > "$d/$n.code"; }} 2>&1 | {{ sh -c 'echo $PPID' >> "$d/$n.pids"; exec cat >> "$d/$n.log"; }}
+{{ (cd "$p" && {shell}); echo $? > "$n.code"; }} 2>&1 | {{ sh -c 'echo $PPID' >> "$n.pids"; exec cat >> "$n.log"; }}
 else
-{shell} >> "$d/$n.log" 2>&1; echo $? > "$d/$n.code"
+(cd "$p" && {shell}) >> "$n.log" 2>&1; echo $? > "$n.code"
 fi
-s=1; read -r s < "$d/$n.code"
-mv -f "$d/$n.code" "$d/$n.exit"
+s=1; read -r s < "$n.code"
+mv -f "$n.code" "$n.exit"
 exit "$s"
 "#
     )
