@@ -98,6 +98,12 @@ pub struct JobEnv {
     pub tmp_dir: String,
     /// The host directory mounted read-only at `tmp_dir`, written before the container starts.
     pub host_tmp_dir: PathBuf,
+    /// A directory of ferry's on the host, mounted writable at `<project_dir>.steps` in the
+    /// build container only, where each step of the build container writes its output
+    /// (`<step>.log`) and exit code (`<step>.exit`), so that both survive ferry
+    /// (docs/crash-safety.md). `None`: steps stream their output to ferry only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_steps_dir: Option<PathBuf>,
     pub registry_auth: Vec<RegistryAuth>,
     /// `[runners.docker] container_labels`, values expanded with the job's variables.
     pub container_labels: std::collections::BTreeMap<String, String>,
@@ -206,6 +212,38 @@ pub trait Engine: Send + Sync + 'static {
         log: &mut LogSink<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<StepOutcome, EngineError>> + Send;
+
+    /// Whether `run_step` keeps the step's output and exit code where they survive ferry
+    /// (`JobEnv::host_steps_dir`, a daemon that can bind-mount it), so that a later ferry can
+    /// [`Engine::resume_step`] it. Default: no.
+    fn keeps_step_output(&self, env: &JobEnv) -> bool {
+        let _ = env;
+        false
+    }
+
+    /// Follows a step that an earlier ferry process started with `run_step` and left running
+    /// (or that ended while no ferry watched): copies its kept output from byte `from` of its
+    /// output file into `log` as it comes, until the step ended, and returns how it ended, as
+    /// `run_step` would have. The step's own timeout counts from `started` (wall clock), and
+    /// cancellation stops it as in `run_step`. A build container that is gone is
+    /// [`EngineError::ContainerGone`]; kept output that is missing is an error naming it.
+    /// Default: not possible (an engine that keeps nothing).
+    fn resume_step(
+        &self,
+        env: &JobEnv,
+        step: &StepSpec,
+        from: u64,
+        started: std::time::SystemTime,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<StepOutcome, EngineError>> + Send {
+        let _ = (env, step, from, started, log, cancel);
+        async {
+            Err(EngineError::Docker(
+                "this engine cannot follow a step a previous ferry started".into(),
+            ))
+        }
+    }
 
     /// Make the host's `host_project_dir` and `host_tmp_dir` appear at `project_dir` and
     /// `tmp_dir` in the build container. Called once, after `prepare` and after the runner

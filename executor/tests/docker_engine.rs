@@ -102,6 +102,7 @@ fn job(test: &str, img: &str) -> Job {
         project_dir: "/builds/group/project".into(),
         host_project_dir: host_builds.join("group/project"),
         tmp_dir: "/builds/group/project.tmp".into(),
+        host_steps_dir: Some(dir.path().join("steps")),
         host_tmp_dir: {
             std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
             dir.path().join("tmp")
@@ -1420,4 +1421,211 @@ async fn no_pids_limit_by_default() {
         "{:?}",
         build.pids_limit
     );
+}
+
+// ---- Kept step output (docs/crash-safety.md) ----
+
+/// `n` numbered lines, one every 100 ms, then `exit <code>`.
+fn numbered(n: u32, code: i32) -> StepSpec {
+    step(&[
+        &format!("i=1; while [ $i -le {n} ]; do echo line $i; i=$((i+1)); sleep 0.1; done"),
+        &format!("exit {code}"),
+    ])
+}
+
+/// Every `line <i>` for i in 1..=n appears exactly once, in order.
+fn assert_lines_once(log: &str, n: u32) {
+    let got: Vec<&str> = log.lines().filter(|l| l.starts_with("line ")).collect();
+    let want: Vec<String> = (1..=n).map(|i| format!("line {i}")).collect();
+    assert_eq!(got, want, "{log}");
+}
+
+#[tokio::test]
+async fn a_step_keeps_its_output_and_exit_code_in_the_steps_dir() {
+    let Some(engine) = engine_with("kept", section()).await else {
+        return;
+    };
+    let j = job("kept", BUSYBOX);
+    assert!(engine.keeps_step_output(&j.env));
+    let mut log: Vec<u8> = Vec::new();
+    let cancel = CancellationToken::new();
+    engine.prepare(&j.env, &mut log, &cancel).await.unwrap();
+    let mut out = Vec::new();
+    let r = engine
+        .run_step(
+            &j.env,
+            &step(&["echo hello", "echo oops >&2", "exit 3"]),
+            &mut out,
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 3);
+    let steps = j.env.host_steps_dir.clone().unwrap();
+    let kept = std::fs::read(steps.join("script.log")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&kept),
+        String::from_utf8_lossy(&out)
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("\nhello\n") && out.contains("\noops\n"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(steps.join("script.exit"))
+            .unwrap()
+            .trim(),
+        "3"
+    );
+    engine.destroy(&j.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_step_left_running_is_followed_again_with_every_line_once() {
+    let Some(engine) = engine_with("resume", section()).await else {
+        return;
+    };
+    let j = job("resume", BUSYBOX);
+    let cancel = CancellationToken::new();
+    engine
+        .prepare(&j.env, &mut Vec::new(), &cancel)
+        .await
+        .unwrap();
+    let s = numbered(40, 4);
+    let started = std::time::SystemTime::now();
+    let mut first: Vec<u8> = Vec::new();
+    // ferry goes away while the step prints (the future is dropped, as in a crash).
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(1500),
+        engine.run_step(&j.env, &s, &mut first, &cancel),
+    )
+    .await;
+    assert!(dropped.is_err(), "the step ended too early");
+    assert!(String::from_utf8_lossy(&first).contains("line 1\n"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut rest: Vec<u8> = Vec::new();
+    let out = engine
+        .resume_step(&j.env, &s, first.len() as u64, started, &mut rest, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 4);
+    first.extend_from_slice(&rest);
+    assert_lines_once(&String::from_utf8_lossy(&first), 40);
+    engine.destroy(&j.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_step_that_ended_while_ferry_was_away_gives_its_output_and_code() {
+    let Some(engine) = engine_with("resume-ended", section()).await else {
+        return;
+    };
+    let j = job("resume-ended", BUSYBOX);
+    let cancel = CancellationToken::new();
+    engine
+        .prepare(&j.env, &mut Vec::new(), &cancel)
+        .await
+        .unwrap();
+    let s = numbered(10, 0);
+    let started = std::time::SystemTime::now();
+    let mut first: Vec<u8> = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(400),
+        engine.run_step(&j.env, &s, &mut first, &cancel),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut rest: Vec<u8> = Vec::new();
+    let at = Instant::now();
+    let out = engine
+        .resume_step(&j.env, &s, first.len() as u64, started, &mut rest, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(at.elapsed() < Duration::from_secs(2), "{:?}", at.elapsed());
+    first.extend_from_slice(&rest);
+    assert_lines_once(&String::from_utf8_lossy(&first), 10);
+    engine.destroy(&j.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resumed_step_whose_container_is_gone_says_so() {
+    let Some(engine) = engine_with("resume-gone", section()).await else {
+        return;
+    };
+    let j = job("resume-gone", BUSYBOX);
+    let cancel = CancellationToken::new();
+    engine
+        .prepare(&j.env, &mut Vec::new(), &cancel)
+        .await
+        .unwrap();
+    let s = numbered(100, 0);
+    let started = std::time::SystemTime::now();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        engine.run_step(&j.env, &s, &mut Vec::new(), &cancel),
+    )
+    .await;
+    engine
+        .client()
+        .remove_container(
+            &convert::build_container_name(&j.env),
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let r = engine
+        .resume_step(&j.env, &s, 0, started, &mut Vec::new(), &cancel)
+        .await;
+    assert!(matches!(r, Err(EngineError::ContainerGone(_))), "{r:?}");
+    engine.destroy(&j.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resumed_step_never_follows_a_link_the_job_put_for_its_log() {
+    let Some(engine) = engine_with("resume-link", section()).await else {
+        return;
+    };
+    let j = job("resume-link", BUSYBOX);
+    let cancel = CancellationToken::new();
+    engine
+        .prepare(&j.env, &mut Vec::new(), &cancel)
+        .await
+        .unwrap();
+    // A host file the job must not get into its log through ferry.
+    let secret = j.env.host_project_dir.parent().unwrap().join("host-secret");
+    std::fs::write(&secret, "HOST-SECRET\n").unwrap();
+    let d = convert::steps_dir(&j.env);
+    let s = step(&[
+        "echo before; sleep 1",
+        &format!(
+            "rm -f {d}/script.log; ln -s {} {d}/script.log",
+            secret.display()
+        ),
+        "sleep 1; echo after",
+    ]);
+    let started = std::time::SystemTime::now();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(300),
+        engine.run_step(&j.env, &s, &mut Vec::new(), &cancel),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut rest: Vec<u8> = Vec::new();
+    let out = engine
+        .resume_step(&j.env, &s, 0, started, &mut rest, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("HOST-SECRET"), "{rest}");
+    assert!(
+        rest.contains("WARNING: reading the output of step script"),
+        "{rest}"
+    );
+    engine.destroy(&j.env).await.unwrap();
 }

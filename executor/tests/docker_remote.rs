@@ -85,6 +85,7 @@ fn job_env(test: &str, host_builds: PathBuf) -> JobEnv {
         project_dir: "/builds/group/project".into(),
         host_project_dir: host_builds.join("group/project"),
         tmp_dir: "/builds/group/project.tmp".into(),
+        host_steps_dir: None,
         host_tmp_dir: {
             std::fs::create_dir_all(host_builds.join("tmp")).unwrap();
             host_builds.join("tmp")

@@ -32,6 +32,23 @@ impl FailureReason {
         }
     }
 
+    /// The reason named `s` (as [`Self::as_str`] writes it), if it is one.
+    pub fn parse(s: &str) -> Option<FailureReason> {
+        use FailureReason::*;
+        [
+            ScriptFailure,
+            RunnerSystemFailure,
+            JobExecutionTimeout,
+            ImagePullFailure,
+            RunnerConfigurationError,
+            RunnerExternalDependencyFailure,
+            RunnerInterrupted,
+            UnknownFailure,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
     /// This reason, or the one gitlab-runner falls back to when this GitLab does not list it:
     /// `script_failure`, `runner_system_failure` and `job_execution_timeout` are always
     /// accepted; an image pull or external dependency failure becomes `runner_system_failure`,

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod failure;
 pub mod gitlab;
 pub mod health;
+pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod plan;

@@ -28,9 +28,57 @@ pub const LABEL_CACHE: &str = "ferry.cache";
 /// container alive) and as the command of every step's exec (which reads the script on stdin).
 pub const DETECT_SHELL: &str = "if [ -x /usr/local/bin/bash ]; then\n\texec /usr/local/bin/bash\nelif [ -x /usr/bin/bash ]; then\n\texec /usr/bin/bash\nelif [ -x /bin/bash ]; then\n\texec /bin/bash\nelif [ -x /usr/local/bin/sh ]; then\n\texec /usr/local/bin/sh\nelif [ -x /usr/bin/sh ]; then\n\texec /usr/bin/sh\nelif [ -x /bin/sh ]; then\n\texec /bin/sh\nelif [ -x /busybox/sh ]; then\n\texec /busybox/sh\nelse\n\techo shell not found\n\texit 1\nfi\n";
 
+/// Runs a step of the build container so that its output and exit code survive ferry
+/// (docs/crash-safety.md). `$1` is the steps dir in the container, `$2` the step's file name.
+/// The detected shell reads the script from stdin as in the streaming mode; its output (stdout
+/// and stderr, in order) goes through `cat`, appending to `$2.log`, so the output ends only when
+/// every process holding it has ended (as the exec stream did); the shell's exit code is
+/// written to `$2.code` as soon as it exits, and renamed to `$2.exit` once the output ended:
+/// that rename is the step's end. Without `cat` in the image, the output is appended directly.
+/// The wrapper works in the steps dir itself (relative names): a job that renames a directory
+/// above it (`/builds/<namespace>`, the container's own) does not lose its exit code.
+pub fn kept_step_script() -> String {
+    let shell = format!("(\n{DETECT_SHELL})");
+    format!(
+        r#"d=$1; n=$2; p=$PWD; cd "$d" || exit 1; trap : TERM; echo $$ > "$n.pids"
+if command -v cat >/dev/null 2>&1; then
+{{ (cd "$p" && {shell}); echo $? > "$n.code"; }} 2>&1 | {{ sh -c 'echo $PPID' >> "$n.pids"; exec cat >> "$n.log"; }}
+else
+(cd "$p" && {shell}) >> "$n.log" 2>&1; echo $? > "$n.code"
+fi
+s=1; read -r s < "$n.code"
+mv -f "$n.code" "$n.exit"
+exit "$s"
+"#
+    )
+}
+
+/// Where the build container sees `JobEnv::host_steps_dir`: `<project_dir>.steps`.
+pub fn steps_dir(env: &JobEnv) -> String {
+    format!("{}.steps", env.project_dir)
+}
+
+/// The file name a step's kept output and exit code go by: its name, reduced to
+/// `[A-Za-z0-9_-]` (step names are GitLab's: `script`, `after_script`, `release`, ...).
+pub fn step_file_name(step: &str) -> String {
+    let s: String = step
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() { "step".into() } else { s }
+}
+
 /// Sends SIGTERM (or the signal given as `$1`) to every process of the container except PID 1
-/// (the shell that keeps the container alive) and itself. Run with `docker exec` to stop a step.
-pub const SIGNAL_ALL_SCRIPT: &str = "for P in $(cd /proc && echo [0-9]*); do if [ \"$P\" != 1 ] && [ \"$P\" != $$ ]; then kill -$1 $P 2>/dev/null; fi; done; exit 0";
+/// (the shell that keeps the container alive), itself, and the processes listed in the file
+/// `$2` if given (a kept step's `.pids`: the wrapper and the `cat` that keep its output flowing
+/// through the grace period, see [`kept_step_script`]). Run with `docker exec` to stop a step.
+pub const SIGNAL_ALL_SCRIPT: &str = "s=' '; if [ -n \"$2\" ] && [ -f \"$2\" ]; then while read -r x; do s=\"$s$x \"; done < \"$2\"; fi; for P in $(cd /proc && echo [0-9]*); do case \"$s\" in *\" $P \"*) continue;; esac; if [ \"$P\" != 1 ] && [ \"$P\" != $$ ]; then kill -$1 $P 2>/dev/null; fi; done; exit 0";
 
 /// Keep names within what Docker accepts (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
 pub fn sanitize_name(s: &str) -> String {
@@ -566,6 +614,7 @@ pub fn parse_volumes(env: &JobEnv, specs: &[String]) -> Result<Vec<VolumeSpec>, 
         if dst == clean_path(&env.builds_dir)
             || dst == clean_path(&env.project_dir)
             || dst == clean_path(&env.tmp_dir)
+            || dst == clean_path(&steps_dir(env))
         {
             return Err(EngineError::Configuration(format!(
                 "[runners.docker] volumes: {s:?} would hide the builds directory {}",
@@ -810,6 +859,7 @@ mod tests {
             host_project_dir: PathBuf::from("/var/lib/ferry/builds/42/src"),
             tmp_dir: "/builds/g/p.tmp".into(),
             host_tmp_dir: PathBuf::from("/var/lib/ferry/builds/42/tmp"),
+            host_steps_dir: None,
             registry_auth: vec![],
             container_labels: Default::default(),
             runner_services: 0,

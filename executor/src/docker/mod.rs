@@ -341,6 +341,17 @@ impl DockerEngine {
             || self.place(&env.host_tmp_dir).is_err()
     }
 
+    /// Whether the build container's steps keep their output and exit code in the job's steps
+    /// dir (bind-mounted: a daemon that sees ferry's directories), so that a later ferry can
+    /// follow them (docs/crash-safety.md). A daemon that gets the builds dir copied does not.
+    pub fn keeps_steps(&self, env: &JobEnv) -> bool {
+        !self.copies_builds(env)
+            && env
+                .host_steps_dir
+                .as_deref()
+                .is_some_and(|d| self.place(d).is_ok())
+    }
+
     /// How long a cancelled or timed-out step gets between SIGTERM and SIGKILL (default 10 s).
     pub fn with_stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
@@ -382,14 +393,37 @@ impl DockerEngine {
     /// and anything not labelled so are left alone. Call before taking jobs. Returns how many
     /// objects were removed.
     pub async fn cleanup_leftovers(&self) -> Result<usize, EngineError> {
-        self.remove_labelled(&[
-            (convert::LABEL_MANAGED, "true"),
-            (convert::LABEL_RUNNER, &self.runner_short),
-        ])
+        self.cleanup_leftovers_except(&[]).await
+    }
+
+    /// [`Self::cleanup_leftovers`], leaving alone the objects of the jobs `keep` (journaled
+    /// jobs a restarted ferry resumes or reports: docs/crash-safety.md).
+    pub async fn cleanup_leftovers_except(&self, keep: &[u64]) -> Result<usize, EngineError> {
+        let keep: Vec<String> = keep.iter().map(u64::to_string).collect();
+        self.remove_labelled_except(
+            &[
+                (convert::LABEL_MANAGED, "true"),
+                (convert::LABEL_RUNNER, &self.runner_short),
+            ],
+            &keep,
+        )
         .await
     }
 
     async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, EngineError> {
+        self.remove_labelled_except(labels, &[]).await
+    }
+
+    /// Removes what carries every one of `labels`, except what belongs to a job of `keep`.
+    async fn remove_labelled_except(
+        &self,
+        labels: &[(&str, &str)],
+        keep: &[String],
+    ) -> Result<usize, EngineError> {
+        let kept = |l: Option<&HashMap<String, String>>| {
+            l.and_then(|l| l.get(convert::LABEL_JOB))
+                .is_some_and(|j| keep.contains(j))
+        };
         let mut removed = 0;
         let mut errors = Vec::new();
         let filters = label_filter(labels);
@@ -404,6 +438,9 @@ impl DockerEngine {
             .await
             .map_err(|e| docker_err("listing containers", &e))?;
         for c in containers {
+            if kept(c.labels.as_ref()) {
+                continue;
+            }
             let Some(id) = c.id else { continue };
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
@@ -427,6 +464,9 @@ impl DockerEngine {
             .await
             .map_err(|e| docker_err("listing networks", &e))?;
         for n in networks {
+            if kept(n.labels.as_ref()) {
+                continue;
+            }
             let Some(id) = n.id else { continue };
             match self.docker.remove_network(&id).await {
                 Ok(()) => removed += 1,
@@ -448,6 +488,9 @@ impl DockerEngine {
             .await
             .map_err(|e| docker_err("listing volumes", &e))?;
         for v in volumes.volumes.unwrap_or_default() {
+            if kept(Some(&v.labels)) {
+                continue;
+            }
             match self
                 .docker
                 .remove_volume(
@@ -741,6 +784,16 @@ impl DockerEngine {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
+        // The steps dir, for the build container only (services and hooks never see it),
+        // emptied for the job: nothing a previous job left there is ever read.
+        let mut mounts = mounts;
+        if name == convert::build_container_name(env)
+            && self.keeps_steps(env)
+            && let Some(dir) = env.host_steps_dir.as_deref()
+        {
+            step::reset_steps_dir(dir).await?;
+            mounts.add(place(dir), &convert::steps_dir(env), false);
+        }
         let privileged =
             convert::build_privileged(&self.section, &self.privileged_images, &env.image);
         let mut host_config =
@@ -832,6 +885,24 @@ impl Engine for DockerEngine {
         r
     }
 
+    fn keeps_step_output(&self, env: &JobEnv) -> bool {
+        self.keeps_steps(env)
+    }
+
+    async fn resume_step(
+        &self,
+        env: &JobEnv,
+        spec: &StepSpec,
+        from: u64,
+        started: std::time::SystemTime,
+        log: &mut LogSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, EngineError> {
+        let r = step::resume_step(self, env, spec, from, started, log, cancel).await;
+        let _ = log.flush().await;
+        r
+    }
+
     async fn sync_in(&self, env: &JobEnv) -> Result<(), EngineError> {
         if !self.copies_builds(env) {
             return Ok(());
@@ -872,6 +943,7 @@ impl Engine for DockerEngine {
         let mut hook_env = env.clone();
         hook_env.services.clear();
         hook_env.runner_services = 0;
+        hook_env.host_steps_dir = None;
         let name = convert::hook_container_name(env);
         let r = async {
             tokio::select! {

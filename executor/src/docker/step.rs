@@ -1,5 +1,12 @@
 //! Running one step: `docker exec` of the detected shell in the build container, the script on
-//! its stdin, output streamed to the job log as it comes.
+//! its stdin, output copied to the job log as it comes.
+//!
+//! In the build container with a steps dir (`JobEnv::host_steps_dir`, a daemon that bind-mounts
+//! ferry's directories), the step keeps its output and exit code in files there
+//! ([`convert::kept_step_script`]), which ferry tails from the host through a [`JobDir`] (never
+//! following a link the job put there): they survive ferry, and a later ferry follows the step
+//! with [`resume_step`] (docs/crash-safety.md). Elsewhere (hooks, remote daemons) the exec's
+//! output stream is the output.
 //!
 //! Stopping a step (cancel or step timeout): SIGTERM to every process of the container except
 //! PID 1 (the idle shell that keeps the container up), then after the grace period SIGKILL the
@@ -25,10 +32,139 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DockerEngine, convert, docker_err, one_line};
 use crate::engine::{EngineError, JobEnv, LogSink, STEP_TIMEOUT_EXIT_CODE, StepOutcome, StepSpec};
+use crate::jobfs::{self, JobDir};
 
 /// How often the exec is inspected while its output is open: a background process that keeps
 /// stdout open must not keep the step alive after the script's shell has exited.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a kept step's output file is read for new output.
+const TAIL_EVERY: Duration = Duration::from_millis(50);
+
+/// The most of a kept step's output copied in one go (then the other events get a turn).
+const TAIL_CHUNK: usize = 256 * 1024;
+
+/// Empties (creates) a job's steps dir before its build container starts. World-writable as
+/// the project dir is (docs/crash-safety.md): the step's user may be any user of the image.
+pub(super) async fn reset_steps_dir(dir: &std::path::Path) -> Result<(), EngineError> {
+    let d = dir.to_path_buf();
+    jobfs::blocking(move || {
+        jobfs::remove_files(&d)?;
+        JobDir::create(&d, 0o777).map(drop)
+    })
+    .await
+    .map_err(|e| EngineError::Docker(format!("creating {}: {e}", dir.display())))
+}
+
+/// A step's kept output and exit code: `<name>.log`, `<name>.code` (the shell ended),
+/// `<name>.exit` (the output ended too) and `<name>.pids` in the steps dir, read through a
+/// handle of the directory, never through a link.
+pub(super) struct Kept {
+    dir: Arc<JobDir>,
+    name: String,
+    /// The steps dir as the container sees it.
+    container_dir: String,
+    file: Option<Arc<std::fs::File>>,
+    /// How much of the log file was copied to the job log.
+    pos: u64,
+    /// Reading the log failed: no more is read.
+    failed: bool,
+}
+
+impl Kept {
+    fn open(env: &JobEnv, step: &str, from: u64) -> Result<Kept, EngineError> {
+        let host = env.host_steps_dir.as_deref().ok_or_else(|| {
+            EngineError::Docker("this job keeps no step output (no steps dir)".into())
+        })?;
+        let dir = JobDir::open(host)
+            .map_err(|e| EngineError::Docker(format!("the steps dir {}: {e}", host.display())))?;
+        Ok(Kept {
+            dir: Arc::new(dir),
+            name: convert::step_file_name(step),
+            container_dir: convert::steps_dir(env),
+            file: None,
+            pos: from,
+            failed: false,
+        })
+    }
+
+    /// Removes what an earlier run of this step left (a step can run again in a new container).
+    async fn clear(&self) -> Result<(), EngineError> {
+        let (dir, name) = (self.dir.clone(), self.name.clone());
+        jobfs::blocking(move || {
+            for ext in ["log", "code", "exit", "pids"] {
+                dir.remove(std::path::Path::new(&format!("{name}.{ext}")))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| EngineError::Docker(format!("clearing the output of step {}: {e}", self.name)))
+    }
+
+    fn pids_file(&self) -> String {
+        format!("{}/{}.pids", self.container_dir, self.name)
+    }
+
+    /// Copies what the step wrote since the last call into `log`: at most `TAIL_CHUNK` bytes
+    /// unless `all`. Returns whether anything was copied. A log the job replaced by something
+    /// that is not a regular file is an error.
+    async fn pump(&mut self, log: &mut LogSink<'_>, all: bool) -> std::io::Result<bool> {
+        if self.failed {
+            return Ok(false);
+        }
+        if self.file.is_none() {
+            let (dir, rel) = (self.dir.clone(), format!("{}.log", self.name));
+            match jobfs::blocking(move || dir.open_file(std::path::Path::new(&rel))).await {
+                Ok(f) => self.file = Some(Arc::new(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(f) = self.file.clone() else {
+            return Ok(false);
+        };
+        let mut copied = 0usize;
+        loop {
+            // Positioned reads off the async workers: the file only grows.
+            let (f, at) = (f.clone(), self.pos);
+            let chunk = jobfs::blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = f.read_at(&mut buf, at)?;
+                buf.truncate(n);
+                Ok(buf)
+            })
+            .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            // A log that cannot be written loses output as the streaming mode does.
+            let _ = log.write_all(&chunk).await;
+            self.pos += chunk.len() as u64;
+            copied += chunk.len();
+            if !all && copied >= TAIL_CHUNK {
+                break;
+            }
+        }
+        Ok(copied > 0)
+    }
+
+    /// The exit code in `<name>.<ext>` (`code` or `exit`), if that file is there and holds one.
+    async fn status(&self, ext: &str) -> Option<i32> {
+        use std::io::Read;
+        let (dir, rel) = (self.dir.clone(), format!("{}.{ext}", self.name));
+        let text = jobfs::blocking(move || {
+            let mut s = String::new();
+            dir.open_file(std::path::Path::new(&rel))?
+                .take(64)
+                .read_to_string(&mut s)?;
+            Ok(s)
+        })
+        .await
+        .ok()?;
+        text.trim().parse::<i32>().ok()
+    }
+}
 
 enum Stop {
     Cancelled,
@@ -43,7 +179,19 @@ pub(super) async fn run_step(
     cancel: &CancellationToken,
 ) -> Result<StepOutcome, EngineError> {
     let container = convert::build_container_name(env);
-    run_step_in(engine, env, &container, step, log, cancel).await
+    if !engine.keeps_steps(env) {
+        return run_step_in(engine, env, &container, step, log, cancel).await;
+    }
+    if cancel.is_cancelled() {
+        return Err(EngineError::Cancelled);
+    }
+    let mut kept = Kept::open(env, &step.name, 0)?;
+    kept.clear().await?;
+    let (c, k) = (container.as_str(), &mut kept);
+    with_oom_watch(engine, c, |oom| async move {
+        exec_step(engine, env, step, c, log, cancel, &oom, Some(k)).await
+    })
+    .await
 }
 
 /// What a hook's `git config --global` holds, read in its container after the script
@@ -124,6 +272,22 @@ pub(super) async fn run_step_in(
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
+    with_oom_watch(engine, container, |oom| async move {
+        exec_step(engine, env, step, container, log, cancel, &oom, None).await
+    })
+    .await
+}
+
+/// Runs `f` while OOM kills of `container` are watched for.
+async fn with_oom_watch<F, Fut>(
+    engine: &DockerEngine,
+    container: &str,
+    f: F,
+) -> Result<StepOutcome, EngineError>
+where
+    F: FnOnce(Arc<AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = Result<StepOutcome, EngineError>>,
+{
     let docker = engine.client();
     let container = container.to_string();
 
@@ -153,7 +317,7 @@ pub(super) async fn run_step_in(
             }
         })
     };
-    let result = exec_step(engine, env, step, &container, log, cancel, &oom).await;
+    let result = f(oom).await;
     oom_watch.abort();
     result
 }
@@ -165,6 +329,7 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn exec_step(
     engine: &DockerEngine,
     env: &JobEnv,
@@ -173,8 +338,20 @@ async fn exec_step(
     log: &mut LogSink<'_>,
     cancel: &CancellationToken,
     oom: &AtomicBool,
+    mut kept: Option<&mut Kept>,
 ) -> Result<StepOutcome, EngineError> {
     let docker = engine.client();
+    let cmd = match &kept {
+        Some(k) => vec![
+            "sh".into(),
+            "-c".into(),
+            convert::kept_step_script(),
+            "ferry-step".into(),
+            k.container_dir.clone(),
+            k.name.clone(),
+        ],
+        None => vec!["sh".into(), "-c".into(), convert::DETECT_SHELL.into()],
+    };
     let exec = docker
         .create_exec(
             container,
@@ -183,7 +360,7 @@ async fn exec_step(
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 tty: Some(false),
-                cmd: Some(vec!["sh".into(), "-c".into(), convert::DETECT_SHELL.into()]),
+                cmd: Some(cmd),
                 working_dir: Some(env.project_dir.clone()),
                 env: Some(
                     step.env
@@ -248,6 +425,7 @@ async fn exec_step(
     let deadline = step.timeout.map(|t| (crate::engine::deadline_after(t), t));
     let mut poll = tokio::time::interval(POLL_EVERY);
     poll.tick().await;
+    let mut tail = tokio::time::interval(TAIL_EVERY);
     let mut stop: Option<Stop> = None;
     let mut exited_at: Option<tokio::time::Instant> = None;
     let mut stream_error: Option<String> = None;
@@ -268,24 +446,39 @@ async fn exec_step(
                 }
                 None => break,
             },
+            _ = tail.tick(), if kept.is_some() => {
+                if let Some(k) = kept.as_deref_mut() {
+                    pump_or_warn(k, log, false).await;
+                }
+            }
             _ = cancel.cancelled(), if stop.is_none() => {
+                if let Some(k) = kept.as_deref_mut() {
+                    pump_or_warn(k, log, true).await;
+                }
                 let _ = log.flush().await;
                 stop = Some(Stop::Cancelled);
-                stop_step(engine, container, &exec.id, &mut output, log).await;
+                stop_step(engine, container, Some(&exec.id), &mut output, kept.as_deref_mut(), log).await;
                 break;
             }
             _ = sleep_deadline => {
+                if let Some(k) = kept.as_deref_mut() {
+                    pump_or_warn(k, log, true).await;
+                }
                 let t = deadline.map(|(_, t)| t).unwrap_or_default();
                 let line = joblog::error_line(&format!("Step {} timed out after {}", step.name, human(t)));
                 let _ = log.write_all(format!("\n{line}").as_bytes()).await;
                 stop = Some(Stop::TimedOut);
-                stop_step(engine, container, &exec.id, &mut output, log).await;
+                stop_step(engine, container, Some(&exec.id), &mut output, kept.as_deref_mut(), log).await;
                 break;
             }
             _ = poll.tick() => {
-                // The shell has exited but something it started still holds the output open.
-                let running = docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running);
-                if running == Some(false) {
+                // The shell has exited but something it started still holds the output open
+                // (a kept step: its exit code is written, the output has not ended).
+                let shell_done = match kept.as_deref() {
+                    Some(k) => k.status("code").await.is_some(),
+                    None => docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running) == Some(false),
+                };
+                if shell_done {
                     let t = *exited_at.get_or_insert_with(tokio::time::Instant::now);
                     if t.elapsed() >= 5 * POLL_EVERY {
                         // The leftovers could not be killed: stop waiting for their output.
@@ -293,11 +486,14 @@ async fn exec_step(
                         break;
                     }
                     if t.elapsed() >= POLL_EVERY {
-                        kill_leftovers(engine, container, "KILL").await;
+                        kill_leftovers(engine, container, "KILL", None).await;
                     }
                 }
             }
         }
+    }
+    if let Some(k) = kept.as_deref_mut() {
+        pump_or_warn(k, log, true).await;
     }
     match stop {
         Some(Stop::Cancelled) => return Err(EngineError::Cancelled),
@@ -350,7 +546,17 @@ async fn exec_step(
             step.name
         )));
     };
-    let code = i32::try_from(code).unwrap_or(i32::MAX);
+    let mut code = i32::try_from(code).unwrap_or(i32::MAX);
+    // A kept step's wrapper exits with the shell's code, unless it was killed with leftovers
+    // that held the output: the shell's own code is in its file.
+    if let Some(k) = kept.as_deref()
+        && let Some(c) = match k.status("exit").await {
+            Some(c) => Some(c),
+            None => k.status("code").await,
+        }
+    {
+        code = c;
+    }
     let mut oom_killed = false;
     if code != 0 {
         // The event may arrive just after the exec ended.
@@ -465,10 +671,26 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Signal every process of the container but PID 1 (`sig` = TERM or KILL) with a short exec.
+/// Signal every process of the container but PID 1 (`sig` = TERM or KILL) with a short exec,
+/// sparing those listed in the container's file `spare` (a kept step's wrapper and `cat`).
 /// Returns false when that was not possible.
-async fn kill_leftovers(engine: &DockerEngine, container: &str, sig: &str) -> bool {
+async fn kill_leftovers(
+    engine: &DockerEngine,
+    container: &str,
+    sig: &str,
+    spare: Option<&str>,
+) -> bool {
     let docker = engine.client();
+    let mut cmd = vec![
+        "sh".to_string(),
+        "-c".into(),
+        convert::SIGNAL_ALL_SCRIPT.into(),
+        "ferry-stop".into(),
+        sig.into(),
+    ];
+    if let Some(f) = spare {
+        cmd.push(f.to_string());
+    }
     let exec = docker
         .create_exec(
             container,
@@ -476,13 +698,7 @@ async fn kill_leftovers(engine: &DockerEngine, container: &str, sig: &str) -> bo
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 user: Some("0".into()),
-                cmd: Some(vec![
-                    "sh".into(),
-                    "-c".into(),
-                    convert::SIGNAL_ALL_SCRIPT.into(),
-                    "ferry-stop".into(),
-                    sig.into(),
-                ]),
+                cmd: Some(cmd),
                 ..Default::default()
             },
         )
@@ -497,37 +713,66 @@ async fn kill_leftovers(engine: &DockerEngine, container: &str, sig: &str) -> bo
     matches!(docker.inspect_exec(&exec.id).await, Ok(i) if i.exit_code == Some(0))
 }
 
+/// Copies a kept step's new output into the log; a failure to read it is a line in the log.
+async fn pump_or_warn(kept: &mut Kept, log: &mut LogSink<'_>, all: bool) {
+    if let Err(e) = kept.pump(log, all).await {
+        let line = joblog::warning_line(&format!("reading the output of step {}: {e}", kept.name));
+        let _ = log.write_all(format!("\n{line}").as_bytes()).await;
+        // Read no more of it (the job replaced its log by something ferry does not read).
+        kept.failed = true;
+    }
+}
+
 /// Stop a running step: SIGTERM, the grace period (output still goes to the log), SIGKILL.
-async fn stop_step(
+/// `exec_id`: the step's exec, when this ferry started it; else (a resumed step) its end is
+/// its `.exit` file.
+async fn stop_step<S>(
     engine: &DockerEngine,
     container: &str,
-    exec_id: &str,
-    output: &mut (impl futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin),
+    exec_id: Option<&str>,
+    output: &mut S,
+    mut kept: Option<&mut Kept>,
     log: &mut LogSink<'_>,
-) {
+) where
+    S: futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+{
     let docker = engine.client();
-    let termed = kill_leftovers(engine, container, "TERM").await;
+    let spare = kept.as_deref().map(Kept::pids_file);
+    let termed = kill_leftovers(engine, container, "TERM", spare.as_deref()).await;
     let grace_end = tokio::time::Instant::now() + engine.stop_grace;
     if termed {
+        let mut tail = tokio::time::interval(TAIL_EVERY);
         loop {
             tokio::select! {
-                item = output.next() => match item {
+                item = output.next(), if exec_id.is_some() => match item {
                     Some(Ok(chunk)) => write_chunk(log, chunk).await,
                     _ => break,
                 },
+                _ = tail.tick(), if kept.is_some() => {
+                    if let Some(k) = kept.as_deref_mut() {
+                        pump_or_warn(k, log, false).await;
+                        if exec_id.is_none() && k.status("exit").await.is_some() {
+                            break;
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(grace_end) => break,
             }
         }
     }
-    let running = docker
-        .inspect_exec(exec_id)
-        .await
-        .ok()
-        .and_then(|i| i.running);
-    if running == Some(false) && kill_leftovers(engine, container, "KILL").await {
+    if let Some(k) = kept.as_deref_mut() {
+        pump_or_warn(k, log, true).await;
+    }
+    let running = match (exec_id, kept.as_deref()) {
+        (Some(id), _) => docker.inspect_exec(id).await.ok().and_then(|i| i.running),
+        (None, Some(k)) => Some(k.status("exit").await.is_none()),
+        (None, None) => None,
+    };
+    if running == Some(false) && kill_leftovers(engine, container, "KILL", None).await {
         return;
     }
-    if running != Some(false) && kill_leftovers(engine, container, "KILL").await {
+    if running != Some(false) && kill_leftovers(engine, container, "KILL", None).await {
+        let Some(exec_id) = exec_id else { return };
         // Give the exec a moment to be reaped.
         for _ in 0..20 {
             if docker
@@ -579,4 +824,131 @@ async fn stop_step(
             one_line(&e)
         );
     }
+}
+
+/// Follows a kept step that an earlier ferry started ([`crate::engine::Engine::resume_step`]):
+/// its output from byte `from` of its log, until its `.exit` file says it ended.
+pub(super) async fn resume_step(
+    engine: &DockerEngine,
+    env: &JobEnv,
+    step: &StepSpec,
+    from: u64,
+    started: std::time::SystemTime,
+    log: &mut LogSink<'_>,
+    cancel: &CancellationToken,
+) -> Result<StepOutcome, EngineError> {
+    if !engine.keeps_steps(env) {
+        return Err(EngineError::Docker(format!(
+            "step {} kept no output ferry can read here (a remote Docker daemon, or no steps dir)",
+            step.name
+        )));
+    }
+    let container = convert::build_container_name(env);
+    let mut kept = Kept::open(env, &step.name, from)?;
+    // The step's own timeout counted while no ferry watched.
+    let deadline = step.timeout.map(|t| {
+        let away = std::time::SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default();
+        (crate::engine::deadline_after(t.saturating_sub(away)), t)
+    });
+    let mut tail = tokio::time::interval(TAIL_EVERY);
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    let mut code_seen: Option<tokio::time::Instant> = None;
+    loop {
+        let sleep_deadline = async {
+            match deadline {
+                Some((d, _)) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tail.tick() => {
+                pump_or_warn(&mut kept, log, false).await;
+                if let Some(code) = kept.status("exit").await {
+                    pump_or_warn(&mut kept, log, true).await;
+                    let oom_killed = code != 0 && container_oom_killed(engine, &container).await;
+                    return Ok(StepOutcome { exit_code: code, oom_killed, timed_out: false });
+                }
+            }
+            _ = cancel.cancelled() => {
+                pump_or_warn(&mut kept, log, true).await;
+                let _ = log.flush().await;
+                stop_step(engine, &container, None, &mut futures::stream::empty(), Some(&mut kept), log).await;
+                return Err(EngineError::Cancelled);
+            }
+            _ = sleep_deadline => {
+                pump_or_warn(&mut kept, log, true).await;
+                let t = deadline.map(|(_, t)| t).unwrap_or_default();
+                let line = joblog::error_line(&format!("Step {} timed out after {}", step.name, human(t)));
+                let _ = log.write_all(format!("\n{line}").as_bytes()).await;
+                stop_step(engine, &container, None, &mut futures::stream::empty(), Some(&mut kept), log).await;
+                return Ok(StepOutcome { exit_code: STEP_TIMEOUT_EXIT_CODE, oom_killed: false, timed_out: true });
+            }
+            _ = poll.tick() => {
+                if let Err(e) = check_container(engine, &container, started).await {
+                    // What it wrote before it went is still the job's log.
+                    pump_or_warn(&mut kept, log, true).await;
+                    if let Some(code) = kept.status("exit").await {
+                        return Ok(StepOutcome { exit_code: code, oom_killed: false, timed_out: false });
+                    }
+                    return Err(e);
+                }
+                // The shell ended, something it started still holds the output (as in
+                // `exec_step`).
+                if kept.status("code").await.is_some() && kept.status("exit").await.is_none() {
+                    let t = *code_seen.get_or_insert_with(tokio::time::Instant::now);
+                    if t.elapsed() >= POLL_EVERY {
+                        kill_leftovers(engine, &container, "KILL", None).await;
+                        // The wrapper went with them: the shell's code is the step's.
+                        if t.elapsed() >= 5 * POLL_EVERY {
+                            pump_or_warn(&mut kept, log, true).await;
+                            let code = kept.status("code").await.unwrap_or(1);
+                            return Ok(StepOutcome { exit_code: code, oom_killed: false, timed_out: false });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The build container of a resumed step still runs the step: it exists, runs, and has not
+/// been started again since the step started (a restart kills the step's processes).
+async fn check_container(
+    engine: &DockerEngine,
+    container: &str,
+    step_started: std::time::SystemTime,
+) -> Result<(), EngineError> {
+    let inspected = engine
+        .client()
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    let state = match inspected {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Err(EngineError::ContainerGone(container.to_string())),
+        Err(e) => return Err(docker_err(&format!("inspecting {container}"), &e)),
+        Ok(i) => i.state.unwrap_or_default(),
+    };
+    if state.running != Some(true) {
+        return Err(EngineError::Docker(format!(
+            "the build container {container} is not running (exit code {}): the step's processes are gone",
+            state.exit_code.unwrap_or(-1)
+        )));
+    }
+    let restarted = state
+        .started_at
+        .as_deref()
+        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+        .is_some_and(|at| at > step_started + Duration::from_secs(1));
+    if restarted {
+        return Err(EngineError::Docker(format!(
+            "the build container {container} was started again after the step started: the step's processes are gone"
+        )));
+    }
+    Ok(())
 }

@@ -531,6 +531,7 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
         },
         cleanups: tokio_util::task::TaskTracker::new(),
         workspaces: Default::default(),
+        journal: None,
     });
     for name in &ready.dry_runs {
         api.terminal().say(&format!(

@@ -275,6 +275,17 @@ impl JobSource for GitLabSource {
 struct Slots(Mutex<HashMap<String, BTreeSet<usize>>>);
 
 impl Slots {
+    /// The slot `n` of `scope`, as a resumed job had it (its project dir depends on it).
+    fn take_n(self: &Arc<Self>, scope: String, n: usize) -> SlotGuard {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(scope.clone()).or_default().insert(n);
+        SlotGuard {
+            slots: self.clone(),
+            scope,
+            n,
+        }
+    }
+
     fn take(self: &Arc<Self>, scope: String) -> SlotGuard {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let used = map.entry(scope.clone()).or_default();
@@ -323,6 +334,8 @@ pub struct Handler {
     workspaces: crate::driver::Workspaces,
     /// The last use of cache volumes and the images ferry pulled, for eviction.
     usage: Arc<ferry_executor::docker::usage::UsageRecord>,
+    /// The journal of running jobs (docs/crash-safety.md); `None` if it cannot be written.
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl Handler {
@@ -339,6 +352,7 @@ impl Handler {
             cleanups: self.cleanups.clone(),
             workspaces: self.workspaces.clone(),
             host: Arc::new(crate::driver::HostFs),
+            journal: self.journal.clone(),
         }
     }
 
@@ -413,6 +427,50 @@ impl JobHandler<Box<JobPayload>> for Handler {
             Err(e) => {
                 let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api);
                 driver.run(runner, *job, ctx, cancel).await;
+            }
+        }
+    }
+}
+
+impl Handler {
+    /// Resumes a job an earlier ferry left running (docs/crash-safety.md), in the slots it
+    /// had.
+    async fn resume(
+        &self,
+        runner: Arc<RunnerSection>,
+        entry: crate::journal::Entry,
+        cancel: CancellationToken,
+    ) {
+        let api = match self.source.client(&runner) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(job = entry.job_id, error = %e, "no GitLab client for the job's runner");
+                return;
+            }
+        };
+        let short = runner.token.short().to_string();
+        let _concurrent = self.slots.take_n(short.clone(), entry.concurrent_id);
+        let _project = self.slots.take_n(
+            format!("{short}/{}", entry.project_id),
+            entry.concurrent_project_id,
+        );
+        let ctx = JobContext {
+            working_dir: self.working_dir.clone(),
+            concurrent_id: entry.concurrent_id,
+            concurrent_project_id: entry.concurrent_project_id,
+            tls_ca_pem: runner
+                .tls_ca_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok()),
+        };
+        match self.engine(&runner).await {
+            Ok(engine) => {
+                let driver = self.driver(engine, api);
+                driver.resume(runner, entry, ctx, cancel).await;
+            }
+            Err(e) => {
+                let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api);
+                driver.resume(runner, entry, ctx, cancel).await;
             }
         }
     }
@@ -605,6 +663,29 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         });
     }
 
+    // The jobs an earlier ferry left running (docs/crash-safety.md): read before the
+    // leftovers are removed, whose removal spares them.
+    let journal = match crate::journal::Journal::open(&working_dir) {
+        Ok(j) => Some(Arc::new(j)),
+        Err(e) => {
+            warn!(error = %e, "the job journal cannot be used: jobs of this run cannot be resumed after a restart");
+            None
+        }
+    };
+    let journaled = match &journal {
+        Some(j) => {
+            let j = j.clone();
+            let found = tokio::task::spawn_blocking(move || j.read_all())
+                .await
+                .unwrap_or_default();
+            for w in &found.warnings {
+                warn!("{w}");
+            }
+            found.entries
+        }
+        None => Vec::new(),
+    };
+
     // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
     // And once per runner: how the job's directories reach its containers.
     let mut described = BTreeSet::new();
@@ -621,7 +702,12 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                     engine.describe_paths(&working_dir)
                 );
             }
-            match engine.cleanup_leftovers().await {
+            let keep: Vec<u64> = journaled
+                .iter()
+                .filter(|e| e.runner == r.token.short())
+                .map(|e| e.job_id)
+                .collect();
+            match engine.cleanup_leftovers_except(&keep).await {
                 Ok(0) => {}
                 Ok(n) => info!(
                     runner = r.token.short(),
@@ -699,13 +785,38 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         cleanups: cleanups.clone(),
         workspaces,
         usage,
+        journal,
     });
-    let daemon = Daemon::new(source, handler);
+    let daemon = Daemon::new(source, handler.clone());
+
+    // The jobs an earlier ferry left running, each followed to its end (docs/crash-safety.md).
+    let resumed = TaskTracker::new();
+    let forced = CancellationToken::new();
+    {
+        let config = rx.borrow().clone();
+        for entry in journaled {
+            let Some(runner) = config
+                .runners
+                .iter()
+                .find(|r| r.token.short() == entry.runner && r.url == entry.url)
+            else {
+                warn!(
+                    job = entry.job_id,
+                    runner = %entry.runner,
+                    "a journaled job belongs to no [[runners]] entry of this configuration: left as it is"
+                );
+                continue;
+            };
+            let (handler, runner, cancel) =
+                (handler.clone(), Arc::new(runner.clone()), forced.clone());
+            resumed.spawn(async move { handler.resume(runner, entry, cancel).await });
+        }
+    }
 
     let mut quit = signal(SignalKind::quit())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let forced = CancellationToken::new();
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let graceful_started = CancellationToken::new();
     let signals = {
         let (forced, graceful_started) = (forced.clone(), graceful_started.clone());
@@ -718,6 +829,12 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                         info!("SIGQUIT: stopping polling, waiting for running jobs to finish");
                         metrics.set_process_state("graceful-shutdown");
                         graceful_started.cancel();
+                    }
+                    _ = usr2.recv() => {
+                        // Handover (docs/crash-safety.md): the jobs keep running, their
+                        // journal entries stay, and the next ferry resumes them.
+                        info!("SIGUSR2: handing over: exiting now, running jobs are left for the next ferry");
+                        std::process::exit(0);
                     }
                     _ = term.recv() => { count += 1; }
                     _ = int.recv() => { count += 1; }
@@ -747,6 +864,14 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         _ = async { forced.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
             error!(?shutdown_timeout, "shutdown_timeout reached: exiting with jobs still running");
         }
+    }
+    // Resumed jobs end under the same signals.
+    resumed.close();
+    if tokio::time::timeout(shutdown_timeout, resumed.wait())
+        .await
+        .is_err()
+    {
+        warn!("resumed jobs were still running at exit");
     }
     // Jobs are over; their containers may still be being removed.
     cleanups.close();

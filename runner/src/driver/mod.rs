@@ -15,6 +15,7 @@
 
 mod cleanup;
 mod host;
+mod resume;
 mod sections;
 mod sequence;
 mod signals;
@@ -37,6 +38,7 @@ use tracing::{Instrument, info, warn};
 use crate::api::{JobApi, JobRef, JobState, JobUpdate};
 use crate::failure::FailureReason;
 use crate::gitlab::payload::JobPayload;
+use crate::journal::{self, Journal};
 use crate::metrics::{Metrics, RunnerLabels};
 use crate::plan::{self, Execution, JobContext, Masks, Plan};
 use crate::trace::{self, FinalOutcome, TraceConfig, TraceTiming, TraceWriter};
@@ -62,6 +64,49 @@ pub struct Driver<E, D, A, H = HostFs> {
     pub cleanups: TaskTracker,
     /// One job at a time per project dir, until its containers are gone.
     pub workspaces: Workspaces,
+    /// The journal of running jobs (`ferry run`; docs/crash-safety.md), written at each
+    /// change of a job's stage.
+    pub journal: Option<Arc<Journal>>,
+}
+
+/// A job's journal entry, replaced at each change of its stage.
+#[derive(Clone)]
+pub(crate) struct JobJournal {
+    journal: Arc<Journal>,
+    entry: Arc<std::sync::Mutex<journal::Entry>>,
+}
+
+impl JobJournal {
+    /// Records that the job is now at `stage` (off the async workers). A failure is ferry's
+    /// warning, never the job's: the job runs on, only a restart could not resume it.
+    pub(crate) async fn stage(&self, stage: journal::Stage) {
+        let entry = match self.entry.lock() {
+            Ok(mut e) => {
+                e.stage = stage;
+                e.clone()
+            }
+            Err(_) => return,
+        };
+        let j = self.journal.clone();
+        match tokio::task::spawn_blocking(move || j.write(&entry)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "writing the job's journal entry failed"),
+            Err(e) => warn!(error = %e, "writing the job's journal entry failed"),
+        }
+    }
+
+    /// The job is over in GitLab: its entry goes.
+    pub(crate) async fn remove(&self) {
+        let Ok((runner, id)) = self.entry.lock().map(|e| (e.runner.clone(), e.job_id)) else {
+            return;
+        };
+        let j = self.journal.clone();
+        match tokio::task::spawn_blocking(move || j.remove(&runner, id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "removing the job's journal entry failed"),
+            Err(e) => warn!(error = %e, "removing the job's journal entry failed"),
+        }
+    }
 }
 
 /// One job on its way: what it runs, its log, its stop signals and its progress.
@@ -72,6 +117,8 @@ struct JobRun<'a> {
     log: &'a TraceWriter,
     signals: Signals,
     state: Progress,
+    /// The job's journal entry (`ferry run` only).
+    journal: Option<JobJournal>,
 }
 
 impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
@@ -154,6 +201,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             .add(job_url(&payload), labels.clone(), log.clone());
         self.write_header(&log, &runner);
         let mut cleanup = None;
+        let mut journaled = None;
         let outcome = match compiled {
             Ok(Ok(plan)) => {
                 let signals = Signals {
@@ -161,8 +209,15 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     remote: handle.signals(),
                     shutdown,
                 };
-                let (outcome, workspace) =
-                    self.execute_plan(&plan, &job, &runner, &log, signals).await;
+                journaled = self.journal.as_ref().map(|j| JobJournal {
+                    journal: j.clone(),
+                    entry: Arc::new(std::sync::Mutex::new(journal_entry(
+                        &runner, &payload, &ctx, &plan,
+                    ))),
+                });
+                let (outcome, workspace) = self
+                    .execute_plan(&plan, &job, &runner, &log, signals, journaled.clone())
+                    .await;
                 if let Execution::Docker { env, .. } = plan.execution {
                     cleanup = Some((*env, workspace));
                 }
@@ -176,7 +231,13 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         };
         self.write_timing(&log, &labels, started);
         let update = self.final_update(&outcome, &failure_reasons, &labels, &log);
+        if let Some(j) = &journaled {
+            j.stage(final_stage(&outcome)).await;
+        }
         let final_outcome = handle.finish(update).await;
+        if let Some(j) = &journaled {
+            j.remove().await;
+        }
         if let Some((env, workspace)) = cleanup {
             let timed = cleanup::Timed {
                 metrics: self.metrics.clone(),
@@ -206,9 +267,13 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         runner: &RunnerSection,
         log: &TraceWriter,
         mut signals: Signals,
+        journal: Option<JobJournal>,
     ) -> (Outcome, Option<cleanup::Workspace>) {
         let mut workspace = None;
         let executed = AssertUnwindSafe(async {
+            if let Some(j) = &journal {
+                j.stage(journal::Stage::Prepare).await;
+            }
             let claimed = self
                 .workspaces
                 .claim(&plan.host_project_dir, log, &mut signals)
@@ -220,6 +285,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 log,
                 signals,
                 state: Progress::default(),
+                journal,
             };
             match claimed {
                 Ok(guard) => {
@@ -323,6 +389,45 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             checksum: None,
             bytesize: None,
         }
+    }
+}
+
+/// The journal's stage of a job whose final update is being sent.
+fn final_stage(outcome: &Outcome) -> journal::Stage {
+    match outcome {
+        Outcome::Success => journal::Stage::Final {
+            failure: None,
+            exit_code: None,
+        },
+        Outcome::Failed { reason, exit_code } => journal::Stage::Final {
+            failure: Some(reason.as_str().to_string()),
+            exit_code: *exit_code,
+        },
+    }
+}
+
+/// The first journal entry of a job (docs/crash-safety.md).
+fn journal_entry(
+    runner: &RunnerSection,
+    payload: &JobPayload,
+    ctx: &JobContext,
+    plan: &Plan,
+) -> journal::Entry {
+    let now = std::time::SystemTime::now();
+    journal::Entry {
+        version: journal::VERSION,
+        runner: runner.token.short().to_string(),
+        url: runner.url.clone(),
+        job_id: payload.id,
+        project_id: payload.job_info.project_id,
+        payload: payload.clone(),
+        concurrent_id: ctx.concurrent_id,
+        concurrent_project_id: ctx.concurrent_project_id,
+        started_ms: journal::epoch_ms(now),
+        deadline_ms: journal::epoch_ms(now)
+            .saturating_add(u64::try_from(plan.timeout.as_millis()).unwrap_or(u64::MAX)),
+        stage: journal::Stage::Prepare,
+        docker: matches!(plan.execution, Execution::Docker { .. }),
     }
 }
 

@@ -12,6 +12,7 @@ use ferry_executor::{Engine, EngineError, EnvVar, JobEnv, StepOutcome};
 use tokio_util::sync::CancellationToken;
 
 use super::host::Host;
+use super::sequence::At;
 use super::signals::{STOP_GRACE, Stage, Stop, cancellable};
 use super::state::StageError;
 use super::{Driver, JobRun};
@@ -192,13 +193,36 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
 
     /// One script step (`step_script`, `step_release`, ...): a non-zero exit code fails the job
     /// with `script_failure` and that code.
-    pub(super) async fn step(&self, run: &mut JobRun<'_>, env: &JobEnv, step: &PlannedStep) {
+    pub(super) async fn step(
+        &self,
+        run: &mut JobRun<'_>,
+        env: &JobEnv,
+        step: &PlannedStep,
+        at: At,
+    ) {
         let (engine, log) = (&*self.engine, run.log);
+        if let Some(started) = at.resumed {
+            // Its header is in the log already (docs/crash-safety.md).
+            let stage = run
+                .signals
+                .run(false, |limits| async move {
+                    let mut sink = log.with_stream(Stream::WORK);
+                    let ran = engine
+                        .resume_step(env, &step.spec, 0, started, &mut sink, &limits.cancel)
+                        .await;
+                    sink.end_stream();
+                    ran
+                })
+                .await;
+            self.step_ended(run, step, resumed_stage(stage, log));
+            return;
+        }
         log.section_start(
             &step.section,
             &format!("Executing \"{}\" stage of the job script", step.section),
             false,
         );
+        self.journal_step(run, at, step).await;
         // EXECUTOR_JOB_SECTION_ATTEMPTS, as gitlab-runner's Docker executor (`runContainer`):
         // a step whose build container was removed under it runs again, from its start, in a
         // new one; no other failure is tried again.
@@ -248,6 +272,17 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 return;
             }
         };
+        self.step_ended(run, step, stage);
+    }
+
+    /// The end of a script step: its section, and its outcome as the job's.
+    fn step_ended(
+        &self,
+        run: &mut JobRun<'_>,
+        step: &PlannedStep,
+        stage: Stage<Result<StepOutcome, EngineError>>,
+    ) {
+        let log = run.log;
         log.section_end(&step.section);
         if let Some(StepOutcome {
             exit_code,
@@ -273,6 +308,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         run: &mut JobRun<'_>,
         env: &JobEnv,
         step: &PlannedStep,
+        at: At,
     ) {
         let (engine, log) = (&*self.engine, run.log);
         let mut spec = step.spec.clone();
@@ -280,11 +316,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             name: "CI_JOB_STATUS".into(),
             value: run.state.status().as_str().into(),
         });
-        log.section_start(
-            &step.section,
-            &format!("Executing \"{}\" stage of the job script", step.section),
-            false,
-        );
+        if at.resumed.is_none() {
+            log.section_start(
+                &step.section,
+                &format!("Executing \"{}\" stage of the job script", step.section),
+                false,
+            );
+            self.journal_step(run, at, step).await;
+        }
         let limit = spec.timeout.unwrap_or(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
         let backstop = ferry_executor::deadline_after(limit.saturating_add(STOP_GRACE));
         let spec = &spec;
@@ -293,11 +332,22 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             .with_deadline(backstop)
             .run(true, |limits| async move {
                 let mut sink = log.with_stream(Stream::WORK);
-                let ran = engine.run_step(env, spec, &mut sink, &limits.cancel).await;
+                let ran = match at.resumed {
+                    Some(started) => {
+                        engine
+                            .resume_step(env, spec, 0, started, &mut sink, &limits.cancel)
+                            .await
+                    }
+                    None => engine.run_step(env, spec, &mut sink, &limits.cancel).await,
+                };
                 sink.end_stream();
                 ran
             })
             .await;
+        let stage = match at.resumed {
+            Some(_) => resumed_stage(stage, log),
+            None => stage,
+        };
         log.section_end(&step.section);
         match stage {
             // The engine's own line says it timed out.
@@ -499,6 +549,19 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
 }
 
 /// The section of the artifacts upload after a job that succeeded or failed.
+/// A resumed step whose build container is gone: the line says why (docs/crash-safety.md).
+fn resumed_stage(
+    stage: Stage<Result<StepOutcome, EngineError>>,
+    log: &TraceWriter,
+) -> Stage<Result<StepOutcome, EngineError>> {
+    if let Stage::Done(Err(e @ (EngineError::ContainerGone(_) | EngineError::Docker(_)))) = &stage {
+        log.write_error(&format!(
+            "ferry was restarted while this step ran, and the step could not be followed again: {e}"
+        ));
+    }
+    stage
+}
+
 fn upload_section(succeeded: bool) -> &'static str {
     if succeeded {
         "upload_artifacts_on_success"

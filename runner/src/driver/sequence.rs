@@ -24,6 +24,14 @@ enum Before {
     PrepareExecutor,
 }
 
+/// Which step runs: its index in the plan's steps, and whether an earlier ferry started it
+/// (when) and left it running.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct At {
+    pub index: usize,
+    pub resumed: Option<std::time::SystemTime>,
+}
+
 /// The stages after the steps, in the order they run.
 enum After {
     SyncOut,
@@ -110,20 +118,38 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     /// (gitlab-runner's `executeUserScripts`); after_script, cache and artifacts then run under
     /// the job's deadline as usual.
     async fn steps(&self, run: &mut JobRun<'_>, env: &JobEnv, steps: &[PlannedStep]) {
+        self.steps_from(run, env, steps, 0, None).await
+    }
+
+    /// The steps from `first` on; with `resumed`, the first one is a step an earlier ferry
+    /// started at that time and left running (docs/crash-safety.md): it is followed, not
+    /// started again.
+    pub(super) async fn steps_from(
+        &self,
+        run: &mut JobRun<'_>,
+        env: &JobEnv,
+        steps: &[PlannedStep],
+        first: usize,
+        resumed: Option<std::time::SystemTime>,
+    ) {
         let script = run.plan.script_timeout.and_then(|limit| {
             let deadline = ferry_executor::deadline_after(limit);
             (deadline < run.signals.deadline).then_some((deadline, limit))
         });
-        for step in steps {
+        for (index, step) in steps.iter().enumerate().skip(first) {
+            let at = At {
+                index,
+                resumed: resumed.filter(|_| index == first),
+            };
             if step.kind == StepKind::AfterScript {
                 if self.admit(run, Phase::AfterScript) {
-                    self.after_script(run, env, step).await;
+                    self.after_script(run, env, step, at).await;
                 }
                 continue;
             }
             let Some((deadline, limit)) = script else {
                 if self.admit(run, Phase::Step(step.when)) {
-                    self.step(run, env, step).await;
+                    self.step(run, env, step, at).await;
                 }
                 continue;
             };
@@ -132,21 +158,39 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             let job_signals = std::mem::replace(&mut run.signals, script_signals);
             run.state.script_timeout = Some((step.section.clone(), limit));
             if self.admit(run, Phase::Step(step.when)) {
-                self.step(run, env, step).await;
+                self.step(run, env, step, at).await;
             }
             run.state.script_timeout = None;
             run.signals = job_signals;
         }
     }
 
-    /// Cache and artifacts after the steps, by `when`. They run under the job's deadline;
+    /// Records in the journal that the step `at` starts now, with where the log stands
+    /// (taken after its section header, so a later ferry continues after it).
+    pub(super) async fn journal_step(&self, run: &JobRun<'_>, at: At, step: &PlannedStep) {
+        if let Some(j) = &run.journal {
+            j.stage(crate::journal::Stage::Step {
+                index: at.index,
+                name: step.spec.name.clone(),
+                started_ms: crate::journal::epoch_ms(std::time::SystemTime::now()),
+                trace: run.log.checkpoint(),
+                clean: !run.state.failed(),
+            })
+            .await;
+        }
+    }
+
+    /// Cache and artifacts after the steps, by `when`. (The after_steps stage.) They run under the job's deadline;
     /// after a timeout of the script they get a bounded time of their own, as after_script
     /// does, so that `when: on_failure` caches and artifacts are still saved. First, what the
     /// steps left comes back to the host (a no-op when the directory is bind-mounted).
-    async fn after_steps(&self, run: &mut JobRun<'_>, env: &JobEnv) {
+    pub(super) async fn after_steps(&self, run: &mut JobRun<'_>, env: &JobEnv) {
         if run.signals.current() == Some(Stop::Timeout) {
             let grace = ferry_executor::deadline_after(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
             run.signals = run.signals.with_deadline(grace);
+        }
+        if let Some(j) = &run.journal {
+            j.stage(crate::journal::Stage::AfterSteps).await;
         }
         for section in [After::SyncOut, After::ArchiveCache, After::UploadArtifacts] {
             if !self.admit(run, Phase::AfterSteps) {

@@ -243,6 +243,7 @@ pub(super) fn job_env(
         host_project_dir: host.project.clone(),
         tmp_dir: format!("{project_dir}.tmp"),
         host_tmp_dir: host.tmp.clone(),
+        host_steps_dir: Some(host.steps.clone()),
         registry_auth: registry_auth(payload),
         container_labels: runner
             .docker

@@ -502,12 +502,14 @@ fn clean_abs_path(p: &str) -> String {
 
 /// A job's directories on the host (docs/security.md): one folder per runner, slot and
 /// project, `<working dir>/builds/<short token>/<slot>/project-<id>/`, which no job container
-/// ever sees, holding `src/` (mounted at `CI_PROJECT_DIR`) and `tmp/` (mounted read-only at
-/// `CI_PROJECT_DIR.tmp`).
+/// ever sees, holding `src/` (mounted at `CI_PROJECT_DIR`), `tmp/` (mounted read-only at
+/// `CI_PROJECT_DIR.tmp`) and `steps/` (the build container's step output, mounted at
+/// `CI_PROJECT_DIR.steps`; docs/crash-safety.md).
 #[derive(Debug, Clone)]
 pub struct HostDirs {
     pub project: PathBuf,
     pub tmp: PathBuf,
+    pub steps: PathBuf,
 }
 
 impl HostDirs {
@@ -521,6 +523,7 @@ impl HostDirs {
         HostDirs {
             project: base.join("src"),
             tmp: base.join("tmp"),
+            steps: base.join("steps"),
         }
     }
 }

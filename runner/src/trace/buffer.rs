@@ -36,6 +36,10 @@ pub(crate) struct TraceBuffer {
     job_id: u64,
     /// How long each section took (the timing line, the stage histogram).
     stages: StageClock,
+    /// What GitLab accepted of the log (the uploader keeps it here), for [`Self::checkpoint`].
+    pub(crate) accepted: u64,
+    /// `crc` covers the whole log (not so after [`Self::appending`]).
+    crc_known: bool,
     /// The masker of ferry's own lines ([`Stream::EXECUTOR`]).
     masker: Masker,
     /// The maskers of the other streams, each holding back its own tail (as gitlab-runner's
@@ -72,7 +76,84 @@ impl TraceBuffer {
             dropped: 0,
             scratch: Vec::new(),
             stages: StageClock::default(),
+            accepted: 0,
+            crc_known: true,
         }
+    }
+
+    /// The log of a job an earlier ferry left without a checkpoint: what is written now
+    /// follows the `len` bytes GitLab holds, whose checksum is unknown.
+    pub(crate) fn appending(
+        job_id: u64,
+        masker: Masker,
+        output_limit: u64,
+        store: Store,
+        len: u64,
+    ) -> Self {
+        let mut b = TraceBuffer::new(job_id, masker, output_limit, store);
+        b.accepted = len;
+        b.crc_known = false;
+        b
+    }
+
+    /// The log of a resumed job (docs/crash-safety.md): GitLab accepted `cp.accepted` bytes of
+    /// the `cp.at` bytes the earlier ferry had written when it took `cp`; the others are
+    /// `cp.pending`. What is written now continues at `cp.at`, the checksum over the whole log.
+    pub(crate) fn resumed(
+        job_id: u64,
+        masker: Masker,
+        output_limit: u64,
+        mut store: Store,
+        cp: &Checkpoint,
+    ) -> Self {
+        let _ = store.append(&cp.pending);
+        let mut b = TraceBuffer::new(job_id, masker, output_limit, store);
+        b.crc = crc32fast::Hasher::new_with_initial_len(cp.crc, cp.at);
+        b.accepted = cp.accepted;
+        b
+    }
+
+    /// Where the log stands, if nothing is held back (no masking tail, no partial timestamped
+    /// line) and at most `MAX_CHECKPOINT_PENDING` bytes wait for GitLab: what a later ferry
+    /// needs to continue this log exactly (docs/crash-safety.md).
+    pub(crate) fn checkpoint(&self) -> Option<Checkpoint> {
+        if self.closed
+            || self.limited
+            || self.masker.pending_len() > 0
+            || self.stream_maskers.iter().any(|(_, m)| m.pending_len() > 0)
+            || self
+                .stamper
+                .as_ref()
+                .is_some_and(|s| s.holds_partial_line())
+        {
+            return None;
+        }
+        let at = self.store.len();
+        let accepted = self.accepted.min(at);
+        if at - accepted > MAX_CHECKPOINT_PENDING {
+            return None;
+        }
+        let mut pending = Vec::with_capacity((at - accepted) as usize);
+        while (pending.len() as u64) < at - accepted {
+            let chunk = self
+                .store
+                .plan_read(
+                    accepted + pending.len() as u64,
+                    MAX_CHECKPOINT_PENDING as usize,
+                )
+                .read()
+                .ok()?;
+            if chunk.is_empty() {
+                return None;
+            }
+            pending.extend_from_slice(&chunk);
+        }
+        Some(Checkpoint {
+            at,
+            crc: self.crc.clone().finalize(),
+            accepted,
+            pending,
+        })
     }
 
     /// Timestamps every line from now on (`FF_TIMESTAMPS`, see [`super::stamp`]).
@@ -221,6 +302,12 @@ impl TraceBuffer {
         self.store.len()
     }
 
+    /// The checksum the final update claims: none for a log continued after GitLab's length
+    /// without knowing what it held ([`TraceBuffer::appending`]).
+    pub(crate) fn final_checksum(&self) -> Option<String> {
+        self.crc_known.then(|| self.checksum())
+    }
+
     /// `crc32:%08x` of the stored bytes.
     pub(crate) fn checksum(&self) -> String {
         format!("crc32:{:08x}", self.crc.clone().finalize())
@@ -238,6 +325,36 @@ impl TraceBuffer {
     #[cfg(test)]
     pub(crate) fn masker(&self) -> &Masker {
         &self.masker
+    }
+}
+
+/// The most log bytes not yet accepted by GitLab that a checkpoint carries.
+const MAX_CHECKPOINT_PENDING: u64 = 1024 * 1024;
+
+/// A point of a job's log a later ferry can continue from (docs/crash-safety.md): the log's
+/// length `at` and CRC-32 `crc` there, what GitLab had accepted (`accepted`), and the bytes
+/// between (`pending`), which GitLab may not have received.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub at: u64,
+    pub crc: u32,
+    pub accepted: u64,
+    #[serde(with = "b64")]
+    pub pending: Vec<u8>,
+}
+
+/// Bytes as base64 in JSON.
+mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -373,6 +490,11 @@ impl TraceWriter {
     /// The section running now, else the last one that ran (`/debug/jobs/list`).
     pub fn current_stage(&self) -> Option<String> {
         lock(&self.shared).stages.current().map(str::to_string)
+    }
+
+    /// Where the log stands, for a later ferry to continue it ([`TraceBuffer::checkpoint`]).
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        lock(&self.shared).checkpoint()
     }
 
     /// Bytes of log stored so far (after masking and the output limit).

@@ -209,7 +209,6 @@ impl Masker {
     }
 
     /// Bytes currently held back.
-    #[cfg(test)]
     pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }

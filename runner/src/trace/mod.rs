@@ -40,7 +40,7 @@ use tracing::Instrument;
 
 use crate::api::{JobApi, JobRef, JobUpdate};
 
-pub use buffer::TraceWriter;
+pub use buffer::{Checkpoint, TraceWriter};
 pub use mask::{DEFAULT_TOKEN_PREFIXES, URL_PARAM_KEYS};
 pub use stamp::Stream;
 
@@ -230,6 +230,62 @@ impl std::fmt::Debug for TraceHandle {
 /// Starts the log of `job`: returns the writer for the job's output and the handle that ends it.
 /// Spawns the uploader task, so it must be called inside a tokio runtime.
 pub fn start<A: JobApi>(job: JobRef, api: Arc<A>, cfg: TraceConfig) -> (TraceWriter, TraceHandle) {
+    start_inner(job, api, cfg, None)
+}
+
+/// Continues the log of a job an earlier ferry left at `cp` (docs/crash-safety.md): what is
+/// written now follows byte `cp.at`; the upload starts where GitLab stood then, and GitLab's
+/// 416 (it holds more: bytes the earlier ferry sent after `cp`) moves it on to GitLab's length,
+/// so that the bytes written again are not sent twice.
+pub fn resume<A: JobApi>(
+    job: JobRef,
+    api: Arc<A>,
+    cfg: TraceConfig,
+    cp: &Checkpoint,
+) -> (TraceWriter, TraceHandle) {
+    start_inner(job, api, cfg, Some(Resume::At(cp)))
+}
+
+/// Continues the log of a job an earlier ferry left with no usable checkpoint after the `len`
+/// bytes GitLab holds ([`remote_length`]); the final update then claims no checksum.
+pub fn append<A: JobApi>(
+    job: JobRef,
+    api: Arc<A>,
+    cfg: TraceConfig,
+    len: u64,
+) -> (TraceWriter, TraceHandle) {
+    start_inner(job, api, cfg, Some(Resume::Append(len)))
+}
+
+/// How GitLab's copy of a job's log stands: its length, from the `Range` of the 416 that a
+/// PATCH at an offset no log reaches gets (the byte is never appended). `Ok(None)`: GitLab
+/// no longer takes this job's log (403/404).
+pub async fn remote_length<A: JobApi>(api: &A, job: &JobRef) -> Result<Option<u64>, String> {
+    const NOWHERE: u64 = 1 << 62;
+    match api
+        .patch_trace(job, NOWHERE, bytes::Bytes::from_static(b"\n"))
+        .await
+    {
+        Ok(crate::api::TraceReply::RangeMismatch { len }) => Ok(Some(len)),
+        Ok(crate::api::TraceReply::Gone { .. } | crate::api::TraceReply::NotFound) => Ok(None),
+        Ok(other) => Err(format!(
+            "GitLab accepted a log chunk at offset {NOWHERE}: {other:?}"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+enum Resume<'a> {
+    At(&'a Checkpoint),
+    Append(u64),
+}
+
+fn start_inner<A: JobApi>(
+    job: JobRef,
+    api: Arc<A>,
+    cfg: TraceConfig,
+    cp: Option<Resume<'_>>,
+) -> (TraceWriter, TraceHandle) {
     let mut phrases = cfg.masked.clone();
     phrases.push(job.token.clone());
     let masker = mask::Masker::new(&phrases, &cfg.token_prefixes);
@@ -238,12 +294,28 @@ pub fn start<A: JobApi>(job: JobRef, api: Arc<A>, cfg: TraceConfig) -> (TraceWri
     } else {
         cfg.output_limit
     };
-    let mut buffer = buffer::TraceBuffer::new(
-        job.id,
-        masker,
-        limit,
-        store::Store::new(cfg.mem_limit, cfg.spill_dir.clone()),
-    );
+    let mut buffer = match cp {
+        None => buffer::TraceBuffer::new(
+            job.id,
+            masker,
+            limit,
+            store::Store::new(cfg.mem_limit, cfg.spill_dir.clone()),
+        ),
+        Some(Resume::At(cp)) => buffer::TraceBuffer::resumed(
+            job.id,
+            masker,
+            limit,
+            store::Store::starting_at(cfg.mem_limit, cfg.spill_dir.clone(), cp.accepted),
+            cp,
+        ),
+        Some(Resume::Append(len)) => buffer::TraceBuffer::appending(
+            job.id,
+            masker,
+            limit,
+            store::Store::starting_at(cfg.mem_limit, cfg.spill_dir.clone(), len),
+            len,
+        ),
+    };
     if cfg.timestamps {
         buffer = buffer.with_timestamps();
     }

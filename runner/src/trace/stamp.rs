@@ -91,6 +91,11 @@ impl Stamper {
         }
     }
 
+    /// Some stream holds a partial line.
+    pub(crate) fn holds_partial_line(&self) -> bool {
+        self.streams.iter().any(|(_, s)| !s.buf.is_empty())
+    }
+
     /// Writes out every partial line, each ended with a newline (the end of the log).
     pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         for (_, state) in &mut self.streams {

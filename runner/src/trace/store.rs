@@ -67,6 +67,15 @@ impl Store {
         }
     }
 
+    /// A store for the log of a resumed job whose first `base` bytes GitLab holds already
+    /// (docs/crash-safety.md): they are never read, later bytes keep their offsets.
+    pub(crate) fn starting_at(mem_limit: usize, spill_dir: Option<PathBuf>, base: u64) -> Self {
+        let mut s = Store::new(mem_limit, spill_dir);
+        s.spilled = base;
+        s.total = base;
+        s
+    }
+
     /// Number of bytes stored.
     pub(crate) fn len(&self) -> u64 {
         self.total
@@ -147,7 +156,8 @@ impl Store {
 
     /// Plans reading at most `max` bytes starting at `offset`.
     pub(crate) fn plan_read(&self, offset: u64, max: usize) -> ReadPlan {
-        if offset >= self.total || max == 0 {
+        // Before `offset` 0 of the spill file: the base of a resumed log, never stored here.
+        if offset >= self.total || max == 0 || (self.file.is_none() && offset < self.spilled) {
             return ReadPlan::Empty;
         }
         let end = self.total.min(offset.saturating_add(max as u64));

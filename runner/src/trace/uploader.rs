@@ -56,6 +56,7 @@ impl<A: JobApi> Uploader<A> {
         timing: TraceTiming,
         signal: watch::Sender<RemoteSignal>,
     ) -> Self {
+        let accepted = lock(&shared).accepted;
         Uploader {
             job,
             api,
@@ -63,7 +64,7 @@ impl<A: JobApi> Uploader<A> {
             interval: timing.update_interval,
             timing,
             signal,
-            accepted: 0,
+            accepted,
             last_contact: Instant::now(),
             failures: 0,
             watched: false,
@@ -167,6 +168,7 @@ impl<A: JobApi> Uploader<A> {
                     interval,
                 }) => {
                     self.accepted = offset + len;
+                    lock(&self.shared).accepted = self.accepted;
                     if let Some(r) = remote_len
                         && r != self.accepted
                     {
@@ -199,6 +201,7 @@ impl<A: JobApi> Uploader<A> {
                         "trace offset out of sync with GitLab; resuming from GitLab's length"
                     );
                     self.accepted = remote_len;
+                    lock(&self.shared).accepted = self.accepted;
                 }
                 Ok(TraceReply::Gone { status }) => {
                     tracing::warn!("GitLab refused the job log (403): aborting the job");
@@ -225,7 +228,7 @@ impl<A: JobApi> Uploader<A> {
                 state: JobState::Running,
                 failure_reason: None,
                 exit_code: None,
-                checksum: Some(b.checksum()),
+                checksum: b.final_checksum(),
                 bytesize: Some(b.len()),
             }
         };
@@ -276,7 +279,7 @@ impl<A: JobApi> Uploader<A> {
                 // Every byte is accepted (or GitLab stopped the log): now the final state.
                 {
                     let b = lock(&self.shared);
-                    update.checksum = Some(b.checksum());
+                    update.checksum = b.final_checksum();
                     update.bytesize = Some(b.len());
                 }
                 match self.api.update_job(&self.job, &update).await {

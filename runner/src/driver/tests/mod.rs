@@ -95,6 +95,7 @@ impl<H: Host> Case<H> {
             },
             cleanups: TaskTracker::new(),
             workspaces: Workspaces::default(),
+            journal: None,
         };
         let ctx = JobContext {
             working_dir: self.dir.path().to_path_buf(),

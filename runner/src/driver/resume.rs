@@ -1,0 +1,381 @@
+//! A job an earlier ferry left running (docs/crash-safety.md), from its journal entry: asked
+//! about in GitLab, then followed to its end from the step it was in, or ended with the reason
+//! it cannot be, and in every case its containers removed and its entry dropped.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ferry_config::RunnerSection;
+use ferry_deploy::Deployer;
+use ferry_executor::Engine;
+use futures::FutureExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use super::host::Host;
+use super::signals::Signals;
+use super::state::JobState as Progress;
+use super::{Driver, JobJournal, JobRun, internal_error, job_url};
+use crate::api::{JobApi, JobState, JobUpdate, UpdateReply};
+use crate::failure::FailureReason;
+use crate::journal::{Entry, Stage};
+use crate::metrics::RunnerLabels;
+use crate::plan::{self, Execution, JobContext, Plan};
+use crate::trace::{self, TraceConfig, TraceWriter};
+
+use super::state::Outcome;
+
+/// What becomes of a journaled job.
+enum Verdict {
+    /// Follow the step `index`, started at `started`, from the log's checkpoint.
+    Follow {
+        index: usize,
+        started: SystemTime,
+        checkpoint: trace::Checkpoint,
+    },
+    /// Send the final update the earlier ferry was sending.
+    Final(Outcome),
+    /// End the job with `reason` and a log line saying why.
+    End(FailureReason, String),
+}
+
+impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
+    /// Resumes the job of `entry` (whose runner entry is `runner`, slots as journaled in
+    /// `ctx`). Never panics on what the journal holds; the entry is removed once GitLab has
+    /// the job's final state, or no longer knows the job.
+    pub async fn resume(
+        &self,
+        runner: Arc<RunnerSection>,
+        entry: Entry,
+        ctx: JobContext,
+        shutdown: CancellationToken,
+    ) {
+        let span = tracing::info_span!(
+            "job",
+            job = entry.job_id,
+            runner = %runner.token.short(),
+            project = entry.project_id,
+        );
+        self.resume_job(runner, entry, ctx, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn resume_job(
+        &self,
+        runner: Arc<RunnerSection>,
+        entry: Entry,
+        ctx: JobContext,
+        shutdown: CancellationToken,
+    ) {
+        let journaled = self.journal.as_ref().map(|j| JobJournal {
+            journal: j.clone(),
+            entry: Arc::new(std::sync::Mutex::new(entry.clone())),
+        });
+        let payload = entry.payload.clone();
+        let mut job = payload.job_ref();
+        let compiled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| plan::compile(&payload, &runner, &ctx)));
+        let plan = match compiled {
+            Ok(Ok(p)) => Some(p),
+            _ => None,
+        };
+        let env = plan.as_ref().and_then(|p| match &p.execution {
+            Execution::Docker { env, .. } => Some((**env).clone()),
+            Execution::Deploy { .. } => None,
+        });
+
+        // GitLab's view first: a job it ended meanwhile is only cleaned up.
+        let alive = JobUpdate {
+            state: JobState::Running,
+            failure_reason: None,
+            exit_code: None,
+            checksum: None,
+            bytesize: None,
+        };
+        match self.api.update_job(&job, &alive).await {
+            Ok(UpdateReply::Gone) => {
+                info!("the job ended in GitLab while ferry was away: removing its containers");
+                if let Some(env) = &env
+                    && let Err(e) = self.engine.destroy(env).await
+                {
+                    warn!(error = %e, "removing the containers of a job that ended meanwhile failed");
+                }
+                if let Some(j) = &journaled {
+                    j.remove().await;
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // Its containers keep running; the next start asks again.
+                warn!(error = %e, "GitLab could not be asked about a job an earlier ferry left running: it is left for the next start");
+                return;
+            }
+        }
+        info!(stage = ?entry.stage, "resuming a job an earlier ferry left running");
+
+        let now = SystemTime::now();
+        let verdict = verdict(&entry, plan.as_ref(), env.as_ref(), &*self.engine, now);
+        let Some(plan) = plan.as_ref() else {
+            self.end_unplanned(job, &runner, &entry, journaled).await;
+            return;
+        };
+        job.debug_trace = plan.debug_trace || plan.debug_services;
+        let cfg = TraceConfig {
+            timestamps: plan.timestamps,
+            ..self.trace_config(&runner, plan.masks.clone())
+        };
+        let (log, handle) = match &verdict {
+            Verdict::Follow { checkpoint, .. } => {
+                trace::resume(job.clone(), self.api.clone(), cfg, checkpoint)
+            }
+            _ => match trace::remote_length(&*self.api, &job).await {
+                Ok(Some(len)) => trace::append(job.clone(), self.api.clone(), cfg, len),
+                Ok(None) => {
+                    info!("GitLab no longer takes the job's log: removing its containers");
+                    if let Some(env) = &env {
+                        let _ = self.engine.destroy(env).await;
+                    }
+                    if let Some(j) = &journaled {
+                        j.remove().await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "the length of the job's log in GitLab could not be learnt: it is left for the next start");
+                    return;
+                }
+            },
+        };
+        let labels = RunnerLabels {
+            runner: runner.token.short().to_string(),
+            runner_name: runner.name.clone(),
+            system_id: self.system_id.clone(),
+        };
+        self.metrics.job_started(&labels);
+        let running = self
+            .metrics
+            .running
+            .add(job_url(&payload), labels.clone(), log.clone());
+        let started = Instant::now()
+            .checked_sub(
+                now.duration_since(
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(entry.started_ms),
+                )
+                .unwrap_or_default(),
+            )
+            .unwrap_or_else(Instant::now);
+        let mut workspace = None;
+        let outcome = match verdict {
+            Verdict::End(reason, line) => {
+                log.write_error(&line);
+                Outcome::failed(reason)
+            }
+            Verdict::Final(outcome) => outcome,
+            Verdict::Follow {
+                index,
+                started: step_started,
+                ..
+            } => {
+                let deadline = entry
+                    .deadline()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                let signals = Signals {
+                    deadline: ferry_executor::deadline_after(deadline),
+                    remote: handle.signals(),
+                    shutdown,
+                };
+                let followed = AssertUnwindSafe(self.follow(
+                    plan,
+                    &job,
+                    &runner,
+                    &log,
+                    signals,
+                    journaled.clone(),
+                    (index, step_started),
+                    &mut workspace,
+                ))
+                .catch_unwind()
+                .await;
+                let outcome = followed.unwrap_or_else(|panic| internal_error(&log, panic.as_ref()));
+                if let Err(e) = self.host.remove_file_variables(plan).await {
+                    warn!(error = %e, "removing the job's file variables failed");
+                }
+                self.write_timing(&log, &labels, started);
+                outcome
+            }
+        };
+        let update = self.final_update(&outcome, &plan.failure_reasons, &labels, &log);
+        if let Some(j) = &journaled {
+            j.stage(super::final_stage(&outcome)).await;
+        }
+        let final_outcome = handle.finish(update).await;
+        if let Some(j) = &journaled {
+            j.remove().await;
+        }
+        if let Some(env) = env {
+            let timed = super::cleanup::Timed {
+                metrics: self.metrics.clone(),
+                labels: labels.clone(),
+            };
+            super::cleanup::cleanup(self.engine.clone(), env, workspace, &self.cleanups, timed);
+        }
+        drop(running);
+        self.metrics.job_finished(&labels, started.elapsed());
+        info!(?outcome, ?final_outcome, "resumed job finished");
+    }
+
+    /// The steps from the one an earlier ferry left, then cache and artifacts.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        plan: &Plan,
+        job: &crate::api::JobRef,
+        runner: &RunnerSection,
+        log: &TraceWriter,
+        mut signals: Signals,
+        journal: Option<JobJournal>,
+        (index, started): (usize, SystemTime),
+        workspace: &mut Option<super::cleanup::Workspace>,
+    ) -> Outcome {
+        let Execution::Docker { env, steps } = &plan.execution else {
+            return Outcome::failed(FailureReason::RunnerSystemFailure);
+        };
+        match self
+            .workspaces
+            .claim(&plan.host_project_dir, log, &mut signals)
+            .await
+        {
+            Ok(guard) => *workspace = Some(guard),
+            Err(stop) => {
+                let mut state = Progress::default();
+                state.halt(stop, log);
+                return state.outcome();
+            }
+        }
+        let mut run = JobRun {
+            plan,
+            job,
+            runner,
+            log,
+            signals,
+            state: Progress::default(),
+            journal,
+        };
+        run.state.script_started = true;
+        self.steps_from(&mut run, env, steps, index, Some(started))
+            .await;
+        self.after_steps(&mut run, env).await;
+        run.state.outcome()
+    }
+
+    /// A journaled job whose payload no longer plans (the configuration changed): its log
+    /// gets the reason, GitLab the failure; its containers are removed by the next start's
+    /// leftover removal.
+    async fn end_unplanned(
+        &self,
+        job: crate::api::JobRef,
+        runner: &RunnerSection,
+        entry: &Entry,
+        journaled: Option<JobJournal>,
+    ) {
+        if let Ok(Some(len)) = trace::remote_length(&*self.api, &job).await {
+            let cfg = self.trace_config(runner, plan::Masks::new(&entry.payload, runner));
+            let (log, handle) = trace::append(job, self.api.clone(), cfg, len);
+            log.write_error(
+                "ferry was restarted while this job ran, and the job can no longer be planned with the current configuration: it cannot be resumed",
+            );
+            log.write_error("Job failed (runner_system_failure)");
+            handle
+                .finish(JobUpdate {
+                    state: JobState::Failed,
+                    failure_reason: Some(FailureReason::RunnerSystemFailure.as_str().into()),
+                    exit_code: None,
+                    checksum: None,
+                    bytesize: None,
+                })
+                .await;
+        }
+        if let Some(j) = &journaled {
+            j.remove().await;
+        }
+    }
+}
+
+/// What can be done for a journaled job, `now`.
+fn verdict<E: Engine>(
+    entry: &Entry,
+    plan: Option<&Plan>,
+    env: Option<&ferry_executor::JobEnv>,
+    engine: &E,
+    now: SystemTime,
+) -> Verdict {
+    const AWAY: &str = "ferry was restarted while this job ran";
+    // The final update goes out as decided, whatever the time.
+    if let Stage::Final { failure, exit_code } = &entry.stage {
+        return final_verdict(failure.as_deref(), *exit_code);
+    }
+    if now >= entry.deadline() {
+        return Verdict::End(
+            FailureReason::JobExecutionTimeout,
+            format!("{AWAY}, and the job's timeout passed before it was back"),
+        );
+    }
+    let (Some(_), Some(env)) = (plan, env) else {
+        return Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!("{AWAY}; deploy jobs (image: ferry:deploy) are not resumed"),
+        );
+    };
+    match &entry.stage {
+        Stage::Step {
+            index,
+            started_ms,
+            trace: Some(checkpoint),
+            clean: true,
+            ..
+        } if engine.keeps_step_output(env) => Verdict::Follow {
+            index: *index,
+            started: SystemTime::UNIX_EPOCH + Duration::from_millis(*started_ms),
+            checkpoint: checkpoint.clone(),
+        },
+        Stage::Step { .. } if !engine.keeps_step_output(env) => Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!(
+                "{AWAY}; its steps' output is not kept where a new ferry can read it (a remote Docker daemon), so it cannot be resumed"
+            ),
+        ),
+        Stage::Step { .. } => Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!(
+                "{AWAY}, in a step that cannot be resumed (after a failure, or with output held back by masking)"
+            ),
+        ),
+        Stage::Prepare => Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!(
+                "{AWAY}, while it was being prepared (sources, cache, dependencies, containers): that stage is not resumed"
+            ),
+        ),
+        Stage::AfterSteps => Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!("{AWAY}, while it saved its cache or artifacts: that stage is not resumed"),
+        ),
+        Stage::Final { failure, exit_code } => final_verdict(failure.as_deref(), *exit_code),
+    }
+}
+
+/// The outcome the earlier ferry was sending (an unknown reason: a system failure).
+fn final_verdict(failure: Option<&str>, exit_code: Option<i32>) -> Verdict {
+    Verdict::Final(match failure {
+        None => Outcome::Success,
+        Some(r) => Outcome::Failed {
+            reason: FailureReason::parse(r).unwrap_or(FailureReason::RunnerSystemFailure),
+            exit_code,
+        },
+    })
+}

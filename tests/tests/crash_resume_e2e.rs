@@ -1,0 +1,203 @@
+//! Crash-safe jobs, end to end through the real `ferry run` binary, the fake GitLab and the real
+//! Docker engine (docs/crash-safety.md): ferry is killed (`kill -9`) or hands over (`SIGUSR2`)
+//! while a job runs, and a new `ferry run` with the same configuration finishes the job with
+//! its whole log, each line once; or reports what cannot be resumed.
+//!
+//! Needs Docker and the images of scripts/build-test-images.sh (built on first use); without
+//! Docker the tests print `SKIP: <reason>` and return.
+
+use std::time::Duration;
+
+use ferry_tests::e2e::{Harness, Setup};
+use ferry_tests::fake_gitlab::JobStatus;
+
+/// `n` numbered lines, one every 100 ms.
+fn numbered(n: u32) -> String {
+    format!("i=1; while [ $i -le {n} ]; do echo line $i; i=$((i+1)); sleep 0.1; done")
+}
+
+/// Every `line <i>` for i in 1..=n is in `trace` exactly once, in order.
+fn assert_lines_once(trace: &str, n: u32) {
+    let got: Vec<&str> = trace.lines().filter(|l| l.starts_with("line ")).collect();
+    let want: Vec<String> = (1..=n).map(|i| format!("line {i}")).collect();
+    assert_eq!(got, want, "{trace}");
+}
+
+/// The CRC-32 of the trace as GitLab holds it is the one ferry claimed.
+fn assert_checksum(h: &Harness, id: u64) {
+    let job = h.gitlab.job(id).expect("job");
+    let want = format!("crc32:{:08x}", crc32fast::hash(&h.gitlab.trace(id)));
+    assert_eq!(
+        job.checksum.as_deref(),
+        Some(want.as_str()),
+        "{}",
+        h.describe(id)
+    );
+}
+
+fn journal_entries(h: &Harness) -> Vec<String> {
+    std::fs::read_dir(h.work_dir.join("journal"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// ferry on the fake GitLab, which asks for the log every second (as GitLab does while
+/// somebody watches the job), so that the tests see it grow.
+async fn start() -> Option<Harness> {
+    let mut h = Harness::prepare(Setup::default()).await?;
+    h.gitlab.set_trace_update_interval(Some("1"));
+    h.spawn_ferry();
+    Some(h)
+}
+
+/// The journal has no entry left (removed just after the final update).
+async fn assert_journal_drained(h: &Harness) {
+    let drained =
+        ferry_tests::e2e::poll_until(Duration::from_secs(10), || journal_entries(h).is_empty())
+            .await;
+    assert!(drained, "{:?}", journal_entries(h));
+}
+
+async fn kill_ferry(h: &mut Harness) {
+    h.signal("KILL");
+    h.wait_exit(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_survives_kill_9_and_ends_with_every_line_once() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let id = h.push(h.job("resume").script([numbered(200)]));
+    h.wait_trace(id, "\nline 30\n", Duration::from_secs(120))
+        .await;
+    kill_ferry(&mut h).await;
+    assert_eq!(journal_entries(&h).len(), 1, "{}", h.describe(id));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 200);
+    assert_checksum(&h, id);
+    assert!(trace.contains("Job succeeded"), "{trace}");
+    assert_journal_drained(&h).await;
+    h.assert_takes_next_job().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_after_script_survives_kill_9() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let id = h.push(
+        h.job("resume-after")
+            .script(["echo script-done"])
+            .after_script([numbered(60)]),
+    );
+    h.wait_trace(id, "\nline 10\n", Duration::from_secs(120))
+        .await;
+    kill_ferry(&mut h).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 60);
+    assert_eq!(trace.matches("\nscript-done\n").count(), 1, "{trace}");
+    assert_checksum(&h, id);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handover_leaves_the_job_to_the_next_ferry() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let id = h.push(h.job("handover").script([numbered(50)]));
+    h.wait_trace(id, "\nline 5\n", Duration::from_secs(120))
+        .await;
+    h.signal("USR2");
+    let status = h.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status:?}: {}", h.ferry_log());
+    assert!(h.ferry_log().contains("SIGUSR2: handing over"));
+    // The job is still running in GitLab, its container too.
+    assert_eq!(h.gitlab.job_status(id), Some(JobStatus::Running));
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 50);
+    assert_checksum(&h, id);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_job_whose_container_was_removed_fails_with_the_reason() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let id = h.push(h.job("resume-gone").script([numbered(300)]));
+    h.wait_trace(id, "\nline 3\n", Duration::from_secs(120))
+        .await;
+    kill_ferry(&mut h).await;
+    for o in h.docker_objects(Some(id)) {
+        if let Some(name) = o.strip_prefix("container ") {
+            ferry_tests::e2e::cmd("docker", &["rm", "-f", name]);
+        }
+    }
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Failed, Some("runner_system_failure"));
+    assert!(
+        trace.contains("ferry was restarted while this step ran"),
+        "{trace}"
+    );
+    assert_journal_drained(&h).await;
+    h.assert_takes_next_job().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_job_canceled_meanwhile_is_cleaned_up() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let id = h.push(h.job("resume-canceled").script([numbered(300)]));
+    h.wait_trace(id, "\nline 3\n", Duration::from_secs(120))
+        .await;
+    kill_ferry(&mut h).await;
+    h.gitlab.force_cancel(id);
+    assert!(!h.docker_objects(Some(id)).is_empty());
+    h.spawn_ferry();
+    let gone = ferry_tests::e2e::poll_until(Duration::from_secs(60), || {
+        h.docker_objects(Some(id)).is_empty() && journal_entries(&h).is_empty()
+    })
+    .await;
+    assert!(gone, "{:?}\n{}", h.docker_objects(Some(id)), h.ferry_log());
+    assert_eq!(h.gitlab.job_status(id), Some(JobStatus::Canceled));
+    h.assert_takes_next_job().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_journal_entry_is_skipped_with_a_warning() {
+    let Some(mut h) = Harness::prepare(Setup::default()).await else {
+        return;
+    };
+    let journal = h.work_dir.join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    std::fs::write(journal.join("x-77.json"), b"{\"version\": 1, \"runner\"").unwrap();
+    h.spawn_ferry();
+    h.assert_takes_next_job().await;
+    let log = h.ferry_log();
+    assert!(
+        log.contains("journal entry") && log.contains("x-77.json") && log.contains("skipped"),
+        "{log}"
+    );
+    assert!(journal.join("x-77.json.corrupt").exists());
+    h.stop().await;
+}
