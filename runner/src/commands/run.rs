@@ -462,6 +462,7 @@ impl Handler {
                 .tls_ca_file
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok()),
+            object_cache: true,
         };
         match self.engine(&runner).await {
             Ok(engine) => {
