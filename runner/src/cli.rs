@@ -394,6 +394,13 @@ pub struct ExecArgs {
     /// Run ferry:deploy jobs for real (default: a server-side dry run)
     #[arg(long)]
     pub deploy: bool,
+    /// Kubeconfig deploy jobs use without -c/--runner [default: the first existing file of
+    /// $KUBECONFIG, else ~/.kube/config]
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context of that kubeconfig deploy jobs use [default: its current context]
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
     /// Unpack each successful job's artifacts into the working tree (overwriting files)
     #[arg(long = "artifacts-to-source")]
     pub artifacts_to_source: bool,

@@ -48,12 +48,21 @@ impl Project {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        let mut c = self.command_without_runner(&[]);
+        c.arg("-c")
+            .arg(self.home.path().join("config.toml"))
+            .args(args);
+        c
+    }
+
+    /// `ferry exec` on ferry's default runner (no `-c`, no `CONFIG_FILE`, no `KUBECONFIG`).
+    fn command_without_runner(&self, args: &[&str]) -> Command {
         let mut c = Command::new(ferry_tests::ferry_bin());
         c.current_dir(self.repo.path())
             .env("HOME", self.home.path())
+            .env_remove("CONFIG_FILE")
+            .env_remove("KUBECONFIG")
             .arg("exec")
-            .arg("-c")
-            .arg(self.home.path().join("config.toml"))
             .arg("--working-directory")
             .arg(self.home.path().join("work"))
             .arg("--output")
@@ -592,4 +601,179 @@ deploy-test:
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example/web:1a2b3c4d"
     );
+}
+
+/// Without -c, a deploy job uses the user's kubeconfig (`$KUBECONFIG`, or `--kubeconfig` and
+/// `--context`) for every environment: a server dry run, applied with --deploy; its credentials
+/// reach the cluster and never the output. No kubeconfig: the job fails naming where ferry looked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_runner_a_deploy_job_uses_the_users_kubeconfig() {
+    use ferry_tests::fake_k8s::{FakeK8s, Scenario, write_kubeconfig};
+    let ci = r#"
+deploy-review:
+  stage: deploy
+  image: ferry:deploy
+  environment:
+    name: review/feature-x
+  variables:
+    FERRY_MANIFESTS: k8s/
+    APP_NAME: shop
+    REPLICAS: "2"
+    VERSION: 1a2b3c4d
+  script:
+    - ferry deploy
+"#;
+    let Some(p) = Project::new(ci) else {
+        return;
+    };
+    p.repo
+        .commit("k8s/deployment.yaml", deploy_common::DEPLOYMENT);
+    p.repo.commit("k8s/service.yaml", deploy_common::SERVICE);
+    let (url, fake) = FakeK8s::start(Scenario::success()).await;
+    const TOKEN: &str = "kube-token-3f9a7c2e";
+    fake.require_token(TOKEN);
+    // Context "fake", namespace "test", a bearer token.
+    let kubeconfig = write_kubeconfig(p.home.path(), &url, "fake", Some("test"), Some(TOKEN));
+    // $KUBECONFIG may list files that do not exist: the first that does is taken.
+    let missing = p.home.path().join("missing.yaml");
+    let listed = std::env::join_paths([&missing, &kubeconfig]).unwrap();
+    let mut printed = String::new();
+    let mut run = |args: &[&str], env: Option<&std::ffi::OsStr>| {
+        let mut c = p.command_without_runner(args);
+        if let Some(v) = env {
+            c.env("KUBECONFIG", v);
+        }
+        let out = tokio::task::block_in_place(|| c.output().expect("ferry exec"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed.push_str(&text);
+        (out.status.code(), text)
+    };
+
+    let (code, out) = run(&[], Some(&listed));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ferry: deploy jobs use the kubeconfig {} (its current context)",
+            kubeconfig.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("without --deploy: a server-side dry run"),
+        "{out}"
+    );
+    assert!(out.contains("(context fake), namespace test"), "{out}");
+    assert!(out.contains("dry run (server)"), "{out}");
+    assert!(
+        fake.get("deployments.apps", "test", "shop").is_none(),
+        "a dry run persists nothing"
+    );
+    let sent: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.uri)
+        .collect();
+    assert!(!sent.is_empty(), "the dry run reached the cluster");
+    assert!(sent.iter().all(|u| u.contains("dryRun=All")), "{sent:?}");
+
+    let (code, out) = run(&["--deploy"], Some(&listed));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("dry run"), "{out}");
+    assert!(out.contains("rolled out"), "{out}");
+    let d = fake
+        .get("deployments.apps", "test", "shop")
+        .expect("--deploy applies the Deployment");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:1a2b3c4d"
+    );
+
+    // --kubeconfig and --context instead of $KUBECONFIG: the context is the one named.
+    let path = kubeconfig.to_str().unwrap();
+    let (code, out) = run(&["--kubeconfig", path, "--context", "staging"], None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ferry: deploy jobs use the kubeconfig {path} (context staging)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "context \"staging\" is not in kubeconfig {path} (its contexts: fake)"
+        )),
+        "{out}"
+    );
+    let (code, out) = run(&["--kubeconfig", path, "--context", "fake"], None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("dry run (server)"), "{out}");
+
+    // No kubeconfig anywhere: the job fails, naming where ferry looked.
+    let (code, out) = run(&["--json"], None);
+    assert_eq!(code, Some(1), "{out}");
+    let home_config = p.home.path().join(".kube").join("config");
+    assert!(
+        out.contains(&format!(
+            "no kubeconfig found: KUBECONFIG is not set and {} does not exist",
+            home_config.display()
+        )),
+        "{out}"
+    );
+    let summary: Value = serde_json::from_str(
+        out.lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no summary: {out}")),
+    )
+    .unwrap();
+    assert_eq!(
+        summary["jobs"][0]["failure_reason"], "runner_configuration_error",
+        "{summary}"
+    );
+
+    // With -c, the runner's targets (this one has none): --kubeconfig is refused.
+    let (code, out) = {
+        let out = tokio::task::block_in_place(|| {
+            p.command(&["--kubeconfig", path])
+                .output()
+                .expect("ferry exec")
+        });
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("--kubeconfig and --context are for ferry exec's default runner"),
+        "{out}"
+    );
+
+    // The kubeconfig's credentials reached the cluster, never the terminal or a job log.
+    assert!(!printed.contains(TOKEN), "{printed}");
+    for entry in files_under(&p.out_dir()) {
+        let text = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&text).contains(TOKEN),
+            "{} holds the kubeconfig's token",
+            entry.display()
+        );
+    }
+}
+
+/// Every file below `dir` (links not followed).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&e.path())),
+            Ok(t) if t.is_file() => out.push(e.path()),
+            _ => {}
+        }
+    }
+    out
 }

@@ -16,15 +16,8 @@ pub async fn deploy(_config_path: &Path, args: &[String]) -> anyhow::Result<Exit
         .iter()
         .any(|a| a == "--kubeconfig" || a.starts_with("--kubeconfig="))
     {
-        // $KUBECONFIG may list several files (kubectl merges them); ferry takes the first that
-        // exists.
-        let from_env = std::env::var_os("KUBECONFIG").and_then(|v| {
-            std::env::split_paths(&v)
-                .filter(|p| !p.as_os_str().is_empty())
-                .find(|p| p.exists())
-        });
-        let kubeconfig = from_env
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config")));
+        // None found: ~/.kube/config all the same, whose read error names it.
+        let kubeconfig = user_kubeconfig().ok().or_else(home_kubeconfig);
         if let Some(k) = kubeconfig {
             args.push("--kubeconfig".into());
             args.push(k.display().to_string());
@@ -57,4 +50,43 @@ pub async fn deploy(_config_path: &Path, args: &[String]) -> anyhow::Result<Exit
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `~/.kube/config`, from `$HOME`.
+fn home_kubeconfig() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".kube").join("config"))
+}
+
+/// The user's kubeconfig as `ferry deploy` and `ferry exec` find it (docs/deploy.md, "On a
+/// workstation"; docs/exec.md, "Deploy jobs"): the first existing file of `$KUBECONFIG` (which
+/// may list several; kubectl merges them, ferry takes one), else `~/.kube/config` if it exists.
+/// None found: where ferry looked, as a sentence.
+pub fn user_kubeconfig() -> Result<PathBuf, String> {
+    let listed: Vec<PathBuf> = std::env::var_os("KUBECONFIG")
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(p) = listed.iter().find(|p| p.exists()) {
+        return Ok(p.clone());
+    }
+    let home = home_kubeconfig();
+    if let Some(p) = home.as_ref().filter(|p| p.exists()) {
+        return Ok(p.clone());
+    }
+    let env = if listed.is_empty() {
+        "KUBECONFIG is not set".to_string()
+    } else {
+        let names: Vec<String> = listed.iter().map(|p| p.display().to_string()).collect();
+        format!("no file of KUBECONFIG exists ({})", names.join(", "))
+    };
+    let home = match home {
+        Some(p) => format!("{} does not exist", p.display()),
+        None => "HOME is not set (no ~/.kube/config)".to_string(),
+    };
+    Err(format!("no kubeconfig found: {env} and {home}"))
 }

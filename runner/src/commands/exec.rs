@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ferry_config::RunnerSection;
-use ferry_deploy::KubeDeployer;
+use ferry_deploy::{DeployTarget, KubeDeployer};
 use ferry_executor::docker::DockerEngine;
 use ferry_pipeline::{Input, Pipeline, RefKind};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use crate::cli::{Cli, ExecArgs};
 use crate::driver::{Driver, HostFs};
 use crate::exec::api::LocalApi;
 use crate::exec::convert::{FilesKey, PipelineContext, local_jobs};
+use crate::exec::deploy::LocalDeployer;
 use crate::exec::git::git;
 use crate::exec::schedule::Status;
 use crate::exec::terminal::Terminal;
@@ -64,8 +65,12 @@ struct Ready {
     working_dir: PathBuf,
     /// `--artifacts-to-source`.
     to_source: Option<exec::to_source::ToSource>,
-    /// Deploy jobs that run as a server-side dry run (no `--deploy`).
-    dry_runs: Vec<String>,
+    /// The deploy jobs (`image: ferry:deploy`).
+    deploy_jobs: Vec<String>,
+    /// Without `-c`/`--runner`: the deploy target of the user's kubeconfig, or where ferry
+    /// looked for one and found none.
+    local_target: Option<DeployTarget>,
+    missing_kubeconfig: Option<String>,
 }
 
 /// `KEY=VALUE` lines of a `--var-file` (blank lines and `#` comments skipped).
@@ -132,6 +137,12 @@ fn runner_section(cli: &Cli, args: &ExecArgs) -> anyhow::Result<RunnerSection> {
 }
 
 async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
+    let default_runner = cli.config.is_none() && args.runner.is_none();
+    if !default_runner && (args.kubeconfig.is_some() || args.context.is_some()) {
+        anyhow::bail!(
+            "--kubeconfig and --context are for ferry exec's default runner; with -c or --runner, deploy jobs use that runner's deploy targets"
+        );
+    }
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let top = snapshot::toplevel(&cwd)?;
     let facts = predefined::read(&top, args.git_ref.as_deref());
@@ -177,7 +188,18 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         return Ok(Prepared::Listed);
     }
 
-    let runner = runner_section(cli, args)?;
+    let mut runner = runner_section(cli, args)?;
+    // docs/exec.md, "Deploy jobs": without -c/--runner, the user's kubeconfig is the one target.
+    let (mut local_target, mut missing_kubeconfig) = (None, None);
+    if default_runner {
+        match exec::deploy::local_target(args.kubeconfig.clone(), args.context.clone()) {
+            Ok(target) => {
+                runner.deploy.targets.push(target.clone());
+                local_target = Some(target);
+            }
+            Err(why) => missing_kubeconfig = Some(why),
+        }
+    }
     let out_base = args.output.clone().unwrap_or_else(|| top.join(".ferry"));
     if args.output.is_none() {
         // The default output dir is in the repository, which may not be the user's own work:
@@ -281,10 +303,9 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
             });
         }
     }
-    // docs/exec.md, "Deploy jobs": ferry says which jobs run as a dry run, and why.
-    let dry_runs: Vec<String> = if args.deploy {
-        Vec::new()
-    } else {
+    // docs/exec.md, "Deploy jobs": ferry says which jobs run as a dry run, and why, and which
+    // kubeconfig the deploy jobs use.
+    let deploy_jobs: Vec<String> = {
         let ctx = crate::plan::JobContext {
             working_dir: working_dir.clone(),
             concurrent_id: 0,
@@ -310,7 +331,9 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
         run_dir,
         working_dir,
         to_source,
-        dry_runs,
+        deploy_jobs,
+        local_target,
+        missing_kubeconfig,
     })))
 }
 
@@ -520,7 +543,10 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let driver = Arc::new(Driver {
         engine: Arc::new(engine),
-        deployer: Arc::new(KubeDeployer::default()),
+        deployer: Arc::new(LocalDeployer {
+            inner: KubeDeployer::default(),
+            missing: ready.missing_kubeconfig.clone(),
+        }),
         api: api.clone(),
         host: Arc::new(HostFs),
         metrics: Metrics::new(),
@@ -533,10 +559,23 @@ async fn run_prepared(ready: Ready, args: &ExecArgs) -> anyhow::Result<ExitCode>
         workspaces: Default::default(),
         journal: None,
     });
-    for name in &ready.dry_runs {
+    if let (false, Some(t)) = (ready.deploy_jobs.is_empty(), &ready.local_target) {
+        // Which kubeconfig: its path and context only, never its contents (docs/deploy.md).
+        let context = t.context.as_deref().map_or_else(
+            || "its current context".to_string(),
+            |c| format!("context {c}"),
+        );
         api.terminal().say(&format!(
-            "ferry: {name}: without --deploy: a server-side dry run (FERRY_DRY_RUN=server): nothing is persisted on the cluster"
+            "ferry: deploy jobs use the kubeconfig {} ({context})",
+            t.kubeconfig.display()
         ));
+    }
+    if !args.deploy {
+        for name in &ready.deploy_jobs {
+            api.terminal().say(&format!(
+                "ferry: {name}: without --deploy: a server-side dry run (FERRY_DRY_RUN=server): nothing is persisted on the cluster"
+            ));
+        }
     }
     let cancel = CancellationToken::new();
     let shutdown = CancellationToken::new();

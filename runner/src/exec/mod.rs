@@ -10,9 +10,11 @@
 //! * `schedule.rs`: which job starts when (stages, needs, `when`, resource groups).
 //! * `to_source.rs`: `--artifacts-to-source`, a job's artifacts into the working tree.
 //! * `include.rs`: includes only GitLab can read, resolved by its CI lint API (`--gitlab`).
+//! * `deploy.rs`: deploy jobs with the user's kubeconfig when no runner is named.
 
 pub mod api;
 pub mod convert;
+pub mod deploy;
 pub mod git;
 pub mod include;
 pub mod predefined;
