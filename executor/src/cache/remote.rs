@@ -495,6 +495,7 @@ impl RemoteCache {
     ) -> Result<RemoteState, RemoteError> {
         let object = ObjectPath::from(self.object(key));
         let what = format!("uploading {object}");
+        let mut multipart: Option<WriteMultipart> = None;
         let work = async {
             let mut file = tokio::fs::File::open(archive)
                 .await
@@ -515,7 +516,7 @@ impl RemoteCache {
                     .put_multipart(&object)
                     .await
                     .map_err(|e| self.err(&what, e))?;
-                let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                let w = multipart.insert(WriteMultipart::new_with_chunk_size(upload, PART_SIZE));
                 let mut buf = vec![0u8; 1024 * 1024];
                 let res: Result<(), RemoteError> = async {
                     loop {
@@ -531,14 +532,12 @@ impl RemoteCache {
                     }
                 }
                 .await;
-                match res {
-                    Ok(()) => {
-                        w.finish().await.map_err(|e| self.err(&what, e))?;
-                    }
-                    Err(e) => {
-                        let _ = w.abort().await;
-                        return Err(e);
-                    }
+                if let Err(e) = res {
+                    self.abort(multipart.take()).await;
+                    return Err(e);
+                }
+                if let Some(w) = multipart.take() {
+                    w.finish().await.map_err(|e| self.err(&what, e))?;
                 }
             }
             match self.head(store, key).await? {
@@ -550,11 +549,15 @@ impl RemoteCache {
         };
         match tokio::time::timeout(self.request_timeout, work).await {
             Ok(r) => r,
-            // Dropping the multipart upload leaves it incomplete: never visible as an object.
-            Err(_) => Err(RemoteError(format!(
-                "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
-                self.request_timeout.as_secs()
-            ))),
+            // Aborted while the parts go up; dropped in its completion, it is left incomplete
+            // (never visible; docs/scaling.md has the bucket rule that removes it).
+            Err(_) => {
+                self.abort(multipart.take()).await;
+                Err(RemoteError(format!(
+                    "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                    self.request_timeout.as_secs()
+                )))
+            }
         }
     }
 }
