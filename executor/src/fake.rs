@@ -7,7 +7,8 @@
 //! connection to Docker does. An image named `missing:*` fails `prepare` with an image pull
 //! error, `docker-down` with a Docker error, `lost` with a lost connection after a first line,
 //! and `hang` waits until it is cancelled. `gone N` ends the step as a build container that
-//! was removed does, until the container was created again N times. It records calls and panics on an
+//! was removed does, until the container was created again N times. [`FakeEngine::fail_destroys`]
+//! makes the next `destroy` calls fail, as a Docker daemon that is down does. It records calls and panics on an
 //! illegal order (`run_step` before `prepare`), so the driver's contract is checked.
 
 use std::sync::Mutex;
@@ -40,6 +41,8 @@ pub struct FakeEngine {
     steps: Mutex<Vec<StepSpec>>,
     /// How many times the build container was created again.
     recreated: Mutex<u32>,
+    /// How many of the next `destroy` calls fail.
+    failing_destroys: Mutex<u32>,
 }
 
 impl FakeEngine {
@@ -50,6 +53,11 @@ impl FakeEngine {
     /// The steps run, as the engine received them (their `env` included).
     pub fn steps(&self) -> Vec<StepSpec> {
         self.steps.lock().unwrap().clone()
+    }
+
+    /// The next `n` calls of `destroy` fail with a Docker error (the containers stay).
+    pub fn fail_destroys(&self, n: u32) {
+        *self.failing_destroys.lock().unwrap() = n;
     }
 
     fn record(&self, call: Call) {
@@ -154,6 +162,11 @@ impl Engine for FakeEngine {
 
     async fn destroy(&self, env: &JobEnv) -> Result<(), EngineError> {
         self.record(Call::Destroy(env.job_id));
+        let mut failing = self.failing_destroys.lock().unwrap();
+        if *failing > 0 {
+            *failing -= 1;
+            return Err(EngineError::Docker("connection refused".into()));
+        }
         Ok(())
     }
 }

@@ -574,6 +574,110 @@ async fn the_store_going_down_mid_upload_leaves_the_previous_archive() {
     );
 }
 
+/// A TCP proxy to `port` that stops forwarding a connection's request once it passed `limit`
+/// bytes (the connection stays open, the request never ends: a stalled part upload); other
+/// connections go through. `stalled` is set when that happened.
+fn stalling_proxy(port: u16, limit: u64, stalled: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::atomic::Ordering;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in l.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let stalled = stalled.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                let mut sent = 0u64;
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    sent += n as u64;
+                    if sent > limit {
+                        stalled.store(true, Ordering::SeqCst);
+                        // Held open, never forwarded, until the client gives up.
+                        while !matches!(c_in.read(&mut buf), Ok(0) | Err(_)) {}
+                        break;
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Both);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    proxy
+}
+
+/// The multipart uploads of `bucket` not completed nor aborted (ListMultipartUploads).
+fn incomplete_uploads(port: u16, bucket: &str) -> usize {
+    let (code, body) = http(port, "GET", &format!("/{bucket}?uploads"), &[]).unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    String::from_utf8_lossy(&body).matches("<UploadId>").count()
+}
+
+/// A job cancelled while its cache goes up aborts the multipart upload: the bucket keeps no
+/// parts of it (AbortMultipartUpload), and nothing is uploaded after the cancel.
+#[tokio::test]
+async fn a_cancelled_save_aborts_its_multipart_upload() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let port = moto();
+    let b = bucket("cancelled");
+    let tmp = tempfile::tempdir().unwrap();
+    let stalled = Arc::new(AtomicBool::new(false));
+    // Part uploads (16 MiB) stall; creating and aborting the upload go through.
+    let proxy = stalling_proxy(port, 1024 * 1024, stalled.clone());
+    let st = host(&tmp.path().join("a"), section(proxy, &b));
+    let pa = tmp.path().join("pa");
+    let mut data = vec![0u8; 24 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    write(&pa, "big/blob", &data);
+    let cancel = CancellationToken::new();
+    let canceller = {
+        let (cancel, stalled, b) = (cancel.clone(), stalled.clone(), b.clone());
+        tokio::spawn(async move {
+            while !stalled.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let before = tokio::task::spawn_blocking(move || incomplete_uploads(port, &b));
+            let before = before.await.unwrap();
+            cancel.cancel();
+            before
+        })
+    };
+    let started = Instant::now();
+    let mut log = Vec::new();
+    let limits = Limits::new(cancel);
+    let out = save(&st, &spec("big", &["big"]), &pa, true, &mut log, &limits).await;
+    let log = String::from_utf8_lossy(&log).into_owned();
+    assert_eq!(canceller.await.unwrap(), 1, "an upload in progress: {log}");
+    assert!(out.is_err(), "cancelled: {out:?} {log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancel ends the save at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(incomplete_uploads(port, &b), 0, "{log}");
+    assert!(objects(port, &b).is_empty(), "{log}");
+}
+
 /// `CACHE_COMPRESSION_FORMAT=zip`: archives in gitlab-runner's default format, for fleets with
 /// gitlab-runners older than 16.2 (which cannot read tar + zstd); switching formats rewrites.
 #[tokio::test]

@@ -440,14 +440,19 @@ pub async fn save(
         store.format,
         store.compression,
     );
-    // A new tar + zstd archive goes up while it is written (docs/benchmarks.md).
+    // A new tar + zstd archive goes up while it is written (docs/benchmarks.md). It stops,
+    // and aborts its multipart upload, when the job is cancelled or this save is dropped.
+    let stop_upload = cancel.child_token();
+    let _stop_upload_on_drop = stop_upload.clone().drop_guard();
     let stream = match (&store.remote, store.format) {
         (Some(remote), CacheFormat::TarZstd) => remote.store().ok().map(|client| {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             let progress = Progress::default();
             let (r, k, p) = (remote.clone(), key.clone(), progress.clone());
             let max = remote.config.max_uploaded_archive_size;
-            let task = tokio::spawn(async move { r.upload_stream(client, &k, rx, p, max).await });
+            let stop = stop_upload.clone();
+            let task =
+                tokio::spawn(async move { r.upload_stream(client, &k, rx, p, max, stop).await });
             (tx, task, progress)
         }),
         _ => None,
@@ -463,8 +468,9 @@ pub async fn save(
     .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
     if cancel.is_cancelled() {
         if let Some((task, _)) = stream {
-            // Dropping it would leave the upload running: aborted, it is never completed.
-            task.abort();
+            // It saw the cancel too: it aborts its multipart upload (bounded), so the store
+            // keeps no parts of it.
+            let _ = task.await;
         }
         return Err(CacheError::Cancelled);
     }
@@ -516,6 +522,10 @@ pub async fn save(
                     Some(s) => push_streamed(remote, store, &key, s, log).await?,
                     None => false,
                 };
+                // A streamed upload the job's cancel stopped is not started again from the file.
+                if cancel.is_cancelled() {
+                    return Err(CacheError::Cancelled);
+                }
                 if !uploaded {
                     push(remote, store, &key, true, log).await?;
                 }

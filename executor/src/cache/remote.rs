@@ -495,6 +495,7 @@ impl RemoteCache {
     ) -> Result<RemoteState, RemoteError> {
         let object = ObjectPath::from(self.object(key));
         let what = format!("uploading {object}");
+        let mut multipart: Option<WriteMultipart> = None;
         let work = async {
             let mut file = tokio::fs::File::open(archive)
                 .await
@@ -515,7 +516,7 @@ impl RemoteCache {
                     .put_multipart(&object)
                     .await
                     .map_err(|e| self.err(&what, e))?;
-                let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                let w = multipart.insert(WriteMultipart::new_with_chunk_size(upload, PART_SIZE));
                 let mut buf = vec![0u8; 1024 * 1024];
                 let res: Result<(), RemoteError> = async {
                     loop {
@@ -531,14 +532,12 @@ impl RemoteCache {
                     }
                 }
                 .await;
-                match res {
-                    Ok(()) => {
-                        w.finish().await.map_err(|e| self.err(&what, e))?;
-                    }
-                    Err(e) => {
-                        let _ = w.abort().await;
-                        return Err(e);
-                    }
+                if let Err(e) = res {
+                    self.abort(multipart.take()).await;
+                    return Err(e);
+                }
+                if let Some(w) = multipart.take() {
+                    w.finish().await.map_err(|e| self.err(&what, e))?;
                 }
             }
             match self.head(store, key).await? {
@@ -550,11 +549,15 @@ impl RemoteCache {
         };
         match tokio::time::timeout(self.request_timeout, work).await {
             Ok(r) => r,
-            // Dropping the multipart upload leaves it incomplete: never visible as an object.
-            Err(_) => Err(RemoteError(format!(
-                "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
-                self.request_timeout.as_secs()
-            ))),
+            // Aborted while the parts go up; dropped in its completion, it is left incomplete
+            // (never visible; docs/scaling.md has the bucket rule that removes it).
+            Err(_) => {
+                self.abort(multipart.take()).await;
+                Err(RemoteError(format!(
+                    "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
+                    self.request_timeout.as_secs()
+                )))
+            }
         }
     }
 }
@@ -580,8 +583,11 @@ impl RemoteCache {
     /// Uploads an archive while it is being written (docs/benchmarks.md): the pieces go up as
     /// a multipart upload once they are more than one part, as one request otherwise, and
     /// only a [`Piece::Commit`] whose length matches what came completes it; anything else
-    /// (the sender dropped, more than `max` bytes when `max` > 0) aborts the upload, which the
-    /// store never makes visible.
+    /// (the sender dropped, more than `max` bytes when `max` > 0, `stop`) aborts the upload,
+    /// which the store never makes visible.
+    ///
+    /// `CACHE_REQUEST_TIMEOUT` counts from the commit: the archive may take longer than it to
+    /// write (each request is bounded by it on its own, [`RemoteCache::client`]).
     pub(super) async fn upload_stream(
         &self,
         store: Arc<dyn ObjectStore>,
@@ -589,12 +595,14 @@ impl RemoteCache {
         mut pieces: tokio::sync::mpsc::Receiver<Piece>,
         progress: Progress,
         max: u64,
+        stop: tokio_util::sync::CancellationToken,
     ) -> Streamed {
         let object = ObjectPath::from(self.object(key));
         let what = format!("uploading {object}");
         let mut first: Vec<u8> = Vec::new();
         let mut multipart: Option<WriteMultipart> = None;
-        let work = async {
+        // Until the commit: the pieces, as they come.
+        let feed = async {
             let mut total = 0u64;
             loop {
                 match pieces.recv().await {
@@ -620,47 +628,73 @@ impl RemoteCache {
                             multipart = Some(w);
                         }
                     }
-                    Some(Piece::Commit(n)) => {
-                        if n != total {
-                            return Ok(false);
-                        }
-                        match multipart.take() {
-                            Some(w) => {
-                                w.finish().await?;
-                            }
-                            None => {
-                                let body = PutPayload::from(std::mem::take(&mut first));
-                                store.put(&object, body).await?;
-                                progress.add(total);
-                            }
-                        }
-                        return Ok(true);
-                    }
+                    Some(Piece::Commit(n)) => return Ok(n == total),
                 }
             }
         };
-        let timed = tokio::time::timeout(self.request_timeout, work).await;
-        let done: Result<bool, object_store::Error> = match timed {
-            Ok(r) => r,
-            Err(_) => {
-                if let Some(w) = multipart.take() {
-                    let _ = w.abort().await;
-                }
-                return Streamed::Failed(RemoteError(format!(
-                    "{what}: not done within {}s (CACHE_REQUEST_TIMEOUT)",
-                    self.request_timeout.as_secs()
-                )));
+        let fed: Result<bool, object_store::Error> = tokio::select! {
+            r = feed => r,
+            _ = stop.cancelled() => Ok(false),
+        };
+        // The writer is not held up by an upload that ends here.
+        drop(pieces);
+        let committed = match fed {
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(e) => {
+                self.abort(multipart.take()).await;
+                return Streamed::Failed(self.err(&what, e));
             }
         };
-        if !matches!(done, Ok(true))
-            && let Some(w) = multipart.take()
-        {
-            let _ = w.abort().await;
+        if !committed {
+            self.abort(multipart.take()).await;
+            return Streamed::Dropped;
         }
-        match done {
-            Ok(false) => Streamed::Dropped,
-            Err(e) => Streamed::Failed(self.err(&what, e)),
-            Ok(true) => match self.head(&*store, key).await {
+        // After the commit: within CACHE_REQUEST_TIMEOUT, the parts in flight (the upload is
+        // aborted if they take longer), then the last part and the completion (dropped if they
+        // take longer: incomplete, never visible; docs/scaling.md has the bucket's lifecycle
+        // rule that removes such uploads).
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let timed_out = || {
+            RemoteError(format!(
+                "{what}: not done within {}s of the archive's end (CACHE_REQUEST_TIMEOUT)",
+                self.request_timeout.as_secs()
+            ))
+        };
+        if let Some(w) = multipart.as_mut() {
+            let failure = tokio::select! {
+                r = tokio::time::timeout_at(deadline, w.wait_for_capacity(0)) => match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(Streamed::Failed(self.err(&what, e))),
+                    Err(_) => Some(Streamed::Failed(timed_out())),
+                },
+                _ = stop.cancelled() => Some(Streamed::Dropped),
+            };
+            if let Some(failure) = failure {
+                self.abort(multipart.take()).await;
+                return failure;
+            }
+        }
+        let finish = async {
+            match multipart.take() {
+                Some(w) => w.finish().await.map(|_| ()),
+                None => {
+                    let len = first.len() as u64;
+                    let body = PutPayload::from(std::mem::take(&mut first));
+                    store.put(&object, body).await?;
+                    progress.add(len);
+                    Ok(())
+                }
+            }
+        };
+        let finished = tokio::select! {
+            r = tokio::time::timeout_at(deadline, finish) => r,
+            _ = stop.cancelled() => return Streamed::Dropped,
+        };
+        match finished {
+            Err(_) => Streamed::Failed(timed_out()),
+            Ok(Err(e)) => Streamed::Failed(self.err(&what, e)),
+            Ok(Ok(())) => match self.head(&*store, key).await {
                 Ok(Head::Found(state)) => Streamed::Uploaded(state),
                 Ok(Head::Missing) => Streamed::Failed(RemoteError(format!(
                     "{what}: the object is not there after the upload"
@@ -669,7 +703,21 @@ impl RemoteCache {
             },
         }
     }
+
+    /// Aborts the multipart upload `w`, if any, so the store drops its parts.
+    async fn abort(&self, w: Option<WriteMultipart>) {
+        if let Some(w) = w
+            && let Ok(Err(e)) = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await
+        {
+            let e = self.err("aborting an incomplete cache upload", e);
+            tracing::warn!(error = %e, "the bucket's lifecycle rule removes it (docs/scaling.md)");
+        }
+    }
 }
+
+/// How long aborting a multipart upload may take; an upload not aborted stays incomplete
+/// (never visible) until the bucket's lifecycle rule removes it (docs/scaling.md).
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The endpoint object_store is given (none = AWS's, from the region) and whether requests
 /// are virtual-host style; object_store wants the bucket in a virtual-host endpoint.
@@ -799,5 +847,54 @@ mod tests {
         assert_eq!(restore_attempts(Some("3")), 3);
         assert_eq!(restore_attempts(Some("0")), 1);
         assert_eq!(restore_attempts(Some("99")), 10);
+    }
+
+    /// `CACHE_REQUEST_TIMEOUT` counts from the archive's end: an archive slower to write than
+    /// it still goes up.
+    #[tokio::test]
+    async fn a_streamed_upload_may_take_longer_than_the_request_timeout_before_its_commit() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let remote = RemoteCache {
+            config: Arc::new(CacheSection {
+                kind: Some("s3".into()),
+                ..CacheSection::default()
+            }),
+            prefix: "project/1".into(),
+            request_timeout: Duration::from_millis(300),
+            restore_attempts: 1,
+            transfer_meter: None,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let upload = tokio::spawn({
+            let (remote, store) = (remote.clone(), store.clone());
+            async move {
+                remote
+                    .upload_stream(store, "k", rx, Progress::default(), 0, stop)
+                    .await
+            }
+        });
+        tx.send(Piece::Data(bytes::Bytes::from_static(b"slow ")))
+            .await
+            .unwrap();
+        // The archive takes longer to write than the request timeout.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        tx.send(Piece::Data(bytes::Bytes::from_static(b"archive")))
+            .await
+            .unwrap();
+        tx.send(Piece::Commit(12)).await.unwrap();
+        match upload.await.unwrap() {
+            Streamed::Uploaded(state) => assert_eq!(state.size, 12),
+            Streamed::Failed(e) => panic!("failed: {e}"),
+            Streamed::Dropped => panic!("dropped"),
+        }
+        let got = store
+            .get(&ObjectPath::from("project/1/k"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"slow archive");
     }
 }

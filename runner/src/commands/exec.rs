@@ -311,6 +311,7 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
             concurrent_id: 0,
             concurrent_project_id: 0,
             tls_ca_pem: None,
+            // As `ferry exec` runs them (runner/src/exec/mod.rs); only the kind of job is read here.
             object_cache: false,
         };
         jobs.iter()

@@ -276,7 +276,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             }
             let claimed = self
                 .workspaces
-                .claim(&plan.host_project_dir, log, &mut signals)
+                .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
                 .await;
             let mut run = JobRun {
                 plan,
@@ -287,18 +287,15 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 state: Progress::default(),
                 journal,
             };
-            match claimed {
-                Ok(guard) => {
-                    workspace = Some(guard);
-                    // The builds dir's last use, for eviction (docs/docker-executor.md).
-                    if let Some(base) = plan.host_project_dir.parent()
-                        && let Err(e) = ferry_executor::disk::touch_builds_dir(base)
-                    {
-                        warn!(dir = %base.display(), error = %e, "marking the builds dir as used failed");
-                    }
-                    self.execute(&mut run).await;
+            if let Some(guard) = run.state.settle(claimed, log) {
+                workspace = Some(guard);
+                // The builds dir's last use, for eviction (docs/docker-executor.md).
+                if let Some(base) = plan.host_project_dir.parent()
+                    && let Err(e) = ferry_executor::disk::touch_builds_dir(base)
+                {
+                    warn!(dir = %base.display(), error = %e, "marking the builds dir as used failed");
                 }
-                Err(stop) => run.state.halt(stop, log),
+                self.execute(&mut run).await;
             }
             run.state.outcome()
         })

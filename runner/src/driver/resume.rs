@@ -245,17 +245,14 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         let Execution::Docker { env, steps } = &plan.execution else {
             return Outcome::failed(FailureReason::RunnerSystemFailure);
         };
-        match self
+        let claimed = self
             .workspaces
-            .claim(&plan.host_project_dir, log, &mut signals)
-            .await
-        {
-            Ok(guard) => *workspace = Some(guard),
-            Err(stop) => {
-                let mut state = Progress::default();
-                state.halt(stop, log);
-                return state.outcome();
-            }
+            .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
+            .await;
+        let mut state = Progress::default();
+        match state.settle(claimed, log) {
+            Some(guard) => *workspace = Some(guard),
+            None => return state.outcome(),
         }
         let mut run = JobRun {
             plan,
@@ -263,7 +260,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             runner,
             log,
             signals,
-            state: Progress::default(),
+            state,
             journal,
         };
         run.state.script_started = true;

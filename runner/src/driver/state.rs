@@ -261,6 +261,16 @@ pub(super) enum StageError {
     Hook { name: String, exit_code: i32 },
     #[error("the deploy step")]
     Deploy(#[source] DeployError),
+    /// The containers of a previous job of the project dir, which may still use its files,
+    /// could not be removed (docs/docker-executor.md, "Cleanup").
+    #[error(
+        "the containers of the previous job {job} of this project could not be removed and may still use its directory"
+    )]
+    Leftover {
+        job: u64,
+        #[source]
+        source: EngineError,
+    },
 }
 
 impl From<EngineError> for StageError {

@@ -3,6 +3,7 @@
 
 mod attempts;
 mod fake_host;
+mod leftover;
 mod script_timeout;
 mod section_attempts;
 mod table;
@@ -61,7 +62,9 @@ struct Case<H> {
     engine: Arc<FakeEngine>,
     host: Arc<H>,
     shutdown: CancellationToken,
-    dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
+    /// Shared by the jobs of [`Case::next_job`], as by the jobs of one ferry process.
+    workspaces: Workspaces,
 }
 
 impl<H: Host> Case<H> {
@@ -75,7 +78,34 @@ impl<H: Host> Case<H> {
             engine: Arc::new(FakeEngine::default()),
             host: Arc::new(host),
             shutdown: CancellationToken::new(),
-            dir: tempfile::tempdir().unwrap(),
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+            workspaces: Workspaces::default(),
+        }
+    }
+
+    /// A case for the next job `p` of the same ferry process: same engine, host, builds dir
+    /// and project dir claims; its own GitLab.
+    fn next_job(&self, p: &JobPayload) -> Self {
+        let api = Arc::new(FakeGitLab::new(&p.job_ref()));
+        api.with(|s| s.interval = None);
+        Case {
+            api,
+            deployer: ferry_deploy::fake::FakeDeployer::default(),
+            engine: self.engine.clone(),
+            host: self.host.clone(),
+            shutdown: CancellationToken::new(),
+            dir: self.dir.clone(),
+            workspaces: self.workspaces.clone(),
+        }
+    }
+
+    fn ctx(&self) -> JobContext {
+        JobContext {
+            working_dir: self.dir.path().to_path_buf(),
+            concurrent_id: 0,
+            concurrent_project_id: 0,
+            tls_ca_pem: None,
+            object_cache: true,
         }
     }
 
@@ -94,16 +124,10 @@ impl<H: Host> Case<H> {
                 ..TraceTiming::default()
             },
             cleanups: TaskTracker::new(),
-            workspaces: Workspaces::default(),
+            workspaces: self.workspaces.clone(),
             journal: None,
         };
-        let ctx = JobContext {
-            working_dir: self.dir.path().to_path_buf(),
-            concurrent_id: 0,
-            concurrent_project_id: 0,
-            tls_ca_pem: None,
-            object_cache: true,
-        };
+        let ctx = self.ctx();
         tokio::time::timeout(
             Duration::from_secs(60),
             driver.run(runner(), p, ctx, self.shutdown.clone()),
