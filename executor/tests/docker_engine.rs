@@ -1629,3 +1629,52 @@ async fn a_resumed_step_never_follows_a_link_the_job_put_for_its_log() {
     );
     engine.destroy(&j.env).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_step_writing_faster_than_ferry_reads_is_stopped_by_its_timeout() {
+    let Some(engine) = engine_with("kept-yes", section()).await else {
+        return;
+    };
+    let j = job("kept-yes", BUSYBOX);
+    let mut s = step(&["yes"]);
+    s.timeout = Some(Duration::from_secs(2));
+    let started = Instant::now();
+    let (r, log) = run_one(&engine, &j.env, &s).await;
+    let r = r.unwrap();
+    let took = started.elapsed();
+    assert!(r.timed_out, "{r:?}");
+    assert_eq!(r.exit_code, 124);
+    assert!(
+        log.contains("timed out after"),
+        "{}",
+        &log[log.len() - 300..]
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_step_that_makes_its_log_huge_is_stopped_promptly() {
+    let Some(engine) = engine_with("kept-huge", section()).await else {
+        return;
+    };
+    let j = job("kept-huge", BUSYBOX);
+    let s = step(&[
+        "echo before",
+        "truncate -s 1099511627776 /builds/group/project.steps/script.log",
+        "sleep 60",
+    ]);
+    let started = Instant::now();
+    let (r, log) = run_one(&engine, &j.env, &s).await;
+    let r = r.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.exit_code, 1, "{log}");
+    assert!(!r.timed_out);
+    assert!(log.contains("before\n"), "{log}");
+    assert!(
+        log.contains("wrote more than 1024 MiB of output to its log file: stopping it"),
+        "{log}"
+    );
+    // The zeros were never copied.
+    assert!(log.len() < 1024 * 1024, "{}", log.len());
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}

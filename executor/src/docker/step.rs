@@ -44,6 +44,13 @@ const TAIL_EVERY: Duration = Duration::from_millis(50);
 /// The most of a kept step's output copied in one go (then the other events get a turn).
 const TAIL_CHUNK: usize = 256 * 1024;
 
+/// The most of a kept step's output read once it ended or was stopped (`Kept::drain`).
+const DRAIN_BUDGET: u64 = 64 * 1024 * 1024;
+
+/// A kept step whose output file grows past this is stopped (docs/crash-safety.md): the file
+/// is on the runner host's disk.
+pub const STEP_LOG_CAP: u64 = 1024 * 1024 * 1024;
+
 /// Empties (creates) a job's steps dir before its build container starts. World-writable as
 /// the project dir is (docs/crash-safety.md): the step's user may be any user of the image.
 pub(super) async fn reset_steps_dir(dir: &std::path::Path) -> Result<(), EngineError> {
@@ -105,31 +112,75 @@ impl Kept {
         format!("{}/{}.pids", self.container_dir, self.name)
     }
 
-    /// Copies what the step wrote since the last call into `log`: at most `TAIL_CHUNK` bytes
-    /// unless `all`. Returns whether anything was copied. A log the job replaced by something
-    /// that is not a regular file is an error.
-    async fn pump(&mut self, log: &mut LogSink<'_>, all: bool) -> std::io::Result<bool> {
-        if self.failed {
-            return Ok(false);
-        }
+    /// Opens the log file if it is there yet (through the directory handle, never a link).
+    async fn file(&mut self) -> std::io::Result<Option<Arc<std::fs::File>>> {
         if self.file.is_none() {
             let (dir, rel) = (self.dir.clone(), format!("{}.log", self.name));
             match jobfs::blocking(move || dir.open_file(std::path::Path::new(&rel))).await {
                 Ok(f) => self.file = Some(Arc::new(f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
-        let Some(f) = self.file.clone() else {
+        Ok(self.file.clone())
+    }
+
+    /// The log file's size now (`fstat`), 0 while it is not there.
+    async fn size(&mut self) -> std::io::Result<u64> {
+        let Some(f) = self.file().await? else {
+            return Ok(0);
+        };
+        jobfs::blocking(move || Ok(f.metadata()?.len())).await
+    }
+
+    /// Copies what the step wrote since the last call into `log`: at most `TAIL_CHUNK` bytes.
+    /// Returns whether anything was copied. A log the job replaced by something that is not a
+    /// regular file is an error.
+    async fn pump(&mut self, log: &mut LogSink<'_>) -> std::io::Result<bool> {
+        if self.failed {
+            return Ok(false);
+        }
+        let until = self.pos + TAIL_CHUNK as u64;
+        self.copy_until(log, until).await
+    }
+
+    /// The final read once the step has ended or was stopped: up to the size the file has now
+    /// (`fstat`), and at most `DRAIN_BUDGET` bytes; what lies beyond (a job that wrote faster
+    /// than ferry reads, or a sparse file) is skipped with a warning line. Never reads a
+    /// growing or huge file to its end.
+    async fn drain(&mut self, log: &mut LogSink<'_>) -> std::io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let size = self.size().await?;
+        let until = size.min(self.pos.saturating_add(DRAIN_BUDGET));
+        self.copy_until(log, until).await?;
+        if size > self.pos {
+            let skipped = size - self.pos;
+            let line = joblog::warning_line(&format!(
+                "{skipped} bytes of the output of step {} were not read (more than {} MiB were left when the step ended)",
+                self.name,
+                DRAIN_BUDGET >> 20
+            ));
+            let _ = log.write_all(format!("\n{line}").as_bytes()).await;
+            self.pos = size;
+        }
+        Ok(())
+    }
+
+    /// Copies the log from `pos` up to `until` (or its current end) into `log`.
+    async fn copy_until(&mut self, log: &mut LogSink<'_>, until: u64) -> std::io::Result<bool> {
+        let Some(f) = self.file().await? else {
             return Ok(false);
         };
-        let mut copied = 0usize;
-        loop {
-            // Positioned reads off the async workers: the file only grows.
+        let mut copied = false;
+        while self.pos < until {
+            // Positioned reads off the async workers.
+            let want = (until - self.pos).min(64 * 1024) as usize;
             let (f, at) = (f.clone(), self.pos);
             let chunk = jobfs::blocking(move || {
                 use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; 64 * 1024];
+                let mut buf = vec![0u8; want];
                 let n = f.read_at(&mut buf, at)?;
                 buf.truncate(n);
                 Ok(buf)
@@ -141,12 +192,9 @@ impl Kept {
             // A log that cannot be written loses output as the streaming mode does.
             let _ = log.write_all(&chunk).await;
             self.pos += chunk.len() as u64;
-            copied += chunk.len();
-            if !all && copied >= TAIL_CHUNK {
-                break;
-            }
+            copied = true;
         }
-        Ok(copied > 0)
+        Ok(copied)
     }
 
     /// The exit code in `<name>.<ext>` (`code` or `exit`), if that file is there and holds one.
@@ -169,6 +217,29 @@ impl Kept {
 enum Stop {
     Cancelled,
     TimedOut,
+    TooLarge,
+}
+
+impl Kept {
+    /// Whether the step's log file grew past `STEP_LOG_CAP`. If so, says so in the log and
+    /// skips what was not read yet (a huge or sparse file is never read to its end).
+    async fn over_cap(&mut self, log: &mut LogSink<'_>) -> bool {
+        let size = match self.size().await {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        if size <= STEP_LOG_CAP {
+            return false;
+        }
+        let line = joblog::error_line(&format!(
+            "Step {} wrote more than {} MiB of output to its log file: stopping it",
+            self.name,
+            STEP_LOG_CAP >> 20
+        ));
+        let _ = log.write_all(format!("\n{line}").as_bytes()).await;
+        self.pos = self.pos.max(size);
+        true
+    }
 }
 
 pub(super) async fn run_step(
@@ -449,21 +520,22 @@ async fn exec_step(
             _ = tail.tick(), if kept.is_some() => {
                 if let Some(k) = kept.as_deref_mut() {
                     pump_or_warn(k, log, false).await;
+                    if k.over_cap(log).await {
+                        stop = Some(Stop::TooLarge);
+                        stop_step(engine, container, Some(&exec.id), &mut output, kept.as_deref_mut(), log).await;
+                        break;
+                    }
                 }
             }
+            // Stop first, then read what is left (bounded): reading up to the end of a file
+            // the job keeps writing would never end.
             _ = cancel.cancelled(), if stop.is_none() => {
-                if let Some(k) = kept.as_deref_mut() {
-                    pump_or_warn(k, log, true).await;
-                }
                 let _ = log.flush().await;
                 stop = Some(Stop::Cancelled);
                 stop_step(engine, container, Some(&exec.id), &mut output, kept.as_deref_mut(), log).await;
                 break;
             }
             _ = sleep_deadline => {
-                if let Some(k) = kept.as_deref_mut() {
-                    pump_or_warn(k, log, true).await;
-                }
                 let t = deadline.map(|(_, t)| t).unwrap_or_default();
                 let line = joblog::error_line(&format!("Step {} timed out after {}", step.name, human(t)));
                 let _ = log.write_all(format!("\n{line}").as_bytes()).await;
@@ -502,6 +574,13 @@ async fn exec_step(
                 exit_code: STEP_TIMEOUT_EXIT_CODE,
                 oom_killed: false,
                 timed_out: true,
+            });
+        }
+        Some(Stop::TooLarge) => {
+            return Ok(StepOutcome {
+                exit_code: 1,
+                oom_killed: false,
+                timed_out: false,
             });
         }
         None => {}
@@ -714,8 +793,14 @@ async fn kill_leftovers(
 }
 
 /// Copies a kept step's new output into the log; a failure to read it is a line in the log.
+/// `all`: the final read ([`Kept::drain`]).
 async fn pump_or_warn(kept: &mut Kept, log: &mut LogSink<'_>, all: bool) {
-    if let Err(e) = kept.pump(log, all).await {
+    let r = if all {
+        kept.drain(log).await
+    } else {
+        kept.pump(log).await.map(drop)
+    };
+    if let Err(e) = r {
         let line = joblog::warning_line(&format!("reading the output of step {}: {e}", kept.name));
         let _ = log.write_all(format!("\n{line}").as_bytes()).await;
         // Read no more of it (the job replaced its log by something ferry does not read).
@@ -865,6 +950,10 @@ pub(super) async fn resume_step(
         tokio::select! {
             _ = tail.tick() => {
                 pump_or_warn(&mut kept, log, false).await;
+                if kept.over_cap(log).await {
+                    stop_step(engine, &container, None, &mut futures::stream::empty(), Some(&mut kept), log).await;
+                    return Ok(StepOutcome { exit_code: 1, oom_killed: false, timed_out: false });
+                }
                 if let Some(code) = kept.status("exit").await {
                     pump_or_warn(&mut kept, log, true).await;
                     let oom_killed = code != 0 && container_oom_killed(engine, &container).await;
@@ -872,13 +961,11 @@ pub(super) async fn resume_step(
                 }
             }
             _ = cancel.cancelled() => {
-                pump_or_warn(&mut kept, log, true).await;
                 let _ = log.flush().await;
                 stop_step(engine, &container, None, &mut futures::stream::empty(), Some(&mut kept), log).await;
                 return Err(EngineError::Cancelled);
             }
             _ = sleep_deadline => {
-                pump_or_warn(&mut kept, log, true).await;
                 let t = deadline.map(|(_, t)| t).unwrap_or_default();
                 let line = joblog::error_line(&format!("Step {} timed out after {}", step.name, human(t)));
                 let _ = log.write_all(format!("\n{line}").as_bytes()).await;
