@@ -1006,8 +1006,16 @@ impl Engine for DockerEngine {
             (convert::LABEL_RUNNER, &env.runner_short_token),
             (convert::LABEL_JOB, &job),
         ])
-        .await
-        .map(|_| ())
+        .await?;
+        // The kept step output is the job's log, already sent; nothing writes it once the
+        // containers are gone (docs/crash-safety.md). `remove_dir_all` follows no link.
+        if let Some(dir) = env.host_steps_dir.clone() {
+            let shown = dir.display().to_string();
+            if let Err(e) = crate::jobfs::blocking(move || crate::jobfs::remove_files(&dir)).await {
+                tracing::warn!(dir = %shown, "removing the job's step output: {e}");
+            }
+        }
+        Ok(())
     }
 }
 

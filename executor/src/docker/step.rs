@@ -38,6 +38,9 @@ use crate::jobfs::{self, JobDir};
 /// stdout open must not keep the step alive after the script's shell has exited.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
+/// A resumed step whose wrapper wrote no `.pids` this long after the step started never ran.
+const NEVER_STARTED_AFTER: Duration = Duration::from_secs(5);
+
 /// How often a kept step's output file is read for new output.
 const TAIL_EVERY: Duration = Duration::from_millis(50);
 
@@ -99,13 +102,31 @@ impl Kept {
     async fn clear(&self) -> Result<(), EngineError> {
         let (dir, name) = (self.dir.clone(), self.name.clone());
         jobfs::blocking(move || {
-            for ext in ["log", "code", "exit", "pids"] {
+            for ext in ["log", "code", "exit", "pids", "fifo"] {
                 dir.remove(std::path::Path::new(&format!("{name}.{ext}")))?;
             }
             Ok(())
         })
         .await
         .map_err(|e| EngineError::Docker(format!("clearing the output of step {}: {e}", self.name)))
+    }
+
+    /// The processes in `<name>.pids` (the wrapper first), empty while it is not there.
+    async fn pids(&self) -> Vec<u32> {
+        use std::io::Read;
+        let (dir, rel) = (self.dir.clone(), format!("{}.pids", self.name));
+        let text = jobfs::blocking(move || {
+            let mut s = String::new();
+            dir.open_file(std::path::Path::new(&rel))?
+                .take(256)
+                .read_to_string(&mut s)?;
+            Ok(s)
+        })
+        .await
+        .unwrap_or_default();
+        text.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     fn pids_file(&self) -> String {
@@ -546,9 +567,14 @@ async fn exec_step(
             _ = poll.tick() => {
                 // The shell has exited but something it started still holds the output open
                 // (a kept step: its exit code is written, the output has not ended).
+                // A kept step's shell is done when its code is written, or when the wrapper
+                // that waits for it (the exec's process) was killed.
+                let exec_ended = || async {
+                    docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running) == Some(false)
+                };
                 let shell_done = match kept.as_deref() {
-                    Some(k) => k.status("code").await.is_some(),
-                    None => docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running) == Some(false),
+                    Some(k) => k.status("code").await.is_some() || exec_ended().await,
+                    None => exec_ended().await,
                 };
                 if shell_done {
                     let t = *exited_at.get_or_insert_with(tokio::time::Instant::now);
@@ -981,9 +1007,28 @@ pub(super) async fn resume_step(
                     }
                     return Err(e);
                 }
-                // The shell ended, something it started still holds the output (as in
-                // `exec_step`).
-                if kept.status("code").await.is_some() && kept.status("exit").await.is_none() {
+                if kept.status("exit").await.is_some() {
+                    continue;
+                }
+                // The wrapper never started the step (ferry went away before the exec ran):
+                // nothing will ever end it.
+                let pids = kept.pids().await;
+                if pids.is_empty()
+                    && std::time::SystemTime::now().duration_since(started).unwrap_or_default() >= NEVER_STARTED_AFTER
+                {
+                    return Err(EngineError::Docker(format!(
+                        "step {} never started in {container} (no {}.pids in the steps dir): it cannot be followed",
+                        step.name, kept.name
+                    )));
+                }
+                // The shell ended (its code is written, or the wrapper that waits for it was
+                // killed), something it started still holds the output (as in `exec_step`).
+                let shell_done = kept.status("code").await.is_some()
+                    || match pids.first() {
+                        Some(pid) => process_alive(engine, &container, *pid).await == Some(false),
+                        None => false,
+                    };
+                if shell_done {
                     let t = *code_seen.get_or_insert_with(tokio::time::Instant::now);
                     if t.elapsed() >= POLL_EVERY {
                         kill_leftovers(engine, &container, "KILL", None).await;
@@ -997,6 +1042,38 @@ pub(super) async fn resume_step(
                 }
             }
         }
+    }
+}
+
+/// Whether process `pid` of the container exists, asked with a short exec (`None`: could
+/// not be asked).
+async fn process_alive(engine: &DockerEngine, container: &str, pid: u32) -> Option<bool> {
+    let docker = engine.client();
+    let exec = docker
+        .create_exec(
+            container,
+            ExecConfig {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                user: Some("0".into()),
+                cmd: Some(vec!["test".into(), "-d".into(), format!("/proc/{pid}")]),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    let Ok(StartExecResults::Attached { mut output, .. }) = docker.start_exec(&exec.id, None).await
+    else {
+        return None;
+    };
+    let drain = async { while output.next().await.is_some() {} };
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .ok()?;
+    match docker.inspect_exec(&exec.id).await.ok()?.exit_code {
+        Some(0) => Some(true),
+        Some(1) => Some(false),
+        _ => None,
     }
 }
 
