@@ -1479,6 +1479,8 @@ async fn a_step_keeps_its_output_and_exit_code_in_the_steps_dir() {
         "3"
     );
     engine.destroy(&j.env).await.unwrap();
+    // The job is over: its kept output is removed with its containers.
+    assert!(!steps.exists(), "{}", steps.display());
 }
 
 #[tokio::test]
@@ -1628,4 +1630,78 @@ async fn a_resumed_step_never_follows_a_link_the_job_put_for_its_log() {
         "{rest}"
     );
     engine.destroy(&j.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_step_writing_faster_than_ferry_reads_is_stopped_by_its_timeout() {
+    let Some(engine) = engine_with("kept-yes", section()).await else {
+        return;
+    };
+    let j = job("kept-yes", BUSYBOX);
+    let mut s = step(&["yes"]);
+    s.timeout = Some(Duration::from_secs(2));
+    let started = Instant::now();
+    let (r, log) = run_one(&engine, &j.env, &s).await;
+    let r = r.unwrap();
+    let took = started.elapsed();
+    assert!(r.timed_out, "{r:?}");
+    assert_eq!(r.exit_code, 124);
+    assert!(
+        log.contains("timed out after"),
+        "{}",
+        &log[log.len() - 300..]
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_step_that_makes_its_log_huge_is_stopped_promptly() {
+    let Some(engine) = engine_with("kept-huge", section()).await else {
+        return;
+    };
+    let j = job("kept-huge", BUSYBOX);
+    let s = step(&[
+        "echo before",
+        // `cat` appends it to the log file before the file is made huge.
+        "sleep 1",
+        "truncate -s 1099511627776 /builds/group/project.steps/script.log",
+        "sleep 60",
+    ]);
+    let started = Instant::now();
+    let (r, log) = run_one(&engine, &j.env, &s).await;
+    let r = r.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.exit_code, 1, "{log}");
+    assert!(!r.timed_out);
+    assert!(log.contains("before\n"), "{log}");
+    assert!(
+        log.contains("wrote more than 1024 MiB of output to its log file: stopping it"),
+        "{log}"
+    );
+    // The zeros were never copied.
+    assert!(log.len() < 1024 * 1024, "{}", log.len());
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// The job kills the processes that wait for its shell (`kill -9 $PPID`, `killall -9 sh`)
+/// while a background process keeps the output open: the step ends as the shell's exit did
+/// before steps kept their output (about a second later), not at its timeout.
+#[tokio::test]
+async fn a_step_whose_shell_parent_is_killed_ends_promptly() {
+    let Some(engine) = engine_with("kept-ppid", section()).await else {
+        return;
+    };
+    for kill in ["kill -9 $PPID", "killall -9 sh"] {
+        let j = job("kept-ppid", BUSYBOX);
+        let mut s = step(&["sleep 120 &", "echo killing", kill, "sleep 120"]);
+        s.timeout = Some(Duration::from_secs(60));
+        let started = Instant::now();
+        let (r, log) = run_one(&engine, &j.env, &s).await;
+        let r = r.unwrap();
+        let took = started.elapsed();
+        assert!(!r.timed_out, "{kill}: {log}");
+        assert_ne!(r.exit_code, 0, "{kill}: {log}");
+        assert!(log.contains("killing\n"), "{kill}: {log}");
+        assert!(took < Duration::from_secs(20), "{kill}: {took:?}");
+    }
 }

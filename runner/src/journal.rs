@@ -60,6 +60,10 @@ pub struct Entry {
     pub runner: String,
     /// The GitLab URL of that entry.
     pub url: String,
+    /// The runner's `CI_RUNNER_SHORT_TOKEN`, which labels the job's containers (an entry of an
+    /// earlier ferry may lack it: its containers cannot be told from another runner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_label: Option<String>,
     pub job_id: u64,
     pub project_id: u64,
     /// The job as GitLab sent it (its token and variables included).
@@ -263,6 +267,7 @@ mod tests {
             version: VERSION,
             runner: "t1_abcd".into(),
             url: "https://gitlab.example.com".into(),
+            runner_label: None,
             job_id,
             project_id: 7,
             payload,

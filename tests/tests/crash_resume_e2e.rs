@@ -201,3 +201,38 @@ async fn a_corrupt_journal_entry_is_skipped_with_a_warning() {
     assert!(journal.join("x-77.json.corrupt").exists());
     h.stop().await;
 }
+
+/// A journaled job of a runner whose GitLab URL changed meanwhile can be neither resumed nor
+/// reported: its containers and journal entry are removed, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_job_of_no_configured_runner_is_removed() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let id = h.push(h.job("resume-orphan").script([numbered(300)]));
+    h.wait_trace(id, "\nline 3\n", Duration::from_secs(120))
+        .await;
+    kill_ferry(&mut h).await;
+    let entries = journal_entries(&h);
+    assert_eq!(entries.len(), 1);
+    let path = h.work_dir.join("journal").join(&entries[0]);
+    let mut entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    entry["url"] = serde_json::Value::String("https://gitlab.elsewhere.invalid/".into());
+    std::fs::write(&path, serde_json::to_vec(&entry).unwrap()).unwrap();
+    assert!(!h.docker_objects(Some(id)).is_empty());
+    h.spawn_ferry();
+    let gone = ferry_tests::e2e::poll_until(Duration::from_secs(60), || {
+        h.docker_objects(Some(id)).is_empty() && journal_entries(&h).is_empty()
+    })
+    .await;
+    assert!(gone, "{:?}\n{}", h.docker_objects(Some(id)), h.ferry_log());
+    assert!(
+        h.ferry_log()
+            .contains("belongs to no [[runners]] entry of this configuration"),
+        "{}",
+        h.ferry_log()
+    );
+    h.assert_takes_next_job().await;
+    h.stop().await;
+}

@@ -31,18 +31,24 @@ pub const DETECT_SHELL: &str = "if [ -x /usr/local/bin/bash ]; then\n\texec /usr
 /// Runs a step of the build container so that its output and exit code survive ferry
 /// (docs/crash-safety.md). `$1` is the steps dir in the container, `$2` the step's file name.
 /// The detected shell reads the script from stdin as in the streaming mode; its output (stdout
-/// and stderr, in order) goes through `cat`, appending to `$2.log`, so the output ends only when
-/// every process holding it has ended (as the exec stream did); the shell's exit code is
-/// written to `$2.code` as soon as it exits, and renamed to `$2.exit` once the output ended:
-/// that rename is the step's end. Without `cat` in the image, the output is appended directly.
-/// The wrapper works in the steps dir itself (relative names): a job that renames a directory
-/// above it (`/builds/<namespace>`, the container's own) does not lose its exit code.
+/// and stderr, in order) goes through a FIFO to a background `cat` appending to `$2.log`, so the
+/// output ends only when every process holding it has ended (as the exec stream did). The
+/// wrapper (this script, the job shell's parent) waits for the shell itself and writes its exit
+/// code to `$2.code` as soon as it exits, whatever killed it; once `cat` ended, `$2.code` is
+/// renamed to `$2.exit`: that rename is the step's end. `$2.pids` lists the wrapper and `cat`
+/// (spared by the first signal of a stop). Without `cat` or `mkfifo` in the image, the output
+/// is appended directly. The wrapper works in the steps dir itself (relative names): a job
+/// that renames a directory above it (`/builds/<namespace>`, the container's own) does not
+/// lose its exit code.
 pub fn kept_step_script() -> String {
     let shell = format!("(\n{DETECT_SHELL})");
     format!(
         r#"d=$1; n=$2; p=$PWD; cd "$d" || exit 1; trap : TERM; echo $$ > "$n.pids"
-if command -v cat >/dev/null 2>&1; then
-{{ (cd "$p" && {shell}); echo $? > "$n.code"; }} 2>&1 | {{ sh -c 'echo $PPID' >> "$n.pids"; exec cat >> "$n.log"; }}
+if command -v cat >/dev/null 2>&1 && rm -f "$n.fifo" && mkfifo "$n.fifo" 2>/dev/null; then
+cat "$n.fifo" >> "$n.log" & c=$!; echo $c >> "$n.pids"
+(cd "$p" && {shell}) > "$n.fifo" 2>&1; echo $? > "$n.code"
+while kill -0 $c 2>/dev/null; do wait $c; done
+rm -f "$n.fifo"
 else
 (cd "$p" && {shell}) >> "$n.log" 2>&1; echo $? > "$n.code"
 fi

@@ -410,6 +410,25 @@ impl DockerEngine {
         .await
     }
 
+    /// Removes the containers, networks and per-job volumes of the jobs `jobs`, each with the
+    /// runner short token (`CI_RUNNER_SHORT_TOKEN`) its objects are labelled with (journaled
+    /// jobs whose runner is no longer configured: docs/crash-safety.md). Returns how many
+    /// objects were removed.
+    pub async fn remove_jobs_of(&self, jobs: &[(String, u64)]) -> Result<usize, EngineError> {
+        let mut removed = 0;
+        for (runner, job) in jobs {
+            let job = job.to_string();
+            removed += self
+                .remove_labelled(&[
+                    (convert::LABEL_MANAGED, "true"),
+                    (convert::LABEL_RUNNER, runner),
+                    (convert::LABEL_JOB, &job),
+                ])
+                .await?;
+        }
+        Ok(removed)
+    }
+
     async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, EngineError> {
         self.remove_labelled_except(labels, &[]).await
     }
@@ -1006,8 +1025,16 @@ impl Engine for DockerEngine {
             (convert::LABEL_RUNNER, &env.runner_short_token),
             (convert::LABEL_JOB, &job),
         ])
-        .await
-        .map(|_| ())
+        .await?;
+        // The kept step output is the job's log, already sent; nothing writes it once the
+        // containers are gone (docs/crash-safety.md). `remove_dir_all` follows no link.
+        if let Some(dir) = env.host_steps_dir.clone() {
+            let shown = dir.display().to_string();
+            if let Err(e) = crate::jobfs::blocking(move || crate::jobfs::remove_files(&dir)).await {
+                tracing::warn!(dir = %shown, "removing the job's step output: {e}");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -38,11 +38,21 @@ use crate::jobfs::{self, JobDir};
 /// stdout open must not keep the step alive after the script's shell has exited.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
+/// A resumed step whose wrapper wrote no `.pids` this long after the step started never ran.
+const NEVER_STARTED_AFTER: Duration = Duration::from_secs(5);
+
 /// How often a kept step's output file is read for new output.
 const TAIL_EVERY: Duration = Duration::from_millis(50);
 
 /// The most of a kept step's output copied in one go (then the other events get a turn).
 const TAIL_CHUNK: usize = 256 * 1024;
+
+/// The most of a kept step's output read once it ended or was stopped (`Kept::drain`).
+const DRAIN_BUDGET: u64 = 64 * 1024 * 1024;
+
+/// A kept step whose output file grows past this is stopped (docs/crash-safety.md): the file
+/// is on the runner host's disk.
+pub const STEP_LOG_CAP: u64 = 1024 * 1024 * 1024;
 
 /// Empties (creates) a job's steps dir before its build container starts. World-writable as
 /// the project dir is (docs/crash-safety.md): the step's user may be any user of the image.
@@ -92,7 +102,7 @@ impl Kept {
     async fn clear(&self) -> Result<(), EngineError> {
         let (dir, name) = (self.dir.clone(), self.name.clone());
         jobfs::blocking(move || {
-            for ext in ["log", "code", "exit", "pids"] {
+            for ext in ["log", "code", "exit", "pids", "fifo"] {
                 dir.remove(std::path::Path::new(&format!("{name}.{ext}")))?;
             }
             Ok(())
@@ -101,35 +111,97 @@ impl Kept {
         .map_err(|e| EngineError::Docker(format!("clearing the output of step {}: {e}", self.name)))
     }
 
+    /// The processes in `<name>.pids` (the wrapper first), empty while it is not there.
+    async fn pids(&self) -> Vec<u32> {
+        use std::io::Read;
+        let (dir, rel) = (self.dir.clone(), format!("{}.pids", self.name));
+        let text = jobfs::blocking(move || {
+            let mut s = String::new();
+            dir.open_file(std::path::Path::new(&rel))?
+                .take(256)
+                .read_to_string(&mut s)?;
+            Ok(s)
+        })
+        .await
+        .unwrap_or_default();
+        text.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
     fn pids_file(&self) -> String {
         format!("{}/{}.pids", self.container_dir, self.name)
     }
 
-    /// Copies what the step wrote since the last call into `log`: at most `TAIL_CHUNK` bytes
-    /// unless `all`. Returns whether anything was copied. A log the job replaced by something
-    /// that is not a regular file is an error.
-    async fn pump(&mut self, log: &mut LogSink<'_>, all: bool) -> std::io::Result<bool> {
-        if self.failed {
-            return Ok(false);
-        }
+    /// Opens the log file if it is there yet (through the directory handle, never a link).
+    async fn file(&mut self) -> std::io::Result<Option<Arc<std::fs::File>>> {
         if self.file.is_none() {
             let (dir, rel) = (self.dir.clone(), format!("{}.log", self.name));
             match jobfs::blocking(move || dir.open_file(std::path::Path::new(&rel))).await {
                 Ok(f) => self.file = Some(Arc::new(f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
-        let Some(f) = self.file.clone() else {
+        Ok(self.file.clone())
+    }
+
+    /// The log file's size now (`fstat`), 0 while it is not there.
+    async fn size(&mut self) -> std::io::Result<u64> {
+        let Some(f) = self.file().await? else {
+            return Ok(0);
+        };
+        jobfs::blocking(move || Ok(f.metadata()?.len())).await
+    }
+
+    /// Copies what the step wrote since the last call into `log`: at most `TAIL_CHUNK` bytes.
+    /// Returns whether anything was copied. A log the job replaced by something that is not a
+    /// regular file is an error.
+    async fn pump(&mut self, log: &mut LogSink<'_>) -> std::io::Result<bool> {
+        if self.failed {
+            return Ok(false);
+        }
+        let until = self.pos + TAIL_CHUNK as u64;
+        self.copy_until(log, until).await
+    }
+
+    /// The final read once the step has ended or was stopped: up to the size the file has now
+    /// (`fstat`), and at most `DRAIN_BUDGET` bytes; what lies beyond (a job that wrote faster
+    /// than ferry reads, or a sparse file) is skipped with a warning line. Never reads a
+    /// growing or huge file to its end.
+    async fn drain(&mut self, log: &mut LogSink<'_>) -> std::io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let size = self.size().await?;
+        let until = size.min(self.pos.saturating_add(DRAIN_BUDGET));
+        self.copy_until(log, until).await?;
+        if size > self.pos {
+            let skipped = size - self.pos;
+            let line = joblog::warning_line(&format!(
+                "{skipped} bytes of the output of step {} were not read (more than {} MiB were left when the step ended)",
+                self.name,
+                DRAIN_BUDGET >> 20
+            ));
+            let _ = log.write_all(format!("\n{line}").as_bytes()).await;
+            self.pos = size;
+        }
+        Ok(())
+    }
+
+    /// Copies the log from `pos` up to `until` (or its current end) into `log`.
+    async fn copy_until(&mut self, log: &mut LogSink<'_>, until: u64) -> std::io::Result<bool> {
+        let Some(f) = self.file().await? else {
             return Ok(false);
         };
-        let mut copied = 0usize;
-        loop {
-            // Positioned reads off the async workers: the file only grows.
+        let mut copied = false;
+        while self.pos < until {
+            // Positioned reads off the async workers.
+            let want = (until - self.pos).min(64 * 1024) as usize;
             let (f, at) = (f.clone(), self.pos);
             let chunk = jobfs::blocking(move || {
                 use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; 64 * 1024];
+                let mut buf = vec![0u8; want];
                 let n = f.read_at(&mut buf, at)?;
                 buf.truncate(n);
                 Ok(buf)
@@ -141,12 +213,9 @@ impl Kept {
             // A log that cannot be written loses output as the streaming mode does.
             let _ = log.write_all(&chunk).await;
             self.pos += chunk.len() as u64;
-            copied += chunk.len();
-            if !all && copied >= TAIL_CHUNK {
-                break;
-            }
+            copied = true;
         }
-        Ok(copied > 0)
+        Ok(copied)
     }
 
     /// The exit code in `<name>.<ext>` (`code` or `exit`), if that file is there and holds one.
@@ -169,6 +238,29 @@ impl Kept {
 enum Stop {
     Cancelled,
     TimedOut,
+    TooLarge,
+}
+
+impl Kept {
+    /// Whether the step's log file grew past `STEP_LOG_CAP`. If so, says so in the log and
+    /// skips what was not read yet (a huge or sparse file is never read to its end).
+    async fn over_cap(&mut self, log: &mut LogSink<'_>) -> bool {
+        let size = match self.size().await {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        if size <= STEP_LOG_CAP {
+            return false;
+        }
+        let line = joblog::error_line(&format!(
+            "Step {} wrote more than {} MiB of output to its log file: stopping it",
+            self.name,
+            STEP_LOG_CAP >> 20
+        ));
+        let _ = log.write_all(format!("\n{line}").as_bytes()).await;
+        self.pos = self.pos.max(size);
+        true
+    }
 }
 
 pub(super) async fn run_step(
@@ -449,21 +541,22 @@ async fn exec_step(
             _ = tail.tick(), if kept.is_some() => {
                 if let Some(k) = kept.as_deref_mut() {
                     pump_or_warn(k, log, false).await;
+                    if k.over_cap(log).await {
+                        stop = Some(Stop::TooLarge);
+                        stop_step(engine, container, Some(&exec.id), &mut output, kept.as_deref_mut(), log).await;
+                        break;
+                    }
                 }
             }
+            // Stop first, then read what is left (bounded): reading up to the end of a file
+            // the job keeps writing would never end.
             _ = cancel.cancelled(), if stop.is_none() => {
-                if let Some(k) = kept.as_deref_mut() {
-                    pump_or_warn(k, log, true).await;
-                }
                 let _ = log.flush().await;
                 stop = Some(Stop::Cancelled);
                 stop_step(engine, container, Some(&exec.id), &mut output, kept.as_deref_mut(), log).await;
                 break;
             }
             _ = sleep_deadline => {
-                if let Some(k) = kept.as_deref_mut() {
-                    pump_or_warn(k, log, true).await;
-                }
                 let t = deadline.map(|(_, t)| t).unwrap_or_default();
                 let line = joblog::error_line(&format!("Step {} timed out after {}", step.name, human(t)));
                 let _ = log.write_all(format!("\n{line}").as_bytes()).await;
@@ -474,9 +567,14 @@ async fn exec_step(
             _ = poll.tick() => {
                 // The shell has exited but something it started still holds the output open
                 // (a kept step: its exit code is written, the output has not ended).
+                // A kept step's shell is done when its code is written, or when the wrapper
+                // that waits for it (the exec's process) was killed.
+                let exec_ended = || async {
+                    docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running) == Some(false)
+                };
                 let shell_done = match kept.as_deref() {
-                    Some(k) => k.status("code").await.is_some(),
-                    None => docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.running) == Some(false),
+                    Some(k) => k.status("code").await.is_some() || exec_ended().await,
+                    None => exec_ended().await,
                 };
                 if shell_done {
                     let t = *exited_at.get_or_insert_with(tokio::time::Instant::now);
@@ -502,6 +600,13 @@ async fn exec_step(
                 exit_code: STEP_TIMEOUT_EXIT_CODE,
                 oom_killed: false,
                 timed_out: true,
+            });
+        }
+        Some(Stop::TooLarge) => {
+            return Ok(StepOutcome {
+                exit_code: 1,
+                oom_killed: false,
+                timed_out: false,
             });
         }
         None => {}
@@ -714,8 +819,14 @@ async fn kill_leftovers(
 }
 
 /// Copies a kept step's new output into the log; a failure to read it is a line in the log.
+/// `all`: the final read ([`Kept::drain`]).
 async fn pump_or_warn(kept: &mut Kept, log: &mut LogSink<'_>, all: bool) {
-    if let Err(e) = kept.pump(log, all).await {
+    let r = if all {
+        kept.drain(log).await
+    } else {
+        kept.pump(log).await.map(drop)
+    };
+    if let Err(e) = r {
         let line = joblog::warning_line(&format!("reading the output of step {}: {e}", kept.name));
         let _ = log.write_all(format!("\n{line}").as_bytes()).await;
         // Read no more of it (the job replaced its log by something ferry does not read).
@@ -865,6 +976,10 @@ pub(super) async fn resume_step(
         tokio::select! {
             _ = tail.tick() => {
                 pump_or_warn(&mut kept, log, false).await;
+                if kept.over_cap(log).await {
+                    stop_step(engine, &container, None, &mut futures::stream::empty(), Some(&mut kept), log).await;
+                    return Ok(StepOutcome { exit_code: 1, oom_killed: false, timed_out: false });
+                }
                 if let Some(code) = kept.status("exit").await {
                     pump_or_warn(&mut kept, log, true).await;
                     let oom_killed = code != 0 && container_oom_killed(engine, &container).await;
@@ -872,13 +987,11 @@ pub(super) async fn resume_step(
                 }
             }
             _ = cancel.cancelled() => {
-                pump_or_warn(&mut kept, log, true).await;
                 let _ = log.flush().await;
                 stop_step(engine, &container, None, &mut futures::stream::empty(), Some(&mut kept), log).await;
                 return Err(EngineError::Cancelled);
             }
             _ = sleep_deadline => {
-                pump_or_warn(&mut kept, log, true).await;
                 let t = deadline.map(|(_, t)| t).unwrap_or_default();
                 let line = joblog::error_line(&format!("Step {} timed out after {}", step.name, human(t)));
                 let _ = log.write_all(format!("\n{line}").as_bytes()).await;
@@ -894,9 +1007,28 @@ pub(super) async fn resume_step(
                     }
                     return Err(e);
                 }
-                // The shell ended, something it started still holds the output (as in
-                // `exec_step`).
-                if kept.status("code").await.is_some() && kept.status("exit").await.is_none() {
+                if kept.status("exit").await.is_some() {
+                    continue;
+                }
+                // The wrapper never started the step (ferry went away before the exec ran):
+                // nothing will ever end it.
+                let pids = kept.pids().await;
+                if pids.is_empty()
+                    && std::time::SystemTime::now().duration_since(started).unwrap_or_default() >= NEVER_STARTED_AFTER
+                {
+                    return Err(EngineError::Docker(format!(
+                        "step {} never started in {container} (no {}.pids in the steps dir): it cannot be followed",
+                        step.name, kept.name
+                    )));
+                }
+                // The shell ended (its code is written, or the wrapper that waits for it was
+                // killed), something it started still holds the output (as in `exec_step`).
+                let shell_done = kept.status("code").await.is_some()
+                    || match pids.first() {
+                        Some(pid) => process_alive(engine, &container, *pid).await == Some(false),
+                        None => false,
+                    };
+                if shell_done {
                     let t = *code_seen.get_or_insert_with(tokio::time::Instant::now);
                     if t.elapsed() >= POLL_EVERY {
                         kill_leftovers(engine, &container, "KILL", None).await;
@@ -910,6 +1042,38 @@ pub(super) async fn resume_step(
                 }
             }
         }
+    }
+}
+
+/// Whether process `pid` of the container exists, asked with a short exec (`None`: could
+/// not be asked).
+async fn process_alive(engine: &DockerEngine, container: &str, pid: u32) -> Option<bool> {
+    let docker = engine.client();
+    let exec = docker
+        .create_exec(
+            container,
+            ExecConfig {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                user: Some("0".into()),
+                cmd: Some(vec!["test".into(), "-d".into(), format!("/proc/{pid}")]),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    let Ok(StartExecResults::Attached { mut output, .. }) = docker.start_exec(&exec.id, None).await
+    else {
+        return None;
+    };
+    let drain = async { while output.next().await.is_some() {} };
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .ok()?;
+    match docker.inspect_exec(&exec.id).await.ok()?.exit_code {
+        Some(0) => Some(true),
+        Some(1) => Some(false),
+        _ => None,
     }
 }
 

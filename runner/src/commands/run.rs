@@ -686,10 +686,37 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         }
         None => Vec::new(),
     };
+    // A journaled job is resumed by the [[runners]] entry of the same runner (short token) and
+    // GitLab URL. One that matches none (the token or URL was changed, the entry removed)
+    // cannot be resumed nor reported: its containers and its journal entry are removed below
+    // (docs/crash-safety.md). The same match spares its containers and resumes it.
+    let belongs = |e: &crate::journal::Entry, r: &RunnerSection| {
+        r.token.short() == e.runner && r.url == e.url
+    };
+    let (journaled, orphaned): (Vec<_>, Vec<_>) = journaled
+        .into_iter()
+        .partition(|e| config.runners.iter().any(|r| belongs(e, r)));
+    for e in &orphaned {
+        warn!(
+            job = e.job_id,
+            runner = %e.runner,
+            url = %e.url,
+            "a journaled job belongs to no [[runners]] entry of this configuration (same token and URL): its containers and journal entry are removed"
+        );
+    }
+    // Their objects, by the runner label they carry (an entry of an earlier ferry without it:
+    // its containers cannot be told from another runner's, and are left).
+    let orphaned_ids: Vec<(String, u64)> = orphaned
+        .iter()
+        .filter_map(|e| e.runner_label.clone().map(|l| (l, e.job_id)))
+        .collect();
 
     // Leftovers of a crashed earlier run: containers, networks and volumes labelled as ferry's.
     // And once per runner: how the job's directories reach its containers.
     let mut described = BTreeSet::new();
+    // The containers of `orphaned` are gone (or there were none to remove): their journal
+    // entries can go; else they are kept for the next start.
+    let mut orphans_removed = orphaned_ids.is_empty();
     for r in &config.runners {
         if let Ok(engine) = DockerEngine::new(&r.docker, r.token.ci_short_token()).await {
             let engine = match docker_remote {
@@ -705,9 +732,18 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
             }
             let keep: Vec<u64> = journaled
                 .iter()
-                .filter(|e| e.runner == r.token.short())
+                .filter(|e| belongs(e, r))
                 .map(|e| e.job_id)
                 .collect();
+            // Labelled with the old runner's token, which no runner here removes.
+            if !orphaned_ids.is_empty() {
+                match engine.remove_jobs_of(&orphaned_ids).await {
+                    Ok(_) => orphans_removed = true,
+                    Err(e) => {
+                        warn!(runner = r.token.short(), error = %e, "removing the containers of journaled jobs no runner resumes")
+                    }
+                }
+            }
             match engine.cleanup_leftovers_except(&keep).await {
                 Ok(0) => {}
                 Ok(n) => info!(
@@ -718,6 +754,16 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                 Err(e) => {
                     warn!(runner = r.token.short(), error = %e, "Docker is not reachable; jobs will fail until it is")
                 }
+            }
+        }
+    }
+
+    if let Some(j) = &journal
+        && orphans_removed
+    {
+        for e in &orphaned {
+            if let Err(err) = j.remove(&e.runner, e.job_id) {
+                warn!(job = e.job_id, error = %err, "removing a journal entry");
             }
         }
     }
@@ -796,16 +842,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     {
         let config = rx.borrow().clone();
         for entry in journaled {
-            let Some(runner) = config
-                .runners
-                .iter()
-                .find(|r| r.token.short() == entry.runner && r.url == entry.url)
-            else {
-                warn!(
-                    job = entry.job_id,
-                    runner = %entry.runner,
-                    "a journaled job belongs to no [[runners]] entry of this configuration: left as it is"
-                );
+            let Some(runner) = config.runners.iter().find(|r| belongs(&entry, r)) else {
                 continue;
             };
             let (handler, runner, cancel) =

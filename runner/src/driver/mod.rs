@@ -415,6 +415,7 @@ fn journal_entry(
         version: journal::VERSION,
         runner: runner.token.short().to_string(),
         url: runner.url.clone(),
+        runner_label: Some(runner.token.ci_short_token().to_string()),
         job_id: payload.id,
         project_id: payload.job_info.project_id,
         payload: payload.clone(),
