@@ -16,7 +16,7 @@ use tracing::{Instrument, info, warn};
 
 use super::host::Host;
 use super::signals::Signals;
-use super::state::JobState as Progress;
+use super::state::{AfterDone, JobState as Progress};
 use super::{Driver, JobJournal, JobRun, internal_error, job_url};
 use crate::api::{JobApi, JobState, JobUpdate, UpdateReply};
 use crate::failure::FailureReason;
@@ -34,6 +34,13 @@ enum Verdict {
         index: usize,
         started: SystemTime,
         checkpoint: trace::Checkpoint,
+    },
+    /// Save the caches and upload the artifacts not done yet, the steps having ended with
+    /// `failure` (none: success), the log continuing from the checkpoint.
+    After {
+        checkpoint: trace::Checkpoint,
+        failure: Option<(FailureReason, Option<i32>)>,
+        done: AfterDone,
     },
     /// Send the final update the earlier ferry was sending.
     Final(Outcome),
@@ -129,7 +136,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             ..self.trace_config(&runner, plan.masks.clone())
         };
         let (log, handle) = match &verdict {
-            Verdict::Follow { checkpoint, .. } => {
+            Verdict::Follow { checkpoint, .. } | Verdict::After { checkpoint, .. } => {
                 trace::resume(job.clone(), self.api.clone(), cfg, checkpoint)
             }
             _ => match trace::remote_length(&*self.api, &job).await {
@@ -175,6 +182,37 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 Outcome::failed(reason)
             }
             Verdict::Final(outcome) => outcome,
+            Verdict::After { failure, done, .. } => {
+                let signals = Signals {
+                    deadline: ferry_executor::deadline_after(
+                        entry
+                            .deadline()
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default(),
+                    ),
+                    remote: handle.signals(),
+                    shutdown,
+                };
+                let state = Progress::after_steps(failure, done);
+                let finished = AssertUnwindSafe(self.finish_after_steps(
+                    plan,
+                    &job,
+                    &runner,
+                    &log,
+                    signals,
+                    journaled.clone(),
+                    state,
+                    &mut workspace,
+                ))
+                .catch_unwind()
+                .await;
+                let outcome = finished.unwrap_or_else(|panic| internal_error(&log, panic.as_ref()));
+                if let Err(e) = self.host.remove_file_variables(plan).await {
+                    warn!(error = %e, "removing the job's file variables failed");
+                }
+                self.write_timing(&log, &labels, started);
+                outcome
+            }
             Verdict::Follow {
                 index,
                 started: step_started,
@@ -270,6 +308,45 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         run.state.outcome()
     }
 
+    /// Cache and artifacts an earlier ferry left unfinished (`state`: the steps' outcome and
+    /// what was done), in the project dir it left.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_after_steps(
+        &self,
+        plan: &Plan,
+        job: &crate::api::JobRef,
+        runner: &RunnerSection,
+        log: &TraceWriter,
+        mut signals: Signals,
+        journal: Option<JobJournal>,
+        state: Progress,
+        workspace: &mut Option<super::cleanup::Workspace>,
+    ) -> Outcome {
+        let Execution::Docker { env, .. } = &plan.execution else {
+            return Outcome::failed(FailureReason::RunnerSystemFailure);
+        };
+        let claimed = self
+            .workspaces
+            .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
+            .await;
+        let mut claim = Progress::default();
+        match claim.settle(claimed, log) {
+            Some(guard) => *workspace = Some(guard),
+            None => return claim.outcome(),
+        }
+        let mut run = JobRun {
+            plan,
+            job,
+            runner,
+            log,
+            signals,
+            state,
+            journal,
+        };
+        self.after_steps(&mut run, env).await;
+        run.state.outcome()
+    }
+
     /// A journaled job whose payload no longer plans (the configuration changed): its log
     /// gets the reason, GitLab the failure; its containers are removed by the next start's
     /// leftover removal.
@@ -358,11 +435,57 @@ fn verdict<E: Engine>(
                 "{AWAY}, while it was being prepared (sources, cache, dependencies, containers): that stage is not resumed"
             ),
         ),
-        Stage::AfterSteps => Verdict::End(
+        Stage::AfterSteps {
+            trace: Some(checkpoint),
+            failure,
+            exit_code,
+            caches_done,
+            artifacts_done,
+        } if engine.keeps_step_output(env) => match project_dir_left(plan) {
+            Ok(()) => Verdict::After {
+                checkpoint: checkpoint.clone(),
+                failure: failure.as_deref().map(|r| {
+                    (
+                        FailureReason::parse(r).unwrap_or(FailureReason::RunnerSystemFailure),
+                        *exit_code,
+                    )
+                }),
+                done: AfterDone {
+                    caches: *caches_done,
+                    artifacts: *artifacts_done,
+                },
+            },
+            Err(why) => Verdict::End(
+                FailureReason::RunnerSystemFailure,
+                format!(
+                    "{AWAY}, while it saved its cache or artifacts, and {why}: they cannot be saved"
+                ),
+            ),
+        },
+        Stage::AfterSteps { .. } => Verdict::End(
             FailureReason::RunnerSystemFailure,
-            format!("{AWAY}, while it saved its cache or artifacts: that stage is not resumed"),
+            format!(
+                "{AWAY}, while it saved its cache or artifacts: that stage is not resumed here (a remote Docker daemon, CI_DEBUG_SERVICES, or a log that could not be continued)"
+            ),
         ),
         Stage::Final { failure, exit_code } => final_verdict(failure.as_deref(), *exit_code),
+    }
+}
+
+/// Whether the job's project dir, whose files cache and artifacts are made of, is still there
+/// (a directory, not a link: docs/security.md); else why not.
+fn project_dir_left(plan: Option<&Plan>) -> Result<(), String> {
+    let Some(plan) = plan else {
+        return Err("the job could not be planned".into());
+    };
+    let dir = &plan.host_project_dir;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "its project dir {} is no longer a directory",
+            dir.display()
+        )),
+        Err(e) => Err(format!("its project dir {} is gone ({e})", dir.display())),
     }
 }
 
