@@ -380,9 +380,10 @@ async fn a_job_killed_while_it_saves_its_cache_is_resumed() {
         .job("resume-cache")
         .variable("GIT_STRATEGY", "empty", false)
         .script([
-            numbered(10),
             // Random bytes, so that compressing them takes a while.
             "mkdir -p vendor && head -c 268435456 /dev/urandom > vendor/big".to_string(),
+            // The cache's lines follow these at once.
+            numbered(10),
         ]);
     spec.cache
         .push(serde_json::json!({"key": "big", "untracked": false,
