@@ -52,8 +52,24 @@ pub enum Stage {
         trace: Option<Checkpoint>,
         phase: DeployPhase,
     },
-    /// After the steps: sync_out, cache, artifacts.
-    AfterSteps,
+    /// After the steps: sync_out, cache, artifacts. Written as they start and again as each
+    /// cache save and each artifacts upload completes. `trace` is where the job log stood
+    /// then (none: it cannot be continued, the stage is not resumed), and GitLab has no byte
+    /// past it; `failure` and `exit_code` are the steps' outcome (none: success), as in
+    /// `Final`; `caches_done` and `artifacts_done` count the caches saved and the artifacts
+    /// (of those due) uploaded. An entry of an earlier ferry holds only the stage.
+    AfterSteps {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<Checkpoint>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        caches_done: usize,
+        #[serde(default)]
+        artifacts_done: usize,
+    },
     /// The final update is being sent (everything else is done): `failure` is the reason
     /// (none: success) and `exit_code` the script's.
     Final {
@@ -323,14 +339,20 @@ mod tests {
         assert_eq!(mode(j.dir()), 0o700);
         j.write(&entry(5)).unwrap();
         let mut e = entry(5);
-        e.stage = Stage::AfterSteps;
+        e.stage = Stage::AfterSteps {
+            trace: None,
+            failure: Some("script_failure".into()),
+            exit_code: Some(3),
+            caches_done: 1,
+            artifacts_done: 2,
+        };
         j.write(&e).unwrap();
         let file = j.dir().join(e.file_name());
         assert_eq!(mode(&file), 0o600);
         let found = j.read_all();
         assert!(found.warnings.is_empty(), "{:?}", found.warnings);
         assert_eq!(found.entries.len(), 1);
-        assert_eq!(found.entries[0].stage, Stage::AfterSteps);
+        assert_eq!(found.entries[0].stage, e.stage);
         j.write(&entry(5)).unwrap();
         assert_eq!(j.read_all().entries[0].stage, entry(5).stage);
         assert_eq!(found.entries[0].payload.token, "glcbt-secret");
@@ -381,6 +403,31 @@ mod tests {
         assert!(j.dir().join("t1_abcd-2.json.corrupt").exists());
         // Set aside: the next start does not warn again.
         assert!(j.read_all().warnings.is_empty());
+    }
+
+    #[test]
+    fn an_after_steps_entry_of_an_earlier_ferry_reads_as_not_resumable() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let mut v = serde_json::to_value(entry(8)).unwrap();
+        v["stage"] = serde_json::json!({"stage": "after_steps"});
+        std::fs::write(
+            j.dir().join("t1_abcd-8.json"),
+            serde_json::to_vec(&v).unwrap(),
+        )
+        .unwrap();
+        let found = j.read_all();
+        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        assert_eq!(
+            found.entries[0].stage,
+            Stage::AfterSteps {
+                trace: None,
+                failure: None,
+                exit_code: None,
+                caches_done: 0,
+                artifacts_done: 0,
+            }
+        );
     }
 
     #[test]

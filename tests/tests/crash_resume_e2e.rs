@@ -236,3 +236,205 @@ async fn a_journaled_job_of_no_configured_runner_is_removed() {
     h.assert_takes_next_job().await;
     h.stop().await;
 }
+
+/// The stage of the job's journal entry (`after_steps`, `step`, ...).
+fn journal_stage(h: &Harness) -> Option<String> {
+    let entries = journal_entries(h);
+    let path = h.work_dir.join("journal").join(entries.first()?);
+    let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    entry["stage"]["stage"].as_str().map(str::to_string)
+}
+
+/// ferry is killed while GitLab holds the job's artifacts upload; GitLab stores that upload
+/// after all (as Rails finishes a request Workhorse passed on). The next ferry uploads the
+/// same archive again, which GitLab takes without storing it twice, and the job succeeds with
+/// every line once: the lines of the interrupted upload never reached GitLab.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_while_it_uploads_artifacts_is_resumed() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    h.gitlab.hold_artifact_uploads(true);
+    let mut spec = h.job("resume-artifacts").script([
+        numbered(20),
+        "mkdir -p out && echo artifact-content > out/a.txt".to_string(),
+    ]);
+    spec.artifacts
+        .push(serde_json::json!({"name": "out", "untracked": false,
+        "paths": ["out/"], "when": "on_success", "expire_in": "1 day",
+        "artifact_type": "archive", "artifact_format": "zip"}));
+    let id = h.push(spec);
+    let held = ferry_tests::e2e::poll_until(Duration::from_secs(120), || {
+        h.gitlab.held_artifact_uploads() == 1
+    })
+    .await;
+    assert!(held, "{}", h.describe(id));
+    // The log up to the upload reaches GitLab; the upload's own lines wait for its end.
+    h.wait_trace(id, "\nline 20\n", Duration::from_secs(30))
+        .await;
+    let sent = h.gitlab.trace_string(id);
+    assert!(!sent.contains("Uploading artifacts"), "{sent}");
+    kill_ferry(&mut h).await;
+    assert_eq!(
+        journal_stage(&h).as_deref(),
+        Some("after_steps"),
+        "{}",
+        h.describe(id)
+    );
+    // The upload the killed ferry sent reaches GitLab after all.
+    h.gitlab.hold_artifact_uploads(false);
+    let stored = ferry_tests::e2e::poll_until(Duration::from_secs(10), || {
+        h.gitlab.artifacts(id).len() == 1
+    })
+    .await;
+    assert!(stored, "{}", h.describe(id));
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 20);
+    assert_checksum(&h, id);
+    assert_eq!(
+        trace
+            .matches("Uploading artifacts for successful job")
+            .count(),
+        1,
+        "{trace}"
+    );
+    assert_eq!(
+        trace.matches("to coordinator... 201 Created").count(),
+        1,
+        "{trace}"
+    );
+    let artifacts = h.gitlab.artifacts(id);
+    assert_eq!(artifacts.len(), 1, "{}", h.describe(id));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(artifacts[0].data.clone())).unwrap();
+    let mut content = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("out/a.txt").unwrap(), &mut content).unwrap();
+    assert_eq!(content, "artifact-content\n");
+    assert_journal_drained(&h).await;
+    h.assert_takes_next_job().await;
+    h.stop().await;
+}
+
+/// A job whose project dir is gone when ferry comes back while it uploaded its artifacts
+/// fails with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_in_its_upload_whose_project_dir_is_gone_fails_with_the_reason() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    h.gitlab.hold_artifact_uploads(true);
+    let mut spec = h
+        .job("resume-artifacts-gone")
+        .script(["mkdir -p out && echo x > out/a.txt".to_string()]);
+    spec.artifacts
+        .push(serde_json::json!({"name": "out", "untracked": false,
+        "paths": ["out/"], "when": "on_success", "artifact_type": "archive",
+        "artifact_format": "zip"}));
+    let id = h.push(spec);
+    let held = ferry_tests::e2e::poll_until(Duration::from_secs(120), || {
+        h.gitlab.held_artifact_uploads() == 1
+    })
+    .await;
+    assert!(held, "{}", h.describe(id));
+    kill_ferry(&mut h).await;
+    let dir = h.project_dir(0);
+    assert!(dir.is_dir(), "{}", dir.display());
+    // The project dir's files belong to the job's user: removed from a container.
+    let parent = dir.parent().unwrap().display().to_string();
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    ferry_tests::e2e::cmd(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{parent}:/b"),
+            ferry_tests::e2e::BUSYBOX,
+            "rm",
+            "-rf",
+            &format!("/b/{name}"),
+        ],
+    );
+    assert!(!dir.exists(), "{}", dir.display());
+    h.gitlab.hold_artifact_uploads(false);
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Failed, Some("runner_system_failure"));
+    assert!(
+        trace.contains("while it saved its cache or artifacts, and its project dir"),
+        "{trace}"
+    );
+    assert_journal_drained(&h).await;
+    h.stop().await;
+}
+
+/// ferry is killed while it saves a (local) cache: the next ferry saves it again and the job
+/// succeeds, with one archive in the cache and every line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_while_it_saves_its_cache_is_resumed() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let mut spec = h
+        .job("resume-cache")
+        .variable("GIT_STRATEGY", "empty", false)
+        .script([
+            // Random bytes, so that compressing them takes a while.
+            "mkdir -p vendor && head -c 268435456 /dev/urandom > vendor/big".to_string(),
+            // The cache's lines follow these at once.
+            numbered(10),
+        ]);
+    spec.cache
+        .push(serde_json::json!({"key": "big", "untracked": false,
+        "policy": "pull-push", "paths": ["vendor/"], "when": "on_success",
+        "fallback_keys": []}));
+    let id = h.push(spec);
+    let cache_dir = h.work_dir.join("cache");
+    // The archive being written appears under a temporary name, renamed when complete; the
+    // log up to the cache reaches GitLab meanwhile (every second), the cache's own lines wait
+    // for its end.
+    let saving = ferry_tests::e2e::poll_until(Duration::from_secs(180), || {
+        files_named(&cache_dir, ".tmp-archive-").len() == 1
+            && h.gitlab.trace_string(id).contains("\nline 10\n")
+    })
+    .await;
+    assert!(saving, "{}", h.describe(id));
+    kill_ferry(&mut h).await;
+    let sent = h.gitlab.trace_string(id);
+    assert!(!sent.contains("Saving cache"), "{sent}");
+    assert_eq!(
+        journal_stage(&h).as_deref(),
+        Some("after_steps"),
+        "{}",
+        h.describe(id)
+    );
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(180)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 10);
+    assert_checksum(&h, id);
+    assert_eq!(trace.matches("Saving cache").count(), 1, "{trace}");
+    assert_eq!(trace.matches("Creating cache big").count(), 1, "{trace}");
+    let archives: Vec<_> = files_named(&cache_dir, ".tar.zst");
+    assert_eq!(archives.len(), 1, "{archives:?}");
+    assert_journal_drained(&h).await;
+    h.stop().await;
+}
+
+/// Files under `dir` (recursively) whose name contains `part`.
+fn files_named(dir: &std::path::Path, part: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_named(&p, part));
+        } else if e.file_name().to_string_lossy().contains(part) {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -856,6 +856,32 @@ async fn artifacts_upload_then_download_directly_and_via_redirect() {
     );
 }
 
+/// As GitLab's `Ci::JobArtifacts::CreateService`: an upload of a type the job already has is
+/// taken without a second copy when its bytes are the same, refused with 400 otherwise.
+#[tokio::test]
+async fn an_artifact_type_uploaded_again_is_kept_once_or_refused() {
+    let (gitlab, client, job) = running_job(JobSpec::new("build")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("artifacts.zip");
+    std::fs::write(&src, b"zip bytes").unwrap();
+    for _ in 0..2 {
+        client
+            .upload_artifacts(&job, &archive_meta(), &src)
+            .await
+            .expect("upload");
+    }
+    assert_eq!(gitlab.artifacts(job.id).len(), 1);
+    std::fs::write(&src, b"other zip bytes").unwrap();
+    let err = client
+        .upload_artifacts(&job, &archive_meta(), &src)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Status { status: 400, .. }), "{err}");
+    let stored = gitlab.artifacts(job.id);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].data, b"zip bytes");
+}
+
 #[tokio::test]
 async fn artifact_errors_are_clear() {
     let (gitlab, client, job) = running_job(JobSpec::new("build")).await;

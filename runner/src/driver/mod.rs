@@ -79,19 +79,26 @@ pub(crate) struct JobJournal {
 impl JobJournal {
     /// Records that the job is now at `stage` (off the async workers). A failure is ferry's
     /// warning, never the job's: the job runs on, only a restart could not resume it.
-    pub(crate) async fn stage(&self, stage: journal::Stage) {
+    /// Whether the entry was written.
+    pub(crate) async fn stage(&self, stage: journal::Stage) -> bool {
         let entry = match self.entry.lock() {
             Ok(mut e) => {
                 e.stage = stage;
                 e.clone()
             }
-            Err(_) => return,
+            Err(_) => return false,
         };
         let j = self.journal.clone();
         match tokio::task::spawn_blocking(move || j.write(&entry)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "writing the job's journal entry failed"),
-            Err(e) => warn!(error = %e, "writing the job's journal entry failed"),
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                warn!(error = %e, "writing the job's journal entry failed");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "writing the job's journal entry failed");
+                false
+            }
         }
     }
 

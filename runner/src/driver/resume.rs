@@ -17,7 +17,7 @@ use tracing::{Instrument, info, warn};
 use super::host::Host;
 use super::sections::ResumedDeploy;
 use super::signals::Signals;
-use super::state::JobState as Progress;
+use super::state::{AfterDone, JobState as Progress};
 use super::{Driver, JobJournal, JobRun, internal_error, job_url};
 use crate::api::{JobApi, JobState, JobUpdate, UpdateReply};
 use crate::failure::FailureReason;
@@ -42,6 +42,13 @@ enum Verdict {
         index: usize,
         checkpoint: Option<trace::Checkpoint>,
         resumed: ResumedDeploy,
+    },
+    /// Save the caches and upload the artifacts not done yet, the steps having ended with
+    /// `failure` (none: success), the log continuing from the checkpoint.
+    After {
+        checkpoint: trace::Checkpoint,
+        failure: Option<(FailureReason, Option<i32>)>,
+        done: AfterDone,
     },
     /// Send the final update the earlier ferry was sending.
     Final(Outcome),
@@ -137,7 +144,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             ..self.trace_config(&runner, plan.masks.clone())
         };
         let (log, handle) = match &verdict {
-            Verdict::Follow { checkpoint, .. } => {
+            Verdict::Follow { checkpoint, .. } | Verdict::After { checkpoint, .. } => {
                 trace::resume(job.clone(), self.api.clone(), cfg, checkpoint)
             }
             _ => match trace::remote_length(&*self.api, &job).await {
@@ -194,62 +201,30 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 Outcome::failed(reason)
             }
             Verdict::Final(outcome) => outcome,
-            Verdict::Follow {
-                index,
-                started: step_started,
-                ..
-            } => {
-                let deadline = entry
-                    .deadline()
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
+            verdict => {
                 let signals = Signals {
-                    deadline: ferry_executor::deadline_after(deadline),
+                    deadline: ferry_executor::deadline_after(
+                        entry
+                            .deadline()
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default(),
+                    ),
                     remote: handle.signals(),
                     shutdown,
                 };
-                let followed = AssertUnwindSafe(self.follow(
+                let carried = AssertUnwindSafe(self.carry_on(
+                    verdict,
                     plan,
                     &job,
                     &runner,
                     &log,
                     signals,
                     journaled.clone(),
-                    (index, step_started),
                     &mut workspace,
                 ))
                 .catch_unwind()
                 .await;
-                let outcome = followed.unwrap_or_else(|panic| internal_error(&log, panic.as_ref()));
-                if let Err(e) = self.host.remove_file_variables(plan).await {
-                    warn!(error = %e, "removing the job's file variables failed");
-                }
-                self.write_timing(&log, &labels, started);
-                outcome
-            }
-            Verdict::Deploy { index, resumed, .. } => {
-                let deadline = entry
-                    .deadline()
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                let signals = Signals {
-                    deadline: ferry_executor::deadline_after(deadline),
-                    remote: handle.signals(),
-                    shutdown,
-                };
-                let followed = AssertUnwindSafe(self.follow_deploy(
-                    plan,
-                    &job,
-                    &runner,
-                    &log,
-                    signals,
-                    journaled.clone(),
-                    (index, resumed),
-                    &mut workspace,
-                ))
-                .catch_unwind()
-                .await;
-                let outcome = followed.unwrap_or_else(|panic| internal_error(&log, panic.as_ref()));
+                let outcome = carried.unwrap_or_else(|panic| internal_error(&log, panic.as_ref()));
                 if let Err(e) = self.host.remove_file_variables(plan).await {
                     warn!(error = %e, "removing the job's file variables failed");
                 }
@@ -277,31 +252,35 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         info!(?outcome, ?final_outcome, "resumed job finished");
     }
 
-    /// The steps from the one an earlier ferry left, then cache and artifacts.
+    /// Takes the job up where the earlier ferry left it (`verdict`: Follow, After or Deploy),
+    /// in the project dir it left: the steps from the one it was in, then cache and artifacts;
+    /// the cache and artifacts not done yet; or the deploy lines from the one it was in, applied
+    /// again (server-side apply is idempotent) and its wait continued (docs/crash-safety.md).
     #[allow(clippy::too_many_arguments)]
-    async fn follow(
+    async fn carry_on(
         &self,
+        verdict: Verdict,
         plan: &Plan,
         job: &crate::api::JobRef,
         runner: &RunnerSection,
         log: &TraceWriter,
         mut signals: Signals,
         journal: Option<JobJournal>,
-        (index, started): (usize, SystemTime),
         workspace: &mut Option<super::cleanup::Workspace>,
     ) -> Outcome {
-        let Execution::Docker { env, steps } = &plan.execution else {
-            return Outcome::failed(FailureReason::RunnerSystemFailure);
-        };
         let claimed = self
             .workspaces
             .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
             .await;
-        let mut state = Progress::default();
-        match state.settle(claimed, log) {
+        let mut claim = Progress::default();
+        match claim.settle(claimed, log) {
             Some(guard) => *workspace = Some(guard),
-            None => return state.outcome(),
+            None => return claim.outcome(),
         }
+        let state = match &verdict {
+            Verdict::After { failure, done, .. } => Progress::after_steps(*failure, *done),
+            _ => claim,
+        };
         let mut run = JobRun {
             plan,
             job,
@@ -311,55 +290,27 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             state,
             journal,
         };
-        run.state.script_started = true;
-        self.steps_from(&mut run, env, steps, index, Some(started))
-            .await;
-        self.after_steps(&mut run, env).await;
-        run.state.outcome()
-    }
-
-    /// The deploy lines from the one an earlier ferry left: that one is applied again
-    /// (server-side apply is idempotent) and its wait continues (docs/crash-safety.md).
-    #[allow(clippy::too_many_arguments)]
-    async fn follow_deploy(
-        &self,
-        plan: &Plan,
-        job: &crate::api::JobRef,
-        runner: &RunnerSection,
-        log: &TraceWriter,
-        mut signals: Signals,
-        journal: Option<JobJournal>,
-        (index, resumed): (usize, ResumedDeploy),
-        workspace: &mut Option<super::cleanup::Workspace>,
-    ) -> Outcome {
-        let Execution::Deploy { commands, facts } = &plan.execution else {
-            return Outcome::failed(FailureReason::RunnerSystemFailure);
-        };
-        let claimed = self
-            .workspaces
-            .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
-            .await;
-        let mut state = Progress::default();
-        match state.settle(claimed, log) {
-            Some(guard) => *workspace = Some(guard),
-            None => return state.outcome(),
+        match (verdict, &plan.execution) {
+            (Verdict::Follow { index, started, .. }, Execution::Docker { env, steps }) => {
+                run.state.script_started = true;
+                self.steps_from(&mut run, env, steps, index, Some(started))
+                    .await;
+                self.after_steps(&mut run, env).await;
+            }
+            (Verdict::After { .. }, Execution::Docker { env, .. }) => {
+                self.after_steps(&mut run, env).await;
+            }
+            (Verdict::Deploy { index, resumed, .. }, Execution::Deploy { commands, facts }) => {
+                log.write_warning(if resumed.waiting_since_ms.is_some() {
+                    "ferry was restarted while this deploy waited for the rollout: applying the manifests again (server-side apply is idempotent), then waiting for what is left of the timeout"
+                } else {
+                    "ferry was restarted while this deploy applied the manifests: applying them again (server-side apply is idempotent)"
+                });
+                self.deploys_from(&mut run, commands, facts, index, Some(resumed))
+                    .await;
+            }
+            _ => return Outcome::failed(FailureReason::RunnerSystemFailure),
         }
-        log.write_warning(if resumed.waiting_since_ms.is_some() {
-            "ferry was restarted while this deploy waited for the rollout: applying the manifests again (server-side apply is idempotent), then waiting for what is left of the timeout"
-        } else {
-            "ferry was restarted while this deploy applied the manifests: applying them again (server-side apply is idempotent)"
-        });
-        let mut run = JobRun {
-            plan,
-            job,
-            runner,
-            log,
-            signals,
-            state,
-            journal,
-        };
-        self.deploys_from(&mut run, commands, facts, index, Some(resumed))
-            .await;
         run.state.outcome()
     }
 
@@ -461,9 +412,38 @@ fn verdict<E: Engine>(
                 "{AWAY}, while it was being prepared (sources, cache, dependencies, containers): that stage is not resumed"
             ),
         ),
-        Stage::AfterSteps => Verdict::End(
+        Stage::AfterSteps {
+            trace: Some(checkpoint),
+            failure,
+            exit_code,
+            caches_done,
+            artifacts_done,
+        } if engine.keeps_step_output(env) => match project_dir_left(plan) {
+            Ok(()) => Verdict::After {
+                checkpoint: checkpoint.clone(),
+                failure: failure.as_deref().map(|r| {
+                    (
+                        FailureReason::parse(r).unwrap_or(FailureReason::RunnerSystemFailure),
+                        *exit_code,
+                    )
+                }),
+                done: AfterDone {
+                    caches: *caches_done,
+                    artifacts: *artifacts_done,
+                },
+            },
+            Err(why) => Verdict::End(
+                FailureReason::RunnerSystemFailure,
+                format!(
+                    "{AWAY}, while it saved its cache or artifacts, and {why}: they cannot be saved"
+                ),
+            ),
+        },
+        Stage::AfterSteps { .. } => Verdict::End(
             FailureReason::RunnerSystemFailure,
-            format!("{AWAY}, while it saved its cache or artifacts: that stage is not resumed"),
+            format!(
+                "{AWAY}, while it saved its cache or artifacts: that stage is not resumed here (a remote Docker daemon, CI_DEBUG_SERVICES, or a log that could not be continued)"
+            ),
         ),
         Stage::Deploy { .. } => Verdict::End(
             FailureReason::RunnerSystemFailure,
@@ -517,6 +497,20 @@ fn deploy_verdict(entry: &Entry, commands: usize) -> Verdict {
             FailureReason::RunnerSystemFailure,
             format!("{AWAY}, in a stage this deploy job does not have: it cannot be resumed"),
         ),
+    }
+}
+
+/// Whether the job's project dir, whose files cache and artifacts are made of, is still there
+/// (a directory, not a link: docs/security.md); else why not.
+fn project_dir_left(plan: &Plan) -> Result<(), String> {
+    let dir = &plan.host_project_dir;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "its project dir {} is no longer a directory",
+            dir.display()
+        )),
+        Err(e) => Err(format!("its project dir {} is gone ({e})", dir.display())),
     }
 }
 
@@ -601,7 +595,16 @@ mod tests {
         assert_eq!(reason, FailureReason::RunnerSystemFailure);
         let (_, line) = end(Stage::Prepare, 1);
         assert!(line.contains("prepared"), "{line}");
-        let (_, line) = end(Stage::AfterSteps, 1);
+        let (_, line) = end(
+            Stage::AfterSteps {
+                trace: None,
+                failure: None,
+                exit_code: None,
+                caches_done: 0,
+                artifacts_done: 0,
+            },
+            1,
+        );
         assert!(line.contains("cannot be resumed"), "{line}");
     }
 }

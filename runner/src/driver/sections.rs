@@ -390,8 +390,19 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         } else {
             "archive_cache_on_failure"
         };
-        log.section_start(name, "Saving cache", false);
-        for spec in &plan.caches {
+        // A resumed job skips the caches an earlier ferry saved; their section is open.
+        let done = run.state.after.caches;
+        if done >= plan.caches.len() {
+            return;
+        }
+        if done == 0 {
+            log.section_start(name, "Saving cache", false);
+        }
+        for (i, spec) in plan.caches.iter().enumerate().skip(done) {
+            if i > done {
+                // The one before is saved (docs/crash-safety.md).
+                self.journal_after(run).await;
+            }
             let stage = run
                 .signals
                 .run(true, |limits| async move {
@@ -411,8 +422,10 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     return;
                 }
             }
+            run.state.after.caches = i + 1;
         }
         log.section_end(name);
+        self.journal_after(run).await;
     }
 
     /// Archives and uploads the artifacts due by their `when`. A failure fails a job that had
@@ -425,7 +438,9 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             .iter()
             .filter(|a| a.when.applies(succeeded))
             .collect();
-        if due.is_empty() {
+        // A resumed job skips the artifacts an earlier ferry uploaded; their section is open.
+        let done = run.state.after.artifacts;
+        if due.len() <= done {
             return;
         }
         let name = upload_section(succeeded);
@@ -434,11 +449,17 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         } else {
             "Uploading artifacts for failed job"
         };
-        log.section_start(name, title, false);
+        if done == 0 {
+            log.section_start(name, title, false);
+        }
         let mut failure = None;
-        for spec in due {
+        for (i, spec) in due.into_iter().enumerate().skip(done) {
+            if i > done {
+                // The one before is uploaded (docs/crash-safety.md).
+                self.journal_after(run).await;
+            }
             match self.upload_one(run, spec).await {
-                Ok(true) => {}
+                Ok(true) => run.state.after.artifacts = i + 1,
                 Ok(false) => return,
                 Err(e) => {
                     failure = Some(e);
@@ -447,8 +468,9 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             }
         }
         log.section_end(name);
-        if let Some(e) = failure {
-            run.state.error(e, log);
+        match failure {
+            Some(e) => run.state.error(e, log),
+            None => self.journal_after(run).await,
         }
     }
 

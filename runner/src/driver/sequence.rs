@@ -180,6 +180,45 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         }
     }
 
+    /// Records in the journal where the job stands after the steps (as they end, and as each
+    /// cache save and artifacts upload completes): the log's checkpoint, the steps' outcome and
+    /// what is done. GitLab then gets no byte of the log past that checkpoint until the next
+    /// one is recorded, so that a later ferry, which does again what was not done, continues
+    /// the log exactly (docs/crash-safety.md). Without a checkpoint (something held back, or
+    /// `CI_DEBUG_SERVICES` output that is not re-read), the log flows freely and the stage is
+    /// not resumed.
+    pub(super) async fn journal_after(&self, run: &JobRun<'_>) {
+        let Some(j) = &run.journal else {
+            return;
+        };
+        let trace = if run.plan.debug_services {
+            None
+        } else {
+            run.log.checkpoint()
+        };
+        let (failure, exit_code) = match run.state.outcome() {
+            super::Outcome::Success => (None, None),
+            super::Outcome::Failed { reason, exit_code } => {
+                (Some(reason.as_str().to_string()), exit_code)
+            }
+        };
+        let at = trace.as_ref().map(|cp| cp.at);
+        let written = j
+            .stage(crate::journal::Stage::AfterSteps {
+                trace,
+                failure,
+                exit_code,
+                caches_done: run.state.after.caches,
+                artifacts_done: run.state.after.artifacts,
+            })
+            .await;
+        // Not written: the entry on disk keeps the last checkpoint, and so does the hold (the
+        // rest of the log goes when it is closed).
+        if written {
+            run.log.hold_from(at);
+        }
+    }
+
     /// Cache and artifacts after the steps, by `when`. (The after_steps stage.) They run under the job's deadline;
     /// after a timeout of the script they get a bounded time of their own, as after_script
     /// does, so that `when: on_failure` caches and artifacts are still saved. First, what the
@@ -189,9 +228,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             let grace = ferry_executor::deadline_after(plan::DEFAULT_AFTER_SCRIPT_TIMEOUT);
             run.signals = run.signals.with_deadline(grace);
         }
-        if let Some(j) = &run.journal {
-            j.stage(crate::journal::Stage::AfterSteps).await;
-        }
+        self.journal_after(run).await;
         for section in [After::SyncOut, After::ArchiveCache, After::UploadArtifacts] {
             if !self.admit(run, Phase::AfterSteps) {
                 return;

@@ -56,6 +56,16 @@ pub(super) struct JobState {
     /// While a script step runs under `RUNNER_SCRIPT_TIMEOUT` (`sequence.rs`): its section and
     /// the limit. A timeout then is the script's, and says so in the log.
     pub script_timeout: Option<(String, std::time::Duration)>,
+    /// How many caches were saved and artifacts (of those due) uploaded after the steps, for
+    /// the journal; a resumed job starts after them (docs/crash-safety.md).
+    pub after: AfterDone,
+}
+
+/// Caches saved and artifacts uploaded so far after the steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct AfterDone {
+    pub caches: usize,
+    pub artifacts: usize,
 }
 
 impl Default for JobState {
@@ -66,6 +76,7 @@ impl Default for JobState {
             stopped: None,
             status: JobStatus::Success,
             script_timeout: None,
+            after: AfterDone::default(),
         }
     }
 }
@@ -102,6 +113,20 @@ impl JobState {
             Phase::AfterScript => !over,
             Phase::AfterSteps => self.script_started && !over && now != Some(Stop::Timeout),
         }
+    }
+
+    /// The progress of a job an earlier ferry left while it saved its cache or artifacts: the
+    /// steps ran and ended with `failure` (none: success), and `after` is done.
+    pub fn after_steps(failure: Option<(FailureReason, Option<i32>)>, after: AfterDone) -> Self {
+        let mut state = JobState {
+            script_started: true,
+            after,
+            ..JobState::default()
+        };
+        if let Some((reason, exit_code)) = failure {
+            state.fail(reason, exit_code);
+        }
+        state
     }
 
     /// Something failed or stopped the job.

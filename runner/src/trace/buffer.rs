@@ -40,6 +40,10 @@ pub(crate) struct TraceBuffer {
     pub(crate) accepted: u64,
     /// `crc` covers the whole log (not so after [`Self::appending`]).
     crc_known: bool,
+    /// The uploader sends nothing past this byte until the log is closed: the bytes written
+    /// since the last checkpoint a later ferry knows of (docs/crash-safety.md, cache and
+    /// artifacts).
+    hold_from: Option<u64>,
     /// The masker of ferry's own lines ([`Stream::EXECUTOR`]).
     masker: Masker,
     /// The maskers of the other streams, each holding back its own tail (as gitlab-runner's
@@ -78,6 +82,7 @@ impl TraceBuffer {
             stages: StageClock::default(),
             accepted: 0,
             crc_known: true,
+            hold_from: None,
         }
     }
 
@@ -313,8 +318,21 @@ impl TraceBuffer {
         format!("crc32:{:08x}", self.crc.clone().finalize())
     }
 
+    #[cfg(test)]
     pub(crate) fn plan_read(&self, offset: u64, max: usize) -> ReadPlan {
         self.store.plan_read(offset, max)
+    }
+
+    /// What the uploader may send from `offset`: as [`Self::plan_read`], but not past the
+    /// held byte ([`TraceWriter::hold_from`]) while the log is open.
+    pub(crate) fn plan_send(&self, offset: u64, max: usize) -> ReadPlan {
+        match self.hold_from {
+            Some(end) if !self.closed => {
+                let room = usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX);
+                self.store.plan_read(offset, max.min(room))
+            }
+            _ => self.store.plan_read(offset, max),
+        }
     }
 
     #[cfg(test)]
@@ -495,6 +513,13 @@ impl TraceWriter {
     /// Where the log stands, for a later ferry to continue it ([`TraceBuffer::checkpoint`]).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         lock(&self.shared).checkpoint()
+    }
+
+    /// From now on GitLab gets no byte past `at` (none: no limit) until the log is closed:
+    /// what a later ferry continuing from a checkpoint at `at` would write again is not sent
+    /// before (docs/crash-safety.md, "The job log across a restart").
+    pub fn hold_from(&self, at: Option<u64>) {
+        lock(&self.shared).hold_from = at;
     }
 
     /// Bytes of log stored so far (after masking and the output limit).

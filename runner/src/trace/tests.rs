@@ -1048,3 +1048,28 @@ fn assert_backoff(gaps: &[u64]) {
         );
     }
 }
+
+/// Cache and artifacts after the steps (docs/crash-safety.md): nothing past the held byte
+/// reaches GitLab until the hold moves or the log is closed.
+#[tokio::test(start_paused = true)]
+async fn held_bytes_reach_gitlab_only_once_released_or_closed() {
+    let (fake, w, h) = setup(TraceConfig::default());
+    w.write_line("step output");
+    let at = w.checkpoint().expect("checkpoint").at;
+    w.hold_from(Some(at));
+    w.write_line("Saving cache");
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(fake.trace(), b"step output\n");
+    let at = w.checkpoint().expect("checkpoint").at;
+    w.hold_from(Some(at));
+    w.write_line("Uploading artifacts");
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(fake.trace(), b"step output\nSaving cache\n");
+    let outcome = h.finish(final_update(JobState::Success)).await;
+    assert_eq!(outcome, FinalOutcome::Accepted);
+    assert_eq!(
+        fake.trace(),
+        b"step output\nSaving cache\nUploading artifacts\n"
+    );
+    assert_consistent(&fake);
+}

@@ -143,7 +143,7 @@ impl<A: JobApi> Uploader<A> {
         let mut mismatches = 0;
         let mut sent = 0;
         while !self.trace_stopped && sent < max_chunks {
-            let plan = lock(&self.shared).plan_read(self.accepted, MAX_PATCH_BYTES);
+            let plan = lock(&self.shared).plan_send(self.accepted, MAX_PATCH_BYTES);
             let chunk = match plan.read() {
                 Ok(c) => c,
                 Err(e) => {

@@ -413,6 +413,17 @@ impl FakeGitLab {
         self.shared.lock().settings.upload_redirect_host = host.map(str::to_owned);
     }
 
+    /// Hold artifact uploads once received (true) or store and answer them (false, the
+    /// default; also releases those held).
+    pub fn hold_artifact_uploads(&self, hold: bool) {
+        self.shared.lock().settings.hold_artifact_uploads = hold;
+    }
+
+    /// How many artifact uploads are held now.
+    pub fn held_artifact_uploads(&self) -> usize {
+        self.shared.lock().held_artifact_uploads
+    }
+
     pub fn set_max_artifact_size(&self, bytes: Option<u64>) {
         self.shared.lock().settings.max_artifact_size = bytes;
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -647,10 +648,40 @@ async fn upload_artifacts(
             .filter(|s| !s.is_empty())
             .cloned()
     };
+    let artifact = StoredArtifact {
+        filename,
+        artifact_type: param("artifact_type").unwrap_or_else(|| "archive".into()),
+        artifact_format: param("artifact_format").unwrap_or_else(|| "zip".into()),
+        expire_in: param("expire_in"),
+        data,
+    };
+    if !shared.lock().settings.hold_artifact_uploads {
+        return store_artifact(&shared, id, artifact);
+    }
+    // Held: the upload is stored once released, whether or not its client is still there
+    // (the task outlives this handler).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let held = shared.clone();
+    held.lock().held_artifact_uploads += 1;
+    tokio::spawn(async move {
+        while held.lock().settings.hold_artifact_uploads {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        held.lock().held_artifact_uploads -= 1;
+        let _ = tx.send(store_artifact(&held, id, artifact));
+    });
+    rx.await
+        .unwrap_or_else(|_| message(StatusCode::INTERNAL_SERVER_ERROR, "500 held upload lost"))
+}
+
+/// Stores an uploaded artifact as GitLab's `Ci::JobArtifacts::CreateService#execute` does: an
+/// upload of a type the job already has succeeds without storing anything when its bytes
+/// (SHA-256) are the same, and fails with 400 otherwise (the unique index on job and type).
+fn store_artifact(shared: &Shared, id: u64, artifact: StoredArtifact) -> Response {
     let mut s = shared.lock();
     if s.settings
         .max_artifact_size
-        .is_some_and(|max| data.len() as u64 > max)
+        .is_some_and(|max| artifact.data.len() as u64 > max)
     {
         return message(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -660,13 +691,20 @@ async fn upload_artifacts(
     let Some(job) = s.jobs.get_mut(&id) else {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
     };
-    job.artifacts.push(StoredArtifact {
-        filename,
-        artifact_type: param("artifact_type").unwrap_or_else(|| "archive".into()),
-        artifact_format: param("artifact_format").unwrap_or_else(|| "zip".into()),
-        expire_in: param("expire_in"),
-        data,
-    });
+    match job
+        .artifacts
+        .iter()
+        .find(|a| a.artifact_type == artifact.artifact_type)
+    {
+        Some(existing) if existing.data == artifact.data => {}
+        Some(_) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "another artifact of the same type already exists",
+            );
+        }
+        None => job.artifacts.push(artifact),
+    }
     (StatusCode::CREATED, "201").into_response()
 }
 

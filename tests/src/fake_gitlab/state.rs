@@ -153,6 +153,10 @@ pub struct Settings {
     pub upload_redirect_host: Option<String>,
     /// Maximum artifacts size in bytes (413 beyond).
     pub max_artifact_size: Option<u64>,
+    /// Artifact uploads are received whole, then held (not stored, not answered) while set;
+    /// a held upload is stored when released even if its client went away meanwhile, as Rails
+    /// finishes a request Workhorse has passed on.
+    pub hold_artifact_uploads: bool,
     /// Every response is delayed this long.
     pub delay: Option<Duration>,
     /// Until then, every request is answered `outage_status`.
@@ -174,6 +178,7 @@ impl Default for Settings {
             artifact_redirect: false,
             upload_redirect_host: None,
             max_artifact_size: None,
+            hold_artifact_uploads: false,
             delay: None,
             outage_until: None,
             outage_status: 502,
@@ -206,6 +211,8 @@ pub struct State {
     pub storage_links: BTreeMap<String, u64>,
     /// The CI lint API: tokens, projects and their files, remote files, templates.
     pub ci_lint: super::ci_lint::CiLint,
+    /// Artifact uploads received whole and held until `Settings::hold_artifact_uploads` is off.
+    pub held_artifact_uploads: usize,
 }
 
 pub fn random_token(prefix: &str) -> String {
