@@ -431,6 +431,7 @@ fn get_sources_hooks(
             xtrace,
             // gitlab-runner's script sections are for the build's script steps only.
             script_sections: Vec::new(),
+            log_full: Default::default(),
         })
     };
     let mut pre: Vec<String> = runner.pre_get_sources_script.iter().cloned().collect();
@@ -620,6 +621,7 @@ fn steps(
                 timeout: None,
                 xtrace,
                 script_sections: sections,
+                log_full: Default::default(),
             },
             when: step.when,
             kind,
@@ -656,6 +658,7 @@ fn steps(
                 } else {
                     Vec::new()
                 },
+                log_full: Default::default(),
             },
             when: When::Always,
             kind: StepKind::AfterScript,

@@ -54,6 +54,8 @@ pub(crate) struct TraceBuffer {
     output_limit: u64,
     /// Set once the limit notice (or a disk-error notice) is stored: later output is dropped.
     limited: bool,
+    /// Set with `limited`, for the engine: it reads no more of a kept step's output file.
+    full: ferry_executor::LogFull,
     /// Set by `finish`: the masker tail is flushed and nothing more is accepted.
     closed: bool,
     /// Output that arrived after the limit or after close, for the operator log.
@@ -72,6 +74,7 @@ impl TraceBuffer {
             crc: crc32fast::Hasher::new(),
             output_limit,
             limited: false,
+            full: Default::default(),
             closed: false,
             dropped: 0,
             scratch: Vec::new(),
@@ -276,6 +279,7 @@ impl TraceBuffer {
         if !self.limited {
             self.append(limit_notice(self.output_limit).as_bytes());
             self.limited = true;
+            self.full.set();
         }
     }
 
@@ -294,6 +298,7 @@ impl TraceBuffer {
             self.crc.update(notice.as_bytes());
             self.dropped += (bytes.len() - stored) as u64;
             self.limited = true;
+            self.full.set();
         }
     }
 
@@ -495,6 +500,12 @@ impl TraceWriter {
     /// Where the log stands, for a later ferry to continue it ([`TraceBuffer::checkpoint`]).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         lock(&self.shared).checkpoint()
+    }
+
+    /// Set once the log takes no more output (the output limit was reached, or the log could
+    /// not be stored): given to the engine with each step ([`ferry_executor::StepSpec::log_full`]).
+    pub fn log_full(&self) -> ferry_executor::LogFull {
+        lock(&self.shared).full.clone()
     }
 
     /// Bytes of log stored so far (after masking and the output limit).
