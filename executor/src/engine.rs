@@ -10,6 +10,32 @@ use tokio_util::sync::CancellationToken;
 /// Where a job's output goes. The runner's trace writer implements this.
 pub type LogSink<'a> = dyn tokio::io::AsyncWrite + Send + Unpin + 'a;
 
+/// Set by the owner of a step's log once that log takes no more output (the job log reached
+/// its `output_limit`, docs/job-log.md): the engine then reads no more of a kept step's output
+/// file (docs/crash-safety.md), though it still waits for the step's end and exit code.
+/// Clones share the flag; unset by default.
+#[derive(Debug, Clone, Default)]
+pub struct LogFull(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl LogFull {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A signal about the log, not part of what a step is: any two are equal.
+impl PartialEq for LogFull {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LogFull {}
+
 /// One environment variable as the job's processes see it (already expanded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvVar {
@@ -133,6 +159,9 @@ pub struct StepSpec {
     /// `section_<id>` of its own instead of by its first line, as gitlab-runner's shells do.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub script_sections: Vec<String>,
+    /// Set once the step's log takes no more output (see [`LogFull`]).
+    #[serde(skip)]
+    pub log_full: LogFull,
 }
 
 /// The exit code a step reports when it ran past `StepSpec::timeout` (as GNU `timeout` does).

@@ -20,6 +20,6 @@ pub mod sources;
 
 pub use docker::DockerEngine;
 pub use engine::{
-    Engine, EngineError, EnvVar, HOOK_GIT_CONFIG_LIMIT, HookOutcome, ImageSpec, JobEnv, LogSink,
-    PullPolicy, RegistryAuth, ServiceSpec, StepOutcome, StepSpec, deadline_after,
+    Engine, EngineError, EnvVar, HOOK_GIT_CONFIG_LIMIT, HookOutcome, ImageSpec, JobEnv, LogFull,
+    LogSink, PullPolicy, RegistryAuth, ServiceSpec, StepOutcome, StepSpec, deadline_after,
 };

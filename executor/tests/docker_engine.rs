@@ -10,7 +10,8 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOption
 use ferry_config::DockerSection;
 use ferry_executor::docker::convert;
 use ferry_executor::{
-    DockerEngine, Engine, EngineError, EnvVar, ImageSpec, JobEnv, PullPolicy, ServiceSpec, StepSpec,
+    DockerEngine, Engine, EngineError, EnvVar, ImageSpec, JobEnv, LogFull, PullPolicy, ServiceSpec,
+    StepSpec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +123,7 @@ fn step(cmds: &[&str]) -> StepSpec {
         timeout: None,
         xtrace: false,
         script_sections: vec![],
+        log_full: Default::default(),
     }
 }
 
@@ -1481,6 +1483,74 @@ async fn a_step_keeps_its_output_and_exit_code_in_the_steps_dir() {
     engine.destroy(&j.env).await.unwrap();
     // The job is over: its kept output is removed with its containers.
     assert!(!steps.exists(), "{}", steps.display());
+}
+
+/// A job log that takes no more output once it holds `limit` bytes (as the runner's at its
+/// `output_limit`): it sets `full` then, and counts every byte it is still given.
+struct FillingLog {
+    got: u64,
+    limit: u64,
+    full: LogFull,
+}
+
+impl tokio::io::AsyncWrite for FillingLog {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.got += data.len() as u64;
+        if self.got >= self.limit {
+            self.full.set();
+        }
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Issue 13: past the job log's output limit, ferry read the whole output file all the same
+/// (up to 64 MiB at the end). It now stops reading at the limit, and still waits for the
+/// step's end and exit code.
+#[tokio::test]
+async fn past_the_output_limit_a_kept_steps_output_file_is_read_no_more() {
+    let Some(engine) = engine_with("logfull", section()).await else {
+        return;
+    };
+    let j = job("logfull", BUSYBOX);
+    assert!(engine.keeps_step_output(&j.env));
+    let cancel = CancellationToken::new();
+    engine
+        .prepare(&j.env, &mut Vec::new(), &cancel)
+        .await
+        .unwrap();
+    let s = step(&["head -c 20000000 /dev/zero", "sleep 1", "exit 3"]);
+    let mut log = FillingLog {
+        got: 0,
+        limit: 1 << 20,
+        full: s.log_full.clone(),
+    };
+    let r = engine
+        .run_step(&j.env, &s, &mut log, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 3);
+    let steps = j.env.host_steps_dir.clone().unwrap();
+    let written = std::fs::metadata(steps.join("script.log")).unwrap().len();
+    assert!(written >= 20_000_000, "{written}");
+    // At most one read (64 KiB) after the one that filled the log.
+    assert!(log.got < (1 << 20) + (64 << 10), "read {} bytes", log.got);
+    engine.destroy(&j.env).await.unwrap();
 }
 
 #[tokio::test]

@@ -104,6 +104,7 @@ fn step(cmds: &[&str]) -> StepSpec {
         timeout: None,
         xtrace: false,
         script_sections: vec![],
+        log_full: Default::default(),
     }
 }
 

@@ -174,6 +174,14 @@ pub struct RunArgs {
           default_missing_value = "true", default_value = "false", value_parser = bool_flag(),
           action = ArgAction::Set)]
     pub syslog: bool,
+
+    /// Run the jobs this ferry takes without the job journal: no journal entry, step output
+    /// streamed to ferry only. Such jobs are not resumed after a crash or a handover
+    /// (SIGUSR2); jobs an earlier ferry journaled are still resumed (docs/crash-safety.md)
+    #[arg(long = "no-journal", env = "FERRY_NO_JOURNAL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = bool_flag(),
+          action = ArgAction::Set)]
+    pub no_journal: bool,
 }
 
 /// `500m`, `20g`, `1048576`: bytes with an optional k/m/g/t suffix (powers of 1024).

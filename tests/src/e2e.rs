@@ -424,9 +424,31 @@ impl Harness {
         out
     }
 
-    /// Every object labelled with this runner, cache volumes included (for Drop).
+    /// The short tokens this test's runners label their objects with: the one it started with
+    /// and each runner's current one (a test may rotate or replace the token, and the jobs run
+    /// after that carry the new one).
+    fn runner_labels(&self) -> Vec<String> {
+        let mut shorts = vec![self.short.clone()];
+        for r in self.gitlab.runners() {
+            let short = ferry_config::token::ci_short_token(&r.token).to_string();
+            if !shorts.contains(&short) {
+                shorts.push(short);
+            }
+        }
+        shorts
+    }
+
+    /// Every object labelled with one of this test's runners, cache volumes included (for
+    /// Drop, which runs also when an assertion failed, and after ferry was killed before its
+    /// background removal of a finished job's containers).
     fn remove_runner_objects(&self) {
-        let f = format!("label=ferry.runner={}", self.short);
+        for short in self.runner_labels() {
+            Self::remove_labelled(&short);
+        }
+    }
+
+    fn remove_labelled(short: &str) {
+        let f = format!("label=ferry.runner={short}");
         let q = |args: &[&str]| -> Vec<String> {
             Command::new("docker")
                 .args(args)

@@ -438,3 +438,26 @@ fn files_named(dir: &std::path::Path, part: &str) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `ferry run --no-journal` (docs/crash-safety.md): its jobs run as before the journal, with
+/// no journal entry and no kept step output, and end as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_journal_a_job_is_neither_journaled_nor_keeps_its_output() {
+    let Some(mut h) = Harness::prepare(Setup::default()).await else {
+        return;
+    };
+    h.gitlab.set_trace_update_interval(Some("1"));
+    h.ferry_args.push("--no-journal".into());
+    h.spawn_ferry();
+    let id = h.push(h.job("unjournaled").script([numbered(30)]));
+    h.wait_trace(id, "\nline 3\n", Duration::from_secs(120))
+        .await;
+    assert!(journal_entries(&h).is_empty(), "{:?}", journal_entries(&h));
+    let steps = h.project_dir(0).with_file_name("steps");
+    assert!(!steps.exists(), "{}", steps.display());
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 30);
+    assert_checksum(&h, id);
+    h.stop().await;
+}

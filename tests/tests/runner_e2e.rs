@@ -517,7 +517,9 @@ async fn the_runner_token_is_rotated_before_it_expires_and_jobs_keep_flowing() {
         toml_time(-1000),
         toml_time(100)
     );
-    let Some(h) = Harness::start(Setup::default().runner(&lines)).await else {
+    // The jobs after the rotation label their containers with the new token: the harness's
+    // Drop removes those too when an assertion below fails.
+    let Some(mut h) = Harness::start(Setup::default().runner(&lines)).await else {
         return;
     };
     let mut rotated = None;
@@ -546,6 +548,7 @@ async fn the_runner_token_is_rotated_before_it_expires_and_jobs_keep_flowing() {
         !h.ferry_log().contains(&new_token),
         "no token in ferry's log"
     );
+    h.stop().await;
 }
 
 // ------------------------------------------------------------- payloads GitLab never sends

@@ -1335,6 +1335,7 @@ mod tests {
             timeout: None,
             xtrace: false,
             script_sections: vec![],
+            log_full: Default::default(),
         };
         let s = step_script(&step);
         assert!(!s.contains("xtrace"));
@@ -1401,6 +1402,7 @@ mod tests {
             timeout: None,
             xtrace: false,
             script_sections: vec!["script_step_0".into(), "script_step_1".into()],
+            log_full: Default::default(),
         };
         assert_eq!(
             run_sh(&step),
@@ -1413,6 +1415,7 @@ mod tests {
         // Without the flag: the first line and a note, as before.
         let plain = StepSpec {
             script_sections: vec![],
+            log_full: Default::default(),
             ..step
         };
         assert_eq!(

@@ -31,7 +31,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerEngine, convert, docker_err, one_line};
-use crate::engine::{EngineError, JobEnv, LogSink, STEP_TIMEOUT_EXIT_CODE, StepOutcome, StepSpec};
+use crate::engine::{
+    EngineError, JobEnv, LogFull, LogSink, STEP_TIMEOUT_EXIT_CODE, StepOutcome, StepSpec,
+};
 use crate::jobfs::{self, JobDir};
 
 /// How often the exec is inspected while its output is open: a background process that keeps
@@ -79,10 +81,13 @@ pub(super) struct Kept {
     pos: u64,
     /// Reading the log failed: no more is read.
     failed: bool,
+    /// The job log takes no more output (its `output_limit`): no more is read either, the step
+    /// may write what it likes (docs/crash-safety.md).
+    full: LogFull,
 }
 
 impl Kept {
-    fn open(env: &JobEnv, step: &str, from: u64) -> Result<Kept, EngineError> {
+    fn open(env: &JobEnv, step: &StepSpec, from: u64) -> Result<Kept, EngineError> {
         let host = env.host_steps_dir.as_deref().ok_or_else(|| {
             EngineError::Docker("this job keeps no step output (no steps dir)".into())
         })?;
@@ -90,11 +95,12 @@ impl Kept {
             .map_err(|e| EngineError::Docker(format!("the steps dir {}: {e}", host.display())))?;
         Ok(Kept {
             dir: Arc::new(dir),
-            name: convert::step_file_name(step),
+            name: convert::step_file_name(&step.name),
             container_dir: convert::steps_dir(env),
             file: None,
             pos: from,
             failed: false,
+            full: step.log_full.clone(),
         })
     }
 
@@ -158,7 +164,7 @@ impl Kept {
     /// Returns whether anything was copied. A log the job replaced by something that is not a
     /// regular file is an error.
     async fn pump(&mut self, log: &mut LogSink<'_>) -> std::io::Result<bool> {
-        if self.failed {
+        if self.failed || self.full.is_set() {
             return Ok(false);
         }
         let until = self.pos + TAIL_CHUNK as u64;
@@ -170,7 +176,7 @@ impl Kept {
     /// than ferry reads, or a sparse file) is skipped with a warning line. Never reads a
     /// growing or huge file to its end.
     async fn drain(&mut self, log: &mut LogSink<'_>) -> std::io::Result<()> {
-        if self.failed {
+        if self.failed || self.full.is_set() {
             return Ok(());
         }
         let size = self.size().await?;
@@ -195,7 +201,7 @@ impl Kept {
             return Ok(false);
         };
         let mut copied = false;
-        while self.pos < until {
+        while self.pos < until && !self.full.is_set() {
             // Positioned reads off the async workers.
             let want = (until - self.pos).min(64 * 1024) as usize;
             let (f, at) = (f.clone(), self.pos);
@@ -277,7 +283,7 @@ pub(super) async fn run_step(
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
-    let mut kept = Kept::open(env, &step.name, 0)?;
+    let mut kept = Kept::open(env, step, 0)?;
     kept.clear().await?;
     let (c, k) = (container.as_str(), &mut kept);
     with_oom_watch(engine, c, |oom| async move {
@@ -305,6 +311,7 @@ pub(super) async fn read_global_git_config(
         timeout: Some(Duration::from_secs(60)),
         xtrace: false,
         script_sections: Vec::new(),
+        log_full: Default::default(),
     };
     let mut sink = Capped {
         buf: Vec::new(),
@@ -955,7 +962,7 @@ pub(super) async fn resume_step(
         )));
     }
     let container = convert::build_container_name(env);
-    let mut kept = Kept::open(env, &step.name, from)?;
+    let mut kept = Kept::open(env, step, from)?;
     // The step's own timeout counted while no ferry watched.
     let deadline = step.timeout.map(|t| {
         let away = std::time::SystemTime::now()

@@ -26,6 +26,7 @@ pub fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<()> {
         concurrent_project_id: 0,
         tls_ca_pem: None,
         object_cache: true,
+        keep_step_output: true,
     };
     let plan =
         compile(&payload, runner, &ctx).map_err(|e| anyhow::anyhow!("job {}: {e}", payload.id))?;

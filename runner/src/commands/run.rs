@@ -336,12 +336,21 @@ pub struct Handler {
     usage: Arc<ferry_executor::docker::usage::UsageRecord>,
     /// The journal of running jobs (docs/crash-safety.md); `None` if it cannot be written.
     journal: Option<Arc<crate::journal::Journal>>,
+    /// `--no-journal`: the jobs this ferry takes are neither journaled nor keep their step
+    /// output for a later ferry (docs/crash-safety.md); resumed jobs still are.
+    no_journal: bool,
 }
 
 impl Handler {
     /// The driver of one job, on the runner's Docker engine (or on `Unavailable`, which fails
     /// the job with the reason Docker could not be reached).
-    fn driver<E, A>(&self, engine: Arc<E>, api: Arc<A>) -> Driver<E, KubeDeployer, A> {
+    /// `journaled`: whether the job's stages are written to the journal.
+    fn driver<E, A>(
+        &self,
+        engine: Arc<E>,
+        api: Arc<A>,
+        journaled: bool,
+    ) -> Driver<E, KubeDeployer, A> {
         Driver {
             engine,
             deployer: Arc::new(KubeDeployer::default()),
@@ -352,7 +361,7 @@ impl Handler {
             cleanups: self.cleanups.clone(),
             workspaces: self.workspaces.clone(),
             host: Arc::new(crate::driver::HostFs),
-            journal: self.journal.clone(),
+            journal: self.journal.clone().filter(|_| journaled),
         }
     }
 
@@ -417,15 +426,20 @@ impl JobHandler<Box<JobPayload>> for Handler {
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok()),
             object_cache: true,
+            keep_step_output: !self.no_journal,
         };
         info!(job = job.id, runner = runner.token.short(), project = %job.job_info.project_full_path, "job received");
         match self.engine(&runner).await {
             Ok(engine) => {
-                let driver = self.driver(engine, api);
+                let driver = self.driver(engine, api, !self.no_journal);
                 driver.run(runner, *job, ctx, cancel).await;
             }
             Err(e) => {
-                let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api);
+                let driver = self.driver(
+                    Arc::new(crate::driver::Unavailable(e)),
+                    api,
+                    !self.no_journal,
+                );
                 driver.run(runner, *job, ctx, cancel).await;
             }
         }
@@ -463,14 +477,16 @@ impl Handler {
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok()),
             object_cache: true,
+            // A resumed job was journaled: it stays so, `--no-journal` or not.
+            keep_step_output: true,
         };
         match self.engine(&runner).await {
             Ok(engine) => {
-                let driver = self.driver(engine, api);
+                let driver = self.driver(engine, api, true);
                 driver.resume(runner, entry, ctx, cancel).await;
             }
             Err(e) => {
-                let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api);
+                let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api, true);
                 driver.resume(runner, entry, ctx, cancel).await;
             }
         }
@@ -833,6 +849,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         workspaces,
         usage,
         journal,
+        no_journal: args.no_journal,
     });
     let daemon = Daemon::new(source, handler.clone());
 

@@ -201,6 +201,10 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         at: At,
     ) {
         let (engine, log) = (&*self.engine, run.log);
+        // Past the output limit the engine reads no more of the step's output file.
+        let mut spec = step.spec.clone();
+        spec.log_full = log.log_full();
+        let spec = &spec;
         if let Some(started) = at.resumed {
             // Its header is in the log already (docs/crash-safety.md).
             let stage = run
@@ -208,7 +212,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 .run(false, |limits| async move {
                     let mut sink = log.with_stream(Stream::WORK);
                     let ran = engine
-                        .resume_step(env, &step.spec, 0, started, &mut sink, &limits.cancel)
+                        .resume_step(env, spec, 0, started, &mut sink, &limits.cancel)
                         .await;
                     sink.end_stream();
                     ran
@@ -237,9 +241,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 .run(false, |limits| async move {
                     // The script's output is gitlab-runner's "work" stream (`FF_TIMESTAMPS`).
                     let mut sink = log.with_stream(Stream::WORK);
-                    let ran = engine
-                        .run_step(env, &step.spec, &mut sink, &limits.cancel)
-                        .await;
+                    let ran = engine.run_step(env, spec, &mut sink, &limits.cancel).await;
                     sink.end_stream();
                     ran
                 })
@@ -312,6 +314,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     ) {
         let (engine, log) = (&*self.engine, run.log);
         let mut spec = step.spec.clone();
+        spec.log_full = log.log_full();
         spec.env.push(EnvVar {
             name: "CI_JOB_STATUS".into(),
             value: run.state.status().as_str().into(),

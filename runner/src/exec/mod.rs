@@ -173,6 +173,8 @@ where
             concurrent_project_id: slot,
             tls_ca_pem: None,
             object_cache: false,
+            // As before `--no-journal` existed; nothing resumes a `ferry exec` job.
+            keep_step_output: true,
         };
         let (driver, runner, shutdown, cancel) = (
             driver.clone(),

@@ -51,6 +51,11 @@ pub struct JobContext {
     /// (docs/sources-cache-artifacts.md). `ferry exec` fetches from a repository on this
     /// machine, which a cache would only copy once more (docs/exec.md).
     pub object_cache: bool,
+    /// Whether the build container's steps keep their output and exit code in the job's steps
+    /// dir (`JobEnv::host_steps_dir`), where a later `ferry run` can follow them
+    /// (docs/crash-safety.md). Off with `ferry run --no-journal`: the steps stream their output
+    /// to ferry only, as on a remote Docker daemon.
+    pub keep_step_output: bool,
 }
 
 /// How the job runs.
@@ -347,7 +352,7 @@ pub fn compile(
             facts: deploy_facts(payload),
         }
     } else {
-        let env = images::job_env(
+        let mut env = images::job_env(
             payload,
             runner,
             &variables,
@@ -357,6 +362,9 @@ pub fn compile(
             &host,
             short,
         )?;
+        if !ctx.keep_step_output {
+            env.host_steps_dir = None;
+        }
         Execution::Docker {
             env: Box::new(env),
             steps: steps(
@@ -431,6 +439,7 @@ fn get_sources_hooks(
             xtrace,
             // gitlab-runner's script sections are for the build's script steps only.
             script_sections: Vec::new(),
+            log_full: Default::default(),
         })
     };
     let mut pre: Vec<String> = runner.pre_get_sources_script.iter().cloned().collect();
@@ -620,6 +629,7 @@ fn steps(
                 timeout: None,
                 xtrace,
                 script_sections: sections,
+                log_full: Default::default(),
             },
             when: step.when,
             kind,
@@ -656,6 +666,7 @@ fn steps(
                 } else {
                     Vec::new()
                 },
+                log_full: Default::default(),
             },
             when: When::Always,
             kind: StepKind::AfterScript,

@@ -24,6 +24,7 @@ fn ctx() -> JobContext {
         concurrent_project_id: 0,
         tls_ca_pem: None,
         object_cache: true,
+        keep_step_output: true,
     }
 }
 

@@ -58,6 +58,8 @@ pub(crate) struct TraceBuffer {
     output_limit: u64,
     /// Set once the limit notice (or a disk-error notice) is stored: later output is dropped.
     limited: bool,
+    /// Set with `limited`, for the engine: it reads no more of a kept step's output file.
+    full: ferry_executor::LogFull,
     /// Set by `finish`: the masker tail is flushed and nothing more is accepted.
     closed: bool,
     /// Output that arrived after the limit or after close, for the operator log.
@@ -76,6 +78,7 @@ impl TraceBuffer {
             crc: crc32fast::Hasher::new(),
             output_limit,
             limited: false,
+            full: Default::default(),
             closed: false,
             dropped: 0,
             scratch: Vec::new(),
@@ -281,6 +284,7 @@ impl TraceBuffer {
         if !self.limited {
             self.append(limit_notice(self.output_limit).as_bytes());
             self.limited = true;
+            self.full.set();
         }
     }
 
@@ -299,6 +303,7 @@ impl TraceBuffer {
             self.crc.update(notice.as_bytes());
             self.dropped += (bytes.len() - stored) as u64;
             self.limited = true;
+            self.full.set();
         }
     }
 
@@ -520,6 +525,12 @@ impl TraceWriter {
     /// before (docs/crash-safety.md, "The job log across a restart").
     pub fn hold_from(&self, at: Option<u64>) {
         lock(&self.shared).hold_from = at;
+    }
+
+    /// Set once the log takes no more output (the output limit was reached, or the log could
+    /// not be stored): given to the engine with each step ([`ferry_executor::StepSpec::log_full`]).
+    pub fn log_full(&self) -> ferry_executor::LogFull {
+        lock(&self.shared).full.clone()
     }
 
     /// Bytes of log stored so far (after masking and the output limit).

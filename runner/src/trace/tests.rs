@@ -263,9 +263,14 @@ async fn output_limit_notice_is_uploaded_once_and_the_job_goes_on() {
     };
     let (fake, w, h) = setup(cfg);
     let data = log_lines(5000);
+    // The engine's signal to stop reading a step's output file (every writer of the log
+    // shares it).
+    let full = w.with_stream(Stream::WORK).log_full();
     w.write_bytes(&data[..700]);
+    assert!(!full.is_set());
     sleep(Duration::from_secs(4)).await;
     w.write_bytes(&data[700..]);
+    assert!(full.is_set());
     sleep(Duration::from_secs(4)).await;
     w.write_line("still running, not collected");
     let mut expected = data[..1000].to_vec();

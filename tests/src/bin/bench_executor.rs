@@ -3,11 +3,14 @@
 //! 1. Latency: one trivial job (`echo hi`) from the moment the fake GitLab hands it out to the
 //!    moment it receives the final `success` PUT, against `docker run --rm <busybox> sh -c 'echo
 //!    hi'`, alternating, `--runs` times each; medians and their ratio (target ≤ 1.25).
+//!    In the same run, alternating with both, the same job through a second `ferry run` started
+//!    with `--no-journal` (no journal entry, no kept step output: docs/crash-safety.md); the
+//!    medians with and without journaling and their ratio (target ≤ 1.05).
 //! 2. Throughput: `--jobs` trivial jobs with `concurrent = --concurrent`, from the first hand-out
 //!    to the last final PUT, against `seq N | xargs -P C docker run --rm ...`; throughput ratio
 //!    (target ≥ 0.85).
 //!
-//! Usage: bench_executor [--runs 10] [--jobs 50] [--concurrent 4]
+//! Usage: bench_executor [--runs 10] [--jobs 50] [--concurrent 4]   (`--jobs 0`: no throughput run)
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,7 +90,7 @@ async fn ferry_job_once(h: &Harness) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs = arg("--runs", 10).max(1);
-    let jobs = arg("--jobs", 50).max(1);
+    let jobs = arg("--jobs", 50);
     let concurrent = arg("--concurrent", 4).max(1);
     println!("ferry binary: {}", ferry_tests::ferry_bin().display());
 
@@ -95,25 +98,47 @@ async fn main() {
     let Some(mut h) = Harness::start(Setup::default()).await else {
         std::process::exit(2);
     };
+    // The same runner setup through a second ferry that journals nothing (`--no-journal`).
+    let Some(mut plain) = Harness::prepare(Setup::default()).await else {
+        std::process::exit(2);
+    };
+    plain.ferry_args.push("--no-journal".into());
+    plain.spawn_ferry();
     // Warm-up (first use of the image, page cache, ferry's first Docker connection).
     ferry_job_once(&h).await;
+    ferry_job_once(&plain).await;
     docker_run_once().await;
-    let (mut ferry, mut docker) = (Vec::new(), Vec::new());
+    let (mut ferry, mut unjournaled, mut docker) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        let f = ferry_job_once(&h).await;
+        // Which ferry goes first alternates, so that neither always follows `docker run`.
+        let (f, n) = if i % 2 == 0 {
+            let f = ferry_job_once(&h).await;
+            (f, ferry_job_once(&plain).await)
+        } else {
+            let n = ferry_job_once(&plain).await;
+            (ferry_job_once(&h).await, n)
+        };
         let d = docker_run_once().await;
         println!(
-            "run {:>2}: ferry job {}   docker run {}",
+            "run {:>2}: ferry job {}   --no-journal {}   docker run {}",
             i + 1,
             secs(f),
+            secs(n),
             secs(d)
         );
         ferry.push(f);
+        unjournaled.push(n);
         docker.push(d);
     }
     h.stop().await;
+    plain.stop().await;
     drop(h);
-    let (fm, dm) = (median(&mut ferry), median(&mut docker));
+    drop(plain);
+    let (fm, nm, dm) = (
+        median(&mut ferry),
+        median(&mut unjournaled),
+        median(&mut docker),
+    );
     let ratio = fm.as_secs_f64() / dm.as_secs_f64();
     println!(
         "latency: median ferry job {} vs docker run {}: ratio {ratio:.2} (target <= 1.25) {}",
@@ -121,6 +146,16 @@ async fn main() {
         secs(dm),
         if ratio <= 1.25 { "OK" } else { "MISSED" }
     );
+    let ratio = fm.as_secs_f64() / nm.as_secs_f64();
+    println!(
+        "journaling: median ferry job {} vs --no-journal {}: ratio {ratio:.3} (target <= 1.05) {}",
+        secs(fm),
+        secs(nm),
+        if ratio <= 1.05 { "OK" } else { "MISSED" }
+    );
+    if jobs == 0 {
+        return;
+    }
 
     // ---- throughput ----------------------------------------------------------------------
     let Some(mut h) = Harness::start(Setup::default().concurrent(concurrent)).await else {

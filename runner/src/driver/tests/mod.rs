@@ -106,6 +106,7 @@ impl<H: Host> Case<H> {
             concurrent_project_id: 0,
             tls_ca_pem: None,
             object_cache: true,
+            keep_step_output: true,
         }
     }
 
