@@ -155,6 +155,9 @@ pub struct Settings {
     pub max_artifact_size: Option<u64>,
     /// Every response is delayed this long.
     pub delay: Option<Duration>,
+    /// A `/jobs/request` that hands out a job answers this long after the job became the
+    /// runner's (running in GitLab): the answer is in flight meanwhile.
+    pub job_answer_delay: Option<Duration>,
     /// Until then, every request is answered `outage_status`.
     pub outage_until: Option<Instant>,
     /// The answer during an outage (502 unless set).
@@ -175,6 +178,7 @@ impl Default for Settings {
             upload_redirect_host: None,
             max_artifact_size: None,
             delay: None,
+            job_answer_delay: None,
             outage_until: None,
             outage_status: 502,
             registration_disabled: false,
