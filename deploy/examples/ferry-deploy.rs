@@ -25,6 +25,8 @@ async fn main() -> ExitCode {
         targets: Vec::new(),
         remaining: None,
         origin: Origin::Workstation,
+        resumed: None,
+        progress: None,
     };
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();

@@ -92,6 +92,9 @@ impl KubeDeployer {
         cancel: &CancellationToken,
     ) -> Result<DeployReport, DeployError> {
         let started = tokio::time::Instant::now();
+        // A resumed deploy's progress lines count from its first start (docs/crash-safety.md).
+        let resumed = req.resumed.clone().unwrap_or_default();
+        let shown_start = started.checked_sub(resumed.elapsed).unwrap_or(started);
         let vars = Vars(req.variables.clone());
         let expanded: Vec<String> = req.args.iter().map(|a| vars.expand(a)).collect();
         if expanded.iter().any(|a| a == "--help" || a == "-h") {
@@ -261,10 +264,16 @@ impl KubeDeployer {
             .min(60);
         for (i, p) in planned.iter().enumerate() {
             let r = apply::apply_one(&cluster, p, &opts).await?;
-            let outcome = apply::outcome(&r.before, &r.after);
+            let mut outcome = apply::outcome(&r.before, &r.after);
             let mut line = format!("  {:<width$} {}", p.display(), outcome.as_str());
             if let Some(change) = apply::image_change(&r.before, &r.after) {
                 line.push_str(&format!("   {change}"));
+            }
+            // Applied again after a restart: what the earlier ferry changed is still this
+            // deploy's change, which a failed rollout rolls back.
+            if outcome == Outcome::Unchanged && resumed.changed.contains(&p.display()) {
+                outcome = Outcome::Configured;
+                line.push_str(" (changed by this deploy before ferry was restarted)");
             }
             out.line(&line).await;
             for w in &r.warnings {
@@ -291,6 +300,16 @@ impl KubeDeployer {
             .iter()
             .map(|a| (a.display(), a.outcome.as_str().to_string()))
             .collect();
+        report(
+            req,
+            crate::Phase::Waiting {
+                changed: applied
+                    .iter()
+                    .filter(|a| a.outcome != Outcome::Unchanged)
+                    .map(|a| a.display())
+                    .collect(),
+            },
+        );
 
         // 6. Wait for all workloads in parallel.
         let workloads: Vec<&Applied> = applied
@@ -299,21 +318,35 @@ impl KubeDeployer {
             .collect();
         let mut failures = Vec::new();
         if settings.wait && !workloads.is_empty() {
-            let (timeout, capped) =
-                self.effective_timeout(settings.timeout, req.remaining, started.elapsed());
+            // A resumed wait gets what is left of its timeout (docs/crash-safety.md).
+            let left = match resumed.waited {
+                Some(w) => settings
+                    .timeout
+                    .saturating_sub(w)
+                    .max(Duration::from_secs(1)),
+                None => settings.timeout,
+            };
+            let (timeout, capped) = self.effective_timeout(left, req.remaining, started.elapsed());
             let names: Vec<String> = workloads.iter().map(|w| w.display()).collect();
             out.line(&format!(
-                "waiting for {} (timeout {}{})",
+                "waiting {}for {} (timeout {}{})",
+                if resumed.waited.is_some() {
+                    "again "
+                } else {
+                    ""
+                },
                 names.join(", "),
                 format_duration(timeout),
                 if capped {
                     ", capped by the job timeout"
+                } else if resumed.waited.is_some() {
+                    ", what is left of it"
                 } else {
                     ""
                 }
             ))
             .await;
-            let cfg = self.wait_config(&settings, timeout, started);
+            let cfg = self.wait_config(&settings, timeout, shown_start);
             let results = wait_all(&cluster, &workloads, &cfg, cancel, out).await;
             for (w, r) in workloads.iter().zip(results) {
                 match r {
@@ -326,6 +359,7 @@ impl KubeDeployer {
 
         // 7. Failures: explain, roll back, fail.
         if !failures.is_empty() {
+            report(req, crate::Phase::Failed);
             for (_, f) in &failures {
                 out.line(&format!("FAILED {}: {}", f.workload, f.summary))
                     .await;
@@ -607,6 +641,13 @@ impl KubeDeployer {
         if let Some(url) = vars.non_empty("CI_ENVIRONMENT_URL") {
             out.line(&format!("environment: {url}")).await;
         }
+    }
+}
+
+/// Tells the runner that the deploy's phase changes (a runner that went away is no error).
+fn report(req: &DeployRequest, phase: crate::Phase) {
+    if let Some(p) = &req.progress {
+        let _ = p.send(phase);
     }
 }
 

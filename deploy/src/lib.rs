@@ -54,6 +54,40 @@ pub struct DeployRequest {
     /// Who asked for this deploy: a deploy job (the runner) or a person (`ferry deploy`). Only
     /// a workstation run may name a kubeconfig or context, or read files outside the project.
     pub origin: Origin,
+    /// This deploy was started by an earlier ferry that went away (docs/crash-safety.md): it is
+    /// applied again (server-side apply is idempotent) and its wait continues.
+    pub resumed: Option<Resumed>,
+    /// Where the deploy reports each change of its phase (the runner journals it, so that a
+    /// later ferry can resume the deploy: docs/crash-safety.md).
+    pub progress: Option<Progress>,
+}
+
+/// Receives the phases of a deploy as they begin.
+pub type Progress = tokio::sync::mpsc::UnboundedSender<Phase>;
+
+/// A phase of a deploy, as a later ferry needs to know it (docs/crash-safety.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Every object is applied; the wait for the workloads begins. `changed`: the objects
+    /// this deploy created or configured (their display names), which a failed rollout
+    /// rolls back.
+    Waiting { changed: Vec<String> },
+    /// A rollout failed: diagnosis and rollback run. Applying the manifests again would undo
+    /// the rollback, so such a deploy is not resumed.
+    Failed,
+}
+
+/// What an earlier ferry's run of the same deploy left (docs/crash-safety.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Time since the deploy first started (progress lines count from then).
+    pub elapsed: Duration,
+    /// Time since its wait for the workloads began, if it had: the wait continues with what
+    /// is left of its timeout.
+    pub waited: Option<Duration>,
+    /// The objects it created or configured: applied again they are `unchanged`, but a
+    /// failed rollout still rolls them back.
+    pub changed: Vec<String>,
 }
 
 /// Who asked for a deploy. See docs/deploy.md ("Who decides what").

@@ -44,6 +44,16 @@ pub enum Stage {
         trace: Option<Checkpoint>,
         clean: bool,
     },
+    /// A `ferry deploy` line of a deploy job runs (`index` in the plan's deploy commands),
+    /// started at `started_ms`; `trace` is where the job log stood as it started (after its
+    /// section header) or as its phase last changed; `phase`, how far it got. A later ferry
+    /// applies it again and continues its wait (docs/crash-safety.md).
+    Deploy {
+        index: usize,
+        started_ms: u64,
+        trace: Option<Checkpoint>,
+        phase: DeployPhase,
+    },
     /// After the steps: sync_out, cache, artifacts.
     AfterSteps,
     /// The final update is being sent (everything else is done): `failure` is the reason
@@ -52,6 +62,20 @@ pub enum Stage {
         failure: Option<String>,
         exit_code: Option<i32>,
     },
+}
+
+/// How far a `ferry deploy` line got (`ferry_deploy::Phase`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum DeployPhase {
+    /// Reading, rendering, applying the manifests.
+    Applying,
+    /// Waiting for the workloads since `since_ms`; `changed`: the objects it created or
+    /// configured (their display names, e.g. `deployment.apps/web`).
+    Waiting { since_ms: u64, changed: Vec<String> },
+    /// A rollout failed: diagnosis and rollback (not resumed: applying again would undo the
+    /// rollback).
+    Failed,
 }
 
 /// One job in flight.
@@ -78,7 +102,7 @@ pub struct Entry {
     pub started_ms: u64,
     pub deadline_ms: u64,
     pub stage: Stage,
-    /// The job runs in a Docker container (a deploy job does not, and cannot be resumed).
+    /// The job runs in Docker containers (a deploy job runs none).
     pub docker: bool,
 }
 
@@ -207,7 +231,8 @@ impl Journal {
                     *stepped = Some(Instant::now());
                 }
             }
-            Stage::AfterSteps | Stage::Final { .. } => {
+            // A deploy line runs in ferry's process: a later ferry applies it again.
+            Stage::Deploy { .. } | Stage::AfterSteps | Stage::Final { .. } => {
                 self.preparing().remove(&name);
             }
         }
@@ -364,6 +389,27 @@ mod tests {
         j.remove("t1_abcd", 5).unwrap();
         j.remove("t1_abcd", 5).unwrap();
         assert!(j.read_all().entries.is_empty());
+    }
+
+    #[test]
+    fn a_deploy_stage_is_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let mut e = entry(9);
+        e.docker = false;
+        e.stage = Stage::Deploy {
+            index: 1,
+            started_ms: 5,
+            trace: None,
+            phase: DeployPhase::Waiting {
+                since_ms: 6,
+                changed: vec!["deployment.apps/web".into()],
+            },
+        };
+        j.write(&e).unwrap();
+        let text = std::fs::read_to_string(j.dir().join(e.file_name())).unwrap();
+        assert!(text.contains("\"stage\":\"deploy\""), "{text}");
+        assert_eq!(j.read_all().entries[0].stage, e.stage);
     }
 
     #[test]

@@ -936,6 +936,8 @@ async fn timeout_is_capped_by_the_job() {
         targets: vec![env.target()],
         remaining: Some(std::time::Duration::from_secs(17)),
         origin: ferry_deploy::Origin::Job(deploy_common::facts()),
+        resumed: None,
+        progress: None,
     };
     let (_, log) = deploy_common::run_request(&req).await;
     assert!(log.contains(", capped by the job timeout)"), "{log}");
@@ -1074,6 +1076,8 @@ async fn cancelling_stops_the_wait() {
         targets: vec![env.target()],
         remaining: None,
         origin: ferry_deploy::Origin::Job(deploy_common::facts()),
+        resumed: None,
+        progress: None,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let c2 = cancel.clone();
@@ -1253,6 +1257,8 @@ async fn reading_the_manifests_stops_at_the_job_deadline() {
         targets: vec![env.target()],
         remaining: Some(std::time::Duration::ZERO),
         origin: ferry_deploy::Origin::Job(deploy_common::facts()),
+        resumed: None,
+        progress: None,
     };
     let (r, _) = deploy_common::run_request(&req).await;
     let e = r.expect_err("deadline passed").to_string();
@@ -1321,4 +1327,106 @@ async fn template_values_cannot_inject_yaml() {
     assert_eq!(cm["data"]["block"], format!("note={attack}\n"));
     let keys: Vec<&String> = cm["data"].as_object().unwrap().keys().collect();
     assert_eq!(keys, vec!["block", "note", "quoted"]);
+}
+
+/// A deploy an earlier ferry started (docs/crash-safety.md, "Deploy jobs"): applied again, the
+/// objects it changed are `unchanged` but still its change (a failed rollout rolls them back);
+/// the wait gets what is left of FERRY_TIMEOUT; the phases are reported as they begin.
+#[tokio::test]
+async fn a_resumed_deploy_is_applied_again_and_waits_for_what_is_left() {
+    let env = Env::new(Scenario::rollback()).await;
+    let (first, _) = env.deploy(&[], &[]).await;
+    first.expect("the first deploy rolls out");
+    // The earlier ferry applied a broken image, then went away 15 s into its 20 s wait.
+    let (tx, mut phases) = tokio::sync::mpsc::unbounded_channel();
+    let mut req = ferry_deploy::DeployRequest {
+        args: vec![],
+        project_dir: env.project().to_path_buf(),
+        variables: [
+            ("CI_ENVIRONMENT_NAME", "test"),
+            ("APP_NAME", "web"),
+            ("REPLICAS", "2"),
+            ("CI_COMMIT_SHORT_SHA", "1a2b3c4d"),
+            ("VERSION", "broken"),
+            ("FERRY_TIMEOUT", "20s"),
+            ("FERRY_FAIL_FAST", "false"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        targets: vec![env.target()],
+        remaining: Some(std::time::Duration::from_secs(3600)),
+        origin: ferry_deploy::Origin::Job(deploy_common::facts()),
+        resumed: None,
+        progress: None,
+    };
+    let mut earlier = req.clone();
+    earlier.args = vec!["--wait".into(), "false".into()];
+    let (r, log) = deploy_common::run_request(&earlier).await;
+    r.expect("applied without waiting");
+    assert!(
+        log.contains("deployment.apps/web") && log.contains("configured"),
+        "{log}"
+    );
+    let patches = || {
+        env.fake
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.content_type.contains("apply-patch"))
+            .count()
+    };
+    let applied = patches();
+    let generation =
+        env.fake.get("deployments.apps", "test", "web").unwrap()["metadata"]["generation"].clone();
+
+    req.resumed = Some(ferry_deploy::Resumed {
+        elapsed: std::time::Duration::from_secs(16),
+        waited: Some(std::time::Duration::from_secs(15)),
+        changed: vec!["deployment.apps/web".into()],
+    });
+    req.progress = Some(tx);
+    let started = std::time::Instant::now();
+    let (r, log) = deploy_common::run_request(&req).await;
+    let e = r.expect_err("the broken image never rolls out").to_string();
+    assert!(e.contains("deployment.apps/web"), "{e}");
+    // Applied again (server-side apply: both objects), the Deployment unchanged by it.
+    assert_eq!(patches(), applied + 2);
+    assert!(
+        log.contains("unchanged (changed by this deploy before ferry was restarted)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("waiting again for deployment.apps/web (timeout 5s, what is left of it)"),
+        "{log}"
+    );
+    // Progress lines count from the deploy's first start.
+    assert!(log.contains("  [00:1"), "{log}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{log}"
+    );
+    // Still this deploy's change: rolled back to the first deploy's revision.
+    assert!(
+        log.contains("rollback: deployment.apps/web → revision"),
+        "{log}"
+    );
+    let d = env.fake.get("deployments.apps", "test", "web").unwrap();
+    assert_ne!(d["metadata"]["generation"], generation);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:1a2b3c4d"
+    );
+    let mut got = Vec::new();
+    while let Ok(p) = phases.try_recv() {
+        got.push(p);
+    }
+    assert_eq!(
+        got,
+        vec![
+            ferry_deploy::Phase::Waiting {
+                changed: vec!["deployment.apps/web".into()]
+            },
+            ferry_deploy::Phase::Failed
+        ]
+    );
 }

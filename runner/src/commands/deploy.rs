@@ -30,6 +30,8 @@ pub async fn deploy(_config_path: &Path, args: &[String]) -> anyhow::Result<Exit
         targets: Vec::new(),
         remaining: None,
         origin: Origin::Workstation,
+        resumed: None,
+        progress: None,
     };
     let cancel = CancellationToken::new();
     let c = cancel.clone();

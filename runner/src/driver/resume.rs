@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use super::host::Host;
+use super::sections::ResumedDeploy;
 use super::signals::Signals;
 use super::state::JobState as Progress;
 use super::{Driver, JobJournal, JobRun, internal_error, job_url};
 use crate::api::{JobApi, JobState, JobUpdate, UpdateReply};
 use crate::failure::FailureReason;
-use crate::journal::{Entry, Stage};
+use crate::journal::{DeployPhase, Entry, Stage};
 use crate::metrics::RunnerLabels;
 use crate::plan::{self, Execution, JobContext, Plan};
 use crate::trace::{self, TraceConfig, TraceWriter};
@@ -34,6 +35,13 @@ enum Verdict {
         index: usize,
         started: SystemTime,
         checkpoint: trace::Checkpoint,
+    },
+    /// Apply the deploy line `index` again and continue its wait; its log continues from
+    /// the checkpoint if GitLab holds no more than it, else after what GitLab holds.
+    Deploy {
+        index: usize,
+        checkpoint: Option<trace::Checkpoint>,
+        resumed: ResumedDeploy,
     },
     /// Send the final update the earlier ferry was sending.
     Final(Outcome),
@@ -151,7 +159,18 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             )
             .await
             {
-                Ok(Some(len)) => trace::append(job.clone(), self.api.clone(), cfg, len),
+                // A deploy's output is not written again byte for byte (it is applied again):
+                // the log continues from the checkpoint only while GitLab holds no more than
+                // it, else after what GitLab holds (docs/crash-safety.md).
+                Ok(Some(len)) => match &verdict {
+                    Verdict::Deploy {
+                        checkpoint: Some(cp),
+                        ..
+                    } if len >= cp.accepted && len <= cp.at => {
+                        trace::resume(job.clone(), self.api.clone(), cfg, cp)
+                    }
+                    _ => trace::append(job.clone(), self.api.clone(), cfg, len),
+                },
                 Ok(None) => {
                     info!("GitLab no longer takes the job's log: removing its containers");
                     if let Some(env) = &env {
@@ -227,6 +246,35 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 self.write_timing(&log, &labels, started);
                 outcome
             }
+            Verdict::Deploy { index, resumed, .. } => {
+                let deadline = entry
+                    .deadline()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                let signals = Signals {
+                    deadline: ferry_executor::deadline_after(deadline),
+                    remote: handle.signals(),
+                    shutdown,
+                };
+                let followed = AssertUnwindSafe(self.follow_deploy(
+                    plan,
+                    &job,
+                    &runner,
+                    &log,
+                    signals,
+                    journaled.clone(),
+                    (index, resumed),
+                    &mut workspace,
+                ))
+                .catch_unwind()
+                .await;
+                let outcome = followed.unwrap_or_else(|panic| internal_error(&log, panic.as_ref()));
+                if let Err(e) = self.host.remove_file_variables(plan).await {
+                    warn!(error = %e, "removing the job's file variables failed");
+                }
+                self.write_timing(&log, &labels, started);
+                outcome
+            }
         };
         let update = self.final_update(&outcome, &plan.failure_reasons, &labels, &log);
         if let Some(j) = &journaled {
@@ -288,6 +336,51 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         self.steps_from(&mut run, env, steps, index, Some(started))
             .await;
         self.after_steps(&mut run, env).await;
+        run.state.outcome()
+    }
+
+    /// The deploy lines from the one an earlier ferry left: that one is applied again
+    /// (server-side apply is idempotent) and its wait continues (docs/crash-safety.md).
+    #[allow(clippy::too_many_arguments)]
+    async fn follow_deploy(
+        &self,
+        plan: &Plan,
+        job: &crate::api::JobRef,
+        runner: &RunnerSection,
+        log: &TraceWriter,
+        mut signals: Signals,
+        journal: Option<JobJournal>,
+        (index, resumed): (usize, ResumedDeploy),
+        workspace: &mut Option<super::cleanup::Workspace>,
+    ) -> Outcome {
+        let Execution::Deploy { commands, facts } = &plan.execution else {
+            return Outcome::failed(FailureReason::RunnerSystemFailure);
+        };
+        let claimed = self
+            .workspaces
+            .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
+            .await;
+        let mut state = Progress::default();
+        match state.settle(claimed, log) {
+            Some(guard) => *workspace = Some(guard),
+            None => return state.outcome(),
+        }
+        log.write_warning(if resumed.waiting_since_ms.is_some() {
+            "ferry was restarted while this deploy waited for the rollout: applying the manifests again (server-side apply is idempotent), then waiting for what is left of the timeout"
+        } else {
+            "ferry was restarted while this deploy applied the manifests: applying them again (server-side apply is idempotent)"
+        });
+        let mut run = JobRun {
+            plan,
+            job,
+            runner,
+            log,
+            signals,
+            state,
+            journal,
+        };
+        self.deploys_from(&mut run, commands, facts, index, Some(resumed))
+            .await;
         run.state.outcome()
     }
 
@@ -399,11 +492,21 @@ fn verdict<E: Engine>(
             format!("{AWAY}, and the job's timeout passed before it was back"),
         );
     }
-    let (Some(_), Some(env)) = (plan, env) else {
+    let Some(plan) = plan else {
         return Verdict::End(
             FailureReason::RunnerSystemFailure,
-            format!("{AWAY}; deploy jobs (image: ferry:deploy) are not resumed"),
+            format!("{AWAY}, and the job can no longer be planned"),
         );
+    };
+    let env = match (&plan.execution, env) {
+        (Execution::Deploy { commands, .. }, _) => return deploy_verdict(entry, commands.len()),
+        (_, Some(env)) => env,
+        (_, None) => {
+            return Verdict::End(
+                FailureReason::RunnerSystemFailure,
+                format!("{AWAY}, and the job's containers are unknown"),
+            );
+        }
     };
     match &entry.stage {
         Stage::Step {
@@ -439,7 +542,58 @@ fn verdict<E: Engine>(
             FailureReason::RunnerSystemFailure,
             format!("{AWAY}, while it saved its cache or artifacts: that stage is not resumed"),
         ),
+        Stage::Deploy { .. } => Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!("{AWAY}, in a deploy, and the job no longer plans as a deploy job"),
+        ),
         Stage::Final { failure, exit_code } => final_verdict(failure.as_deref(), *exit_code),
+    }
+}
+
+/// What can be done for a journaled deploy job (`image: ferry:deploy`) of `commands` deploy
+/// lines (docs/crash-safety.md).
+fn deploy_verdict(entry: &Entry, commands: usize) -> Verdict {
+    const AWAY: &str = "ferry was restarted while this job ran";
+    match &entry.stage {
+        Stage::Deploy {
+            phase: DeployPhase::Failed,
+            ..
+        } => Verdict::End(
+            FailureReason::ScriptFailure,
+            format!(
+                "{AWAY}, after its rollout had failed, during the diagnosis and rollback: applying the manifests again would undo the rollback, so the deploy is not resumed; check the workloads in the cluster"
+            ),
+        ),
+        Stage::Deploy {
+            index,
+            started_ms,
+            trace,
+            phase,
+        } if *index < commands => {
+            let (waiting_since_ms, changed) = match phase {
+                DeployPhase::Waiting { since_ms, changed } => (Some(*since_ms), changed.clone()),
+                _ => (None, Vec::new()),
+            };
+            Verdict::Deploy {
+                index: *index,
+                checkpoint: trace.clone(),
+                resumed: ResumedDeploy {
+                    started_ms: *started_ms,
+                    waiting_since_ms,
+                    changed,
+                },
+            }
+        }
+        Stage::Prepare => Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!(
+                "{AWAY}, while it was being prepared (sources, dependencies): that stage is not resumed"
+            ),
+        ),
+        _ => Verdict::End(
+            FailureReason::RunnerSystemFailure,
+            format!("{AWAY}, in a stage this deploy job does not have: it cannot be resumed"),
+        ),
     }
 }
 
@@ -457,6 +611,76 @@ fn final_verdict(failure: Option<&str>, exit_code: Option<i32>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gitlab::payload::JobPayload;
+
+    fn entry(stage: Stage) -> Entry {
+        let payload: JobPayload =
+            serde_json::from_value(serde_json::json!({"id": 5, "token": "glcbt-x"})).unwrap();
+        Entry {
+            version: crate::journal::VERSION,
+            runner: "t1_abcd".into(),
+            url: "https://gitlab.example.com".into(),
+            runner_label: Some("t1_abcd".into()),
+            job_id: 5,
+            project_id: 7,
+            payload,
+            concurrent_id: 0,
+            concurrent_project_id: 0,
+            started_ms: 1,
+            deadline_ms: u64::MAX,
+            stage,
+            docker: false,
+        }
+    }
+
+    fn deploy(index: usize, phase: DeployPhase) -> Stage {
+        Stage::Deploy {
+            index,
+            started_ms: 1_000,
+            trace: None,
+            phase,
+        }
+    }
+
+    #[test]
+    fn a_deploy_applying_or_waiting_is_resumed_from_where_it_was() {
+        let Verdict::Deploy { index, resumed, .. } =
+            deploy_verdict(&entry(deploy(1, DeployPhase::Applying)), 2)
+        else {
+            panic!("not resumed");
+        };
+        assert_eq!(index, 1);
+        assert_eq!(resumed.started_ms, 1_000);
+        assert_eq!(resumed.waiting_since_ms, None);
+        let waiting = DeployPhase::Waiting {
+            since_ms: 2_000,
+            changed: vec!["deployment.apps/web".into()],
+        };
+        let Verdict::Deploy { resumed, .. } = deploy_verdict(&entry(deploy(0, waiting)), 1) else {
+            panic!("not resumed");
+        };
+        assert_eq!(resumed.waiting_since_ms, Some(2_000));
+        assert_eq!(resumed.changed, vec!["deployment.apps/web".to_string()]);
+    }
+
+    #[test]
+    fn a_deploy_that_cannot_be_resumed_ends_with_the_reason() {
+        let end = |stage, commands| match deploy_verdict(&entry(stage), commands) {
+            Verdict::End(reason, line) => (reason, line),
+            _ => panic!("resumed"),
+        };
+        // After a failed rollout: applying again would undo the rollback.
+        let (reason, line) = end(deploy(0, DeployPhase::Failed), 1);
+        assert_eq!(reason, FailureReason::ScriptFailure);
+        assert!(line.contains("rollback"), "{line}");
+        // A line the plan no longer has (the journal is not trusted).
+        let (reason, _) = end(deploy(3, DeployPhase::Applying), 1);
+        assert_eq!(reason, FailureReason::RunnerSystemFailure);
+        let (_, line) = end(Stage::Prepare, 1);
+        assert!(line.contains("prepared"), "{line}");
+        let (_, line) = end(Stage::AfterSteps, 1);
+        assert!(line.contains("cannot be resumed"), "{line}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn gitlab_is_asked_again_with_a_growing_jittered_pause_until_it_answers() {

@@ -518,9 +518,21 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     /// One `ferry deploy` line of a deploy job. The runner's targets and GitLab's facts decide
     /// the policy; variables only configure the deploy within it (docs/deploy.md, "Who decides
     /// what").
-    pub(super) async fn deploy(&self, run: &mut JobRun<'_>, facts: &JobFacts, cmd: &DeployCommand) {
+    /// One `ferry deploy` line (`index` in the plan's deploy commands), journaled at its start
+    /// and at each change of its phase; with `resumed`, one an earlier ferry started and left
+    /// (docs/crash-safety.md): its header is in the log already, it is applied again and its
+    /// wait continues.
+    pub(super) async fn deploy(
+        &self,
+        run: &mut JobRun<'_>,
+        facts: &JobFacts,
+        cmd: &DeployCommand,
+        index: usize,
+        resumed: Option<&ResumedDeploy>,
+    ) {
         let (deployer, plan, log) = (&*self.deployer, run.plan, run.log);
-        log.write_command(&cmd.line);
+        let now = std::time::SystemTime::now();
+        let (progress, mut phases) = tokio::sync::mpsc::unbounded_channel();
         let req = DeployRequest {
             args: cmd.args.clone(),
             project_dir: plan.host_project_dir.clone(),
@@ -533,18 +545,96 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             targets: run.runner.deploy.targets.clone(),
             remaining: Some(run.signals.remaining()),
             origin: Origin::Job(facts.clone()),
+            resumed: resumed.map(|r| r.request(now)),
+            progress: run.journal.is_some().then_some(progress),
         };
-        log.section_start("deploy", "Deploying to Kubernetes", false);
+        let started_ms = match resumed {
+            Some(r) => r.started_ms,
+            None => {
+                log.write_command(&cmd.line);
+                log.section_start("deploy", "Deploying to Kubernetes", false);
+                let started_ms = crate::journal::epoch_ms(now);
+                if let Some(j) = &run.journal {
+                    j.stage(crate::journal::Stage::Deploy {
+                        index,
+                        started_ms,
+                        trace: log.checkpoint(),
+                        phase: crate::journal::DeployPhase::Applying,
+                    })
+                    .await;
+                }
+                started_ms
+            }
+        };
+        // The wait of a resumed deploy still counts from its first start.
+        let waiting_since = resumed.and_then(|r| r.waiting_since_ms);
+        let journal = run.journal.clone();
+        let record = |phase: ferry_deploy::Phase| {
+            let journal = journal.clone();
+            async move {
+                let Some(j) = journal else { return };
+                let phase = match phase {
+                    ferry_deploy::Phase::Waiting { changed } => {
+                        crate::journal::DeployPhase::Waiting {
+                            since_ms: waiting_since.unwrap_or_else(|| {
+                                crate::journal::epoch_ms(std::time::SystemTime::now())
+                            }),
+                            changed,
+                        }
+                    }
+                    ferry_deploy::Phase::Failed => crate::journal::DeployPhase::Failed,
+                };
+                j.stage(crate::journal::Stage::Deploy {
+                    index,
+                    started_ms,
+                    trace: log.checkpoint(),
+                    phase,
+                })
+                .await;
+            }
+        };
         let req = &req;
-        let stage = run
-            .signals
-            .run(false, |limits| async move {
-                let mut sink = log.clone();
-                deployer.deploy(req, &mut sink, &limits.cancel).await
-            })
-            .await;
+        let deploying = run.signals.run(false, |limits| async move {
+            let mut sink = log.clone();
+            deployer.deploy(req, &mut sink, &limits.cancel).await
+        });
+        let mut deploying = std::pin::pin!(deploying);
+        // Each phase is journaled as it begins, while the deploy goes on.
+        let stage = loop {
+            tokio::select! {
+                stage = &mut deploying => break stage,
+                Some(phase) = phases.recv() => record(phase).await,
+            }
+        };
+        while let Ok(phase) = phases.try_recv() {
+            record(phase).await;
+        }
         log.section_end("deploy");
         run.state.settle(stage, log);
+    }
+}
+
+/// A `ferry deploy` line an earlier ferry started and left (docs/crash-safety.md).
+#[derive(Debug, Clone)]
+pub(super) struct ResumedDeploy {
+    pub started_ms: u64,
+    /// When its wait for the workloads began, if it had.
+    pub waiting_since_ms: Option<u64>,
+    /// The objects it created or configured.
+    pub changed: Vec<String>,
+}
+
+impl ResumedDeploy {
+    fn request(&self, now: std::time::SystemTime) -> ferry_deploy::Resumed {
+        let since = |ms: u64| {
+            now.duration_since(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                .unwrap_or_default()
+        };
+        ferry_deploy::Resumed {
+            elapsed: since(self.started_ms),
+            waited: self.waiting_since_ms.map(since),
+            changed: self.changed.clone(),
+        }
     }
 }
 

@@ -212,11 +212,26 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         if self.admit(run, Phase::BeforeScript) {
             self.download_artifacts(run).await;
         }
-        for cmd in commands {
+        self.deploys_from(run, commands, facts, 0, None).await;
+    }
+
+    /// The `ferry deploy` lines from `first` on; with `resumed`, the first one is a line an
+    /// earlier ferry started and left (docs/crash-safety.md): it is applied again and its wait
+    /// continues.
+    pub(super) async fn deploys_from(
+        &self,
+        run: &mut JobRun<'_>,
+        commands: &[DeployCommand],
+        facts: &JobFacts,
+        first: usize,
+        resumed: Option<super::sections::ResumedDeploy>,
+    ) {
+        for (index, cmd) in commands.iter().enumerate().skip(first) {
             if !self.admit(run, Phase::Step(When::OnSuccess)) {
                 return;
             }
-            self.deploy(run, facts, cmd).await;
+            let at = resumed.as_ref().filter(|_| index == first);
+            self.deploy(run, facts, cmd, index, at).await;
         }
     }
 }

@@ -26,6 +26,9 @@ pub enum Outcome {
     CreateContainerConfigError,
     /// The ReplicaSet cannot create pods (quota): ReplicaFailure/FailedCreate, no pods.
     FailedCreate,
+    /// Pods run but are not ready (a readiness probe that has not passed yet, no event)
+    /// until [`FakeK8s::release`](super::FakeK8s::release); then they become ready.
+    Held,
 }
 
 /// The controller behaviour of a fake cluster.
@@ -272,6 +275,35 @@ async fn play_pods(
 ) -> bool {
     let now = super::now_rfc3339();
     match outcome {
+        Outcome::Held => {
+            for p in pods {
+                sh.update("", "Pod", ns, p, |pod| {
+                    pod["status"]["phase"] = json!("Running");
+                    pod["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True"},
+                        {"type": "Initialized", "status": "True"},
+                        {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+                        {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [web]"}]);
+                    set_containers(pod, |n, img| json!({"name": n, "image": img, "ready": false, "restartCount": 0, "started": true,
+                        "state": {"running": {"startedAt": now}}}));
+                });
+            }
+            while !sh.released() {
+                tokio::time::sleep(step).await;
+                if !alive() {
+                    return false;
+                }
+            }
+            for p in pods {
+                sh.update("", "Pod", ns, p, |pod| {
+                    pod["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True"},
+                        {"type": "Initialized", "status": "True"}, {"type": "ContainersReady", "status": "True"},
+                        {"type": "Ready", "status": "True"}]);
+                    set_containers(pod, |n, img| json!({"name": n, "image": img, "ready": true, "restartCount": 0, "started": true,
+                        "state": {"running": {"startedAt": now}}}));
+                });
+            }
+            true
+        }
         Outcome::Ready => {
             for p in pods {
                 sh.update("", "Pod", ns, p, |pod| {

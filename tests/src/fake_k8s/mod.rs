@@ -68,9 +68,15 @@ pub(crate) struct Shared {
     seen: Mutex<Vec<Seen>>,
     faults: Mutex<Faults>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Pods of `Outcome::Held` become ready once set (`FakeK8s::release`).
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    pub(crate) fn released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -205,6 +211,7 @@ impl FakeK8s {
             seen: Mutex::new(Vec::new()),
             faults: Mutex::new(Faults::default()),
             shutdown,
+            released: std::sync::atomic::AtomicBool::new(false),
         });
         let mut nss = vec![
             "default".to_string(),
@@ -308,6 +315,13 @@ impl FakeK8s {
             .entry((res.to_string(), ns.to_string(), name.to_string()))
             .or_default()
             .insert(store::encode_path(path), manager.to_string());
+    }
+
+    /// The pods of `Outcome::Held` rollouts become ready (those held now and later ones).
+    pub fn release(&self) {
+        self.shared
+            .released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// All requests so far.

@@ -144,6 +144,8 @@ impl Env {
             targets,
             remaining: Some(Duration::from_secs(3600)),
             origin,
+            resumed: None,
+            progress: None,
         };
         run_request(&req).await
     }
