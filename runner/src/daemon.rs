@@ -10,7 +10,12 @@
 //! Config reloads arrive on a `watch` channel: new entries start polling, removed ones stop, an
 //! entry that stays (same url and token) takes its new settings for the jobs it gets from then on
 //! (`limit` and `request_concurrency` included); running jobs keep the settings they started with. Shutdown is injected: `graceful` stops polling and waits for the
-//! jobs; `force` also cancels every job, which then reports itself failed.
+//! jobs; `force` also cancels every job, which then reports itself failed. `handover` only stops
+//! polling: requests in flight are answered (a job they bring runs) and jobs keep running.
+//!
+//! Jobs an earlier ferry left running (docs/crash-safety.md) are adopted at start: each takes a
+//! global slot and a `limit` slot of its entry before the first request is sent, also when that
+//! exceeds the limits (then the slots are owed, and taken back as jobs end).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,7 +54,8 @@ pub enum Polled<J> {
 pub trait JobSource: Send + Sync + 'static {
     type Job: Send + 'static;
     /// Must not be cancelled half way once GitLab may have handed out a job (it would be lost):
-    /// the daemon only drops it on shutdown, as gitlab-runner does.
+    /// the daemon only drops it on shutdown (`graceful`, `force`) and when its entry is removed,
+    /// as gitlab-runner does; a handover lets it end (docs/crash-safety.md).
     fn request_job(&self, runner: &RunnerSection)
     -> impl Future<Output = Polled<Self::Job>> + Send;
 
@@ -79,6 +85,7 @@ const UNLIMITED: usize = 1 << 20;
 /// A semaphore whose size changes on reload while permits are out: growing adds permits (after
 /// paying back what a shrink still owes), shrinking forgets free permits at once and the rest as
 /// running jobs give theirs back. Used for `concurrent`, `limit` and `request_concurrency`.
+#[derive(Clone)]
 struct Capacity {
     sem: Arc<Semaphore>,
     /// Size, and permits a shrink still has to take back from running jobs.
@@ -104,31 +111,81 @@ impl Capacity {
         } else if n < *size {
             let shrink = *size - n;
             let owed = shrink - self.sem.forget_permits(shrink);
-            if owed > 0 {
-                let collect = *debt == 0;
-                *debt += owed;
-                if collect {
-                    // Takes the owed permits as running jobs return them; stops when nothing
-                    // is owed any more (a later growth may have paid the debt).
-                    let (sem, state) = (self.sem.clone(), self.state.clone());
-                    tokio::spawn(async move {
-                        while let Ok(permit) = sem.acquire().await {
-                            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-                            if state.1 == 0 {
-                                return;
-                            }
-                            state.1 -= 1;
-                            permit.forget();
-                            if state.1 == 0 {
-                                return;
-                            }
-                        }
-                    });
-                }
-            }
+            self.owe(debt, owed);
         }
         *size = n;
     }
+
+    /// Adds `owed` to the permits to take back from running jobs as they return them.
+    fn owe(&self, debt: &mut usize, owed: usize) {
+        if owed == 0 {
+            return;
+        }
+        let collect = *debt == 0;
+        *debt += owed;
+        if collect {
+            // Takes the owed permits as running jobs return them; stops when nothing
+            // is owed any more (a later growth may have paid the debt).
+            let (sem, state) = (self.sem.clone(), self.state.clone());
+            tokio::spawn(async move {
+                while let Ok(permit) = sem.acquire().await {
+                    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                    if state.1 == 0 {
+                        return;
+                    }
+                    state.1 -= 1;
+                    permit.forget();
+                    if state.1 == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A permit for a job that runs whatever the capacity (an adopted job): a free one, or,
+    /// if none is free, one more than the size, owed until a running job returns one.
+    fn take_or_owe(&self) -> Held {
+        if let Ok(permit) = self.sem.clone().try_acquire_owned() {
+            return Held::Permit(permit);
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.owe(&mut state.1, 1);
+        Held::Owed(self.clone())
+    }
+}
+
+/// A slot of a [`Capacity`] an adopted job holds.
+enum Held {
+    Permit(#[allow(dead_code)] OwnedSemaphorePermit),
+    /// Taken beyond the size: when the job ends, the debt it made is cancelled (or, if a
+    /// returned permit already paid it, that permit comes back).
+    Owed(Capacity),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Owed(capacity) = self {
+            let mut state = capacity.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.1 > 0 {
+                state.1 -= 1;
+            } else {
+                capacity.sem.add_permits(1);
+            }
+        }
+    }
+}
+
+/// A job already running when the daemon starts (resumed from the journal): it holds a
+/// `concurrent` slot and a `limit` slot of `runner`'s entry until it ends.
+pub struct Adopted {
+    /// The entry it belongs to (matched by URL and token).
+    pub runner: RunnerSection,
+    /// Runs the job to its end; the token fires on forced shutdown.
+    #[allow(clippy::type_complexity)]
+    pub job: Box<
+        dyn FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+    >,
 }
 
 fn limit_size(limit: usize) -> usize {
@@ -175,6 +232,18 @@ impl Entry {
 pub struct Daemon<S, H> {
     source: Arc<S>,
     handler: Arc<H>,
+    /// The job requests in flight.
+    requests: TaskTracker,
+}
+
+/// Where the jobs of a run go (what `run` and `apply` share).
+struct Shared<'a> {
+    slots: &'a Arc<Capacity>,
+    polling: &'a CancellationToken,
+    /// Fired at a handover: the poll loops stop, requests in flight go on.
+    paused: &'a CancellationToken,
+    jobs: &'a TaskTracker,
+    jobs_cancel: &'a CancellationToken,
 }
 
 impl<S, H> Daemon<S, H>
@@ -183,36 +252,76 @@ where
     H: JobHandler<S::Job>,
 {
     pub fn new(source: Arc<S>, handler: Arc<H>) -> Self {
-        Daemon { source, handler }
+        Daemon {
+            source,
+            handler,
+            requests: TaskTracker::new(),
+        }
+    }
+
+    /// The job requests in flight (a handover waits for them: docs/crash-safety.md).
+    pub fn requests(&self) -> TaskTracker {
+        self.requests.clone()
     }
 
     /// Run until shutdown. `graceful`: stop polling, let running jobs finish. `force`: stop
     /// polling and cancel running jobs (they report themselves failed); returns when they have.
     pub async fn run(
         &self,
-        mut config: watch::Receiver<Arc<Config>>,
+        config: watch::Receiver<Arc<Config>>,
         graceful: impl Future<Output = ()>,
         force: impl Future<Output = ()>,
+    ) {
+        self.run_with(config, Vec::new(), graceful, force, std::future::pending())
+            .await
+    }
+
+    /// [`run`](Self::run), with jobs already running (`adopted`, each in the slots of its
+    /// entry, taken before the first request), and `handover`: stop polling, but let the
+    /// requests in flight end (a job they bring runs) and the jobs run on.
+    pub async fn run_with(
+        &self,
+        mut config: watch::Receiver<Arc<Config>>,
+        mut adopted: Vec<Adopted>,
+        graceful: impl Future<Output = ()>,
+        force: impl Future<Output = ()>,
+        handover: impl Future<Output = ()>,
     ) {
         let jobs = TaskTracker::new();
         let jobs_cancel = CancellationToken::new();
         let polling = CancellationToken::new();
+        let paused = CancellationToken::new();
         let initial = config.borrow_and_update().clone();
         let slots = Arc::new(Capacity::new(initial.global.concurrent.max(1)));
         let mut entries: HashMap<(String, String), (Arc<Entry>, CancellationToken)> =
             HashMap::new();
+        let shared = Shared {
+            slots: &slots,
+            polling: &polling,
+            paused: &paused,
+            jobs: &jobs,
+            jobs_cancel: &jobs_cancel,
+        };
 
-        self.apply(
-            &initial,
-            &mut entries,
-            &slots,
-            &polling,
-            &jobs,
-            &jobs_cancel,
-        );
+        self.apply(&initial, &mut entries, &shared, &mut adopted);
+        // An adopted job no entry takes (not in the config): it runs all the same, in a
+        // global slot.
+        for a in adopted.drain(..) {
+            warn!(
+                runner = a.runner.token.short(),
+                "a resumed job's runner is not polled: it runs in a concurrent slot only"
+            );
+            let global = slots.take_or_owe();
+            let cancel = jobs_cancel.child_token();
+            jobs.spawn(async move {
+                (a.job)(cancel).await;
+                drop(global);
+            });
+        }
 
         tokio::pin!(graceful);
         tokio::pin!(force);
+        tokio::pin!(handover);
         let forced = loop {
             tokio::select! {
                 changed = config.changed() => {
@@ -221,7 +330,14 @@ where
                     }
                     let cfg = config.borrow_and_update().clone();
                     slots.resize(cfg.global.concurrent.max(1));
-                    self.apply(&cfg, &mut entries, &slots, &polling, &jobs, &jobs_cancel);
+                    self.apply(&cfg, &mut entries, &shared, &mut Vec::new());
+                }
+                _ = &mut handover, if !paused.is_cancelled() => {
+                    info!(
+                        running = jobs.len(),
+                        "handover: stopped polling; requests in flight are answered"
+                    );
+                    paused.cancel();
                 }
                 _ = &mut graceful => break false,
                 _ = &mut force => break true,
@@ -245,14 +361,14 @@ where
     }
 
     /// Start entries that are new, stop those that are gone, give the others their new settings.
+    /// A new entry first takes the slots of its `adopted` jobs (removed from the list) and
+    /// starts them, then polls.
     fn apply(
         &self,
         cfg: &Config,
         entries: &mut HashMap<(String, String), (Arc<Entry>, CancellationToken)>,
-        slots: &Arc<Capacity>,
-        polling: &CancellationToken,
-        jobs: &TaskTracker,
-        jobs_cancel: &CancellationToken,
+        shared: &Shared<'_>,
+        adopted: &mut Vec<Adopted>,
     ) {
         let wanted: Vec<_> = cfg.runners.iter().map(runner_key).collect();
         entries.retain(|key, (entry, stop)| {
@@ -279,19 +395,36 @@ where
                 continue;
             }
             let entry = Arc::new(Entry::new(r));
-            let stop = polling.child_token();
+            let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(adopted)
+                .into_iter()
+                .partition(|a| runner_key(&a.runner) == key);
+            *adopted = others;
+            for a in mine {
+                // Both slots are taken now, before this entry's first request.
+                let held = (shared.slots.take_or_owe(), entry.limit.take_or_owe());
+                let cancel = shared.jobs_cancel.child_token();
+                let freed = entry.clone();
+                shared.jobs.spawn(async move {
+                    (a.job)(cancel).await;
+                    drop(held);
+                    freed.again.notify_one();
+                });
+            }
+            let stop = shared.polling.child_token();
             info!(runner = r.token.short(), name = %r.name, "runner started polling");
             let offset = interval * i as u32 / n;
             tokio::spawn(poll_loop(Poller {
                 entry: entry.clone(),
                 source: self.source.clone(),
                 handler: self.handler.clone(),
-                global: slots.sem.clone(),
+                global: shared.slots.sem.clone(),
                 interval,
                 offset,
                 stop: stop.clone(),
-                jobs: jobs.clone(),
-                jobs_cancel: jobs_cancel.clone(),
+                paused: shared.paused.clone(),
+                requests: self.requests.clone(),
+                jobs: shared.jobs.clone(),
+                jobs_cancel: shared.jobs_cancel.clone(),
             }));
             entries.insert(key, (entry, stop));
         }
@@ -308,8 +441,11 @@ struct Poller<S, H> {
     /// `check_interval`, and this entry's offset within it (entries are spread over it).
     interval: Duration,
     offset: Duration,
-    /// Stops this entry's polling (config reload, shutdown).
+    /// Stops this entry's polling (config reload, shutdown); drops its requests in flight.
     stop: CancellationToken,
+    /// Stops this entry's polling, not its requests in flight (handover).
+    paused: CancellationToken,
+    requests: TaskTracker,
     /// The jobs' tasks, and what cancels them at a forced shutdown.
     jobs: TaskTracker,
     jobs_cancel: CancellationToken,
@@ -328,12 +464,15 @@ where
         interval,
         offset,
         stop,
+        paused,
+        requests,
         jobs,
         jobs_cancel,
     } = poller;
     tokio::select! {
         _ = tokio::time::sleep(offset) => {}
         _ = stop.cancelled() => return,
+        _ = paused.cancelled() => return,
     }
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -342,6 +481,10 @@ where
             _ = tick.tick() => {}
             _ = entry.again.notified() => {}
             _ = stop.cancelled() => return,
+            _ = paused.cancelled() => return,
+        }
+        if paused.is_cancelled() {
+            return;
         }
         let section = entry.section();
         let failures = entry.failures.load(Ordering::Relaxed);
@@ -357,6 +500,7 @@ where
             tokio::select! {
                 _ = tokio::time::sleep(park) => {}
                 _ = stop.cancelled() => return,
+                _ = paused.cancelled() => return,
             }
             // One forced request follows; its answer decides whether the entry stays parked.
             // The next tick is a whole interval after it (not at once for the ticks missed
@@ -383,7 +527,7 @@ where
         let (entry, source, handler) = (entry.clone(), source.clone(), handler.clone());
         let (stop, jobs2, jobs_cancel) = (stop.clone(), jobs.clone(), jobs_cancel.clone());
         let global = global.clone();
-        tokio::spawn(async move {
+        requests.spawn(async move {
             let request = source.request_job(&section);
             tokio::pin!(request);
             let mut slot = Some(slot);
@@ -520,6 +664,7 @@ mod tests {
         running: std::sync::atomic::AtomicUsize,
         max_running: std::sync::atomic::AtomicUsize,
         done: Mutex<Vec<(u64, bool)>>,
+        started: Mutex<Vec<(u64, Instant)>>,
     }
 
     impl Sleeper {
@@ -529,12 +674,14 @@ mod tests {
                 running: 0.into(),
                 max_running: 0.into(),
                 done: Mutex::default(),
+                started: Mutex::default(),
             }
         }
     }
 
     impl JobHandler<u64> for Sleeper {
         async fn run_job(&self, _runner: Arc<RunnerSection>, job: u64, cancel: CancellationToken) {
+            self.started.lock().unwrap().push((job, Instant::now()));
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_running.fetch_max(now, Ordering::SeqCst);
             let cancelled = tokio::select! {
@@ -889,5 +1036,156 @@ check_interval = 3
         let (under_one, running_after) = rx2.await.unwrap();
         assert_eq!(under_one, 1, "limit = 1 after the reload");
         assert_eq!(running_after, 2, "limit = 2 again after the second reload");
+    }
+
+    /// `ids` adopted as resumed jobs of `runner`, each run by `handler`.
+    fn adopt(handler: &Arc<Sleeper>, runner: &RunnerSection, ids: &[u64]) -> Vec<Adopted> {
+        ids.iter()
+            .map(|&id| {
+                let (h, r) = (handler.clone(), Arc::new(runner.clone()));
+                Adopted {
+                    runner: runner.clone(),
+                    job: Box::new(move |cancel| {
+                        Box::pin(async move { h.run_job(r, id, cancel).await })
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn started_at(handler: &Sleeper, start: Instant) -> HashMap<u64, u64> {
+        handler
+            .started
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, at)| (*id, (*at - start).as_secs()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adopted_jobs_hold_a_concurrent_and_a_limit_slot_until_they_end() {
+        let queue = Arc::new(Queue::default());
+        queue.push("glrt-aaaaaaaa", &[1, 2]);
+        queue.push("glrt-bbbbbbbb", &[3, 4]);
+        let handler = Arc::new(Sleeper::new(10));
+        let cfg = config(TWO_RUNNERS); // concurrent = 3; a: limit = 2
+        let adopted = adopt(&handler, &cfg.runners[0], &[100, 101]);
+        let (_tx, rx) = watch::channel(cfg);
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let start = Instant::now();
+        daemon
+            .run_with(
+                rx,
+                adopted,
+                tokio::time::sleep(Duration::from_secs(60)),
+                std::future::pending(),
+                std::future::pending(),
+            )
+            .await;
+        let at = started_at(&handler, start);
+        assert_eq!(at.len(), 6, "every job ran: {at:?}");
+        assert_eq!((at[&100], at[&101]), (0, 0));
+        // b takes the one free concurrent slot at its first poll (1.5 s: staggered); its
+        // second job waits for a slot.
+        assert!(at[&3] < 10, "{at:?}");
+        assert!(at[&4] >= 10, "{at:?}");
+        // a's limit (2) is held by the adopted jobs until they end.
+        assert!(at[&1] >= 10 && at[&2] >= 10, "{at:?}");
+        assert_eq!(handler.max_running.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adopted_jobs_beyond_the_limits_run_and_no_new_job_starts_until_they_fit() {
+        let queue = Arc::new(Queue::default());
+        queue.push("glrt-aaaaaaaa", &[1, 2, 3]);
+        let handler = Arc::new(Sleeper::new(10));
+        let cfg = config(&TWO_RUNNERS.replace("concurrent = 3", "concurrent = 1"));
+        let adopted = adopt(&handler, &cfg.runners[0], &[100, 101, 102]);
+        let (_tx, rx) = watch::channel(cfg);
+        let daemon = Daemon::new(queue.clone(), handler.clone());
+        let start = Instant::now();
+        let h = handler.clone();
+        let scenario = async move {
+            tokio::time::sleep(Duration::from_secs(11)).await;
+            // The adopted jobs are over: from now on, concurrent = 1 holds.
+            h.max_running.store(0, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        };
+        daemon
+            .run_with(
+                rx,
+                adopted,
+                scenario,
+                std::future::pending(),
+                std::future::pending(),
+            )
+            .await;
+        let at = started_at(&handler, start);
+        assert_eq!(at.len(), 6, "every job ran: {at:?}");
+        for id in [1, 2, 3] {
+            assert!(at[&id] >= 10, "{at:?}");
+        }
+        assert_eq!(handler.max_running.load(Ordering::SeqCst), 1);
+    }
+
+    /// Holds the first request for 3 s, then hands out job 9; records requests.
+    struct SlowJob {
+        inner: Queue,
+    }
+
+    impl JobSource for SlowJob {
+        type Job = u64;
+        async fn request_job(&self, runner: &RunnerSection) -> Polled<u64> {
+            let first = self.inner.requests.lock().unwrap().is_empty();
+            let polled = self.inner.request_job(runner).await;
+            if first {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                return Polled::Job(9);
+            }
+            polled
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handover_lets_a_request_in_flight_end_runs_its_job_and_sends_no_new_request() {
+        let source = Arc::new(SlowJob {
+            inner: Queue::default(),
+        });
+        let handler = Arc::new(Sleeper::new(5));
+        let one = TWO_RUNNERS
+            .split("[[runners]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[runners]]");
+        let (_tx, rx) = watch::channel(config(&one));
+        let daemon = Daemon::new(source.clone(), handler.clone());
+        let requests = daemon.requests();
+        let start = Instant::now();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let watcher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            requests.close();
+            requests.wait().await;
+            let _ = done_tx.send(Instant::now());
+        });
+        daemon
+            .run_with(
+                rx,
+                Vec::new(),
+                tokio::time::sleep(Duration::from_secs(30)),
+                std::future::pending(),
+                tokio::time::sleep(Duration::from_secs(1)),
+            )
+            .await;
+        watcher.await.unwrap();
+        let drained = done_rx.await.unwrap() - start;
+        assert_eq!(drained, Duration::from_secs(3), "waited for the request");
+        assert_eq!(*handler.done.lock().unwrap(), vec![(9, false)]);
+        assert_eq!(
+            source.inner.requests_of("glrt-aaaaaaaa").len(),
+            1,
+            "no request after the handover"
+        );
     }
 }

@@ -11,10 +11,12 @@
 //! A file that cannot be read back (truncated, edited, another version) is moved aside to
 //! `<name>.corrupt` with a warning; it never stops ferry.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +161,14 @@ pub struct Found {
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    /// The jobs of this process still being prepared (by entry file name), and since when
+    /// each one's first step is journaled (a handover waits for them: docs/crash-safety.md).
+    preparing: Arc<Mutex<HashMap<String, Option<Instant>>>>,
 }
+
+/// How long after its first step is journaled a job still counts as being prepared: the time
+/// the step's `docker exec` needs to start (a later ferry gives it 5 s to write its `.pids`).
+pub const STEP_START_GRACE: Duration = Duration::from_secs(2);
 
 impl Journal {
     /// `<working_dir>/journal`, created (mode 0700) if missing; a link there is refused.
@@ -179,7 +188,34 @@ impl Journal {
             Err(e) => return Err(e),
         }
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(Journal { dir })
+        Ok(Journal {
+            dir,
+            preparing: Arc::default(),
+        })
+    }
+
+    fn preparing(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Instant>>> {
+        self.preparing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// GitLab handed out this job: it is being prepared until its first step is journaled
+    /// (and [`STEP_START_GRACE`] has passed), its final update is, or it ends.
+    pub fn received(&self, runner: &str, job_id: u64) {
+        self.preparing().insert(file_name(runner, job_id), None);
+    }
+
+    /// The job ended (its entry may be kept, e.g. if it could not be removed).
+    pub fn ended(&self, runner: &str, job_id: u64) {
+        self.preparing().remove(&file_name(runner, job_id));
+    }
+
+    /// How many jobs of this process are still being prepared at `now`: a later ferry could
+    /// not resume them (docs/crash-safety.md).
+    pub fn being_prepared(&self, now: Instant) -> usize {
+        self.preparing()
+            .values()
+            .filter(|stepped| stepped.is_none_or(|at| now < at + STEP_START_GRACE))
+            .count()
     }
 
     pub fn dir(&self) -> &Path {
@@ -203,11 +239,25 @@ impl Journal {
         drop(f);
         // No fsync: the page cache outlives ferry's process (what the journal is for); a power
         // loss also takes the containers, and costs at worst the job's entry (docs/crash-safety.md).
-        std::fs::rename(&tmp, self.dir.join(&name))
+        std::fs::rename(&tmp, self.dir.join(&name))?;
+        match entry.stage {
+            Stage::Prepare => {}
+            Stage::Step { .. } => {
+                if let Some(stepped @ None) = self.preparing().get_mut(&name) {
+                    *stepped = Some(Instant::now());
+                }
+            }
+            // A deploy line runs in ferry's process: a later ferry applies it again.
+            Stage::Deploy { .. } | Stage::AfterSteps { .. } | Stage::Final { .. } => {
+                self.preparing().remove(&name);
+            }
+        }
+        Ok(())
     }
 
     /// Removes the job's entry (missing is fine).
     pub fn remove(&self, runner: &str, job_id: u64) -> std::io::Result<()> {
+        self.ended(runner, job_id);
         match std::fs::remove_file(self.dir.join(file_name(runner, job_id))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -428,6 +478,49 @@ mod tests {
                 artifacts_done: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_job_is_being_prepared_until_shortly_after_its_first_step_or_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let now = Instant::now();
+        assert_eq!(j.being_prepared(now), 0);
+        j.received("t1_abcd", 5);
+        j.received("t1_abcd", 6);
+        let mut e = entry(5);
+        e.stage = Stage::Prepare;
+        j.write(&e).unwrap();
+        assert_eq!(j.being_prepared(Instant::now()), 2);
+        e.stage = entry(5).stage; // its first step
+        j.write(&e).unwrap();
+        let stepped = Instant::now();
+        assert_eq!(
+            j.being_prepared(stepped),
+            2,
+            "the step's exec may not run yet"
+        );
+        assert_eq!(j.being_prepared(stepped + STEP_START_GRACE), 1);
+        // A later stage does not make it prepared again; its end forgets it.
+        e.stage = Stage::Prepare;
+        j.write(&e).unwrap();
+        assert_eq!(j.being_prepared(stepped + STEP_START_GRACE), 1);
+        j.ended("t1_abcd", 6);
+        assert_eq!(j.being_prepared(stepped + STEP_START_GRACE), 0);
+        // The final update's stage, or the entry's removal, ends it at once.
+        j.received("t1_abcd", 7);
+        let mut f = entry(7);
+        f.stage = Stage::Final {
+            failure: None,
+            exit_code: None,
+        };
+        j.write(&f).unwrap();
+        let later = Instant::now() + STEP_START_GRACE; // job 5's grace is over
+        assert_eq!(j.being_prepared(later), 0);
+        j.received("t1_abcd", 8);
+        assert_eq!(j.being_prepared(later), 1);
+        j.remove("t1_abcd", 8).unwrap();
+        assert_eq!(j.being_prepared(later), 0);
     }
 
     #[test]

@@ -410,7 +410,7 @@ impl Metrics {
     }
 
     /// The state of the ferry process: `starting`, `running`, `graceful-shutdown` or
-    /// `forceful-shutdown` (gitlab-runner's names).
+    /// `forceful-shutdown` (gitlab-runner's names), or ferry's `handover` (docs/crash-safety.md).
     pub fn set_process_state(&self, state: &'static str) {
         *self.state.0.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }

@@ -461,3 +461,103 @@ async fn with_no_journal_a_job_is_neither_journaled_nor_keeps_its_output() {
     assert_checksum(&h, id);
     h.stop().await;
 }
+
+/// A resumed job holds its `concurrent` slot (and its CI_CONCURRENT_ID) until it ends: with
+/// `concurrent = 1`, the next job is not taken while the resumed one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_job_holds_its_concurrent_slot_until_it_ends() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let a = h.push(h.job("resume-slot").script([numbered(100)]));
+    h.wait_trace(a, "\nline 5\n", Duration::from_secs(120))
+        .await;
+    kill_ferry(&mut h).await;
+    let b = h.push(h.job("after-resumed").script(["echo b-ran"]));
+    h.spawn_ferry();
+    // Until a's final update, b stays queued.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let a_status = h.gitlab.job_status(a);
+        let b_taken = h.gitlab.job_status(b).is_some();
+        if a_status != Some(JobStatus::Running) {
+            break;
+        }
+        assert!(
+            !b_taken,
+            "job {b} was taken while the resumed job {a} ran (concurrent = 1)\n{}",
+            h.ferry_log()
+        );
+        assert!(std::time::Instant::now() < deadline, "{}", h.describe(a));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job = h.wait_final(a, Duration::from_secs(60)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 100);
+    let job = h.wait_final(b, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert!(trace.contains("\nb-ran"), "{trace}");
+    h.stop().await;
+}
+
+/// A GitLab that cannot be reached when ferry starts is asked again while ferry runs: the
+/// resumed job ends with its whole log once GitLab is back, without another restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_job_waits_for_an_unreachable_gitlab_and_then_ends() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    let id = h.push(h.job("resume-outage").script([numbered(100)]));
+    h.wait_trace(id, "\nline 5\n", Duration::from_secs(120))
+        .await;
+    kill_ferry(&mut h).await;
+    h.gitlab.outage(Duration::from_secs(15));
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 100);
+    assert_checksum(&h, id);
+    assert!(h.ferry_log().contains("asking again"), "{}", h.ferry_log());
+    assert_journal_drained(&h).await;
+    h.stop().await;
+}
+
+/// A job GitLab hands out while the answer to ferry's request is still on its way when a
+/// handover begins: ferry waits for the answer, starts the job and hands it over once its
+/// first step runs; the next ferry finishes it. (Before, the answer was dropped and the job
+/// stayed `running` in GitLab until its timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_waits_for_a_job_request_in_flight_and_leaves_its_job_to_the_next_ferry() {
+    let Some(mut h) = start().await else {
+        return;
+    };
+    h.gitlab.set_job_answer_delay(Some(Duration::from_secs(3)));
+    let id = h.push(h.job("handover-in-flight").script([numbered(50)]));
+    let assigned = ferry_tests::e2e::poll_until(Duration::from_secs(60), || {
+        h.gitlab.job_status(id).is_some()
+    })
+    .await;
+    assert!(assigned, "{}", h.ferry_log());
+    let signalled = tokio::time::Instant::now();
+    h.signal("USR2");
+    let status = h.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}: {}", h.ferry_log());
+    h.gitlab.set_job_answer_delay(None);
+    assert_eq!(h.gitlab.job_status(id), Some(JobStatus::Running));
+    assert_eq!(journal_entries(&h).len(), 1, "{}", h.ferry_log());
+    // Answered after the signal: only the request in flight (no new one was sent).
+    let answered_after: Vec<u16> = h
+        .gitlab
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/jobs/request") && r.at > signalled)
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(answered_after, vec![201], "{}", h.ferry_log());
+    h.spawn_ferry();
+    let job = h.wait_final(id, Duration::from_secs(120)).await;
+    let trace = h.expect(&job, JobStatus::Success, None);
+    assert_lines_once(&trace, 50);
+    assert_checksum(&h, id);
+    h.stop().await;
+}

@@ -95,6 +95,10 @@ pub struct GitLabSource {
     trace_timing: TraceTiming,
     /// The global `connection_max_age`, read at start (docs/configuration.md).
     connection_max_age: Option<std::time::Duration>,
+    /// Fired at a handover (`SIGUSR2`): no new request is sent (docs/crash-safety.md).
+    handing_over: CancellationToken,
+    /// Where each job GitLab hands out is marked as being prepared (a handover waits for it).
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl GitLabSource {
@@ -107,7 +111,21 @@ impl GitLabSource {
             config_path,
             trace_timing: TraceTiming::default(),
             connection_max_age: None,
+            handing_over: CancellationToken::new(),
+            journal: None,
         }
+    }
+
+    /// A handover stops requests (`handing_over`), and the jobs they bring are marked in
+    /// `journal` as being prepared until a later ferry can resume them.
+    pub fn with_handover(
+        mut self,
+        handing_over: CancellationToken,
+        journal: Option<Arc<crate::journal::Journal>>,
+    ) -> Self {
+        self.handing_over = handing_over;
+        self.journal = journal;
+        self
     }
 
     /// Every client's connections are replaced after `max_age` (`connection_max_age`).
@@ -191,6 +209,10 @@ impl JobSource for GitLabSource {
 
     async fn request_job(&self, r: &RunnerSection) -> Polled<Self::Job> {
         let short = r.token.short();
+        if self.handing_over.is_cancelled() {
+            // A poll that was due as the handover began: never a new request.
+            return Polled::Nothing;
+        }
         let client = match self.client(r) {
             Ok(c) => c,
             Err(e) => {
@@ -214,7 +236,13 @@ impl JobSource for GitLabSource {
         let took = began.elapsed();
         drop(in_flight);
         let (status, polled) = match result {
-            Ok(JobRequest::Job { payload, .. }) => ("201".to_string(), Polled::Job(payload)),
+            Ok(JobRequest::Job { payload, .. }) => {
+                // Before the job's task starts: a handover that began meanwhile waits for it.
+                if let Some(j) = &self.journal {
+                    j.received(short, payload.id);
+                }
+                ("201".to_string(), Polled::Job(payload))
+            }
             Ok(JobRequest::Unusable { job, error, .. }) => {
                 if let Some(job) = job {
                     error!(runner = short, job = job.id, %error, "GitLab sent a job ferry cannot read: failing it");
@@ -408,6 +436,9 @@ impl JobHandler<Box<JobPayload>> for Handler {
             Ok(c) => c,
             Err(e) => {
                 error!(job = job.id, error = %e, "no GitLab client for the job's runner");
+                if let Some(j) = &self.journal {
+                    j.ended(runner.token.short(), job.id);
+                }
                 return;
             }
         };
@@ -429,6 +460,7 @@ impl JobHandler<Box<JobPayload>> for Handler {
             keep_step_output: !self.no_journal,
         };
         info!(job = job.id, runner = runner.token.short(), project = %job.job_info.project_full_path, "job received");
+        let (short, id) = (runner.token.short().to_string(), job.id);
         match self.engine(&runner).await {
             Ok(engine) => {
                 let driver = self.driver(engine, api, !self.no_journal);
@@ -443,31 +475,27 @@ impl JobHandler<Box<JobPayload>> for Handler {
                 driver.run(runner, *job, ctx, cancel).await;
             }
         }
+        if let Some(j) = &self.journal {
+            j.ended(&short, id);
+        }
     }
 }
 
+/// What a journaled job holds from ferry's start on: its slots (`CI_CONCURRENT_ID`,
+/// `CI_CONCURRENT_PROJECT_ID`, on which its builds dir depends) and the claim on its project
+/// dir (spared by the builds dir eviction).
+struct ResumedHold {
+    _concurrent: SlotGuard,
+    _project: SlotGuard,
+    ctx: JobContext,
+    workspace: Option<crate::driver::Workspace>,
+}
+
 impl Handler {
-    /// Resumes a job an earlier ferry left running (docs/crash-safety.md), in the slots it
-    /// had.
-    async fn resume(
-        &self,
-        runner: Arc<RunnerSection>,
-        entry: crate::journal::Entry,
-        cancel: CancellationToken,
-    ) {
-        let api = match self.source.client(&runner) {
-            Ok(c) => c,
-            Err(e) => {
-                error!(job = entry.job_id, error = %e, "no GitLab client for the job's runner");
-                return;
-            }
-        };
+    /// Takes what the journaled job `entry` had, before any new job could take it.
+    fn hold_resumed(&self, runner: &RunnerSection, entry: &crate::journal::Entry) -> ResumedHold {
         let short = runner.token.short().to_string();
-        let _concurrent = self.slots.take_n(short.clone(), entry.concurrent_id);
-        let _project = self.slots.take_n(
-            format!("{short}/{}", entry.project_id),
-            entry.concurrent_project_id,
-        );
+        let project = format!("{short}/{}", entry.project_id);
         let ctx = JobContext {
             working_dir: self.working_dir.clone(),
             concurrent_id: entry.concurrent_id,
@@ -480,16 +508,43 @@ impl Handler {
             // A resumed job was journaled: it stays so, `--no-journal` or not.
             keep_step_output: true,
         };
+        let workspace = crate::driver::claim_resumed(&self.workspaces, entry, runner, &ctx);
+        ResumedHold {
+            _concurrent: self.slots.take_n(short, entry.concurrent_id),
+            _project: self.slots.take_n(project, entry.concurrent_project_id),
+            ctx,
+            workspace,
+        }
+    }
+
+    /// Resumes a job an earlier ferry left running (docs/crash-safety.md), in what it had
+    /// ([`hold_resumed`](Self::hold_resumed)).
+    async fn resume(
+        &self,
+        runner: Arc<RunnerSection>,
+        entry: crate::journal::Entry,
+        mut hold: ResumedHold,
+        cancel: CancellationToken,
+    ) {
+        let api = match self.source.client(&runner) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(job = entry.job_id, error = %e, "no GitLab client for the job's runner");
+                return;
+            }
+        };
+        let (ctx, workspace) = (hold.ctx.clone(), hold.workspace.take());
         match self.engine(&runner).await {
             Ok(engine) => {
                 let driver = self.driver(engine, api, true);
-                driver.resume(runner, entry, ctx, cancel).await;
+                driver.resume(runner, entry, ctx, workspace, cancel).await;
             }
             Err(e) => {
                 let driver = self.driver(Arc::new(crate::driver::Unavailable(e)), api, true);
-                driver.resume(runner, entry, ctx, cancel).await;
+                driver.resume(runner, entry, ctx, workspace, cancel).await;
             }
         }
+        drop(hold);
     }
 }
 
@@ -588,6 +643,38 @@ fn publish_settings(metrics: &Metrics, cfg: &Config, system_id: &str) {
             })
             .set(r.limit as i64);
         metrics.request_limit(r.token.short(), system_id, r.request_concurrency);
+    }
+}
+
+/// Returns once a handover (`SIGUSR2`) can leave every job to the next ferry
+/// (docs/crash-safety.md): the requests in flight were answered (each within its own timeout)
+/// and no job they brought, nor any other, is still being prepared. Without a journal, jobs
+/// cannot be left: it returns once the requests are answered (as before the handover waited).
+async fn handed_over(
+    handing_over: &CancellationToken,
+    requests: TaskTracker,
+    journal: Option<&crate::journal::Journal>,
+) {
+    handing_over.cancelled().await;
+    requests.close();
+    requests.wait().await;
+    let Some(journal) = journal else {
+        return;
+    };
+    let mut told = false;
+    loop {
+        let preparing = journal.being_prepared(std::time::Instant::now());
+        if preparing == 0 {
+            return;
+        }
+        if !told {
+            info!(
+                jobs = preparing,
+                "handing over: waiting for jobs being prepared to start their first step (a second SIGUSR2 does not wait)"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -810,14 +897,6 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     }
     let usage = Arc::new(usage);
     let workspaces = crate::driver::Workspaces::default();
-    tokio::spawn(crate::disk::evictor(
-        working_dir.clone(),
-        disk_limits(args),
-        workspaces.clone(),
-        usage.clone(),
-        rx.clone(),
-        stop.clone(),
-    ));
     tokio::spawn(reloader(
         path.to_path_buf(),
         tx,
@@ -831,9 +910,16 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         stop.clone(),
     ));
 
+    let handing_over = CancellationToken::new();
     let source = Arc::new(
         GitLabSource::new(system_id.clone(), metrics.clone(), path.to_path_buf())
-            .with_connection_max_age(connection_max_age),
+            .with_connection_max_age(connection_max_age)
+            // With `--no-journal` no job it takes can be left for a later ferry: a handover
+            // does not wait for them to start (docs/crash-safety.md).
+            .with_handover(
+                handing_over.clone(),
+                journal.clone().filter(|_| !args.no_journal),
+            ),
     );
     let cleanups = TaskTracker::new();
     let handler = Arc::new(Handler {
@@ -848,25 +934,42 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         cleanups: cleanups.clone(),
         workspaces,
         usage,
-        journal,
+        journal: journal.clone(),
         no_journal: args.no_journal,
     });
     let daemon = Daemon::new(source, handler.clone());
 
-    // The jobs an earlier ferry left running, each followed to its end (docs/crash-safety.md).
-    let resumed = TaskTracker::new();
-    let forced = CancellationToken::new();
+    // The jobs an earlier ferry left running, each followed to its end in the slots it had:
+    // its CI_CONCURRENT_ID and CI_CONCURRENT_PROJECT_ID (taken here), a `concurrent` slot and
+    // its runner's `limit` slot (taken by the daemon before its first request), as any running
+    // job (docs/crash-safety.md).
+    let mut adopted = Vec::new();
     {
         let config = rx.borrow().clone();
         for entry in journaled {
             let Some(runner) = config.runners.iter().find(|r| belongs(&entry, r)) else {
                 continue;
             };
-            let (handler, runner, cancel) =
-                (handler.clone(), Arc::new(runner.clone()), forced.clone());
-            resumed.spawn(async move { handler.resume(runner, entry, cancel).await });
+            let hold = handler.hold_resumed(runner, &entry);
+            let (handler, section) = (handler.clone(), Arc::new(runner.clone()));
+            adopted.push(crate::daemon::Adopted {
+                runner: runner.clone(),
+                job: Box::new(move |cancel| {
+                    Box::pin(async move { handler.resume(section, entry, hold, cancel).await })
+                }),
+            });
         }
     }
+    // After the resumed jobs claimed their project dirs, which it spares.
+    tokio::spawn(crate::disk::evictor(
+        handler.working_dir.clone(),
+        disk_limits(args),
+        handler.workspaces.clone(),
+        handler.usage.clone(),
+        rx.clone(),
+        stop.clone(),
+    ));
+    let forced = CancellationToken::new();
 
     let mut quit = signal(SignalKind::quit())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -875,6 +978,7 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
     let graceful_started = CancellationToken::new();
     let signals = {
         let (forced, graceful_started) = (forced.clone(), graceful_started.clone());
+        let handing_over = handing_over.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut count = 0;
@@ -887,9 +991,16 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
                     }
                     _ = usr2.recv() => {
                         // Handover (docs/crash-safety.md): the jobs keep running, their
-                        // journal entries stay, and the next ferry resumes them.
-                        info!("SIGUSR2: handing over: exiting now, running jobs are left for the next ferry");
-                        std::process::exit(0);
+                        // journal entries stay, and the next ferry resumes them. First the
+                        // requests in flight are answered and the jobs being prepared reach
+                        // their first step; a second SIGUSR2 does not wait.
+                        if handing_over.is_cancelled() {
+                            info!("second SIGUSR2: handing over now");
+                            std::process::exit(0);
+                        }
+                        info!("SIGUSR2: handing over: no new job is requested; exiting once the requests in flight are answered and no job is being prepared");
+                        metrics.set_process_state("handover");
+                        handing_over.cancel();
                     }
                     _ = term.recv() => { count += 1; }
                     _ = int.recv() => { count += 1; }
@@ -909,24 +1020,29 @@ pub async fn run(path: &Path, config: Config, args: &RunArgs) -> anyhow::Result<
         })
     };
     metrics.set_process_state("running");
-    let (g, f) = (graceful_started.clone(), forced.clone());
-    let run = daemon.run(rx, async move { g.cancelled().await }, async move {
-        f.cancelled().await
-    });
+    let (g, f, h) = (
+        graceful_started.clone(),
+        forced.clone(),
+        handing_over.clone(),
+    );
+    let requests = daemon.requests();
+    let run = daemon.run_with(
+        rx,
+        adopted,
+        async move { g.cancelled().await },
+        async move { f.cancelled().await },
+        async move { h.cancelled().await },
+    );
     tokio::pin!(run);
     tokio::select! {
         _ = &mut run => {}
         _ = async { forced.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
             error!(?shutdown_timeout, "shutdown_timeout reached: exiting with jobs still running");
         }
-    }
-    // Resumed jobs end under the same signals.
-    resumed.close();
-    if tokio::time::timeout(shutdown_timeout, resumed.wait())
-        .await
-        .is_err()
-    {
-        warn!("resumed jobs were still running at exit");
+        _ = handed_over(&handing_over, requests, journal.as_deref()) => {
+            info!("handing over: running jobs are left for the next ferry");
+            std::process::exit(0);
+        }
     }
     // Jobs are over; their containers may still be being removed.
     cleanups.close();

@@ -45,6 +45,7 @@ use crate::trace::{self, FinalOutcome, TraceConfig, TraceTiming, TraceWriter};
 
 pub use cleanup::{CLEANUP_TIMEOUT, Workspace, Workspaces};
 pub use host::{Host, HostFs};
+pub use resume::claim_resumed;
 pub use state::Outcome;
 
 use signals::Signals;

@@ -58,13 +58,15 @@ enum Verdict {
 
 impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
     /// Resumes the job of `entry` (whose runner entry is `runner`, slots as journaled in
-    /// `ctx`). Never panics on what the journal holds; the entry is removed once GitLab has
-    /// the job's final state, or no longer knows the job.
+    /// `ctx`; `workspace`: its project dir, claimed by [`claim_resumed`] at start). Never panics
+    /// on what the journal holds; the entry is removed once GitLab has the job's final state,
+    /// or no longer knows the job.
     pub async fn resume(
         &self,
         runner: Arc<RunnerSection>,
         entry: Entry,
         ctx: JobContext,
+        workspace: Option<super::cleanup::Workspace>,
         shutdown: CancellationToken,
     ) {
         let span = tracing::info_span!(
@@ -73,7 +75,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             runner = %runner.token.short(),
             project = entry.project_id,
         );
-        self.resume_job(runner, entry, ctx, shutdown)
+        self.resume_job(runner, entry, ctx, workspace, shutdown)
             .instrument(span)
             .await
     }
@@ -83,6 +85,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         runner: Arc<RunnerSection>,
         entry: Entry,
         ctx: JobContext,
+        mut workspace: Option<super::cleanup::Workspace>,
         shutdown: CancellationToken,
     ) {
         let journaled = self.journal.as_ref().map(|j| JobJournal {
@@ -110,7 +113,13 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             checksum: None,
             bytesize: None,
         };
-        match self.api.update_job(&job, &alive).await {
+        let asked = until_answered(
+            "GitLab could not be asked about a job an earlier ferry left running",
+            &shutdown,
+            || self.api.update_job(&job, &alive),
+        )
+        .await;
+        match asked {
             Ok(UpdateReply::Gone) => {
                 info!("the job ended in GitLab while ferry was away: removing its containers");
                 if let Some(env) = &env
@@ -124,9 +133,12 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 return;
             }
             Ok(_) => {}
-            Err(e) => {
-                // Its containers keep running; the next start asks again.
-                warn!(error = %e, "GitLab could not be asked about a job an earlier ferry left running: it is left for the next start");
+            Err(Stopped) => {
+                // Stopped while GitLab could not be reached: its containers keep running, the
+                // entry stays, the next start asks again.
+                warn!(
+                    "ferry stops: the job an earlier ferry left running is left for the next start"
+                );
                 return;
             }
         }
@@ -147,7 +159,13 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             Verdict::Follow { checkpoint, .. } | Verdict::After { checkpoint, .. } => {
                 trace::resume(job.clone(), self.api.clone(), cfg, checkpoint)
             }
-            _ => match trace::remote_length(&*self.api, &job).await {
+            _ => match until_answered(
+                "the length of the job's log in GitLab could not be learnt",
+                &shutdown,
+                || trace::remote_length(&*self.api, &job),
+            )
+            .await
+            {
                 // A deploy's output is not written again byte for byte (it is applied again):
                 // the log continues from the checkpoint only while GitLab holds no more than
                 // it, else after what GitLab holds (docs/crash-safety.md).
@@ -170,8 +188,10 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     }
                     return;
                 }
-                Err(e) => {
-                    warn!(error = %e, "the length of the job's log in GitLab could not be learnt: it is left for the next start");
+                Err(Stopped) => {
+                    warn!(
+                        "ferry stops: the job an earlier ferry left running is left for the next start"
+                    );
                     return;
                 }
             },
@@ -194,7 +214,6 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 .unwrap_or_default(),
             )
             .unwrap_or_else(Instant::now);
-        let mut workspace = None;
         let outcome = match verdict {
             Verdict::End(reason, line) => {
                 log.write_error(&line);
@@ -268,14 +287,16 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         journal: Option<JobJournal>,
         workspace: &mut Option<super::cleanup::Workspace>,
     ) -> Outcome {
-        let claimed = self
-            .workspaces
-            .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
-            .await;
         let mut claim = Progress::default();
-        match claim.settle(claimed, log) {
-            Some(guard) => *workspace = Some(guard),
-            None => return claim.outcome(),
+        if workspace.is_none() {
+            let claimed = self
+                .workspaces
+                .claim(&*self.engine, &plan.host_project_dir, log, &mut signals)
+                .await;
+            match claim.settle(claimed, log) {
+                Some(guard) => *workspace = Some(guard),
+                None => return claim.outcome(),
+            }
         }
         let state = match &verdict {
             Verdict::After { failure, done, .. } => Progress::after_steps(*failure, *done),
@@ -344,6 +365,62 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         if let Some(j) = &journaled {
             j.remove().await;
         }
+    }
+}
+
+/// The claim on the project dir of a journaled job, taken at start before the builds dir
+/// eviction's first pass, so that it spares the dir while GitLab cannot be reached
+/// (docs/crash-safety.md); none if the payload no longer plans.
+pub fn claim_resumed(
+    workspaces: &super::cleanup::Workspaces,
+    entry: &Entry,
+    runner: &RunnerSection,
+    ctx: &JobContext,
+) -> Option<super::cleanup::Workspace> {
+    let compiled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        plan::compile(&entry.payload, runner, ctx)
+    }));
+    match compiled {
+        Ok(Ok(plan)) => workspaces.try_claim(&plan.host_project_dir),
+        _ => None,
+    }
+}
+
+/// The first pause before GitLab is asked again about a resumed job; it doubles up to
+/// [`MAX_UNHEALTHY_PARK`](crate::daemon::MAX_UNHEALTHY_PARK), each one jittered as the job
+/// requests' (docs/crash-safety.md).
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+
+/// Shutdown came before GitLab answered.
+struct Stopped;
+
+/// `call`'s answer, asked again after each failure (an unreachable or failing GitLab) with a
+/// jittered back-off, until it answers or `shutdown` fires. The job's timeout keeps counting
+/// meanwhile: the verdict that follows sees the time it is.
+async fn until_answered<T, E: std::fmt::Display, F>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut call: impl FnMut() -> F,
+) -> Result<T, Stopped>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = FIRST_RETRY;
+    loop {
+        let e = tokio::select! {
+            answer = call() => match answer {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            },
+            _ = shutdown.cancelled() => return Err(Stopped),
+        };
+        let wait = crate::daemon::jittered(pause);
+        warn!(error = %e, retry_in = ?wait, "{what}: asking again");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Err(Stopped),
+        }
+        pause = (pause * 2).min(crate::daemon::MAX_UNHEALTHY_PARK);
     }
 }
 
@@ -606,5 +683,42 @@ mod tests {
             1,
         );
         assert!(line.contains("cannot be resumed"), "{line}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gitlab_is_asked_again_with_a_growing_jittered_pause_until_it_answers() {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let start = Instant::now();
+        let never = CancellationToken::new();
+        let answer = until_answered("asking", &never, || {
+            calls.lock().unwrap().push(Instant::now() - start);
+            let n = calls.lock().unwrap().len();
+            async move { if n < 8 { Err("502") } else { Ok(n) } }
+        })
+        .await;
+        assert!(matches!(answer, Ok(8)));
+        let calls = calls.into_inner().unwrap();
+        let pauses: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        // 2 s doubling up to 30 s, each shortened by up to a half.
+        let full = [2, 4, 8, 16, 30, 30, 30];
+        for (pause, full) in pauses.iter().zip(full) {
+            let full = Duration::from_secs(full);
+            assert!(*pause <= full && *pause >= full / 2, "{pauses:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_stops_asking() {
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            s.cancel();
+        });
+        let start = Instant::now();
+        let answer: Result<(), Stopped> =
+            until_answered("asking", &stop, || async { Err::<(), _>("unreachable") }).await;
+        assert!(answer.is_err());
+        assert!(Instant::now() - start < Duration::from_secs(101));
     }
 }

@@ -438,6 +438,12 @@ impl FakeGitLab {
         self.shared.lock().settings.delay = delay;
     }
 
+    /// Answer a `/jobs/request` that hands out a job `delay` after the job was assigned to the
+    /// runner (it is `running` at once), as a slow network between GitLab and the runner would.
+    pub fn set_job_answer_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().settings.job_answer_delay = delay;
+    }
+
     /// Answer 502 to everything for `duration` (tokio time) from now.
     pub fn outage(&self, duration: Duration) {
         self.outage_with(502, duration);

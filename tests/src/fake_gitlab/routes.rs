@@ -338,7 +338,18 @@ fn no_job(version: Option<&str>) -> Response {
     r
 }
 
+/// `/jobs/request`; an answer that hands out a job comes `job_answer_delay` after the job was
+/// assigned.
 async fn request_job(AxState(shared): S, body: Bytes) -> Response {
+    let answer_delay = shared.lock().settings.job_answer_delay;
+    let response = assign_job(AxState(shared), body).await;
+    if let Some(d) = answer_delay.filter(|_| response.status() == StatusCode::CREATED) {
+        tokio::time::sleep(d).await;
+    }
+    response
+}
+
+async fn assign_job(AxState(shared): S, body: Bytes) -> Response {
     let v = match parse_json(&body) {
         Ok(v) => v,
         Err(r) => return *r,

@@ -159,6 +159,9 @@ pub struct Settings {
     pub hold_artifact_uploads: bool,
     /// Every response is delayed this long.
     pub delay: Option<Duration>,
+    /// A `/jobs/request` that hands out a job answers this long after the job became the
+    /// runner's (running in GitLab): the answer is in flight meanwhile.
+    pub job_answer_delay: Option<Duration>,
     /// Until then, every request is answered `outage_status`.
     pub outage_until: Option<Instant>,
     /// The answer during an outage (502 unless set).
@@ -180,6 +183,7 @@ impl Default for Settings {
             max_artifact_size: None,
             hold_artifact_uploads: false,
             delay: None,
+            job_answer_delay: None,
             outage_until: None,
             outage_status: 502,
             registration_disabled: false,
