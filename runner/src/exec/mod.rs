@@ -132,14 +132,34 @@ where
     let mut running: JoinSet<usize> = JoinSet::new();
     let mut slots: Vec<bool> = vec![false; opts.concurrent.max(1)];
     let mut slot_of: Vec<usize> = vec![0; jobs.len()];
+    // The project dirs (CI_CONCURRENT_PROJECT_ID) held by running jobs, twice as many as the
+    // slots: see `pick_dir`.
+    let mut dirs: Vec<bool> = vec![false; 2 * slots.len()];
+    let mut dir_of: Vec<usize> = vec![0; jobs.len()];
+    let short = runner.token.ci_short_token().to_string();
+    // Whether project dir `n` of `job` is free: no job, nor the containers of one whose
+    // cleanup still runs, holds it (the driver's claim, `Workspaces`).
+    let dir_free = |job: &LocalJob, n: usize| {
+        let ctx = JobContext {
+            working_dir: opts.working_dir.clone(),
+            concurrent_id: 0,
+            concurrent_project_id: n,
+            tls_ca_pem: None,
+            object_cache: false,
+        };
+        let dir = crate::plan::host_project_dir(&ctx, &short, job.payload.job_info.project_id);
+        driver.workspaces.try_claim(&dir).is_some()
+    };
     let mut attempts: Vec<u32> = vec![0; jobs.len()];
     let mut canceled = false;
-    // Starts attempt `attempt` of job `i` on `slot`: its log file, then the driver (after
-    // `when: delayed`'s `start_in`, which Ctrl-C cuts short: the job then never runs).
+    // Starts attempt `attempt` of job `i` on `slot` in project dir `dir`: its log file, then
+    // the driver (after `when: delayed`'s `start_in`, which Ctrl-C cuts short: the job then
+    // never runs).
     let launch = |running: &mut JoinSet<usize>,
                   job: &LocalJob,
                   i: usize,
                   slot: usize,
+                  dir: usize,
                   attempt: u32|
      -> Option<PathBuf> {
         let mut payload = job.payload.clone();
@@ -170,7 +190,7 @@ where
         let ctx = JobContext {
             working_dir: opts.working_dir.clone(),
             concurrent_id: slot,
-            concurrent_project_id: slot,
+            concurrent_project_id: dir,
             tls_ca_pem: None,
             object_cache: false,
             // As before `--no-journal` existed; nothing resumes a `ferry exec` job.
@@ -211,9 +231,12 @@ where
                 let slot = slots.iter().position(|s| !*s).unwrap_or(0);
                 slots[slot] = true;
                 slot_of[i] = slot;
+                let dir = pick_dir(&dirs, |n| dir_free(&jobs[i], n));
+                dirs[dir] = true;
+                dir_of[i] = dir;
                 attempts[i] = 1;
                 started[i] = Some(Instant::now());
-                logs[i] = launch(&mut running, &jobs[i], i, slot, 1);
+                logs[i] = launch(&mut running, &jobs[i], i, slot, dir, 1);
             }
         }
         if running.is_empty() {
@@ -227,6 +250,7 @@ where
                 let id = jobs[i].payload.id;
                 api.terminal().end(id);
                 slots[slot_of[i]] = false;
+                dirs[dir_of[i]] = false;
                 durations[i] = started[i].map(|t| t.elapsed().as_secs_f64());
                 let outcome = api.outcome(id);
                 if let Some(code) = outcome.as_ref().and_then(|u| u.exit_code)
@@ -247,7 +271,10 @@ where
                 if retry {
                     attempts[i] += 1;
                     slots[slot_of[i]] = true;
-                    logs[i] = launch(&mut running, &jobs[i], i, slot_of[i], attempts[i]);
+                    let dir = pick_dir(&dirs, |n| dir_free(&jobs[i], n));
+                    dirs[dir] = true;
+                    dir_of[i] = dir;
+                    logs[i] = launch(&mut running, &jobs[i], i, slot_of[i], dir, attempts[i]);
                     continue;
                 }
                 // Before the jobs after it start: their ends cannot interleave with these files.
@@ -290,6 +317,22 @@ where
         })
         .collect();
     (schedule.pipeline_status(), results)
+}
+
+/// The project dir (`CI_CONCURRENT_PROJECT_ID`, part of the builds dir's path on the host) a
+/// job starts in: the lowest one that no running job holds (`held`) and that is `free` (the
+/// containers of the job that used it last are removed), as gitlab-runner numbers its
+/// `ProjectRunnerID` (a job keeps its number until its containers are removed); so a job never
+/// waits for the previous job's cleanup while another dir is free (docs/exec.md, "Jobs and
+/// their directories"). There are twice as many dirs as slots, so at most as many as the slots
+/// wait for their cleanup; when none is free, the lowest one no running job holds: the job
+/// then waits for its containers to be removed (`Workspaces`).
+fn pick_dir(held: &[bool], free: impl Fn(usize) -> bool) -> usize {
+    let unheld = || (0..held.len()).filter(|&n| !held[n]);
+    unheld()
+        .find(|&n| free(n))
+        .or_else(|| unheld().next())
+        .unwrap_or(0)
 }
 
 /// A job name as part of a file name: letters, digits, `-`, `_` and `.`; the rest `_`; at most
@@ -372,6 +415,183 @@ mod tests {
             checksum: None,
             bytesize: None,
         }
+    }
+
+    #[test]
+    fn a_job_takes_the_lowest_free_dir_no_running_job_holds() {
+        let free_all = |_: usize| true;
+        assert_eq!(pick_dir(&[false, false], free_all), 0);
+        assert_eq!(pick_dir(&[true, false], free_all), 1);
+        // Dir 0 still has the containers of a job being removed: the next one.
+        assert_eq!(pick_dir(&[false, false], |n| n != 0), 1);
+        assert_eq!(pick_dir(&[false, false, false, false], |n| n == 3), 3);
+        // None free: the lowest no running job holds (the job waits for its cleanup).
+        assert_eq!(pick_dir(&[false, false], |_| false), 0);
+        assert_eq!(pick_dir(&[true, false], |_| false), 1);
+    }
+
+    /// An engine whose containers take a while to be removed, as Docker's are, and that
+    /// records which project dir each job's containers had and any job whose containers start
+    /// on a dir that another job's containers still have.
+    #[derive(Default)]
+    struct SlowTeardown {
+        mounted: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
+        dirs: std::sync::Mutex<Vec<(u64, PathBuf)>>,
+        shared: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Engine for SlowTeardown {
+        async fn prepare(
+            &self,
+            env: &ferry_executor::JobEnv,
+            _log: &mut ferry_executor::LogSink<'_>,
+            _cancel: &CancellationToken,
+        ) -> Result<(), ferry_executor::EngineError> {
+            let dir = env.host_project_dir.clone();
+            self.dirs.lock().unwrap().push((env.job_id, dir.clone()));
+            if let Some(other) = self.mounted.lock().unwrap().insert(dir, env.job_id) {
+                self.shared.lock().unwrap().push(format!(
+                    "job {} started on the dir of job {other}, whose containers were there",
+                    env.job_id
+                ));
+            }
+            Ok(())
+        }
+
+        async fn run_step(
+            &self,
+            _env: &ferry_executor::JobEnv,
+            _step: &ferry_executor::StepSpec,
+            _log: &mut ferry_executor::LogSink<'_>,
+            _cancel: &CancellationToken,
+        ) -> Result<ferry_executor::StepOutcome, ferry_executor::EngineError> {
+            Ok(ferry_executor::StepOutcome {
+                exit_code: 0,
+                oom_killed: false,
+                timed_out: false,
+            })
+        }
+
+        async fn destroy(
+            &self,
+            env: &ferry_executor::JobEnv,
+        ) -> Result<(), ferry_executor::EngineError> {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let mut mounted = self.mounted.lock().unwrap();
+            if mounted.get(&env.host_project_dir) == Some(&env.job_id) {
+                mounted.remove(&env.host_project_dir);
+            }
+            Ok(())
+        }
+    }
+
+    fn local_job(id: u64, stage: usize) -> LocalJob {
+        let payload = serde_json::json!({
+            "id": id, "token": format!("glcbt-exectest{id}"),
+            "job_info": {"id": id, "name": format!("j{id}"), "stage": "s", "project_id": 3,
+                         "project_full_path": "g/p"},
+            "runner_info": {"timeout": 3600},
+            "variables": [{"key": "GIT_STRATEGY", "value": "none", "public": true}],
+            "steps": [{"name": "script", "script": ["true"], "timeout": 3600,
+                       "when": "on_success"}],
+            "image": {"name": "busybox"},
+        });
+        LocalJob {
+            node: Node {
+                name: format!("j{id}"),
+                stage,
+                when: schedule::JobWhen::OnSuccess,
+                allow_failure: false,
+                needs: None,
+                resource_group: None,
+            },
+            allow_failure_exit_codes: vec![],
+            retry: None,
+            start_in: None,
+            payload: crate::gitlab::payload::parse_payload(&serde_json::to_vec(&payload).unwrap())
+                .unwrap(),
+        }
+    }
+
+    /// One job after the other on one slot: the second does not wait for the first one's
+    /// containers to be removed (another dir is free), the third does (both dirs still have
+    /// containers), and no job's containers ever start on a dir another job's still have.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_does_not_wait_for_the_previous_ones_cleanup_nor_shares_its_dir() {
+        let work = tempfile::tempdir().unwrap();
+        let runner = Arc::new(
+            ferry_config::from_toml_str(
+                "[[runners]]\nname = \"t\"\nurl = \"https://gitlab.example.com\"\n\
+                 token = \"glrt-exectest0runner\"\nexecutor = \"docker\"\n\
+                 [runners.docker]\nimage = \"busybox\"\n",
+                "test.toml",
+            )
+            .unwrap()
+            .runners
+            .remove(0),
+        );
+        let api = LocalApi::new(
+            &work.path().join("out"),
+            terminal::Terminal::new(Box::new(std::io::sink()), false, false),
+        )
+        .unwrap();
+        let engine = Arc::new(SlowTeardown::default());
+        let driver = Arc::new(Driver {
+            engine: engine.clone(),
+            deployer: Arc::new(ferry_deploy::fake::FakeDeployer::default()),
+            api: Arc::new(api),
+            host: Arc::new(crate::driver::HostFs),
+            metrics: crate::metrics::Metrics::new(),
+            system_id: "s_test".into(),
+            trace_timing: crate::trace::TraceTiming {
+                update_interval: Duration::from_millis(20),
+                ..Default::default()
+            },
+            cleanups: tokio_util::task::TaskTracker::new(),
+            workspaces: Default::default(),
+            journal: None,
+        });
+        let jobs = vec![local_job(1, 0), local_job(2, 1), local_job(3, 2)];
+        let (status, results) = run_pipeline(
+            driver.clone(),
+            runner,
+            jobs,
+            Options {
+                stages: vec!["a".into(), "b".into(), "c".into()],
+                concurrent: 1,
+                working_dir: work.path().join("work"),
+                cancel: CancellationToken::new(),
+                shutdown: CancellationToken::new(),
+                to_source: None,
+            },
+        )
+        .await;
+        driver.cleanups.close();
+        driver.cleanups.wait().await;
+        assert_eq!(status, Status::Success, "{results:?}");
+        let log = |i: usize| std::fs::read_to_string(results[i].log.as_ref().unwrap()).unwrap();
+        const WAITING: &str = "Waiting for the containers of the previous job";
+        assert!(!log(0).contains(WAITING), "{}", log(0));
+        assert!(!log(1).contains(WAITING), "{}", log(1));
+        assert!(log(2).contains(WAITING), "{}", log(2));
+        assert_eq!(*engine.shared.lock().unwrap(), Vec::<String>::new());
+        let dirs = engine.dirs.lock().unwrap().clone();
+        let dir = |id: u64| {
+            dirs.iter()
+                .find(|(j, _)| *j == id)
+                .map(|(_, d)| d.clone())
+                .unwrap()
+        };
+        assert_ne!(dir(1), dir(2), "the second job took another dir");
+        assert_eq!(
+            dir(3),
+            dir(1),
+            "no third dir for one slot: the first one, once free"
+        );
+        assert!(
+            dir(2).to_string_lossy().contains("/1/project-3/"),
+            "{dirs:?}"
+        );
     }
 
     #[test]

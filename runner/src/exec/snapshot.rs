@@ -64,16 +64,7 @@ pub fn take(
     exclude: &[&Path],
 ) -> Result<Snapshot, SnapshotError> {
     let io = |context: String| move |source| SnapshotError::Io { context, source };
-    let objects = PathBuf::from(git(
-        top,
-        [
-            "rev-parse",
-            "--path-format=absolute",
-            "--git-path",
-            "objects",
-        ],
-        &[],
-    )?);
+    let (objects, head, head_tree) = repository_facts(top)?;
     if !store.join("HEAD").is_file() {
         std::fs::create_dir_all(store).map_err(io(format!("creating {}", store.display())))?;
         git(store, ["init", "--bare", "--quiet", "."], &[])?;
@@ -90,12 +81,6 @@ pub fn take(
         store_objects.display()
     )))?;
 
-    let head = git(
-        top,
-        ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
-        &[],
-    )
-    .ok();
     // The index is kept from one run to the next, for the working tree it was made of: its
     // stat data lets `git add` hash only the files that changed since (on 1,000 files, hashing
     // them all was most of the snapshot's time). It starts from `HEAD` each time: `read-tree -m`
@@ -133,10 +118,6 @@ pub fn take(
     }
     git(top, &add, &env)?;
     let tree = git(top, ["write-tree"], &env)?;
-    let head_tree = match &head {
-        Some(h) => Some(git(top, ["rev-parse", &format!("{h}^{{tree}}")], &env)?),
-        None => None,
-    };
     let dirty = head_tree.as_deref() != Some(tree.as_str());
     let sha = match (&head, dirty) {
         (Some(h), false) => h.clone(),
@@ -172,6 +153,36 @@ pub fn take(
         dirty,
         ref_name: ref_name.to_string(),
     })
+}
+
+/// The user's object dir, its `HEAD` commit and that commit's tree, in one git process (git's
+/// processes are most of the time before the first job); `HEAD` and its tree are `None` in a
+/// repository without commits.
+fn repository_facts(top: &Path) -> Result<(PathBuf, Option<String>, Option<String>), GitError> {
+    let objects = [
+        "rev-parse",
+        "--path-format=absolute",
+        "--git-path",
+        "objects",
+    ];
+    let mut all = objects.to_vec();
+    // `--`: both are revisions, never paths.
+    all.extend(["HEAD^{commit}", "HEAD^{tree}", "--"]);
+    if let Ok(out) = git(top, &all, &[]) {
+        // One line each, in order (`--` echoed last); the path may hold a newline, the ids not.
+        let mut parts = out.rsplitn(4, '\n');
+        if let (Some("--"), Some(tree), Some(commit), Some(path)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            return Ok((
+                PathBuf::from(path),
+                Some(commit.to_string()),
+                Some(tree.to_string()),
+            ));
+        }
+    }
+    // No commit yet (or an answer not of that form): the object dir alone.
+    Ok((PathBuf::from(git(top, objects, &[])?), None, None))
 }
 
 /// A `cache:key` hash's key as GitLab computes it (`Gitlab::Ci::Pipeline::Seed::Build::Cache`)

@@ -537,6 +537,12 @@ impl HostDirs {
     }
 }
 
+/// The project dir on the host (`src/` of [`HostDirs`]) that a job of `project_id` on the
+/// runner `short` (its CI short token) gets in `ctx`'s slot: what the driver claims for it.
+pub fn host_project_dir(ctx: &JobContext, short: &str, project_id: u64) -> PathBuf {
+    HostDirs::new(ctx, short, project_id).project
+}
+
 /// `namespace/project` from the payload, safe as a relative path.
 fn project_path(payload: &JobPayload) -> String {
     let raw = if !payload.job_info.project_full_path.is_empty() {
