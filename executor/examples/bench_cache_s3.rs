@@ -16,6 +16,7 @@
 //!
 //! Usage: bench_cache_s3 --endpoint 127.0.0.1:PORT --bucket NAME --work DIR
 //!        [--runs 3] [--files 30000] [--size-mb 200] [--level fastest|fast|default|...]
+//!        [--single-put-max BYTES]
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -48,6 +49,9 @@ struct Args {
     size: u64,
     /// `CACHE_COMPRESSION_LEVEL` of ferry's saves (`--level`; default: gitlab-runner's).
     level: Option<String>,
+    /// Archives over this many bytes go up in parts while written (`--single-put-max`;
+    /// default ferry's, 256 MiB; 0: every archive in parts, as before it had a single PUT).
+    single_put_max: u64,
 }
 
 fn args() -> Args {
@@ -82,6 +86,7 @@ fn args() -> Args {
         files: num("--files", 30_000).max(1),
         size: num("--size-mb", 200) * 1024 * 1024,
         level: get("--level"),
+        single_put_max: num("--single-put-max", ferry_executor::cache::SINGLE_PUT_MAX),
     }
 }
 
@@ -274,7 +279,7 @@ fn host(root: &Path, a: &Args) -> CacheStore {
             request_timeout: Duration::from_secs(600),
             restore_attempts: 1,
             transfer_meter: None,
-            single_put_max: ferry_executor::cache::SINGLE_PUT_MAX,
+            single_put_max: a.single_put_max,
         }),
         format: Default::default(),
         compression: ferry_executor::compression::CompressionLevel::parse(
