@@ -4,7 +4,8 @@
 //!
 //! 1. save: ferry's `cache::save` (what a job's cache step calls) on a host with no local copy
 //!    vs `tar -c | zstd -1` to a file + one plain upload of it (`curl -T`, SigV4, same
-//!    credentials); target ≤ 1.2×;
+//!    credentials); target ≤ 1.2×, judged at the baseline's compression level (`--level
+//!    fastest`, zstd 1; ferry's default is gitlab-runner's, zstd 3);
 //! 2. restore: ferry's `cache::restore` on a host with no local copy (download + extract) vs
 //!    one plain download (`curl -o`) + `zstd -d | tar -x`; target ≤ 1.2×;
 //! 3. save of an unchanged cache (target ≤ 0.2 s);
@@ -15,6 +16,7 @@
 //!
 //! Usage: bench_cache_s3 --endpoint 127.0.0.1:PORT --bucket NAME --work DIR
 //!        [--runs 3] [--files 30000] [--size-mb 200] [--level fastest|fast|default|...]
+//!        [--single-put-max BYTES]
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -47,6 +49,9 @@ struct Args {
     size: u64,
     /// `CACHE_COMPRESSION_LEVEL` of ferry's saves (`--level`; default: gitlab-runner's).
     level: Option<String>,
+    /// Archives over this many bytes go up in parts while written (`--single-put-max`;
+    /// default ferry's, 256 MiB; 0: every archive in parts, as before it had a single PUT).
+    single_put_max: u64,
 }
 
 fn args() -> Args {
@@ -81,6 +86,7 @@ fn args() -> Args {
         files: num("--files", 30_000).max(1),
         size: num("--size-mb", 200) * 1024 * 1024,
         level: get("--level"),
+        single_put_max: num("--single-put-max", ferry_executor::cache::SINGLE_PUT_MAX),
     }
 }
 
@@ -273,6 +279,7 @@ fn host(root: &Path, a: &Args) -> CacheStore {
             request_timeout: Duration::from_secs(600),
             restore_attempts: 1,
             transfer_meter: None,
+            single_put_max: a.single_put_max,
         }),
         format: Default::default(),
         compression: ferry_executor::compression::CompressionLevel::parse(
@@ -646,13 +653,19 @@ async fn main() {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!("medians of {} runs:", a.runs);
     let r = ratio(s[0].0, s[1].0);
+    // The target compares the same work: ferry at the baseline's zstd level 1.
+    let same_level = matches!(a.level.as_deref(), Some("fastest" | "fast"));
     println!(
         "  save: ferry {}{} vs tar|zstd -1 + curl -T {}{}: ratio {r:.2} (target <= 1.2: {})",
         secs(s[0].0),
         s[0].1,
         secs(s[1].0),
         s[1].1,
-        verdict(r <= 1.2)
+        if same_level {
+            verdict(r <= 1.2)
+        } else {
+            "judged at the baseline's level, LEVEL=fastest; this is zstd 3 against its 1"
+        }
     );
     let r = ratio(s[2].0, s[3].0);
     println!(

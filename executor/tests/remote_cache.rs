@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use ferry_config::{CacheS3, CacheSection, Redacted, S3Auth};
 use ferry_executor::artifacts::When;
 use ferry_executor::cache::{
-    CachePolicy, CacheSpec, CacheStore, RemoteCache, RestoreOutcome, SaveOutcome, object_prefix,
-    restore, save,
+    CachePolicy, CacheSpec, CacheStore, RemoteCache, RestoreOutcome, SINGLE_PUT_MAX, SaveOutcome,
+    object_prefix, restore, save,
 };
 use ferry_executor::jobfs::Limits;
 use tokio_util::sync::CancellationToken;
@@ -166,10 +166,41 @@ fn host(root: &Path, cache: CacheSection) -> CacheStore {
             request_timeout: Duration::from_secs(30),
             restore_attempts: 1,
             transfer_meter: None,
+            single_put_max: SINGLE_PUT_MAX,
         }),
         format: Default::default(),
         compression: Default::default(),
     }
+}
+
+/// A host whose archives over `single_put_max` bytes go up in parts (the default, 256 MiB,
+/// would take archives that big to reach the multipart path here).
+fn host_with_parts_over(root: &Path, cache: CacheSection, single_put_max: u64) -> CacheStore {
+    let mut st = host(root, cache);
+    st.remote.as_mut().unwrap().single_put_max = single_put_max;
+    st
+}
+
+/// The ETag of the object a host last uploaded for `key` (its `remote.json`): S3 gives a
+/// multipart object's as `"<md5 of the parts' md5s>-<parts>"`, a single PUT's without `-`.
+fn uploaded_etag(root: &Path, key: &str) -> String {
+    let state =
+        std::fs::read(root.join("runner/project/42").join(key).join("remote.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    state["e_tag"].as_str().unwrap().to_string()
+}
+
+/// `len` bytes that zstd cannot shrink.
+fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    let mut x = seed;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    data
 }
 
 fn spec(key: &str, paths: &[&str]) -> CacheSpec {
@@ -360,33 +391,62 @@ async fn a_gitlab_runner_zip_in_the_bucket_is_restored() {
     assert!(log.contains("escape.txt"), "{log}");
 }
 
+/// An archive over the single-PUT size goes up in parts while it is written (the part of it
+/// written before it passed that size read back from the file) and comes back whole.
 #[tokio::test]
 async fn a_big_archive_goes_up_in_parts_and_comes_back_whole() {
     let port = moto();
     let b = bucket("multipart");
     let tmp = tempfile::tempdir().unwrap();
     let (a, bh) = (
-        host(&tmp.path().join("a"), section(port, &b)),
+        host_with_parts_over(&tmp.path().join("a"), section(port, &b), 5 * 1024 * 1024),
         host(&tmp.path().join("b"), section(port, &b)),
     );
     let (pa, pb) = (tmp.path().join("pa"), tmp.path().join("pb"));
     // Incompressible: the archive stays over one part (16 MiB).
-    let mut data = vec![0u8; 20 * 1024 * 1024];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let data = incompressible(20 * 1024 * 1024, 0x9e37_79b9_7f4a_7c15);
     write(&pa, "big/blob", &data);
     let sp = spec("big", &["big"]);
     let (_, log) = do_save(&a, &sp, &pa).await;
     assert!(log.contains("Uploaded cache"), "{log}");
+    assert!(
+        uploaded_etag(&tmp.path().join("a"), "big").ends_with("-2\""),
+        "two parts: {}",
+        uploaded_etag(&tmp.path().join("a"), "big")
+    );
     let (out, log) = do_restore(&bh, &sp, &pb).await;
     assert!(restored(&out).is_some(), "{log}");
     assert!(log.contains("in 2 parallel ranges"), "{log}");
     assert!(std::fs::read(pb.join("big/blob")).unwrap() == data);
+}
+
+/// An archive up to the single-PUT size (256 MiB by default) goes up in one request once
+/// written, and comes back whole.
+#[tokio::test]
+async fn an_archive_up_to_the_single_put_size_goes_up_in_one_request() {
+    let port = moto();
+    let b = bucket("single-put");
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, bh) = (
+        host(&tmp.path().join("a"), section(port, &b)),
+        host(&tmp.path().join("b"), section(port, &b)),
+    );
+    let (pa, pb) = (tmp.path().join("pa"), tmp.path().join("pb"));
+    let data = incompressible(20 * 1024 * 1024, 0x2545_f491_4f6c_dd1d);
+    write(&pa, "big/blob", &data);
+    write(&pa, "big/small.txt", b"and a small file");
+    let sp = spec("big", &["big"]);
+    let (_, log) = do_save(&a, &sp, &pa).await;
+    assert!(log.contains("Uploaded cache"), "{log}");
+    let etag = uploaded_etag(&tmp.path().join("a"), "big");
+    assert!(!etag.contains('-'), "one PUT: {etag}");
+    let (out, log) = do_restore(&bh, &sp, &pb).await;
+    assert!(restored(&out).is_some(), "{log}");
+    assert!(std::fs::read(pb.join("big/blob")).unwrap() == data);
+    assert_eq!(
+        std::fs::read(pb.join("big/small.txt")).unwrap(),
+        b"and a small file"
+    );
 }
 
 #[tokio::test]
@@ -533,45 +593,49 @@ fn dying_proxy(port: u16, budget: u64) -> u16 {
     proxy
 }
 
+/// The store going down in the middle of an upload, one PUT or in parts: a restore gets the
+/// previous archive, never part of the new one.
 #[tokio::test]
 async fn the_store_going_down_mid_upload_leaves_the_previous_archive() {
     let port = moto();
-    let b = bucket("mid-upload");
-    let tmp = tempfile::tempdir().unwrap();
-    let sp = spec("k", &["d"]);
-    let first = host(&tmp.path().join("a"), section(port, &b));
-    let pa = tmp.path().join("pa");
-    write(&pa, "d/f", b"version 1");
-    let (_, log) = do_save(&first, &sp, &pa).await;
-    assert!(log.contains("Uploaded cache"), "{log}");
+    // (bucket, archives over this go up in parts)
+    for (b, single_put_max) in [
+        ("mid-upload", SINGLE_PUT_MAX),
+        ("mid-upload-parts", 5 * 1024 * 1024),
+    ] {
+        let b = bucket(b);
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = spec("k", &["d"]);
+        let first = host(&tmp.path().join("a"), section(port, &b));
+        let pa = tmp.path().join("pa");
+        write(&pa, "d/f", b"version 1");
+        let (_, log) = do_save(&first, &sp, &pa).await;
+        assert!(log.contains("Uploaded cache"), "{log}");
 
-    // Another host's upload of a big archive dies after 3 MB.
-    let proxy = dying_proxy(port, 3 * 1024 * 1024);
-    let dying = host(&tmp.path().join("b"), section(proxy, &b));
-    let pb = tmp.path().join("pb");
-    let mut data = vec![0u8; 24 * 1024 * 1024];
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        // Another host's upload of a big archive dies after 3 MB.
+        let proxy = dying_proxy(port, 3 * 1024 * 1024);
+        let dying = host_with_parts_over(&tmp.path().join("b"), section(proxy, &b), single_put_max);
+        let pb = tmp.path().join("pb");
+        write(
+            &pb,
+            "d/f",
+            &incompressible(24 * 1024 * 1024, 0x2545_f491_4f6c_dd1d),
+        );
+        let (out, log) = do_save(&dying, &sp, &pb).await;
+        assert!(matches!(out, SaveOutcome::Created { .. }), "{out:?}");
+        assert!(log.contains("Failed to upload cache"), "{log}");
+
+        // A third host restores the complete first version.
+        let pc = tmp.path().join("pc");
+        let third = host(&tmp.path().join("c"), section(port, &b));
+        let (out, log) = do_restore(&third, &sp, &pc).await;
+        assert!(restored(&out).is_some(), "{log}");
+        assert_eq!(std::fs::read(pc.join("d/f")).unwrap(), b"version 1");
+        assert_eq!(
+            objects(port, &b),
+            vec!["runner/abcdefghi/project/42/k".to_string()]
+        );
     }
-    write(&pb, "d/f", &data);
-    let (out, log) = do_save(&dying, &sp, &pb).await;
-    assert!(matches!(out, SaveOutcome::Created { .. }), "{out:?}");
-    assert!(log.contains("Failed to upload cache"), "{log}");
-
-    // A third host restores the complete first version.
-    let pc = tmp.path().join("pc");
-    let third = host(&tmp.path().join("c"), section(port, &b));
-    let (out, log) = do_restore(&third, &sp, &pc).await;
-    assert!(restored(&out).is_some(), "{log}");
-    assert_eq!(std::fs::read(pc.join("d/f")).unwrap(), b"version 1");
-    assert_eq!(
-        objects(port, "mid-upload"),
-        vec!["runner/abcdefghi/project/42/k".to_string()]
-    );
 }
 
 /// A TCP proxy to `port` that stops forwarding a connection's request once it passed `limit`
@@ -631,24 +695,34 @@ fn incomplete_uploads(port: u16, bucket: &str) -> usize {
 /// parts of it (AbortMultipartUpload), and nothing is uploaded after the cancel.
 #[tokio::test]
 async fn a_cancelled_save_aborts_its_multipart_upload() {
+    cancelled_upload("cancelled", 1024 * 1024, 1).await;
+}
+
+/// A job cancelled while its archive goes up in one PUT: the request is dropped half-sent, and
+/// the store never makes that part of an archive an object.
+#[tokio::test]
+async fn a_cancelled_single_put_leaves_no_object() {
+    cancelled_upload("cancelled-put", SINGLE_PUT_MAX, 0).await;
+}
+
+/// Saves a 24 MiB archive through a proxy that stalls every request after 1 MiB, cancels the
+/// job once one stalled (when `uploads` multipart uploads are in progress), and checks that
+/// the save ends at once, leaving no object and no incomplete upload.
+async fn cancelled_upload(b: &str, single_put_max: u64, uploads: usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let port = moto();
-    let b = bucket("cancelled");
+    let b = bucket(b);
     let tmp = tempfile::tempdir().unwrap();
     let stalled = Arc::new(AtomicBool::new(false));
-    // Part uploads (16 MiB) stall; creating and aborting the upload go through.
+    // Part uploads (16 MiB) and PUTs stall; creating and aborting an upload go through.
     let proxy = stalling_proxy(port, 1024 * 1024, stalled.clone());
-    let st = host(&tmp.path().join("a"), section(proxy, &b));
+    let st = host_with_parts_over(&tmp.path().join("a"), section(proxy, &b), single_put_max);
     let pa = tmp.path().join("pa");
-    let mut data = vec![0u8; 24 * 1024 * 1024];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    write(&pa, "big/blob", &data);
+    write(
+        &pa,
+        "big/blob",
+        &incompressible(24 * 1024 * 1024, 0x9e37_79b9_7f4a_7c15),
+    );
     let cancel = CancellationToken::new();
     let canceller = {
         let (cancel, stalled, b) = (cancel.clone(), stalled.clone(), b.clone());
@@ -667,7 +741,11 @@ async fn a_cancelled_save_aborts_its_multipart_upload() {
     let limits = Limits::new(cancel);
     let out = save(&st, &spec("big", &["big"]), &pa, true, &mut log, &limits).await;
     let log = String::from_utf8_lossy(&log).into_owned();
-    assert_eq!(canceller.await.unwrap(), 1, "an upload in progress: {log}");
+    assert_eq!(
+        canceller.await.unwrap(),
+        uploads,
+        "uploads in progress: {log}"
+    );
     assert!(out.is_err(), "cancelled: {out:?} {log}");
     assert!(
         started.elapsed() < Duration::from_secs(20),

@@ -219,17 +219,30 @@ impl Write for Tee {
 }
 
 /// `level`'s zstd level: by default 3, zstd's own default, fast enough that archiving is rarely
-/// the slow part. With `pieces`, the archive's bytes are also sent there as they are written.
+/// the slow part. With `pieces`, a handle of the file, then the archive's bytes are also sent
+/// there as they are written.
 fn write_tar(
     root: &JobDir,
     sel: &Selection,
     out: &Path,
     limits: &Limits,
     level: CompressionLevel,
-    pieces: Option<Pieces>,
+    mut pieces: Option<Pieces>,
 ) -> io::Result<()> {
+    // Readable too: the upload reads the archive back from it (remote.rs).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)?;
+    if let Some(to) = &pieces
+        && to.blocking_send(Piece::File(file.try_clone()?)).is_err()
+    {
+        pieces = None;
+    }
     let file = Tee {
-        file: std::fs::File::create(out)?,
+        file,
         buf: Vec::with_capacity(if pieces.is_some() { Tee::PIECE } else { 0 }),
         to: pieces,
     };

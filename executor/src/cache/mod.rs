@@ -33,7 +33,8 @@ pub(crate) use archive::unpack;
 pub use evict::{EvictReport, evict};
 pub(crate) use evict::{GIT_CACHE_LOCK, GIT_CACHE_MARKER};
 pub use remote::{
-    DEFAULT_REQUEST_TIMEOUT, RemoteCache, object_prefix, request_timeout, restore_attempts,
+    DEFAULT_REQUEST_TIMEOUT, RemoteCache, SINGLE_PUT_MAX, object_prefix, request_timeout,
+    restore_attempts,
 };
 
 /// `cache:policy`.
@@ -440,8 +441,10 @@ pub async fn save(
         store.format,
         store.compression,
     );
-    // A new tar + zstd archive goes up while it is written (docs/benchmarks.md). It stops,
-    // and aborts its multipart upload, when the job is cancelled or this save is dropped.
+    // A new tar + zstd archive is handed to its upload while it is written: one PUT once
+    // complete, or parts from when it passes the single-PUT size (docs/sources-cache-artifacts.md).
+    // It stops (dropping its PUT, aborting its multipart upload) when the job is cancelled or
+    // this save is dropped.
     let stop_upload = cancel.child_token();
     let _stop_upload_on_drop = stop_upload.clone().drop_guard();
     let stream = match (&store.remote, store.format) {

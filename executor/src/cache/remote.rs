@@ -2,8 +2,9 @@
 //! (docs/configuration.md, docs/scaling.md).
 //!
 //! The local archive (`<cache_dir>/<namespace>/<key>/cache.tar.zst`) stays the working copy:
-//! a save builds it as before and uploads it while it is written (a zip after it is
-//! written); a restore asks the store for the object's
+//! a save builds it as before and uploads it in one PUT once written, or, when it is over
+//! [`SINGLE_PUT_MAX`], in parts while it is written (a zip after it is written); a restore
+//! asks the store for the object's
 //! metadata and reads the local copy when this host already has that version (the "local
 //! tier"), otherwise downloads it next to the local copy and extracts it from there.
 //!
@@ -33,9 +34,14 @@ use crate::meter::Progress;
 
 /// gitlab-runner's default for `CACHE_REQUEST_TIMEOUT` (minutes).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// Archives up to this size are sent in one request; bigger ones as a multipart upload of
-/// parts this size, a few in flight at once (S3 needs parts of at least 5 MiB).
+/// Multipart uploads (archives over [`RemoteCache::single_put_max`]) go up in parts this size,
+/// a few in flight at once (S3 needs parts of at least 5 MiB).
 const PART_SIZE: usize = 16 * 1024 * 1024;
+/// The default of [`RemoteCache::single_put_max`]: archives up to 256 MiB go up in one PUT
+/// once written, as gitlab-runner's presigned-URL upload sends every archive; bigger ones as a
+/// multipart upload while they are written (docs/sources-cache-artifacts.md,
+/// docs/benchmarks.md says what each costs).
+pub const SINGLE_PUT_MAX: u64 = 256 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
 /// A download writes what came of a range to the file in pieces of this size.
 const DOWNLOAD_PIECE: usize = 1024 * 1024;
@@ -58,6 +64,9 @@ pub struct RemoteCache {
     pub restore_attempts: u32,
     /// `TRANSFER_METER_FREQUENCY`: progress lines during uploads and downloads (meter.rs).
     pub transfer_meter: Option<Duration>,
+    /// Archives up to this many bytes go up in one PUT of the finished file, bigger ones as a
+    /// multipart upload ([`SINGLE_PUT_MAX`]; tests give a smaller one).
+    pub single_put_max: u64,
 }
 
 impl std::fmt::Debug for RemoteCache {
@@ -483,8 +492,8 @@ impl RemoteCache {
         Ok(())
     }
 
-    /// Uploads `archive` as the object of `key`: one request for a small archive, a
-    /// multipart upload otherwise, which the store only makes visible once complete (an
+    /// Uploads `archive` as the object of `key`: one PUT of the mapped file up to
+    /// [`RemoteCache::single_put_max`] (see [`mapped`]), a multipart upload otherwise, which the store only makes visible once complete (an
     /// upload that fails half-way is aborted and leaves the previous object in place).
     pub(super) async fn upload(
         &self,
@@ -501,13 +510,14 @@ impl RemoteCache {
                 .await
                 .map_err(|e| self.err(&what, e))?;
             let len = file.metadata().await.map_err(|e| self.err(&what, e))?.len();
-            if len <= PART_SIZE as u64 {
-                let mut buf = Vec::with_capacity(len as usize);
-                file.read_to_end(&mut buf)
+            if len <= self.single_put_max {
+                let file = file.into_std().await;
+                let body = tokio::task::spawn_blocking(move || mapped(&file, len))
                     .await
+                    .map_err(|e| self.err(&what, e))?
                     .map_err(|e| self.err(&what, e))?;
                 store
-                    .put(&object, PutPayload::from(buf))
+                    .put(&object, PutPayload::from_bytes(body))
                     .await
                     .map_err(|e| self.err(&what, e))?;
                 progress.add(len);
@@ -565,6 +575,9 @@ impl RemoteCache {
 /// A piece of an archive while it is being written, for [`RemoteCache::upload_stream`].
 #[derive(Debug)]
 pub(super) enum Piece {
+    /// First: a readable handle of the file being written (each [`Piece::Data`] is in it
+    /// before it is sent), which the upload reads from.
+    File(std::fs::File),
     Data(bytes::Bytes),
     /// The archive is complete and in place locally, this many bytes long: make it the object.
     Commit(u64),
@@ -580,11 +593,13 @@ pub(super) enum Streamed {
 }
 
 impl RemoteCache {
-    /// Uploads an archive while it is being written (docs/benchmarks.md): the pieces go up as
-    /// a multipart upload once they are more than one part, as one request otherwise, and
-    /// only a [`Piece::Commit`] whose length matches what came completes it; anything else
-    /// (the sender dropped, more than `max` bytes when `max` > 0, `stop`) aborts the upload,
-    /// which the store never makes visible.
+    /// Uploads an archive being written (docs/sources-cache-artifacts.md): up to
+    /// [`RemoteCache::single_put_max`] bytes, in one PUT of the finished file; once it grows
+    /// past that, as a multipart upload fed while it is written (the bytes already written read
+    /// back from the file, then the pieces as they come). Only a [`Piece::Commit`] whose
+    /// length matches what came makes it the object; anything else (the sender dropped, more
+    /// than `max` bytes when `max` > 0, `stop`) sends nothing or aborts the multipart upload:
+    /// the store never makes part of an archive visible.
     ///
     /// `CACHE_REQUEST_TIMEOUT` counts from the commit: the archive may take longer than it to
     /// write (each request is bounded by it on its own, [`RemoteCache::client`]).
@@ -599,40 +614,69 @@ impl RemoteCache {
     ) -> Streamed {
         let object = ObjectPath::from(self.object(key));
         let what = format!("uploading {object}");
-        let mut first: Vec<u8> = Vec::new();
+        let mut file: Option<Arc<std::fs::File>> = None;
+        let mut total = 0u64;
         let mut multipart: Option<WriteMultipart> = None;
         // Until the commit: the pieces, as they come.
         let feed = async {
-            let mut total = 0u64;
             loop {
                 match pieces.recv().await {
                     None => return Ok(false),
+                    Some(Piece::File(f)) => file = Some(Arc::new(f)),
                     Some(Piece::Data(b)) => {
                         total += b.len() as u64;
                         if max > 0 && total > max {
                             return Ok(false);
                         }
+                        if multipart.is_none() {
+                            if total <= self.single_put_max {
+                                // In the file: it goes up in one PUT once complete.
+                                continue;
+                            }
+                            let Some(f) = file.clone() else {
+                                return Ok(false);
+                            };
+                            let upload = store
+                                .put_multipart(&object)
+                                .await
+                                .map_err(|e| self.err(&what, e))?;
+                            let w = multipart
+                                .insert(WriteMultipart::new_with_chunk_size(upload, PART_SIZE));
+                            // What was written before this piece, from the file.
+                            let before = total - b.len() as u64;
+                            let mut at = 0u64;
+                            while at < before {
+                                let n = (before - at).min(READ_BACK as u64);
+                                let f = f.clone();
+                                let chunk = tokio::task::spawn_blocking(move || {
+                                    use std::os::unix::fs::FileExt;
+                                    let mut buf = vec![0u8; n as usize];
+                                    f.read_exact_at(&mut buf, at).map(|()| buf)
+                                })
+                                .await
+                                .map_err(|e| self.err(&what, e))?
+                                .map_err(|e| self.err(&what, e))?;
+                                w.wait_for_capacity(PARTS_IN_FLIGHT)
+                                    .await
+                                    .map_err(|e| self.err(&what, e))?;
+                                w.write(&chunk);
+                                progress.add(n);
+                                at += n;
+                            }
+                        }
                         if let Some(w) = multipart.as_mut() {
-                            w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                            w.wait_for_capacity(PARTS_IN_FLIGHT)
+                                .await
+                                .map_err(|e| self.err(&what, e))?;
                             w.write(&b);
                             progress.add(b.len() as u64);
-                            continue;
-                        }
-                        first.extend_from_slice(&b);
-                        if first.len() > PART_SIZE {
-                            let upload = store.put_multipart(&object).await?;
-                            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-                            w.write(&first);
-                            progress.add(first.len() as u64);
-                            first = Vec::new();
-                            multipart = Some(w);
                         }
                     }
                     Some(Piece::Commit(n)) => return Ok(n == total),
                 }
             }
         };
-        let fed: Result<bool, object_store::Error> = tokio::select! {
+        let fed: Result<bool, RemoteError> = tokio::select! {
             r = feed => r,
             _ = stop.cancelled() => Ok(false),
         };
@@ -643,7 +687,7 @@ impl RemoteCache {
             Ok(false) => false,
             Err(e) => {
                 self.abort(multipart.take()).await;
-                return Streamed::Failed(self.err(&what, e));
+                return Streamed::Failed(e);
             }
         };
         if !committed {
@@ -677,12 +721,20 @@ impl RemoteCache {
         }
         let finish = async {
             match multipart.take() {
-                Some(w) => w.finish().await.map(|_| ()),
+                Some(w) => w.finish().await.map(|_| ()).map_err(|e| self.err(&what, e)),
                 None => {
-                    let len = first.len() as u64;
-                    let body = PutPayload::from(std::mem::take(&mut first));
-                    store.put(&object, body).await?;
-                    progress.add(len);
+                    let Some(f) = file.take() else {
+                        return Err(RemoteError(format!("{what}: the archive's file is gone")));
+                    };
+                    let body = tokio::task::spawn_blocking(move || mapped(&f, total))
+                        .await
+                        .map_err(|e| self.err(&what, e))?
+                        .map_err(|e| self.err(&what, e))?;
+                    store
+                        .put(&object, PutPayload::from_bytes(body))
+                        .await
+                        .map_err(|e| self.err(&what, e))?;
+                    progress.add(total);
                     Ok(())
                 }
             }
@@ -693,7 +745,7 @@ impl RemoteCache {
         };
         match finished {
             Err(_) => Streamed::Failed(timed_out()),
-            Ok(Err(e)) => Streamed::Failed(self.err(&what, e)),
+            Ok(Err(e)) => Streamed::Failed(e),
             Ok(Ok(())) => match self.head(&*store, key).await {
                 Ok(Head::Found(state)) => Streamed::Uploaded(state),
                 Ok(Head::Missing) => Streamed::Failed(RemoteError(format!(
@@ -711,6 +763,74 @@ impl RemoteCache {
         {
             let e = self.err("aborting an incomplete cache upload", e);
             tracing::warn!(error = %e, "the bucket's lifecycle rule removes it (docs/scaling.md)");
+        }
+    }
+}
+
+/// What a multipart upload that starts once the archive is past the single-PUT size reads back
+/// from the file at a time.
+const READ_BACK: usize = 1024 * 1024;
+
+/// The first `len` bytes of a finished archive, for a single PUT, mapped from its file rather
+/// than read: the archive is never in memory twice (the mapping shares the file's page cache;
+/// on tmpfs, its very pages), and object_store sends the one buffer as it is (and signs it).
+///
+/// The file is ferry's own, in the cache dir no job can write (its namespace is not a volume
+/// directory), and an archive is only ever replaced by a rename or removed, never truncated or
+/// rewritten in place, so the mapped pages stay valid while the request holds them (a removed
+/// file lives on while mapped). A file shorter than `len` is refused.
+fn mapped(file: &std::fs::File, len: u64) -> io::Result<bytes::Bytes> {
+    use std::os::fd::AsRawFd;
+    if file.metadata()?.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the archive is shorter than what was written",
+        ));
+    }
+    if len == 0 {
+        return Ok(bytes::Bytes::new());
+    }
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: a fresh read-only shared mapping of `len` bytes of an open file at least that
+    // long; nothing else refers to the address, and `Mapping` unmaps it once.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(bytes::Bytes::from_owner(Mapping { ptr, len }))
+}
+
+/// A read-only mapping, unmapped when the last `Bytes` of it is dropped.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone; any thread may read or unmap it.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are the mapping made by `mapped`, unmapped only here.
+        unsafe {
+            libc::munmap(self.ptr, self.len);
         }
     }
 }
@@ -849,21 +969,69 @@ mod tests {
         assert_eq!(restore_attempts(Some("99")), 10);
     }
 
-    /// `CACHE_REQUEST_TIMEOUT` counts from the archive's end: an archive slower to write than
-    /// it still goes up.
-    #[tokio::test]
-    async fn a_streamed_upload_may_take_longer_than_the_request_timeout_before_its_commit() {
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let remote = RemoteCache {
+    fn memory_remote(request_timeout: Duration, single_put_max: u64) -> RemoteCache {
+        RemoteCache {
             config: Arc::new(CacheSection {
                 kind: Some("s3".into()),
                 ..CacheSection::default()
             }),
             prefix: "project/1".into(),
-            request_timeout: Duration::from_millis(300),
+            request_timeout,
             restore_attempts: 1,
             transfer_meter: None,
-        };
+            single_put_max,
+        }
+    }
+
+    /// An archive being written, as archive.rs feeds an upload: the file gets each piece
+    /// before the piece is sent.
+    struct Writer {
+        file: std::fs::File,
+        tx: tokio::sync::mpsc::Sender<Piece>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Writer {
+        async fn new(tx: tokio::sync::mpsc::Sender<Piece>) -> Writer {
+            let dir = tempfile::tempdir().unwrap();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("archive"))
+                .unwrap();
+            tx.send(Piece::File(file.try_clone().unwrap()))
+                .await
+                .unwrap();
+            Writer {
+                file,
+                tx,
+                _dir: dir,
+            }
+        }
+
+        async fn write(&mut self, data: &'static [u8]) {
+            use std::io::Write;
+            self.file.write_all(data).unwrap();
+            self.tx
+                .send(Piece::Data(bytes::Bytes::from_static(data)))
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn object(store: &Arc<dyn ObjectStore>) -> Option<Vec<u8>> {
+        let got = store.get(&ObjectPath::from("project/1/k")).await.ok()?;
+        Some(got.bytes().await.unwrap().to_vec())
+    }
+
+    /// `CACHE_REQUEST_TIMEOUT` counts from the archive's end: an archive slower to write than
+    /// it still goes up.
+    #[tokio::test]
+    async fn a_streamed_upload_may_take_longer_than_the_request_timeout_before_its_commit() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let remote = memory_remote(Duration::from_millis(300), SINGLE_PUT_MAX);
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let stop = tokio_util::sync::CancellationToken::new();
         let upload = tokio::spawn({
@@ -874,27 +1042,84 @@ mod tests {
                     .await
             }
         });
-        tx.send(Piece::Data(bytes::Bytes::from_static(b"slow ")))
-            .await
-            .unwrap();
+        let mut w = Writer::new(tx).await;
+        w.write(b"slow ").await;
         // The archive takes longer to write than the request timeout.
         tokio::time::sleep(Duration::from_millis(900)).await;
-        tx.send(Piece::Data(bytes::Bytes::from_static(b"archive")))
-            .await
-            .unwrap();
-        tx.send(Piece::Commit(12)).await.unwrap();
+        w.write(b"archive").await;
+        w.tx.send(Piece::Commit(12)).await.unwrap();
         match upload.await.unwrap() {
             Streamed::Uploaded(state) => assert_eq!(state.size, 12),
             Streamed::Failed(e) => panic!("failed: {e}"),
             Streamed::Dropped => panic!("dropped"),
         }
-        let got = store
-            .get(&ObjectPath::from("project/1/k"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        assert_eq!(&got[..], b"slow archive");
+        assert_eq!(object(&store).await.unwrap(), b"slow archive");
+    }
+
+    /// An archive that grows past the single-PUT size goes up as a multipart upload from
+    /// then on: what was written before is read back from the file, nothing is lost or doubled.
+    #[tokio::test]
+    async fn past_the_single_put_size_the_written_bytes_are_read_back_from_the_file() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let remote = memory_remote(Duration::from_secs(10), 10);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let progress = Progress::default();
+        let upload = tokio::spawn({
+            let (remote, store, progress) = (remote.clone(), store.clone(), progress.clone());
+            let stop = tokio_util::sync::CancellationToken::new();
+            async move {
+                remote
+                    .upload_stream(store, "k", rx, progress, 0, stop)
+                    .await
+            }
+        });
+        let mut w = Writer::new(tx).await;
+        for piece in [&b"0123"[..], b"4567", b"89ab", b"cdef"] {
+            w.write(piece).await;
+        }
+        w.tx.send(Piece::Commit(16)).await.unwrap();
+        assert!(matches!(upload.await.unwrap(), Streamed::Uploaded(_)));
+        assert_eq!(object(&store).await.unwrap(), b"0123456789abcdef");
+        assert_eq!(progress.get(), 16);
+    }
+
+    /// A commit whose length is not what was sent (another archive) makes nothing visible, in
+    /// one PUT or in parts.
+    #[tokio::test]
+    async fn a_commit_of_another_length_uploads_nothing() {
+        for single_put_max in [SINGLE_PUT_MAX, 4] {
+            let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+            let remote = memory_remote(Duration::from_secs(10), single_put_max);
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let upload = tokio::spawn({
+                let (remote, store) = (remote.clone(), store.clone());
+                let stop = tokio_util::sync::CancellationToken::new();
+                async move {
+                    remote
+                        .upload_stream(store, "k", rx, Progress::default(), 0, stop)
+                        .await
+                }
+            });
+            let mut w = Writer::new(tx).await;
+            w.write(b"half of ").await;
+            w.write(b"an archive").await;
+            w.tx.send(Piece::Commit(100)).await.unwrap();
+            assert!(matches!(upload.await.unwrap(), Streamed::Dropped));
+            assert_eq!(object(&store).await, None, "{single_put_max}");
+        }
+    }
+
+    /// The single PUT sends the file's bytes as they are, from its mapping.
+    #[test]
+    fn a_mapped_archive_is_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        std::fs::write(&path, b"archive bytes").unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(&mapped(&f, 13).unwrap()[..], b"archive bytes");
+        assert_eq!(&mapped(&f, 7).unwrap()[..], b"archive");
+        assert!(mapped(&f, 0).unwrap().is_empty());
+        // A file shorter than what was sent is refused, never mapped past its end.
+        assert!(mapped(&f, 14).is_err());
     }
 }

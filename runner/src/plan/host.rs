@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use ferry_config::RunnerSection;
 use ferry_executor::artifacts::{ArtifactFormat, ArtifactSpec, strip_project_prefix};
 use ferry_executor::cache::{
-    CacheFormat, CachePolicy, CacheSpec, CacheStore, RemoteCache, object_prefix, request_timeout,
-    restore_attempts,
+    CacheFormat, CachePolicy, CacheSpec, CacheStore, RemoteCache, SINGLE_PUT_MAX, object_prefix,
+    request_timeout, restore_attempts,
 };
 use ferry_executor::compression::CompressionLevel;
 use ferry_executor::sources::{ForceHttps, GitVariables, RefType, SourceSpec};
@@ -235,6 +235,7 @@ pub(super) fn host_plan(inputs: HostInputs<'_>) -> Result<HostPlan, PlanError> {
             request_timeout: request_timeout(variables.value("CACHE_REQUEST_TIMEOUT")),
             restore_attempts: restore_attempts(variables.value("RESTORE_CACHE_ATTEMPTS")),
             transfer_meter,
+            single_put_max: SINGLE_PUT_MAX,
         }),
         format: CacheFormat::parse(variables.value("CACHE_COMPRESSION_FORMAT")),
         compression: compression_level(variables, "CACHE_COMPRESSION_LEVEL", &mut warnings),
