@@ -235,6 +235,34 @@ async fn a_link_planted_where_the_cache_goes_is_never_followed() {
     prepared(&cache).await;
 }
 
+/// A copy extracted within other limits of host work than the job's is not used (the job's
+/// own extraction might have stopped at its limits); it is kept.
+#[tokio::test]
+async fn a_copy_made_within_other_limits_is_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, p) = (tmp.path().join("cache"), tmp.path().join("p"));
+    write(&p, "deps/a", "a");
+    write(&p, "deps/b", "b");
+    let (st, sp) = (store(&cache), spec(&["deps"]));
+    do_save(&st, &sp, &p).await;
+    do_restore(&st, &sp, &tmp.path().join("r0")).await;
+    assert_eq!(prepared(&cache).await, 1);
+    let mut limits = Limits::new(CancellationToken::new());
+    limits.max_entries = 2;
+    let mut log = Vec::new();
+    let out = restore(&st, &sp, &tmp.path().join("r1"), &mut log, &limits)
+        .await
+        .unwrap();
+    let log = String::from_utf8(log).unwrap();
+    assert!(
+        log.contains("Not using this host's prepared copy of the cache: it was prepared for another set of limits"),
+        "{log}"
+    );
+    // The job's own extraction meets its limit, as it would have without a copy.
+    assert_eq!(out, RestoreOutcome::NotRestored, "{log}");
+    assert!(key_dir(&cache).join(".ferry-prepared").is_dir());
+}
+
 /// The copy is tied to the archive it was extracted from: once the archive changes, the old
 /// copy is never used (and is removed); the next one is made from the new archive.
 #[tokio::test]
@@ -348,17 +376,19 @@ async fn a_preparation_killed_half_way_is_never_used() {
     let (st, sp) = (store(&cache), spec(&["deps"]));
     do_save(&st, &sp, &p).await;
 
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_preparation_killed_half_way_is_never_used",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, tmp.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_preparation_killed_half_way_is_never_used",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, tmp.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Killed as soon as its preparation has extracted something.
     let kd = key_dir(&cache);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -375,8 +405,8 @@ async fn a_preparation_killed_half_way_is_never_used() {
         if let Some(t) = tmp_dir
             && t.join("tree/deps").is_dir()
         {
-            child.kill().unwrap();
-            child.wait().unwrap();
+            child.0.kill().unwrap();
+            child.0.wait().unwrap();
             break t;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -414,4 +444,14 @@ async fn a_preparation_killed_half_way_is_never_used() {
     evict(&cache, None, None).unwrap();
     assert!(!old.exists());
     assert!(kd.join(".ferry-prepared").is_dir());
+}
+
+/// A child process that is killed and waited for however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
