@@ -425,6 +425,8 @@ async fn a_preparation_killed_half_way_is_never_used() {
         files / 40
     );
     assert_eq!(prepared(&cache).await, 1);
+    // The next preparation removed the half copy: its process is gone.
+    assert!(!half.exists());
     // The next restore gets a whole copy, not the half one.
     let r2 = tmp.path().join("r2");
     let (_, log) = do_restore(&st, &sp, &r2).await;
@@ -432,16 +434,20 @@ async fn a_preparation_killed_half_way_is_never_used() {
     assert_eq!(describe(&r2), describe(&r));
     prepared(&cache).await;
 
-    // Evict leaves the half copy while it could still be under way, then removes it.
+    // A half copy whose pid is in use (1, say) stays while it could still be under way;
+    // evict removes it once its name says it is over an hour old.
+    let named = |ago: u64| {
+        let nanos = (SystemTime::now() - Duration::from_secs(ago))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let d = kd.join(format!(".tmp-prepare-1-0-{nanos}"));
+        write(&d, "tree/deps/f", "x");
+        d
+    };
+    let (young, old) = (named(60), named(2 * 3600));
     evict(&cache, None, None).unwrap();
-    assert!(half.is_dir());
-    let nanos = (SystemTime::now() - Duration::from_secs(2 * 3600))
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let old = kd.join(format!(".tmp-prepare-1-0-{nanos}"));
-    std::fs::rename(&half, &old).unwrap();
-    evict(&cache, None, None).unwrap();
+    assert!(young.is_dir());
     assert!(!old.exists());
     assert!(kd.join(".ferry-prepared").is_dir());
 }

@@ -410,6 +410,7 @@ fn prepare(
         }
         discard(key_dir, PREPARED_NAME);
     }
+    remove_leftovers(key_dir);
     let tmp = archive::temp_path(key_dir, "prepare");
     // Not create_dir_all: a key dir evict removed meanwhile is not created again.
     std::fs::create_dir(&tmp)?;
@@ -476,6 +477,35 @@ fn prepare(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Removes the `.tmp-prepare-` dirs of `key_dir` whose ferry process is gone (killed half-way;
+/// archive::temp_path puts the pid first), so that runs of `ferry exec`, which never evicts,
+/// do not pile them up. A pid in use again keeps its dir until evict finds it an hour old.
+fn remove_leftovers(key_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(key_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = std::str::from_utf8(name.as_bytes())
+            .ok()
+            .and_then(|n| n.strip_prefix(".tmp-prepare-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == std::process::id() {
+            continue;
+        }
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// When a `.tmp-` entry of a key dir was named (archive::temp_path puts the time last), for
