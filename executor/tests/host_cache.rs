@@ -532,6 +532,9 @@ async fn concurrent_saves_of_one_key_leave_a_valid_archive() {
             .unwrap()
             .starts_with("job ")
     );
+    // The restore's background preparation of a copy (tier.rs) is not a leftover: once it
+    // ends, its temporary dir is the ready copy.
+    ferry_executor::cache::preparations_done(&cache).await;
     let leftovers: Vec<_> = std::fs::read_dir(cache.join("project/42/shared"))
         .unwrap()
         .flatten()
