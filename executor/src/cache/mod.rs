@@ -270,7 +270,8 @@ async fn note(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), Cac
 }
 
 /// Restores the cache of `spec` into `project_dir`: the primary key first, then each
-/// fallback key. Failures are warnings, not errors (the job goes on without a cache), so
+/// fallback key. An archive this host prepared a copy of is restored by moving the copy into
+/// place (tier.rs); the next copy is then prepared in the background. Failures are warnings, not errors (the job goes on without a cache), so
 /// `Err` only means the log could not be written or the job was cancelled.
 pub async fn restore(
     store: &CacheStore,
