@@ -8,8 +8,10 @@
 #   2. restore on another host: ferry's restore (download + extract) vs
 #      `curl -o` + `zstd -d | tar -x`                                  target: ratio <= 1.2
 #   3. save of an unchanged cache                                      target: <= 0.2 s
-#   4. restore served by this host's copy (the local tier) vs one `curl -o` of the archive
-#                                                                      target: ratio <= 0.3
+#   4. restore served by this host's copy (the local tier: its prepared copy moved into place)
+#      vs one `curl -o` of the archive                                 target: ratio <= 0.3
+#      (the preparation of the next copy, in the background after each restore, is printed
+#      on its own: wall and CPU time)
 # Medians of RUNS runs, ferry and the baseline alternating. Not a test: it prints figures
 # (record them in docs/benchmarks.md).
 #

@@ -14,7 +14,7 @@ use ferry_config::{CacheS3, CacheSection, Redacted, S3Auth};
 use ferry_executor::artifacts::When;
 use ferry_executor::cache::{
     CachePolicy, CacheSpec, CacheStore, RemoteCache, RestoreOutcome, SINGLE_PUT_MAX, SaveOutcome,
-    object_prefix, restore, save,
+    object_prefix, preparations_done, restore, save,
 };
 use ferry_executor::jobfs::Limits;
 use tokio_util::sync::CancellationToken;
@@ -303,6 +303,54 @@ async fn two_hosts_share_the_cache_and_each_keeps_a_local_tier() {
         std::fs::read(pa.join("vendor/lib.txt")).unwrap(),
         b"changed on host b"
     );
+}
+
+/// The local tier's prepared copy (tier.rs) is moved into place while the remote object is
+/// the one this host has; once another host uploads a new one, the download is extracted and
+/// the old copy is never used.
+#[tokio::test]
+async fn a_changed_remote_object_is_never_served_from_an_old_prepared_copy() {
+    const USED: &str = "Using this host's prepared copy of the cache";
+    let port = moto();
+    let b = bucket("prepared");
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, bh) = (
+        host(&tmp.path().join("a"), section(port, &b)),
+        host(&tmp.path().join("b"), section(port, &b)),
+    );
+    let pa = tmp.path().join("pa");
+    let sp = spec("main-protected", &["vendor"]);
+    write(&pa, "vendor/lib.txt", b"version 1");
+    do_save(&a, &sp, &pa).await;
+    let (_, log) = do_restore(&bh, &sp, &tmp.path().join("b1")).await;
+    assert!(log.contains("Downloading cache"), "{log}");
+    preparations_done(tmp.path()).await;
+    let b2 = tmp.path().join("b2");
+    let (_, log) = do_restore(&bh, &sp, &b2).await;
+    assert!(
+        log.contains("using this host's copy") && log.contains(USED),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(b2.join("vendor/lib.txt")).unwrap(),
+        b"version 1"
+    );
+    preparations_done(tmp.path()).await;
+
+    write(&pa, "vendor/lib.txt", b"version 2, longer");
+    let (_, log) = do_save(&a, &sp, &pa).await;
+    assert!(log.contains("Uploaded cache"), "{log}");
+    let b3 = tmp.path().join("b3");
+    let (_, log) = do_restore(&bh, &sp, &b3).await;
+    assert!(
+        log.contains("Downloading cache") && !log.contains(USED),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(b3.join("vendor/lib.txt")).unwrap(),
+        b"version 2, longer"
+    );
+    preparations_done(tmp.path()).await;
 }
 
 #[tokio::test]

@@ -17,19 +17,29 @@ const PROJECTS: u64 = 4;
 const BUILDS_MAX: u64 = 700 << 10;
 const CACHE_MAX: u64 = 300 << 10;
 
-/// Bytes of the regular files under `path` (links not followed).
+/// Bytes of the regular files under `path` (links not followed), each file once: a cache's
+/// prepared copy holds a hard link to its archive, which takes no more disk.
 fn dir_bytes(path: &Path) -> u64 {
+    files_bytes(path, &mut std::collections::HashSet::new())
+}
+
+fn files_bytes(path: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+    let mut total = 0;
+    for e in entries.flatten() {
+        total += match e.file_type() {
+            Ok(t) if t.is_dir() => files_bytes(&e.path(), seen),
+            Ok(t) if t.is_file() => match e.metadata() {
+                Ok(m) if seen.insert((m.dev(), m.ino())) => m.len(),
+                _ => 0,
+            },
             _ => 0,
-        })
-        .sum()
+        };
+    }
+    total
 }
 
 fn cache_volumes(short: &str) -> Vec<String> {

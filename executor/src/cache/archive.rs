@@ -428,7 +428,7 @@ pub(super) fn extract(
 /// this thread creates the files of the part before (as `zstd -d | tar -x` does with two
 /// processes; docs/benchmarks.md). At most [`ReadAhead::CHUNKS`] chunks wait; the thread
 /// ends at the end of the input, at an error (passed on) or when this side is dropped.
-struct ReadAhead {
+pub(super) struct ReadAhead {
     chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     /// Emptied chunks go back to the thread to be filled again.
     spare: std::sync::mpsc::SyncSender<Vec<u8>>,
@@ -441,7 +441,7 @@ impl ReadAhead {
     const CHUNKS: usize = 4;
     const CHUNK: usize = 256 * 1024;
 
-    fn new(mut inner: impl Read + Send + 'static) -> ReadAhead {
+    pub(super) fn new(mut inner: impl Read + Send + 'static) -> ReadAhead {
         let (tx, chunks) = std::sync::mpsc::sync_channel(Self::CHUNKS);
         let (spare, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::CHUNKS + 2);
         std::thread::spawn(move || {

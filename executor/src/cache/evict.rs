@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::archive::{ARCHIVE_NAME, MANIFEST_NAME};
+use super::tier;
 
 /// What [`evict`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,8 +20,9 @@ pub struct EvictReport {
     pub errors: Vec<String>,
 }
 
-/// Temporary files older than this are leftovers of a crashed save.
-const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// Temporary files (and a prepared copy's temporary dirs) older than this are leftovers of a
+/// crashed save or preparation (tier.rs gives up on a preparation well before).
+pub(super) const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 struct Item {
@@ -78,6 +80,24 @@ pub fn evict(
             it.skip_current_dir();
             continue;
         }
+        if meta.is_dir()
+            && e.depth() > 0
+            && (name == tier::PREPARED_NAME || name.starts_with(".tmp-"))
+        {
+            // A prepared copy of a cache (tier.rs), ready or under way: the job's files,
+            // never walked; counted with its archive below, or removed when stale.
+            it.skip_current_dir();
+            let key_dir = e.path().parent().unwrap_or(cache_dir);
+            if name == tier::PREPARED_NAME && !key_dir.join(ARCHIVE_NAME).is_file() {
+                tier::discard(key_dir, tier::PREPARED_NAME);
+            } else if name.starts_with(".tmp-")
+                && tier::temp_age(e.file_name(), meta.modified().ok())
+                    .is_some_and(|age| age > STALE_TEMP)
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+            continue;
+        }
         if meta.is_dir() && is_git_cache(e.path()) {
             let last_used = std::fs::metadata(e.path().join(GIT_CACHE_MARKER))
                 .and_then(|m| m.modified())
@@ -90,9 +110,16 @@ pub fn evict(
             });
             it.skip_current_dir();
         } else if meta.is_file() && name == ARCHIVE_NAME {
+            // Its prepared copy counts with it; one made from an archive this key no longer
+            // has is removed (tier.rs).
+            let key_dir = e.path().parent().unwrap_or(cache_dir);
+            let prepared = tier::prepared_bytes(key_dir, e.path());
+            if prepared.is_none() {
+                tier::discard(key_dir, tier::PREPARED_NAME);
+            }
             items.push(Item {
                 path: e.path().to_path_buf(),
-                bytes: meta.len(),
+                bytes: meta.len() + prepared.unwrap_or(0),
                 last_used: meta.modified().unwrap_or(now),
                 git: false,
             });
@@ -169,6 +196,7 @@ fn remove_item(item: &Item) -> io::Result<bool> {
     }
     std::fs::remove_file(&item.path)?;
     if let Some(dir) = item.path.parent() {
+        tier::discard(dir, tier::PREPARED_NAME);
         let _ = std::fs::remove_file(dir.join(MANIFEST_NAME));
         let _ = std::fs::remove_file(dir.join(super::remote::STATE_NAME));
     }

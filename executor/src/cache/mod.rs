@@ -6,6 +6,7 @@
 //! ```text
 //! <cache_dir>/<namespace>/<key>/cache.tar.zst     the archive
 //! <cache_dir>/<namespace>/<key>/manifest.json     path, type, size, mode, mtime of every entry
+//! <cache_dir>/<namespace>/<key>/.ferry-prepared/  the archive extracted in advance (tier.rs)
 //! ```
 //!
 //! `namespace` is chosen by the runner (`project/<project id>` recommended) so projects never
@@ -16,6 +17,7 @@
 mod archive;
 mod evict;
 mod remote;
+mod tier;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,7 @@ pub use remote::{
     DEFAULT_REQUEST_TIMEOUT, RemoteCache, SINGLE_PUT_MAX, object_prefix, request_timeout,
     restore_attempts,
 };
+pub use tier::{Preparation, preparations_done};
 
 /// `cache:policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -201,6 +204,7 @@ pub fn sanitize_key(raw: &str) -> Result<SanitizedKey, String> {
         p == archive::ARCHIVE_NAME
             || p == archive::MANIFEST_NAME
             || p == remote::STATE_NAME
+            || p == tier::PREPARED_NAME
             || p.starts_with(".tmp-")
     }) {
         return Err(format!("cache key {raw:?} uses a name reserved by ferry"));
@@ -267,7 +271,8 @@ async fn note(log: &mut LogSink<'_>, level: Level, text: &str) -> Result<(), Cac
 }
 
 /// Restores the cache of `spec` into `project_dir`: the primary key first, then each
-/// fallback key. Failures are warnings, not errors (the job goes on without a cache), so
+/// fallback key. An archive this host prepared a copy of is restored by moving the copy into
+/// place (tier.rs); the next copy is then prepared in the background. Failures are warnings, not errors (the job goes on without a cache), so
 /// `Err` only means the log could not be written or the job was cancelled.
 pub async fn restore(
     store: &CacheStore,
@@ -349,6 +354,47 @@ pub async fn restore(
             note(log, Level::Warning, "Failed to extract cache").await?;
             continue;
         }
+        // This host's prepared copy of the archive, moved into place (tier.rs).
+        let key_dir = store.key_dir(&key)?;
+        let (kd, p, dir, lim) = (
+            key_dir.clone(),
+            path.clone(),
+            project_dir.to_path_buf(),
+            limits.clone(),
+        );
+        let taken = tokio::task::spawn_blocking(move || tier::take(&kd, &p, &dir, &lim))
+            .await
+            .unwrap_or_else(|e| Err(tier::NotUsed::Failed(e.to_string())));
+        if cancel.is_cancelled() {
+            return Err(CacheError::Cancelled);
+        }
+        let not_used = match taken {
+            Ok(files) => {
+                archive::touch(&path);
+                note(
+                    log,
+                    Level::Plain,
+                    "Using this host's prepared copy of the cache (extracted in advance)",
+                )
+                .await?;
+                note(log, Level::Notice, "Successfully extracted cache").await?;
+                tier::prepare_in_background(&key_dir, project_dir, limits);
+                return Ok(RestoreOutcome::Restored {
+                    key,
+                    fallback,
+                    files,
+                });
+            }
+            Err(why) => why,
+        };
+        if let Some(reason) = not_used.reason() {
+            note(
+                log,
+                Level::Plain,
+                &format!("Not using this host's prepared copy of the cache: {reason}"),
+            )
+            .await?;
+        }
         let (p, dir, lim) = (path.clone(), project_dir.to_path_buf(), limits.clone());
         let res = tokio::task::spawn_blocking(move || archive::extract(&p, &dir, &lim))
             .await
@@ -361,6 +407,9 @@ pub async fn restore(
                 write_notes(log, &notes).await.map_err(CacheError::Log)?;
                 archive::touch(&path);
                 note(log, Level::Notice, "Successfully extracted cache").await?;
+                if not_used.prepare_next() {
+                    tier::prepare_in_background(&key_dir, project_dir, limits);
+                }
                 return Ok(RestoreOutcome::Restored {
                     key,
                     fallback,
@@ -833,6 +882,7 @@ mod tests {
         assert!(k("..").is_err());
         assert!(k("").is_err());
         assert!(k("x/cache.tar.zst").is_err());
+        assert!(k("x/.ferry-prepared").is_err());
         assert!(sanitize_key("a/../b").unwrap().warning.is_some());
         assert!(sanitize_key("plain").unwrap().warning.is_none());
     }

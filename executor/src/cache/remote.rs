@@ -6,7 +6,9 @@
 //! [`SINGLE_PUT_MAX`], in parts while it is written (a zip after it is written); a restore
 //! asks the store for the object's
 //! metadata and reads the local copy when this host already has that version (the "local
-//! tier"), otherwise downloads it next to the local copy and extracts it from there.
+//! tier"), otherwise downloads it next to the local copy and extracts it from there. Either
+//! way the archive's prepared copy (tier.rs) is moved into place instead of extracting it
+//! when there is one for that very archive.
 //!
 //! Object names are gitlab-runner's: `[<Path>/][runner/<short token>/]project/<id>/<key>`
 //! (the `runner/<short token>` part is left out with `Shared = true`), so a fleet that mixes

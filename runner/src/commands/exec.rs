@@ -313,7 +313,7 @@ async fn prepare(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Prepared> {
             tls_ca_pem: None,
             // As `ferry exec` runs them (runner/src/exec/mod.rs); only the kind of job is read here.
             object_cache: false,
-            keep_step_output: true,
+            keep_step_output: false,
         };
         jobs.iter()
             .filter(|j| {

@@ -146,6 +146,7 @@ where
             concurrent_project_id: n,
             tls_ca_pem: None,
             object_cache: false,
+            keep_step_output: false,
         };
         let dir = crate::plan::host_project_dir(&ctx, &short, job.payload.job_info.project_id);
         driver.workspaces.try_claim(&dir).is_some()
@@ -193,8 +194,8 @@ where
             concurrent_project_id: dir,
             tls_ca_pem: None,
             object_cache: false,
-            // As before `--no-journal` existed; nothing resumes a `ferry exec` job.
-            keep_step_output: true,
+            // Nothing resumes a `ferry exec` job (docs/exec.md): its steps stream their output.
+            keep_step_output: false,
         };
         let (driver, runner, shutdown, cancel) = (
             driver.clone(),
