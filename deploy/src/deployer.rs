@@ -318,11 +318,12 @@ impl KubeDeployer {
             .collect();
         let mut failures = Vec::new();
         if settings.wait && !workloads.is_empty() {
-            // A resumed wait gets what is left of its timeout (docs/crash-safety.md).
+            // A resumed wait gets what is left of its timeout, less the time since its first
+            // wait began, applying again included (docs/crash-safety.md).
             let left = match resumed.waited {
                 Some(w) => settings
                     .timeout
-                    .saturating_sub(w)
+                    .saturating_sub(w + started.elapsed())
                     .max(Duration::from_secs(1)),
                 None => settings.timeout,
             };
