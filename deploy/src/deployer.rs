@@ -368,8 +368,16 @@ impl KubeDeployer {
                     out.line(&format!("  {d}")).await;
                 }
             }
-            self.roll_back(&cluster, &failures, &settings, req, started, cancel, out)
-                .await;
+            self.roll_back(
+                &cluster,
+                &failures,
+                &settings,
+                req,
+                (started, shown_start),
+                cancel,
+                out,
+            )
+            .await;
             self.print_summary(&cluster, &applied, &vars, out).await;
             let text: Vec<String> = failures
                 .iter()
@@ -500,7 +508,7 @@ impl KubeDeployer {
         failures: &[(Applied, wait::Failure)],
         settings: &Settings,
         req: &DeployRequest,
-        started: tokio::time::Instant,
+        (started, shown_start): (tokio::time::Instant, tokio::time::Instant),
         cancel: &CancellationToken,
         out: &mut Out<'_, '_>,
     ) {
@@ -584,7 +592,8 @@ impl KubeDeployer {
             format_duration(timeout)
         ))
         .await;
-        let cfg = self.wait_config(settings, timeout, started);
+        // Progress lines count from the line's first start (docs/crash-safety.md).
+        let cfg = self.wait_config(settings, timeout, shown_start);
         let refs: Vec<&Applied> = undone.iter().collect();
         let results = wait_all(cluster, &refs, &cfg, cancel, out).await;
         for (w, r) in undone.iter().zip(results) {
