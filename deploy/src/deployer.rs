@@ -271,7 +271,7 @@ impl KubeDeployer {
             }
             // Applied again after a restart: what the earlier ferry changed is still this
             // deploy's change, which a failed rollout rolls back.
-            if outcome == Outcome::Unchanged && resumed.changed.contains(&p.display()) {
+            if outcome == Outcome::Unchanged && resumed.changed.contains(&p.key()) {
                 outcome = Outcome::Configured;
                 line.push_str(" (changed by this deploy before ferry was restarted)");
             }
@@ -306,7 +306,7 @@ impl KubeDeployer {
                 changed: applied
                     .iter()
                     .filter(|a| a.outcome != Outcome::Unchanged)
-                    .map(|a| a.display())
+                    .map(|a| a.key())
                     .collect(),
             },
         );

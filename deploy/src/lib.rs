@@ -69,7 +69,7 @@ pub type Progress = tokio::sync::mpsc::UnboundedSender<Phase>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// Every object is applied; the wait for the workloads begins. `changed`: the objects
-    /// this deploy created or configured (their display names), which a failed rollout
+    /// this deploy created or configured (their namespaces and names, `Planned::key`), which a failed rollout
     /// rolls back.
     Waiting { changed: Vec<String> },
     /// A rollout failed: diagnosis and rollback run. Applying the manifests again would undo
