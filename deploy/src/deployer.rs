@@ -309,7 +309,8 @@ impl KubeDeployer {
                     .map(|a| a.key())
                     .collect(),
             },
-        );
+        )
+        .await;
 
         // 6. Wait for all workloads in parallel.
         let workloads: Vec<&Applied> = applied
@@ -360,7 +361,7 @@ impl KubeDeployer {
 
         // 7. Failures: explain, roll back, fail.
         if !failures.is_empty() {
-            report(req, crate::Phase::Failed);
+            report(req, crate::Phase::Failed).await;
             for (_, f) in &failures {
                 out.line(&format!("FAILED {}: {}", f.workload, f.summary))
                     .await;
@@ -654,10 +655,16 @@ impl KubeDeployer {
     }
 }
 
-/// Tells the runner that the deploy's phase changes (a runner that went away is no error).
-fn report(req: &DeployRequest, phase: crate::Phase) {
+/// Tells the runner that the deploy's phase changes and waits until it has recorded it (a
+/// runner that went away or dropped the answer is no error): a rollback must not start before
+/// its `failed` phase is journaled, or a restart would apply the failed manifests again
+/// (docs/crash-safety.md).
+async fn report(req: &DeployRequest, phase: crate::Phase) {
     if let Some(p) = &req.progress {
-        let _ = p.send(phase);
+        let (done, recorded) = tokio::sync::oneshot::channel();
+        if p.send((phase, done)).is_ok() {
+            let _ = recorded.await;
+        }
     }
 }
 

@@ -62,8 +62,10 @@ pub struct DeployRequest {
     pub progress: Option<Progress>,
 }
 
-/// Receives the phases of a deploy as they begin.
-pub type Progress = tokio::sync::mpsc::UnboundedSender<Phase>;
+/// Receives the phases of a deploy as they begin, each with a sender the receiver answers
+/// (or drops) once the phase is recorded: the deploy goes on only then, so that a restart
+/// never finds a phase older than what the cluster was told (docs/crash-safety.md).
+pub type Progress = tokio::sync::mpsc::UnboundedSender<(Phase, tokio::sync::oneshot::Sender<()>)>;
 
 /// A phase of a deploy, as a later ferry needs to know it (docs/crash-safety.md).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -625,14 +625,19 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         });
         let mut deploying = std::pin::pin!(deploying);
         // Each phase is journaled as it begins, while the deploy goes on.
+        // The deployer waits for the answer: a rollback starts only once `failed` is written.
         let stage = loop {
             tokio::select! {
                 stage = &mut deploying => break stage,
-                Some(phase) = phases.recv() => record(phase).await,
+                Some((phase, done)) = phases.recv() => {
+                    record(phase).await;
+                    let _ = done.send(());
+                }
             }
         };
-        while let Ok(phase) = phases.try_recv() {
+        while let Ok((phase, done)) = phases.try_recv() {
             record(phase).await;
+            let _ = done.send(());
         }
         log.section_end("deploy");
         run.state.settle(stage, log);
