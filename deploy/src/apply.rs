@@ -28,6 +28,17 @@ impl Planned {
             &self.manifest.name,
         )
     }
+
+    /// The object as the journal names it (docs/crash-safety.md): `prod/deployment.apps/web`
+    /// for a namespaced object (the same name may be in several namespaces),
+    /// `clusterrole.rbac.authorization.k8s.io/ci` for a cluster-scoped one. Unambiguous:
+    /// namespaces and names hold no `/`, so a namespaced key has one `/` more.
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.display()),
+            None => self.display(),
+        }
+    }
 }
 
 pub fn display_name(kind: &str, group: &str, name: &str) -> String {
@@ -67,6 +78,10 @@ pub struct Applied {
 impl Applied {
     pub fn display(&self) -> String {
         self.planned.display()
+    }
+    /// See [`Planned::key`].
+    pub fn key(&self) -> String {
+        self.planned.key()
     }
     pub fn api(&self, cluster: &Cluster) -> Api<DynamicObject> {
         api_for(cluster, &self.resource, self.planned.namespace.as_deref())
@@ -551,5 +566,24 @@ mod tests {
             d,
             vec!["  ~ data.k: \"<redacted>\" → \"<redacted, changed>\"".to_string()]
         );
+    }
+
+    #[test]
+    fn key_tells_namespaces_apart() {
+        let planned = |ns: Option<&str>| Planned {
+            manifest: Manifest {
+                source: "k8s/app.yaml:1".into(),
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: "web".into(),
+                namespace: ns.map(String::from),
+                object: json!({}),
+            },
+            resource: None,
+            namespace: ns.map(String::from),
+        };
+        assert_eq!(planned(Some("prod")).key(), "prod/deployment.apps/web");
+        assert_ne!(planned(Some("prod")).key(), planned(Some("staging")).key());
+        assert_eq!(planned(None).key(), "deployment.apps/web");
     }
 }

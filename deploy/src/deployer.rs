@@ -271,7 +271,7 @@ impl KubeDeployer {
             }
             // Applied again after a restart: what the earlier ferry changed is still this
             // deploy's change, which a failed rollout rolls back.
-            if outcome == Outcome::Unchanged && resumed.changed.contains(&p.display()) {
+            if outcome == Outcome::Unchanged && resumed.changed.contains(&p.key()) {
                 outcome = Outcome::Configured;
                 line.push_str(" (changed by this deploy before ferry was restarted)");
             }
@@ -306,10 +306,11 @@ impl KubeDeployer {
                 changed: applied
                     .iter()
                     .filter(|a| a.outcome != Outcome::Unchanged)
-                    .map(|a| a.display())
+                    .map(|a| a.key())
                     .collect(),
             },
-        );
+        )
+        .await;
 
         // 6. Wait for all workloads in parallel.
         let workloads: Vec<&Applied> = applied
@@ -318,11 +319,12 @@ impl KubeDeployer {
             .collect();
         let mut failures = Vec::new();
         if settings.wait && !workloads.is_empty() {
-            // A resumed wait gets what is left of its timeout (docs/crash-safety.md).
+            // A resumed wait gets what is left of its timeout, less the time since its first
+            // wait began, applying again included (docs/crash-safety.md).
             let left = match resumed.waited {
                 Some(w) => settings
                     .timeout
-                    .saturating_sub(w)
+                    .saturating_sub(w + started.elapsed())
                     .max(Duration::from_secs(1)),
                 None => settings.timeout,
             };
@@ -359,7 +361,7 @@ impl KubeDeployer {
 
         // 7. Failures: explain, roll back, fail.
         if !failures.is_empty() {
-            report(req, crate::Phase::Failed);
+            report(req, crate::Phase::Failed).await;
             for (_, f) in &failures {
                 out.line(&format!("FAILED {}: {}", f.workload, f.summary))
                     .await;
@@ -367,8 +369,16 @@ impl KubeDeployer {
                     out.line(&format!("  {d}")).await;
                 }
             }
-            self.roll_back(&cluster, &failures, &settings, req, started, cancel, out)
-                .await;
+            self.roll_back(
+                &cluster,
+                &failures,
+                &settings,
+                req,
+                (started, shown_start),
+                cancel,
+                out,
+            )
+            .await;
             self.print_summary(&cluster, &applied, &vars, out).await;
             let text: Vec<String> = failures
                 .iter()
@@ -499,7 +509,7 @@ impl KubeDeployer {
         failures: &[(Applied, wait::Failure)],
         settings: &Settings,
         req: &DeployRequest,
-        started: tokio::time::Instant,
+        (started, shown_start): (tokio::time::Instant, tokio::time::Instant),
         cancel: &CancellationToken,
         out: &mut Out<'_, '_>,
     ) {
@@ -583,7 +593,8 @@ impl KubeDeployer {
             format_duration(timeout)
         ))
         .await;
-        let cfg = self.wait_config(settings, timeout, started);
+        // Progress lines count from the line's first start (docs/crash-safety.md).
+        let cfg = self.wait_config(settings, timeout, shown_start);
         let refs: Vec<&Applied> = undone.iter().collect();
         let results = wait_all(cluster, &refs, &cfg, cancel, out).await;
         for (w, r) in undone.iter().zip(results) {
@@ -644,10 +655,16 @@ impl KubeDeployer {
     }
 }
 
-/// Tells the runner that the deploy's phase changes (a runner that went away is no error).
-fn report(req: &DeployRequest, phase: crate::Phase) {
+/// Tells the runner that the deploy's phase changes and waits until it has recorded it (a
+/// runner that went away or dropped the answer is no error): a rollback must not start before
+/// its `failed` phase is journaled, or a restart would apply the failed manifests again
+/// (docs/crash-safety.md).
+async fn report(req: &DeployRequest, phase: crate::Phase) {
     if let Some(p) = &req.progress {
-        let _ = p.send(phase);
+        let (done, recorded) = tokio::sync::oneshot::channel();
+        if p.send((phase, done)).is_ok() {
+            let _ = recorded.await;
+        }
     }
 }
 

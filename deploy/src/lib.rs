@@ -62,14 +62,16 @@ pub struct DeployRequest {
     pub progress: Option<Progress>,
 }
 
-/// Receives the phases of a deploy as they begin.
-pub type Progress = tokio::sync::mpsc::UnboundedSender<Phase>;
+/// Receives the phases of a deploy as they begin, each with a sender the receiver answers
+/// (or drops) once the phase is recorded: the deploy goes on only then, so that a restart
+/// never finds a phase older than what the cluster was told (docs/crash-safety.md).
+pub type Progress = tokio::sync::mpsc::UnboundedSender<(Phase, tokio::sync::oneshot::Sender<()>)>;
 
 /// A phase of a deploy, as a later ferry needs to know it (docs/crash-safety.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// Every object is applied; the wait for the workloads begins. `changed`: the objects
-    /// this deploy created or configured (their display names), which a failed rollout
+    /// this deploy created or configured (their namespaces and names, `Planned::key`), which a failed rollout
     /// rolls back.
     Waiting { changed: Vec<String> },
     /// A rollout failed: diagnosis and rollback run. Applying the manifests again would undo

@@ -1382,11 +1382,37 @@ async fn a_resumed_deploy_is_applied_again_and_waits_for_what_is_left() {
     req.resumed = Some(ferry_deploy::Resumed {
         elapsed: std::time::Duration::from_secs(16),
         waited: Some(std::time::Duration::from_secs(15)),
-        changed: vec!["deployment.apps/web".into()],
+        changed: vec!["test/deployment.apps/web".into()],
     });
     req.progress = Some(tx);
     let started = std::time::Instant::now();
-    let (r, log) = deploy_common::run_request(&req).await;
+    // The runner's side: each phase is recorded (here: after 300 ms) before it is answered;
+    // nothing reaches the cluster meanwhile once the rollout failed (no rollback before the
+    // journal says `failed`).
+    let fake = &env.fake;
+    let recorder = async {
+        let mut got = Vec::new();
+        while let Some((phase, done)) = phases.recv().await {
+            let seen = fake.requests().len();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if phase == ferry_deploy::Phase::Failed {
+                assert_eq!(
+                    fake.requests().len(),
+                    seen,
+                    "requests before the failed phase was recorded"
+                );
+            }
+            got.push(phase);
+            let _ = done.send(());
+        }
+        got
+    };
+    let deploying = async move {
+        let out = deploy_common::run_request(&req).await;
+        drop(req);
+        out
+    };
+    let ((r, log), got) = tokio::join!(deploying, recorder);
     let e = r.expect_err("the broken image never rolls out").to_string();
     assert!(e.contains("deployment.apps/web"), "{e}");
     // Applied again (server-side apply: both objects), the Deployment unchanged by it.
@@ -1395,8 +1421,12 @@ async fn a_resumed_deploy_is_applied_again_and_waits_for_what_is_left() {
         log.contains("unchanged (changed by this deploy before ferry was restarted)"),
         "{log}"
     );
+    // 20 s less the 15 s waited and the time spent applying again (and recording the phase:
+    // 300 ms above), shown in whole seconds.
     assert!(
-        log.contains("waiting again for deployment.apps/web (timeout 5s, what is left of it)"),
+        log.contains("waiting again for deployment.apps/web (timeout ")
+            && log.contains("s, what is left of it)")
+            && !log.contains("(timeout 5s"),
         "{log}"
     );
     // Progress lines count from the deploy's first start.
@@ -1416,15 +1446,11 @@ async fn a_resumed_deploy_is_applied_again_and_waits_for_what_is_left() {
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example/web:1a2b3c4d"
     );
-    let mut got = Vec::new();
-    while let Ok(p) = phases.try_recv() {
-        got.push(p);
-    }
     assert_eq!(
         got,
         vec![
             ferry_deploy::Phase::Waiting {
-                changed: vec!["deployment.apps/web".into()]
+                changed: vec!["test/deployment.apps/web".into()]
             },
             ferry_deploy::Phase::Failed
         ]

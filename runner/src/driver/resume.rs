@@ -145,7 +145,7 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         info!(stage = ?entry.stage, "resuming a job an earlier ferry left running");
 
         let now = SystemTime::now();
-        let verdict = verdict(&entry, plan.as_ref(), env.as_ref(), &*self.engine, now);
+        let mut verdict = verdict(&entry, plan.as_ref(), env.as_ref(), &*self.engine, now);
         let Some(plan) = plan.as_ref() else {
             self.end_unplanned(job, &runner, &entry, journaled).await;
             return;
@@ -155,6 +155,8 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
             timestamps: plan.timestamps,
             ..self.trace_config(&runner, plan.masks.clone())
         };
+        // A deploy line's log continues from its `applying` checkpoint, taken before its header.
+        let mut deploy_header = false;
         let (log, handle) = match &verdict {
             Verdict::Follow { checkpoint, .. } | Verdict::After { checkpoint, .. } => {
                 trace::resume(job.clone(), self.api.clone(), cfg, checkpoint)
@@ -172,8 +174,10 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 Ok(Some(len)) => match &verdict {
                     Verdict::Deploy {
                         checkpoint: Some(cp),
+                        resumed,
                         ..
                     } if len >= cp.accepted && len <= cp.at => {
+                        deploy_header = resumed.waiting_since_ms.is_none();
                         trace::resume(job.clone(), self.api.clone(), cfg, cp)
                     }
                     _ => trace::append(job.clone(), self.api.clone(), cfg, len),
@@ -196,6 +200,9 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 }
             },
         };
+        if let Verdict::Deploy { resumed, .. } = &mut verdict {
+            resumed.header = deploy_header;
+        }
         let labels = RunnerLabels {
             runner: runner.token.short().to_string(),
             runner_name: runner.name.clone(),
@@ -322,6 +329,12 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                 self.after_steps(&mut run, env).await;
             }
             (Verdict::Deploy { index, resumed, .. }, Execution::Deploy { commands, facts }) => {
+                // Journaled as `applying` before its header was written: the log continues
+                // before the header, which is written now (docs/crash-safety.md).
+                if let Some(cmd) = commands.get(index).filter(|_| resumed.header) {
+                    log.write_command(&cmd.line);
+                    log.section_start("deploy", "Deploying to Kubernetes", false);
+                }
                 log.write_warning(if resumed.waiting_since_ms.is_some() {
                     "ferry was restarted while this deploy waited for the rollout: applying the manifests again (server-side apply is idempotent), then waiting for what is left of the timeout"
                 } else {
@@ -561,6 +574,7 @@ fn deploy_verdict(entry: &Entry, commands: usize) -> Verdict {
                     started_ms: *started_ms,
                     waiting_since_ms,
                     changed,
+                    header: false,
                 },
             }
         }

@@ -576,8 +576,9 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         let started_ms = match resumed {
             Some(r) => r.started_ms,
             None => {
-                log.write_command(&cmd.line);
-                log.section_start("deploy", "Deploying to Kubernetes", false);
+                // Journaled before the header, with the log's checkpoint there: a restart
+                // before the entry is written repeats nothing, and one after it writes the
+                // header if GitLab does not hold it (docs/crash-safety.md).
                 let started_ms = crate::journal::epoch_ms(now);
                 if let Some(j) = &run.journal {
                     j.stage(crate::journal::Stage::Deploy {
@@ -588,6 +589,8 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
                     })
                     .await;
                 }
+                log.write_command(&cmd.line);
+                log.section_start("deploy", "Deploying to Kubernetes", false);
                 started_ms
             }
         };
@@ -625,14 +628,19 @@ impl<E: Engine, D: Deployer, A: JobApi, H: Host> Driver<E, D, A, H> {
         });
         let mut deploying = std::pin::pin!(deploying);
         // Each phase is journaled as it begins, while the deploy goes on.
+        // The deployer waits for the answer: a rollback starts only once `failed` is written.
         let stage = loop {
             tokio::select! {
                 stage = &mut deploying => break stage,
-                Some(phase) = phases.recv() => record(phase).await,
+                Some((phase, done)) = phases.recv() => {
+                    record(phase).await;
+                    let _ = done.send(());
+                }
             }
         };
-        while let Ok(phase) = phases.try_recv() {
+        while let Ok((phase, done)) = phases.try_recv() {
             record(phase).await;
+            let _ = done.send(());
         }
         log.section_end("deploy");
         run.state.settle(stage, log);
@@ -647,6 +655,9 @@ pub(super) struct ResumedDeploy {
     pub waiting_since_ms: Option<u64>,
     /// The objects it created or configured.
     pub changed: Vec<String>,
+    /// The log continues from the checkpoint journaled before the line's header: the header
+    /// is written again.
+    pub header: bool,
 }
 
 impl ResumedDeploy {

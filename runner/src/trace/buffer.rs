@@ -122,10 +122,12 @@ impl TraceBuffer {
     }
 
     /// Where the log stands, if nothing is held back (no masking tail, no partial timestamped
-    /// line) and at most `MAX_CHECKPOINT_PENDING` bytes wait for GitLab: what a later ferry
-    /// needs to continue this log exactly (docs/crash-safety.md).
+    /// line), at most `MAX_CHECKPOINT_PENDING` bytes wait for GitLab and the checksum covers
+    /// the whole log (not so for a log continued after GitLab's bytes, [`Self::appending`]):
+    /// what a later ferry needs to continue this log exactly (docs/crash-safety.md).
     pub(crate) fn checkpoint(&self) -> Option<Checkpoint> {
-        if self.closed
+        if !self.crc_known
+            || self.closed
             || self.limited
             || self.masker.pending_len() > 0
             || self.stream_maskers.iter().any(|(_, m)| m.pending_len() > 0)

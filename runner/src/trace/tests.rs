@@ -1078,3 +1078,25 @@ async fn held_bytes_reach_gitlab_only_once_released_or_closed() {
     );
     assert_consistent(&fake);
 }
+
+/// A log continued after the bytes GitLab holds (a deploy resumed without a usable
+/// checkpoint, docs/crash-safety.md) knows no checksum of the whole log: it offers no
+/// checkpoint (a later ferry would take its CRC, over the new bytes only, for the whole
+/// log's), and its final update claims no checksum.
+#[tokio::test(start_paused = true)]
+async fn appended_log_offers_no_checkpoint() {
+    let job = job();
+    let fake = Arc::new(FakeGitLab::new(&job));
+    fake.with(|s| s.trace = b"earlier ferry\n".to_vec());
+    let (w, h) = append(job, fake.clone(), TraceConfig::default(), 14);
+    w.write_line("applied again");
+    sleep(Duration::from_secs(10)).await;
+    assert!(w.checkpoint().is_none(), "checkpoint of an appended log");
+    let outcome = h.finish(final_update(JobState::Success)).await;
+    assert_eq!(outcome, FinalOutcome::Accepted);
+    assert_eq!(fake.trace(), b"earlier ferry\napplied again\n");
+    fake.with(|s| {
+        let last = s.updates.last().unwrap();
+        assert_eq!(last.update.checksum, None);
+    });
+}
