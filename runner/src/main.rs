@@ -31,7 +31,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // A blocking task still running when the command is done (a cache's prepared copy being
+    // made in the background, docs/sources-cache-artifacts.md) does not hold up the exit for
+    // more than this; what it leaves half made is never used.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ERROR: {e:#}");
