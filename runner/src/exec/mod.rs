@@ -272,9 +272,11 @@ where
                 if retry {
                     attempts[i] += 1;
                     slots[slot_of[i]] = true;
-                    let dir = pick_dir(&dirs, |n| dir_free(&jobs[i], n));
+                    // A retry has its earlier attempt's job id, so its containers' names: it
+                    // keeps that attempt's dir and waits there (the driver's claim) until they
+                    // are removed.
+                    let dir = dir_of[i];
                     dirs[dir] = true;
-                    dir_of[i] = dir;
                     logs[i] = launch(&mut running, &jobs[i], i, slot_of[i], dir, attempts[i]);
                     continue;
                 }
